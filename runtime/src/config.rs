@@ -1,0 +1,274 @@
+//! Loading and validating a bundle's config.json.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Error, Result};
+
+/// A validated bundle: its absolute path, its config and the absolute rootfs path.
+pub struct Bundle {
+    pub path: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+/// Checks a container ID: non-empty, at most 1024 bytes, no `/`, not `.` or `..`, and only
+/// the characters runc allows (letters, digits, `_+-.`).
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::Invalid("container ID must not be empty".into()));
+    }
+    if id == "." || id == ".." || id.contains('/') {
+        return Err(Error::Invalid(format!(
+            "invalid container ID {id:?}: must not be . or .. or contain /"
+        )));
+    }
+    if id.len() > 1024 {
+        return Err(Error::Invalid(
+            "invalid container ID: longer than 1024 bytes".into(),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_+-.".contains(*c)))
+    {
+        return Err(Error::Invalid(format!(
+            "invalid container ID {id:?}: character {c:?} not allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses config.json text. Errors name the JSON path of the offending field.
+pub fn parse_spec(text: &[u8], path: &Path) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if field == "." || field.is_empty() {
+            Error::Config(format!("{}: {inner}", path.display()))
+        } else {
+            Error::Config(format!("{}: field {field}: {inner}", path.display()))
+        }
+    })?;
+    Ok(spec)
+}
+
+/// Reads and validates `bundle/config.json`.
+pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
+    let bundle = std::path::absolute(bundle)
+        .map_err(|e| Error::os(format!("bundle {}", bundle.display()), e))?;
+    let cfg = bundle.join("config.json");
+    let text = std::fs::read(&cfg).map_err(|e| Error::os(format!("read {}", cfg.display()), e))?;
+    let spec = parse_spec(&text, &cfg)?;
+    let rootfs = validate(&spec, &bundle, &cfg)?;
+    Ok(Bundle {
+        path: bundle,
+        spec,
+        rootfs,
+    })
+}
+
+/// Semantic checks the JSON types cannot express. Returns the absolute rootfs path.
+pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
+    let bad = |msg: String| Error::Config(format!("{}: {msg}", cfg.display()));
+    let v = spec.version();
+    let major = v.split('.').next().unwrap_or("");
+    if major != "1" || v.split('.').count() < 2 {
+        return Err(bad(format!("ociVersion {v:?} is not supported (want 1.x)")));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| bad("root is required".into()))?;
+    if root.path().as_os_str().is_empty() {
+        return Err(bad("root.path must not be empty".into()));
+    }
+    let rootfs = bundle.join(root.path());
+    match std::fs::metadata(&rootfs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(bad(format!(
+                "root.path {} is not a directory",
+                rootfs.display()
+            )))
+        }
+        Err(e) => return Err(Error::os(format!("root.path {}", rootfs.display()), e)),
+    }
+    if let Some(p) = spec.process() {
+        if p.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(bad("process.args must not be empty".into()));
+        }
+        if !p.cwd().is_absolute() {
+            return Err(bad(format!(
+                "process.cwd {:?} must be an absolute path",
+                p.cwd()
+            )));
+        }
+        if let Some(env) = p.env() {
+            if let Some(e) = env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+                return Err(bad(format!("process.env entry {e:?} is not KEY=value")));
+            }
+        }
+        if let Some(rl) = p.rlimits() {
+            for r in rl {
+                if r.soft() > r.hard() {
+                    return Err(bad(format!(
+                        "process.rlimits {:?}: soft limit above hard limit",
+                        r.typ()
+                    )));
+                }
+            }
+        }
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !m.destination().is_absolute() {
+            return Err(bad(format!(
+                "mounts[{i}].destination {:?} must be absolute",
+                m.destination()
+            )));
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        let mut seen = Vec::new();
+        for ns in linux.namespaces().iter().flatten() {
+            if seen.contains(&ns.typ()) {
+                return Err(bad(format!(
+                    "linux.namespaces: {:?} listed twice",
+                    ns.typ()
+                )));
+            }
+            seen.push(ns.typ());
+            if let Some(path) = ns.path() {
+                check_ns_path(ns.typ(), path)
+                    .map_err(|m| bad(format!("linux.namespaces {:?}: {m}", ns.typ())))?;
+            }
+        }
+        let has = |t: LinuxNamespaceType| seen.contains(&t);
+        let has_new = |t: LinuxNamespaceType| {
+            linux
+                .namespaces()
+                .iter()
+                .flatten()
+                .any(|n| n.typ() == t && n.path().is_none())
+        };
+        if (spec.hostname().as_ref().is_some_and(|h| !h.is_empty())
+            || spec.domainname().as_ref().is_some_and(|h| !h.is_empty()))
+            && !has(LinuxNamespaceType::Uts)
+        {
+            return Err(bad(
+                "hostname or domainname set without a uts namespace".into()
+            ));
+        }
+        if (linux.uid_mappings().is_some() || linux.gid_mappings().is_some())
+            && !has_new(LinuxNamespaceType::User)
+        {
+            return Err(bad(
+                "uid/gid mappings given without a new user namespace".into()
+            ));
+        }
+        if has_new(LinuxNamespaceType::User)
+            && (linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
+                || linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()))
+        {
+            return Err(bad(
+                "a new user namespace needs linux.uidMappings and linux.gidMappings".into(),
+            ));
+        }
+        if linux.time_offsets().is_some() && !has_new(LinuxNamespaceType::Time) {
+            return Err(bad(
+                "linux.timeOffsets given without a new time namespace".into()
+            ));
+        }
+        if let Some(sysctl) = linux.sysctl() {
+            for k in sysctl.keys() {
+                if k.is_empty() || k.contains("..") || k.starts_with('/') {
+                    return Err(bad(format!("linux.sysctl key {k:?} is invalid")));
+                }
+            }
+        }
+        if let Some(p) = linux.rootfs_propagation() {
+            if crate::rootfs::propagation_flag(p).is_none() {
+                return Err(bad(format!(
+                    "linux.rootfsPropagation {p:?} is not a propagation type"
+                )));
+            }
+        }
+        for (i, d) in linux.devices().iter().flatten().enumerate() {
+            if !d.path().is_absolute() {
+                return Err(bad(format!(
+                    "linux.devices[{i}].path {:?} must be absolute",
+                    d.path()
+                )));
+            }
+        }
+    }
+    Ok(rootfs)
+}
+
+fn check_ns_path(typ: LinuxNamespaceType, path: &Path) -> std::result::Result<(), String> {
+    let want = match typ {
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
+    };
+    let target = std::fs::read_link(path).map_err(|e| format!("path {}: {e}", path.display()))?;
+    let t = target.to_string_lossy();
+    // A namespace file reads as e.g. "net:[4026531840]".
+    let kind = t.split(':').next().unwrap_or("");
+    if kind != want {
+        return Err(format!(
+            "path {} is a {kind:?} namespace, not {want:?}",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("abc-1.2_x+y").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "a\n"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_names_the_field() {
+        let e = parse_spec(
+            br#"{"ociVersion":"1.0.2","process":{"user":{"uid":"x","gid":0},"cwd":"/"}}"#,
+            Path::new("c.json"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("process.user.uid"), "{e}");
+        let e = parse_spec(br#"{"ociVersion":"1.0.2","pro"#, Path::new("c.json"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("c.json"), "{e}");
+    }
+
+    #[test]
+    fn unknown_capability_is_an_error() {
+        let e = parse_spec(
+            br#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","capabilities":{"bounding":["CAP_NOPE"]}}}"#,
+            Path::new("c.json"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("process.capabilities.bounding"), "{e}");
+    }
+}

@@ -1,0 +1,385 @@
+//! The container's init process, from clone to execve: joins namespaces, builds the rootfs,
+//! runs the in-container hooks, waits for `start`, drops privileges and execs the user
+//! program. Runs in a forked copy of the (single-threaded) runtime.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::Spec;
+
+use crate::error::{Context, Error, Result};
+use crate::sync::{self, Msg};
+use crate::{hooks, rootfs, security, sys};
+
+/// How the init learns that it may exec.
+pub enum StartVia {
+    /// `create`: a listening socket in the state dir; `start` connects to it.
+    Socket(OwnedFd),
+    /// `run`: the parent sends `Msg::Start` on the sync socket.
+    Sync,
+}
+
+pub struct InitArgs<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub sync: OwnedFd,
+    pub start: StartVia,
+    /// Connected --console-socket, when process.terminal is set.
+    pub console: Option<UnixStream>,
+    /// Descriptors 3..3+preserve_fds are passed to the container.
+    pub preserve_fds: u32,
+    pub no_pivot: bool,
+    /// Namespaces to join, in order (user first).
+    pub join: Vec<(CloneFlags, OwnedFd)>,
+    /// Namespaces to create after joining (cgroup, and those not made by clone).
+    pub unshare: CloneFlags,
+    pub in_userns: bool,
+    pub new_netns: bool,
+    pub new_cgroupns: bool,
+    pub setgroups_allowed: bool,
+    pub cgroup_paths: &'a [PathBuf],
+    /// Extra environment (LISTEN_FDS passthrough).
+    pub extra_env: Vec<String>,
+    /// Give the container its own session keyring (runc's default).
+    pub new_keyring: bool,
+}
+
+/// Runs the init; never returns. Failures are reported to whoever waits on the channel.
+pub fn run(a: InitArgs) -> ! {
+    let sync_fd = a.sync.as_raw_fd();
+    let mut conn: Option<UnixStream> = None;
+    let res = setup_and_exec(&a, &mut conn);
+    // Only reached on failure (exec does not return).
+    let msg = match res {
+        Err(e) => e.to_string(),
+        Ok(never) => match never {},
+    };
+    match conn {
+        Some(mut c) => {
+            let _ = c.write_all(msg.as_bytes());
+        }
+        None => {
+            let _ = sync::send(sys::borrow(sync_fd), &Msg::Error(msg));
+        }
+    }
+    sys::exit_now(127)
+}
+
+enum Never {}
+
+fn wait_for(sync: &OwnedFd, want: &Msg) -> Result<Msg> {
+    match sync::recv(sync)? {
+        Some(Msg::Go(p)) if matches!(want, Msg::Go(_)) => Ok(Msg::Go(p)),
+        Some(m) if &m == want => Ok(m),
+        Some(Msg::Error(e)) => Err(Error::Init(e)),
+        Some(m) => Err(Error::Init(format!("unexpected {m:?} from the runtime"))),
+        None => Err(Error::Init("the runtime went away".into())),
+    }
+}
+
+fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> {
+    // CVE-2019-5736: until exec, this process is the runtime binary inside the container.
+    // Non-dumpable, its /proc/PID/exe cannot be opened by container processes (ptrace
+    // access checks need CAP_SYS_PTRACE in the host user namespace).
+    nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    let host_pid = match wait_for(&a.sync, &Msg::Go(0))? {
+        Msg::Go(p) => p,
+        _ => unreachable_msg()?,
+    };
+    for (flag, fd) in &a.join {
+        nix::sched::setns(fd, *flag).with_ctx(|| format!("join {} namespace", ns_name(*flag)))?;
+    }
+    if !a.unshare.is_empty() {
+        nix::sched::unshare(a.unshare).with_ctx(|| format!("unshare {:?}", a.unshare))?;
+    }
+    let spec = a.spec;
+    if a.new_keyring {
+        let name = sys::cstr(&format!("_ses.{}", a.id));
+        match sys::join_session_keyring(&name) {
+            Ok(()) => {}
+            // No keyrings in this kernel, or not allowed here: runc carries on too.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES)
+                ) => {}
+            Err(e) => return Err(Error::os("join a new session keyring", e)),
+        }
+    }
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).with_ctx(|| format!("sethostname {h:?}"))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        sys::setdomainname(d.as_bytes()).with_ctx(|| format!("setdomainname {d:?}"))?;
+    }
+    let process = spec.process().as_ref();
+    if let Some(p) = process {
+        security::set_oom_score_adj(p)?;
+    }
+
+    let setup = rootfs::Setup {
+        spec,
+        bundle: a.bundle,
+        rootfs: a.rootfs,
+        in_userns: a.in_userns,
+        new_cgroupns: a.new_cgroupns,
+        new_netns: a.new_netns,
+        cgroup_paths: a.cgroup_paths,
+    };
+    let root = rootfs::prepare(&setup)?;
+    let devnull = rootfs::open_devnull()?;
+
+    let hooks = spec.hooks().as_ref();
+    let state = |status: &str| {
+        let mut v = serde_json::json!({
+            "ociVersion": spec.version(),
+            "id": a.id,
+            "status": status,
+            "pid": host_pid,
+            "bundle": a.bundle,
+        });
+        if let Some(an) = spec.annotations().as_ref().filter(|m| !m.is_empty()) {
+            v["annotations"] = serde_json::to_value(an).unwrap_or_default();
+        }
+        v
+    };
+    if hooks.is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    }) {
+        sync::send(&a.sync, &Msg::Hooks)?;
+        wait_for(&a.sync, &Msg::HooksDone)?;
+    }
+    hooks::run_all(
+        "createContainer",
+        hooks.and_then(|h| h.create_container().as_ref()),
+        &state("creating"),
+    )?;
+
+    rootfs::finish_paths(spec, root.as_raw_fd(), &devnull)?;
+    drop(devnull);
+    rootfs::enter(&root, a.rootfs, a.no_pivot)?;
+    drop(root);
+    rootfs::finish_root(spec, a.in_userns)?;
+
+    let process =
+        process.ok_or_else(|| Error::Config("process is required to start a container".into()))?;
+    if process.terminal().unwrap_or(false) {
+        setup_console(a, process)?;
+    }
+    let env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
+    let args = process.args().as_deref().unwrap_or(&[]);
+    let exe = find_executable(&args[0], &env)?;
+
+    // Nothing of the host may stay open: only stdio, the preserved descriptors and our
+    // own channels (close-on-exec) survive.
+    let keep_from = 3 + a.preserve_fds as RawFd;
+    let mut keep = vec![a.sync.as_raw_fd()];
+    if let StartVia::Socket(l) = &a.start {
+        keep.push(l.as_raw_fd());
+    }
+    sys::close_from_except(keep_from, &keep).ctx("close inherited descriptors")?;
+
+    sync::send(&a.sync, &Msg::Ready)?;
+    match &a.start {
+        StartVia::Sync => {
+            wait_for(&a.sync, &Msg::Start)?;
+        }
+        StartVia::Socket(l) => {
+            let fd = loop {
+                match nix::sys::socket::accept4(l, nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
+                    Ok(fd) => break fd,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(Error::os("wait for start (accept)", e)),
+                }
+            };
+            let mut c = UnixStream::from(fd);
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).ctx("read start request")?;
+            *conn = Some(c);
+        }
+    }
+    hooks::run_all(
+        "startContainer",
+        hooks.and_then(|h| h.start_container().as_ref()),
+        &state("created"),
+    )?;
+
+    // Privileges, last: rlimits and caps need the privileges we are about to drop.
+    security::set_rlimits(process)?;
+    if let Some(pers) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
+        let dom = match pers.domain() {
+            oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,
+            oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+        };
+        sys::personality(dom).ctx("personality")?;
+    }
+    let caps = match process.capabilities() {
+        Some(c) => Some(security::cap_sets(c)?),
+        None => None,
+    };
+    if let Some(c) = &caps {
+        security::drop_bounding(c)?;
+    }
+    let cwd = process.cwd();
+    let cwd_early = nix::unistd::chdir(cwd.as_path());
+    security::set_user(process, a.setgroups_allowed)?;
+    match &caps {
+        Some(c) => security::apply_caps(c)?,
+        None => {
+            // No capabilities section: none at all (as runc).
+            let empty = security::cap_sets(&Default::default())?;
+            security::apply_caps(&empty)?;
+        }
+    }
+    if cwd_early.is_err() {
+        nix::unistd::chdir(cwd.as_path()).with_ctx(|| format!("process.cwd {}", cwd.display()))?;
+    }
+    // CVE-2024-21626: the working directory must be inside the container's root.
+    let real = nix::unistd::getcwd()
+        .with_ctx(|| format!("process.cwd {} is not reachable", cwd.display()))?;
+    if !real.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "process.cwd {} resolves outside the container",
+            cwd.display()
+        )));
+    }
+    sys::umask(process.user().umask().unwrap_or(0o022));
+    if process.no_new_privileges().unwrap_or(false) {
+        security::set_no_new_privs()?;
+    }
+    // Default signal dispositions and an empty mask for the user program.
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .ctx("reset signal mask")?;
+
+    let cargs: Vec<CString> = args.iter().map(|s| sys::cstr(s)).collect();
+    let cenv: Vec<CString> = env.iter().map(|s| sys::cstr(s)).collect();
+    let cexe = sys::cstr(&exe);
+    let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
+    Err(Error::os(format!("exec {exe}"), e))
+}
+
+fn unreachable_msg() -> Result<i32> {
+    Err(Error::Init("unexpected message".into()))
+}
+
+fn ns_name(f: CloneFlags) -> &'static str {
+    match f {
+        CloneFlags::CLONE_NEWUSER => "user",
+        CloneFlags::CLONE_NEWNS => "mount",
+        CloneFlags::CLONE_NEWNET => "network",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWPID => "pid",
+        CloneFlags::CLONE_NEWCGROUP => "cgroup",
+        _ => "time",
+    }
+}
+
+fn build_env(env: &[String], extra: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = env.to_vec();
+    for e in extra {
+        let key = e.split('=').next().unwrap_or("");
+        out.retain(|x| x.split('=').next() != Some(key));
+        out.push(e.clone());
+    }
+    out
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds args[0] as execve will: a path with `/` as is, else the first executable regular
+/// file in the container's PATH.
+pub fn find_executable(arg0: &str, env: &[String]) -> Result<String> {
+    let is_exec = |p: &Path| -> bool {
+        std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+            && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+    };
+    if arg0.contains('/') {
+        let p = Path::new(arg0);
+        return match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Err(Error::Invalid(format!("exec {arg0:?}: is a directory"))),
+            Ok(_) if is_exec(p) => Ok(arg0.to_string()),
+            Ok(_) => Err(Error::Invalid(format!("exec {arg0:?}: permission denied"))),
+            Err(e) => Err(Error::os(format!("exec {arg0:?}"), e)),
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = Path::new(dir).join(arg0);
+        if is_exec(&cand) {
+            return Ok(cand.to_string_lossy().into_owned());
+        }
+    }
+    Err(Error::Invalid(format!(
+        "exec {arg0:?}: executable file not found in $PATH"
+    )))
+}
+
+/// Creates the container's terminal from its own devpts, sends the master to the console
+/// socket and makes the slave the process's stdio and controlling terminal.
+fn setup_console(a: &InitArgs, p: &oci_spec::runtime::Process) -> Result<()> {
+    let sock = a.console.as_ref().ok_or_else(|| {
+        Error::Invalid("process.terminal is set but no --console-socket was given".into())
+    })?;
+    let (master, slave_path) =
+        sys::open_pty(c"/dev/ptmx").ctx("open /dev/ptmx in the container")?;
+    let slave = nix::fcntl::open(
+        slave_path.as_str(),
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_ctx(|| format!("open {slave_path}"))?;
+    if let Some(sz) = p.console_size() {
+        sys::set_winsize(slave.as_raw_fd(), sz.height() as u16, sz.width() as u16)
+            .ctx("set console size")?;
+    }
+    // /dev/console is the container's terminal too.
+    if let Ok(fd) = rootfs::mkdir_all_in_root(
+        open_root()?.as_raw_fd(),
+        Path::new("/dev/console"),
+        rootfs::Kind::File,
+    ) {
+        let t = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        nix::mount::mount(
+            Some(slave_path.as_str()),
+            t.as_str(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx("bind the terminal to /dev/console")?;
+    }
+    sys::send_fd(sock.as_raw_fd(), master.as_raw_fd(), &slave_path)
+        .ctx("send the terminal to the console socket")?;
+    drop(master);
+    nix::unistd::setsid().ctx("setsid")?;
+    sys::set_controlling_tty(slave.as_raw_fd()).ctx("set controlling terminal")?;
+    nix::unistd::dup2_stdin(&slave).ctx("dup terminal to stdin")?;
+    nix::unistd::dup2_stdout(&slave).ctx("dup terminal to stdout")?;
+    nix::unistd::dup2_stderr(&slave).ctx("dup terminal to stderr")?;
+    Ok(())
+}
+
+fn open_root() -> Result<OwnedFd> {
+    nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx("open /")
+}

@@ -1,0 +1,735 @@
+//! The container lifecycle of the runtime spec: create, start, run, state, kill, delete,
+//! list — the runtime side (the init side is in `init`).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::config::{self, Bundle};
+use crate::error::{Context, Error, Result};
+use crate::init::{self, InitArgs, StartVia};
+use crate::state::{self, ContainerDir, Saved, Status};
+use crate::sync::{self, Msg};
+use crate::{cgroups, hooks, sys};
+
+/// The runtime: where state lives and how cgroup errors are treated.
+pub struct Runtime {
+    pub root: PathBuf,
+    /// Rootless mode: cgroup errors are ignored when no limits were asked for.
+    pub rootless: bool,
+}
+
+#[derive(Default)]
+pub struct CreateOpts {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+}
+
+/// A container just created by this process (its init is our child).
+struct Created {
+    pid: i32,
+    sync: OwnedFd,
+    dir: ContainerDir,
+    saved: Saved,
+    /// Our end of the internal console channel (foreground `run` with a terminal).
+    console: Option<UnixStream>,
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+const NEWTIME: CloneFlags = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+
+fn open_ro(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_ctx(|| format!("open {}", path.display()))
+}
+
+/// Binds or connects a unix socket at a path that may be longer than sun_path allows, by
+/// going through /proc/self/fd of its directory.
+fn short_socket_path(path: &Path) -> Result<(PathBuf, Option<OwnedFd>)> {
+    if path.as_os_str().len() < 100 {
+        return Ok((path.to_path_buf(), None));
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let dirfd = nix::fcntl::open(
+        parent,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_ctx(|| format!("open {}", parent.display()))?;
+    let name = path.file_name().unwrap_or_default();
+    Ok((
+        PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name),
+        Some(dirfd),
+    ))
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>, rootless: bool) -> Self {
+        Runtime {
+            root: root.into(),
+            rootless,
+        }
+    }
+
+    fn dir(&self, id: &str) -> Result<ContainerDir> {
+        ContainerDir::new(&self.root, id)
+    }
+
+    /// `create`: sets the container up and leaves its init waiting for `start`.
+    pub fn create(&self, o: &CreateOpts) -> Result<i32> {
+        let c = self.create_inner(o, false, false)?;
+        Ok(c.pid)
+    }
+
+    fn create_inner(&self, o: &CreateOpts, via_sync: bool, own_console: bool) -> Result<Created> {
+        let dir = self.dir(&o.id)?;
+        if dir.exists() {
+            return Err(Error::Exists(o.id.clone()));
+        }
+        let bundle = config::load_bundle(&o.bundle)?;
+        if bundle.spec.process().is_none() {
+            return Err(Error::Config(format!(
+                "{}: process is required",
+                bundle.path.join("config.json").display()
+            )));
+        }
+        dir.create()?;
+        let mut cleanup = Cleanup {
+            dir: Some(&dir),
+            cgroups: Vec::new(),
+            child: None,
+        };
+        match self.spawn(o, &bundle, &dir, via_sync, own_console, &mut cleanup) {
+            Ok(c) => {
+                cleanup.disarm();
+                Ok(c)
+            }
+            Err(e) => {
+                cleanup.run();
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        o: &CreateOpts,
+        bundle: &Bundle,
+        dir: &ContainerDir,
+        via_sync: bool,
+        own_console: bool,
+        cleanup: &mut Cleanup,
+    ) -> Result<Created> {
+        let spec = &bundle.spec;
+        let linux = spec.linux().as_ref();
+        let nss: Vec<_> = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+            .collect();
+        if !nss.iter().any(|n| n.typ() == LinuxNamespaceType::Mount) {
+            return Err(Error::Config(
+                "linux.namespaces must include a mount namespace".into(),
+            ));
+        }
+
+        // Namespaces: new ones by clone flag (cgroup and time separately), existing ones by
+        // path (pid in this process before clone; the rest in the init, user first).
+        let mut clone_flags = CloneFlags::empty();
+        let mut unshare = CloneFlags::empty();
+        let mut join: Vec<(CloneFlags, OwnedFd)> = Vec::new();
+        let mut join_pid: Option<OwnedFd> = None;
+        let mut new_time = false;
+        for ns in &nss {
+            let f = ns_flag(ns.typ());
+            match ns.path() {
+                None if f == CloneFlags::CLONE_NEWCGROUP => unshare |= f,
+                None if f == NEWTIME => new_time = true,
+                None => clone_flags |= f,
+                Some(p) if f == CloneFlags::CLONE_NEWPID => join_pid = Some(open_ro(p)?),
+                Some(p) => join.push((f, open_ro(p)?)),
+            }
+        }
+        join.sort_by_key(|(f, _)| match *f {
+            CloneFlags::CLONE_NEWUSER => 0,
+            CloneFlags::CLONE_NEWNS => 2,
+            _ => 1,
+        });
+        let new_user = clone_flags.contains(CloneFlags::CLONE_NEWUSER);
+        if new_user && !join.is_empty() {
+            return Err(Error::Unsupported(
+                "joining existing namespaces together with a new user namespace".into(),
+            ));
+        }
+        let joined_user = join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER);
+        if joined_user && clone_flags.contains(CloneFlags::CLONE_NEWPID) {
+            return Err(Error::Unsupported(
+                "a new pid namespace inside a joined user namespace".into(),
+            ));
+        }
+        if joined_user {
+            // Created after joining the user namespace, so that it owns them.
+            unshare |= clone_flags & !CloneFlags::CLONE_NEWPID;
+            clone_flags &= CloneFlags::CLONE_NEWPID;
+        }
+
+        // Cgroup.
+        let hs = cgroups::hierarchies()?;
+        let cg_paths =
+            cgroups::paths_for(linux.and_then(|l| l.cgroups_path().as_deref()), &o.id, &hs)?;
+        match cgroups::create(&cg_paths) {
+            Ok(()) => cleanup.cgroups = cg_paths.clone(),
+            Err(e) if self.rootless && linux.and_then(|l| l.resources().as_ref()).is_none() => {
+                crate::log::debug(&format!("rootless: ignoring {e}"));
+            }
+            Err(e) => return Err(e),
+        }
+
+        // Channels to the init.
+        let (parent_sock, child_sock) = sync::pair()?;
+        let start = if via_sync {
+            StartVia::Sync
+        } else {
+            let (p, _dirfd) = short_socket_path(&dir.exec_socket())?;
+            let l = UnixListener::bind(&p)
+                .with_ctx(|| format!("bind {}", dir.exec_socket().display()))?;
+            StartVia::Socket(OwnedFd::from(l))
+        };
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let mut own_console_end = None;
+        let console = match (&o.console_socket, terminal) {
+            (Some(path), true) => {
+                let (p, _dirfd) = short_socket_path(path)?;
+                Some(
+                    UnixStream::connect(&p)
+                        .with_ctx(|| format!("connect to console socket {}", path.display()))?,
+                )
+            }
+            (None, true) if own_console => {
+                let (a, b) = UnixStream::pair().ctx("socketpair for the terminal")?;
+                own_console_end = Some(a);
+                Some(b)
+            }
+            (None, true) => {
+                return Err(Error::Invalid(
+                    "process.terminal is set: --console-socket is required".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::Invalid(
+                    "--console-socket given but process.terminal is not set".into(),
+                ));
+            }
+            (None, false) => None,
+        };
+
+        // LISTEN_FDS passthrough (socket activation), as runc does.
+        let mut preserve = o.preserve_fds;
+        let mut extra_env = Vec::new();
+        if let Some(n) = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            preserve = preserve.max(n);
+            extra_env.push(format!("LISTEN_FDS={n}"));
+            extra_env.push("LISTEN_PID=1".to_string());
+        }
+
+        // A new time namespace is entered by our next child: set its offsets now and come
+        // back to ours afterwards. A joined pid namespace likewise.
+        let restore_time = if new_time {
+            let mine = open_ro(Path::new("/proc/self/ns/time"))?;
+            nix::sched::unshare(NEWTIME).ctx("unshare time namespace")?;
+            write_time_offsets(spec)?;
+            Some(mine)
+        } else {
+            None
+        };
+        let restore_pid = match &join_pid {
+            Some(fd) => {
+                let mine = open_ro(Path::new("/proc/self/ns/pid"))?;
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWPID).ctx("join pid namespace")?;
+                Some(mine)
+            }
+            None => None,
+        };
+
+        let setgroups_allowed = true;
+        let pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
+        if pid == 0 {
+            drop(parent_sock);
+            drop(own_console_end);
+            init::run(InitArgs {
+                id: &o.id,
+                spec,
+                bundle: &bundle.path,
+                rootfs: &bundle.rootfs,
+                sync: child_sock,
+                start,
+                console,
+                preserve_fds: preserve,
+                no_pivot: o.no_pivot,
+                join,
+                unshare,
+                in_userns: new_user || joined_user,
+                new_netns: clone_flags.contains(CloneFlags::CLONE_NEWNET)
+                    || unshare.contains(CloneFlags::CLONE_NEWNET),
+                new_cgroupns: unshare.contains(CloneFlags::CLONE_NEWCGROUP),
+                setgroups_allowed,
+                cgroup_paths: &cg_paths,
+                extra_env,
+                new_keyring: !o.no_new_keyring,
+            });
+        }
+        cleanup.child = Some(pid);
+        drop(child_sock);
+        drop(console);
+        drop(start);
+        if let Some(fd) = restore_time {
+            nix::sched::setns(fd, NEWTIME).ctx("return to our time namespace")?;
+        }
+        if let Some(fd) = restore_pid {
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWPID).ctx("return to our pid namespace")?;
+        }
+
+        if new_user {
+            write_id_maps(pid, spec)?;
+        }
+        if !cleanup.cgroups.is_empty() {
+            cgroups::add_pid(&cg_paths, pid)?;
+        }
+        sync::send(&parent_sock, &Msg::Go(pid))?;
+
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let mut saved = Saved {
+            oci_version: spec.version().clone(),
+            id: o.id.clone(),
+            pid,
+            start_time: 0,
+            bundle: bundle.path.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::now_rfc3339(),
+            owner: nix::unistd::geteuid().as_raw(),
+            annotations,
+            hooks: spec.hooks().clone(),
+            cgroup_paths: cleanup.cgroups.clone(),
+            namespaces: nss
+                .iter()
+                .map(|n| {
+                    (
+                        format!("{:?}", n.typ()).to_lowercase(),
+                        PathBuf::from(format!("/proc/{pid}/ns/{}", ns_file(n.typ()))),
+                    )
+                })
+                .collect(),
+        };
+        loop {
+            match sync::recv(&parent_sock)? {
+                Some(Msg::Hooks) => {
+                    let st = saved.spec_state(Status::Creating);
+                    let h = spec.hooks().as_ref();
+                    let r = hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), &st)
+                        .and_then(|_| {
+                            hooks::run_all(
+                                "createRuntime",
+                                h.and_then(|h| h.create_runtime().as_ref()),
+                                &st,
+                            )
+                        });
+                    if let Err(e) = r {
+                        let _ = sync::send(&parent_sock, &Msg::Error(e.to_string()));
+                        return Err(e);
+                    }
+                    sync::send(&parent_sock, &Msg::HooksDone)?;
+                }
+                Some(Msg::Ready) => break,
+                Some(Msg::Error(e)) => return Err(Error::Init(e)),
+                Some(m) => return Err(Error::Init(format!("unexpected {m:?} from init"))),
+                None => {
+                    return Err(Error::Init(format!(
+                        "init exited during setup ({})",
+                        reap_status(pid)
+                    )))
+                }
+            }
+        }
+        saved.start_time =
+            sys::process_start_time(pid).with_ctx(|| format!("read start time of pid {pid}"))?;
+        dir.save(&saved)?;
+        if let Some(pf) = &o.pid_file {
+            write_pid_file(pf, pid)?;
+        }
+        Ok(Created {
+            pid,
+            sync: parent_sock,
+            dir: ContainerDir {
+                id: dir.id.clone(),
+                path: dir.path.clone(),
+            },
+            saved,
+            console: own_console_end,
+        })
+    }
+
+    /// `start`: lets a created container's init exec the user program, then runs the
+    /// poststart hooks.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id)?;
+        let saved = load(&dir)?;
+        let status = saved.status(&dir);
+        if status != Status::Created {
+            return Err(Error::State {
+                id: id.into(),
+                status: status.to_string(),
+                what: "only a created container can be started".into(),
+            });
+        }
+        let sock = dir.exec_socket();
+        let (p, _dirfd) = short_socket_path(&sock)?;
+        let mut c =
+            UnixStream::connect(&p).with_ctx(|| format!("connect to {}", sock.display()))?;
+        // From here the container counts as started, whatever happens next.
+        let _ = std::fs::remove_file(&sock);
+        c.write_all(b"s").ctx("send start")?;
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        if !reply.is_empty() {
+            return Err(Error::Init(reply));
+        }
+        self.poststart(&saved)
+    }
+
+    fn poststart(&self, saved: &Saved) -> Result<()> {
+        let h = saved.hooks.as_ref().and_then(|h| h.poststart().as_ref());
+        if let Err(e) = hooks::run_all("poststart", h, &saved.spec_state(Status::Running)) {
+            // A failed poststart hook fails start: stop the container (as runc does).
+            let _ = nix::sys::signal::kill(Pid::from_raw(saved.pid), Signal::SIGKILL);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `run`: create + start; waits for the container and returns its exit status (128+N
+    /// when killed by signal N) unless `detach`.
+    pub fn run(&self, o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
+        let terminal_proxy = !detach && o.console_socket.is_none();
+        // Signals for the container are blocked before the clone so none is lost; the init
+        // resets its mask before exec.
+        let sigs = forwarded_signals();
+        if !detach {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&sigs),
+                None,
+            )
+            .ctx("block signals")?;
+        }
+        let c = self.create_inner(o, true, terminal_proxy)?;
+        let started = (|| {
+            sync::send(&c.sync, &Msg::Start)?;
+            match sync::recv(&c.sync)? {
+                None => Ok(()),
+                Some(Msg::Error(e)) => Err(Error::Init(e)),
+                Some(m) => Err(Error::Init(format!("unexpected {m:?} from init"))),
+            }
+        })();
+        let result = started.and_then(|_| self.poststart(&c.saved));
+        if let Err(e) = result {
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(c.pid), None);
+            let _ = self.destroy(&c.dir, &c.saved);
+            return Err(e);
+        }
+        if detach {
+            return Ok(0);
+        }
+        let code = crate::tty::wait_forwarding(c.pid, &sigs, c.console)?;
+        if !keep {
+            self.destroy(&c.dir, &c.saved)?;
+        }
+        Ok(code)
+    }
+
+    /// `state`: the spec's state JSON plus runc's extra fields.
+    pub fn state(&self, id: &str) -> Result<serde_json::Value> {
+        let dir = self.dir(id)?;
+        match dir.load()? {
+            None => Ok(serde_json::json!({
+                "ociVersion": "1.2.0", "id": id, "status": "creating", "pid": 0, "bundle": ""
+            })),
+            Some(saved) => {
+                let status = saved.status(&dir);
+                let mut v = saved.spec_state(status);
+                v["rootfs"] = saved.rootfs.to_string_lossy().into_owned().into();
+                v["created"] = saved.created.clone().into();
+                v["owner"] = "".into();
+                if status == Status::Stopped {
+                    v["pid"] = 0.into();
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    /// `kill`: sends a signal to the init (or every process with `all`).
+    pub fn kill(&self, id: &str, sig: Signal, all: bool) -> Result<()> {
+        let dir = self.dir(id)?;
+        let saved = load(&dir)?;
+        let status = saved.status(&dir);
+        if status == Status::Stopped {
+            return Err(Error::State {
+                id: id.into(),
+                status: status.to_string(),
+                what: "cannot signal a stopped container".into(),
+            });
+        }
+        if all {
+            for p in cgroups::pids(&saved.cgroup_paths) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+            }
+            return Ok(());
+        }
+        nix::sys::signal::kill(Pid::from_raw(saved.pid), sig)
+            .with_ctx(|| format!("kill {} {sig}", saved.pid))
+    }
+
+    /// `delete`: removes a stopped container (any container with `force`) and runs the
+    /// poststop hooks.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let dir = self.dir(id)?;
+        let saved = match dir.load()? {
+            Some(s) => s,
+            None if force => return dir.remove(),
+            None => {
+                return Err(Error::State {
+                    id: id.into(),
+                    status: "creating".into(),
+                    what: "use --force to delete it".into(),
+                })
+            }
+        };
+        let status = saved.status(&dir);
+        if status != Status::Stopped {
+            if !force {
+                return Err(Error::State {
+                    id: id.into(),
+                    status: status.to_string(),
+                    what: "cannot delete a container that is not stopped (use --force)".into(),
+                });
+            }
+            if status == Status::Paused {
+                let _ = crate::cgroups::thaw(&saved.cgroup_paths);
+            }
+            let _ = nix::sys::signal::kill(Pid::from_raw(saved.pid), Signal::SIGKILL);
+            wait_gone(saved.pid, Duration::from_secs(10));
+        }
+        self.destroy(&dir, &saved)
+    }
+
+    /// Removes what a container leaves: leftover processes, cgroups, state; then poststop.
+    fn destroy(&self, dir: &ContainerDir, saved: &Saved) -> Result<()> {
+        if !saved.cgroup_paths.is_empty() {
+            if !cgroups::pids(&saved.cgroup_paths).is_empty() {
+                cgroups::kill_all(&saved.cgroup_paths);
+            }
+            cgroups::remove(&saved.cgroup_paths)?;
+        }
+        dir.remove()?;
+        hooks::run_all_logged(
+            "poststop",
+            saved.hooks.as_ref().and_then(|h| h.poststop().as_ref()),
+            &saved.spec_state(Status::Stopped),
+        );
+        Ok(())
+    }
+
+    /// Every container with its status.
+    pub fn list(&self) -> Result<Vec<(Saved, Status)>> {
+        let mut out = Vec::new();
+        for id in state::list_ids(&self.root)? {
+            let Ok(dir) = self.dir(&id) else { continue };
+            if let Ok(Some(s)) = dir.load() {
+                let st = s.status(&dir);
+                out.push((s, st));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn load(dir: &ContainerDir) -> Result<Saved> {
+    dir.load()?.ok_or_else(|| Error::State {
+        id: dir.id.clone(),
+        status: "creating".into(),
+        what: "not created yet".into(),
+    })
+}
+
+fn ns_file(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// Signals `run` passes on to the container.
+pub fn forwarded_signals() -> nix::sys::signal::SigSet {
+    let mut s = nix::sys::signal::SigSet::empty();
+    for sig in Signal::iterator() {
+        if !matches!(
+            sig,
+            Signal::SIGKILL
+                | Signal::SIGSTOP
+                | Signal::SIGSEGV
+                | Signal::SIGBUS
+                | Signal::SIGILL
+                | Signal::SIGFPE
+        ) {
+            s.add(sig);
+        }
+    }
+    s
+}
+
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let fmt = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m.into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    let uid = fmt(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = fmt(linux.and_then(|l| l.gid_mappings().as_ref()));
+    std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
+        .with_ctx(|| format!("linux.uidMappings: write uid_map {uid:?}"))?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
+        .with_ctx(|| format!("linux.gidMappings: write gid_map {gid:?}"))?;
+    Ok(())
+}
+
+fn write_time_offsets(spec: &Spec) -> Result<()> {
+    let Some(offs) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+    else {
+        return Ok(());
+    };
+    let mut s = String::new();
+    for (clock, o) in offs {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(Error::Config(format!(
+                "linux.timeOffsets: unknown clock {clock:?} (monotonic or boottime)"
+            )));
+        }
+        s.push_str(&format!(
+            "{clock} {} {}\n",
+            o.secs().unwrap_or(0),
+            o.nanosecs().unwrap_or(0)
+        ));
+    }
+    std::fs::write("/proc/self/timens_offsets", &s)
+        .with_ctx(|| format!("linux.timeOffsets: write {s:?}"))
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path = std::path::absolute(path).with_ctx(|| format!("pid file {}", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, pid.to_string())
+        .with_ctx(|| format!("write pid file {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_ctx(|| format!("write pid file {}", path.display()))
+}
+
+fn reap_status(pid: i32) -> String {
+    match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => format!("exit status {c}"),
+        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => format!("killed by {s}"),
+        Ok(s) => format!("{s:?}"),
+        Err(e) => format!("wait: {e}"),
+    }
+}
+
+/// Waits until `pid` has exited (it may not be our child), up to `timeout`.
+fn wait_gone(pid: i32, timeout: Duration) {
+    let Ok(fd) = sys::pidfd_open(pid) else { return };
+    let mut pfd = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let _ = nix::poll::poll(
+        &mut pfd,
+        nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+    );
+}
+
+/// Undoes a failed create: the init, the cgroups, the state dir.
+struct Cleanup<'a> {
+    dir: Option<&'a ContainerDir>,
+    cgroups: Vec<PathBuf>,
+    child: Option<i32>,
+}
+
+impl Cleanup<'_> {
+    fn disarm(&mut self) {
+        self.dir = None;
+        self.cgroups.clear();
+        self.child = None;
+    }
+
+    fn run(&mut self) {
+        if let Some(pid) = self.child.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        }
+        if !self.cgroups.is_empty() {
+            cgroups::kill_all(&self.cgroups);
+            let _ = cgroups::remove(&self.cgroups);
+        }
+        if let Some(d) = self.dir.take() {
+            let _ = d.remove();
+        }
+    }
+}

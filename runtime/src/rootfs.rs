@@ -1,0 +1,927 @@
+//! The container's root filesystem: mounts, devices, /dev links, masked and read-only
+//! paths, pivot_root. Runs in the init process, inside the new mount namespace.
+//!
+//! Every path inside the rootfs is resolved with openat2(RESOLVE_IN_ROOT), so symlinks and
+//! `..` in the image cannot point a mount or a device node outside it, and every mount
+//! targets the resolved file through its /proc/self/fd magic link (no second lookup).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+
+use crate::error::{Context, Error, Result};
+use crate::sys;
+
+/// Mount propagation types by name (for rootfsPropagation and mount options).
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Mount options split into flags to set, flags to clear, propagation, and fs data.
+#[derive(Debug)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    pub clear: MsFlags,
+    pub propagation: Vec<MsFlags>,
+    pub data: Vec<String>,
+    pub bind: bool,
+    pub recursive: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            flags: MsFlags::empty(),
+            clear: MsFlags::empty(),
+            propagation: Vec::new(),
+            data: Vec::new(),
+            bind: false,
+            recursive: false,
+        }
+    }
+}
+
+pub fn parse_options(opts: &[String]) -> Result<MountOptions> {
+    let mut o = MountOptions::default();
+    for opt in opts.iter().flat_map(|s| s.split(',')) {
+        let (set, clear) = match opt {
+            "" | "defaults" => (MsFlags::empty(), MsFlags::empty()),
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "lazytime" => (MsFlags::MS_LAZYTIME, MsFlags::empty()),
+            "nolazytime" => (MsFlags::empty(), MsFlags::MS_LAZYTIME),
+            "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
+            "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
+            "iversion" => (MsFlags::MS_I_VERSION, MsFlags::empty()),
+            "noiversion" => (MsFlags::empty(), MsFlags::MS_I_VERSION),
+            "bind" => {
+                o.bind = true;
+                continue;
+            }
+            "rbind" => {
+                o.bind = true;
+                o.recursive = true;
+                continue;
+            }
+            "idmap" | "ridmap" => {
+                return Err(Error::Unsupported(format!(
+                    "mount option {opt:?} (idmapped mounts)"
+                )));
+            }
+            "tmpcopyup" => {
+                return Err(Error::Unsupported("mount option \"tmpcopyup\"".into()));
+            }
+            p => {
+                if let Some(f) = propagation_flag(p) {
+                    o.propagation.push(f);
+                } else if p.starts_with('r')
+                    && matches!(
+                        &p[1..],
+                        "ro" | "rw"
+                            | "nosuid"
+                            | "suid"
+                            | "nodev"
+                            | "dev"
+                            | "noexec"
+                            | "exec"
+                            | "noatime"
+                            | "atime"
+                            | "relatime"
+                            | "strictatime"
+                            | "nodiratime"
+                            | "diratime"
+                    )
+                {
+                    return Err(Error::Unsupported(format!(
+                        "recursive mount attribute {p:?}"
+                    )));
+                } else {
+                    o.data.push(p.to_string());
+                }
+                continue;
+            }
+        };
+        o.flags |= set;
+        o.flags &= !clear;
+        o.clear |= clear;
+    }
+    Ok(o)
+}
+
+/// Everything rootfs setup needs from the config and the caller.
+pub struct Setup<'a> {
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub in_userns: bool,
+    pub new_cgroupns: bool,
+    pub new_netns: bool,
+    /// The container's cgroup directories on the host (for v1 cgroup mounts without a
+    /// cgroup namespace).
+    pub cgroup_paths: &'a [PathBuf],
+}
+
+/// Resolves `path` inside `root` (an O_PATH directory fd) without leaving it.
+pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = sys::cstr(&rel.to_string_lossy());
+    sys::openat2(root, &c, flags, 0, sys::RESOLVE_IN_ROOT)
+}
+
+fn proc_fd(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// What kind of file to create at a mount target that does not exist yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Opens `path` inside the rootfs, creating missing directories (and the last component
+/// as `kind`) without following anything out of the rootfs. Returns an O_PATH fd.
+pub fn mkdir_all_in_root(root: RawFd, path: &Path, kind: Kind) -> Result<OwnedFd> {
+    match open_in_root(root, path, libc::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(Error::os(format!("open {} in rootfs", path.display()), e)),
+    }
+    let comps: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::Invalid(format!(
+            "path {} contains ..",
+            path.display()
+        )));
+    }
+    let mut cur = PathBuf::from("/");
+    for (i, c) in comps.iter().enumerate() {
+        let next = cur.join(c);
+        match open_in_root(root, &next, libc::O_PATH) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let parent = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY)
+                    .with_ctx(|| format!("open {} in rootfs", cur.display()))?;
+                let name = CString::new(c.as_encoded_bytes())
+                    .map_err(|_| Error::Invalid("NUL in path".into()))?;
+                let last = i + 1 == comps.len();
+                let res = if last && kind == Kind::File {
+                    nix::sys::stat::mknodat(
+                        &parent,
+                        name.as_c_str(),
+                        nix::sys::stat::SFlag::S_IFREG,
+                        nix::sys::stat::Mode::from_bits_truncate(0o644),
+                        0,
+                    )
+                } else {
+                    nix::sys::stat::mkdirat(
+                        &parent,
+                        name.as_c_str(),
+                        nix::sys::stat::Mode::from_bits_truncate(0o755),
+                    )
+                };
+                match res {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(Error::os(format!("create {} in rootfs", next.display()), e))
+                    }
+                }
+            }
+            Err(e) => return Err(Error::os(format!("open {} in rootfs", next.display()), e)),
+        }
+        cur = next;
+    }
+    open_in_root(root, path, libc::O_PATH).with_ctx(|| format!("open {} in rootfs", path.display()))
+}
+
+fn mount_at(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    nix::mount::mount(src, target, fstype, flags, data)
+}
+
+/// Flags that a mount in a user namespace inherits locked from its source and that a
+/// remount must therefore repeat.
+fn locked_flags(target: &str) -> MsFlags {
+    let Ok(st) = nix::sys::statvfs::statvfs(target) else {
+        return MsFlags::empty();
+    };
+    use nix::sys::statvfs::FsFlags;
+    let f = st.flags();
+    let mut m = MsFlags::empty();
+    for (a, b) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(a) {
+            m |= b;
+        }
+    }
+    m
+}
+
+/// Prepares the mount namespace and performs every mount of the config. Returns an O_PATH
+/// fd of the rootfs (the mount point of its bind mount).
+pub fn prepare(s: &Setup) -> Result<OwnedFd> {
+    let linux = s.spec.linux().as_ref();
+    let prop = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flag)
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    // Stop our mounts from propagating to the host: slave (default) or private.
+    let initial = if prop.contains(MsFlags::MS_PRIVATE) {
+        MsFlags::MS_PRIVATE
+    } else {
+        MsFlags::MS_SLAVE
+    };
+    mount_at(None, "/", None, initial | MsFlags::MS_REC, None).ctx("make / a slave mount")?;
+    let rootfs = s.rootfs.to_string_lossy().into_owned();
+    // The rootfs must be a mount point for pivot_root; bind it onto itself.
+    mount_at(
+        Some(&rootfs),
+        &rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .with_ctx(|| format!("bind mount rootfs {rootfs}"))?;
+    let root = nix::fcntl::open(
+        s.rootfs,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_ctx(|| format!("open rootfs {rootfs}"))?;
+
+    let mut dev_bound = false;
+    for (i, m) in s.spec.mounts().iter().flatten().enumerate() {
+        mount_one(s, root.as_raw_fd(), m)
+            .map_err(|e| prefix(e, &format!("mounts[{i}] {}", m.destination().display())))?;
+        if m.destination() == Path::new("/dev") && m.typ().as_deref() != Some("tmpfs") {
+            dev_bound = true;
+        }
+    }
+    if !dev_bound {
+        create_default_devices(s, root.as_raw_fd())?;
+        create_dev_links(root.as_raw_fd())?;
+    }
+    for d in linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        create_device(s, root.as_raw_fd(), d)?;
+    }
+    Ok(root)
+}
+
+fn prefix(e: Error, what: &str) -> Error {
+    match e {
+        Error::Os { context, source } => Error::Os {
+            context: format!("{what}: {context}"),
+            source,
+        },
+        Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
+        Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),
+        other => other,
+    }
+}
+
+fn mount_one(s: &Setup, root: RawFd, m: &Mount) -> Result<()> {
+    let typ = m.typ().as_deref().unwrap_or("");
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]))?;
+    let dest = m.destination();
+    if typ == "cgroup" {
+        return mount_cgroup_v1(s, root, dest, &opts);
+    }
+    let bind = opts.bind || typ == "bind";
+    if bind {
+        let src = m.source().as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "mount {} is a bind mount without a source",
+                dest.display()
+            ))
+        })?;
+        let src = if src.is_relative() {
+            s.bundle.join(src)
+        } else {
+            src.clone()
+        };
+        let meta = std::fs::metadata(&src).with_ctx(|| format!("bind source {}", src.display()))?;
+        let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+        let target = mkdir_all_in_root(root, dest, kind)?;
+        let t = proc_fd(&target);
+        let src_s = src.to_string_lossy();
+        let mut flags = MsFlags::MS_BIND;
+        if opts.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        mount_at(Some(&src_s), &t, None, flags, None).with_ctx(|| format!("bind {src_s}"))?;
+        // Flags other than bind need a remount of the new mount (reopen to get it).
+        let extra = opts.flags & !(MsFlags::MS_REMOUNT);
+        if !extra.is_empty() || !opts.clear.is_empty() {
+            let mounted = open_in_root(root, dest, libc::O_PATH)
+                .with_ctx(|| format!("reopen {}", dest.display()))?;
+            let mt = proc_fd(&mounted);
+            let keep = if s.in_userns {
+                locked_flags(&mt)
+            } else {
+                MsFlags::empty()
+            };
+            let want = (keep & !opts.clear) | extra;
+            mount_at(
+                None,
+                &mt,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | want,
+                None,
+            )
+            .or_else(|e| {
+                // Locked flags that we did not know about: retry keeping them all.
+                if e == nix::errno::Errno::EPERM {
+                    mount_at(
+                        None,
+                        &mt,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | want | locked_flags(&mt),
+                        None,
+                    )
+                } else {
+                    Err(e)
+                }
+            })
+            .with_ctx(|| format!("remount {} with {:?}", dest.display(), want))?;
+        }
+        apply_propagation(root, dest, &opts)?;
+        return Ok(());
+    }
+    let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+    let t = proc_fd(&target);
+    let data = opts.data.join(",");
+    let src = m
+        .source()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| typ.to_string());
+    let flags = opts.flags & !MsFlags::MS_REMOUNT;
+    let res = mount_at(
+        Some(&src),
+        &t,
+        Some(typ),
+        flags,
+        if data.is_empty() { None } else { Some(&data) },
+    );
+    match res {
+        Ok(()) => {}
+        // sysfs and mqueue cannot be mounted for a network/ipc namespace we do not own:
+        // bind the host's instead, as runc does.
+        Err(nix::errno::Errno::EPERM)
+            if (typ == "sysfs" || typ == "mqueue") && (s.in_userns || !s.new_netns) =>
+        {
+            let host = if typ == "sysfs" {
+                "/sys"
+            } else {
+                "/dev/mqueue"
+            };
+            mount_at(
+                Some(host),
+                &t,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .with_ctx(|| format!("bind {host} (fallback for {typ})"))?;
+            let mounted = open_in_root(root, dest, libc::O_PATH)
+                .with_ctx(|| format!("reopen {}", dest.display()))?;
+            let mt = proc_fd(&mounted);
+            let want = flags | locked_flags(&mt);
+            mount_at(
+                None,
+                &mt,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | want,
+                None,
+            )
+            .with_ctx(|| format!("remount {}", dest.display()))?;
+        }
+        Err(e) => {
+            return Err(Error::os(
+                format!("mount {typ} {src} (options {data:?})"),
+                e,
+            ))
+        }
+    }
+    apply_propagation(root, dest, &opts)
+}
+
+fn apply_propagation(root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {
+    if opts.propagation.is_empty() {
+        return Ok(());
+    }
+    let mounted =
+        open_in_root(root, dest, libc::O_PATH).with_ctx(|| format!("reopen {}", dest.display()))?;
+    let mt = proc_fd(&mounted);
+    for p in &opts.propagation {
+        mount_at(None, &mt, None, *p, None)
+            .with_ctx(|| format!("set propagation of {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// A `cgroup` (v1) mount: a tmpfs with one cgroup mount (or bind) per hierarchy.
+fn mount_cgroup_v1(s: &Setup, root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {
+    let hs = crate::cgroups::hierarchies()?;
+    if crate::cgroups::is_unified(&hs) {
+        // A v2 host: the container sees cgroup2.
+        let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+        return mount_at(
+            Some("cgroup"),
+            &proc_fd(&target),
+            Some("cgroup2"),
+            opts.flags & !MsFlags::MS_REMOUNT,
+            None,
+        )
+        .ctx("mount cgroup2");
+    }
+    let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+    mount_at(
+        Some("tmpfs"),
+        &proc_fd(&target),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .ctx("mount tmpfs for cgroups")?;
+    let ro = opts.flags.contains(MsFlags::MS_RDONLY);
+    for (h, host_path) in hs.iter().zip(s.cgroup_paths) {
+        let name = h
+            .mountpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.is_empty() {
+            continue;
+        }
+        let sub = dest.join(&name);
+        let t = mkdir_all_in_root(root, &sub, Kind::Dir)?;
+        let tp = proc_fd(&t);
+        let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if s.new_cgroupns {
+            let (fstype, data) = if h.v2 {
+                ("cgroup2", String::new())
+            } else {
+                ("cgroup", h.controllers.join(","))
+            };
+            mount_at(
+                Some("cgroup"),
+                &tp,
+                Some(fstype),
+                base | if ro {
+                    MsFlags::MS_RDONLY
+                } else {
+                    MsFlags::empty()
+                },
+                if data.is_empty() { None } else { Some(&data) },
+            )
+            .with_ctx(|| format!("mount cgroup {}", sub.display()))?;
+        } else {
+            let hp = host_path.to_string_lossy();
+            mount_at(
+                Some(&hp),
+                &tp,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .with_ctx(|| format!("bind cgroup {hp}"))?;
+            if ro {
+                let m = open_in_root(root, &sub, libc::O_PATH).ctx("reopen cgroup mount")?;
+                mount_at(
+                    None,
+                    &proc_fd(&m),
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
+                    None,
+                )
+                .ctx("remount cgroup read-only")?;
+            }
+        }
+        // Co-mounted controllers get a link per controller name (cpu -> cpu,cpuacct).
+        if h.controllers.len() > 1 {
+            let dirfd = open_in_root(root, dest, libc::O_PATH | libc::O_DIRECTORY)
+                .ctx("open cgroup dir")?;
+            for c in &h.controllers {
+                if c != &name && !c.starts_with("name=") {
+                    let _ = nix::unistd::symlinkat(name.as_str(), &dirfd, c.as_str());
+                }
+            }
+        }
+    }
+    if ro {
+        let t = open_in_root(root, dest, libc::O_PATH).ctx("reopen cgroup tmpfs")?;
+        mount_at(
+            None,
+            &proc_fd(&t),
+            None,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            Some("mode=755"),
+        )
+        .ctx("remount cgroup tmpfs read-only")?;
+    }
+    Ok(())
+}
+
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+fn create_default_devices(s: &Setup, root: RawFd) -> Result<()> {
+    for (path, major, minor) in DEFAULT_DEVICES {
+        make_node(
+            s,
+            root,
+            Path::new(path),
+            libc::S_IFCHR,
+            major,
+            minor,
+            0o666,
+            Some(0),
+            Some(0),
+        )?;
+    }
+    Ok(())
+}
+
+fn create_device(s: &Setup, root: RawFd, d: &LinuxDevice) -> Result<()> {
+    let typ = match d.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+        LinuxDeviceType::B => libc::S_IFBLK,
+        LinuxDeviceType::P => libc::S_IFIFO,
+        LinuxDeviceType::A => {
+            return Err(Error::Config(format!(
+                "linux.devices {}: type \"a\" is only valid in cgroup rules",
+                d.path().display()
+            )))
+        }
+    };
+    if d.major() < 0 || d.minor() < 0 {
+        return Err(Error::Config(format!(
+            "linux.devices {}: negative major/minor",
+            d.path().display()
+        )));
+    }
+    make_node(
+        s,
+        root,
+        d.path(),
+        typ,
+        d.major() as u64,
+        d.minor() as u64,
+        d.file_mode().unwrap_or(0o666),
+        d.uid(),
+        d.gid(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_node(
+    s: &Setup,
+    root: RawFd,
+    path: &Path,
+    typ: libc::mode_t,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Config(format!("device path {} has no file name", path.display())))?;
+    if s.in_userns && typ != libc::S_IFIFO {
+        // mknod is not allowed in a user namespace: bind the host's node instead.
+        let host = Path::new("/dev").join(path.strip_prefix("/dev").unwrap_or(path));
+        let meta =
+            std::fs::metadata(&host).with_ctx(|| format!("host device {}", host.display()))?;
+        if !(meta.file_type().is_char_device() || meta.file_type().is_block_device()) {
+            return Err(Error::Invalid(format!(
+                "host {} is not a device",
+                host.display()
+            )));
+        }
+        let t = mkdir_all_in_root(root, path, Kind::File)?;
+        return mount_at(
+            Some(&host.to_string_lossy()),
+            &proc_fd(&t),
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+        .with_ctx(|| format!("bind device {}", host.display()));
+    }
+    let dir = mkdir_all_in_root(root, parent, Kind::Dir)?;
+    let dirfd = nix::fcntl::openat(
+        &dir,
+        ".",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_ctx(|| format!("open {}", parent.display()))?;
+    let cname = CString::new(name.as_encoded_bytes())
+        .map_err(|_| Error::Invalid("NUL in device path".into()))?;
+    // Replace whatever the image had there (never following it).
+    let _ = nix::unistd::unlinkat(
+        &dirfd,
+        cname.as_c_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    let dev = nix::sys::stat::makedev(major, minor);
+    let sflag = nix::sys::stat::SFlag::from_bits_truncate(typ);
+    let res = nix::sys::stat::mknodat(
+        &dirfd,
+        cname.as_c_str(),
+        sflag,
+        nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+        dev,
+    );
+    let res = res.with_ctx(|| format!("mknod {}", path.display()));
+    if res.is_ok() {
+        // mknod applies the umask: set the exact mode, then the owner.
+        let _ = nix::sys::stat::fchmodat(
+            &dirfd,
+            cname.as_c_str(),
+            nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        );
+        let _ = nix::unistd::fchownat(
+            &dirfd,
+            cname.as_c_str(),
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+    }
+    res
+}
+
+fn create_dev_links(root: RawFd) -> Result<()> {
+    let dev = open_in_root(root, Path::new("/dev"), libc::O_PATH | libc::O_DIRECTORY)
+        .ctx("open /dev in rootfs")?;
+    let mut links = vec![
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    if Path::new("/proc/kcore").exists() {
+        links.push(("/proc/kcore", "core"));
+    }
+    for (target, name) in links {
+        match nix::unistd::symlinkat(target, &dev, name) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(Error::os(format!("symlink /dev/{name}"), e)),
+        }
+    }
+    // /dev/ptmx -> pts/ptmx when the container has its own devpts.
+    if open_in_root(root, Path::new("/dev/pts/ptmx"), libc::O_PATH).is_ok() {
+        let _ = nix::unistd::unlinkat(&dev, "ptmx", nix::unistd::UnlinkatFlags::NoRemoveDir);
+        nix::unistd::symlinkat("pts/ptmx", &dev, "ptmx").ctx("symlink /dev/ptmx")?;
+    }
+    Ok(())
+}
+
+/// sysctl, readonlyPaths and maskedPaths (after the hooks, before pivot_root). `devnull`
+/// is the host's /dev/null, checked to be the real character device 1:3.
+pub fn finish_paths(spec: &Spec, root: RawFd, devnull: &OwnedFd) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    if let Some(sysctl) = linux.sysctl() {
+        for (k, v) in sysctl {
+            let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+            let fd = open_in_root(root, &p, libc::O_WRONLY)
+                .with_ctx(|| format!("linux.sysctl {k}: open {}", p.display()))?;
+            let mut f = std::fs::File::from(fd);
+            std::io::Write::write_all(&mut f, v.as_bytes())
+                .with_ctx(|| format!("linux.sysctl {k}={v}"))?;
+        }
+    }
+    for p in linux.readonly_paths().iter().flatten() {
+        let fd = match open_in_root(root, Path::new(p), libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(Error::os(format!("linux.readonlyPaths {p}"), e)),
+        };
+        let t = proc_fd(&fd);
+        mount_at(Some(&t), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+            .with_ctx(|| format!("readonlyPaths: bind {p}"))?;
+        let m =
+            open_in_root(root, Path::new(p), libc::O_PATH).with_ctx(|| format!("reopen {p}"))?;
+        let mt = proc_fd(&m);
+        let want = MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | locked_flags(&mt);
+        mount_at(
+            None,
+            &mt,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_REC | want,
+            None,
+        )
+        .with_ctx(|| format!("readonlyPaths: remount {p} read-only"))?;
+    }
+    let nullp = proc_fd(devnull);
+    for p in linux.masked_paths().iter().flatten() {
+        let fd = match open_in_root(root, Path::new(p), libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(Error::os(format!("linux.maskedPaths {p}"), e)),
+        };
+        let t = proc_fd(&fd);
+        let meta = std::fs::metadata(&t).with_ctx(|| format!("maskedPaths: stat {p}"))?;
+        if meta.is_dir() {
+            mount_at(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0k"),
+            )
+            .with_ctx(|| format!("maskedPaths: mask directory {p}"))?;
+        } else {
+            mount_at(Some(&nullp), &t, None, MsFlags::MS_BIND, None)
+                .with_ctx(|| format!("maskedPaths: mask {p}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the host's /dev/null and checks it is the real device (a replaced /dev/null must
+/// not be bind-mounted over masked paths).
+pub fn open_devnull() -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx("open /dev/null")?;
+    let meta = std::fs::metadata(proc_fd(&fd)).ctx("stat /dev/null")?;
+    if !meta.file_type().is_char_device() || meta.rdev() != nix::sys::stat::makedev(1, 3) {
+        return Err(Error::Invalid(
+            "/dev/null is not the null character device (1:3)".into(),
+        ));
+    }
+    Ok(fd)
+}
+
+/// pivot_root into the rootfs (or move-mount + chroot with `no_pivot`), then detach the old
+/// root so nothing of the host stays reachable.
+pub fn enter(root: &OwnedFd, rootfs: &Path, no_pivot: bool) -> Result<()> {
+    if no_pivot {
+        nix::unistd::chdir(rootfs).with_ctx(|| format!("chdir {}", rootfs.display()))?;
+        mount_at(Some("."), "/", None, MsFlags::MS_MOVE, None)
+            .ctx("move rootfs to / (--no-pivot)")?;
+        nix::unistd::chroot(".").ctx("chroot (--no-pivot)")?;
+        nix::unistd::chdir("/").ctx("chdir /")?;
+        return Ok(());
+    }
+    let dir = nix::fcntl::open(
+        rootfs,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_ctx(|| format!("open rootfs {}", rootfs.display()))?;
+    let _ = root;
+    nix::unistd::fchdir(&dir).ctx("fchdir rootfs")?;
+    nix::unistd::pivot_root(".", ".").with_ctx(|| format!("pivot_root {}", rootfs.display()))?;
+    // The old root is now stacked under ".": make it a slave so the unmount does not
+    // propagate to the host, then detach it.
+    mount_at(None, ".", None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
+        .ctx("make old root a slave")?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH).ctx("detach old root")?;
+    nix::unistd::chdir("/").ctx("chdir /")?;
+    Ok(())
+}
+
+/// After pivot_root: a read-only root and the configured rootfs propagation.
+pub fn finish_root(spec: &Spec, in_userns: bool) -> Result<()> {
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        let keep = if in_userns {
+            locked_flags("/")
+        } else {
+            MsFlags::empty()
+        };
+        mount_at(
+            None,
+            "/",
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep,
+            None,
+        )
+        .ctx("remount / read-only")?;
+    }
+    if let Some(p) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
+        if let Some(f) = propagation_flag(p) {
+            mount_at(None, "/", None, f, None)
+                .with_ctx(|| format!("set rootfs propagation {p}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = parse_options(&[
+            "nosuid,noexec".into(),
+            "rbind".into(),
+            "rslave".into(),
+            "mode=755".into(),
+        ])
+        .unwrap();
+        assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC));
+        assert!(o.bind && o.recursive);
+        assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+        assert_eq!(o.data, vec!["mode=755"]);
+        let o = parse_options(&["ro".into(), "rw".into()]).unwrap();
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+        assert!(parse_options(&["idmap".into()]).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Process security settings applied by the init process just before exec: rlimits, the
+//! user and groups, capabilities, no_new_privs.
+
+use std::str::FromStr;
+
+use caps::{CapSet, Capability, CapsHashSet};
+use oci_spec::runtime::{LinuxCapabilities, PosixRlimitType, Process};
+
+use crate::error::{Context, Error, Result};
+
+fn rlimit_resource(t: PosixRlimitType) -> i32 {
+    (match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }) as i32
+}
+
+pub fn set_rlimits(p: &Process) -> Result<()> {
+    for r in p.rlimits().iter().flatten() {
+        crate::sys::setrlimit(rlimit_resource(r.typ()), r.soft(), r.hard()).with_ctx(|| {
+            format!(
+                "process.rlimits {:?} soft {} hard {}",
+                r.typ(),
+                r.soft(),
+                r.hard()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes oom_score_adj. Lowering it needs CAP_SYS_RESOURCE; when the host withholds that
+/// capability (as on some CI hosts) a failure to lower is logged, not fatal.
+pub fn set_oom_score_adj(p: &Process) -> Result<()> {
+    let Some(adj) = p.oom_score_adj() else {
+        return Ok(());
+    };
+    match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            crate::log::warn(&format!("process.oomScoreAdj {adj}: {e} (CAP_SYS_RESOURCE missing?); keeping the current value"));
+            Ok(())
+        }
+        Err(e) => Err(Error::os(format!("process.oomScoreAdj {adj}"), e)),
+    }
+}
+
+fn to_caps(set: &Option<oci_spec::runtime::Capabilities>, last: u8) -> Result<CapsHashSet> {
+    let mut out = CapsHashSet::new();
+    for c in set.iter().flatten() {
+        let name = format!("CAP_{c}");
+        let cap = Capability::from_str(&name)
+            .map_err(|_| Error::Config(format!("unknown capability {name}")))?;
+        if cap.index() > last {
+            crate::log::warn(&format!(
+                "capability {name} is not supported by this kernel; ignored"
+            ));
+            continue;
+        }
+        out.insert(cap);
+    }
+    Ok(out)
+}
+
+fn last_cap() -> u8 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// The capability sets, converted and checked.
+pub struct CapSets {
+    bounding: CapsHashSet,
+    effective: CapsHashSet,
+    permitted: CapsHashSet,
+    inheritable: CapsHashSet,
+    ambient: CapsHashSet,
+}
+
+pub fn cap_sets(c: &LinuxCapabilities) -> Result<CapSets> {
+    let last = last_cap();
+    Ok(CapSets {
+        bounding: to_caps(c.bounding(), last)?,
+        effective: to_caps(c.effective(), last)?,
+        permitted: to_caps(c.permitted(), last)?,
+        inheritable: to_caps(c.inheritable(), last)?,
+        ambient: to_caps(c.ambient(), last)?,
+    })
+}
+
+/// Drops everything outside the bounding set (needs CAP_SETPCAP: do it while still root).
+pub fn drop_bounding(c: &CapSets) -> Result<()> {
+    let last = last_cap();
+    for cap in caps::all() {
+        if cap.index() > last || c.bounding.contains(&cap) {
+            continue;
+        }
+        caps::drop(None, CapSet::Bounding, cap)
+            .map_err(|e| Error::Init(format!("drop {cap} from the bounding set: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Switches to the process user (groups, gid, uid) keeping the permitted capabilities.
+pub fn set_user(p: &Process, setgroups_allowed: bool) -> Result<()> {
+    let u = p.user();
+    nix::sys::prctl::set_keepcaps(true).ctx("prctl(PR_SET_KEEPCAPS)")?;
+    if setgroups_allowed {
+        let groups: Vec<nix::unistd::Gid> = u
+            .additional_gids()
+            .iter()
+            .flatten()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&groups)
+            .with_ctx(|| format!("setgroups {:?}", u.additional_gids()))?;
+    } else if u.additional_gids().as_ref().is_some_and(|g| !g.is_empty()) {
+        return Err(Error::Config(
+            "process.user.additionalGids cannot be set: setgroups is denied in this user namespace"
+                .into(),
+        ));
+    }
+    let gid = nix::unistd::Gid::from_raw(u.gid());
+    nix::unistd::setresgid(gid, gid, gid).with_ctx(|| format!("setresgid {}", u.gid()))?;
+    let uid = nix::unistd::Uid::from_raw(u.uid());
+    nix::unistd::setresuid(uid, uid, uid).with_ctx(|| format!("setresuid {}", u.uid()))?;
+    Ok(())
+}
+
+/// Sets the effective, permitted, inheritable and ambient sets (after the user switch).
+pub fn apply_caps(c: &CapSets) -> Result<()> {
+    let err =
+        |set: &str, e: caps::errors::CapsError| Error::Init(format!("set {set} capabilities: {e}"));
+    // Permitted must be a superset of effective and inheritable.
+    // Order matters: inheritable while CAP_SETPCAP may still be effective, then effective
+    // (a subset of the old permitted set), then shrink permitted.
+    caps::set(None, CapSet::Inheritable, &c.inheritable).map_err(|e| err("inheritable", e))?;
+    caps::set(None, CapSet::Effective, &c.effective).map_err(|e| err("effective", e))?;
+    caps::set(None, CapSet::Permitted, &c.permitted).map_err(|e| err("permitted", e))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| err("ambient", e))?;
+    for cap in &c.ambient {
+        // Ambient needs the capability in permitted and inheritable; the kernel says EPERM
+        // otherwise, which runc only logs.
+        if let Err(e) = caps::raise(None, CapSet::Ambient, *cap) {
+            crate::log::debug(&format!("cannot raise ambient capability {cap}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+pub fn set_no_new_privs() -> Result<()> {
+    nix::sys::prctl::set_no_new_privs().ctx("prctl(PR_SET_NO_NEW_PRIVS)")
+}

@@ -1,0 +1,259 @@
+//! The runtime's record of each container: `<root>/<id>/state.json` plus the exec socket
+//! the waiting init process listens on until `start`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+
+pub const DEFAULT_ROOT: &str = "/run/rsrun";
+const STATE_FILE: &str = "state.json";
+pub const EXEC_SOCKET: &str = "exec.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `create` records for later commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    /// Start time of `pid` in clock ticks, to tell it from a later process with the same PID.
+    pub start_time: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: u32,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// The container's cgroup directories, one per hierarchy.
+    #[serde(default)]
+    pub cgroup_paths: Vec<PathBuf>,
+    /// The namespace files of the container's init, by type (for joining later).
+    #[serde(default)]
+    pub namespaces: Vec<(String, PathBuf)>,
+}
+
+/// The state directory of one container.
+pub struct ContainerDir {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+impl ContainerDir {
+    pub fn new(root: &Path, id: &str) -> Result<Self> {
+        crate::config::validate_id(id)?;
+        Ok(ContainerDir {
+            id: id.to_string(),
+            path: root.join(id),
+        })
+    }
+
+    /// Creates the directory; fails if a container with this ID exists.
+    pub fn create(&self) -> Result<()> {
+        let root = self.path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(root)
+            .with_ctx(|| format!("create state root {}", root.display()))?;
+        match std::fs::create_dir(&self.path) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ =
+                    std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711));
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::Exists(self.id.clone()))
+            }
+            Err(e) => Err(Error::os(
+                format!("create state dir {}", self.path.display()),
+                e,
+            )),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    pub fn exec_socket(&self) -> PathBuf {
+        self.path.join(EXEC_SOCKET)
+    }
+
+    /// Writes state.json atomically (temp file, fsync-free rename: /run is tmpfs).
+    pub fn save(&self, saved: &Saved) -> Result<()> {
+        let tmp = self.path.join(".state.json.tmp");
+        let data =
+            serde_json::to_vec(saved).map_err(|e| Error::Invalid(format!("encode state: {e}")))?;
+        let mut f = std::fs::File::create(&tmp).with_ctx(|| format!("write {}", tmp.display()))?;
+        f.write_all(&data)
+            .with_ctx(|| format!("write {}", tmp.display()))?;
+        drop(f);
+        let dst = self.path.join(STATE_FILE);
+        std::fs::rename(&tmp, &dst)
+            .with_ctx(|| format!("rename {} to {}", tmp.display(), dst.display()))
+    }
+
+    /// Reads state.json. `Ok(None)` while the container is still being created.
+    pub fn load(&self) -> Result<Option<Saved>> {
+        if !self.exists() {
+            return Err(Error::NotFound(self.id.clone()));
+        }
+        let p = self.path.join(STATE_FILE);
+        match std::fs::read(&p) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| Error::Invalid(format!("corrupt state file {}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::os(format!("read {}", p.display()), e)),
+        }
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::os(
+                format!("remove state dir {}", self.path.display()),
+                e,
+            )),
+        }
+    }
+}
+
+impl Saved {
+    /// Whether the init process recorded here is still alive (and not a zombie).
+    pub fn alive(&self) -> bool {
+        if self.pid <= 0 {
+            return false;
+        }
+        match crate::sys::process_start_time(self.pid) {
+            Ok(t) if t == self.start_time => !matches!(
+                crate::sys::process_state(self.pid),
+                Ok('Z') | Ok('X') | Err(_)
+            ),
+            _ => false,
+        }
+    }
+
+    pub fn status(&self, dir: &ContainerDir) -> Status {
+        if !self.alive() {
+            return Status::Stopped;
+        }
+        if dir.exec_socket().exists() {
+            return Status::Created;
+        }
+        if crate::cgroups::is_frozen(&self.cgroup_paths) {
+            return Status::Paused;
+        }
+        Status::Running
+    }
+
+    /// The state as the runtime spec defines it (for `state` and for hooks).
+    pub fn spec_state(&self, status: Status) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": status.as_str(),
+            "bundle": self.bundle,
+        });
+        if status != Status::Stopped {
+            v["pid"] = self.pid.into();
+        }
+        if !self.annotations.is_empty() {
+            v["annotations"] = serde_json::to_value(&self.annotations).unwrap_or_default();
+        }
+        v
+    }
+}
+
+/// Every container ID under `root`.
+pub fn list_ids(root: &Path) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::os(format!("read {}", root.display()), e)),
+    };
+    let mut ids: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Current time as RFC 3339 with nanoseconds, UTC.
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            super::rfc3339(1_700_000_000, 5),
+            "2023-11-14T22:13:20.000000005Z"
+        );
+        assert_eq!(
+            super::rfc3339(951_782_400, 0),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Thin wrappers over the system calls that nix does not cover. This is the one module
+//! of the runtime that holds `unsafe` code; every block says why it is sound.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// fork(2) with namespace flags: the child continues from the same point with a copy
+/// of the address space. Returns 0 in the child and the child's PID in the parent.
+///
+/// The caller must be single-threaded (the runtime's binaries are): the child gets a copy
+/// of one thread only.
+pub fn clone_fork(flags: u64) -> io::Result<libc::pid_t> {
+    // SAFETY: the raw clone syscall without CLONE_VM and with a NULL stack behaves like
+    // fork(): the child runs on a copy-on-write copy of the parent's stack. No pointers are
+    // passed. glibc no longer caches the PID, so getpid() stays correct in the child.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD as u64) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    check(ret).map(|p| p as libc::pid_t)
+}
+
+/// struct open_how of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// openat2(2) with `resolve` flags (e.g. RESOLVE_IN_ROOT, so that absolute symlinks and
+/// `..` cannot leave `dirfd`).
+pub fn openat2(
+    dirfd: RawFd,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve,
+    };
+    // SAFETY: `how` is a valid open_how of the size passed; `path` is NUL-terminated and
+    // outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    // SAFETY: on success the kernel returned a new file descriptor that nothing else owns.
+    check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Marks every descriptor from `first` upwards close-on-exec.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags; no memory is touched.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    check(ret).map(|_| ())
+}
+
+/// Closes every descriptor from `first` upwards except those in `keep`.
+pub fn close_from_except(first: RawFd, keep: &[RawFd]) -> io::Result<()> {
+    let mut lo = first;
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    for k in keep {
+        if k > lo {
+            close_range(lo as u32, (k - 1) as u32)?;
+        }
+        lo = k + 1;
+    }
+    close_range(lo as u32, u32::MAX)
+}
+
+fn close_range(lo: u32, hi: u32) -> io::Result<()> {
+    // SAFETY: closing descriptors is memory-safe; callers only close descriptors that no
+    // live Rust object in this process still uses (the init process is about to exec).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
+    check(ret).map(|_| ())
+}
+
+/// pidfd_open(2): a descriptor that becomes readable when the process exits.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    // SAFETY: a new descriptor owned by nobody else.
+    check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_send_signal(2).
+pub fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
+    // SAFETY: NULL siginfo is allowed; integer arguments otherwise.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, 0usize, 0u32) };
+    check(ret).map(|_| ())
+}
+
+/// setrlimit(2) by raw resource number.
+pub fn setrlimit(resource: i32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit; the old-limit pointer is NULL.
+    let ret = unsafe { libc::prlimit(0, resource as _, &lim, std::ptr::null_mut()) };
+    check(ret as libc::c_long).map(|_| ())
+}
+
+/// setdomainname(2).
+pub fn setdomainname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`.
+    let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    check(ret as libc::c_long).map(|_| ())
+}
+
+/// personality(2).
+pub fn personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: integer argument only.
+    let ret = unsafe { libc::personality(persona) };
+    check(ret as libc::c_long).map(|_| ())
+}
+
+/// Makes `fd` (a terminal) the controlling terminal of this session.
+pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    check(ret as libc::c_long).map(|_| ())
+}
+
+/// Sets a terminal's window size.
+pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    check(ret as libc::c_long).map(|_| ())
+}
+
+/// Opens a new pseudo-terminal master from the ptmx device at `ptmx` and returns it with the
+/// path of its slave.
+pub fn open_pty(ptmx: &CStr) -> io::Result<(OwnedFd, String)> {
+    // SAFETY: `ptmx` is NUL-terminated; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    check(fd as libc::c_long)?;
+    // SAFETY: a new descriptor owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int that lives across the call.
+    check(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) } as libc::c_long,
+    )?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes an unsigned int that lives across the call.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } as libc::c_long)?;
+    Ok((master, format!("/dev/pts/{n}")))
+}
+
+/// Sets the calling process's umask.
+pub fn umask(mask: u32) {
+    // SAFETY: integer argument only; umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// Exits immediately without running destructors or atexit handlers (for forked children).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), which
+/// with the PID identifies a process across PID reuse.
+pub fn process_start_time(pid: libc::pid_t) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))?;
+    let mut fields = rest.split_whitespace();
+    // rest starts at field 3 (state); start time is field 22.
+    let start = fields
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))?;
+    Ok(start)
+}
+
+/// The state letter of a process (field 3 of /proc/PID/stat), e.g. 'Z' for a zombie.
+pub fn process_state(pid: libc::pid_t) -> io::Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, r)| r.trim_start().chars().next())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))
+}
+
+pub fn cstr(s: &str) -> std::ffi::CString {
+    std::ffi::CString::new(s)
+        .unwrap_or_else(|_| std::ffi::CString::new(s.replace('\0', "")).unwrap_or_default())
+}
+
+/// Borrows a raw descriptor that the caller knows to be open for the borrow's use.
+pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass descriptors owned by an object that outlives every use of the
+    // borrow (the init's sync socket, held by its arguments until exit).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of a descriptor returned by a nix call that yields a RawFd.
+pub fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by the kernel (accept4) and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Sends `fd` over the unix socket `sock` with SCM_RIGHTS, `name` as the payload.
+pub fn send_fd(sock: RawFd, fd: RawFd, name: &str) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(name.as_bytes())];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS on `sock`.
+pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                return Ok(own(fd));
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "no descriptor received",
+    ))
+}
+
+/// A terminal's window size as (rows, cols).
+pub fn get_winsize(fd: RawFd) -> io::Result<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize struct that lives across the call.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    check(ret as libc::c_long).map(|_| (ws.ws_row, ws.ws_col))
+}
+
+/// Gives the process a new session keyring named `name` (keyctl JOIN_SESSION_KEYRING).
+pub fn join_session_keyring(name: &CStr) -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    check(ret).map(|_| ())
+}
