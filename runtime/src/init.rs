@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -88,12 +89,23 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     // Non-dumpable, its /proc/PID/exe cannot be opened by container processes (ptrace
     // access checks need CAP_SYS_PTRACE in the host user namespace).
     nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    // Our own binary, to refuse exec'ing it as the container's program.
+    let self_exe = std::fs::metadata("/proc/self/exe").ctx("stat /proc/self/exe")?;
+    let self_id = (self_exe.dev(), self_exe.ino());
     let host_pid = match wait_for(&a.sync, &Msg::Go(0))? {
         Msg::Go(p) => p,
         _ => unreachable_msg()?,
     };
     for (flag, fd) in &a.join {
         nix::sched::setns(fd, *flag).with_ctx(|| format!("join {} namespace", ns_name(*flag)))?;
+    }
+    if a.in_userns {
+        // Become root of the user namespace: our host uid is not mapped in it, and files
+        // we create must be owned by a mapped id.
+        let root_g = nix::unistd::Gid::from_raw(0);
+        let root_u = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresgid(root_g, root_g, root_g).ctx("setresgid 0 in the user namespace")?;
+        nix::unistd::setresuid(root_u, root_u, root_u).ctx("setresuid 0 in the user namespace")?;
     }
     if !a.unshare.is_empty() {
         nix::sched::unshare(a.unshare).with_ctx(|| format!("unshare {:?}", a.unshare))?;
@@ -176,6 +188,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     let env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
     let args = process.args().as_deref().unwrap_or(&[]);
     let exe = find_executable(&args[0], &env)?;
+    refuse_runtime_binary(&exe, self_id)?;
 
     // Nothing of the host may stay open: only stdio, the preserved descriptors and our
     // own channels (close-on-exec) survive.
@@ -262,6 +275,8 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     )
     .ctx("reset signal mask")?;
 
+    // Checked again at the last moment: the file may have changed since create.
+    refuse_runtime_binary(&exe, self_id)?;
     let cargs: Vec<CString> = args.iter().map(|s| sys::cstr(s)).collect();
     let cenv: Vec<CString> = env.iter().map(|s| sys::cstr(s)).collect();
     let cexe = sys::cstr(&exe);
@@ -294,6 +309,37 @@ fn build_env(env: &[String], extra: &[String]) -> Vec<String> {
         out.push(e.clone());
     }
     out
+}
+
+/// CVE-2019-5736: a container whose program is (or is a script interpreted by) the
+/// runtime's own binary, e.g. `#!/proc/self/exe`, would run the host's rsrun binary as a
+/// container process, and could then reopen it for writing through /proc/PID/exe after it
+/// exits. The exec follows the interpreter chain the way the kernel does and refuses any
+/// link of it that is our binary.
+fn refuse_runtime_binary(exe: &str, self_id: (u64, u64)) -> Result<()> {
+    let mut path = exe.to_string();
+    for _ in 0..6 {
+        let meta = std::fs::metadata(&path).with_ctx(|| format!("exec {path:?}"))?;
+        if (meta.dev(), meta.ino()) == self_id {
+            return Err(Error::Invalid(format!(
+                "exec {exe:?}: refusing to run the runtime binary inside the container (via {path:?}; CVE-2019-5736)"
+            )));
+        }
+        let mut head = [0u8; 256];
+        let n = std::fs::File::open(&path)
+            .and_then(|mut f| f.read(&mut head))
+            .unwrap_or(0);
+        if n < 2 || &head[..2] != b"#!" {
+            return Ok(());
+        }
+        let line = head[2..n].split(|b| *b == b'\n').next().unwrap_or(&[]);
+        let line = String::from_utf8_lossy(line);
+        match line.split_whitespace().next() {
+            Some(interp) => path = interp.to_string(),
+            None => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -50,6 +50,11 @@ fn emit(level: &str, msg: &str) {
     if level == "debug" && !l.debug {
         return;
     }
+    if l.file.is_none() && l.format == Format::Text {
+        // Interactive use: plain messages on stderr.
+        let _ = writeln!(std::io::stderr(), "rsrun: {level}: {msg}");
+        return;
+    }
     let line = match l.format {
         Format::Json => {
             let v = serde_json::json!({"level": level, "msg": msg, "time": crate::state::now_rfc3339()});

@@ -179,64 +179,92 @@ pub enum Kind {
 }
 
 /// Opens `path` inside the rootfs, creating missing directories (and the last component
-/// as `kind`) without following anything out of the rootfs. Returns an O_PATH fd.
+/// as `kind`) without following anything out of the rootfs: symlinks met on the way,
+/// dangling ones included, are resolved by hand with the rootfs as `/`, and `..` stops at
+/// it. Returns an O_PATH fd.
 pub fn mkdir_all_in_root(root: RawFd, path: &Path, kind: Kind) -> Result<OwnedFd> {
     match open_in_root(root, path, libc::O_PATH) {
         Ok(fd) => return Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => return Err(Error::os(format!("open {} in rootfs", path.display()), e)),
     }
-    let comps: Vec<&std::ffi::OsStr> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        })
-        .collect();
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(Error::Invalid(format!(
-            "path {} contains ..",
-            path.display()
-        )));
-    }
-    let mut cur = PathBuf::from("/");
-    for (i, c) in comps.iter().enumerate() {
-        let next = cur.join(c);
-        match open_in_root(root, &next, libc::O_PATH) {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag};
+    let err =
+        |what: &str, e: nix::Error| Error::os(format!("{what} {} in rootfs", path.display()), e);
+    let mut stack: Vec<OwnedFd> =
+        vec![
+            open_in_root(root, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
+                .with_ctx(|| format!("open rootfs for {}", path.display()))?,
+        ];
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> = components(path);
+    let mut links = 0;
+    while let Some(c) = queue.pop_front() {
+        if c == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let parent = stack.last().expect("root stays on the stack");
+        let last = queue.is_empty();
+        match nix::sys::stat::fstatat(parent, c.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+                links += 1;
+                if links > 40 {
+                    return Err(err("too many symlinks resolving", nix::errno::Errno::ELOOP));
+                }
+                let target = nix::fcntl::readlinkat(parent, c.as_os_str())
+                    .map_err(|e| err("readlink", e))?;
+                let target = PathBuf::from(target);
+                if target.is_absolute() {
+                    stack.truncate(1);
+                }
+                for t in components(&target).into_iter().rev() {
+                    queue.push_front(t);
+                }
+                continue;
+            }
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let parent = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY)
-                    .with_ctx(|| format!("open {} in rootfs", cur.display()))?;
-                let name = CString::new(c.as_encoded_bytes())
-                    .map_err(|_| Error::Invalid("NUL in path".into()))?;
-                let last = i + 1 == comps.len();
+            Err(nix::errno::Errno::ENOENT) => {
                 let res = if last && kind == Kind::File {
                     nix::sys::stat::mknodat(
-                        &parent,
-                        name.as_c_str(),
-                        nix::sys::stat::SFlag::S_IFREG,
-                        nix::sys::stat::Mode::from_bits_truncate(0o644),
+                        parent,
+                        c.as_os_str(),
+                        SFlag::S_IFREG,
+                        Mode::from_bits_truncate(0o644),
                         0,
                     )
                 } else {
-                    nix::sys::stat::mkdirat(
-                        &parent,
-                        name.as_c_str(),
-                        nix::sys::stat::Mode::from_bits_truncate(0o755),
-                    )
+                    nix::sys::stat::mkdirat(parent, c.as_os_str(), Mode::from_bits_truncate(0o755))
                 };
                 match res {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(Error::os(format!("create {} in rootfs", next.display()), e))
-                    }
+                    Err(e) => return Err(err("create", e)),
                 }
             }
-            Err(e) => return Err(Error::os(format!("open {} in rootfs", next.display()), e)),
+            Err(e) => return Err(err("stat", e)),
         }
-        cur = next;
+        let fd = nix::fcntl::openat(
+            parent,
+            c.as_os_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err("open", e))?;
+        stack.push(fd);
     }
-    open_in_root(root, path, libc::O_PATH).with_ctx(|| format!("open {} in rootfs", path.display()))
+    Ok(stack.pop().expect("root stays on the stack"))
+}
+
+fn components(p: &Path) -> std::collections::VecDeque<std::ffi::OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn mount_at(

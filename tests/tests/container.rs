@@ -1,0 +1,344 @@
+//! What a container sees from inside: namespaces, rootfs, devices, process settings.
+
+use rsrun_tests::*;
+use serde_json::json;
+
+fn sh(script: &str) -> Bundle {
+    Bundle::new(&["sh", "-c", script])
+}
+
+fn ns_inode(pid: u32, ns: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn new_namespaces() {
+    let rt = Rsrun::new();
+    let mut b = sh("echo pid=$$; hostname; domainname 2>/dev/null || cat /proc/sys/kernel/domainname; ls /sys/class/net; for n in ipc uts net mnt cgroup; do readlink /proc/self/ns/$n; done; cat /proc/self/cgroup");
+    b.edit(|c| {
+        c["hostname"] = json!("box");
+        c["domainname"] = json!("example.org");
+    });
+    let out = rt.output(&b);
+    let me = std::process::id();
+    assert!(out.contains("pid=1\n"), "{out}");
+    assert!(
+        out.contains("box\n") && out.contains("example.org"),
+        "{out}"
+    );
+    let ifaces: Vec<&str> = out.lines().filter(|l| *l == "lo").collect();
+    assert_eq!(ifaces, vec!["lo"], "{out}");
+    for ns in ["ipc", "uts", "net", "mnt", "cgroup"] {
+        assert!(
+            out.contains(&format!("{ns}:[")),
+            "{ns} namespace not listed: {out}"
+        );
+        assert!(
+            !out.contains(&ns_inode(me, ns)),
+            "{ns} namespace shared with the host: {out}"
+        );
+    }
+    // In its own cgroup namespace the container's cgroup is the root.
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with(":/") && l.contains("memory")),
+        "{out}"
+    );
+}
+
+#[test]
+fn join_namespace_by_path_and_reject_wrong_type() {
+    let rt = Rsrun::new();
+    let a = Bundle::new(&["sleep", "100"]);
+    let ida = unique("nsa");
+    rt.ok(&["run", "-d", "--bundle", a.dir.to_str().unwrap(), &ida]);
+    let pid = rt.state(&ida)["pid"].as_i64().unwrap() as u32;
+    let mut b = sh("readlink /proc/self/ns/net; readlink /proc/self/ns/uts");
+    b.add_namespace("network", Some(&format!("/proc/{pid}/ns/net")));
+    b.add_namespace("uts", Some(&format!("/proc/{pid}/ns/uts")));
+    let out = rt.output(&b);
+    assert!(out.contains(&ns_inode(pid, "net")), "{out}");
+    assert!(out.contains(&ns_inode(pid, "uts")), "{out}");
+    // A path of another namespace type is refused.
+    let mut bad = sh("true");
+    bad.add_namespace("network", Some(&format!("/proc/{pid}/ns/uts")));
+    let e = rt.fails(&["run", "--bundle", bad.dir.to_str().unwrap(), &unique("bad")]);
+    assert!(e.contains("\"uts\" namespace, not \"net\""), "{e}");
+    rt.ok(&["delete", "-f", &ida]);
+}
+
+#[test]
+fn user_namespace_with_mappings() {
+    let rt = Rsrun::new();
+    let mut b = sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; ls -ln /bin/busybox");
+    b.add_namespace("user", None);
+    b.edit(|c| {
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    // The rootfs must be reachable by the mapped root.
+    let out = rt.output(&b);
+    let maps: Vec<Vec<&str>> = out
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(maps[0], vec!["0", "100000", "65536"], "{out}");
+    assert_eq!(maps[1], vec!["0", "100000", "65536"], "{out}");
+    // Host root's files appear as the overflow user.
+    assert!(out.contains("65534"), "{out}");
+}
+
+#[test]
+fn time_namespace_offsets() {
+    let rt = Rsrun::new();
+    let mut b = sh("cat /proc/self/timens_offsets; cut -d. -f1 /proc/uptime");
+    b.add_namespace("time", None);
+    b.edit(|c| {
+        c["linux"]["timeOffsets"] =
+            json!({"boottime": {"secs": 86400, "nanosecs": 0}, "monotonic": {"secs": 3600}})
+    });
+    let out = rt.output(&b);
+    assert!(out.contains("monotonic") && out.contains("3600"), "{out}");
+    assert!(out.contains("boottime") && out.contains("86400"), "{out}");
+    let up: u64 = out.lines().last().unwrap().trim().parse().unwrap();
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(up as f64 >= host + 86000.0, "uptime {up} vs host {host}");
+}
+
+#[test]
+fn rootfs_readonly_mounts_and_propagation() {
+    let rt = Rsrun::new();
+    let host = TempDir::new("bind");
+    std::fs::write(host.path().join("f"), "from host").unwrap();
+    let mut b = sh(
+        "touch /x 2>/dev/null && echo rootrw || echo rootro; cat /data/f; touch /data/g 2>/dev/null && echo bindrw || echo bindro; \
+         touch /scratch/t && echo tmpfsrw; grep -E ' /scratch | /data ' /proc/self/mountinfo",
+    );
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(true);
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/data", "type": "bind", "source": host.path(), "options": ["rbind", "ro", "nosuid", "rprivate"]}));
+        m.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid,nodev", "noexec", "mode=1777", "size=1m"]}));
+    });
+    let out = rt.output(&b);
+    assert!(out.contains("rootro"), "{out}");
+    assert!(out.contains("from host"), "{out}");
+    assert!(out.contains("bindro"), "{out}");
+    assert!(out.contains("tmpfsrw"), "{out}");
+    let scratch = out.lines().find(|l| l.contains(" /scratch ")).unwrap();
+    assert!(
+        scratch.contains("nosuid") && scratch.contains("nodev") && scratch.contains("noexec"),
+        "{scratch}"
+    );
+    assert!(!host.path().join("g").exists());
+}
+
+#[test]
+fn overlay_mount_with_split_options() {
+    let rt = Rsrun::new();
+    let t = TempDir::new("ovl");
+    for d in ["lower", "upper", "work"] {
+        std::fs::create_dir_all(t.path().join(d)).unwrap();
+    }
+    std::fs::write(t.path().join("lower/l"), "lower file").unwrap();
+    let mut b = sh("cat /ovl/l; echo new > /ovl/n; cat /ovl/n");
+    let lower = format!("lowerdir={}", t.path().join("lower").display());
+    let upper = format!("upperdir={}", t.path().join("upper").display());
+    let work = format!("workdir={}", t.path().join("work").display());
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/ovl", "type": "overlay", "source": "overlay", "options": [lower, upper, work]}));
+    });
+    let out = rt.output(&b);
+    assert!(out.contains("lower file") && out.contains("new"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("upper/n")).unwrap(),
+        "new\n"
+    );
+}
+
+#[test]
+fn devices_links_masked_and_readonly_paths() {
+    let rt = Rsrun::new();
+    let mut b = sh(
+        "for d in null zero full random urandom tty mydev; do stat -c '%n %t:%T %a' /dev/$d; done; \
+         for l in fd stdin stdout stderr ptmx; do readlink /dev/$l; done; \
+         stat -c 'keys %t:%T' /proc/keys; ls /proc/acpi | wc -l; \
+         echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysrw || echo sysro; \
+         cat /proc/sys/net/ipv4/ip_forward",
+    );
+    b.edit(|c| {
+        c["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 0, "gid": 0}]);
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    });
+    let out = rt.output(&b);
+    for want in [
+        "/dev/null 1:3 666",
+        "/dev/zero 1:5 666",
+        "/dev/tty 5:0 666",
+        "/dev/mydev 1:3 640",
+    ] {
+        assert!(out.contains(want), "{want} missing: {out}");
+    }
+    for want in [
+        "/proc/self/fd\n",
+        "/proc/self/fd/0\n",
+        "/proc/self/fd/2\n",
+        "pts/ptmx\n",
+    ] {
+        assert!(out.contains(want), "{want} missing: {out}");
+    }
+    assert!(out.contains("keys 1:3"), "{out}");
+    assert!(out.contains("\n0\n"), "masked /proc/acpi not empty: {out}");
+    assert!(out.contains("sysro"), "{out}");
+    assert!(out.trim_end().ends_with('1'), "sysctl not applied: {out}");
+}
+
+#[test]
+fn no_pivot_mode() {
+    let rt = Rsrun::new();
+    let b = sh("echo inside; ls /");
+    let id = unique("np");
+    let o = rt.run(&[
+        "run",
+        "--no-pivot",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("inside"));
+}
+
+#[test]
+fn process_user_env_cwd_umask_rlimits_caps() {
+    let rt = Rsrun::new();
+    let mut b = sh("id; echo env=$FOO; pwd; umask; ulimit -n; ulimit -Hn; grep -E 'NoNewPrivs|CapEff|CapBnd|CapPrm|CapAmb' /proc/self/status");
+    std::fs::create_dir_all(b.rootfs().join("work")).unwrap();
+    b.edit(|c| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o077});
+        c["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+        c["process"]["cwd"] = json!("/work");
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+        c["process"]["noNewPrivileges"] = json!(true);
+        let caps = json!(["CAP_KILL", "CAP_NET_RAW"]);
+        c["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps});
+    });
+    let out = rt.output(&b);
+    assert!(out.contains("uid=1000 gid=1000 groups=10,20"), "{out}");
+    assert!(out.contains("env=bar"), "{out}");
+    assert!(out.contains("/work\n"), "{out}");
+    assert!(out.contains("0077"), "{out}");
+    assert!(out.contains("123\n456"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // CAP_KILL (5) and CAP_NET_RAW (13): 0x2020.
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert!(
+            out.contains(&format!("{set}:\t0000000000002020")),
+            "{set}: {out}"
+        );
+    }
+}
+
+#[test]
+fn oom_score_adj_raise_and_lower() {
+    let rt = Rsrun::new();
+    let mut b = sh("cat /proc/self/oom_score_adj");
+    b.edit(|c| c["process"]["oomScoreAdj"] = json!(500));
+    assert_eq!(rt.output(&b).trim(), "500");
+    // Lowering below our own value needs CAP_SYS_RESOURCE, which some hosts withhold: it
+    // must not fail the container either way.
+    let mut b = sh("cat /proc/self/oom_score_adj");
+    b.edit(|c| c["process"]["oomScoreAdj"] = json!(-500));
+    let v: i32 = rt.output(&b).trim().parse().unwrap();
+    assert!(v == -500 || v >= 0, "{v}");
+}
+
+#[test]
+fn terminal_through_console_socket() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    let rt = Rsrun::new();
+    let mut b = sh("tty; stty size; echo on-the-terminal");
+    b.edit(|c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["consoleSize"] = json!({"height": 33, "width": 77});
+    });
+    let sock = b.tmp.path().join("console.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let id = unique("tty");
+    let mut child = rt
+        .cmd()
+        .args([
+            "create",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            "--console-socket",
+            sock.to_str().unwrap(),
+            &id,
+        ])
+        .spawn()
+        .unwrap();
+    let (conn, _) = l.accept().unwrap();
+    let master = rsrun::sys::recv_fd(conn.as_raw_fd()).unwrap();
+    assert!(child.wait().unwrap().success());
+    rt.ok(&["start", &id]);
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&out).contains("on-the-terminal") {
+            break;
+        }
+    }
+    let s = String::from_utf8_lossy(&out);
+    assert!(s.contains("/dev/pts/0"), "{s}");
+    assert!(s.contains("33 77"), "{s}");
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+}
+
+#[test]
+fn preserve_fds_and_listen_fds() {
+    let rt = Rsrun::new();
+    let b = sh("echo via-fd3 >&3; echo LISTEN_FDS=$LISTEN_FDS LISTEN_PID=$LISTEN_PID; ls /proc/self/fd | tr '\\n' ' '");
+    let out_path = b.tmp.path().join("fd3.txt");
+    let id = unique("pfd");
+    // The shell opens the file at fd 3 (and an unrelated fd 4 that must not leak) and execs rsrun.
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("exec 3>\"$OUT\" 4</; exec \"$@\"")
+        .arg("sh");
+    c.arg(rsrun_bin()).arg("--root").arg(rt.root.path());
+    c.args([
+        "run",
+        "--preserve-fds",
+        "1",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &id,
+    ]);
+    c.env("OUT", &out_path).env("LISTEN_FDS", "1");
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "via-fd3\n");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("LISTEN_FDS=1 LISTEN_PID=1"), "{out}");
+    // 0-2, the preserved 3, and the descriptor ls itself opens for /proc/self/fd.
+    let fds: Vec<&str> = out.lines().last().unwrap().split_whitespace().collect();
+    // A leaked fd 4 would push ls's own descriptor to 5.
+    assert_eq!(fds, vec!["0", "1", "2", "3", "4"], "unexpected descriptors");
+}

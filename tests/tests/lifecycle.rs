@@ -1,0 +1,228 @@
+//! The runtime-spec lifecycle through runc's command line.
+
+use rsrun_tests::*;
+use serde_json::json;
+
+#[test]
+fn create_start_kill_delete() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique("life");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let st = rt.state(&id);
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["bundle"], b.dir.to_str().unwrap());
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    // The init waits in the runtime until start: not yet the user program.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.to_string_lossy().contains("rsrun"), "{exe:?}");
+    // The spec says: deleting a created (not stopped) container is an error without --force.
+    let e = rt.fails(&["delete", &id]);
+    assert!(e.contains("created"), "{e}");
+    rt.ok(&["start", &id]);
+    assert_eq!(rt.status(&id), "running");
+    let e = rt.fails(&["start", &id]);
+    assert!(e.contains("running"), "{e}");
+    let list = rt.ok(&["list", "-q"]);
+    assert_eq!(list.trim(), id);
+    let listj: serde_json::Value =
+        serde_json::from_str(&rt.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(listj[0]["status"], "running");
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    let e = rt.fails(&["kill", &id, "TERM"]);
+    assert!(e.contains("stopped"), "{e}");
+    rt.ok(&["delete", &id]);
+    let e = rt.fails(&["state", &id]);
+    assert!(e.contains("does not exist"), "{e}");
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
+fn force_delete_of_created_and_running() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let a = unique("fd");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &a]);
+    rt.ok(&["delete", "--force", &a]);
+    let c = unique("fd");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &c]);
+    assert_eq!(rt.status(&c), "running");
+    let pid = rt.state(&c)["pid"].as_i64().unwrap();
+    rt.ok(&["delete", "-f", &c]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/exe")).exists()
+            || std::fs::read_link(format!("/proc/{pid}/exe")).is_err()
+    );
+    assert_eq!(rt.count(), 0);
+    // --force on a missing container is not an error (as runc).
+    rt.ok(&["delete", "--force", "no-such-container"]);
+    let e = rt.fails(&["delete", "no-such-container"]);
+    assert!(e.contains("does not exist"));
+}
+
+#[test]
+fn kill_signal_forms() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "trap 'exit 0' USR1; while true; do sleep 0.05; done",
+    ]);
+    for sig in ["USR1", "SIGUSR1", "10"] {
+        let id = unique("sig");
+        rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        rt.ok(&["kill", &id, sig]);
+        rt.wait_status(&id, "stopped");
+        rt.ok(&["delete", &id]);
+    }
+    let id = unique("sig");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let e = rt.fails(&["kill", &id, "NOPE"]);
+    assert!(e.contains("unknown signal"), "{e}");
+    rt.ok(&["kill", "--all", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+}
+
+#[test]
+fn run_returns_exit_status() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sh", "-c", "exit 3"]);
+    assert_eq!(rt.run_bundle(&unique("ex"), &b).0, 3);
+    // Killed by a signal from outside (pid 1 ignores its own kill -9): 128 + 9.
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique("ex");
+    let mut child = rt
+        .cmd()
+        .args(["run", "--bundle", b.dir.to_str().unwrap(), &id])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if rt.run(&["state", &id]).status.success() && rt.status(&id) == "running" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    rt.ok(&["kill", &id, "KILL"]);
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    let b = Bundle::new(&["true"]);
+    assert_eq!(rt.run_bundle(&unique("ex"), &b).0, 0);
+    // Foreground run cleans up after itself.
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
+fn run_keep_leaves_stopped_container() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["true"]);
+    let id = unique("keep");
+    rt.ok(&["run", "--keep", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert_eq!(rt.status(&id), "stopped");
+    rt.ok(&["delete", &id]);
+}
+
+#[test]
+fn run_bundle_path_form() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["echo", "short form"]);
+    let arg = format!("{}/", b.dir.display());
+    let out = rt.ok(&["run", &arg]);
+    assert_eq!(out.trim(), "short form");
+    // The ID was the directory's name: run it detached and look.
+    let mut b = b;
+    b.edit(|c| c["process"]["args"] = json!(["sleep", "100"]));
+    let o = rt.ok(&["run", "-d", &arg]);
+    assert!(o.is_empty());
+    let st = rt.state("bundle");
+    assert_eq!(st["id"], "bundle");
+    rt.ok(&["delete", "-f", "bundle"]);
+}
+
+#[test]
+fn pid_file_and_annotations() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| c["annotations"] = json!({"org.example.key": "value"}));
+    let id = unique("pf");
+    let pf = b.tmp.path().join("pid");
+    rt.ok(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        "--pid-file",
+        pf.to_str().unwrap(),
+        &id,
+    ]);
+    let st = rt.state(&id);
+    assert_eq!(std::fs::read_to_string(&pf).unwrap(), st["pid"].to_string());
+    assert_eq!(st["annotations"]["org.example.key"], "value");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn cgroup_created_and_removed() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique("cg");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let own = memory_cgroup_of_self().expect("memory cgroup");
+    let dir = own.join(&id);
+    assert!(dir.is_dir(), "{} missing", dir.display());
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    rt.ok(&["delete", "-f", &id]);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // An absolute cgroupsPath.
+    let mut b = Bundle::new(&["sleep", "100"]);
+    let path = format!("/rsrun-test/{}", unique("abs"));
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(path));
+    let id = unique("cg");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let hier = if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        "/sys/fs/cgroup/memory"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let dir = std::path::Path::new(hier).join(path.trim_start_matches('/'));
+    assert!(dir.is_dir());
+    rt.ok(&["delete", "-f", &id]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn features_and_spec() {
+    let rt = Rsrun::new();
+    let f: serde_json::Value = serde_json::from_str(&rt.ok(&["features"])).unwrap();
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("time")));
+    let t = TempDir::new("spec");
+    rt.ok(&["spec", "--bundle", t.path().to_str().unwrap()]);
+    let e = rt.fails(&["spec", "--bundle", t.path().to_str().unwrap()]);
+    assert!(e.contains("already exists"));
+    let t2 = TempDir::new("spec");
+    rt.ok(&[
+        "spec",
+        "--rootless",
+        "--bundle",
+        t2.path().to_str().unwrap(),
+    ]);
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t2.path().join("config.json")).unwrap()).unwrap();
+    assert!(c["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["type"] == "user"));
+    let e = rt.fails(&["--systemd-cgroup", "list"]);
+    assert!(e.contains("systemd"), "{e}");
+}

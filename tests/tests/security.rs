@@ -1,0 +1,230 @@
+//! Security properties: the runtime binary cannot be reached through /proc/PID/exe,
+//! no host descriptor leaks, cwd stays inside, mounts cannot escape the rootfs through
+//! symlinks, failed creates leave nothing behind.
+
+use std::time::Duration;
+
+use rsrun_tests::*;
+use serde_json::json;
+
+/// CVE-2019-5736: while the runtime runs inside a container's namespaces (the init before
+/// exec), a container process must not be able to open its /proc/PID/exe — for writing
+/// (which would overwrite the host binary once it exits) or at all.
+#[test]
+fn runtime_binary_not_reachable_through_proc_exe() {
+    let rt = Rsrun::new();
+    let shared = TempDir::new("cve");
+    // Container A watches for other processes in its pid namespace and tries their exe.
+    let mut a = Bundle::new(&[
+        "sh",
+        "-c",
+        "while [ ! -e /shared/go ]; do sleep 0.05; done; \
+         for p in /proc/[0-9]*; do n=${p#/proc/}; [ $n = 1 ] && continue; [ $n = $$ ] && continue; \
+
+           echo \"pid $n\" >> /shared/out; readlink $p/exe >> /shared/out 2>&1 || echo readlink-denied >> /shared/out; \
+           (echo x >> $p/exe) 2>> /shared/out || echo open-failed >> /shared/out; done; touch /shared/done; sleep 100",
+    ]);
+    // A runs as root of its own user namespace with every capability there (CAP_SYS_PTRACE
+    // included, but only over its user namespace): ptrace-style access to a process of the
+    // same namespace is then allowed unless the process is non-dumpable.
+    a.add_namespace("user", None);
+    std::fs::create_dir_all(a.rootfs().join("shared")).unwrap();
+    a.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/shared", "type": "bind", "source": shared.path(), "options": ["rbind"]}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        let caps: Vec<String> = ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+            "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "SYS_PTRACE", "SYS_ADMIN", "MKNOD", "AUDIT_WRITE", "SETFCAP"]
+            .iter().map(|c| format!("CAP_{c}")).collect();
+        let caps = json!(caps);
+        c["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    });
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ida = unique("cveA");
+    rt.ok(&["run", "-d", "--bundle", a.dir.to_str().unwrap(), &ida]);
+    let pida = rt.state(&ida)["pid"].as_i64().unwrap();
+    // Container B joins A's pid namespace and stays in `created`: its init is rsrun code.
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.add_namespace("pid", Some(&format!("/proc/{pida}/ns/pid")));
+    b.add_namespace("user", Some(&format!("/proc/{pida}/ns/user")));
+    let idb = unique("cveB");
+    let before = std::fs::read(rsrun_bin()).unwrap();
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &idb]);
+    std::fs::write(shared.path().join("go"), "").unwrap();
+    for _ in 0..400 {
+        if shared.path().join("done").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let out = std::fs::read_to_string(shared.path().join("out")).unwrap_or_default();
+    assert!(
+        out.contains("pid "),
+        "container A saw no other process: {out:?}"
+    );
+    assert!(
+        !out.contains("rsrun"),
+        "the runtime's exe was readable: {out}"
+    );
+    assert!(
+        out.contains("readlink-denied") && out.contains("open-failed"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Text file busy"),
+        "exe was openable (only busy): {out}"
+    );
+    assert_eq!(
+        std::fs::read(rsrun_bin()).unwrap(),
+        before,
+        "runtime binary changed"
+    );
+    rt.ok(&["delete", "-f", &idb]);
+    rt.ok(&["delete", "-f", &ida]);
+}
+
+/// CVE-2019-5736 as it was exploited: the container's program is a script whose
+/// interpreter is /proc/self/exe (the runtime itself). The runtime refuses to exec it.
+#[test]
+fn refuses_to_exec_itself_as_the_container_program() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = Rsrun::new();
+    let before = std::fs::read(rsrun_bin()).unwrap();
+    for (name, script) in [
+        ("direct", "#!/proc/self/exe\n"),
+        ("chained", "#!/bin/evil-direct\n"),
+    ] {
+        let b = Bundle::new(&[&format!("/bin/evil-{name}")]);
+        for (n, sc) in [
+            ("direct", "#!/proc/self/exe\n"),
+            ("chained", "#!/bin/evil-direct\n"),
+        ] {
+            let p = b.rootfs().join(format!("bin/evil-{n}"));
+            std::fs::write(&p, sc).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let _ = script;
+        let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("self")]);
+        assert!(e.contains("CVE-2019-5736"), "{name}: {e}");
+        assert_eq!(rt.count(), 0);
+    }
+    // A normal script still runs.
+    let b = Bundle::new(&["/bin/ok"]);
+    std::fs::write(b.rootfs().join("bin/ok"), "#!/bin/sh\necho fine\n").unwrap();
+    std::fs::set_permissions(
+        b.rootfs().join("bin/ok"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    assert_eq!(rt.output(&b).trim(), "fine");
+    assert_eq!(std::fs::read(rsrun_bin()).unwrap(), before);
+}
+
+/// CVE-2024-21626: a descriptor of a host directory must not reach the container, and a
+/// cwd through /proc/self/fd must not resolve to the host.
+#[test]
+fn no_host_fd_leak_and_cwd_inside() {
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '"]);
+    let id = unique("leak");
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c").arg("exec 7</ 8</tmp; exec \"$@\"").arg("sh");
+    c.arg(rsrun_bin()).arg("--root").arg(rt.root.path());
+    c.args(["run", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fds: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        fds,
+        vec!["0", "1", "2", "3"],
+        "descriptors in the container"
+    );
+
+    // cwd = /proc/self/fd/7 with the host's / open as fd 7 in the runtime.
+    let mut b = Bundle::new(&["sh", "-c", "pwd; ls"]);
+    b.edit(|c| c["process"]["cwd"] = json!("/proc/self/fd/7"));
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c").arg("exec 7</; exec \"$@\"").arg("sh");
+    c.arg(rsrun_bin()).arg("--root").arg(rt.root.path());
+    c.args(["run", "--bundle", b.dir.to_str().unwrap(), &unique("cwd")]);
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "cwd through a leaked fd worked: {out}");
+    assert!(!out.contains("work") && !out.contains("home"), "{out}");
+}
+
+/// Mount destinations with symlinks pointing out of the rootfs stay inside it.
+#[test]
+fn mount_through_symlinks_stays_in_rootfs() {
+    let rt = Rsrun::new();
+    let victim = TempDir::new("victim");
+    let mut b = Bundle::new(&["sh", "-c", "ls -d /escape/abs/x /escape/rel/x"]);
+    let r = b.rootfs();
+    std::fs::create_dir_all(r.join("escape")).unwrap();
+    // Absolute and relative symlinks that point at the victim directory on the host.
+    std::os::unix::fs::symlink(victim.path(), r.join("escape/abs")).unwrap();
+    let depth = r.join("escape").components().count();
+    let rel = format!(
+        "{}{}",
+        "../".repeat(depth + 2),
+        victim.path().display().to_string().trim_start_matches('/')
+    );
+    std::os::unix::fs::symlink(&rel, r.join("escape/rel")).unwrap();
+    b.edit(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/escape/abs/x", "type": "tmpfs", "source": "tmpfs"}));
+        m.push(json!({"destination": "/escape/rel/x", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    rt.output(&b);
+    assert!(
+        std::fs::read_dir(victim.path()).unwrap().next().is_none(),
+        "something was created in the host victim dir"
+    );
+    // The targets were created inside the rootfs instead.
+    let inside = r.join(victim.path().strip_prefix("/").unwrap()).join("x");
+    assert!(inside.is_dir(), "{} missing", inside.display());
+}
+
+/// A failed create leaves no state, no cgroup, no mount, no process.
+#[test]
+fn failed_create_leaves_nothing() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/bad", "type": "nosuchfs", "source": "x"}))
+    });
+    let id = unique("fail");
+    let e = rt.fails(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(e.contains("nosuchfs"), "{e}");
+    assert_eq!(rt.count(), 0);
+    assert!(!memory_cgroup_of_self().unwrap().join(&id).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(b.dir.to_str().unwrap()));
+    // No init process left: nothing runs the runtime binary with this bundle.
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cwd) = std::fs::read_link(p.path().join("cwd")) {
+            assert!(
+                !cwd.starts_with(&b.dir),
+                "process {:?} left in the bundle",
+                p.path()
+            );
+        }
+    }
+    // A missing executable is found at create time, with nothing left either.
+    let b = Bundle::new(&["/no/such/binary"]);
+    let e = rt.fails(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &unique("fail"),
+    ]);
+    assert!(e.contains("/no/such/binary"), "{e}");
+    assert_eq!(rt.count(), 0);
+}
