@@ -1,0 +1,425 @@
+//! rsrun's image store: an OCI distribution client, a crash-safe content store, layer
+//! unpacking into overlayfs snapshots, and copy-on-write container root filesystems.
+//!
+//! The CRI server's ImageService maps onto [`ImageStore`]: PullImage → [`ImageStore::pull`]
+//! (blocking: call it from `spawn_blocking`, pass the deadline in [`PullOptions::cancel`]),
+//! ListImages → [`ImageStore::list`], ImageStatus → [`ImageStore::get`], RemoveImage →
+//! [`ImageStore::remove`], ImageFsInfo → [`ImageStore::fs_info`]; container root
+//! filesystems come from [`ImageStore::prepare_rootfs`] / [`ImageStore::remove_rootfs`].
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod mount;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod store;
+mod sys;
+pub mod unpack;
+
+pub use config::{AuthFile, Credentials, RegistryConfig};
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use manifest::Platform;
+pub use pull::{LayerEvent, Progress, PullOptions};
+pub use reference::Reference;
+pub use registry::Cancel;
+pub use store::{ImageRecord, LayerRecord, RootfsRecord, Store, DEFAULT_ROOT};
+
+use error::IoContext;
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub struct ImageStore {
+    pub(crate) store: Store,
+    pub(crate) config: RegistryConfig,
+    pub(crate) client: registry::Client,
+}
+
+/// What `inspect` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    pub image: ImageRecord,
+    pub manifest: serde_json::Value,
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PruneStats {
+    pub blobs_removed: u64,
+    pub snapshots_removed: u64,
+    pub temp_removed: u64,
+    pub bytes_freed: u64,
+}
+
+/// Filesystem usage (CRI ImageFsInfo / ContainerFsInfo).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FsUsage {
+    pub mountpoint: PathBuf,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+    pub timestamp_ns: i64,
+}
+
+impl ImageStore {
+    pub fn open(root: impl Into<PathBuf>, config: RegistryConfig) -> Result<ImageStore> {
+        let root = root.into();
+        let s = root.to_string_lossy();
+        if s.contains(',') || s.contains(':') {
+            return Err(Error::InvalidConfig(format!(
+                "store root {s:?} must not contain ',' or ':' (overlay options)"
+            )));
+        }
+        Ok(ImageStore {
+            store: Store::open(root)?,
+            config,
+            client: registry::Client::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn list(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.store.load_db()?.images.into_values().collect())
+    }
+
+    /// An image by ID (full, `sha256:`-prefixed or a unique prefix of 12+), tag or repo digest.
+    pub fn get(&self, key: &str) -> Result<Option<ImageRecord>> {
+        Ok(store::find_image(&self.store.load_db()?, key).cloned())
+    }
+
+    pub fn inspect(&self, key: &str) -> Result<Inspection> {
+        let image = self
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(format!("image {key}")))?;
+        let parse = |d: &Digest| -> Result<serde_json::Value> {
+            let b = self.store.read_blob(d)?;
+            serde_json::from_slice(&b).map_err(|e| Error::CorruptStore {
+                path: self.store.blob_path(d),
+                reason: e.to_string(),
+            })
+        };
+        Ok(Inspection {
+            manifest: parse(&image.manifest)?,
+            config: parse(&image.config)?,
+            image,
+        })
+    }
+
+    /// Removes by tag (only that tag; the image goes with its last tag), by ID (every tag) or
+    /// by repo digest. Returns whether anything was removed; a missing image is not an error.
+    pub fn remove(&self, key: &str) -> Result<bool> {
+        self.store.update_db(|db| {
+            let Some(id) = store::find_image_id(db, key) else {
+                return Ok(false);
+            };
+            let by_tag = Reference::parse(key)
+                .ok()
+                .filter(|r| r.digest.is_none())
+                .and_then(|r| r.repo_tag());
+            let img = db.images.get_mut(&id).expect("found");
+            match by_tag {
+                Some(t) if img.repo_tags.contains(&t) && img.repo_tags.len() > 1 => {
+                    img.repo_tags.retain(|x| *x != t)
+                }
+                _ => {
+                    db.images.remove(&id);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Deletes blobs and snapshots that no image and no container rootfs references, and
+    /// everything interrupted pulls left behind.
+    pub fn prune(&self) -> Result<PruneStats> {
+        let _gc = self.store.gc_lock_exclusive()?;
+        let db = self.store.load_db()?;
+        let rootfs = self.store.rootfs_records()?;
+        let mut blobs: HashSet<String> = HashSet::new();
+        let mut snaps: HashSet<String> = HashSet::new();
+        for i in db.images.values() {
+            blobs.insert(i.config.hex().to_string());
+            blobs.extend(i.manifest_blobs.iter().map(|d| d.hex().to_string()));
+            for l in &i.layers {
+                blobs.insert(l.digest.hex().to_string());
+                snaps.insert(l.diff_id.hex().to_string());
+            }
+        }
+        for r in &rootfs {
+            snaps.extend(r.snapshots.iter().map(|d| d.hex().to_string()));
+        }
+        let mut st = PruneStats::default();
+        let root = self.store.root();
+        let sweep = |dir: &Path,
+                     keep: &dyn Fn(&str) -> bool,
+                     count: &mut u64,
+                     st_bytes: &mut u64|
+         -> Result<()> {
+            for e in fs::read_dir(dir).ctx("listing", dir)?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep(&name) {
+                    continue;
+                }
+                let p = e.path();
+                *st_bytes += disk_usage(&p).0;
+                if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                }
+                .ctx("removing", &p)?;
+                *count += 1;
+            }
+            Ok(())
+        };
+        let (mut b, mut s, mut t, mut bytes) = (0, 0, 0, 0);
+        sweep(
+            &root.join("blobs/sha256"),
+            &|n| blobs.contains(n),
+            &mut b,
+            &mut bytes,
+        )?;
+        sweep(
+            &root.join("snapshots"),
+            &|n| snaps.contains(n),
+            &mut s,
+            &mut bytes,
+        )?;
+        sweep(&root.join("ingest"), &|_| false, &mut t, &mut bytes)?;
+        sweep(&root.join("locks"), &|_| false, &mut 0, &mut 0)?;
+        // Half-created container dirs (no record) that are not mounted.
+        let live: HashSet<&str> = rootfs.iter().map(|r| r.id.as_str()).collect();
+        sweep(
+            &self.store.containers_dir(),
+            &|n| {
+                live.contains(n)
+                    || mount::is_mounted(&self.store.containers_dir().join(n).join("rootfs"))
+            },
+            &mut t,
+            &mut bytes,
+        )?;
+        st.blobs_removed = b;
+        st.snapshots_removed = s;
+        st.temp_removed = t;
+        st.bytes_freed = bytes;
+        Ok(st)
+    }
+
+    /// Image filesystem usage: blobs, snapshots and temp files (CRI ImageFsInfo).
+    pub fn fs_info(&self) -> Result<FsUsage> {
+        let root = self.store.root();
+        let mut seen = HashSet::new();
+        let (mut bytes, mut inodes) = (0, 0);
+        for d in ["blobs", "snapshots", "ingest"] {
+            let (b, i) = usage_dedup(&root.join(d), &mut seen);
+            bytes += b;
+            inodes += i;
+        }
+        Ok(FsUsage {
+            mountpoint: root.to_path_buf(),
+            used_bytes: bytes,
+            inodes_used: inodes,
+            timestamp_ns: now_ns(),
+        })
+    }
+
+    /// Writable-layer usage of every container rootfs (CRI ContainerFsInfo).
+    pub fn container_fs_info(&self) -> Result<FsUsage> {
+        let mut seen = HashSet::new();
+        let (mut bytes, mut inodes) = (0, 0);
+        for r in self.store.rootfs_records()? {
+            let (b, i) = usage_dedup(
+                &self.store.containers_dir().join(&r.id).join("upper"),
+                &mut seen,
+            );
+            bytes += b;
+            inodes += i;
+        }
+        Ok(FsUsage {
+            mountpoint: self.store.containers_dir(),
+            used_bytes: bytes,
+            inodes_used: inodes,
+            timestamp_ns: now_ns(),
+        })
+    }
+
+    /// Creates and mounts a container's root filesystem: an overlay of the image's layers with
+    /// the container's own upper/work dirs (or read-only without them). Returns the mounted path.
+    pub fn prepare_rootfs(
+        &self,
+        container_id: &str,
+        image: &str,
+        readonly: bool,
+    ) -> Result<PathBuf> {
+        let dir = self.container_dir(container_id)?;
+        let target = dir.join("rootfs");
+        self.prepare_at(container_id, image, readonly, &target)?;
+        Ok(target)
+    }
+
+    /// Unmounts and deletes a container's root filesystem; a missing one is not an error.
+    pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {
+        let dir = self.container_dir(container_id)?;
+        let rec: Option<RootfsRecordFile> = fs::read(dir.join("rootfs.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let target = rec
+            .and_then(|r| r.mountpoint)
+            .unwrap_or_else(|| dir.join("rootfs"));
+        if !dir.exists() {
+            return Ok(());
+        }
+        mount::unmount(&target)?;
+        // Drop the record last-but-atomically: rename the dir away, then delete it.
+        let gone = self
+            .store
+            .containers_dir()
+            .join(format!(".removing-{container_id}-{}", std::process::id()));
+        fs::rename(&dir, &gone).ctx("renaming", &dir)?;
+        fs::remove_dir_all(&gone).ctx("removing", &gone)
+    }
+
+    /// Mounts an image's root filesystem at `target` for inspection: read-only, or with
+    /// `writable` a copy-on-write overlay whose changes stay in the store (dropped on unmount).
+    pub fn mount_image(&self, image: &str, target: &Path, writable: bool) -> Result<()> {
+        let target = fs::canonicalize(target).ctx("resolving mount point", target)?;
+        self.prepare_at(&mount_id(&target), image, !writable, &target)
+    }
+
+    pub fn unmount_image(&self, target: &Path) -> Result<()> {
+        let target = fs::canonicalize(target).ctx("resolving mount point", target)?;
+        self.remove_rootfs(&mount_id(&target))
+    }
+
+    fn container_dir(&self, id: &str) -> Result<PathBuf> {
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && id != "."
+            && id != ".."
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            return Err(Error::InvalidConfig(format!(
+                "container id {id:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.'"
+            )));
+        }
+        Ok(self.store.containers_dir().join(id))
+    }
+
+    fn prepare_at(&self, id: &str, image: &str, readonly: bool, target: &Path) -> Result<()> {
+        let dir = self.container_dir(id)?;
+        let _gc = self.store.gc_lock_shared(None)?;
+        let img = self
+            .get(image)?
+            .ok_or_else(|| Error::NotFound(format!("image {image}")))?;
+        let snapshots: Vec<Digest> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+        for s in &snapshots {
+            if !self.store.has_snapshot(s) {
+                return Err(Error::NotFound(format!(
+                    "layer snapshot {s} of image {image} (pull it again)"
+                )));
+            }
+        }
+        if dir.join("rootfs.json").exists() {
+            return Err(Error::InvalidConfig(format!("rootfs {id} already exists")));
+        }
+        fs::create_dir_all(&dir).ctx("creating", &dir)?;
+        let rec = RootfsRecordFile {
+            record: RootfsRecord {
+                id: id.to_string(),
+                image: img.id.clone(),
+                snapshots: snapshots.clone(),
+                readonly,
+            },
+            mountpoint: Some(target.to_path_buf()),
+        };
+        self.store.write_atomic(
+            &dir.join("rootfs.json"),
+            &serde_json::to_vec_pretty(&rec).expect("serializable"),
+        )?;
+        let res = (|| {
+            let mut lowers: Vec<PathBuf> = snapshots
+                .iter()
+                .rev()
+                .map(|s| self.store.snapshot_path(s))
+                .collect();
+            if lowers.is_empty() {
+                let empty = dir.join("empty");
+                fs::create_dir_all(&empty).ctx("creating", &empty)?;
+                lowers.push(empty);
+            }
+            fs::create_dir_all(target).ctx("creating", target)?;
+            if readonly {
+                mount::mount_overlay(target, &lowers, None, true)
+            } else {
+                let (u, w) = (dir.join("upper"), dir.join("work"));
+                fs::create_dir_all(&u).ctx("creating", &u)?;
+                fs::create_dir_all(&w).ctx("creating", &w)?;
+                mount::mount_overlay(target, &lowers, Some((&u, &w)), false)
+            }
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RootfsRecordFile {
+    #[serde(flatten)]
+    record: RootfsRecord,
+    #[serde(default)]
+    mountpoint: Option<PathBuf>,
+}
+
+fn mount_id(target: &Path) -> String {
+    format!(
+        "mnt-{}",
+        &Digest::of_bytes(target.as_os_str().as_encoded_bytes()).hex()[..24]
+    )
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// (bytes on disk, inodes) under `p`, not following symlinks.
+fn disk_usage(p: &Path) -> (u64, u64) {
+    usage_dedup(p, &mut HashSet::new())
+}
+
+fn usage_dedup(p: &Path, seen: &mut HashSet<(u64, u64)>) -> (u64, u64) {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return (0, 0);
+    };
+    let mut bytes = 0;
+    let mut inodes = 0;
+    if seen.insert((m.dev(), m.ino())) {
+        bytes += m.blocks() * 512;
+        inodes += 1;
+    }
+    if m.is_dir() {
+        if let Ok(rd) = fs::read_dir(p) {
+            for e in rd.flatten() {
+                let (b, i) = usage_dedup(&e.path(), seen);
+                bytes += b;
+                inodes += i;
+            }
+        }
+    }
+    (bytes, inodes)
+}

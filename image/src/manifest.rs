@@ -1,0 +1,344 @@
+//! OCI / Docker schema 2 manifests, indexes and image configs; platform selection.
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::registry::{MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Platform {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+}
+
+impl Platform {
+    /// This machine's platform, as Go's GOOS/GOARCH name it.
+    pub fn host() -> Platform {
+        let (arch, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", ""),
+            "aarch64" => ("arm64", "v8"),
+            "arm" => ("arm", "v7"),
+            "x86" => ("386", ""),
+            "powerpc64" => ("ppc64le", ""),
+            "s390x" => ("s390x", ""),
+            "riscv64" => ("riscv64", ""),
+            other => (other, ""),
+        };
+        Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            variant: variant.into(),
+        }
+    }
+
+    /// `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Result<Platform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || {
+            Error::InvalidConfig(format!(
+                "platform {s:?} must be os/arch[/variant], e.g. linux/amd64 or linux/arm/v7"
+            ))
+        };
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            return Err(bad());
+        }
+        let arch = match parts[1] {
+            "x86_64" | "x86-64" => "amd64",
+            "aarch64" => "arm64",
+            a => a,
+        };
+        Ok(Platform {
+            os: parts[0].to_ascii_lowercase(),
+            architecture: arch.into(),
+            variant: parts.get(2).unwrap_or(&"").to_string(),
+        })
+    }
+
+    /// Does an index entry's platform serve this (wanted) platform?
+    pub fn matches(&self, other: &Platform) -> bool {
+        if self.os != other.os || self.architecture != other.architecture {
+            return false;
+        }
+        if self.variant.is_empty() {
+            return true;
+        }
+        let norm = |v: &str| {
+            if self.architecture == "arm64" && v.is_empty() {
+                "v8".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        norm(&self.variant) == norm(&other.variant)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(
+        rename = "mediaType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub media_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(
+        rename = "mediaType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub media_type: String,
+    pub manifests: Vec<Descriptor>,
+}
+
+pub enum Parsed {
+    Manifest(Manifest),
+    Index(Index),
+}
+
+/// Parses a manifest body by its Content-Type, falling back to its mediaType field
+/// (some registries serve application/json).
+pub fn parse(bytes: &[u8], content_type: &str, what: &str) -> Result<Parsed> {
+    let bad = |reason: String| Error::InvalidManifest {
+        what: what.to_string(),
+        reason,
+    };
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "schemaVersion", default)]
+        schema_version: u32,
+        #[serde(rename = "mediaType", default)]
+        media_type: String,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let mt = match content_type {
+        MT_OCI_MANIFEST | MT_OCI_INDEX | MT_DOCKER_MANIFEST | MT_DOCKER_LIST => {
+            content_type.to_string()
+        }
+        _ if !probe.media_type.is_empty() => probe.media_type.clone(),
+        _ if probe.manifests.is_some() => MT_OCI_INDEX.to_string(),
+        _ if probe.schema_version == 2 => MT_OCI_MANIFEST.to_string(),
+        _ => content_type.to_string(),
+    };
+    if probe.schema_version == 1 || mt.contains("manifest.v1+") && mt.contains("docker") {
+        return Err(bad("Docker schema 1 manifests are not supported".into()));
+    }
+    if probe.schema_version != 2 {
+        return Err(bad(format!(
+            "schemaVersion {} (want 2)",
+            probe.schema_version
+        )));
+    }
+    match mt.as_str() {
+        MT_OCI_INDEX | MT_DOCKER_LIST => Ok(Parsed::Index(
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?,
+        )),
+        MT_OCI_MANIFEST | MT_DOCKER_MANIFEST => {
+            let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+            Ok(Parsed::Manifest(m))
+        }
+        other => Err(bad(format!("unsupported media type {other:?}"))),
+    }
+}
+
+/// Picks the manifest for `want` from an index; attestation manifests are skipped.
+pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<&'a Descriptor> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| d.media_type != MT_OCI_INDEX && d.media_type != MT_DOCKER_LIST)
+        .filter(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
+        .collect();
+    // An exact variant match wins over a variant-less entry.
+    if let Some(d) = candidates.iter().find(|d| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.variant == want.variant)
+    }) {
+        return Ok(d);
+    }
+    if let Some(d) = candidates.first() {
+        return Ok(d);
+    }
+    let available = index
+        .manifests
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Error::NoMatchingPlatform {
+        reference: reference.to_string(),
+        wanted: want.to_string(),
+        available,
+    })
+}
+
+/// The parts of the image config that the store needs.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub config: Option<ContainerConfig>,
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ContainerConfig {
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RootFs {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    pub diff_ids: Vec<Digest>,
+}
+
+/// Layer compression as declared by the media type (the stream is also sniffed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+pub fn layer_compression(media_type: &str) -> Result<Compression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Ok(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Ok(Compression::Zstd),
+        m if m.contains("nondistributable") || m.contains("foreign") => {
+            Err(Error::InvalidManifest {
+                what: "layer".into(),
+                reason: format!("non-distributable layer type {m:?} is not supported"),
+            })
+        }
+        m => Err(Error::InvalidManifest {
+            what: "layer".into(),
+            reason: format!("unsupported layer media type {m:?}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(arch: &str, variant: &str) -> Descriptor {
+        Descriptor {
+            media_type: MT_OCI_MANIFEST.into(),
+            digest: Digest::of_bytes(format!("{arch}{variant}").as_bytes()),
+            size: 1,
+            platform: Some(Platform {
+                os: "linux".into(),
+                architecture: arch.into(),
+                variant: variant.into(),
+            }),
+            urls: vec![],
+        }
+    }
+
+    #[test]
+    fn platform_selection() {
+        let idx = Index {
+            schema_version: 2,
+            media_type: MT_OCI_INDEX.into(),
+            manifests: vec![
+                desc("arm", "v6"),
+                desc("arm", "v7"),
+                desc("arm64", ""),
+                desc("amd64", ""),
+            ],
+        };
+        assert_eq!(
+            select(&idx, &Platform::parse("linux/amd64").unwrap(), "x")
+                .unwrap()
+                .digest,
+            idx.manifests[3].digest
+        );
+        assert_eq!(
+            select(&idx, &Platform::parse("linux/arm/v7").unwrap(), "x")
+                .unwrap()
+                .digest,
+            idx.manifests[1].digest
+        );
+        assert_eq!(
+            select(&idx, &Platform::parse("linux/arm64/v8").unwrap(), "x")
+                .unwrap()
+                .digest,
+            idx.manifests[2].digest
+        );
+        let e = select(&idx, &Platform::parse("linux/s390x").unwrap(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux/s390x") && e.contains("linux/arm/v7"),
+            "{e}"
+        );
+        assert!(Platform::parse("linux").is_err());
+    }
+
+    #[test]
+    fn parse_by_content_type_and_sniffing() {
+        let m = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
+        assert!(matches!(
+            parse(m, "application/json", "t").unwrap(),
+            Parsed::Manifest(_)
+        ));
+        assert!(matches!(
+            parse(br#"{"schemaVersion":2,"manifests":[]}"#, "", "t").unwrap(),
+            Parsed::Index(_)
+        ));
+        let e = parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, "", "t")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("schema 1"), "{e}");
+    }
+}

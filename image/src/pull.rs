@@ -1,0 +1,613 @@
+//! Pulling: resolve, select the platform, fetch config, then fetch + decompress + unpack
+//! every layer concurrently (each layer streamed from the socket through the digest check,
+//! the blob file, the decompressor, the diff_id check and the unpacker in one pass).
+
+use crate::config::{AuthFile, Credentials};
+use crate::digest::{Digest, HashingReader, TeeReader};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Compression, Descriptor, ImageConfig, Parsed, Platform};
+use crate::reference::Reference;
+use crate::registry::{Cancel, Repo};
+use crate::store::{ImageRecord, LayerRecord};
+use crate::unpack::{self, UnpackOptions};
+use crate::ImageStore;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Cursor, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
+/// What a pull reports about each layer (for progress displays).
+#[derive(Debug, Clone)]
+pub enum LayerEvent {
+    /// Work on a layer starts; `size` is its compressed size.
+    Start { digest: Digest, size: u64 },
+    /// `done` compressed bytes of the layer have been received so far.
+    Bytes { digest: Digest, done: u64 },
+    /// The layer is unpacked (or was already present: `cached`).
+    Done { digest: Digest, cached: bool },
+}
+
+pub trait Progress: Send + Sync {
+    fn event(&self, ev: LayerEvent);
+}
+
+#[derive(Clone)]
+pub struct PullOptions {
+    pub platform: Platform,
+    /// Explicit credentials (CRI AuthConfig, --creds); used for every endpoint tried.
+    pub credentials: Option<Credentials>,
+    /// Looked up by endpoint host, then by the image's registry, when no explicit credentials.
+    pub auth_file: Option<AuthFile>,
+    pub cancel: Cancel,
+    pub progress: Option<Arc<dyn Progress>>,
+    /// Layers fetched and unpacked at once.
+    pub concurrency: usize,
+    pub unpack: UnpackOptions,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: Platform::host(),
+            credentials: None,
+            auth_file: None,
+            cancel: Cancel::default(),
+            progress: None,
+            concurrency: 3,
+            unpack: UnpackOptions::default(),
+        }
+    }
+}
+
+impl ImageStore {
+    /// Pulls an image and unpacks its layers; returns its record once it is fully visible.
+    /// The same call backs the CLI's pull and the CRI PullImage (run it in spawn_blocking and
+    /// pass the gRPC deadline in `opts.cancel`).
+    pub fn pull(&self, reference: &str, opts: &PullOptions) -> Result<ImageRecord> {
+        let r = Reference::parse(reference)?;
+        opts.cancel.check("starting the pull")?;
+        let _gc = self.store.gc_lock_shared(Some(&opts.cancel))?;
+        if let Some(d) = &r.digest {
+            if let Some(img) = self.complete_image(&r.repo_digest(d), &opts.platform)? {
+                return self.attach_tag(&r, img);
+            }
+        }
+        let endpoints = self.config.endpoints(&r.domain)?;
+        let mut first_definite: Option<Error> = None;
+        let mut last: Option<Error> = None;
+        for ep in endpoints {
+            let creds = opts.credentials.clone().or_else(|| {
+                let af = opts.auth_file.as_ref()?;
+                af.get(&ep.host).or_else(|| af.get(&r.domain)).cloned()
+            });
+            let repo = Repo::new(&self.client, ep, &r.path, creds, opts.cancel.clone())?;
+            match self.pull_from(&repo, &r, opts) {
+                Ok(img) => return Ok(img),
+                Err(e @ (Error::NotFound(_) | Error::Unauthorized(_))) => {
+                    if first_definite.is_none() {
+                        first_definite = Some(e);
+                    }
+                }
+                Err(e) if e.is_endpoint_failure() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first_definite
+            .or(last)
+            .unwrap_or_else(|| Error::InvalidConfig(format!("no endpoint for {}", r.domain))))
+    }
+
+    /// An image already complete in the store under this repo digest for this platform.
+    fn complete_image(
+        &self,
+        repo_digest: &str,
+        platform: &Platform,
+    ) -> Result<Option<ImageRecord>> {
+        let db = self.store.load_db()?;
+        let found = db.images.values().find(|i| {
+            i.repo_digests.iter().any(|d| d == repo_digest)
+                && Platform::parse(&i.platform).is_ok_and(|p| platform.matches(&p))
+                && i.layers.iter().all(|l| self.store.has_snapshot(&l.diff_id))
+        });
+        Ok(found.cloned())
+    }
+
+    fn attach_tag(&self, r: &Reference, img: ImageRecord) -> Result<ImageRecord> {
+        match r.repo_tag() {
+            Some(t) if !img.repo_tags.contains(&t) => self.store.update_db(|db| {
+                move_tag(db, &t, &img.id);
+                Ok(db.images.get(img.id.as_str()).cloned().unwrap_or(img))
+            }),
+            _ => Ok(img),
+        }
+    }
+
+    fn pull_from(&self, repo: &Repo, r: &Reference, opts: &PullOptions) -> Result<ImageRecord> {
+        let cancel = &opts.cancel;
+        // Resolve the tag cheaply first: a warm pull is one HEAD request.
+        if r.digest.is_none() {
+            if let Ok(Some(d)) = repo.head_manifest(&r.manifest_ref()) {
+                if let Some(img) = self.complete_image(&r.repo_digest(&d), &opts.platform)? {
+                    return self.attach_tag(r, img);
+                }
+            }
+        }
+        let top = repo.fetch_manifest(&r.manifest_ref(), r.digest.as_ref())?;
+        let what = format!("{r}");
+        let mut manifest_blobs = vec![(top.digest.clone(), top.bytes.clone())];
+        let (manifest, manifest_digest, platform) =
+            match manifest::parse(&top.bytes, &top.media_type, &what)? {
+                Parsed::Index(idx) => {
+                    let d = manifest::select(&idx, &opts.platform, &what)?.clone();
+                    let m = repo.fetch_manifest(d.digest.as_str(), Some(&d.digest))?;
+                    let parsed = match manifest::parse(&m.bytes, &m.media_type, &what)? {
+                        Parsed::Manifest(pm) => pm,
+                        Parsed::Index(_) => {
+                            return Err(Error::InvalidManifest {
+                                what,
+                                reason: "index entry for the platform is itself an index".into(),
+                            })
+                        }
+                    };
+                    manifest_blobs.push((m.digest.clone(), m.bytes));
+                    (parsed, m.digest, d.platform.clone().unwrap_or_default())
+                }
+                Parsed::Manifest(m) => (m, top.digest.clone(), Platform::default()),
+            };
+        for l in &manifest.layers {
+            manifest::layer_compression(&l.media_type)?;
+        }
+
+        // Config.
+        let config_bytes =
+            self.fetch_small_blob(repo, &manifest.config, MAX_CONFIG_SIZE, "config")?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
+                what: format!("{what} config"),
+                reason: e.to_string(),
+            })?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::InvalidManifest {
+                what,
+                reason: format!(
+                    "{} layers but {} diff_ids in the config",
+                    manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        let platform = if platform.os.is_empty() {
+            let p = Platform {
+                os: config.os.clone(),
+                architecture: config.architecture.clone(),
+                variant: String::new(),
+            };
+            if !p.os.is_empty()
+                && !p.architecture.is_empty()
+                && !opts.platform.matches(&Platform {
+                    variant: opts.platform.variant.clone(),
+                    ..p.clone()
+                })
+            {
+                return Err(Error::NoMatchingPlatform {
+                    reference: what,
+                    wanted: opts.platform.to_string(),
+                    available: p.to_string(),
+                });
+            }
+            if p.os.is_empty() {
+                opts.platform.clone()
+            } else {
+                Platform {
+                    variant: opts.platform.variant.clone(),
+                    ..p
+                }
+            }
+        } else {
+            platform
+        };
+
+        // Layers, concurrently.
+        self.fetch_layers(repo, &manifest.layers, &config.rootfs.diff_ids, opts)?;
+        cancel.check("committing the image")?;
+
+        for (d, b) in &manifest_blobs {
+            self.store.put_blob(d, b)?;
+        }
+        self.store
+            .put_blob(&manifest.config.digest, &config_bytes)?;
+
+        let layers: Vec<LayerRecord> = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(l, d)| LayerRecord {
+                digest: l.digest.clone(),
+                diff_id: d.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+            })
+            .collect();
+        let size = layers.iter().map(|l| l.size).sum::<u64>()
+            + manifest.config.size
+            + manifest_blobs.last().map_or(0, |m| m.1.len() as u64);
+        let user = config
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
+        let id = manifest.config.digest.clone();
+        let repo_digest = r.repo_digest(&top.digest);
+        let tag = r.repo_tag();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.store.update_db(|db| {
+            let rec = db
+                .images
+                .entry(id.to_string())
+                .or_insert_with(|| ImageRecord {
+                    id: id.clone(),
+                    repo_tags: vec![],
+                    repo_digests: vec![],
+                    manifest: manifest_digest.clone(),
+                    manifest_blobs: vec![],
+                    config: id.clone(),
+                    layers: layers.clone(),
+                    size,
+                    user: user.clone(),
+                    platform: platform.to_string(),
+                    pinned: false,
+                    created: now,
+                });
+            if !rec.repo_digests.contains(&repo_digest) {
+                rec.repo_digests.push(repo_digest.clone());
+            }
+            for (d, _) in &manifest_blobs {
+                if !rec.manifest_blobs.contains(d) {
+                    rec.manifest_blobs.push(d.clone());
+                }
+            }
+            if let Some(t) = &tag {
+                move_tag(db, t, &id);
+            }
+            Ok(db.images[id.as_str()].clone())
+        })
+    }
+
+    fn fetch_small_blob(
+        &self,
+        repo: &Repo,
+        d: &Descriptor,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        if self.store.has_blob(&d.digest) {
+            return self.store.read_blob(&d.digest);
+        }
+        if d.size > limit {
+            return Err(Error::InvalidManifest {
+                what: what.into(),
+                reason: format!("{what} of {} bytes is over the {limit} byte limit", d.size),
+            });
+        }
+        let (mut r, _) = repo.blob(&d.digest)?;
+        let mut buf = Vec::new();
+        (&mut r)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| repo.stream_err(e, &format!("fetching {what}")))?;
+        let got = Digest::of_bytes(&buf);
+        if got != d.digest {
+            return Err(Error::DigestMismatch {
+                what: what.into(),
+                expected: d.digest.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        Ok(buf)
+    }
+
+    fn fetch_layers(
+        &self,
+        repo: &Repo,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+        opts: &PullOptions,
+    ) -> Result<()> {
+        let abort = Arc::new(AtomicBool::new(false));
+        let mut cancel = opts.cancel.clone();
+        cancel.abort = Some(abort.clone());
+        let next = AtomicUsize::new(0);
+        let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
+        let workers = opts.concurrency.clamp(1, 16).min(layers.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= layers.len() || abort.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = self.fetch_layer(repo, &layers[i], &diff_ids[i], opts, &cancel)
+                    {
+                        let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
+                        errs.push(e);
+                        abort.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                });
+            }
+        });
+        let mut errs = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.remove(0))
+        }
+    }
+
+    fn fetch_layer(
+        &self,
+        repo: &Repo,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        opts: &PullOptions,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let st = &self.store;
+        let done = |cached| {
+            if let Some(p) = &opts.progress {
+                p.event(LayerEvent::Done {
+                    digest: desc.digest.clone(),
+                    cached,
+                });
+            }
+        };
+        if st.has_snapshot(diff_id) && st.has_blob(&desc.digest) {
+            done(true);
+            return Ok(());
+        }
+        let _lock = st.lock_digest(diff_id, cancel)?;
+        if st.has_snapshot(diff_id) && st.has_blob(&desc.digest) {
+            done(true); // another pull did it while we waited
+            return Ok(());
+        }
+        st.clean_stale(diff_id);
+        st.clean_stale(&desc.digest);
+        if let Some(p) = &opts.progress {
+            p.event(LayerEvent::Start {
+                digest: desc.digest.clone(),
+                size: desc.size,
+            });
+        }
+        let res = if st.has_blob(&desc.digest) {
+            self.unpack_local(desc, diff_id, opts)
+        } else {
+            self.stream_layer(repo, desc, diff_id, opts, !st.has_snapshot(diff_id))
+        };
+        match res {
+            Ok(()) => {
+                done(false);
+                Ok(())
+            }
+            Err(e) => {
+                st.clean_stale(diff_id);
+                st.clean_stale(&desc.digest);
+                cancel.check(&format!("pulling layer {}", desc.digest.short()))?;
+                Err(e)
+            }
+        }
+    }
+
+    fn unpack_local(&self, desc: &Descriptor, diff_id: &Digest, opts: &PullOptions) -> Result<()> {
+        let path = self.store.blob_path(&desc.digest);
+        let f = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        let tmp = self.store.snapshot_tmp(diff_id)?;
+        let mut r = BufReader::with_capacity(
+            256 << 10,
+            crate::registry::CancelReader {
+                inner: f,
+                cancel: opts.cancel.clone(),
+            },
+        );
+        let layer = desc.digest.to_string();
+        let got = decompress_and_unpack(&mut r, &tmp, &layer, desc, opts)?;
+        check_diff(&got, diff_id, &layer)?;
+        self.store.commit_snapshot(&tmp, diff_id)
+    }
+
+    /// One pass over the network stream: blob digest + blob file, decompression, diff_id and
+    /// unpacking (unless the snapshot already exists: then only the blob is stored).
+    fn stream_layer(
+        &self,
+        repo: &Repo,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        opts: &PullOptions,
+        unpack_too: bool,
+    ) -> Result<()> {
+        let layer = desc.digest.to_string();
+        let what = format!("fetching layer {}", desc.digest.short());
+        let (body, len) = repo.blob(&desc.digest)?;
+        if let Some(l) = len {
+            if l != desc.size {
+                return Err(Error::SizeMismatch {
+                    what: format!("layer {layer} (Content-Length)"),
+                    expected: desc.size,
+                    actual: l,
+                });
+            }
+        }
+        let counted = Counting {
+            inner: body.take(desc.size + 1),
+            done: 0,
+            last: 0,
+            progress: opts.progress.clone(),
+            digest: &desc.digest,
+        };
+        let (file, tmp_blob) = self.store.ingest_file(&desc.digest)?;
+        let mut tee = TeeReader {
+            inner: HashingReader::new(counted),
+            out: BufWriter::with_capacity(256 << 10, file),
+        };
+        let tmp_dir = if unpack_too {
+            Some(self.store.snapshot_tmp(diff_id)?)
+        } else {
+            None
+        };
+        if let Some(dir) = &tmp_dir {
+            let mut br = BufReader::with_capacity(256 << 10, &mut tee);
+            let got =
+                decompress_and_unpack(&mut br, dir, &layer, desc, opts).map_err(|e| match e {
+                    Error::BadLayer { reason, .. }
+                        if reason.contains("reading tar") || reason.contains("decompress") =>
+                    {
+                        match repo.stream_err(io::Error::other(reason.clone()), &what) {
+                            e @ (Error::Cancelled(_) | Error::DeadlineExceeded(_)) => e,
+                            _ => Error::BadLayer {
+                                layer: layer.clone(),
+                                reason,
+                            },
+                        }
+                    }
+                    e => e,
+                })?;
+            // Whatever the decompressor buffered was already hashed below it.
+            drop(br);
+            check_diff(&got, diff_id, &layer)?;
+        }
+        io::copy(&mut tee, &mut io::sink()).map_err(|e| repo.stream_err(e, &what))?;
+        let TeeReader { inner, out } = tee;
+        let (got, n) = inner.finish().map_err(|e| repo.stream_err(e, &what))?;
+        if n != desc.size {
+            return Err(Error::SizeMismatch {
+                what: format!("layer {layer}"),
+                expected: desc.size,
+                actual: n,
+            });
+        }
+        if got != desc.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("layer {layer}"),
+                expected: layer.clone(),
+                actual: got.to_string(),
+            });
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
+        self.store.commit_blob(&tmp_blob, file, &desc.digest)?;
+        if let Some(dir) = tmp_dir {
+            self.store.commit_snapshot(&dir, diff_id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves `tag` to image `id`; images left with neither tags nor digests are dropped.
+pub(crate) fn move_tag(db: &mut crate::store::Db, tag: &str, id: &Digest) {
+    for (k, img) in db.images.iter_mut() {
+        if k != id.as_str() {
+            img.repo_tags.retain(|t| t != tag);
+        }
+    }
+    db.images
+        .retain(|_, i| !i.repo_tags.is_empty() || !i.repo_digests.is_empty());
+    if let Some(img) = db.images.get_mut(id.as_str()) {
+        if !img.repo_tags.iter().any(|t| t == tag) {
+            img.repo_tags.push(tag.to_string());
+        }
+    }
+}
+
+fn check_diff(got: &Digest, want: &Digest, layer: &str) -> Result<()> {
+    if got != want {
+        return Err(Error::DigestMismatch {
+            what: format!("layer {layer} uncompressed content (diff_id)"),
+            expected: want.to_string(),
+            actual: got.to_string(),
+        });
+    }
+    Ok(())
+}
+
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    last: u64,
+    progress: Option<Arc<dyn Progress>>,
+    digest: &'a Digest,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if let Some(p) = &self.progress {
+            if self.done - self.last >= 256 << 10 || n == 0 {
+                self.last = self.done;
+                p.event(LayerEvent::Bytes {
+                    digest: self.digest.clone(),
+                    done: self.done,
+                });
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Detects the compression from the stream's magic bytes (falling back to the media type),
+/// decompresses, unpacks into `dir` and returns the digest of the uncompressed stream.
+fn decompress_and_unpack<R: Read>(
+    r: &mut R,
+    dir: &Path,
+    layer: &str,
+    desc: &Descriptor,
+    opts: &PullOptions,
+) -> Result<Digest> {
+    let bad = |reason: String| Error::BadLayer {
+        layer: layer.to_string(),
+        reason,
+    };
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(bad(format!("reading tar: {e}"))),
+        }
+    }
+    let declared = manifest::layer_compression(&desc.media_type).unwrap_or(Compression::None);
+    let kind = if got >= 2 && head[..2] == [0x1f, 0x8b] {
+        Compression::Gzip
+    } else if got == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
+        Compression::Zstd
+    } else if declared != Compression::None {
+        return Err(bad(format!(
+            "media type says {declared:?} but the data is not {declared:?}"
+        )));
+    } else {
+        Compression::None
+    };
+    let stream = BufReader::with_capacity(128 << 10, Cursor::new(head[..got].to_vec()).chain(r));
+    let dec: Box<dyn Read + '_> = match kind {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(stream)
+                .map_err(|e| bad(format!("zstd: {e}")))?,
+        ),
+        Compression::None => Box::new(stream),
+    };
+    let mut hashed = HashingReader::new(dec);
+    unpack::unpack(&mut hashed, dir, layer, &opts.unpack)?;
+    let (d, _) = hashed
+        .finish()
+        .map_err(|e| bad(format!("reading tar: decompress: {e}")))?;
+    Ok(d)
+}

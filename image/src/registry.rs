@@ -1,0 +1,715 @@
+//! OCI distribution API client: manifests and blobs over HTTP(S), redirects, anonymous,
+//! Basic and Bearer-token auth, deadlines and cancellation.
+
+use crate::config::{Credentials, Endpoint};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Everything but RFC 3986 unreserved characters.
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use ureq::http::Response;
+use ureq::Body;
+
+/// Largest manifest or index accepted (as containerd).
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Cancellation of a pull: a deadline (the gRPC deadline) and/or a flag set by the caller.
+/// Checked before every request and on every read of a streamed body.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    pub deadline: Option<Instant>,
+    pub flag: Option<Arc<AtomicBool>>,
+    /// Set by the pull itself when one of its layers failed, to stop the others.
+    pub(crate) abort: Option<Arc<AtomicBool>>,
+}
+
+impl Cancel {
+    pub fn with_deadline(deadline: Instant) -> Cancel {
+        Cancel {
+            deadline: Some(deadline),
+            flag: None,
+            abort: None,
+        }
+    }
+    pub fn with_flag(flag: Arc<AtomicBool>) -> Cancel {
+        Cancel {
+            deadline: None,
+            flag: Some(flag),
+            abort: None,
+        }
+    }
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self
+            .flag
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled(what.to_string()));
+        }
+        if self
+            .abort
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled(format!(
+                "{what} (another part of the pull failed)"
+            )));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::DeadlineExceeded(what.to_string()));
+        }
+        Ok(())
+    }
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        })
+    }
+}
+
+/// A reader that fails as soon as the pull is cancelled or its deadline passes.
+pub(crate) struct CancelReader<R> {
+    pub inner: R,
+    pub cancel: Cancel,
+}
+
+impl<R: Read> Read for CancelReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Err(e) = self.cancel.check("streaming") {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                CancelledIo(e.to_string()),
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[derive(Debug)]
+struct CancelledIo(String);
+impl std::fmt::Display for CancelledIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for CancelledIo {}
+
+/// HTTP agents, one per CA file (and one for the web PKI roots / plain HTTP).
+pub struct Client {
+    agents: Mutex<HashMap<Option<PathBuf>, ureq::Agent>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client {
+            agents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn agent(&self, ca_file: Option<&Path>) -> Result<ureq::Agent> {
+        let key = ca_file.map(Path::to_path_buf);
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = agents.get(&key) {
+            return Ok(a.clone());
+        }
+        let mut b = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("rsrun-image/", env!("CARGO_PKG_VERSION")))
+            .accept_encoding("identity")
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(None)
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .max_idle_connections_per_host(16);
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::InvalidConfig(format!("cannot read CA file {}: {e}", ca.display()))
+            })?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(Error::InvalidConfig(format!(
+                            "CA file {}: {e}",
+                            ca.display()
+                        )))
+                    }
+                }
+            }
+            if certs.is_empty() {
+                return Err(Error::InvalidConfig(format!(
+                    "CA file {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            b = b.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = b.build().into();
+        agents.insert(key, agent.clone());
+        Ok(agent)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum AuthState {
+    Anonymous,
+    Bearer(String),
+    Basic(String),
+}
+
+/// One repository on one endpoint, with its auth state shared by the pull's threads.
+pub struct Repo {
+    agent: ureq::Agent,
+    pub endpoint: Endpoint,
+    pub path: String,
+    creds: Option<Credentials>,
+    auth: Mutex<AuthState>,
+    cancel: Cancel,
+}
+
+/// What a manifest request returned.
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+impl Repo {
+    pub fn new(
+        client: &Client,
+        endpoint: Endpoint,
+        path: &str,
+        creds: Option<Credentials>,
+        cancel: Cancel,
+    ) -> Result<Repo> {
+        let agent = client.agent(endpoint.ca_file.as_deref())?;
+        let auth = match &creds {
+            Some(Credentials::RegistryToken(t)) => AuthState::Bearer(t.clone()),
+            _ => AuthState::Anonymous,
+        };
+        Ok(Repo {
+            agent,
+            endpoint,
+            path: path.to_string(),
+            creds,
+            auth: Mutex::new(auth),
+            cancel,
+        })
+    }
+
+    fn registry_err(&self, message: impl Into<String>) -> Error {
+        Error::Registry {
+            registry: self.endpoint.base_url(),
+            message: message.into(),
+        }
+    }
+
+    /// GET (or HEAD) with redirects and auth challenges handled.
+    fn send(
+        &self,
+        head: bool,
+        url: String,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<Response<Body>> {
+        let mut url = url;
+        let mut redirects = 0;
+        let mut auth_tries = 0;
+        loop {
+            self.cancel.check(what)?;
+            let (scheme, authority, _) =
+                split_url(&url).ok_or_else(|| self.registry_err(format!("bad URL {url:?}")))?;
+            if scheme == "http" && self.endpoint.scheme == "https" {
+                return Err(
+                    self.registry_err(format!("refusing redirect from HTTPS to plain HTTP {url}"))
+                );
+            }
+            let same_origin = authority == self.endpoint.host && scheme == self.endpoint.scheme;
+            let mut req = if head {
+                self.agent.head(&url)
+            } else {
+                self.agent.get(&url)
+            };
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            if same_origin {
+                match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+                    AuthState::Anonymous => {}
+                    AuthState::Bearer(t) => {
+                        req = req.header("Authorization", format!("Bearer {t}"))
+                    }
+                    AuthState::Basic(h) => req = req.header("Authorization", h.as_str()),
+                }
+            }
+            let req = req.config().timeout_global(self.cancel.remaining()).build();
+            let resp = req.call().map_err(|e| self.transport_err(e, what))?;
+            let status = resp.status().as_u16();
+            match status {
+                200..=299 => return Ok(resp),
+                301 | 302 | 303 | 307 | 308 => {
+                    redirects += 1;
+                    if redirects > 10 {
+                        return Err(self.registry_err(format!("too many redirects {what}")));
+                    }
+                    let loc = header(&resp, "location").ok_or_else(|| {
+                        self.registry_err(format!("redirect without Location {what}"))
+                    })?;
+                    url = resolve_url(&url, &loc);
+                }
+                401 if same_origin && auth_tries < 1 => {
+                    auth_tries += 1;
+                    let challenge = header(&resp, "www-authenticate").unwrap_or_default();
+                    self.authenticate(&challenge)?;
+                }
+                401 | 403 => {
+                    let msg = error_message(resp);
+                    let who = if self.creds.is_some() {
+                        "with the given credentials"
+                    } else {
+                        "anonymously"
+                    };
+                    return Err(Error::Unauthorized(format!(
+                        "{} denied access {what} {who}: {msg}",
+                        self.endpoint.base_url()
+                    )));
+                }
+                404 => {
+                    return Err(Error::NotFound(format!(
+                        "{} {what} on {}",
+                        self.path,
+                        self.endpoint.base_url()
+                    )))
+                }
+                _ => {
+                    let msg = error_message(resp);
+                    return Err(self.registry_err(format!("HTTP {status} {what}: {msg}")));
+                }
+            }
+        }
+    }
+
+    fn transport_err(&self, e: ureq::Error, what: &str) -> Error {
+        if let Err(c) = self.cancel.check(what) {
+            return c;
+        }
+        self.registry_err(format!("{what}: {e}"))
+    }
+
+    fn authenticate(&self, challenge: &str) -> Result<()> {
+        let (scheme, params) = parse_challenge(challenge);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                let h = self
+                    .creds
+                    .as_ref()
+                    .and_then(Credentials::basic_header)
+                    .ok_or_else(|| {
+                        Error::Unauthorized(format!(
+                            "{} requires credentials (Basic auth)",
+                            self.endpoint.base_url()
+                        ))
+                    })?;
+                *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = AuthState::Basic(h);
+                Ok(())
+            }
+            "bearer" => {
+                let token = self.fetch_token(&params)?;
+                *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = AuthState::Bearer(token);
+                Ok(())
+            }
+            _ => Err(Error::Unauthorized(format!(
+                "{} answered 401 with an unsupported challenge {challenge:?}",
+                self.endpoint.base_url()
+            ))),
+        }
+    }
+
+    fn fetch_token(&self, params: &HashMap<String, String>) -> Result<String> {
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| self.registry_err("Bearer challenge without realm"))?;
+        let (rscheme, _, _) = split_url(realm)
+            .ok_or_else(|| self.registry_err(format!("bad token realm {realm:?}")))?;
+        if rscheme == "http" && self.endpoint.scheme != "http" {
+            return Err(self.registry_err(format!(
+                "token realm {realm} is plain HTTP for an HTTPS registry"
+            )));
+        }
+        let scope = params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.path));
+        let service = params.get("service").cloned().unwrap_or_default();
+        let enc = |s: &str| utf8_percent_encode(s, QUERY).to_string();
+        self.cancel.check("fetching a registry token")?;
+        let resp = match &self.creds {
+            Some(Credentials::IdentityToken(refresh)) => {
+                let form = format!(
+                    "grant_type=refresh_token&client_id=rsrun&service={}&scope={}&refresh_token={}",
+                    enc(&service),
+                    enc(&scope),
+                    enc(refresh)
+                );
+                self.agent
+                    .post(realm)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .config()
+                    .timeout_global(self.cancel.remaining())
+                    .build()
+                    .send(form.as_bytes())
+            }
+            creds => {
+                let sep = if realm.contains('?') { '&' } else { '?' };
+                let mut url = format!("{realm}{sep}scope={}", enc(&scope));
+                if !service.is_empty() {
+                    url.push_str(&format!("&service={}", enc(&service)));
+                }
+                let mut req = self.agent.get(&url);
+                if let Some(h) = creds.as_ref().and_then(Credentials::basic_header) {
+                    req = req.header("Authorization", h);
+                }
+                req.config()
+                    .timeout_global(self.cancel.remaining())
+                    .build()
+                    .call()
+            }
+        }
+        .map_err(|e| self.transport_err(e, "fetching a registry token"))?;
+        let status = resp.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(Error::Unauthorized(format!(
+                "token endpoint {realm} refused the credentials: {}",
+                error_message(resp)
+            )));
+        }
+        if status != 200 {
+            return Err(self.registry_err(format!("token endpoint {realm} answered HTTP {status}")));
+        }
+        let body = read_limited(resp, 1 << 20)
+            .map_err(|e| self.registry_err(format!("reading token: {e}")))?;
+        #[derive(serde::Deserialize)]
+        struct Tok {
+            #[serde(default)]
+            token: String,
+            #[serde(default)]
+            access_token: String,
+        }
+        let t: Tok = serde_json::from_slice(&body)
+            .map_err(|e| self.registry_err(format!("bad token response: {e}")))?;
+        let tok = if t.token.is_empty() {
+            t.access_token
+        } else {
+            t.token
+        };
+        if tok.is_empty() {
+            return Err(self.registry_err("token endpoint returned no token"));
+        }
+        Ok(tok)
+    }
+
+    fn url(&self, kind: &str, reference: &str) -> String {
+        format!(
+            "{}/v2/{}/{}/{}",
+            self.endpoint.base_url(),
+            self.path,
+            kind,
+            reference
+        )
+    }
+
+    /// GET a manifest or index by tag or digest. Verifies the digest when pinned and
+    /// against Docker-Content-Digest when the registry sends it.
+    pub fn fetch_manifest(
+        &self,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<FetchedManifest> {
+        let what = format!("fetching manifest {reference}");
+        let resp = self.send(
+            false,
+            self.url("manifests", reference),
+            Some(ACCEPT_MANIFESTS),
+            &what,
+        )?;
+        let media_type = header(&resp, "content-type").unwrap_or_default();
+        let header_digest = header(&resp, "docker-content-digest");
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).map_err(|e| self.stream_err(e, &what))?;
+        let digest = Digest::of_bytes(&bytes);
+        if let Some(exp) = expected {
+            if &digest != exp {
+                return Err(Error::DigestMismatch {
+                    what: format!("manifest {}", self.path),
+                    expected: exp.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        if let Some(h) = header_digest {
+            if h.starts_with("sha256:") && h != digest.as_str() {
+                return Err(Error::DigestMismatch {
+                    what: format!("manifest {} (Docker-Content-Digest)", self.path),
+                    expected: h,
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        let media_type = media_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// HEAD a manifest: its digest from Docker-Content-Digest, if the registry sends it.
+    pub fn head_manifest(&self, reference: &str) -> Result<Option<Digest>> {
+        let resp = self.send(
+            true,
+            self.url("manifests", reference),
+            Some(ACCEPT_MANIFESTS),
+            &format!("resolving {reference}"),
+        )?;
+        Ok(header(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok()))
+    }
+
+    /// Streams a blob. The reader fails once the pull is cancelled.
+    pub fn blob(&self, digest: &Digest) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+        let resp = self.send(
+            false,
+            self.url("blobs", digest.as_str()),
+            None,
+            &format!("fetching blob {}", digest.short()),
+        )?;
+        let len = header(&resp, "content-length").and_then(|l| l.parse().ok());
+        let reader = resp.into_body().into_reader();
+        Ok((
+            Box::new(CancelReader {
+                inner: reader,
+                cancel: self.cancel.clone(),
+            }),
+            len,
+        ))
+    }
+
+    pub(crate) fn stream_err(&self, e: io::Error, what: &str) -> Error {
+        if let Err(c) = self.cancel.check(what) {
+            return c;
+        }
+        self.registry_err(format!("{what}: {e}"))
+    }
+}
+
+fn header(resp: &Response<Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn read_limited(resp: Response<Body>, limit: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(limit + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::other(format!(
+            "response larger than {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// The registry's error message (`{"errors":[{"code":..,"message":..}]}`) or the body's start.
+fn error_message(resp: Response<Body>) -> String {
+    let body = read_limited(resp, 64 << 10).unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Errs {
+        errors: Vec<E>,
+    }
+    #[derive(serde::Deserialize)]
+    struct E {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errs>(&body) {
+        return e
+            .errors
+            .iter()
+            .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    let s = String::from_utf8_lossy(&body);
+    s.chars().take(200).collect::<String>().trim().to_string()
+}
+
+/// `scheme://authority/rest` → (scheme, authority, path-and-query).
+pub(crate) fn split_url(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let i = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (auth, path) = rest.split_at(i);
+    if auth.is_empty() {
+        return None;
+    }
+    Some((scheme, auth, path))
+}
+
+pub(crate) fn resolve_url(base: &str, loc: &str) -> String {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.to_string();
+    }
+    let Some((scheme, auth, path)) = split_url(base) else {
+        return loc.to_string();
+    };
+    if let Some(rest) = loc.strip_prefix("//") {
+        return format!("{scheme}://{rest}");
+    }
+    if loc.starts_with('/') {
+        return format!("{scheme}://{auth}{loc}");
+    }
+    let path = path.split('?').next().unwrap_or("");
+    let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{scheme}://{auth}{dir}{loc}")
+}
+
+/// `Bearer realm="x",service="y",scope="a,b"` → ("Bearer", {realm: x, ...}).
+pub(crate) fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = HashMap::new();
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b' ' || b[i] == b',') {
+            i += 1;
+        }
+        let ks = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b',' {
+            i += 1;
+        }
+        let key = rest[ks..i].trim().to_ascii_lowercase();
+        if i >= b.len() || b[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        let mut val = String::new();
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    i += 1;
+                }
+                let ch = rest[i..].chars().next().unwrap_or(' ');
+                val.push(ch);
+                i += ch.len_utf8();
+            }
+            i += 1;
+        } else {
+            let vs = i;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
+            }
+            val = rest[vs..i].trim().to_string();
+        }
+        if !key.is_empty() {
+            params.insert(key, val);
+        }
+    }
+    (scheme.to_string(), params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_parsing() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "Bearer");
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (s, p) = parse_challenge(r#"Basic realm=reg"#);
+        assert_eq!(s, "Basic");
+        assert_eq!(p["realm"], "reg");
+    }
+
+    #[test]
+    fn url_resolution() {
+        assert_eq!(
+            resolve_url("http://a:1/v2/x/blobs/s", "/store/1?sig=2"),
+            "http://a:1/store/1?sig=2"
+        );
+        assert_eq!(
+            resolve_url("http://a:1/v2/x/blobs/s", "https://s3/b?x"),
+            "https://s3/b?x"
+        );
+        assert_eq!(
+            resolve_url("http://a:1/v2/x/blobs/s", "//cdn/b"),
+            "http://cdn/b"
+        );
+        assert_eq!(
+            resolve_url("http://a:1/v2/x/blobs/s", "t"),
+            "http://a:1/v2/x/blobs/t"
+        );
+        assert_eq!(split_url("https://h:5/p?q"), Some(("https", "h:5", "/p?q")));
+        assert_eq!(split_url("ftp://h/p"), None);
+    }
+
+    #[test]
+    fn cancel_maps_to_deadline_and_cancelled() {
+        let c = Cancel::with_deadline(Instant::now() - Duration::from_millis(1));
+        assert!(matches!(c.check("x"), Err(Error::DeadlineExceeded(_))));
+        let f = Arc::new(AtomicBool::new(false));
+        let c = Cancel::with_flag(f.clone());
+        assert!(c.check("x").is_ok());
+        f.store(true, Ordering::Relaxed);
+        assert!(matches!(c.check("x"), Err(Error::Cancelled(_))));
+    }
+}

@@ -1,0 +1,646 @@
+//! Layer unpacking into a snapshot directory that overlayfs uses as a lowerdir.
+//!
+//! Every path is resolved with openat2(RESOLVE_BENEATH) from the layer directory, and the
+//! final component is created with *at() calls that never follow it, so no entry can touch
+//! anything outside the layer: `..` components and absolute paths are refused outright,
+//! writes through a symlink that points out fail with EXDEV and refuse the layer, hardlink
+//! targets obey the same rules, and GNU sparse entries larger than a limit are refused.
+//! OCI whiteouts become overlayfs whiteouts: `.wh.NAME` → a 0/0 character device NAME,
+//! `.wh..wh..opq` → `trusted.overlay.opaque=y` on the directory.
+
+use crate::error::{Error, Result};
+use crate::sys;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use tar::EntryType;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    /// Largest logical size accepted for a GNU sparse entry (its holes are not in the archive,
+    /// so a tiny layer could otherwise describe a file of petabytes).
+    pub max_sparse_size: u64,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        UnpackOptions {
+            max_sparse_size: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+struct Unpacker<'a> {
+    root: OwnedFd,
+    dest: PathBuf,
+    layer: &'a str,
+    opts: &'a UnpackOptions,
+    cache: Option<(Vec<u8>, OwnedFd)>,
+    dir_times: Vec<(Vec<u8>, i64, i64)>,
+    buf: Vec<u8>,
+    stats: UnpackStats,
+}
+
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    xattrs: Vec<(CString, Vec<u8>)>,
+}
+
+/// Unpacks an uncompressed tar stream into the existing, empty directory `dest`.
+pub fn unpack<R: Read>(
+    reader: R,
+    dest: &Path,
+    layer: &str,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats> {
+    let root = File::open(dest).map_err(|e| Error::io("opening layer directory", dest, e))?;
+    let root: OwnedFd = root.into();
+    let mut u = Unpacker {
+        root,
+        dest: dest.to_path_buf(),
+        layer,
+        opts,
+        cache: None,
+        dir_times: Vec::new(),
+        buf: vec![0; 256 * 1024],
+        stats: UnpackStats::default(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| u.bad("", format!("reading tar: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| u.bad("", format!("reading tar: {e}")))?;
+        u.entry(&mut entry)?;
+        u.stats.entries += 1;
+    }
+    u.finish()?;
+    Ok(u.stats)
+}
+
+fn clean_path(p: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if p.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    let mut out = Vec::new();
+    for c in p.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path has a '..' component"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn is_prefix_path(prefix: &[u8], path: &[u8]) -> bool {
+    path == prefix
+        || (path.len() > prefix.len() && path.starts_with(prefix) && path[prefix.len()] == b'/')
+}
+
+impl Unpacker<'_> {
+    fn hostile(&self, entry: &str, reason: impl Into<String>) -> Error {
+        Error::HostileLayer {
+            layer: self.layer.to_string(),
+            entry: entry.to_string(),
+            reason: reason.into(),
+        }
+    }
+    fn bad(&self, entry: &str, reason: impl Into<String>) -> Error {
+        let r = reason.into();
+        let entry = if entry.is_empty() {
+            String::new()
+        } else {
+            format!("entry {entry:?}: ")
+        };
+        Error::BadLayer {
+            layer: self.layer.to_string(),
+            reason: format!("{entry}{r}"),
+        }
+    }
+    fn os_err(&self, entry: &str, action: &str, e: io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::EXDEV) => self.hostile(
+                entry,
+                format!("{action}: path resolves outside the layer through a symlink"),
+            ),
+            Some(libc::ELOOP) => self.hostile(entry, format!("{action}: too many symlinks")),
+            _ => self.bad(entry, format!("{action}: {e}")),
+        }
+    }
+
+    /// The directory holding `parent` (components), created (0755) if missing.
+    fn parent_fd(&mut self, parent: &[&[u8]], shown: &str) -> Result<BorrowedFd<'_>> {
+        if parent.is_empty() {
+            return Ok(self.root.as_fd());
+        }
+        let joined = parent.join(&b'/');
+        let hit = self.cache.as_ref().is_some_and(|(p, _)| *p == joined);
+        if !hit {
+            let fd = self.resolve_dir(parent, shown)?;
+            self.cache = Some((joined, fd));
+        }
+        Ok(self
+            .cache
+            .as_ref()
+            .map(|(_, fd)| fd.as_fd())
+            .unwrap_or(self.root.as_fd()))
+    }
+
+    fn resolve_dir(&self, parent: &[&[u8]], shown: &str) -> Result<OwnedFd> {
+        let joined = sys::cstr(&parent.join(&b'/')).map_err(|e| self.bad(shown, e.to_string()))?;
+        match sys::open_beneath(self.root.as_fd(), &joined, libc::O_PATH | libc::O_DIRECTORY) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(self.os_err(shown, "opening parent directory", e)),
+        }
+        // Create missing parents one by one (tars may omit directory entries).
+        let mut cur: Option<OwnedFd> = None;
+        for (i, comp) in parent.iter().enumerate() {
+            let dir = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.root.as_fd());
+            let name = sys::cstr(comp).map_err(|e| self.bad(shown, e.to_string()))?;
+            match sys::mkdirat(dir, &name, 0o755) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(self.os_err(shown, "creating parent directory", e)),
+            }
+            let sub =
+                sys::cstr(&parent[..=i].join(&b'/')).map_err(|e| self.bad(shown, e.to_string()))?;
+            cur = Some(
+                sys::open_beneath(self.root.as_fd(), &sub, libc::O_PATH | libc::O_DIRECTORY)
+                    .map_err(|e| self.os_err(shown, "opening parent directory", e))?,
+            );
+        }
+        cur.ok_or_else(|| self.bad(shown, "empty parent"))
+    }
+
+    fn invalidate(&mut self, path: &[u8]) {
+        if self
+            .cache
+            .as_ref()
+            .is_some_and(|(c, _)| is_prefix_path(path, c))
+        {
+            self.cache = None;
+        }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let comps = clean_path(&raw_path).map_err(|r| self.hostile(&shown, r))?;
+        let meta = self.meta(entry, &shown)?;
+        if comps.is_empty() {
+            // "./": the layer root's own metadata.
+            if kind.is_dir() {
+                std::os::unix::fs::chown(&self.dest, Some(meta.uid), Some(meta.gid))
+                    .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
+                std::fs::set_permissions(
+                    &self.dest,
+                    std::os::unix::fs::PermissionsExt::from_mode(meta.mode),
+                )
+                .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
+                self.dir_times
+                    .push((Vec::new(), meta.mtime.0, meta.mtime.1));
+                return Ok(());
+            }
+            return Err(self.hostile(&shown, "non-directory entry for the layer root"));
+        }
+        let (name, parent) = comps.split_last().expect("non-empty");
+        let name = *name;
+        let full = comps.join(&b'/');
+
+        // Whiteouts.
+        if name == OPAQUE {
+            let dir = self
+                .parent_fd(parent, &shown)?
+                .try_clone_to_owned()
+                .map_err(|e| self.bad(&shown, e.to_string()))?;
+            let d = sys::openat(dir.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(|e| self.os_err(&shown, "opening directory", e))?;
+            sys::fsetxattr(d.as_fd(), c"trusted.overlay.opaque", b"y")
+                .map_err(|e| self.bad(&shown, format!("marking directory opaque: {e}")))?;
+            return Ok(());
+        }
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if target.starts_with(WHITEOUT_PREFIX) {
+                return Ok(()); // AUFS metadata (.wh..wh.plnk etc.): no meaning for overlay.
+            }
+            if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+                return Err(self.hostile(&shown, "whiteout of an invalid name"));
+            }
+            let mut tpath = parent.join(&b'/');
+            if !tpath.is_empty() {
+                tpath.push(b'/');
+            }
+            tpath.extend_from_slice(target);
+            self.invalidate(&tpath);
+            let dir = self
+                .parent_fd(parent, &shown)?
+                .try_clone_to_owned()
+                .map_err(|e| self.bad(&shown, e.to_string()))?;
+            let tname = sys::cstr(target).map_err(|e| self.bad(&shown, e.to_string()))?;
+            self.remove_existing(dir.as_fd(), &tname, &shown)?;
+            sys::mknodat(dir.as_fd(), &tname, libc::S_IFCHR, sys::makedev(0, 0))
+                .map_err(|e| self.os_err(&shown, "creating whiteout", e))?;
+            return Ok(());
+        }
+
+        self.invalidate(&full);
+        let cname = sys::cstr(name).map_err(|e| self.bad(&shown, e.to_string()))?;
+        let dir = self
+            .parent_fd(parent, &shown)?
+            .try_clone_to_owned()
+            .map_err(|e| self.bad(&shown, e.to_string()))?;
+        let dir = dir.as_fd();
+        let existing = sys::fstatat_nofollow(dir, &cname).ok();
+        let existing_is_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+
+        match kind {
+            EntryType::Directory => {
+                if existing.is_some() && !existing_is_dir {
+                    self.remove_existing(dir, &cname, &shown)?;
+                }
+                if !existing_is_dir {
+                    sys::mkdirat(dir, &cname, 0o700)
+                        .map_err(|e| self.os_err(&shown, "mkdir", e))?;
+                }
+                sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
+                    .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
+                sys::fchmodat(dir, &cname, meta.mode)
+                    .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
+                if !meta.xattrs.is_empty() {
+                    let d = sys::openat(
+                        dir,
+                        &cname,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .map_err(|e| self.os_err(&shown, "opening directory", e))?;
+                    self.set_xattrs_fd(d.as_fd(), &meta, &shown)?;
+                }
+                self.dir_times.push((full, meta.mtime.0, meta.mtime.1));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let sparse = kind == EntryType::GNUSparse;
+                let size = entry.size();
+                if sparse && size > self.opts.max_sparse_size {
+                    return Err(self.hostile(
+                        &shown,
+                        format!(
+                            "sparse file expands to {size} bytes (limit {})",
+                            self.opts.max_sparse_size
+                        ),
+                    ));
+                }
+                if existing.is_some() {
+                    self.remove_existing(dir, &cname, &shown)?;
+                }
+                let fd = sys::openat(
+                    dir,
+                    &cname,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                )
+                .map_err(|e| self.os_err(&shown, "creating file", e))?;
+                let mut f = File::from(fd);
+                let written = self
+                    .copy_data(entry, &mut f, sparse, size)
+                    .map_err(|e| self.bad(&shown, format!("writing file: {e}")))?;
+                if written != size {
+                    return Err(self.bad(&shown, format!("truncated: {written} of {size} bytes")));
+                }
+                sys::fchown(f.as_fd(), meta.uid, meta.gid)
+                    .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
+                sys::fchmod(f.as_fd(), meta.mode)
+                    .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
+                self.set_xattrs_fd(f.as_fd(), &meta, &shown)?;
+                sys::futimens(f.as_fd(), meta.mtime.0, meta.mtime.1)
+                    .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
+                self.stats.bytes += size;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.bad(&shown, "symlink without target"))?
+                    .into_owned();
+                if target.is_empty() {
+                    return Err(self.bad(&shown, "symlink with an empty target"));
+                }
+                if existing.is_some() {
+                    self.remove_existing(dir, &cname, &shown)?;
+                }
+                let t = sys::cstr(&target).map_err(|e| self.bad(&shown, e.to_string()))?;
+                sys::symlinkat(&t, dir, &cname).map_err(|e| self.os_err(&shown, "symlink", e))?;
+                sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
+                    .map_err(|e| self.bad(&shown, format!("lchown: {e}")))?;
+                self.set_xattrs_path(dir, &cname, &meta, &shown)?;
+                sys::utimensat_nofollow(dir, &cname, meta.mtime.0, meta.mtime.1)
+                    .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.bad(&shown, "hardlink without target"))?
+                    .into_owned();
+                let tcomps = clean_path(&target)
+                    .map_err(|r| self.hostile(&shown, format!("hardlink target: {r}")))?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(self.hostile(&shown, "hardlink to the layer root"));
+                };
+                if tcomps == comps {
+                    return Err(self.bad(&shown, "hardlink to itself"));
+                }
+                let tdir = self.resolve_dir_existing(tparent, &shown)?;
+                let tc = sys::cstr(tname).map_err(|e| self.bad(&shown, e.to_string()))?;
+                let tst = sys::fstatat_nofollow(tdir.as_fd(), &tc).map_err(|e| {
+                    self.bad(
+                        &shown,
+                        format!(
+                            "hardlink target {:?} not found in this layer: {e}",
+                            String::from_utf8_lossy(&target)
+                        ),
+                    )
+                })?;
+                if tst.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    return Err(self.hostile(&shown, "hardlink to a directory"));
+                }
+                if existing.is_some() {
+                    self.remove_existing(dir, &cname, &shown)?;
+                }
+                sys::linkat(tdir.as_fd(), &tc, dir, &cname)
+                    .map_err(|e| self.os_err(&shown, "link", e))?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                if existing.is_some() {
+                    self.remove_existing(dir, &cname, &shown)?;
+                }
+                let (fmt, dev) = match kind {
+                    EntryType::Fifo => (libc::S_IFIFO, 0),
+                    k => {
+                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                        (
+                            if k == EntryType::Char {
+                                libc::S_IFCHR
+                            } else {
+                                libc::S_IFBLK
+                            },
+                            sys::makedev(major, minor),
+                        )
+                    }
+                };
+                sys::mknodat(dir, &cname, fmt | (meta.mode & 0o777), dev)
+                    .map_err(|e| self.os_err(&shown, "mknod", e))?;
+                sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
+                    .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
+                sys::fchmodat(dir, &cname, meta.mode)
+                    .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
+                self.set_xattrs_path(dir, &cname, &meta, &shown)?;
+                sys::utimensat_nofollow(dir, &cname, meta.mtime.0, meta.mtime.1)
+                    .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
+            }
+            other => return Err(self.bad(&shown, format!("unsupported tar entry type {other:?}"))),
+        }
+        Ok(())
+    }
+
+    fn resolve_dir_existing(&self, parent: &[&[u8]], shown: &str) -> Result<OwnedFd> {
+        if parent.is_empty() {
+            return self
+                .root
+                .try_clone()
+                .map_err(|e| self.bad(shown, e.to_string()));
+        }
+        let p = sys::cstr(&parent.join(&b'/')).map_err(|e| self.bad(shown, e.to_string()))?;
+        sys::open_beneath(self.root.as_fd(), &p, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| self.os_err(shown, "resolving hardlink target", e))
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta> {
+        let h = entry.header();
+        let mode = h
+            .mode()
+            .map_err(|e| self.bad(shown, format!("mode: {e}")))?
+            & 0o7777;
+        let mut uid = h.uid().map_err(|e| self.bad(shown, format!("uid: {e}")))?;
+        let mut gid = h.gid().map_err(|e| self.bad(shown, format!("gid: {e}")))?;
+        let mut mtime = (h.mtime().unwrap_or(0) as i64, 0i64);
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| self.bad(shown, format!("pax header: {e}")))?
+        {
+            for ext in pax {
+                let ext = ext.map_err(|e| self.bad(shown, format!("pax header: {e}")))?;
+                let key = ext.key_bytes();
+                if key.starts_with(b"GNU.sparse.") {
+                    return Err(self.bad(shown, "PAX-format sparse files are not supported"));
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                        continue; // overlayfs' own metadata must not come from a layer
+                    }
+                    xattrs.push((
+                        sys::cstr(name).map_err(|e| self.bad(shown, e.to_string()))?,
+                        ext.value_bytes().to_vec(),
+                    ));
+                } else if key == b"uid" || key == b"gid" {
+                    let v: u64 = std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .ok_or_else(|| self.bad(shown, "bad PAX uid/gid"))?;
+                    if key == b"uid" {
+                        uid = v;
+                    } else {
+                        gid = v;
+                    }
+                } else if key == b"mtime" {
+                    if let Ok(s) = std::str::from_utf8(ext.value_bytes()) {
+                        let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+                        if let Ok(sec) = sec.parse::<i64>() {
+                            let mut ns = 0i64;
+                            for (i, c) in frac.bytes().take(9).enumerate() {
+                                if c.is_ascii_digit() {
+                                    ns += (c - b'0') as i64 * 10i64.pow(8 - i as u32);
+                                }
+                            }
+                            mtime = (sec, ns);
+                        }
+                    }
+                }
+            }
+        }
+        let uid =
+            u32::try_from(uid).map_err(|_| self.bad(shown, format!("uid {uid} out of range")))?;
+        let gid =
+            u32::try_from(gid).map_err(|_| self.bad(shown, format!("gid {gid} out of range")))?;
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        })
+    }
+
+    fn set_xattrs_fd(&self, fd: BorrowedFd<'_>, meta: &Meta, shown: &str) -> Result<()> {
+        for (k, v) in &meta.xattrs {
+            sys::fsetxattr(fd, k, v)
+                .map_err(|e| self.bad(shown, format!("setting xattr {k:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn set_xattrs_path(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<()> {
+        if meta.xattrs.is_empty() {
+            return Ok(());
+        }
+        use std::os::fd::AsRawFd;
+        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name.to_bytes());
+        let p = sys::cstr(&p).map_err(|e| self.bad(shown, e.to_string()))?;
+        for (k, v) in &meta.xattrs {
+            match sys::lsetxattr(&p, k, v) {
+                Ok(()) => {}
+                // Linux allows no user.* xattrs on symlinks and device nodes.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EPERM)
+                        && k.to_bytes().starts_with(b"user.") => {}
+                Err(e) => return Err(self.bad(shown, format!("setting xattr {k:?}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes whatever is at `name` in `dir` (recursively for directories), not following symlinks.
+    fn remove_existing(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        shown: &str,
+    ) -> Result<()> {
+        let st = match sys::fstatat_nofollow(dir, name) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(self.bad(shown, format!("stat: {e}"))),
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::ffi::OsStrExt;
+            let p = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd()))
+                .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            std::fs::remove_dir_all(&p)
+                .map_err(|e| self.bad(shown, format!("removing directory: {e}")))
+        } else {
+            sys::unlinkat(dir, name, false).map_err(|e| self.bad(shown, format!("unlink: {e}")))
+        }
+    }
+
+    fn copy_data<R: Read>(
+        &mut self,
+        r: &mut R,
+        f: &mut File,
+        sparse: bool,
+        size: u64,
+    ) -> io::Result<u64> {
+        let mut total = 0u64;
+        let mut hole = false;
+        loop {
+            let n = match r.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && e.get_ref().is_none() => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let chunk = &self.buf[..n];
+            if sparse && chunk.iter().all(|b| *b == 0) {
+                f.seek(SeekFrom::Current(n as i64))?;
+                hole = true;
+            } else {
+                f.write_all(chunk)?;
+                hole = false;
+            }
+            total += n as u64;
+            if total > size {
+                return Err(io::Error::other("entry longer than its header says"));
+            }
+        }
+        if hole {
+            f.set_len(total)?;
+        }
+        Ok(total)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.cache = None;
+        // Directory mtimes last, deepest first, as creating children changed them.
+        let mut times = std::mem::take(&mut self.dir_times);
+        times.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
+        for (path, s, ns) in times {
+            if path.is_empty() {
+                let f = File::open(&self.dest).map_err(|e| Error::io("opening", &self.dest, e))?;
+                sys::futimens(f.as_fd(), s, ns)
+                    .map_err(|e| Error::io("setting mtime of", &self.dest, e))?;
+                continue;
+            }
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+            let (name, parent) = comps.split_last().expect("non-empty");
+            let dir = match self.resolve_dir_existing(parent, &shown) {
+                Ok(d) => d,
+                Err(_) => continue, // removed by a later entry
+            };
+            let c = sys::cstr(name).map_err(|e| self.bad(&shown, e.to_string()))?;
+            match sys::fstatat_nofollow(dir.as_fd(), &c) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    sys::utimensat_nofollow(dir.as_fd(), &c, s, ns)
+                        .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn clean_paths() {
+        assert_eq!(
+            clean_path(b"./a//b/./c").unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
+        assert!(clean_path(b"/etc/passwd").is_err());
+        assert!(clean_path(b"a/../../x").is_err());
+        assert!(clean_path(b"./").unwrap().is_empty());
+        assert!(is_prefix_path(b"a/b", b"a/b/c"));
+        assert!(!is_prefix_path(b"a/b", b"a/bc"));
+    }
+}

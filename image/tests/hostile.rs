@@ -1,0 +1,403 @@
+//! Hostile and unusual layers, unpacked directly: each hostile case must be refused with
+//! HostileLayer and leave everything outside the layer directory untouched.
+
+mod common;
+use common::*;
+use rsrun_image::unpack::{unpack, UnpackOptions};
+use rsrun_image::Error;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use tar::EntryType;
+
+struct Scene {
+    _t: TempDir,
+    layer: std::path::PathBuf,
+    outside: std::path::PathBuf,
+}
+
+fn scene() -> Scene {
+    let t = TempDir::new("hostile");
+    let layer = t.path().join("layer");
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("sentinel"), b"orig").unwrap();
+    Scene {
+        _t: t,
+        layer,
+        outside,
+    }
+}
+
+fn assert_outside_untouched(s: &Scene) {
+    let names: Vec<String> = std::fs::read_dir(&s.outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["sentinel".to_string()],
+        "outside dir gained entries"
+    );
+    assert_eq!(std::fs::read(s.outside.join("sentinel")).unwrap(), b"orig");
+    let parent: Vec<String> = std::fs::read_dir(s.layer.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    let mut parent = parent;
+    parent.sort();
+    assert_eq!(
+        parent,
+        vec!["layer".to_string(), "outside".to_string()],
+        "entries created next to the layer"
+    );
+}
+
+fn raw_tar(headers: Vec<(tar::Header, Vec<u8>)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (h, data) in headers {
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&data);
+        let pad = (512 - data.len() % 512) % 512;
+        out.extend(std::iter::repeat_n(0u8, pad));
+    }
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    out
+}
+
+fn expect_hostile(s: &Scene, tar: &[u8], why: &str) {
+    let r = unpack(tar, &s.layer, "test-layer", &UnpackOptions::default());
+    match r {
+        Err(Error::HostileLayer { reason, .. }) => assert!(
+            reason.contains(why),
+            "reason {reason:?} does not mention {why:?}"
+        ),
+        other => panic!("expected HostileLayer ({why}), got {other:?}"),
+    }
+    assert_outside_untouched(s);
+}
+
+#[test]
+fn dotdot_entry_is_refused() {
+    let s = scene();
+    let t = raw_tar(vec![(
+        raw_header("../outside/evil", EntryType::Regular, 0o644, 4, None),
+        b"evil".to_vec(),
+    )]);
+    expect_hostile(&s, &t, "'..'");
+    let t = raw_tar(vec![(
+        raw_header("a/../../outside/evil", EntryType::Regular, 0o644, 4, None),
+        b"evil".to_vec(),
+    )]);
+    expect_hostile(&s, &t, "'..'");
+}
+
+#[test]
+fn absolute_path_is_refused() {
+    let s = scene();
+    let p = format!("{}/evil", s.outside.display());
+    let t = raw_tar(vec![(
+        raw_header(&p, EntryType::Regular, 0o644, 4, None),
+        b"evil".to_vec(),
+    )]);
+    expect_hostile(&s, &t, "absolute");
+}
+
+#[test]
+fn write_through_absolute_symlink_is_refused() {
+    let s = scene();
+    let target = s.outside.display().to_string();
+    let t = raw_tar(vec![
+        (
+            raw_header("link", EntryType::Symlink, 0o777, 0, Some(&target)),
+            vec![],
+        ),
+        (
+            raw_header("link/sentinel", EntryType::Regular, 0o644, 4, None),
+            b"evil".to_vec(),
+        ),
+    ]);
+    expect_hostile(&s, &t, "outside the layer");
+}
+
+#[test]
+fn write_through_relative_symlink_chain_is_refused() {
+    let s = scene();
+    let t = raw_tar(vec![
+        (
+            raw_header("a", EntryType::Symlink, 0o777, 0, Some(".")),
+            vec![],
+        ),
+        (
+            raw_header("a/b", EntryType::Symlink, 0o777, 0, Some("../outside")),
+            vec![],
+        ),
+        (
+            raw_header("a/b/pwned", EntryType::Regular, 0o644, 4, None),
+            b"evil".to_vec(),
+        ),
+    ]);
+    expect_hostile(&s, &t, "outside the layer");
+}
+
+#[test]
+fn hardlink_to_outside_is_refused() {
+    let s = scene();
+    let t = raw_tar(vec![(
+        raw_header("h", EntryType::Link, 0o644, 0, Some("../outside/sentinel")),
+        vec![],
+    )]);
+    expect_hostile(&s, &t, "hardlink target");
+    let abs = format!("{}/sentinel", s.outside.display());
+    let t = raw_tar(vec![(
+        raw_header("h", EntryType::Link, 0o644, 0, Some(&abs)),
+        vec![],
+    )]);
+    expect_hostile(&s, &t, "hardlink target");
+    // through a symlink inside the layer that points out
+    let t = raw_tar(vec![
+        (
+            raw_header(
+                "l",
+                EntryType::Symlink,
+                0o777,
+                0,
+                Some(&s.outside.display().to_string()),
+            ),
+            vec![],
+        ),
+        (
+            raw_header("h2", EntryType::Link, 0o644, 0, Some("l/sentinel")),
+            vec![],
+        ),
+    ]);
+    expect_hostile(&s, &t, "outside the layer");
+    assert_eq!(
+        std::fs::metadata(s.outside.join("sentinel"))
+            .unwrap()
+            .nlink(),
+        1
+    );
+}
+
+#[test]
+fn huge_sparse_file_is_refused() {
+    let s = scene();
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..4].copy_from_slice(b"huge");
+        g.sparse[0].set_offset((4u64 << 30) - 512);
+        g.sparse[0].set_length(512);
+        g.set_real_size(4u64 << 30);
+    }
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(512);
+    h.set_cksum();
+    let t = raw_tar(vec![(h, vec![7u8; 512])]);
+    expect_hostile(&s, &t, "sparse file expands");
+    assert!(!s.layer.join("huge").exists());
+}
+
+#[test]
+fn small_sparse_file_keeps_its_holes() {
+    let s = scene();
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..6].copy_from_slice(b"sparse");
+        g.sparse[0].set_offset((64 << 20) - 512);
+        g.sparse[0].set_length(512);
+        g.set_real_size(64 << 20);
+    }
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(512);
+    h.set_cksum();
+    let t = raw_tar(vec![(h, vec![7u8; 512])]);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let m = std::fs::metadata(s.layer.join("sparse")).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "holes were written out: {} blocks",
+        m.blocks()
+    );
+    // A stricter limit refuses the same file.
+    let s2 = scene();
+    let r = unpack(
+        &t[..],
+        &s2.layer,
+        "l",
+        &UnpackOptions {
+            max_sparse_size: 1 << 20,
+        },
+    );
+    assert!(matches!(r, Err(Error::HostileLayer { .. })), "{r:?}");
+}
+
+#[test]
+fn whiteout_of_dotdot_is_refused() {
+    let s = scene();
+    let t = raw_tar(vec![(
+        raw_header("x/.wh...", EntryType::Regular, 0o644, 0, None),
+        vec![],
+    )]);
+    expect_hostile(&s, &t, "whiteout");
+}
+
+#[test]
+fn symlink_replaced_by_file_is_not_followed() {
+    let s = scene();
+    let target = format!("{}/sentinel", s.outside.display());
+    let t = raw_tar(vec![
+        (
+            raw_header("x", EntryType::Symlink, 0o777, 0, Some(&target)),
+            vec![],
+        ),
+        (
+            raw_header("x", EntryType::Regular, 0o644, 4, None),
+            b"mine".to_vec(),
+        ),
+    ]);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    assert_eq!(std::fs::read(s.layer.join("x")).unwrap(), b"mine");
+    assert!(std::fs::symlink_metadata(s.layer.join("x"))
+        .unwrap()
+        .is_file());
+    assert_outside_untouched(&s);
+}
+
+#[test]
+fn regular_layer_metadata_whiteouts_and_special_files() {
+    let s = scene();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |h: &mut tar::Header, data: &[u8]| {
+        h.set_cksum();
+        b.append(h, data).unwrap();
+    };
+    add(&mut header("etc/", EntryType::Directory, 0o755, 0), b"");
+    let mut f = header("etc/suid", EntryType::Regular, 0o4755, 3);
+    f.set_uid(1234);
+    f.set_gid(5678);
+    f.set_mtime(1_234_567_890);
+    add(&mut f, b"abc");
+    add(
+        header("etc/hard", EntryType::Link, 0o644, 0).tap_link("etc/suid"),
+        b"",
+    );
+    add(
+        header("etc/sym", EntryType::Symlink, 0o777, 0).tap_link("/etc/suid"),
+        b"",
+    );
+    add(&mut header("dev/fifo", EntryType::Fifo, 0o600, 0), b"");
+    let mut c = header("dev/null", EntryType::Char, 0o666, 0);
+    c.set_device_major(1).unwrap();
+    c.set_device_minor(3).unwrap();
+    add(&mut c, b"");
+    add(
+        &mut header("old/.wh.gone", EntryType::Regular, 0o644, 0),
+        b"",
+    );
+    add(
+        &mut header("opq/.wh..wh..opq", EntryType::Regular, 0o644, 0),
+        b"",
+    );
+    let mut d = header("etc/", EntryType::Directory, 0o750, 0);
+    d.set_mtime(1_111_111_111);
+    add(&mut d, b"");
+    let mut tarball = b.into_inner().unwrap();
+    // add a PAX xattr entry by hand
+    let mut pb = tar::Builder::new(Vec::new());
+    let mut xh = header("withx", EntryType::Regular, 0o644, 1);
+    xh.set_cksum();
+    pb.append_pax_extensions([
+        ("SCHILY.xattr.user.test", &b"val"[..]),
+        ("SCHILY.xattr.trusted.overlay.redirect", &b"/x"[..]),
+    ])
+    .unwrap();
+    pb.append(&xh, &b"x"[..]).unwrap();
+    let pax = pb.into_inner().unwrap();
+    tarball.truncate(tarball.len() - 1024);
+    tarball.extend_from_slice(&pax);
+
+    let st = unpack(&tarball[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    assert!(st.entries >= 10);
+    let l = &s.layer;
+    let m = std::fs::metadata(l.join("etc/suid")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    assert_eq!(
+        m.permissions().mode() & 0o7777,
+        0o4755,
+        "setuid kept after chown"
+    );
+    assert_eq!(m.mtime(), 1_234_567_890);
+    assert_eq!(m.nlink(), 2);
+    assert_eq!(
+        std::fs::metadata(l.join("etc/hard")).unwrap().ino(),
+        m.ino()
+    );
+    assert_eq!(
+        std::fs::read_link(l.join("etc/sym")).unwrap(),
+        Path::new("/etc/suid")
+    );
+    assert!(std::fs::symlink_metadata(l.join("dev/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let n = std::fs::symlink_metadata(l.join("dev/null")).unwrap();
+    assert!(n.file_type().is_char_device());
+    assert_eq!(n.rdev(), libc::makedev(1, 3));
+    let w = std::fs::symlink_metadata(l.join("old/gone")).unwrap();
+    assert!(
+        w.file_type().is_char_device() && w.rdev() == 0,
+        "whiteout is a 0/0 char device"
+    );
+    assert!(!l.join("old/.wh.gone").exists());
+    assert_eq!(
+        getxattr(&l.join("opq"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(!l.join("opq/.wh..wh..opq").exists());
+    let e = std::fs::metadata(l.join("etc")).unwrap();
+    assert_eq!(e.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(
+        e.mtime(),
+        1_111_111_111,
+        "directory mtime applied after its children"
+    );
+    assert_eq!(
+        getxattr(&l.join("withx"), "user.test").as_deref(),
+        Some(&b"val"[..])
+    );
+    assert_eq!(
+        getxattr(&l.join("withx"), "trusted.overlay.redirect"),
+        None,
+        "overlay xattrs from a layer are dropped"
+    );
+}
+
+trait TapLink {
+    fn tap_link(&mut self, t: &str) -> &mut Self;
+}
+impl TapLink for tar::Header {
+    fn tap_link(&mut self, t: &str) -> &mut Self {
+        self.set_link_name(t).unwrap();
+        self
+    }
+}
+
+#[test]
+fn truncated_tar_is_an_error_not_a_partial_success() {
+    let s = scene();
+    let t = tar_of(&[E::File("big", &[1u8; 10000], 0o644)]);
+    let r = unpack(&t[..3000], &s.layer, "l", &UnpackOptions::default());
+    assert!(matches!(r, Err(Error::BadLayer { .. })), "{r:?}");
+}

@@ -1,0 +1,715 @@
+//! End-to-end pulls from a real registry (Debian's docker-registry on 127.0.0.1).
+
+mod common;
+use common::*;
+use rsrun_image::{Cancel, Error, ImageStore, Platform, PullOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// busybox in layer 1 (gzip), changes with whiteouts in layer 2 (zstd), layer 3 plain tar.
+fn busybox_layers() -> Vec<Layer> {
+    let bb = busybox();
+    let l1 = tar_of(&[
+        E::Dir("bin/", 0o755),
+        E::File("bin/busybox", &bb, 0o755),
+        E::Symlink("bin/sh", "busybox"),
+        E::Dir("etc/", 0o755),
+        E::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+            0o644,
+        ),
+        E::File("etc/old", b"old", 0o644),
+        E::Dir("data/", 0o755),
+        E::File("data/a", b"a", 0o644),
+        E::Dir("tmp/", 0o1777),
+    ]);
+    let l2 = tar_of(&[
+        E::File("etc/.wh.old", b"", 0o644),
+        E::Dir("data/", 0o755),
+        E::File("data/.wh..wh..opq", b"", 0o644),
+        E::File("data/b", b"b", 0o644),
+        E::Link("data/b2", "data/b"),
+    ]);
+    let l3 = tar_of(&[
+        E::Dir("srv/", 0o755),
+        E::FileOwned("srv/owned", b"o", 0o600, 1000, 1000),
+    ]);
+    vec![layer(&l1, MT_GZIP), layer(&l2, MT_ZSTD), layer(&l3, MT_TAR)]
+}
+
+#[test]
+fn pull_unpack_and_copy_on_write_rootfs() {
+    let reg = Registry::start();
+    let layers = busybox_layers();
+    let cfg = config_json("amd64", "65534", &layers);
+    let pushed = push_image(
+        &reg.addr,
+        "library/busybox",
+        Some("1.0"),
+        &layers,
+        &cfg,
+        false,
+    );
+    let t = TempDir::new("pull");
+    let store = open_store(t.path(), &reg.addr);
+    // short name through the docker.io mirror
+    let img = store.pull("busybox:1.0", &PullOptions::default()).unwrap();
+    assert_eq!(img.id, pushed.config_digest);
+    assert_eq!(
+        img.repo_tags,
+        vec!["docker.io/library/busybox:1.0".to_string()]
+    );
+    assert_eq!(
+        img.repo_digests,
+        vec![format!(
+            "docker.io/library/busybox@{}",
+            pushed.manifest_digest
+        )]
+    );
+    assert_eq!(img.user, "65534");
+    assert_eq!(img.uid_or_username(), (Some(65534), String::new()));
+    assert_eq!(img.layers.len(), 3);
+    assert_eq!(img.platform, "linux/amd64");
+    assert!(img.size > layers.iter().map(|l| l.blob.len() as u64).sum::<u64>());
+    assert_eq!(snapshots(t.path()).len(), 3);
+    assert!(
+        store.store().has_blob(&pushed.manifest_digest)
+            && store.store().has_blob(&pushed.config_digest)
+    );
+    for l in &layers {
+        assert!(store.store().has_snapshot(&l.diff_id));
+    }
+    // lookups by tag, short name, ID, ID prefix and digest
+    for key in [
+        "busybox:1.0",
+        "docker.io/library/busybox:1.0",
+        img.id.as_str(),
+        img.id.hex(),
+        &img.id.hex()[..12],
+    ] {
+        assert_eq!(
+            store.get(key).unwrap().map(|i| i.id),
+            Some(img.id.clone()),
+            "{key}"
+        );
+    }
+    assert!(store
+        .get(&format!("busybox@{}", pushed.manifest_digest))
+        .unwrap()
+        .is_some());
+    let ins = store.inspect("busybox:1.0").unwrap();
+    assert_eq!(ins.config["config"]["User"], "65534");
+    assert_eq!(ins.manifest["layers"].as_array().unwrap().len(), 3);
+
+    // A writable rootfs: whiteouts, opaque dir, hardlink, ownership, and copy-on-write.
+    let root = store.prepare_rootfs("c1", "busybox:1.0", false).unwrap();
+    assert!(root.join("bin/busybox").is_file());
+    assert!(!root.join("etc/old").exists(), "whiteout hides etc/old");
+    assert!(!root.join("data/a").exists(), "opaque dir hides data/a");
+    assert_eq!(std::fs::read(root.join("data/b2")).unwrap(), b"b");
+    assert_eq!(
+        std::fs::metadata(root.join("srv/owned")).unwrap().uid(),
+        1000
+    );
+    let out = Command::new("chroot")
+        .arg(&root)
+        .args([
+            "/bin/sh",
+            "-c",
+            "echo hi > /tmp/x; busybox rm /etc/passwd; busybox cat /tmp/x",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
+    let l1 = store.store().snapshot_path(&layers[0].diff_id);
+    assert!(
+        l1.join("etc/passwd").exists(),
+        "deleting in the container never touches the layer"
+    );
+    assert!(!l1.join("tmp/x").exists());
+    let upper = t.path().join("containers/c1/upper");
+    assert!(upper.join("tmp/x").exists());
+    assert!(std::fs::symlink_metadata(upper.join("etc/passwd"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let cfs = store.container_fs_info().unwrap();
+    assert!(cfs.used_bytes > 0 && cfs.inodes_used >= 3, "{cfs:?}");
+    // read-only rootfs
+    let ro = store.prepare_rootfs("c2", img.id.as_str(), true).unwrap();
+    assert!(ro.join("bin/busybox").exists());
+    let e = std::fs::write(ro.join("tmp/y"), b"y").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    // prune keeps what containers and images use
+    store.remove(img.id.as_str()).unwrap();
+    let p = store.prune().unwrap();
+    assert_eq!(
+        p.snapshots_removed, 0,
+        "container rootfs still references the snapshots"
+    );
+    assert!(p.blobs_removed >= 5, "{p:?}");
+    store.remove_rootfs("c1").unwrap();
+    store.remove_rootfs("c2").unwrap();
+    store.remove_rootfs("c2").unwrap(); // missing is fine
+    assert!(!root.exists());
+    let p = store.prune().unwrap();
+    assert_eq!(p.snapshots_removed, 3);
+    assert!(snapshots(t.path()).is_empty());
+    let fs = store.fs_info().unwrap();
+    assert!(fs.used_bytes < 100_000, "{fs:?}");
+}
+
+#[test]
+fn multi_arch_index_selects_platform() {
+    let reg = Registry::start();
+    let mut manifests = Vec::new();
+    for (arch, variant) in [("amd64", ""), ("arm64", "v8"), ("arm", "v7")] {
+        let tarball = tar_of(&[E::File("arch", arch.as_bytes(), 0o644)]);
+        let layers = vec![layer(&tarball, MT_DOCKER_GZIP)];
+        let cfg = config_json(arch, "", &layers);
+        let p = push_image(&reg.addr, "multi", None, &layers, &cfg, true);
+        let mut plat = serde_json::json!({"architecture": arch, "os": "linux"});
+        if !variant.is_empty() {
+            plat["variant"] = variant.into();
+        }
+        manifests.push((
+            serde_json::json!({
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": p.manifest_digest.to_string(), "size": p.manifest.len(), "platform": plat,
+            }),
+            p.config_digest,
+        ));
+    }
+    let idx = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": manifests.iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let idx_digest = push_manifest(
+        &reg.addr,
+        "multi",
+        "v1",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        &idx,
+    );
+    let t = TempDir::new("multi");
+    let store = open_store(t.path(), &reg.addr);
+    let name = format!("{}/multi:v1", reg.addr);
+    let amd = store
+        .pull(
+            &name,
+            &PullOptions {
+                platform: Platform::parse("linux/amd64").unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(amd.id, manifests[0].1);
+    assert_eq!(
+        amd.repo_digests,
+        vec![format!("{}/multi@{idx_digest}", reg.addr)]
+    );
+    let arm = store
+        .pull(
+            &name,
+            &PullOptions {
+                platform: Platform::parse("linux/arm/v7").unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(arm.id, manifests[2].1);
+    assert_eq!(arm.platform, "linux/arm/v7");
+    // the tag moved to the arm image; the amd64 one keeps its digest name
+    assert_eq!(store.get(&name).unwrap().unwrap().id, arm.id);
+    let arm64 = store
+        .pull(
+            &name,
+            &PullOptions {
+                platform: Platform::parse("linux/arm64").unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(arm64.id, manifests[1].1);
+    let snap = store.store().snapshot_path(&arm64.layers[0].diff_id);
+    assert_eq!(std::fs::read(snap.join("arch")).unwrap(), b"arm64");
+    let e = store
+        .pull(
+            &name,
+            &PullOptions {
+                platform: Platform::parse("linux/s390x").unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::NoMatchingPlatform { .. }), "{e}");
+    assert!(e.to_string().contains("linux/arm/v7"), "{e}");
+}
+
+#[test]
+fn unknown_image_is_not_found_and_bad_names_are_invalid() {
+    let reg = Registry::start();
+    let t = TempDir::new("nf");
+    let store = open_store(t.path(), &reg.addr);
+    let e = store
+        .pull(
+            &format!("{}/nothing/here:v1", reg.addr),
+            &PullOptions::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    let e = store
+        .pull("busybox:nope", &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    let e = store
+        .pull("Upper/Case", &PullOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidReference { .. }) && e.to_string().contains("lowercase"),
+        "{e}"
+    );
+    // plain HTTP to a registry not configured insecure is never attempted
+    let plain = ImageStore::open(t.path(), rsrun_image::RegistryConfig::default()).unwrap();
+    let e = plain
+        .pull(&format!("{}/x:v1", reg.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Registry { ref registry, .. } if registry.starts_with("https://")),
+        "{e}"
+    );
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_pulls_share_downloads_and_warm_pull_is_a_noop() {
+    let reg = Registry::start();
+    let proxy = Proxy::start(&reg.addr);
+    let big = noise(6_000_000, 13);
+    let layers: Vec<Layer> = (0..4)
+        .map(|i| {
+            layer(
+                &tar_of(&[E::File(&format!("f{i}"), &big[i * 1000..], 0o644)]),
+                MT_GZIP,
+            )
+        })
+        .collect();
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "con", Some("v1"), &layers, &cfg, false);
+    let t = TempDir::new("con");
+    let store = Arc::new(open_store(t.path(), &proxy.addr));
+    proxy.rate.store(40 << 20, Ordering::Relaxed);
+    let name = format!("{}/con:v1", proxy.addr);
+    let ids: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, n) = (store.clone(), name.clone());
+            std::thread::spawn(move || s.pull(&n, &PullOptions::default()).unwrap().id)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    proxy.rate.store(0, Ordering::Relaxed);
+    for l in &layers {
+        let d = rsrun_image::Digest::of_bytes(&l.blob);
+        assert_eq!(
+            proxy.count(&format!("GET /v2/con/blobs/{d}")),
+            1,
+            "layer {d} downloaded once"
+        );
+    }
+    // A second store process-wide handle (another "process") also shares the layers.
+    let other = open_store(t.path(), &proxy.addr);
+    proxy.reset();
+    let start = Instant::now();
+    other.pull(&name, &PullOptions::default()).unwrap();
+    let warm = start.elapsed();
+    assert_eq!(proxy.count("/blobs/"), 0, "warm pull fetches no blob");
+    assert_eq!(
+        proxy.count("GET /v2/con/manifests"),
+        0,
+        "warm pull is one HEAD"
+    );
+    assert_eq!(proxy.count("HEAD /v2/con/manifests"), 1);
+    eprintln!("warm no-op pull: {warm:?}");
+    assert!(warm < Duration::from_millis(200), "warm pull took {warm:?}");
+    // digest pull of a present image needs no network at all
+    let by_digest = format!(
+        "{}@{}",
+        name.split(':').take(2).collect::<Vec<_>>().join(":"),
+        store.get(&name).unwrap().unwrap().repo_digests[0]
+            .split('@')
+            .nth(1)
+            .unwrap()
+    );
+    proxy.reset();
+    other.pull(&by_digest, &PullOptions::default()).unwrap();
+    assert_eq!(proxy.count("/v2/"), 0);
+}
+
+#[test]
+fn deadline_and_cancel_stop_a_pull_and_leave_nothing_visible() {
+    let reg = Registry::start();
+    let proxy = Proxy::start(&reg.addr);
+    let data = noise(3_000_000, 7);
+    let layers = vec![layer(&tar_of(&[E::File("f", &data, 0o644)]), MT_GZIP)];
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "slow", Some("v1"), &layers, &cfg, false);
+    let t = TempDir::new("deadline");
+    let store = open_store(t.path(), &proxy.addr);
+    proxy.rate.store(500_000, Ordering::Relaxed);
+    let name = format!("{}/slow:v1", proxy.addr);
+    let start = Instant::now();
+    let e = store
+        .pull(
+            &name,
+            &PullOptions {
+                cancel: Cancel::with_deadline(Instant::now() + Duration::from_millis(700)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::DeadlineExceeded(_)), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "deadline honoured promptly: {:?}",
+        start.elapsed()
+    );
+    assert!(store.list().unwrap().is_empty());
+    assert!(snapshots(t.path()).is_empty());
+    let flag = Arc::new(AtomicBool::new(false));
+    let f2 = flag.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        f2.store(true, Ordering::Relaxed);
+    });
+    let e = store
+        .pull(
+            &name,
+            &PullOptions {
+                cancel: Cancel::with_flag(flag),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Cancelled(_)), "{e}");
+    assert!(store.list().unwrap().is_empty());
+    proxy.rate.store(0, Ordering::Relaxed);
+    store.pull(&name, &PullOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read_dir(t.path().join("ingest")).unwrap().count(),
+        0,
+        "no temp left"
+    );
+}
+
+#[test]
+fn kill_9_mid_pull_then_repull_completes() {
+    let reg = Registry::start();
+    let proxy = Proxy::start(&reg.addr);
+    let data = noise(4_000_000, 11);
+    let layers: Vec<Layer> = (0..3)
+        .map(|i| {
+            layer(
+                &tar_of(&[E::File(&format!("f{i}"), &data[i..], 0o644)]),
+                MT_GZIP,
+            )
+        })
+        .collect();
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "kill", Some("v1"), &layers, &cfg, false);
+    let t = TempDir::new("kill");
+    let cfgfile = t.path().join("registries.json");
+    std::fs::write(
+        &cfgfile,
+        format!(
+            r#"{{"registries":{{"{}":{{"insecure":true}}}}}}"#,
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let root = t.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_rsrun-image");
+    let name = format!("{}/kill:v1", proxy.addr);
+    proxy.rate.store(1_000_000, Ordering::Relaxed);
+    let mut child = Command::new(bin)
+        .arg("--root")
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfgfile)
+        .args(["pull", "-q", &name])
+        .spawn()
+        .unwrap();
+    // wait until layer data is being written
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let partial = std::fs::read_dir(root.join("ingest"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.metadata().map(|m| m.len() > 100_000).unwrap_or(false))
+            })
+            .unwrap_or(false);
+        if partial {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pull never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let list = Command::new(bin)
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    assert!(
+        list.stdout.is_empty(),
+        "no image visible after kill: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    assert!(
+        snapshots(&root).is_empty(),
+        "no snapshot visible after kill"
+    );
+    proxy.rate.store(0, Ordering::Relaxed);
+    let out = Command::new(bin)
+        .arg("--root")
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfgfile)
+        .args(["pull", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("sha256:"));
+    assert_eq!(snapshots(&root).len(), 3);
+    assert_eq!(
+        std::fs::read_dir(root.join("ingest")).unwrap().count(),
+        0,
+        "stale temp cleaned"
+    );
+    let tmp_snaps = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(tmp_snaps, 0, "stale snapshot dirs cleaned");
+    let store = ImageStore::open(&root, rsrun_image::RegistryConfig::default()).unwrap();
+    let snap = store.store().snapshot_path(&layers[1].diff_id);
+    assert_eq!(std::fs::read(snap.join("f1")).unwrap(), &data[1..]);
+}
+
+#[test]
+fn remove_by_tag_id_and_digest() {
+    let reg = Registry::start();
+    let layers = vec![layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_GZIP)];
+    let cfg = config_json("amd64", "app", &layers);
+    let p = push_image(&reg.addr, "rm", Some("a"), &layers, &cfg, false);
+    push_manifest(
+        &reg.addr,
+        "rm",
+        "b",
+        "application/vnd.oci.image.manifest.v1+json",
+        &p.manifest,
+    );
+    let t = TempDir::new("rm");
+    let store = open_store(t.path(), &reg.addr);
+    let (a, b) = (format!("{}/rm:a", reg.addr), format!("{}/rm:b", reg.addr));
+    store.pull(&a, &PullOptions::default()).unwrap();
+    let img = store.pull(&b, &PullOptions::default()).unwrap();
+    assert_eq!(img.repo_tags.len(), 2);
+    assert_eq!(img.uid_or_username(), (None, "app".to_string()));
+    assert!(store.remove(&a).unwrap());
+    assert_eq!(store.get(&b).unwrap().unwrap().repo_tags, vec![b.clone()]);
+    assert!(store.get(&a).unwrap().is_none());
+    assert!(
+        !store.remove(&a).unwrap(),
+        "removing a missing image succeeds"
+    );
+    assert!(store.remove(img.id.as_str()).unwrap());
+    assert!(store.list().unwrap().is_empty());
+    store.pull(&a, &PullOptions::default()).unwrap();
+    store.pull(&b, &PullOptions::default()).unwrap();
+    assert!(store
+        .remove(&format!("{}/rm@{}", reg.addr, p.manifest_digest))
+        .unwrap());
+    assert!(
+        store.list().unwrap().is_empty(),
+        "by digest removes the image"
+    );
+    assert!(!store
+        .remove("sha256:0000000000000000000000000000000000000000000000000000000000000000")
+        .unwrap());
+    // CLI remove of a missing image succeeds; prune empties the store
+    let bin = env!("CARGO_BIN_EXE_rsrun-image");
+    let out = Command::new(bin)
+        .arg("--root")
+        .arg(t.path())
+        .args(["remove", "nothing:here"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(bin)
+        .arg("--root")
+        .arg(t.path())
+        .args(["prune"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 snapshots"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn hostile_layer_in_a_pull_leaves_no_image() {
+    let reg = Registry::start();
+    let mut evil = Vec::new();
+    let mut h = raw_header("../escape", tar::EntryType::Regular, 0o644, 1, None);
+    h.set_cksum();
+    evil.extend_from_slice(h.as_bytes());
+    evil.extend_from_slice(&[b'x'; 512]);
+    evil.extend_from_slice(&[0; 1024]);
+    let layers = vec![
+        layer(&tar_of(&[E::File("ok", b"ok", 0o644)]), MT_GZIP),
+        layer(&evil, MT_GZIP),
+    ];
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "evil", Some("v1"), &layers, &cfg, false);
+    let t = TempDir::new("evil");
+    let store = open_store(t.path(), &reg.addr);
+    let e = store
+        .pull(&format!("{}/evil:v1", reg.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::HostileLayer { .. }), "{e}");
+    assert!(store.list().unwrap().is_empty());
+    assert!(!t.path().join("escape").exists() && !t.path().join("snapshots/escape").exists());
+}
+
+#[test]
+fn cli_pull_list_inspect_mount() {
+    let reg = Registry::start();
+    let layers = busybox_layers();
+    let cfg = config_json("amd64", "", &layers);
+    push_image(
+        &reg.addr,
+        "library/busybox",
+        Some("latest"),
+        &layers,
+        &cfg,
+        false,
+    );
+    let t = TempDir::new("cli");
+    let cfgfile = t.path().join("registries.json");
+    std::fs::write(&cfgfile, format!(r#"{{"registries":{{"docker.io":{{"mirrors":[{{"endpoint":"http://{}","insecure":true}}],"mirrors_only":true}}}}}}"#, reg.addr)).unwrap();
+    let root = t.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_rsrun-image");
+    let run = |args: &[&str]| {
+        let o = Command::new(bin)
+            .arg("--root")
+            .arg(&root)
+            .arg("--config")
+            .arg(&cfgfile)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let id = run(&["pull", "busybox"]);
+    assert!(id.trim().starts_with("sha256:"));
+    let list = run(&["list"]);
+    assert!(list.contains("docker.io/library/busybox:latest"), "{list}");
+    let ins: serde_json::Value = serde_json::from_str(&run(&["inspect", "busybox"])).unwrap();
+    assert_eq!(ins["image"]["layers"].as_array().unwrap().len(), 3);
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run(&["mount", "--rw", "busybox", mnt.to_str().unwrap()]);
+    assert!(mnt.join("bin/busybox").exists());
+    std::fs::write(mnt.join("new"), b"n").unwrap();
+    run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(!mnt.join("bin/busybox").exists());
+    run(&["mount", "busybox", mnt.to_str().unwrap()]);
+    assert!(!mnt.join("new").exists(), "rw changes dropped at unmount");
+    assert!(std::fs::write(mnt.join("x"), b"x").is_err());
+    run(&["unmount", mnt.to_str().unwrap()]);
+    let fsinfo: serde_json::Value = serde_json::from_str(&run(&["fsinfo"])).unwrap();
+    assert!(fsinfo["image_fs"]["used_bytes"].as_u64().unwrap() > 1_000_000);
+    // bad input is named
+    let o = Command::new(bin)
+        .arg("--root")
+        .arg(&root)
+        .args(["pull", "--platform", "linux", "busybox"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("os/arch"));
+    let o = Command::new(bin)
+        .arg("--root")
+        .arg(&root)
+        .args(["pull", "--creds", "nocolon", "busybox"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("user:password"));
+}
+
+#[test]
+fn many_layers_exceed_overlay_option_page() {
+    let reg = Registry::start();
+    let layers: Vec<Layer> = (0..40)
+        .map(|i| {
+            layer(
+                &tar_of(&[E::File(&format!("l{i}"), format!("{i}").as_bytes(), 0o644)]),
+                MT_GZIP,
+            )
+        })
+        .collect();
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "many", Some("v1"), &layers, &cfg, false);
+    let t = TempDir::new("many");
+    // a long store path makes 40 lowerdirs far longer than one page
+    let root = t.path().join("x".repeat(200)).join("y".repeat(200));
+    let store = open_store(&root, &reg.addr);
+    store
+        .pull(
+            &format!("{}/many:v1", reg.addr),
+            &PullOptions {
+                concurrency: 6,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let rootfs = store
+        .prepare_rootfs("many", &format!("{}/many:v1", reg.addr), false)
+        .unwrap();
+    for i in 0..40 {
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join(format!("l{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
+    store.remove_rootfs("many").unwrap();
+}
