@@ -422,9 +422,14 @@ fn cmd_list(rt: &Runtime, a: &mut Args) -> Result<i32> {
 }
 
 fn owner_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    // /etc/passwd directly: the release binary is static, without NSS modules.
+    std::fs::read_to_string("/etc/passwd")
         .ok()
-        .flatten()
-        .map(|u| u.name)
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
         .unwrap_or_else(|| format!("#{uid}"))
 }

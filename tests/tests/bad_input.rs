@@ -4,6 +4,8 @@
 use rsrun_tests::*;
 use serde_json::json;
 
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
 fn create_err(rt: &Rsrun, b: &Bundle, id: &str) -> String {
     let e = rt.fails(&["create", "--bundle", b.dir.to_str().unwrap(), id]);
     assert_eq!(
@@ -32,7 +34,7 @@ fn malformed_and_truncated_config() {
 #[test]
 fn wrong_types_name_the_field() {
     let rt = Rsrun::new();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "process.user.uid",
             Box::new(|c| c["process"]["user"]["uid"] = json!("root")),
@@ -65,7 +67,7 @@ fn wrong_types_name_the_field() {
 #[test]
 fn semantic_errors() {
     let rt = Rsrun::new();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         ("ociVersion", Box::new(|c| c["ociVersion"] = json!("2.0.0"))),
         (
             "process.args",

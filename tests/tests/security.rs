@@ -20,7 +20,6 @@ fn runtime_binary_not_reachable_through_proc_exe() {
         "-c",
         "while [ ! -e /shared/go ]; do sleep 0.05; done; \
          for p in /proc/[0-9]*; do n=${p#/proc/}; [ $n = 1 ] && continue; [ $n = $$ ] && continue; \
-
            echo \"pid $n\" >> /shared/out; readlink $p/exe >> /shared/out 2>&1 || echo readlink-denied >> /shared/out; \
            (echo x >> $p/exe) 2>> /shared/out || echo open-failed >> /shared/out; done; touch /shared/done; sleep 100",
     ]);
