@@ -1,12 +1,17 @@
 #!/bin/sh
 # Builds rsrun and runs a container from a default busybox bundle it makes itself.
 # Usage: ./run.sh [COMMAND...]   (default: a greeting from inside the container)
-# Needs root (namespaces, mounts, cgroups). Installs busybox-static if missing.
+# Needs root (namespaces, mounts, cgroups). Installs busybox-static and libseccomp-dev if missing.
 set -eu
 cd "$(dirname "$0")"
-if ! [ -x /bin/busybox ] || ! dpkg -s busybox-static >/dev/null 2>&1; then
+need=""
+[ -x /bin/busybox ] && dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
+dpkg -s libseccomp-dev >/dev/null 2>&1 || need="$need libseccomp-dev"
+dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+if [ -n "$need" ]; then
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >/dev/null
 fi
 RSRUN=$(integration/build-release.sh)
 B=$PWD/.work/bundle

@@ -6,5 +6,17 @@
 set -eu
 cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
+# libseccomp-sys links libseccomp as a shared library unless told otherwise; a static-pie
+# binary needs the archive, which Debian's libseccomp-dev ships.
+export LIBSECCOMP_LINK_TYPE=static
+# rustc looks for static archives only in -L directories: point it at the compiler's.
+LIBSECCOMP_LIB_PATH="${LIBSECCOMP_LIB_PATH:-$(dirname "$(${CC:-cc} -print-file-name=libseccomp.a)")}"
+export LIBSECCOMP_LIB_PATH
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" cargo build --release -q --target "$host" -p rsrun
-echo "$PWD/target/$host/release/rsrun"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/$host/release/rsrun"
+# A binary that still wants a dynamic loader would crash at start-up: refuse it here.
+if command -v readelf >/dev/null && readelf -lW "$bin" | grep -q 'Requesting program interpreter'; then
+    echo "build-release.sh: $bin is not statically linked" >&2
+    exit 1
+fi
+echo "$bin"

@@ -204,11 +204,18 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
             }
         }
     }
+    // The seccomp profile is compiled once here so that a bad one fails `create`.
+    match crate::seccomp::validate(spec) {
+        Ok(()) => {}
+        Err(Error::Config(m)) => return Err(bad(m)),
+        Err(e) => return Err(e),
+    }
     Ok(rootfs)
 }
 
-fn check_ns_path(typ: LinuxNamespaceType, path: &Path) -> std::result::Result<(), String> {
-    let want = match typ {
+/// The name of a namespace type under /proc/PID/ns/.
+pub fn ns_file(t: LinuxNamespaceType) -> &'static str {
+    match t {
         LinuxNamespaceType::Pid => "pid",
         LinuxNamespaceType::Network => "net",
         LinuxNamespaceType::Mount => "mnt",
@@ -217,7 +224,11 @@ fn check_ns_path(typ: LinuxNamespaceType, path: &Path) -> std::result::Result<()
         LinuxNamespaceType::User => "user",
         LinuxNamespaceType::Cgroup => "cgroup",
         LinuxNamespaceType::Time => "time",
-    };
+    }
+}
+
+fn check_ns_path(typ: LinuxNamespaceType, path: &Path) -> std::result::Result<(), String> {
+    let want = ns_file(typ);
     let target = std::fs::read_link(path).map_err(|e| format!("path {}: {e}", path.display()))?;
     let t = target.to_string_lossy();
     // A namespace file reads as e.g. "net:[4026531840]".

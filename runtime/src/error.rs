@@ -5,11 +5,11 @@ use std::fmt::Display;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call or file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {err}")]
     Os {
         context: String,
-        // Not #[source]: the message already includes it (no doubled text in chains).
-        source: std::io::Error,
+        // Not a `source`: the message already includes it (no doubled text in chains).
+        err: std::io::Error,
     },
     /// The bundle's config.json is malformed or asks for something invalid.
     #[error("invalid config: {0}")]
@@ -49,14 +49,14 @@ impl Error {
     pub fn os(context: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
         Error::Os {
             context: context.into(),
-            source: source.into(),
+            err: source.into(),
         }
     }
 
     /// The errno of an OS error, if this is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Os { source, .. } => source.raw_os_error(),
+            Error::Os { err, .. } => err.raw_os_error(),
             _ => None,
         }
     }

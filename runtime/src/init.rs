@@ -14,7 +14,7 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{Context, Error, Result};
 use crate::sync::{self, Msg};
-use crate::{hooks, rootfs, security, sys};
+use crate::{hooks, rootfs, seccomp, security, sys};
 
 /// How the init learns that it may exec.
 pub enum StartVia {
@@ -174,21 +174,40 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         &state("creating"),
     )?;
 
+    // The seccomp filter is compiled now, and the SCMP_ACT_NOTIFY agent's socket (a host
+    // path) connected while the host's filesystem is still reachable; loaded at the end.
+    // The agent gets the state as of the exec: created, with the start already requested.
+    let mut sec = seccomp::prepare(spec, state("created"))?;
+
     rootfs::finish_paths(spec, root.as_raw_fd(), &devnull)?;
     drop(devnull);
     rootfs::enter(&root, a.rootfs, a.no_pivot)?;
     drop(root);
     rootfs::finish_root(spec, a.in_userns)?;
 
-    let process =
-        process.ok_or_else(|| Error::Config("process is required to start a container".into()))?;
-    if process.terminal().unwrap_or(false) {
-        setup_console(a, process)?;
+    // A config without `process` may be created; `start` then fails (runtime spec).
+    let mut prepared = None;
+    if let Some(process) = process {
+        if process.terminal().unwrap_or(false) {
+            setup_console(a, process)?;
+        }
+        let env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
+        let args = process.args().as_deref().unwrap_or(&[]);
+        let exe = find_executable(&args[0], &env)?;
+        refuse_runtime_binary(&exe, self_id)?;
+        if let Some(profile) = process
+            .apparmor_profile()
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            if !apparmor_enabled() {
+                return Err(Error::Unsupported(format!(
+                    "process.apparmorProfile {profile:?}: AppArmor is not enabled on this host"
+                )));
+            }
+        }
+        prepared = Some((process, env, args, exe));
     }
-    let env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
-    let args = process.args().as_deref().unwrap_or(&[]);
-    let exe = find_executable(&args[0], &env)?;
-    refuse_runtime_binary(&exe, self_id)?;
 
     // Nothing of the host may stay open: only stdio, the preserved descriptors and our
     // own channels (close-on-exec) survive.
@@ -197,6 +216,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     if let StartVia::Socket(l) = &a.start {
         keep.push(l.as_raw_fd());
     }
+    keep.extend(sec.as_ref().and_then(|s| s.listener_fd()));
     sys::close_from_except(keep_from, &keep).ctx("close inherited descriptors")?;
 
     sync::send(&a.sync, &Msg::Ready)?;
@@ -218,6 +238,11 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
             *conn = Some(c);
         }
     }
+    let Some((process, env, args, exe)) = prepared else {
+        return Err(Error::Config(
+            "process is required to start a container".into(),
+        ));
+    };
     hooks::run_all(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
@@ -237,6 +262,24 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         Some(c) => Some(security::cap_sets(c)?),
         None => None,
     };
+    // When to load the seccomp filter. Loading one needs no_new_privs or CAP_SYS_ADMIN,
+    // and every syscall the init makes after loading must pass the filter. As runc and
+    // crun do: with no_new_privs, or when the process keeps CAP_SYS_ADMIN, the filter is
+    // loaded at the very end, just before execve, so that it only has to allow execve
+    // (and sendmsg for a NOTIFY listener). Otherwise it must be loaded here, while the init
+    // still has CAP_SYS_ADMIN, and the profile has to allow what the init does after this
+    // point: prctl, capget/capset, setgroups, setresgid/setresuid, chdir, getcwd, umask,
+    // rt_sigprocmask, statx/newfstatat, openat, read, close, write, execve. Every
+    // RuntimeDefault-style profile (containerd's, CRI-O's, seccomp::runtime_default_profile)
+    // allows them; a profile that denies one fails the start with that step's error.
+    let keeps_sys_admin = caps
+        .as_ref()
+        .is_some_and(|c| c.has_effective(caps::Capability::CAP_SYS_ADMIN));
+    if !process.no_new_privileges().unwrap_or(false) && !keeps_sys_admin {
+        if let Some(s) = sec.take() {
+            s.load()?;
+        }
+    }
     if let Some(c) = &caps {
         security::drop_bounding(c)?;
     }
@@ -267,7 +310,18 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     if process.no_new_privileges().unwrap_or(false) {
         security::set_no_new_privs()?;
     }
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        // Applied at exec, like runc: the profile confines the user program.
+        std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))
+            .or_else(|_| std::fs::write("/proc/self/attr/exec", format!("exec {profile}")))
+            .with_ctx(|| format!("process.apparmorProfile {profile:?}"))?;
+    }
     // Default signal dispositions and an empty mask for the user program.
+    sys::reset_signal_dispositions();
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),
@@ -280,8 +334,16 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     let cargs: Vec<CString> = args.iter().map(|s| sys::cstr(s)).collect();
     let cenv: Vec<CString> = env.iter().map(|s| sys::cstr(s)).collect();
     let cexe = sys::cstr(&exe);
+    if let Some(s) = sec.take() {
+        s.load()?;
+    }
     let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
     Err(Error::os(format!("exec {exe}"), e))
+}
+
+fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y")
 }
 
 fn unreachable_msg() -> Result<i32> {

@@ -3,14 +3,17 @@
 //!
 //! Creating a container forks the calling process: callers must be single-threaded.
 
+pub mod bpf;
 pub mod cgroups;
 pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod init;
 pub mod lifecycle;
+pub mod live;
 pub mod log;
 pub mod rootfs;
+pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod state;

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::config::{self, Bundle};
+use crate::config::{self, ns_file, Bundle};
 use crate::error::{Context, Error, Result};
 use crate::init::{self, InitArgs, StartVia};
 use crate::state::{self, ContainerDir, Saved, Status};
@@ -115,12 +115,6 @@ impl Runtime {
             return Err(Error::Exists(o.id.clone()));
         }
         let bundle = config::load_bundle(&o.bundle)?;
-        if bundle.spec.process().is_none() {
-            return Err(Error::Config(format!(
-                "{}: process is required",
-                bundle.path.join("config.json").display()
-            )));
-        }
         dir.create()?;
         let mut cleanup = Cleanup {
             dir: Some(&dir),
@@ -212,6 +206,7 @@ impl Runtime {
             }
             Err(e) => return Err(e),
         }
+        cgroups::apply(&cleanup.cgroups, linux.and_then(|l| l.resources().as_ref()))?;
 
         // Channels to the init.
         let (parent_sock, child_sock) = sync::pair()?;
@@ -358,16 +353,21 @@ impl Runtime {
         loop {
             match sync::recv(&parent_sock)? {
                 Some(Msg::Hooks) => {
-                    let st = saved.spec_state(Status::Creating);
+                    // The deprecated prestart hooks keep the status they had when the spec
+                    // ran them at start ("created", which runtime-tools checks); the
+                    // createRuntime hooks see the container "creating".
                     let h = spec.hooks().as_ref();
-                    let r = hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), &st)
-                        .and_then(|_| {
-                            hooks::run_all(
-                                "createRuntime",
-                                h.and_then(|h| h.create_runtime().as_ref()),
-                                &st,
-                            )
-                        });
+                    let created = saved.spec_state(Status::Created);
+                    let creating = saved.spec_state(Status::Creating);
+                    let r =
+                        hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), &created)
+                            .and_then(|_| {
+                                hooks::run_all(
+                                    "createRuntime",
+                                    h.and_then(|h| h.create_runtime().as_ref()),
+                                    &creating,
+                                )
+                            });
                     if let Err(e) = r {
                         let _ = sync::send(&parent_sock, &Msg::Error(e.to_string()));
                         return Err(e);
@@ -431,13 +431,12 @@ impl Runtime {
         self.poststart(&saved)
     }
 
+    /// The runtime spec's lifecycle: "if any poststart hook fails, the runtime MUST log a
+    /// warning, but the remaining hooks and lifecycle continue as if the hook had
+    /// succeeded" (runc instead fails start and kills the container).
     fn poststart(&self, saved: &Saved) -> Result<()> {
         let h = saved.hooks.as_ref().and_then(|h| h.poststart().as_ref());
-        if let Err(e) = hooks::run_all("poststart", h, &saved.spec_state(Status::Running)) {
-            // A failed poststart hook fails start: stop the container (as runc does).
-            let _ = nix::sys::signal::kill(Pid::from_raw(saved.pid), Signal::SIGKILL);
-            return Err(e);
-        }
+        hooks::run_all_logged("poststart", h, &saved.spec_state(Status::Running));
         Ok(())
     }
 
@@ -595,19 +594,6 @@ fn load(dir: &ContainerDir) -> Result<Saved> {
         status: "creating".into(),
         what: "not created yet".into(),
     })
-}
-
-fn ns_file(t: LinuxNamespaceType) -> &'static str {
-    match t {
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Time => "time",
-    }
 }
 
 /// Signals `run` passes on to the container.

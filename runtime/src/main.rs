@@ -221,7 +221,20 @@ fn real_main(argv: Vec<String>) -> Result<i32> {
             );
             Ok(0)
         }
-        "exec" | "ps" | "pause" | "resume" | "update" | "events" | "checkpoint" | "restore" => {
+        "ps" => cmd_ps(&rt, &mut a),
+        "pause" => {
+            let id = one_id(&mut a, "pause")?;
+            rt.pause(&id)?;
+            Ok(0)
+        }
+        "resume" => {
+            let id = one_id(&mut a, "resume")?;
+            rt.resume(&id)?;
+            Ok(0)
+        }
+        "update" => cmd_update(&rt, &mut a),
+        "events" => cmd_events(&rt, &mut a),
+        "exec" | "checkpoint" | "restore" => {
             bail!("command {cmd:?} is not implemented in this version of rsrun")
         }
         _ => bail!("unknown command {cmd:?}\n{USAGE}"),
@@ -432,4 +445,275 @@ fn owner_name(uid: u32) -> String {
             })
         })
         .unwrap_or_else(|| format!("#{uid}"))
+}
+
+/// `ps [-f table|json] ID [PS ARGS]`: the container's processes. json: their PIDs; table:
+/// the host's `ps` (default `-ef`) filtered to them, as runc does.
+fn cmd_ps(rt: &Runtime, a: &mut Args) -> Result<i32> {
+    let mut json = false;
+    while let Some((k, v)) = a.next_flag() {
+        match k.as_str() {
+            "f" | "format" => {
+                json = match a.value(&k, v)?.as_str() {
+                    "json" => true,
+                    "table" => false,
+                    f => bail!("ps: unknown format {f:?} (table or json)"),
+                }
+            }
+            _ => bail!("ps: unknown flag --{k}"),
+        }
+    }
+    let pos = a.positional();
+    let Some(id) = pos.first() else {
+        bail!("ps: container ID required");
+    };
+    let mut ps_args: Vec<String> = pos[1..].to_vec();
+    if ps_args.first().map(String::as_str) == Some("--") {
+        ps_args.remove(0);
+    }
+    let pids = rt.processes(id)?;
+    if json {
+        if !ps_args.is_empty() {
+            bail!("ps: ps arguments cannot be combined with --format json");
+        }
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(0);
+    }
+    if ps_args.is_empty() {
+        ps_args.push("-ef".into());
+    }
+    let out = std::process::Command::new("ps")
+        .args(&ps_args)
+        .output()
+        .with_context(|| format!("ps: run `ps {}`", ps_args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ps: `ps {}` failed: {}",
+            ps_args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let Some(col) = header.split_whitespace().position(|h| h == "PID") else {
+        bail!(
+            "ps: the output of `ps {}` has no PID column",
+            ps_args.join(" ")
+        );
+    };
+    println!("{header}");
+    for l in lines {
+        let pid = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{l}");
+        }
+    }
+    Ok(0)
+}
+
+/// A byte count as runc's update accepts it: "-1", "1048576", "512m", "1.5g", "1GiB".
+fn parse_bytes(flag: &str, s: &str) -> Result<i64> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let t = t.strip_suffix('i').unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some('p') => (&t[..t.len() - 1], 1 << 50),
+        _ => (t, 1),
+    };
+    let num = num.trim();
+    let v: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0 && !num.starts_with('+'))
+        .ok_or_else(|| {
+            anyhow!(
+                "--{flag}: invalid size {s:?} (bytes, or with k, m, g, t suffix; -1 for no limit)"
+            )
+        })?;
+    let bytes = v * mult as f64;
+    if bytes > i64::MAX as f64 {
+        bail!("--{flag}: {s:?} is too large");
+    }
+    Ok(bytes as i64)
+}
+
+/// `update [flags] ID` or `update -r FILE|- ID`: changes the container's limits.
+fn cmd_update(rt: &Runtime, a: &mut Args) -> Result<i32> {
+    let mut file: Option<String> = None;
+    let mut mem = serde_json::Map::new();
+    let mut cpu = serde_json::Map::new();
+    let mut res = serde_json::Map::new();
+    let num = |flag: &str, s: &str| -> Result<i64> {
+        s.parse::<i64>()
+            .map_err(|_| anyhow!("--{flag}: {s:?} is not a number"))
+    };
+    let unsigned = |flag: &str, s: &str| -> Result<u64> {
+        s.parse::<u64>()
+            .map_err(|_| anyhow!("--{flag}: {s:?} is not a non-negative number"))
+    };
+    while let Some((k, v)) = a.next_flag() {
+        let flag = k.clone();
+        match k.as_str() {
+            "r" | "resources" => file = Some(a.value(&k, v)?),
+            "memory" | "memory-swap" | "memory-reservation" | "kernel-memory"
+            | "kernel-memory-tcp" => {
+                let n = parse_bytes(&flag, &a.value(&k, v)?)?;
+                let key = match k.as_str() {
+                    "memory" => "limit",
+                    "memory-swap" => "swap",
+                    "memory-reservation" => "reservation",
+                    "kernel-memory" => "kernel",
+                    _ => "kernelTCP",
+                };
+                mem.insert(key.into(), n.into());
+            }
+            "cpu-shares" => {
+                cpu.insert("shares".into(), unsigned(&flag, &a.value(&k, v)?)?.into());
+            }
+            "cpu-quota" => {
+                cpu.insert("quota".into(), num(&flag, &a.value(&k, v)?)?.into());
+            }
+            "cpu-period" => {
+                cpu.insert("period".into(), unsigned(&flag, &a.value(&k, v)?)?.into());
+            }
+            "cpu-rt-runtime" => {
+                cpu.insert(
+                    "realtimeRuntime".into(),
+                    num(&flag, &a.value(&k, v)?)?.into(),
+                );
+            }
+            "cpu-rt-period" => {
+                cpu.insert(
+                    "realtimePeriod".into(),
+                    unsigned(&flag, &a.value(&k, v)?)?.into(),
+                );
+            }
+            "cpuset-cpus" => {
+                cpu.insert("cpus".into(), a.value(&k, v)?.into());
+            }
+            "cpuset-mems" => {
+                cpu.insert("mems".into(), a.value(&k, v)?.into());
+            }
+            "pids-limit" => {
+                res.insert(
+                    "pids".into(),
+                    serde_json::json!({"limit": num(&flag, &a.value(&k, v)?)?}),
+                );
+            }
+            "blkio-weight" => {
+                let s = a.value(&k, v)?;
+                let w: u16 = s
+                    .parse()
+                    .map_err(|_| anyhow!("--blkio-weight: {s:?} is not a weight (10 to 1000)"))?;
+                res.insert("blockIO".into(), serde_json::json!({"weight": w}));
+            }
+            "l3-cache-schema" | "mem-bw-schema" => {
+                bail!("update: --{k}: Intel RDT is not supported by rsrun")
+            }
+            _ => bail!("update: unknown flag --{k}"),
+        }
+    }
+    let pos = a.positional();
+    let id = match pos.as_slice() {
+        [id] => id.clone(),
+        [] => bail!("update: container ID required"),
+        _ => bail!("update: expected one container ID, got {}", pos.len()),
+    };
+    if !mem.is_empty() {
+        res.insert("memory".into(), mem.into());
+    }
+    if !cpu.is_empty() {
+        res.insert("cpu".into(), cpu.into());
+    }
+    let (text, source) = match &file {
+        Some(_) if !res.is_empty() => {
+            bail!("update: -r/--resources cannot be combined with other limit flags")
+        }
+        Some(f) if f == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("update: read resources from stdin")?;
+            (s, "stdin".to_string())
+        }
+        Some(f) => (
+            std::fs::read_to_string(f).with_context(|| format!("update: read {f}"))?,
+            f.clone(),
+        ),
+        None if res.is_empty() => bail!("update: nothing to update (give limit flags or -r FILE)"),
+        None => (serde_json::Value::Object(res).to_string(), "flags".into()),
+    };
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let r: oci_spec::runtime::LinuxResources =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            anyhow!(
+                "update: resources from {source}: {}: {}",
+                e.path(),
+                e.inner()
+            )
+        })?;
+    rt.update(&id, &r)?;
+    Ok(0)
+}
+
+/// A duration as runc's --interval takes it: "5s", "500ms", "1m", "1.5s".
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let v: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| anyhow!("--interval: invalid duration {s:?} (e.g. 5s, 500ms)"))?;
+    let secs = match unit {
+        "ns" => v / 1e9,
+        "us" | "µs" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => bail!("--interval: unknown unit in {s:?} (ns, us, ms, s, m, h)"),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `events [--stats] [--interval D] ID`: runc's JSON events, one per line.
+fn cmd_events(rt: &Runtime, a: &mut Args) -> Result<i32> {
+    let mut once = false;
+    let mut interval = std::time::Duration::from_secs(5);
+    while let Some((k, v)) = a.next_flag() {
+        match k.as_str() {
+            "stats" => once = Args::bool_value(v, &k)?,
+            "interval" => interval = parse_duration(&a.value(&k, v)?)?,
+            _ => bail!("events: unknown flag --{k}"),
+        }
+    }
+    let pos = a.positional();
+    let id = match pos.as_slice() {
+        [id] => id.clone(),
+        [] => bail!("events: container ID required"),
+        _ => bail!("events: expected one container ID, got {}", pos.len()),
+    };
+    rt.events(&id, interval, once, &mut |ev| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let line = serde_json::to_string(&ev)
+            .map_err(|e| rsrun::Error::Invalid(format!("encode event: {e}")))?;
+        writeln!(out, "{line}")
+            .and_then(|_| out.flush())
+            .map_err(|e| rsrun::Error::os("write event to stdout", e))
+    })?;
+    Ok(0)
 }

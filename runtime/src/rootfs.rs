@@ -358,9 +358,9 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
 
 fn prefix(e: Error, what: &str) -> Error {
     match e {
-        Error::Os { context, source } => Error::Os {
+        Error::Os { context, err } => Error::Os {
             context: format!("{what}: {context}"),
-            source,
+            err,
         },
         Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
         Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),

@@ -94,6 +94,13 @@ pub struct CapSets {
     ambient: CapsHashSet,
 }
 
+impl CapSets {
+    /// Whether `cap` stays in the effective set once the sets are applied.
+    pub fn has_effective(&self, cap: Capability) -> bool {
+        self.effective.contains(&cap)
+    }
+}
+
 pub fn cap_sets(c: &LinuxCapabilities) -> Result<CapSets> {
     let last = last_cap();
     Ok(CapSets {

@@ -301,3 +301,15 @@ pub fn join_session_keyring(name: &CStr) -> io::Result<()> {
         unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
     check(ret).map(|_| ())
 }
+
+/// Restores the default disposition of every signal (Rust's runtime ignores SIGPIPE; the
+/// container's program must not inherit that).
+pub fn reset_signal_dispositions() {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler; failures (invalid numbers) are ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}

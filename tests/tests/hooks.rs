@@ -69,7 +69,8 @@ fn all_hooks_in_order_with_state() {
             .clone()
     };
     for (n, st) in [
-        ("prestart", "creating"),
+        // prestart (deprecated) keeps the status of its old place in the lifecycle.
+        ("prestart", "created"),
         ("createRuntime", "creating"),
         ("createContainer", "creating"),
         ("startContainer", "created"),
@@ -134,9 +135,12 @@ fn hook_timeout_and_poststop_failure() {
     let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("to")]);
     assert!(e.contains("timed out after 1s"), "{e}");
     assert!(t.elapsed().as_secs() < 25, "the hook was not killed");
-    // poststop failures are logged, not fatal.
+    // poststart and poststop failures are logged, not fatal (runtime spec lifecycle).
     let mut b = Bundle::new(&["true"]);
-    b.edit(|c| c["hooks"] = json!({"poststop": [{"path": "/bin/false"}]}));
+    b.edit(|c| {
+        c["hooks"] =
+            json!({"poststart": [{"path": "/bin/false"}], "poststop": [{"path": "/bin/false"}]})
+    });
     let id = unique("ps");
     rt.ok(&["run", "--bundle", b.dir.to_str().unwrap(), &id]);
     assert_eq!(rt.count(), 0);

@@ -226,3 +226,36 @@ fn features_and_spec() {
     let e = rt.fails(&["--systemd-cgroup", "list"]);
     assert!(e.contains("systemd"), "{e}");
 }
+
+#[test]
+fn create_without_process_then_start_fails() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| {
+        c.as_object_mut().unwrap().remove("process");
+    });
+    let id = unique("noproc");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert_eq!(rt.status(&id), "created");
+    let e = rt.fails(&["start", &id]);
+    assert!(e.contains("process is required"), "{e}");
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+}
+
+#[test]
+fn apparmor_profile_is_applied_or_refused() {
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["cat", "/proc/self/attr/current"]);
+    b.edit(|c| c["process"]["apparmorProfile"] = json!("unconfined"));
+    let (code, out, err) = rt.run_bundle(&unique("aa"), &b);
+    if enabled {
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("unconfined"), "{out}");
+    } else {
+        assert_ne!(code, 0);
+        assert!(err.contains("AppArmor is not enabled"), "{err}");
+    }
+}

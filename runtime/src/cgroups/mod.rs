@@ -1,10 +1,21 @@
 //! Cgroup placement: the container's cgroup is created from `linux.cgroupsPath` in every
 //! mounted hierarchy (cgroup v1 controllers, the hybrid layout's unified mount, or the one
 //! cgroup v2 hierarchy), the init process is moved into it, and it is removed on delete.
+//!
+//! `Manager` applies `linux.resources` and runs the live operations (update, freeze, stats,
+//! OOM counts, kill) through `v1` (one directory per controller; the hybrid layout's
+//! unified mount beside them) or `v2` (one directory; device rules as an eBPF program).
 
+pub mod devices;
+pub mod v1;
+pub mod v2;
+
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use oci_spec::runtime::LinuxResources;
 
 use crate::error::{Context, Error, Result};
 
@@ -165,12 +176,21 @@ pub fn paths_for(cgroups_path: Option<&Path>, id: &str, hs: &[Hierarchy]) -> Res
 
 /// Creates the cgroup directories. On failure, removes what it created.
 pub fn create(paths: &[PathBuf]) -> Result<()> {
+    let hs = hierarchies()?;
+    let unified = is_unified(&hs);
     for (i, p) in paths.iter().enumerate() {
         if let Err(e) = std::fs::create_dir_all(p) {
             remove_dirs(&paths[..i]);
             return Err(Error::os(format!("create cgroup {}", p.display()), e));
         }
-        if p.join("cpuset.cpus").exists() {
+        if unified {
+            // Pure v2: delegate the controllers down to the new cgroup. (The hybrid layout's
+            // unified mount belongs to the host: left as it is.)
+            if let Some(h) = hs.iter().find(|h| p.starts_with(&h.mountpoint)) {
+                v2::enable_controllers(&h.mountpoint, p);
+            }
+        }
+        if !unified && p.join("cpuset.cpus").exists() {
             if let Err(e) = init_cpuset(p) {
                 remove_dirs(&paths[..=i]);
                 return Err(e);
@@ -220,6 +240,210 @@ pub fn add_pid(paths: &[PathBuf], pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// The container's cgroups behind one interface: the v1 controllers (with the hybrid
+/// layout's unified mount beside them) or the single cgroup v2 directory.
+pub enum Manager {
+    V1(v1::V1),
+    V2(v2::V2),
+}
+
+impl Manager {
+    /// The manager for the directories a container recorded (`Saved::cgroup_paths`).
+    pub fn new(paths: &[PathBuf]) -> Result<Manager> {
+        let hs = hierarchies()?;
+        Self::with_hierarchies(paths, &hs)
+    }
+
+    pub fn with_hierarchies(paths: &[PathBuf], hs: &[Hierarchy]) -> Result<Manager> {
+        if paths.is_empty() {
+            return Err(Error::Unsupported(
+                "the container has no cgroup (no cgroup hierarchy is mounted, or rootless mode ignored cgroup errors)".into(),
+            ));
+        }
+        if is_unified(hs) {
+            return Ok(Manager::V2(v2::V2::new(paths[0].clone())));
+        }
+        let mut m = v1::V1::default();
+        for p in paths {
+            let h = hs
+                .iter()
+                .filter(|h| p.starts_with(&h.mountpoint))
+                .max_by_key(|h| h.mountpoint.as_os_str().len());
+            match h {
+                Some(h) if h.v2 => m.unified = Some(p.clone()),
+                Some(h) => {
+                    for c in &h.controllers {
+                        m.dirs.insert(c.clone(), p.clone());
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(Manager::V1(m))
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Manager::V2(_))
+    }
+
+    /// Applies every field of `linux.resources` to a new cgroup (before any process is in it).
+    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        let mut tx = Tx::create();
+        match self {
+            Manager::V1(m) => m.set(r, &mut tx, false)?,
+            Manager::V2(m) => m.set(r, &mut tx, false)?,
+        }
+        if let Some(rules) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+            let rules = devices::rules(rules)?;
+            match self {
+                Manager::V1(m) => m.set_devices(&rules)?,
+                Manager::V2(m) => m.set_devices(&rules)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the limits of a live container: only the fields present in `r`. On failure,
+    /// every file already written gets its previous value back. Device rules are not changed
+    /// by an update (as with runc): they are reported in the debug log and skipped.
+    pub fn update(&self, r: &LinuxResources) -> Result<()> {
+        if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            crate::log::debug("update: linux.resources.devices is not changed by update");
+        }
+        let mut tx = Tx::update();
+        let res = match self {
+            Manager::V1(m) => m.set(r, &mut tx, true),
+            Manager::V2(m) => m.set(r, &mut tx, true),
+        };
+        if res.is_err() {
+            tx.rollback();
+        }
+        res
+    }
+
+    /// Freezes every process and waits until the kernel reports the cgroup frozen.
+    pub fn freeze(&self) -> Result<()> {
+        match self {
+            Manager::V1(m) => m.set_freezer(true),
+            Manager::V2(m) => m.set_frozen(true),
+        }
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        match self {
+            Manager::V1(m) => m.set_freezer(false),
+            Manager::V2(m) => m.set_frozen(false),
+        }
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        match self {
+            Manager::V1(m) => m.is_frozen(),
+            Manager::V2(m) => m.is_frozen(),
+        }
+    }
+
+    /// How many processes of the cgroup the OOM killer killed (v2 memory.events oom_kill;
+    /// v1 memory.oom_control oom_kill).
+    pub fn oom_kill_count(&self) -> u64 {
+        match self {
+            Manager::V1(m) => m.oom_kill_count(),
+            Manager::V2(m) => m.oom_kill_count(),
+        }
+    }
+
+    /// Whether the cgroup ran out of memory at least once (an OOM kill or, on v1, a memory
+    /// limit hit while the OOM killer is disabled).
+    pub fn oom_seen(&self) -> bool {
+        match self {
+            Manager::V1(m) => m.oom_kill_count() > 0 || m.under_oom(),
+            Manager::V2(m) => m.oom_kill_count() > 0 || m.oom_events() > 0,
+        }
+    }
+
+    /// Resource usage in the shape of runc's `events --stats` data.
+    pub fn stats(&self) -> serde_json::Value {
+        match self {
+            Manager::V1(m) => m.stats(),
+            Manager::V2(m) => m.stats(),
+        }
+    }
+
+    /// PIDs of every process in the cgroup and its descendants.
+    pub fn all_pids(&self) -> Vec<i32> {
+        let dir = match self {
+            Manager::V1(m) => m.pids_dir(),
+            Manager::V2(m) => Some(m.dir.clone()),
+        };
+        let mut out = Vec::new();
+        if let Some(d) = dir {
+            collect_pids(&d, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Kills every process in the cgroup: v2 cgroup.kill (kernel ≥ 5.14; else freeze, kill,
+    /// thaw); v1 freeze, SIGKILL each one, thaw. Then waits (bounded) until it is empty.
+    pub fn kill_all(&self) {
+        let killed = match self {
+            Manager::V2(m) => write_file(&m.dir.join("cgroup.kill"), "1").is_ok(),
+            Manager::V1(_) => false,
+        };
+        if !killed {
+            let frozen = self.freeze().is_ok();
+            for pid in self.all_pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if frozen {
+                if let Err(e) = self.thaw() {
+                    crate::log::warn(&format!("thaw after kill: {e}"));
+                }
+            }
+        }
+        for i in 0..500u64 {
+            if self.all_pids().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2 + i.min(20)));
+        }
+        crate::log::warn("processes are left in the container's cgroup after SIGKILL");
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Applies `linux.resources` to the cgroups just created for a container (nothing to do
+/// without resources or, in rootless mode, without cgroups).
+pub fn apply(paths: &[PathBuf], r: Option<&LinuxResources>) -> Result<()> {
+    match r {
+        Some(r) if !paths.is_empty() => Manager::new(paths)?.apply(r),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the OOM killer killed a process of the container (for reason "OOMKilled").
+pub fn oom_killed(paths: &[PathBuf]) -> bool {
+    Manager::new(paths)
+        .map(|m| m.oom_kill_count() > 0)
+        .unwrap_or(false)
+}
+
 /// PIDs in the container's cgroup (from the first hierarchy that lists them).
 pub fn pids(paths: &[PathBuf]) -> Vec<i32> {
     for p in paths {
@@ -232,44 +456,29 @@ pub fn pids(paths: &[PathBuf]) -> Vec<i32> {
 
 /// Whether the cgroup is frozen (v1 freezer or v2 cgroup.freeze).
 pub fn is_frozen(paths: &[PathBuf]) -> bool {
-    for p in paths {
-        if let Ok(s) = std::fs::read_to_string(p.join("freezer.state")) {
-            return s.trim() == "FROZEN";
-        }
-        if let Ok(s) = std::fs::read_to_string(p.join("cgroup.freeze")) {
-            return s.trim() == "1";
-        }
-    }
-    false
+    Manager::new(paths).map(|m| m.is_frozen()).unwrap_or(false)
 }
 
 /// Thaws a frozen cgroup.
 pub fn thaw(paths: &[PathBuf]) -> Result<()> {
-    for p in paths {
-        if p.join("freezer.state").exists() {
-            return std::fs::write(p.join("freezer.state"), "THAWED")
-                .with_ctx(|| format!("thaw {}", p.display()));
-        }
-        if p.join("cgroup.freeze").exists() {
-            return std::fs::write(p.join("cgroup.freeze"), "0")
-                .with_ctx(|| format!("thaw {}", p.display()));
-        }
+    match Manager::new(paths) {
+        Ok(m) => m.thaw(),
+        Err(_) => Ok(()),
     }
-    Ok(())
 }
 
-/// Kills every process left in the cgroup (v2: cgroup.kill; v1: SIGKILL to each listed PID).
+/// Kills every process left in the cgroup (v2: cgroup.kill; v1: freeze, SIGKILL, thaw).
 pub fn kill_all(paths: &[PathBuf]) {
-    for p in paths {
-        if std::fs::write(p.join("cgroup.kill"), "1").is_ok() {
-            return;
+    match Manager::new(paths) {
+        Ok(m) => m.kill_all(),
+        Err(_) => {
+            for pid in pids(paths) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
-    }
-    for pid in pids(paths) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
     }
 }
 
@@ -297,6 +506,271 @@ pub fn remove(paths: &[PathBuf]) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Writes a cgroup file in one write(2) (the kernel parses each write on its own).
+pub(crate) fn write_file(p: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(p)?;
+    f.write_all(value.as_bytes())
+}
+
+pub(crate) fn read_trim(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub(crate) fn read_u64(p: &Path) -> Option<u64> {
+    read_trim(p).and_then(|s| s.parse().ok())
+}
+
+/// A flat-keyed file ("key value" per line), e.g. memory.stat or cpu.stat.
+pub(crate) fn read_keyed(p: &Path) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    if let Ok(s) = std::fs::read_to_string(p) {
+        for l in s.lines() {
+            let mut it = l.split_whitespace();
+            if let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let Ok(v) = v.parse() {
+                    m.insert(k.to_string(), v);
+                }
+            }
+        }
+    }
+    m
+}
+
+/// The writes of one apply or update, with what to write back if a later one fails.
+pub struct Tx {
+    undo: Option<Vec<(PathBuf, String)>>,
+}
+
+impl Tx {
+    /// For a new cgroup: nothing to restore (a failed create removes the cgroup).
+    pub fn create() -> Tx {
+        Tx { undo: None }
+    }
+
+    /// For a live update: every write records the value it replaces.
+    pub fn update() -> Tx {
+        Tx {
+            undo: Some(Vec::new()),
+        }
+    }
+
+    /// Writes `value` to `dir/file` for the config field `field`. A file that does not exist
+    /// (controller not available, or a kernel without that knob) is an error naming the field.
+    pub fn write(&mut self, dir: &Path, file: &str, value: &str, field: &str) -> Result<()> {
+        let p = dir.join(file);
+        if std::fs::symlink_metadata(&p).is_err() {
+            return Err(Error::Unsupported(format!(
+                "{field}: {} does not exist (the cgroup controller or this kernel lacks it)",
+                p.display()
+            )));
+        }
+        let old = match &self.undo {
+            Some(_) => std::fs::read_to_string(&p).ok(),
+            None => None,
+        };
+        write_file(&p, value)
+            .map_err(|e| Error::os(format!("{field}: write {value:?} to {}", p.display()), e))?;
+        if let (Some(u), Some(old)) = (&mut self.undo, old) {
+            if let Some(v) = restore_value(file, &old, value) {
+                u.push((p, v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back the values the writes replaced, newest first.
+    pub fn rollback(&mut self) {
+        for (p, v) in self.undo.take().unwrap_or_default().into_iter().rev() {
+            if let Err(e) = write_file(&p, &v) {
+                crate::log::warn(&format!(
+                    "restore {v:?} to {} after a failed update: {e}",
+                    p.display()
+                ));
+            }
+        }
+    }
+}
+
+/// What to write to `file` to undo writing `written` over the content `old`.
+fn restore_value(file: &str, old: &str, written: &str) -> Option<String> {
+    if file == "memory.oom_control" {
+        return old
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill_disable "))
+            .map(|v| v.trim().to_string());
+    }
+    let per_device = file.ends_with("_device")
+        || matches!(
+            file,
+            "io.max" | "io.weight" | "io.bfq.weight" | "rdma.max" | "net_prio.ifpriomap"
+        );
+    if per_device {
+        let key = written.split_whitespace().next()?;
+        if let Some(line) = old
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+        {
+            return Some(line.trim().to_string());
+        }
+        return Some(match file {
+            "io.max" => format!("{key} rbps=max wbps=max riops=max wiops=max"),
+            "io.weight" | "io.bfq.weight" => format!("{key} default"),
+            "rdma.max" => format!("{key} hca_handle=max hca_object=max"),
+            _ => format!("{key} 0"),
+        });
+    }
+    Some(old.lines().next().unwrap_or("").trim().to_string())
+}
+
+/// "2MB", "1GB", ... for every huge page size the kernel offers.
+pub(crate) fn hugepage_sizes() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/kernel/mm/hugepages") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(kb) = name
+                .strip_prefix("hugepages-")
+                .and_then(|s| s.strip_suffix("kB"))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                out.push(page_size_name(kb * 1024));
+            }
+        }
+    }
+    out
+}
+
+fn page_size_name(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = bytes;
+    let mut i = 0;
+    while v >= 1024 && v & 1023 == 0 && i < UNITS.len() - 1 {
+        v /= 1024;
+        i += 1;
+    }
+    format!("{v}{}", UNITS[i])
+}
+
+/// Checks a hugepageLimits entry's page size against what the kernel offers.
+pub(crate) fn check_page_size(size: &str, field: &str) -> Result<()> {
+    let sizes = hugepage_sizes();
+    if sizes.iter().any(|s| s == size) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{field}: page size {size:?} is not one this kernel offers ({})",
+            sizes.join(", ")
+        )))
+    }
+}
+
+/// runc's conversion of cpu.shares (2..262144) to cpu.weight (1..10000).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    1 + (shares.saturating_sub(2) * 9999) / 262142
+}
+
+/// runc's conversion of a blkio weight (10..1000) to io.weight (1..10000).
+pub fn blkio_weight_to_io(w: u16) -> u64 {
+    if w == 0 {
+        return 0;
+    }
+    1 + (u64::from(w).saturating_sub(10) * 9999) / 990
+}
+
+/// Common checks of out-of-range values, shared by v1 and v2.
+pub(crate) fn check_cpu(c: &oci_spec::runtime::LinuxCpu) -> Result<()> {
+    if let Some(q) = c.quota() {
+        if q != -1 && q != 0 && q < 1000 {
+            return Err(Error::Config(format!(
+                "linux.resources.cpu.quota: {q} is out of range (-1 for no limit, or at least 1000 microseconds)"
+            )));
+        }
+    }
+    if let Some(p) = c.period() {
+        if p != 0 && !(1000..=1_000_000).contains(&p) {
+            return Err(Error::Config(format!(
+                "linux.resources.cpu.period: {p} is out of range (1000 to 1000000 microseconds)"
+            )));
+        }
+    }
+    if let Some(s) = c.shares() {
+        if s != 0 && !(2..=262144).contains(&s) {
+            return Err(Error::Config(format!(
+                "linux.resources.cpu.shares: {s} is out of range (2 to 262144)"
+            )));
+        }
+    }
+    if let Some(i) = c.idle() {
+        if i != 0 && i != 1 {
+            return Err(Error::Config(format!(
+                "linux.resources.cpu.idle: {i} is out of range (0 or 1)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_memory(m: &oci_spec::runtime::LinuxMemory) -> Result<()> {
+    for (name, v) in [
+        ("limit", m.limit()),
+        ("reservation", m.reservation()),
+        ("swap", m.swap()),
+        ("kernel", m.kernel()),
+        ("kernelTCP", m.kernel_tcp()),
+    ] {
+        if let Some(v) = v {
+            if v < -1 {
+                return Err(Error::Config(format!(
+                    "linux.resources.memory.{name}: {v} is out of range (-1 for no limit, or a number of bytes)"
+                )));
+            }
+        }
+    }
+    if let (Some(l), Some(s)) = (m.limit(), m.swap()) {
+        if l > 0 && s > 0 && s < l {
+            return Err(Error::Config(format!(
+                "linux.resources.memory.swap: {s} is below memory.limit {l} (swap is the limit of memory plus swap)"
+            )));
+        }
+    }
+    if let Some(s) = m.swappiness() {
+        if s > 100 {
+            return Err(Error::Config(format!(
+                "linux.resources.memory.swappiness: {s} is out of range (0 to 100)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_blkio_weight(w: u16, field: &str) -> Result<()> {
+    if w != 0 && !(10..=1000).contains(&w) {
+        return Err(Error::Config(format!(
+            "{field}: {w} is out of range (10 to 1000)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a new memory limit below what the container uses now (on v2 the kernel would
+/// OOM-kill to get there; on v1 it fails with EBUSY after reclaiming).
+pub(crate) fn check_limit_vs_usage(limit: i64, usage: Option<u64>) -> Result<()> {
+    if let Some(u) = usage {
+        if limit > 0 && (limit as u64) < u {
+            return Err(Error::Invalid(format!(
+                "linux.resources.memory.limit: {limit} is below the container's current memory usage of {u} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn remove_dirs(paths: &[PathBuf]) {

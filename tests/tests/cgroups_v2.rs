@@ -1,0 +1,447 @@
+//! Resource limits and live operations on a pure cgroup v2 host. This project's hosts are
+//! hybrid (cgroup v1), so these run inside a VM booted with cgroup_no_v1=all:
+//! integration/stages/40-cgroup-v2-vm.sh builds this test binary and runs it there. On any
+//! other host each test prints that it is skipped and returns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rsrun_tests::*;
+use serde_json::{json, Value};
+
+/// Pure cgroup v2: the unified hierarchy at /sys/fs/cgroup and no v1 hierarchy mounted.
+fn pure_v2(test: &str) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let v1 = info.lines().any(|l| {
+        l.split_once(" - ")
+            .is_some_and(|(_, r)| r.starts_with("cgroup "))
+    });
+    let ok = Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && !v1;
+    if !ok && std::env::var_os("RSRUN_REQUIRE_CGROUP_V2").is_some() {
+        panic!("{test}: RSRUN_REQUIRE_CGROUP_V2 is set but this is not a pure cgroup v2 host");
+    }
+    if !ok {
+        println!("skipping {test}: not a pure cgroup v2 host (run integration/stages/40-cgroup-v2-vm.sh)");
+    }
+    ok
+}
+
+/// The container's cgroup (cgroupsPath relative to this process's own cgroup, the default).
+fn cg(id: &str) -> PathBuf {
+    let s = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = s
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("no cgroup v2 entry in /proc/self/cgroup");
+    PathBuf::from("/sys/fs/cgroup")
+        .join(own.trim_start_matches('/'))
+        .join(id)
+}
+
+fn read(id: &str, file: &str) -> String {
+    let p = cg(id).join(file);
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+fn keyed(id: &str, file: &str, key: &str) -> u64 {
+    read(id, file)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{file} has no {key}"))
+}
+
+fn detached(rt: &Rsrun, b: &Bundle) -> String {
+    let id = unique("v2");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    id
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const MIB: i64 = 1 << 20;
+
+#[test]
+fn v2_memory_max_oom_kill_recorded() {
+    if !pure_v2("v2_memory_max_oom_kill_recorded") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["tail", "/dev/zero"]);
+    b.edit(|c| {
+        c["linux"]["resources"] =
+            json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB, "reservation": 8 * MIB}});
+    });
+    let id = unique("oom");
+    let o = rt.run(&["run", "--keep", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(read(&id, "memory.max"), (32 * MIB).to_string());
+    assert_eq!(read(&id, "memory.swap.max"), "0");
+    assert_eq!(read(&id, "memory.low"), (8 * MIB).to_string());
+    assert!(keyed(&id, "memory.events", "oom_kill") >= 1);
+    let lib = rsrun::Runtime::new(rt.root.path(), false);
+    assert!(lib.oom_killed(&id).unwrap());
+    rt.ok(&["delete", &id]);
+    assert!(!cg(&id).exists());
+}
+
+#[test]
+fn v2_pids_max() {
+    if !pure_v2("v2_pids_max") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "for i in $(seq 40); do sleep 100 & echo started $i; done",
+    ]);
+    b.edit(|c| c["linux"]["resources"] = json!({"pids": {"limit": 10}}));
+    let id = unique("pids");
+    let o = rt.run(&["run", "--keep", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "all forks succeeded: {out}");
+    let started = out.lines().filter(|l| l.starts_with("started")).count();
+    assert!((1..10).contains(&started), "{started}: {out}");
+    assert_eq!(read(&id, "pids.max"), "10");
+    assert!(keyed(&id, "pids.events", "max") > 0);
+    rt.ok(&["delete", &id]);
+}
+
+#[test]
+fn v2_cpu_max_throttles() {
+    if !pure_v2("v2_cpu_max_throttles") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sh", "-c", "while :; do :; done"]);
+    b.edit(|c| {
+        c["linux"]["resources"] =
+            json!({"cpu": {"shares": 1024, "quota": 20000, "period": 100000, "cpus": "0"}});
+    });
+    let id = detached(&rt, &b);
+    assert_eq!(read(&id, "cpu.max"), "20000 100000");
+    assert_eq!(read(&id, "cpu.weight"), "39");
+    assert_eq!(read(&id, "cpuset.cpus"), "0");
+    let usage = || keyed(&id, "cpu.stat", "usage_usec");
+    let (u0, t0) = (usage(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (u1, el) = (usage(), t0.elapsed());
+    let share = (u1 - u0) as f64 / el.as_micros() as f64;
+    // 20% of one CPU; TCG timing is noisy, so only "clearly throttled" is asserted.
+    assert!(
+        share < 0.6,
+        "a 20% quota used {:.0}% of a CPU",
+        share * 100.0
+    );
+    assert!(keyed(&id, "cpu.stat", "nr_throttled") > 0);
+    let ev: Value = serde_json::from_str(&rt.ok(&["events", "--stats", &id])).unwrap();
+    assert!(
+        ev["data"]["cpu"]["throttling"]["throttled_periods"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(ev["data"]["cpu"]["usage"]["total"].as_u64().unwrap() > 0);
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn v2_io_max_on_a_loop_device() {
+    if !pure_v2("v2_io_max_on_a_loop_device") {
+        return;
+    }
+    let _ = Command::new("modprobe").arg("loop").status();
+    let tmp = TempDir::new("loop");
+    let img = tmp.path().join("disk.img");
+    std::fs::write(&img, vec![7u8; 8 << 20]).unwrap();
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .expect("losetup");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(&dev).unwrap().rdev();
+    let (major, minor) = (libc::major(rdev) as i64, libc::minor(rdev) as i64);
+
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&[
+        "dd",
+        "if=/dev/disk",
+        "of=/dev/null",
+        "bs=64k",
+        "count=32",
+        "iflag=direct",
+    ]);
+    b.edit(|c| {
+        c["linux"]["devices"] =
+            json!([{"path": "/dev/disk", "type": "b", "major": major, "minor": minor}]);
+        c["linux"]["resources"] = json!({"blockIO": {
+            "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]
+        }});
+    });
+    let id = unique("io");
+    let t = Instant::now();
+    let o = rt.run(&["run", "--keep", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let el = t.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        read(&id, "io.max"),
+        format!("{major}:{minor} rbps=1048576 wbps=max riops=max wiops=max")
+    );
+    let stat = read(&id, "io.stat");
+    let rbytes: u64 = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("{major}:{minor} ")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("rbytes="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no io.stat line for {major}:{minor}: {stat}"));
+    assert!(rbytes >= 2 << 20, "rbytes {rbytes}");
+    // 2 MiB at 1 MiB/s: well over a second, whatever TCG does to the clock.
+    assert!(
+        el >= Duration::from_millis(1200),
+        "2 MiB read in {el:?} under a 1 MiB/s limit"
+    );
+    rt.ok(&["delete", &id]);
+}
+
+#[test]
+fn v2_ebpf_device_filter() {
+    if !pure_v2("v2_ebpf_device_filter") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let script = "true 3>/dev/kmsg && echo kmsg-opened; echo hi > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c";
+    let mut b = Bundle::new(&["sh", "-c", script]);
+    b.edit(|c| {
+        c["linux"]["devices"] =
+            json!([{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o600}]);
+    });
+    let out = rt.output(&b);
+    assert!(out.contains("kmsg-opened"), "control without rules: {out}");
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"}
+        ]});
+    });
+    let id = unique("dev");
+    let (code, out, err) = rt.run_bundle(&id, &b);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        !out.contains("kmsg-opened"),
+        "write access was allowed: {out}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(out.contains("null-ok") && out.contains('4'), "{out}");
+}
+
+#[test]
+fn v2_freeze_thaw() {
+    if !pure_v2("v2_freeze_thaw") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "while true; do echo x >> /tmp/ticks; sleep 0.05; done",
+    ]);
+    b.edit(|c| c["root"]["readonly"] = json!(false));
+    let id = detached(&rt, &b);
+    let ticks = b.rootfs().join("tmp/ticks");
+    let size = || std::fs::metadata(&ticks).map(|m| m.len()).unwrap_or(0);
+    wait_for("ticks", || size() > 0);
+    rt.ok(&["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    assert_eq!(read(&id, "cgroup.freeze"), "1");
+    assert_eq!(keyed(&id, "cgroup.events", "frozen"), 1);
+    let at = size();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(size(), at, "a frozen container kept running");
+    rt.ok(&["resume", &id]);
+    assert_eq!(rt.status(&id), "running");
+    assert_eq!(keyed(&id, "cgroup.events", "frozen"), 0);
+    wait_for("ticks after thaw", || size() > at);
+    rt.ok(&["pause", &id]);
+    rt.ok(&["delete", "-f", &id]);
+    assert!(!cg(&id).exists());
+}
+
+#[test]
+fn v2_update_live_and_rollback() {
+    if !pure_v2("v2_update_live_and_rollback") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = detached(&rt, &b);
+    rt.ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "96m",
+        "--cpu-shares",
+        "2048",
+        "--cpu-quota",
+        "50000",
+        "--pids-limit",
+        "20",
+        "--blkio-weight",
+        "500",
+        &id,
+    ]);
+    assert_eq!(read(&id, "memory.max"), (64 * MIB).to_string());
+    assert_eq!(read(&id, "memory.swap.max"), (32 * MIB).to_string());
+    assert_eq!(read(&id, "cpu.weight"), "79");
+    assert_eq!(read(&id, "cpu.max"), "50000 100000");
+    assert_eq!(read(&id, "pids.max"), "20");
+    // Period alone keeps the quota.
+    rt.ok(&["update", "--cpu-period", "200000", &id]);
+    assert_eq!(read(&id, "cpu.max"), "50000 200000");
+    let f = b.tmp.path().join("r.json");
+    std::fs::write(&f, r#"{"unified": {"memory.high": "50331648"}}"#).unwrap();
+    rt.ok(&["update", "-r", f.to_str().unwrap(), &id]);
+    assert_eq!(read(&id, "memory.high"), "50331648");
+    // Failures: nothing changes.
+    std::fs::write(
+        &f,
+        r#"{"pids": {"limit": 5}, "unified": {"memory.nosuchknob": "1"}}"#,
+    )
+    .unwrap();
+    let e = rt.fails(&["update", "-r", f.to_str().unwrap(), &id]);
+    assert!(
+        e.contains("linux.resources.unified") && e.contains("memory.nosuchknob"),
+        "{e}"
+    );
+    assert_eq!(read(&id, "pids.max"), "20");
+    std::fs::write(&f, r#"{"unified": {"../memory.max": "1"}}"#).unwrap();
+    let e = rt.fails(&["update", "-r", f.to_str().unwrap(), &id]);
+    assert!(e.contains("linux.resources.unified"), "{e}");
+    std::fs::write(
+        &f,
+        r#"{"memory": {"limit": 100000000}, "pids": {"limit": 7}, "cpu": {"cpus": "4095"}}"#,
+    )
+    .unwrap();
+    let e = rt.fails(&["update", "-r", f.to_str().unwrap(), &id]);
+    assert!(e.contains("linux.resources.cpu.cpus"), "{e}");
+    assert_eq!(read(&id, "memory.max"), (64 * MIB).to_string());
+    assert_eq!(read(&id, "pids.max"), "20");
+    let e = rt.fails(&["update", "--memory", "4096", &id]);
+    assert!(e.contains("usage"), "{e}");
+    assert_eq!(read(&id, "memory.max"), (64 * MIB).to_string());
+    let e = rt.fails(&["update", "--cpu-quota", "999", &id]);
+    assert!(e.contains("linux.resources.cpu.quota"), "{e}");
+    assert_eq!(read(&id, "cpu.max"), "50000 200000");
+    let e = rt.fails(&["update", "--cpu-rt-runtime", "1000", &id]);
+    assert!(e.contains("realtimeRuntime"), "{e}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn v2_delete_kills_stuck_processes() {
+    if !pure_v2("v2_delete_kills_stuck_processes") {
+        return;
+    }
+    let rt = Rsrun::new();
+    // No pid namespace: the child outlives the init; it also ignores TERM and is stopped.
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "(trap '' TERM HUP; exec sleep 1000) & exec sleep 999",
+    ]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid");
+    });
+    let id = detached(&rt, &b);
+    let mut pids: Vec<i64> = Vec::new();
+    wait_for("two processes", || {
+        pids = serde_json::from_str(&rt.ok(&["ps", "-f", "json", &id])).unwrap();
+        pids.len() == 2
+    });
+    let init = rt.state(&id)["pid"].as_i64().unwrap();
+    let left = *pids.iter().find(|&&p| p != init).unwrap();
+    send_signal(left, libc::SIGSTOP);
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    assert!(Path::new(&format!("/proc/{left}")).exists());
+    rt.ok(&["delete", &id]);
+    assert!(!cg(&id).exists(), "cgroup left");
+    wait_for("the leftover to be gone", || {
+        std::fs::read_to_string(format!("/proc/{left}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    });
+}
+
+fn send_signal(pid: i64, sig: i32) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn v2_events_stats_shape() {
+    if !pure_v2("v2_events_stats_shape") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sh", "-c", "sleep 100 & sleep 100"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({"memory": {"limit": 64 * MIB}, "pids": {"limit": 50}})
+    });
+    let id = detached(&rt, &b);
+    let v: Value = serde_json::from_str(&rt.ok(&["events", "--stats", &id])).unwrap();
+    assert_eq!(v["type"], "stats");
+    let d = &v["data"];
+    assert_eq!(d["memory"]["usage"]["limit"], 64 * MIB);
+    assert!(d["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+    assert!(d["memory"]["raw"]["anon"].is_u64());
+    assert_eq!(d["pids"]["limit"], 50);
+    assert!(d["pids"]["current"].as_u64().unwrap() >= 2);
+    let ps: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "-f", "json", &id])).unwrap();
+    assert!(ps.len() >= 2, "{ps:?}");
+    rt.ok(&["delete", "-f", &id]);
+}
