@@ -272,6 +272,13 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     // rt_sigprocmask, statx/newfstatat, openat, read, close, write, execve. Every
     // RuntimeDefault-style profile (containerd's, CRI-O's, seccomp::runtime_default_profile)
     // allows them; a profile that denies one fails the start with that step's error.
+    // The working directory, entered while still root (retried as the user below when root
+    // may not enter it), and checked before any filter can deny getcwd.
+    let cwd = process.cwd();
+    let cwd_early = nix::unistd::chdir(cwd.as_path());
+    if cwd_early.is_ok() {
+        check_cwd(cwd)?;
+    }
     let keeps_sys_admin = caps
         .as_ref()
         .is_some_and(|c| c.has_effective(caps::Capability::CAP_SYS_ADMIN));
@@ -283,8 +290,6 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     if let Some(c) = &caps {
         security::drop_bounding(c)?;
     }
-    let cwd = process.cwd();
-    let cwd_early = nix::unistd::chdir(cwd.as_path());
     security::set_user(process, a.setgroups_allowed)?;
     match &caps {
         Some(c) => security::apply_caps(c)?,
@@ -296,15 +301,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     }
     if cwd_early.is_err() {
         nix::unistd::chdir(cwd.as_path()).with_ctx(|| format!("process.cwd {}", cwd.display()))?;
-    }
-    // CVE-2024-21626: the working directory must be inside the container's root.
-    let real = nix::unistd::getcwd()
-        .with_ctx(|| format!("process.cwd {} is not reachable", cwd.display()))?;
-    if !real.is_absolute() {
-        return Err(Error::Invalid(format!(
-            "process.cwd {} resolves outside the container",
-            cwd.display()
-        )));
+        check_cwd(cwd)?;
     }
     sys::umask(process.user().umask().unwrap_or(0o022));
     if process.no_new_privileges().unwrap_or(false) {
@@ -339,6 +336,20 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     }
     let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
     Err(Error::os(format!("exec {exe}"), e))
+}
+
+/// CVE-2024-21626: the working directory must resolve inside the container's root (a
+/// directory reached through a leaked host descriptor reads as "(unreachable)/...").
+fn check_cwd(cwd: &Path) -> Result<()> {
+    let real = nix::unistd::getcwd()
+        .with_ctx(|| format!("process.cwd {} is not reachable", cwd.display()))?;
+    if !real.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "process.cwd {} resolves outside the container",
+            cwd.display()
+        )));
+    }
+    Ok(())
 }
 
 fn apparmor_enabled() -> bool {

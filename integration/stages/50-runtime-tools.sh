@@ -1,5 +1,5 @@
 #!/bin/sh
-# Stage 40: the OCI runtime-tools validation suite (pinned in integration/runtime-tools/go.mod,
+# Stage 50: the OCI runtime-tools validation suite (pinned in integration/runtime-tools/go.mod,
 # built with Go from the module proxy) against the debug rsrun. Fails when a file listed in
 # integration/runtime-tools/expected-pass.txt fails; prints every file's result and the count.
 set -eu
