@@ -61,7 +61,13 @@ pub fn set_oom_score_adj(p: &Process) -> Result<()> {
     }
 }
 
+/// Converts one set. Capabilities this process cannot grant (beyond the kernel's last one,
+/// or outside our own bounding set, e.g. CAP_SYS_RESOURCE on hosts that withhold it) are
+/// logged and left out, as the runtime spec asks ("runtimes SHOULD NOT fail if the container
+/// configuration requests capabilities that cannot be granted"). Unknown names were already
+/// refused when the config was parsed.
 fn to_caps(set: &Option<oci_spec::runtime::Capabilities>, last: u8) -> Result<CapsHashSet> {
+    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_else(|_| caps::all());
     let mut out = CapsHashSet::new();
     for c in set.iter().flatten() {
         let name = format!("CAP_{c}");
@@ -70,6 +76,12 @@ fn to_caps(set: &Option<oci_spec::runtime::Capabilities>, last: u8) -> Result<Ca
         if cap.index() > last {
             crate::log::warn(&format!(
                 "capability {name} is not supported by this kernel; ignored"
+            ));
+            continue;
+        }
+        if !bounding.contains(&cap) {
+            crate::log::warn(&format!(
+                "capability {name} is not in the runtime's bounding set; not granted"
             ));
             continue;
         }
@@ -119,8 +131,12 @@ pub fn drop_bounding(c: &CapSets) -> Result<()> {
         if cap.index() > last || c.bounding.contains(&cap) {
             continue;
         }
-        caps::drop(None, CapSet::Bounding, cap)
-            .map_err(|e| Error::Init(format!("drop {cap} from the bounding set: {e}")))?;
+        caps::drop(None, CapSet::Bounding, cap).map_err(|e| {
+            Error::os(
+                format!("drop {cap} from the bounding set"),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
     }
     Ok(())
 }
@@ -153,8 +169,12 @@ pub fn set_user(p: &Process, setgroups_allowed: bool) -> Result<()> {
 
 /// Sets the effective, permitted, inheritable and ambient sets (after the user switch).
 pub fn apply_caps(c: &CapSets) -> Result<()> {
-    let err =
-        |set: &str, e: caps::errors::CapsError| Error::Init(format!("set {set} capabilities: {e}"));
+    let err = |set: &str, e: caps::errors::CapsError| {
+        Error::os(
+            format!("set {set} capabilities"),
+            std::io::Error::other(e.to_string()),
+        )
+    };
     // Permitted must be a superset of effective and inheritable.
     // Order matters: inheritable while CAP_SETPCAP may still be effective, then effective
     // (a subset of the old permitted set), then shrink permitted.
