@@ -342,3 +342,15 @@ fn preserve_fds_and_listen_fds() {
     // A leaked fd 4 would push ls's own descriptor to 5.
     assert_eq!(fds, vec!["0", "1", "2", "3", "4"], "unexpected descriptors");
 }
+
+#[test]
+fn personality_linux32() {
+    let rt = Rsrun::new();
+    let mut b = sh("uname -m");
+    b.edit(|c| c["linux"]["personality"] = json!({"domain": "LINUX32"}));
+    let out = rt.output(&b);
+    assert!(
+        out.trim().starts_with('i') && out.trim().ends_with("86"),
+        "{out}"
+    );
+}

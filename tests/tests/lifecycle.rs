@@ -259,3 +259,35 @@ fn apparmor_profile_is_applied_or_refused() {
         assert!(err.contains("AppArmor is not enabled"), "{err}");
     }
 }
+
+#[test]
+fn json_log_file_for_containerd() {
+    let rt = Rsrun::new();
+    let log = rt.root.path().join(".log.json");
+    let b = Bundle::new(&["/no/such/program"]);
+    let o = rt
+        .cmd()
+        .args([
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            &unique("log"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["msg"].as_str().unwrap().contains("/no/such/program"),
+        "{text}"
+    );
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    // The error also reaches stderr.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/program"));
+}
