@@ -260,7 +260,7 @@ impl ImageStore {
     ) -> Result<PathBuf> {
         let dir = self.container_dir(container_id)?;
         let target = dir.join("rootfs");
-        self.prepare_at(container_id, image, readonly, &target)?;
+        self.prepare_at(container_id, image, readonly, &target, false)?;
         Ok(target)
     }
 
@@ -290,7 +290,7 @@ impl ImageStore {
     /// `writable` a copy-on-write overlay whose changes stay in the store (dropped on unmount).
     pub fn mount_image(&self, image: &str, target: &Path, writable: bool) -> Result<()> {
         let target = fs::canonicalize(target).ctx("resolving mount point", target)?;
-        self.prepare_at(&mount_id(&target), image, !writable, &target)
+        self.prepare_at(&mount_id(&target), image, !writable, &target, true)
     }
 
     pub fn unmount_image(&self, target: &Path) -> Result<()> {
@@ -315,7 +315,14 @@ impl ImageStore {
         Ok(self.store.containers_dir().join(id))
     }
 
-    fn prepare_at(&self, id: &str, image: &str, readonly: bool, target: &Path) -> Result<()> {
+    fn prepare_at(
+        &self,
+        id: &str,
+        image: &str,
+        readonly: bool,
+        target: &Path,
+        inspect: bool,
+    ) -> Result<()> {
         let dir = self.container_dir(id)?;
         let _gc = self.store.gc_lock_shared(None)?;
         let img = self
@@ -359,12 +366,12 @@ impl ImageStore {
             }
             fs::create_dir_all(target).ctx("creating", target)?;
             if readonly {
-                mount::mount_overlay(target, &lowers, None, true)
+                mount::mount_overlay(target, &lowers, None, true, inspect)
             } else {
                 let (u, w) = (dir.join("upper"), dir.join("work"));
                 fs::create_dir_all(&u).ctx("creating", &u)?;
                 fs::create_dir_all(&w).ctx("creating", &w)?;
-                mount::mount_overlay(target, &lowers, Some((&u, &w)), false)
+                mount::mount_overlay(target, &lowers, Some((&u, &w)), false, inspect)
             }
         })();
         if let Err(e) = res {

@@ -12,13 +12,14 @@ const MAX_OPTIONS: usize = 4095;
 
 /// Mounts an overlay at `target`. `lowers` are ordered top-most first (overlayfs order).
 /// With `upper` = Some((upperdir, workdir)) the mount is writable copy-on-write; without it
-/// it is read-only. When the option string would not fit in a page (many layers, long
+/// it is read-only; `inspect` adds nosuid,nodev. When the option string would not fit in a page (many layers, long
 /// paths), the lowerdirs are passed as short `/proc/self/fd/N` paths of open descriptors.
 pub fn mount_overlay(
     target: &Path,
     lowers: &[PathBuf],
     upper: Option<(&Path, &Path)>,
     readonly: bool,
+    inspect: bool,
 ) -> Result<()> {
     if lowers.is_empty() {
         return Err(Error::InvalidConfig(
@@ -41,6 +42,11 @@ pub fn mount_overlay(
     let mut flags: libc::c_ulong = 0;
     if readonly {
         flags |= libc::MS_RDONLY;
+    }
+    // An operator's inspection mount shows untrusted image content in the host's mount
+    // namespace: its setuid binaries and device nodes must not work there.
+    if inspect {
+        flags |= libc::MS_NOSUID | libc::MS_NODEV;
     }
     let tail = match upper {
         Some((u, w)) => format!(",upperdir={},workdir={}", u.display(), w.display()),

@@ -100,9 +100,25 @@ impl Store {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for d in ["blobs/sha256", "ingest", "locks", "snapshots", "containers"] {
+        // Image content is untrusted (setuid binaries, device nodes, world-writable dirs)
+        // and may be private: only root may reach into the store. The root stays
+        // traversable (0711) for the runtime's bundle paths; everything below is 0700.
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(&root).ctx("creating store directory", &root)?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o711))
+            .ctx("setting mode of", &root)?;
+        for d in [
+            "blobs",
+            "blobs/sha256",
+            "ingest",
+            "locks",
+            "snapshots",
+            "containers",
+        ] {
             let p = root.join(d);
             fs::create_dir_all(&p).ctx("creating store directory", &p)?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                .ctx("setting mode of", &p)?;
         }
         Ok(Store {
             root,
@@ -375,4 +391,42 @@ pub(crate) fn find_image_id(db: &Db, key: &str) -> Option<String> {
             None => tag.as_ref().is_some_and(|t| i.repo_tags.contains(t)),
         })
         .map(|i| i.id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn store_directories_are_private() {
+        let base = std::env::temp_dir().join(format!("rsrun-store-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        // A pre-existing, too open root is tightened too.
+        std::fs::create_dir_all(base.join("snapshots")).unwrap();
+        std::fs::set_permissions(
+            base.join("snapshots"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        super::Store::open(&base).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(base.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(""), 0o711);
+        for d in [
+            "blobs",
+            "blobs/sha256",
+            "ingest",
+            "locks",
+            "snapshots",
+            "containers",
+        ] {
+            assert_eq!(mode(d), 0o700, "{d}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
