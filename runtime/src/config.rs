@@ -186,6 +186,41 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
                 if k.is_empty() || k.contains("..") || k.starts_with('/') {
                     return Err(bad(format!("linux.sysctl key {k:?} is invalid")));
                 }
+                // Only namespaced sysctls, and only when the container has that namespace:
+                // anything else would change the host (as runc refuses too).
+                let ipc = matches!(
+                    k.as_str(),
+                    "kernel.msgmax"
+                        | "kernel.msgmnb"
+                        | "kernel.msgmni"
+                        | "kernel.sem"
+                        | "kernel.shmall"
+                        | "kernel.shmmax"
+                        | "kernel.shmmni"
+                        | "kernel.shm_rmid_forced"
+                ) || k.starts_with("fs.mqueue.");
+                let need = if ipc {
+                    Some(LinuxNamespaceType::Ipc)
+                } else if k.starts_with("net.") {
+                    Some(LinuxNamespaceType::Network)
+                } else if k == "kernel.domainname" {
+                    Some(LinuxNamespaceType::Uts)
+                } else {
+                    None
+                };
+                match need {
+                    Some(t) if has(t) => {}
+                    Some(t) => {
+                        return Err(bad(format!(
+                            "linux.sysctl {k:?} needs its own {} namespace; without one it would change the host",
+                            ns_file(t)
+                        )))
+                    }
+                    None if k == "kernel.hostname" => {
+                        return Err(bad("linux.sysctl \"kernel.hostname\": use the hostname field".into()))
+                    }
+                    None => return Err(bad(format!("linux.sysctl {k:?} is not namespaced: it would change the host"))),
+                }
             }
         }
         if let Some(p) = linux.rootfs_propagation() {
@@ -229,10 +264,25 @@ pub fn ns_file(t: LinuxNamespaceType) -> &'static str {
 
 fn check_ns_path(typ: LinuxNamespaceType, path: &Path) -> std::result::Result<(), String> {
     let want = ns_file(typ);
-    let target = std::fs::read_link(path).map_err(|e| format!("path {}: {e}", path.display()))?;
-    let t = target.to_string_lossy();
-    // A namespace file reads as e.g. "net:[4026531840]".
-    let kind = t.split(':').next().unwrap_or("");
+    // Open it (following /proc/PID/ns/* links; a bind-mounted nsfs file such as
+    // /var/run/netns/NAME is no link) and ask the kernel what the descriptor is.
+    let f = std::fs::File::open(path).map_err(|e| format!("path {}: {e}", path.display()))?;
+    let flag = crate::sys::ns_type(std::os::fd::AsRawFd::as_raw_fd(&f))
+        .map_err(|_| format!("path {} is not a namespace file", path.display()))?;
+    let kind = [
+        (libc::CLONE_NEWPID, "pid"),
+        (libc::CLONE_NEWNET, "net"),
+        (libc::CLONE_NEWNS, "mnt"),
+        (libc::CLONE_NEWIPC, "ipc"),
+        (libc::CLONE_NEWUTS, "uts"),
+        (libc::CLONE_NEWUSER, "user"),
+        (libc::CLONE_NEWCGROUP, "cgroup"),
+        (libc::CLONE_NEWTIME, "time"),
+    ]
+    .iter()
+    .find(|(f, _)| *f == flag)
+    .map(|(_, n)| *n)
+    .unwrap_or("unknown");
     if kind != want {
         return Err(format!(
             "path {} is a {kind:?} namespace, not {want:?}",

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Hook;
 
@@ -58,10 +59,6 @@ fn run_one(kind: &str, h: &Hook, input: &[u8]) -> Result<()> {
     let mut child = cmd
         .spawn()
         .map_err(|e| err(format!("could not start: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its stdin is not an error.
-        let _ = stdin.write_all(input);
-    }
     let timeout = h.timeout();
     if let Some(t) = timeout {
         if t <= 0 {
@@ -69,29 +66,73 @@ fn run_one(kind: &str, h: &Hook, input: &[u8]) -> Result<()> {
             let _ = child.wait();
             return Err(err(format!("timeout {t} must be positive")));
         }
-        let pidfd =
-            crate::sys::pidfd_open(child.id() as i32).map_err(|e| err(format!("pidfd: {e}")))?;
-        let mut pfd = [nix::poll::PollFd::new(
+    }
+    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let pidfd =
+        crate::sys::pidfd_open(child.id() as i32).map_err(|e| err(format!("pidfd: {e}")))?;
+    // Feed the state to stdin without blocking, while watching the hook and its deadline:
+    // a hook that never reads a large state must still time out. A hook that exits or
+    // closes its stdin early is not an error (EPIPE; SIGPIPE is ignored by the runtime).
+    let mut stdin = child.stdin.take();
+    if let Some(si) = &stdin {
+        let _ = nix::fcntl::fcntl(
+            si,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+    }
+    let mut written = 0;
+    loop {
+        if stdin.is_some() && written >= input.len() {
+            stdin = None;
+        }
+        let ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(err(format!("timed out after {}s", timeout.unwrap_or(0))));
+                }
+                nix::poll::PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                    .unwrap_or(nix::poll::PollTimeout::MAX)
+            }
+            None => nix::poll::PollTimeout::NONE,
+        };
+        let mut fds = vec![nix::poll::PollFd::new(
             pidfd.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        let ms = (t as u64).saturating_mul(1000).min(i32::MAX as u64) as i32;
-        let ready = loop {
-            match nix::poll::poll(
-                &mut pfd,
-                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
-            ) {
-                Ok(n) => break n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(err(format!("poll: {e}"))),
+        if let Some(si) = &stdin {
+            fds.push(nix::poll::PollFd::new(
+                si.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            ));
+        }
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err(format!("poll: {e}"))),
+        }
+        let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let writable = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if exited {
+            break;
+        }
+        if writable {
+            if let Some(si) = stdin.as_mut() {
+                match si.write(&input[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => stdin = None,
+                }
             }
-        };
-        if ready == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(err(format!("timed out after {t}s")));
         }
     }
+    drop(stdin);
     let status = child.wait().map_err(|e| err(format!("wait: {e}")))?;
     if status.success() {
         Ok(())

@@ -40,6 +40,8 @@ pub struct MountOptions {
     pub data: Vec<String>,
     pub bind: bool,
     pub recursive: bool,
+    /// Podman/runc extension for tmpfs: start with a copy of what the image has there.
+    pub tmpcopyup: bool,
 }
 
 impl Default for MountOptions {
@@ -51,6 +53,7 @@ impl Default for MountOptions {
             data: Vec::new(),
             bind: false,
             recursive: false,
+            tmpcopyup: false,
         }
     }
 }
@@ -103,7 +106,12 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions> {
                 )));
             }
             "tmpcopyup" => {
-                return Err(Error::Unsupported("mount option \"tmpcopyup\"".into()));
+                o.tmpcopyup = true;
+                continue;
+            }
+            "notmpcopyup" => {
+                o.tmpcopyup = false;
+                continue;
             }
             p => {
                 if let Some(f) = propagation_flag(p) {
@@ -445,6 +453,21 @@ fn mount_one(s: &Setup, root: RawFd, m: &Mount) -> Result<()> {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| typ.to_string());
     let flags = opts.flags & !MsFlags::MS_REMOUNT;
+    // tmpcopyup: keep a handle on the image's directory, which the tmpfs is about to hide.
+    let copy_from = if opts.tmpcopyup && typ == "tmpfs" {
+        Some(
+            nix::fcntl::open(
+                t.as_str(),
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .with_ctx(|| format!("open {} for tmpcopyup", dest.display()))?,
+        )
+    } else {
+        None
+    };
     let res = mount_at(
         Some(&src),
         &t,
@@ -453,7 +476,24 @@ fn mount_one(s: &Setup, root: RawFd, m: &Mount) -> Result<()> {
         if data.is_empty() { None } else { Some(&data) },
     );
     match res {
-        Ok(()) => {}
+        Ok(()) => {
+            if let Some(from) = copy_from {
+                let to = open_in_root(root, dest, libc::O_RDONLY | libc::O_DIRECTORY)
+                    .with_ctx(|| format!("reopen {}", dest.display()))?;
+                copy_tree(&from, &to)
+                    .map_err(|e| prefix(e, &format!("tmpcopyup {}", dest.display())))?;
+                let st = nix::sys::stat::fstat(&from).ctx("stat tmpcopyup source")?;
+                let _ = nix::sys::stat::fchmod(
+                    &to,
+                    nix::sys::stat::Mode::from_bits_truncate(st.st_mode & 0o7777),
+                );
+                let _ = nix::unistd::fchown(
+                    &to,
+                    Some(nix::unistd::Uid::from_raw(st.st_uid)),
+                    Some(nix::unistd::Gid::from_raw(st.st_gid)),
+                );
+            }
+        }
         // sysfs and mqueue cannot be mounted for a network/ipc namespace we do not own:
         // bind the host's instead, as runc does.
         Err(nix::errno::Errno::EPERM)
@@ -493,6 +533,87 @@ fn mount_one(s: &Setup, root: RawFd, m: &Mount) -> Result<()> {
         }
     }
     apply_propagation(root, dest, &opts)
+}
+
+/// Copies the directory tree under `from` into `to`, descriptor-relative and never following
+/// symlinks: files, directories, symlinks and special files with their modes and owners.
+fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag};
+    let dup = nix::unistd::dup(from).ctx("dup")?;
+    let mut dir = nix::dir::Dir::from_fd(dup).ctx("read directory")?;
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    for name in names {
+        let n = name.as_c_str();
+        let shown = n.to_string_lossy();
+        let st = nix::sys::stat::fstatat(from, n, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .with_ctx(|| format!("stat {shown}"))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
+        let owner = (
+            Some(nix::unistd::Uid::from_raw(st.st_uid)),
+            Some(nix::unistd::Gid::from_raw(st.st_gid)),
+        );
+        if kind == SFlag::S_IFDIR {
+            nix::sys::stat::mkdirat(to, n, mode).with_ctx(|| format!("mkdir {shown}"))?;
+            let sub_from = nix::fcntl::openat(
+                from,
+                n,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_ctx(|| format!("open {shown}"))?;
+            let sub_to = nix::fcntl::openat(
+                to,
+                n,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_ctx(|| format!("open copy of {shown}"))?;
+            copy_tree(&sub_from, &sub_to)?;
+            let _ = nix::sys::stat::fchmod(&sub_to, mode);
+            let _ = nix::unistd::fchown(&sub_to, owner.0, owner.1);
+        } else if kind == SFlag::S_IFREG {
+            let src = nix::fcntl::openat(
+                from,
+                n,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_ctx(|| format!("open {shown}"))?;
+            let dst = nix::fcntl::openat(
+                to,
+                n,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                mode,
+            )
+            .with_ctx(|| format!("create {shown}"))?;
+            let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
+            std::io::copy(&mut r, &mut w).with_ctx(|| format!("copy {shown}"))?;
+            let _ = nix::sys::stat::fchmod(&w, mode);
+            let _ = nix::unistd::fchown(&w, owner.0, owner.1);
+        } else if kind == SFlag::S_IFLNK {
+            let target =
+                nix::fcntl::readlinkat(from, n).with_ctx(|| format!("readlink {shown}"))?;
+            nix::unistd::symlinkat(target.as_os_str(), to, n)
+                .with_ctx(|| format!("symlink {shown}"))?;
+            let _ = nix::unistd::fchownat(to, n, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW);
+        } else {
+            nix::sys::stat::mknodat(to, n, kind, mode, st.st_rdev)
+                .with_ctx(|| format!("mknod {shown}"))?;
+            let _ = nix::unistd::fchownat(to, n, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW);
+        }
+    }
+    Ok(())
 }
 
 fn apply_propagation(root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {

@@ -124,6 +124,17 @@ pub fn cap_sets(c: &LinuxCapabilities) -> Result<CapSets> {
     })
 }
 
+/// Every set empty.
+pub fn no_caps() -> CapSets {
+    CapSets {
+        bounding: CapsHashSet::new(),
+        effective: CapsHashSet::new(),
+        permitted: CapsHashSet::new(),
+        inheritable: CapsHashSet::new(),
+        ambient: CapsHashSet::new(),
+    }
+}
+
 /// Drops everything outside the bounding set (needs CAP_SETPCAP: do it while still root).
 pub fn drop_bounding(c: &CapSets) -> Result<()> {
     let last = last_cap();

@@ -313,3 +313,12 @@ pub fn reset_signal_dispositions() {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
 }
+
+/// The CLONE_NEW* type of a namespace file (ioctl NS_GET_NSTYPE); fails with ENOTTY for a
+/// file that is not a namespace.
+pub fn ns_type(fd: RawFd) -> io::Result<i32> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type as the result.
+    let ret = unsafe { libc::ioctl(fd, NS_GET_NSTYPE as _) };
+    check(ret as libc::c_long).map(|t| t as i32)
+}

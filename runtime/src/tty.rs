@@ -61,14 +61,20 @@ pub fn wait_forwarding(pid: i32, sigs: &SigSet, console: Option<UnixStream>) -> 
         RawMode::enter()
     });
     let mut stdin_open = master.is_some();
+    // The terminal stops being polled once it hangs up (all slaves closed): a hung-up
+    // master is always "ready" and would spin the loop.
+    let mut master_open = master.is_some();
     let mut buf = vec![0u8; 16384];
     let mut out = std::io::stdout();
     let stdin = std::io::stdin();
     loop {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        if let Some(m) = &master {
+        let (mut i_master, mut i_stdin) = (usize::MAX, usize::MAX);
+        if let (Some(m), true) = (&master, master_open) {
+            i_master = fds.len();
             fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
             if stdin_open {
+                i_stdin = fds.len();
                 fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
             }
         }
@@ -82,16 +88,17 @@ pub fn wait_forwarding(pid: i32, sigs: &SigSet, console: Option<UnixStream>) -> 
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        if let (Some(m), true) = (&master, ready.get(1).copied().unwrap_or(false)) {
+        if let (Some(m), true) = (&master, ready.get(i_master).copied().unwrap_or(false)) {
             match nix::unistd::read(m, &mut buf) {
                 Ok(n) if n > 0 => {
                     let _ = out.write_all(&buf[..n]);
                     let _ = out.flush();
                 }
-                _ => {}
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                _ => master_open = false,
             }
         }
-        if let (Some(m), true) = (&master, ready.get(2).copied().unwrap_or(false)) {
+        if let (Some(m), true) = (&master, ready.get(i_stdin).copied().unwrap_or(false)) {
             match nix::unistd::read(std::io::stdin().as_fd(), &mut buf) {
                 Ok(n) if n > 0 => {
                     let _ = nix::unistd::write(m, &buf[..n]);

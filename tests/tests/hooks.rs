@@ -158,3 +158,23 @@ fn failing_start_container_hook_fails_start() {
     rt.wait_status(&id, "stopped");
     rt.ok(&["delete", &id]);
 }
+
+#[test]
+fn large_state_to_a_hook_that_never_reads_stdin() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["true"]);
+    let big = "x".repeat(200_000);
+    b.edit(|c| {
+        c["annotations"] = json!({"org.example.big": big});
+        // Never reads stdin, sleeps past its timeout: must time out, not hang on the pipe.
+        c["hooks"] =
+            json!({"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]});
+    });
+    let t = std::time::Instant::now();
+    let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("big")]);
+    assert!(e.contains("timed out"), "{e}");
+    assert!(t.elapsed().as_secs() < 25);
+    // Exits without reading: fine.
+    b.edit(|c| c["hooks"] = json!({"prestart": [{"path": "/bin/true"}]}));
+    rt.ok(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("big")]);
+}

@@ -486,6 +486,10 @@ pub fn kill_all(paths: &[PathBuf]) {
 pub fn remove(paths: &[PathBuf]) -> Result<()> {
     let mut last = None;
     for p in paths {
+        // Sub-cgroups the container made (cgroup namespace, writable cgroupfs) go first.
+        if let Err(e) = remove_children(p) {
+            last = Some(e);
+        }
         let mut tries = 0;
         loop {
             match std::fs::remove_dir(p) {
@@ -506,6 +510,33 @@ pub fn remove(paths: &[PathBuf]) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Removes every sub-cgroup below `dir`, deepest first (cgroupfs rmdir is not recursive).
+fn remove_children(dir: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let child = e.path();
+        remove_children(&child)?;
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir(&child) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2 * tries));
+                }
+                Err(e) => return Err(Error::os(format!("remove cgroup {}", child.display()), e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes a cgroup file in one write(2) (the kernel parses each write on its own).
