@@ -310,6 +310,22 @@ fn locked_flags(target: &str) -> MsFlags {
     m
 }
 
+/// The mount point of the mount that contains `path` (the longest mountinfo prefix).
+fn mount_point_of(path: &Path) -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ctx("read /proc/self/mountinfo")?;
+    let mut best = PathBuf::from("/");
+    for line in info.lines() {
+        let Some(mp) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let mp = PathBuf::from(mp.replace("\\040", " "));
+        if path.starts_with(&mp) && mp.components().count() > best.components().count() {
+            best = mp;
+        }
+    }
+    Ok(best)
+}
+
 /// Prepares the mount namespace and performs every mount of the config. Returns an O_PATH
 /// fd of the rootfs (the mount point of its bind mount).
 pub fn prepare(s: &Setup) -> Result<OwnedFd> {
@@ -318,13 +334,25 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
         .and_then(|l| l.rootfs_propagation().as_deref())
         .and_then(propagation_flag)
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    // Stop our mounts from propagating to the host: slave (default) or private.
-    let initial = if prop.contains(MsFlags::MS_PRIVATE) {
-        MsFlags::MS_PRIVATE
-    } else {
-        MsFlags::MS_SLAVE
-    };
-    mount_at(None, "/", None, initial | MsFlags::MS_REC, None).ctx("make / a slave mount")?;
+    // The whole tree gets the configured propagation (rslave by default: host mounts
+    // propagate in, ours never out; rshared keeps the host's peer groups, so that mounts
+    // made in the container reach the host, as Kubernetes' Bidirectional volumes need).
+    mount_at(None, "/", None, prop | MsFlags::MS_REC, None)
+        .with_ctx(|| format!("set propagation {prop:?} on /"))?;
+    // pivot_root refuses a new root whose parent mount is shared: make that one mount
+    // private (only then do shared propagations need it).
+    if prop.contains(MsFlags::MS_SHARED) {
+        let parent = s.rootfs.parent().unwrap_or(Path::new("/"));
+        let mp = mount_point_of(parent)?;
+        mount_at(
+            None,
+            mp.to_string_lossy().as_ref(),
+            None,
+            MsFlags::MS_PRIVATE,
+            None,
+        )
+        .with_ctx(|| format!("make {} (the rootfs's parent mount) private", mp.display()))?;
+    }
     let rootfs = s.rootfs.to_string_lossy().into_owned();
     // The rootfs must be a mount point for pivot_root; bind it onto itself.
     mount_at(
@@ -1006,10 +1034,19 @@ pub fn enter(root: &OwnedFd, rootfs: &Path, no_pivot: bool) -> Result<()> {
     )
     .with_ctx(|| format!("open rootfs {}", rootfs.display()))?;
     let _ = root;
+    let old_root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx("open the old root")?;
     nix::unistd::fchdir(&dir).ctx("fchdir rootfs")?;
     nix::unistd::pivot_root(".", ".").with_ctx(|| format!("pivot_root {}", rootfs.display()))?;
-    // The old root is now stacked under ".": make it a slave so the unmount does not
-    // propagate to the host, then detach it.
+    // The old root is now stacked on the new one. Step into it (not "." of the new root,
+    // whose mounts must keep their propagation), make it a slave so that detaching it
+    // does not propagate to the host, then detach it.
+    nix::unistd::fchdir(&old_root).ctx("fchdir old root")?;
+    drop(old_root);
     mount_at(None, ".", None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
         .ctx("make old root a slave")?;
     nix::mount::umount2(".", MntFlags::MNT_DETACH).ctx("detach old root")?;

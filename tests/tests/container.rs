@@ -354,3 +354,155 @@ fn personality_linux32() {
         "{out}"
     );
 }
+
+#[test]
+fn tmpcopyup_tmpfs_starts_with_the_image_contents() {
+    let rt = Rsrun::new();
+    let mut b = sh("cat /etc/passwd | head -1; echo changed > /etc/passwd; grep -c changed /etc/passwd; grep tmpfs /proc/self/mountinfo | grep -c ' /etc '");
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(true);
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["rw", "nosuid", "nodev", "tmpcopyup"]}));
+    });
+    let out = rt.output(&b);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec!["root:x:0:0:root:/root:/bin/sh", "1", "1"],
+        "{out}"
+    );
+    // The image's file is untouched.
+    assert!(std::fs::read_to_string(b.rootfs().join("etc/passwd"))
+        .unwrap()
+        .starts_with("root:"));
+}
+
+#[test]
+fn relative_program_resolves_against_cwd() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["./server"]);
+    std::fs::create_dir_all(b.rootfs().join("app")).unwrap();
+    std::fs::write(
+        b.rootfs().join("app/server"),
+        "#!/bin/sh\necho served from $(pwd)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        b.rootfs().join("app/server"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    b.edit(|c| c["process"]["cwd"] = json!("/app"));
+    assert_eq!(rt.output(&b).trim(), "served from /app");
+}
+
+#[test]
+fn no_capabilities_section_means_none() {
+    let rt = Rsrun::new();
+    let mut b = sh("grep -E '^Cap(Eff|Prm|Bnd|Inh|Amb)' /proc/self/status");
+    b.edit(|c| {
+        c["process"].as_object_mut().unwrap().remove("capabilities");
+    });
+    let out = rt.output(&b);
+    for l in out.lines() {
+        assert!(l.ends_with("0000000000000000"), "{l} in {out}");
+    }
+    assert_eq!(out.lines().count(), 5, "{out}");
+}
+
+#[test]
+fn join_bind_mounted_netns_file() {
+    // `ip netns add` makes /var/run/netns/NAME: an nsfs bind mount, not a /proc symlink
+    // (what containerd's CRI passes for pod networks).
+    let name = unique("rsrun-ns");
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        panic!("ip netns add failed (iproute2 needed): {st:?}");
+    }
+    let rt = Rsrun::new();
+    let path = format!("/var/run/netns/{name}");
+    let mut b = sh("readlink /proc/self/ns/net");
+    b.add_namespace("network", Some(&path));
+    let out = rt.output(&b);
+    let want = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, "readlink", "/proc/self/ns/net"])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "delete", &name])
+        .status();
+    assert_eq!(out.trim(), String::from_utf8_lossy(&want.stdout).trim());
+}
+
+#[test]
+fn host_sysctls_are_refused() {
+    let rt = Rsrun::new();
+    for (key, drop_ns) in [
+        ("kernel.core_pattern", None),
+        ("net.ipv4.ip_forward", Some("network")),
+        ("kernel.shmmax", Some("ipc")),
+    ] {
+        let mut b = sh("true");
+        b.edit(|c| {
+            c["linux"]["sysctl"] = json!({key: "1"});
+            if let Some(ns) = drop_ns {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|n| n["type"] != ns);
+            }
+        });
+        let e = rt.fails(&[
+            "run",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            &unique("sysctl"),
+        ]);
+        assert!(e.contains(key) && e.contains("host"), "{key}: {e}");
+    }
+}
+
+#[test]
+fn rshared_rootfs_propagates_mounts_back_to_the_host() {
+    let rt = Rsrun::new();
+    let host = TempDir::new("bidi");
+    let h = host.path().to_str().unwrap().to_string();
+    std::fs::create_dir_all(host.path().join("sub")).unwrap();
+    // The host side of a Bidirectional volume is a shared mount (our own, in a temp dir).
+    let sh_ok = |cmd: &str| {
+        assert!(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        )
+    };
+    sh_ok(&format!("mount --bind {h} {h} && mount --make-shared {h}"));
+    let mut b = sh("mount -t tmpfs -o size=1m inner /vol/sub && echo mounted");
+    b.edit(|c| {
+        c["linux"]["rootfsPropagation"] = json!("rshared");
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/vol", "type": "bind", "source": h, "options": ["rbind", "rshared"]}));
+        let caps = json!(["CAP_SYS_ADMIN"]);
+        c["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    });
+    let out = rt.output(&b);
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let propagated = info
+        .lines()
+        .any(|l| l.contains(&format!("{h}/sub ")) && l.contains(" - tmpfs inner "));
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(format!("{h}/sub"))
+        .status();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&h)
+        .status();
+    assert!(out.contains("mounted"), "{out}");
+    assert!(propagated, "the container's mount did not reach the host");
+}
