@@ -337,8 +337,14 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
     // The whole tree gets the configured propagation (rslave by default: host mounts
     // propagate in, ours never out; rshared keeps the host's peer groups, so that mounts
     // made in the container reach the host, as Kubernetes' Bidirectional volumes need).
-    mount_at(None, "/", None, prop | MsFlags::MS_REC, None)
-        .with_ctx(|| format!("set propagation {prop:?} on /"))?;
+    // (Unbindable is applied after pivot_root: the rootfs must be bound onto itself first.)
+    let initial = if prop.contains(MsFlags::MS_UNBINDABLE) {
+        MsFlags::MS_SLAVE
+    } else {
+        prop
+    };
+    mount_at(None, "/", None, initial | MsFlags::MS_REC, None)
+        .with_ctx(|| format!("set propagation {initial:?} on /"))?;
     // pivot_root refuses a new root whose parent mount is shared: make that one mount
     // private (only then do shared propagations need it).
     if prop.contains(MsFlags::MS_SHARED) {
