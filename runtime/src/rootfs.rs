@@ -883,6 +883,9 @@ fn make_node(
     );
     let dev = nix::sys::stat::makedev(major, minor);
     let sflag = nix::sys::stat::SFlag::from_bits_truncate(typ);
+    // The exact mode at creation (no umask), so that nothing has to follow the name
+    // afterwards (a chmod by name could be redirected through a swapped-in symlink).
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let res = nix::sys::stat::mknodat(
         &dirfd,
         cname.as_c_str(),
@@ -890,15 +893,9 @@ fn make_node(
         nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
         dev,
     );
+    nix::sys::stat::umask(old_umask);
     let res = res.with_ctx(|| format!("mknod {}", path.display()));
     if res.is_ok() {
-        // mknod applies the umask: set the exact mode, then the owner.
-        let _ = nix::sys::stat::fchmodat(
-            &dirfd,
-            cname.as_c_str(),
-            nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        );
         let _ = nix::unistd::fchownat(
             &dirfd,
             cname.as_c_str(),
