@@ -7,6 +7,8 @@ need=""
 [ -x /bin/busybox ] && dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 dpkg -s libseccomp-dev >/dev/null 2>&1 || need="$need libseccomp-dev"
 command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+# tests/tests/rootless.rs: newuidmap/newgidmap for subordinate id mappings.
+command -v newuidmap >/dev/null 2>&1 || need="$need uidmap"
 if [ -n "$need" ]; then
     apt-get update -q >/dev/null
     # shellcheck disable=SC2086

@@ -49,6 +49,9 @@ pub struct InitArgs<'a> {
     pub extra_env: Vec<String>,
     /// Give the container its own session keyring (runc's default).
     pub new_keyring: bool,
+    /// Stay dumpable until `Go`: an unprivileged parent writes our uid/gid maps (directly
+    /// or through newuidmap/newgidmap), which needs /proc/PID to be owned by its user.
+    pub dumpable_until_go: bool,
 }
 
 /// Runs the init; never returns. Failures are reported to whoever waits on the channel.
@@ -72,7 +75,7 @@ pub fn run(a: InitArgs) -> ! {
     sys::exit_now(127)
 }
 
-enum Never {}
+pub(crate) enum Never {}
 
 fn wait_for(sync: &OwnedFd, want: &Msg) -> Result<Msg> {
     match sync::recv(sync)? {
@@ -88,7 +91,11 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     // CVE-2019-5736: until exec, this process is the runtime binary inside the container.
     // Non-dumpable, its /proc/PID/exe cannot be opened by container processes (ptrace
     // access checks need CAP_SYS_PTRACE in the host user namespace).
-    nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    // (Rootless: after `Go`. Until then nothing runs in the new namespaces but this
+    // process, and whoever could trace it has the parent's uid anyway.)
+    if !a.dumpable_until_go {
+        nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    }
     // Our own binary, to refuse exec'ing it as the container's program.
     let self_exe = std::fs::metadata("/proc/self/exe").ctx("stat /proc/self/exe")?;
     let self_id = (self_exe.dev(), self_exe.ino());
@@ -96,6 +103,9 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         Msg::Go(p) => p,
         _ => unreachable_msg()?,
     };
+    if a.dumpable_until_go {
+        nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    }
     for (flag, fd) in &a.join {
         nix::sched::setns(fd, *flag).with_ctx(|| format!("join {} namespace", ns_name(*flag)))?;
     }
@@ -107,6 +117,10 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         nix::unistd::setresgid(root_g, root_g, root_g).ctx("setresgid 0 in the user namespace")?;
         nix::unistd::setresuid(root_u, root_u, root_u).ctx("setresuid 0 in the user namespace")?;
     }
+    // An unprivileged parent that mapped only its own gid had to deny setgroups.
+    let setgroups_allowed = a.setgroups_allowed
+        && !(a.in_userns
+            && std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny"));
     if !a.unshare.is_empty() {
         nix::sched::unshare(a.unshare).with_ctx(|| format!("unshare {:?}", a.unshare))?;
     }
@@ -177,7 +191,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     // The seccomp filter is compiled now, and the SCMP_ACT_NOTIFY agent's socket (a host
     // path) connected while the host's filesystem is still reachable; loaded at the end.
     // The agent gets the state as of the exec: created, with the start already requested.
-    let mut sec = seccomp::prepare(spec, state("created"))?;
+    let sec = seccomp::prepare(spec, state("created"))?;
 
     rootfs::finish_paths(spec, root.as_raw_fd(), &devnull)?;
     drop(devnull);
@@ -193,19 +207,9 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         }
         let env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
         let args = process.args().as_deref().unwrap_or(&[]);
-        let exe = find_executable(&args[0], &env)?;
+        let exe = find_executable(&args[0], &env, process.cwd())?;
         refuse_runtime_binary(&exe, self_id)?;
-        if let Some(profile) = process
-            .apparmor_profile()
-            .as_deref()
-            .filter(|p| !p.is_empty())
-        {
-            if !apparmor_enabled() {
-                return Err(Error::Unsupported(format!(
-                    "process.apparmorProfile {profile:?}: AppArmor is not enabled on this host"
-                )));
-            }
-        }
+        check_apparmor(process)?;
         prepared = Some((process, env, args, exe));
     }
 
@@ -249,19 +253,54 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         &state("created"),
     )?;
 
+    let personality = spec.linux().as_ref().and_then(|l| l.personality().as_ref());
+    finish_and_exec(Final {
+        process,
+        personality,
+        seccomp: sec,
+        exe: &exe,
+        args,
+        env: &env,
+        self_id,
+        setgroups_allowed,
+    })
+}
+
+/// What the last stage before execve needs (shared by the container's init and `exec`).
+pub(crate) struct Final<'a> {
+    pub process: &'a oci_spec::runtime::Process,
+    pub personality: Option<&'a oci_spec::runtime::LinuxPersonality>,
+    pub seccomp: Option<seccomp::Prepared>,
+    /// The resolved executable (checked against the runtime binary again here).
+    pub exe: &'a str,
+    pub args: &'a [String],
+    pub env: &'a [String],
+    /// Device and inode of the runtime binary.
+    pub self_id: (u64, u64),
+    pub setgroups_allowed: bool,
+}
+
+/// The last steps, in this order: rlimits, personality, seccomp (early or late, see
+/// below), bounding set, user, capabilities, cwd, umask, no_new_privs, AppArmor, signal
+/// state, the runtime-binary check, execve. Returns only on failure.
+pub(crate) fn finish_and_exec(f: Final) -> Result<Never> {
+    let process = f.process;
+    let mut sec = f.seccomp;
     // Privileges, last: rlimits and caps need the privileges we are about to drop.
     security::set_rlimits(process)?;
-    if let Some(pers) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
+    if let Some(pers) = f.personality {
         let dom = match pers.domain() {
             oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,
             oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
         };
         sys::personality(dom).ctx("personality")?;
     }
-    let caps = match process.capabilities() {
-        Some(c) => Some(security::cap_sets(c)?),
-        None => None,
-    };
+    // No capabilities section means no capabilities at all, bounding set included (as
+    // runc): a uid-0 process would otherwise regain the full bounding set at exec.
+    let caps = Some(match process.capabilities() {
+        Some(c) => security::cap_sets(c)?,
+        None => security::no_caps(),
+    });
     // When to load the seccomp filter. Loading one needs no_new_privs or CAP_SYS_ADMIN,
     // and every syscall the init makes after loading must pass the filter. As runc and
     // crun do: with no_new_privs, or when the process keeps CAP_SYS_ADMIN, the filter is
@@ -290,14 +329,9 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     if let Some(c) = &caps {
         security::drop_bounding(c)?;
     }
-    security::set_user(process, a.setgroups_allowed)?;
-    match &caps {
-        Some(c) => security::apply_caps(c)?,
-        None => {
-            // No capabilities section: none at all (as runc).
-            let empty = security::cap_sets(&Default::default())?;
-            security::apply_caps(&empty)?;
-        }
+    security::set_user(process, f.setgroups_allowed)?;
+    if let Some(c) = &caps {
+        security::apply_caps(c)?;
     }
     if cwd_early.is_err() {
         nix::unistd::chdir(cwd.as_path()).with_ctx(|| format!("process.cwd {}", cwd.display()))?;
@@ -327,20 +361,20 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     .ctx("reset signal mask")?;
 
     // Checked again at the last moment: the file may have changed since create.
-    refuse_runtime_binary(&exe, self_id)?;
-    let cargs: Vec<CString> = args.iter().map(|s| sys::cstr(s)).collect();
-    let cenv: Vec<CString> = env.iter().map(|s| sys::cstr(s)).collect();
-    let cexe = sys::cstr(&exe);
+    refuse_runtime_binary(f.exe, f.self_id)?;
+    let cargs: Vec<CString> = f.args.iter().map(|s| sys::cstr(s)).collect();
+    let cenv: Vec<CString> = f.env.iter().map(|s| sys::cstr(s)).collect();
+    let cexe = sys::cstr(f.exe);
     if let Some(s) = sec.take() {
         s.load()?;
     }
     let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
-    Err(Error::os(format!("exec {exe}"), e))
+    Err(Error::os(format!("exec {}", f.exe), e))
 }
 
 /// CVE-2024-21626: the working directory must resolve inside the container's root (a
 /// directory reached through a leaked host descriptor reads as "(unreachable)/...").
-fn check_cwd(cwd: &Path) -> Result<()> {
+pub(crate) fn check_cwd(cwd: &Path) -> Result<()> {
     let real = nix::unistd::getcwd()
         .with_ctx(|| format!("process.cwd {} is not reachable", cwd.display()))?;
     if !real.is_absolute() {
@@ -348,6 +382,22 @@ fn check_cwd(cwd: &Path) -> Result<()> {
             "process.cwd {} resolves outside the container",
             cwd.display()
         )));
+    }
+    Ok(())
+}
+
+/// A process.apparmorProfile on a host without AppArmor is an error, not silently ignored.
+pub(crate) fn check_apparmor(process: &oci_spec::runtime::Process) -> Result<()> {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        if !apparmor_enabled() {
+            return Err(Error::Unsupported(format!(
+                "process.apparmorProfile {profile:?}: AppArmor is not enabled on this host"
+            )));
+        }
     }
     Ok(())
 }
@@ -374,7 +424,7 @@ fn ns_name(f: CloneFlags) -> &'static str {
     }
 }
 
-fn build_env(env: &[String], extra: &[String]) -> Vec<String> {
+pub(crate) fn build_env(env: &[String], extra: &[String]) -> Vec<String> {
     let mut out: Vec<String> = env.to_vec();
     for e in extra {
         let key = e.split('=').next().unwrap_or("");
@@ -389,7 +439,7 @@ fn build_env(env: &[String], extra: &[String]) -> Vec<String> {
 /// container process, and could then reopen it for writing through /proc/PID/exe after it
 /// exits. The exec follows the interpreter chain the way the kernel does and refuses any
 /// link of it that is our binary.
-fn refuse_runtime_binary(exe: &str, self_id: (u64, u64)) -> Result<()> {
+pub(crate) fn refuse_runtime_binary(exe: &str, self_id: (u64, u64)) -> Result<()> {
     let mut path = exe.to_string();
     for _ in 0..6 {
         let meta = std::fs::metadata(&path).with_ctx(|| format!("exec {path:?}"))?;
@@ -419,16 +469,19 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Finds args[0] as execve will: a path with `/` as is, else the first executable regular
 /// file in the container's PATH.
-pub fn find_executable(arg0: &str, env: &[String]) -> Result<String> {
+/// Relative names (`./server`, and relative or empty PATH entries) resolve against the
+/// process's working directory `cwd`, where the program will run, as execve would there.
+pub fn find_executable(arg0: &str, env: &[String], cwd: &Path) -> Result<String> {
     let is_exec = |p: &Path| -> bool {
         std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
             && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
     };
     if arg0.contains('/') {
-        let p = Path::new(arg0);
+        let full = cwd.join(arg0);
+        let p = full.as_path();
         return match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => Err(Error::Invalid(format!("exec {arg0:?}: is a directory"))),
-            Ok(_) if is_exec(p) => Ok(arg0.to_string()),
+            Ok(_) if is_exec(p) => Ok(p.to_string_lossy().into_owned()),
             Ok(_) => Err(Error::Invalid(format!("exec {arg0:?}: permission denied"))),
             Err(e) => Err(Error::os(format!("exec {arg0:?}"), e)),
         };
@@ -438,8 +491,7 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<String> {
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
     for dir in path.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let cand = Path::new(dir).join(arg0);
+        let cand = cwd.join(dir).join(arg0);
         if is_exec(&cand) {
             return Ok(cand.to_string_lossy().into_owned());
         }
@@ -455,6 +507,17 @@ fn setup_console(a: &InitArgs, p: &oci_spec::runtime::Process) -> Result<()> {
     let sock = a.console.as_ref().ok_or_else(|| {
         Error::Invalid("process.terminal is set but no --console-socket was given".into())
     })?;
+    attach_terminal(sock, p, true)
+}
+
+/// Opens a new terminal from the devpts of the current mount namespace (/dev/ptmx), sends
+/// its master over `sock`, and makes the slave this process's stdio and controlling
+/// terminal in a new session. With `dev_console`, /dev/console is bound to it too.
+pub(crate) fn attach_terminal(
+    sock: &UnixStream,
+    p: &oci_spec::runtime::Process,
+    dev_console: bool,
+) -> Result<()> {
     let (master, slave_path) =
         sys::open_pty(c"/dev/ptmx").ctx("open /dev/ptmx in the container")?;
     let slave = nix::fcntl::open(
@@ -468,11 +531,17 @@ fn setup_console(a: &InitArgs, p: &oci_spec::runtime::Process) -> Result<()> {
             .ctx("set console size")?;
     }
     // /dev/console is the container's terminal too.
-    if let Ok(fd) = rootfs::mkdir_all_in_root(
-        open_root()?.as_raw_fd(),
-        Path::new("/dev/console"),
-        rootfs::Kind::File,
-    ) {
+    let console = if dev_console {
+        rootfs::mkdir_all_in_root(
+            open_root()?.as_raw_fd(),
+            Path::new("/dev/console"),
+            rootfs::Kind::File,
+        )
+        .ok()
+    } else {
+        None
+    };
+    if let Some(fd) = console {
         let t = format!("/proc/self/fd/{}", fd.as_raw_fd());
         nix::mount::mount(
             Some(slave_path.as_str()),

@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod cgroups;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod hooks;
 pub mod init;
 pub mod lifecycle;
@@ -22,4 +23,5 @@ pub mod sys;
 pub mod tty;
 
 pub use error::{Error, Result};
+pub use exec::ExecOpts;
 pub use lifecycle::{CreateOpts, Runtime};

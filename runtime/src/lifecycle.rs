@@ -47,7 +47,7 @@ struct Created {
     console: Option<UnixStream>,
 }
 
-fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+pub(crate) fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     match t {
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
@@ -62,7 +62,7 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
 
 const NEWTIME: CloneFlags = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
 
-fn open_ro(path: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_ro(path: &Path) -> Result<OwnedFd> {
     nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -73,7 +73,7 @@ fn open_ro(path: &Path) -> Result<OwnedFd> {
 
 /// Binds or connects a unix socket at a path that may be longer than sun_path allows, by
 /// going through /proc/self/fd of its directory.
-fn short_socket_path(path: &Path) -> Result<(PathBuf, Option<OwnedFd>)> {
+pub(crate) fn short_socket_path(path: &Path) -> Result<(PathBuf, Option<OwnedFd>)> {
     if path.as_os_str().len() < 100 {
         return Ok((path.to_path_buf(), None));
     }
@@ -195,18 +195,29 @@ impl Runtime {
             clone_flags &= CloneFlags::CLONE_NEWPID;
         }
 
-        // Cgroup.
+        // Cgroup. Rootless, as runc and crun: when the cgroup cannot be created (or
+        // joined, below) and no limits were asked for, the container stays in the caller's
+        // cgroup; limits that cannot be applied are an error. Device rules are not applied
+        // (an unprivileged user cannot load them; devices are bind mounts there anyway).
         let hs = cgroups::hierarchies()?;
         let cg_paths =
             cgroups::paths_for(linux.and_then(|l| l.cgroups_path().as_deref()), &o.id, &hs)?;
+        let mut resources = linux.and_then(|l| l.resources().clone());
+        if self.rootless {
+            if let Some(r) = resources.as_mut() {
+                r.set_devices(None);
+            }
+        }
+        let limits = has_limits(resources.as_ref());
         match cgroups::create(&cg_paths) {
             Ok(()) => cleanup.cgroups = cg_paths.clone(),
-            Err(e) if self.rootless && linux.and_then(|l| l.resources().as_ref()).is_none() => {
-                crate::log::debug(&format!("rootless: ignoring {e}"));
+            Err(e) if self.rootless && !limits => {
+                crate::log::debug(&format!("rootless: no cgroup of its own: {e}"));
             }
+            Err(e) if self.rootless => return Err(rootless_limits_error(e)),
             Err(e) => return Err(e),
         }
-        cgroups::apply(&cleanup.cgroups, linux.and_then(|l| l.resources().as_ref()))?;
+        cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
 
         // Channels to the init.
         let (parent_sock, child_sock) = sync::pair()?;
@@ -282,6 +293,7 @@ impl Runtime {
         };
 
         let setgroups_allowed = true;
+        let unprivileged = !nix::unistd::geteuid().is_root();
         let pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
         if pid == 0 {
             drop(parent_sock);
@@ -306,6 +318,7 @@ impl Runtime {
                 cgroup_paths: &cg_paths,
                 extra_env,
                 new_keyring: !o.no_new_keyring,
+                dumpable_until_go: new_user && unprivileged,
             });
         }
         cleanup.child = Some(pid);
@@ -323,7 +336,16 @@ impl Runtime {
             write_id_maps(pid, spec)?;
         }
         if !cleanup.cgroups.is_empty() {
-            cgroups::add_pid(&cg_paths, pid)?;
+            match cgroups::add_pid(&cg_paths, pid) {
+                Ok(()) => {}
+                Err(e) if self.rootless && !limits => {
+                    crate::log::debug(&format!("rootless: cannot join the cgroup: {e}"));
+                    let _ = cgroups::remove(&cleanup.cgroups);
+                    cleanup.cgroups.clear();
+                }
+                Err(e) if self.rootless => return Err(rootless_limits_error(e)),
+                Err(e) => return Err(e),
+            }
         }
         sync::send(&parent_sock, &Msg::Go(pid))?;
 
@@ -349,6 +371,8 @@ impl Runtime {
                     )
                 })
                 .collect(),
+            process: spec.process().clone(),
+            seccomp: linux.and_then(|l| l.seccomp().clone()),
         };
         loop {
             match sync::recv(&parent_sock)? {
@@ -588,7 +612,7 @@ impl Runtime {
     }
 }
 
-fn load(dir: &ContainerDir) -> Result<Saved> {
+pub(crate) fn load(dir: &ContainerDir) -> Result<Saved> {
     dir.load()?.ok_or_else(|| Error::State {
         id: dir.id.clone(),
         status: "creating".into(),
@@ -615,20 +639,116 @@ pub fn forwarded_signals() -> nix::sys::signal::SigSet {
     s
 }
 
+/// Whether `linux.resources` asks for any limit (device rules aside): a value that would
+/// be written to a cgroup file.
+pub fn has_limits(r: Option<&oci_spec::runtime::LinuxResources>) -> bool {
+    fn set(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(m) => m.values().any(set),
+            _ => true,
+        }
+    }
+    let Some(r) = r else { return false };
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("devices");
+    }
+    set(&v)
+}
+
+fn rootless_limits_error(e: Error) -> Error {
+    Error::Unsupported(format!(
+        "rootless: linux.resources sets limits, but the container's cgroup cannot be created or joined ({e}); \
+         limits need a cgroup (v2) delegated to this user, e.g. by systemd"
+    ))
+}
+
+/// `--rootless auto` (runc's default): not root, or root of a user namespace.
+pub fn rootless_auto() -> bool {
+    !nix::unistd::geteuid().is_root()
+        || std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
+/// Writes the init's uid and gid maps. As root, directly. Otherwise the kernel lets a
+/// process map only its own id: such a mapping is written directly too (gid_map after
+/// setgroups "deny", which the kernel requires then); anything more goes through the
+/// setuid helpers newuidmap/newgidmap (Debian's uidmap package), which check the ranges
+/// against /etc/subuid and /etc/subgid.
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
+    use oci_spec::runtime::LinuxIdMapping;
     let linux = spec.linux().as_ref();
-    let fmt = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        m.into_iter()
-            .flatten()
+    let uids: &[LinuxIdMapping] = linux
+        .and_then(|l| l.uid_mappings().as_deref())
+        .unwrap_or(&[]);
+    let gids: &[LinuxIdMapping] = linux
+        .and_then(|l| l.gid_mappings().as_deref())
+        .unwrap_or(&[]);
+    let fmt = |m: &[LinuxIdMapping]| {
+        m.iter()
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
             .collect::<String>()
     };
-    let uid = fmt(linux.and_then(|l| l.uid_mappings().as_ref()));
-    let gid = fmt(linux.and_then(|l| l.gid_mappings().as_ref()));
-    std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
-        .with_ctx(|| format!("linux.uidMappings: write uid_map {uid:?}"))?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
-        .with_ctx(|| format!("linux.gidMappings: write gid_map {gid:?}"))?;
+    let root = nix::unistd::geteuid().is_root();
+    let just = |m: &[LinuxIdMapping], id: u32| matches!(m, [one] if one.size() == 1 && one.host_id() == id);
+    let (uid, gid) = (fmt(uids), fmt(gids));
+    if root || just(uids, nix::unistd::geteuid().as_raw()) {
+        std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
+            .with_ctx(|| format!("linux.uidMappings: write uid_map {uid:?}"))?;
+    } else {
+        id_map_helper("newuidmap", "linux.uidMappings", "/etc/subuid", pid, uids)?;
+    }
+    if root {
+        std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
+            .with_ctx(|| format!("linux.gidMappings: write gid_map {gid:?}"))?;
+    } else if just(gids, nix::unistd::getegid().as_raw()) {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
+            .with_ctx(|| format!("write /proc/{pid}/setgroups"))?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
+            .with_ctx(|| format!("linux.gidMappings: write gid_map {gid:?}"))?;
+    } else {
+        id_map_helper("newgidmap", "linux.gidMappings", "/etc/subgid", pid, gids)?;
+    }
+    Ok(())
+}
+
+fn id_map_helper(
+    helper: &str,
+    field: &str,
+    subids: &str,
+    pid: i32,
+    maps: &[oci_spec::runtime::LinuxIdMapping],
+) -> Result<()> {
+    let mut args = vec![pid.to_string()];
+    for m in maps {
+        args.extend([
+            m.container_id().to_string(),
+            m.host_id().to_string(),
+            m.size().to_string(),
+        ]);
+    }
+    let out = std::process::Command::new(helper)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (install the uidmap package)"
+            } else {
+                ""
+            };
+            Error::os(format!("{field}: run {helper}{hint}"), e)
+        })?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "{field}: `{helper} {}` failed ({}): {} (the ranges must be granted to this user in {subids})",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
     Ok(())
 }
 
@@ -657,7 +777,7 @@ fn write_time_offsets(spec: &Spec) -> Result<()> {
         .with_ctx(|| format!("linux.timeOffsets: write {s:?}"))
 }
 
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let path = std::path::absolute(path).with_ctx(|| format!("pid file {}", path.display()))?;
     let tmp = path.with_file_name(format!(
         ".{}.tmp",

@@ -10,12 +10,14 @@ use rsrun::{log, CreateOpts, Runtime};
 const USAGE: &str = "usage: rsrun [global options] COMMAND [options] [ARGS]
 
 Global options:
-  --root DIR            state directory (default /run/rsrun)
+  --root DIR            state directory (default /run/rsrun; $XDG_RUNTIME_DIR/rsrun when
+                        not root)
   --log FILE            log file (default: stderr)
   --log-format FORMAT   text or json
   --debug               debug logging
   --systemd-cgroup      use the systemd cgroup driver (not built: an error)
-  --rootless VALUE      true|false|auto: ignore cgroup errors when no limits are set
+  --rootless VALUE      true|false|auto (default auto: not root, or in a user namespace):
+                        ignore cgroup errors when no limits are set
 
 Commands:
   spec [--bundle B] [--rootless]              write a default config.json
@@ -28,9 +30,16 @@ Commands:
   delete [--force] ID                         delete a stopped container
   list [-f table|json] [-q]                   list containers
   features                                    what this runtime implements (JSON)
+  exec [exec options] ID COMMAND [ARGS]       run a process in a running container
+  pause ID | resume ID | ps ID | update ID | events ID
 
 Create options: --bundle B, --pid-file F, --console-socket S, --no-pivot,
   --no-new-keyring, --preserve-fds N
+
+Exec options: -p/--process FILE, -t/--tty, --console-socket S, --cwd DIR, -e/--env K=V,
+  -u/--user UID[:GID], -g/--additional-gids G[,G], -c/--cap CAP, --no-new-privs,
+  -d/--detach, --pid-file F, --preserve-fds N, --ignore-paused,
+  --cgroup [CTRL[,CTRL]:]PATH, --apparmor PROFILE, --process-label (no SELinux: an error)
 
 An argument to `run` that contains a `/` is a bundle path (container IDs cannot contain
 `/`); anything else is a container ID with the bundle in --bundle or the current directory.";
@@ -116,8 +125,8 @@ fn main() -> ExitCode {
 fn real_main(argv: Vec<String>) -> Result<i32> {
     let mut a = Args::new(argv);
     let mut g = Global {
-        root: PathBuf::from(rsrun::state::DEFAULT_ROOT),
-        rootless: false,
+        root: default_root(),
+        rootless: rsrun::lifecycle::rootless_auto(),
     };
     let mut log_path: Option<String> = None;
     let mut log_format = log::Format::Text;
@@ -234,10 +243,61 @@ fn real_main(argv: Vec<String>) -> Result<i32> {
         }
         "update" => cmd_update(&rt, &mut a),
         "events" => cmd_events(&rt, &mut a),
-        "exec" | "checkpoint" | "restore" => {
+        "exec" => cmd_exec(&rt, &mut a),
+        "checkpoint" | "restore" => {
             bail!("command {cmd:?} is not implemented in this version of rsrun")
         }
         _ => bail!("unknown command {cmd:?}\n{USAGE}"),
+    }
+}
+
+/// `exec [options] ID COMMAND [ARGS...]` (or `--process FILE` instead of the command).
+fn cmd_exec(rt: &Runtime, a: &mut Args) -> Result<i32> {
+    let mut o = rsrun::ExecOpts::default();
+    while let Some((k, v)) = a.next_flag() {
+        match k.as_str() {
+            "p" | "process" => o.process = Some(PathBuf::from(a.value(&k, v)?)),
+            "t" | "tty" => o.tty = Args::bool_value(v, &k)?,
+            "console-socket" => o.console_socket = Some(PathBuf::from(a.value(&k, v)?)),
+            "cwd" => o.cwd = Some(a.value(&k, v)?),
+            "e" | "env" => o.env.push(a.value(&k, v)?),
+            "u" | "user" => o.user = Some(a.value(&k, v)?),
+            "g" | "additional-gids" => o.additional_gids.push(a.value(&k, v)?),
+            "c" | "cap" => o.caps.push(a.value(&k, v)?),
+            "no-new-privs" => o.no_new_privs = Args::bool_value(v, &k)?,
+            "d" | "detach" => o.detach = Args::bool_value(v, &k)?,
+            "pid-file" => o.pid_file = Some(PathBuf::from(a.value(&k, v)?)),
+            "preserve-fds" => {
+                let s = a.value(&k, v)?;
+                o.preserve_fds = s
+                    .parse()
+                    .with_context(|| format!("--preserve-fds: {s:?} is not a number"))?;
+            }
+            "ignore-paused" => o.ignore_paused = Args::bool_value(v, &k)?,
+            "cgroup" => o.cgroups.push(a.value(&k, v)?),
+            "apparmor" => o.apparmor = Some(a.value(&k, v)?),
+            "process-label" => o.process_label = Some(a.value(&k, v)?),
+            _ => bail!("exec: unknown flag --{k}"),
+        }
+    }
+    let mut pos = a.positional().into_iter();
+    o.id = pos
+        .next()
+        .ok_or_else(|| anyhow!("exec: container ID required"))?;
+    o.args = pos.collect();
+    if o.args.first().map(String::as_str) == Some("--") {
+        o.args.remove(0);
+    }
+    Ok(rt.exec(&o)?)
+}
+
+/// /run/rsrun, or $XDG_RUNTIME_DIR/rsrun when not root (as runc's $XDG_RUNTIME_DIR/runc).
+fn default_root() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(x) if !x.is_empty() && !nix::unistd::geteuid().is_root() => {
+            PathBuf::from(x).join("rsrun")
+        }
+        _ => PathBuf::from(rsrun::state::DEFAULT_ROOT),
     }
 }
 

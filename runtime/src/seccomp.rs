@@ -349,6 +349,18 @@ pub fn prepare(spec: &Spec, state: Value) -> Result<Option<Prepared>> {
     let Some(s) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
         return Ok(None);
     };
+    let pid = state["pid"].clone();
+    prepare_section(s, spec.version(), pid, state).map(Some)
+}
+
+/// `prepare` for a `linux.seccomp` section on its own (`exec` keeps it in the state):
+/// `pid` is the process the filter is for, `state` the container's state.
+pub fn prepare_section(
+    s: &LinuxSeccomp,
+    oci_version: &str,
+    pid: Value,
+    state: Value,
+) -> Result<Prepared> {
     let ctx = build(s)?;
     let listener = match s.listener_path() {
         Some(path) if uses_notify(s) => {
@@ -359,9 +371,9 @@ pub fn prepare(spec: &Spec, state: Value) -> Result<Option<Prepared>> {
                 )
             })?;
             let mut msg = json!({
-                "ociVersion": spec.version(),
+                "ociVersion": oci_version,
                 "fds": ["seccompFd"],
-                "pid": state["pid"].clone(),
+                "pid": pid,
                 "state": state,
             });
             if let Some(m) = s.listener_metadata() {
@@ -375,7 +387,7 @@ pub fn prepare(spec: &Spec, state: Value) -> Result<Option<Prepared>> {
         }
         _ => None,
     };
-    Ok(Some(Prepared { ctx, listener }))
+    Ok(Prepared { ctx, listener })
 }
 
 impl Prepared {

@@ -62,6 +62,13 @@ pub struct Saved {
     /// The namespace files of the container's init, by type (for joining later).
     #[serde(default)]
     pub namespaces: Vec<(String, PathBuf)>,
+    /// The config's `process` as of create (the default for `exec`: the bundle may change
+    /// after create).
+    #[serde(default)]
+    pub process: Option<oci_spec::runtime::Process>,
+    /// The config's `linux.seccomp` as of create (loaded into `exec`'d processes too).
+    #[serde(default)]
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// The state directory of one container.

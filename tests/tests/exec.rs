@@ -1,0 +1,741 @@
+//! `rsrun exec`: every flag observed from inside the container (namespaces, cgroups,
+//! capabilities, user, env, cwd, terminal), plus refusals, exit statuses, signal
+//! forwarding and descriptor hygiene.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rsrun_tests::*;
+use serde_json::{json, Value};
+
+/// A writable busybox bundle running `sleep 1000`.
+fn sleeper() -> Bundle {
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| c["root"]["readonly"] = json!(false));
+    b
+}
+
+/// Starts the bundle detached; returns (id, init pid).
+fn start(rt: &Rsrun, b: &Bundle) -> (String, i64) {
+    let id = unique("ex");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    (id, pid)
+}
+
+/// `rsrun exec ARGS`: (exit code, stdout, stderr).
+fn exec(rt: &Rsrun, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["exec"];
+    args.extend_from_slice(extra);
+    let o = rt.run(&args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `rsrun exec [flags] ID sh -c SCRIPT`, asserting success; returns stdout.
+fn exec_sh(rt: &Rsrun, id: &str, flags: &[&str], script: &str) -> String {
+    let mut args: Vec<&str> = vec!["exec"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[id, "sh", "-c", script]);
+    rt.ok(&args)
+}
+
+fn state_json(rt: &Rsrun, id: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(rt.root.path().join(id).join("state.json")).unwrap())
+        .unwrap()
+}
+
+fn cgroup_paths(rt: &Rsrun, id: &str) -> Vec<PathBuf> {
+    state_json(rt, id)["cgroup_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .collect()
+}
+
+fn procs(dir: &Path) -> Vec<i64> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_pid_file(p: &Path) -> i64 {
+    std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}
+
+const NS: [&str; 8] = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
+
+fn host_ns(pid: i64) -> Vec<String> {
+    NS.iter()
+        .map(|n| {
+            std::fs::read_link(format!("/proc/{pid}/ns/{n}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+const NS_SCRIPT: &str =
+    "for n in cgroup ipc mnt net pid time user uts; do readlink /proc/self/ns/$n; done";
+
+#[test]
+fn joins_every_namespace_of_the_init() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.add_namespace("time", None);
+    b.edit(|c| c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 86400 * 400}}));
+    let (id, pid) = start(&rt, &b);
+    let out = exec_sh(&rt, &id, &[], &format!("{NS_SCRIPT}; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo self=$$; cut -d. -f1 /proc/uptime"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..8].to_vec(), host_ns(pid), "{out}");
+    // Its pid namespace: pid 1 is the container's sleep, and it has a small pid there.
+    assert_eq!(lines[8].trim(), "sleep 1000", "{out}");
+    let selfpid: i64 = lines[9].strip_prefix("self=").unwrap().parse().unwrap();
+    assert!(selfpid > 1 && selfpid < 100, "{out}");
+    // The time namespace's boottime offset applies to it.
+    let up: i64 = lines[10].trim().parse().unwrap();
+    assert!(up >= 86400 * 400, "{out}");
+    // Namespaces really differ from the host's (the comparison above is not vacuous).
+    assert_ne!(host_ns(pid)[2], host_ns(std::process::id() as i64)[2]);
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn joins_the_user_namespace_first() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.add_namespace("user", None);
+    b.edit(|c| {
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let (id, pid) = start(&rt, &b);
+    let out = exec_sh(
+        &rt,
+        &id,
+        &[],
+        &format!("{NS_SCRIPT}; cat /proc/self/uid_map; id -u"),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..8].to_vec(), host_ns(pid), "{out}");
+    assert_eq!(
+        lines[8].split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"],
+        "{out}"
+    );
+    assert_eq!(lines[9], "0", "{out}");
+    // A user switch inside the mapping works (setgroups allowed in this namespace).
+    let out = exec_sh(
+        &rt,
+        &id,
+        &["-u", "1000:1000", "-g", "44"],
+        "id -u; id -G; grep Uid /proc/self/status",
+    );
+    assert!(out.starts_with("1000\n1000 44\n"), "{out}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn joins_the_cgroups_and_detaches_with_a_pid_file() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let paths = cgroup_paths(&rt, &id);
+    assert!(!paths.is_empty());
+    let pf = b.tmp.path().join("exec.pid");
+    let t = Instant::now();
+    rt.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pf.to_str().unwrap(),
+        &id,
+        "sleep",
+        "999",
+    ]);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let epid = read_pid_file(&pf);
+    let cmdline = std::fs::read(format!("/proc/{epid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"sleep\0999\0");
+    for p in &paths {
+        assert!(
+            procs(p).contains(&epid),
+            "{epid} not in {}: {:?}",
+            p.display(),
+            procs(p)
+        );
+    }
+    // From inside: the same cgroups as the init.
+    let out = exec_sh(
+        &rt,
+        &id,
+        &[],
+        "cat /proc/self/cgroup; echo --; cat /proc/1/cgroup",
+    );
+    let (mine, init) = out.split_once("--\n").unwrap();
+    assert_eq!(mine, init);
+    // `ps` of the container lists the exec'd process.
+    let ps: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "-f", "json", &id])).unwrap();
+    assert!(ps.contains(&epid), "{ps:?}");
+    rt.ok(&["delete", "-f", &id]);
+    wait_for("exec'd process killed", || {
+        !Path::new(&format!("/proc/{epid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{epid}/cmdline")).unwrap_or_default() != cmdline
+    });
+}
+
+#[test]
+fn sub_cgroups_with_the_cgroup_flag() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let paths = cgroup_paths(&rt, &id);
+    let mk = |d: PathBuf| {
+        std::fs::create_dir(&d).unwrap();
+        // A new v1 cpuset cgroup has no CPUs or memory nodes until given some.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let parent = d.parent().unwrap().join(f);
+            if d.join(f).exists() {
+                std::fs::write(d.join(f), std::fs::read(parent).unwrap()).unwrap();
+            }
+        }
+    };
+    for p in &paths {
+        mk(p.join("sub"));
+    }
+    let pf = b.tmp.path().join("sub.pid");
+    let pfs = pf.to_str().unwrap();
+    rt.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pfs,
+        "--cgroup",
+        "sub",
+        &id,
+        "sleep",
+        "998",
+    ]);
+    let epid = read_pid_file(&pf);
+    for p in &paths {
+        assert!(procs(&p.join("sub")).contains(&epid), "{}", p.display());
+    }
+    let e = rt.fails(&["exec", "--cgroup", "nope", &id, "true"]);
+    assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+    let e = rt.fails(&["exec", "--cgroup", "../x", &id, "true"]);
+    assert!(e.contains(".."), "{e}");
+    let mem = paths
+        .iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/memory"));
+    if let Some(mem) = mem {
+        // cgroup v1: controller:path for one controller, the others stay put.
+        mk(mem.join("msub"));
+        let pf2 = b.tmp.path().join("msub.pid");
+        rt.ok(&[
+            "exec",
+            "-d",
+            "--pid-file",
+            pf2.to_str().unwrap(),
+            "--cgroup",
+            "memory:msub",
+            &id,
+            "sleep",
+            "997",
+        ]);
+        let p2 = read_pid_file(&pf2);
+        assert!(procs(&mem.join("msub")).contains(&p2));
+        for p in paths.iter().filter(|p| *p != mem) {
+            assert!(procs(p).contains(&p2), "{}", p.display());
+        }
+        let e = rt.fails(&["exec", "--cgroup", "nosuchctl:x", &id, "true"]);
+        assert!(e.contains("nosuchctl"), "{e}");
+    }
+    rt.ok(&["kill", "--all", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    for p in &paths {
+        for s in ["sub", "msub"] {
+            let d = p.join(s);
+            if d.exists() {
+                wait_for("sub-cgroup empty", || procs(&d).is_empty());
+                std::fs::remove_dir(&d).unwrap();
+            }
+        }
+    }
+    rt.ok(&["delete", &id]);
+}
+
+const STATUS_SCRIPT: &str =
+    "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); pwd; echo FOO=$FOO NEW=$NEW; \
+     grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ulimit -n";
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+        .trim()
+}
+
+#[test]
+fn process_settings_come_from_the_config_as_created() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.edit(|c| {
+        c["process"]["env"] = json!(["PATH=/bin", "FOO=from-config"]);
+        c["process"]["cwd"] = json!("/tmp");
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [44]});
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 777, "soft": 777}]);
+        c["process"]["noNewPrivileges"] = json!(true);
+        // Inheritable, so that the ambient set (and with it the capabilities of a
+        // non-root user) survives execve.
+        c["process"]["capabilities"]["inheritable"] =
+            c["process"]["capabilities"]["bounding"].clone();
+    });
+    let (id, _) = start(&rt, &b);
+    // The bundle changes after create: exec keeps using what create recorded.
+    b.edit(|c| c["process"]["env"] = json!(["PATH=/bin", "FOO=changed"]));
+    std::fs::remove_file(b.dir.join("config.json")).unwrap();
+    let out = exec_sh(&rt, &id, &[], STATUS_SCRIPT);
+    assert!(out.contains("uid=1000 gid=1001 groups=1001 44"), "{out}");
+    assert!(out.contains("\n/tmp\n"), "{out}");
+    assert!(out.contains("FOO=from-config NEW="), "{out}");
+    // rsrun spec's capabilities: AUDIT_WRITE, KILL, NET_BIND_SERVICE.
+    assert_eq!(field(&out, "CapEff:"), "0000000020000420", "{out}");
+    assert_eq!(field(&out, "CapBnd:"), "0000000020000420", "{out}");
+    assert_eq!(field(&out, "NoNewPrivs:"), "1", "{out}");
+    assert_eq!(out.lines().last().unwrap(), "777", "{out}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn flags_override_the_process() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.edit(|c| {
+        c["process"]["env"] = json!(["PATH=/bin", "FOO=from-config"]);
+        c["process"]["noNewPrivileges"] = json!(false);
+    });
+    let (id, _) = start(&rt, &b);
+    let out = exec_sh(&rt, &id, &[], STATUS_SCRIPT);
+    assert_eq!(field(&out, "NoNewPrivs:"), "0", "{out}");
+    assert!(out.contains("uid=0 gid=0 groups=0"), "{out}");
+    let out = exec_sh(
+        &rt,
+        &id,
+        &[
+            "--cwd",
+            "/etc",
+            "-e",
+            "FOO=flag",
+            "--env=NEW=1",
+            "-u",
+            "65534:65534",
+            "--additional-gids",
+            "5,6",
+            "-g",
+            "7",
+            "--cap",
+            "CAP_SYS_ADMIN",
+            "-c",
+            "NET_RAW",
+            "--no-new-privs",
+        ],
+        STATUS_SCRIPT,
+    );
+    assert!(
+        out.contains("uid=65534 gid=65534 groups=65534 5 6 7"),
+        "{out}"
+    );
+    assert!(out.contains("\n/etc\n"), "{out}");
+    assert!(out.contains("FOO=flag NEW=1"), "{out}");
+    // + SYS_ADMIN (21) and NET_RAW (13) in the bounding set; a non-root user without
+    // inheritable (hence ambient) capabilities keeps none across execve.
+    assert_eq!(field(&out, "CapBnd:"), "0000000020202420", "{out}");
+    assert_eq!(field(&out, "CapEff:"), "0000000000000000", "{out}");
+    assert_eq!(field(&out, "NoNewPrivs:"), "1", "{out}");
+    // As root the added capabilities are effective.
+    let out = exec_sh(
+        &rt,
+        &id,
+        &["--cap", "CAP_SYS_ADMIN", "-c", "net_raw"],
+        STATUS_SCRIPT,
+    );
+    assert_eq!(field(&out, "CapEff:"), "0000000020202420", "{out}");
+    // -u with a uid only keeps the process's gid.
+    let out = exec_sh(&rt, &id, &["-u", "33"], "id -u; id -g");
+    assert_eq!(out, "33\n0\n");
+    let e = rt.fails(&["exec", "-u", "bob", &id, "true"]);
+    assert!(e.contains("bob"), "{e}");
+    let e = rt.fails(&["exec", "-e", "NOEQUALS", &id, "true"]);
+    assert!(e.contains("NOEQUALS"), "{e}");
+    let e = rt.fails(&["exec", "--cwd", "relative", &id, "true"]);
+    assert!(e.contains("absolute"), "{e}");
+    let e = rt.fails(&["exec", &id]);
+    assert!(e.contains("command"), "{e}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn process_json_replaces_the_process() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let pj = b.tmp.path().join("process.json");
+    std::fs::write(
+        &pj,
+        json!({
+            "args": ["sh", "-c", STATUS_SCRIPT],
+            "env": ["PATH=/bin", "FOO=from-json"],
+            "cwd": "/dev",
+            "user": {"uid": 7, "gid": 8},
+            "terminal": false,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 99, "soft": 99}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // As runc: with --process the other process flags do not apply.
+    let out = rt.ok(&[
+        "exec",
+        "--process",
+        pj.to_str().unwrap(),
+        "-e",
+        "NEW=x",
+        &id,
+    ]);
+    assert!(out.contains("uid=7 gid=8 groups=8"), "{out}");
+    assert!(out.contains("\n/dev\n"), "{out}");
+    assert!(out.contains("FOO=from-json NEW=\n"), "{out}");
+    // No capabilities section: none.
+    assert_eq!(field(&out, "CapEff:"), "0000000000000000", "{out}");
+    assert_eq!(out.lines().last().unwrap(), "99", "{out}");
+    std::fs::write(
+        &pj,
+        r#"{"args": ["true"], "cwd": "/", "user": {"uid": "x"}}"#,
+    )
+    .unwrap();
+    let e = rt.fails(&["exec", "-p", pj.to_str().unwrap(), &id]);
+    assert!(e.contains("user.uid"), "{e}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn the_containers_seccomp_filter_applies() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.edit(|c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 28}]
+        })
+    });
+    let (id, _) = start(&rt, &b);
+    let (code, out, err) = exec(&rt, &[&id, "mkdir", "/made"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("No space left on device"), "{out}{err}");
+    assert!(!b.rootfs().join("made").exists());
+    // And the filter is the config's as of create, even if the bundle changes.
+    b.edit(|c| c["linux"]["seccomp"] = Value::Null);
+    let (code, _, err) = exec(&rt, &[&id, "mkdir", "/made"]);
+    assert_ne!(code, 0, "{err}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+fn read_until(f: &mut std::fs::File, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&out).contains(needle) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn terminal_through_a_console_socket() {
+    use std::os::unix::net::UnixListener;
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let sock = b.tmp.path().join("console.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let mut child = rt
+        .cmd()
+        .args([
+            "exec",
+            "-t",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            &id,
+        ])
+        .args([
+            "sh",
+            "-c",
+            "tty; [ -t 0 ] && echo stdin-is-tty; echo on-the-terminal",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (conn, _) = l.accept().unwrap();
+    let master = rsrun::sys::recv_fd(conn.as_raw_fd()).unwrap();
+    let mut f = std::fs::File::from(master);
+    let s = read_until(&mut f, "on-the-terminal");
+    assert!(s.contains("/dev/pts/"), "{s}");
+    assert!(s.contains("stdin-is-tty"), "{s}");
+    assert!(child.wait().unwrap().success());
+    // A console socket without a terminal, and a terminal detached without one, are errors.
+    let e = rt.fails(&[
+        "exec",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+        "true",
+    ]);
+    assert!(e.contains("terminal"), "{e}");
+    let e = rt.fails(&["exec", "-t", "-d", &id, "true"]);
+    assert!(e.contains("console-socket"), "{e}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn terminal_proxied_without_a_console_socket() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let (code, out, err) = exec(&rt, &["-t", &id, "sh", "-c", "tty; echo proxied; exit 5"]);
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("proxied"), "{out}");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn paused_containers_refuse_unless_ignore_paused() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    rt.ok(&["pause", &id]);
+    let e = rt.fails(&["exec", &id, "true"]);
+    assert!(e.contains("paused"), "{e}");
+    let out = b.tmp.path().join("paused.out");
+    let mut child = rt
+        .cmd()
+        .args(["exec", "--ignore-paused", &id, "sh", "-c", "echo ran"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    // The process joined the frozen cgroup: it cannot run until the container resumes.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(child.try_wait().unwrap().is_none());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "");
+    rt.ok(&["resume", &id]);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn created_and_stopped_containers_refuse() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let id = unique("ex");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let e = rt.fails(&["exec", &id, "true"]);
+    assert!(e.contains("created"), "{e}");
+    rt.ok(&["start", &id]);
+    rt.ok(&["exec", &id, "true"]);
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    let e = rt.fails(&["exec", &id, "true"]);
+    assert!(e.contains("stopped"), "{e}");
+    rt.ok(&["delete", &id]);
+    let e = rt.fails(&["exec", &id, "true"]);
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn a_missing_binary_fails_cleanly() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, pid) = start(&rt, &b);
+    let e = rt.fails(&["exec", &id, "no-such-binary", "arg"]);
+    assert!(e.contains("no-such-binary"), "{e}");
+    let e = rt.fails(&["exec", &id, "/no/such/path"]);
+    assert!(e.contains("/no/such/path"), "{e}");
+    let e = rt.fails(&["exec", &id, "/etc"]);
+    assert!(e.contains("directory"), "{e}");
+    // The container is undisturbed: still running, only its init in it.
+    assert_eq!(rt.status(&id), "running");
+    assert_eq!(rt.state(&id)["pid"].as_i64().unwrap(), pid);
+    let ps: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "-f", "json", &id])).unwrap();
+    assert_eq!(ps, vec![pid]);
+    assert_eq!(exec_sh(&rt, &id, &[], "echo still-fine"), "still-fine\n");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn exit_status_is_propagated() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    assert_eq!(exec(&rt, &[&id, "sh", "-c", "exit 7"]).0, 7);
+    assert_eq!(exec(&rt, &[&id, "true"]).0, 0);
+    assert_eq!(exec(&rt, &[&id, "false"]).0, 1);
+    // Killed by a signal: 128 + N.
+    assert_eq!(exec(&rt, &[&id, "sh", "-c", "kill -KILL $$"]).0, 137);
+    assert_eq!(exec(&rt, &[&id, "sh", "-c", "kill -TERM $$"]).0, 143);
+    // `--` before the command, and a command whose flags look like exec's.
+    let (code, out, _) = exec(&rt, &[&id, "--", "echo", "-d", "--tty"]);
+    assert_eq!((code, out.as_str()), (0, "-d --tty\n"));
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn signals_are_forwarded() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let out = b.tmp.path().join("sig.out");
+    let mut child = rt
+        .cmd()
+        .args(["exec", &id, "sh", "-c"])
+        .arg("trap 'echo got-usr1' USR1; trap 'echo got-term; exit 42' TERM; touch /tmp/ready; while :; do sleep 0.05; done")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = b.rootfs().join("tmp/ready");
+    wait_for("trap installed", || ready.exists());
+    let rpid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(rpid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_for("USR1 delivered", || {
+        std::fs::read_to_string(&out).unwrap().contains("got-usr1")
+    });
+    nix::sys::signal::kill(rpid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "got-usr1\ngot-term\n"
+    );
+    assert_eq!(rt.status(&id), "running");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn no_descriptor_leaks_and_preserve_fds() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let out_path = b.tmp.path().join("fd3.txt");
+    // The shell opens fd 3 on a file and an unrelated fd 4, then execs rsrun.
+    let run = |extra: &[&str], script: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("exec 3>\"$OUT\" 4</; exec \"$@\"")
+            .arg("sh")
+            .arg(rsrun_bin())
+            .arg("--root")
+            .arg(rt.root.path())
+            .arg("exec")
+            .args(extra)
+            .args([id.as_str(), "sh", "-c", script])
+            .env("OUT", &out_path);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Without --preserve-fds: only stdio (and ls's own descriptor, 3).
+    let out = run(&[], "ls /proc/self/fd | tr '\\n' ' '");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"]
+    );
+    let out = run(
+        &["--preserve-fds", "1"],
+        "echo via-fd3 >&3; ls /proc/self/fd | tr '\\n' ' '",
+    );
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3", "4"]
+    );
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "via-fd3\n");
+    // The working directory is inside the container (CVE-2024-21626).
+    assert_eq!(exec_sh(&rt, &id, &[], "readlink /proc/self/cwd"), "/\n");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn refuses_to_exec_the_runtime_binary() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    std::fs::write(b.rootfs().join("rsrun"), "").unwrap();
+    std::fs::write(b.rootfs().join("bin/via-script"), "#!/rsrun\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        b.rootfs().join("bin/via-script"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/rsrun", "type": "bind",
+            "source": rsrun_bin(), "options": ["bind", "ro"]
+        }))
+    });
+    let (id, _) = start(&rt, &b);
+    let before = std::fs::read(rsrun_bin()).unwrap();
+    for prog in ["/rsrun", "via-script"] {
+        let e = rt.fails(&["exec", &id, prog]);
+        assert!(e.contains("CVE-2019-5736"), "{prog}: {e}");
+    }
+    assert_eq!(rt.status(&id), "running");
+    assert_eq!(std::fs::read(rsrun_bin()).unwrap(), before);
+    rt.ok(&["delete", "-f", &id]);
+}
+
+#[test]
+fn apparmor_and_selinux_flags() {
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let e = rt.fails(&[
+        "exec",
+        "--process-label",
+        "system_u:system_r:x",
+        &id,
+        "true",
+    ]);
+    assert!(e.contains("SELinux"), "{e}");
+    let aa = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    if !aa {
+        // This host has no AppArmor: asking for a profile is an error, not ignored.
+        let e = rt.fails(&["exec", "--apparmor", "some-profile", &id, "true"]);
+        assert!(e.contains("AppArmor") && e.contains("some-profile"), "{e}");
+    }
+    assert_eq!(rt.status(&id), "running");
+    rt.ok(&["delete", "-f", &id]);
+}
