@@ -617,7 +617,8 @@ fn child_setup(c: &Child) -> Result<Never> {
             .ok_or_else(|| Error::Invalid("a terminal needs a console socket".into()))?;
         init::attach_terminal(sock, p, false)?;
     }
-    let env = init::build_env(p.env().as_deref().unwrap_or(&[]), &[]);
+    let mut env = init::build_env(p.env().as_deref().unwrap_or(&[]), &[]);
+    init::ensure_home(&mut env, p.user().uid());
     let args = p.args().as_deref().unwrap_or(&[]);
     let exe = init::find_executable(&args[0], &env, p.cwd())?;
     init::refuse_runtime_binary(&exe, self_id)?;
@@ -637,5 +638,6 @@ fn child_setup(c: &Child) -> Result<Never> {
         env: &env,
         self_id,
         setgroups_allowed,
+        exec_marker: None,
     })
 }

@@ -205,7 +205,8 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         if process.terminal().unwrap_or(false) {
             setup_console(a, process)?;
         }
-        let env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
+        let mut env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
+        ensure_home(&mut env, process.user().uid());
         let args = process.args().as_deref().unwrap_or(&[]);
         let exe = find_executable(&args[0], &env, process.cwd())?;
         refuse_runtime_binary(&exe, self_id)?;
@@ -263,6 +264,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         env: &env,
         self_id,
         setgroups_allowed,
+        exec_marker: conn.as_ref().map(|c| c.as_raw_fd()),
     })
 }
 
@@ -278,6 +280,9 @@ pub(crate) struct Final<'a> {
     /// Device and inode of the runtime binary.
     pub self_id: (u64, u64),
     pub setgroups_allowed: bool,
+    /// Where to write one 0 byte just before execve (the `start` connection), so that the
+    /// waiter can tell "about to exec" (marker, then EOF) from "died before" (no marker).
+    pub exec_marker: Option<RawFd>,
 }
 
 /// The last steps, in this order: rlimits, personality, seccomp (early or late, see
@@ -365,6 +370,9 @@ pub(crate) fn finish_and_exec(f: Final) -> Result<Never> {
     let cargs: Vec<CString> = f.args.iter().map(|s| sys::cstr(s)).collect();
     let cenv: Vec<CString> = f.env.iter().map(|s| sys::cstr(s)).collect();
     let cexe = sys::cstr(f.exe);
+    if let Some(fd) = f.exec_marker {
+        nix::unistd::write(sys::borrow(fd), &[0u8]).ctx("tell start the exec is next")?;
+    }
     if let Some(s) = sec.take() {
         s.load()?;
     }
@@ -422,6 +430,25 @@ fn ns_name(f: CloneFlags) -> &'static str {
         CloneFlags::CLONE_NEWCGROUP => "cgroup",
         _ => "time",
     }
+}
+
+/// Sets HOME, when the config does not, from the container's /etc/passwd for `uid` (else
+/// "/"), as runc does. Call after pivot_root.
+pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) {
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return;
+    }
+    let home = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 5 && f[2].parse() == Ok(uid) && !f[5].is_empty())
+                    .then(|| f[5].to_string())
+            })
+        })
+        .unwrap_or_else(|| "/".to_string());
+    env.push(format!("HOME={home}"));
 }
 
 pub(crate) fn build_env(env: &[String], extra: &[String]) -> Vec<String> {

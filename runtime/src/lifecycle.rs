@@ -261,11 +261,17 @@ impl Runtime {
             (None, false) => None,
         };
 
-        // LISTEN_FDS passthrough (socket activation), as runc does.
+        // LISTEN_FDS passthrough (socket activation), as runc does: only when the
+        // descriptors were passed to this very process (LISTEN_PID is ours).
         let mut preserve = o.preserve_fds;
         let mut extra_env = Vec::new();
+        let for_us = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(std::process::id());
         if let Some(n) = std::env::var("LISTEN_FDS")
             .ok()
+            .filter(|_| for_us)
             .and_then(|v| v.parse::<u32>().ok())
         {
             preserve = preserve.max(n);
@@ -447,10 +453,23 @@ impl Runtime {
         // From here the container counts as started, whatever happens next.
         let _ = std::fs::remove_file(&sock);
         c.write_all(b"s").ctx("send start")?;
-        let mut reply = String::new();
-        let _ = c.read_to_string(&mut reply);
-        if !reply.is_empty() {
-            return Err(Error::Init(reply));
+        // The init answers with a 0 byte right before execve, then the connection closes on
+        // exec; any text is its error. EOF without the marker: it died before exec (killed,
+        // OOM, a seccomp kill).
+        let mut reply = Vec::new();
+        if let Err(e) = c.read_to_end(&mut reply) {
+            return Err(Error::os(format!("wait for container {id} to start"), e));
+        }
+        match reply.as_slice() {
+            [0] => {}
+            [] => {
+                return Err(Error::Init(format!(
+                    "the init of container {id} exited before starting the program"
+                )))
+            }
+            [0, err @ ..] | err => {
+                return Err(Error::Init(String::from_utf8_lossy(err).into_owned()))
+            }
         }
         self.poststart(&saved)
     }
@@ -783,8 +802,16 @@ pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
         ".{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    std::fs::write(&tmp, pid.to_string())
+    // A fresh file (never through a symlink planted under the temporary name).
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
         .with_ctx(|| format!("write pid file {}", tmp.display()))?;
+    f.write_all(pid.to_string().as_bytes())
+        .with_ctx(|| format!("write pid file {}", tmp.display()))?;
+    drop(f);
     std::fs::rename(&tmp, &path).with_ctx(|| format!("write pid file {}", path.display()))
 }
 

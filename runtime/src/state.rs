@@ -89,8 +89,13 @@ impl ContainerDir {
     /// Creates the directory; fails if a container with this ID exists.
     pub fn create(&self) -> Result<()> {
         let root = self.path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(root)
-            .with_ctx(|| format!("create state root {}", root.display()))?;
+        if !root.exists() {
+            // The state holds each container's environment (often secrets): root only.
+            std::fs::create_dir_all(root)
+                .with_ctx(|| format!("create state root {}", root.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        }
         match std::fs::create_dir(&self.path) {
             Ok(()) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -121,7 +126,16 @@ impl ContainerDir {
         let tmp = self.path.join(".state.json.tmp");
         let data =
             serde_json::to_vec(saved).map_err(|e| Error::Invalid(format!("encode state: {e}")))?;
-        let mut f = std::fs::File::create(&tmp).with_ctx(|| format!("write {}", tmp.display()))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_ctx(|| format!("write {}", tmp.display()))?
+        };
         f.write_all(&data)
             .with_ctx(|| format!("write {}", tmp.display()))?;
         drop(f);

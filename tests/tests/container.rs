@@ -222,7 +222,7 @@ fn no_pivot_mode() {
 #[test]
 fn process_user_env_cwd_umask_rlimits_caps() {
     let rt = Rsrun::new();
-    let mut b = sh("id; echo env=$FOO; pwd; umask; ulimit -n; ulimit -Hn; grep -E 'NoNewPrivs|CapEff|CapBnd|CapPrm|CapAmb' /proc/self/status");
+    let mut b = sh("id; echo env=$FOO home=$HOME; pwd; umask; ulimit -n; ulimit -Hn; grep -E 'NoNewPrivs|CapEff|CapBnd|CapPrm|CapAmb' /proc/self/status");
     std::fs::create_dir_all(b.rootfs().join("work")).unwrap();
     b.edit(|c| {
         c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o077});
@@ -235,7 +235,8 @@ fn process_user_env_cwd_umask_rlimits_caps() {
     });
     let out = rt.output(&b);
     assert!(out.contains("uid=1000 gid=1000 groups=10,20"), "{out}");
-    assert!(out.contains("env=bar"), "{out}");
+    // HOME from the container's /etc/passwd (uid 1000 has no entry there: "/").
+    assert!(out.contains("env=bar home=/\n"), "{out}");
     assert!(out.contains("/work\n"), "{out}");
     assert!(out.contains("0077"), "{out}");
     assert!(out.contains("123\n456"), "{out}");
@@ -320,7 +321,7 @@ fn preserve_fds_and_listen_fds() {
     // The shell opens the file at fd 3 (and an unrelated fd 4 that must not leak) and execs rsrun.
     let mut c = std::process::Command::new("sh");
     c.arg("-c")
-        .arg("exec 3>\"$OUT\" 4</; exec \"$@\"")
+        .arg("exec 3>\"$OUT\" 4</; LISTEN_PID=$$ exec \"$@\"")
         .arg("sh");
     c.arg(rsrun_bin()).arg("--root").arg(rt.root.path());
     c.args([

@@ -291,3 +291,24 @@ fn json_log_file_for_containerd() {
     // The error also reaches stderr.
     assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/program"));
 }
+
+#[test]
+fn start_fails_when_the_init_dies_before_exec() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    // Without no_new_privs or CAP_SYS_ADMIN the filter is loaded before the last steps of
+    // the init, and this one kills it at umask(2): it never reaches exec.
+    b.edit(|c| {
+        c["process"]["noNewPrivileges"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["umask"], "action": "SCMP_ACT_KILL_PROCESS"}]
+        });
+    });
+    let id = unique("died");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let e = rt.fails(&["start", &id]);
+    assert!(e.contains("exited before starting the program"), "{e}");
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+}
