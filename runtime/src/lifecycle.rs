@@ -551,11 +551,15 @@ impl Runtime {
         let saved = load(&dir)?;
         let status = saved.status(&dir);
         if status == Status::Stopped {
-            return Err(Error::State {
-                id: id.into(),
-                status: status.to_string(),
-                what: "cannot signal a stopped container".into(),
-            });
+            // `kill --all` of a stopped container has nothing left to signal: success, as
+            // runc (containerd's shim retries it otherwise). A plain kill is an error (spec),
+            // worded as runc's ("container not running"), which the shim recognises.
+            if all {
+                return Ok(());
+            }
+            return Err(Error::Invalid(format!(
+                "container not running: {id} is stopped"
+            )));
         }
         if all {
             for p in cgroups::pids(&saved.cgroup_paths) {

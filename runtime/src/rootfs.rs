@@ -348,8 +348,9 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
     // pivot_root refuses a new root whose parent mount is shared: make that one mount
     // private (only then do shared propagations need it).
     if prop.contains(MsFlags::MS_SHARED) {
-        let parent = s.rootfs.parent().unwrap_or(Path::new("/"));
-        let mp = mount_point_of(parent)?;
+        // The mount that holds the rootfs itself (the rootfs when it is a mount point, as
+        // containerd's overlay is): it becomes the parent of the rootfs bind below.
+        let mp = mount_point_of(s.rootfs)?;
         mount_at(
             None,
             mp.to_string_lossy().as_ref(),

@@ -485,6 +485,9 @@ fn rshared_rootfs_propagates_mounts_back_to_the_host() {
     };
     sh_ok(&format!("mount --bind {h} {h} && mount --make-shared {h}"));
     let mut b = sh("mount -t tmpfs -o size=1m inner /vol/sub && echo mounted");
+    // containerd's rootfs is itself a mount point (an overlay): the same here.
+    let r = b.rootfs().to_str().unwrap().to_string();
+    sh_ok(&format!("mount --bind {r} {r}"));
     b.edit(|c| {
         c["linux"]["rootfsPropagation"] = json!("rshared");
         c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/vol", "type": "bind", "source": h, "options": ["rbind", "rshared"]}));
@@ -503,6 +506,10 @@ fn rshared_rootfs_propagates_mounts_back_to_the_host() {
     let _ = std::process::Command::new("umount")
         .arg("-l")
         .arg(&h)
+        .status();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&r)
         .status();
     assert!(out.contains("mounted"), "{out}");
     assert!(propagated, "the container's mount did not reach the host");

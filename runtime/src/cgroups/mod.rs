@@ -137,11 +137,9 @@ pub fn paths_for(cgroups_path: Option<&Path>, id: &str, hs: &[Hierarchy]) -> Res
     let requested = cgroups_path
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| id.to_string());
-    if requested.contains(':') && !requested.starts_with('/') {
-        return Err(Error::Unsupported(format!(
-            "cgroupsPath {requested:?} is in the systemd slice:prefix:name form, which needs the systemd cgroup driver"
-        )));
-    }
+    // With the cgroupfs driver, a systemd-style "slice:prefix:name" is just a relative path
+    // (containerd passes "test.slice:cri-containerd:ID" when it cannot ask the CRI client for
+    // the driver; runc's cgroupfs driver does the same).
     if requested.split('/').any(|c| c == "..") {
         return Err(Error::Config(format!(
             "linux.cgroupsPath {requested:?} must not contain .."
@@ -837,6 +835,14 @@ mod tests {
         let ps = paths_for(Some(Path::new("/x/y")), "id", &hs).unwrap();
         assert_eq!(ps[3], PathBuf::from("/sys/fs/cgroup/memory/x/y"));
         assert!(paths_for(Some(Path::new("/x/../y")), "id", &hs).is_err());
-        assert!(paths_for(Some(Path::new("system.slice:rsrun:id")), "id", &hs).is_err());
+        let own = own_path(
+            &hs[3],
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        );
+        let ps = paths_for(Some(Path::new("test.slice:cri-containerd:id")), "id", &hs).unwrap();
+        let want = Path::new("/sys/fs/cgroup/memory")
+            .join(own.trim_start_matches('/'))
+            .join("test.slice:cri-containerd:id");
+        assert_eq!(ps[3], want);
     }
 }
