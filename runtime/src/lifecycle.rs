@@ -567,7 +567,15 @@ impl Runtime {
             }
             return Ok(());
         }
-        nix::sys::signal::kill(Pid::from_raw(saved.pid), sig)
+        // Through a pidfd taken after checking the start time again: a PID reused by
+        // another process in between cannot receive the signal.
+        let pidfd = sys::pidfd_open(saved.pid).with_ctx(|| format!("kill {} {sig}", saved.pid))?;
+        if !saved.alive() {
+            return Err(Error::Invalid(format!(
+                "container not running: {id} is stopped"
+            )));
+        }
+        sys::pidfd_send_signal(pidfd.as_raw_fd(), sig as i32)
             .with_ctx(|| format!("kill {} {sig}", saved.pid))
     }
 
