@@ -358,7 +358,8 @@ impl Runtime {
         let saved = lifecycle::load(&dir)?;
         let status = saved.status(&dir);
         match status {
-            Status::Running => {}
+            // Like runc, a created container accepts exec (its init waits for start).
+            Status::Running | Status::Created => {}
             Status::Paused if o.ignore_paused => {}
             Status::Paused => {
                 return Err(Error::State {

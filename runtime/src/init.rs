@@ -182,6 +182,11 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         sync::send(&a.sync, &Msg::Hooks)?;
         wait_for(&a.sync, &Msg::HooksDone)?;
     }
+    // createContainer hooks run in the container's namespaces with the rootfs as their
+    // working directory (as runc: hooks such as ldconfig helpers use relative paths).
+    if hooks.is_some_and(|h| h.create_container().as_ref().is_some_and(|v| !v.is_empty())) {
+        nix::unistd::chdir(a.rootfs).with_ctx(|| format!("chdir {}", a.rootfs.display()))?;
+    }
     hooks::run_all(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),

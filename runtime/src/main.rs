@@ -117,10 +117,13 @@ fn main() -> ExitCode {
             if log::to_file() {
                 eprintln!("rsrun: {msg}");
             }
-            ExitCode::from(1)
+            ExitCode::from(EXEC_FAILURE_CODE.load(std::sync::atomic::Ordering::Relaxed))
         }
     }
 }
+
+/// runc exits 255 when `exec` itself fails (as opposed to the exec'd program's own status).
+static EXEC_FAILURE_CODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
 
 fn real_main(argv: Vec<String>) -> Result<i32> {
     let mut a = Args::new(argv);
@@ -243,7 +246,10 @@ fn real_main(argv: Vec<String>) -> Result<i32> {
         }
         "update" => cmd_update(&rt, &mut a),
         "events" => cmd_events(&rt, &mut a),
-        "exec" => cmd_exec(&rt, &mut a),
+        "exec" => {
+            EXEC_FAILURE_CODE.store(255, std::sync::atomic::Ordering::Relaxed);
+            cmd_exec(&rt, &mut a)
+        }
         "checkpoint" | "restore" => {
             bail!("command {cmd:?} is not implemented in this version of rsrun")
         }
@@ -424,12 +430,20 @@ fn cmd_kill(rt: &Runtime, a: &mut Args) -> Result<i32> {
     }
     let p = a.positional();
     let (id, sig) = match p.as_slice() {
-        [id] => (id.clone(), Signal::SIGTERM),
-        [id, s] => (id.clone(), parse_signal(s)?),
+        [id] => (id.clone(), "TERM"),
+        [id, s] => (id.clone(), s.as_str()),
         [] => bail!("kill: container ID required"),
         _ => bail!("kill: expected ID [SIGNAL]"),
     };
-    rt.kill(&id, sig, all)?;
+    if sig == "0" {
+        // Signal 0 only asks whether the container still runs (as kill(2) and runc).
+        let st = rt.state(&id)?;
+        if st["status"] == "stopped" {
+            bail!("container not running: {id} is stopped");
+        }
+        return Ok(0);
+    }
+    rt.kill(&id, parse_signal(sig)?, all)?;
     Ok(0)
 }
 
@@ -460,12 +474,21 @@ fn cmd_list(rt: &Runtime, a: &mut Args) -> Result<i32> {
         let v: Vec<serde_json::Value> = all
             .iter()
             .map(|(s, st)| {
-                serde_json::json!({
+                let mut o = serde_json::json!({
                     "ociVersion": s.oci_version, "id": s.id,
                     "pid": if *st == rsrun::state::Status::Stopped { 0 } else { s.pid },
                     "status": st.as_str(), "bundle": s.bundle, "rootfs": s.rootfs,
-                    "created": s.created, "annotations": s.annotations, "owner": owner_name(s.owner)
-                })
+                    "created": s.created, "owner": owner_name(s.owner)
+                });
+                // runc's field order, annotations only when there are some.
+                if !s.annotations.is_empty() {
+                    let owner = o.as_object_mut().and_then(|m| m.remove("owner"));
+                    o["annotations"] = serde_json::to_value(&s.annotations).unwrap_or_default();
+                    if let Some(owner) = owner {
+                        o["owner"] = owner;
+                    }
+                }
+                o
             })
             .collect();
         println!("{}", serde_json::to_string(&v)?);
@@ -622,7 +645,19 @@ fn cmd_update(rt: &Runtime, a: &mut Args) -> Result<i32> {
         s.parse::<u64>()
             .map_err(|_| anyhow!("--{flag}: {s:?} is not a non-negative number"))
     };
-    while let Some((k, v)) = a.next_flag() {
+    // Flags may also follow the container ID (runc accepts `update ID --memory X`).
+    let mut pos = Vec::new();
+    loop {
+        let Some((k, v)) = a.next_flag() else {
+            match a.items.get(a.pos).cloned() {
+                Some(x) => {
+                    pos.push(x);
+                    a.pos += 1;
+                    continue;
+                }
+                None => break,
+            }
+        };
         let flag = k.clone();
         match k.as_str() {
             "r" | "resources" => file = Some(a.value(&k, v)?),
@@ -684,7 +719,6 @@ fn cmd_update(rt: &Runtime, a: &mut Args) -> Result<i32> {
             _ => bail!("update: unknown flag --{k}"),
         }
     }
-    let pos = a.positional();
     let id = match pos.as_slice() {
         [id] => id.clone(),
         [] => bail!("update: container ID required"),

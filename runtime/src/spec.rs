@@ -30,9 +30,11 @@ pub fn default_spec(rootless: bool) -> Value {
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
     ];
+    // runc's defaults: no cgroup namespace, and a device cgroup that denies everything but
+    // the standard devices (the runtime adds those allow rules itself).
     let mut linux = json!({
+        "resources": {"devices": [{"allow": false, "access": "rwm"}]},
         "namespaces": [],
         "maskedPaths": [
             "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
