@@ -98,6 +98,13 @@ impl Runtime {
 
     /// Host PIDs of every process in the container's cgroup (and its sub-cgroups).
     pub fn processes(&self, id: &str) -> Result<Vec<i32>> {
+        // A stopped container has no processes: an empty list, as runc prints.
+        let dir = crate::state::ContainerDir::new(&self.root, id)?;
+        if let Ok(saved) = crate::lifecycle::load(&dir) {
+            if saved.status(&dir) == crate::state::Status::Stopped {
+                return Ok(Vec::new());
+            }
+        }
         let (_, _, m) = self.live(id, "list the processes of")?;
         Ok(m.all_pids())
     }

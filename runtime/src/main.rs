@@ -435,6 +435,11 @@ fn cmd_kill(rt: &Runtime, a: &mut Args) -> Result<i32> {
         [] => bail!("kill: container ID required"),
         _ => bail!("kill: expected ID [SIGNAL]"),
     };
+    if sig == "0" && all {
+        // Nothing is signalled; --all never fails on a stopped container.
+        rt.state(&id)?;
+        return Ok(0);
+    }
     if sig == "0" {
         // Signal 0 only asks whether the container still runs (as kill(2) and runc).
         let st = rt.state(&id)?;
@@ -673,7 +678,8 @@ fn cmd_update(rt: &Runtime, a: &mut Args) -> Result<i32> {
                 };
                 mem.insert(key.into(), n.into());
             }
-            "cpu-shares" => {
+            // runc's flag is --cpu-share; --cpu-shares is accepted too.
+            "cpu-share" | "cpu-shares" => {
                 cpu.insert("shares".into(), unsigned(&flag, &a.value(&k, v)?)?.into());
             }
             "cpu-quota" => {

@@ -36,6 +36,11 @@ fn create_start_kill_delete() {
     assert!(e.contains("container not running"), "{e}");
     // --all has nothing left to signal: not an error (containerd's shim relies on it).
     rt.ok(&["kill", "--all", &id, "KILL"]);
+    rt.ok(&["kill", "-a", &id, "0"]);
+    let e = rt.fails(&["kill", &id, "0"]);
+    assert!(e.contains("container not running"), "{e}");
+    // A stopped container has no processes: an empty list, not an error (runc).
+    assert_eq!(rt.ok(&["ps", "--format", "json", &id]).trim(), "[]");
     rt.ok(&["delete", &id]);
     let e = rt.fails(&["state", &id]);
     assert!(e.contains("does not exist"), "{e}");

@@ -78,6 +78,12 @@ impl V1 {
                             tx.write(d, "memory.memsw.limit_in_bytes", &s.to_string(), sf)?;
                         }
                     }
+                    // Unlimited memory needs unlimited memory+swap first (memsw may never
+                    // be below the limit), as runc's update does.
+                    (Some(-1), None) if d.join("memory.memsw.limit_in_bytes").exists() => {
+                        tx.write(d, "memory.memsw.limit_in_bytes", "-1", sf)?;
+                        tx.write(d, "memory.limit_in_bytes", "-1", lf)?;
+                    }
                     (Some(l), None) => tx.write(d, "memory.limit_in_bytes", &l.to_string(), lf)?,
                     (None, Some(s)) => {
                         tx.write(d, "memory.memsw.limit_in_bytes", &s.to_string(), sf)?
@@ -141,13 +147,30 @@ impl V1 {
                 let d = self.dir("cpu", &f("shares"))?;
                 tx.write(d, "cpu.shares", &v.to_string(), &f("shares"))?;
             }
-            if let Some(v) = c.period().filter(|&v| v != 0) {
+            let period = c.period().filter(|&v| v != 0);
+            let quota = c.quota().filter(|&v| v != 0);
+            if let (Some(p), Some(q)) = (period, quota) {
+                // The kernel checks the quota/period ratio against the parent's on each
+                // write: one order can be refused where the other passes (as runc retries).
                 let d = self.dir("cpu", &f("period"))?;
-                tx.write(d, "cpu.cfs_period_us", &v.to_string(), &f("period"))?;
-            }
-            if let Some(v) = c.quota().filter(|&v| v != 0) {
-                let d = self.dir("cpu", &f("quota"))?;
-                tx.write(d, "cpu.cfs_quota_us", &v.to_string(), &f("quota"))?;
+                if tx
+                    .write(d, "cpu.cfs_period_us", &p.to_string(), &f("period"))
+                    .is_ok()
+                {
+                    tx.write(d, "cpu.cfs_quota_us", &q.to_string(), &f("quota"))?;
+                } else {
+                    tx.write(d, "cpu.cfs_quota_us", &q.to_string(), &f("quota"))?;
+                    tx.write(d, "cpu.cfs_period_us", &p.to_string(), &f("period"))?;
+                }
+            } else {
+                if let Some(v) = period {
+                    let d = self.dir("cpu", &f("period"))?;
+                    tx.write(d, "cpu.cfs_period_us", &v.to_string(), &f("period"))?;
+                }
+                if let Some(v) = quota {
+                    let d = self.dir("cpu", &f("quota"))?;
+                    tx.write(d, "cpu.cfs_quota_us", &v.to_string(), &f("quota"))?;
+                }
             }
             if let Some(v) = c.burst() {
                 let d = self.dir("cpu", &f("burst"))?;
