@@ -713,3 +713,55 @@ fn many_layers_exceed_overlay_option_page() {
     }
     store.remove_rootfs("many").unwrap();
 }
+
+#[test]
+fn https_with_a_configured_ca() {
+    let reg = Registry::start();
+    let layers = busybox_layers();
+    let cfg = config_json("amd64", "0", &layers);
+    let pushed = push_image(
+        &reg.addr,
+        "library/busybox",
+        Some("tls"),
+        &layers,
+        &cfg,
+        false,
+    );
+    // A test CA and a certificate it signs for 127.0.0.1; the same content over HTTPS.
+    let t = TempDir::new("tls");
+    let (ca, cert, key) = (
+        t.path().join("ca.pem"),
+        t.path().join("cert.pem"),
+        t.path().join("key.pem"),
+    );
+    let script = "set -e; cd \"$1\"; \
+        openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rsrun-test-ca -keyout ca.key -out ca.pem; \
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr; \
+        printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext; \
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem";
+    let ok = std::process::Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(t.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let tls = Registry::start_tls(&reg.storage(), &cert, &key);
+    let image = format!("{}/library/busybox:tls", tls.addr);
+    // Without the CA the certificate is not trusted: an error, nothing stored.
+    let untrusted =
+        ImageStore::open(t.path().join("a"), rsrun_image::RegistryConfig::default()).unwrap();
+    let e = untrusted.pull(&image, &PullOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("https://"), "{e}");
+    assert!(untrusted.list().unwrap().is_empty());
+    // With the CA configured for that registry the pull works over HTTPS.
+    let conf = rsrun_image::RegistryConfig::from_json(&format!(
+        r#"{{"registries":{{"{}":{{"ca_file":"{}"}}}}}}"#,
+        tls.addr,
+        ca.display()
+    ))
+    .unwrap();
+    let store = ImageStore::open(t.path().join("b"), conf).unwrap();
+    let img = store.pull(&image, &PullOptions::default()).unwrap();
+    assert_eq!(img.id, pushed.config_digest);
+}

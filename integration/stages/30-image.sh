@@ -8,6 +8,7 @@ need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 [ -x /bin/busybox ] && dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 command -v chroot >/dev/null 2>&1 || need="$need coreutils"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 if [ -n "$need" ]; then
     apt-get update -q >/dev/null
     # shellcheck disable=SC2086

@@ -120,6 +120,53 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where this registry keeps its content.
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("storage")
+    }
+
+    /// A second registry serving `storage` over HTTPS with `cert`/`key`.
+    pub fn start_tls(storage: &Path, cert: &Path, key: &Path) -> Registry {
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("docker-registry is not installed");
+        let dir = TempDir::new("registry-tls");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                storage.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && TcpStream::connect(&addr).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
