@@ -26,7 +26,7 @@ use oci_spec::runtime::{LinuxSeccomp, Process};
 use serde_json::{json, Value};
 
 use crate::error::{Context, Error, Result};
-use crate::init::{self, Final, Never};
+use crate::init::{self, ns_name, Final, Never};
 use crate::lifecycle::{self, Runtime};
 use crate::state::{ContainerDir, Saved, Status};
 use crate::sync::{self, Msg};
@@ -82,19 +82,6 @@ fn ns_flag(typ: &str) -> Result<CloneFlags> {
         }
     };
     Ok(lifecycle::ns_flag(t))
-}
-
-fn ns_name(f: CloneFlags) -> &'static str {
-    match f {
-        CloneFlags::CLONE_NEWUSER => "user",
-        CloneFlags::CLONE_NEWNS => "mount",
-        CloneFlags::CLONE_NEWNET => "network",
-        CloneFlags::CLONE_NEWIPC => "ipc",
-        CloneFlags::CLONE_NEWUTS => "uts",
-        CloneFlags::CLONE_NEWPID => "pid",
-        CloneFlags::CLONE_NEWCGROUP => "cgroup",
-        _ => "time",
-    }
 }
 
 fn parse_id(what: &str, s: &str) -> Result<u32> {

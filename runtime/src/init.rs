@@ -424,7 +424,7 @@ fn unreachable_msg() -> Result<i32> {
     Err(Error::Init("unexpected message".into()))
 }
 
-fn ns_name(f: CloneFlags) -> &'static str {
+pub(crate) fn ns_name(f: CloneFlags) -> &'static str {
     match f {
         CloneFlags::CLONE_NEWUSER => "user",
         CloneFlags::CLONE_NEWNS => "mount",
