@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the release rsrun as a static-pie binary (glibc, crt-static) and prints its path.
 # Static linking drops ld.so and the shared libc mappings: peak RSS of `rsrun run` falls
-# from 3.4 MiB to 2.6 MiB on this host (docs/benchmarks.md). --target keeps the flag off
+# by about 0.8 MiB on this host (docs/benchmarks.md). --target keeps the flag off
 # build scripts and proc-macros, which cannot be static.
 set -eu
 cd "$(dirname "$0")/.."
