@@ -59,6 +59,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+fn registry_bin() -> &'static str {
+    ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("docker-registry is not installed: apt-get install docker-registry (integration/stages/30-image.sh does)")
+}
+
+fn spawn_registry(bin: &str, cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(bin)
+        .arg("serve")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// Debian's docker-registry, started for one test with its own port and storage.
 pub struct Registry {
     child: Child,
@@ -68,10 +87,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
-        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("docker-registry is not installed: apt-get install docker-registry (integration/stages/30-image.sh does)");
+        let bin = registry_bin();
         let dir = TempDir::new("registry");
         for _attempt in 0..5 {
             let port = free_port();
@@ -85,15 +101,7 @@ impl Registry {
                 ),
             )
             .unwrap();
-            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-            let mut child = Command::new(bin)
-                .arg("serve")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let mut child = spawn_registry(bin, &cfg, &dir.path().join("registry.log"));
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -128,10 +136,7 @@ impl Registry {
 
     /// A second registry serving `storage` over HTTPS with `cert`/`key`.
     pub fn start_tls(storage: &Path, cert: &Path, key: &Path) -> Registry {
-        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("docker-registry is not installed");
+        let bin = registry_bin();
         let dir = TempDir::new("registry-tls");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -146,15 +151,7 @@ impl Registry {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_registry(bin, &cfg, &dir.path().join("registry.log"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && TcpStream::connect(&addr).is_err() {
             std::thread::sleep(Duration::from_millis(50));
