@@ -66,8 +66,11 @@ pub fn set_oom_score_adj(p: &Process) -> Result<()> {
 /// logged and left out, as the runtime spec asks ("runtimes SHOULD NOT fail if the container
 /// configuration requests capabilities that cannot be granted"). Unknown names were already
 /// refused when the config was parsed.
-fn to_caps(set: &Option<oci_spec::runtime::Capabilities>, last: u8) -> Result<CapsHashSet> {
-    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_else(|_| caps::all());
+fn to_caps(
+    set: &Option<oci_spec::runtime::Capabilities>,
+    last: u8,
+    bounding: &CapsHashSet,
+) -> Result<CapsHashSet> {
     let mut out = CapsHashSet::new();
     for c in set.iter().flatten() {
         let name = format!("CAP_{c}");
@@ -115,12 +118,13 @@ impl CapSets {
 
 pub fn cap_sets(c: &LinuxCapabilities) -> Result<CapSets> {
     let last = last_cap();
+    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_else(|_| caps::all());
     Ok(CapSets {
-        bounding: to_caps(c.bounding(), last)?,
-        effective: to_caps(c.effective(), last)?,
-        permitted: to_caps(c.permitted(), last)?,
-        inheritable: to_caps(c.inheritable(), last)?,
-        ambient: to_caps(c.ambient(), last)?,
+        bounding: to_caps(c.bounding(), last, &bounding)?,
+        effective: to_caps(c.effective(), last, &bounding)?,
+        permitted: to_caps(c.permitted(), last, &bounding)?,
+        inheritable: to_caps(c.inheritable(), last, &bounding)?,
+        ambient: to_caps(c.ambient(), last, &bounding)?,
     })
 }
 
