@@ -5,6 +5,7 @@
 # with another is a regression.
 #
 # Usage: run.sh [-r LABEL=PATH]... [-f REGEX]... [-s REGEX]... [-p N] [-t SECONDS] [--trace] [--keep]
+#               [--min-passed N] [--known-failure NAME]...
 #   -r LABEL=PATH  a runtime binary to run critest with; may repeat, the first is the reference
 #                  (default: runc=/usr/sbin/runc rsrun=<repo>/target/debug/rsrun)
 #   -f REGEX       ginkgo focus (may repeat)      -s REGEX  ginkgo skip (may repeat)
@@ -14,6 +15,11 @@
 #                  and its --log file (log.json) to runs/LABEL/runtime-trace.log; for diagnosis
 #                  only, the measured runs use the binary itself
 #   --keep         keep containerd's root and state dirs of each run (default: removed)
+#   --min-passed N every run, the reference included, must pass at least N specs
+#   --known-failure NAME  a spec (full name as compare.py prints it) allowed to fail; with it,
+#                  any other failing spec in any run fails the comparison (repeatable). These two
+#                  are the floor of the CI stage (integration/stages/60-containerd-critest.sh):
+#                  parity alone passes when both runtimes pass nothing.
 #
 # Everything lives under $RSRUN_CONTAINERD_WORK (default /var/tmp/rsrun-containerd): bin/ (critest,
 # crictl, ginkgo), the registry's storage, runs/LABEL/ (config.toml, containerd.log, critest.log,
@@ -22,7 +28,8 @@
 # 127.0.0.1:5000, the CNI bridge, its iptables rules and the host-network pods never touch the
 # host's network; the namespace disappears with the last process in it.
 #
-# Exit status: 0 when no spec regresses, 1 when one does, 2 when the harness itself fails.
+# Exit status: 0 when no spec regresses and the floor (if set) holds, 1 otherwise, 2 when the
+# harness itself fails.
 # The last line is "parity: N passed, M failed": N specs that pass with the reference pass with
 # every other runtime, M do not.
 set -u -o pipefail
@@ -42,6 +49,7 @@ limit=480
 trace=0
 keep=0
 inner=0
+floor=()
 
 usage() { sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -57,6 +65,8 @@ while [ $# -gt 0 ]; do
         -t) limit=${2:?-t needs a value}; shift 2 ;;
         --trace) trace=1; shift ;;
         --keep) keep=1; shift ;;
+        --min-passed) floor+=(--min-passed "${2:?--min-passed needs a number}"); shift 2 ;;
+        --known-failure) floor+=(--known-failure "${2:?--known-failure needs a spec name}"); shift 2 ;;
         --inner) inner=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
@@ -448,5 +458,5 @@ image_inputs
 unshare --net -- "$HERE/run.sh" --inner "${args[@]}" || die "the critest runs failed (see $W/runs)"
 labels=()
 for r in "${runtimes[@]}"; do labels+=("${r%%=*}"); done
-python3 "$HERE/compare.py" "$W/runs" "${labels[@]}" | tee "$W/summary.txt"
+python3 "$HERE/compare.py" "${floor[@]+"${floor[@]}"}" "$W/runs" "${labels[@]}" | tee "$W/summary.txt"
 exit "${PIPESTATUS[0]}"
