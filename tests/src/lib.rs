@@ -256,9 +256,23 @@ impl Rsrun {
         std::fs::read_dir(self.root.path())
             .map(|d| {
                 d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter(|e| {
+                        // Dot files are the tests' own; `@cgroups` holds rsrun's cgroup
+                        // claims, counted by `claims`.
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        !n.starts_with('.') && !n.starts_with('@')
+                    })
                     .count()
             })
+            .unwrap_or(0)
+    }
+}
+
+impl Rsrun {
+    /// Number of cgroup claims (one per container holding a cgroup) under this root.
+    pub fn claims(&self) -> usize {
+        std::fs::read_dir(self.root.path().join("@cgroups"))
+            .map(|d| d.count())
             .unwrap_or(0)
     }
 }
@@ -294,4 +308,79 @@ pub fn memory_cgroup_of_self() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// A directory bind-mounted onto itself and made shared, in this process's mount namespace:
+/// a copy of this namespace (a container's) then holds a peer of it, and whatever is mounted
+/// under it there propagates back here unless the runtime cuts the propagation (rslave).
+/// That is the host setup through which a runtime's mounts could leak; this host's own `/`
+/// is private, so without it nothing could ever leak and a leak check could not fail.
+/// Lazily unmounted, with everything under it, on drop.
+pub struct SharedMount(PathBuf);
+
+impl SharedMount {
+    pub fn new(dir: &Path) -> SharedMount {
+        let d = dir.to_str().unwrap();
+        for args in [vec!["--bind", d, d], vec!["--make-shared", d]] {
+            let st = Command::new("mount").args(&args).status().unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        SharedMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The mount points in this process's mount namespace strictly under `dir`, and `dir` itself
+/// when it is mounted more than once (a SharedMount of it counts once).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.to_str().unwrap().trim_end_matches('/');
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .collect();
+    let mut out: Vec<String> = points
+        .iter()
+        .filter(|p| p.starts_with(&format!("{d}/")))
+        .cloned()
+        .collect();
+    let own = points.iter().filter(|p| p.as_str() == d).count();
+    if own > 1 {
+        out.push(format!("{d} (mounted {own} times)"));
+    }
+    out
+}
+
+/// Live (not zombie) processes whose command line is exactly `argv`.
+pub fn live_processes(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read(e.path().join("cmdline")).ok().as_deref() != Some(&want[..]) {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie {
+            out.push(pid);
+        }
+    }
+    out
 }

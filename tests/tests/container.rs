@@ -173,13 +173,21 @@ fn devices_links_masked_and_readonly_paths() {
     let mut b = sh(
         "for d in null zero full random urandom tty mydev; do stat -c '%n %t:%T %a' /dev/$d; done; \
          for l in fd stdin stdout stderr ptmx; do readlink /dev/$l; done; \
-         stat -c 'keys %t:%T' /proc/keys; ls /proc/acpi | wc -l; \
+         stat -c 'keys %t:%T' /proc/keys; echo masked=$(ls -A /secret | wc -l) visible=$(ls -A /visible | wc -l); \
          echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysrw || echo sysro; \
          cat /proc/sys/net/ipv4/ip_forward",
     );
+    // A masked directory that has entries (this host's /proc/acpi is empty anyway), beside
+    // an unmasked one with the same entries.
+    for d in ["secret", "visible"] {
+        std::fs::create_dir_all(b.rootfs().join(d)).unwrap();
+        std::fs::write(b.rootfs().join(d).join("a"), "x").unwrap();
+        std::fs::write(b.rootfs().join(d).join(".b"), "y").unwrap();
+    }
     b.edit(|c| {
         c["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 0, "gid": 0}]);
         c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        c["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
     });
     let out = rt.output(&b);
     for want in [
@@ -199,15 +207,23 @@ fn devices_links_masked_and_readonly_paths() {
         assert!(out.contains(want), "{want} missing: {out}");
     }
     assert!(out.contains("keys 1:3"), "{out}");
-    assert!(out.contains("\n0\n"), "masked /proc/acpi not empty: {out}");
+    assert!(
+        out.contains("masked=0 visible=2\n"),
+        "masked directory /secret: {out}"
+    );
+    // Masked, not emptied.
+    assert!(b.rootfs().join("secret/a").exists());
     assert!(out.contains("sysro"), "{out}");
     assert!(out.trim_end().ends_with('1'), "sysctl not applied: {out}");
 }
 
 #[test]
 fn no_pivot_mode() {
+    use std::os::unix::fs::MetadataExt;
     let rt = Rsrun::new();
-    let b = sh("echo inside; ls /");
+    let b = sh("cat /marker; stat -c 'root-inode=%d:%i' /; ls -A /");
+    let mark = unique("rootfs-marker");
+    std::fs::write(b.rootfs().join("marker"), format!("{mark}\n")).unwrap();
     let id = unique("np");
     let o = rt.run(&[
         "run",
@@ -216,8 +232,22 @@ fn no_pivot_mode() {
         b.dir.to_str().unwrap(),
         &id,
     ]);
+    let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("inside"));
+    // The container's / is the bundle's rootfs: its marker, its inode, exactly its entries.
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(mark.as_str()), "{out}");
+    let m = std::fs::metadata(b.rootfs()).unwrap();
+    let want = format!("root-inode={}:{}", m.dev(), m.ino());
+    assert_eq!(lines.next(), Some(want.as_str()), "{out}");
+    let mut inside: Vec<&str> = lines.collect();
+    inside.sort();
+    let mut host: Vec<String> = std::fs::read_dir(b.rootfs())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    host.sort();
+    assert_eq!(inside, host, "{out}");
 }
 
 #[test]
@@ -257,12 +287,38 @@ fn oom_score_adj_raise_and_lower() {
     let mut b = sh("cat /proc/self/oom_score_adj");
     b.edit(|c| c["process"]["oomScoreAdj"] = json!(500));
     assert_eq!(rt.output(&b).trim(), "500");
-    // Lowering below our own value needs CAP_SYS_RESOURCE, which some hosts withhold: it
-    // must not fail the container either way.
+    // Lowering needs CAP_SYS_RESOURCE, which this host withholds. rsrun then keeps the value
+    // it inherited and logs a warning (security::set_oom_score_adj). rsrun is started at 200
+    // (raising needs no privilege) so that the fallback is told apart from 0 or a reset.
+    let can_lower = std::process::Command::new("sh")
+        .args(["-c", "echo -500 > /proc/self/oom_score_adj"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
     let mut b = sh("cat /proc/self/oom_score_adj");
     b.edit(|c| c["process"]["oomScoreAdj"] = json!(-500));
-    let v: i32 = rt.output(&b).trim().parse().unwrap();
-    assert!(v == -500 || v >= 0, "{v}");
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("echo 200 > /proc/self/oom_score_adj && exec \"$@\"")
+        .arg("sh");
+    c.arg(rsrun_bin()).arg("--root").arg(rt.root.path());
+    c.args(["run", "--bundle", b.dir.to_str().unwrap(), &unique("oom")]);
+    let o = c.output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    if can_lower {
+        assert_eq!(out.trim(), "-500", "{err}");
+    } else {
+        assert_eq!(out.trim(), "200", "not the inherited value: {err}");
+        assert!(
+            err.contains("process.oomScoreAdj -500") && err.contains("keeping the current value"),
+            "no warning: {err:?}"
+        );
+    }
 }
 
 #[test]
@@ -514,4 +570,66 @@ fn rshared_rootfs_propagates_mounts_back_to_the_host() {
         .status();
     assert!(out.contains("mounted"), "{out}");
     assert!(propagated, "the container's mount did not reach the host");
+}
+
+#[test]
+fn config_without_a_mount_namespace_is_refused() {
+    // runc would mount the container's /proc, /dev and /sys in the caller's mount namespace.
+    // rsrun runs in a private mount namespace of its own here, so that a runtime that did
+    // not refuse could do no harm to the host's.
+    let rt = Rsrun::new();
+    let mut b = sh("true");
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "mount")
+    });
+    let id = unique("nomnt");
+    let o = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(rsrun_bin())
+        .arg("--root")
+        .arg(rt.root.path())
+        .args(["run", "--bundle", b.dir.to_str().unwrap(), &id])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a config without a mount namespace ran"
+    );
+    assert!(
+        err.contains("linux.namespaces must include a mount namespace"),
+        "{err}"
+    );
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
+fn joining_namespaces_with_a_new_user_namespace_is_refused() {
+    let rt = Rsrun::new();
+    let a = Bundle::new(&["sleep", "100"]);
+    let ida = unique("nsa");
+    rt.ok(&["run", "-d", "--bundle", a.dir.to_str().unwrap(), &ida]);
+    let pid = rt.state(&ida)["pid"].as_i64().unwrap();
+    let mut b = sh("true");
+    b.add_namespace("user", None);
+    b.add_namespace("network", Some(&format!("/proc/{pid}/ns/net")));
+    b.edit(|c| {
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let e = rt.fails(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &unique("nsb"),
+    ]);
+    assert!(
+        e.contains("joining existing namespaces together with a new user namespace"),
+        "{e}"
+    );
+    assert_eq!(rt.count(), 1, "state of the refused container left");
+    rt.ok(&["delete", "-f", &ida]);
 }

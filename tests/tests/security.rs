@@ -199,13 +199,30 @@ fn failed_create_leaves_nothing() {
             .unwrap()
             .push(json!({"destination": "/bad", "type": "nosuchfs", "source": "x"}))
     });
+    // The mounts before the failing one (/proc, /dev, ...) are made in the init's mount
+    // namespace and die with it, unless they propagate: with the bundle a shared mount here,
+    // a runtime that did not make them slaves would leak them into this namespace.
+    let _shared = SharedMount::new(&b.dir);
     let id = unique("fail");
     let e = rt.fails(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
     assert!(e.contains("nosuchfs"), "{e}");
     assert_eq!(rt.count(), 0);
     assert!(!memory_cgroup_of_self().unwrap().join(&id).exists());
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(b.dir.to_str().unwrap()));
+    assert_eq!(
+        mounts_under(&b.dir),
+        Vec::<String>::new(),
+        "the container's mounts leaked into the host's namespace"
+    );
+    assert_eq!(mounts_under(rt.root.path()), Vec::<String>::new());
+    for d in ["proc", "dev", "sys"] {
+        assert!(
+            std::fs::read_dir(b.rootfs().join(d))
+                .unwrap()
+                .next()
+                .is_none(),
+            "the bundle's rootfs/{d} is not empty"
+        );
+    }
     // No init process left: the init is a fork of `rsrun create ... ID`, so its command
     // line carries the ID.
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
