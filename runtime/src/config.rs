@@ -15,6 +15,9 @@ pub struct Bundle {
 
 /// Checks a container ID: non-empty, at most 1024 bytes, no `/`, not `.` or `..`, and only
 /// the characters runc allows (letters, digits, `_+-.`).
+/// The longest container ID: NAME_MAX, as it is one path component.
+pub const MAX_ID_LEN: usize = 255;
+
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::Invalid("container ID must not be empty".into()));
@@ -24,10 +27,13 @@ pub fn validate_id(id: &str) -> Result<()> {
             "invalid container ID {id:?}: must not be . or .. or contain /"
         )));
     }
-    if id.len() > 1024 {
-        return Err(Error::Invalid(
-            "invalid container ID: longer than 1024 bytes".into(),
-        ));
+    // The ID names a directory under the state root (and the default cgroup): one path
+    // component, which the kernel limits to NAME_MAX bytes.
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::Invalid(format!(
+            "invalid container ID: {} bytes, longer than {MAX_ID_LEN}",
+            id.len()
+        )));
     }
     if let Some(c) = id
         .chars()
@@ -86,6 +92,24 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
         return Err(bad("root.path must not be empty".into()));
     }
     let rootfs = bundle.join(root.path());
+    // A symlinked rootfs (say, to /) would be followed by every later path operation: refused
+    // here, and opened with O_NOFOLLOW by the init (so a swap after this check fails too).
+    if let Ok(m) = std::fs::symlink_metadata(&rootfs) {
+        if m.file_type().is_symlink() {
+            let to = std::fs::read_link(&rootfs).unwrap_or_default();
+            return Err(bad(format!(
+                "root.path {} is a symlink (to {}): the rootfs must be a directory",
+                rootfs.display(),
+                to.display()
+            )));
+        }
+    }
+    if std::fs::canonicalize(&rootfs).is_ok_and(|c| c == Path::new("/")) {
+        return Err(bad(format!(
+            "root.path {} is the host's root directory",
+            rootfs.display()
+        )));
+    }
     match std::fs::metadata(&rootfs) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -96,6 +120,8 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
         }
         Err(e) => return Err(Error::os(format!("root.path {}", rootfs.display()), e)),
     }
+    check_strings(spec).map_err(bad)?;
+    check_hooks(spec).map_err(bad)?;
     if let Some(p) = spec.process() {
         if p.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(bad("process.args must not be empty".into()));
@@ -237,6 +263,22 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
                     d.path()
                 )));
             }
+            check_dev_numbers(d.major(), d.minor())
+                .map_err(|m| bad(format!("linux.devices[{i}] {}: {m}", d.path().display())))?;
+        }
+        let rules = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref());
+        for (i, d) in rules.into_iter().flatten().enumerate() {
+            let (ma, mi) = (d.major().unwrap_or(0), d.minor().unwrap_or(0));
+            if d.major().is_some_and(|m| m < 0) || d.minor().is_some_and(|m| m < 0) {
+                return Err(bad(format!(
+                    "linux.resources.devices[{i}]: negative major/minor ({ma}:{mi})"
+                )));
+            }
+            check_dev_numbers(ma, mi)
+                .map_err(|m| bad(format!("linux.resources.devices[{i}]: {m}")))?;
         }
     }
     // The seccomp profile is compiled once here so that a bad one fails `create`.
@@ -246,6 +288,135 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
         Err(e) => return Err(e),
     }
     Ok(rootfs)
+}
+
+/// The largest device numbers the kernel represents (dev_t: a 12-bit major, a 20-bit minor):
+/// anything larger would be truncated into another device (4294967297:1 into 1:1, /dev/mem).
+pub const MAX_MAJOR: i64 = (1 << 12) - 1;
+pub const MAX_MINOR: i64 = (1 << 20) - 1;
+
+fn check_dev_numbers(major: i64, minor: i64) -> std::result::Result<(), String> {
+    if !(0..=MAX_MAJOR).contains(&major) {
+        return Err(format!("major {major} is out of range (0..={MAX_MAJOR})"));
+    }
+    if !(0..=MAX_MINOR).contains(&minor) {
+        return Err(format!("minor {minor} is out of range (0..={MAX_MINOR})"));
+    }
+    Ok(())
+}
+
+/// Strings that reach execve, the kernel or a C string: a NUL byte inside would silently cut
+/// or drop part of them, so it is refused, naming the field.
+fn check_strings(spec: &Spec) -> std::result::Result<(), String> {
+    fn nul(field: String, s: &str) -> std::result::Result<(), String> {
+        match s.find('\0') {
+            Some(at) => Err(format!("{field} {s:?} holds a NUL byte at offset {at}")),
+            None => Ok(()),
+        }
+    }
+    let list = |field: &str, v: Option<&Vec<String>>| {
+        check_strings_of(field, v.map(Vec::as_slice).unwrap_or(&[]))
+    };
+    if let Some(p) = spec.process() {
+        list("process.args", p.args().as_ref())?;
+        list("process.env", p.env().as_ref())?;
+        nul("process.cwd".into(), &p.cwd().to_string_lossy())?;
+        if let Some(u) = p.user().username() {
+            nul("process.user.username".into(), u)?;
+        }
+        if let Some(a) = p.apparmor_profile() {
+            nul("process.apparmorProfile".into(), a)?;
+        }
+    }
+    for (f, v) in [
+        ("hostname", spec.hostname()),
+        ("domainname", spec.domainname()),
+    ] {
+        if let Some(v) = v {
+            nul(f.into(), v)?;
+        }
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        nul(
+            format!("mounts[{i}].destination"),
+            &m.destination().to_string_lossy(),
+        )?;
+        if let Some(src) = m.source() {
+            nul(format!("mounts[{i}].source"), &src.to_string_lossy())?;
+        }
+        list(&format!("mounts[{i}].options"), m.options().as_ref())?;
+    }
+    if let Some(l) = spec.linux() {
+        for (k, v) in l.sysctl().iter().flatten() {
+            nul("linux.sysctl key".into(), k)?;
+            nul(format!("linux.sysctl[{k:?}]"), v)?;
+        }
+        if let Some(p) = l.cgroups_path() {
+            nul("linux.cgroupsPath".into(), &p.to_string_lossy())?;
+        }
+    }
+    Ok(())
+}
+
+/// Every hook: a path, no NUL bytes, a positive timeout that fits a deadline.
+fn check_hooks(spec: &Spec) -> std::result::Result<(), String> {
+    let Some(h) = spec.hooks() else { return Ok(()) };
+    #[allow(deprecated)]
+    let kinds = [
+        ("prestart", h.prestart()),
+        ("createRuntime", h.create_runtime()),
+        ("createContainer", h.create_container()),
+        ("startContainer", h.start_container()),
+        ("poststart", h.poststart()),
+        ("poststop", h.poststop()),
+    ];
+    for (kind, hooks) in kinds {
+        for (i, hook) in hooks.iter().flatten().enumerate() {
+            let field = format!("hooks.{kind}[{i}]");
+            let path = hook.path().to_string_lossy();
+            if !hook.path().is_absolute() {
+                return Err(format!("{field}.path {path:?} must be absolute"));
+            }
+            check_strings_of(
+                &format!("{field}.path"),
+                std::slice::from_ref(&path.into_owned()),
+            )?;
+            check_strings_of(
+                &format!("{field}.args"),
+                hook.args().as_deref().unwrap_or(&[]),
+            )?;
+            check_strings_of(
+                &format!("{field}.env"),
+                hook.env().as_deref().unwrap_or(&[]),
+            )?;
+            if let Some(t) = hook.timeout() {
+                if t <= 0 {
+                    return Err(format!("{field}.timeout {t} must be positive"));
+                }
+                if t > MAX_HOOK_TIMEOUT {
+                    return Err(format!(
+                        "{field}.timeout {t} is too large (at most {MAX_HOOK_TIMEOUT} seconds)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The longest hook timeout accepted: a year, far beyond any real hook, and far from the
+/// overflow of a deadline computed from it.
+pub const MAX_HOOK_TIMEOUT: i64 = 365 * 24 * 3600;
+
+fn check_strings_of(field: &str, v: &[String]) -> std::result::Result<(), String> {
+    for (i, s) in v.iter().enumerate() {
+        if let Some(at) = s.find('\0') {
+            return Err(format!(
+                "{field}[{i}] {s:?} holds a NUL byte at offset {at}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The name of a namespace type under /proc/PID/ns/.

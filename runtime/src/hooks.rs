@@ -67,7 +67,8 @@ fn run_one(kind: &str, h: &Hook, input: &[u8]) -> Result<()> {
             return Err(err(format!("timeout {t} must be positive")));
         }
     }
-    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t as u64));
+    // (config validation bounds the timeout; a deadline past what Instant holds is none.)
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(Duration::from_secs(t as u64)));
     let pidfd =
         crate::sys::pidfd_open(child.id() as i32).map_err(|e| err(format!("pidfd: {e}")))?;
     // Feed the state to stdin without blocking, while watching the hook and its deadline:

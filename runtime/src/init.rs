@@ -185,7 +185,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     // createContainer hooks run in the container's namespaces with the rootfs as their
     // working directory (as runc: hooks such as ldconfig helpers use relative paths).
     if hooks.is_some_and(|h| h.create_container().as_ref().is_some_and(|v| !v.is_empty())) {
-        nix::unistd::chdir(a.rootfs).with_ctx(|| format!("chdir {}", a.rootfs.display()))?;
+        nix::unistd::fchdir(&root).with_ctx(|| format!("chdir {}", a.rootfs.display()))?;
     }
     hooks::run_all(
         "createContainer",
@@ -235,6 +235,9 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
             wait_for(&a.sync, &Msg::Start)?;
         }
         StartVia::Socket(l) => {
+            // Not before the parent has saved the state: if it dies first, nobody could
+            // ever find or start us (EOF here ends the init).
+            wait_for(&a.sync, &Msg::Committed)?;
             let fd = loop {
                 match nix::sys::socket::accept4(l, nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
                     Ok(fd) => break fd,

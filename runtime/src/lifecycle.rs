@@ -119,6 +119,8 @@ impl Runtime {
         let mut cleanup = Cleanup {
             dir: Some(&dir),
             cgroups: Vec::new(),
+            owned: Vec::new(),
+            claim: None,
             child: None,
         };
         match self.spawn(o, &bundle, &dir, via_sync, own_console, &mut cleanup) {
@@ -209,8 +211,34 @@ impl Runtime {
             }
         }
         let limits = has_limits(resources.as_ref());
-        match cgroups::create(&cg_paths) {
-            Ok(()) => cleanup.cgroups = cg_paths.clone(),
+        // Recorded before anything is made (and completed below as the init appears), so
+        // that `delete --force` can undo a create killed at any point.
+        let me = std::process::id() as i32;
+        let mut intent = state::Intent {
+            id: o.id.clone(),
+            creator: (me, sys::process_start_time(me).unwrap_or(0)),
+            cgroup_paths: cg_paths.clone(),
+            cgroup_owned: cg_paths.iter().filter(|p| !p.exists()).cloned().collect(),
+            claim: cg_paths.first().map(|p| state::claim_path(&self.root, p)),
+            pid: 0,
+            start_time: 0,
+        };
+        dir.save_intent(&intent)?;
+        // The cgroup must be this container's alone: not claimed by another container of
+        // this root, and holding no process.
+        let created = (|| {
+            if let (Some(first), Some(claim)) = (cg_paths.first(), &intent.claim) {
+                state::claim_cgroup(&self.root, claim, first, &o.id)?;
+                cleanup.claim = Some(claim.clone());
+            }
+            cgroups::check_empty(&cg_paths)?;
+            cgroups::create(&cg_paths)
+        })();
+        match created {
+            Ok(made) => {
+                cleanup.cgroups = cg_paths.clone();
+                cleanup.owned = made;
+            }
             Err(e) if self.rootless && !limits => {
                 crate::log::debug(&format!("rootless: no cgroup of its own: {e}"));
             }
@@ -225,8 +253,12 @@ impl Runtime {
             StartVia::Sync
         } else {
             let (p, _dirfd) = short_socket_path(&dir.exec_socket())?;
-            let l = UnixListener::bind(&p)
-                .with_ctx(|| format!("bind {}", dir.exec_socket().display()))?;
+            // Mode 0600 from its creation, whatever the caller's umask: whoever can connect
+            // can start the container. (This process is single-threaded: the umask is ours.)
+            let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+            let l = UnixListener::bind(&p);
+            nix::sys::stat::umask(old);
+            let l = l.with_ctx(|| format!("bind {}", dir.exec_socket().display()))?;
             StartVia::Socket(OwnedFd::from(l))
         };
         let terminal = spec
@@ -328,6 +360,12 @@ impl Runtime {
             });
         }
         cleanup.child = Some(pid);
+        intent.pid = pid;
+        intent.start_time = sys::process_start_time(pid).unwrap_or(0);
+        // (From here on the cgroups in the record are checked, claimed and in use.)
+        intent.cgroup_paths = cleanup.cgroups.clone();
+        intent.cgroup_owned = cleanup.owned.clone();
+        dir.save_intent(&intent)?;
         drop(child_sock);
         drop(console);
         drop(start);
@@ -346,8 +384,9 @@ impl Runtime {
                 Ok(()) => {}
                 Err(e) if self.rootless && !limits => {
                     crate::log::debug(&format!("rootless: cannot join the cgroup: {e}"));
-                    let _ = cgroups::remove(&cleanup.cgroups);
+                    let _ = cgroups::remove(&cleanup.owned);
                     cleanup.cgroups.clear();
+                    cleanup.owned.clear();
                 }
                 Err(e) if self.rootless => return Err(rootless_limits_error(e)),
                 Err(e) => return Err(e),
@@ -368,6 +407,7 @@ impl Runtime {
             annotations,
             hooks: spec.hooks().clone(),
             cgroup_paths: cleanup.cgroups.clone(),
+            cgroup_owned: Some(cleanup.owned.clone()),
             namespaces: nss
                 .iter()
                 .map(|n| {
@@ -420,6 +460,11 @@ impl Runtime {
         dir.save(&saved)?;
         if let Some(pf) = &o.pid_file {
             write_pid_file(pf, pid)?;
+        }
+        if !via_sync {
+            // The init waits for this before it waits for `start`: had we died before the
+            // state was saved, it would see EOF instead and exit.
+            sync::send(&parent_sock, &Msg::Committed)?;
         }
         Ok(Created {
             pid,
@@ -580,19 +625,22 @@ impl Runtime {
     }
 
     /// `delete`: removes a stopped container (any container with `force`) and runs the
-    /// poststop hooks.
+    /// poststop hooks. With `force`, also a container whose create was killed half-way or
+    /// whose state file is unreadable: what the preliminary record names is removed.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let dir = self.dir(id)?;
-        let saved = match dir.load()? {
-            Some(s) => s,
-            None if force => return dir.remove(),
-            None => {
+        let saved = match dir.load() {
+            Ok(Some(s)) => s,
+            Ok(None) if !force => {
                 return Err(Error::State {
                     id: id.into(),
                     status: "creating".into(),
                     what: "use --force to delete it".into(),
                 })
             }
+            Err(e @ Error::NotFound(_)) => return Err(e),
+            Err(e) if !force => return Err(e),
+            Ok(None) | Err(_) => return self.destroy_partial(&dir),
         };
         let status = saved.status(&dir);
         if status != Status::Stopped {
@@ -606,19 +654,40 @@ impl Runtime {
             if status == Status::Paused {
                 let _ = crate::cgroups::thaw(&saved.cgroup_paths);
             }
-            let _ = nix::sys::signal::kill(Pid::from_raw(saved.pid), Signal::SIGKILL);
-            wait_gone(saved.pid, Duration::from_secs(10));
+            kill_init(&saved);
         }
         self.destroy(&dir, &saved)
     }
 
-    /// Removes what a container leaves: leftover processes, cgroups, state; then poststop.
+    /// `delete --force` of a container with no usable state.json: its preliminary record
+    /// (if any) names the init, the cgroups and the claim; then the directory goes.
+    fn destroy_partial(&self, dir: &ContainerDir) -> Result<()> {
+        if let Some(intent) = dir.load_intent() {
+            let saved = intent.as_saved();
+            kill_init(&saved);
+            if intent.pid > 0 && !saved.cgroup_paths.is_empty() {
+                // Recorded with the init: the cgroups were claimed and empty before it came.
+                cgroups::kill_all(&saved.cgroup_paths);
+            }
+            cgroups::remove(&intent.cgroup_owned)?;
+            if let Some(c) = &intent.claim {
+                state::release_claim(c, &dir.id);
+            }
+        }
+        dir.remove()
+    }
+
+    /// Removes what a container leaves: leftover processes, the cgroups it made, its
+    /// claim, its state; then poststop.
     fn destroy(&self, dir: &ContainerDir, saved: &Saved) -> Result<()> {
         if !saved.cgroup_paths.is_empty() {
             if !cgroups::pids(&saved.cgroup_paths).is_empty() {
                 cgroups::kill_all(&saved.cgroup_paths);
             }
-            cgroups::remove(&saved.cgroup_paths)?;
+            cgroups::remove(saved.cgroup_owned.as_ref().unwrap_or(&saved.cgroup_paths))?;
+        }
+        if let Some(c) = dir.load_intent().and_then(|i| i.claim) {
+            state::release_claim(&c, &dir.id);
         }
         dir.remove()?;
         hooks::run_all_logged(
@@ -634,9 +703,24 @@ impl Runtime {
         let mut out = Vec::new();
         for id in state::list_ids(&self.root)? {
             let Ok(dir) = self.dir(&id) else { continue };
-            if let Ok(Some(s)) = dir.load() {
-                let st = s.status(&dir);
-                out.push((s, st));
+            match dir.load() {
+                Ok(Some(s)) => {
+                    let st = s.status(&dir);
+                    out.push((s, st));
+                }
+                // A create still running, or one killed before it saved the state (or a
+                // state file lost): listed from the preliminary record, so that it can be
+                // seen and deleted.
+                _ => {
+                    if let Some(i) = dir.load_intent() {
+                        let st = if i.creator_alive() {
+                            Status::Creating
+                        } else {
+                            Status::Stopped
+                        };
+                        out.push((i.as_saved(), st));
+                    }
+                }
             }
         }
         Ok(out)
@@ -836,9 +920,25 @@ fn reap_status(pid: i32) -> String {
     }
 }
 
-/// Waits until `pid` has exited (it may not be our child), up to `timeout`.
-fn wait_gone(pid: i32, timeout: Duration) {
-    let Ok(fd) = sys::pidfd_open(pid) else { return };
+/// SIGKILLs the container's init through a pidfd taken before re-checking its start time
+/// (a reused PID is never signalled), then waits (bounded) until it is gone.
+fn kill_init(saved: &Saved) {
+    if saved.pid <= 0 {
+        return;
+    }
+    let Ok(pidfd) = sys::pidfd_open(saved.pid) else {
+        return;
+    };
+    if !saved.alive() {
+        return;
+    }
+    let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), Signal::SIGKILL as i32);
+    wait_pidfd(&pidfd, Duration::from_secs(10));
+}
+
+/// Waits until the process of `fd` (a pidfd; it may not be our child) has exited, up to
+/// `timeout`.
+fn wait_pidfd(fd: &OwnedFd, timeout: Duration) {
     let mut pfd = [nix::poll::PollFd::new(
         fd.as_fd(),
         nix::poll::PollFlags::POLLIN,
@@ -853,7 +953,10 @@ fn wait_gone(pid: i32, timeout: Duration) {
 /// Undoes a failed create: the init, the cgroups, the state dir.
 struct Cleanup<'a> {
     dir: Option<&'a ContainerDir>,
+    /// The container's cgroups (its processes are killed) and those create made (removed).
     cgroups: Vec<PathBuf>,
+    owned: Vec<PathBuf>,
+    claim: Option<PathBuf>,
     child: Option<i32>,
 }
 
@@ -861,6 +964,8 @@ impl Cleanup<'_> {
     fn disarm(&mut self) {
         self.dir = None;
         self.cgroups.clear();
+        self.owned.clear();
+        self.claim = None;
         self.child = None;
     }
 
@@ -870,8 +975,13 @@ impl Cleanup<'_> {
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
         }
         if !self.cgroups.is_empty() {
+            // Only set once the cgroups were found empty and claimed: whatever is in them now
+            // is the container's.
             cgroups::kill_all(&self.cgroups);
-            let _ = cgroups::remove(&self.cgroups);
+        }
+        let _ = cgroups::remove(&self.owned);
+        if let (Some(c), Some(d)) = (&self.claim, self.dir) {
+            state::release_claim(c, &d.id);
         }
         if let Some(d) = self.dir.take() {
             let _ = d.remove();

@@ -360,22 +360,38 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
         )
         .with_ctx(|| format!("make {} (the rootfs's parent mount) private", mp.display()))?;
     }
-    let rootfs = s.rootfs.to_string_lossy().into_owned();
-    // The rootfs must be a mount point for pivot_root; bind it onto itself.
-    mount_at(
-        Some(&rootfs),
-        &rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .with_ctx(|| format!("bind mount rootfs {rootfs}"))?;
-    let root = nix::fcntl::open(
+    let rootfs = s.rootfs.display();
+    // The rootfs is opened once, without following a symlink, and everything after works on
+    // that handle: a writable bundle that swaps the directory (for a symlink to /, say) after
+    // validation cannot redirect the bind, the mounts or the pivot.
+    let dir = nix::fcntl::open(
         s.rootfs,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::fcntl::OFlag::O_PATH
+            | nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .with_ctx(|| format!("open rootfs {rootfs}"))?;
+    .with_ctx(|| format!("open rootfs {rootfs} (it must be a directory, not a symlink)"))?;
+    let st = nix::sys::stat::fstat(&dir).with_ctx(|| format!("stat rootfs {rootfs}"))?;
+    let host = nix::sys::stat::stat("/").ctx("stat /")?;
+    if (st.st_dev, st.st_ino) == (host.st_dev, host.st_ino) {
+        return Err(Error::Config(format!(
+            "root.path {rootfs} is the host's root directory"
+        )));
+    }
+    // pivot_root needs the rootfs to be a mount point: a recursive bind of it onto itself,
+    // made from the handle (open_tree + move_mount), whose detached-tree descriptor then
+    // refers to the new mount's root.
+    let root = sys::open_tree(
+        dir.as_raw_fd(),
+        c"",
+        sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE,
+    )
+    .with_ctx(|| format!("bind mount rootfs {rootfs} (open_tree)"))?;
+    sys::move_mount(root.as_raw_fd(), dir.as_raw_fd())
+        .with_ctx(|| format!("bind mount rootfs {rootfs} (move_mount)"))?;
+    drop(dir);
 
     let mut dev_bound = false;
     for (i, m) in s.spec.mounts().iter().flatten().enumerate() {
@@ -1023,28 +1039,21 @@ pub fn open_devnull() -> Result<OwnedFd> {
 /// pivot_root into the rootfs (or move-mount + chroot with `no_pivot`), then detach the old
 /// root so nothing of the host stays reachable.
 pub fn enter(root: &OwnedFd, rootfs: &Path, no_pivot: bool) -> Result<()> {
+    // Always through the handle of the rootfs mount, never its path again.
+    nix::unistd::fchdir(root).with_ctx(|| format!("fchdir rootfs {}", rootfs.display()))?;
     if no_pivot {
-        nix::unistd::chdir(rootfs).with_ctx(|| format!("chdir {}", rootfs.display()))?;
         mount_at(Some("."), "/", None, MsFlags::MS_MOVE, None)
             .ctx("move rootfs to / (--no-pivot)")?;
         nix::unistd::chroot(".").ctx("chroot (--no-pivot)")?;
         nix::unistd::chdir("/").ctx("chdir /")?;
         return Ok(());
     }
-    let dir = nix::fcntl::open(
-        rootfs,
-        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .with_ctx(|| format!("open rootfs {}", rootfs.display()))?;
-    let _ = root;
     let old_root = nix::fcntl::open(
         "/",
         nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .ctx("open the old root")?;
-    nix::unistd::fchdir(&dir).ctx("fchdir rootfs")?;
     nix::unistd::pivot_root(".", ".").with_ctx(|| format!("pivot_root {}", rootfs.display()))?;
     // The old root is now stacked on the new one. Step into it (not "." of the new root,
     // whose mounts must keep their propagation), make it a slave so that detaching it

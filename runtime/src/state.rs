@@ -11,6 +11,7 @@ use crate::error::{Context, Error, Result};
 
 pub const DEFAULT_ROOT: &str = "/run/rsrun";
 const STATE_FILE: &str = "state.json";
+const INTENT_FILE: &str = "intent.json";
 pub const EXEC_SOCKET: &str = "exec.sock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,119 @@ pub struct Saved {
     /// The config's `linux.seccomp` as of create (loaded into `exec`'d processes too).
     #[serde(default)]
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The cgroup directories create made (the only ones delete removes). None in state
+    /// written before ownership was recorded: then every path counts as owned.
+    #[serde(default)]
+    pub cgroup_owned: Option<Vec<PathBuf>>,
+}
+
+/// What `create` records before it makes anything, and completes as it goes: whatever a
+/// create killed at any point leaves behind, `delete --force` finds here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Intent {
+    pub id: String,
+    /// The `create` process (PID, start time): while it lives the container is "creating".
+    pub creator: (i32, u64),
+    /// The cgroup directories the container uses, and those create makes (removed later).
+    pub cgroup_paths: Vec<PathBuf>,
+    pub cgroup_owned: Vec<PathBuf>,
+    /// The claim on the cgroup path (see `claim_cgroup`).
+    pub claim: Option<PathBuf>,
+    /// The init (PID, start time) as soon as it exists.
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Intent {
+    /// Whether the `create` that wrote this is still running.
+    pub fn creator_alive(&self) -> bool {
+        let (pid, t) = self.creator;
+        pid > 0 && crate::sys::process_start_time(pid).is_ok_and(|s| s == t)
+    }
+
+    /// A stand-in for state.json when it was never written (or was lost): enough for `list`,
+    /// `state` and `delete --force`.
+    pub fn as_saved(&self) -> Saved {
+        Saved {
+            oci_version: "1.2.0".into(),
+            id: self.id.clone(),
+            pid: self.pid,
+            start_time: self.start_time,
+            bundle: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            created: String::new(),
+            owner: 0,
+            annotations: HashMap::new(),
+            hooks: None,
+            cgroup_paths: self.cgroup_paths.clone(),
+            namespaces: Vec::new(),
+            process: None,
+            seccomp: None,
+            cgroup_owned: Some(self.cgroup_owned.clone()),
+        }
+    }
+}
+
+/// The directory of cgroup claims under the state root: one symlink per cgroup in use,
+/// named after its path, pointing at the container ID. `@` cannot start an ID.
+const CLAIMS: &str = "@cgroups";
+
+/// Where the claim on the cgroup `path` lives under `root` (recorded before it is made).
+pub fn claim_path(root: &Path, path: &Path) -> PathBuf {
+    let name = format!("{:016x}", fnv1a(path.as_os_str().as_encoded_bytes()));
+    root.join(CLAIMS).join(name)
+}
+
+/// Claims the cgroup `path` for container `id` (the symlink `claim`, made atomically).
+/// A claim held by another container that still has a state directory under `root` is
+/// refused: two containers in one cgroup would kill each other's processes on delete.
+pub fn claim_cgroup(root: &Path, claim: &Path, path: &Path, id: &str) -> Result<()> {
+    let dir = root.join(CLAIMS);
+    if let Err(e) = std::fs::create_dir(&dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(Error::os(format!("create {}", dir.display()), e));
+        }
+    }
+    for _ in 0..3 {
+        match std::os::unix::fs::symlink(id, claim) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_link(claim).unwrap_or_default();
+                let owner = owner.to_string_lossy();
+                if owner != id && !owner.is_empty() && root.join(owner.as_ref()).is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "cgroup {} is in use by container {owner}: a container needs a cgroup of its own",
+                        path.display()
+                    )));
+                }
+                // A claim left by a container that is gone (or by an earlier try of ours).
+                let _ = std::fs::remove_file(claim);
+            }
+            Err(e) => return Err(Error::os(format!("claim {}", claim.display()), e)),
+        }
+    }
+    Err(Error::Invalid(format!(
+        "cgroup {}: could not claim it ({})",
+        path.display(),
+        claim.display()
+    )))
+}
+
+/// Drops a claim if it is still ours.
+pub fn release_claim(claim: &Path, id: &str) {
+    if std::fs::read_link(claim).is_ok_and(|o| o.as_os_str() == id) {
+        let _ = std::fs::remove_file(claim);
+    }
+}
+
+/// FNV-1a, 64 bits: a stable name for a claim (the same in every build).
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// The state directory of one container.
@@ -121,11 +235,30 @@ impl ContainerDir {
         self.path.join(EXEC_SOCKET)
     }
 
-    /// Writes state.json atomically (temp file, fsync-free rename: /run is tmpfs).
+    /// Writes state.json atomically.
     pub fn save(&self, saved: &Saved) -> Result<()> {
-        let tmp = self.path.join(".state.json.tmp");
         let data =
             serde_json::to_vec(saved).map_err(|e| Error::Invalid(format!("encode state: {e}")))?;
+        self.write_atomic(STATE_FILE, &data)
+    }
+
+    /// Writes the preliminary record (see `Intent`) atomically.
+    pub fn save_intent(&self, intent: &Intent) -> Result<()> {
+        let data = serde_json::to_vec(intent)
+            .map_err(|e| Error::Invalid(format!("encode {INTENT_FILE}: {e}")))?;
+        self.write_atomic(INTENT_FILE, &data)
+    }
+
+    /// Reads the preliminary record, if there is a readable one.
+    pub fn load_intent(&self) -> Option<Intent> {
+        let data = std::fs::read(self.path.join(INTENT_FILE)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// A fresh temporary file (mode 0600: state holds the container's environment),
+    /// written, fsynced (the root may be on disk), then renamed over `name`.
+    fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
+        let tmp = self.path.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&tmp);
         let mut f = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -136,10 +269,11 @@ impl ContainerDir {
                 .open(&tmp)
                 .with_ctx(|| format!("write {}", tmp.display()))?
         };
-        f.write_all(&data)
+        f.write_all(data)
+            .and_then(|_| f.sync_all())
             .with_ctx(|| format!("write {}", tmp.display()))?;
         drop(f);
-        let dst = self.path.join(STATE_FILE);
+        let dst = self.path.join(name);
         std::fs::rename(&tmp, &dst)
             .with_ctx(|| format!("rename {} to {}", tmp.display(), dst.display()))
     }
@@ -228,6 +362,7 @@ pub fn list_ids(root: &Path) -> Result<Vec<String>> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| crate::config::validate_id(id).is_ok())
         .collect();
     ids.sort();
     Ok(ids)

@@ -20,6 +20,9 @@ pub enum Msg {
     Ready,
     /// Parent (run) → init: start now.
     Start,
+    /// Parent (create) → init: the state is saved; wait for `start` now. Until this
+    /// arrives the init exits on EOF (the parent died before anyone could find it).
+    Committed,
     /// Either way: a failure, with its message.
     Error(String),
 }
@@ -45,6 +48,7 @@ pub fn send(fd: impl AsFd, m: &Msg) -> Result<()> {
         Msg::HooksDone => buf.push(3),
         Msg::Ready => buf.push(4),
         Msg::Start => buf.push(5),
+        Msg::Committed => buf.push(7),
         Msg::Error(s) => {
             buf.push(6);
             buf.extend_from_slice(s.as_bytes());
@@ -78,6 +82,7 @@ pub fn recv(fd: impl AsFd) -> Result<Option<Msg>> {
         4 => Msg::Ready,
         5 => Msg::Start,
         6 => Msg::Error(String::from_utf8_lossy(body).into_owned()),
+        7 => Msg::Committed,
         t => {
             return Err(Error::Init(format!(
                 "unexpected message {t} on sync socket"

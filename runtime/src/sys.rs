@@ -322,3 +322,97 @@ pub fn ns_type(fd: RawFd) -> io::Result<i32> {
     let ret = unsafe { libc::ioctl(fd, NS_GET_NSTYPE as _) };
     check(ret as libc::c_long).map(|t| t as i32)
 }
+
+// The new mount API (Linux 5.2; mount_setattr 5.12).
+pub const OPEN_TREE_CLONE: u32 = 1;
+pub const AT_RECURSIVE: u32 = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// open_tree(2) of `dirfd` itself (AT_EMPTY_PATH), or of `path` below it: with
+/// OPEN_TREE_CLONE, a detached copy of the mount (AT_RECURSIVE: of the whole subtree).
+pub fn open_tree(dirfd: RawFd, path: &CStr, flags: u32) -> io::Result<OwnedFd> {
+    let mut flags = flags | libc::O_CLOEXEC as u32;
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH as u32;
+    }
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
+    // SAFETY: a new descriptor owned by nobody else.
+    check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// move_mount(2) of the (detached) mount `from` onto the directory `to`, both descriptors.
+pub fn move_mount(from: RawFd, to: RawFd) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: empty NUL-terminated strings with AT_EMPTY_PATH semantics; integer fds.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from,
+            empty.as_ptr(),
+            to,
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(ret).map(|_| ())
+}
+
+/// struct mount_attr of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) on the mount `fd` refers to: sets the MOUNT_ATTR_* bits in `set`.
+pub fn mount_setattr(fd: RawFd, set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `attr` outlives the call and its size is passed; empty path with
+    // AT_EMPTY_PATH.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as u32,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(|_| ())
+}
+
+/// execveat(2) of the file `fd` refers to (AT_EMPTY_PATH). Returns only on failure.
+pub fn execveat_fd(fd: RawFd, argv: &[std::ffi::CString], envp: &[std::ffi::CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    let empty = c"";
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to NUL-terminated strings
+    // that live (in `argv`, `envp`) until the call returns, which it does only on failure.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            a.as_ptr(),
+            e.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}

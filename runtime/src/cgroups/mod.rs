@@ -133,6 +133,10 @@ fn own_path(h: &Hierarchy, self_cgroup: &str) -> String {
 
 /// The container's cgroup directories, computed from `cgroupsPath` (absolute: from each
 /// hierarchy's root; relative: under this process's own cgroup; absent: `<id>` relative).
+///
+/// A path that resolves to a hierarchy's root, to this process's own cgroup or to one of its
+/// ancestors is refused before anything is written: killing "every process in the
+/// container's cgroup" there would reach the whole host.
 pub fn paths_for(cgroups_path: Option<&Path>, id: &str, hs: &[Hierarchy]) -> Result<Vec<PathBuf>> {
     let requested = cgroups_path
         .map(|p| p.to_string_lossy().into_owned())
@@ -145,41 +149,97 @@ pub fn paths_for(cgroups_path: Option<&Path>, id: &str, hs: &[Hierarchy]) -> Res
             "linux.cgroupsPath {requested:?} must not contain .."
         )));
     }
-    let self_cgroup = if requested.starts_with('/') {
-        String::new()
-    } else {
-        std::fs::read_to_string("/proc/self/cgroup").ctx("read /proc/self/cgroup")?
-    };
+    let absolute = requested.starts_with('/');
+    let components: Vec<&str> = requested
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if components.is_empty() {
+        let what = if absolute {
+            "the root of every cgroup hierarchy"
+        } else {
+            "rsrun's own cgroup"
+        };
+        return Err(Error::Config(format!(
+            "linux.cgroupsPath {requested:?} resolves to {what}: a container needs a cgroup of its own"
+        )));
+    }
+    let requested = components.join("/");
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").ctx("read /proc/self/cgroup")?;
     let mut out = Vec::with_capacity(hs.len());
     for h in hs {
-        let full = if requested.starts_with('/') {
-            requested.clone()
+        let own = own_path(h, &self_cgroup);
+        let own = own.trim_end_matches('/');
+        let full = if absolute {
+            format!("/{requested}")
         } else {
-            format!(
-                "{}/{}",
-                own_path(h, &self_cgroup).trim_end_matches('/'),
-                requested
-            )
+            format!("{own}/{requested}")
         };
+        // The caller's own cgroup or an ancestor of it: it holds the caller.
+        if own == full || own.starts_with(&format!("{full}/")) {
+            return Err(Error::Config(format!(
+                "linux.cgroupsPath {requested:?} resolves to {full}, which holds rsrun itself ({}): a container needs a cgroup of its own",
+                h.mountpoint.display()
+            )));
+        }
         // Strip the mount's root (a nested host may mount only a sub-tree).
         let rel = if h.root != "/" {
             full.strip_prefix(&h.root).unwrap_or(&full).to_string()
         } else {
             full
         };
-        out.push(h.mountpoint.join(rel.trim_start_matches('/')));
+        let rel = rel.trim_start_matches('/');
+        if rel.is_empty() {
+            return Err(Error::Config(format!(
+                "linux.cgroupsPath {requested:?} resolves to the root of the hierarchy at {}",
+                h.mountpoint.display()
+            )));
+        }
+        out.push(h.mountpoint.join(rel));
     }
     Ok(out)
 }
 
-/// Creates the cgroup directories. On failure, removes what it created.
-pub fn create(paths: &[PathBuf]) -> Result<()> {
+/// Refuses cgroups that already hold processes (in them or below): a container needs a
+/// cgroup of its own, since killing "every process of the container" kills whatever is in it
+/// (runc refuses likewise). Missing directories are fine.
+pub fn check_empty(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        let mut pids = Vec::new();
+        collect_pids(p, &mut pids);
+        if let Some(pid) = pids.first() {
+            return Err(Error::Invalid(format!(
+                "cgroup {} is not empty: it holds {} process(es) (pid {pid}); a container needs a cgroup of its own",
+                p.display(),
+                pids.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the cgroup directories. On failure, removes what it created. Returns the
+/// directories it created (existing ones are joined, not owned: never removed later).
+pub fn create(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let hs = hierarchies()?;
     let unified = is_unified(&hs);
-    for (i, p) in paths.iter().enumerate() {
-        if let Err(e) = std::fs::create_dir_all(p) {
-            remove_dirs(&paths[..i]);
-            return Err(Error::os(format!("create cgroup {}", p.display()), e));
+    let mut created: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        match std::fs::create_dir(p) {
+            Ok(()) => created.push(p.clone()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Missing parents: made as needed (and left in place, as runc does).
+                if let Err(e) = std::fs::create_dir_all(p) {
+                    remove_dirs(&created);
+                    return Err(Error::os(format!("create cgroup {}", p.display()), e));
+                }
+                created.push(p.clone());
+            }
+            Err(e) => {
+                remove_dirs(&created);
+                return Err(Error::os(format!("create cgroup {}", p.display()), e));
+            }
         }
         if unified {
             // Pure v2: delegate the controllers down to the new cgroup. (The hybrid layout's
@@ -190,12 +250,12 @@ pub fn create(paths: &[PathBuf]) -> Result<()> {
         }
         if !unified && p.join("cpuset.cpus").exists() {
             if let Err(e) = init_cpuset(p) {
-                remove_dirs(&paths[..=i]);
+                remove_dirs(&created);
                 return Err(e);
             }
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// A new v1 cpuset cgroup starts with no CPUs and no memory nodes: copy them down from the
@@ -835,6 +895,31 @@ mod tests {
         let ps = paths_for(Some(Path::new("/x/y")), "id", &hs).unwrap();
         assert_eq!(ps[3], PathBuf::from("/sys/fs/cgroup/memory/x/y"));
         assert!(paths_for(Some(Path::new("/x/../y")), "id", &hs).is_err());
+        // The roots of the hierarchies and our own cgroup are refused, however spelled.
+        for bad in ["/", "/.", "", ".", "//", "./", "/./."] {
+            let e = paths_for(Some(Path::new(bad)), "id", &hs)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("a container needs a cgroup of its own"),
+                "{bad:?}: {e}"
+            );
+        }
+        let ps = paths_for(Some(Path::new("/./x//y/")), "id", &hs).unwrap();
+        assert_eq!(ps[3], PathBuf::from("/sys/fs/cgroup/memory/x/y"));
+        let self_cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mine = own_path(&hs[3], &self_cg);
+        if mine != "/" {
+            // Our own cgroup (absolute) and each ancestor of it.
+            let e = paths_for(Some(Path::new(&mine)), "id", &hs)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("holds rsrun itself"), "{e}");
+            let parent = Path::new(&mine).parent().unwrap();
+            if parent != Path::new("/") {
+                assert!(paths_for(Some(parent), "id", &hs).is_err());
+            }
+        }
         let own = own_path(
             &hs[3],
             &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
