@@ -15,7 +15,6 @@
 //! from the bundle, which may have changed since.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -559,8 +558,7 @@ fn child_setup(c: &Child) -> Result<Never> {
     // CVE-2019-5736: until exec this is the runtime binary; nothing in the container may
     // open its /proc/PID/exe (made non-dumpable before any namespace is joined).
     nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
-    let self_exe = std::fs::metadata("/proc/self/exe").ctx("stat /proc/self/exe")?;
-    let self_id = (self_exe.dev(), self_exe.ino());
+    let self_id = crate::seal::runtime_identity()?;
     let host_pid = match sync::recv(&c.sync)? {
         Some(Msg::Go(p)) => p,
         Some(Msg::Error(e)) => return Err(Error::Init(e)),

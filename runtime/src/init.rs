@@ -97,8 +97,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
     }
     // Our own binary, to refuse exec'ing it as the container's program.
-    let self_exe = std::fs::metadata("/proc/self/exe").ctx("stat /proc/self/exe")?;
-    let self_id = (self_exe.dev(), self_exe.ino());
+    let self_id = crate::seal::runtime_identity()?;
     let host_pid = match wait_for(&a.sync, &Msg::Go(0))? {
         Msg::Go(p) => p,
         _ => unreachable_msg()?,

@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod log;
 pub mod rootfs;
+pub mod seal;
 pub mod seccomp;
 pub mod security;
 pub mod spec;

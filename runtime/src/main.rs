@@ -179,6 +179,11 @@ fn real_main(argv: Vec<String>) -> Result<i32> {
         bail!("no command given\n{USAGE}");
     };
     a.pos += 1;
+    if matches!(cmd.as_str(), "create" | "run" | "exec") {
+        // These put a process of ours into a container: from a sealed binary only (this
+        // re-execs, once, unless the binary already is).
+        rsrun::seal::ensure_sealed()?;
+    }
     let rt = Runtime::new(g.root.clone(), g.rootless);
     match cmd.as_str() {
         "spec" => cmd_spec(&mut a),

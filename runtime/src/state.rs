@@ -138,14 +138,17 @@ pub fn claim_path(root: &Path, path: &Path) -> PathBuf {
 /// refused: two containers in one cgroup would kill each other's processes on delete.
 pub fn claim_cgroup(root: &Path, claim: &Path, path: &Path, id: &str) -> Result<()> {
     let dir = root.join(CLAIMS);
-    if let Err(e) = std::fs::create_dir(&dir) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(Error::os(format!("create {}", dir.display()), e));
-        }
-    }
-    for _ in 0..3 {
+    for _ in 0..5 {
         match std::os::unix::fs::symlink(id, claim) {
             Ok(()) => return Ok(()),
+            // No claims directory (none yet, or the last claim was just released).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(Error::os(format!("create {}", dir.display()), e));
+                    }
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = std::fs::read_link(claim).unwrap_or_default();
                 let owner = owner.to_string_lossy();
@@ -172,6 +175,10 @@ pub fn claim_cgroup(root: &Path, claim: &Path, path: &Path, id: &str) -> Result<
 pub fn release_claim(claim: &Path, id: &str) {
     if std::fs::read_link(claim).is_ok_and(|o| o.as_os_str() == id) {
         let _ = std::fs::remove_file(claim);
+        // The directory goes with its last claim (a concurrent claimer recreates it).
+        if let Some(dir) = claim.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

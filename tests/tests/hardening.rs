@@ -426,3 +426,53 @@ fn sigkill_at_any_point_of_create_start_delete_leaves_nothing() {
         "seed {seed}: only {killed_created} kills left a container"
     );
 }
+
+#[test]
+fn the_runtime_binary_cannot_be_rewritten_through_a_container_process() {
+    use std::os::fd::AsRawFd;
+    // A copy of rsrun (never the real one) does the create.
+    let tmp = TempDir::new("sealbin");
+    let bin = tmp.path().join("rsrun");
+    std::fs::copy(rsrun_bin(), &bin).unwrap();
+    let before = std::fs::read(&bin).unwrap();
+    let rt = Rsrun::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique("seal");
+    let st = Command::new(&bin)
+        .arg("--root")
+        .arg(rt.root.path())
+        .args(["create", "--bundle", b.dir.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The init waits in the container's PID namespace as the runtime binary. The attacker
+    // (here root from outside, as a process with CAP_SYS_PTRACE would) holds an O_PATH
+    // handle on its executable...
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let held = nix::fcntl::open(
+        format!("/proc/{pid}/exe").as_str(),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    // ...until nothing runs the binary any more (the init has exec'd, create has exited)...
+    rt.ok(&["start", &id]);
+    rt.wait_status(&id, "running");
+    // ...and then reopens it for writing.
+    let path = format!("/proc/self/fd/{}", held.as_raw_fd());
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "reopening the init's exe for writing: {e}"
+        ),
+        Ok(mut f) => {
+            // Only a sealed copy could be opened; its writes must fail.
+            use std::io::Write;
+            assert!(f.write_all(b"owned").is_err(), "the write went through");
+        }
+    }
+    assert_eq!(std::fs::read(&bin).unwrap(), before, "the runtime binary changed");
+    rt.ok(&["delete", "--force", &id]);
+}
