@@ -555,3 +555,165 @@ fn delete_kills_leftover_processes() {
         assert!(!cg(c, &id).exists(), "{c} cgroup left");
     }
 }
+
+#[test]
+fn memory_swappiness_kernel_tcp_and_disabled_oom_killer() {
+    let rt = Rsrun::new();
+    // Over its limit with the OOM killer disabled, the process is not killed: it waits in
+    // the cgroup's OOM state (under_oom 1), which is what disableOOMKiller is for. (The
+    // memory is touched from user space, awk doubling a string: a charge that fails inside a
+    // syscall, as tail's read(2) of /dev/zero, returns an error instead of waiting.)
+    let mut b = Bundle::new(&["awk", "BEGIN { s = \"a\"; while (1) s = s s }"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({"memory": {
+            "limit": 32 * MIB, "swap": 32 * MIB, "swappiness": 30,
+            "kernelTCP": 16 * MIB, "disableOOMKiller": true
+        }});
+    });
+    let id = detached(&rt, &b);
+    assert_eq!(read("memory", &id, "memory.swappiness"), "30");
+    assert_eq!(
+        read("memory", &id, "memory.kmem.tcp.limit_in_bytes"),
+        (16 * MIB).to_string()
+    );
+    assert_eq!(
+        keyed("memory", &id, "memory.oom_control", "oom_kill_disable"),
+        1
+    );
+    let t = Instant::now();
+    while keyed("memory", &id, "memory.oom_control", "under_oom") != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "never reached its limit: {}",
+            read("memory", &id, "memory.oom_control")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Held at the limit, not killed.
+    assert_eq!(keyed("memory", &id, "memory.oom_control", "oom_kill"), 0);
+    assert_eq!(rt.status(&id), "running");
+    assert!(!lib(&rt).oom_killed(&id).unwrap());
+    rt.ok(&["delete", "-f", &id]);
+    assert!(!cg("memory", &id).exists());
+}
+
+#[test]
+fn cpu_idle() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| c["linux"]["resources"] = json!({"cpu": {"idle": 1}}));
+    let id = detached(&rt, &b);
+    assert_eq!(read("cpu", &id, "cpu.idle"), "1");
+    rt.ok(&["delete", "-f", &id]);
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| c["linux"]["resources"] = json!({"cpu": {"idle": 0}}));
+    let id = detached(&rt, &b);
+    assert_eq!(read("cpu", &id, "cpu.idle"), "0");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+/// An 8 MiB loop device (detached on drop): (path, major, minor).
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+fn loop_device(tmp: &TempDir) -> (Loop, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let _ = std::process::Command::new("modprobe").arg("loop").status();
+    let img = tmp.path().join("disk.img");
+    std::fs::write(&img, vec![7u8; 8 << 20]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .expect("losetup");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let rdev = std::fs::metadata(&dev).unwrap().rdev();
+    let (major, minor) = (libc::major(rdev) as i64, libc::minor(rdev) as i64);
+    (Loop(dev), major, minor)
+}
+
+#[test]
+fn blkio_weight_and_throttles() {
+    let tmp = TempDir::new("loop");
+    let (_dev, major, minor) = loop_device(&tmp);
+    let rt = Rsrun::new();
+    let disk = json!([{"path": "/dev/disk", "type": "b", "major": major, "minor": minor}]);
+    let dm = |rate: i64| json!([{"major": major, "minor": minor, "rate": rate}]);
+    // Every field at once, read back from the kernel. blkio.weight is CFQ's, gone from this
+    // kernel: BFQ's blkio.bfq.weight takes the weight.
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| {
+        c["linux"]["devices"] = disk.clone();
+        c["linux"]["resources"] = json!({"blockIO": {
+            "weight": 300,
+            "throttleReadBpsDevice": dm(1048576),
+            "throttleWriteBpsDevice": dm(2097152),
+            "throttleReadIOPSDevice": dm(1000),
+            "throttleWriteIOPSDevice": dm(2000),
+        }});
+    });
+    let id = detached(&rt, &b);
+    let weight = if cg("blkio", &id).join("blkio.weight").exists() {
+        "blkio.weight"
+    } else {
+        "blkio.bfq.weight"
+    };
+    assert_eq!(read("blkio", &id, weight), "300");
+    for (file, v) in [
+        ("blkio.throttle.read_bps_device", 1048576),
+        ("blkio.throttle.write_bps_device", 2097152),
+        ("blkio.throttle.read_iops_device", 1000),
+        ("blkio.throttle.write_iops_device", 2000),
+    ] {
+        assert_eq!(
+            read("blkio", &id, file),
+            format!("{major}:{minor} {v}"),
+            "{file}"
+        );
+    }
+    rt.ok(&["delete", "-f", &id]);
+    // The throttles throttle: 2 MiB read, then 2 MiB written, each at 1 MiB/s, direct I/O
+    // (a page-cache-backed loop device does either in milliseconds unthrottled). Only a
+    // lower bound on the time: a slow machine cannot make it fail, a missing limit does.
+    for (dd, key) in [
+        (
+            "if=/dev/disk of=/dev/null iflag=direct",
+            "throttleReadBpsDevice",
+        ),
+        (
+            "if=/dev/zero of=/dev/disk oflag=direct",
+            "throttleWriteBpsDevice",
+        ),
+    ] {
+        let mut b = Bundle::new(&["sh", "-c", &format!("dd {dd} bs=64k count=32")]);
+        b.edit(|c| {
+            c["linux"]["devices"] = disk.clone();
+            c["linux"]["resources"] = json!({"blockIO": {key: dm(1048576)}});
+        });
+        let id = unique("io");
+        let t = Instant::now();
+        let o = rt.run(&["run", "--bundle", b.dir.to_str().unwrap(), &id]);
+        let el = t.elapsed();
+        assert!(
+            o.status.success(),
+            "{key}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            el >= Duration::from_millis(1200),
+            "{key}: 2 MiB in {el:?} under a 1 MiB/s limit"
+        );
+    }
+}
