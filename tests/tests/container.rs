@@ -121,6 +121,9 @@ fn rootfs_readonly_mounts_and_propagation() {
     let rt = Rsrun::new();
     let host = TempDir::new("bind");
     std::fs::write(host.path().join("f"), "from host").unwrap();
+    // The bind's source is a shared mount: the container's copy is then a slave of it (its
+    // / is made rslave) unless the mount's own "rprivate" is applied.
+    let _shared = SharedMount::new(host.path());
     let mut b = sh(
         "touch /x 2>/dev/null && echo rootrw || echo rootro; cat /data/f; touch /data/g 2>/dev/null && echo bindrw || echo bindro; \
          touch /scratch/t && echo tmpfsrw; grep -E ' /scratch | /data ' /proc/self/mountinfo",
@@ -140,6 +143,11 @@ fn rootfs_readonly_mounts_and_propagation() {
     assert!(
         scratch.contains("nosuid") && scratch.contains("nodev") && scratch.contains("noexec"),
         "{scratch}"
+    );
+    let data = out.lines().find(|l| l.contains(" /data ")).unwrap();
+    assert!(
+        !data.contains("shared:") && !data.contains("master:"),
+        "rprivate not applied: {data}"
     );
     assert!(!host.path().join("g").exists());
 }
