@@ -384,3 +384,42 @@ pub fn live_processes(argv: &[&str]) -> Vec<i32> {
     }
     out
 }
+
+/// A loop device over an 8 MiB file of 7s in `tmp` (named `name`), detached on drop.
+pub struct LoopDevice {
+    pub path: String,
+    pub major: i64,
+    pub minor: i64,
+}
+
+impl LoopDevice {
+    pub fn new(tmp: &TempDir, name: &str) -> LoopDevice {
+        use std::os::unix::fs::MetadataExt;
+        let _ = Command::new("modprobe").arg("loop").status();
+        let img = tmp.path().join(name);
+        std::fs::write(&img, vec![7u8; 8 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let rdev = std::fs::metadata(&path).unwrap().rdev();
+        LoopDevice {
+            path,
+            major: libc::major(rdev) as i64,
+            minor: libc::minor(rdev) as i64,
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
+}

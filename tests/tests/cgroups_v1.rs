@@ -612,42 +612,11 @@ fn cpu_idle() {
     rt.ok(&["delete", "-f", &id]);
 }
 
-/// An 8 MiB loop device (detached on drop): (path, major, minor).
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
-fn loop_device(tmp: &TempDir) -> (Loop, i64, i64) {
-    use std::os::unix::fs::MetadataExt;
-    let _ = std::process::Command::new("modprobe").arg("loop").status();
-    let img = tmp.path().join("disk.img");
-    std::fs::write(&img, vec![7u8; 8 << 20]).unwrap();
-    let out = std::process::Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&img)
-        .output()
-        .expect("losetup");
-    assert!(
-        out.status.success(),
-        "losetup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let rdev = std::fs::metadata(&dev).unwrap().rdev();
-    let (major, minor) = (libc::major(rdev) as i64, libc::minor(rdev) as i64);
-    (Loop(dev), major, minor)
-}
-
 #[test]
 fn blkio_weight_and_throttles() {
     let tmp = TempDir::new("loop");
-    let (_dev, major, minor) = loop_device(&tmp);
+    let dev = LoopDevice::new(&tmp, "disk.img");
+    let (major, minor) = (dev.major, dev.minor);
     let rt = Rsrun::new();
     let disk = json!([{"path": "/dev/disk", "type": "b", "major": major, "minor": minor}]);
     let dm = |rate: i64| json!([{"major": major, "minor": minor, "rate": rate}]);

@@ -169,31 +169,9 @@ fn v2_io_max_on_a_loop_device() {
     if !pure_v2("v2_io_max_on_a_loop_device") {
         return;
     }
-    let _ = Command::new("modprobe").arg("loop").status();
     let tmp = TempDir::new("loop");
-    let img = tmp.path().join("disk.img");
-    std::fs::write(&img, vec![7u8; 8 << 20]).unwrap();
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&img)
-        .output()
-        .expect("losetup");
-    assert!(
-        out.status.success(),
-        "losetup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(dev.clone());
-    use std::os::unix::fs::MetadataExt;
-    let rdev = std::fs::metadata(&dev).unwrap().rdev();
-    let (major, minor) = (libc::major(rdev) as i64, libc::minor(rdev) as i64);
+    let dev = LoopDevice::new(&tmp, "disk.img");
+    let (major, minor) = (dev.major, dev.minor);
 
     let rt = Rsrun::new();
     let mut b = Bundle::new(&[
@@ -244,34 +222,106 @@ fn v2_ebpf_device_filter() {
     if !pure_v2("v2_ebpf_device_filter") {
         return;
     }
+    // Two block devices in the container: the rules allow reading one ("r" only) and say
+    // nothing of the other, which the filter must then deny. /dev/kmsg (opened for writing,
+    // which needs no CAP_SYSLOG) is denied too; the default list keeps /dev/null and /dev/zero.
+    let tmp = TempDir::new("loop");
+    let (allowed, denied) = (
+        LoopDevice::new(&tmp, "allowed.img"),
+        LoopDevice::new(&tmp, "denied.img"),
+    );
     let rt = Rsrun::new();
-    let script = "true 3>/dev/kmsg && echo kmsg-opened; echo hi > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c";
+    let script = "dd if=/dev/allowed of=/dev/null bs=4k count=1 && echo allowed-read; \
+                  dd if=/dev/zero of=/dev/allowed bs=4k count=1 && echo allowed-write; \
+                  dd if=/dev/denied of=/dev/null bs=4k count=1 && echo denied-read; \
+                  true 3>/dev/kmsg && echo kmsg-opened; echo hi > /dev/null && echo null-ok; \
+                  head -c 4 /dev/zero | wc -c";
     let mut b = Bundle::new(&["sh", "-c", script]);
     b.edit(|c| {
-        c["linux"]["devices"] =
-            json!([{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o600}]);
+        c["linux"]["devices"] = json!([
+            {"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o600},
+            {"path": "/dev/allowed", "type": "b", "major": allowed.major, "minor": allowed.minor},
+            {"path": "/dev/denied", "type": "b", "major": denied.major, "minor": denied.minor},
+        ]);
         // `rsrun spec` denies every device but the standard ones, as runc's does.
         if let Some(r) = c["linux"]["resources"].as_object_mut() {
             r.remove("devices");
         }
     });
+    // Control: without device rules every access works.
     let out = rt.output(&b);
-    assert!(out.contains("kmsg-opened"), "control without rules: {out}");
+    for want in [
+        "allowed-read",
+        "allowed-write",
+        "denied-read",
+        "kmsg-opened",
+    ] {
+        assert!(out.contains(want), "control without rules: {want}: {out}");
+    }
     b.edit(|c| {
         c["linux"]["resources"] = json!({"devices": [
             {"allow": false, "access": "rwm"},
-            {"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"}
+            {"allow": true, "type": "b", "major": allowed.major, "minor": allowed.minor, "access": "r"}
         ]});
     });
     let id = unique("dev");
     let (code, out, err) = rt.run_bundle(&id, &b);
     assert_eq!(code, 0, "{out} {err}");
     assert!(
-        !out.contains("kmsg-opened"),
+        out.contains("allowed-read"),
+        "the allow rule did not allow: {out} {err}"
+    );
+    assert!(
+        !out.contains("allowed-write"),
         "write access was allowed: {out}"
     );
+    assert!(
+        !out.contains("denied-read"),
+        "a device without a rule was readable: {out}"
+    );
+    assert!(!out.contains("kmsg-opened"), "{out}");
     assert!(err.contains("Operation not permitted"), "{err}");
     assert!(out.contains("null-ok") && out.contains('4'), "{out}");
+}
+
+#[test]
+fn v2_io_weight_hugetlb_and_cpu_idle() {
+    if !pure_v2("v2_io_weight_hugetlb_and_cpu_idle") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({
+            "blockIO": {"weight": 500},
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MIB}],
+            "cpu": {"idle": 1}
+        });
+    });
+    let id = detached(&rt, &b);
+    assert_eq!(read(&id, &io_weight_file(&id)), io_weight_of(&id, 500));
+    assert_eq!(read(&id, "hugetlb.2MB.max"), (4 * MIB).to_string());
+    assert_eq!(read(&id, "cpu.idle"), "1");
+    rt.ok(&["delete", "-f", &id]);
+}
+
+/// The file rsrun writes blockIO.weight to: BFQ's own when the kernel has it, else io.weight.
+fn io_weight_file(id: &str) -> String {
+    if cg(id).join("io.bfq.weight").exists() {
+        "io.bfq.weight".into()
+    } else {
+        "io.weight".into()
+    }
+}
+
+/// What that file reads after blockIO.weight = `w`: BFQ takes the weight itself, io.weight
+/// the converted one, 1 + (w - 10) * 9999 / 990 (as runc).
+fn io_weight_of(id: &str, w: u64) -> String {
+    if io_weight_file(id) == "io.bfq.weight" {
+        format!("default {w}")
+    } else {
+        format!("default {}", 1 + (w - 10) * 9999 / 990)
+    }
 }
 
 #[test]
@@ -335,6 +385,7 @@ fn v2_update_live_and_rollback() {
     assert_eq!(read(&id, "cpu.weight"), "79");
     assert_eq!(read(&id, "cpu.max"), "50000 100000");
     assert_eq!(read(&id, "pids.max"), "20");
+    assert_eq!(read(&id, &io_weight_file(&id)), io_weight_of(&id, 500));
     // Period alone keeps the quota.
     rt.ok(&["update", "--cpu-period", "200000", &id]);
     assert_eq!(read(&id, "cpu.max"), "50000 200000");
