@@ -1,7 +1,8 @@
 //! Library error type. The CRI server maps the variants to gRPC codes:
 //! `NotFound` → NOT_FOUND, `Unauthorized` → UNAUTHENTICATED/PERMISSION_DENIED,
 //! `DeadlineExceeded` → DEADLINE_EXCEEDED, `Cancelled` → CANCELLED, `InvalidReference` /
-//! `InvalidConfig` → INVALID_ARGUMENT, the rest → UNKNOWN/INTERNAL.
+//! `InvalidConfig` → INVALID_ARGUMENT, `LimitExceeded` → RESOURCE_EXHAUSTED, `Stalled` →
+//! UNAVAILABLE, the rest → UNKNOWN/INTERNAL.
 
 use std::io;
 use std::path::PathBuf;
@@ -46,7 +47,8 @@ pub enum Error {
     #[error("invalid manifest {what}: {reason}")]
     InvalidManifest { what: String, reason: String },
 
-    #[error("no manifest for platform {wanted} in index {reference} (available: {available})")]
+    /// `reference` says what was searched: "index NAME" or "image NAME (one platform)".
+    #[error("no manifest for platform {wanted} in {reference} (available: {available})")]
     NoMatchingPlatform {
         reference: String,
         wanted: String,
@@ -74,6 +76,15 @@ pub enum Error {
     #[error("corrupt store metadata {}: {reason}", path.display())]
     CorruptStore { path: PathBuf, reason: String },
 
+    /// A bound on what a pull may write was reached (layer or image expansion, declared
+    /// sizes, free space on the store's filesystem).
+    #[error("{what}: {reason}")]
+    LimitExceeded { what: String, reason: String },
+
+    /// No byte arrived for the pull's progress timeout.
+    #[error("no data received for {secs}s while {what} (progress timeout)")]
+    Stalled { what: String, secs: u64 },
+
     #[error("image {0} is in use by container rootfs {1}")]
     InUse(String, String),
 }
@@ -94,7 +105,10 @@ impl Error {
     }
     /// True for the errors a caller may retry on another endpoint (mirror fallback).
     pub(crate) fn is_endpoint_failure(&self) -> bool {
-        matches!(self, Error::Registry { .. } | Error::NotFound(_))
+        matches!(
+            self,
+            Error::Registry { .. } | Error::NotFound(_) | Error::Stalled { .. }
+        )
     }
 }
 

@@ -17,6 +17,7 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 mod sys;
+pub mod text;
 pub mod unpack;
 
 pub use config::{AuthFile, Credentials, RegistryConfig};
@@ -100,7 +101,7 @@ impl ImageStore {
             .ok_or_else(|| Error::NotFound(format!("image {key}")))?;
         let parse = |d: &Digest| -> Result<serde_json::Value> {
             let b = self.store.read_blob(d)?;
-            serde_json::from_slice(&b).map_err(|e| Error::CorruptStore {
+            store::parse_json(&b).map_err(|e| Error::CorruptStore {
                 path: self.store.blob_path(d),
                 reason: e.to_string(),
             })
@@ -193,6 +194,7 @@ impl ImageStore {
             &mut bytes,
         )?;
         sweep(&root.join("ingest"), &|_| false, &mut t, &mut bytes)?;
+        sweep(&root.join("tmp"), &|_| false, &mut t, &mut bytes)?;
         sweep(&root.join("locks"), &|_| false, &mut 0, &mut 0)?;
         // Half-created container dirs (no record) that are not mounted.
         let live: HashSet<&str> = rootfs.iter().map(|r| r.id.as_str()).collect();
@@ -217,7 +219,7 @@ impl ImageStore {
         let root = self.store.root();
         let mut seen = HashSet::new();
         let (mut bytes, mut inodes) = (0, 0);
-        for d in ["blobs", "snapshots", "ingest"] {
+        for d in ["blobs", "snapshots", "ingest", "tmp"] {
             let (b, i) = usage_dedup(&root.join(d), &mut seen);
             bytes += b;
             inodes += i;
@@ -405,7 +407,7 @@ fn now_ns() -> i64 {
 }
 
 /// (bytes on disk, inodes) under `p`, not following symlinks.
-fn disk_usage(p: &Path) -> (u64, u64) {
+pub(crate) fn disk_usage(p: &Path) -> (u64, u64) {
     usage_dedup(p, &mut HashSet::new())
 }
 

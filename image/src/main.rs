@@ -15,8 +15,11 @@ const USAGE: &str = "usage: rsrun-image [--root DIR] [--config FILE] COMMAND [AR
 
 commands:
   pull [--creds USER:PASS] [--auth-file FILE] [--platform OS/ARCH[/VARIANT]]
-       [--plain-http] [--timeout SECONDS] [--concurrency N] [-q] IMAGE
-                         pull and unpack an image; prints its ID
+       [--plain-http] [--timeout SECONDS] [--progress-timeout SECONDS]
+       [--concurrency N] [-q] IMAGE
+                         pull and unpack an image; prints its ID. --timeout: overall
+                         deadline (none by default); --progress-timeout: fail when no
+                         byte arrives for that long (default 60, 0 = never)
   list [-q]              list images (ID, size, tags)
   inspect IMAGE          record, manifest and config as JSON
   remove IMAGE...        remove by tag, ID or digest (missing ones succeed)
@@ -31,7 +34,12 @@ or /etc/rsrun/registries.json when it exists.";
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("rsrun-image: {e:#}");
+        // Registry text in the message is escaped by the library; escape again here so
+        // that nothing in an error can drive the operator's terminal.
+        eprintln!(
+            "rsrun-image: {}",
+            rsrun_image::text::clean_unbounded(&format!("{e:#}"))
+        );
         std::process::exit(1);
     }
 }
@@ -96,9 +104,22 @@ fn run() -> Result<()> {
                         let v = take_value(&mut args, i, "--timeout")?;
                         let secs: f64 = v
                             .parse()
-                            .map_err(|_| anyhow!("--timeout {v:?} is not a number of seconds"))?;
+                            .ok()
+                            .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                            .ok_or_else(|| anyhow!("--timeout {v:?} is not a number of seconds"))?;
                         opts.cancel =
                             Cancel::with_deadline(Instant::now() + Duration::from_secs_f64(secs));
+                    }
+                    "--progress-timeout" => {
+                        let v = take_value(&mut args, i, "--progress-timeout")?;
+                        let secs: f64 = v
+                            .parse()
+                            .ok()
+                            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                            .ok_or_else(|| {
+                                anyhow!("--progress-timeout {v:?} is not a number of seconds")
+                            })?;
+                        opts.progress_timeout = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
                     }
                     "--concurrency" => {
                         let v = take_value(&mut args, i, "--concurrency")?;

@@ -202,7 +202,7 @@ pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<
         .manifests
         .iter()
         .filter_map(|d| d.platform.as_ref())
-        .map(|p| p.to_string())
+        .map(|p| crate::text::clean(&p.to_string()))
         .collect::<Vec<_>>()
         .join(", ");
     Err(Error::NoMatchingPlatform {
@@ -210,6 +210,14 @@ pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<
         wanted: want.to_string(),
         available,
     })
+}
+
+/// An os, architecture or variant name as images use them (`linux`, `amd64`, `v7`, `ppc64le`):
+/// up to 64 of `[A-Za-z0-9._-]`, or empty. Anything else would be shown raw by `list`.
+pub fn is_platform_word(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// The parts of the image config that the store needs.

@@ -7,18 +7,72 @@ use crate::digest::{Digest, HashingReader, TeeReader};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compression, Descriptor, ImageConfig, Parsed, Platform};
 use crate::reference::Reference;
-use crate::registry::{Cancel, Repo};
-use crate::store::{ImageRecord, LayerRecord};
+use crate::registry::{Cancel, ProgressClock, Repo, ABORTED_BY_SIBLING};
+use crate::store::{ImageRecord, LayerRecord, PendingLayer, Store, TempSnapshot};
+
+/// A verified blob's temp file, its path and digest.
+type TempBlob = (File, std::path::PathBuf, Digest);
+use crate::text::clean;
 use crate::unpack::{self, UnpackOptions};
 use crate::ImageStore;
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Cursor, Read};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
+/// Verified layers made visible together with one flush (see `Store::commit_batch`).
+const BATCH_LAYERS: usize = 64;
+/// …or once the oldest of them has waited this long.
+const BATCH_AGE: Duration = Duration::from_millis(500);
+
+/// The default `PullOptions::progress_timeout`.
+pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+const GIB: u64 = 1 << 30;
+
+/// Bounds on what a pull may write. A layer's uncompressed content may reach
+/// `max(ratio_floor, max_ratio × its compressed size)`, never more than `max_layer_bytes`;
+/// all layers of a pull together at most `max_image_bytes`; and no pull leaves less than
+/// `min_free_bytes` free on the store's filesystem. The pull fails as soon as a bound is
+/// passed (`Error::LimitExceeded`) and what it wrote is removed at once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_ratio: u64,
+    pub ratio_floor: u64,
+    /// Also the largest compressed size a layer may declare.
+    pub max_layer_bytes: u64,
+    pub max_image_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 100× (gzip of real layers is 2–10×; gzip cannot pass ~1030×), at least 2 GiB, at most
+    /// 64 GiB a layer and 128 GiB an image, 1 GiB kept free.
+    fn default() -> Self {
+        Limits {
+            max_ratio: 100,
+            ratio_floor: 2 * GIB,
+            max_layer_bytes: 64 * GIB,
+            max_image_bytes: 128 * GIB,
+            min_free_bytes: GIB,
+        }
+    }
+}
+
+impl Limits {
+    /// What a layer of `compressed` bytes may expand to.
+    pub fn layer_limit(&self, compressed: u64) -> u64 {
+        compressed
+            .saturating_mul(self.max_ratio)
+            .max(self.ratio_floor)
+            .min(self.max_layer_bytes)
+    }
+}
 
 /// What a pull reports about each layer (for progress displays).
 #[derive(Debug, Clone)]
@@ -47,6 +101,11 @@ pub struct PullOptions {
     /// Layers fetched and unpacked at once.
     pub concurrency: usize,
     pub unpack: UnpackOptions,
+    /// Fail an endpoint (`Error::Stalled`, then the next mirror is tried) when no byte has
+    /// arrived for this long, for the pull as a whole and for any one request (a stalled
+    /// connection while others progress). None: wait forever. Default 60 s.
+    pub progress_timeout: Option<Duration>,
+    pub limits: Limits,
 }
 
 impl Default for PullOptions {
@@ -59,6 +118,8 @@ impl Default for PullOptions {
             progress: None,
             concurrency: 3,
             unpack: UnpackOptions::default(),
+            progress_timeout: Some(DEFAULT_PROGRESS_TIMEOUT),
+            limits: Limits::default(),
         }
     }
 }
@@ -71,6 +132,8 @@ impl ImageStore {
         let r = Reference::parse(reference)?;
         opts.cancel.check("starting the pull")?;
         let _gc = self.store.gc_lock_shared(Some(&opts.cancel))?;
+        // Whatever killed or failed pulls left behind goes first.
+        self.store.sweep_stale()?;
         if let Some(d) = &r.digest {
             if let Some(img) = self.complete_image(&r.repo_digest(d), &opts.platform)? {
                 return self.attach_tag(&r, img);
@@ -84,8 +147,34 @@ impl ImageStore {
                 let af = opts.auth_file.as_ref()?;
                 af.get(&ep.host).or_else(|| af.get(&r.domain)).cloned()
             });
-            let repo = Repo::new(&self.client, ep, &r.path, creds, opts.cancel.clone())?;
-            match self.pull_from(&repo, &r, opts) {
+            // This endpoint's attempt: the caller's deadline and flag, plus an abort flag (a
+            // failed layer stops the others) and the progress clock. A watchdog interrupts
+            // the attempt's connections as soon as any of them fires.
+            let cancel = Cancel {
+                abort: Some(Arc::new(AtomicBool::new(false))),
+                clock: opts
+                    .progress_timeout
+                    .map(|t| Arc::new(ProgressClock::new(t))),
+                ..opts.cancel.clone()
+            };
+            let repo = Repo::new(&self.client, ep, &r.path, creds, cancel.clone())?;
+            let done = AtomicBool::new(false);
+            let res = std::thread::scope(|s| {
+                let w = s.spawn(|| {
+                    while !done.load(Ordering::SeqCst) {
+                        if cancel.check("").is_err() {
+                            repo.shutdown();
+                            return;
+                        }
+                        std::thread::park_timeout(Duration::from_millis(20));
+                    }
+                });
+                let res = self.pull_from(&repo, &r, opts, &cancel);
+                done.store(true, Ordering::SeqCst);
+                w.thread().unpark();
+                res
+            });
+            match res {
                 Ok(img) => return Ok(img),
                 Err(e @ (Error::NotFound(_) | Error::Unauthorized(_))) => {
                     if first_definite.is_none() {
@@ -126,8 +215,13 @@ impl ImageStore {
         }
     }
 
-    fn pull_from(&self, repo: &Repo, r: &Reference, opts: &PullOptions) -> Result<ImageRecord> {
-        let cancel = &opts.cancel;
+    fn pull_from(
+        &self,
+        repo: &Repo,
+        r: &Reference,
+        opts: &PullOptions,
+        cancel: &Cancel,
+    ) -> Result<ImageRecord> {
         // Resolve the tag cheaply first: a warm pull is one HEAD request.
         if r.digest.is_none() {
             if let Ok(Some(d)) = repo.head_manifest(&r.manifest_ref()) {
@@ -138,12 +232,26 @@ impl ImageStore {
         }
         let top = repo.fetch_manifest(&r.manifest_ref(), r.digest.as_ref())?;
         let what = format!("{r}");
+        storable_json(&top.bytes, &what)?;
         let mut manifest_blobs = vec![(top.digest.clone(), top.bytes.clone())];
         let (manifest, manifest_digest, platform) =
             match manifest::parse(&top.bytes, &top.media_type, &what)? {
                 Parsed::Index(idx) => {
-                    let d = manifest::select(&idx, &opts.platform, &what)?.clone();
+                    let d =
+                        manifest::select(&idx, &opts.platform, &format!("index {what}"))?.clone();
+                    if let Some(p) = &d.platform {
+                        if !manifest::is_platform_word(&p.variant) {
+                            return Err(Error::InvalidManifest {
+                                what: format!("index {what}"),
+                                reason: format!(
+                                    "variant \"{}\" is not a platform name",
+                                    clean(&p.variant)
+                                ),
+                            });
+                        }
+                    }
                     let m = repo.fetch_manifest(d.digest.as_str(), Some(&d.digest))?;
+                    storable_json(&m.bytes, &format!("{what} manifest {}", d.digest))?;
                     let parsed = match manifest::parse(&m.bytes, &m.media_type, &what)? {
                         Parsed::Manifest(pm) => pm,
                         Parsed::Index(_) => {
@@ -158,13 +266,35 @@ impl ImageStore {
                 }
                 Parsed::Manifest(m) => (m, top.digest.clone(), Platform::default()),
             };
+        let limits = &opts.limits;
+        let mut total: u64 = 0;
         for l in &manifest.layers {
             manifest::layer_compression(&l.media_type)?;
+            if l.size > limits.max_layer_bytes {
+                return Err(Error::LimitExceeded {
+                    what: format!("layer {}", l.digest),
+                    reason: format!(
+                        "the manifest declares {} bytes, over the {}-byte layer limit",
+                        l.size, limits.max_layer_bytes
+                    ),
+                });
+            }
+            total = total.saturating_add(l.size);
+        }
+        if total > limits.max_image_bytes {
+            return Err(Error::LimitExceeded {
+                what: format!("image {what}"),
+                reason: format!(
+                    "the manifest's layers total {total} bytes, over the {}-byte image limit",
+                    limits.max_image_bytes
+                ),
+            });
         }
 
         // Config.
         let config_bytes =
             self.fetch_small_blob(repo, &manifest.config, MAX_CONFIG_SIZE, "config")?;
+        storable_json(&config_bytes, &format!("{what} config"))?;
         let config: ImageConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
                 what: format!("{what} config"),
@@ -180,6 +310,14 @@ impl ImageStore {
                 ),
             });
         }
+        for (field, v) in [("os", &config.os), ("architecture", &config.architecture)] {
+            if !manifest::is_platform_word(v) {
+                return Err(Error::InvalidManifest {
+                    what: format!("{what} config"),
+                    reason: format!("{field} \"{}\" is not a platform name", clean(v)),
+                });
+            }
+        }
         let platform = if platform.os.is_empty() {
             let p = Platform {
                 os: config.os.clone(),
@@ -194,7 +332,7 @@ impl ImageStore {
                 })
             {
                 return Err(Error::NoMatchingPlatform {
-                    reference: what,
+                    reference: format!("image {what} (a single-platform manifest)"),
                     wanted: opts.platform.to_string(),
                     available: p.to_string(),
                 });
@@ -212,7 +350,13 @@ impl ImageStore {
         };
 
         // Layers, concurrently.
-        self.fetch_layers(repo, &manifest.layers, &config.rootfs.diff_ids, opts)?;
+        self.fetch_layers(
+            repo,
+            &manifest.layers,
+            &config.rootfs.diff_ids,
+            opts,
+            cancel,
+        )?;
         cancel.check("committing the image")?;
 
         for (d, b) in &manifest_blobs {
@@ -232,9 +376,11 @@ impl ImageStore {
                 media_type: l.media_type.clone(),
             })
             .collect();
-        let size = layers.iter().map(|l| l.size).sum::<u64>()
-            + manifest.config.size
-            + manifest_blobs.last().map_or(0, |m| m.1.len() as u64);
+        let size = layers
+            .iter()
+            .fold(0u64, |a, l| a.saturating_add(l.size))
+            .saturating_add(manifest.config.size)
+            .saturating_add(manifest_blobs.last().map_or(0, |m| m.1.len() as u64));
         let user = config
             .config
             .as_ref()
@@ -319,25 +465,35 @@ impl ImageStore {
         layers: &[Descriptor],
         diff_ids: &[Digest],
         opts: &PullOptions,
+        cancel: &Cancel,
     ) -> Result<()> {
-        let abort = Arc::new(AtomicBool::new(false));
-        let mut cancel = opts.cancel.clone();
-        cancel.abort = Some(abort.clone());
+        let abort = cancel.abort.clone().unwrap_or_default();
         let next = AtomicUsize::new(0);
         let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
+        let fail = |e: Error| {
+            errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+            abort.store(true, Ordering::SeqCst);
+        };
+        let ctx = LayerCtx {
+            image_used: AtomicU64::new(0),
+            batch: Batch {
+                store: &self.store,
+                pending: Mutex::new((Vec::new(), None)),
+                progress: opts.progress.clone(),
+            },
+        };
         let workers = opts.concurrency.clamp(1, 16).min(layers.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= layers.len() || abort.load(Ordering::Relaxed) {
+                    if i >= layers.len() || abort.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Err(e) = self.fetch_layer(repo, &layers[i], &diff_ids[i], opts, &cancel)
+                    if let Err(e) =
+                        self.fetch_layer(repo, &layers[i], &diff_ids[i], opts, cancel, &ctx, &fail)
                     {
-                        let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
-                        errs.push(e);
-                        abort.store(true, Ordering::Relaxed);
+                        fail(e);
                         break;
                     }
                 });
@@ -345,12 +501,18 @@ impl ImageStore {
         });
         let mut errs = errors.into_inner().unwrap_or_else(|p| p.into_inner());
         if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.remove(0))
+            // The last batch (a failed pull drops its pending layers with their temps).
+            return ctx.batch.flush();
         }
+        // The layer that failed, not a sibling stopped because of it.
+        let i = errs
+            .iter()
+            .position(|e| !matches!(e, Error::Cancelled(m) if m.ends_with(ABORTED_BY_SIBLING)))
+            .unwrap_or(0);
+        Err(errs.swap_remove(i))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fetch_layer(
         &self,
         repo: &Repo,
@@ -358,6 +520,8 @@ impl ImageStore {
         diff_id: &Digest,
         opts: &PullOptions,
         cancel: &Cancel,
+        ctx: &LayerCtx<'_>,
+        fail: &(dyn Fn(Error) + Sync),
     ) -> Result<()> {
         let st = &self.store;
         let done = |cached| {
@@ -372,7 +536,12 @@ impl ImageStore {
             done(true);
             return Ok(());
         }
-        let _lock = st.lock_digest(diff_id, cancel)?;
+        // While another pull holds this layer, commit ours: two pulls never wait on each other.
+        let lock = st.lock_digest_waiting(diff_id, cancel, &|| {
+            if let Err(e) = ctx.batch.flush() {
+                fail(e);
+            }
+        })?;
         if st.has_snapshot(diff_id) && st.has_blob(&desc.digest) {
             done(true); // another pull did it while we waited
             return Ok(());
@@ -386,15 +555,28 @@ impl ImageStore {
             });
         }
         let res = if st.has_blob(&desc.digest) {
-            self.unpack_local(desc, diff_id, opts)
+            self.unpack_local(desc, diff_id, opts, cancel, ctx)
+                .map(|snap| (None, Some(snap)))
         } else {
-            self.stream_layer(repo, desc, diff_id, opts, !st.has_snapshot(diff_id))
+            self.stream_layer(
+                repo,
+                desc,
+                diff_id,
+                opts,
+                cancel,
+                ctx,
+                !st.has_snapshot(diff_id),
+            )
         };
         match res {
-            Ok(()) => {
-                done(false);
-                Ok(())
-            }
+            Ok((blob, snapshot)) => ctx.batch.add(
+                PendingLayer {
+                    _lock: lock,
+                    blob,
+                    snapshot: snapshot.map(|s| (s, diff_id.clone())),
+                },
+                desc.digest.clone(),
+            ),
             Err(e) => {
                 st.clean_stale(diff_id);
                 st.clean_stale(&desc.digest);
@@ -404,7 +586,14 @@ impl ImageStore {
         }
     }
 
-    fn unpack_local(&self, desc: &Descriptor, diff_id: &Digest, opts: &PullOptions) -> Result<()> {
+    fn unpack_local(
+        &self,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        opts: &PullOptions,
+        cancel: &Cancel,
+        ctx: &LayerCtx<'_>,
+    ) -> Result<TempSnapshot> {
         let path = self.store.blob_path(&desc.digest);
         let f = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
         let tmp = self.store.snapshot_tmp(diff_id)?;
@@ -412,25 +601,29 @@ impl ImageStore {
             256 << 10,
             crate::registry::CancelReader {
                 inner: f,
-                cancel: opts.cancel.clone(),
+                cancel: cancel.clone(),
             },
         );
         let layer = desc.digest.to_string();
-        let got = decompress_and_unpack(&mut r, &tmp, &layer, desc, opts)?;
+        let got = decompress_and_unpack(&mut r, &tmp.path, &layer, desc, opts, cancel, ctx)?;
         check_diff(&got, diff_id, &layer)?;
-        self.store.commit_snapshot(&tmp, diff_id)
+        Ok(tmp)
     }
 
     /// One pass over the network stream: blob digest + blob file, decompression, diff_id and
-    /// unpacking (unless the snapshot already exists: then only the blob is stored).
+    /// unpacking (unless the snapshot already exists: then only the blob is stored). Returns
+    /// the verified temp blob and snapshot, for the batched commit.
+    #[allow(clippy::too_many_arguments)]
     fn stream_layer(
         &self,
         repo: &Repo,
         desc: &Descriptor,
         diff_id: &Digest,
         opts: &PullOptions,
+        cancel: &Cancel,
+        ctx: &LayerCtx<'_>,
         unpack_too: bool,
-    ) -> Result<()> {
+    ) -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
         let layer = desc.digest.to_string();
         let what = format!("fetching layer {}", desc.digest.short());
         let (body, len) = repo.blob(&desc.digest)?;
@@ -444,7 +637,7 @@ impl ImageStore {
             }
         }
         let counted = Counting {
-            inner: body.take(desc.size + 1),
+            inner: body.take(desc.size.saturating_add(1)),
             done: 0,
             last: 0,
             progress: opts.progress.clone(),
@@ -462,13 +655,15 @@ impl ImageStore {
         };
         if let Some(dir) = &tmp_dir {
             let mut br = BufReader::with_capacity(256 << 10, &mut tee);
-            let got =
-                decompress_and_unpack(&mut br, dir, &layer, desc, opts).map_err(|e| match e {
+            let got = decompress_and_unpack(&mut br, &dir.path, &layer, desc, opts, cancel, ctx)
+                .map_err(|e| match e {
                     Error::BadLayer { reason, .. }
                         if reason.contains("reading tar") || reason.contains("decompress") =>
                     {
                         match repo.stream_err(io::Error::other(reason.clone()), &what) {
-                            e @ (Error::Cancelled(_) | Error::DeadlineExceeded(_)) => e,
+                            e @ (Error::Cancelled(_)
+                            | Error::DeadlineExceeded(_)
+                            | Error::Stalled { .. }) => e,
                             _ => Error::BadLayer {
                                 layer: layer.clone(),
                                 reason,
@@ -501,12 +696,71 @@ impl ImageStore {
         let file = out
             .into_inner()
             .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
-        self.store.commit_blob(&tmp_blob, file, &desc.digest)?;
-        if let Some(dir) = tmp_dir {
-            self.store.commit_snapshot(&dir, diff_id)?;
+        Ok((Some((file, tmp_blob, desc.digest.clone())), tmp_dir))
+    }
+}
+
+/// What the layers of one pull share.
+struct LayerCtx<'a> {
+    /// Uncompressed bytes unpacked so far by all layers (`Limits::max_image_bytes`).
+    image_used: AtomicU64,
+    batch: Batch<'a>,
+}
+
+/// Verified layers waiting for their batched commit, and when the oldest was added.
+struct Batch<'a> {
+    store: &'a Store,
+    #[allow(clippy::type_complexity)]
+    pending: Mutex<(Vec<(PendingLayer, Digest)>, Option<Instant>)>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+impl Batch<'_> {
+    fn add(&self, p: PendingLayer, layer: Digest) -> Result<()> {
+        let full = {
+            let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            g.0.push((p, layer));
+            let oldest = *g.1.get_or_insert_with(Instant::now);
+            g.0.len() >= BATCH_LAYERS || oldest.elapsed() >= BATCH_AGE
+        };
+        if full {
+            self.flush()?;
         }
         Ok(())
     }
+
+    /// Commits every pending layer (one flush) and reports them done.
+    fn flush(&self) -> Result<()> {
+        let items = {
+            let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            g.1 = None;
+            std::mem::take(&mut g.0)
+        };
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (items, layers): (Vec<PendingLayer>, Vec<Digest>) = items.into_iter().unzip();
+        self.store.commit_batch(items)?;
+        if let Some(p) = &self.progress {
+            for digest in layers {
+                p.event(LayerEvent::Done {
+                    digest,
+                    cached: false,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A manifest or config is stored only if every later command can read it back.
+fn storable_json(bytes: &[u8], what: &str) -> Result<()> {
+    crate::store::parse_json(bytes)
+        .map(drop)
+        .map_err(|e| Error::InvalidManifest {
+            what: what.to_string(),
+            reason: format!("JSON the store could not read back: {e}"),
+        })
 }
 
 /// Moves `tag` to image `id`; images left with neither tags nor digests are dropped.
@@ -561,14 +815,17 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
-/// Detects the compression from the stream's magic bytes (falling back to the media type),
-/// decompresses, unpacks into `dir` and returns the digest of the uncompressed stream.
+/// Detects the compression from the stream's magic bytes (it must agree with the media type),
+/// decompresses within the pull's limits, unpacks into `dir` and returns the digest of the
+/// uncompressed stream.
 fn decompress_and_unpack<R: Read>(
     r: &mut R,
     dir: &Path,
     layer: &str,
     desc: &Descriptor,
     opts: &PullOptions,
+    cancel: &Cancel,
+    ctx: &LayerCtx<'_>,
 ) -> Result<Digest> {
     let bad = |reason: String| Error::BadLayer {
         layer: layer.to_string(),
@@ -583,18 +840,27 @@ fn decompress_and_unpack<R: Read>(
             Err(e) => return Err(bad(format!("reading tar: {e}"))),
         }
     }
-    let declared = manifest::layer_compression(&desc.media_type).unwrap_or(Compression::None);
+    let declared = manifest::layer_compression(&desc.media_type)?;
     let kind = if got >= 2 && head[..2] == [0x1f, 0x8b] {
         Compression::Gzip
     } else if got == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
         Compression::Zstd
-    } else if declared != Compression::None {
-        return Err(bad(format!(
-            "media type says {declared:?} but the data is not {declared:?}"
-        )));
     } else {
         Compression::None
     };
+    if kind != declared {
+        let name = |c: Compression| match c {
+            Compression::None => "uncompressed tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        };
+        return Err(bad(format!(
+            "media type {} says {} but the data is {}",
+            clean(&desc.media_type),
+            name(declared),
+            name(kind)
+        )));
+    }
     let stream = BufReader::with_capacity(128 << 10, Cursor::new(head[..got].to_vec()).chain(r));
     let dec: Box<dyn Read + '_> = match kind {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
@@ -604,10 +870,116 @@ fn decompress_and_unpack<R: Read>(
         ),
         Compression::None => Box::new(stream),
     };
-    let mut hashed = HashingReader::new(dec);
-    unpack::unpack(&mut hashed, dir, layer, &opts.unpack)?;
-    let (d, _) = hashed
-        .finish()
-        .map_err(|e| bad(format!("reading tar: decompress: {e}")))?;
-    Ok(d)
+    let limits = &opts.limits;
+    let exceeded = RefCell::new(None);
+    let budget = Budget {
+        inner: dec,
+        used: 0,
+        limit: limits.layer_limit(desc.size),
+        limits,
+        compressed: desc.size,
+        image_used: &ctx.image_used,
+        unchecked: 0,
+        root: dir,
+        cancel,
+        layer,
+        exceeded: &exceeded,
+    };
+    budget.check_free()?;
+    let mut hashed = HashingReader::new(budget);
+    let res = unpack::unpack(&mut hashed, dir, layer, &opts.unpack).and_then(|_| {
+        hashed
+            .finish()
+            .map_err(|e| bad(format!("reading tar: decompress: {e}")))
+    });
+    // A passed bound is the reason, whatever the tar reader made of the cut stream.
+    if let Some(e) = exceeded.into_inner() {
+        return Err(e);
+    }
+    res.map(|(d, _)| d)
+}
+
+/// Counts the uncompressed bytes of a layer against the pull's limits and fails the read that
+/// passes one (recording why in `exceeded`); checks the store's free space every 64 MiB.
+struct Budget<'a, R> {
+    inner: R,
+    used: u64,
+    limit: u64,
+    limits: &'a Limits,
+    compressed: u64,
+    image_used: &'a AtomicU64,
+    unchecked: u64,
+    root: &'a Path,
+    cancel: &'a Cancel,
+    layer: &'a str,
+    exceeded: &'a RefCell<Option<Error>>,
+}
+
+impl<R> Budget<'_, R> {
+    fn check_free(&self) -> Result<()> {
+        match crate::sys::free_bytes(self.root) {
+            Ok(free) if free < self.limits.min_free_bytes => Err(Error::LimitExceeded {
+                what: format!("layer {}", self.layer),
+                reason: format!(
+                    "the store's filesystem has {free} bytes free, less than the {} to keep free",
+                    self.limits.min_free_bytes
+                ),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::io("checking free space of", self.root, e)),
+        }
+    }
+
+    fn fail(&self, e: Error) -> io::Error {
+        let msg = e.to_string();
+        *self.exceeded.borrow_mut() = Some(e);
+        io::Error::other(msg)
+    }
+}
+
+impl<R: Read> Read for Budget<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.cancel.touch();
+        let n64 = n as u64;
+        self.used = self.used.saturating_add(n64);
+        let image = self
+            .image_used
+            .fetch_add(n64, Ordering::Relaxed)
+            .saturating_add(n64);
+        if self.used > self.limit {
+            return Err(self.fail(Error::LimitExceeded {
+                what: format!("layer {}", self.layer),
+                reason: format!(
+                    "uncompressed content passes {} bytes, the limit for a {}-byte layer \
+                     (max {}× its size, at least {}, at most {} bytes)",
+                    self.limit,
+                    self.compressed,
+                    self.limits.max_ratio,
+                    self.limits.ratio_floor,
+                    self.limits.max_layer_bytes
+                ),
+            }));
+        }
+        if image > self.limits.max_image_bytes {
+            return Err(self.fail(Error::LimitExceeded {
+                what: format!("layer {}", self.layer),
+                reason: format!(
+                    "the image's layers pass {} uncompressed bytes together (the image limit)",
+                    self.limits.max_image_bytes
+                ),
+            }));
+        }
+        self.unchecked += n64;
+        if self.unchecked >= 64 << 20 {
+            self.unchecked = 0;
+            if let Err(e) = self.check_free() {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(n)
+    }
 }

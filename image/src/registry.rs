@@ -4,6 +4,7 @@
 use crate::config::{Credentials, Endpoint};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::text::clean;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Everything but RFC 3986 unreserved characters.
@@ -15,11 +16,14 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use ureq::http::Response;
 use ureq::Body;
+
+/// Redirects followed for one request (blob storage, CDNs).
+pub const MAX_REDIRECTS: u32 = 10;
 
 /// Largest manifest or index accepted (as containerd).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
@@ -31,28 +35,59 @@ pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.l
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Cancellation of a pull: a deadline (the gRPC deadline) and/or a flag set by the caller.
-/// Checked before every request and on every read of a streamed body.
+/// Checked before every request and on every read of a streamed body; during a pull a
+/// watchdog also checks it and interrupts the pull's connections at once when it fails.
 #[derive(Clone, Debug, Default)]
 pub struct Cancel {
     pub deadline: Option<Instant>,
     pub flag: Option<Arc<AtomicBool>>,
     /// Set by the pull itself when one of its layers failed, to stop the others.
     pub(crate) abort: Option<Arc<AtomicBool>>,
+    /// The pull's progress clock (see `PullOptions::progress_timeout`).
+    pub(crate) clock: Option<Arc<ProgressClock>>,
 }
+
+/// When the pull last received (or unpacked) a byte.
+#[derive(Debug)]
+pub(crate) struct ProgressClock {
+    start: Instant,
+    last_ms: AtomicU64,
+    timeout: Duration,
+}
+
+impl ProgressClock {
+    pub(crate) fn new(timeout: Duration) -> ProgressClock {
+        ProgressClock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            timeout,
+        }
+    }
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+    fn stalled(&self) -> bool {
+        let idle = (self.start.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        idle > self.timeout.as_millis() as u64
+    }
+}
+
+/// The marker of a layer stopped because another one failed (see `Cancel::check`).
+pub(crate) const ABORTED_BY_SIBLING: &str = "(another part of the pull failed)";
 
 impl Cancel {
     pub fn with_deadline(deadline: Instant) -> Cancel {
         Cancel {
             deadline: Some(deadline),
-            flag: None,
-            abort: None,
+            ..Cancel::default()
         }
     }
     pub fn with_flag(flag: Arc<AtomicBool>) -> Cancel {
         Cancel {
-            deadline: None,
             flag: Some(flag),
-            abort: None,
+            ..Cancel::default()
         }
     }
     pub fn check(&self, what: &str) -> Result<()> {
@@ -68,14 +103,27 @@ impl Cancel {
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Relaxed))
         {
-            return Err(Error::Cancelled(format!(
-                "{what} (another part of the pull failed)"
-            )));
+            return Err(Error::Cancelled(format!("{what} {ABORTED_BY_SIBLING}")));
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(Error::DeadlineExceeded(what.to_string()));
         }
+        if let Some(c) = self.clock.as_ref().filter(|c| c.stalled()) {
+            return Err(Error::Stalled {
+                what: what.to_string(),
+                secs: c.timeout.as_secs(),
+            });
+        }
         Ok(())
+    }
+    /// Records progress (bytes received or unpacked, or waiting for another pull's lock).
+    pub(crate) fn touch(&self) {
+        if let Some(c) = &self.clock {
+            c.touch();
+        }
+    }
+    pub(crate) fn progress_timeout(&self) -> Option<Duration> {
+        self.clock.as_ref().map(|c| c.timeout)
     }
     pub(crate) fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| {
@@ -99,7 +147,11 @@ impl<R: Read> Read for CancelReader<R> {
                 CancelledIo(e.to_string()),
             ));
         }
-        self.inner.read(buf)
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.cancel.touch();
+        }
+        Ok(n)
     }
 }
 
@@ -112,9 +164,11 @@ impl std::fmt::Display for CancelledIo {
 }
 impl std::error::Error for CancelledIo {}
 
-/// HTTP agents, one per CA file (and one for the web PKI roots / plain HTTP).
+/// HTTP client settings, one per CA file (and one for the web PKI roots / plain HTTP). Each
+/// repository access gets an agent (connection pool) of its own, so that a failed or
+/// cancelled pull can interrupt its own connections without touching other pulls'.
 pub struct Client {
-    agents: Mutex<HashMap<Option<PathBuf>, ureq::Agent>>,
+    configs: Mutex<HashMap<Option<PathBuf>, ureq::config::Config>>,
 }
 
 impl Default for Client {
@@ -126,15 +180,16 @@ impl Default for Client {
 impl Client {
     pub fn new() -> Client {
         Client {
-            agents: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
         }
     }
 
+    /// A new agent (its own connection pool) for one pull from one endpoint.
     fn agent(&self, ca_file: Option<&Path>) -> Result<ureq::Agent> {
         let key = ca_file.map(Path::to_path_buf);
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = agents.get(&key) {
-            return Ok(a.clone());
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = configs.get(&key) {
+            return Ok(ureq::Agent::new_with_config(c.clone()));
         }
         let mut b = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -142,9 +197,7 @@ impl Client {
             .user_agent(concat!("rsrun-image/", env!("CARGO_PKG_VERSION")))
             .accept_encoding("identity")
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_recv_body(None)
-            .timeout_per_read(Some(Duration::from_secs(60)))
             .max_idle_connections_per_host(16);
         if let Some(ca) = ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
@@ -175,9 +228,9 @@ impl Client {
                     .build(),
             );
         }
-        let agent: ureq::Agent = b.build().into();
-        agents.insert(key, agent.clone());
-        Ok(agent)
+        let config = b.build();
+        configs.insert(key, config.clone());
+        Ok(ureq::Agent::new_with_config(config))
     }
 }
 
@@ -235,6 +288,22 @@ impl Repo {
         }
     }
 
+    /// Interrupts every request of this repository access in flight (blocked reads included).
+    pub(crate) fn shutdown(&self) {
+        self.agent.clone().shutdown();
+    }
+
+    /// The per-request timeouts: the pull's deadline, and the progress timeout for waiting
+    /// for the response and for each read of its body.
+    fn timeouts<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let pt = self.cancel.progress_timeout();
+        req.config()
+            .timeout_global(self.cancel.remaining())
+            .timeout_recv_response(pt)
+            .timeout_per_read(pt)
+            .build()
+    }
+
     /// GET (or HEAD) with redirects and auth challenges handled.
     fn send(
         &self,
@@ -248,14 +317,25 @@ impl Repo {
         let mut auth_tries = 0;
         loop {
             self.cancel.check(what)?;
-            let (scheme, authority, _) =
-                split_url(&url).ok_or_else(|| self.registry_err(format!("bad URL {url:?}")))?;
+            let (scheme, authority, _) = split_url(&url)
+                .ok_or_else(|| self.registry_err(format!("bad URL {:?}", clean(&url))))?;
             if scheme == "http" && self.endpoint.scheme == "https" {
-                return Err(
-                    self.registry_err(format!("refusing redirect from HTTPS to plain HTTP {url}"))
-                );
+                return Err(self.registry_err(format!(
+                    "refusing redirect from HTTPS to plain HTTP {} {what}",
+                    clean(&url)
+                )));
             }
             let same_origin = authority == self.endpoint.host && scheme == self.endpoint.scheme;
+            // Who answered, for messages: the registry, or the host it redirected to.
+            let who = if same_origin {
+                self.endpoint.base_url()
+            } else {
+                format!(
+                    "{scheme}://{} (where {} redirected)",
+                    clean(authority),
+                    self.endpoint.base_url()
+                )
+            };
             let mut req = if head {
                 self.agent.head(&url)
             } else {
@@ -273,48 +353,53 @@ impl Repo {
                     AuthState::Basic(h) => req = req.header("Authorization", h.as_str()),
                 }
             }
-            let req = req.config().timeout_global(self.cancel.remaining()).build();
-            let resp = req.call().map_err(|e| self.transport_err(e, what))?;
+            let resp = self
+                .timeouts(req)
+                .call()
+                .map_err(|e| self.transport_err(e, what))?;
+            self.cancel.touch();
             let status = resp.status().as_u16();
             match status {
                 200..=299 => return Ok(resp),
                 301 | 302 | 303 | 307 | 308 => {
                     redirects += 1;
-                    if redirects > 10 {
-                        return Err(self.registry_err(format!("too many redirects {what}")));
+                    if redirects > MAX_REDIRECTS {
+                        return Err(self.registry_err(format!(
+                            "more than {MAX_REDIRECTS} redirects {what} (last to {})",
+                            clean(&url)
+                        )));
                     }
                     let loc = header(&resp, "location").ok_or_else(|| {
-                        self.registry_err(format!("redirect without Location {what}"))
+                        self.registry_err(format!("{who} redirected without a Location {what}"))
                     })?;
-                    url = resolve_url(&url, &loc);
+                    url = resolve_url(&url, &loc).map_err(|reason| {
+                        self.registry_err(format!("{who} redirected {what}: {reason}"))
+                    })?;
                 }
                 401 if same_origin && auth_tries < 1 => {
                     auth_tries += 1;
                     let challenge = header(&resp, "www-authenticate").unwrap_or_default();
                     self.authenticate(&challenge)?;
                 }
-                401 | 403 => {
+                401 | 403 if same_origin => {
                     let msg = error_message(resp);
-                    let who = if self.creds.is_some() {
+                    let how = if self.creds.is_some() {
                         "with the given credentials"
                     } else {
                         "anonymously"
                     };
                     return Err(Error::Unauthorized(format!(
-                        "{} denied access {what} {who}: {msg}",
-                        self.endpoint.base_url()
+                        "{who} denied access {what} {how}: HTTP {status} {msg}"
                     )));
                 }
-                404 => {
-                    return Err(Error::NotFound(format!(
-                        "{} {what} on {}",
-                        self.path,
-                        self.endpoint.base_url()
-                    )))
+                404 if same_origin => {
+                    return Err(Error::NotFound(format!("{} {what} on {who}", self.path)))
                 }
                 _ => {
                     let msg = error_message(resp);
-                    return Err(self.registry_err(format!("HTTP {status} {what}: {msg}")));
+                    return Err(
+                        self.registry_err(format!("{who} answered HTTP {status} {what}: {msg}"))
+                    );
                 }
             }
         }
@@ -324,7 +409,7 @@ impl Repo {
         if let Err(c) = self.cancel.check(what) {
             return c;
         }
-        self.registry_err(format!("{what}: {e}"))
+        self.registry_err(format!("{what}: {}", clean(&e.to_string())))
     }
 
     fn authenticate(&self, challenge: &str) -> Result<()> {
@@ -350,8 +435,9 @@ impl Repo {
                 Ok(())
             }
             _ => Err(Error::Unauthorized(format!(
-                "{} answered 401 with an unsupported challenge {challenge:?}",
-                self.endpoint.base_url()
+                "{} answered 401 with an unsupported challenge \"{}\"",
+                self.endpoint.base_url(),
+                clean(challenge)
             ))),
         }
     }
@@ -360,11 +446,23 @@ impl Repo {
         let realm = params
             .get("realm")
             .ok_or_else(|| self.registry_err("Bearer challenge without realm"))?;
-        let (rscheme, _, _) = split_url(realm)
-            .ok_or_else(|| self.registry_err(format!("bad token realm {realm:?}")))?;
+        let shown = clean(realm);
+        let (rscheme, rauth, _) = split_url(realm)
+            .ok_or_else(|| self.registry_err(format!("bad token realm \"{shown}\"")))?;
         if rscheme == "http" && self.endpoint.scheme != "http" {
             return Err(self.registry_err(format!(
-                "token realm {realm} is plain HTTP for an HTTPS registry"
+                "token realm {shown} is plain HTTP for an HTTPS registry"
+            )));
+        }
+        // Credentials go to the realm the registry names (as Docker and containerd do), but
+        // never in the clear to a host other than the plain-HTTP registry itself.
+        if rscheme == "http"
+            && self.creds.is_some()
+            && host_part(rauth) != host_part(&self.endpoint.host)
+        {
+            return Err(self.registry_err(format!(
+                "token realm {shown} is plain HTTP on another host than the registry: \
+                 credentials are not sent there"
             )));
         }
         let scope = params
@@ -382,13 +480,12 @@ impl Repo {
                     enc(&scope),
                     enc(refresh)
                 );
-                self.agent
-                    .post(realm)
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .config()
-                    .timeout_global(self.cancel.remaining())
-                    .build()
-                    .send(form.as_bytes())
+                self.timeouts(
+                    self.agent
+                        .post(realm)
+                        .header("Content-Type", "application/x-www-form-urlencoded"),
+                )
+                .send(form.as_bytes())
             }
             creds => {
                 let sep = if realm.contains('?') { '&' } else { '?' };
@@ -400,25 +497,26 @@ impl Repo {
                 if let Some(h) = creds.as_ref().and_then(Credentials::basic_header) {
                     req = req.header("Authorization", h);
                 }
-                req.config()
-                    .timeout_global(self.cancel.remaining())
-                    .build()
-                    .call()
+                self.timeouts(req).call()
             }
         }
         .map_err(|e| self.transport_err(e, "fetching a registry token"))?;
+        self.cancel.touch();
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
             return Err(Error::Unauthorized(format!(
-                "token endpoint {realm} refused the credentials: {}",
+                "token endpoint {shown} refused the credentials: {}",
                 error_message(resp)
             )));
         }
         if status != 200 {
-            return Err(self.registry_err(format!("token endpoint {realm} answered HTTP {status}")));
+            return Err(self.registry_err(format!(
+                "token endpoint {shown} answered HTTP {status}: {}",
+                error_message(resp)
+            )));
         }
         let body = read_limited(resp, 1 << 20)
-            .map_err(|e| self.registry_err(format!("reading token: {e}")))?;
+            .map_err(|e| self.stream_err(e, "reading the token response"))?;
         #[derive(serde::Deserialize)]
         struct Tok {
             #[serde(default)]
@@ -427,7 +525,7 @@ impl Repo {
             access_token: String,
         }
         let t: Tok = serde_json::from_slice(&body)
-            .map_err(|e| self.registry_err(format!("bad token response: {e}")))?;
+            .map_err(|e| self.registry_err(format!("bad token response from {shown}: {e}")))?;
         let tok = if t.token.is_empty() {
             t.access_token
         } else {
@@ -532,8 +630,16 @@ impl Repo {
         if let Err(c) = self.cancel.check(what) {
             return c;
         }
-        self.registry_err(format!("{what}: {e}"))
+        self.registry_err(format!("{what}: {}", clean(&e.to_string())))
     }
+}
+
+/// The host of `host[:port]` or `[v6]:port`.
+fn host_part(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
 fn header(resp: &Response<Body>, name: &str) -> Option<String> {
@@ -575,12 +681,12 @@ fn error_message(resp: Response<Body>) -> String {
         return e
             .errors
             .iter()
-            .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+            .map(|e| clean(format!("{} {}", e.code, e.message).trim()))
             .collect::<Vec<_>>()
             .join("; ");
     }
     let s = String::from_utf8_lossy(&body);
-    s.chars().take(200).collect::<String>().trim().to_string()
+    clean(s.chars().take(200).collect::<String>().trim())
 }
 
 /// `scheme://authority/rest` → (scheme, authority, path-and-query).
@@ -597,23 +703,49 @@ pub(crate) fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     Some((scheme, auth, path))
 }
 
-pub(crate) fn resolve_url(base: &str, loc: &str) -> String {
-    if loc.starts_with("http://") || loc.starts_with("https://") {
-        return loc.to_string();
+/// The URL a `Location` header sends to, relative to `base`. Only http and https are followed:
+/// any other scheme (`file:`, `ftp:`, …) is an error naming it, never a relative path.
+pub(crate) fn resolve_url(base: &str, loc: &str) -> std::result::Result<String, String> {
+    if let Some((scheme, _)) = loc.split_once(':') {
+        let is_scheme = scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
+        if is_scheme {
+            let lower = scheme.to_ascii_lowercase();
+            if lower != "http" && lower != "https" {
+                return Err(format!(
+                    "redirect to unsupported URL scheme \"{}\" ({})",
+                    clean(scheme),
+                    clean(loc)
+                ));
+            }
+            let url = format!("{lower}{}", &loc[scheme.len()..]);
+            return match split_url(&url) {
+                Some(_) => Ok(url),
+                None => Err(format!("redirect to a bad URL \"{}\"", clean(loc))),
+            };
+        }
     }
-    let Some((scheme, auth, path)) = split_url(base) else {
-        return loc.to_string();
-    };
+    let (scheme, auth, path) =
+        split_url(base).ok_or_else(|| format!("bad base URL \"{}\"", clean(base)))?;
     if let Some(rest) = loc.strip_prefix("//") {
-        return format!("{scheme}://{rest}");
+        let url = format!("{scheme}://{rest}");
+        return match split_url(&url) {
+            Some(_) => Ok(url),
+            None => Err(format!("redirect to a bad URL \"{}\"", clean(loc))),
+        };
     }
     if loc.starts_with('/') {
-        return format!("{scheme}://{auth}{loc}");
+        return Ok(format!("{scheme}://{auth}{loc}"));
     }
     let path = path.split('?').next().unwrap_or("");
     let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
     let dir = if dir.is_empty() { "/" } else { dir };
-    format!("{scheme}://{auth}{dir}{loc}")
+    Ok(format!("{scheme}://{auth}{dir}{loc}"))
 }
 
 /// `Bearer realm="x",service="y",scope="a,b"` → ("Bearer", {realm: x, ...}).
@@ -682,22 +814,19 @@ mod tests {
 
     #[test]
     fn url_resolution() {
-        assert_eq!(
-            resolve_url("http://a:1/v2/x/blobs/s", "/store/1?sig=2"),
-            "http://a:1/store/1?sig=2"
-        );
-        assert_eq!(
-            resolve_url("http://a:1/v2/x/blobs/s", "https://s3/b?x"),
-            "https://s3/b?x"
-        );
-        assert_eq!(
-            resolve_url("http://a:1/v2/x/blobs/s", "//cdn/b"),
-            "http://cdn/b"
-        );
-        assert_eq!(
-            resolve_url("http://a:1/v2/x/blobs/s", "t"),
-            "http://a:1/v2/x/blobs/t"
-        );
+        let r = |l: &str| resolve_url("http://a:1/v2/x/blobs/s", l);
+        assert_eq!(r("/store/1?sig=2").unwrap(), "http://a:1/store/1?sig=2");
+        assert_eq!(r("https://s3/b?x").unwrap(), "https://s3/b?x");
+        assert_eq!(r("HTTPS://s3/b").unwrap(), "https://s3/b");
+        assert_eq!(r("//cdn/b").unwrap(), "http://cdn/b");
+        assert_eq!(r("t").unwrap(), "http://a:1/v2/x/blobs/t");
+        let e = r("file:///etc/passwd").unwrap_err();
+        assert!(e.contains("unsupported URL scheme \"file\""), "{e}");
+        assert!(r("ftp://h/x").is_err());
+        assert!(r("http://").is_err());
+        assert_eq!(host_part("a.b:5000"), "a.b");
+        assert_eq!(host_part("[::1]:5000"), "::1");
+        assert_eq!(host_part("h"), "h");
         assert_eq!(split_url("https://h:5/p?q"), Some(("https", "h:5", "/p?q")));
         assert_eq!(split_url("ftp://h/p"), None);
     }

@@ -10,7 +10,15 @@
 //! ROOT/ingest/HEX.PID.N            blobs being downloaded
 //! ROOT/locks/HEX                   per-digest flock files: one download/unpack at a time
 //! ROOT/snapshots/DIFFIDHEX/        an unpacked layer (overlay lowerdir)
-//! ROOT/snapshots/.tmp-HEX.PID.N/   a layer being unpacked
+//! ROOT/tmp/HEX.PID.N/              a layer being unpacked
+//! ROOT/tmp.lock                    held shared while creating a temp entry, exclusive to sweep
+//! ```
+//!
+//! Every temp entry (ingest file, tmp dir) is `flock`ed by its writer while it lives, so an
+//! entry that can be locked is left over from a process that died or failed: it is removed on
+//! the next open of the store, at the start of every pull, and when its digest is pulled.
+//!
+//! ```text
 //! ROOT/containers/ID/              a container rootfs: rootfs.json, upper/, work/, rootfs/
 //! ```
 
@@ -23,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -89,6 +98,22 @@ pub struct Store {
     root: PathBuf,
     fsync: bool,
     seq: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// A directory a layer is being unpacked into, locked by its writer until dropped.
+pub struct TempSnapshot {
+    pub path: PathBuf,
+    _lock: File,
+}
+
+/// A layer whose blob and/or snapshot are complete and verified, waiting (with its digest lock
+/// held) for the batched flush that makes it visible: see [`Store::commit_batch`].
+pub(crate) struct PendingLayer {
+    pub _lock: FileLock,
+    /// The blob's temp file (in `ingest/`), its path and digest.
+    pub blob: Option<(File, PathBuf, Digest)>,
+    pub snapshot: Option<(TempSnapshot, Digest)>,
 }
 
 /// An flock held on a file; released on drop (or when the process dies).
@@ -114,17 +139,26 @@ impl Store {
             "locks",
             "snapshots",
             "containers",
+            "tmp",
         ] {
             let p = root.join(d);
             fs::create_dir_all(&p).ctx("creating store directory", &p)?;
             fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
                 .ctx("setting mode of", &p)?;
         }
-        Ok(Store {
+        let store = Store {
             root,
             fsync: std::env::var_os("RSRUN_IMAGE_NO_FSYNC").is_none(),
             seq: AtomicU64::new(0),
-        })
+            syncs: AtomicU64::new(0),
+        };
+        store.sweep_stale()?;
+        Ok(store)
+    }
+
+    /// How many fsync/syncfs calls this handle made (durability cost; the tests read it).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     pub fn root(&self) -> &Path {
@@ -162,6 +196,18 @@ impl Store {
         cancel: Option<&Cancel>,
         what: &str,
     ) -> Result<FileLock> {
+        self.lock_file_waiting(path, exclusive, cancel, what, &|| {})
+    }
+
+    /// `lock_file`, calling `on_wait` while the lock is held elsewhere.
+    fn lock_file_waiting(
+        &self,
+        path: &Path,
+        exclusive: bool,
+        cancel: Option<&Cancel>,
+        what: &str,
+        on_wait: &dyn Fn(),
+    ) -> Result<FileLock> {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -174,7 +220,10 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if let Some(c) = cancel {
                         c.check(what)?;
+                        // Waiting for another pull is not a stall of this one.
+                        c.touch();
                     }
+                    on_wait();
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -198,49 +247,96 @@ impl Store {
 
     /// One download / unpack of a digest at a time, across threads and processes.
     pub fn lock_digest(&self, d: &Digest, cancel: &Cancel) -> Result<FileLock> {
-        self.lock_file(
+        self.lock_digest_waiting(d, cancel, &|| {})
+    }
+
+    /// `lock_digest`, calling `on_wait` while another pull holds the digest (a pull flushes
+    /// its own pending layers then, so that two pulls never wait for each other).
+    pub(crate) fn lock_digest_waiting(
+        &self,
+        d: &Digest,
+        cancel: &Cancel,
+        on_wait: &dyn Fn(),
+    ) -> Result<FileLock> {
+        self.lock_file_waiting(
             &self.root.join("locks").join(d.hex()),
             true,
             Some(cancel),
             &format!("waiting for {} in another pull", d.short()),
+            on_wait,
         )
     }
 
-    /// Removes temp files and directories a killed pull left for this digest. Call with the
-    /// digest's lock held.
+    /// Removes temp files and directories a dead or failed pull left for this digest (entries
+    /// whose writer still holds them locked are kept). Call with the digest's lock held.
     pub fn clean_stale(&self, d: &Digest) {
-        let hex = d.hex();
-        for (dir, prefix) in [
-            ("ingest", format!("{hex}.")),
-            ("snapshots", format!(".tmp-{hex}.")),
-        ] {
-            let dir = self.root.join(dir);
-            if let Ok(rd) = fs::read_dir(&dir) {
-                for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix) {
-                        let p = e.path();
-                        let _ = if p.is_dir() {
-                            fs::remove_dir_all(&p)
-                        } else {
-                            fs::remove_file(&p)
-                        };
-                    }
+        let prefix = format!("{}.", d.hex());
+        self.remove_unlocked(&["ingest", "tmp"], |_, name| name.starts_with(&prefix));
+    }
+
+    /// Removes every temp entry that no live writer holds: what killed or failed pulls left
+    /// in `ingest/` and `tmp/` (and `snapshots/.tmp-*` of older versions). Returns (entries,
+    /// bytes) removed. Runs at every open of the store and at the start of every pull.
+    pub fn sweep_stale(&self) -> Result<(u64, u64)> {
+        let _l = self.lock_file(&self.root.join("tmp.lock"), true, None, "")?;
+        Ok(
+            self.remove_unlocked(&["ingest", "tmp", "snapshots"], |dir, name| {
+                dir != "snapshots" || name.starts_with(".tmp-")
+            }),
+        )
+    }
+
+    fn remove_unlocked(&self, dirs: &[&str], wanted: impl Fn(&str, &str) -> bool) -> (u64, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(self.root.join(dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !wanted(dir, &name) {
+                    continue;
+                }
+                let p = e.path();
+                // A writer holds its entry flocked; one we can lock is abandoned.
+                let Ok(f) = File::open(&p) else { continue };
+                if sys::flock(f.as_fd(), true, true).is_err() {
+                    continue;
+                }
+                bytes += crate::disk_usage(&p).0;
+                let removed = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if removed.is_ok() {
+                    n += 1;
                 }
             }
         }
+        (n, bytes)
+    }
+
+    /// Held shared while a temp entry is created and locked, so a sweep never sees one
+    /// between the two.
+    fn creating_temp(&self) -> Result<FileLock> {
+        self.lock_file(&self.root.join("tmp.lock"), false, None, "")
     }
 
     /// A new temp file for a blob being downloaded.
+    /// The file is locked (flock) for as long as it is open.
     pub fn ingest_file(&self, d: &Digest) -> Result<(File, PathBuf)> {
         let p = self
             .root
             .join("ingest")
             .join(format!("{}.{}", d.hex(), self.unique()));
+        let _c = self.creating_temp()?;
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&p)
             .ctx("creating", &p)?;
+        sys::flock(f.as_fd(), true, true).map_err(|e| Error::io("locking", &p, e))?;
         Ok((f, p))
     }
 
@@ -248,6 +344,7 @@ impl Store {
     pub fn commit_blob(&self, tmp: &Path, file: File, d: &Digest) -> Result<()> {
         if self.fsync {
             file.sync_all().ctx("fsync", tmp)?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         drop(file);
         let dst = self.blob_path(d);
@@ -276,26 +373,75 @@ impl Store {
         }
     }
 
-    /// A new temp directory to unpack a layer into.
-    pub fn snapshot_tmp(&self, diff_id: &Digest) -> Result<PathBuf> {
-        let p =
-            self.root
-                .join("snapshots")
-                .join(format!(".tmp-{}.{}", diff_id.hex(), self.unique()));
+    /// A new temp directory (in `tmp/`) to unpack a layer into, locked until dropped.
+    pub fn snapshot_tmp(&self, diff_id: &Digest) -> Result<TempSnapshot> {
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}", diff_id.hex(), self.unique()));
+        let _c = self.creating_temp()?;
         fs::create_dir(&p).ctx("creating", &p)?;
-        Ok(p)
+        let f = File::open(&p).ctx("opening", &p)?;
+        sys::flock(f.as_fd(), true, true).map_err(|e| Error::io("locking", &p, e))?;
+        Ok(TempSnapshot { path: p, _lock: f })
     }
 
-    /// Makes an unpacked, verified layer visible: its data is flushed (syncfs) first so that a
-    /// crash cannot leave a visible but partly written snapshot.
-    pub fn commit_snapshot(&self, tmp: &Path, diff_id: &Digest) -> Result<()> {
-        if self.fsync {
-            let f = File::open(tmp).ctx("opening", tmp)?;
-            sys::syncfs(f.as_fd()).map_err(|e| Error::io("syncfs", tmp, e))?;
+    /// Makes a batch of verified layers visible with one flush for all of them: the store's
+    /// filesystem is flushed (syncfs) first, so that a crash cannot leave a visible but partly
+    /// written blob or snapshot; then each is renamed into place, the two directories are
+    /// fsynced once, and the layers' locks are released.
+    pub(crate) fn commit_batch(&self, items: Vec<PendingLayer>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
         }
-        let dst = self.snapshot_path(diff_id);
-        fs::rename(tmp, &dst).ctx("renaming snapshot into place", &dst)?;
-        self.sync_dir(&self.root.join("snapshots"))
+        if self.fsync {
+            let mut seen = Vec::new();
+            for d in ["ingest", "tmp"] {
+                let p = self.root.join(d);
+                let f = File::open(&p).ctx("opening", &p)?;
+                let dev = f.metadata().ctx("stat", &p)?.dev();
+                if !seen.contains(&dev) {
+                    seen.push(dev);
+                    sys::syncfs(f.as_fd()).map_err(|e| Error::io("syncfs", &p, e))?;
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let (mut blobs, mut snaps) = (false, false);
+        let mut res = Ok(());
+        for it in &items {
+            if let Some((_, tmp, d)) = &it.blob {
+                let dst = self.blob_path(d);
+                if res.is_ok() {
+                    res = fs::rename(tmp, &dst).ctx("renaming blob into place", &dst);
+                    blobs = true;
+                }
+                let _ = fs::remove_file(tmp);
+            }
+            if let Some((t, d)) = &it.snapshot {
+                let dst = self.snapshot_path(d);
+                if res.is_ok() {
+                    res = match fs::rename(&t.path, &dst) {
+                        // Another pull committed the same layer first.
+                        Err(_) if dst.is_dir() => Ok(()),
+                        r => r.ctx("renaming snapshot into place", &dst),
+                    };
+                    snaps = true;
+                }
+                if t.path.exists() {
+                    let _ = fs::remove_dir_all(&t.path);
+                }
+            }
+        }
+        res?;
+        if blobs {
+            self.sync_dir(&self.root.join("blobs/sha256"))?;
+        }
+        if snaps {
+            self.sync_dir(&self.root.join("snapshots"))?;
+        }
+        drop(items);
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<()> {
@@ -303,6 +449,7 @@ impl Store {
             File::open(dir)
                 .and_then(|f| f.sync_all())
                 .ctx("fsync", dir)?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -363,6 +510,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// How every command reads a stored manifest or config (`inspect`): a pull checks each one
+/// it stores the same way, so nothing it accepts is later called corrupt (serde_json refuses
+/// nesting deeper than 128 levels, numbers out of f64 range, …).
+pub fn parse_json(bytes: &[u8]) -> serde_json::Result<serde_json::Value> {
+    serde_json::from_slice(bytes)
 }
 
 /// Finds an image by full/short ID, `sha256:` ID, tag, or repo digest (normalized).

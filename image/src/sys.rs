@@ -282,3 +282,15 @@ pub fn umount(target: &Path, detach: bool) -> io::Result<()> {
     // SAFETY: tgt is NUL-terminated.
     check(unsafe { libc::umount2(tgt.as_ptr(), flags) }).map(drop)
 }
+
+/// Bytes available to unprivileged users on the filesystem holding `path` (statvfs f_bavail).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let p = cpath(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: p is NUL-terminated; st points to writable memory of the right size.
+    check(unsafe { libc::statvfs(p.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs succeeded, so st is initialized.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // u32 fields on some targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}

@@ -2,6 +2,8 @@
 //! request-counting proxy in front of it, temp dirs, and image building/pushing.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use rsrun_image::{Digest, ImageStore, RegistryConfig};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -597,4 +599,22 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(n);
     v
+}
+
+/// A gzip stream of several members (valid: OCI readers, like ours and Go's, read
+/// multi-member gzip) that inflates to a tar holding one file of `zeros` zero bytes:
+/// about 1 KiB of gzip per MiB of output, built without compressing the whole output.
+pub fn gzip_bomb(zeros: u64) -> Vec<u8> {
+    let mut h = header("zeros", tar::EntryType::Regular, 0o644, zeros);
+    h.set_cksum();
+    let mut out = gzip(h.as_bytes());
+    let mib = gzip(&vec![0u8; 1 << 20]);
+    let mut left = zeros;
+    while left >= 1 << 20 {
+        out.extend_from_slice(&mib);
+        left -= 1 << 20;
+    }
+    let pad = (512 - (zeros % 512)) % 512;
+    out.extend_from_slice(&gzip(&vec![0u8; (left + pad + 1024) as usize]));
+    out
 }
