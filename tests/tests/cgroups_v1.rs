@@ -617,16 +617,23 @@ fn blkio_weight_and_throttles() {
     let tmp = TempDir::new("loop");
     let dev = LoopDevice::new(&tmp, "disk.img");
     let (major, minor) = (dev.major, dev.minor);
+    // BFQ on the device, for the per-device weight (blkio.bfq.weight_device only takes
+    // devices that BFQ schedules).
+    let sched = std::path::Path::new("/sys/dev/block")
+        .join(format!("{major}:{minor}"))
+        .join("queue/scheduler");
+    std::fs::write(&sched, "bfq").unwrap();
     let rt = Rsrun::new();
     let disk = json!([{"path": "/dev/disk", "type": "b", "major": major, "minor": minor}]);
     let dm = |rate: i64| json!([{"major": major, "minor": minor, "rate": rate}]);
     // Every field at once, read back from the kernel. blkio.weight is CFQ's, gone from this
-    // kernel: BFQ's blkio.bfq.weight takes the weight.
+    // kernel: BFQ's blkio.bfq.weight and blkio.bfq.weight_device take the weights.
     let mut b = Bundle::new(&["sleep", "100"]);
     b.edit(|c| {
         c["linux"]["devices"] = disk.clone();
         c["linux"]["resources"] = json!({"blockIO": {
             "weight": 300,
+            "weightDevice": [{"major": major, "minor": minor, "weight": 400}],
             "throttleReadBpsDevice": dm(1048576),
             "throttleWriteBpsDevice": dm(2097152),
             "throttleReadIOPSDevice": dm(1000),
@@ -640,6 +647,11 @@ fn blkio_weight_and_throttles() {
         "blkio.bfq.weight"
     };
     assert_eq!(read("blkio", &id, weight), "300");
+    let wd = read("blkio", &id, &format!("{weight}_device"));
+    assert!(
+        wd.lines().any(|l| l == format!("{major}:{minor} 400")),
+        "{weight}_device: {wd:?}"
+    );
     for (file, v) in [
         ("blkio.throttle.read_bps_device", 1048576),
         ("blkio.throttle.write_bps_device", 2097152),
