@@ -98,7 +98,9 @@ pub fn ensure_sealed() -> Result<()> {
     let sealed = match read_only_bind() {
         Ok(fd) => fd,
         Err(e) => {
-            crate::log::debug(&format!("read-only bind of the binary: {e}; using a memfd copy"));
+            crate::log::debug(&format!(
+                "read-only bind of the binary: {e}; using a memfd copy"
+            ));
             memfd_copy(exe)?
         }
     };
@@ -111,7 +113,9 @@ pub fn ensure_sealed() -> Result<()> {
             cstring(kv)
         })
         .collect();
-    envp.push(cstring(format!("{SEALED_ENV}={}:{}", m.dev(), m.ino()).into()));
+    envp.push(cstring(
+        format!("{SEALED_ENV}={}:{}", m.dev(), m.ino()).into(),
+    ));
     let e = sys::execveat_fd(sealed.as_raw_fd(), &argv, &envp);
     Err(Error::os("re-exec the runtime from its sealed binary", e))
 }

@@ -500,3 +500,64 @@ fn v2_events_stats_shape() {
     assert!(ps.len() >= 2, "{ps:?}");
     rt.ok(&["delete", "-f", &id]);
 }
+
+/// Every cgroup directory under /sys/fs/cgroup.
+fn all_cgroups() -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        out.push(d.to_path_buf());
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 8: a cgroupsPath that resolves to the hierarchy's root or to the caller's own
+/// cgroup is refused before anything is written; a failed create, `delete --force` and
+/// `kill --all` then touch nothing. Only in the VM: on a host, a regression would signal
+/// every process and remove every empty cgroup.
+#[test]
+fn v2_root_and_own_cgroup_refused() {
+    if !pure_v2("v2_root_and_own_cgroup_refused") {
+        return;
+    }
+    // A canary in a cgroup of its own, beside ours.
+    let canary_cg = PathBuf::from("/sys/fs/cgroup").join(unique("canary"));
+    std::fs::create_dir(&canary_cg).unwrap();
+    let mut canary = Command::new("sleep").arg("1000").spawn().unwrap();
+    std::fs::write(canary_cg.join("cgroup.procs"), canary.id().to_string()).unwrap();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string();
+    let before = all_cgroups();
+    let rt = Rsrun::new();
+    for path in ["/", "/.", "", ".", "//", own.as_str()] {
+        let mut b = Bundle::new(&["/bin/does-not-exist"]);
+        b.edit(|c| c["linux"]["cgroupsPath"] = json!(path));
+        let id = unique("root");
+        let e = rt.fails(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+        assert!(
+            e.contains("a container needs a cgroup of its own"),
+            "{path:?}: {e}"
+        );
+        rt.ok(&["delete", "--force", &id]);
+        rt.fails(&["kill", "--all", &id, "KILL"]);
+        assert_eq!(rt.count(), 0, "{path:?}: state left");
+    }
+    assert!(
+        canary.try_wait().unwrap().is_none(),
+        "the canary in another cgroup was killed"
+    );
+    assert_eq!(all_cgroups(), before, "cgroups were created or removed");
+    let _ = canary.kill();
+    let _ = canary.wait();
+    let _ = std::fs::remove_dir(&canary_cg);
+}

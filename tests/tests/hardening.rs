@@ -473,6 +473,70 @@ fn the_runtime_binary_cannot_be_rewritten_through_a_container_process() {
             assert!(f.write_all(b"owned").is_err(), "the write went through");
         }
     }
-    assert_eq!(std::fs::read(&bin).unwrap(), before, "the runtime binary changed");
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        before,
+        "the runtime binary changed"
+    );
     rt.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn a_rootfs_swapped_after_validation_is_not_followed() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    // rsrun connects to --console-socket after validating the bundle and before the init
+    // builds the rootfs. A listener with a full backlog holds that connect until we accept:
+    // meanwhile the rootfs is swapped for a symlink to the host's /.
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let sock = b.tmp.path().join("console.sock");
+    let l = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let addr = nix::sys::socket::UnixAddr::new(&sock).unwrap();
+    nix::sys::socket::bind(l.as_raw_fd(), &addr).unwrap();
+    nix::sys::socket::listen(&l, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+    let _filler = UnixStream::connect(&sock).unwrap();
+    let id = unique("swap");
+    let mut child = rt
+        .cmd()
+        .args(["create", "--bundle", b.dir.to_str().unwrap()])
+        .arg("--console-socket")
+        .arg(&sock)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until rsrun (after its sealing re-exec, same PID) sits in connect.
+    let wchan = format!("/proc/{}/wchan", child.id());
+    let mut blocked = false;
+    for _ in 0..1000 {
+        if std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("unix_wait_for_peer")) {
+            blocked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        blocked,
+        "rsrun never blocked in connect to the console socket"
+    );
+    std::fs::rename(b.rootfs(), b.dir.join("rootfs.real")).unwrap();
+    std::os::unix::fs::symlink("/", b.rootfs()).unwrap();
+    // Release the connect: accept the filler, then rsrun's own connection.
+    let _a = nix::sys::socket::accept(&l).unwrap();
+    let _b = nix::sys::socket::accept(&l).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "create followed the swapped rootfs");
+    assert!(e.contains("not a symlink"), "{e}");
+    assert_eq!(rt.count(), 0);
 }

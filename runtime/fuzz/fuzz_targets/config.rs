@@ -33,11 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = rsrun::config::validate(&spec, bundle(), &cfg);
     let linux = spec.linux().as_ref();
     let hs = rsrun::cgroups::parse_mountinfo(MOUNTINFO);
-    let _ = rsrun::cgroups::paths_for(
-        linux.and_then(|l| l.cgroups_path().as_deref()),
-        "fuzz",
-        &hs,
-    );
+    let _ = rsrun::cgroups::paths_for(linux.and_then(|l| l.cgroups_path().as_deref()), "fuzz", &hs);
     let res = linux.and_then(|l| l.resources().as_ref());
     let _ = rsrun::lifecycle::has_limits(res);
     if let Some(r) = res {
