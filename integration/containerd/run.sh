@@ -311,7 +311,7 @@ crictl_() { "$W/bin/crictl" --runtime-endpoint "unix://$cur/containerd.sock" --t
 pids_with_arg() { # print the pids whose command line holds the argument STRING
     local p
     for p in /proc/[0-9]*; do
-        tr '\0' '\n' 2>/dev/null < "$p/cmdline" | grep -qxF -- "$1" && echo "${p#/proc/}"
+        grep -qxF -- "$1" < <(tr '\0' '\n' 2>/dev/null < "$p/cmdline") && echo "${p#/proc/}"
     done
 }
 

@@ -48,7 +48,7 @@ runtime=${RUNTIME:-$TOP/target/debug/rsrun}
 filter=
 timeout_s=${RTT_TIMEOUT:-180}
 retries=0
-retry_only=
+retry_only=()
 check=0
 expected_file=$HERE/expected-pass.txt
 list_only=0
@@ -64,7 +64,7 @@ while [ $# -gt 0 ]; do
         -f*) filter=${1#-f}; shift ;;
         -t) timeout_s=${2:?-t needs a value}; shift 2 ;;
         -R) retries=${2:?-R needs a value}; shift 2 ;;
-        --retry-only) retry_only=${2:?--retry-only needs file names}; shift 2 ;;
+        --retry-only) IFS=, read -r -a retry_only <<<"${2:?--retry-only needs file names}"; shift 2 ;;
         --check) check=1; shift ;;
         -e) expected_file=${2:?-e needs a value}; shift 2 ;;
         --list) list_only=1; shift ;;
@@ -75,6 +75,15 @@ while [ $# -gt 0 ]; do
 done
 
 die() { echo "run.sh: $*" >&2; exit 2; }
+# in_list WORD LIST...: whether WORD is one of LIST. (Not `printf | grep -q`: with pipefail,
+# grep exiting at the first match can kill printf with SIGPIPE, and the pipeline then "fails":
+# a file that passed was once reported as a regression that way.)
+in_list() {
+    local w=$1 x
+    shift
+    for x in "$@"; do [ "$x" = "$w" ] && return 0; done
+    return 1
+}
 
 command -v go >/dev/null || die "go is not installed"
 version=$(awk -v m="$MOD" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$HERE/go.mod")
@@ -320,7 +329,7 @@ for f in "${files[@]}"; do
         why="exit $rc"
         [ "$rc" = 124 ] || [ "$rc" = 137 ] && why="timed out after ${timeout_s}s"
         echo "FAIL $f (${secs}s, $why, $nfail failing TAP lines)" >&2
-        if [ $attempt -ge "$retries" ] || { [ -n "$retry_only" ] && ! grep -qxF -- "$f" <<<"${retry_only//,/$'\n'}"; }; then
+        if [ $attempt -ge "$retries" ] || { [ ${#retry_only[@]} -gt 0 ] && ! in_list "$f" "${retry_only[@]}"; }; then
             failed+=("$f"); break
         fi
         attempt=$((attempt + 1))
@@ -356,12 +365,12 @@ if [ "$check" = 1 ]; then
     mapfile -t expected < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' "$expected_file" | grep -v '^$')
     regress=(); unknown=(); newpass=()
     for e in "${expected[@]}"; do
-        if ! printf '%s\n' "${all_files[@]}" | grep -qxF -- "$e"; then unknown+=("$e"); continue; fi
-        printf '%s\n' "${files[@]}" | grep -qxF -- "$e" || continue   # not selected by -f
-        printf '%s\n' "${passed[@]}" | grep -qxF -- "$e" || regress+=("$e")
+        if ! in_list "$e" "${all_files[@]}"; then unknown+=("$e"); continue; fi
+        in_list "$e" "${files[@]}" || continue   # not selected by -f
+        in_list "$e" "${passed[@]}" || regress+=("$e")
     done
     for p in "${passed[@]}"; do
-        printf '%s\n' "${expected[@]}" | grep -qxF -- "$p" || newpass+=("$p")
+        in_list "$p" "${expected[@]}" || newpass+=("$p")
     done
     [ ${#unknown[@]} -gt 0 ] && { echo "$(basename "$expected_file") names files the suite lacks: ${unknown[*]}"; status=1; }
     [ ${#newpass[@]} -gt 0 ] && echo "passing but not in $(basename "$expected_file") (add them): ${newpass[*]}"
