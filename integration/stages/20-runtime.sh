@@ -14,6 +14,7 @@ if [ -n "$need" ]; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >/dev/null
 fi
-cargo build -p rsrun
+cargo build -p rsrun -p rsrun-shim
 cargo test -p rsrun
+cargo test -p rsrun-shim
 cargo test -p rsrun-tests

@@ -340,6 +340,24 @@ impl Runtime {
     /// `exec`: runs a process in a running container. Returns its exit status (128+N when
     /// killed by signal N), or 0 at once with `detach`.
     pub fn exec(&self, o: &ExecOpts) -> Result<i32> {
+        self.exec_impl(o)
+            .map(|(v, detached)| if detached { 0 } else { v })
+    }
+
+    /// Starts an exec process with `o.detach` set and returns its PID: a child of the caller,
+    /// which must reap it. Its stdio is the caller's 0, 1 and 2 (or the terminal sent to
+    /// `o.console_socket`). The caller must be single-threaded (this forks).
+    pub fn exec_detached(&self, o: &ExecOpts) -> Result<i32> {
+        if !o.detach {
+            return Err(Error::Invalid(
+                "exec_detached needs ExecOpts::detach".into(),
+            ));
+        }
+        self.exec_impl(o).map(|(pid, _)| pid)
+    }
+
+    /// (PID, true) when detached, else (exit status, false).
+    fn exec_impl(&self, o: &ExecOpts) -> Result<(i32, bool)> {
         let dir = ContainerDir::new(&self.root, &o.id)?;
         let saved = lifecycle::load(&dir)?;
         let status = saved.status(&dir);
@@ -467,11 +485,11 @@ impl Runtime {
             lifecycle::write_pid_file(pf, pid)?;
         }
         if o.detach {
-            return Ok(0);
+            return Ok((pid, true));
         }
         let code = crate::tty::wait_forwarding(pid, &sigs, own_console);
         restore_mask(false);
-        code
+        code.map(|c| (c, false))
     }
 
     /// Enters the pid namespace and forks the child; returns its PID.

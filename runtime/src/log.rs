@@ -80,6 +80,10 @@ pub fn error(msg: &str) {
     emit("error", msg);
 }
 
+pub fn info(msg: &str) {
+    emit("info", msg);
+}
+
 pub fn warn(msg: &str) {
     emit("warning", msg);
 }

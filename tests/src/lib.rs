@@ -21,6 +21,20 @@ pub fn rsrun_bin() -> PathBuf {
     p
 }
 
+/// The built `rsrun-shim` binary: $RSRUN_SHIM_BIN, else target/debug/rsrun-shim.
+pub fn shim_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RSRUN_SHIM_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/rsrun-shim");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p rsrun-shim` first",
+        p.display()
+    );
+    p
+}
+
 pub fn busybox() -> PathBuf {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         if Path::new(p).exists() {

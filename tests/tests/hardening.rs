@@ -504,7 +504,7 @@ fn a_rootfs_swapped_after_validation_is_not_followed() {
     nix::sys::socket::listen(&l, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
     let _filler = UnixStream::connect(&sock).unwrap();
     let id = unique("swap");
-    let mut child = rt
+    let child = rt
         .cmd()
         .args(["create", "--bundle", b.dir.to_str().unwrap()])
         .arg("--console-socket")

@@ -1,0 +1,279 @@
+//! The container log in the CRI format the kubelet parses: one record per line,
+//! `TIMESTAMP STREAM TAG CONTENT\n` with an RFC 3339 timestamp (nanoseconds, UTC), STREAM
+//! `stdout` or `stderr`, TAG `F` for a line's final piece and `P` for the pieces of a line
+//! longer than the maximum line size (containerd's rule, 16 KiB by default). Bytes pass
+//! through untouched (binary, invalid UTF-8); within a stream nothing is lost or reordered.
+//! A write that fails (disk full) drops that batch and counts it: the container is never
+//! blocked on its log.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Stream::Stdout => b"stdout",
+            Stream::Stderr => b"stderr",
+        }
+    }
+}
+
+pub struct CriLog {
+    path: PathBuf,
+    file: Option<File>,
+    max_line: usize,
+    /// The unfinished line of each stream.
+    partial: [Vec<u8>; 2],
+    /// Framed bytes not written (write errors), and whether the last write failed.
+    pub dropped: u64,
+    failing: bool,
+    out: Vec<u8>,
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+impl CriLog {
+    pub fn open(path: &Path, max_line: usize) -> std::io::Result<CriLog> {
+        Ok(CriLog {
+            path: path.to_path_buf(),
+            file: Some(open(path)?),
+            max_line: max_line.max(1),
+            partial: [Vec::new(), Vec::new()],
+            dropped: 0,
+            failing: false,
+            out: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Opens the log path again (the kubelet renamed the file to rotate it).
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        self.file = Some(open(&self.path)?);
+        Ok(())
+    }
+
+    /// Frames `data` of `stream` and appends the complete records. Returns an error
+    /// message the first time writing fails after having worked (for the shim's own log).
+    pub fn write(&mut self, stream: Stream, data: &[u8], ts: &[u8]) -> Option<String> {
+        let max = self.max_line;
+        let partial = &mut self.partial[stream as usize];
+        let out = &mut self.out;
+        out.clear();
+        let mut rest = data;
+        loop {
+            match memchr::memchr(b'\n', rest) {
+                Some(nl) => {
+                    let line = &rest[..nl];
+                    if partial.is_empty() {
+                        frame_line(out, ts, stream, line, max);
+                    } else {
+                        partial.extend_from_slice(line);
+                        frame_line(out, ts, stream, partial, max);
+                        partial.clear();
+                    }
+                    rest = &rest[nl + 1..];
+                }
+                None => {
+                    partial.extend_from_slice(rest);
+                    // Pieces of a long line go out as soon as they are full.
+                    let full = partial.len() / max * max;
+                    if full > 0 {
+                        for piece in partial[..full].chunks(max) {
+                            record(out, ts, stream, b'P', piece);
+                        }
+                        partial.drain(..full);
+                    }
+                    break;
+                }
+            }
+        }
+        self.flush_out()
+    }
+
+    /// At the end of a stream: its unfinished line goes out as a final piece.
+    pub fn finish(&mut self, stream: Stream, ts: &[u8]) -> Option<String> {
+        let partial = std::mem::take(&mut self.partial[stream as usize]);
+        if partial.is_empty() {
+            return None;
+        }
+        self.out.clear();
+        record(&mut self.out, ts, stream, b'F', &partial);
+        self.flush_out()
+    }
+
+    fn flush_out(&mut self) -> Option<String> {
+        if self.out.is_empty() {
+            return None;
+        }
+        let r = match self.file.as_mut() {
+            Some(f) => f.write_all(&self.out),
+            None => Err(std::io::Error::other("log file not open")),
+        };
+        match r {
+            Ok(()) => {
+                self.failing = false;
+                None
+            }
+            Err(e) => {
+                self.dropped += self.out.len() as u64;
+                let first = !self.failing;
+                self.failing = true;
+                first.then(|| {
+                    format!(
+                        "write {}: {e}; dropping log records (counted) until writes succeed",
+                        self.path.display()
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// A complete line: pieces of `max` bytes (P) and the rest (F; empty when the line is a
+/// multiple of `max`, as containerd's reader produces it).
+fn frame_line(out: &mut Vec<u8>, ts: &[u8], stream: Stream, line: &[u8], max: usize) {
+    let mut line = line;
+    while line.len() >= max {
+        record(out, ts, stream, b'P', &line[..max]);
+        line = &line[max..];
+    }
+    record(out, ts, stream, b'F', line);
+}
+
+fn record(out: &mut Vec<u8>, ts: &[u8], stream: Stream, tag: u8, content: &[u8]) {
+    out.extend_from_slice(ts);
+    out.push(b' ');
+    out.extend_from_slice(stream.name());
+    out.push(b' ');
+    out.push(tag);
+    out.push(b' ');
+    out.extend_from_slice(content);
+    out.push(b'\n');
+}
+
+/// The current time as RFC 3339 with nanoseconds, UTC.
+pub fn timestamp() -> String {
+    rsrun::state::now_rfc3339()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(max: usize) -> (CriLog, PathBuf) {
+        let p = std::env::temp_dir().join(format!(
+            "crilog-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        (CriLog::open(&p, max).unwrap(), p)
+    }
+
+    /// Reassembles a stream from the records: P pieces joined, F ends a line.
+    fn reassemble(text: &[u8], stream: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for rec in text.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+            let mut f = rec.splitn(4, |b| *b == b' ');
+            let (_ts, s, tag) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let content = f.next().unwrap_or(b"");
+            if s != stream.as_bytes() {
+                continue;
+            }
+            out.extend_from_slice(content);
+            if tag == b"F" {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lines_pieces_and_streams() {
+        let (mut l, p) = log(4);
+        let ts = b"2026-12-02T00:00:00.000000000Z";
+        l.write(Stream::Stdout, b"ab\ncdefgh", ts);
+        l.write(Stream::Stderr, b"err\n", ts);
+        l.write(Stream::Stdout, b"ij\n\n", ts);
+        l.write(Stream::Stdout, b"tail", ts);
+        l.finish(Stream::Stdout, ts);
+        let text = std::fs::read(&p).unwrap();
+        let s = String::from_utf8(text.clone()).unwrap();
+        let recs: Vec<&str> = s.lines().map(|r| &r[ts.len() + 1..]).collect();
+        assert_eq!(
+            recs,
+            [
+                "stdout F ab",
+                "stdout P cdef",
+                "stderr F err",
+                // Exactly the maximum, then the newline: a full piece and an empty final one
+                // (what containerd's reader produces).
+                "stdout P ghij",
+                "stdout F ",
+                "stdout F ",
+                "stdout P tail",
+            ],
+            "{s}"
+        );
+        assert_eq!(reassemble(&text, "stdout"), b"ab\ncdefghij\n\ntail");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn binary_and_long_lines_round_trip() {
+        let (mut l, p) = log(16);
+        let ts = b"T";
+        let mut data = Vec::new();
+        for i in 0..5000u32 {
+            data.push((i * 7919 % 256) as u8);
+        }
+        for chunk in data.chunks(333) {
+            l.write(Stream::Stdout, chunk, ts);
+        }
+        l.finish(Stream::Stdout, ts);
+        let text = std::fs::read(&p).unwrap();
+        let want = data.clone();
+        let mut got = reassemble(&text, "stdout");
+        if !want.ends_with(b"\n") && got.ends_with(b"\n") {
+            // finish() ends the stream with a final piece: a newline in the reassembly.
+            got.pop();
+        }
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want);
+        // No record is longer than the maximum.
+        for rec in text.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+            assert!(rec.len() <= 1 + 1 + 6 + 1 + 1 + 1 + 16, "{}", rec.len());
+        }
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn write_failures_are_counted_not_fatal() {
+        let mut l = CriLog::open(Path::new("/dev/full"), 8).unwrap();
+        let msg = l.write(Stream::Stdout, b"hello\n", b"T");
+        assert!(msg.is_some_and(|m| m.contains("/dev/full")));
+        assert_eq!(l.dropped, b"T stdout F hello\n".len() as u64);
+        // Said once per failing episode.
+        assert!(l.write(Stream::Stdout, b"x\n", b"T").is_none());
+        assert_eq!(l.dropped, 17 + 13);
+    }
+}

@@ -1,0 +1,1020 @@
+//! The monitor: creates the container with its stdio on pipes (or a terminal) and runs one
+//! poll loop over every descriptor until the container's init exits. Nothing wakes it
+//! while the container is idle: no timer runs unless an exec_sync has a deadline.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{self, MsgFlags, SockFlag};
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use rsrun::{CreateOpts, ExecOpts, Runtime};
+use serde_json::json;
+
+use crate::crilog::{self, CriLog, Stream};
+use crate::proto::{self, Request};
+use crate::Opts;
+
+/// How much output may wait for one attach client before it is dropped (a client that
+/// never reads must not hold the container or the shim's memory).
+const CLIENT_QUEUE_MAX: usize = 4 * 1024 * 1024;
+/// How much attach input may wait for the container's stdin before attach clients are no
+/// longer read (back-pressure reaches clients, never the container's output).
+const STDIN_QUEUE_MAX: usize = 1024 * 1024;
+
+struct Output {
+    fd: OwnedFd,
+    stream: Stream,
+    open: bool,
+}
+
+struct Client {
+    sock: OwnedFd,
+    queue: VecDeque<Vec<u8>>,
+    queued: usize,
+    /// Has sent stdin (for --stdin-once).
+    wrote_stdin: bool,
+    dead: bool,
+}
+
+struct ControlConn {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    dead: bool,
+}
+
+struct ExecSession {
+    pid: i32,
+    conn: UnixStream,
+    out: [Option<OwnedFd>; 2],
+    data: [Vec<u8>; 2],
+    truncated: bool,
+    deadline: Option<Instant>,
+    timed_out: bool,
+    status: Option<i32>,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Signal,
+    Control,
+    Attach,
+    Output(usize),
+    Stdin,
+    Conn(usize),
+    Client(usize),
+    Exec(usize, usize),
+}
+
+pub struct Monitor {
+    id: String,
+    rt: Runtime,
+    pid: i32,
+    dir: PathBuf,
+    exit_file: PathBuf,
+    log: CriLog,
+    outputs: Vec<Output>,
+    /// The container's stdin (a pipe, or the terminal), while open.
+    stdin: Option<OwnedFd>,
+    stdin_queue: VecDeque<u8>,
+    stdin_once: bool,
+    master: Option<OwnedFd>,
+    sigfd: SignalFd,
+    control: UnixListener,
+    attach: OwnedFd,
+    conns: Vec<ControlConn>,
+    clients: Vec<Client>,
+    execs: Vec<ExecSession>,
+    started_at: Option<String>,
+    oom_base: u64,
+    exited: Option<(i32, Option<i32>)>,
+    buf: Vec<u8>,
+}
+
+fn nonblocking(fd: &impl AsFd) -> Result<()> {
+    let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).context("F_GETFL")?;
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK),
+    )
+    .context("F_SETFL O_NONBLOCK")?;
+    Ok(())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")
+}
+
+/// Points this process's stdio descriptor `to` (0, 1 or 2) at `from`, for the next fork
+/// to inherit.
+fn dup_onto(from: RawFd, to: RawFd) -> Result<()> {
+    let from = rsrun::sys::borrow(from);
+    match to {
+        0 => nix::unistd::dup2_stdin(from),
+        1 => nix::unistd::dup2_stdout(from),
+        _ => nix::unistd::dup2_stderr(from),
+    }
+    .context("dup2")
+}
+
+fn dev_null() -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("open /dev/null")
+}
+
+/// Binds a socket with mode 0600 whatever the umask.
+fn with_private_umask<T>(f: impl FnOnce() -> T) -> T {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let r = f();
+    nix::sys::stat::umask(old);
+    r
+}
+
+impl Monitor {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Creates the container. On failure nothing is left: no container, no socket, and no
+    /// directory if this call made it.
+    pub fn start(o: &Opts) -> Result<Monitor> {
+        let made_dir = !o.dir.exists();
+        if made_dir {
+            std::fs::create_dir_all(&o.dir)
+                .with_context(|| format!("create {}", o.dir.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&o.dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod {}", o.dir.display()))?;
+        }
+        let r = Self::start_inner(o);
+        if r.is_err() {
+            for f in ["control", "attach", "console.sock", "shim.pid", "shim.log"] {
+                let _ = std::fs::remove_file(o.dir.join(f));
+            }
+            if made_dir {
+                let _ = std::fs::remove_dir(&o.dir);
+            }
+        }
+        r
+    }
+
+    fn start_inner(o: &Opts) -> Result<Monitor> {
+        let shim_log = o.dir.join("shim.log");
+        rsrun::log::init(shim_log.to_str(), rsrun::log::Format::Json, false)
+            .with_context(|| format!("open {}", shim_log.display()))?;
+        // SIGCHLD through a signalfd: blocked before the container exists, so no exit is
+        // missed.
+        let mut chld = SigSet::empty();
+        chld.add(Signal::SIGCHLD);
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None)
+            .context("block SIGCHLD")?;
+        let sigfd = SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .context("signalfd")?;
+        let log = CriLog::open(&o.log_path, o.max_line)
+            .with_context(|| format!("open the container log {}", o.log_path.display()))?;
+        let rt = Runtime::new(o.root.clone(), false);
+        let null = dev_null()?;
+
+        // The container's stdio: our 0, 1, 2 at the moment of the fork.
+        let mut outputs = Vec::new();
+        let mut stdin = None;
+        let mut console_listener = None;
+        let console_path = o.dir.join("console.sock");
+        let created = if o.terminal {
+            let _ = std::fs::remove_file(&console_path);
+            let l = with_private_umask(|| UnixListener::bind(&console_path))
+                .with_context(|| format!("bind {}", console_path.display()))?;
+            console_listener = Some(l);
+            rt.create(&CreateOpts {
+                id: o.id.clone(),
+                bundle: o.bundle.clone(),
+                console_socket: Some(console_path.clone()),
+                ..Default::default()
+            })
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let in_r = if o.stdin {
+                let (r, w) = pipe()?;
+                stdin = Some(w);
+                Some(r)
+            } else {
+                None
+            };
+            dup_onto(in_r.as_ref().map_or(null.as_raw_fd(), |r| r.as_raw_fd()), 0)?;
+            dup_onto(out_w.as_raw_fd(), 1)?;
+            dup_onto(err_w.as_raw_fd(), 2)?;
+            let r = rt.create(&CreateOpts {
+                id: o.id.clone(),
+                bundle: o.bundle.clone(),
+                ..Default::default()
+            });
+            for fd in 0..3 {
+                dup_onto(null.as_raw_fd(), fd)?;
+            }
+            outputs.push(Output {
+                fd: out_r,
+                stream: Stream::Stdout,
+                open: true,
+            });
+            outputs.push(Output {
+                fd: err_r,
+                stream: Stream::Stderr,
+                open: true,
+            });
+            r
+        };
+        let pid = created.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let undo = |e: anyhow::Error| {
+            let _ = rt.delete(&o.id, true);
+            e
+        };
+        let mut master = None;
+        if let Some(l) = console_listener {
+            let (c, _) = l
+                .accept()
+                .context("accept on the console socket")
+                .map_err(undo)?;
+            let fd = rsrun::sys::recv_fd(c.as_raw_fd())
+                .context("receive the terminal")
+                .map_err(undo)?;
+            let _ = std::fs::remove_file(&console_path);
+            let out = fd.try_clone().context("dup the terminal").map_err(undo)?;
+            if o.stdin {
+                stdin = Some(fd.try_clone().context("dup the terminal").map_err(undo)?);
+            }
+            outputs.push(Output {
+                fd: out,
+                stream: Stream::Stdout,
+                open: true,
+            });
+            master = Some(fd);
+        }
+        for out in &outputs {
+            nonblocking(&out.fd).map_err(undo)?;
+        }
+        if let Some(s) = &stdin {
+            nonblocking(s).map_err(undo)?;
+        }
+        let (control, attach) = Self::sockets(&o.dir).map_err(undo)?;
+        let pid_file = o.dir.join("shim.pid");
+        std::fs::write(&pid_file, std::process::id().to_string())
+            .with_context(|| format!("write {}", pid_file.display()))
+            .map_err(undo)?;
+        let oom_base = rt.oom_kill_count(&o.id).unwrap_or(0);
+        rsrun::log::info(&format!("container {}: created, init pid {pid}", o.id));
+        Ok(Monitor {
+            id: o.id.clone(),
+            rt,
+            pid,
+            dir: o.dir.clone(),
+            exit_file: o.exit_file.clone(),
+            log,
+            outputs,
+            stdin,
+            stdin_queue: VecDeque::new(),
+            stdin_once: o.stdin_once,
+            master,
+            sigfd,
+            control,
+            attach,
+            conns: Vec::new(),
+            clients: Vec::new(),
+            execs: Vec::new(),
+            started_at: None,
+            oom_base,
+            exited: None,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    fn sockets(dir: &Path) -> Result<(UnixListener, OwnedFd)> {
+        let cp = dir.join("control");
+        let ap = dir.join("attach");
+        for p in [&cp, &ap] {
+            let _ = std::fs::remove_file(p);
+        }
+        let control = with_private_umask(|| UnixListener::bind(&cp))
+            .with_context(|| format!("bind {}", cp.display()))?;
+        control.set_nonblocking(true).context("control socket")?;
+        let attach = socket::socket(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .context("attach socket")?;
+        let addr = socket::UnixAddr::new(&ap).with_context(|| format!("{}", ap.display()))?;
+        with_private_umask(|| socket::bind(attach.as_raw_fd(), &addr))
+            .with_context(|| format!("bind {}", ap.display()))?;
+        socket::listen(&attach, socket::Backlog::new(64).context("backlog")?)
+            .with_context(|| format!("listen {}", ap.display()))?;
+        Ok((control, attach))
+    }
+
+    /// The loop, until the container's init has exited and its exit is recorded.
+    pub fn run(&mut self) -> Result<i32> {
+        loop {
+            let timeout = self
+                .execs
+                .iter()
+                .filter(|e| !e.timed_out)
+                .filter_map(|e| e.deadline)
+                .min()
+                .map(|d| {
+                    let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+                    PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                })
+                .unwrap_or(PollTimeout::NONE);
+            let ready = self.poll(timeout)?;
+            for (src, ev) in ready {
+                self.dispatch(src, ev);
+            }
+            self.expire_execs();
+            self.answer_finished_execs();
+            self.conns.retain(|c| !c.dead);
+            self.clients.retain(|c| !c.dead);
+            if let Some((code, signal)) = self.exited {
+                self.finish(code, signal);
+                return Ok(0);
+            }
+        }
+    }
+
+    fn poll(&self, timeout: PollTimeout) -> Result<Vec<(Source, PollFlags)>> {
+        let inp = PollFlags::POLLIN;
+        let mut fds = vec![
+            PollFd::new(self.sigfd.as_fd(), inp),
+            PollFd::new(self.control.as_fd(), inp),
+            PollFd::new(self.attach.as_fd(), inp),
+        ];
+        let mut srcs = vec![Source::Signal, Source::Control, Source::Attach];
+        for (i, o) in self.outputs.iter().enumerate().filter(|(_, o)| o.open) {
+            fds.push(PollFd::new(o.fd.as_fd(), inp));
+            srcs.push(Source::Output(i));
+        }
+        if let Some(s) = self.stdin.as_ref().filter(|_| !self.stdin_queue.is_empty()) {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLOUT));
+            srcs.push(Source::Stdin);
+        }
+        for (i, c) in self.conns.iter().enumerate() {
+            fds.push(PollFd::new(c.sock.as_fd(), inp));
+            srcs.push(Source::Conn(i));
+        }
+        let read_clients = self.stdin_queue.len() < STDIN_QUEUE_MAX;
+        for (i, c) in self.clients.iter().enumerate() {
+            let mut ev = PollFlags::empty();
+            if read_clients {
+                ev |= inp;
+            }
+            if !c.queue.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(c.sock.as_fd(), ev));
+            srcs.push(Source::Client(i));
+        }
+        for (i, e) in self.execs.iter().enumerate() {
+            for (k, fd) in e.out.iter().enumerate() {
+                if let Some(fd) = fd {
+                    fds.push(PollFd::new(fd.as_fd(), inp));
+                    srcs.push(Source::Exec(i, k));
+                }
+            }
+        }
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => bail!("poll: {e}"),
+        }
+        Ok(fds
+            .iter()
+            .zip(srcs)
+            .filter_map(|(f, s)| f.revents().filter(|r| !r.is_empty()).map(|r| (s, r)))
+            .collect())
+    }
+
+    fn dispatch(&mut self, src: Source, ev: PollFlags) {
+        match src {
+            Source::Signal => self.reap(),
+            Source::Control => self.accept_control(),
+            Source::Attach => self.accept_attach(),
+            Source::Output(i) => self.read_output(i),
+            Source::Stdin => self.write_stdin(),
+            Source::Conn(i) => self.read_conn(i),
+            Source::Client(i) => {
+                if ev.contains(PollFlags::POLLOUT) {
+                    self.flush_client(i);
+                }
+                if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    self.read_client(i);
+                }
+            }
+            Source::Exec(i, k) => self.read_exec(i, k),
+        }
+    }
+
+    // --- exits -----------------------------------------------------------------------
+
+    fn reap(&mut self) {
+        while let Ok(Some(_)) = self.sigfd.read_signal() {}
+        loop {
+            let st = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(s) => s,
+            };
+            let (pid, code, signal) = match st {
+                WaitStatus::Exited(p, c) => (p.as_raw(), c, None),
+                WaitStatus::Signaled(p, s, _) => (p.as_raw(), 128 + s as i32, Some(s as i32)),
+                _ => continue,
+            };
+            if pid == self.pid {
+                self.exited = Some((code, signal));
+            } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
+                e.status = Some(code);
+            }
+        }
+    }
+
+    /// Answers the exec sessions whose process has exited (after a dispatch round: the
+    /// round's indices stay valid until then).
+    fn answer_finished_execs(&mut self) {
+        let mut i = 0;
+        while i < self.execs.len() {
+            if self.execs[i].status.is_some() {
+                let e = self.execs.remove(i);
+                self.answer_exec(e);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The init has exited: the rest of its output, the exit record, the attachers told.
+    fn finish(&mut self, code: i32, signal: Option<i32>) {
+        // What the container wrote before it exited is in the pipes: read it all. Writers
+        // that outlive the init (no pid namespace of its own) get a short grace.
+        let grace = Instant::now() + Duration::from_secs(1);
+        for i in 0..self.outputs.len() {
+            while self.outputs[i].open {
+                match self.read_output_once(i) {
+                    Some(true) => {}
+                    Some(false) => self.outputs[i].open = false,
+                    None => {
+                        let left = grace.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        let mut p = [PollFd::new(self.outputs[i].fd.as_fd(), PollFlags::POLLIN)];
+                        let ms = PollTimeout::try_from(left.as_millis() as i32)
+                            .unwrap_or(PollTimeout::ZERO);
+                        if nix::poll::poll(&mut p, ms).unwrap_or(0) == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            let ts = crilog::timestamp();
+            let stream = self.outputs[i].stream;
+            if let Some(m) = self.log.finish(stream, ts.as_bytes()) {
+                rsrun::log::warn(&format!("container {}: {m}", self.id));
+            }
+        }
+        let oom = self
+            .rt
+            .oom_kill_count(&self.id)
+            .is_ok_and(|n| n > self.oom_base);
+        let record = json!({
+            "id": self.id,
+            "pid": self.pid,
+            "exit_code": code,
+            "signal": signal,
+            "started_at": self.started_at,
+            "finished_at": crilog::timestamp(),
+            "oom_killed": oom,
+            "log_dropped_bytes": self.log.dropped,
+        });
+        if let Err(e) = write_atomic(&self.exit_file, record.to_string().as_bytes()) {
+            rsrun::log::error(&format!("container {}: exit record: {e:#}", self.id));
+        }
+        rsrun::log::info(&format!(
+            "container {}: exited with {code} (oom {oom}, log bytes dropped {})",
+            self.id, self.log.dropped
+        ));
+        let mut msg = vec![proto::ATTACH_EXIT];
+        msg.extend_from_slice(&code.to_le_bytes());
+        for i in 0..self.clients.len() {
+            self.enqueue(i, msg.clone());
+            self.flush_client(i);
+        }
+        for e in std::mem::take(&mut self.execs) {
+            kill_tree(e.pid);
+            let _ = reply(&e.conn, &json!({"error": "the container exited"}));
+        }
+        for f in ["control", "attach", "shim.pid"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+
+    // --- container output and input ----------------------------------------------------
+
+    fn read_output(&mut self, i: usize) {
+        // A bounded number of reads per wakeup keeps the other descriptors served.
+        for _ in 0..16 {
+            match self.read_output_once(i) {
+                Some(true) => continue,
+                Some(false) => {
+                    self.outputs[i].open = false;
+                    let ts = crilog::timestamp();
+                    let stream = self.outputs[i].stream;
+                    if let Some(m) = self.log.finish(stream, ts.as_bytes()) {
+                        rsrun::log::warn(&format!("container {}: {m}", self.id));
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// One read: Some(true) data, Some(false) end of stream, None nothing now.
+    fn read_output_once(&mut self, i: usize) -> Option<bool> {
+        let n = match nix::unistd::read(self.outputs[i].fd.as_fd(), &mut self.buf) {
+            Ok(0) => return Some(false),
+            Ok(n) => n,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return None,
+            // A terminal whose other side is gone reads EIO.
+            Err(_) => return Some(false),
+        };
+        let stream = self.outputs[i].stream;
+        let ts = crilog::timestamp();
+        let data = std::mem::take(&mut self.buf);
+        if let Some(m) = self.log.write(stream, &data[..n], ts.as_bytes()) {
+            rsrun::log::warn(&format!("container {}: {m}", self.id));
+        }
+        if !self.clients.is_empty() {
+            let kind = match stream {
+                Stream::Stdout => proto::ATTACH_STDOUT,
+                Stream::Stderr => proto::ATTACH_STDERR,
+            };
+            for chunk in data[..n].chunks(proto::ATTACH_MAX - 1) {
+                let mut msg = Vec::with_capacity(chunk.len() + 1);
+                msg.push(kind);
+                msg.extend_from_slice(chunk);
+                for c in 0..self.clients.len() {
+                    self.enqueue(c, msg.clone());
+                }
+            }
+            for c in 0..self.clients.len() {
+                self.flush_client(c);
+            }
+        }
+        self.buf = data;
+        Some(true)
+    }
+
+    fn write_stdin(&mut self) {
+        let Some(fd) = &self.stdin else {
+            self.stdin_queue.clear();
+            return;
+        };
+        while !self.stdin_queue.is_empty() {
+            let (a, _) = self.stdin_queue.as_slices();
+            match nix::unistd::write(fd, a) {
+                Ok(n) => {
+                    self.stdin_queue.drain(..n);
+                }
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
+                Err(e) => {
+                    rsrun::log::warn(&format!("container {}: stdin: {e}", self.id));
+                    self.stdin_queue.clear();
+                    self.stdin = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        // Whatever was queued goes first (a best effort without blocking).
+        self.write_stdin();
+        self.stdin = None;
+        self.stdin_queue.clear();
+    }
+
+    // --- attach ------------------------------------------------------------------------
+
+    fn accept_attach(&mut self) {
+        loop {
+            match socket::accept4(
+                &self.attach,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                Ok(sock) => {
+                    self.clients.push(Client {
+                        sock,
+                        queue: VecDeque::new(),
+                        queued: 0,
+                        wrote_stdin: false,
+                        dead: false,
+                    });
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn enqueue(&mut self, i: usize, msg: Vec<u8>) {
+        let c = &mut self.clients[i];
+        if c.dead {
+            return;
+        }
+        c.queued += msg.len();
+        c.queue.push_back(msg);
+        if c.queued > CLIENT_QUEUE_MAX {
+            rsrun::log::warn(&format!(
+                "container {}: dropping an attach client that does not read",
+                self.id
+            ));
+            c.dead = true;
+        }
+    }
+
+    fn flush_client(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        while let Some(m) = c.queue.front() {
+            match socket::send(
+                c.sock.as_raw_fd(),
+                m,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => {
+                    c.queued -= m.len();
+                    c.queue.pop_front();
+                }
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_client(&mut self, i: usize) {
+        let mut buf = [0u8; proto::ATTACH_MAX];
+        let n = match socket::recv(
+            self.clients[i].sock.as_raw_fd(),
+            &mut buf,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            // Detached. With --stdin-once the first attacher's detach closes stdin.
+            self.clients[i].dead = true;
+            if self.stdin_once && self.stdin.is_some() {
+                self.close_stdin();
+            }
+            return;
+        }
+        let msg = &buf[..n];
+        match msg[0] {
+            proto::ATTACH_STDIN if self.stdin.is_some() => {
+                self.clients[i].wrote_stdin = true;
+                self.stdin_queue.extend(&msg[1..]);
+                self.write_stdin();
+            }
+            proto::ATTACH_STDIN => {}
+            proto::ATTACH_RESIZE if msg.len() == 5 => {
+                let rows = u16::from_le_bytes([msg[1], msg[2]]);
+                let cols = u16::from_le_bytes([msg[3], msg[4]]);
+                if let Some(m) = &self.master {
+                    let _ = rsrun::sys::set_winsize(m.as_raw_fd(), rows, cols);
+                }
+            }
+            proto::ATTACH_CLOSE_STDIN if msg.len() == 1 => self.close_stdin(),
+            k => {
+                rsrun::log::warn(&format!(
+                    "container {}: attach client sent a bad message (kind {k}, {n} bytes): dropped",
+                    self.id
+                ));
+                self.clients[i].dead = true;
+            }
+        }
+    }
+
+    // --- control -----------------------------------------------------------------------
+
+    fn accept_control(&mut self) {
+        while let Ok((sock, _)) = self.control.accept() {
+            if sock.set_nonblocking(true).is_ok() {
+                self.conns.push(ControlConn {
+                    sock,
+                    buf: Vec::new(),
+                    dead: false,
+                });
+            }
+        }
+    }
+
+    fn read_conn(&mut self, i: usize) {
+        let mut buf = [0u8; 4096];
+        let c = &mut self.conns[i];
+        let eof = loop {
+            match c.sock.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    c.buf.extend_from_slice(&buf[..n]);
+                    if c.buf.len() > proto::CONTROL_MAX {
+                        let _ = reply(&c.sock, &json!({"error": "control request too long"}));
+                        c.dead = true;
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.dead = true;
+                    return;
+                }
+            }
+        };
+        let line = match memchr::memchr(b'\n', &c.buf) {
+            Some(nl) => c.buf[..nl].to_vec(),
+            None if eof => std::mem::take(&mut c.buf),
+            None => return,
+        };
+        c.dead = true;
+        let sock = match c.sock.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let req = match proto::parse(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                rsrun::log::warn(&format!("container {}: {e}", self.id));
+                let _ = reply(&sock, &json!({"error": e}));
+                return;
+            }
+        };
+        let answer = match req {
+            Request::Start {} => self.start_container(),
+            Request::ReopenLog {} => self
+                .log
+                .reopen()
+                .map(|_| json!({"ok": true}))
+                .map_err(|e| format!("reopen the container log: {e}")),
+            Request::Status {} => Ok(json!({
+                "ok": true, "pid": self.pid, "started_at": self.started_at,
+                "log_dropped_bytes": self.log.dropped,
+            })),
+            Request::Resize { rows, cols } => match &self.master {
+                Some(m) => rsrun::sys::set_winsize(m.as_raw_fd(), rows, cols)
+                    .map(|_| json!({"ok": true}))
+                    .map_err(|e| format!("resize the terminal: {e}")),
+                None => Err("the container has no terminal".into()),
+            },
+            Request::ExecSync {
+                args,
+                env,
+                cwd,
+                user,
+                timeout_ms,
+            } => match self.exec_sync(sock.try_clone(), args, env, cwd, user, timeout_ms) {
+                // Answered when it ends.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+        };
+        let v = answer.unwrap_or_else(|e| {
+            rsrun::log::warn(&format!("container {}: {e}", self.id));
+            json!({ "error": e })
+        });
+        let _ = reply(&sock, &v);
+    }
+
+    fn start_container(&mut self) -> std::result::Result<serde_json::Value, String> {
+        if self.started_at.is_some() {
+            return Err(format!("container {} is already started", self.id));
+        }
+        self.rt
+            .start(&self.id)
+            .map_err(|e| format!("start container {}: {e}", self.id))?;
+        self.started_at = Some(crilog::timestamp());
+        rsrun::log::info(&format!("container {}: started", self.id));
+        Ok(json!({"ok": true, "started_at": self.started_at}))
+    }
+
+    // --- exec_sync -----------------------------------------------------------------------
+
+    fn exec_sync(
+        &mut self,
+        conn: std::io::Result<UnixStream>,
+        args: Vec<String>,
+        env: Vec<String>,
+        cwd: Option<String>,
+        user: Option<String>,
+        timeout_ms: u64,
+    ) -> std::result::Result<(), String> {
+        let conn = conn.map_err(|e| format!("control connection: {e}"))?;
+        if args.is_empty() {
+            return Err("exec_sync: args must not be empty".into());
+        }
+        let spawn = || -> Result<(i32, OwnedFd, OwnedFd)> {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let null = dev_null()?;
+            dup_onto(out_w.as_raw_fd(), 1)?;
+            dup_onto(err_w.as_raw_fd(), 2)?;
+            let r = self.rt.exec_detached(&ExecOpts {
+                id: self.id.clone(),
+                args: args.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                user: user.clone(),
+                detach: true,
+                ..Default::default()
+            });
+            dup_onto(null.as_raw_fd(), 1)?;
+            dup_onto(null.as_raw_fd(), 2)?;
+            let pid = r.map_err(|e| anyhow::anyhow!("{e}"))?;
+            nonblocking(&out_r)?;
+            nonblocking(&err_r)?;
+            Ok((pid, out_r, err_r))
+        };
+        let (pid, out, err) = spawn().map_err(|e| format!("exec_sync: {e:#}"))?;
+        self.execs.push(ExecSession {
+            pid,
+            conn,
+            out: [Some(out), Some(err)],
+            data: [Vec::new(), Vec::new()],
+            truncated: false,
+            deadline: (timeout_ms > 0)
+                .then(|| Instant::now() + Duration::from_millis(timeout_ms.min(1 << 40))),
+            timed_out: false,
+            status: None,
+        });
+        Ok(())
+    }
+
+    fn read_exec(&mut self, i: usize, k: usize) {
+        let e = &mut self.execs[i];
+        let Some(fd) = &e.out[k] else { return };
+        let mut buf = [0u8; 16 * 1024];
+        for _ in 0..16 {
+            match nix::unistd::read(fd.as_fd(), &mut buf) {
+                Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
+                    e.out[k] = None;
+                    return;
+                }
+                Ok(n) => {
+                    let room = proto::EXEC_SYNC_MAX_OUTPUT.saturating_sub(e.data[k].len());
+                    if n > room {
+                        e.truncated = true;
+                    }
+                    e.data[k].extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn expire_execs(&mut self) {
+        let now = Instant::now();
+        for e in &mut self.execs {
+            if !e.timed_out && e.deadline.is_some_and(|d| d <= now) {
+                e.timed_out = true;
+                // The whole tree: a shell's children must not outlive the probe.
+                kill_tree(e.pid);
+            }
+        }
+    }
+
+    fn answer_exec(&mut self, mut e: ExecSession) {
+        // Its output up to now (writers that outlive it are not waited for).
+        for k in 0..2 {
+            while e.out[k].is_some() {
+                let before = e.data[k].len();
+                let fd = e.out[k].as_ref().map(|f| f.as_raw_fd());
+                let mut buf = [0u8; 16 * 1024];
+                match fd.map(|fd| nix::unistd::read(rsrun::sys::borrow(fd), &mut buf)) {
+                    Some(Ok(n)) if n > 0 => {
+                        let room = proto::EXEC_SYNC_MAX_OUTPUT.saturating_sub(before);
+                        if n > room {
+                            e.truncated = true;
+                        }
+                        e.data[k].extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    _ => e.out[k] = None,
+                }
+            }
+        }
+        let code = if e.timed_out {
+            -1
+        } else {
+            e.status.unwrap_or(-1)
+        };
+        let head = json!({
+            "ok": true,
+            "exit_code": code,
+            "timed_out": e.timed_out,
+            "truncated": e.truncated,
+            "stdout_len": e.data[0].len(),
+            "stderr_len": e.data[1].len(),
+        });
+        let _ = e.conn.set_nonblocking(false);
+        let _ = e.conn.set_write_timeout(Some(Duration::from_secs(10)));
+        let _ = reply(&e.conn, &head)
+            .and_then(|_| (&e.conn).write_all(&e.data[0]))
+            .and_then(|_| (&e.conn).write_all(&e.data[1]));
+    }
+}
+
+fn reply(mut sock: &UnixStream, v: &serde_json::Value) -> std::io::Result<()> {
+    let _ = sock.set_nonblocking(false);
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    sock.write_all(&line)
+}
+
+/// SIGKILLs `root` and every descendant (from /proc's parent links), again until no new
+/// one appears (a fork racing the scan).
+fn kill_tree(root: i32) {
+    let mut killed: Vec<i32> = Vec::new();
+    for _ in 0..4 {
+        let mut links = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(pp) = ppid {
+                links.push((pid, pp));
+            }
+        }
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let p = tree[i];
+            for (c, pp) in &links {
+                if *pp == p && !tree.contains(c) {
+                    tree.push(*c);
+                }
+            }
+            i += 1;
+        }
+        let new: Vec<i32> = tree.into_iter().filter(|p| !killed.contains(p)).collect();
+        if new.is_empty() {
+            break;
+        }
+        for p in &new {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        killed.extend(new);
+    }
+}
+
+/// Temp file, fsync, rename: a reader sees the old record or the whole new one.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! rsrun-shim end to end: it creates and supervises busybox containers through the rsrun
+//! library; the tests read what the kernel and the container did (exit statuses, the log
+//! bytes, processes left, OOM kills), never a file the shim was told to write.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rsrun_tests::*;
+use serde_json::{json, Value};
+
+/// One container under a shim: its directory, log and exit file in a temp dir.
+struct Shimmed {
+    tmp: TempDir,
+    id: String,
+    rt: Rsrun,
+    pid: i32,
+}
+
+impl Shimmed {
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("shim")
+    }
+    fn log(&self) -> PathBuf {
+        self.tmp.path().join("ctr.log")
+    }
+    fn exit_file(&self) -> PathBuf {
+        self.tmp.path().join("exit.json")
+    }
+
+    /// Sends a control request; returns the answer line.
+    fn control(&self, req: &Value) -> Value {
+        let mut s = UnixStream::connect(self.dir().join("control")).unwrap();
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    fn start(&self) {
+        let v = self.control(&json!({"op": "start"}));
+        assert_eq!(v["ok"], true, "{v}");
+    }
+
+    /// exec_sync: (header, stdout, stderr).
+    fn exec_sync(&self, args: &[&str], timeout_ms: u64) -> (Value, Vec<u8>, Vec<u8>) {
+        let mut s = UnixStream::connect(self.dir().join("control")).unwrap();
+        let req = json!({"op": "exec_sync", "args": args, "timeout_ms": timeout_ms});
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let nl = all.iter().position(|b| *b == b'\n').unwrap();
+        let head: Value = serde_json::from_slice(&all[..nl]).unwrap();
+        let rest = &all[nl + 1..];
+        let n = head["stdout_len"].as_u64().unwrap_or(0) as usize;
+        (head, rest[..n].to_vec(), rest[n..].to_vec())
+    }
+
+    /// Waits for the exit record (bounded).
+    fn wait_exit(&self) -> Value {
+        for _ in 0..2000 {
+            if let Ok(d) = std::fs::read(self.exit_file()) {
+                return serde_json::from_slice(&d).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no exit record for {}", self.id);
+    }
+}
+
+impl Drop for Shimmed {
+    fn drop(&mut self) {
+        let _ = self.rt.run(&["delete", "--force", &self.id]);
+    }
+}
+
+fn shim(b: &Bundle, extra: &[&str]) -> Result<Shimmed, String> {
+    let tmp = TempDir::new("shim");
+    let rt = Rsrun::new();
+    let id = unique("sh");
+    let out = Command::new(shim_bin())
+        .arg("--id")
+        .arg(&id)
+        .arg("--bundle")
+        .arg(&b.dir)
+        .arg("--dir")
+        .arg(tmp.path().join("shim"))
+        .arg("--log-path")
+        .arg(tmp.path().join("ctr.log"))
+        .arg("--exit-file")
+        .arg(tmp.path().join("exit.json"))
+        .arg("--root")
+        .arg(rt.root.path())
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    Ok(Shimmed { tmp, id, rt, pid })
+}
+
+/// The records of a CRI log: (stream, tag, content).
+fn records(log: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let data = std::fs::read(log).unwrap_or_default();
+    let mut out = Vec::new();
+    for rec in data.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+        let mut f = rec.splitn(4, |b| *b == b' ');
+        let ts = String::from_utf8_lossy(f.next().unwrap()).into_owned();
+        // RFC 3339 with nanoseconds, UTC.
+        assert!(
+            ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp {ts:?}"
+        );
+        let stream = String::from_utf8_lossy(f.next().unwrap()).into_owned();
+        let tag = String::from_utf8_lossy(f.next().unwrap()).into_owned();
+        out.push((stream, tag, f.next().unwrap_or(b"").to_vec()));
+    }
+    out
+}
+
+/// A stream put back together from the records (P pieces joined, F ends a line).
+fn stream_bytes(log: &Path, stream: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (s, tag, content) in records(log) {
+        if s == stream {
+            out.extend_from_slice(&content);
+            if tag == "F" {
+                out.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+#[test]
+fn exit_codes_and_signals_are_recorded() {
+    let b = Bundle::new(&["sh", "-c", "exit 3"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 3, "{e}");
+    assert_eq!(e["signal"], Value::Null);
+    assert!(
+        e["started_at"].is_string() && e["finished_at"].is_string(),
+        "{e}"
+    );
+    assert_eq!(e["oom_killed"], false);
+
+    // Killed by a signal (from outside: the container's PID 1 ignores its own SIGKILL).
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let shim_pid: i32 = std::fs::read_to_string(s.dir().join("shim.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    s.rt.ok(&["kill", &s.id, "KILL"]);
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 137, "{e}");
+    assert_eq!(e["signal"], 9, "{e}");
+    // The shim leaves once the exit is recorded, and takes its sockets with it.
+    for _ in 0..500 {
+        if !alive(shim_pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !alive(shim_pid),
+        "the shim stayed after its container exited"
+    );
+    assert!(!s.dir().join("control").exists(), "control socket left");
+}
+
+#[test]
+fn log_framing_partial_long_binary_interleaved() {
+    // stdout: a short line, a 40-byte line (max 16: two P pieces and an F), a line with
+    // invalid UTF-8 and a carriage return, an unfinished line at exit; stderr interleaved.
+    let script = r#"printf 'one\n'; printf 'e1\n' >&2; printf 'abcdefghijklmnopqrstuvwxyz0123456789ABCD\n';
+printf '\377\376 bin\r\n'; printf 'e2 no newline' >&2; printf 'tail'"#;
+    let b = Bundle::new(&["sh", "-c", script]);
+    let s = shim(&b, &["--log-max-line", "16"]).unwrap();
+    s.start();
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+    let out = stream_bytes(&s.log(), "stdout");
+    assert_eq!(
+        out,
+        b"one\nabcdefghijklmnopqrstuvwxyz0123456789ABCD\n\xff\xfe bin\r\ntail\n".to_vec()
+    );
+    assert_eq!(
+        stream_bytes(&s.log(), "stderr"),
+        b"e1\ne2 no newline\n".to_vec()
+    );
+    let recs = records(&s.log());
+    let long: Vec<_> = recs
+        .iter()
+        .filter(|(st, _, c)| st == "stdout" && c.first().is_some_and(|b| b.is_ascii_alphanumeric()))
+        .map(|(_, t, c)| (t.as_str(), c.len()))
+        .collect();
+    assert_eq!(
+        long,
+        [("F", 3), ("P", 16), ("P", 16), ("F", 8), ("F", 4)],
+        "{recs:?}"
+    );
+}
+
+#[test]
+fn log_reopen_after_rename_loses_nothing() {
+    // The container counts on stdout while the log is rotated twice.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); usleep 5000; done",
+    ]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let mut rotated = Vec::new();
+    for n in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        let to = s.tmp.path().join(format!("ctr.log.{n}"));
+        std::fs::rename(s.log(), &to).unwrap();
+        let v = s.control(&json!({"op": "reopen_log"}));
+        assert_eq!(v["ok"], true, "{v}");
+        rotated.push(to);
+    }
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+    rotated.push(s.log());
+    let mut all = Vec::new();
+    for p in &rotated {
+        let part = stream_bytes(p, "stdout");
+        assert!(!part.is_empty(), "{} is empty", p.display());
+        all.extend(part);
+    }
+    let want: String = (0..300).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(String::from_utf8(all).unwrap(), want);
+}
+
+/// An attach client on the seqpacket socket.
+fn attach(s: &Shimmed) -> OwnedFd {
+    use nix::sys::socket::*;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(
+        fd.as_raw_fd(),
+        &UnixAddr::new(&s.dir().join("attach")).unwrap(),
+    )
+    .unwrap();
+    fd
+}
+
+fn send(fd: &OwnedFd, kind: u8, data: &[u8]) {
+    let mut m = vec![kind];
+    m.extend_from_slice(data);
+    nix::sys::socket::send(fd.as_raw_fd(), &m, nix::sys::socket::MsgFlags::empty()).unwrap();
+}
+
+/// Reads attach packets until `want` appears in the stdout bytes; returns them all.
+fn read_until(fd: &OwnedFd, want: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    for _ in 0..1000 {
+        let t = nix::sys::time::TimeVal::new(10, 0);
+        nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReceiveTimeout, &t).unwrap();
+        let n = nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        assert!(
+            n > 0,
+            "attach closed before {:?}",
+            String::from_utf8_lossy(want)
+        );
+        if buf[0] == 1 {
+            got.extend_from_slice(&buf[1..n]);
+        }
+        if got.windows(want.len()).any(|w| w == want) {
+            return got;
+        }
+    }
+    panic!("never saw {:?}", String::from_utf8_lossy(want));
+}
+
+#[test]
+fn attach_several_clients_stdin_fan_in_output_fan_out() {
+    let b = Bundle::new(&["cat"]);
+    let s = shim(&b, &["--stdin"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    let c = attach(&s);
+    send(&a, 0, b"from a\n");
+    send(&c, 0, b"from c\n");
+    for fd in [&a, &c] {
+        let got = read_until(fd, b"from c\n");
+        assert!(got.windows(7).any(|w| w == b"from a\n"), "{got:?}");
+    }
+    // A bad message drops that client only; the container carries on.
+    send(&c, 9, b"junk");
+    send(&a, 0, b"still here\n");
+    read_until(&a, b"still here\n");
+    // Detach without disturbing the container; then close stdin: cat exits 0.
+    drop(c);
+    send(&a, 5, b"");
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 0, "{e}");
+    assert!(stream_bytes(&s.log(), "stdout").starts_with(b"from a\nfrom c\nstill here\n"));
+}
+
+#[test]
+fn stdin_once_closes_stdin_when_the_attacher_leaves() {
+    let b = Bundle::new(&["cat"]);
+    let s = shim(&b, &["--stdin", "--stdin-once"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    send(&a, 0, b"once\n");
+    read_until(&a, b"once\n");
+    drop(a);
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+}
+
+#[test]
+fn terminal_and_resize() {
+    let mut b = Bundle::new(&["sh", "-c", "read x; stty size; exit 7"]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let s = shim(&b, &["--terminal", "--stdin"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    let mut rc = vec![];
+    rc.extend_from_slice(&33u16.to_le_bytes());
+    rc.extend_from_slice(&111u16.to_le_bytes());
+    send(&a, 4, &rc);
+    send(&a, 0, b"go\n");
+    read_until(&a, b"33 111");
+    assert_eq!(s.wait_exit()["exit_code"], 7);
+    assert!(
+        String::from_utf8_lossy(&stream_bytes(&s.log(), "stdout")).contains("33 111"),
+        "the log has the terminal's output"
+    );
+}
+
+#[test]
+fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let (h, out, err) = s.exec_sync(&["sh", "-c", "echo out; echo err >&2; exit 5"], 10_000);
+    assert_eq!(h["exit_code"], 5, "{h}");
+    assert_eq!(h["timed_out"], false);
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+    // A tree of processes past the timeout: every one of them is killed.
+    let marker = "31337";
+    let (h, _, _) = s.exec_sync(
+        &[
+            "sh",
+            "-c",
+            &format!("sleep {marker}1 & sleep {marker}2 & sleep {marker}3"),
+        ],
+        300,
+    );
+    assert_eq!(h["timed_out"], true, "{h}");
+    std::thread::sleep(Duration::from_millis(100));
+    let left: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+                && alive(*p)
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes of the timed-out exec left: {left:?}"
+    );
+    // Output is capped at the CRI limit of 16 MiB.
+    let (h, out, _) = s.exec_sync(&["head", "-c", "20000000", "/dev/zero"], 60_000);
+    assert_eq!(h["truncated"], true, "{h}");
+    assert_eq!(out.len(), 16 * 1024 * 1024);
+    // The container is untouched by all of this.
+    assert!(alive(s.pid));
+    // A malformed request is refused.
+    let v = s.control(&json!({"op": "exec_sync", "args": "not a list"}));
+    assert!(
+        v["error"].as_str().unwrap().contains("bad control request"),
+        "{v}"
+    );
+    assert!(alive(s.pid));
+}
+
+#[test]
+fn oom_kill_is_recorded() {
+    let mut b = Bundle::new(&["sh", "-c", "tail /dev/zero"]);
+    b.edit(|c| {
+        c["linux"]["resources"] =
+            json!({"memory": {"limit": 32 * 1024 * 1024, "swap": 32 * 1024 * 1024}})
+    });
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let e = s.wait_exit();
+    assert_eq!(e["oom_killed"], true, "{e}");
+    assert_eq!(e["exit_code"], 137, "{e}");
+}
+
+#[test]
+fn a_refused_bundle_leaves_nothing() {
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["process"]["cwd"] = json!("relative"));
+    let tmp = TempDir::new("refused");
+    let rt = Rsrun::new();
+    let id = unique("bad");
+    let dir = tmp.path().join("shim");
+    let out = Command::new(shim_bin())
+        .args(["--id", &id, "--bundle", b.dir.to_str().unwrap()])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--log-path")
+        .arg(tmp.path().join("log"))
+        .arg("--exit-file")
+        .arg(tmp.path().join("exit"))
+        .arg("--root")
+        .arg(rt.root.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("process.cwd") && e.trim_end().lines().count() == 1,
+        "{e}"
+    );
+    assert!(!dir.exists(), "shim directory left");
+    assert_eq!(rt.count(), 0);
+    assert!(!tmp.path().join("exit").exists());
+    // No process of it stays behind.
+    std::thread::sleep(Duration::from_millis(50));
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&id))
+                && alive(p)
+        });
+    assert!(!left, "a process of the refused container is left");
+}
