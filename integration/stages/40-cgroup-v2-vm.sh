@@ -6,7 +6,7 @@
 # failure, so the stage cannot pass without running them.
 set -eu
 cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
-cargo build -p rsrun
+cargo build -p rsrun -p rsrun-shim
 bin=$(cargo test -p rsrun-tests --test cgroups_v2 --no-run --message-format=json 2>/dev/null \
     | grep '"executable":"[^"]*cgroups_v2-' | sed 's/.*"executable":"\([^"]*\)".*/\1/' | tail -n 1)
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then

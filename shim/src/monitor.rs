@@ -27,6 +27,10 @@ use crate::Opts;
 /// How much output may wait for one attach client before it is dropped (a client that
 /// never reads must not hold the container or the shim's memory).
 const CLIENT_QUEUE_MAX: usize = 4 * 1024 * 1024;
+/// The size asked for the container's stdout and stderr pipes.
+const PIPE_SIZE: i32 = 1024 * 1024;
+/// One read of container output (heap pages are touched only as far as reads fill them).
+const READ_BUF: usize = 256 * 1024;
 /// How much attach input may wait for the container's stdin before attach clients are no
 /// longer read (back-pressure reaches clients, never the container's output).
 const STDIN_QUEUE_MAX: usize = 1024 * 1024;
@@ -206,6 +210,11 @@ impl Monitor {
         } else {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
+            // Larger pipes: a container that writes fast wakes the shim less often (the
+            // pages are used only while output is waiting). Best effort (pipe-max-size).
+            for p in [&out_r, &err_r] {
+                let _ = nix::fcntl::fcntl(p, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+            }
             let in_r = if o.stdin {
                 let (r, w) = pipe()?;
                 stdin = Some(w);
@@ -296,7 +305,7 @@ impl Monitor {
             started_at: None,
             oom_base,
             exited: None,
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; READ_BUF],
         })
     }
 

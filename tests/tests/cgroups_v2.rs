@@ -561,3 +561,49 @@ fn v2_root_and_own_cgroup_refused() {
     let _ = canary.wait();
     let _ = std::fs::remove_dir(&canary_cg);
 }
+
+/// Issue 9: rsrun-shim records an OOM kill on cgroup v2 (memory.events oom_kill), as the
+/// CRI server's reason OOMKilled needs.
+#[test]
+fn v2_shim_records_oom() {
+    if !pure_v2("v2_shim_records_oom") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let tmp = TempDir::new("shim-oom");
+    let mut b = Bundle::new(&["sh", "-c", "tail /dev/zero"]);
+    b.edit(|c| c["linux"]["resources"] = json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}}));
+    let id = unique("oom");
+    let exit = tmp.path().join("exit.json");
+    let out = Command::new(shim_bin())
+        .args(["--id", &id, "--bundle", b.dir.to_str().unwrap()])
+        .arg("--dir")
+        .arg(tmp.path().join("shim"))
+        .arg("--log-path")
+        .arg(tmp.path().join("log"))
+        .arg("--exit-file")
+        .arg(&exit)
+        .arg("--root")
+        .arg(rt.root.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(tmp.path().join("shim/control")).unwrap();
+    std::io::Write::write_all(&mut s, b"{\"op\":\"start\"}\n").unwrap();
+    let mut rec = None;
+    for _ in 0..3000 {
+        if let Ok(d) = std::fs::read(&exit) {
+            rec = Some(serde_json::from_slice::<Value>(&d).unwrap());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rec = rec.expect("no exit record");
+    assert_eq!(rec["oom_killed"], true, "{rec}");
+    assert_eq!(rec["exit_code"], 137, "{rec}");
+    rt.ok(&["delete", "--force", &id]);
+}

@@ -465,3 +465,45 @@ fn a_refused_bundle_leaves_nothing() {
         });
     assert!(!left, "a process of the refused container is left");
 }
+
+#[test]
+fn the_monitor_outlives_its_starter() {
+    // The starter (here a shell in its own process group) is SIGKILLed with its whole group
+    // right after the shim reported: the monitor lives in a session of its own and still
+    // records the exit.
+    let b = Bundle::new(&["sh", "-c", "read x; exit 42"]);
+    let tmp = TempDir::new("starter");
+    let rt = Rsrun::new();
+    let id = unique("st");
+    let dir = tmp.path().join("shim");
+    let exit = tmp.path().join("exit.json");
+    let script = format!(
+        "{} --id {id} --bundle {} --dir {} --log-path {} --exit-file {} --root {} --stdin >/dev/null && kill -9 0",
+        shim_bin().display(),
+        b.dir.display(),
+        dir.display(),
+        tmp.path().join("log").display(),
+        exit.display(),
+        rt.root.path().display()
+    );
+    use std::os::unix::process::CommandExt;
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .process_group(0)
+        .status()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    let s = Shimmed {
+        tmp,
+        id,
+        rt,
+        pid: 0,
+    };
+    s.start();
+    let a = attach(&s);
+    send(&a, 0, b"\n");
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 42, "{e}");
+    let _ = exit;
+}
