@@ -4,6 +4,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::registry::{MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -16,6 +17,17 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    /// A BuildKit attestation (SBOM/provenance) entry of an index: not an image to run.
+    pub fn is_attestation(&self) -> bool {
+        self.annotations
+            .get("vnd.docker.reference.type")
+            .is_some_and(|t| t == "attestation-manifest")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -185,6 +197,7 @@ pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<
         .manifests
         .iter()
         .filter(|d| d.media_type != MT_OCI_INDEX && d.media_type != MT_DOCKER_LIST)
+        .filter(|d| !d.is_attestation())
         .filter(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
         .collect();
     // An exact variant match wins over a variant-less entry.
@@ -201,6 +214,7 @@ pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<
     let available = index
         .manifests
         .iter()
+        .filter(|d| !d.is_attestation())
         .filter_map(|d| d.platform.as_ref())
         .map(|p| crate::text::clean(&p.to_string()))
         .collect::<Vec<_>>()
@@ -289,6 +303,7 @@ mod tests {
                 variant: variant.into(),
             }),
             urls: vec![],
+            annotations: BTreeMap::new(),
         }
     }
 

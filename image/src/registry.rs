@@ -739,13 +739,43 @@ pub(crate) fn resolve_url(base: &str, loc: &str) -> std::result::Result<String, 
             None => Err(format!("redirect to a bad URL \"{}\"", clean(loc))),
         };
     }
-    if loc.starts_with('/') {
-        return Ok(format!("{scheme}://{auth}{loc}"));
+    let joined = if loc.starts_with('/') {
+        loc.to_string()
+    } else {
+        let path = path.split('?').next().unwrap_or("");
+        let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
+        let dir = if dir.is_empty() { "/" } else { dir };
+        format!("{dir}{loc}")
+    };
+    Ok(format!("{scheme}://{auth}{}", remove_dot_segments(&joined)))
+}
+
+/// RFC 3986 5.2.4 on an absolute path (its query kept as is): `/a/b/../c/./d` → `/a/c/d`.
+fn remove_dot_segments(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.find(['?', '#']) {
+        Some(i) => path_and_query.split_at(i),
+        None => (path_and_query, ""),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        match *seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
     }
-    let path = path.split('?').next().unwrap_or("");
-    let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
-    let dir = if dir.is_empty() { "/" } else { dir };
-    Ok(format!("{scheme}://{auth}{dir}{loc}"))
+    format!("/{}{query}", out.join("/"))
 }
 
 /// `Bearer realm="x",service="y",scope="a,b"` → ("Bearer", {realm: x, ...}).
@@ -820,6 +850,8 @@ mod tests {
         assert_eq!(r("HTTPS://s3/b").unwrap(), "https://s3/b");
         assert_eq!(r("//cdn/b").unwrap(), "http://cdn/b");
         assert_eq!(r("t").unwrap(), "http://a:1/v2/x/blobs/t");
+        assert_eq!(r("../../../s/t?a=../b").unwrap(), "http://a:1/s/t?a=../b");
+        assert_eq!(r("/a/./b/../../../c/").unwrap(), "http://a:1/c/");
         let e = r("file:///etc/passwd").unwrap_err();
         assert!(e.contains("unsupported URL scheme \"file\""), "{e}");
         assert!(r("ftp://h/x").is_err());

@@ -3,10 +3,15 @@
 //! redirects, credentials and token realms, and a pull of thousands of tiny layers.
 
 mod common;
+use base64::Engine as _;
 use common::fake::*;
 use common::*;
-use rsrun_image::{ImageStore, PullOptions, RegistryConfig};
-use std::time::Instant;
+use rsrun_image::pull::Limits;
+use rsrun_image::{Digest, Error, ImageStore, PullOptions, RegistryConfig};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn insecure(addr: &str) -> RegistryConfig {
     RegistryConfig::from_json(&format!(
@@ -18,6 +23,1148 @@ fn insecure(addr: &str) -> RegistryConfig {
 fn store(t: &TempDir, f: &Fake) -> ImageStore {
     ImageStore::open(t.path(), insecure(&f.addr)).unwrap()
 }
+
+/// A one-layer image whose layer holds `name` with `data`.
+fn small_image(f: &Fake, repo: &str, tag: &str, data: &[u8]) -> (Pushed, Layer) {
+    let l = layer(&tar_of(&[E::File("file", data, 0o644)]), MT_GZIP);
+    let cfg = config_json("amd64", "", std::slice::from_ref(&l));
+    let p = f.add_image(repo, tag, std::slice::from_ref(&l), &cfg);
+    (p, l)
+}
+
+/// An OCI manifest for a config and layers given as (media type, blob).
+fn manifest_of(cfg: &[u8], layers: &[(&str, &[u8])]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": Digest::of_bytes(cfg).to_string(), "size": cfg.len()},
+        "layers": layers.iter().map(|(mt, b)| serde_json::json!({
+            "mediaType": mt, "digest": Digest::of_bytes(b).to_string(), "size": b.len()})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+fn no_temps_left(root: &std::path::Path) {
+    assert_eq!(names(&root.join("tmp")), Vec::<String>::new(), "tmp/");
+    assert_eq!(names(&root.join("ingest")), Vec::<String>::new(), "ingest/");
+    let hidden: Vec<String> = names(&root.join("snapshots"))
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+// ---------- 1. decompression bomb ----------
+
+#[test]
+fn decompression_bomb_stops_at_the_bound_and_leaves_nothing() {
+    let f = Fake::start();
+    // The issue's bomb: about 20 MiB of gzip inflating to one 20 GiB file of zeros.
+    let bomb = gzip_bomb(20 << 30);
+    eprintln!("bomb: {} bytes of gzip for 20 GiB", bomb.len());
+    let cfg = serde_json::to_vec(&serde_json::json!({"architecture":"amd64","os":"linux",
+        "rootfs":{"type":"layers","diff_ids":[Digest::of_bytes(b"not checked before the end").to_string()]}}))
+    .unwrap();
+    f.add_blob(&cfg);
+    f.add_blob(&bomb);
+    f.add_manifest(
+        "bomb",
+        Some("v1"),
+        MT_OCI_MANIFEST,
+        &manifest_of(&cfg, &[(MT_GZIP, &bomb)]),
+    );
+    let t = TempDir::new("bomb");
+    let s = Arc::new(store(&t, &f));
+    // Default bound for this layer: 100 × 20 MiB = 2000 MiB. The test asks for 10× (200 MiB)
+    // to keep its disk writes small; the code path is the same.
+    let limits = Limits {
+        max_ratio: 10,
+        ratio_floor: 0,
+        ..Limits::default()
+    };
+    assert_eq!(
+        Limits::default().layer_limit(bomb.len() as u64),
+        100 * bomb.len() as u64
+    );
+    let limit = limits.layer_limit(bomb.len() as u64);
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak, root) = (done.clone(), peak.clone(), t.path().to_path_buf());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(du(&root), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let start = Instant::now();
+    let e = s
+        .pull(
+            &format!("{}/bomb:v1", f.addr),
+            &PullOptions {
+                limits,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    let took = start.elapsed();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    let after = du(t.path());
+    eprintln!(
+        "bomb refused after {took:?}: peak store disk use {} MiB (limit {} MiB + {} MiB blob), after {} KiB: {e}",
+        peak >> 20,
+        limit >> 20,
+        bomb.len() >> 20,
+        after >> 10
+    );
+    assert!(
+        matches!(&e, Error::LimitExceeded { what, reason } if what.contains("layer sha256:") && reason.contains(&limit.to_string())),
+        "{e}"
+    );
+    // The bound held: what was written is the limit plus the compressed blob and slack for
+    // buffers and metadata, far from 20 GiB.
+    assert!(
+        peak < limit + bomb.len() as u64 + (64 << 20),
+        "peak disk use {peak} for a limit of {limit}"
+    );
+    // Removed at once, not left for prune.
+    assert!(after < 1 << 20, "{after} bytes left in the store");
+    no_temps_left(t.path());
+    assert!(s.list().unwrap().is_empty());
+}
+
+#[test]
+fn image_limit_and_declared_sizes() {
+    let f = Fake::start();
+    let a = layer(&tar_of(&[E::File("a", &noise(300_000, 1), 0o644)]), MT_GZIP);
+    let b = layer(&tar_of(&[E::File("b", &noise(300_000, 2), 0o644)]), MT_GZIP);
+    let cfg = config_json("amd64", "", &[a, b]);
+    let (a, b) = (
+        layer(&tar_of(&[E::File("a", &noise(300_000, 1), 0o644)]), MT_GZIP),
+        layer(&tar_of(&[E::File("b", &noise(300_000, 2), 0o644)]), MT_GZIP),
+    );
+    f.add_image("two", "v1", &[a, b], &cfg);
+    let t = TempDir::new("imglimit");
+    let s = store(&t, &f);
+    // Each layer is within its own bound; together they pass the image's.
+    let e = s
+        .pull(
+            &format!("{}/two:v1", f.addr),
+            &PullOptions {
+                limits: Limits {
+                    max_image_bytes: 500_000,
+                    ..Limits::default()
+                },
+                concurrency: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("image limit")),
+        "{e}"
+    );
+    no_temps_left(t.path());
+    // No room to keep free: refused before writing.
+    let e = s
+        .pull(
+            &format!("{}/two:v1", f.addr),
+            &PullOptions {
+                limits: Limits {
+                    min_free_bytes: u64::MAX,
+                    ..Limits::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("free")),
+        "{e}"
+    );
+    no_temps_left(t.path());
+    s.pull(&format!("{}/two:v1", f.addr), &PullOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn layer_size_of_2_pow_64_minus_1_is_refused_by_name() {
+    let f = Fake::start();
+    let (p, l) = small_image(&f, "huge", "v1", b"x");
+    let mut m: serde_json::Value = serde_json::from_slice(&p.manifest).unwrap();
+    m["layers"][0]["size"] = serde_json::json!(u64::MAX);
+    let m = serde_json::to_vec(&m).unwrap();
+    f.add_manifest("huge", Some("max"), MT_OCI_MANIFEST, &m);
+    let t = TempDir::new("huge");
+    let e = store(&t, &f)
+        .pull(&format!("{}/huge:max", f.addr), &PullOptions::default())
+        .unwrap_err();
+    let d = Digest::of_bytes(&l.blob);
+    assert!(
+        matches!(&e, Error::LimitExceeded { what, reason }
+            if what.contains(d.as_str()) && reason.contains("18446744073709551615")),
+        "{e}"
+    );
+    assert_eq!(
+        f.count("GET", "/blobs/"),
+        0,
+        "refused before any blob is fetched"
+    );
+}
+
+#[test]
+fn stale_temps_of_a_killed_pull_go_at_the_next_open_but_live_ones_stay() {
+    let f = Fake::start();
+    let data = noise(400_000, 5);
+    let (_, l) = small_image(&f, "slow", "v1", &data);
+    let d = Digest::of_bytes(&l.blob).to_string();
+    let slow = Arc::new(AtomicBool::new(true));
+    {
+        let (d, slow, blob) = (d.clone(), slow.clone(), l.blob.clone());
+        f.on(move |r| {
+            (slow.load(Ordering::Relaxed) && r.path().ends_with(&d)).then(|| Reply {
+                body: Body::Drip {
+                    data: blob.clone(),
+                    first: 200_000,
+                    every: Duration::from_millis(50),
+                },
+                ..Reply::new(200, Vec::new())
+            })
+        });
+    }
+    let _ = d;
+    let t = TempDir::new("stale");
+    let cfgfile = t.path().join("registries.json");
+    std::fs::write(
+        &cfgfile,
+        format!(r#"{{"registries":{{"{}":{{"insecure":true}}}}}}"#, f.addr),
+    )
+    .unwrap();
+    let root = t.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_rsrun-image");
+    let mut child = Command::new(bin)
+        .arg("--root")
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfgfile)
+        .args(["pull", "-q", &format!("{}/slow:v1", f.addr)])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while names(&root.join("tmp")).is_empty() || du(&root.join("tmp")) < 100_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never started unpacking"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup of its own
+    child.wait().unwrap();
+    assert!(!names(&root.join("tmp")).is_empty());
+    assert!(!names(&root.join("ingest")).is_empty());
+    // A live pull in this process, mid-layer, while the store is opened again.
+    let s = Arc::new(ImageStore::open(&root, insecure(&f.addr)).unwrap());
+    no_temps_left(&root); // the killed pull's temps went at open
+    let stop = Arc::new(AtomicBool::new(false));
+    let puller = {
+        let (s, name, stop) = (s.clone(), format!("{}/slow:v1", f.addr), stop.clone());
+        std::thread::spawn(move || {
+            s.pull(
+                &name,
+                &PullOptions {
+                    cancel: rsrun_image::Cancel::with_flag(stop),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    while names(&root.join("tmp")).is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let live = names(&root.join("tmp"));
+    let again = ImageStore::open(&root, insecure(&f.addr)).unwrap();
+    assert_eq!(
+        names(&root.join("tmp")),
+        live,
+        "a live pull's temp survives an open"
+    );
+    assert_eq!(again.store().sweep_stale().unwrap().0, 0);
+    stop.store(true, Ordering::Relaxed);
+    let e = puller.join().unwrap().unwrap_err();
+    assert!(matches!(e, Error::Cancelled(_)), "{e}");
+    no_temps_left(&root);
+    // And a pull afterwards completes.
+    slow.store(false, Ordering::Relaxed);
+    s.pull(&format!("{}/slow:v1", f.addr), &PullOptions::default())
+        .unwrap();
+    no_temps_left(&root);
+}
+
+// ---------- 2. a failed layer stops its siblings; stalls end ----------
+
+#[test]
+fn failed_layer_stops_dripping_and_stalled_siblings_at_once() {
+    let f = Fake::start();
+    let drip = layer(
+        &tar_of(&[E::File("drip", &noise(50_000, 1), 0o644)]),
+        MT_GZIP,
+    );
+    let stall = layer(
+        &tar_of(&[E::File("stall", &noise(50_000, 2), 0o644)]),
+        MT_GZIP,
+    );
+    let bad = layer(
+        &tar_of(&[E::File("bad", &noise(50_000, 3), 0o644)]),
+        MT_GZIP,
+    );
+    let cfg = config_json("amd64", "", &[]);
+    let _ = cfg;
+    let ls = [drip, stall, bad];
+    let cfg = config_json("amd64", "", &ls);
+    f.add_image("abort", "v1", &ls, &cfg);
+    let (dd, sd, bd) = (
+        Digest::of_bytes(&ls[0].blob).to_string(),
+        Digest::of_bytes(&ls[1].blob).to_string(),
+        Digest::of_bytes(&ls[2].blob).to_string(),
+    );
+    let bad_served: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let (drip_blob, stall_blob, mut bad_blob) =
+        (ls[0].blob.clone(), ls[1].blob.clone(), ls[2].blob.clone());
+    let n = bad_blob.len();
+    bad_blob[n - 20] ^= 0xff; // corrupt: caught by the digest (or gzip's CRC) at the end
+    let started = Arc::new(AtomicUsize::new(0));
+    {
+        let (bad_served, started, bd) = (bad_served.clone(), started.clone(), bd.clone());
+        f.on(move |r| {
+            let p = r.path();
+            if p.ends_with(&dd) {
+                started.fetch_add(1, Ordering::SeqCst);
+                return Some(Reply {
+                    body: Body::Drip {
+                        data: drip_blob.clone(),
+                        first: 1000,
+                        every: Duration::from_secs(1),
+                    },
+                    ..Reply::new(200, Vec::new())
+                });
+            }
+            if p.ends_with(&sd) {
+                started.fetch_add(1, Ordering::SeqCst);
+                return Some(Reply {
+                    body: Body::Stall {
+                        data: stall_blob.clone(),
+                        first: 1000,
+                    },
+                    ..Reply::new(200, Vec::new())
+                });
+            }
+            if p.ends_with(&bd) {
+                // Only once both siblings are in progress.
+                let t0 = Instant::now();
+                while started.load(Ordering::SeqCst) < 2 && t0.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                *bad_served.lock().unwrap() = Some(Instant::now());
+                return Some(Reply::new(200, bad_blob.clone()));
+            }
+            None
+        });
+    }
+    let t = TempDir::new("abort");
+    let s = store(&t, &f);
+    let start = Instant::now();
+    let e = s
+        .pull(&format!("{}/abort:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    let returned = Instant::now();
+    let served = bad_served.lock().unwrap().expect("corrupt layer served");
+    let latency = returned - served;
+    eprintln!(
+        "pull returned {latency:?} after the corrupt layer was served ({:?} in all): {e}",
+        returned - start
+    );
+    // The error is the corrupt layer's, not a sibling's "cancelled".
+    assert!(
+        matches!(&e, Error::DigestMismatch { what, .. } if what.contains(&bd))
+            || matches!(&e, Error::BadLayer { layer, .. } if *layer == bd),
+        "{e}"
+    );
+    // The drip needs ~14 hours, the stalled layer forever (or the 60 s progress timeout): the
+    // pull ends with the corrupt layer, not with them.
+    assert!(
+        latency < Duration::from_secs(5),
+        "siblings held the pull {latency:?}"
+    );
+    assert!(s.list().unwrap().is_empty());
+    no_temps_left(t.path());
+}
+
+#[test]
+fn stalled_registry_fails_on_the_progress_timeout_and_the_next_mirror_serves() {
+    let stalled = Fake::start();
+    let good = Fake::start();
+    let (p, l) = small_image(&good, "app", "v1", &noise(100_000, 9));
+    // The stalled mirror has the manifest and config, but its layer never comes.
+    let (_, _) = small_image(&stalled, "app", "v1", &noise(100_000, 9));
+    let ld = Digest::of_bytes(&l.blob).to_string();
+    let blob = l.blob.clone();
+    stalled.on(move |r| {
+        r.path().ends_with(&ld).then(|| Reply {
+            body: Body::Stall {
+                data: blob.clone(),
+                first: 10,
+            },
+            ..Reply::new(200, Vec::new())
+        })
+    });
+    let t = TempDir::new("stall");
+    // Alone: the progress timeout ends it.
+    let only = ImageStore::open(t.path().join("a"), insecure(&stalled.addr)).unwrap();
+    let start = Instant::now();
+    let e = only
+        .pull(
+            &format!("{}/app:v1", stalled.addr),
+            &PullOptions {
+                progress_timeout: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    eprintln!("stalled pull ended after {:?}: {e}", start.elapsed());
+    assert!(matches!(e, Error::Stalled { secs: 1, .. }), "{e}");
+    assert!(e.to_string().contains("progress timeout"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    // As a mirror: the next endpoint ("*" applies to a registry without an entry of its own).
+    let cfg = RegistryConfig::from_json(&format!(
+        r#"{{"registries":{{"*":{{"mirrors":[{{"endpoint":"http://{}","insecure":true}},{{"endpoint":"http://{}","insecure":true}}],"mirrors_only":true}}}}}}"#,
+        stalled.addr, good.addr
+    ))
+    .unwrap();
+    let s = ImageStore::open(t.path().join("b"), cfg).unwrap();
+    let img = s
+        .pull(
+            "registry.invalid/app:v1",
+            &PullOptions {
+                progress_timeout: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(img.id, p.config_digest);
+    assert!(
+        stalled.count("GET", "/v2/app/blobs/") >= 1,
+        "mirror 1 tried first"
+    );
+    assert_eq!(img.repo_tags, vec!["registry.invalid/app:v1".to_string()]);
+    // The CLI: --progress-timeout.
+    let cfgfile = t.path().join("r.json");
+    std::fs::write(
+        &cfgfile,
+        format!(
+            r#"{{"registries":{{"{}":{{"insecure":true}}}}}}"#,
+            stalled.addr
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rsrun-image"))
+        .arg("--root")
+        .arg(t.path().join("c"))
+        .arg("--config")
+        .arg(&cfgfile)
+        .args([
+            "pull",
+            "--progress-timeout",
+            "1",
+            &format!("{}/app:v1", stalled.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no data received for 1s"), "{err}");
+    assert_eq!(
+        PullOptions::default().progress_timeout,
+        Some(Duration::from_secs(60)),
+        "a default progress timeout, so that a pull never hangs"
+    );
+}
+
+// ---------- 3. terminal injection ----------
+
+const EVIL: &str = "\u{1b}[2J\u{1b}[H\rrsrun-image: pulled OK\n\u{9b}31m\u{202e}";
+
+#[test]
+fn registry_text_reaches_no_terminal_raw() {
+    let f = Fake::start();
+    small_image(&f, "app", "v1", b"x");
+    f.on(|r| {
+        r.path()
+            .contains("/manifests/")
+            .then(|| Reply::error(500, "INTERNAL\u{1b}[31m", EVIL))
+    });
+    let t = TempDir::new("term");
+    let e = store(&t, &f)
+        .pull(&format!("{}/app:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(rsrun_image::text::is_clean(&msg), "{msg:?}");
+    assert!(
+        msg.contains("\\u{1b}[2J") && msg.contains("\\r") && msg.contains("\\n"),
+        "{msg}"
+    );
+    // The CLI prints one line with nothing a terminal would act on.
+    let cfgfile = t.path().join("r.json");
+    std::fs::write(
+        &cfgfile,
+        format!(r#"{{"registries":{{"{}":{{"insecure":true}}}}}}"#, f.addr),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rsrun-image"))
+        .arg("--root")
+        .arg(t.path().join("cli"))
+        .arg("--config")
+        .arg(&cfgfile)
+        .args(["pull", &format!("{}/app:v1", f.addr)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches('\n').count(), 1, "{err:?}");
+    assert!(err.ends_with('\n'));
+    assert!(rsrun_image::text::is_clean(err.trim_end()), "{err:?}");
+    assert!(err.contains("HTTP 500"), "{err}");
+}
+
+#[test]
+fn registry_strings_in_configs_indexes_and_media_types_are_escaped_or_refused() {
+    let f = Fake::start();
+    let t = TempDir::new("strings");
+    let s = store(&t, &f);
+    // A config whose os would be shown raw by `list`.
+    let l = layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_GZIP);
+    let cfg = serde_json::to_vec(
+        &serde_json::json!({"architecture": format!("amd64{EVIL}"), "os":"linux",
+        "rootfs":{"type":"layers","diff_ids":[l.diff_id.to_string()]}}),
+    )
+    .unwrap();
+    f.add_image("cfg", "v1", std::slice::from_ref(&l), &cfg);
+    let e = s
+        .pull(&format!("{}/cfg:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidManifest { .. }), "{e}");
+    assert!(rsrun_image::text::is_clean(&e.to_string()), "{e}");
+    // An index whose platforms are listed in the error.
+    let idx = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":MT_OCI_INDEX,
+        "manifests":[{"mediaType":MT_OCI_MANIFEST,"digest":Digest::of_bytes(b"m").to_string(),"size":1,
+            "platform":{"os":"linux","architecture":format!("s390x{EVIL}")}}]}))
+    .unwrap();
+    f.add_manifest("idx", Some("v1"), MT_OCI_INDEX, &idx);
+    let e = s
+        .pull(&format!("{}/idx:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::NoMatchingPlatform { .. }), "{e}");
+    assert!(rsrun_image::text::is_clean(&e.to_string()), "{e}");
+    // A layer media type.
+    let mt = format!("application/vnd.oci.image.layer.v1.tar{EVIL}");
+    let cfg = config_json("amd64", "", std::slice::from_ref(&l));
+    f.add_blob(&cfg);
+    f.add_blob(&l.blob);
+    f.add_manifest(
+        "mt",
+        Some("v1"),
+        MT_OCI_MANIFEST,
+        &manifest_of(&cfg, &[(&mt, &l.blob)]),
+    );
+    let e = s
+        .pull(&format!("{}/mt:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("media type"), "{e}");
+    assert!(rsrun_image::text::is_clean(&e.to_string()), "{e}");
+    assert!(s.list().unwrap().is_empty());
+}
+
+// ---------- 4. what the pull accepts, every command reads ----------
+
+#[test]
+fn deeply_nested_config_is_refused_at_pull_time() {
+    let f = Fake::start();
+    let l = layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_GZIP);
+    let depth = 200_000;
+    let cfg = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}},"x":{}{}}}"#,
+        l.diff_id,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+    .into_bytes();
+    f.add_image("deep", "v1", std::slice::from_ref(&l), &cfg);
+    let t = TempDir::new("deep");
+    let s = store(&t, &f);
+    match s.pull(&format!("{}/deep:v1", f.addr), &PullOptions::default()) {
+        Err(Error::InvalidManifest { what, reason }) => {
+            assert!(what.contains("config"), "{what}");
+            assert!(reason.contains("recursion limit"), "{reason}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!(
+            "pulled; inspect then says: {:?}",
+            s.inspect(&format!("{}/deep:v1", f.addr)).err()
+        ),
+    }
+    assert!(s.list().unwrap().is_empty());
+    // A manifest nested too deep inside an annotation, likewise.
+    let (p, _) = small_image(&f, "deepm", "v1", b"y");
+    let mut m = String::from_utf8(p.manifest).unwrap();
+    m.pop();
+    m.push_str(&format!(
+        r#","annotations":{{"a":"b"}},"z":{}{}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    ));
+    f.add_manifest("deepm", Some("v2"), MT_OCI_MANIFEST, m.as_bytes());
+    let e = s
+        .pull(&format!("{}/deepm:v2", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidManifest { .. }), "{e}");
+    // What is accepted is inspectable.
+    s.pull(&format!("{}/deepm:v1", f.addr), &PullOptions::default())
+        .unwrap();
+    s.inspect(&format!("{}/deepm:v1", f.addr)).unwrap();
+}
+
+// ---------- smaller ones ----------
+
+#[test]
+fn compression_must_agree_with_the_media_type() {
+    let f = Fake::start();
+    let t = TempDir::new("mt");
+    let s = store(&t, &f);
+    let tarball = tar_of(&[E::File("x", b"x", 0o644)]);
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            MT_TAR,
+            gzip(&tarball),
+            "says uncompressed tar but the data is gzip",
+        ),
+        (
+            MT_GZIP,
+            tarball.clone(),
+            "says gzip but the data is uncompressed tar",
+        ),
+        (MT_GZIP, zstd(&tarball), "says gzip but the data is zstd"),
+        (MT_ZSTD, gzip(&tarball), "says zstd but the data is gzip"),
+    ];
+    for (i, (mt, blob, want)) in cases.iter().enumerate() {
+        let l = Layer {
+            blob: blob.clone(),
+            media_type: mt,
+            diff_id: Digest::of_bytes(&tarball),
+        };
+        let cfg = config_json("amd64", &format!("{i}"), std::slice::from_ref(&l));
+        f.add_image("mt", &format!("v{i}"), std::slice::from_ref(&l), &cfg);
+        let e = s
+            .pull(&format!("{}/mt:v{i}", f.addr), &PullOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::BadLayer { reason, .. } if reason.contains(want)),
+            "{mt}: {e}"
+        );
+    }
+    assert!(s.list().unwrap().is_empty());
+    no_temps_left(t.path());
+}
+
+#[test]
+fn redirects_and_messages_name_what_really_happened() {
+    let f = Fake::start();
+    let storage = f.listen();
+    let (_, l) = small_image(&f, "app", "v1", &noise(5000, 4));
+    let ld = Digest::of_bytes(&l.blob).to_string();
+    let t = TempDir::new("redir");
+    let s = store(&t, &f);
+    let name = format!("{}/app:v1", f.addr);
+    // file:///… is a scheme we do not follow, not a relative path.
+    {
+        let ld = ld.clone();
+        f.on(move |r| {
+            r.path()
+                .ends_with(&ld)
+                .then(|| Reply::redirect(307, "file:///etc/passwd"))
+        });
+    }
+    let e = s.pull(&name, &PullOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("unsupported URL scheme \"file\""),
+        "{e}"
+    );
+    assert_eq!(f.count("GET", "passwd"), 0);
+    // A 401 from the storage host is the storage host's.
+    f.clear_rules();
+    {
+        let (ld, sp) = (ld.clone(), storage.clone());
+        let port: u16 = storage.rsplit(':').next().unwrap().parse().unwrap();
+        f.on(move |r| {
+            if r.port == port {
+                return Some(Reply::error(401, "DENIED", "signature expired"));
+            }
+            r.path()
+                .ends_with(&ld)
+                .then(|| Reply::redirect(307, format!("http://{sp}/bucket/{ld}?sig=1")))
+        });
+    }
+    let e = s.pull(&name, &PullOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!(
+            "http://{storage} (where http://{} redirected)",
+            f.addr
+        )) && msg.contains("HTTP 401")
+            && msg.contains("signature expired"),
+        "{msg}"
+    );
+    assert!(
+        !matches!(e, Error::Unauthorized(_)),
+        "not the registry's refusal: {e}"
+    );
+    // A relative redirect is followed on the registry's own origin.
+    f.clear_rules();
+    {
+        let (ld, blob) = (ld.clone(), l.blob.clone());
+        f.on(move |r| {
+            if r.path() == "/store/relative" {
+                return Some(Reply::new(200, blob.clone()));
+            }
+            r.path()
+                .ends_with(&ld)
+                .then(|| Reply::redirect(302, "../../../store/relative"))
+        });
+    }
+    f.clear_log();
+    if let Err(e) = s.pull(&name, &PullOptions::default()) {
+        panic!("{e}: {:?}", f.log());
+    }
+    assert_eq!(f.count("GET", "/store/relative"), 1, "{:?}", f.log());
+    // The redirect limit: 10 followed, the 11th refused.
+    let (_, l2) = small_image(&f, "loop", "v1", &noise(5000, 8));
+    let d2 = Digest::of_bytes(&l2.blob).to_string();
+    f.on(move |r| {
+        (r.path().ends_with(&d2) || r.path().starts_with("/hop/"))
+            .then(|| Reply::redirect(302, format!("/hop/{}", r.target.len())))
+    });
+    f.clear_log();
+    let e = s
+        .pull(&format!("{}/loop:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("more than 10 redirects"), "{e}");
+    assert_eq!(f.count("GET", "/hop/"), 10, "{:?}", f.log().len());
+    // A plain manifest of another platform is not an "index".
+    let l3 = layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_GZIP);
+    let cfg = config_json("s390x", "", std::slice::from_ref(&l3));
+    f.add_image("arm", "v1", std::slice::from_ref(&l3), &cfg);
+    let e = s
+        .pull(&format!("{}/arm:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("single-platform manifest") && !msg.contains("index"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn https_redirect_to_plain_http_is_refused() {
+    let t = TempDir::new("tlsredir");
+    let (ca, cert, key) = test_ca(t.path());
+    let f = Fake::start_tls(&cert, &key);
+    let plain = f.listen();
+    let (_, l) = small_image(&f, "app", "v1", &noise(5000, 4));
+    let ld = Digest::of_bytes(&l.blob).to_string();
+    f.on(move |r| {
+        r.path()
+            .ends_with(&ld)
+            .then(|| Reply::redirect(307, format!("http://{plain}/v2/app/blobs/{ld}")))
+    });
+    let cfg = RegistryConfig::from_json(&format!(
+        r#"{{"registries":{{"{}":{{"ca_file":"{}"}}}}}}"#,
+        f.addr,
+        ca.display()
+    ))
+    .unwrap();
+    let s = ImageStore::open(t.path().join("s"), cfg).unwrap();
+    let e = s
+        .pull(&format!("{}/app:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("refusing redirect from HTTPS to plain HTTP"),
+        "{e}"
+    );
+    // The manifest came over HTTPS; nothing was asked over plain HTTP.
+    assert!(f.count("GET", "/manifests/v1") >= 1);
+    let plain_port: u16 = f.log().iter().map(|r| r.port).max().unwrap();
+    let _ = plain_port;
+    assert_eq!(
+        f.log()
+            .iter()
+            .filter(|r| r.target.starts_with("/v2/app/blobs/")
+                && r.port != f.addr.rsplit(':').next().unwrap().parse::<u16>().unwrap())
+            .count(),
+        0
+    );
+    assert!(s.list().unwrap().is_empty());
+}
+
+// ---------- credentials and token realms ----------
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret";
+
+fn basic() -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"))
+    )
+}
+
+/// Bearer auth: a token endpoint at `realm` (any listener of `f`, path /token) that wants
+/// Basic credentials and issues tok-1, tok-2, …; the registry accepts the newest token only
+/// for `uses` requests each.
+fn bearer_registry(f: &Fake, realm: String, uses: usize) -> Arc<AtomicUsize> {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let used = Arc::new(AtomicUsize::new(0));
+    let i2 = issued.clone();
+    f.on(move |r| {
+        if r.path() == "/token" {
+            if r.header("authorization") != basic() {
+                return Some(Reply::error(401, "UNAUTHORIZED", "bad credentials"));
+            }
+            let n = i2.fetch_add(1, Ordering::SeqCst) + 1;
+            used.store(0, Ordering::SeqCst);
+            return Some(Reply::new(
+                200,
+                format!(r#"{{"token":"tok-{n}","expires_in":60}}"#),
+            ));
+        }
+        if !r.path().starts_with("/v2/") {
+            return None;
+        }
+        let want = format!("Bearer tok-{}", i2.load(Ordering::SeqCst));
+        if r.header("authorization") == want && used.fetch_add(1, Ordering::SeqCst) < uses {
+            return None; // the built-in content
+        }
+        Some(
+            Reply::error(401, "UNAUTHORIZED", "token required or expired").header(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="{realm}",service="fake",scope="repository:app:pull""#),
+            ),
+        )
+    });
+    issued
+}
+
+#[test]
+fn bearer_token_is_reused_and_renewed_when_it_expires() {
+    let f = Fake::start();
+    let (_, _) = small_image(&f, "app", "v1", &noise(3000, 1));
+    let issued = bearer_registry(&f, format!("http://{}/token", f.addr), 1000);
+    let t = TempDir::new("reuse");
+    let s = store(&t, &f);
+    let opts = PullOptions {
+        credentials: Some(rsrun_image::Credentials::Basic {
+            username: USER.into(),
+            password: PASS.into(),
+        }),
+        ..Default::default()
+    };
+    s.pull(&format!("{}/app:v1", f.addr), &opts).unwrap();
+    assert_eq!(
+        issued.load(Ordering::SeqCst),
+        1,
+        "one token for the whole pull"
+    );
+    // Tokens that expire after 2 requests: renewed on the 401, the pull completes.
+    let f2 = Fake::start();
+    let (_, _) = small_image(&f2, "app", "v1", &noise(3000, 2));
+    let issued2 = bearer_registry(&f2, format!("http://{}/token", f2.addr), 2);
+    let t2 = TempDir::new("expiry");
+    ImageStore::open(t2.path(), insecure(&f2.addr))
+        .unwrap()
+        .pull(&format!("{}/app:v1", f2.addr), &opts)
+        .unwrap();
+    assert!(issued2.load(Ordering::SeqCst) >= 2, "renewed");
+}
+
+#[test]
+fn credentials_go_to_the_token_realm_but_never_in_the_clear_to_another_host() {
+    let f = Fake::start();
+    let (p, _) = small_image(&f, "app", "v1", b"x");
+    let realm_addr = f.listen(); // another port of the same (plain-HTTP) registry host
+    bearer_registry(&f, format!("http://{realm_addr}/token"), 1000);
+    let creds = Some(rsrun_image::Credentials::Basic {
+        username: USER.into(),
+        password: PASS.into(),
+    });
+    let t = TempDir::new("realm");
+    let img = store(&t, &f)
+        .pull(
+            &format!("{}/app:v1", f.addr),
+            &PullOptions {
+                credentials: creds.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(img.id, p.config_digest);
+    let realm_port: u16 = realm_addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(f.log().iter().any(|r| r.port == realm_port
+        && r.path() == "/token"
+        && r.header("authorization") == basic()));
+    // The same realm named by another host name, over plain HTTP: no credentials sent there.
+    let g = Fake::start();
+    small_image(&g, "app", "v1", b"x");
+    let port = g.addr.rsplit(':').next().unwrap().to_string();
+    bearer_registry(&g, format!("http://localhost:{port}/token"), 1000);
+    let t2 = TempDir::new("realm2");
+    let e = store(&t2, &g)
+        .pull(
+            &format!("{}/app:v1", g.addr),
+            &PullOptions {
+                credentials: creds,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("credentials are not sent"), "{e}");
+    assert_eq!(g.count("GET", "/token"), 0);
+}
+
+#[test]
+fn auth_file_registry_token_and_lookup_order() {
+    // The mirror wants its own credentials (Basic, keyed by the mirror's host); the image's
+    // registry entry in the same file holds a registry token the mirror must not get.
+    let mirror = Fake::start();
+    let (p, _) = small_image(&mirror, "library/app", "v1", b"m");
+    let mb = basic();
+    mirror.on(move |r| {
+        (r.path().starts_with("/v2/") && r.header("authorization") != mb).then(|| {
+            Reply::error(401, "UNAUTHORIZED", "who?")
+                .header("WWW-Authenticate", r#"Basic realm="mirror""#)
+        })
+    });
+    let reg = Fake::start();
+    small_image(&reg, "app", "v1", b"r");
+    reg.on(|r| {
+        (r.path().starts_with("/v2/") && r.header("authorization") != "Bearer opaque-reg-token")
+            .then(|| Reply::error(401, "UNAUTHORIZED", "token please"))
+    });
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let af = rsrun_image::AuthFile::parse(&format!(
+        r#"{{"auths":{{"{}":{{"auth":"{auth}"}},"{}":{{"registrytoken":"opaque-reg-token"}}}}}}"#,
+        mirror.addr, reg.addr
+    ))
+    .unwrap();
+    let t = TempDir::new("authfile");
+    // Through the mirror: the mirror's entry is used, found by the mirror's host.
+    let cfg = RegistryConfig::from_json(&format!(
+        r#"{{"registries":{{"{}":{{"mirrors":[{{"endpoint":"http://{}","insecure":true}}],"mirrors_only":true}}}}}}"#,
+        reg.addr, mirror.addr
+    ))
+    .unwrap();
+    let s = ImageStore::open(t.path().join("m"), cfg).unwrap();
+    let opts = PullOptions {
+        auth_file: Some(af.clone()),
+        ..Default::default()
+    };
+    let e = s.pull(&format!("{}/app:v1", reg.addr), &opts).unwrap_err();
+    // (the mirror serves library/app, the reference says app: NotFound shows the mirror
+    // accepted the credentials)
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    assert!(mirror
+        .log()
+        .iter()
+        .any(|r| r.header("authorization") == basic()));
+    assert!(!mirror
+        .log()
+        .iter()
+        .any(|r| r.header("authorization").contains("opaque")));
+    let _ = p;
+    // Directly: the registry's entry, a registry token sent as is (no token endpoint).
+    let s2 = ImageStore::open(t.path().join("r"), insecure(&reg.addr)).unwrap();
+    s2.pull(&format!("{}/app:v1", reg.addr), &opts).unwrap();
+    assert!(reg
+        .log()
+        .iter()
+        .any(|r| r.header("authorization") == "Bearer opaque-reg-token"));
+    // Without the entry: refused.
+    let s3 = ImageStore::open(t.path().join("x"), insecure(&reg.addr)).unwrap();
+    let e = s3
+        .pull(&format!("{}/app:v1", reg.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthorized(_)), "{e}");
+}
+
+// ---------- prune racing a pull ----------
+
+#[test]
+fn prune_waits_for_a_running_pull() {
+    let f = Fake::start();
+    let (p, l) = small_image(&f, "app", "v1", &noise(300_000, 6));
+    let ld = Digest::of_bytes(&l.blob).to_string();
+    let blob = l.blob.clone();
+    f.on(move |r| {
+        r.path().ends_with(&ld).then(|| Reply {
+            body: Body::Drip {
+                data: blob.clone(),
+                first: blob.len() - 40,
+                every: Duration::from_millis(25),
+            },
+            ..Reply::new(200, Vec::new())
+        })
+    });
+    let t = TempDir::new("prune");
+    let s = Arc::new(store(&t, &f));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let puller = {
+        let (s, order, name) = (s.clone(), order.clone(), format!("{}/app:v1", f.addr));
+        std::thread::spawn(move || {
+            let r = s.pull(&name, &PullOptions::default());
+            order.lock().unwrap().push("pull done");
+            r
+        })
+    };
+    // Mid-layer: temps on disk, nothing registered yet.
+    while names(&t.path().join("ingest")).is_empty() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Another process prunes.
+    let out = Command::new(env!("CARGO_BIN_EXE_rsrun-image"))
+        .arg("--root")
+        .arg(t.path())
+        .arg("prune")
+        .output()
+        .unwrap();
+    order.lock().unwrap().push("prune done");
+    assert!(out.status.success());
+    let img = puller.join().unwrap().unwrap();
+    assert_eq!(*order.lock().unwrap(), vec!["pull done", "prune done"]);
+    assert_eq!(img.id, p.config_digest);
+    assert!(s.store().has_snapshot(&l.diff_id) && s.store().has_blob(&Digest::of_bytes(&l.blob)));
+    let prune = String::from_utf8_lossy(&out.stdout);
+    assert!(prune.contains("removed 0 blobs, 0 snapshots"), "{prune}");
+}
+
+// ---------- CLI flags ----------
+
+#[test]
+fn cli_plain_http_auth_file_timeout_and_registry_config_env() {
+    let f = Fake::start();
+    let (p, l) = small_image(&f, "app", "v1", &noise(20_000, 3));
+    let mb = basic();
+    f.on(move |r| {
+        (r.path().starts_with("/v2/") && r.header("authorization") != mb).then(|| {
+            Reply::error(401, "UNAUTHORIZED", "who?")
+                .header("WWW-Authenticate", r#"Basic realm="x""#)
+        })
+    });
+    let t = TempDir::new("cli");
+    let bin = env!("CARGO_BIN_EXE_rsrun-image");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let authfile = t.path().join("auth.json");
+    std::fs::write(
+        &authfile,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, f.addr),
+    )
+    .unwrap();
+    let name = format!("{}/app:v1", f.addr);
+    let run = |root: &str, env_cfg: Option<&std::path::Path>, args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.env_remove("RSRUN_REGISTRY_CONFIG")
+            .arg("--root")
+            .arg(t.path().join(root))
+            .arg("pull");
+        if let Some(p) = env_cfg {
+            c.env("RSRUN_REGISTRY_CONFIG", p);
+        }
+        c.args(args).arg(&name).output().unwrap()
+    };
+    // Without --plain-http the registry is HTTPS (and fails); with it, plain HTTP.
+    let o = run("a", None, &["--auth-file", authfile.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("https://"),
+        "{o:?}"
+    );
+    // --plain-http without credentials: refused by the registry.
+    let o = run("a", None, &["--plain-http"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("requires credentials"),
+        "{o:?}"
+    );
+    // --plain-http --auth-file: pulled.
+    let o = run(
+        "a",
+        None,
+        &["--plain-http", "--auth-file", authfile.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        p.config_digest.as_str()
+    );
+    // RSRUN_REGISTRY_CONFIG instead of --plain-http.
+    let cfgfile = t.path().join("reg.json");
+    std::fs::write(
+        &cfgfile,
+        format!(r#"{{"registries":{{"{}":{{"insecure":true}}}}}}"#, f.addr),
+    )
+    .unwrap();
+    let o = run(
+        "b",
+        Some(&cfgfile),
+        &["--auth-file", authfile.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A bad config file named by the variable is an error naming it.
+    let badcfg = t.path().join("bad.json");
+    std::fs::write(&badcfg, r#"{"registries":{"x":{"mirorrs":[]}}}"#).unwrap();
+    let o = run("b", Some(&badcfg), &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad.json"),
+        "{o:?}"
+    );
+    // --timeout: an overall deadline, here against a dripping layer.
+    let ld = Digest::of_bytes(&l.blob).to_string();
+    let blob = l.blob.clone();
+    f.clear_rules();
+    f.on(move |r| {
+        r.path().ends_with(&ld).then(|| Reply {
+            body: Body::Drip {
+                data: blob.clone(),
+                first: 10,
+                every: Duration::from_millis(100),
+            },
+            ..Reply::new(200, Vec::new())
+        })
+    });
+    let start = Instant::now();
+    let o = run("c", None, &["--plain-http", "--timeout", "1"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("deadline exceeded"),
+        "{o:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let o = run("c", None, &["--timeout", "-1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--timeout"),
+        "{o:?}"
+    );
+}
+
+// ---------- thousands of tiny layers ----------
 
 #[test]
 fn five_thousand_tiny_layers() {

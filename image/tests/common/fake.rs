@@ -114,8 +114,46 @@ pub struct Fake {
     listeners: Mutex<Vec<String>>,
 }
 
+/// A connection, plain or TLS.
+trait Stream: Read + Write + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+impl Stream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 impl Fake {
     pub fn start() -> Fake {
+        Fake::start_with(None)
+    }
+
+    /// The main listener speaks TLS with this certificate chain and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Fake {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Fake::start_with(Some(Arc::new(cfg)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Fake {
         let shared = Arc::new(Shared {
             content: Mutex::new(Content::default()),
             rules: Mutex::new(Vec::new()),
@@ -127,12 +165,17 @@ impl Fake {
             shared,
             listeners: Mutex::new(Vec::new()),
         };
-        f.addr = f.listen();
+        f.addr = f.listen_with(tls);
         f
     }
 
-    /// Another listener on a new port of 127.0.0.1 with the same handler; returns its address.
+    /// Another (plain HTTP) listener on a new port of 127.0.0.1 with the same handler; returns
+    /// its address.
     pub fn listen(&self) -> String {
+        self.listen_with(None)
+    }
+
+    fn listen_with(&self, tls: Option<Arc<rustls::ServerConfig>>) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let port = l.local_addr().unwrap().port();
@@ -143,8 +186,18 @@ impl Fake {
                     break;
                 }
                 let Ok(c) = c else { continue };
+                let _ = c.set_nodelay(true);
                 let shared = shared.clone();
-                std::thread::spawn(move || serve_conn(c, port, &shared));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => serve_conn(c, port, &shared),
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                            return;
+                        };
+                        serve_conn(rustls::StreamOwned::new(conn, c), port, &shared)
+                    }
+                });
             }
         });
         self.listeners.lock().unwrap().push(addr.clone());
@@ -236,7 +289,7 @@ impl Drop for Fake {
     }
 }
 
-fn read_request(r: &mut BufReader<TcpStream>, port: u16) -> Option<Req> {
+fn read_request<S: Read>(r: &mut BufReader<S>, port: u16) -> Option<Req> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -272,9 +325,7 @@ fn read_request(r: &mut BufReader<TcpStream>, port: u16) -> Option<Req> {
     })
 }
 
-fn serve_conn(c: TcpStream, port: u16, shared: &Shared) {
-    let _ = c.set_nodelay(true);
-    let mut w = c.try_clone().unwrap();
+fn serve_conn<S: Stream>(c: S, port: u16, shared: &Shared) {
     let mut r = BufReader::new(c);
     while let Some(req) = read_request(&mut r, port) {
         shared.log.lock().unwrap().push(req.clone());
@@ -283,15 +334,16 @@ fn serve_conn(c: TcpStream, port: u16, shared: &Shared) {
             .iter()
             .find_map(|f| f(&req))
             .unwrap_or_else(|| builtin(shared, &req));
-        if !send(&mut w, &req, reply, shared) {
+        if !send(r.get_mut(), &req, reply, shared) {
             break;
         }
     }
-    let _ = w.shutdown(Shutdown::Both);
+    let _ = r.get_mut().flush();
+    let _ = r.get_ref().tcp().shutdown(Shutdown::Both);
 }
 
 /// Writes the reply; false when the connection must be closed afterwards.
-fn send(w: &mut TcpStream, req: &Req, reply: Reply, shared: &Shared) -> bool {
+fn send<S: Stream>(w: &mut S, req: &Req, reply: Reply, shared: &Shared) -> bool {
     if !reply.delay.is_zero() {
         std::thread::sleep(reply.delay);
     }
@@ -313,12 +365,12 @@ fn send(w: &mut TcpStream, req: &Req, reply: Reply, shared: &Shared) -> bool {
     }
     s.push_str("\r\n");
     if head {
-        return w.write_all(s.as_bytes()).is_ok() && keep;
+        return w.write_all(s.as_bytes()).is_ok() && w.flush().is_ok() && keep;
     }
     if let Body::Bytes(b) = &reply.body {
         let mut all = s.into_bytes();
         all.extend_from_slice(b);
-        return w.write_all(&all).is_ok() && reply.content_length.is_none();
+        return w.write_all(&all).is_ok() && w.flush().is_ok() && reply.content_length.is_none();
     }
     if w.write_all(s.as_bytes()).is_err() {
         return false;
@@ -335,7 +387,7 @@ fn send(w: &mut TcpStream, req: &Req, reply: Reply, shared: &Shared) -> bool {
                     return false;
                 }
                 std::thread::sleep(every);
-                if w.write_all(std::slice::from_ref(b)).is_err() {
+                if w.write_all(std::slice::from_ref(b)).is_err() || w.flush().is_err() {
                     return false;
                 }
             }
@@ -343,10 +395,11 @@ fn send(w: &mut TcpStream, req: &Req, reply: Reply, shared: &Shared) -> bool {
         }
         Body::Stall { data, first } => {
             let _ = w.write_all(&data[..first.min(data.len())]);
+            let _ = w.flush();
             // Hold the connection open until the client closes it (or the test ends).
             let start = Instant::now();
             let mut probe = [0u8; 1];
-            let _ = w.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = w.tcp().set_read_timeout(Some(Duration::from_millis(100)));
             while !shared.stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(600)
             {
                 match w.read(&mut probe) {

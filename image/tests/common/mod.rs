@@ -608,7 +608,11 @@ pub fn gzip_bomb(zeros: u64) -> Vec<u8> {
     let mut h = header("zeros", tar::EntryType::Regular, 0o644, zeros);
     h.set_cksum();
     let mut out = gzip(h.as_bytes());
-    let mib = gzip(&vec![0u8; 1 << 20]);
+    let mib = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![0u8; 1 << 20]).unwrap();
+        e.finish().unwrap()
+    };
     let mut left = zeros;
     while left >= 1 << 20 {
         out.extend_from_slice(&mib);
@@ -617,4 +621,55 @@ pub fn gzip_bomb(zeros: u64) -> Vec<u8> {
     let pad = (512 - (zeros % 512)) % 512;
     out.extend_from_slice(&gzip(&vec![0u8; (left + pad + 1024) as usize]));
     out
+}
+
+/// A test CA and a certificate it signs for 127.0.0.1 (openssl): (ca.pem, cert.pem, key.pem).
+pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let script = "set -e; cd \"$1\"; \
+        openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rsrun-test-ca -keyout ca.key -out ca.pem; \
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr; \
+        printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext; \
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem";
+    let ok = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success(), "openssl failed");
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+/// Bytes on disk (allocated blocks) under `p`, not following symlinks.
+pub fn du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let mut n = m.blocks() * 512;
+    if m.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                n += du(&e.path());
+            }
+        }
+    }
+    n
+}
+
+/// Entry names in `dir` (empty if it does not exist).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
