@@ -19,6 +19,7 @@ use tar::EntryType;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+const AUFS_META: &[u8] = b".wh..wh.";
 
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
@@ -225,6 +226,11 @@ impl Unpacker<'_> {
         }
         let (name, parent) = comps.split_last().expect("non-empty");
         let name = *name;
+        // AUFS metadata (`.wh..wh.plnk/…`, `.wh..wh.aufs`): no meaning for overlay, skipped
+        // with whatever is below it.
+        if parent.iter().any(|c| c.starts_with(AUFS_META)) {
+            return Ok(());
+        }
         let full = comps.join(&b'/');
 
         // Whiteouts.

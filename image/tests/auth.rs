@@ -217,10 +217,23 @@ fn handle(
             head,
         );
     }
+    if let Some(d) = target.strip_prefix("/v2/app/relative/") {
+        return match c.blobs.get(d) {
+            Some(b) => respond(w, 200, &[], b, head),
+            None => respond(w, 404, &[], b"", head),
+        };
+    }
     if let Some(d) = target.strip_prefix("/v2/app/blobs/") {
-        // relative redirect for the config, absolute to the storage host for layers
+        // a relative redirect (same origin, so still authenticated) for the config, an
+        // absolute one to the storage host for layers
         if c.blobs.get(d).is_some_and(|b| b.len() < 2000) {
-            return respond(w, 200, &[], &c.blobs[d], head);
+            return respond(
+                w,
+                307,
+                &[("Location", format!("../relative/{d}"))],
+                b"",
+                head,
+            );
         }
         return respond(
             w,
@@ -333,6 +346,14 @@ fn bearer_token_with_basic_credentials_and_redirect_without_leaking() {
     assert!(log
         .iter()
         .any(|l| l.contains("/v2/app/blobs/") && l.contains("auth=Bearer good-token")));
+    // The config came through the relative redirect, on the registry, with the token.
+    assert!(
+        log.iter().any(|l| l.starts_with(&format!(
+            "registry GET /v2/app/relative/{} auth=Bearer good-token",
+            f.config_digest
+        ))),
+        "{log:#?}"
+    );
 }
 
 #[test]

@@ -401,3 +401,166 @@ fn truncated_tar_is_an_error_not_a_partial_success() {
     let r = unpack(&t[..3000], &s.layer, "l", &UnpackOptions::default());
     assert!(matches!(r, Err(Error::BadLayer { .. })), "{r:?}");
 }
+
+#[test]
+fn hardlink_to_a_directory_is_refused() {
+    let s = scene();
+    let t = raw_tar(vec![
+        (
+            raw_header("d/", EntryType::Directory, 0o755, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("h", EntryType::Link, 0o644, 0, Some("d")),
+            vec![],
+        ),
+    ]);
+    expect_hostile(&s, &t, "hardlink to a directory");
+    assert!(!s.layer.join("h").exists());
+}
+
+/// A GNU long-name entry ('L') carrying `path`, then `header` for the entry it names.
+fn long_name(path: &str, header: tar::Header, data: Vec<u8>) -> Vec<(tar::Header, Vec<u8>)> {
+    let mut name = path.as_bytes().to_vec();
+    name.push(0);
+    let l = raw_header(
+        "././@LongLink",
+        EntryType::GNULongName,
+        0o644,
+        name.len() as u64,
+        None,
+    );
+    vec![(l, name), (header, data)]
+}
+
+#[test]
+fn long_names_with_dotdot_are_refused() {
+    let s = scene();
+    // Over 100 bytes: only the GNU long-name entry holds the real path.
+    let deep = format!("{}../../../outside/evil", "a/".repeat(60));
+    assert!(deep.len() > 100);
+    let t = raw_tar(long_name(
+        &deep,
+        raw_header("placeholder", EntryType::Regular, 0o644, 4, None),
+        b"evil".to_vec(),
+    ));
+    expect_hostile(&s, &t, "'..'");
+    // The same through a PAX `path` record.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("path", deep.as_bytes())])
+        .unwrap();
+    let mut h = header("placeholder", EntryType::Regular, 0o644, 4);
+    h.set_cksum();
+    b.append(&h, &b"evil"[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    expect_hostile(&s, &t, "'..'");
+    // A long name without `..` is fine.
+    let ok = format!("{}file", "b/".repeat(60));
+    let t = raw_tar(long_name(
+        &ok,
+        raw_header("placeholder", EntryType::Regular, 0o644, 2, None),
+        b"ok".to_vec(),
+    ));
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    assert_eq!(std::fs::read(s.layer.join(&ok)).unwrap(), b"ok");
+}
+
+#[test]
+fn pax_sparse_files_are_refused() {
+    let s = scene();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("GNU.sparse.major", &b"1"[..]),
+        ("GNU.sparse.minor", &b"0"[..]),
+        ("GNU.sparse.name", &b"huge"[..]),
+        ("GNU.sparse.realsize", &b"1099511627776"[..]),
+    ])
+    .unwrap();
+    let mut h = header("GNUSparseFile.0/huge", EntryType::Regular, 0o644, 512);
+    h.set_cksum();
+    b.append(&h, &[0u8; 512][..]).unwrap();
+    let t = b.into_inner().unwrap();
+    let r = unpack(&t[..], &s.layer, "l", &UnpackOptions::default());
+    assert!(
+        matches!(&r, Err(Error::BadLayer { reason, .. }) if reason.contains("PAX-format sparse")),
+        "{r:?}"
+    );
+    assert!(names_in(&s.layer).is_empty(), "{:?}", names_in(&s.layer));
+    assert_outside_untouched(&s);
+}
+
+fn names_in(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn whiteout_of_dot_is_refused() {
+    let s = scene();
+    let t = raw_tar(vec![(
+        raw_header("x/.wh..", EntryType::Regular, 0o644, 0, None),
+        vec![],
+    )]);
+    expect_hostile(&s, &t, "whiteout");
+    let t = raw_tar(vec![(
+        raw_header(".wh.", EntryType::Regular, 0o644, 0, None),
+        vec![],
+    )]);
+    expect_hostile(&s, &t, "whiteout");
+}
+
+#[test]
+fn aufs_metadata_entries_are_skipped() {
+    let s = scene();
+    let t = raw_tar(vec![
+        (
+            raw_header(".wh..wh.plnk/", EntryType::Directory, 0o700, 0, None),
+            vec![],
+        ),
+        (
+            raw_header(".wh..wh.plnk/12.34", EntryType::Regular, 0o644, 4, None),
+            b"aufs".to_vec(),
+        ),
+        (
+            raw_header(".wh..wh.aufs", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("d/.wh..wh.orph/x", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("kept", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+    ]);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    assert_eq!(names_in(&s.layer), vec!["kept".to_string()]);
+}
+
+#[test]
+fn overlay_xattrs_from_a_layer_are_dropped() {
+    let s = scene();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.overlay.redirect", &b"/etc"[..]),
+        ("SCHILY.xattr.user.overlay.opaque", &b"y"[..]),
+        ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+        ("SCHILY.xattr.user.kept", &b"1"[..]),
+    ])
+    .unwrap();
+    let mut h = header("d/", EntryType::Directory, 0o755, 0);
+    h.set_cksum();
+    b.append(&h, &[][..]).unwrap();
+    let t = b.into_inner().unwrap();
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let d = s.layer.join("d");
+    assert_eq!(getxattr(&d, "user.overlay.redirect"), None);
+    assert_eq!(getxattr(&d, "user.overlay.opaque"), None);
+    assert_eq!(getxattr(&d, "trusted.overlay.opaque"), None);
+    assert_eq!(getxattr(&d, "user.kept").as_deref(), Some(&b"1"[..]));
+}

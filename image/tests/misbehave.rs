@@ -1192,3 +1192,43 @@ fn five_thousand_tiny_layers() {
         s.store().syncs()
     );
 }
+
+// ---------- indexes ----------
+
+#[test]
+fn attestation_entries_in_an_index_are_skipped() {
+    let f = Fake::start();
+    let (real, _) = small_image(&f, "multi", "real", b"the image");
+    // BuildKit's attestation manifest, here (unusually) claiming the same platform and listed
+    // first: picking it would pull an SBOM as a root filesystem.
+    let att_layer = layer(&tar_of(&[E::File("sbom.json", b"{}", 0o644)]), MT_GZIP);
+    let (att, _) = {
+        let cfg = config_json("amd64", "", std::slice::from_ref(&att_layer));
+        (
+            f.add_image("multi", "att", std::slice::from_ref(&att_layer), &cfg),
+            (),
+        )
+    };
+    let plat = serde_json::json!({"os":"linux","architecture":"amd64"});
+    let idx = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":MT_OCI_INDEX,"manifests":[
+        {"mediaType":MT_OCI_MANIFEST,"digest":att.manifest_digest.to_string(),"size":att.manifest.len(),"platform":plat,
+         "annotations":{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":real.manifest_digest.to_string()}},
+        {"mediaType":MT_OCI_MANIFEST,"digest":real.manifest_digest.to_string(),"size":real.manifest.len(),"platform":plat},
+    ]}))
+    .unwrap();
+    f.add_manifest("multi", Some("v1"), MT_OCI_INDEX, &idx);
+    let t = TempDir::new("att");
+    let s = store(&t, &f);
+    let img = s
+        .pull(
+            &format!("{}/multi:v1", f.addr),
+            &PullOptions {
+                platform: rsrun_image::Platform::parse("linux/amd64").unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(img.id, real.config_digest);
+    assert_eq!(img.manifest, real.manifest_digest);
+    assert_eq!(f.count("GET", att.manifest_digest.as_str()), 0);
+}

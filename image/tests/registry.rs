@@ -329,7 +329,34 @@ fn concurrent_pulls_share_downloads_and_warm_pull_is_a_noop() {
             "layer {d} downloaded once"
         );
     }
-    // A second store process-wide handle (another "process") also shares the layers.
+    // Another process (the CLI) finds the layers present: no blob fetched, one HEAD.
+    let cfgfile = t.path().join("registries.json");
+    std::fs::write(
+        &cfgfile,
+        format!(
+            r#"{{"registries":{{"{}":{{"insecure":true}}}}}}"#,
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    proxy.reset();
+    let out = Command::new(env!("CARGO_BIN_EXE_rsrun-image"))
+        .arg("--root")
+        .arg(t.path())
+        .arg("--config")
+        .arg(&cfgfile)
+        .args(["pull", "-q", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ids[0].as_str());
+    assert_eq!(proxy.count("/blobs/"), 0, "other process fetches no blob");
+    assert_eq!(proxy.count("HEAD /v2/con/manifests"), 1);
+    // A second handle on the same store in this process, timed.
     let other = open_store(t.path(), &proxy.addr);
     proxy.reset();
     let start = Instant::now();
