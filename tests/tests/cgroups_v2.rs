@@ -501,22 +501,6 @@ fn v2_events_stats_shape() {
     rt.ok(&["delete", "-f", &id]);
 }
 
-/// Every cgroup directory under /sys/fs/cgroup.
-fn all_cgroups() -> Vec<PathBuf> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        out.push(d.to_path_buf());
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&e.path(), out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), &mut out);
-    out.sort();
-    out
-}
-
 /// Issue 8: a cgroupsPath that resolves to the hierarchy's root or to the caller's own
 /// cgroup is refused before anything is written; a failed create, `delete --force` and
 /// `kill --all` then touch nothing. Only in the VM: on a host, a regression would signal
@@ -526,7 +510,9 @@ fn v2_root_and_own_cgroup_refused() {
     if !pure_v2("v2_root_and_own_cgroup_refused") {
         return;
     }
-    // A canary in a cgroup of its own, beside ours.
+    // Canaries (other tests of this binary run alongside, so the check is on what this
+    // test owns): a process in a cgroup of its own, and empty cgroups at the root and beside
+    // ours, which a failed create's cleanup would remove if it reached them.
     let canary_cg = PathBuf::from("/sys/fs/cgroup").join(unique("canary"));
     std::fs::create_dir(&canary_cg).unwrap();
     let mut canary = Command::new("sleep").arg("1000").spawn().unwrap();
@@ -537,7 +523,18 @@ fn v2_root_and_own_cgroup_refused() {
         .find_map(|l| l.strip_prefix("0::"))
         .unwrap()
         .to_string();
-    let before = all_cgroups();
+    let own_dir = PathBuf::from("/sys/fs/cgroup").join(own.trim_start_matches('/'));
+    let empties = [
+        PathBuf::from("/sys/fs/cgroup").join(unique("empty-root")),
+        if own == "/" {
+            own_dir.join(unique("empty-beside"))
+        } else {
+            own_dir.parent().unwrap().join(unique("empty-beside"))
+        },
+    ];
+    for e in &empties {
+        std::fs::create_dir(e).unwrap();
+    }
     let rt = Rsrun::new();
     for path in ["/", "/.", "", ".", "//", own.as_str()] {
         let mut b = Bundle::new(&["/bin/does-not-exist"]);
@@ -551,12 +548,18 @@ fn v2_root_and_own_cgroup_refused() {
         rt.ok(&["delete", "--force", &id]);
         rt.fails(&["kill", "--all", &id, "KILL"]);
         assert_eq!(rt.count(), 0, "{path:?}: state left");
+        // Nothing was created for it either.
+        assert!(!own_dir.join(&id).exists() && !Path::new("/sys/fs/cgroup").join(&id).exists());
     }
     assert!(
         canary.try_wait().unwrap().is_none(),
         "the canary in another cgroup was killed"
     );
-    assert_eq!(all_cgroups(), before, "cgroups were created or removed");
+    assert!(own_dir.is_dir(), "our own cgroup was removed");
+    for e in &empties {
+        assert!(e.is_dir(), "{} was removed", e.display());
+        std::fs::remove_dir(e).unwrap();
+    }
     let _ = canary.kill();
     let _ = canary.wait();
     let _ = std::fs::remove_dir(&canary_cg);
