@@ -416,3 +416,12 @@ pub fn execveat_fd(fd: RawFd, argv: &[std::ffi::CString], envp: &[std::ffi::CStr
     };
     io::Error::last_os_error()
 }
+
+/// Returns the free memory at the top of the heap and in free chunks to the kernel
+/// (glibc's malloc_trim): for long-lived callers after a burst of allocation.
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

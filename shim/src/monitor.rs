@@ -283,6 +283,9 @@ impl Monitor {
             .with_context(|| format!("write {}", pid_file.display()))
             .map_err(undo)?;
         let oom_base = rt.oom_kill_count(&o.id).unwrap_or(0);
+        // Parsing the config and creating the container allocated much that is free now:
+        // an idle shim keeps none of it.
+        rsrun::sys::malloc_trim();
         rsrun::log::info(&format!("container {}: created, init pid {pid}", o.id));
         Ok(Monitor {
             id: o.id.clone(),
@@ -950,6 +953,8 @@ impl Monitor {
         let _ = reply(&e.conn, &head)
             .and_then(|_| (&e.conn).write_all(&e.data[0]))
             .and_then(|_| (&e.conn).write_all(&e.data[1]));
+        drop(e);
+        rsrun::sys::malloc_trim();
     }
 }
 
