@@ -1,0 +1,234 @@
+//! The CRI ImageService over the image store (image/): pull, list, status, remove, and the
+//! image filesystem figures. The store is synchronous (blocking I/O, its own locks): every
+//! call runs on tokio's blocking pool.
+
+use std::sync::Arc;
+
+use rsrun_image::{Credentials, ImageRecord, ImageStore, PullOptions};
+use tonic::{Request, Response, Status};
+
+use crate::api::{self, image_service_server::ImageService};
+use crate::error::image_status;
+
+pub struct Images {
+    pub store: Arc<ImageStore>,
+}
+
+fn to_cri(r: &ImageRecord) -> api::Image {
+    let (uid, username) = r.uid_or_username();
+    api::Image {
+        id: r.id.to_string(),
+        repo_tags: r.repo_tags.clone(),
+        repo_digests: r.repo_digests.clone(),
+        size: r.size,
+        uid: uid.map(|value| api::Int64Value { value }),
+        username,
+        spec: Some(api::ImageSpec {
+            image: r.id.to_string(),
+            ..Default::default()
+        }),
+        pinned: r.pinned,
+    }
+}
+
+/// The image a request names: `ImageSpec.image` must be set.
+fn named(spec: Option<api::ImageSpec>, rpc: &str) -> Result<String, Status> {
+    match spec.map(|s| s.image).filter(|s| !s.is_empty()) {
+        Some(i) => Ok(i),
+        None => Err(Status::invalid_argument(format!(
+            "{rpc}: image.image is required"
+        ))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("image store task: {e}")))?
+}
+
+fn credentials(auth: Option<api::AuthConfig>) -> Result<Option<Credentials>, Status> {
+    let Some(a) = auth else { return Ok(None) };
+    if !a.identity_token.is_empty() {
+        return Ok(Some(Credentials::IdentityToken(a.identity_token)));
+    }
+    if !a.registry_token.is_empty() {
+        return Ok(Some(Credentials::RegistryToken(a.registry_token)));
+    }
+    if !a.username.is_empty() || !a.password.is_empty() {
+        return Ok(Some(Credentials::Basic {
+            username: a.username,
+            password: a.password,
+        }));
+    }
+    if !a.auth.is_empty() {
+        // base64("user:password"), as docker config files hold it.
+        let raw = decode_base64(&a.auth)
+            .ok_or_else(|| Status::invalid_argument("auth.auth is not base64"))?;
+        let s = String::from_utf8(raw)
+            .map_err(|_| Status::invalid_argument("auth.auth is not user:password"))?;
+        let (u, p) = s
+            .split_once(':')
+            .ok_or_else(|| Status::invalid_argument("auth.auth is not user:password"))?;
+        return Ok(Some(Credentials::Basic {
+            username: u.to_string(),
+            password: p.to_string(),
+        }));
+    }
+    Ok(None)
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s))
+        .ok()
+}
+
+#[tonic::async_trait]
+impl ImageService for Images {
+    async fn list_images(
+        &self,
+        req: Request<api::ListImagesRequest>,
+    ) -> Result<Response<api::ListImagesResponse>, Status> {
+        let filter = req
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let store = self.store.clone();
+        let images = blocking(move || {
+            let all = store.list().map_err(image_status)?;
+            Ok(match filter {
+                None => all.iter().map(to_cri).collect(),
+                Some(f) => {
+                    let want = store.get(&f).map_err(image_status)?;
+                    all.iter()
+                        .filter(|r| want.as_ref().is_some_and(|w| w.id == r.id))
+                        .map(to_cri)
+                        .collect()
+                }
+            })
+        })
+        .await?;
+        Ok(Response::new(api::ListImagesResponse { images }))
+    }
+
+    type StreamImagesStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<api::StreamImagesResponse, Status>>>;
+
+    async fn stream_images(
+        &self,
+        req: Request<api::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = self
+            .list_images(Request::new(api::ListImagesRequest { filter }))
+            .await?
+            .into_inner()
+            .images;
+        // In batches, as the streaming list RPCs are meant to be read.
+        let batches: Vec<_> = list
+            .chunks(100)
+            .map(|c| Ok(api::StreamImagesResponse { images: c.to_vec() }))
+            .collect();
+        Ok(Response::new(tokio_stream::iter(batches)))
+    }
+
+    async fn image_status(
+        &self,
+        req: Request<api::ImageStatusRequest>,
+    ) -> Result<Response<api::ImageStatusResponse>, Status> {
+        let r = req.into_inner();
+        let name = named(r.image, "ImageStatus")?;
+        let store = self.store.clone();
+        let verbose = r.verbose;
+        blocking(move || {
+            // A missing image is not an error: an empty answer (the kubelet pulls then).
+            let Some(img) = store.get(&name).map_err(image_status)? else {
+                return Ok(Response::new(api::ImageStatusResponse::default()));
+            };
+            let mut info = std::collections::HashMap::new();
+            if verbose {
+                let i = store.inspect(&name).map_err(image_status)?;
+                info.insert("info".to_string(), i.config.to_string());
+            }
+            Ok(Response::new(api::ImageStatusResponse {
+                image: Some(to_cri(&img)),
+                info,
+            }))
+        })
+        .await
+    }
+
+    async fn pull_image(
+        &self,
+        req: Request<api::PullImageRequest>,
+    ) -> Result<Response<api::PullImageResponse>, Status> {
+        let r = req.into_inner();
+        let name = named(r.image, "PullImage")?;
+        let opts = PullOptions {
+            credentials: credentials(r.auth)?,
+            ..Default::default()
+        };
+        let store = self.store.clone();
+        tracing::info!(image = %name, "pulling");
+        let rec = blocking(move || store.pull(&name, &opts).map_err(image_status)).await?;
+        Ok(Response::new(api::PullImageResponse {
+            image_ref: rec.id.to_string(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<api::RemoveImageRequest>,
+    ) -> Result<Response<api::RemoveImageResponse>, Status> {
+        let name = named(req.into_inner().image, "RemoveImage")?;
+        let store = self.store.clone();
+        // Removing a missing image succeeds (the CRI asks for idempotence).
+        blocking(move || store.remove(&name).map_err(image_status)).await?;
+        Ok(Response::new(api::RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(
+        &self,
+        _req: Request<api::ImageFsInfoRequest>,
+    ) -> Result<Response<api::ImageFsInfoResponse>, Status> {
+        let store = self.store.clone();
+        blocking(move || {
+            let usage = |u: rsrun_image::FsUsage| api::FilesystemUsage {
+                timestamp: u.timestamp_ns,
+                fs_id: Some(api::FilesystemIdentifier {
+                    mountpoint: u.mountpoint.to_string_lossy().into_owned(),
+                }),
+                used_bytes: Some(api::UInt64Value {
+                    value: u.used_bytes,
+                }),
+                inodes_used: Some(api::UInt64Value {
+                    value: u.inodes_used,
+                }),
+            };
+            let images = store.fs_info().map_err(image_status)?;
+            let containers = store.container_fs_info().map_err(image_status)?;
+            Ok(Response::new(api::ImageFsInfoResponse {
+                image_filesystems: vec![usage(images)],
+                container_filesystems: vec![usage(containers)],
+            }))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64() {
+        assert_eq!(super::decode_base64("dXNlcjpwdw==").unwrap(), b"user:pw");
+        assert_eq!(super::decode_base64("YQ").unwrap(), b"a");
+        assert!(super::decode_base64("*").is_none());
+    }
+}

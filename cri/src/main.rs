@@ -1,0 +1,174 @@
+//! rsrun-cri: the CRI v1 gRPC server (tonic, unix socket) that a kubelet drives.
+//!
+//! This slice serves the ImageService over the image store and the runtime's identity,
+//! status and configuration; pod sandboxes, containers, networking and streaming come next
+//! (docs/cri.md says what answers and what does not yet).
+
+/// Generated from the upstream api.proto (build.rs); its comments are upstream's.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod api {
+    tonic::include_proto!("runtime.v1");
+}
+mod error;
+mod image_service;
+mod runtime_service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "\
+usage: rsrun-cri [--listen unix:///PATH] [--root DIR] [--state DIR] [--registry-config FILE]
+                 [--log-level LEVEL]
+
+  --listen           the CRI socket (default unix:///run/rsrun/rsrun-cri.sock)
+  --root             persistent root: images under DIR/images (default /var/lib/rsrun)
+  --state            volatile state (default /run/rsrun)
+  --registry-config  the image store's registry settings (docs/image-store.md)
+  --log-level        error, warn, info (default), debug, trace";
+
+struct Opts {
+    socket: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    registry_config: Option<PathBuf>,
+    log_level: String,
+}
+
+fn parse(args: Vec<String>) -> Result<Option<Opts>> {
+    let mut o = Opts {
+        socket: PathBuf::from("/run/rsrun/rsrun-cri.sock"),
+        root: PathBuf::from("/var/lib/rsrun"),
+        state: PathBuf::from("/run/rsrun"),
+        registry_config: None,
+        log_level: "info".into(),
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                let Some(p) = v.strip_prefix("unix://") else {
+                    bail!("--listen {v:?}: only unix:///PATH is supported");
+                };
+                o.socket = PathBuf::from(p);
+            }
+            "--root" => o.root = PathBuf::from(value()?),
+            "--state" => o.state = PathBuf::from(value()?),
+            "--registry-config" => o.registry_config = Some(PathBuf::from(value()?)),
+            "--log-level" => o.log_level = value()?,
+            "-h" | "--help" => return Ok(None),
+            f => bail!("unknown argument {f:?}\n{USAGE}"),
+        }
+    }
+    if !o.socket.is_absolute() {
+        bail!(
+            "--listen: the socket path {} must be absolute",
+            o.socket.display()
+        );
+    }
+    Ok(Some(o))
+}
+
+fn main() -> std::process::ExitCode {
+    let o = match parse(std::env::args().skip(1).collect()) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("rsrun-cri: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // The socket and every file the server makes are private to root.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rsrun-cri: tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(o)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("rsrun-cri: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(o: Opts) -> Result<()> {
+    use api::image_service_server::ImageServiceServer;
+    use api::runtime_service_server::RuntimeServiceServer;
+
+    let registry = match &o.registry_config {
+        Some(p) => rsrun_image::RegistryConfig::load(p)
+            .with_context(|| format!("--registry-config {}", p.display()))?,
+        None => rsrun_image::RegistryConfig::default(),
+    };
+    for d in [&o.root, &o.state] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let images_root = o.root.join("images");
+    let store = rsrun_image::ImageStore::open(&images_root, registry)
+        .with_context(|| format!("open the image store at {}", images_root.display()))?;
+
+    if let Some(dir) = o.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    // A live server on this socket is not displaced; a stale socket file is replaced.
+    if tokio::net::UnixStream::connect(&o.socket).await.is_ok() {
+        bail!("another server is listening on {}", o.socket.display());
+    }
+    let _ = std::fs::remove_file(&o.socket);
+    let listener = tokio::net::UnixListener::bind(&o.socket)
+        .with_context(|| format!("listen on {}", o.socket.display()))?;
+    tracing::info!(socket = %o.socket.display(), root = %o.root.display(), state = %o.state.display(), "serving CRI v1");
+
+    let runtime = runtime_service::Runtime {
+        pod_cidr: Default::default(),
+    };
+    let images = image_service::Images {
+        store: Arc::new(store),
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    let r = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(runtime))
+        .add_service(ImageServiceServer::new(images))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    let _ = std::fs::remove_file(&o.socket);
+    r.context("gRPC server")
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""A read-only OCI distribution endpoint for tests: serves the images of one OCI archive (as
+integration/podman/mkimage.py writes it) on 127.0.0.1:PORT, under any repository name. Enough
+for pulls (GET/HEAD of /v2/, manifests by tag or digest, blobs); nothing can be pushed.
+Usage: serve-oci.py ARCHIVE.tar PORT"""
+import http.server, json, sys, tarfile
+
+archive, port = sys.argv[1], int(sys.argv[2])
+tf = tarfile.open(archive)
+blobs = {}
+for m in tf.getmembers():
+    if m.isfile() and m.name.startswith("blobs/sha256/"):
+        blobs["sha256:" + m.name.rsplit("/", 1)[1]] = tf.extractfile(m).read()
+index = json.load(tf.extractfile("index.json"))
+tags = {}
+for d in index["manifests"]:
+    ref = d.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+    tags[ref.rsplit(":", 1)[-1] if ":" in ref else "latest"] = (d["digest"], d["mediaType"])
+
+
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self, body):
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if parts == ["v2"]:
+            return self.send(200, b"{}", "application/json", body)
+        if len(parts) >= 4 and parts[0] == "v2" and parts[-2] in ("manifests", "blobs"):
+            ref = parts[-1]
+            if parts[-2] == "manifests" and ref in tags:
+                digest, mt = tags[ref]
+            else:
+                digest = ref
+                mt = next((t for d, t in tags.values() if d == ref), "application/octet-stream")
+            if digest in blobs:
+                return self.send(200, blobs[digest], mt, body, digest)
+        return self.send(404, b'{"errors":[{"code":"NOT_FOUND","message":"not found"}]}',
+                         "application/json", body)
+
+    def send(self, code, data, ctype, body, digest=None):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        if digest:
+            self.send_header("Docker-Content-Digest", digest)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_GET(self):
+        self.answer(True)
+
+    def do_HEAD(self):
+        self.answer(False)
+
+    def log_message(self, *a):
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()

@@ -1,0 +1,9 @@
+#!/bin/sh
+# Stage 35: rsrun-cri, the CRI server: its unit tests, then integration/cri/smoke.sh drives the
+# built server with crictl (built from the Go module proxy, pinned in integration/containerd).
+set -eu
+cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
+command -v go >/dev/null 2>&1 || { echo "go is required (crictl is built from the Go module proxy)"; exit 1; }
+cargo build -p rsrun-cri
+cargo test -p rsrun-cri
+integration/cri/smoke.sh "$PWD/target/debug/rsrun-cri"
