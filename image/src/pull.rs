@@ -7,7 +7,7 @@ use crate::digest::{Digest, HashingReader, TeeReader};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compression, Descriptor, ImageConfig, Parsed, Platform};
 use crate::reference::Reference;
-use crate::registry::{Cancel, ProgressClock, Repo, ABORTED_BY_SIBLING};
+use crate::registry::{Cancel, ProgressClock, Repo};
 use crate::store::{ImageRecord, LayerRecord, PendingLayer, Store, TempSnapshot};
 
 /// A verified blob's temp file, its path and digest.
@@ -502,14 +502,14 @@ impl ImageStore {
         let mut errs = errors.into_inner().unwrap_or_else(|p| p.into_inner());
         if errs.is_empty() {
             // The last batch (a failed pull drops its pending layers with their temps).
-            return ctx.batch.flush();
+            ctx.batch.flush()?;
+            // A long flush is not a stall.
+            cancel.touch();
+            return Ok(());
         }
-        // The layer that failed, not a sibling stopped because of it.
-        let i = errs
-            .iter()
-            .position(|e| !matches!(e, Error::Cancelled(m) if m.ends_with(ABORTED_BY_SIBLING)))
-            .unwrap_or(0);
-        Err(errs.swap_remove(i))
+        ctx.batch.discard();
+        // The first failure: the siblings it stopped record theirs after it.
+        Err(errs.swap_remove(0))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -727,6 +727,19 @@ impl Batch<'_> {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Deletes the temps of every pending layer (the pull failed) and releases their locks.
+    fn discard(&self) {
+        let items = std::mem::take(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()).0);
+        for (p, _) in items {
+            if let Some((_, path, _)) = &p.blob {
+                let _ = std::fs::remove_file(path);
+            }
+            if let Some((t, _)) = &p.snapshot {
+                let _ = std::fs::remove_dir_all(&t.path);
+            }
+        }
     }
 
     /// Commits every pending layer (one flush) and reports them done.
