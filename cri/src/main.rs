@@ -9,9 +9,12 @@
 pub mod api {
     tonic::include_proto!("runtime.v1");
 }
+mod container;
 mod error;
 mod image_service;
 mod runtime_service;
+mod sandbox;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +29,8 @@ usage: rsrun-cri [--listen unix:///PATH] [--root DIR] [--state DIR] [--registry-
   --root             persistent root: images under DIR/images (default /var/lib/rsrun)
   --state            volatile state (default /run/rsrun)
   --registry-config  the image store's registry settings (docs/image-store.md)
+  --shim             the rsrun-shim binary (default: beside this one, else on PATH)
+  --cgroup-parent    cgroup for pods that name none (default: rsrun-cri, under this server's)
   --log-level        error, warn, info (default), debug, trace";
 
 struct Opts {
@@ -33,6 +38,8 @@ struct Opts {
     root: PathBuf,
     state: PathBuf,
     registry_config: Option<PathBuf>,
+    shim: Option<PathBuf>,
+    cgroup_parent: String,
     log_level: String,
 }
 
@@ -42,6 +49,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
         root: PathBuf::from("/var/lib/rsrun"),
         state: PathBuf::from("/run/rsrun"),
         registry_config: None,
+        shim: None,
+        cgroup_parent: "rsrun-cri".into(),
         log_level: "info".into(),
     };
     let mut it = args.into_iter();
@@ -68,6 +77,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
             "--state" => o.state = PathBuf::from(value()?),
             "--registry-config" => o.registry_config = Some(PathBuf::from(value()?)),
             "--log-level" => o.log_level = value()?,
+            "--shim" => o.shim = Some(PathBuf::from(value()?)),
+            "--cgroup-parent" => o.cgroup_parent = value()?,
             "-h" | "--help" => return Ok(None),
             f => bail!("unknown argument {f:?}\n{USAGE}"),
         }
@@ -146,12 +157,33 @@ async fn serve(o: Opts) -> Result<()> {
         .with_context(|| format!("listen on {}", o.socket.display()))?;
     tracing::info!(socket = %o.socket.display(), root = %o.root.display(), state = %o.state.display(), "serving CRI v1");
 
+    let store = Arc::new(store);
+    let shim = match o.shim.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("rsrun-shim")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("rsrun-shim")),
+    };
+    let records = o.root.join("cri");
     let runtime = runtime_service::Runtime {
         pod_cidr: Default::default(),
+        images: store.clone(),
+        runtime_root: o.state.join("runtime"),
+        state: o.state.clone(),
+        shim,
+        cgroup_parent: o.cgroup_parent.clone(),
+        sandboxes: tokio::sync::Mutex::new(
+            store::Table::open(records.join("sandboxes"))
+                .with_context(|| format!("open {}", records.join("sandboxes").display()))?,
+        ),
+        containers: tokio::sync::Mutex::new(
+            store::Table::open(records.join("containers"))
+                .with_context(|| format!("open {}", records.join("containers").display()))?,
+        ),
     };
-    let images = image_service::Images {
-        store: Arc::new(store),
-    };
+    let images = image_service::Images { store };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -1,13 +1,21 @@
-//! The CRI RuntimeService. This slice answers what the kubelet asks of a runtime before any
-//! pod exists (Version, Status, RuntimeConfig, UpdateRuntimeConfig); the pod sandbox and
-//! container RPCs are not built yet and answer UNIMPLEMENTED naming the RPC (docs/cri.md).
+//! The CRI RuntimeService: the runtime's identity, status and configuration, pod sandboxes
+//! (sandbox.rs), containers under rsrun-shim (container.rs) and ExecSync. What is not built
+//! yet answers UNIMPLEMENTED naming the RPC (docs/cri.md).
 
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
+use serde_json::json;
+use tokio::sync::Mutex;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::api::{self, runtime_service_server::RuntimeService};
+use crate::container;
+use crate::sandbox;
+use crate::store::{self, ContainerRecord, SandboxRecord, Table};
 
 /// What the kubelet requires in VersionResponse.version.
 pub const KUBELET_API_VERSION: &str = "0.1.0";
@@ -15,9 +23,150 @@ pub const RUNTIME_NAME: &str = "rsrun";
 pub const CRI_API_VERSION: &str = "v1";
 
 pub struct Runtime {
-    /// The network is ready once the kubelet has given the pod CIDR (UpdateRuntimeConfig)
-    /// or a CNI configuration exists; in this slice there is no CNI: not ready.
+    /// The pod CIDR the kubelet gave (UpdateRuntimeConfig).
     pub pod_cidr: tokio::sync::RwLock<String>,
+    pub images: Arc<rsrun_image::ImageStore>,
+    /// Volatile state: pinned namespaces, bundles, shim directories, rsrun's state root.
+    pub state: PathBuf,
+    /// rsrun's state root (under `state`).
+    pub runtime_root: PathBuf,
+    /// The rsrun-shim binary.
+    pub shim: PathBuf,
+    /// cgroupsPath parent for pods that give none.
+    pub cgroup_parent: String,
+    pub sandboxes: Mutex<Table<SandboxRecord>>,
+    pub containers: Mutex<Table<ContainerRecord>>,
+}
+
+fn io_status(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("blocking task: {e}")))?
+}
+
+impl Runtime {
+    fn rsrun(&self) -> rsrun::Runtime {
+        rsrun::Runtime::new(self.runtime_root.clone(), false)
+    }
+
+    /// Stops a container: `signal`, then SIGKILL after `timeout`; waits for its exit record.
+    async fn stop(&self, r: &ContainerRecord, timeout: Duration) -> Result<(), Status> {
+        if container::state(r).0 == api::ContainerState::ContainerExited as i32 || !r.complete {
+            return Ok(());
+        }
+        let rt = self.rsrun();
+        let id = r.id.clone();
+        let exit = r.exit_file.clone();
+        let shim_dir = r.shim_dir.clone();
+        blocking(move || {
+            let gone = || exit.exists() || !shim_dir.join("shim.pid").exists();
+            let wait = |d: Duration| {
+                let end = std::time::Instant::now() + d;
+                while std::time::Instant::now() < end {
+                    if gone() {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                gone()
+            };
+            if !timeout.is_zero() {
+                let _ = rt.kill(&id, nix::sys::signal::Signal::SIGTERM, false);
+                if wait(timeout) {
+                    return Ok(());
+                }
+            }
+            let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL, true);
+            if !wait(Duration::from_secs(10)) {
+                return Err(Status::internal(format!(
+                    "container {id} did not exit 10 s after SIGKILL"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a container: its process (killed), the runtime's state, its rootfs, files.
+    async fn remove(&self, r: ContainerRecord) -> Result<(), Status> {
+        self.stop(&r, Duration::ZERO).await?;
+        let rt = self.rsrun();
+        let images = self.images.clone();
+        let dir = container::paths(&self.state, &r.id).dir;
+        let shim_dir = r.shim_dir.clone();
+        let id = r.id.clone();
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(&shim_dir);
+            match rt.delete(&id, true) {
+                Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
+                Err(e) => return Err(io_status(&format!("delete container {id}"), e)),
+            }
+            images
+                .remove_rootfs(&id)
+                .map_err(|e| io_status(&format!("remove the rootfs of {id}"), e))?;
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_status(&format!("remove {}", dir.display()), e))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await?;
+        self.containers
+            .lock()
+            .await
+            .remove(&r.id)
+            .map_err(|e| io_status("container record", e))
+    }
+
+    async fn container(&self, id: &str) -> Result<ContainerRecord, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container_id is required"));
+        }
+        let t = self.containers.lock().await;
+        let matching: Vec<&ContainerRecord> =
+            t.items.values().filter(|r| r.id.starts_with(id)).collect();
+        match matching.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Status::not_found(format!("container {id} not found"))),
+            _ => Err(Status::invalid_argument(format!(
+                "container ID prefix {id} is ambiguous"
+            ))),
+        }
+    }
+
+    async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("pod_sandbox_id is required"));
+        }
+        let t = self.sandboxes.lock().await;
+        let matching: Vec<&SandboxRecord> =
+            t.items.values().filter(|r| r.id.starts_with(id)).collect();
+        match matching.as_slice() {
+            [one] => Ok(Some((*one).clone())),
+            [] => Ok(None),
+            _ => Err(Status::invalid_argument(format!(
+                "pod sandbox ID prefix {id} is ambiguous"
+            ))),
+        }
+    }
+
+    async fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        self.containers
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
+    }
 }
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -79,7 +228,7 @@ impl RuntimeService for Runtime {
                 r#type: "NetworkReady".into(),
                 status: false,
                 reason: "NetworkPluginNotReady".into(),
-                message: "rsrun-cri: pod networking (CNI) is not built yet".into(),
+                message: "rsrun-cri: CNI pod networking is not built yet (pods get a network namespace with loopback only)".into(),
             },
         ];
         Ok(Response::new(api::StatusResponse {
@@ -128,21 +277,463 @@ impl RuntimeService for Runtime {
         Ok(Response::new(api::UpdateRuntimeConfigResponse {}))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<api::RunPodSandboxRequest>,
+    ) -> Result<Response<api::RunPodSandboxResponse>, Status> {
+        let r = r.into_inner();
+        if !r.runtime_handler.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: unknown runtime handler {:?} (only the default)",
+                r.runtime_handler
+            )));
+        }
+        let spec = sandbox::check(r.config)?;
+        let id = store::new_id();
+        let ns_dir = self.state.join("sandboxes").join(&id);
+        let mut rec = sandbox::record(&id, &spec, ns_dir.clone());
+        {
+            let mut t = self.sandboxes.lock().await;
+            let key = sandbox::name_key(&rec);
+            if let Some(o) = t.items.values().find(|o| sandbox::name_key(o) == key) {
+                return Err(Status::already_exists(format!(
+                    "RunPodSandbox: the name {key} is taken by pod sandbox {}",
+                    o.id
+                )));
+            }
+            // Recorded first: a server killed while making it finds and removes it.
+            t.put(&id, rec.clone())
+                .map_err(|e| io_status("pod sandbox record", e))?;
+        }
+        let made = {
+            let d = ns_dir.clone();
+            blocking(move || {
+                sandbox::make(&d, &spec).map_err(|e| io_status("make the pod's namespaces", e))
+            })
+            .await
+        };
+        let mut t = self.sandboxes.lock().await;
+        if let Err(e) = made {
+            let _ = sandbox::unmake(&ns_dir);
+            let _ = t.remove(&id);
+            return Err(e);
+        }
+        rec.ready = true;
+        rec.complete = true;
+        t.put(&id, rec)
+            .map_err(|e| io_status("pod sandbox record", e))?;
+        tracing::info!(pod = %id, "pod sandbox ready");
+        Ok(Response::new(api::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<api::StopPodSandboxRequest>,
+    ) -> Result<Response<api::StopPodSandboxResponse>, Status> {
+        // Idempotent: a sandbox already gone is stopped.
+        let Some(sb) = self.sandbox(&r.into_inner().pod_sandbox_id).await? else {
+            return Ok(Response::new(api::StopPodSandboxResponse {}));
+        };
+        for c in self.containers_of(&sb.id).await {
+            self.stop(&c, Duration::ZERO).await?;
+        }
+        let d = sb.ns_dir.clone();
+        blocking(move || {
+            // The namespaces go at stop (the pod's network is reclaimed); its files stay
+            // until remove.
+            for n in sandbox::NAMESPACES {
+                match nix::mount::umount2(&d.join(n), nix::mount::MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                    Err(e) => return Err(io_status("unpin the pod's namespaces", e)),
+                }
+                let _ = std::fs::remove_file(d.join(n));
+            }
+            Ok(())
+        })
+        .await?;
+        let mut t = self.sandboxes.lock().await;
+        if let Some(rec) = t.items.get(&sb.id).cloned() {
+            t.put(
+                &sb.id,
+                SandboxRecord {
+                    ready: false,
+                    ..rec
+                },
+            )
+            .map_err(|e| io_status("pod sandbox record", e))?;
+        }
+        tracing::info!(pod = %sb.id, "pod sandbox stopped");
+        Ok(Response::new(api::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<api::RemovePodSandboxRequest>,
+    ) -> Result<Response<api::RemovePodSandboxResponse>, Status> {
+        let Some(sb) = self.sandbox(&r.into_inner().pod_sandbox_id).await? else {
+            return Ok(Response::new(api::RemovePodSandboxResponse {}));
+        };
+        for c in self.containers_of(&sb.id).await {
+            self.remove(c).await?;
+        }
+        let d = sb.ns_dir.clone();
+        blocking(move || sandbox::unmake(&d).map_err(|e| io_status("remove the pod's files", e)))
+            .await?;
+        self.sandboxes
+            .lock()
+            .await
+            .remove(&sb.id)
+            .map_err(|e| io_status("pod sandbox record", e))?;
+        tracing::info!(pod = %sb.id, "pod sandbox removed");
+        Ok(Response::new(api::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<api::PodSandboxStatusRequest>,
+    ) -> Result<Response<api::PodSandboxStatusResponse>, Status> {
+        let id = r.into_inner().pod_sandbox_id;
+        let sb = self
+            .sandbox(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+        let containers_statuses = self
+            .containers_of(&sb.id)
+            .await
+            .iter()
+            .map(container::status)
+            .collect();
+        Ok(Response::new(api::PodSandboxStatusResponse {
+            status: Some(api::PodSandboxStatus {
+                id: sb.id.clone(),
+                metadata: Some(sandbox::meta(&sb)),
+                state: sandbox::state(&sb),
+                created_at: sb.created_at,
+                network: Some(api::PodSandboxNetworkStatus::default()),
+                linux: Some(api::LinuxPodSandboxStatus {
+                    namespaces: Some(api::Namespace {
+                        options: Some(api::NamespaceOption {
+                            network: if sandbox::ns_path(&sb, "net").is_some() || !sb.ready {
+                                api::NamespaceMode::Pod as i32
+                            } else {
+                                api::NamespaceMode::Node as i32
+                            },
+                            pid: api::NamespaceMode::Container as i32,
+                            ipc: api::NamespaceMode::Pod as i32,
+                            ..Default::default()
+                        }),
+                    }),
+                }),
+                labels: sb.labels.clone(),
+                annotations: sb.annotations.clone(),
+                runtime_handler: String::new(),
+            }),
+            info: Default::default(),
+            containers_statuses,
+            timestamp: store::now_ns(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<api::ListPodSandboxRequest>,
+    ) -> Result<Response<api::ListPodSandboxResponse>, Status> {
+        let f = r.into_inner().filter.unwrap_or_default();
+        let items = self
+            .sandboxes
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|s| s.complete && sandbox::matches(s, &f))
+            .map(|s| api::PodSandbox {
+                id: s.id.clone(),
+                metadata: Some(sandbox::meta(s)),
+                state: sandbox::state(s),
+                created_at: s.created_at,
+                labels: s.labels.clone(),
+                annotations: s.annotations.clone(),
+                runtime_handler: String::new(),
+            })
+            .collect();
+        Ok(Response::new(api::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<api::CreateContainerRequest>,
+    ) -> Result<Response<api::CreateContainerResponse>, Status> {
+        let r = r.into_inner();
+        let c = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
+        let meta = c.metadata.clone().ok_or_else(|| {
+            Status::invalid_argument("CreateContainer: config.metadata is required")
+        })?;
+        if meta.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "CreateContainer: config.metadata.name is required",
+            ));
+        }
+        let image = c
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument("CreateContainer: config.image.image is required")
+            })?;
+        let sb = self.sandbox(&r.pod_sandbox_id).await?.ok_or_else(|| {
+            Status::not_found(format!("pod sandbox {} not found", r.pod_sandbox_id))
+        })?;
+        if !sb.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        let id = store::new_id();
+        let p = container::paths(&self.state, &id);
+        let log_path = if !sb.log_directory.is_empty() && !c.log_path.is_empty() {
+            std::path::Path::new(&sb.log_directory).join(&c.log_path)
+        } else {
+            p.dir.join("container.log")
+        };
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            name: meta.name.clone(),
+            attempt: meta.attempt,
+            created_at: store::now_ns(),
+            labels: c.labels.clone(),
+            annotations: c.annotations.clone(),
+            image: image.clone(),
+            image_ref: String::new(),
+            log_path: log_path.to_string_lossy().into_owned(),
+            bundle: p.bundle.clone(),
+            shim_dir: p.shim_dir.clone(),
+            exit_file: p.exit_file.clone(),
+            pid: 0,
+            started_at: 0,
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| (m.container_path.clone(), m.host_path.clone(), m.readonly))
+                .collect(),
+            complete: false,
+        };
+        {
+            let mut t = self.containers.lock().await;
+            if let Some(o) = t
+                .items
+                .values()
+                .find(|o| o.sandbox_id == sb.id && o.name == meta.name && o.attempt == meta.attempt)
+            {
+                return Err(Status::already_exists(format!(
+                    "CreateContainer: the name {} (attempt {}) is taken in pod sandbox {} by container {}",
+                    meta.name, meta.attempt, sb.id, o.id
+                )));
+            }
+            t.put(&id, rec.clone())
+                .map_err(|e| io_status("container record", e))?;
+        }
+        let made = self
+            .make_container(&id, &c, &sb, &image, &p, &log_path)
+            .await;
+        match made {
+            Ok((image_ref, pid)) => {
+                rec.image_ref = image_ref;
+                rec.pid = pid;
+                rec.complete = true;
+                self.containers
+                    .lock()
+                    .await
+                    .put(&id, rec)
+                    .map_err(|e| io_status("container record", e))?;
+                tracing::info!(pod = %sb.id, container = %id, "container created");
+                Ok(Response::new(api::CreateContainerResponse {
+                    container_id: id,
+                }))
+            }
+            Err(e) => {
+                // Nothing half-made stays: rootfs, files, record.
+                let images = self.images.clone();
+                let (cid, dir, sdir) = (id.clone(), p.dir.clone(), p.shim_dir.clone());
+                let _ = blocking(move || {
+                    let _ = images.remove_rootfs(&cid);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = std::fs::remove_dir_all(&sdir);
+                    Ok(())
+                })
+                .await;
+                let _ = self.containers.lock().await.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<api::StartContainerRequest>,
+    ) -> Result<Response<api::StartContainerResponse>, Status> {
+        let rec = self.container(&r.into_inner().container_id).await?;
+        let st = container::state(&rec).0;
+        if st != api::ContainerState::ContainerCreated as i32 {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not created (state {st})",
+                rec.id
+            )));
+        }
+        let d = rec.shim_dir.clone();
+        let (head, _) = blocking(move || {
+            container::control(&d, &json!({"op": "start"}))
+                .map_err(|e| io_status("the container's shim", e))
+        })
+        .await?;
+        if let Some(e) = head["error"].as_str() {
+            return Err(Status::unknown(e.to_string()));
+        }
+        let started = head["started_at"]
+            .as_str()
+            .and_then(store::parse_rfc3339)
+            .unwrap_or_else(store::now_ns);
+        let mut t = self.containers.lock().await;
+        if let Some(mut c) = t.items.get(&rec.id).cloned() {
+            c.started_at = started;
+            t.put(&rec.id, c)
+                .map_err(|e| io_status("container record", e))?;
+        }
+        tracing::info!(container = %rec.id, pod = %rec.sandbox_id, "container started");
+        Ok(Response::new(api::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<api::StopContainerRequest>,
+    ) -> Result<Response<api::StopContainerResponse>, Status> {
+        let r = r.into_inner();
+        // Stopping a missing container succeeds.
+        let rec = match self.container(&r.container_id).await {
+            Ok(c) => c,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                return Ok(Response::new(api::StopContainerResponse {}))
+            }
+            Err(e) => return Err(e),
+        };
+        self.stop(&rec, Duration::from_secs(r.timeout.max(0) as u64))
+            .await?;
+        Ok(Response::new(api::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<api::RemoveContainerRequest>,
+    ) -> Result<Response<api::RemoveContainerResponse>, Status> {
+        let rec = match self.container(&r.into_inner().container_id).await {
+            Ok(c) => c,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                return Ok(Response::new(api::RemoveContainerResponse {}))
+            }
+            Err(e) => return Err(e),
+        };
+        self.remove(rec).await?;
+        Ok(Response::new(api::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<api::ListContainersRequest>,
+    ) -> Result<Response<api::ListContainersResponse>, Status> {
+        let f = r.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .containers
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|c| c.complete && container::matches(c, &f))
+            .map(container::to_cri)
+            .collect();
+        Ok(Response::new(api::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<api::ContainerStatusRequest>,
+    ) -> Result<Response<api::ContainerStatusResponse>, Status> {
+        let rec = self.container(&r.into_inner().container_id).await?;
+        Ok(Response::new(api::ContainerStatusResponse {
+            status: Some(container::status(&rec)),
+            info: Default::default(),
+        }))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<api::ReopenContainerLogRequest>,
+    ) -> Result<Response<api::ReopenContainerLogResponse>, Status> {
+        let rec = self.container(&r.into_inner().container_id).await?;
+        if container::state(&rec).0 != api::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let d = rec.shim_dir.clone();
+        let (head, _) = blocking(move || {
+            container::control(&d, &json!({"op": "reopen_log"}))
+                .map_err(|e| io_status("the container's shim", e))
+        })
+        .await?;
+        match head["error"].as_str() {
+            Some(e) => Err(Status::unknown(e.to_string())),
+            None => Ok(Response::new(api::ReopenContainerLogResponse {})),
+        }
+    }
+
+    async fn exec_sync(
+        &self,
+        r: Request<api::ExecSyncRequest>,
+    ) -> Result<Response<api::ExecSyncResponse>, Status> {
+        let r = r.into_inner();
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("ExecSync: cmd is required"));
+        }
+        let rec = self.container(&r.container_id).await?;
+        if container::state(&rec).0 != api::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "ExecSync: container {} is not running",
+                rec.id
+            )));
+        }
+        let d = rec.shim_dir.clone();
+        let req = json!({"op": "exec_sync", "args": r.cmd,
+            "timeout_ms": (r.timeout.max(0) as u64).saturating_mul(1000)});
+        let (head, body) = blocking(move || {
+            container::control(&d, &req).map_err(|e| io_status("the container's shim", e))
+        })
+        .await?;
+        if let Some(e) = head["error"].as_str() {
+            return Err(Status::unknown(e.to_string()));
+        }
+        if head["timed_out"] == true {
+            return Err(Status::deadline_exceeded(format!(
+                "ExecSync: command timed out after {} s",
+                r.timeout
+            )));
+        }
+        let n = (head["stdout_len"].as_u64().unwrap_or(0) as usize).min(body.len());
+        Ok(Response::new(api::ExecSyncResponse {
+            stdout: body[..n].to_vec(),
+            stderr: body[n..].to_vec(),
+            exit_code: head["exit_code"].as_i64().unwrap_or(-1) as i32,
+        }))
+    }
+
     not_built! {
-        run_pod_sandbox(RunPodSandboxRequest) -> api::RunPodSandboxResponse;
-        stop_pod_sandbox(StopPodSandboxRequest) -> api::StopPodSandboxResponse;
-        remove_pod_sandbox(RemovePodSandboxRequest) -> api::RemovePodSandboxResponse;
-        pod_sandbox_status(PodSandboxStatusRequest) -> api::PodSandboxStatusResponse;
-        list_pod_sandbox(ListPodSandboxRequest) -> api::ListPodSandboxResponse;
-        create_container(CreateContainerRequest) -> api::CreateContainerResponse;
-        start_container(StartContainerRequest) -> api::StartContainerResponse;
-        stop_container(StopContainerRequest) -> api::StopContainerResponse;
-        remove_container(RemoveContainerRequest) -> api::RemoveContainerResponse;
-        list_containers(ListContainersRequest) -> api::ListContainersResponse;
-        container_status(ContainerStatusRequest) -> api::ContainerStatusResponse;
         update_container_resources(UpdateContainerResourcesRequest) -> api::UpdateContainerResourcesResponse;
-        reopen_container_log(ReopenContainerLogRequest) -> api::ReopenContainerLogResponse;
-        exec_sync(ExecSyncRequest) -> api::ExecSyncResponse;
         exec(ExecRequest) -> api::ExecResponse;
         attach(AttachRequest) -> api::AttachResponse;
         port_forward(PortForwardRequest) -> api::PortForwardResponse;
@@ -172,5 +763,91 @@ impl RuntimeService for Runtime {
         stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream;
         get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream;
         stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream;
+    }
+}
+
+impl Runtime {
+    /// The image's rootfs, the bundle, and the shim that creates the container: (image ID,
+    /// init PID).
+    async fn make_container(
+        &self,
+        id: &str,
+        c: &api::ContainerConfig,
+        sb: &SandboxRecord,
+        image: &str,
+        p: &container::Paths,
+        log_path: &std::path::Path,
+    ) -> Result<(String, i32), Status> {
+        let images = self.images.clone();
+        let (cid, img) = (id.to_string(), image.to_string());
+        let readonly = false;
+        let (rootfs, image_ref, cfg) = blocking(move || {
+            let rec = images
+                .get(&img)
+                .map_err(crate::error::image_status)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("CreateContainer: image {img} is not present"))
+                })?;
+            let insp = images.inspect(&img).map_err(crate::error::image_status)?;
+            let rootfs = images
+                .prepare_rootfs(&cid, &img, readonly)
+                .map_err(crate::error::image_status)?;
+            Ok((
+                rootfs,
+                rec.id.to_string(),
+                container::ImageConfig::from_json(&insp.config),
+            ))
+        })
+        .await?;
+        let spec = container::oci_spec(id, c, sb, &cfg, &rootfs, &self.cgroup_parent)?;
+        std::fs::create_dir_all(&p.bundle).map_err(|e| io_status("create the bundle", e))?;
+        std::fs::write(
+            p.bundle.join("config.json"),
+            serde_json::to_vec_pretty(&spec).map_err(|e| io_status("encode config.json", e))?,
+        )
+        .map_err(|e| io_status("write config.json", e))?;
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_status(&format!("create {}", parent.display()), e))?;
+        }
+        let mut cmd = tokio::process::Command::new(&self.shim);
+        cmd.arg("--id")
+            .arg(id)
+            .arg("--bundle")
+            .arg(&p.bundle)
+            .arg("--dir")
+            .arg(&p.shim_dir)
+            .arg("--log-path")
+            .arg(log_path)
+            .arg("--exit-file")
+            .arg(&p.exit_file)
+            .arg("--root")
+            .arg(&self.runtime_root)
+            .stdin(std::process::Stdio::null());
+        if c.tty {
+            cmd.arg("--terminal");
+        }
+        if c.stdin {
+            cmd.arg("--stdin");
+        }
+        if c.stdin_once {
+            cmd.arg("--stdin-once");
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| io_status(&format!("run {}", self.shim.display()), e))?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr);
+            return Err(Status::unknown(format!(
+                "CreateContainer: {}",
+                msg.trim().trim_start_matches("rsrun-shim: ")
+            )));
+        }
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| Status::internal("rsrun-shim printed no PID"))?;
+        Ok((image_ref, pid))
     }
 }

@@ -1,9 +1,12 @@
 #!/bin/sh
 # rsrun-cri through crictl (the pinned cri-tools of integration/containerd/go.mod): what this
 # slice of the server answers. Version (the "0.1.0" the kubelet requires), Status (runtime ready,
-# network not yet), RuntimeConfig's cgroup driver, image pull from a local plain-HTTP endpoint
-# through the registry settings (a mirror of docker.io), list, inspect, ImageFsInfo counting the
-# pulled bytes, removal (twice: idempotent), and clear errors for what is not built or not there.
+# network not yet), image pull from a local plain-HTTP endpoint through the registry settings (a
+# mirror of docker.io), list, inspect, ImageFsInfo counting the pulled bytes; a pod by hand (runp,
+# create, start, logs, exec, stop, rm, stopp, rmp) checked in the kernel's view (hostname in the
+# pod's UTS namespace, the container's processes, exit statuses, nothing left: mounts, state,
+# shims, cgroups); the server killed -9 and restarted with a pod running; removal of images
+# (twice: idempotent), and clear errors for what is not built or not there.
 # Usage: smoke.sh RSRUN-CRI-BINARY
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +24,11 @@ if [ "$(cat "$W/bin/.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -x "$W/bin/crictl
     echo "$stamp" > "$W/bin/.stamp"
 fi
 
+# What an earlier failed run left: its server's pinned namespaces and rootfs mounts, its
+# containers (in their cgroups under the smoke test's parent).
+awk -v p="$W/run/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+done
 rm -rf "$W/run"; mkdir -p "$W/run"
 R=$W/run
 python3 "$TOP/integration/podman/mkimage.py" "$R/busybox.tar" docker.io/library/busybox:latest >/dev/null
@@ -29,10 +37,21 @@ python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$port" & reg=$!
 cat > "$R/registries.json" <<JSON
 {"registries": {"docker.io": {"mirrors": [{"endpoint": "http://127.0.0.1:$port", "insecure": true}], "mirrors_only": true}}}
 JSON
-"$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
-    --registry-config "$R/registries.json" >"$R/cri.log" 2>&1 & cri=$!
-trap 'kill $cri $reg 2>/dev/null; wait $cri $reg 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
+start_cri() {
+    "$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
+        --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" >>"$R/cri.log" 2>&1 &
+    cri=$!
+    for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
+}
+rm -f "$R/cri.sock"
+start_cri
+cleanup() {
+    # Whatever a failure left: pods (and their containers) through the server, then it.
+    "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --timeout 30s rmp -af >/dev/null 2>&1 || true
+    kill $cri $reg 2>/dev/null
+    wait $cri $reg 2>/dev/null || true
+}
+trap cleanup EXIT
 c() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --image-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
 
 v=$(c version) || fail "version: $(cat "$R/crictl.err")"
@@ -53,14 +72,60 @@ case $id in sha256:?????????????????????????????????????????????????????????????
 used_after=$(c imagefsinfo -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["imageFilesystems"][0]["usedBytes"]["value"])')
 [ "$used_after" -gt $((used_before + 500000)) ] || fail "ImageFsInfo did not count the pull: $used_before -> $used_after"
 ok "pull, images, inspecti, imagefsinfo ($used_before -> $used_after bytes)"
+# A pod by hand, as the README shows.
+cat > "$R/pod.json" <<JSON
+{"metadata": {"name": "smoke", "namespace": "default", "uid": "smoke-uid"}, "hostname": "smoke-pod",
+ "log_directory": "$R/logs", "linux": {"security_context": {"namespace_options": {"pid": 1}}}}
+JSON
+cat > "$R/ctr.json" <<'JSON'
+{"metadata": {"name": "hello"}, "image": {"image": "busybox"}, "log_path": "hello.log",
+ "command": ["sh", "-c", "echo hello from $(hostname); trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]}
+JSON
+pod=$(c runp "$R/pod.json") || fail "runp: $(cat "$R/crictl.err")"
+ctr=$(c create "$pod" "$R/ctr.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
+c start "$ctr" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+for _ in $(seq 100); do c logs "$ctr" 2>/dev/null | grep -q 'hello from smoke-pod' && break; sleep 0.1; done
+c logs "$ctr" | grep -qx 'hello from smoke-pod' || fail "logs: $(c logs "$ctr")"
+grep -q '^[0-9T:.-]*Z stdout F hello from smoke-pod$' "$R/logs/hello.log" || fail "CRI log: $(cat "$R/logs/hello.log")"
+ok "runp, create, start, logs (CRI format in the pod's log directory)"
+out=$(c exec -s "$ctr" sh -c 'hostname; cat /proc/1/cmdline | tr "\0" " "') || fail "exec -s: $(cat "$R/crictl.err")"
+echo "$out" | grep -qx smoke-pod || fail "exec: $out"
+echo "$out" | grep -q 'sh -c echo hello' || fail "exec: not in the container's pid namespace: $out"
+if c exec -s "$ctr" sh -c 'exit 3' >/dev/null; then fail "exec -s of exit 3 succeeded"; fi
+grep -q 'exited with 3' "$R/crictl.err" || fail "exec -s exit code: $(cat "$R/crictl.err")"
+ok "exec -s (exit code, the pod's hostname, the container's PID 1)"
+# Killed -9 and restarted: the container was never stopped, the pod is still listed.
+kill -9 $cri; wait $cri 2>/dev/null || true
+start_cri
+[ "$(c inspect -o json "$ctr" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
+    || fail "after a restart: $(c inspect "$ctr")"
+c pods -q | grep -q "^$pod" || fail "pod lost across a restart"
+ok "server killed -9 and restarted: pod and running container still there"
+c stop -t 10 "$ctr" >/dev/null || fail "stop: $(cat "$R/crictl.err")"
+st=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
+[ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "after stop (SIGTERM handled): $st"
+c logs "$ctr" | grep -qx bye || fail "the container did not see SIGTERM"
+ok "stop: SIGTERM handled, exit 0, reason Completed"
+c rm "$ctr" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
+c stopp "$pod" >/dev/null || fail "stopp: $(cat "$R/crictl.err")"
+c rmp "$pod" >/dev/null || fail "rmp: $(cat "$R/crictl.err")"
+c rm "$ctr" >/dev/null 2>&1 || true
+[ -z "$(c ps -aq)" ] && [ -z "$(c pods -q)" ] || fail "objects left: $(c ps -a; c pods)"
+! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
+[ -z "$(ls "$R/state/runtime" "$R/state/s" "$R/state/sandboxes" 2>/dev/null | grep -v ':$' | grep .)" ] \
+    || fail "state left: $(ls -R "$R/state")"
+! find /sys/fs/cgroup -name "rsrun-$ctr" 2>/dev/null | grep -q . || fail "cgroup left"
+ok "stop, rm, stopp, rmp: nothing left (mounts, state, shims, cgroups)"
+
 c rmi busybox >/dev/null || fail "rmi: $(cat "$R/crictl.err")"
 [ -z "$(c images -q)" ] || fail "image left after rmi: $(c images)"
 ok "rmi"
 if c pull busybox:no-such-tag >/dev/null; then fail "pull of a missing image succeeded"; fi
 grep -q 'code = NotFound.*no-such-tag' "$R/crictl.err" || fail "the pull error is not NotFound naming the image: $(cat "$R/crictl.err")"
 ok "missing image: $(tail -n1 "$R/crictl.err" | cut -c1-160)"
-echo '{"metadata":{"name":"p","namespace":"n","uid":"u"}}' > "$R/pod.json"
-if c runp "$R/pod.json" >/dev/null; then fail "runp answered though sandboxes are not built"; fi
-grep -q 'Unimplemented' "$R/crictl.err" || fail "runp: $(cat "$R/crictl.err")"
-ok "runp: UNIMPLEMENTED, as docs/cri.md says"
+echo '{"metadata":{"name":"p","namespace":"n","uid":"u"},"hostname":"a/b","linux":{"security_context":{"namespace_options":{"pid":1}}}}' > "$R/bad.json"
+if c runp "$R/bad.json" >/dev/null; then fail "runp with a bad hostname succeeded"; fi
+grep -q 'InvalidArgument.*config.hostname' "$R/crictl.err" || fail "runp: $(cat "$R/crictl.err")"
+[ -z "$(c pods -q)" ] || fail "a refused pod is listed"
+ok "bad pod config: InvalidArgument naming the field"
 echo "cri smoke: all passed"

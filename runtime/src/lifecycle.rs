@@ -73,7 +73,7 @@ pub(crate) fn open_ro(path: &Path) -> Result<OwnedFd> {
 
 /// Binds or connects a unix socket at a path that may be longer than sun_path allows, by
 /// going through /proc/self/fd of its directory.
-pub(crate) fn short_socket_path(path: &Path) -> Result<(PathBuf, Option<OwnedFd>)> {
+pub fn short_socket_path(path: &Path) -> Result<(PathBuf, Option<OwnedFd>)> {
     if path.as_os_str().len() < 100 {
         return Ok((path.to_path_buf(), None));
     }

@@ -198,7 +198,8 @@ impl Monitor {
         let console_path = o.dir.join("console.sock");
         let created = if o.terminal {
             let _ = std::fs::remove_file(&console_path);
-            let l = with_private_umask(|| UnixListener::bind(&console_path))
+            let (short, _dirfd) = rsrun::lifecycle::short_socket_path(&console_path)?;
+            let l = with_private_umask(|| UnixListener::bind(&short))
                 .with_context(|| format!("bind {}", console_path.display()))?;
             console_listener = Some(l);
             rt.create(&CreateOpts {
@@ -318,7 +319,10 @@ impl Monitor {
         for p in [&cp, &ap] {
             let _ = std::fs::remove_file(p);
         }
-        let control = with_private_umask(|| UnixListener::bind(&cp))
+        // Paths longer than a socket address holds go through /proc/self/fd of the directory.
+        let (cp_short, _d1) = rsrun::lifecycle::short_socket_path(&cp)?;
+        let (ap_short, _d2) = rsrun::lifecycle::short_socket_path(&ap)?;
+        let control = with_private_umask(|| UnixListener::bind(&cp_short))
             .with_context(|| format!("bind {}", cp.display()))?;
         control.set_nonblocking(true).context("control socket")?;
         let attach = socket::socket(
@@ -328,7 +332,7 @@ impl Monitor {
             None,
         )
         .context("attach socket")?;
-        let addr = socket::UnixAddr::new(&ap).with_context(|| format!("{}", ap.display()))?;
+        let addr = socket::UnixAddr::new(&ap_short).with_context(|| format!("{}", ap.display()))?;
         with_private_umask(|| socket::bind(attach.as_raw_fd(), &addr))
             .with_context(|| format!("bind {}", ap.display()))?;
         socket::listen(&attach, socket::Backlog::new(64).context("backlog")?)

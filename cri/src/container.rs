@@ -1,0 +1,678 @@
+//! Containers: CRI container configs turned into OCI bundles (with the image's config), run
+//! under rsrun-shim, and their status read back from the shim's exit record.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tonic::Status;
+
+use crate::api;
+use crate::sandbox;
+use crate::store::{ContainerRecord, SandboxRecord};
+
+/// containerd's default capability set for containers.
+const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The image's runtime config (what CreateContainer merges with the CRI config).
+#[derive(Default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+impl ImageConfig {
+    pub fn from_json(v: &Value) -> ImageConfig {
+        let c = &v["config"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ImageConfig {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            working_dir: c["WorkingDir"].as_str().unwrap_or("").to_string(),
+            user: c["User"].as_str().unwrap_or("").to_string(),
+        }
+    }
+}
+
+fn cap_name(c: &str) -> String {
+    let c = c.to_ascii_uppercase();
+    if c.starts_with("CAP_") {
+        c
+    } else {
+        format!("CAP_{c}")
+    }
+}
+
+/// Every capability the kernel knows (for privileged and "ALL").
+fn all_caps() -> Vec<String> {
+    // The kernel's last capability number, from /proc.
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    const NAMES: [&str; 41] = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES
+        .iter()
+        .take(last as usize + 1)
+        .map(|n| format!("CAP_{n}"))
+        .collect()
+}
+
+/// The capability set: defaults (or all when privileged), minus drops, plus adds; "ALL"
+/// works on either side, as Kubernetes defines it.
+pub fn capabilities(sc: &api::LinuxContainerSecurityContext) -> Vec<String> {
+    if sc.privileged {
+        return all_caps();
+    }
+    let c = sc.capabilities.clone().unwrap_or_default();
+    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    let add: Vec<String> = c.add_capabilities.iter().map(|s| cap_name(s)).collect();
+    let drop: Vec<String> = c.drop_capabilities.iter().map(|s| cap_name(s)).collect();
+    if drop.iter().any(|d| d == "CAP_ALL") {
+        set.clear();
+    }
+    set.retain(|s| !drop.contains(s));
+    if add.iter().any(|a| a == "CAP_ALL") {
+        set = all_caps();
+    } else {
+        for a in add {
+            if !set.contains(&a) {
+                set.push(a);
+            }
+        }
+    }
+    set
+}
+
+/// Resolves the user: CRI run_as_user/run_as_group/run_as_username win, else the image's
+/// USER (`uid`, `name`, `uid:gid`, `name:group`), names looked up in the rootfs's
+/// /etc/passwd and /etc/group.
+pub fn user(
+    sc: &api::LinuxContainerSecurityContext,
+    image_user: &str,
+    rootfs: &Path,
+) -> Result<(u32, u32, Vec<u32>), Status> {
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let by_name = |file: &str, name: &str| -> Option<(u32, u32)> {
+        file.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4 && f[0] == name {
+                Some((f[2].parse().ok()?, f[3].parse().ok()?))
+            } else {
+                None
+            }
+        })
+    };
+    let uid_gid = |uid: u32| -> u32 {
+        passwd
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 4 && f[2].parse() == Ok(uid))
+                    .then(|| f[3].parse().ok())
+                    .flatten()
+            })
+            .unwrap_or(0)
+    };
+    let (uid, mut gid) = if let Some(u) = &sc.run_as_user {
+        let u = u32::try_from(u.value).map_err(|_| {
+            Status::invalid_argument(format!("run_as_user {} is out of range", u.value))
+        })?;
+        (u, uid_gid(u))
+    } else if !sc.run_as_username.is_empty() {
+        by_name(&passwd, &sc.run_as_username).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "run_as_username {:?} is not in the image's /etc/passwd",
+                sc.run_as_username
+            ))
+        })?
+    } else if image_user.is_empty() {
+        (0, 0)
+    } else {
+        let (u, g) = match image_user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (image_user, None),
+        };
+        let (uid, pgid) = match u.parse::<u32>() {
+            Ok(n) => (n, uid_gid(n)),
+            Err(_) => by_name(&passwd, u).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "the image's USER {u:?} is not in its /etc/passwd"
+                ))
+            })?,
+        };
+        let gid = match g {
+            None => pgid,
+            Some(g) => match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => group
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g)
+                            .then(|| f[2].parse().ok())
+                            .flatten()
+                    })
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "the image's USER group {g:?} is not in its /etc/group"
+                        ))
+                    })?,
+            },
+        };
+        (uid, gid)
+    };
+    if let Some(g) = &sc.run_as_group {
+        gid = u32::try_from(g.value).map_err(|_| {
+            Status::invalid_argument(format!("run_as_group {} is out of range", g.value))
+        })?;
+    }
+    // Supplementary groups: the user's groups from the image (Merge, the default), and the
+    // CRI's.
+    let name = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
+    });
+    let mut groups: Vec<u32> = Vec::new();
+    if let Some(n) = name {
+        for l in group.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4 && f[3].split(',').any(|m| m == n) {
+                if let Ok(g) = f[2].parse() {
+                    groups.push(g);
+                }
+            }
+        }
+    }
+    for g in &sc.supplemental_groups {
+        let g = u32::try_from(*g).map_err(|_| {
+            Status::invalid_argument(format!("supplemental_groups {g} is out of range"))
+        })?;
+        groups.push(g);
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    Ok((uid, gid, groups))
+}
+
+/// The OCI config of a container.
+#[allow(clippy::too_many_arguments)]
+pub fn oci_spec(
+    id: &str,
+    c: &api::ContainerConfig,
+    sb: &SandboxRecord,
+    img: &ImageConfig,
+    rootfs: &Path,
+    default_cgroup_parent: &str,
+) -> Result<Value, Status> {
+    let linux = c.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    // command replaces ENTRYPOINT, args replaces CMD (Kubernetes' rule).
+    let mut args: Vec<String> = if c.command.is_empty() {
+        img.entrypoint.clone()
+    } else {
+        c.command.clone()
+    };
+    if !c.args.is_empty() {
+        args.extend(c.args.iter().cloned());
+    } else if c.command.is_empty() {
+        args.extend(img.cmd.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(Status::invalid_argument(
+            "CreateContainer: no command: neither the config nor the image gives one",
+        ));
+    }
+    // Environment: the image's, then the config's (same key: the config wins).
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: String, v: String| match env.iter_mut().find(|(x, _)| *x == k) {
+        Some(e) => e.1 = v,
+        None => env.push((k, v)),
+    };
+    for e in &img.env {
+        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+        set(k.to_string(), v.to_string());
+    }
+    for kv in &c.envs {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: envs key {:?} is invalid",
+                kv.key
+            )));
+        }
+        set(
+            kv.key.clone(),
+            String::from_utf8_lossy(&kv.value).into_owned(),
+        );
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
+    }
+    env.push(("HOSTNAME".into(), sb.hostname.clone()));
+    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let cwd = if !c.working_dir.is_empty() {
+        c.working_dir.clone()
+    } else if !img.working_dir.is_empty() {
+        img.working_dir.clone()
+    } else {
+        "/".into()
+    };
+    if !cwd.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "CreateContainer: working_dir {cwd:?} must be absolute"
+        )));
+    }
+    let (uid, gid, groups) = user(&sc, &img.user, rootfs)?;
+    let caps = capabilities(&sc);
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sc.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sc.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    for f in ["hostname", "hosts", "resolv.conf"] {
+        let dest = format!("/etc/{f}");
+        if !user_paths.contains(&dest.as_str()) {
+            mounts.push(json!({"destination": dest, "type": "bind",
+                "source": sb.ns_dir.join(f), "options": ["rbind", "rprivate",
+                if sc.readonly_rootfs { "ro" } else { "rw" }]}));
+        }
+    }
+    for (i, m) in c.mounts.iter().enumerate() {
+        if !m.container_path.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: mounts[{i}].container_path {:?} must be absolute",
+                m.container_path
+            )));
+        }
+        if m.host_path.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: mounts[{i}].host_path is required"
+            )));
+        }
+        let host = Path::new(&m.host_path);
+        if !host.exists() {
+            // As containerd: a missing host path becomes a directory.
+            std::fs::create_dir_all(host).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "CreateContainer: mounts[{i}].host_path {}: {e}",
+                    m.host_path
+                ))
+            })?;
+        }
+        let prop = match api::MountPropagation::try_from(m.propagation) {
+            Ok(api::MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(api::MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        };
+        mounts.push(json!({"destination": m.container_path, "type": "bind",
+            "source": m.host_path, "options": ["rbind", prop, if m.readonly { "ro" } else { "rw" }]}));
+    }
+
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    for (n, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
+        if let Some(p) = sandbox::ns_path(sb, n) {
+            namespaces.push(json!({"type": oci, "path": p}));
+        }
+    }
+    let parent = if sb.cgroup_parent.is_empty() {
+        default_cgroup_parent.to_string()
+    } else {
+        sb.cgroup_parent.clone()
+    };
+    let mut resources = json!({});
+    if let Some(r) = &linux.resources {
+        if r.memory_limit_in_bytes > 0 {
+            resources["memory"] = json!({"limit": r.memory_limit_in_bytes});
+        }
+        let mut cpu = json!({});
+        if r.cpu_shares > 0 {
+            cpu["shares"] = json!(r.cpu_shares);
+        }
+        if r.cpu_quota > 0 {
+            cpu["quota"] = json!(r.cpu_quota);
+        }
+        if r.cpu_period > 0 {
+            cpu["period"] = json!(r.cpu_period);
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu["cpus"] = json!(r.cpuset_cpus);
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu["mems"] = json!(r.cpuset_mems);
+        }
+        if cpu.as_object().is_some_and(|o| !o.is_empty()) {
+            resources["cpu"] = cpu;
+        }
+    }
+    let oom = linux
+        .resources
+        .as_ref()
+        .map(|r| r.oom_score_adj)
+        .filter(|v| *v != 0);
+    let mut process = json!({
+        "terminal": c.tty,
+        "user": {"uid": uid, "gid": gid, "additionalGids": groups},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": sc.no_new_privs,
+    });
+    if let Some(o) = oom {
+        process["oomScoreAdj"] = json!(o);
+    }
+    let mut spec = json!({
+        "ociVersion": "1.2.0",
+        "process": process,
+        "root": {"path": rootfs, "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": c.annotations,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": format!("{}/rsrun-{id}", parent.trim_end_matches('/')),
+            "resources": resources,
+        },
+    });
+    if !sc.privileged {
+        let masked: Vec<String> = if sc.masked_paths.is_empty() {
+            MASKED.iter().map(|s| s.to_string()).collect()
+        } else {
+            sc.masked_paths.clone()
+        };
+        let ro: Vec<String> = if sc.readonly_paths.is_empty() {
+            READONLY.iter().map(|s| s.to_string()).collect()
+        } else {
+            sc.readonly_paths.clone()
+        };
+        spec["linux"]["maskedPaths"] = json!(masked);
+        spec["linux"]["readonlyPaths"] = json!(ro);
+    }
+    match sc
+        .seccomp
+        .as_ref()
+        .map(|s| (s.profile_type, &s.localhost_ref))
+    {
+        Some((t, _))
+            if t == api::security_profile::ProfileType::RuntimeDefault as i32 && !sc.privileged =>
+        {
+            let p = rsrun::seccomp::runtime_default_profile_for_caps(
+                &caps.iter().map(String::as_str).collect::<Vec<_>>(),
+            );
+            spec["linux"]["seccomp"] = serde_json::to_value(p)
+                .map_err(|e| Status::internal(format!("seccomp profile: {e}")))?;
+        }
+        Some((t, path)) if t == api::security_profile::ProfileType::Localhost as i32 => {
+            let text = std::fs::read(path).map_err(|e| {
+                Status::invalid_argument(format!("seccomp localhost profile {path:?}: {e}"))
+            })?;
+            let v: Value = serde_json::from_slice(&text).map_err(|e| {
+                Status::invalid_argument(format!("seccomp localhost profile {path:?}: {e}"))
+            })?;
+            spec["linux"]["seccomp"] = v;
+        }
+        _ => {}
+    }
+    Ok(spec)
+}
+
+/// The container's state from its record and its exit record: (state, exit record).
+pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
+    if let Ok(d) = std::fs::read(&r.exit_file) {
+        if let Ok(v) = serde_json::from_slice::<Value>(&d) {
+            return (api::ContainerState::ContainerExited as i32, Some(v));
+        }
+    }
+    if !r.complete {
+        return (api::ContainerState::ContainerUnknown as i32, None);
+    }
+    // No exit record: its shim must be alive; a shim that died leaves the container exited
+    // with an error (never running forever).
+    let shim_alive = std::fs::read_to_string(r.shim_dir.join("shim.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+    if !shim_alive {
+        return (
+            api::ContainerState::ContainerExited as i32,
+            Some(json!({"exit_code": 255, "lost": true})),
+        );
+    }
+    if r.started_at > 0 {
+        (api::ContainerState::ContainerRunning as i32, None)
+    } else {
+        (api::ContainerState::ContainerCreated as i32, None)
+    }
+}
+
+pub fn meta(r: &ContainerRecord) -> api::ContainerMetadata {
+    api::ContainerMetadata {
+        name: r.name.clone(),
+        attempt: r.attempt,
+    }
+}
+
+pub fn to_cri(r: &ContainerRecord) -> api::Container {
+    api::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.sandbox_id.clone(),
+        metadata: Some(meta(r)),
+        image: Some(api::ImageSpec {
+            image: r.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_ref.clone(),
+        state: state(r).0,
+        created_at: r.created_at,
+        labels: r.labels.clone(),
+        annotations: r.annotations.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
+    let (st, exit) = state(r);
+    let mut s = api::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(meta(r)),
+        state: st,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        image: Some(api::ImageSpec {
+            image: r.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_ref.clone(),
+        image_id: r.image_ref.clone(),
+        labels: r.labels.clone(),
+        annotations: r.annotations.clone(),
+        log_path: r.log_path.clone(),
+        mounts: r
+            .mounts
+            .iter()
+            .map(|(c, h, ro)| api::Mount {
+                container_path: c.clone(),
+                host_path: h.clone(),
+                readonly: *ro,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    if let Some(e) = exit {
+        let code = e["exit_code"].as_i64().unwrap_or(255) as i32;
+        s.exit_code = code;
+        s.finished_at = e["finished_at"]
+            .as_str()
+            .and_then(crate::store::parse_rfc3339)
+            .unwrap_or(0);
+        if s.started_at == 0 {
+            s.started_at = e["started_at"]
+                .as_str()
+                .and_then(crate::store::parse_rfc3339)
+                .unwrap_or(0);
+        }
+        if e["lost"] == true {
+            s.reason = "Error".into();
+            s.message = "the container's monitor (rsrun-shim) died: its exit is unknown".into();
+        } else if e["oom_killed"] == true {
+            s.reason = "OOMKilled".into();
+        } else if code == 0 {
+            s.reason = "Completed".into();
+        } else {
+            s.reason = "Error".into();
+        }
+    }
+    s
+}
+
+/// Whether `r` passes a ListContainers filter.
+pub fn matches(r: &ContainerRecord, f: &api::ContainerFilter) -> bool {
+    (f.id.is_empty() || r.id.starts_with(&f.id))
+        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+        && f.state.as_ref().is_none_or(|s| s.state == state(r).0)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+/// The shim's control socket: one JSON request, one JSON line back (plus, for exec_sync,
+/// the output bytes). Blocking: run it off the async workers.
+pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+    s.write_all(format!("{req}\n").as_bytes())?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)?;
+    let nl = all
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| std::io::Error::other("the shim's answer has no line"))?;
+    let head: Value = serde_json::from_slice(&all[..nl])
+        .map_err(|e| std::io::Error::other(format!("the shim's answer: {e}")))?;
+    Ok((head, all[nl + 1..].to_vec()))
+}
+
+/// Paths of a container's files under the server's state dir.
+pub struct Paths {
+    pub dir: PathBuf,
+    pub bundle: PathBuf,
+    pub shim_dir: PathBuf,
+    pub exit_file: PathBuf,
+}
+
+pub fn paths(state: &Path, id: &str) -> Paths {
+    let dir = state.join("containers").join(id);
+    Paths {
+        bundle: dir.join("bundle"),
+        // Short: unix socket paths must fit in 108 bytes.
+        shim_dir: state.join("s").join(id),
+        exit_file: dir.join("exit.json"),
+        dir,
+    }
+}

@@ -1,0 +1,229 @@
+//! Pod sandboxes: the pod's network, IPC and UTS namespaces, made by a short-lived thread of
+//! this server (unshare affects only the calling thread for these three) and pinned by bind
+//! mounts of their nsfs files, so that they outlive any process; the pod's hostname,
+//! resolv.conf and hosts files. Containers join the pinned namespaces by path.
+//!
+//! Not built yet: a pod-level PID namespace with a pause process, CNI networking (the pod's
+//! network namespace has its loopback up and nothing else).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tonic::Status;
+
+use crate::api;
+use crate::store::{self, SandboxRecord};
+
+pub const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
+
+/// What RunPodSandbox asks, checked.
+pub struct Spec {
+    pub meta: api::PodSandboxMetadata,
+    pub hostname: String,
+    pub log_directory: String,
+    pub dns: Option<api::DnsConfig>,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    pub cgroup_parent: String,
+    pub host_network: bool,
+    pub host_ipc: bool,
+}
+
+pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
+    let c = config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    let meta = c
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config.metadata is required"))?;
+    for (f, v) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if v.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: config.metadata.{f} is required"
+            )));
+        }
+    }
+    let linux = c.linux.unwrap_or_default();
+    let ns = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    if ns.pid == api::NamespaceMode::Pod as i32 {
+        return Err(Status::unimplemented(
+            "RunPodSandbox: a pod-level PID namespace (shareProcessNamespace) is not built yet",
+        ));
+    }
+    if ns.pid == api::NamespaceMode::Node as i32 {
+        return Err(Status::unimplemented(
+            "RunPodSandbox: the host PID namespace is not built yet",
+        ));
+    }
+    let hostname = if c.hostname.is_empty() {
+        meta.name.clone()
+    } else {
+        c.hostname.clone()
+    };
+    if hostname.len() > 64 || hostname.contains(['\0', '/', '\n']) {
+        return Err(Status::invalid_argument(format!(
+            "RunPodSandbox: config.hostname {hostname:?} is not a valid hostname"
+        )));
+    }
+    Ok(Spec {
+        meta,
+        hostname,
+        log_directory: c.log_directory,
+        dns: c.dns_config,
+        labels: c.labels,
+        annotations: c.annotations,
+        cgroup_parent: linux.cgroup_parent,
+        host_network: ns.network == api::NamespaceMode::Node as i32,
+        host_ipc: ns.ipc == api::NamespaceMode::Node as i32,
+    })
+}
+
+/// The pod's name key: one sandbox per name, namespace, uid and attempt.
+pub fn name_key(r: &SandboxRecord) -> String {
+    format!("{}_{}_{}_{}", r.name, r.namespace, r.uid, r.attempt)
+}
+
+/// Creates the namespaces (UTS always; network and IPC unless the host's are asked for),
+/// pinned under `dir`, and the pod's files. Blocking: run it off the async workers.
+pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut flags = nix::sched::CloneFlags::CLONE_NEWUTS;
+    let mut pinned = vec!["uts"];
+    if !s.host_network {
+        flags |= nix::sched::CloneFlags::CLONE_NEWNET;
+        pinned.push("net");
+    }
+    if !s.host_ipc {
+        flags |= nix::sched::CloneFlags::CLONE_NEWIPC;
+        pinned.push("ipc");
+    }
+    for n in &pinned {
+        std::fs::File::create(dir.join(n))?;
+    }
+    let hostname = s.hostname.clone();
+    let d = dir.to_path_buf();
+    let names: Vec<String> = pinned.iter().map(|s| s.to_string()).collect();
+    // A thread of its own, which ends with the namespaces it entered: nothing else ever
+    // runs in them on this side.
+    std::thread::spawn(move || -> std::io::Result<()> {
+        nix::sched::unshare(flags)?;
+        nix::unistd::sethostname(&hostname)?;
+        if flags.contains(nix::sched::CloneFlags::CLONE_NEWNET) {
+            rsrun::sys::set_link_up("lo")?;
+        }
+        for n in &names {
+            nix::mount::mount(
+                Some(format!("/proc/thread-self/ns/{n}").as_str()),
+                &d.join(n),
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+    std::fs::write(dir.join("hostname"), format!("{}\n", s.hostname))?;
+    std::fs::write(
+        dir.join("hosts"),
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            s.hostname
+        ),
+    )?;
+    std::fs::write(dir.join("resolv.conf"), resolv_conf(s.dns.as_ref()))?;
+    Ok(())
+}
+
+/// resolv.conf from the pod's DNSConfig, or the host's.
+fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
+    match dns {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut s = String::new();
+            if !d.searches.is_empty() {
+                s.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for n in &d.servers {
+                s.push_str(&format!("nameserver {n}\n"));
+            }
+            if !d.options.is_empty() {
+                s.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            s
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+/// Unpins the namespaces and removes the pod's files; what is already gone is fine.
+pub fn unmake(dir: &Path) -> std::io::Result<()> {
+    for n in NAMESPACES {
+        let p = dir.join(n);
+        match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The pinned namespace files of a ready sandbox (absent: the host's is used).
+pub fn ns_path(r: &SandboxRecord, n: &str) -> Option<PathBuf> {
+    let p = r.ns_dir.join(n);
+    p.exists().then_some(p)
+}
+
+pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
+    SandboxRecord {
+        id: id.to_string(),
+        name: s.meta.name.clone(),
+        uid: s.meta.uid.clone(),
+        namespace: s.meta.namespace.clone(),
+        attempt: s.meta.attempt,
+        created_at: store::now_ns(),
+        labels: s.labels.clone(),
+        annotations: s.annotations.clone(),
+        hostname: s.hostname.clone(),
+        log_directory: s.log_directory.clone(),
+        cgroup_parent: s.cgroup_parent.clone(),
+        ns_dir,
+        ready: false,
+        complete: false,
+    }
+}
+
+pub fn meta(r: &SandboxRecord) -> api::PodSandboxMetadata {
+    api::PodSandboxMetadata {
+        name: r.name.clone(),
+        uid: r.uid.clone(),
+        namespace: r.namespace.clone(),
+        attempt: r.attempt,
+    }
+}
+
+pub fn state(r: &SandboxRecord) -> i32 {
+    if r.ready {
+        api::PodSandboxState::SandboxReady as i32
+    } else {
+        api::PodSandboxState::SandboxNotready as i32
+    }
+}
+
+/// Whether `r` passes a ListPodSandbox filter.
+pub fn matches(r: &SandboxRecord, f: &api::PodSandboxFilter) -> bool {
+    (f.id.is_empty() || r.id.starts_with(&f.id))
+        && f.state.as_ref().is_none_or(|s| s.state == state(r))
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| r.labels.get(k) == Some(v))
+}

@@ -1,0 +1,180 @@
+//! What the server knows, kept as one JSON file per object under `ROOT/cri/` (written
+//! atomically: temporary file, fsync, rename, directory fsync) and in memory. A record is
+//! written before the object is made and completed after, so a server killed in between finds
+//! it at start and can finish or undo the work.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+    pub created_at: i64,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    pub hostname: String,
+    pub log_directory: String,
+    pub cgroup_parent: String,
+    /// Where the pod's network, IPC and UTS namespaces are pinned (bind mounts).
+    pub ns_dir: PathBuf,
+    /// False once stopped.
+    pub ready: bool,
+    /// Set once the namespaces exist (a record without it was interrupted).
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub created_at: i64,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    /// The image as asked, and its ID.
+    pub image: String,
+    pub image_ref: String,
+    pub log_path: String,
+    pub bundle: PathBuf,
+    /// rsrun-shim's directory (control and attach sockets, shim.pid).
+    pub shim_dir: PathBuf,
+    pub exit_file: PathBuf,
+    pub pid: i32,
+    pub started_at: i64,
+    pub mounts: Vec<(String, String, bool)>,
+    /// Set once the shim reported the container created.
+    pub complete: bool,
+}
+
+/// Records of one kind in one directory.
+pub struct Table<T> {
+    dir: PathBuf,
+    pub items: HashMap<String, T>,
+}
+
+impl<T: Serialize + DeserializeOwned + Clone> Table<T> {
+    pub fn open(dir: PathBuf) -> std::io::Result<Table<T>> {
+        std::fs::create_dir_all(&dir)?;
+        let mut items = HashMap::new();
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            match std::fs::read(e.path())
+                .ok()
+                .and_then(|d| serde_json::from_slice::<T>(&d).ok())
+            {
+                Some(r) => {
+                    items.insert(id.to_string(), r);
+                }
+                None => tracing::warn!(path = %e.path().display(), "unreadable record skipped"),
+            }
+        }
+        Ok(Table { dir, items })
+    }
+
+    pub fn put(&mut self, id: &str, r: T) -> std::io::Result<()> {
+        write_atomic(
+            &self.dir.join(format!("{id}.json")),
+            &serde_json::to_vec(&r)?,
+        )?;
+        self.items.insert(id.to_string(), r);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, id: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(format!("{id}.json"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.items.remove(id);
+        Ok(())
+    }
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A new object ID: 64 hex digits from the kernel's random source.
+pub fn new_id() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("read /dev/urandom");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Nanoseconds since the epoch (CRI timestamps).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (as the shim writes it) to nanoseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    // YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (h, mi, se) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    let frac = s
+        .get(20..)
+        .map(|f| f.trim_end_matches('Z'))
+        .filter(|f| !f.is_empty());
+    let nanos = match frac {
+        Some(f) => format!("{f:0<9}").get(..9)?.parse::<i64>().ok()?,
+        None => 0,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some((days * 86400 + h * 3600 + mi * 60 + se) * 1_000_000_000 + nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_round_trip() {
+        for (secs, nanos) in [(0i64, 0u32), (1_700_000_000, 5), (951_782_400, 999_999_999)] {
+            let s = rsrun::state::rfc3339(secs, nanos);
+            assert_eq!(
+                super::parse_rfc3339(&s),
+                Some(secs * 1_000_000_000 + nanos as i64),
+                "{s}"
+            );
+        }
+        assert_eq!(super::parse_rfc3339("nope"), None);
+    }
+}
