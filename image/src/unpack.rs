@@ -118,7 +118,7 @@ impl Unpacker<'_> {
         Error::HostileLayer {
             layer: self.layer.to_string(),
             entry: entry.to_string(),
-            reason: reason.into(),
+            reason: crate::text::clean_unbounded(&reason.into()),
         }
     }
     fn bad(&self, entry: &str, reason: impl Into<String>) -> Error {
@@ -128,9 +128,10 @@ impl Unpacker<'_> {
         } else {
             format!("entry {entry:?}: ")
         };
+        // Reasons may quote the layer's bytes (the tar reader's messages do).
         Error::BadLayer {
             layer: self.layer.to_string(),
-            reason: format!("{entry}{r}"),
+            reason: crate::text::clean_unbounded(&format!("{entry}{r}")),
         }
     }
     fn os_err(&self, entry: &str, action: &str, e: io::Error) -> Error {

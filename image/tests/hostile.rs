@@ -564,3 +564,16 @@ fn overlay_xattrs_from_a_layer_are_dropped() {
     assert_eq!(getxattr(&d, "trusted.overlay.opaque"), None);
     assert_eq!(getxattr(&d, "user.kept").as_deref(), Some(&b"1"[..]));
 }
+
+#[test]
+fn layer_bytes_quoted_in_errors_are_escaped() {
+    let s = scene();
+    // A mode field that is not a number: the tar reader's message quotes it.
+    let mut h = raw_header("f", EntryType::Regular, 0o644, 0, None);
+    h.as_old_mut().mode.copy_from_slice(b"\x1b[2J\r\n\x07\x1b");
+    h.set_cksum();
+    let t = raw_tar(vec![(h, vec![])]);
+    let e = unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(rsrun_image::text::is_clean(&msg), "{msg:?}");
+}

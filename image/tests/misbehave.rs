@@ -1098,6 +1098,11 @@ fn cli_plain_http_auth_file_timeout_and_registry_config_env() {
         String::from_utf8_lossy(&o.stderr).contains("https://"),
         "{o:?}"
     );
+    assert!(
+        f.log().is_empty(),
+        "a plain HTTP request was made: {:?}",
+        f.log()
+    );
     // --plain-http without credentials: refused by the registry.
     let o = run("a", None, &["--plain-http"]);
     assert!(

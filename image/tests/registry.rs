@@ -279,7 +279,9 @@ fn unknown_image_is_not_found_and_bad_names_are_invalid() {
         matches!(e, Error::InvalidReference { .. }) && e.to_string().contains("lowercase"),
         "{e}"
     );
-    // plain HTTP to a registry not configured insecure is never attempted
+    // a registry not configured insecure is spoken to over HTTPS only (the error names
+    // https://; that no plain request is made is checked against the fake registry in
+    // misbehave.rs: cli_plain_http_auth_file_timeout_and_registry_config_env)
     let plain = ImageStore::open(t.path(), rsrun_image::RegistryConfig::default()).unwrap();
     let e = plain
         .pull(&format!("{}/x:v1", reg.addr), &PullOptions::default())
