@@ -115,7 +115,7 @@ fn run() -> Result<()> {
                         let secs: f64 = v
                             .parse()
                             .ok()
-                            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                            .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
                             .ok_or_else(|| {
                                 anyhow!("--progress-timeout {v:?} is not a number of seconds")
                             })?;

@@ -458,7 +458,7 @@ impl Repo {
         // never in the clear to a host other than the plain-HTTP registry itself.
         if rscheme == "http"
             && self.creds.is_some()
-            && host_part(rauth) != host_part(&self.endpoint.host)
+            && !host_part(rauth).eq_ignore_ascii_case(host_part(&self.endpoint.host))
         {
             return Err(self.registry_err(format!(
                 "token realm {shown} is plain HTTP on another host than the registry: \

@@ -1158,6 +1158,11 @@ fn cli_plain_http_auth_file_timeout_and_registry_config_env() {
         String::from_utf8_lossy(&o.stderr).contains("--timeout"),
         "{o:?}"
     );
+    let o = run("c", None, &["--progress-timeout", "1e300"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--progress-timeout"),
+        "{o:?}"
+    );
 }
 
 // ---------- thousands of tiny layers ----------
