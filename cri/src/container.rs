@@ -408,11 +408,29 @@ pub fn oci_spec(
             "source": m.host_path, "options": ["rbind", prop, if m.readonly { "ro" } else { "rw" }]}));
     }
 
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
-    ];
+    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
+    let pid_mode = sc
+        .namespace_options
+        .as_ref()
+        .map(|n| n.pid)
+        .unwrap_or(api::NamespaceMode::Pod as i32);
+    match (pid_mode, sandbox::ns_path(sb, "pid")) {
+        (m, Some(p)) if m == api::NamespaceMode::Pod as i32 => {
+            namespaces.push(json!({"type": "pid", "path": p}))
+        }
+        // POD (the proto's default) in a pod that shares no PID namespace, and CONTAINER:
+        // one of its own (the kubelet sends the pod's mode for both).
+        (m, _)
+            if m == api::NamespaceMode::Pod as i32 || m == api::NamespaceMode::Container as i32 =>
+        {
+            namespaces.push(json!({"type": "pid"}))
+        }
+        _ => {
+            return Err(Status::unimplemented(
+                "CreateContainer: pid namespace modes NODE and TARGET are not built yet",
+            ))
+        }
+    }
     for (n, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
         if let Some(p) = sandbox::ns_path(sb, n) {
             namespaces.push(json!({"type": oci, "path": p}));

@@ -167,6 +167,8 @@ async fn serve(o: Opts) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("rsrun-shim")),
     };
     let records = o.root.join("cri");
+    let pause_rootfs = sandbox::install_pause(&o.state.join("pause"))
+        .with_context(|| format!("install rsrun-pause under {}", o.state.display()))?;
     let runtime = runtime_service::Runtime {
         pod_cidr: Default::default(),
         images: store.clone(),
@@ -174,6 +176,7 @@ async fn serve(o: Opts) -> Result<()> {
         state: o.state.clone(),
         shim,
         cgroup_parent: o.cgroup_parent.clone(),
+        pause_rootfs,
         sandboxes: tokio::sync::Mutex::new(
             store::Table::open(records.join("sandboxes"))
                 .with_context(|| format!("open {}", records.join("sandboxes").display()))?,

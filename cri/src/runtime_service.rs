@@ -34,6 +34,8 @@ pub struct Runtime {
     pub shim: PathBuf,
     /// cgroupsPath parent for pods that give none.
     pub cgroup_parent: String,
+    /// The pause container's rootfs (sandbox::install_pause).
+    pub pause_rootfs: PathBuf,
     pub sandboxes: Mutex<Table<SandboxRecord>>,
     pub containers: Mutex<Table<ContainerRecord>>,
 }
@@ -312,12 +314,22 @@ impl RuntimeService for Runtime {
             })
             .await
         };
-        let mut t = self.sandboxes.lock().await;
+        let made = match made {
+            Ok(()) if !rec.pause_id.is_empty() => self.start_pause(&rec).await,
+            other => other,
+        };
         if let Err(e) = made {
-            let _ = sandbox::unmake(&ns_dir);
-            let _ = t.remove(&id);
+            let _ = self.stop_pause(&rec).await;
+            let d = ns_dir.clone();
+            let _ = blocking(move || {
+                let _ = sandbox::unmake(&d);
+                Ok(())
+            })
+            .await;
+            let _ = self.sandboxes.lock().await.remove(&id);
             return Err(e);
         }
+        let mut t = self.sandboxes.lock().await;
         rec.ready = true;
         rec.complete = true;
         t.put(&id, rec)
@@ -339,6 +351,7 @@ impl RuntimeService for Runtime {
         for c in self.containers_of(&sb.id).await {
             self.stop(&c, Duration::ZERO).await?;
         }
+        self.stop_pause(&sb).await?;
         let d = sb.ns_dir.clone();
         blocking(move || {
             // The namespaces go at stop (the pod's network is reclaimed); its files stay
@@ -378,6 +391,7 @@ impl RuntimeService for Runtime {
         for c in self.containers_of(&sb.id).await {
             self.remove(c).await?;
         }
+        self.stop_pause(&sb).await?;
         let d = sb.ns_dir.clone();
         blocking(move || sandbox::unmake(&d).map_err(|e| io_status("remove the pod's files", e)))
             .await?;
@@ -420,7 +434,11 @@ impl RuntimeService for Runtime {
                             } else {
                                 api::NamespaceMode::Node as i32
                             },
-                            pid: api::NamespaceMode::Container as i32,
+                            pid: if sb.pause_id.is_empty() {
+                                api::NamespaceMode::Container as i32
+                            } else {
+                                api::NamespaceMode::Pod as i32
+                            },
                             ipc: api::NamespaceMode::Pod as i32,
                             ..Default::default()
                         }),
@@ -810,6 +828,24 @@ impl Runtime {
             std::fs::create_dir_all(parent)
                 .map_err(|e| io_status(&format!("create {}", parent.display()), e))?;
         }
+        let pid = self
+            .start_shim(id, p, log_path, c.tty, c.stdin, c.stdin_once)
+            .await
+            .map_err(|e| Status::new(e.code(), format!("CreateContainer: {}", e.message())))?;
+        Ok((image_ref, pid))
+    }
+
+    /// Runs rsrun-shim for the bundle in `p`: the container's init PID, or the runtime's
+    /// one-line error (nothing left behind then).
+    async fn start_shim(
+        &self,
+        id: &str,
+        p: &container::Paths,
+        log_path: &std::path::Path,
+        tty: bool,
+        stdin: bool,
+        stdin_once: bool,
+    ) -> Result<i32, Status> {
         let mut cmd = tokio::process::Command::new(&self.shim);
         cmd.arg("--id")
             .arg(id)
@@ -824,13 +860,13 @@ impl Runtime {
             .arg("--root")
             .arg(&self.runtime_root)
             .stdin(std::process::Stdio::null());
-        if c.tty {
+        if tty {
             cmd.arg("--terminal");
         }
-        if c.stdin {
+        if stdin {
             cmd.arg("--stdin");
         }
-        if c.stdin_once {
+        if stdin_once {
             cmd.arg("--stdin-once");
         }
         let out = cmd
@@ -839,15 +875,79 @@ impl Runtime {
             .map_err(|e| io_status(&format!("run {}", self.shim.display()), e))?;
         if !out.status.success() {
             let msg = String::from_utf8_lossy(&out.stderr);
-            return Err(Status::unknown(format!(
-                "CreateContainer: {}",
-                msg.trim().trim_start_matches("rsrun-shim: ")
-            )));
+            return Err(Status::unknown(
+                msg.trim().trim_start_matches("rsrun-shim: ").to_string(),
+            ));
         }
-        let pid = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .map_err(|_| Status::internal("rsrun-shim printed no PID"))?;
-        Ok((image_ref, pid))
+            .map_err(|_| Status::internal("rsrun-shim printed no PID"))
+    }
+
+    /// The pod's pause container: created and started under a shim, its PID namespace
+    /// pinned with the others.
+    async fn start_pause(&self, sb: &SandboxRecord) -> Result<(), Status> {
+        let p = container::paths(&self.state, &sb.pause_id);
+        let spec = sandbox::pause_spec(sb, &self.pause_rootfs, &self.cgroup_parent);
+        std::fs::create_dir_all(&p.bundle).map_err(|e| io_status("create the pause bundle", e))?;
+        std::fs::write(
+            p.bundle.join("config.json"),
+            serde_json::to_vec(&spec).map_err(|e| io_status("encode config.json", e))?,
+        )
+        .map_err(|e| io_status("write the pause config", e))?;
+        let log = p.dir.join("pause.log");
+        let pid = self
+            .start_shim(&sb.pause_id, &p, &log, false, false, false)
+            .await
+            .map_err(|e| Status::new(e.code(), format!("RunPodSandbox: pause: {}", e.message())))?;
+        let d = p.shim_dir.clone();
+        let (head, _) = blocking(move || {
+            container::control(&d, &json!({"op": "start"}))
+                .map_err(|e| io_status("the pause's shim", e))
+        })
+        .await?;
+        if let Some(e) = head["error"].as_str() {
+            return Err(Status::unknown(format!("RunPodSandbox: pause: {e}")));
+        }
+        let dir = sb.ns_dir.clone();
+        blocking(move || {
+            sandbox::pin_pid(&dir, pid).map_err(|e| io_status("pin the pod's PID namespace", e))
+        })
+        .await
+    }
+
+    /// Kills and deletes the pause container, if the pod has one (gone already is fine).
+    async fn stop_pause(&self, sb: &SandboxRecord) -> Result<(), Status> {
+        if sb.pause_id.is_empty() {
+            return Ok(());
+        }
+        let p = container::paths(&self.state, &sb.pause_id);
+        let rec = ContainerRecord {
+            id: sb.pause_id.clone(),
+            exit_file: p.exit_file.clone(),
+            shim_dir: p.shim_dir.clone(),
+            complete: true,
+            ..Default::default()
+        };
+        self.stop(&rec, Duration::ZERO).await?;
+        let rt = self.rsrun();
+        let id = sb.pause_id.clone();
+        blocking(move || {
+            match rt.delete(&id, true) {
+                Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
+                Err(e) => return Err(io_status(&format!("delete the pause {id}"), e)),
+            }
+            for d in [&p.dir, &p.shim_dir] {
+                match std::fs::remove_dir_all(d) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_status(&format!("remove {}", d.display()), e))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 }

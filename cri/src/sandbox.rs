@@ -3,8 +3,10 @@
 //! mounts of their nsfs files, so that they outlive any process; the pod's hostname,
 //! resolv.conf and hosts files. Containers join the pinned namespaces by path.
 //!
-//! Not built yet: a pod-level PID namespace with a pause process, CNI networking (the pod's
-//! network namespace has its loopback up and nothing else).
+//! A pod that shares a PID namespace gets rsrun-pause (a freestanding static binary carried
+//! in rsrun-cri) as its PID 1, a container under rsrun-shim like the others; its PID namespace
+//! is pinned too. Not built yet: CNI networking (the pod's network namespace has its loopback
+//! up and nothing else).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,70 @@ use tonic::Status;
 use crate::api;
 use crate::store::{self, SandboxRecord};
 
-pub const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
+pub const NAMESPACES: [&str; 4] = ["net", "ipc", "uts", "pid"];
+
+/// rsrun-pause, built by build.rs from cri/pause.
+pub const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rsrun-pause"));
+
+/// Installs the pause rootfs (`/pause`, and an empty `/dev` for the tmpfs) under `dir`.
+pub fn install_pause(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("dev"))?;
+    let bin = rootfs.join("pause");
+    if std::fs::read(&bin).ok().as_deref() != Some(PAUSE) {
+        let tmp = rootfs.join(".pause.tmp");
+        std::fs::write(&tmp, PAUSE)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &bin)?;
+    }
+    Ok(rootfs)
+}
+
+/// The OCI config of a pod's pause container: no capabilities, no_new_privs, a read-only
+/// root, its own PID and mount namespaces, the pod's others.
+pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serde_json::Value {
+    let mut namespaces = vec![
+        serde_json::json!({"type": "pid"}),
+        serde_json::json!({"type": "mount"}),
+    ];
+    for (n, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
+        if let Some(p) = ns_path(r, n) {
+            namespaces.push(serde_json::json!({"type": oci, "path": p}));
+        }
+    }
+    let parent = if r.cgroup_parent.is_empty() {
+        cgroup_parent
+    } else {
+        r.cgroup_parent.as_str()
+    };
+    serde_json::json!({
+        "ociVersion": "1.2.0",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
+                    "env": [], "cwd": "/", "noNewPrivileges": true},
+        "root": {"path": rootfs, "readonly": true},
+        "mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "noexec", "mode=755", "size=64k"]}],
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": format!("{}/rsrun-pause-{}", parent.trim_end_matches('/'), r.id),
+        },
+    })
+}
+
+/// Pins the pause's PID namespace beside the others (containers join it by that path).
+pub fn pin_pid(dir: &Path, pid: i32) -> std::io::Result<()> {
+    let p = dir.join("pid");
+    std::fs::File::create(&p)?;
+    nix::mount::mount(
+        Some(format!("/proc/{pid}/ns/pid").as_str()),
+        &p,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    Ok(())
+}
 
 /// What RunPodSandbox asks, checked.
 pub struct Spec {
@@ -27,6 +92,8 @@ pub struct Spec {
     pub cgroup_parent: String,
     pub host_network: bool,
     pub host_ipc: bool,
+    /// The containers share one PID namespace (with a pause process as its PID 1).
+    pub pod_pid: bool,
 }
 
 pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
@@ -51,11 +118,6 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
         .as_ref()
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or_default();
-    if ns.pid == api::NamespaceMode::Pod as i32 {
-        return Err(Status::unimplemented(
-            "RunPodSandbox: a pod-level PID namespace (shareProcessNamespace) is not built yet",
-        ));
-    }
     if ns.pid == api::NamespaceMode::Node as i32 {
         return Err(Status::unimplemented(
             "RunPodSandbox: the host PID namespace is not built yet",
@@ -81,6 +143,7 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
         cgroup_parent: linux.cgroup_parent,
         host_network: ns.network == api::NamespaceMode::Node as i32,
         host_ipc: ns.ipc == api::NamespaceMode::Node as i32,
+        pod_pid: ns.pid == api::NamespaceMode::Pod as i32,
     })
 }
 
@@ -199,6 +262,11 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         ns_dir,
         ready: false,
         complete: false,
+        pause_id: if s.pod_pid {
+            format!("pause-{id}")
+        } else {
+            String::new()
+        },
     }
 }
 

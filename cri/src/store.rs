@@ -28,6 +28,9 @@ pub struct SandboxRecord {
     pub ready: bool,
     /// Set once the namespaces exist (a record without it was interrupted).
     pub complete: bool,
+    /// The pause container (PID 1 of the pod's PID namespace), when the pod shares one.
+    #[serde(default)]
+    pub pause_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

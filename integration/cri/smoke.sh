@@ -117,6 +117,19 @@ c rm "$ctr" >/dev/null 2>&1 || true
 ! find /sys/fs/cgroup -name "rsrun-$ctr" 2>/dev/null | grep -q . || fail "cgroup left"
 ok "stop, rm, stopp, rmp: nothing left (mounts, state, shims, cgroups)"
 
+# A pod that shares one PID namespace (the proto's default): rsrun-pause is its PID 1.
+echo '{"metadata": {"name": "shared", "namespace": "default", "uid": "shared-uid"}}' > "$R/pod2.json"
+echo '{"metadata": {"name": "a"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/a.json"
+pod=$(c runp "$R/pod2.json") || fail "runp (shared pid): $(cat "$R/crictl.err")"
+a=$(c create "$pod" "$R/a.json" "$R/pod2.json") || fail "create: $(cat "$R/crictl.err")"
+c start "$a" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+ps_out=$(c exec -s "$a" ps -o pid,comm) || fail "exec ps: $(cat "$R/crictl.err")"
+echo "$ps_out" | grep -q '^ *1 pause$' || fail "PID 1 of the pod is not the pause: $ps_out"
+echo "$ps_out" | grep -q 'sleep' || fail "the container is not in the pod's PID namespace: $ps_out"
+c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
+! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
+ok "shared PID namespace: rsrun-pause is PID 1, removed with the pod"
+
 c rmi busybox >/dev/null || fail "rmi: $(cat "$R/crictl.err")"
 [ -z "$(c images -q)" ] || fail "image left after rmi: $(c images)"
 ok "rmi"
