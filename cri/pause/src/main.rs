@@ -69,7 +69,15 @@ pub extern "C" fn _start() -> ! {
         unsafe { syscall4(SYS_RT_SIGACTION, sig, &act as *const _ as usize, 0, 8) };
     }
     // SAFETY: `set` outlives the call; 8 is the kernel's sigset size.
-    unsafe { syscall4(SYS_RT_SIGPROCMASK, SIG_BLOCK, &set as *const _ as usize, 0, 8) };
+    unsafe {
+        syscall4(
+            SYS_RT_SIGPROCMASK,
+            SIG_BLOCK,
+            &set as *const _ as usize,
+            0,
+            8,
+        )
+    };
     loop {
         // SAFETY: `set` outlives the call; no siginfo, no timeout.
         let sig = unsafe { syscall4(SYS_RT_SIGTIMEDWAIT, &set as *const _ as usize, 0, 0, 8) };
