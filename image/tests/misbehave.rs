@@ -1233,3 +1233,68 @@ fn attestation_entries_in_an_index_are_skipped() {
     assert_eq!(img.manifest, real.manifest_digest);
     assert_eq!(f.count("GET", att.manifest_digest.as_str()), 0);
 }
+
+// ---------- two pulls sharing layers in opposite orders ----------
+
+#[test]
+fn pulls_of_shared_layers_in_opposite_orders_do_not_wait_for_each_other() {
+    let f = Fake::start();
+    let lay = |i: u64| {
+        layer(
+            &tar_of(&[E::File(&format!("f{i}"), &noise(20_000, i), 0o644)]),
+            MT_GZIP,
+        )
+    };
+    let cfg = config_json("amd64", "ab", &[lay(1), lay(2)]);
+    f.add_image("ab", "v1", &[lay(1), lay(2)], &cfg);
+    let cfg = config_json("amd64", "ba", &[lay(2), lay(1)]);
+    f.add_image("ba", "v1", &[lay(2), lay(1)], &cfg);
+    let layers: Vec<String> = [lay(1), lay(2)]
+        .iter()
+        .map(|l| Digest::of_bytes(&l.blob).to_string())
+        .collect();
+    // Each pull's first layer is held back until both pulls have asked for theirs: then each
+    // has one layer done, its lock held until the layer is committed, when it wants the
+    // other's. (Without committing while waiting, each would wait for the other forever.)
+    let asked = Arc::new(AtomicUsize::new(0));
+    {
+        let asked = asked.clone();
+        f.on(move |r| {
+            if layers.iter().any(|d| r.path().ends_with(d)) {
+                asked.fetch_add(1, Ordering::SeqCst);
+                let t0 = Instant::now();
+                while asked.load(Ordering::SeqCst) < 2 && t0.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            None
+        });
+    }
+    let t = TempDir::new("order");
+    let s = Arc::new(store(&t, &f));
+    let pull = |repo: &str| {
+        let (s, name) = (s.clone(), format!("{}/{repo}:v1", f.addr));
+        std::thread::spawn(move || {
+            s.pull(
+                &name,
+                &PullOptions {
+                    concurrency: 1,
+                    cancel: rsrun_image::Cancel::with_deadline(
+                        Instant::now() + Duration::from_secs(30),
+                    ),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    let (ha, hb) = (pull("ab"), pull("ba"));
+    let (ra, rb) = (ha.join().unwrap(), hb.join().unwrap());
+    assert!(ra.is_ok(), "{:?}", ra.err());
+    assert!(rb.is_ok(), "{:?}", rb.err());
+    assert_eq!(snapshots(t.path()).len(), 2);
+    assert_eq!(
+        f.count("GET", "/blobs/sha256:"),
+        4,
+        "each layer and config once"
+    );
+}
