@@ -10,24 +10,6 @@ use crate::api;
 use crate::sandbox;
 use crate::store::{ContainerRecord, SandboxRecord};
 
-/// containerd's default capability set for containers.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 const MASKED: [&str; 11] = [
     "/proc/acpi",
     "/proc/asound",
@@ -155,7 +137,10 @@ pub fn capabilities(sc: &api::LinuxContainerSecurityContext) -> Vec<String> {
         return all_caps();
     }
     let c = sc.capabilities.clone().unwrap_or_default();
-    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    let mut set: Vec<String> = rsrun::seccomp::CRI_DEFAULT_CAPS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let add: Vec<String> = c.add_capabilities.iter().map(|s| cap_name(s)).collect();
     let drop: Vec<String> = c.drop_capabilities.iter().map(|s| cap_name(s)).collect();
     if drop.iter().any(|d| d == "CAP_ALL") {

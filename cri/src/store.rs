@@ -4,7 +4,6 @@
 //! it at start and can finish or undo the work.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -105,18 +104,9 @@ impl<T: Serialize + DeserializeOwned + Clone> Table<T> {
     }
 }
 
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
-    }
-    Ok(())
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    rsrun::state::write_file_atomic(path, data, true)
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// A new object ID: 64 hex digits from the kernel's random source.

@@ -894,21 +894,7 @@ fn write_time_offsets(spec: &Spec) -> Result<()> {
 
 pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let path = std::path::absolute(path).with_ctx(|| format!("pid file {}", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    // A fresh file (never through a symlink planted under the temporary name).
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_ctx(|| format!("write pid file {}", tmp.display()))?;
-    f.write_all(pid.to_string().as_bytes())
-        .with_ctx(|| format!("write pid file {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).with_ctx(|| format!("write pid file {}", path.display()))
+    state::write_file_atomic(&path, pid.to_string().as_bytes(), false)
 }
 
 fn reap_status(pid: i32) -> String {

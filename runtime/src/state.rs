@@ -358,6 +358,36 @@ impl Saved {
     }
 }
 
+/// Writes `data` to `path` atomically: a fresh temporary file beside it (never through a
+/// symlink planted under that name), then a rename. With `durable`, the file and the
+/// directory are fsynced too (for files on disk that a crash must not empty).
+pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_ctx(|| format!("write {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
+        .with_ctx(|| format!("write {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    if durable {
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_ctx(|| format!("fsync {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Every container ID under `root`.
 pub fn list_ids(root: &Path) -> Result<Vec<String>> {
     let rd = match std::fs::read_dir(root) {

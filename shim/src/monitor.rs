@@ -520,7 +520,10 @@ impl Monitor {
             "oom_killed": oom,
             "log_dropped_bytes": self.log.dropped,
         });
-        if let Err(e) = write_atomic(&self.exit_file, record.to_string().as_bytes()) {
+        // A reader sees no record or the whole of it, also after a crash.
+        if let Err(e) =
+            rsrun::state::write_file_atomic(&self.exit_file, record.to_string().as_bytes(), true)
+        {
             rsrun::log::error(&format!("container {}: exit record: {e:#}", self.id));
         }
         rsrun::log::info(&format!(
@@ -1011,28 +1014,4 @@ fn kill_tree(root: i32) {
         }
         killed.extend(new);
     }
-}
-
-/// Temp file, fsync, rename: a reader sees the old record or the whole new one.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
