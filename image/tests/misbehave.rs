@@ -1298,3 +1298,68 @@ fn pulls_of_shared_layers_in_opposite_orders_do_not_wait_for_each_other() {
         "each layer and config once"
     );
 }
+
+#[test]
+fn a_layer_waited_for_by_another_pull_is_committed_within_the_batch_age() {
+    let f = Fake::start();
+    let lay = |i: u64| {
+        layer(
+            &tar_of(&[E::File(&format!("f{i}"), &noise(20_000, i), 0o644)]),
+            MT_GZIP,
+        )
+    };
+    // "big": a fast first layer, then five that take about 0.4 s each; "small": the first.
+    let cfg = config_json("amd64", "big", &(1..=6).map(lay).collect::<Vec<_>>());
+    f.add_image("big", "v1", &(1..=6).map(lay).collect::<Vec<_>>(), &cfg);
+    let cfg = config_json("amd64", "small", &[lay(1)]);
+    f.add_image("small", "v1", &[lay(1)], &cfg);
+    let slow: Vec<(String, Vec<u8>)> = (2..=6)
+        .map(lay)
+        .map(|l| (Digest::of_bytes(&l.blob).to_string(), l.blob))
+        .collect();
+    let second = slow[0].0.clone();
+    f.on(move |r| {
+        slow.iter()
+            .find(|(d, _)| r.path().ends_with(d))
+            .map(|(_, b)| Reply {
+                body: Body::Drip {
+                    data: b.clone(),
+                    first: b.len() - 8,
+                    every: Duration::from_millis(50),
+                },
+                ..Reply::new(200, Vec::new())
+            })
+    });
+    let t = TempDir::new("age");
+    let s = Arc::new(store(&t, &f));
+    let done: Arc<Mutex<Vec<&str>>> = Arc::default();
+    let pull = |repo: &'static str| {
+        let (s, name, done) = (s.clone(), format!("{}/{repo}:v1", f.addr), done.clone());
+        std::thread::spawn(move || {
+            let r = s.pull(
+                &name,
+                &PullOptions {
+                    concurrency: 1,
+                    ..Default::default()
+                },
+            );
+            done.lock().unwrap().push(repo);
+            r
+        })
+    };
+    let big = pull("big");
+    // "big" has its first layer (pending, locked) and works on the second.
+    while f.count("GET", &second) == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let small = pull("small");
+    small.join().unwrap().unwrap();
+    big.join().unwrap().unwrap();
+    // "small" got the shared layer when "big" committed it (after 0.5 s), not at big's end
+    // (after about 2 s).
+    assert_eq!(*done.lock().unwrap(), vec!["small", "big"]);
+    assert_eq!(
+        f.count("GET", &Digest::of_bytes(&lay(1).blob).to_string()),
+        1
+    );
+}
