@@ -537,7 +537,7 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     let shim_alive = std::fs::read_to_string(r.shim_dir.join("shim.pid"))
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
-        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        .is_some_and(|p| shim_running(p, &r.id));
     if !shim_alive {
         return (
             api::ContainerState::ContainerExited as i32,
@@ -549,6 +549,17 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     } else {
         (api::ContainerState::ContainerCreated as i32, None)
     }
+}
+
+/// Whether `pid` is a live (not zombie) rsrun-shim of container `id` (its command line names
+/// the container: a reused PID is not taken for it).
+fn shim_running(pid: i32, id: &str) -> bool {
+    let live = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with(['Z', 'X']))
+    });
+    live && std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == id.as_bytes()))
 }
 
 pub fn meta(r: &ContainerRecord) -> api::ContainerMetadata {

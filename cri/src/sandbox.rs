@@ -94,6 +94,8 @@ pub struct Spec {
     pub host_ipc: bool,
     /// The containers share one PID namespace (with a pause process as its PID 1).
     pub pod_pid: bool,
+    /// Namespaced sysctls, applied in the pod's namespaces.
+    pub sysctls: Vec<(String, String)>,
 }
 
 pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
@@ -123,8 +125,11 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             "RunPodSandbox: the host PID namespace is not built yet",
         ));
     }
+    // No hostname: the node's, as containerd does (the kubelet always sends one).
     let hostname = if c.hostname.is_empty() {
-        meta.name.clone()
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into())
     } else {
         c.hostname.clone()
     };
@@ -133,8 +138,30 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             "RunPodSandbox: config.hostname {hostname:?} is not a valid hostname"
         )));
     }
+    let mut sysctls: Vec<(String, String)> = Vec::new();
+    for (k, v) in &linux.sysctls {
+        let ipc = k.starts_with("kernel.shm")
+            || k.starts_with("kernel.msg")
+            || k == "kernel.sem"
+            || k.starts_with("fs.mqueue.");
+        let net = k.starts_with("net.");
+        if k.contains("..") || k.contains('/') || !(ipc || net) {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: sysctl {k:?} is not namespaced: it would change the node"
+            )));
+        }
+        if (net && ns.network == api::NamespaceMode::Node as i32)
+            || (ipc && ns.ipc == api::NamespaceMode::Node as i32)
+        {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: sysctl {k:?} with the host's namespace would change the node"
+            )));
+        }
+        sysctls.push((k.clone(), v.clone()));
+    }
     Ok(Spec {
         meta,
+        sysctls,
         hostname,
         log_directory: c.log_directory,
         dns: c.dns_config,
@@ -172,6 +199,7 @@ pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
     let hostname = s.hostname.clone();
     let d = dir.to_path_buf();
     let names: Vec<String> = pinned.iter().map(|s| s.to_string()).collect();
+    let sysctls = s.sysctls.clone();
     // A thread of its own, which ends with the namespaces it entered: nothing else ever
     // runs in them on this side.
     std::thread::spawn(move || -> std::io::Result<()> {
@@ -179,6 +207,12 @@ pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
         nix::unistd::sethostname(&hostname)?;
         if flags.contains(nix::sched::CloneFlags::CLONE_NEWNET) {
             rsrun::sys::set_link_up("lo")?;
+        }
+        // /proc/sys answers for the namespaces of the thread that opens it: this one.
+        for (k, v) in &sysctls {
+            let p = format!("/proc/sys/{}", k.replace('.', "/"));
+            std::fs::write(&p, v)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("sysctl {k}={v}: {e}")))?;
         }
         for n in &names {
             nix::mount::mount(

@@ -7,11 +7,12 @@
 # pod's UTS namespace, the container's processes, exit statuses, nothing left: mounts, state,
 # shims, cgroups); the server killed -9 and restarted with a pod running; removal of images
 # (twice: idempotent), and clear errors for what is not built or not there.
-# Usage: smoke.sh RSRUN-CRI-BINARY
+# Usage: smoke.sh RSRUN-CRI-BINARY RSRUN-BINARY
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 CRI=$1
+RSRUN=$2
 W=${CRI_SMOKE_WORK:-/var/tmp/rsrun-cri-smoke}
 fail() { echo "cri smoke: FAIL: $*" >&2; exit 1; }
 ok() { echo "cri smoke: ok: $*"; }
@@ -81,6 +82,11 @@ cat > "$R/ctr.json" <<'JSON'
 {"metadata": {"name": "hello"}, "image": {"image": "busybox"}, "log_path": "hello.log",
  "command": ["sh", "-c", "echo hello from $(hostname); trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]}
 JSON
+cat > "$R/ctr2.json" <<'JSON'
+{"metadata": {"name": "second"}, "image": {"image": "busybox"},
+ "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]}
+JSON
+sed 's/"second"/"third"/' "$R/ctr2.json" > "$R/ctr3.json"
 pod=$(c runp "$R/pod.json") || fail "runp: $(cat "$R/crictl.err")"
 ctr=$(c create "$pod" "$R/ctr.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr" >/dev/null || fail "start: $(cat "$R/crictl.err")"
@@ -101,6 +107,25 @@ start_cri
     || fail "after a restart: $(c inspect "$ctr")"
 c pods -q | grep -q "^$pod" || fail "pod lost across a restart"
 ok "server killed -9 and restarted: pod and running container still there"
+# An exit while the server is down is reported once it is back.
+ctr2=$(c create "$pod" "$R/ctr2.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
+c start "$ctr2" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+kill -9 $cri; wait $cri 2>/dev/null || true
+"$RSRUN" --root "$R/state/runtime" kill "$ctr2" TERM || fail "kill $ctr2 while the server is down"
+for _ in $(seq 100); do [ -e "$R/state/containers/$ctr2/exit.json" ] && break; sleep 0.1; done
+start_cri
+st=$(c inspect -o json "$ctr2" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
+[ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "an exit while the server was down: $st"
+ok "an exit while the server was down is reported after its restart"
+# A shim killed -9: its container is reported exited with an error, never running forever.
+ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
+c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+kill -9 "$(cat "$R/state/s/$ctr3/shim.pid")"
+sleep 0.2
+st=$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["reason"], "|", s["message"])')
+case $st in "CONTAINER_EXITED Error | "*monitor*) ;; *) fail "after its shim was killed: $st" ;; esac
+c rm "$ctr2" "$ctr3" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
+ok "a shim killed -9: the container is reported exited with an error, and removed with its process"
 c stop -t 10 "$ctr" >/dev/null || fail "stop: $(cat "$R/crictl.err")"
 st=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
 [ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "after stop (SIGTERM handled): $st"

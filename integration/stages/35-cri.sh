@@ -4,6 +4,6 @@
 set -eu
 cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
 command -v go >/dev/null 2>&1 || { echo "go is required (crictl is built from the Go module proxy)"; exit 1; }
-cargo build -p rsrun-cri -p rsrun-shim
+cargo build -p rsrun-cri -p rsrun-shim -p rsrun
 cargo test -p rsrun-cri
-integration/cri/smoke.sh "$PWD/target/debug/rsrun-cri"
+integration/cri/smoke.sh "$PWD/target/debug/rsrun-cri" "$PWD/target/debug/rsrun"
