@@ -35,6 +35,9 @@ pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 const GIB: u64 = 1 << 30;
 
+/// Uncompressed bytes between two checks of the store's free space (a statvfs).
+const FREE_CHECK_EVERY: u64 = 16 << 20;
+
 /// Bounds on what a pull may write. A layer's uncompressed content may reach
 /// `max(ratio_floor, max_ratio × its compressed size)`, never more than `max_layer_bytes`;
 /// all layers of a pull together at most `max_image_bytes`; and no pull leaves less than
@@ -913,7 +916,7 @@ fn decompress_and_unpack<R: Read>(
 }
 
 /// Counts the uncompressed bytes of a layer against the pull's limits and fails the read that
-/// passes one (recording why in `exceeded`); checks the store's free space every 64 MiB.
+/// passes one (recording why in `exceeded`); checks the store's free space every 16 MiB.
 struct Budget<'a, R> {
     inner: R,
     used: u64,
@@ -987,7 +990,7 @@ impl<R: Read> Read for Budget<'_, R> {
             }));
         }
         self.unchecked += n64;
-        if self.unchecked >= 64 << 20 {
+        if self.unchecked >= FREE_CHECK_EVERY {
             self.unchecked = 0;
             if let Err(e) = self.check_free() {
                 return Err(self.fail(e));

@@ -1363,3 +1363,64 @@ fn a_layer_waited_for_by_another_pull_is_committed_within_the_batch_age() {
         1
     );
 }
+
+#[test]
+fn free_space_is_kept_while_a_layer_unpacks() {
+    let f = Fake::start();
+    // 80 MiB of zeros in 80 kB of gzip, on a 96 MiB filesystem that must keep 48 MiB free:
+    // enough room at the layer's start, not by its end.
+    let bomb = gzip_bomb(80 << 20);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bomb[..]), &mut tar)
+        .unwrap();
+    let l = Layer {
+        blob: bomb,
+        media_type: MT_GZIP,
+        diff_id: Digest::of_bytes(&tar),
+    };
+    drop(tar);
+    let cfg = config_json("amd64", "", std::slice::from_ref(&l));
+    f.add_image("zeros", "v1", std::slice::from_ref(&l), &cfg);
+    let t = TempDir::new("free");
+    let fs = t.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    let s = ImageStore::open(fs.join("store"), insecure(&f.addr)).unwrap();
+    let limits = Limits {
+        min_free_bytes: 48 << 20,
+        ..Limits::default()
+    };
+    let e = s
+        .pull(
+            &format!("{}/zeros:v1", f.addr),
+            &PullOptions {
+                limits: limits.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("to keep free")),
+        "{e}"
+    );
+    no_temps_left(&fs.join("store"));
+    // With less to keep free the same layer fits.
+    s.pull(
+        &format!("{}/zeros:v1", f.addr),
+        &PullOptions {
+            limits: Limits {
+                min_free_bytes: 1 << 20,
+                ..limits
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(s);
+    let _ = Command::new("umount").arg(&fs).status();
+}
