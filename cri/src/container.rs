@@ -238,6 +238,11 @@ pub fn user(
         };
         (uid, gid)
     };
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(Status::invalid_argument(
+            "CreateContainer: run_as_group needs run_as_user or run_as_username",
+        ));
+    }
     if let Some(g) = &sc.run_as_group {
         gid = u32::try_from(g.value).map_err(|_| {
             Status::invalid_argument(format!("run_as_group {} is out of range", g.value))
@@ -410,9 +415,11 @@ pub fn oci_spec(
         {
             namespaces.push(json!({"type": "pid"}))
         }
+        // The node's: no PID namespace of its own.
+        (m, _) if m == api::NamespaceMode::Node as i32 => {}
         _ => {
             return Err(Status::unimplemented(
-                "CreateContainer: pid namespace modes NODE and TARGET are not built yet",
+                "CreateContainer: pid namespace mode TARGET is not built yet",
             ))
         }
     }
@@ -607,10 +614,11 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
         mounts: r
             .mounts
             .iter()
-            .map(|(c, h, ro)| api::Mount {
-                container_path: c.clone(),
-                host_path: h.clone(),
-                readonly: *ro,
+            .map(|m| api::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
                 ..Default::default()
             })
             .collect(),
@@ -689,4 +697,67 @@ pub fn paths(state: &Path, id: &str) -> Paths {
         exit_file: dir.join("exit.json"),
         dir,
     }
+}
+
+/// The container's stats from its cgroups (rsrun's `events --stats` figures) and its
+/// writable layer. `last` is the previous CPU sample (timestamp ns, usage ns) for nano-cores.
+pub fn stats(
+    rt: &rsrun::Runtime,
+    images: &rsrun_image::ImageStore,
+    r: &ContainerRecord,
+    last: Option<(i64, u64)>,
+) -> (api::ContainerStats, Option<(i64, u64)>) {
+    let ts = crate::store::now_ns();
+    let v = rt.stats(&r.id).unwrap_or(Value::Null);
+    let n = |x: &Value| x.as_u64();
+    let u = |value: u64| Some(api::UInt64Value { value });
+    let cpu_total = n(&v["cpu"]["usage"]["total"]);
+    let mem = &v["memory"];
+    let raw = &mem["raw"];
+    let pick = |keys: &[&str]| keys.iter().find_map(|k| raw[*k].as_u64());
+    let usage = n(&mem["usage"]["usage"]);
+    let inactive = pick(&["total_inactive_file", "inactive_file"]).unwrap_or(0);
+    let nano_cores = match (last, cpu_total) {
+        (Some((t0, c0)), Some(c1)) if ts > t0 && c1 >= c0 => {
+            Some((c1 - c0) as u128 * 1_000_000_000 / (ts - t0) as u128)
+        }
+        _ => None,
+    };
+    let writable = images
+        .container_usage(&r.id)
+        .ok()
+        .map(|w| api::FilesystemUsage {
+            timestamp: w.timestamp_ns,
+            fs_id: Some(api::FilesystemIdentifier {
+                mountpoint: w.mountpoint.to_string_lossy().into_owned(),
+            }),
+            used_bytes: u(w.used_bytes),
+            inodes_used: u(w.inodes_used),
+        });
+    let s = api::ContainerStats {
+        attributes: Some(api::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: Some(meta(r)),
+            labels: r.labels.clone(),
+            annotations: r.annotations.clone(),
+        }),
+        cpu: Some(api::CpuUsage {
+            timestamp: ts,
+            usage_core_nano_seconds: cpu_total.and_then(u),
+            usage_nano_cores: nano_cores.and_then(|n| u(n as u64)),
+            ..Default::default()
+        }),
+        memory: Some(api::MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: usage.and_then(|x| u(x.saturating_sub(inactive))),
+            usage_bytes: usage.and_then(u),
+            rss_bytes: pick(&["total_rss", "rss", "anon"]).and_then(u),
+            page_faults: pick(&["total_pgfault", "pgfault"]).and_then(u),
+            major_page_faults: pick(&["total_pgmajfault", "pgmajfault"]).and_then(u),
+            ..Default::default()
+        }),
+        writable_layer: writable,
+        ..Default::default()
+    };
+    (s, cpu_total.map(|c| (ts, c)))
 }

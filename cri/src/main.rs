@@ -107,8 +107,9 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    // The socket and every file the server makes are private to root.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Files keep the modes asked for (containers' rootfs dirs must be 0755): the usual
+    // umask; the socket is made private on its own (bind).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,7 +154,16 @@ async fn serve(o: Opts) -> Result<()> {
         bail!("another server is listening on {}", o.socket.display());
     }
     let _ = std::fs::remove_file(&o.socket);
-    let listener = tokio::net::UnixListener::bind(&o.socket)
+    // Mode 0600 from its creation. (The umask is process-wide: set around this one bind,
+    // while the server's other threads do not create files yet.)
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(&o.socket);
+    nix::sys::stat::umask(old);
+    let std_listener = bound.with_context(|| format!("listen on {}", o.socket.display()))?;
+    std_listener
+        .set_nonblocking(true)
+        .context("listening socket")?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)
         .with_context(|| format!("listen on {}", o.socket.display()))?;
     tracing::info!(socket = %o.socket.display(), root = %o.root.display(), state = %o.state.display(), "serving CRI v1");
 
@@ -177,6 +187,7 @@ async fn serve(o: Opts) -> Result<()> {
         shim,
         cgroup_parent: o.cgroup_parent.clone(),
         pause_rootfs,
+        cpu_samples: Default::default(),
         sandboxes: tokio::sync::Mutex::new(
             store::Table::open(records.join("sandboxes"))
                 .with_context(|| format!("open {}", records.join("sandboxes").display()))?,

@@ -38,6 +38,8 @@ pub struct Runtime {
     pub pause_rootfs: PathBuf,
     pub sandboxes: Mutex<Table<SandboxRecord>>,
     pub containers: Mutex<Table<ContainerRecord>>,
+    /// The last CPU sample of each container (for nano-cores).
+    pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
 
 fn io_status(what: &str, e: impl std::fmt::Display) -> Status {
@@ -157,6 +159,36 @@ impl Runtime {
                 "pod sandbox ID prefix {id} is ambiguous"
             ))),
         }
+    }
+
+    async fn stats_of(
+        &self,
+        recs: Vec<ContainerRecord>,
+    ) -> Result<Vec<api::ContainerStats>, Status> {
+        let rt = self.rsrun();
+        let images = self.images.clone();
+        let last: Vec<Option<(i64, u64)>> = {
+            let m = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
+            recs.iter().map(|r| m.get(&r.id).copied()).collect()
+        };
+        let out = blocking(move || {
+            Ok(recs
+                .iter()
+                .zip(last)
+                .map(|(r, l)| (r.id.clone(), container::stats(&rt, &images, r, l)))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let mut m = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(out
+            .into_iter()
+            .map(|(id, (s, sample))| {
+                if let Some(x) = sample {
+                    m.insert(id, x);
+                }
+                s
+            })
+            .collect())
     }
 
     async fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
@@ -538,7 +570,12 @@ impl RuntimeService for Runtime {
             mounts: c
                 .mounts
                 .iter()
-                .map(|m| (m.container_path.clone(), m.host_path.clone(), m.readonly))
+                .map(|m| store::MountRecord {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    propagation: m.propagation,
+                })
                 .collect(),
             complete: false,
         };
@@ -750,13 +787,47 @@ impl RuntimeService for Runtime {
         }))
     }
 
+    async fn container_stats(
+        &self,
+        r: Request<api::ContainerStatsRequest>,
+    ) -> Result<Response<api::ContainerStatsResponse>, Status> {
+        let rec = self.container(&r.into_inner().container_id).await?;
+        let mut all = self.stats_of(vec![rec]).await?;
+        Ok(Response::new(api::ContainerStatsResponse {
+            stats: all.pop(),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<api::ListContainerStatsRequest>,
+    ) -> Result<Response<api::ListContainerStatsResponse>, Status> {
+        let f = r.into_inner().filter.unwrap_or_default();
+        let recs: Vec<ContainerRecord> = self
+            .containers
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|c| {
+                c.complete
+                    && (f.id.is_empty() || c.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+                    && f.label_selector
+                        .iter()
+                        .all(|(k, v)| c.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        let stats = self.stats_of(recs).await?;
+        Ok(Response::new(api::ListContainerStatsResponse { stats }))
+    }
+
     not_built! {
         update_container_resources(UpdateContainerResourcesRequest) -> api::UpdateContainerResourcesResponse;
         exec(ExecRequest) -> api::ExecResponse;
         attach(AttachRequest) -> api::AttachResponse;
         port_forward(PortForwardRequest) -> api::PortForwardResponse;
-        container_stats(ContainerStatsRequest) -> api::ContainerStatsResponse;
-        list_container_stats(ListContainerStatsRequest) -> api::ListContainerStatsResponse;
         pod_sandbox_stats(PodSandboxStatsRequest) -> api::PodSandboxStatsResponse;
         list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> api::ListPodSandboxStatsResponse;
         checkpoint_container(CheckpointContainerRequest) -> api::CheckpointContainerResponse;

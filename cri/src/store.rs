@@ -51,9 +51,17 @@ pub struct ContainerRecord {
     pub exit_file: PathBuf,
     pub pid: i32,
     pub started_at: i64,
-    pub mounts: Vec<(String, String, bool)>,
+    pub mounts: Vec<MountRecord>,
     /// Set once the shim reported the container created.
     pub complete: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct MountRecord {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub propagation: i32,
 }
 
 /// Records of one kind in one directory.

@@ -252,6 +252,18 @@ impl ImageStore {
         })
     }
 
+    /// Writable-layer usage of one container's rootfs (CRI ContainerStats.writable_layer).
+    pub fn container_usage(&self, container_id: &str) -> Result<FsUsage> {
+        let upper = self.container_dir(container_id)?.join("upper");
+        let (used_bytes, inodes_used) = usage_dedup(&upper, &mut HashSet::new());
+        Ok(FsUsage {
+            mountpoint: self.store.containers_dir(),
+            used_bytes,
+            inodes_used,
+            timestamp_ns: now_ns(),
+        })
+    }
+
     /// Creates and mounts a container's root filesystem: an overlay of the image's layers with
     /// the container's own upper/work dirs (or read-only without them). Returns the mounted path.
     pub fn prepare_rootfs(
@@ -373,6 +385,13 @@ impl ImageStore {
                 let (u, w) = (dir.join("upper"), dir.join("work"));
                 fs::create_dir_all(&u).ctx("creating", &u)?;
                 fs::create_dir_all(&w).ctx("creating", &w)?;
+                // The upper dir's root is the container's `/`: 0755 whatever the umask, or
+                // a non-root user of the container could not even reach its own files.
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&u, fs::Permissions::from_mode(0o755))
+                        .ctx("setting mode of", &u)?;
+                }
                 mount::mount_overlay(target, &lowers, Some((&u, &w)), false, inspect)
             }
         })();

@@ -381,6 +381,13 @@ impl Store {
             .join(format!("{}.{}", diff_id.hex(), self.unique()));
         let _c = self.creating_temp()?;
         fs::create_dir(&p).ctx("creating", &p)?;
+        // The layer's root is the image's `/` where no layer says otherwise: 0755 whatever
+        // the caller's umask (the store's privacy is its parent directories').
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                .ctx("setting mode of", &p)?;
+        }
         let f = File::open(&p).ctx("opening", &p)?;
         sys::flock(f.as_fd(), true, true).map_err(|e| Error::io("locking", &p, e))?;
         Ok(TempSnapshot { path: p, _lock: f })

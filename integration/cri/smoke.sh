@@ -151,6 +151,14 @@ c start "$a" >/dev/null || fail "start: $(cat "$R/crictl.err")"
 ps_out=$(c exec -s "$a" ps -o pid,comm) || fail "exec ps: $(cat "$R/crictl.err")"
 echo "$ps_out" | grep -q '^ *1 pause$' || fail "PID 1 of the pod is not the pause: $ps_out"
 echo "$ps_out" | grep -q 'sleep' || fail "the container is not in the pod's PID namespace: $ps_out"
+# A non-root user reads the image (the rootfs's directories keep the image's modes).
+echo '{"metadata": {"name": "u"}, "image": {"image": "busybox"}, "linux": {"security_context": {"run_as_user": {"value": 1000}}},
+ "command": ["sh", "-c", "id -u; ls /bin > /dev/null && echo can-read-bin; sleep 1000"]}' > "$R/u.json"
+u=$(c create "$pod" "$R/u.json" "$R/pod2.json") || fail "create (uid 1000): $(cat "$R/crictl.err")"
+c start "$u" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+for _ in $(seq 100); do c logs "$u" 2>/dev/null | grep -q can-read-bin && break; sleep 0.1; done
+[ "$(c logs "$u" 2>/dev/null | tr '\n' ' ')" = "1000 can-read-bin " ] || fail "uid 1000: $(c logs "$u" 2>&1)"
+ok "run_as_user 1000 reads the image's files"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
 ok "shared PID namespace: rsrun-pause is PID 1, removed with the pod"
