@@ -95,13 +95,19 @@ pub fn ensure_sealed() -> Result<()> {
         return Ok(());
     }
     let m = exe.metadata().ctx("stat /proc/self/exe")?;
-    let sealed = match read_only_bind() {
+    let sealed = match persistent_bind(&m) {
         Ok(fd) => fd,
         Err(e) => {
-            crate::log::debug(&format!(
-                "read-only bind of the binary: {e}; using a memfd copy"
-            ));
-            memfd_copy(exe)?
+            crate::log::debug(&format!("persistent sealed binary: {e}"));
+            match read_only_bind() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    crate::log::debug(&format!(
+                        "read-only bind of the binary: {e}; using a memfd copy"
+                    ));
+                    memfd_copy(exe)?
+                }
+            }
         }
     };
     let argv: Vec<CString> = std::env::args_os().map(cstring).collect();
@@ -123,6 +129,97 @@ pub fn ensure_sealed() -> Result<()> {
 fn cstring(s: OsString) -> CString {
     // Arguments and environment strings from the kernel never hold a NUL byte.
     CString::new(s.into_vec()).unwrap_or_default()
+}
+
+/// Where the persistent read-only binds of runtime binaries live (one per binary, named by
+/// device and inode).
+pub const SEALED_DIR: &str = "/run/rsrun-sealed";
+
+/// A read-only bind mount of this binary at `SEALED_DIR/DEV-INO`, made by the first
+/// invocation and kept: later ones only re-exec through it. (A detached mount per
+/// invocation costs its teardown at every exit, an RCU grace period: milliseconds.)
+fn persistent_bind(m: &std::fs::Metadata) -> Result<OwnedFd> {
+    use nix::fcntl::{open, OFlag};
+    use nix::mount::{mount, MsFlags};
+    use nix::sys::stat::Mode;
+    let dir = std::path::Path::new(SEALED_DIR);
+    let name = format!("{}-{}", m.dev(), m.ino());
+    let path = dir.join(&name);
+    let usable = |p: &std::path::Path| -> Option<OwnedFd> {
+        let fd = open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+        let st = nix::sys::stat::fstat(&fd).ok()?;
+        let ro = nix::sys::statvfs::fstatvfs(&fd)
+            .ok()?
+            .flags()
+            .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+        (ro && st.st_dev == m.dev() && st.st_ino == m.ino()).then_some(fd)
+    };
+    if let Some(fd) = usable(&path) {
+        return Ok(fd);
+    }
+    // First use: make it, one process at a time.
+    if let Err(e) = std::fs::create_dir(dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(Error::os(format!("create {SEALED_DIR}"), e));
+        }
+    }
+    let lock = std::fs::File::open(dir).with_ctx(|| format!("open {SEALED_DIR}"))?;
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::os(format!("lock {SEALED_DIR}"), e))
+        .and_then(|_guard| {
+            if let Some(fd) = usable(&path) {
+                return Ok(fd);
+            }
+            // A bind of an older binary at this name (its inode reused): replaced. Binds of
+            // binaries deleted since (upgrades) go too.
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            remove_stale_binds();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_ctx(|| format!("create {}", path.display()))?;
+            mount(
+                Some("/proc/self/exe"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_ctx(|| format!("bind the runtime binary to {}", path.display()))?;
+            let ro = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV;
+            if let Err(e) = mount(None::<&str>, &path, None::<&str>, ro, None::<&str>) {
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+                return Err(Error::os(format!("make {} read-only", path.display()), e));
+            }
+            usable(&path).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} is not a read-only bind of the runtime",
+                    path.display()
+                ))
+            })
+        })
+}
+
+/// Unmounts and removes the binds under SEALED_DIR whose binary was deleted.
+fn remove_stale_binds() {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.len() > 4 && f[3].ends_with("//deleted") && f[4].starts_with(SEALED_DIR) {
+            let p = std::path::Path::new(f[4]);
+            if nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH).is_ok() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
 }
 
 /// A detached bind mount of the binary file, made read-only (and nosuid, nodev): the

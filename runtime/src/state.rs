@@ -263,7 +263,7 @@ impl ContainerDir {
     }
 
     /// A fresh temporary file (mode 0600: state holds the container's environment),
-    /// written, fsynced (the root may be on disk), then renamed over `name`.
+    /// written, then renamed over `name`.
     fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
         let tmp = self.path.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&tmp);
@@ -276,8 +276,11 @@ impl ContainerDir {
                 .open(&tmp)
                 .with_ctx(|| format!("write {}", tmp.display()))?
         };
+        // No fsync: what these files describe (processes, cgroups, mounts) does not survive
+        // a machine crash either, and a file torn by one is handled (`delete --force` falls
+        // back from state.json to intent.json, then to removing the directory). A killed
+        // rsrun cannot tear them: the rename is atomic and the page cache outlives it.
         f.write_all(data)
-            .and_then(|_| f.sync_all())
             .with_ctx(|| format!("write {}", tmp.display()))?;
         drop(f);
         let dst = self.path.join(name);
