@@ -4,10 +4,13 @@
 # and compares the results: a spec that passes with the first runtime (the reference) and fails
 # with another is a regression.
 #
-# Usage: run.sh [-r LABEL=PATH]... [-f REGEX]... [-s REGEX]... [-p N] [-t SECONDS] [--trace] [--keep]
-#               [--min-passed N] [--known-failure NAME]...
+# Usage: run.sh [-r LABEL=PATH]... [--cri LABEL=PATH] [-f REGEX]... [-s REGEX]... [-p N] [-t SECONDS]
+#               [--trace] [--keep] [--min-passed N] [--known-failure NAME]...
 #   -r LABEL=PATH  a runtime binary to run critest with; may repeat, the first is the reference
 #                  (default: runc=/usr/sbin/runc rsrun=<repo>/target/debug/rsrun)
+#   --cri LABEL=PATH  run critest against rsrun-cri (PATH, with rsrun-shim beside it) instead of
+#                  containerd: same images, registry and network namespace; with no -r, the only
+#                  run (the floor then applies to it alone)
 #   -f REGEX       ginkgo focus (may repeat)      -s REGEX  ginkgo skip (may repeat)
 #   -p N           ginkgo parallel nodes (default 1; at most 2 on this machine)
 #   -t SECONDS     time limit of one critest run (default 480; ginkgo reports what ran by then)
@@ -50,6 +53,7 @@ trace=0
 keep=0
 inner=0
 floor=()
+cri=
 
 usage() { sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -59,6 +63,7 @@ args=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
         -r) runtimes+=("${2:?-r needs LABEL=PATH}"); shift 2 ;;
+        --cri) cri=${2:?--cri needs LABEL=PATH}; shift 2 ;;
         -f) focus+=("${2:?-f needs a value}"); shift 2 ;;
         -s) skip+=("${2:?-s needs a value}"); shift 2 ;;
         -p) par=${2:?-p needs a value}; shift 2 ;;
@@ -72,8 +77,8 @@ while [ $# -gt 0 ]; do
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
 done
-[ ${#runtimes[@]} -gt 0 ] || runtimes=("runc=/usr/sbin/runc" "rsrun=$TOP/target/debug/rsrun")
-for r in "${runtimes[@]}"; do
+[ ${#runtimes[@]} -gt 0 ] || [ -n "$cri" ] || runtimes=("runc=/usr/sbin/runc" "rsrun=$TOP/target/debug/rsrun")
+for r in "${runtimes[@]+"${runtimes[@]}"}" ${cri:+"$cri"}; do
     case "$r" in
         [A-Za-z0-9]*=/*) ;;
         *) die "-r wants LABEL=/absolute/path, got $r" ;;
@@ -412,6 +417,67 @@ run_one() { # LABEL BINARY
     say "$label: critest exit $rc after $((SECONDS - start))s"
 }
 
+# critest against rsrun-cri: the server (and its shims) instead of containerd, the images from the
+# same registry through a registry-settings file that maps critest's hosts to it.
+run_cri() { # LABEL BINARY
+    local label=$1 bin=$2 r=$W/runs/$1 rc p id
+    cur=$r
+    if [ -d "$r" ]; then
+        awk -v pre="$r/" 'index($5, pre) == 1 { print $5 }' /proc/self/mountinfo | sort -r \
+            | while read -r m; do umount -l "$m"; done
+        rm -rf "$r"
+    fi
+    mkdir -p "$r/tmp"
+    local hosts="" h
+    for h in registry.k8s.io k8s.gcr.io gcr.io public.ecr.aws docker.io; do
+        hosts="$hosts\"$h\": {\"mirrors\": [{\"endpoint\": \"http://$REGISTRY\", \"insecure\": true}], \"mirrors_only\": true}, "
+    done
+    echo "{\"registries\": {$hosts\"$REGISTRY\": {\"insecure\": true}}}" > "$r/registries.json"
+    "$bin" --listen "unix://$r/containerd.sock" --root "$r/root" --state "$r/state" \
+        --registry-config "$r/registries.json" --log-level warn >"$r/containerd.log" 2>&1 </dev/null &
+    containerd_pid=$!
+    local i
+    for i in $(seq 1 100); do
+        crictl_ version >"$r/version.txt" 2>&1 && break
+        kill -0 "$containerd_pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    crictl_ version >"$r/version.txt" 2>&1 || { tail -n 30 "$r/containerd.log" >&2; die "$label: $bin did not answer"; }
+    say "$label: $bin $containerd_pid up"
+    local cargs=(--runtime-endpoint="unix://$r/containerd.sock" --image-endpoint="unix://$r/containerd.sock"
+                 -ginkgo.no-color -ginkgo.v -ginkgo.timeout="${limit}s"
+                 -ginkgo.junit-report="$r/junit.xml" -ginkgo.json-report="$r/report.json")
+    local f
+    for f in "${focus[@]+"${focus[@]}"}"; do cargs+=(-ginkgo.focus="$f"); done
+    for f in "${skip[@]+"${skip[@]}"}"; do cargs+=(-ginkgo.skip="$f"); done
+    echo "critest ${cargs[*]}" > "$r/command.txt"
+    shm_ids > "$r/shm-before.txt"
+    local start=$SECONDS
+    ( cd "$r" && TMPDIR=$r/tmp PATH=$W/bin:$PATH exec timeout -k 20 $((limit + 60)) "$W/bin/critest" "${cargs[@]}" ) \
+        >"$r/critest.log" 2>&1 &
+    critest_pid=$!
+    wait "$critest_pid"
+    rc=$?
+    critest_pid=
+    echo "$rc $((SECONDS - start))" > "$r/critest.rc"
+    ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ && $5 == 1048576 && $6 == 0 { print $2 }' | sort \
+        | comm -13 "$r/shm-before.txt" - | while read -r id; do ipcrm -m "$id"; done >/dev/null 2>&1
+    # Teardown: every pod through the server, then the server; then what is left (shims of its
+    # state dir, containers in its runtime root, mounts under the run dir).
+    crictl_ rmp -a -f >"$r/teardown.log" 2>&1
+    stop_containerd
+    for p in $(pids_with_arg "$r/state/runtime"); do kill -KILL "$p" 2>/dev/null; done
+    for id in $("$TOP/target/debug/rsrun" --root "$r/state/runtime" list -q 2>/dev/null); do
+        "$TOP/target/debug/rsrun" --root "$r/state/runtime" delete --force "$id" >>"$r/teardown.log" 2>&1
+    done
+    awk -v pre="$r/" 'index($5, pre) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+        umount -l "$m" 2>/dev/null
+    done
+    [ "$keep" = 1 ] || rm -rf "$r/root" "$r/state" "$r/tmp"
+    cur=
+    say "$label: critest exit $rc after $((SECONDS - start))s"
+}
+
 # On any exit of the inner script (error, signal): end critest, remove the current run's
 # pods, stop its containerd and the registry, each by the PID this script started.
 on_exit() {
@@ -439,7 +505,8 @@ inner_main() {
     say "$(tail -n1 "$W/registry/pushed.txt")"
     write_hosts
     local r
-    for r in "${runtimes[@]}"; do run_one "${r%%=*}" "${r#*=}"; done
+    for r in "${runtimes[@]+"${runtimes[@]}"}"; do run_one "${r%%=*}" "${r#*=}"; done
+    if [ -n "$cri" ]; then run_cri "${cri%%=*}" "${cri#*=}"; fi
 }
 
 if [ "$inner" = 1 ]; then
@@ -452,11 +519,11 @@ fi
 [ "$limit" -ge 30 ] 2>/dev/null || die "-t wants a number of seconds (at least 30)"
 mkdir -p "$W"
 install_deps
-for r in "${runtimes[@]}"; do [ -x "${r#*=}" ] || die "runtime ${r#*=} is not an executable file"; done
+for r in "${runtimes[@]+"${runtimes[@]}"}" ${cri:+"$cri"}; do [ -x "${r#*=}" ] || die "${r#*=} is not an executable file"; done
 build_tools
 image_inputs
 unshare --net -- "$HERE/run.sh" --inner "${args[@]}" || die "the critest runs failed (see $W/runs)"
 labels=()
-for r in "${runtimes[@]}"; do labels+=("${r%%=*}"); done
+for r in "${runtimes[@]+"${runtimes[@]}"}" ${cri:+"$cri"}; do labels+=("${r%%=*}"); done
 python3 "$HERE/compare.py" "${floor[@]+"${floor[@]}"}" "$W/runs" "${labels[@]}" | tee "$W/summary.txt"
 exit "${PIPESTATUS[0]}"
