@@ -501,14 +501,10 @@ pub fn oci_spec(
         spec["linux"]["maskedPaths"] = json!(masked);
         spec["linux"]["readonlyPaths"] = json!(ro);
     }
-    match sc
-        .seccomp
-        .as_ref()
-        .map(|s| (s.profile_type, &s.localhost_ref))
-    {
-        Some((t, _))
-            if t == api::security_profile::ProfileType::RuntimeDefault as i32 && !sc.privileged =>
-        {
+    // Privileged containers get no seccomp profile, whatever is asked (as containerd).
+    let seccomp = sc.seccomp.as_ref().filter(|_| !sc.privileged);
+    match seccomp.map(|s| (s.profile_type, &s.localhost_ref)) {
+        Some((t, _)) if t == api::security_profile::ProfileType::RuntimeDefault as i32 => {
             let p = rsrun::seccomp::runtime_default_profile_for_caps(
                 &caps.iter().map(String::as_str).collect::<Vec<_>>(),
             );

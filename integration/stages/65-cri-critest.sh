@@ -10,8 +10,7 @@ command -v go >/dev/null 2>&1 || { echo "go is required (critest is built from t
 cargo build -q -p rsrun -p rsrun-shim -p rsrun-cri
 exec integration/containerd/run.sh --cri "rsrun-cri=$PWD/target/debug/rsrun-cri" \
     -s 'runtime should support streaming interfaces' -s 'port mapping' -s 'should support network$' \
-    --min-passed 83 \
+    --min-passed 84 \
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' \
     --known-failure '[k8s.io] Runtime info runtime should support returning runtime info runtime should return runtime conditions [Conformance]' \
-    --known-failure "[k8s.io] Container Mount Propagation runtime should support mount propagation mount with 'rshared' should support propagation from host to container and vice versa" \
-    --known-failure '[k8s.io] Security Context SeccompProfilePath runtime should ignore a seccomp profile that blocks setting hostname when privileged'
+    --known-failure "[k8s.io] Container Mount Propagation runtime should support mount propagation mount with 'rshared' should support propagation from host to container and vice versa"
