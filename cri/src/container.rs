@@ -423,11 +423,7 @@ pub fn oci_spec(
             ))
         }
     }
-    for (n, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
-        if let Some(p) = sandbox::ns_path(sb, n) {
-            namespaces.push(json!({"type": oci, "path": p}));
-        }
-    }
+    namespaces.extend(sandbox::joined_namespaces(sb));
     let parent = if sb.cgroup_parent.is_empty() {
         default_cgroup_parent.to_string()
     } else {

@@ -385,17 +385,9 @@ impl RuntimeService for Runtime {
         }
         self.stop_pause(&sb).await?;
         let d = sb.ns_dir.clone();
+        // The namespaces go at stop; the pod's files stay until remove.
         blocking(move || {
-            // The namespaces go at stop (the pod's network is reclaimed); its files stay
-            // until remove.
-            for n in sandbox::NAMESPACES {
-                match nix::mount::umount2(&d.join(n), nix::mount::MntFlags::MNT_DETACH) {
-                    Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                    Err(e) => return Err(io_status("unpin the pod's namespaces", e)),
-                }
-                let _ = std::fs::remove_file(d.join(n));
-            }
-            Ok(())
+            sandbox::unpin(&d).map_err(|e| io_status("unpin the pod's namespaces", e))
         })
         .await?;
         let mut t = self.sandboxes.lock().await;

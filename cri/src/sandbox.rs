@@ -43,11 +43,7 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
         serde_json::json!({"type": "pid"}),
         serde_json::json!({"type": "mount"}),
     ];
-    for (n, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
-        if let Some(p) = ns_path(r, n) {
-            namespaces.push(serde_json::json!({"type": oci, "path": p}));
-        }
-    }
+    namespaces.extend(joined_namespaces(r));
     let parent = if r.cgroup_parent.is_empty() {
         cgroup_parent
     } else {
@@ -65,6 +61,15 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
             "cgroupsPath": format!("{}/rsrun-pause-{}", parent.trim_end_matches('/'), r.id),
         },
     })
+}
+
+/// The pod's pinned network, IPC and UTS namespaces, as OCI namespaces joined by path (those
+/// the pod takes from the host are absent).
+pub fn joined_namespaces(r: &SandboxRecord) -> Vec<serde_json::Value> {
+    [("net", "network"), ("ipc", "ipc"), ("uts", "uts")]
+        .into_iter()
+        .filter_map(|(n, oci)| ns_path(r, n).map(|p| serde_json::json!({"type": oci, "path": p})))
+        .collect()
 }
 
 /// Pins the pause's PID namespace beside the others (containers join it by that path).
@@ -254,15 +259,22 @@ fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
     }
 }
 
-/// Unpins the namespaces and removes the pod's files; what is already gone is fine.
-pub fn unmake(dir: &Path) -> std::io::Result<()> {
+/// Unpins the pod's namespaces (its network is reclaimed); what is already gone is fine.
+pub fn unpin(dir: &Path) -> std::io::Result<()> {
     for n in NAMESPACES {
         let p = dir.join(n);
         match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(e.into()),
         }
+        let _ = std::fs::remove_file(&p);
     }
+    Ok(())
+}
+
+/// Unpins the namespaces and removes the pod's files; what is already gone is fine.
+pub fn unmake(dir: &Path) -> std::io::Result<()> {
+    unpin(dir)?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -362,6 +362,34 @@ teardown() { # LABEL BINARY RUNDIR
 
 shm_ids() { ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ { print $2 }' | sort; }
 
+# critest against the CRI socket of run dir R (containerd's or rsrun-cri's): its report, exit
+# status and duration in R; the shm segments its HostIpc specs leave are removed.
+critest_run() { # R
+    local r=$1 rc start=$SECONDS f
+    local cargs=(--runtime-endpoint="unix://$r/containerd.sock" --image-endpoint="unix://$r/containerd.sock"
+                 -ginkgo.no-color -ginkgo.v -ginkgo.timeout="${limit}s"
+                 -ginkgo.junit-report="$r/junit.xml" -ginkgo.json-report="$r/report.json")
+    [ "$par" -gt 1 ] && cargs+=(-parallel="$par")
+    for f in "${focus[@]+"${focus[@]}"}"; do cargs+=(-ginkgo.focus="$f"); done
+    for f in "${skip[@]+"${skip[@]}"}"; do cargs+=(-ginkgo.skip="$f"); done
+    echo "critest ${cargs[*]}" > "$r/command.txt"
+
+    shm_ids > "$r/shm-before.txt"
+    # critest puts pod log dirs, volume sources and bind-mount points under TMPDIR
+    ( cd "$r" && TMPDIR=$r/tmp PATH=$W/bin:$PATH exec timeout -k 20 $((limit + 60)) "$W/bin/critest" "${cargs[@]}" ) \
+        >"$r/critest.log" 2>&1 &
+    critest_pid=$!
+    wait "$critest_pid"
+    rc=$?
+    critest_pid=
+    echo "$rc $((SECONDS - start))" > "$r/critest.rc"
+    # The HostIpc specs make a 1 MiB segment with ipcmk on the host and never remove it.
+    ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ && $5 == 1048576 && $6 == 0 { print $2 }' | sort \
+        | comm -13 "$r/shm-before.txt" - | while read -r id; do
+            ipcrm -m "$id" && echo "removed shm segment $id left by critest"; done > "$r/shm-removed.txt" 2>&1
+    return "$rc"
+}
+
 run_one() { # LABEL BINARY
     local label=$1 bin=$2 r=$W/runs/$1 shim_bin=$2 rc
     cur=$r cur_label=$label cur_bin=$bin
@@ -389,29 +417,8 @@ run_one() { # LABEL BINARY
     fi
     say "$label: containerd $containerd_pid up, BinaryName $shim_bin ($(head -n1 "$r/runtime-version.txt"))"
 
-    local cargs=(--runtime-endpoint="unix://$r/containerd.sock" --image-endpoint="unix://$r/containerd.sock"
-                 -ginkgo.no-color -ginkgo.v -ginkgo.timeout="${limit}s"
-                 -ginkgo.junit-report="$r/junit.xml" -ginkgo.json-report="$r/report.json")
-    [ "$par" -gt 1 ] && cargs+=(-parallel="$par")
-    local f
-    for f in "${focus[@]+"${focus[@]}"}"; do cargs+=(-ginkgo.focus="$f"); done
-    for f in "${skip[@]+"${skip[@]}"}"; do cargs+=(-ginkgo.skip="$f"); done
-    echo "critest ${cargs[*]}" > "$r/command.txt"
-
-    shm_ids > "$r/shm-before.txt"
-    local start=$SECONDS
-    # critest puts pod log dirs, volume sources and bind-mount points under TMPDIR
-    ( cd "$r" && TMPDIR=$r/tmp PATH=$W/bin:$PATH exec timeout -k 20 $((limit + 60)) "$W/bin/critest" "${cargs[@]}" ) \
-        >"$r/critest.log" 2>&1 &
-    critest_pid=$!
-    wait "$critest_pid"
-    rc=$?
-    critest_pid=
-    echo "$rc $((SECONDS - start))" > "$r/critest.rc"
-    # The HostIpc specs make a 1 MiB segment with ipcmk on the host and never remove it.
-    ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ && $5 == 1048576 && $6 == 0 { print $2 }' | sort \
-        | comm -13 "$r/shm-before.txt" - | while read -r id; do
-            ipcrm -m "$id" && echo "removed shm segment $id left by critest"; done > "$r/shm-removed.txt" 2>&1
+    local start=$SECONDS rc=0
+    critest_run "$r" || rc=$?
     teardown "$label" "$bin" "$r"
     cur=
     say "$label: critest exit $rc after $((SECONDS - start))s"
@@ -444,24 +451,9 @@ run_cri() { # LABEL BINARY
     done
     crictl_ version >"$r/version.txt" 2>&1 || { tail -n 30 "$r/containerd.log" >&2; die "$label: $bin did not answer"; }
     say "$label: $bin $containerd_pid up"
-    local cargs=(--runtime-endpoint="unix://$r/containerd.sock" --image-endpoint="unix://$r/containerd.sock"
-                 -ginkgo.no-color -ginkgo.v -ginkgo.timeout="${limit}s"
-                 -ginkgo.junit-report="$r/junit.xml" -ginkgo.json-report="$r/report.json")
-    local f
-    for f in "${focus[@]+"${focus[@]}"}"; do cargs+=(-ginkgo.focus="$f"); done
-    for f in "${skip[@]+"${skip[@]}"}"; do cargs+=(-ginkgo.skip="$f"); done
-    echo "critest ${cargs[*]}" > "$r/command.txt"
-    shm_ids > "$r/shm-before.txt"
     local start=$SECONDS
-    ( cd "$r" && TMPDIR=$r/tmp PATH=$W/bin:$PATH exec timeout -k 20 $((limit + 60)) "$W/bin/critest" "${cargs[@]}" ) \
-        >"$r/critest.log" 2>&1 &
-    critest_pid=$!
-    wait "$critest_pid"
-    rc=$?
-    critest_pid=
-    echo "$rc $((SECONDS - start))" > "$r/critest.rc"
-    ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ && $5 == 1048576 && $6 == 0 { print $2 }' | sort \
-        | comm -13 "$r/shm-before.txt" - | while read -r id; do ipcrm -m "$id"; done >/dev/null 2>&1
+    rc=0
+    critest_run "$r" || rc=$?
     # Teardown: every pod through the server, then the server; then what is left (shims of its
     # state dir, containers in its runtime root, mounts under the run dir).
     crictl_ rmp -a -f >"$r/teardown.log" 2>&1

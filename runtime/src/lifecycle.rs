@@ -231,7 +231,13 @@ impl Runtime {
                 state::claim_cgroup(&self.root, claim, first, &o.id)?;
                 cleanup.claim = Some(claim.clone());
             }
-            cgroups::check_empty(&cg_paths)?;
+            // (Those create is about to make are empty by construction.)
+            let existing: Vec<PathBuf> = cg_paths
+                .iter()
+                .filter(|p| !intent.cgroup_owned.contains(p))
+                .cloned()
+                .collect();
+            cgroups::check_empty(&existing)?;
             cgroups::create(&cg_paths)
         })();
         match created {
@@ -612,14 +618,12 @@ impl Runtime {
             }
             return Ok(());
         }
-        // Through a pidfd taken after checking the start time again: a PID reused by
-        // another process in between cannot receive the signal.
-        let pidfd = sys::pidfd_open(saved.pid).with_ctx(|| format!("kill {} {sig}", saved.pid))?;
-        if !saved.alive() {
+        let Some(pidfd) = init_pidfd(&saved).with_ctx(|| format!("kill {} {sig}", saved.pid))?
+        else {
             return Err(Error::Invalid(format!(
                 "container not running: {id} is stopped"
             )));
-        }
+        };
         sys::pidfd_send_signal(pidfd.as_raw_fd(), sig as i32)
             .with_ctx(|| format!("kill {} {sig}", saved.pid))
     }
@@ -906,18 +910,22 @@ fn reap_status(pid: i32) -> String {
     }
 }
 
+/// A pidfd of the container's init, taken before re-checking its start time: a PID reused
+/// by another process in between is never signalled through it. None when it is gone.
+fn init_pidfd(saved: &Saved) -> std::io::Result<Option<OwnedFd>> {
+    let fd = sys::pidfd_open(saved.pid)?;
+    Ok(saved.alive().then_some(fd))
+}
+
 /// SIGKILLs the container's init through a pidfd taken before re-checking its start time
 /// (a reused PID is never signalled), then waits (bounded) until it is gone.
 fn kill_init(saved: &Saved) {
     if saved.pid <= 0 {
         return;
     }
-    let Ok(pidfd) = sys::pidfd_open(saved.pid) else {
+    let Ok(Some(pidfd)) = init_pidfd(saved) else {
         return;
     };
-    if !saved.alive() {
-        return;
-    }
     let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), Signal::SIGKILL as i32);
     wait_pidfd(&pidfd, Duration::from_secs(10));
 }

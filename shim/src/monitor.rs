@@ -67,6 +67,31 @@ struct ExecSession {
     status: Option<i32>,
 }
 
+impl ExecSession {
+    /// Reads stream `k` (at most `rounds` reads) until nothing more is there; keeps up to the
+    /// CRI cap and notes what it drops. End of stream or an error closes it.
+    fn read(&mut self, k: usize, rounds: usize) {
+        let mut buf = [0u8; 16 * 1024];
+        for _ in 0..rounds {
+            let Some(fd) = &self.out[k] else { return };
+            match nix::unistd::read(fd.as_fd(), &mut buf) {
+                Ok(n) if n > 0 => {
+                    let room = proto::EXEC_SYNC_MAX_OUTPUT.saturating_sub(self.data[k].len());
+                    if n > room {
+                        self.truncated = true;
+                    }
+                    self.data[k].extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
+                _ => {
+                    self.out[k] = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Source {
     Signal,
@@ -891,25 +916,8 @@ impl Monitor {
     }
 
     fn read_exec(&mut self, i: usize, k: usize) {
-        let e = &mut self.execs[i];
-        let Some(fd) = &e.out[k] else { return };
-        let mut buf = [0u8; 16 * 1024];
-        for _ in 0..16 {
-            match nix::unistd::read(fd.as_fd(), &mut buf) {
-                Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
-                    e.out[k] = None;
-                    return;
-                }
-                Ok(n) => {
-                    let room = proto::EXEC_SYNC_MAX_OUTPUT.saturating_sub(e.data[k].len());
-                    if n > room {
-                        e.truncated = true;
-                    }
-                    e.data[k].extend_from_slice(&buf[..n.min(room)]);
-                }
-                Err(_) => return,
-            }
-        }
+        // A bounded number of reads per wakeup keeps the other descriptors served.
+        self.execs[i].read(k, 16);
     }
 
     fn expire_execs(&mut self) {
@@ -926,21 +934,8 @@ impl Monitor {
     fn answer_exec(&mut self, mut e: ExecSession) {
         // Its output up to now (writers that outlive it are not waited for).
         for k in 0..2 {
-            while e.out[k].is_some() {
-                let before = e.data[k].len();
-                let fd = e.out[k].as_ref().map(|f| f.as_raw_fd());
-                let mut buf = [0u8; 16 * 1024];
-                match fd.map(|fd| nix::unistd::read(rsrun::sys::borrow(fd), &mut buf)) {
-                    Some(Ok(n)) if n > 0 => {
-                        let room = proto::EXEC_SYNC_MAX_OUTPUT.saturating_sub(before);
-                        if n > room {
-                            e.truncated = true;
-                        }
-                        e.data[k].extend_from_slice(&buf[..n.min(room)]);
-                    }
-                    _ => e.out[k] = None,
-                }
-            }
+            e.read(k, usize::MAX);
+            e.out[k] = None;
         }
         let code = if e.timed_out {
             -1

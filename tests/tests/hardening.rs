@@ -66,11 +66,6 @@ fn processes_with(needle: &str) -> Vec<i32> {
     out
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-}
-
 #[test]
 fn a_cgroup_with_processes_is_refused_and_left_alone() {
     let rt = Rsrun::new();

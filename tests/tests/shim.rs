@@ -141,11 +141,6 @@ fn stream_bytes(log: &Path, stream: &str) -> Vec<u8> {
     out
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-}
-
 #[test]
 fn exit_codes_and_signals_are_recorded() {
     let b = Bundle::new(&["sh", "-c", "exit 3"]);
