@@ -12,6 +12,7 @@ pub mod api {
 mod container;
 mod error;
 mod image_service;
+mod network;
 mod runtime_service;
 mod sandbox;
 mod store;
@@ -31,6 +32,8 @@ usage: rsrun-cri [--listen unix:///PATH] [--root DIR] [--state DIR] [--registry-
   --registry-config  the image store's registry settings (docs/image-store.md)
   --shim             the rsrun-shim binary (default: beside this one, else on PATH)
   --cgroup-parent    cgroup for pods that name none (default: rsrun-cri, under this server's)
+  --cni-conf-dir     CNI network configurations (default /etc/cni/net.d)
+  --cni-bin-dir      CNI plugin directories, colon-separated (default /opt/cni/bin:/usr/lib/cni)
   --log-level        error, warn, info (default), debug, trace";
 
 struct Opts {
@@ -40,6 +43,8 @@ struct Opts {
     registry_config: Option<PathBuf>,
     shim: Option<PathBuf>,
     cgroup_parent: String,
+    cni_conf_dir: PathBuf,
+    cni_bin_dirs: Vec<PathBuf>,
     log_level: String,
 }
 
@@ -51,6 +56,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
         registry_config: None,
         shim: None,
         cgroup_parent: "rsrun-cri".into(),
+        cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+        cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         log_level: "info".into(),
     };
     let mut it = args.into_iter();
@@ -79,6 +86,14 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
             "--log-level" => o.log_level = value()?,
             "--shim" => o.shim = Some(PathBuf::from(value()?)),
             "--cgroup-parent" => o.cgroup_parent = value()?,
+            "--cni-conf-dir" => o.cni_conf_dir = PathBuf::from(value()?),
+            "--cni-bin-dir" => {
+                o.cni_bin_dirs = value()?
+                    .split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }
             "-h" | "--help" => return Ok(None),
             f => bail!("unknown argument {f:?}\n{USAGE}"),
         }
@@ -188,6 +203,10 @@ async fn serve(o: Opts) -> Result<()> {
         cgroup_parent: o.cgroup_parent.clone(),
         pause_rootfs,
         cpu_samples: Default::default(),
+        cni: network::Cni {
+            conf_dir: o.cni_conf_dir.clone(),
+            bin_dirs: o.cni_bin_dirs.clone(),
+        },
         sandboxes: tokio::sync::Mutex::new(
             store::Table::open(records.join("sandboxes"))
                 .with_context(|| format!("open {}", records.join("sandboxes").display()))?,

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, runtime_service_server::RuntimeService};
 use crate::container;
+use crate::network;
 use crate::sandbox;
 use crate::store::{self, ContainerRecord, SandboxRecord, Table};
 
@@ -38,6 +39,8 @@ pub struct Runtime {
     pub pause_rootfs: PathBuf,
     pub sandboxes: Mutex<Table<SandboxRecord>>,
     pub containers: Mutex<Table<ContainerRecord>>,
+    /// Pod networking.
+    pub cni: crate::network::Cni,
     /// The last CPU sample of each container (for nano-cores).
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
@@ -191,6 +194,62 @@ impl Runtime {
             .collect())
     }
 
+    /// Attaches the pod's network namespace through CNI (not for the host's network).
+    async fn attach(&self, sb: &SandboxRecord) -> Result<Option<network::Attachment>, Status> {
+        let Some(netns) = sandbox::ns_path(sb, "net") else {
+            return Ok(None);
+        };
+        let mappings = network::from_record(&sb.port_mappings);
+        let pod = network::Pod {
+            sandbox_id: &sb.id,
+            name: &sb.name,
+            namespace: &sb.namespace,
+            uid: &sb.uid,
+            netns: &netns,
+            port_mappings: &mappings,
+        };
+        let a =
+            self.cni.add(&pod).await.map_err(|e| {
+                Status::unknown(format!("RunPodSandbox: pod {} network: {e}", sb.id))
+            })?;
+        tracing::info!(pod = %sb.id, ips = ?network::addresses(&a.result), "pod network attached");
+        Ok(Some(a))
+    }
+
+    /// Detaches the pod's network (its record keeps what ADD gave) and forgets it.
+    async fn detach(&self, sb: &SandboxRecord) -> Result<(), Status> {
+        let Some(a) = &sb.network else {
+            return Ok(());
+        };
+        let netns = sb.ns_dir.join("net");
+        let mappings = network::from_record(&sb.port_mappings);
+        let pod = network::Pod {
+            sandbox_id: &sb.id,
+            name: &sb.name,
+            namespace: &sb.namespace,
+            uid: &sb.uid,
+            netns: &netns,
+            port_mappings: &mappings,
+        };
+        self.cni
+            .del(a, &pod)
+            .await
+            .map_err(|e| Status::unknown(format!("pod {} network teardown: {e}", sb.id)))?;
+        let mut t = self.sandboxes.lock().await;
+        if let Some(rec) = t.items.get(&sb.id).cloned() {
+            t.put(
+                &sb.id,
+                SandboxRecord {
+                    network: None,
+                    ..rec
+                },
+            )
+            .map_err(|e| io_status("pod sandbox record", e))?;
+        }
+        tracing::info!(pod = %sb.id, "pod network detached");
+        Ok(())
+    }
+
     async fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
         self.containers
             .lock()
@@ -251,6 +310,8 @@ impl RuntimeService for Runtime {
         &self,
         _r: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
+        let cni = self.cni.clone();
+        let net = blocking(move || Ok(cni.load())).await?;
         let conditions = vec![
             api::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -260,9 +321,13 @@ impl RuntimeService for Runtime {
             },
             api::RuntimeCondition {
                 r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "rsrun-cri: CNI pod networking is not built yet (pods get a network namespace with loopback only)".into(),
+                status: net.is_ok(),
+                reason: if net.is_ok() {
+                    String::new()
+                } else {
+                    "NetworkPluginNotReady".into()
+                },
+                message: net.err().map(|e| e.to_string()).unwrap_or_default(),
             },
         ];
         Ok(Response::new(api::StatusResponse {
@@ -347,11 +412,29 @@ impl RuntimeService for Runtime {
             .await
         };
         let made = match made {
+            Ok(()) => match self.attach(&rec).await {
+                Ok(a) => {
+                    rec.network = a;
+                    // Recorded at once: DEL must find it whatever happens next.
+                    self.sandboxes
+                        .lock()
+                        .await
+                        .put(&id, rec.clone())
+                        .map_err(|e| io_status("pod sandbox record", e))
+                }
+                Err(e) => Err(e),
+            },
+            e => e,
+        };
+        let made = match made {
             Ok(()) if !rec.pause_id.is_empty() => self.start_pause(&rec).await,
             other => other,
         };
         if let Err(e) = made {
             let _ = self.stop_pause(&rec).await;
+            if let Err(d) = self.detach(&rec).await {
+                tracing::warn!(pod = %id, "{d}");
+            }
             let d = ns_dir.clone();
             let _ = blocking(move || {
                 let _ = sandbox::unmake(&d);
@@ -384,6 +467,7 @@ impl RuntimeService for Runtime {
             self.stop(&c, Duration::ZERO).await?;
         }
         self.stop_pause(&sb).await?;
+        self.detach(&sb).await?;
         let d = sb.ns_dir.clone();
         // The namespaces go at stop; the pod's files stay until remove.
         blocking(move || {
@@ -416,6 +500,7 @@ impl RuntimeService for Runtime {
             self.remove(c).await?;
         }
         self.stop_pause(&sb).await?;
+        self.detach(&sb).await?;
         let d = sb.ns_dir.clone();
         blocking(move || sandbox::unmake(&d).map_err(|e| io_status("remove the pod's files", e)))
             .await?;
@@ -449,7 +534,21 @@ impl RuntimeService for Runtime {
                 metadata: Some(sandbox::meta(&sb)),
                 state: sandbox::state(&sb),
                 created_at: sb.created_at,
-                network: Some(api::PodSandboxNetworkStatus::default()),
+                network: Some({
+                    let ips = sb
+                        .network
+                        .as_ref()
+                        .map(|a| network::addresses(&a.result))
+                        .unwrap_or_default();
+                    api::PodSandboxNetworkStatus {
+                        ip: ips.first().cloned().unwrap_or_default(),
+                        additional_ips: ips
+                            .iter()
+                            .skip(1)
+                            .map(|ip| api::PodIp { ip: ip.clone() })
+                            .collect(),
+                    }
+                }),
                 linux: Some(api::LinuxPodSandboxStatus {
                     namespaces: Some(api::Namespace {
                         options: Some(api::NamespaceOption {

@@ -5,8 +5,7 @@
 //!
 //! A pod that shares a PID namespace gets rsrun-pause (a freestanding static binary carried
 //! in rsrun-cri) as its PID 1, a container under rsrun-shim like the others; its PID namespace
-//! is pinned too. Not built yet: CNI networking (the pod's network namespace has its loopback
-//! up and nothing else).
+//! is pinned too. The pod's network namespace is attached by the CNI plugins (network.rs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +100,8 @@ pub struct Spec {
     pub pod_pid: bool,
     /// Namespaced sysctls, applied in the pod's namespaces.
     pub sysctls: Vec<(String, String)>,
+    /// hostPort mappings (given to the CNI portmap plugin).
+    pub port_mappings: Vec<api::PortMapping>,
 }
 
 pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
@@ -159,7 +160,22 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
         }
         sysctls.push((k.clone(), v.clone()));
     }
+    for (i, m) in c.port_mappings.iter().enumerate() {
+        if !(1..=65535).contains(&m.container_port) || !(0..=65535).contains(&m.host_port) {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: config.port_mappings[{i}]: container port {} / host port {} out of range",
+                m.container_port, m.host_port
+            )));
+        }
+        if !m.host_ip.is_empty() && m.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: config.port_mappings[{i}].host_ip {:?} is not an IP address",
+                m.host_ip
+            )));
+        }
+    }
     Ok(Spec {
+        port_mappings: c.port_mappings,
         meta,
         sysctls,
         hostname,
@@ -308,6 +324,9 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         } else {
             String::new()
         },
+        network: None,
+        port_mappings: crate::network::to_record(&s.port_mappings),
+        host_network: s.host_network,
     }
 }
 

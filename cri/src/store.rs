@@ -30,6 +30,14 @@ pub struct SandboxRecord {
     /// The pause container (PID 1 of the pod's PID namespace), when the pod shares one.
     #[serde(default)]
     pub pause_id: String,
+    /// The pod's CNI attachment (absent: host network, or detached by StopPodSandbox).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
+    /// What the pod asked for hostPort (the CNI portmap plugin's runtime config).
+    #[serde(default)]
+    pub port_mappings: Vec<(i32, i32, i32, String)>,
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -206,8 +206,10 @@ EOF
     done
 }
 
-write_config() { # LABEL BINARY RUNDIR
-    local label=$1 bin=$2 r=$3
+# The CNI network of a run (containerd's and rsrun-cri's): a bridge on the run's private subnet,
+# inside the run's network namespace, and portmap for hostPort.
+write_netconf() { # RUNDIR
+    local r=$1
     mkdir -p "$r/net.d"
     cat > "$r/net.d/10-rsrun-critest.conflist" <<EOF
 {
@@ -231,6 +233,11 @@ write_config() { # LABEL BINARY RUNDIR
   ]
 }
 EOF
+}
+
+write_config() { # LABEL BINARY RUNDIR
+    local label=$1 bin=$2 r=$3
+    write_netconf "$r"
     cat > "$r/config.toml" <<EOF
 # containerd 1.6 for the critest run "$label": everything under $r, the stock runc
 # shim with BinaryName = $bin, cgroupfs.
@@ -440,8 +447,9 @@ run_cri() { # LABEL BINARY
         hosts="$hosts\"$h\": {\"mirrors\": [{\"endpoint\": \"http://$REGISTRY\", \"insecure\": true}], \"mirrors_only\": true}, "
     done
     echo "{\"registries\": {$hosts\"$REGISTRY\": {\"insecure\": true}}}" > "$r/registries.json"
+    write_netconf "$r"
     "$bin" --listen "unix://$r/containerd.sock" --root "$r/root" --state "$r/state" \
-        --registry-config "$r/registries.json" --log-level warn >"$r/containerd.log" 2>&1 </dev/null &
+        --registry-config "$r/registries.json" --cni-conf-dir "$r/net.d" --cni-bin-dir "$CNI_BIN" --log-level warn >"$r/containerd.log" 2>&1 </dev/null &
     containerd_pid=$!
     local i
     for i in $(seq 1 100); do

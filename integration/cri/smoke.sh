@@ -7,8 +7,18 @@
 # pod's UTS namespace, the container's processes, exit statuses, nothing left: mounts, state,
 # shims, cgroups); the server killed -9 and restarted with a pod running; removal of images
 # (twice: idempotent), and clear errors for what is not built or not there.
+# CNI: the pod's network through Debian's bridge, host-local and portmap plugins (NetworkReady
+# false with no configuration, true with one; the pod's IP in its status, HTTP to it directly
+# and through its hostPort, both still there after a restart of the server; after stopp the
+# veth, the address lease and the port-mapping chains are gone). The whole test runs in a network
+# namespace of its own (re-executed under unshare --net): the bridge, its subnet and the
+# iptables rules never touch the host's network.
 # Usage: smoke.sh RSRUN-CRI-BINARY RSRUN-BINARY
 set -eu
+if [ -z "${RSRUN_SMOKE_NETNS:-}" ]; then
+    RSRUN_SMOKE_NETNS=1 exec unshare --net "$0" "$@"
+fi
+ip link set lo up
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 CRI=$1
@@ -38,9 +48,11 @@ python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$port" & reg=$!
 cat > "$R/registries.json" <<JSON
 {"registries": {"docker.io": {"mirrors": [{"endpoint": "http://127.0.0.1:$port", "insecure": true}], "mirrors_only": true}}}
 JSON
+ mkdir -p "$R/net.d"
 start_cri() {
     "$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
-        --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" >>"$R/cri.log" 2>&1 &
+        --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" \
+        --cni-conf-dir "$R/net.d" --cni-bin-dir /usr/lib/cni >>"$R/cri.log" 2>&1 &
     cri=$!
     for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
 }
@@ -64,7 +76,18 @@ echo "$info" | python3 -c '
 import json, sys
 c = {x["type"]: x["status"] for x in json.load(sys.stdin)["status"]["conditions"]}
 assert c == {"RuntimeReady": True, "NetworkReady": False}, c' || fail "status conditions: $info"
-ok "status"
+echo "$info" | grep -q "no CNI network configuration in $R/net.d" || fail "NetworkReady message: $info"
+cat > "$R/net.d/10-smoke.conflist" <<JSON
+{"cniVersion": "0.4.0", "name": "smoke", "plugins": [
+  {"type": "bridge", "bridge": "smoke0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.232.9.0/24"}]], "dataDir": "$R/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+JSON
+c info -o json | python3 -c '
+import json, sys
+c = {x["type"]: x["status"] for x in json.load(sys.stdin)["status"]["conditions"]}
+assert c == {"RuntimeReady": True, "NetworkReady": True}, c' || fail "status with a CNI config: $(c info)"
+ok "status (NetworkReady false without a CNI configuration, true with one)"
 used_before=$(c imagefsinfo -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["imageFilesystems"][0]["usedBytes"]["value"])')
 c pull busybox >/dev/null || fail "pull: $(cat "$R/crictl.err")"
 c images | grep -q '^docker.io/library/busybox  *latest ' || fail "images: $(c images)"
@@ -76,7 +99,7 @@ ok "pull, images, inspecti, imagefsinfo ($used_before -> $used_after bytes)"
 # A pod by hand, as the README shows.
 cat > "$R/pod.json" <<JSON
 {"metadata": {"name": "smoke", "namespace": "default", "uid": "smoke-uid"}, "hostname": "smoke-pod",
- "log_directory": "$R/logs", "linux": {"security_context": {"namespace_options": {"pid": 1}}}}
+ "log_directory": "$R/logs", "port_mappings": [{"container_port": 80, "host_port": 8080}], "linux": {"security_context": {"namespace_options": {"pid": 1}}}}
 JSON
 cat > "$R/ctr.json" <<'JSON'
 {"metadata": {"name": "hello"}, "image": {"image": "busybox"}, "log_path": "hello.log",
@@ -87,6 +110,22 @@ cat > "$R/ctr2.json" <<'JSON'
  "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]}
 JSON
 sed 's/"second"/"third"/' "$R/ctr2.json" > "$R/ctr3.json"
+cat > "$R/web.json" <<'JSON'
+{"metadata": {"name": "web"}, "image": {"image": "busybox"},
+ "command": ["sh", "-c", "hostname > /tmp/index.html; exec httpd -f -p 80 -h /tmp"]}
+JSON
+# GET http://ADDR/index.html, retried for up to 5 s (httpd starts in the background).
+get() { python3 - "$1" <<'EOF'
+import sys, time, urllib.request
+for _ in range(50):
+    try:
+        print(urllib.request.urlopen("http://%s/index.html" % sys.argv[1], timeout=2).read().decode().strip()); sys.exit(0)
+    except Exception as e:
+        err = e; time.sleep(0.1)
+print(err, file=sys.stderr); sys.exit(1)
+EOF
+}
+pod_ip() { c inspectp -o json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["network"]["ip"])'; }
 pod=$(c runp "$R/pod.json") || fail "runp: $(cat "$R/crictl.err")"
 ctr=$(c create "$pod" "$R/ctr.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr" >/dev/null || fail "start: $(cat "$R/crictl.err")"
@@ -100,13 +139,24 @@ echo "$out" | grep -q 'sh -c echo hello' || fail "exec: not in the container's p
 if c exec -s "$ctr" sh -c 'exit 3' >/dev/null; then fail "exec -s of exit 3 succeeded"; fi
 grep -q 'exited with 3' "$R/crictl.err" || fail "exec -s exit code: $(cat "$R/crictl.err")"
 ok "exec -s (exit code, the pod's hostname, the container's PID 1)"
+web=$(c create "$pod" "$R/web.json" "$R/pod.json") || fail "create web: $(cat "$R/crictl.err")"
+c start "$web" >/dev/null || fail "start web: $(cat "$R/crictl.err")"
+ip=$(pod_ip "$pod")
+case $ip in 10.232.9.*) ;; *) fail "pod IP $ip is not from the CNI network" ;; esac
+[ "$(get "$ip")" = smoke-pod ] || fail "HTTP to the pod at $ip"
+gw=$(ip -4 -o addr show smoke0 | awk '{print $4}' | cut -d/ -f1)
+[ "$(get "$gw:8080")" = smoke-pod ] || fail "HTTP through hostPort $gw:8080"
+[ -e "$R/ipam/smoke/$ip" ] || fail "no host-local lease for $ip"
+iptables -t nat -S | grep -q -- "-p tcp .*--dport 8080" || fail "no hostPort rule: $(iptables -t nat -S)"
+ok "CNI: pod IP $ip from the bridge network, HTTP to it and through hostPort 8080"
 # Killed -9 and restarted: the container was never stopped, the pod is still listed.
 kill -9 $cri; wait $cri 2>/dev/null || true
 start_cri
 [ "$(c inspect -o json "$ctr" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
     || fail "after a restart: $(c inspect "$ctr")"
 c pods -q | grep -q "^$pod" || fail "pod lost across a restart"
-ok "server killed -9 and restarted: pod and running container still there"
+[ "$(pod_ip "$pod")" = "$ip" ] && [ "$(get "$gw:8080")" = smoke-pod ] || fail "the pod's network after a restart"
+ok "server killed -9 and restarted: pod, its network and running containers still there"
 # An exit while the server is down is reported once it is back.
 ctr2=$(c create "$pod" "$R/ctr2.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr2" >/dev/null || fail "start: $(cat "$R/crictl.err")"
@@ -133,6 +183,10 @@ c logs "$ctr" | grep -qx bye || fail "the container did not see SIGTERM"
 ok "stop: SIGTERM handled, exit 0, reason Completed"
 c rm "$ctr" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
 c stopp "$pod" >/dev/null || fail "stopp: $(cat "$R/crictl.err")"
+[ ! -e "$R/ipam/smoke/$ip" ] || fail "stopp left the address lease of $ip"
+! ip -o link show type veth | grep -q . || fail "stopp left a veth: $(ip -o link show type veth)"
+! iptables -t nat -S | grep -q -- "-p tcp .*--dport 8080" || fail "stopp left the hostPort rule: $(iptables -t nat -S)"
+ok "stopp: the pod's veth, address and hostPort rule are gone (CNI DEL)"
 c rmp "$pod" >/dev/null || fail "rmp: $(cat "$R/crictl.err")"
 c rm "$ctr" >/dev/null 2>&1 || true
 [ -z "$(c ps -aq)" ] && [ -z "$(c pods -q)" ] || fail "objects left: $(c ps -a; c pods)"

@@ -4,6 +4,11 @@
 set -eu
 cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
 command -v go >/dev/null 2>&1 || { echo "go is required (crictl is built from the Go module proxy)"; exit 1; }
+# The smoke test's pod network: Debian's CNI plugins and iptables (for portmap).
+if [ ! -x /usr/lib/cni/bridge ] || ! command -v iptables >/dev/null 2>&1; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        containernetworking-plugins iptables >/dev/null
+fi
 cargo build -p rsrun-cri -p rsrun-shim -p rsrun
 cargo test -p rsrun-cri
 integration/cri/smoke.sh "$PWD/target/debug/rsrun-cri" "$PWD/target/debug/rsrun"

@@ -1,0 +1,390 @@
+//! Pod networking through CNI plugins (the CNI 1.0 protocol: a network configuration on
+//! stdin, the command and the pod in the environment, a result or an error on stdout).
+//!
+//! The network is the first configuration file (by name) of the configuration directory,
+//! a `.conflist` or a single-plugin `.conf`/`.json`. ADD runs each plugin in order, each
+//! given the previous one's result; DEL runs them in reverse with the ADD's result, which the
+//! sandbox record keeps so that a restarted server deletes exactly what was added. A failed
+//! ADD is undone with a DEL. The server's threads never enter the pod's namespace: the
+//! plugins do, given its pinned path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::api;
+
+/// How long one plugin may run before it is killed and the call fails.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// The pod's interface in its network namespace.
+pub const IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no CNI network configuration in {0} (.conflist, .conf or .json)")]
+    NoConfig(PathBuf),
+    #[error("CNI configuration {path}: {why}")]
+    BadConfig { path: PathBuf, why: String },
+    #[error("CNI plugin {plugin:?} not found in {dirs}")]
+    NoPlugin { plugin: String, dirs: String },
+    #[error("CNI plugin {plugin} {command}: {why}")]
+    Plugin {
+        plugin: String,
+        command: &'static str,
+        why: String,
+    },
+}
+
+/// Where networks and plugins are found.
+#[derive(Debug, Clone)]
+pub struct Cni {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+/// A loaded network configuration list.
+#[derive(Debug, Clone)]
+pub struct NetworkList {
+    pub path: PathBuf,
+    pub name: String,
+    pub cni_version: String,
+    pub plugins: Vec<Value>,
+}
+
+/// What ADD is given about the pod.
+pub struct Pod<'a> {
+    pub sandbox_id: &'a str,
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    /// The pinned network namespace (empty for DEL when it is gone).
+    pub netns: &'a Path,
+    pub port_mappings: &'a [api::PortMapping],
+}
+
+/// What a pod was attached with (kept in its record for DEL, also after a restart).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    /// The network list as it was at ADD (DEL must see the same plugins).
+    pub network: Value,
+    pub result: Value,
+}
+
+impl Cni {
+    /// The network to attach pods to: the first configuration file by name.
+    pub fn load(&self) -> Result<NetworkList, Error> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.conf_dir)
+            .map_err(|_| Error::NoConfig(self.conf_dir.clone()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conflist" | "conf" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        let path = files
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoConfig(self.conf_dir.clone()))?;
+        let bad = |why: String| Error::BadConfig {
+            path: path.clone(),
+            why,
+        };
+        let data = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+        let list = parse_list(v).map_err(bad)?;
+        for p in &list.plugins {
+            self.plugin_path(p["type"].as_str().unwrap_or_default())?;
+        }
+        Ok(NetworkList { path, ..list })
+    }
+
+    fn plugin_path(&self, name: &str) -> Result<PathBuf, Error> {
+        if !name.contains('/') && !name.is_empty() && name != "." && name != ".." {
+            for d in &self.bin_dirs {
+                let p = d.join(name);
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+        }
+        Err(Error::NoPlugin {
+            plugin: name.to_string(),
+            dirs: self.path_var(),
+        })
+    }
+
+    fn path_var(&self) -> String {
+        self.bin_dirs
+            .iter()
+            .map(|d| d.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Attaches the pod: every plugin's ADD in order; on a failure, DEL of the whole list.
+    pub async fn add(&self, pod: &Pod<'_>) -> Result<Attachment, Error> {
+        let list = self.load()?;
+        tracing::debug!(pod = pod.sandbox_id, network = %list.name, config = %list.path.display(), "CNI ADD");
+        let mut prev: Option<Value> = None;
+        for p in &list.plugins {
+            match self.call("ADD", &list, p, pod, prev.as_ref()).await {
+                Ok(r) => prev = Some(r),
+                Err(e) => {
+                    let a = Attachment {
+                        network: to_value(&list),
+                        result: prev.unwrap_or(Value::Null),
+                    };
+                    if let Err(d) = self.del(&a, pod).await {
+                        tracing::warn!(pod = pod.sandbox_id, "undoing a failed CNI ADD: {d}");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Attachment {
+            network: to_value(&list),
+            result: prev.unwrap_or(Value::Null),
+        })
+    }
+
+    /// Detaches the pod: every plugin's DEL in reverse order, all of them even when one
+    /// fails (the first error is returned). Plugins treat what is already gone as done.
+    pub async fn del(&self, a: &Attachment, pod: &Pod<'_>) -> Result<(), Error> {
+        let list = match parse_list(a.network.clone()) {
+            Ok(l) => NetworkList {
+                path: PathBuf::from("(recorded)"),
+                ..l
+            },
+            Err(_) => return Ok(()),
+        };
+        let prev = (!a.result.is_null()).then_some(&a.result);
+        let mut first = None;
+        for p in list.plugins.iter().rev() {
+            if let Err(e) = self.call("DEL", &list, p, pod, prev).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    async fn call(
+        &self,
+        command: &'static str,
+        list: &NetworkList,
+        plugin: &Value,
+        pod: &Pod<'_>,
+        prev: Option<&Value>,
+    ) -> Result<Value, Error> {
+        let ty = plugin["type"].as_str().unwrap_or_default().to_string();
+        let err = |why: String| Error::Plugin {
+            plugin: ty.clone(),
+            command,
+            why,
+        };
+        let bin = self.plugin_path(&ty)?;
+        let mut conf = plugin.clone();
+        conf["name"] = json!(list.name);
+        conf["cniVersion"] = json!(list.cni_version);
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        if plugin["capabilities"]["portMappings"] == true && !pod.port_mappings.is_empty() {
+            conf["runtimeConfig"]["portMappings"] = json!(pod
+                .port_mappings
+                .iter()
+                .map(|m| {
+                    let mut v = json!({
+                        "hostPort": m.host_port,
+                        "containerPort": m.container_port,
+                        "protocol": protocol(m.protocol),
+                    });
+                    if !m.host_ip.is_empty() {
+                        v["hostIP"] = json!(m.host_ip);
+                    }
+                    v
+                })
+                .collect::<Vec<_>>());
+        }
+        let stdin = serde_json::to_vec(&conf).map_err(|e| err(e.to_string()))?;
+        let netns = if pod.netns.exists() {
+            pod.netns.to_string_lossy().into_owned()
+        } else {
+            String::new()
+        };
+        let mut child = tokio::process::Command::new(&bin)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", pod.sandbox_id)
+            .env("CNI_NETNS", &netns)
+            .env("CNI_IFNAME", IFNAME)
+            .env("CNI_PATH", self.path_var())
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                    pod.namespace, pod.name, pod.sandbox_id, pod.uid
+                ),
+            )
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(format!("run {}: {e}", bin.display())))?;
+        let mut input = child.stdin.take().ok_or_else(|| err("no stdin".into()))?;
+        let writer = async move {
+            let _ = input.write_all(&stdin).await;
+        };
+        let (_, out) = tokio::time::timeout(PLUGIN_TIMEOUT, async {
+            tokio::join!(writer, child.wait_with_output())
+        })
+        .await
+        .map_err(|_| err(format!("no answer after {} s", PLUGIN_TIMEOUT.as_secs())))?;
+        let out = out.map_err(|e| err(e.to_string()))?;
+        let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if !out.status.success() {
+            let why = match &answer {
+                Some(a) if a["msg"].is_string() => {
+                    let mut s = a["msg"].as_str().unwrap_or_default().to_string();
+                    if let Some(d) = a["details"].as_str().filter(|d| !d.is_empty()) {
+                        s.push_str(&format!(": {d}"));
+                    }
+                    s
+                }
+                _ => format!(
+                    "{} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            };
+            return Err(err(why));
+        }
+        if command == "DEL" {
+            return Ok(Value::Null);
+        }
+        answer.ok_or_else(|| {
+            err(format!(
+                "unreadable result {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+    }
+}
+
+fn protocol(p: i32) -> &'static str {
+    match api::Protocol::try_from(p) {
+        Ok(api::Protocol::Udp) => "udp",
+        Ok(api::Protocol::Sctp) => "sctp",
+        _ => "tcp",
+    }
+}
+
+/// Port mappings as a record keeps them: (protocol, container port, host port, host IP).
+pub fn to_record(m: &[api::PortMapping]) -> Vec<(i32, i32, i32, String)> {
+    m.iter()
+        .filter(|m| m.host_port > 0)
+        .map(|m| (m.protocol, m.container_port, m.host_port, m.host_ip.clone()))
+        .collect()
+}
+
+/// Port mappings from a record.
+pub fn from_record(m: &[(i32, i32, i32, String)]) -> Vec<api::PortMapping> {
+    m.iter()
+        .map(
+            |(protocol, container_port, host_port, host_ip)| api::PortMapping {
+                protocol: *protocol,
+                container_port: *container_port,
+                host_port: *host_port,
+                host_ip: host_ip.clone(),
+            },
+        )
+        .collect()
+}
+
+fn to_value(l: &NetworkList) -> Value {
+    json!({"name": l.name, "cniVersion": l.cni_version, "plugins": l.plugins})
+}
+
+/// A configuration list, or a single plugin's configuration made into one.
+fn parse_list(v: Value) -> Result<NetworkList, String> {
+    let name = v["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or("\"name\" is missing")?
+        .to_string();
+    let cni_version = v["cniVersion"].as_str().unwrap_or("0.4.0").to_string();
+    let plugins: Vec<Value> = match v.get("plugins") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err("\"plugins\" is not a list".into()),
+        None if v["type"].is_string() => vec![v.clone()],
+        None => return Err("neither \"plugins\" nor \"type\"".into()),
+    };
+    if plugins.is_empty() {
+        return Err("\"plugins\" is empty".into());
+    }
+    for (i, p) in plugins.iter().enumerate() {
+        if !p["type"].is_string() {
+            return Err(format!("plugins[{i}] has no \"type\""));
+        }
+    }
+    Ok(NetworkList {
+        path: PathBuf::new(),
+        name,
+        cni_version,
+        plugins,
+    })
+}
+
+/// The pod's addresses in an ADD result (CNI 0.3 and later: `ips[].address`; 0.2: `ip4`,
+/// `ip6`), IPv4 first.
+pub fn addresses(result: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let strip = |s: &str| s.split('/').next().unwrap_or(s).to_string();
+    if let Some(ips) = result["ips"].as_array() {
+        out.extend(ips.iter().filter_map(|i| i["address"].as_str()).map(strip));
+    }
+    for k in ["ip4", "ip6"] {
+        if let Some(a) = result[k]["ip"].as_str() {
+            out.push(strip(a));
+        }
+    }
+    out.sort_by_key(|a| a.contains(':'));
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_plugin_config_becomes_a_list() {
+        let l = parse_list(json!({"name": "n", "cniVersion": "1.0.0", "type": "bridge"})).unwrap();
+        assert_eq!(l.plugins.len(), 1);
+        assert_eq!(l.plugins[0]["type"], "bridge");
+        assert!(parse_list(json!({"name": "n"}))
+            .unwrap_err()
+            .contains("neither"));
+        assert!(parse_list(json!({"plugins": []}))
+            .unwrap_err()
+            .contains("name"));
+        assert!(parse_list(json!({"name": "n", "plugins": [{"x": 1}]}))
+            .unwrap_err()
+            .contains("plugins[0]"));
+    }
+
+    #[test]
+    fn addresses_ipv4_first() {
+        let r = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.1.2.3/24"}]});
+        assert_eq!(addresses(&r), vec!["10.1.2.3", "fd00::5"]);
+        let old = json!({"ip4": {"ip": "10.9.0.2/16"}});
+        assert_eq!(addresses(&old), vec!["10.9.0.2"]);
+    }
+}
