@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mkimages.py: make the container images that critest (cri-tools v1.36) pulls and
+"""mkimages.py: make the container images that critest (cri-tools v1.37) pulls and
 push them to a plain-HTTP registry, with nothing fetched from the internet.
 
 Everything comes from Debian: busybox (the dynamically linked build from the
