@@ -248,14 +248,15 @@ pub fn user(
             Status::invalid_argument(format!("run_as_group {} is out of range", g.value))
         })?;
     }
-    // Supplementary groups: the user's groups from the image (Merge, the default), and the
-    // CRI's.
+    // Supplementary groups: the primary group, the user's groups from the image (policy
+    // Merge, the default; not with Strict), and the CRI's.
+    let strict = sc.supplemental_groups_policy == api::SupplementalGroupsPolicy::Strict as i32;
     let name = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 3 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
     });
-    let mut groups: Vec<u32> = Vec::new();
-    if let Some(n) = name {
+    let mut groups: Vec<u32> = vec![gid];
+    if let Some(n) = name.filter(|_| !strict) {
         for l in group.lines() {
             let f: Vec<&str> = l.split(':').collect();
             if f.len() >= 4 && f[3].split(',').any(|m| m == n) {
@@ -394,8 +395,20 @@ pub fn oci_spec(
             Ok(api::MountPropagation::PropagationBidirectional) => "rshared",
             _ => "rprivate",
         };
+        let mut options = vec!["rbind", prop, if m.readonly { "ro" } else { "rw" }];
+        if m.recursive_read_only {
+            // As the CRI defines it: read-only all the way down needs readonly and private
+            // propagation (a slave or shared mount would receive writable mounts later).
+            if !m.readonly || prop != "rprivate" {
+                return Err(Status::invalid_argument(format!(
+                    "CreateContainer: mounts[{i}] ({}): recursive_read_only needs readonly and private propagation",
+                    m.container_path
+                )));
+            }
+            options.push("rro");
+        }
         mounts.push(json!({"destination": m.container_path, "type": "bind",
-            "source": m.host_path, "options": ["rbind", prop, if m.readonly { "ro" } else { "rw" }]}));
+            "source": m.host_path, "options": options}));
     }
 
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
@@ -429,31 +442,11 @@ pub fn oci_spec(
     } else {
         sb.cgroup_parent.clone()
     };
-    let mut resources = json!({});
-    if let Some(r) = &linux.resources {
-        if r.memory_limit_in_bytes > 0 {
-            resources["memory"] = json!({"limit": r.memory_limit_in_bytes});
-        }
-        let mut cpu = json!({});
-        if r.cpu_shares > 0 {
-            cpu["shares"] = json!(r.cpu_shares);
-        }
-        if r.cpu_quota > 0 {
-            cpu["quota"] = json!(r.cpu_quota);
-        }
-        if r.cpu_period > 0 {
-            cpu["period"] = json!(r.cpu_period);
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu["cpus"] = json!(r.cpuset_cpus);
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu["mems"] = json!(r.cpuset_mems);
-        }
-        if cpu.as_object().is_some_and(|o| !o.is_empty()) {
-            resources["cpu"] = cpu;
-        }
-    }
+    let resources = linux
+        .resources
+        .as_ref()
+        .map(oci_resources)
+        .unwrap_or(json!({}));
     let oom = linux
         .resources
         .as_ref()
@@ -483,6 +476,14 @@ pub fn oci_spec(
             "resources": resources,
         },
     });
+    // A Bidirectional mount propagates back only if the container's mount tree stays shared
+    // with the host's (runtimes make it rslave otherwise).
+    if c.mounts
+        .iter()
+        .any(|m| m.propagation == api::MountPropagation::PropagationBidirectional as i32)
+    {
+        spec["linux"]["rootfsPropagation"] = json!("rshared");
+    }
     if !sc.privileged {
         let masked: Vec<String> = if sc.masked_paths.is_empty() {
             MASKED.iter().map(|s| s.to_string()).collect()
@@ -519,6 +520,154 @@ pub fn oci_spec(
         _ => {}
     }
     Ok(spec)
+}
+
+/// The image-store snapshot IDs of a container's image volumes.
+pub fn image_volume_ids(id: &str, mounts: &[crate::store::MountRecord]) -> Vec<String> {
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.image.is_some())
+        .map(|(i, _)| format!("{id}-image-{i}"))
+        .collect()
+}
+
+/// Mounts an image volume (mount `i` of container `id`): a read-only snapshot of the image,
+/// and the sub-path inside it when one is asked. Returns the path to bind and the image ID.
+pub fn image_volume(
+    images: &rsrun_image::ImageStore,
+    id: &str,
+    i: usize,
+    m: &api::Mount,
+) -> Result<(PathBuf, String), Status> {
+    let spec = m.image.as_ref().map(|s| s.image.as_str()).unwrap_or("");
+    let what = format!("CreateContainer: mounts[{i}] (image volume {spec:?})");
+    if spec.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{what}: image.image is required"
+        )));
+    }
+    if !m.readonly {
+        return Err(Status::invalid_argument(format!(
+            "{what}: image volumes are read-only: readonly must be true"
+        )));
+    }
+    let sub = Path::new(&m.image_sub_path);
+    if sub.is_absolute()
+        || sub
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{what}: image_sub_path {:?} must be relative, without '..'",
+            m.image_sub_path
+        )));
+    }
+    let rec = images
+        .get(spec)
+        .map_err(crate::error::image_status)?
+        .ok_or_else(|| Status::not_found(format!("{what}: the image is not present")))?;
+    let vol = format!("{id}-image-{i}");
+    let root = images
+        .prepare_rootfs(&vol, spec, true)
+        .map_err(crate::error::image_status)?;
+    if m.image_sub_path.is_empty() {
+        return Ok((root, rec.id.to_string()));
+    }
+    // Symlinks inside the image resolve on the host here: the result must stay inside.
+    let path = match root.join(sub).canonicalize() {
+        Ok(p) if p.starts_with(&root) => p,
+        r => {
+            let _ = images.remove_rootfs(&vol);
+            return Err(match r {
+                Ok(_) => Status::invalid_argument(format!(
+                    "{what}: image_sub_path {:?} leads out of the image",
+                    m.image_sub_path
+                )),
+                Err(e) => Status::not_found(format!(
+                    "{what}: image_sub_path {:?}: {e}",
+                    m.image_sub_path
+                )),
+            });
+        }
+    };
+    Ok((path, rec.id.to_string()))
+}
+
+/// CRI resources as OCI `linux.resources` (only what is set).
+pub fn oci_resources(r: &api::LinuxContainerResources) -> Value {
+    let mut res = json!({});
+    let mut memory = json!({});
+    if r.memory_limit_in_bytes > 0 {
+        memory["limit"] = json!(r.memory_limit_in_bytes);
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory["swap"] = json!(r.memory_swap_limit_in_bytes);
+    }
+    if memory.as_object().is_some_and(|o| !o.is_empty()) {
+        res["memory"] = memory;
+    }
+    let mut cpu = json!({});
+    if r.cpu_shares > 0 {
+        cpu["shares"] = json!(r.cpu_shares);
+    }
+    if r.cpu_quota > 0 {
+        cpu["quota"] = json!(r.cpu_quota);
+    }
+    if r.cpu_period > 0 {
+        cpu["period"] = json!(r.cpu_period);
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu["cpus"] = json!(r.cpuset_cpus);
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu["mems"] = json!(r.cpuset_mems);
+    }
+    if cpu.as_object().is_some_and(|o| !o.is_empty()) {
+        res["cpu"] = cpu;
+    }
+    if !r.hugepage_limits.is_empty() {
+        res["hugepageLimits"] = json!(r
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+            .collect::<Vec<_>>());
+    }
+    if !r.unified.is_empty() {
+        res["unified"] = json!(r.unified);
+    }
+    res
+}
+
+/// OCI `linux.resources` back as CRI resources (ContainerStatus).
+pub fn cri_resources(v: &Value) -> api::LinuxContainerResources {
+    let i = |v: &Value| v.as_i64().unwrap_or(0);
+    let st = |v: &Value| v.as_str().unwrap_or("").to_string();
+    api::LinuxContainerResources {
+        cpu_period: i(&v["cpu"]["period"]),
+        cpu_quota: i(&v["cpu"]["quota"]),
+        cpu_shares: i(&v["cpu"]["shares"]),
+        cpuset_cpus: st(&v["cpu"]["cpus"]),
+        cpuset_mems: st(&v["cpu"]["mems"]),
+        memory_limit_in_bytes: i(&v["memory"]["limit"]),
+        memory_swap_limit_in_bytes: i(&v["memory"]["swap"]),
+        hugepage_limits: v["hugepageLimits"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|h| api::HugepageLimit {
+                        page_size: st(&h["pageSize"]),
+                        limit: h["limit"].as_u64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        unified: v["unified"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), st(v))).collect())
+            .unwrap_or_default(),
+        oom_score_adj: 0,
+    }
 }
 
 /// The container's state from its record and its exit record: (state, exit record).
@@ -578,11 +727,11 @@ pub fn to_cri(r: &ContainerRecord) -> api::Container {
             ..Default::default()
         }),
         image_ref: r.image_ref.clone(),
+        image_id: r.image_ref.clone(),
         state: state(r).0,
         created_at: r.created_at,
         labels: r.labels.clone(),
         annotations: r.annotations.clone(),
-        ..Default::default()
     }
 }
 
@@ -603,6 +752,20 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
         labels: r.labels.clone(),
         annotations: r.annotations.clone(),
         log_path: r.log_path.clone(),
+        resources: r.resources.as_ref().map(|v| api::ContainerResources {
+            linux: Some(cri_resources(v)),
+            windows: None,
+        }),
+        user: r
+            .user
+            .as_ref()
+            .map(|(uid, gid, groups)| api::ContainerUser {
+                linux: Some(api::LinuxContainerUser {
+                    uid: *uid as i64,
+                    gid: *gid as i64,
+                    supplemental_groups: groups.iter().map(|g| *g as i64).collect(),
+                }),
+            }),
         mounts: r
             .mounts
             .iter()
@@ -611,6 +774,12 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
                 propagation: m.propagation,
+                recursive_read_only: m.recursive_read_only,
+                image: m.image.as_ref().map(|i| api::ImageSpec {
+                    image: i.clone(),
+                    image_ref: m.image_ref.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
             .collect(),

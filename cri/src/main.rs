@@ -203,6 +203,7 @@ async fn serve(o: Opts) -> Result<()> {
         cgroup_parent: o.cgroup_parent.clone(),
         pause_rootfs,
         cpu_samples: Default::default(),
+        rro: rsrun::sys::mount_setattr_supported(),
         cni: network::Cni {
             conf_dir: o.cni_conf_dir.clone(),
             bin_dirs: o.cni_bin_dirs.clone(),

@@ -41,8 +41,22 @@ pub struct Runtime {
     pub containers: Mutex<Table<ContainerRecord>>,
     /// Pod networking.
     pub cni: crate::network::Cni,
+    /// The kernel has mount_setattr(2): recursive read-only mounts (`rro`) work.
+    pub rro: bool,
     /// The last CPU sample of each container (for nano-cores).
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+}
+
+/// Merges the JSON object `new` into `into`, recursively.
+fn merge(into: &mut serde_json::Value, new: &serde_json::Value) {
+    match (into, new) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
 }
 
 fn io_status(what: &str, e: impl std::fmt::Display) -> Status {
@@ -108,6 +122,7 @@ impl Runtime {
         let dir = container::paths(&self.state, &r.id).dir;
         let shim_dir = r.shim_dir.clone();
         let id = r.id.clone();
+        let vols = container::image_volume_ids(&r.id, &r.mounts);
         blocking(move || {
             let _ = std::fs::remove_dir_all(&shim_dir);
             match rt.delete(&id, true) {
@@ -117,6 +132,11 @@ impl Runtime {
             images
                 .remove_rootfs(&id)
                 .map_err(|e| io_status(&format!("remove the rootfs of {id}"), e))?;
+            for v in vols {
+                images
+                    .remove_rootfs(&v)
+                    .map_err(|e| io_status(&format!("remove the image volume {v}"), e))?;
+            }
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(io_status(&format!("remove {}", dir.display()), e))
@@ -336,12 +356,12 @@ impl RuntimeService for Runtime {
             runtime_handlers: vec![api::RuntimeHandler {
                 name: String::new(),
                 features: Some(api::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: self.rro,
                     user_namespaces: false,
                 }),
             }],
             features: Some(api::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
                 user_namespaces_host_network: false,
                 mount_options: false,
             }),
@@ -666,8 +686,17 @@ impl RuntimeService for Runtime {
                     host_path: m.host_path.clone(),
                     readonly: m.readonly,
                     propagation: m.propagation,
+                    recursive_read_only: m.recursive_read_only,
+                    image: m.image.as_ref().map(|i| i.image.clone()),
+                    image_ref: String::new(),
                 })
                 .collect(),
+            user: None,
+            resources: c
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.as_ref())
+                .map(container::oci_resources),
             complete: false,
         };
         {
@@ -689,9 +718,15 @@ impl RuntimeService for Runtime {
             .make_container(&id, &c, &sb, &image, &p, &log_path)
             .await;
         match made {
-            Ok((image_ref, pid)) => {
-                rec.image_ref = image_ref;
-                rec.pid = pid;
+            Ok(made) => {
+                rec.image_ref = made.image_ref;
+                rec.pid = made.pid;
+                rec.user = Some(made.user);
+                for (i, r) in made.volumes {
+                    if let Some(m) = rec.mounts.get_mut(i) {
+                        m.image_ref = r;
+                    }
+                }
                 rec.complete = true;
                 self.containers
                     .lock()
@@ -704,11 +739,15 @@ impl RuntimeService for Runtime {
                 }))
             }
             Err(e) => {
-                // Nothing half-made stays: rootfs, files, record.
+                // Nothing half-made stays: rootfs, image volumes, files, record.
                 let images = self.images.clone();
                 let (cid, dir, sdir) = (id.clone(), p.dir.clone(), p.shim_dir.clone());
+                let vols = container::image_volume_ids(&cid, &rec.mounts);
                 let _ = blocking(move || {
                     let _ = images.remove_rootfs(&cid);
+                    for v in vols {
+                        let _ = images.remove_rootfs(&v);
+                    }
                     let _ = std::fs::remove_dir_all(&dir);
                     let _ = std::fs::remove_dir_all(&sdir);
                     Ok(())
@@ -839,6 +878,52 @@ impl RuntimeService for Runtime {
         }
     }
 
+    async fn update_container_resources(
+        &self,
+        r: Request<api::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<api::UpdateContainerResourcesResponse>, Status> {
+        let r = r.into_inner();
+        let rec = self.container(&r.container_id).await?;
+        let Some(linux) = r.linux else {
+            return Ok(Response::new(api::UpdateContainerResourcesResponse {}));
+        };
+        let st = container::state(&rec).0;
+        if st == api::ContainerState::ContainerExited as i32 {
+            return Err(Status::failed_precondition(format!(
+                "UpdateContainerResources: container {} has exited",
+                rec.id
+            )));
+        }
+        let v = container::oci_resources(&linux);
+        let res: oci_spec::runtime::LinuxResources =
+            serde_json::from_value(v.clone()).map_err(|e| {
+                Status::invalid_argument(format!("UpdateContainerResources: linux: {e}"))
+            })?;
+        let rt = self.rsrun();
+        let id = rec.id.clone();
+        // Writes to the container's cgroup files; nothing forks.
+        blocking(move || {
+            rt.update(&id, &res).map_err(|e| match e {
+                rsrun::Error::Invalid(_) | rsrun::Error::Config(_) => {
+                    Status::invalid_argument(format!("UpdateContainerResources: {id}: {e}"))
+                }
+                e => Status::unknown(format!("UpdateContainerResources: {id}: {e}")),
+            })
+        })
+        .await?;
+        // The record keeps the merged limits (an update changes only what it sets).
+        let mut t = self.containers.lock().await;
+        if let Some(mut c) = t.items.get(&rec.id).cloned() {
+            let mut merged = c.resources.take().unwrap_or(serde_json::json!({}));
+            merge(&mut merged, &v);
+            c.resources = Some(merged);
+            t.put(&rec.id, c)
+                .map_err(|e| io_status("container record", e))?;
+        }
+        tracing::info!(container = %rec.id, pod = %rec.sandbox_id, resources = %v, "container resources updated");
+        Ok(Response::new(api::UpdateContainerResourcesResponse {}))
+    }
+
     async fn exec_sync(
         &self,
         r: Request<api::ExecSyncRequest>,
@@ -915,7 +1000,6 @@ impl RuntimeService for Runtime {
     }
 
     not_built! {
-        update_container_resources(UpdateContainerResourcesRequest) -> api::UpdateContainerResourcesResponse;
         exec(ExecRequest) -> api::ExecResponse;
         attach(AttachRequest) -> api::AttachResponse;
         port_forward(PortForwardRequest) -> api::PortForwardResponse;
@@ -946,9 +1030,18 @@ impl RuntimeService for Runtime {
     }
 }
 
+/// What make_container made.
+struct Made {
+    image_ref: String,
+    pid: i32,
+    user: (u32, u32, Vec<u32>),
+    /// Image volumes: (mount index, image ID).
+    volumes: Vec<(usize, String)>,
+}
+
 impl Runtime {
-    /// The image's rootfs, the bundle, and the shim that creates the container: (image ID,
-    /// init PID).
+    /// The image's rootfs, image volumes, the bundle, and the shim that creates the
+    /// container.
     async fn make_container(
         &self,
         id: &str,
@@ -957,11 +1050,18 @@ impl Runtime {
         image: &str,
         p: &container::Paths,
         log_path: &std::path::Path,
-    ) -> Result<(String, i32), Status> {
+    ) -> Result<Made, Status> {
         let images = self.images.clone();
         let (cid, img) = (id.to_string(), image.to_string());
         let readonly = false;
-        let (rootfs, image_ref, cfg) = blocking(move || {
+        let wanted: Vec<(usize, api::Mount)> = c
+            .mounts
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(_, m)| m.image.is_some())
+            .collect();
+        let (rootfs, image_ref, cfg, volumes) = blocking(move || {
             let rec = images
                 .get(&img)
                 .map_err(crate::error::image_status)?
@@ -972,14 +1072,39 @@ impl Runtime {
             let rootfs = images
                 .prepare_rootfs(&cid, &img, readonly)
                 .map_err(crate::error::image_status)?;
+            let mut volumes = Vec::new();
+            for (i, m) in wanted {
+                let (path, vref) = container::image_volume(&images, &cid, i, &m)?;
+                volumes.push((i, path, vref));
+            }
             Ok((
                 rootfs,
                 rec.id.to_string(),
                 container::ImageConfig::from_json(&insp.config),
+                volumes,
             ))
         })
         .await?;
-        let spec = container::oci_spec(id, c, sb, &cfg, &rootfs, &self.cgroup_parent)?;
+        // Image volumes are bind mounts of their read-only snapshots.
+        let mut c = c.clone();
+        for (i, path, _) in &volumes {
+            c.mounts[*i].host_path = path.to_string_lossy().into_owned();
+        }
+        let spec = container::oci_spec(id, &c, sb, &cfg, &rootfs, &self.cgroup_parent)?;
+        let u = &spec["process"]["user"];
+        let user = (
+            u["uid"].as_u64().unwrap_or(0) as u32,
+            u["gid"].as_u64().unwrap_or(0) as u32,
+            u["additionalGids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|g| g.as_u64())
+                        .map(|g| g as u32)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
         std::fs::create_dir_all(&p.bundle).map_err(|e| io_status("create the bundle", e))?;
         std::fs::write(
             p.bundle.join("config.json"),
@@ -994,7 +1119,12 @@ impl Runtime {
             .start_shim(id, p, log_path, c.tty, c.stdin, c.stdin_once)
             .await
             .map_err(|e| Status::new(e.code(), format!("CreateContainer: {}", e.message())))?;
-        Ok((image_ref, pid))
+        Ok(Made {
+            image_ref,
+            pid,
+            user,
+            volumes: volumes.into_iter().map(|(i, _, r)| (i, r)).collect(),
+        })
     }
 
     /// Runs rsrun-shim for the bundle in `p`: the container's init PID, or the runtime's

@@ -60,6 +60,12 @@ pub struct ContainerRecord {
     pub pid: i32,
     pub started_at: i64,
     pub mounts: Vec<MountRecord>,
+    /// The container's limits as OCI `linux.resources` (at create, then each update).
+    #[serde(default)]
+    pub resources: Option<serde_json::Value>,
+    /// The first process's uid, gid and supplementary groups.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
     /// Set once the shim reported the container created.
     pub complete: bool,
 }
@@ -70,6 +76,13 @@ pub struct MountRecord {
     pub host_path: String,
     pub readonly: bool,
     pub propagation: i32,
+    #[serde(default)]
+    pub recursive_read_only: bool,
+    /// An image volume: the image as asked (its snapshot is `<container>-image-<index>`).
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub image_ref: String,
 }
 
 /// Records of one kind in one directory.

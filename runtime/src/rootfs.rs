@@ -42,6 +42,10 @@ pub struct MountOptions {
     pub recursive: bool,
     /// Podman/runc extension for tmpfs: start with a copy of what the image has there.
     pub tmpcopyup: bool,
+    /// Recursive mount attributes (runc's `rro`, `rnosuid`, ...): MOUNT_ATTR_* bits set and
+    /// cleared on the whole subtree with mount_setattr(2) and AT_RECURSIVE.
+    pub rec_set: u64,
+    pub rec_clr: u64,
 }
 
 impl Default for MountOptions {
@@ -54,8 +58,37 @@ impl Default for MountOptions {
             bind: false,
             recursive: false,
             tmpcopyup: false,
+            rec_set: 0,
+            rec_clr: 0,
         }
     }
+}
+
+/// A recursive mount attribute (the option without its leading `r`) as the MOUNT_ATTR_*
+/// bits it sets and clears.
+fn recursive_attr(a: &str) -> Option<(u64, u64)> {
+    use crate::sys::{
+        MOUNT_ATTR_NODEV as NODEV, MOUNT_ATTR_NODIRATIME as NODIRATIME,
+        MOUNT_ATTR_NOEXEC as NOEXEC, MOUNT_ATTR_NOSUID as NOSUID, MOUNT_ATTR_RDONLY as RDONLY,
+        MOUNT_ATTR__ATIME as ATIME,
+    };
+    Some(match a {
+        "ro" => (RDONLY, 0),
+        "rw" => (0, RDONLY),
+        "nosuid" => (NOSUID, 0),
+        "suid" => (0, NOSUID),
+        "nodev" => (NODEV, 0),
+        "dev" => (0, NODEV),
+        "noexec" => (NOEXEC, 0),
+        "exec" => (0, NOEXEC),
+        "nodiratime" => (NODIRATIME, 0),
+        "diratime" => (0, NODIRATIME),
+        // The atime modes are one field: clearing it and setting a value.
+        "relatime" => (crate::sys::MOUNT_ATTR_RELATIME, ATIME),
+        "noatime" => (crate::sys::MOUNT_ATTR_NOATIME, ATIME),
+        "strictatime" => (crate::sys::MOUNT_ATTR_STRICTATIME, ATIME),
+        _ => return None,
+    })
 }
 
 pub fn parse_options(opts: &[String]) -> Result<MountOptions> {
@@ -116,27 +149,9 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions> {
             p => {
                 if let Some(f) = propagation_flag(p) {
                     o.propagation.push(f);
-                } else if p.starts_with('r')
-                    && matches!(
-                        &p[1..],
-                        "ro" | "rw"
-                            | "nosuid"
-                            | "suid"
-                            | "nodev"
-                            | "dev"
-                            | "noexec"
-                            | "exec"
-                            | "noatime"
-                            | "atime"
-                            | "relatime"
-                            | "strictatime"
-                            | "nodiratime"
-                            | "diratime"
-                    )
-                {
-                    return Err(Error::Unsupported(format!(
-                        "recursive mount attribute {p:?}"
-                    )));
+                } else if let Some((set, clr)) = p.strip_prefix('r').and_then(recursive_attr) {
+                    o.rec_set = (o.rec_set & !clr) | set;
+                    o.rec_clr = (o.rec_clr & !set) | clr;
                 } else {
                     o.data.push(p.to_string());
                 }
@@ -667,7 +682,14 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// The recursive attributes (`rro`, ...) and then the propagation asked for a new mount.
 fn apply_propagation(root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {
+    if opts.rec_set != 0 || opts.rec_clr != 0 {
+        let mounted = open_in_root(root, dest, libc::O_PATH)
+            .with_ctx(|| format!("reopen {}", dest.display()))?;
+        crate::sys::mount_setattr_recursive(mounted.as_raw_fd(), opts.rec_set, opts.rec_clr)
+            .with_ctx(|| format!("recursive mount attributes of {}", dest.display()))?;
+    }
     if opts.propagation.is_empty() {
         return Ok(());
     }
@@ -1122,5 +1144,10 @@ mod tests {
         let o = parse_options(&["ro".into(), "rw".into()]).unwrap();
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
         assert!(parse_options(&["idmap".into()]).is_err());
+        let o = parse_options(&["rbind,rro,rnosuid,rnoatime".into(), "rrw".into()]).unwrap();
+        use crate::sys::*;
+        assert_eq!(o.rec_set, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOATIME);
+        assert_eq!(o.rec_clr, MOUNT_ATTR_RDONLY | MOUNT_ATTR__ATIME);
+        assert!(o.data.is_empty());
     }
 }

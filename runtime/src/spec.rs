@@ -99,8 +99,10 @@ pub fn features() -> Value {
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "iversion",
             "lazytime", "loud", "mand", "noatime", "nodev", "nodiratime", "noexec", "noiversion",
             "nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid", "private", "rbind",
-            "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
-            "shared", "silent", "slave", "strictatime", "suid", "sync", "unbindable"
+            "rdev", "rdiratime", "relatime", "remount", "rexec", "rnoatime", "rnodev",
+            "rnodiratime", "rnoexec", "rnosuid", "ro", "rprivate", "rrelatime", "rro", "rrw",
+            "rshared", "rslave", "rstrictatime", "rsuid", "runbindable", "rw", "shared", "silent",
+            "slave", "strictatime", "suid", "sync", "unbindable"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],

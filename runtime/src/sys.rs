@@ -331,6 +331,12 @@ const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR__ATIME: u64 = 0x70;
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 
 /// open_tree(2) of `dirfd` itself (AT_EMPTY_PATH), or of `path` below it: with
 /// OPEN_TREE_CLONE, a detached copy of the mount (AT_RECURSIVE: of the whole subtree).
@@ -373,9 +379,25 @@ struct MountAttr {
 
 /// mount_setattr(2) on the mount `fd` refers to: sets the MOUNT_ATTR_* bits in `set`.
 pub fn mount_setattr(fd: RawFd, set: u64) -> io::Result<()> {
+    setattr(fd, set, 0, 0)
+}
+
+/// mount_setattr(2) with AT_RECURSIVE: sets `set` and clears `clr` on the mount `fd` refers
+/// to and every mount below it.
+pub fn mount_setattr_recursive(fd: RawFd, set: u64, clr: u64) -> io::Result<()> {
+    setattr(fd, set, clr, AT_RECURSIVE)
+}
+
+/// Whether the kernel has mount_setattr(2) (Linux 5.12): a call on an invalid descriptor
+/// fails with EBADF rather than ENOSYS.
+pub fn mount_setattr_supported() -> bool {
+    setattr(-1, 0, 0, 0).err().and_then(|e| e.raw_os_error()) != Some(libc::ENOSYS)
+}
+
+fn setattr(fd: RawFd, set: u64, clr: u64, flags: u32) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
-        attr_clr: 0,
+        attr_clr: clr,
         propagation: 0,
         userns_fd: 0,
     };
@@ -387,7 +409,7 @@ pub fn mount_setattr(fd: RawFd, set: u64) -> io::Result<()> {
             libc::SYS_mount_setattr,
             fd,
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH as u32,
+            libc::AT_EMPTY_PATH as u32 | flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

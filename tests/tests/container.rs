@@ -152,6 +152,47 @@ fn rootfs_readonly_mounts_and_propagation() {
     assert!(!host.path().join("g").exists());
 }
 
+/// `ro` makes only the bind itself read-only; `rro` (mount_setattr with AT_RECURSIVE) also
+/// the mounts below it: a tmpfs mounted inside the bind's source on the host.
+#[test]
+fn recursive_readonly_bind() {
+    let rt = Rsrun::new();
+    let host = TempDir::new("rro");
+    let sub = host.path().join("tmpfs");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _u = Unmount(sub.clone());
+    let probe = "touch /a/x 2>/dev/null && echo top-rw || echo top-ro; \
+                 touch /a/tmpfs/x 2>/dev/null && echo sub-rw || echo sub-ro";
+    for (opts, want) in [
+        (json!(["rbind", "ro", "rprivate"]), "top-ro\nsub-rw"),
+        (json!(["rbind", "ro", "rro", "rprivate"]), "top-ro\nsub-ro"),
+    ] {
+        let mut b = sh(probe);
+        b.edit(|c| {
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/a", "type": "bind", "source": host.path(), "options": opts}));
+        });
+        let out = rt.output(&b);
+        assert_eq!(out.trim(), want, "options {opts}");
+    }
+    // The host's own mounts are untouched: still writable.
+    std::fs::write(sub.join("host-write"), "ok").unwrap();
+}
+
 #[test]
 fn overlay_mount_with_split_options() {
     let rt = Rsrun::new();
