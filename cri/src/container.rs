@@ -132,15 +132,21 @@ fn all_caps() -> Vec<String> {
 
 /// The capability set: defaults (or all when privileged), minus drops, plus adds; "ALL"
 /// works on either side, as Kubernetes defines it.
-pub fn capabilities(sc: &api::LinuxContainerSecurityContext) -> Vec<String> {
+pub fn capabilities(
+    sc: &api::LinuxContainerSecurityContext,
+    defaults: Option<&[String]>,
+) -> Vec<String> {
     if sc.privileged {
         return all_caps();
     }
     let c = sc.capabilities.clone().unwrap_or_default();
-    let mut set: Vec<String> = rsrun::seccomp::CRI_DEFAULT_CAPS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut set: Vec<String> = match defaults {
+        Some(d) => d.iter().map(|s| cap_name(s)).collect(),
+        None => rsrun::seccomp::CRI_DEFAULT_CAPS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
     let add: Vec<String> = c.add_capabilities.iter().map(|s| cap_name(s)).collect();
     let drop: Vec<String> = c.drop_capabilities.iter().map(|s| cap_name(s)).collect();
     if drop.iter().any(|d| d == "CAP_ALL") {
@@ -286,6 +292,7 @@ pub fn oci_spec(
     img: &ImageConfig,
     rootfs: &Path,
     default_cgroup_parent: &str,
+    default_caps: Option<&[String]>,
 ) -> Result<Value, Status> {
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -348,7 +355,7 @@ pub fn oci_spec(
         )));
     }
     let (uid, gid, groups) = user(&sc, &img.user, rootfs)?;
-    let caps = capabilities(&sc);
+    let caps = capabilities(&sc, default_caps);
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
@@ -539,6 +546,7 @@ pub fn image_volume(
     id: &str,
     i: usize,
     m: &api::Mount,
+    under: Option<&(PathBuf, rsrun_image::IdMap)>,
 ) -> Result<(PathBuf, String), Status> {
     let spec = m.image.as_ref().map(|s| s.image.as_str()).unwrap_or("");
     let what = format!("CreateContainer: mounts[{i}] (image volume {spec:?})");
@@ -568,9 +576,18 @@ pub fn image_volume(
         .map_err(crate::error::image_status)?
         .ok_or_else(|| Status::not_found(format!("{what}: the image is not present")))?;
     let vol = format!("{id}-image-{i}");
-    let root = images
-        .prepare_rootfs(&vol, spec, true)
-        .map_err(crate::error::image_status)?;
+    let root = match under {
+        Some((d, m)) => {
+            let at = d.join(format!("image-{i}"));
+            images
+                .prepare_rootfs_at(&vol, spec, true, &at, Some(m))
+                .map_err(crate::error::image_status)?;
+            at
+        }
+        None => images
+            .prepare_rootfs(&vol, spec, true)
+            .map_err(crate::error::image_status)?,
+    };
     if m.image_sub_path.is_empty() {
         return Ok((root, rec.id.to_string()));
     }

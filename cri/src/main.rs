@@ -9,10 +9,13 @@
 pub mod api {
     tonic::include_proto!("runtime.v1");
 }
+mod config;
 mod container;
 mod error;
 mod image_service;
+mod metrics;
 mod network;
+mod recover;
 mod runtime_service;
 mod sandbox;
 mod store;
@@ -22,93 +25,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "\
-usage: rsrun-cri [--listen unix:///PATH] [--root DIR] [--state DIR] [--registry-config FILE]
-                 [--log-level LEVEL]
-
-  --listen           the CRI socket (default unix:///run/rsrun/rsrun-cri.sock)
-  --root             persistent root: images under DIR/images (default /var/lib/rsrun)
-  --state            volatile state (default /run/rsrun)
-  --registry-config  the image store's registry settings (docs/image-store.md)
-  --shim             the rsrun-shim binary (default: beside this one, else on PATH)
-  --cgroup-parent    cgroup for pods that name none (default: rsrun-cri, under this server's)
-  --cni-conf-dir     CNI network configurations (default /etc/cni/net.d)
-  --cni-bin-dir      CNI plugin directories, colon-separated (default /opt/cni/bin:/usr/lib/cni)
-  --log-level        error, warn, info (default), debug, trace";
-
-struct Opts {
-    socket: PathBuf,
-    root: PathBuf,
-    state: PathBuf,
-    registry_config: Option<PathBuf>,
-    shim: Option<PathBuf>,
-    cgroup_parent: String,
-    cni_conf_dir: PathBuf,
-    cni_bin_dirs: Vec<PathBuf>,
-    log_level: String,
-}
-
-fn parse(args: Vec<String>) -> Result<Option<Opts>> {
-    let mut o = Opts {
-        socket: PathBuf::from("/run/rsrun/rsrun-cri.sock"),
-        root: PathBuf::from("/var/lib/rsrun"),
-        state: PathBuf::from("/run/rsrun"),
-        registry_config: None,
-        shim: None,
-        cgroup_parent: "rsrun-cri".into(),
-        cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
-        cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
-        log_level: "info".into(),
-    };
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .with_context(|| format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--listen" => {
-                let v = value()?;
-                let Some(p) = v.strip_prefix("unix://") else {
-                    bail!("--listen {v:?}: only unix:///PATH is supported");
-                };
-                o.socket = PathBuf::from(p);
-            }
-            "--root" => o.root = PathBuf::from(value()?),
-            "--state" => o.state = PathBuf::from(value()?),
-            "--registry-config" => o.registry_config = Some(PathBuf::from(value()?)),
-            "--log-level" => o.log_level = value()?,
-            "--shim" => o.shim = Some(PathBuf::from(value()?)),
-            "--cgroup-parent" => o.cgroup_parent = value()?,
-            "--cni-conf-dir" => o.cni_conf_dir = PathBuf::from(value()?),
-            "--cni-bin-dir" => {
-                o.cni_bin_dirs = value()?
-                    .split(':')
-                    .filter(|d| !d.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            }
-            "-h" | "--help" => return Ok(None),
-            f => bail!("unknown argument {f:?}\n{USAGE}"),
-        }
-    }
-    if !o.socket.is_absolute() {
-        bail!(
-            "--listen: the socket path {} must be absolute",
-            o.socket.display()
-        );
-    }
-    Ok(Some(o))
-}
+use config::{Opts, USAGE};
 
 fn main() -> std::process::ExitCode {
-    let o = match parse(std::env::args().skip(1).collect()) {
+    let o = match config::load(std::env::args().skip(1).collect()) {
         Ok(Some(o)) => o,
         Ok(None) => {
             println!("{USAGE}");
@@ -204,9 +124,12 @@ async fn serve(o: Opts) -> Result<()> {
         pause_rootfs,
         cpu_samples: Default::default(),
         rro: rsrun::sys::mount_setattr_supported(),
+        log_max_line: o.log_max_line,
+        default_caps: o.default_capabilities.clone(),
         cni: network::Cni {
             conf_dir: o.cni_conf_dir.clone(),
             bin_dirs: o.cni_bin_dirs.clone(),
+            running_dir: o.state.join("cni-running"),
         },
         sandboxes: tokio::sync::Mutex::new(
             store::Table::open(records.join("sandboxes"))
@@ -217,6 +140,16 @@ async fn serve(o: Opts) -> Result<()> {
                 .with_context(|| format!("open {}", records.join("containers").display()))?,
         ),
     };
+    match runtime.recover().await {
+        Ok((0, 0)) => {}
+        Ok((pods, containers)) => tracing::warn!(
+            pods,
+            containers,
+            "removed what a killed server left half-made"
+        ),
+        // Serve anyway: the kubelet's stop and remove calls retry the cleanup.
+        Err(e) => tracing::error!("cleaning up after a killed server: {}", e.message()),
+    }
     let images = image_service::Images { store };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -42,6 +42,9 @@ pub enum Error {
 pub struct Cni {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// One file per running plugin (`PID`, holding its start time), so that a restarted
+    /// server ends the plugins a killed one left running before it undoes their work.
+    pub running_dir: PathBuf,
 }
 
 /// A loaded network configuration list.
@@ -153,6 +156,51 @@ impl Cni {
         })
     }
 
+    /// Ends (SIGKILL to its process group) every plugin a killed server left running, and
+    /// waits for them: their work can then be undone without racing them. Blocking.
+    pub fn end_leftover_plugins(&self) -> usize {
+        let Ok(rd) = std::fs::read_dir(&self.running_dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let pid: i32 = match e.file_name().to_string_lossy().parse() {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let start: u64 = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            // The same process (not a reused PID): end its group, wait until it is gone.
+            if start != 0 && rsrun::sys::process_start_time(pid).ok() == Some(start) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                for _ in 0..500 {
+                    if rsrun::sys::process_start_time(pid).ok() != Some(start) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                n += 1;
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+        n
+    }
+
+    /// What an ADD interrupted before its result was recorded may have made: an attachment
+    /// to the current network without a result, for its DEL.
+    pub fn unrecorded(&self) -> Result<Attachment, Error> {
+        let list = self.load()?;
+        Ok(Attachment {
+            network: to_value(&list),
+            result: Value::Null,
+        })
+    }
+
     /// Detaches the pod: every plugin's DEL in reverse order, all of them even when one
     /// fails (the first error is returned). Plugins treat what is already gone as done.
     pub async fn del(&self, a: &Attachment, pod: &Pod<'_>) -> Result<(), Error> {
@@ -236,8 +284,24 @@ impl Cni {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .map_err(|e| err(format!("run {}: {e}", bin.display())))?;
+        let mark = child.id().map(|pid| self.running_dir.join(pid.to_string()));
+        if let (Some(m), Some(pid)) = (&mark, child.id()) {
+            let start = rsrun::sys::process_start_time(pid as i32).unwrap_or(0);
+            let _ = std::fs::create_dir_all(&self.running_dir);
+            let _ = std::fs::write(m, start.to_string());
+        }
+        struct Unmark(Option<PathBuf>);
+        impl Drop for Unmark {
+            fn drop(&mut self) {
+                if let Some(m) = &self.0 {
+                    let _ = std::fs::remove_file(m);
+                }
+            }
+        }
+        let _unmark = Unmark(mark);
         let mut input = child.stdin.take().ok_or_else(|| err("no stdin".into()))?;
         let writer = async move {
             let _ = input.write_all(&stdin).await;

@@ -41,6 +41,10 @@ pub struct Runtime {
     pub containers: Mutex<Table<ContainerRecord>>,
     /// Pod networking.
     pub cni: crate::network::Cni,
+    /// The longest CRI log record (rsrun-shim's --log-max-line; its default if None).
+    pub log_max_line: Option<u64>,
+    /// The capabilities of containers that ask for no change (the CRI default set if None).
+    pub default_caps: Option<Vec<String>>,
     /// The kernel has mount_setattr(2): recursive read-only mounts (`rro`) work.
     pub rro: bool,
     /// The last CPU sample of each container (for nano-cores).
@@ -63,7 +67,7 @@ fn io_status(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
@@ -115,7 +119,7 @@ impl Runtime {
     }
 
     /// Removes a container: its process (killed), the runtime's state, its rootfs, files.
-    async fn remove(&self, r: ContainerRecord) -> Result<(), Status> {
+    pub(crate) async fn remove(&self, r: ContainerRecord) -> Result<(), Status> {
         self.stop(&r, Duration::ZERO).await?;
         let rt = self.rsrun();
         let images = self.images.clone();
@@ -237,9 +241,21 @@ impl Runtime {
     }
 
     /// Detaches the pod's network (its record keeps what ADD gave) and forgets it.
-    async fn detach(&self, sb: &SandboxRecord) -> Result<(), Status> {
-        let Some(a) = &sb.network else {
-            return Ok(());
+    pub(crate) async fn detach(&self, sb: &SandboxRecord) -> Result<(), Status> {
+        // A pod whose RunPodSandbox was interrupted may have been attached without the
+        // result being recorded: DEL it from the current configuration (plugins treat what
+        // they never made as done).
+        let unrecorded;
+        let a = match &sb.network {
+            Some(a) => a,
+            None if !sb.complete && !sb.host_network => match self.cni.unrecorded() {
+                Ok(u) => {
+                    unrecorded = u;
+                    &unrecorded
+                }
+                Err(_) => return Ok(()),
+            },
+            None => return Ok(()),
         };
         let netns = sb.ns_dir.join("net");
         let mappings = network::from_record(&sb.port_mappings);
@@ -357,7 +373,7 @@ impl RuntimeService for Runtime {
                 name: String::new(),
                 features: Some(api::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: self.rro,
-                    user_namespaces: false,
+                    user_namespaces: true,
                 }),
             }],
             features: Some(api::RuntimeFeatures {
@@ -431,6 +447,13 @@ impl RuntimeService for Runtime {
             })
             .await
         };
+        // A user namespace pod's namespaces are the pause's: it comes first. Otherwise the
+        // network is attached first and the pause (if any) joins it.
+        let userns = rec.userns.is_some();
+        let made = match made {
+            Ok(()) if userns => self.start_pause(&rec).await,
+            other => other,
+        };
         let made = match made {
             Ok(()) => match self.attach(&rec).await {
                 Ok(a) => {
@@ -447,7 +470,7 @@ impl RuntimeService for Runtime {
             e => e,
         };
         let made = match made {
-            Ok(()) if !rec.pause_id.is_empty() => self.start_pause(&rec).await,
+            Ok(()) if !userns && !rec.pause_id.is_empty() => self.start_pause(&rec).await,
             other => other,
         };
         if let Err(e) = made {
@@ -577,7 +600,7 @@ impl RuntimeService for Runtime {
                             } else {
                                 api::NamespaceMode::Node as i32
                             },
-                            pid: if sb.pause_id.is_empty() {
+                            pid: if !sb.shares_pid() {
                                 api::NamespaceMode::Container as i32
                             } else {
                                 api::NamespaceMode::Pod as i32
@@ -999,17 +1022,51 @@ impl RuntimeService for Runtime {
         Ok(Response::new(api::ListContainerStatsResponse { stats }))
     }
 
+    // Pod stats and CRI metrics: metrics.rs.
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<api::PodSandboxStatsRequest>,
+    ) -> Result<Response<api::PodSandboxStatsResponse>, Status> {
+        let stats = self.pod_stats_of(&r.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(api::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<api::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<api::ListPodSandboxStatsResponse>, Status> {
+        let stats = self.list_pod_stats(r.into_inner().filter).await?;
+        Ok(Response::new(api::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<api::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<api::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(api::ListMetricDescriptorsResponse {
+            descriptors: crate::metrics::descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<api::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<api::ListPodSandboxMetricsResponse>, Status> {
+        let pod_metrics = self.pod_sandbox_metrics().await?;
+        Ok(Response::new(api::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
+    }
+
     not_built! {
         exec(ExecRequest) -> api::ExecResponse;
         attach(AttachRequest) -> api::AttachResponse;
         port_forward(PortForwardRequest) -> api::PortForwardResponse;
-        pod_sandbox_stats(PodSandboxStatsRequest) -> api::PodSandboxStatsResponse;
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> api::ListPodSandboxStatsResponse;
         checkpoint_container(CheckpointContainerRequest) -> api::CheckpointContainerResponse;
         checkpoint_pod(CheckpointPodRequest) -> api::CheckpointPodResponse;
         restore_pod(RestorePodRequest) -> api::RestorePodResponse;
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> api::ListMetricDescriptorsResponse;
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> api::ListPodSandboxMetricsResponse;
         update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> api::UpdatePodSandboxResourcesResponse;
     }
 
@@ -1061,6 +1118,18 @@ impl Runtime {
             .enumerate()
             .filter(|(_, m)| m.image.is_some())
             .collect();
+        // A container in a user namespace is root of it only: its rootfs and image volumes
+        // are mounted where it may walk (its state directory), not inside the image store.
+        let walkable = sb.userns.as_ref().map(|u| {
+            (
+                p.dir.clone(),
+                rsrun_image::IdMap {
+                    userns: sb.ns_dir.join("user"),
+                    uid: u.uid.1,
+                    gid: u.gid.1,
+                },
+            )
+        });
         let (rootfs, image_ref, cfg, volumes) = blocking(move || {
             let rec = images
                 .get(&img)
@@ -1069,12 +1138,22 @@ impl Runtime {
                     Status::not_found(format!("CreateContainer: image {img} is not present"))
                 })?;
             let insp = images.inspect(&img).map_err(crate::error::image_status)?;
-            let rootfs = images
-                .prepare_rootfs(&cid, &img, readonly)
-                .map_err(crate::error::image_status)?;
+            let rootfs = match &walkable {
+                Some((d, m)) => {
+                    let at = d.join("rootfs");
+                    images
+                        .prepare_rootfs_at(&cid, &img, readonly, &at, Some(m))
+                        .map_err(crate::error::image_status)?;
+                    at
+                }
+                None => images
+                    .prepare_rootfs(&cid, &img, readonly)
+                    .map_err(crate::error::image_status)?,
+            };
             let mut volumes = Vec::new();
             for (i, m) in wanted {
-                let (path, vref) = container::image_volume(&images, &cid, i, &m)?;
+                let (path, vref) =
+                    container::image_volume(&images, &cid, i, &m, walkable.as_ref())?;
                 volumes.push((i, path, vref));
             }
             Ok((
@@ -1090,7 +1169,15 @@ impl Runtime {
         for (i, path, _) in &volumes {
             c.mounts[*i].host_path = path.to_string_lossy().into_owned();
         }
-        let spec = container::oci_spec(id, &c, sb, &cfg, &rootfs, &self.cgroup_parent)?;
+        let spec = container::oci_spec(
+            id,
+            &c,
+            sb,
+            &cfg,
+            &rootfs,
+            &self.cgroup_parent,
+            self.default_caps.as_deref(),
+        )?;
         let u = &spec["process"]["user"];
         let user = (
             u["uid"].as_u64().unwrap_or(0) as u32,
@@ -1161,6 +1248,9 @@ impl Runtime {
         if stdin_once {
             cmd.arg("--stdin-once");
         }
+        if let Some(n) = self.log_max_line {
+            cmd.arg("--log-max-line").arg(n.to_string());
+        }
         let out = cmd
             .output()
             .await
@@ -1202,15 +1292,16 @@ impl Runtime {
         if let Some(e) = head["error"].as_str() {
             return Err(Status::unknown(format!("RunPodSandbox: pause: {e}")));
         }
-        let dir = sb.ns_dir.clone();
+        let r = sb.clone();
         blocking(move || {
-            sandbox::pin_pid(&dir, pid).map_err(|e| io_status("pin the pod's PID namespace", e))
+            sandbox::pin_pause(&r, pid, r.shares_pid())
+                .map_err(|e| io_status("pin the pod's namespaces", e))
         })
         .await
     }
 
     /// Kills and deletes the pause container, if the pod has one (gone already is fine).
-    async fn stop_pause(&self, sb: &SandboxRecord) -> Result<(), Status> {
+    pub(crate) async fn stop_pause(&self, sb: &SandboxRecord) -> Result<(), Status> {
         if sb.pause_id.is_empty() {
             return Ok(());
         }

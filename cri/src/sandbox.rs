@@ -15,7 +15,7 @@ use tonic::Status;
 use crate::api;
 use crate::store::{self, SandboxRecord};
 
-pub const NAMESPACES: [&str; 4] = ["net", "ipc", "uts", "pid"];
+pub const NAMESPACES: [&str; 5] = ["net", "ipc", "uts", "pid", "user"];
 
 /// rsrun-pause, built by build.rs from cri/pause.
 pub const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rsrun-pause"));
@@ -42,12 +42,42 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
         serde_json::json!({"type": "pid"}),
         serde_json::json!({"type": "mount"}),
     ];
-    namespaces.extend(joined_namespaces(r));
     let parent = if r.cgroup_parent.is_empty() {
         cgroup_parent
     } else {
         r.cgroup_parent.as_str()
     };
+    if let Some(u) = &r.userns {
+        // The pause makes the pod's namespaces inside the pod's user namespace, which then
+        // owns them; they are pinned from it (pin_pause).
+        namespaces.push(serde_json::json!({"type": "user"}));
+        namespaces.push(serde_json::json!({"type": "uts"}));
+        if !r.host_network {
+            namespaces.push(serde_json::json!({"type": "network"}));
+        }
+        if !r.host_ipc {
+            namespaces.push(serde_json::json!({"type": "ipc"}));
+        }
+        let map = |m: (u32, u32, u32)| {
+            vec![serde_json::json!({"containerID": m.0, "hostID": m.1, "size": m.2})]
+        };
+        return serde_json::json!({
+            "ociVersion": "1.2.0",
+            "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
+                        "env": [], "cwd": "/", "noNewPrivileges": true},
+            "root": {"path": rootfs, "readonly": true},
+            "hostname": r.hostname,
+            "mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                        "options": ["nosuid", "noexec", "mode=755", "size=64k"]}],
+            "linux": {
+                "namespaces": namespaces,
+                "uidMappings": map(u.uid),
+                "gidMappings": map(u.gid),
+                "cgroupsPath": format!("{}/rsrun-pause-{}", parent.trim_end_matches('/'), r.id),
+            },
+        });
+    }
+    namespaces.extend(joined_namespaces(r));
     serde_json::json!({
         "ociVersion": "1.2.0",
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
@@ -65,23 +95,69 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
 /// The pod's pinned network, IPC and UTS namespaces, as OCI namespaces joined by path (those
 /// the pod takes from the host are absent).
 pub fn joined_namespaces(r: &SandboxRecord) -> Vec<serde_json::Value> {
-    [("net", "network"), ("ipc", "ipc"), ("uts", "uts")]
-        .into_iter()
-        .filter_map(|(n, oci)| ns_path(r, n).map(|p| serde_json::json!({"type": oci, "path": p})))
-        .collect()
+    [
+        ("user", "user"),
+        ("net", "network"),
+        ("ipc", "ipc"),
+        ("uts", "uts"),
+    ]
+    .into_iter()
+    .filter_map(|(n, oci)| ns_path(r, n).map(|p| serde_json::json!({"type": oci, "path": p})))
+    .collect()
 }
 
-/// Pins the pause's PID namespace beside the others (containers join it by that path).
-pub fn pin_pid(dir: &Path, pid: i32) -> std::io::Result<()> {
-    let p = dir.join("pid");
-    std::fs::File::create(&p)?;
-    nix::mount::mount(
-        Some(format!("/proc/{pid}/ns/pid").as_str()),
-        &p,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )?;
+/// Pins namespaces of the pause (`pid`) beside the others (containers join them by path):
+/// its PID namespace when the pod shares one; with a user namespace, also that and the pod's
+/// network, IPC and UTS namespaces, which the pause made inside it.
+pub fn pin_pause(r: &SandboxRecord, pid: i32, pod_pid: bool) -> std::io::Result<()> {
+    let mut names = Vec::new();
+    if pod_pid {
+        names.push("pid");
+    }
+    if r.userns.is_some() {
+        names.extend(["user", "uts"]);
+        if !r.host_network {
+            names.push("net");
+        }
+        if !r.host_ipc {
+            names.push("ipc");
+        }
+    }
+    for n in names {
+        let p = r.ns_dir.join(n);
+        std::fs::File::create(&p)?;
+        nix::mount::mount(
+            Some(format!("/proc/{pid}/ns/{n}").as_str()),
+            &p,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+    }
+    if r.userns.is_some() {
+        // The loopback and the sysctls of the namespaces the pause made: set by a thread
+        // that enters them (root of an ancestor user namespace may), as make_namespaces does
+        // for the others.
+        let (dir, net, sysctls) = (r.ns_dir.clone(), !r.host_network, r.sysctls.clone());
+        let ipc = !r.host_ipc;
+        std::thread::spawn(move || -> std::io::Result<()> {
+            for (n, flag, want) in [
+                ("net", nix::sched::CloneFlags::CLONE_NEWNET, net),
+                ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC, ipc),
+            ] {
+                if want {
+                    let f = std::fs::File::open(dir.join(n))?;
+                    nix::sched::setns(&f, flag)?;
+                }
+            }
+            if net {
+                rsrun::sys::set_link_up("lo")?;
+            }
+            write_sysctls(&sysctls)
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+    }
     Ok(())
 }
 
@@ -102,6 +178,72 @@ pub struct Spec {
     pub sysctls: Vec<(String, String)>,
     /// hostPort mappings (given to the CNI portmap plugin).
     pub port_mappings: Vec<api::PortMapping>,
+    /// The pod's user namespace (mode POD): its uid and gid mappings.
+    pub userns: Option<UserNs>,
+}
+
+/// A pod's user namespace: one uid and one gid mapping, container ID 0 mapped, as the
+/// kubelet asks (container ID, host ID, length).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UserNs {
+    pub uid: (u32, u32, u32),
+    pub gid: (u32, u32, u32),
+}
+
+/// The CRI's user namespace options, checked: None for the node's user namespace.
+fn check_userns(
+    o: Option<&api::UserNamespace>,
+    host_network: bool,
+) -> Result<Option<UserNs>, Status> {
+    let Some(o) = o else { return Ok(None) };
+    let bad = |m: String| {
+        Err(Status::invalid_argument(format!(
+            "RunPodSandbox: userns_options: {m}"
+        )))
+    };
+    match api::NamespaceMode::try_from(o.mode) {
+        Ok(api::NamespaceMode::Node) => {
+            if !o.uids.is_empty() || !o.gids.is_empty() {
+                return bad("mode NODE takes no mappings".into());
+            }
+            return Ok(None);
+        }
+        Ok(api::NamespaceMode::Pod) => {}
+        _ => {
+            return bad(format!(
+                "mode {} is not supported (only NODE and POD)",
+                o.mode
+            ))
+        }
+    }
+    if host_network {
+        return bad("a user namespace with the host's network is not supported".into());
+    }
+    let one = |what: &str, m: &[api::IdMapping]| -> Result<(u32, u32, u32), Status> {
+        match m {
+            [x] if x.container_id == 0
+                && x.length > 0
+                && x.host_id.checked_add(x.length - 1).is_some() =>
+            {
+                Ok((x.container_id, x.host_id, x.length))
+            }
+            [x] if x.container_id != 0 => Err(Status::invalid_argument(format!(
+                "RunPodSandbox: userns_options.{what}: container ID 0 must be mapped (got {})",
+                x.container_id
+            ))),
+            [_] => Err(Status::invalid_argument(format!(
+                "RunPodSandbox: userns_options.{what}: the mapping's length is 0 or overflows"
+            ))),
+            _ => Err(Status::invalid_argument(format!(
+                "RunPodSandbox: userns_options.{what}: exactly one mapping is supported (got {})",
+                m.len()
+            ))),
+        }
+    };
+    Ok(Some(UserNs {
+        uid: one("uids", &o.uids)?,
+        gid: one("gids", &o.gids)?,
+    }))
 }
 
 pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
@@ -174,7 +316,10 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             )));
         }
     }
+    let host_network = ns.network == api::NamespaceMode::Node as i32;
+    let userns = check_userns(ns.userns_options.as_ref(), host_network)?;
     Ok(Spec {
+        userns,
         port_mappings: c.port_mappings,
         meta,
         sysctls,
@@ -199,6 +344,15 @@ pub fn name_key(r: &SandboxRecord) -> String {
 /// pinned under `dir`, and the pod's files. Blocking: run it off the async workers.
 pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    if s.userns.is_none() {
+        make_namespaces(dir, s)?;
+    }
+    write_files(dir, s)
+}
+
+/// The pod's namespaces, made by a thread of this server (pods without a user namespace;
+/// the pause container makes a user namespace pod's, owned by that user namespace).
+fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
     let mut flags = nix::sched::CloneFlags::CLONE_NEWUTS;
     let mut pinned = vec!["uts"];
     if !s.host_network {
@@ -224,12 +378,7 @@ pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
         if flags.contains(nix::sched::CloneFlags::CLONE_NEWNET) {
             rsrun::sys::set_link_up("lo")?;
         }
-        // /proc/sys answers for the namespaces of the thread that opens it: this one.
-        for (k, v) in &sysctls {
-            let p = format!("/proc/sys/{}", k.replace('.', "/"));
-            std::fs::write(&p, v)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("sysctl {k}={v}: {e}")))?;
-        }
+        write_sysctls(&sysctls)?;
         for n in &names {
             nix::mount::mount(
                 Some(format!("/proc/thread-self/ns/{n}").as_str()),
@@ -242,7 +391,22 @@ pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
         Ok(())
     })
     .join()
-    .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+}
+
+/// Writes namespaced sysctls: /proc/sys answers for the namespaces of the thread that opens
+/// it, the calling one.
+fn write_sysctls(sysctls: &[(String, String)]) -> std::io::Result<()> {
+    for (k, v) in sysctls {
+        let p = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&p, v)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("sysctl {k}={v}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The pod's hostname, hosts and resolv.conf files (bound into its containers).
+fn write_files(dir: &Path, s: &Spec) -> std::io::Result<()> {
     std::fs::write(dir.join("hostname"), format!("{}\n", s.hostname))?;
     std::fs::write(
         dir.join("hosts"),
@@ -319,7 +483,13 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         ns_dir,
         ready: false,
         complete: false,
-        pause_id: if s.pod_pid {
+        userns: s.userns.clone(),
+        sysctls: if s.userns.is_some() {
+            s.sysctls.clone()
+        } else {
+            Vec::new()
+        },
+        pause_id: if s.pod_pid || s.userns.is_some() {
             format!("pause-{id}")
         } else {
             String::new()
@@ -327,6 +497,8 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         network: None,
         port_mappings: crate::network::to_record(&s.port_mappings),
         host_network: s.host_network,
+        host_ipc: s.host_ipc,
+        pid_shared: s.pod_pid,
     }
 }
 

@@ -38,6 +38,25 @@ pub struct SandboxRecord {
     pub port_mappings: Vec<(i32, i32, i32, String)>,
     #[serde(default)]
     pub host_network: bool,
+    #[serde(default)]
+    pub host_ipc: bool,
+    /// The containers share the pause's PID namespace.
+    #[serde(default)]
+    pub pid_shared: bool,
+    /// The pod's user namespace, made by its pause container.
+    #[serde(default)]
+    pub userns: Option<crate::sandbox::UserNs>,
+    /// Sysctls the pause container applies (pods with a user namespace).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
+}
+
+impl SandboxRecord {
+    /// Whether the pod's containers share one PID namespace (the pause's). Records written
+    /// before `pid_shared` existed had a pause only for that.
+    pub fn shares_pid(&self) -> bool {
+        self.pid_shared || (!self.pause_id.is_empty() && self.userns.is_none())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -278,6 +278,23 @@ impl ImageStore {
         Ok(target)
     }
 
+    /// As `prepare_rootfs`, mounted at `target` instead of inside the store, for a
+    /// container in a user namespace (`idmap`): root of it but not of the host, it must
+    /// reach its rootfs by a path it may walk, and own what host root owns in the image. The
+    /// image's layers are then idmapped mounts through that user namespace, and the
+    /// writable layer's root belongs to the container's root. The store still keeps the
+    /// record and the writable layer; `remove_rootfs` unmounts all of it.
+    pub fn prepare_rootfs_at(
+        &self,
+        container_id: &str,
+        image: &str,
+        readonly: bool,
+        target: &Path,
+        idmap: Option<&IdMap>,
+    ) -> Result<()> {
+        self.prepare_at_mapped(container_id, image, readonly, target, false, idmap)
+    }
+
     /// Unmounts and deletes a container's root filesystem; a missing one is not an error.
     pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {
         let dir = self.container_dir(container_id)?;
@@ -291,6 +308,7 @@ impl ImageStore {
             return Ok(());
         }
         mount::unmount(&target)?;
+        unmount_idmapped_layers(&dir)?;
         // Drop the record last-but-atomically: rename the dir away, then delete it.
         let gone = self
             .store
@@ -337,6 +355,18 @@ impl ImageStore {
         target: &Path,
         inspect: bool,
     ) -> Result<()> {
+        self.prepare_at_mapped(id, image, readonly, target, inspect, None)
+    }
+
+    fn prepare_at_mapped(
+        &self,
+        id: &str,
+        image: &str,
+        readonly: bool,
+        target: &Path,
+        inspect: bool,
+        idmap: Option<&IdMap>,
+    ) -> Result<()> {
         let dir = self.container_dir(id)?;
         let _gc = self.store.gc_lock_shared(None)?;
         let img = self
@@ -378,6 +408,16 @@ impl ImageStore {
                 fs::create_dir_all(&empty).ctx("creating", &empty)?;
                 lowers.push(empty);
             }
+            if let Some(m) = idmap {
+                let ns = fs::File::open(&m.userns).ctx("opening user namespace", &m.userns)?;
+                for (i, l) in lowers.iter_mut().enumerate() {
+                    let at = dir.join(format!("lower-{i}"));
+                    fs::create_dir_all(&at).ctx("creating", &at)?;
+                    rsrun::sys::bind_idmapped(l, &at, std::os::fd::AsRawFd::as_raw_fd(&ns))
+                        .map_err(|e| Error::io("idmapped mount of", l.clone(), e))?;
+                    *l = at;
+                }
+            }
             fs::create_dir_all(target).ctx("creating", target)?;
             if readonly {
                 mount::mount_overlay(target, &lowers, None, true, inspect)
@@ -392,15 +432,43 @@ impl ImageStore {
                     fs::set_permissions(&u, fs::Permissions::from_mode(0o755))
                         .ctx("setting mode of", &u)?;
                 }
+                if let Some(m) = idmap {
+                    std::os::unix::fs::chown(&u, Some(m.uid), Some(m.gid))
+                        .ctx("setting the owner of", &u)?;
+                }
                 mount::mount_overlay(target, &lowers, Some((&u, &w)), false, inspect)
             }
         })();
         if let Err(e) = res {
+            let _ = mount::unmount(target);
+            let _ = unmount_idmapped_layers(&dir);
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
         Ok(())
     }
+}
+
+/// A container's user namespace, for `prepare_rootfs_at`: its nsfs file (e.g. a pinned
+/// bind mount of /proc/PID/ns/user) and the host uid and gid of its root.
+#[derive(Debug, Clone)]
+pub struct IdMap {
+    pub userns: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Unmounts the idmapped layer mounts (`lower-N`) of a container's directory.
+fn unmount_idmapped_layers(dir: &Path) -> Result<()> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with("lower-") {
+            mount::unmount(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

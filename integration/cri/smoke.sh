@@ -49,10 +49,17 @@ cat > "$R/registries.json" <<JSON
 {"registries": {"docker.io": {"mirrors": [{"endpoint": "http://127.0.0.1:$port", "insecure": true}], "mirrors_only": true}}}
 JSON
  mkdir -p "$R/net.d"
+# Some settings from a configuration file (flags override it): the CNI directories and a
+# log line limit of 64 bytes, which the shim must apply (checked in the log file below).
+cat > "$R/rsrun-cri.toml" <<TOML
+cni_conf_dir = "$R/net.d"
+cni_bin_dirs = ["/usr/lib/cni"]
+log_max_line = 64
+root = "$R/not-this-one"
+TOML
 start_cri() {
-    "$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
-        --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" \
-        --cni-conf-dir "$R/net.d" --cni-bin-dir /usr/lib/cni >>"$R/cri.log" 2>&1 &
+    "$CRI" --config "$R/rsrun-cri.toml" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
+        --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" >>"$R/cri.log" 2>&1 &
     cri=$!
     for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
 }
@@ -103,7 +110,7 @@ cat > "$R/pod.json" <<JSON
 JSON
 cat > "$R/ctr.json" <<'JSON'
 {"metadata": {"name": "hello"}, "image": {"image": "busybox"}, "log_path": "hello.log",
- "command": ["sh", "-c", "echo hello from $(hostname); trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]}
+ "command": ["sh", "-c", "echo hello from $(hostname); printf '%0100d\\n' 0; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]}
 JSON
 cat > "$R/ctr2.json" <<'JSON'
 {"metadata": {"name": "second"}, "image": {"image": "busybox"},
@@ -132,7 +139,11 @@ c start "$ctr" >/dev/null || fail "start: $(cat "$R/crictl.err")"
 for _ in $(seq 100); do c logs "$ctr" 2>/dev/null | grep -q 'hello from smoke-pod' && break; sleep 0.1; done
 c logs "$ctr" | grep -qx 'hello from smoke-pod' || fail "logs: $(c logs "$ctr")"
 grep -q '^[0-9T:.-]*Z stdout F hello from smoke-pod$' "$R/logs/hello.log" || fail "CRI log: $(cat "$R/logs/hello.log")"
-ok "runp, create, start, logs (CRI format in the pod's log directory)"
+for _ in $(seq 50); do grep -q ' stdout F 0\{36\}$' "$R/logs/hello.log" && break; sleep 0.1; done
+grep -q ' stdout P 0\{64\}$' "$R/logs/hello.log" && grep -q ' stdout F 0\{36\}$' "$R/logs/hello.log" \
+    || fail "log_max_line = 64 from the config file: $(cat "$R/logs/hello.log")"
+[ ! -e "$R/not-this-one" ] || fail "the --root flag did not override the config file's root"
+ok "runp, create, start, logs (CRI format in the pod's log directory; the config file's 64-byte line limit)"
 out=$(c exec -s "$ctr" sh -c 'hostname; cat /proc/1/cmdline | tr "\0" " "') || fail "exec -s: $(cat "$R/crictl.err")"
 echo "$out" | grep -qx smoke-pod || fail "exec: $out"
 echo "$out" | grep -q 'sh -c echo hello' || fail "exec: not in the container's pid namespace: $out"
@@ -216,6 +227,35 @@ ok "run_as_user 1000 reads the image's files"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
 ok "shared PID namespace: rsrun-pause is PID 1, removed with the pod"
+
+# A pod in a user namespace (mode POD, container root = host 200000): the kernel's view of the
+# container's process (its uid_map, its host uid), the image's files owned by the container's
+# root through idmapped layers (a write to /etc works), the pod's network; nothing left after.
+cat > "$R/upod.json" <<JSON
+{"metadata": {"name": "userns", "namespace": "default", "uid": "userns-uid"}, "hostname": "userns-pod",
+ "linux": {"security_context": {"namespace_options": {"userns_options": {"mode": 0,
+   "uids": [{"host_id": 200000, "container_id": 0, "length": 65536}],
+   "gids": [{"host_id": 200000, "container_id": 0, "length": 65536}]}}}}}
+JSON
+echo '{"metadata": {"name": "u"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "echo x > /etc/written && hostname > /tmp/index.html && exec httpd -f -p 80 -h /tmp"]}' > "$R/uc.json"
+pod=$(c runp "$R/upod.json") || fail "runp (userns): $(cat "$R/crictl.err")"
+uc=$(c create "$pod" "$R/uc.json" "$R/upod.json") || fail "create (userns): $(cat "$R/crictl.err")"
+c start "$uc" >/dev/null || fail "start (userns): $(cat "$R/crictl.err")"
+uip=$(pod_ip "$pod")
+[ "$(get "$uip")" = userns-pod ] || fail "userns pod: HTTP to $uip"
+upid=$("$RSRUN" --root "$R/state/runtime" state "$uc" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+read -r inside host len < "/proc/$upid/uid_map"
+[ "$inside $host $len" = "0 200000 65536" ] || fail "userns uid_map of $upid: $inside $host $len"
+[ "$(stat -c %u "/proc/$upid")" = 200000 ] || fail "the container's root is host uid $(stat -c %u "/proc/$upid"), not 200000"
+out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /etc /bin/busybox; cat /etc/written') || fail "exec (userns): $(cat "$R/crictl.err")"
+[ "$(echo "$out" | tr '\n' ' ')" = "0 0 0 0 x " ] || fail "userns: image files not owned by the container's root: $out"
+c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp (userns): $(cat "$R/crictl.err")"
+! grep -q "$R" /proc/self/mountinfo || fail "userns: mounts left: $(grep "$R" /proc/self/mountinfo)"
+ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files are its own, nothing left"
+echo '{"metadata":{"name":"p","namespace":"n","uid":"u2"},"linux":{"security_context":{"namespace_options":{"userns_options":{"mode":0,"uids":[{"host_id":1000,"container_id":1,"length":10}],"gids":[{"host_id":1000,"container_id":0,"length":10}]}}}}}' > "$R/bad-userns.json"
+if c runp "$R/bad-userns.json" >/dev/null; then fail "runp with container ID 0 unmapped succeeded"; fi
+grep -q 'InvalidArgument.*userns_options.uids: container ID 0 must be mapped' "$R/crictl.err" || fail "bad userns: $(cat "$R/crictl.err")"
+ok "bad user namespace mapping: InvalidArgument naming the field"
 
 c rmi busybox >/dev/null || fail "rmi: $(cat "$R/crictl.err")"
 [ -z "$(c images -q)" ] || fail "image left after rmi: $(c images)"

@@ -1,0 +1,242 @@
+//! rsrun-cri's settings: the TOML configuration file (default /etc/rsrun/rsrun-cri.toml when
+//! it exists), overridden by command-line flags. Every key is documented in
+//! docs/cri-config.md; unknown keys are an error that names them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_FILE: &str = "/etc/rsrun/rsrun-cri.toml";
+
+pub const USAGE: &str = "\
+usage: rsrun-cri [--config FILE] [--listen unix:///PATH] [--root DIR] [--state DIR]
+                 [--registry-config FILE] [--cni-conf-dir DIR] [--cni-bin-dir DIRS]
+                 [--log-level LEVEL]
+
+  --config           TOML settings (default /etc/rsrun/rsrun-cri.toml when it exists);
+                     flags override it (docs/cri-config.md lists every key)
+  --listen           the CRI socket (default unix:///run/rsrun/rsrun-cri.sock)
+  --root             persistent root: images under DIR/images (default /var/lib/rsrun)
+  --state            volatile state (default /run/rsrun)
+  --registry-config  the image store's registry settings (docs/image-store.md)
+  --shim             the rsrun-shim binary (default: beside this one, else on PATH)
+  --cgroup-parent    cgroup for pods that name none (default: rsrun-cri, under this server's)
+  --cni-conf-dir     CNI network configurations (default /etc/cni/net.d)
+  --cni-bin-dir      CNI plugin directories, colon-separated (default /opt/cni/bin:/usr/lib/cni)
+  --log-level        error, warn, info (default), debug, trace";
+
+/// The settings as the file writes them (and as the flags give them): all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub listen: Option<String>,
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub registry_config: Option<PathBuf>,
+    pub shim: Option<PathBuf>,
+    pub cgroup_parent: Option<String>,
+    pub cgroup_driver: Option<String>,
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_bin_dirs: Option<Vec<PathBuf>>,
+    pub log_level: Option<String>,
+    pub log_max_line: Option<u64>,
+    pub default_capabilities: Option<Vec<String>>,
+}
+
+impl File {
+    /// `self` where set, else `other`.
+    fn or(self, o: File) -> File {
+        File {
+            listen: self.listen.or(o.listen),
+            root: self.root.or(o.root),
+            state: self.state.or(o.state),
+            registry_config: self.registry_config.or(o.registry_config),
+            shim: self.shim.or(o.shim),
+            cgroup_parent: self.cgroup_parent.or(o.cgroup_parent),
+            cgroup_driver: self.cgroup_driver.or(o.cgroup_driver),
+            cni_conf_dir: self.cni_conf_dir.or(o.cni_conf_dir),
+            cni_bin_dirs: self.cni_bin_dirs.or(o.cni_bin_dirs),
+            log_level: self.log_level.or(o.log_level),
+            log_max_line: self.log_max_line.or(o.log_max_line),
+            default_capabilities: self.default_capabilities.or(o.default_capabilities),
+        }
+    }
+}
+
+/// The resolved settings.
+#[derive(Debug)]
+pub struct Opts {
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub registry_config: Option<PathBuf>,
+    pub shim: Option<PathBuf>,
+    pub cgroup_parent: String,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub log_level: String,
+    pub log_max_line: Option<u64>,
+    /// The capabilities of a container that asks for no change (CRI's default set if None).
+    pub default_capabilities: Option<Vec<String>>,
+}
+
+/// Flags, then the file they name (or the default one), then the defaults. None: --help.
+pub fn load(args: Vec<String>) -> Result<Option<Opts>> {
+    let Some((flags, file)) = parse_flags(args)? else {
+        return Ok(None);
+    };
+    let from_file = match &file {
+        Some(p) => read(p)?,
+        None if Path::new(DEFAULT_FILE).exists() => read(Path::new(DEFAULT_FILE))?,
+        None => File::default(),
+    };
+    resolve(flags.or(from_file)).map(Some)
+}
+
+fn read(p: &Path) -> Result<File> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("--config {}", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("--config {}", p.display()))
+}
+
+fn parse_flags(args: Vec<String>) -> Result<Option<(File, Option<PathBuf>)>> {
+    let mut f = File::default();
+    let mut config = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--config" => config = Some(PathBuf::from(value()?)),
+            "--listen" => f.listen = Some(value()?),
+            "--root" => f.root = Some(PathBuf::from(value()?)),
+            "--state" => f.state = Some(PathBuf::from(value()?)),
+            "--registry-config" => f.registry_config = Some(PathBuf::from(value()?)),
+            "--log-level" => f.log_level = Some(value()?),
+            "--shim" => f.shim = Some(PathBuf::from(value()?)),
+            "--cgroup-parent" => f.cgroup_parent = Some(value()?),
+            "--cni-conf-dir" => f.cni_conf_dir = Some(PathBuf::from(value()?)),
+            "--cni-bin-dir" => {
+                f.cni_bin_dirs = Some(
+                    value()?
+                        .split(':')
+                        .filter(|d| !d.is_empty())
+                        .map(PathBuf::from)
+                        .collect(),
+                )
+            }
+            "-h" | "--help" => return Ok(None),
+            f => bail!("unknown argument {f:?}\n{USAGE}"),
+        }
+    }
+    Ok(Some((f, config)))
+}
+
+fn resolve(f: File) -> Result<Opts> {
+    let listen = f
+        .listen
+        .unwrap_or_else(|| "unix:///run/rsrun/rsrun-cri.sock".into());
+    let Some(socket) = listen.strip_prefix("unix://").map(PathBuf::from) else {
+        bail!("listen {listen:?}: only unix:///PATH is supported");
+    };
+    if !socket.is_absolute() {
+        bail!(
+            "listen: the socket path {} must be absolute",
+            socket.display()
+        );
+    }
+    match f.cgroup_driver.as_deref() {
+        None | Some("cgroupfs") => {}
+        Some("systemd") => bail!(
+            "cgroup_driver \"systemd\" is not supported yet: use \"cgroupfs\" (the kubelet's cgroupDriver must match)"
+        ),
+        Some(d) => bail!("cgroup_driver {d:?}: only \"cgroupfs\""),
+    }
+    if let Some(n) = f.log_max_line {
+        if !(1..=64 << 20).contains(&n) {
+            bail!("log_max_line {n}: between 1 byte and 64 MiB");
+        }
+    }
+    if let Some(caps) = &f.default_capabilities {
+        for c in caps {
+            let n = c.to_ascii_uppercase();
+            let n = n.strip_prefix("CAP_").unwrap_or(&n);
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                bail!("default_capabilities: {c:?} is not a capability name");
+            }
+        }
+    }
+    Ok(Opts {
+        socket,
+        root: f.root.unwrap_or_else(|| PathBuf::from("/var/lib/rsrun")),
+        state: f.state.unwrap_or_else(|| PathBuf::from("/run/rsrun")),
+        registry_config: f.registry_config,
+        shim: f.shim,
+        cgroup_parent: f.cgroup_parent.unwrap_or_else(|| "rsrun-cri".into()),
+        cni_conf_dir: f
+            .cni_conf_dir
+            .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d")),
+        cni_bin_dirs: f
+            .cni_bin_dirs
+            .unwrap_or_else(|| vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]),
+        log_level: f.log_level.unwrap_or_else(|| "info".into()),
+        log_max_line: f.log_max_line,
+        default_capabilities: f.default_capabilities,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("rsrun-cri-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "root = \"/srv/a\"\nstate = \"/srv/s\"\ncni_bin_dirs = [\"/x\", \"/y\"]\nlog_max_line = 100\n",
+        )
+        .unwrap();
+        let o = load(args(&["--config", p.to_str().unwrap(), "--root=/srv/b"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.root, PathBuf::from("/srv/b"));
+        assert_eq!(o.state, PathBuf::from("/srv/s"));
+        assert_eq!(
+            o.cni_bin_dirs,
+            vec![PathBuf::from("/x"), PathBuf::from("/y")]
+        );
+        assert_eq!(o.log_max_line, Some(100));
+        assert_eq!(o.socket, PathBuf::from("/run/rsrun/rsrun-cri.sock"));
+
+        std::fs::write(&p, "roots = \"/srv/a\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
+        );
+        assert!(e.contains("unknown field `roots`"), "{e}");
+        std::fs::write(&p, "cgroup_driver = \"systemd\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
+        );
+        assert!(e.contains("not supported yet"), "{e}");
+        let e = format!("{:#}", load(args(&["--listen", "tcp://x"])).unwrap_err());
+        assert!(e.contains("only unix:///PATH"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

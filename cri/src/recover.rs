@@ -1,0 +1,79 @@
+//! What a restarted server does first: finish or undo what a killed one left half-made.
+//! Records are written before an object is made and marked complete after (store.rs), so an
+//! incomplete record is exactly an interrupted RunPodSandbox or CreateContainer. Those are
+//! undone (the kubelet retries them): the pause container, the CNI attachment, the pinned
+//! namespaces and files of a pod; the process, runtime state, rootfs, image volumes and
+//! files of a container. Complete objects are left as they are: running containers keep
+//! running under their shims, and exits that happened meanwhile are in their exit records.
+
+use tonic::Status;
+
+use crate::runtime_service::{blocking, Runtime};
+use crate::sandbox;
+
+impl Runtime {
+    /// Undoes every interrupted RunPodSandbox and CreateContainer. Returns how many of each.
+    pub async fn recover(&self) -> Result<(usize, usize), Status> {
+        // CNI plugins a killed server left running would race the undoing of their work.
+        let cni = self.cni.clone();
+        let ended = blocking(move || Ok(cni.end_leftover_plugins())).await?;
+        if ended > 0 {
+            tracing::warn!(
+                plugins = ended,
+                "ended CNI plugins a killed server left running"
+            );
+        }
+        let half_containers: Vec<_> = self
+            .containers
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|c| !c.complete)
+            .cloned()
+            .collect();
+        let n_containers = half_containers.len();
+        for c in half_containers {
+            tracing::warn!(container = %c.id, pod = %c.sandbox_id, "removing a container a killed server left half-created");
+            let (id, pod) = (c.id.clone(), c.sandbox_id.clone());
+            if let Err(e) = self.remove(c).await {
+                // Left listed: RemoveContainer (the kubelet's) retries it.
+                tracing::error!(container = %id, pod = %pod, "{}", e.message());
+            }
+        }
+        let half_pods: Vec<_> = self
+            .sandboxes
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|s| !s.complete)
+            .cloned()
+            .collect();
+        let n_pods = half_pods.len();
+        for sb in half_pods {
+            tracing::warn!(pod = %sb.id, "removing a pod sandbox a killed server left half-made");
+            if let Err(e) = self.undo_sandbox(&sb).await {
+                // The record stays: the next start tries again.
+                tracing::error!(pod = %sb.id, "{}", e.message());
+            }
+        }
+        Ok((n_pods, n_containers))
+    }
+
+    async fn undo_sandbox(&self, sb: &crate::store::SandboxRecord) -> Result<(), Status> {
+        self.stop_pause(sb).await?;
+        self.detach(sb).await?;
+        let d = sb.ns_dir.clone();
+        blocking(move || {
+            sandbox::unmake(&d)
+                .map_err(|e| Status::internal(format!("remove {}: {e}", d.display())))
+        })
+        .await?;
+        self.sandboxes
+            .lock()
+            .await
+            .remove(&sb.id)
+            .map_err(|e| Status::internal(format!("pod sandbox record {}: {e}", sb.id)))
+    }
+}
