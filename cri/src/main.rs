@@ -12,6 +12,7 @@ pub mod api {
 mod config;
 mod container;
 mod error;
+mod events;
 mod image_service;
 mod metrics;
 mod network;
@@ -123,6 +124,7 @@ async fn serve(o: Opts) -> Result<()> {
         cgroup_parent: o.cgroup_parent.clone(),
         pause_rootfs,
         cpu_samples: Default::default(),
+        events: Default::default(),
         rro: rsrun::sys::mount_setattr_supported(),
         log_max_line: o.log_max_line,
         default_caps: o.default_capabilities.clone(),
@@ -150,6 +152,8 @@ async fn serve(o: Opts) -> Result<()> {
         // Serve anyway: the kubelet's stop and remove calls retry the cleanup.
         Err(e) => tracing::error!("cleaning up after a killed server: {}", e.message()),
     }
+    let runtime = Arc::new(runtime);
+    tokio::spawn(events::watch_exits(runtime.clone()));
     let images = image_service::Images { store };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -161,7 +165,7 @@ async fn serve(o: Opts) -> Result<()> {
         tracing::info!("shutting down");
     };
     let r = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(runtime))
+        .add_service(RuntimeServiceServer::from_arc(runtime))
         .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),

@@ -41,6 +41,8 @@ pub struct Runtime {
     pub containers: Mutex<Table<ContainerRecord>>,
     /// Pod networking.
     pub cni: crate::network::Cni,
+    /// Container events' subscribers (GetContainerEvents).
+    pub events: crate::events::Events,
     /// The longest CRI log record (rsrun-shim's --log-max-line; its default if None).
     pub log_max_line: Option<u64>,
     /// The capabilities of containers that ask for no change (the CRI default set if None).
@@ -153,7 +155,24 @@ impl Runtime {
             .lock()
             .await
             .remove(&r.id)
-            .map_err(|e| io_status("container record", e))
+            .map_err(|e| io_status("container record", e))?;
+        // A started container's exit, if the watcher has not reported it yet, comes first.
+        if r.started_at != 0 && self.events.first_stop(&r.id) {
+            self.emit(
+                &r.id,
+                &r.sandbox_id,
+                api::ContainerEventType::ContainerStoppedEvent,
+            )
+            .await;
+        }
+        self.emit(
+            &r.id,
+            &r.sandbox_id,
+            api::ContainerEventType::ContainerDeletedEvent,
+        )
+        .await;
+        self.events.forget(&r.id);
+        Ok(())
     }
 
     async fn container(&self, id: &str) -> Result<ContainerRecord, Status> {
@@ -298,7 +317,7 @@ impl Runtime {
     }
 }
 
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn not_built<T>(rpc: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
@@ -492,6 +511,11 @@ impl RuntimeService for Runtime {
         rec.complete = true;
         t.put(&id, rec)
             .map_err(|e| io_status("pod sandbox record", e))?;
+        drop(t);
+        self.emit(&id, &id, api::ContainerEventType::ContainerCreatedEvent)
+            .await;
+        self.emit(&id, &id, api::ContainerEventType::ContainerStartedEvent)
+            .await;
         tracing::info!(pod = %id, "pod sandbox ready");
         Ok(Response::new(api::RunPodSandboxResponse {
             pod_sandbox_id: id,
@@ -528,6 +552,13 @@ impl RuntimeService for Runtime {
             )
             .map_err(|e| io_status("pod sandbox record", e))?;
         }
+        drop(t);
+        self.emit(
+            &sb.id,
+            &sb.id,
+            api::ContainerEventType::ContainerStoppedEvent,
+        )
+        .await;
         tracing::info!(pod = %sb.id, "pod sandbox stopped");
         Ok(Response::new(api::StopPodSandboxResponse {}))
     }
@@ -552,6 +583,17 @@ impl RuntimeService for Runtime {
             .await
             .remove(&sb.id)
             .map_err(|e| io_status("pod sandbox record", e))?;
+        let last = SandboxRecord {
+            ready: false,
+            ..sb.clone()
+        };
+        self.emit_for(
+            &sb.id,
+            &sb.id,
+            Some(last),
+            api::ContainerEventType::ContainerDeletedEvent,
+        )
+        .await;
         tracing::info!(pod = %sb.id, "pod sandbox removed");
         Ok(Response::new(api::RemovePodSandboxResponse {}))
     }
@@ -572,48 +614,7 @@ impl RuntimeService for Runtime {
             .map(container::status)
             .collect();
         Ok(Response::new(api::PodSandboxStatusResponse {
-            status: Some(api::PodSandboxStatus {
-                id: sb.id.clone(),
-                metadata: Some(sandbox::meta(&sb)),
-                state: sandbox::state(&sb),
-                created_at: sb.created_at,
-                network: Some({
-                    let ips = sb
-                        .network
-                        .as_ref()
-                        .map(|a| network::addresses(&a.result))
-                        .unwrap_or_default();
-                    api::PodSandboxNetworkStatus {
-                        ip: ips.first().cloned().unwrap_or_default(),
-                        additional_ips: ips
-                            .iter()
-                            .skip(1)
-                            .map(|ip| api::PodIp { ip: ip.clone() })
-                            .collect(),
-                    }
-                }),
-                linux: Some(api::LinuxPodSandboxStatus {
-                    namespaces: Some(api::Namespace {
-                        options: Some(api::NamespaceOption {
-                            network: if sandbox::ns_path(&sb, "net").is_some() || !sb.ready {
-                                api::NamespaceMode::Pod as i32
-                            } else {
-                                api::NamespaceMode::Node as i32
-                            },
-                            pid: if !sb.shares_pid() {
-                                api::NamespaceMode::Container as i32
-                            } else {
-                                api::NamespaceMode::Pod as i32
-                            },
-                            ipc: api::NamespaceMode::Pod as i32,
-                            ..Default::default()
-                        }),
-                    }),
-                }),
-                labels: sb.labels.clone(),
-                annotations: sb.annotations.clone(),
-                runtime_handler: String::new(),
-            }),
+            status: Some(sandbox::status(&sb)),
             info: Default::default(),
             containers_statuses,
             timestamp: store::now_ns(),
@@ -756,6 +757,8 @@ impl RuntimeService for Runtime {
                     .await
                     .put(&id, rec)
                     .map_err(|e| io_status("container record", e))?;
+                self.emit(&id, &sb.id, api::ContainerEventType::ContainerCreatedEvent)
+                    .await;
                 tracing::info!(pod = %sb.id, container = %id, "container created");
                 Ok(Response::new(api::CreateContainerResponse {
                     container_id: id,
@@ -813,6 +816,13 @@ impl RuntimeService for Runtime {
             t.put(&rec.id, c)
                 .map_err(|e| io_status("container record", e))?;
         }
+        drop(t);
+        self.emit(
+            &rec.id,
+            &rec.sandbox_id,
+            api::ContainerEventType::ContainerStartedEvent,
+        )
+        .await;
         tracing::info!(container = %rec.id, pod = %rec.sandbox_id, "container started");
         Ok(Response::new(api::StartContainerResponse {}))
     }
@@ -1077,13 +1087,100 @@ impl RuntimeService for Runtime {
     type GetContainerEventsStream = Streamed<api::ContainerEventResponse>;
     type StreamPodSandboxMetricsStream = Streamed<api::StreamPodSandboxMetricsResponse>;
 
-    not_built! {
-        stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream;
-        stream_containers(StreamContainersRequest) -> Self::StreamContainersStream;
-        stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream;
-        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream;
-        get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream;
-        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream;
+    async fn get_container_events(
+        &self,
+        _r: Request<api::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let rx = self.events.subscribe();
+        let s = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| match e {
+            Ok(ev) => Some(Ok(ev)),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "a GetContainerEvents subscriber fell behind");
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<api::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = r.into_inner().filter;
+        let items = self
+            .list_pod_sandbox(Request::new(api::ListPodSandboxRequest { filter }))
+            .await?
+            .into_inner()
+            .items;
+        Ok(Response::new(crate::events::chunked(
+            items,
+            |pod_sandboxes| api::StreamPodSandboxesResponse { pod_sandboxes },
+        )))
+    }
+
+    async fn stream_containers(
+        &self,
+        r: Request<api::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = r.into_inner().filter;
+        let items = self
+            .list_containers(Request::new(api::ListContainersRequest { filter }))
+            .await?
+            .into_inner()
+            .containers;
+        Ok(Response::new(crate::events::chunked(items, |containers| {
+            api::StreamContainersResponse { containers }
+        })))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        r: Request<api::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = r.into_inner().filter;
+        let items = self
+            .list_container_stats(Request::new(api::ListContainerStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(crate::events::chunked(
+            items,
+            |container_stats| api::StreamContainerStatsResponse { container_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<api::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = r.into_inner().filter;
+        let items = self
+            .list_pod_sandbox_stats(Request::new(api::ListPodSandboxStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(crate::events::chunked(
+            items,
+            |pod_sandbox_stats| api::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<api::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let items = self
+            .list_pod_sandbox_metrics(Request::new(api::ListPodSandboxMetricsRequest {}))
+            .await?
+            .into_inner()
+            .pod_metrics;
+        Ok(Response::new(crate::events::chunked(
+            items,
+            |pod_sandbox_metrics| api::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
     }
 }
 

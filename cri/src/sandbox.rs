@@ -519,6 +519,67 @@ pub fn state(r: &SandboxRecord) -> i32 {
     }
 }
 
+/// The CRI status of a pod sandbox.
+pub fn status(sb: &SandboxRecord) -> api::PodSandboxStatus {
+    let ips = sb
+        .network
+        .as_ref()
+        .map(|a| crate::network::addresses(&a.result))
+        .unwrap_or_default();
+    let mode = |node: bool| {
+        if node {
+            api::NamespaceMode::Node as i32
+        } else {
+            api::NamespaceMode::Pod as i32
+        }
+    };
+    api::PodSandboxStatus {
+        id: sb.id.clone(),
+        metadata: Some(meta(sb)),
+        state: state(sb),
+        created_at: sb.created_at,
+        network: Some(api::PodSandboxNetworkStatus {
+            ip: ips.first().cloned().unwrap_or_default(),
+            additional_ips: ips
+                .iter()
+                .skip(1)
+                .map(|ip| api::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(api::LinuxPodSandboxStatus {
+            namespaces: Some(api::Namespace {
+                options: Some(api::NamespaceOption {
+                    network: mode(sb.host_network),
+                    pid: if sb.shares_pid() {
+                        api::NamespaceMode::Pod as i32
+                    } else {
+                        api::NamespaceMode::Container as i32
+                    },
+                    ipc: mode(sb.host_ipc),
+                    userns_options: sb.userns.as_ref().map(|u| {
+                        let m = |x: (u32, u32, u32)| {
+                            vec![api::IdMapping {
+                                container_id: x.0,
+                                host_id: x.1,
+                                length: x.2,
+                            }]
+                        };
+                        api::UserNamespace {
+                            mode: api::NamespaceMode::Pod as i32,
+                            uids: m(u.uid),
+                            gids: m(u.gid),
+                        }
+                    }),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: sb.labels.clone(),
+        annotations: sb.annotations.clone(),
+        runtime_handler: String::new(),
+    }
+}
+
 /// Whether `r` passes a ListPodSandbox filter.
 pub fn matches(r: &SandboxRecord, f: &api::PodSandboxFilter) -> bool {
     (f.id.is_empty() || r.id.starts_with(&f.id))

@@ -62,14 +62,22 @@ start_cri() {
         --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" >>"$R/cri.log" 2>&1 &
     cri=$!
     for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
+    [ "$events_on" = 0 ] || subscribe
+}
+events_on=0
+events=
+subscribe() {
+    "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" events -o json >> "$R/events.json" 2>>"$R/events.err" &
+    events="$events $!"
+    sleep 0.3
 }
 rm -f "$R/cri.sock"
 start_cri
 cleanup() {
     # Whatever a failure left: pods (and their containers) through the server, then it.
     "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --timeout 30s rmp -af >/dev/null 2>&1 || true
-    kill $cri $reg 2>/dev/null
-    wait $cri $reg 2>/dev/null || true
+    kill $cri $reg $events 2>/dev/null
+    wait $cri $reg $events 2>/dev/null || true
 }
 trap cleanup EXIT
 c() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --image-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
@@ -133,6 +141,10 @@ print(err, file=sys.stderr); sys.exit(1)
 EOF
 }
 pod_ip() { c inspectp -o json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["network"]["ip"])'; }
+# GetContainerEvents: a subscriber from here on, again after each restart (start_cri), ended
+# after the first pod is removed.
+events_on=1
+subscribe
 pod=$(c runp "$R/pod.json") || fail "runp: $(cat "$R/crictl.err")"
 ctr=$(c create "$pod" "$R/ctr.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr" >/dev/null || fail "start: $(cat "$R/crictl.err")"
@@ -206,6 +218,28 @@ c rm "$ctr" >/dev/null 2>&1 || true
     || fail "state left: $(ls -R "$R/state")"
 ! find /sys/fs/cgroup -name "rsrun-$ctr" 2>/dev/null | grep -q . || fail "cgroup left"
 ok "stop, rm, stopp, rmp: nothing left (mounts, state, shims, cgroups)"
+sleep 1.2  # the exit watcher looks once a second
+kill $events 2>/dev/null || true; wait $events 2>/dev/null || true; events=
+python3 - "$R/events.json" "$ctr" "$ctr3" "$pod" <<'EOF' || fail "events: $(head -c 3000 "$R/events.json")"
+import json, sys
+text, ctr, ctr3, pod = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], sys.argv[4]
+dec, i, evs = json.JSONDecoder(), 0, []
+while i < len(text):
+    if text[i].isspace():
+        i += 1; continue
+    o, i = dec.raw_decode(text, i); evs.append(o)
+def kinds(id):
+    return [e["containerEventType"] for e in evs if e["containerId"] == id]
+# ctr was created, started (before the server restarts), stopped by StopContainer, removed
+assert kinds(ctr)[:2] == ["CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT"], kinds(ctr)
+assert "CONTAINER_STOPPED_EVENT" in kinds(ctr) and kinds(ctr)[-1] == "CONTAINER_DELETED_EVENT", kinds(ctr)
+# the pod: created, started, stopped, deleted, with its status in each event
+assert kinds(pod) == ["CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT", "CONTAINER_STOPPED_EVENT", "CONTAINER_DELETED_EVENT"], kinds(pod)
+assert all(e["podSandboxStatus"]["id"] == pod for e in evs if e["containerId"] == pod)
+# the container whose shim was killed -9 is reported stopped too
+assert "CONTAINER_STOPPED_EVENT" in kinds(ctr3), kinds(ctr3)
+EOF
+ok "GetContainerEvents: created, started, stopped and deleted for the pod and its containers"
 
 # A pod that shares one PID namespace (the proto's default): rsrun-pause is its PID 1.
 echo '{"metadata": {"name": "shared", "namespace": "default", "uid": "shared-uid"}}' > "$R/pod2.json"
