@@ -42,6 +42,8 @@ pub struct File {
     pub log_level: Option<String>,
     pub log_max_line: Option<u64>,
     pub default_capabilities: Option<Vec<String>>,
+    pub stream_address: Option<String>,
+    pub runtime: Option<PathBuf>,
 }
 
 impl File {
@@ -60,6 +62,8 @@ impl File {
             log_level: self.log_level.or(o.log_level),
             log_max_line: self.log_max_line.or(o.log_max_line),
             default_capabilities: self.default_capabilities.or(o.default_capabilities),
+            stream_address: self.stream_address.or(o.stream_address),
+            runtime: self.runtime.or(o.runtime),
         }
     }
 }
@@ -79,6 +83,10 @@ pub struct Opts {
     pub log_max_line: Option<u64>,
     /// The capabilities of a container that asks for no change (CRI's default set if None).
     pub default_capabilities: Option<Vec<String>>,
+    /// The streaming server's address (exec, attach URLs).
+    pub stream_address: String,
+    /// The rsrun binary (exec sessions); beside this one or on PATH if None.
+    pub runtime: Option<PathBuf>,
 }
 
 /// Flags, then the file they name (or the default one), then the defaults. None: --help.
@@ -190,6 +198,13 @@ fn resolve(f: File) -> Result<Opts> {
         log_level: f.log_level.unwrap_or_else(|| "info".into()),
         log_max_line: f.log_max_line,
         default_capabilities: f.default_capabilities,
+        stream_address: {
+            let a = f.stream_address.unwrap_or_else(|| "127.0.0.1:0".into());
+            a.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("stream_address {a:?}: an IP address and port"))?;
+            a
+        },
+        runtime: f.runtime,
     })
 }
 

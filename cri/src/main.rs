@@ -20,6 +20,7 @@ mod recover;
 mod runtime_service;
 mod sandbox;
 mod store;
+mod streaming;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,6 +113,21 @@ async fn serve(o: Opts) -> Result<()> {
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("rsrun-shim")),
     };
+    let beside = |name: &str| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join(name)))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(name))
+    };
+    let streaming = streaming::Server::start(
+        &o.stream_address,
+        o.runtime.clone().unwrap_or_else(|| beside("rsrun")),
+        o.state.join("runtime"),
+        o.state.join("streaming"),
+    )
+    .await
+    .with_context(|| format!("the streaming server on {}", o.stream_address))?;
     let records = o.root.join("cri");
     let pause_rootfs = sandbox::install_pause(&o.state.join("pause"))
         .with_context(|| format!("install rsrun-pause under {}", o.state.display()))?;
@@ -125,6 +141,7 @@ async fn serve(o: Opts) -> Result<()> {
         pause_rootfs,
         cpu_samples: Default::default(),
         events: Default::default(),
+        streaming,
         rro: rsrun::sys::mount_setattr_supported(),
         log_max_line: o.log_max_line,
         default_caps: o.default_capabilities.clone(),

@@ -41,6 +41,8 @@ pub struct Runtime {
     pub containers: Mutex<Table<ContainerRecord>>,
     /// Pod networking.
     pub cni: crate::network::Cni,
+    /// The streaming server (Exec, Attach URLs).
+    pub streaming: Arc<crate::streaming::Server>,
     /// Container events' subscribers (GetContainerEvents).
     pub events: crate::events::Events,
     /// The longest CRI log record (rsrun-shim's --log-max-line; its default if None).
@@ -957,6 +959,65 @@ impl RuntimeService for Runtime {
         Ok(Response::new(api::UpdateContainerResourcesResponse {}))
     }
 
+    async fn exec(
+        &self,
+        r: Request<api::ExecRequest>,
+    ) -> Result<Response<api::ExecResponse>, Status> {
+        let mut r = r.into_inner();
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("Exec: cmd is required"));
+        }
+        if !(r.stdin || r.stdout || r.stderr) {
+            return Err(Status::invalid_argument(
+                "Exec: one of stdin, stdout and stderr is required",
+            ));
+        }
+        if r.tty && r.stderr {
+            return Err(Status::invalid_argument(
+                "Exec: tty and stderr cannot both be set (a terminal has one output)",
+            ));
+        }
+        let rec = self.container(&r.container_id).await?;
+        if container::state(&rec).0 != api::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "Exec: container {} is not running",
+                rec.id
+            )));
+        }
+        r.container_id = rec.id.clone();
+        let url = self.streaming.url(crate::streaming::Pending::Exec {
+            req: r,
+            pod: rec.sandbox_id.clone(),
+        });
+        Ok(Response::new(api::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        r: Request<api::AttachRequest>,
+    ) -> Result<Response<api::AttachResponse>, Status> {
+        let mut r = r.into_inner();
+        if !(r.stdin || r.stdout || r.stderr) {
+            return Err(Status::invalid_argument(
+                "Attach: one of stdin, stdout and stderr is required",
+            ));
+        }
+        let rec = self.container(&r.container_id).await?;
+        if container::state(&rec).0 != api::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "Attach: container {} is not running",
+                rec.id
+            )));
+        }
+        r.container_id = rec.id.clone();
+        let url = self.streaming.url(crate::streaming::Pending::Attach {
+            req: r,
+            pod: rec.sandbox_id.clone(),
+            shim_dir: rec.shim_dir.clone(),
+        });
+        Ok(Response::new(api::AttachResponse { url }))
+    }
+
     async fn exec_sync(
         &self,
         r: Request<api::ExecSyncRequest>,
@@ -1071,8 +1132,6 @@ impl RuntimeService for Runtime {
     }
 
     not_built! {
-        exec(ExecRequest) -> api::ExecResponse;
-        attach(AttachRequest) -> api::AttachResponse;
         port_forward(PortForwardRequest) -> api::PortForwardResponse;
         checkpoint_container(CheckpointContainerRequest) -> api::CheckpointContainerResponse;
         checkpoint_pod(CheckpointPodRequest) -> api::CheckpointPodResponse;

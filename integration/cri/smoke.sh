@@ -162,6 +162,20 @@ echo "$out" | grep -q 'sh -c echo hello' || fail "exec: not in the container's p
 if c exec -s "$ctr" sh -c 'exit 3' >/dev/null; then fail "exec -s of exit 3 succeeded"; fi
 grep -q 'exited with 3' "$R/crictl.err" || fail "exec -s exit code: $(cat "$R/crictl.err")"
 ok "exec -s (exit code, the pod's hostname, the container's PID 1)"
+# The streaming server over WebSocket (v5.channel.k8s.io): output on both streams, the exit
+# code through the status channel, stdin, a terminal; a made-up URL gets 404.
+rc=0; out=$(c exec -r websocket "$ctr" sh -c 'echo to-out; echo to-err >&2; exit 3') || rc=$?
+[ "$rc" != 0 ] && [ "$out" = to-out ] && grep -q '^to-err$' "$R/crictl.err" \
+    && grep -q 'command terminated with exit code 3' "$R/crictl.err" || fail "exec over WebSocket: rc $rc, out $out, err $(cat "$R/crictl.err")"
+out=$(echo "through stdin" | c exec -r websocket -i "$ctr" sh -c 'read l; echo "got $l"') || fail "exec -i: $(cat "$R/crictl.err")"
+[ "$out" = "got through stdin" ] || fail "exec -i over WebSocket: $out"
+out=$(script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -r websocket -it $ctr tty" /dev/null 2>/dev/null | tr -d '\r\0')
+echo "$out" | grep -q '/dev/pts/[0-9]' || fail "exec -it over WebSocket: $out"
+saddr=$(sed 's/\x1b\[[0-9;]*m//g' "$R/cri.log" | grep -o 'streaming server address=[0-9.:]*' | tail -n1 | cut -d= -f2)
+[ "$(python3 -c "import urllib.request,sys
+try: urllib.request.urlopen('http://$saddr/exec/0123456789abcdef')
+except urllib.error.HTTPError as e: print(e.code)")" = 404 ] || fail "a made-up streaming URL is not 404"
+ok "exec over WebSocket: stdout, stderr, exit code 3, stdin, a terminal; unknown URL 404"
 web=$(c create "$pod" "$R/web.json" "$R/pod.json") || fail "create web: $(cat "$R/crictl.err")"
 c start "$web" >/dev/null || fail "start web: $(cat "$R/crictl.err")"
 ip=$(pod_ip "$pod")

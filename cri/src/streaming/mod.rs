@@ -1,0 +1,253 @@
+//! The streaming server: the URLs that the Exec, Attach and PortForward RPCs return, served
+//! over HTTP on a loopback address (the kubelet proxies clients to them).
+//!
+//! Each URL carries a one-time token (random, 32 bytes) that names the request the RPC
+//! checked; it expires after `TOKEN_TTL` and is forgotten at first use. An unknown, used or
+//! expired token gets 404 and touches nothing.
+//!
+//! Transport built: WebSocket with the Kubernetes channel protocols `v5.channel.k8s.io` and
+//! `v4.channel.k8s.io` (binary) and their `base64` variants, for exec and attach. Not built
+//! yet: SPDY/3.1 (answered 400 naming what is supported) and port-forward.
+
+mod session;
+mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use crate::api;
+
+/// How long a URL stays usable after the RPC that made it.
+pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// A checked request, waiting for its client.
+#[derive(Clone, Debug)]
+pub enum Pending {
+    Exec {
+        req: api::ExecRequest,
+        pod: String,
+    },
+    Attach {
+        req: api::AttachRequest,
+        pod: String,
+        /// The container's shim directory (its attach socket).
+        shim_dir: PathBuf,
+    },
+}
+
+impl Pending {
+    fn path(&self) -> &'static str {
+        match self {
+            Pending::Exec { .. } => "exec",
+            Pending::Attach { .. } => "attach",
+        }
+    }
+}
+
+pub struct Server {
+    addr: SocketAddr,
+    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    /// The rsrun binary (exec sessions run `rsrun exec`) and its state root.
+    pub rsrun: PathBuf,
+    pub runtime_root: PathBuf,
+    /// Where console sockets of tty exec sessions are made.
+    pub scratch: PathBuf,
+}
+
+impl Server {
+    /// Listens on `addr` (port 0: any free one) and serves in the background.
+    pub async fn start(
+        addr: &str,
+        rsrun: PathBuf,
+        runtime_root: PathBuf,
+        scratch: PathBuf,
+    ) -> std::io::Result<Arc<Server>> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        std::fs::create_dir_all(&scratch)?;
+        let srv = Arc::new(Server {
+            addr: listener.local_addr()?,
+            tokens: Mutex::new(HashMap::new()),
+            rsrun,
+            runtime_root,
+            scratch,
+        });
+        let s = srv.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("streaming server: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
+                    });
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await
+                    {
+                        tracing::debug!(%peer, "streaming connection: {e}");
+                    }
+                });
+            }
+        });
+        tracing::info!(address = %srv.addr, "streaming server");
+        Ok(srv)
+    }
+
+    /// A one-time URL for `p`.
+    pub fn url(&self, p: Pending) -> String {
+        let token = crate::store::new_id();
+        let path = p.path();
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        t.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
+        t.insert(token.clone(), (p, now));
+        format!("http://{}/{path}/{token}", self.addr)
+    }
+
+    /// The request a token names, forgotten at once; None when unknown or expired.
+    fn take(&self, token: &str) -> Option<Pending> {
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let (p, at) = t.remove(token)?;
+        (at.elapsed() < TOKEN_TTL).then_some(p)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_string();
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let pending = match self.take(token) {
+            Some(p) if p.path() == kind => p,
+            _ => {
+                tracing::info!(path = %path, "streaming: unknown, used or expired token");
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "unknown, used or expired streaming URL",
+                );
+            }
+        };
+        let upgrade = header(&req, "upgrade").to_ascii_lowercase();
+        if upgrade != "websocket" {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "streaming: upgrade {upgrade:?} is not supported: WebSocket with {} (SPDY/3.1 is not built yet)",
+                    ws::PROTOCOLS.join(", ")
+                ),
+            );
+        }
+        let offered = header(&req, "sec-websocket-protocol");
+        let Some(proto) = ws::choose(&offered) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "streaming: none of the offered subprotocols {offered:?} is supported ({})",
+                    ws::PROTOCOLS.join(", ")
+                ),
+            );
+        };
+        let key = header(&req, "sec-websocket-key");
+        if key.is_empty() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "streaming: Sec-WebSocket-Key is missing",
+            );
+        }
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let srv = self.clone();
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(up) => {
+                    let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        hyper_util::rt::TokioIo::new(up),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        Some(ws::config()),
+                    )
+                    .await;
+                    session::run(srv, pending, ws::Channels::new(stream, proto)).await;
+                }
+                Err(e) => tracing::warn!("streaming: upgrade failed: {e}"),
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert("upgrade", "websocket".parse().expect("header"));
+        h.insert("connection", "Upgrade".parse().expect("header"));
+        h.insert(
+            "sec-websocket-accept",
+            accept.parse().expect("base64 is a valid header value"),
+        );
+        h.insert(
+            "sec-websocket-protocol",
+            proto.name.parse().expect("a known protocol name"),
+        );
+        r
+    }
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn text(code: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    *r.status_mut() = code;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> Server {
+        Server {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tokens: Mutex::new(HashMap::new()),
+            rsrun: PathBuf::new(),
+            runtime_root: PathBuf::new(),
+            scratch: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn tokens_are_one_time_and_expire() {
+        let s = server();
+        let p = Pending::Exec {
+            req: Default::default(),
+            pod: "p".into(),
+        };
+        let url = s.url(p.clone());
+        assert!(url.starts_with("http://127.0.0.1:1/exec/"), "{url}");
+        let token = url.rsplit('/').next().unwrap().to_string();
+        assert_eq!(token.len(), 64);
+        assert!(s.take(&token).is_some());
+        assert!(s.take(&token).is_none(), "a token is usable once");
+        assert!(s.take("not-a-token").is_none());
+        // An expired one is refused.
+        let url = s.url(p);
+        let token = url.rsplit('/').next().unwrap().to_string();
+        s.tokens.lock().unwrap().get_mut(&token).unwrap().1 -= TOKEN_TTL;
+        assert!(s.take(&token).is_none(), "an expired token is refused");
+    }
+}

@@ -1,0 +1,460 @@
+//! Exec and attach sessions over the channel protocol (ws.rs).
+//!
+//! Exec runs `rsrun exec` (the runtime's binary: this server never forks through the
+//! library) with pipes, or with a terminal whose master rsrun hands over on a console
+//! socket. Attach bridges to the container's rsrun-shim attach socket. Output goes to the
+//! client through one bounded queue: a client that stops reading stalls the exec'd process
+//! (its pipe fills), never the server; for attach the shim drops a client that far behind.
+//! A client that goes away closes the session's stdin (an exec'd process then sees EOF, or
+//! the terminal's hangup) and nothing else.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::ws::{Channels, In, Writer};
+use super::{Pending, Server};
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+
+pub async fn run(srv: Arc<Server>, p: Pending, ch: Channels) {
+    match p {
+        Pending::Exec { req, pod } => {
+            let span = tracing::info_span!("exec", container = %req.container_id, pod = %pod);
+            let _e = span.enter();
+            tracing::info!(cmd = ?req.cmd, tty = req.tty, "exec session");
+            drop(_e);
+            exec(srv, req, ch).await
+        }
+        Pending::Attach { req, pod, shim_dir } => {
+            tracing::info!(container = %req.container_id, pod = %pod, "attach session");
+            attach(req, shim_dir, ch).await
+        }
+    }
+}
+
+/// The v4/v5 status on the error channel: success, a non-zero exit code, or an error.
+pub fn status(code: Result<i32, String>) -> Vec<u8> {
+    let v = match code {
+        Ok(0) => json!({"metadata": {}, "status": "Success"}),
+        Ok(n) => json!({
+            "metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: exit status {n}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": n.to_string()}]},
+        }),
+        Err(e) => {
+            json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError"})
+        }
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The terminal size of a resize message: (rows, cols).
+fn resize(data: &[u8]) -> Option<(u16, u16)> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    Some((
+        u16::try_from(v["Height"].as_u64()?).ok()?,
+        u16::try_from(v["Width"].as_u64()?).ok()?,
+    ))
+}
+
+/// Sends everything queued on `rx` to the client, in order, until the queue closes.
+async fn forward(mut w: Writer, mut rx: mpsc::Receiver<(u8, Vec<u8>)>) -> Writer {
+    while let Some((ch, data)) = rx.recv().await {
+        if let Err(e) = w.send(ch, &data).await {
+            tracing::info!("streaming client gone: {e}");
+            // Keep draining so that the pumps never block on a dead client.
+            while rx.recv().await.is_some() {}
+            break;
+        }
+    }
+    w
+}
+
+/// Copies `r` into the queue as channel `ch` until EOF.
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, ch: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((ch, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, ch: Channels) {
+    let (mut w, mut r) = ch.split();
+    // The lowest writable channel gets an empty message: the client's sign that the
+    // session is up.
+    let first = if req.stdout {
+        STDOUT
+    } else if req.stderr {
+        STDERR
+    } else {
+        ERROR
+    };
+    if w.send(first, &[]).await.is_err() {
+        return;
+    }
+    let mut cmd = tokio::process::Command::new(&srv.rsrun);
+    cmd.arg("--root").arg(&srv.runtime_root).arg("exec");
+    let console = if req.tty {
+        let path = srv
+            .scratch
+            .join(format!("{}.sock", &crate::store::new_id()[..16]));
+        match tokio::net::UnixListener::bind(&path) {
+            Ok(l) => {
+                cmd.arg("--tty").arg("--console-socket").arg(&path);
+                Some((l, path))
+            }
+            Err(e) => {
+                let _ = w
+                    .send(ERROR, &status(Err(format!("console socket: {e}"))))
+                    .await;
+                w.close().await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    cmd.arg(&req.container_id).args(&req.cmd);
+    let piped = std::process::Stdio::piped;
+    cmd.stdin(if req.stdin && !req.tty {
+        piped()
+    } else {
+        std::process::Stdio::null()
+    })
+    .stdout(if req.tty {
+        std::process::Stdio::null()
+    } else {
+        piped()
+    })
+    .stderr(piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = w
+                .send(
+                    ERROR,
+                    &status(Err(format!("run {}: {e}", srv.rsrun.display()))),
+                )
+                .await;
+            w.close().await;
+            return;
+        }
+    };
+    // The terminal's master, from rsrun over the console socket (or rsrun's failure).
+    let master: Option<OwnedFd> = match &console {
+        Some((l, _)) => {
+            let got = tokio::select! {
+                a = l.accept() => match a {
+                    Ok((s, _)) => recv_master(&s).await.map_err(|e| format!("console socket: {e}")),
+                    Err(e) => Err(format!("console socket: {e}")),
+                },
+                st = child.wait() => Err(format!("rsrun exec ended before handing over the terminal ({})",
+                    st.map(|s| s.to_string()).unwrap_or_default())),
+            };
+            match got {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    let mut errout = String::new();
+                    if let Some(mut s) = child.stderr.take() {
+                        let _ = s.read_to_string(&mut errout).await;
+                    }
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    if let Some((_, p)) = &console {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let msg = if errout.trim().is_empty() {
+                        e
+                    } else {
+                        errout.trim().to_string()
+                    };
+                    let _ = w.send(ERROR, &status(Err(msg))).await;
+                    w.close().await;
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some((_, p)) = &console {
+        let _ = std::fs::remove_file(p);
+    }
+    let (tx, rx) = mpsc::channel::<(u8, Vec<u8>)>(8);
+    let writer = tokio::spawn(forward(w, rx));
+    let mut pumps = Vec::new();
+    let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
+    let master_raw = master.as_ref().map(|m| m.as_raw_fd());
+    if let Some(m) = master {
+        let out = std::fs::File::from(m);
+        match out.try_clone() {
+            Ok(input) => {
+                if req.stdin {
+                    stdin = Some(Box::new(tokio::fs::File::from_std(input)));
+                }
+            }
+            Err(e) => tracing::warn!("exec terminal: {e}"),
+        }
+        if req.stdout {
+            pumps.push(tokio::spawn(pump(
+                tokio::fs::File::from_std(out),
+                STDOUT,
+                tx.clone(),
+            )));
+        }
+    } else {
+        if let Some(s) = child.stdout.take() {
+            if req.stdout {
+                pumps.push(tokio::spawn(pump(s, STDOUT, tx.clone())));
+            }
+        }
+        if let Some(s) = child.stdin.take() {
+            stdin = Some(Box::new(s));
+        }
+    }
+    // rsrun's stderr: the process's (without a terminal) and rsrun's own errors.
+    let mut errs = String::new();
+    let err_pump = child.stderr.take().map(|s| {
+        let tx = tx.clone();
+        let want = req.stderr && !req.tty;
+        tokio::spawn(async move {
+            let mut s = s;
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if want {
+                            if tx.send((STDERR, buf[..n].to_vec())).await.is_err() {
+                                break;
+                            }
+                        } else if seen.len() < 64 * 1024 {
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                }
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        })
+    });
+    drop(tx);
+    // Client → process, until the process ends.
+    let input = async {
+        while let Some(m) = r.recv().await {
+            tracing::trace!("exec: client message {m:?}");
+            match m {
+                Ok(In::Data(STDIN, data)) => {
+                    if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&data).await.is_err() || s.flush().await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok(In::Data(RESIZE, data)) => {
+                    if let (Some(fd), Some((rows, cols))) = (master_raw, resize(&data)) {
+                        let _ = rsrun::sys::set_winsize(fd, rows, cols);
+                    }
+                }
+                Ok(In::Closed(STDIN)) => stdin = None,
+                Ok(other) => tracing::debug!("exec: ignored client message {other:?}"),
+                Err(e) => {
+                    tracing::info!("exec: bad client message, session reset: {e}");
+                    break;
+                }
+            }
+        }
+        // The client is gone: its stdin closes.
+        stdin = None;
+        std::future::pending::<()>().await
+    };
+    let code = tokio::select! {
+        st = child.wait() => st,
+        _ = input => unreachable!(),
+    };
+    for p in pumps {
+        let _ = p.await;
+    }
+    if let Some(p) = err_pump {
+        errs = p.await.unwrap_or_default();
+    }
+    let result = match code {
+        Ok(st) => match st.code() {
+            // rsrun's own failure (it could not start the process) is an error, not the
+            // command's exit code.
+            Some(n) if !(req.tty && !errs.trim().is_empty() && n != 0) => Ok(n),
+            Some(_) => Err(errs.trim().to_string()),
+            None => Err(format!("rsrun exec: {st}")),
+        },
+        Err(e) => Err(format!("rsrun exec: {e}")),
+    };
+    let mut w = match writer.await {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let _ = w.send(ERROR, &status(result)).await;
+    w.close().await;
+}
+
+/// The descriptor rsrun sends over the console socket.
+async fn recv_master(s: &tokio::net::UnixStream) -> std::io::Result<OwnedFd> {
+    loop {
+        s.readable().await?;
+        match rsrun::sys::recv_fd(s.as_raw_fd()) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch: Channels) {
+    let (mut w, mut r) = ch.split();
+    let sock = match connect_attach(&shim_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = w
+                .send(ERROR, &status(Err(format!("the container's monitor: {e}"))))
+                .await;
+            w.close().await;
+            return;
+        }
+    };
+    let first = if req.stdout {
+        STDOUT
+    } else if req.stderr {
+        STDERR
+    } else {
+        ERROR
+    };
+    if w.send(first, &[]).await.is_err() {
+        return;
+    }
+    // The shim's packets, read by a thread (seqpacket has no tokio type).
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let rs = sock.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match nix::sys::socket::recv(
+                rs.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let send = |pkt: Vec<u8>| {
+        let s = sock.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                nix::sys::socket::send(
+                    s.as_raw_fd(),
+                    &pkt,
+                    nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+            .map(|_| ())
+        }
+    };
+    let mut code: Option<i32> = None;
+    loop {
+        tokio::select! {
+            pkt = rx.recv() => match pkt.as_deref() {
+                Some([k @ (1 | 2), data @ ..]) => {
+                    let want = if *k == 1 { req.stdout } else { req.stderr };
+                    if want && w.send(*k, data).await.is_err() {
+                        break;
+                    }
+                }
+                Some([3, c @ ..]) => {
+                    code = c.get(..4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            },
+            m = r.recv() => match m {
+                Some(Ok(In::Data(STDIN, data))) if req.stdin => {
+                    let mut p = Vec::with_capacity(data.len() + 1);
+                    p.push(0u8);
+                    p.extend_from_slice(&data);
+                    if send(p).await.is_err() { break; }
+                }
+                Some(Ok(In::Data(RESIZE, data))) => {
+                    if let Some((rows, cols)) = resize(&data) {
+                        let mut p = vec![4u8];
+                        p.extend_from_slice(&rows.to_le_bytes());
+                        p.extend_from_slice(&cols.to_le_bytes());
+                        let _ = send(p).await;
+                    }
+                }
+                Some(Ok(In::Closed(STDIN))) => { let _ = send(vec![5u8]).await; }
+                Some(Ok(other)) => tracing::debug!("attach: ignored client message {other:?}"),
+                Some(Err(e)) => { tracing::info!("attach: bad client message, session reset: {e}"); break; }
+                // The client detached: the container carries on.
+                None => break,
+            },
+        }
+    }
+    // Ends the reader thread too (its recv returns once the socket is shut down).
+    let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    if let Some(c) = code {
+        let _ = w.send(ERROR, &status(Ok(c))).await;
+    }
+    w.close().await;
+}
+
+fn connect_attach(shim_dir: &std::path::Path) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("attach"))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(&path)?)?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statuses() {
+        let ok: serde_json::Value = serde_json::from_slice(&super::status(Ok(0))).unwrap();
+        assert_eq!(ok["status"], "Success");
+        let bad: serde_json::Value = serde_json::from_slice(&super::status(Ok(3))).unwrap();
+        assert_eq!(bad["reason"], "NonZeroExitCode");
+        assert_eq!(bad["details"]["causes"][0]["message"], "3");
+        assert_eq!(
+            super::resize(br#"{"Width": 80, "Height": 24}"#),
+            Some((24, 80))
+        );
+        assert_eq!(super::resize(b"{}"), None);
+    }
+}
