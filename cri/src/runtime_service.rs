@@ -51,6 +51,9 @@ pub struct Runtime {
     pub default_caps: Option<Vec<String>>,
     /// The kernel has mount_setattr(2): recursive read-only mounts (`rro`) work.
     pub rro: bool,
+    /// One lock per pod or container ID: requests about the same object are serialized,
+    /// unrelated ones run in parallel (lock_object).
+    pub object_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// The last CPU sample of each container (for nano-cores).
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
@@ -80,6 +83,26 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 impl Runtime {
+    /// Serializes requests about the object `id` (held until the guard is dropped).
+    pub(crate) async fn lock_object(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .object_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// Forgets the lock of a removed object.
+    fn forget_lock(&self, id: &str) {
+        self.object_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     fn rsrun(&self) -> rsrun::Runtime {
         rsrun::Runtime::new(self.runtime_root.clone(), false)
     }
@@ -174,6 +197,7 @@ impl Runtime {
         )
         .await;
         self.events.forget(&r.id);
+        self.forget_lock(&r.id);
         Ok(())
     }
 
@@ -532,6 +556,11 @@ impl RuntimeService for Runtime {
         let Some(sb) = self.sandbox(&r.into_inner().pod_sandbox_id).await? else {
             return Ok(Response::new(api::StopPodSandboxResponse {}));
         };
+        let _g = self.lock_object(&sb.id).await;
+        // As it is now that this request has the pod (another may have changed it).
+        let Some(sb) = self.sandbox(&sb.id).await? else {
+            return Ok(Response::new(api::StopPodSandboxResponse {}));
+        };
         for c in self.containers_of(&sb.id).await {
             self.stop(&c, Duration::ZERO).await?;
         }
@@ -572,6 +601,10 @@ impl RuntimeService for Runtime {
         let Some(sb) = self.sandbox(&r.into_inner().pod_sandbox_id).await? else {
             return Ok(Response::new(api::RemovePodSandboxResponse {}));
         };
+        let _g = self.lock_object(&sb.id).await;
+        let Some(sb) = self.sandbox(&sb.id).await? else {
+            return Ok(Response::new(api::RemovePodSandboxResponse {}));
+        };
         for c in self.containers_of(&sb.id).await {
             self.remove(c).await?;
         }
@@ -596,6 +629,7 @@ impl RuntimeService for Runtime {
             api::ContainerEventType::ContainerDeletedEvent,
         )
         .await;
+        self.forget_lock(&sb.id);
         tracing::info!(pod = %sb.id, "pod sandbox removed");
         Ok(Response::new(api::RemovePodSandboxResponse {}))
     }
@@ -673,6 +707,11 @@ impl RuntimeService for Runtime {
                 Status::invalid_argument("CreateContainer: config.image.image is required")
             })?;
         let sb = self.sandbox(&r.pod_sandbox_id).await?.ok_or_else(|| {
+            Status::not_found(format!("pod sandbox {} not found", r.pod_sandbox_id))
+        })?;
+        // The pod cannot be stopped or removed while a container is being made in it.
+        let _g = self.lock_object(&sb.id).await;
+        let sb = self.sandbox(&sb.id).await?.ok_or_else(|| {
             Status::not_found(format!("pod sandbox {} not found", r.pod_sandbox_id))
         })?;
         if !sb.ready {
@@ -792,6 +831,8 @@ impl RuntimeService for Runtime {
         r: Request<api::StartContainerRequest>,
     ) -> Result<Response<api::StartContainerResponse>, Status> {
         let rec = self.container(&r.into_inner().container_id).await?;
+        let _g = self.lock_object(&rec.id).await;
+        let rec = self.container(&rec.id).await?;
         let st = container::state(&rec).0;
         if st != api::ContainerState::ContainerCreated as i32 {
             return Err(Status::failed_precondition(format!(
@@ -842,6 +883,7 @@ impl RuntimeService for Runtime {
             }
             Err(e) => return Err(e),
         };
+        let _g = self.lock_object(&rec.id).await;
         self.stop(&rec, Duration::from_secs(r.timeout.max(0) as u64))
             .await?;
         Ok(Response::new(api::StopContainerResponse {}))
@@ -852,6 +894,15 @@ impl RuntimeService for Runtime {
         r: Request<api::RemoveContainerRequest>,
     ) -> Result<Response<api::RemoveContainerResponse>, Status> {
         let rec = match self.container(&r.into_inner().container_id).await {
+            Ok(c) => c,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                return Ok(Response::new(api::RemoveContainerResponse {}))
+            }
+            Err(e) => return Err(e),
+        };
+        let _g = self.lock_object(&rec.id).await;
+        // Another request may have removed it meanwhile: then it is removed.
+        let rec = match self.container(&rec.id).await {
             Ok(c) => c,
             Err(e) if e.code() == tonic::Code::NotFound => {
                 return Ok(Response::new(api::RemoveContainerResponse {}))
@@ -919,6 +970,7 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<api::UpdateContainerResourcesResponse>, Status> {
         let r = r.into_inner();
         let rec = self.container(&r.container_id).await?;
+        let _g = self.lock_object(&rec.id).await;
         let Some(linux) = r.linux else {
             return Ok(Response::new(api::UpdateContainerResourcesResponse {}));
         };

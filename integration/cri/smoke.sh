@@ -305,6 +305,7 @@ if c runp "$R/bad-userns.json" >/dev/null; then fail "runp with container ID 0 u
 grep -q 'InvalidArgument.*userns_options.uids: container ID 0 must be mapped' "$R/crictl.err" || fail "bad userns: $(cat "$R/crictl.err")"
 ok "bad user namespace mapping: InvalidArgument naming the field"
 
+
 c rmi busybox >/dev/null || fail "rmi: $(cat "$R/crictl.err")"
 [ -z "$(c images -q)" ] || fail "image left after rmi: $(c images)"
 ok "rmi"

@@ -10,6 +10,7 @@
 //! yet: SPDY/3.1 (answered 400 naming what is supported) and port-forward.
 
 mod session;
+pub mod spdy;
 mod ws;
 
 use std::collections::HashMap;
