@@ -1070,6 +1070,45 @@ impl RuntimeService for Runtime {
         Ok(Response::new(api::AttachResponse { url }))
     }
 
+    async fn port_forward(
+        &self,
+        r: Request<api::PortForwardRequest>,
+    ) -> Result<Response<api::PortForwardResponse>, Status> {
+        let r = r.into_inner();
+        let sb = self.sandbox(&r.pod_sandbox_id).await?.ok_or_else(|| {
+            Status::not_found(format!(
+                "PortForward: pod sandbox {} not found",
+                r.pod_sandbox_id
+            ))
+        })?;
+        if !sb.ready {
+            return Err(Status::failed_precondition(format!(
+                "PortForward: pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!(
+                "PortForward: port {p} is out of range"
+            )));
+        }
+        let netns = if sb.host_network {
+            None
+        } else {
+            Some(sandbox::ns_path(&sb, "net").ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "PortForward: pod sandbox {} has no network namespace",
+                    sb.id
+                ))
+            })?)
+        };
+        let url = self.streaming.url(crate::streaming::Pending::PortForward {
+            pod: sb.id.clone(),
+            netns,
+        });
+        Ok(Response::new(api::PortForwardResponse { url }))
+    }
+
     async fn exec_sync(
         &self,
         r: Request<api::ExecSyncRequest>,
@@ -1184,7 +1223,6 @@ impl RuntimeService for Runtime {
     }
 
     not_built! {
-        port_forward(PortForwardRequest) -> api::PortForwardResponse;
         checkpoint_container(CheckpointContainerRequest) -> api::CheckpointContainerResponse;
         checkpoint_pod(CheckpointPodRequest) -> api::CheckpointPodResponse;
         restore_pod(RestorePodRequest) -> api::RestorePodResponse;

@@ -6,12 +6,14 @@
 #
 # Usage: run.sh [-r LABEL=PATH]... [--cri LABEL=PATH] [-f REGEX]... [-s REGEX]... [-p N] [-t SECONDS]
 #               [--trace] [--keep] [--min-passed N] [--known-failure NAME]...
+#               [--benchmark PARAMS] [--hook CMD] [--cri-log-level LEVEL]
 #   -r LABEL=PATH  a runtime binary to run critest with; may repeat, the first is the reference
 #                  (default: runc=/usr/sbin/runc rsrun=<repo>/target/debug/rsrun)
 #   --cri LABEL=PATH  run critest against rsrun-cri (PATH, with rsrun-shim beside it) instead of
 #                  containerd: same images, registry and network namespace; with no -r, the only
 #                  run (the floor then applies to it alone)
 #   -f REGEX       ginkgo focus (may repeat)      -s REGEX  ginkgo skip (may repeat)
+#   --critest-arg ARG  passed to critest as it is (repeatable), e.g. -websocket-exec
 #   -p N           ginkgo parallel nodes (default 1; at most 2 on this machine)
 #   -t SECONDS     time limit of one critest run (default 480; ginkgo reports what ran by then)
 #   --trace        point BinaryName at a wrapper that logs each runtime call, its exit status
@@ -23,6 +25,16 @@
 #                  any other failing spec in any run fails the comparison (repeatable). These two
 #                  are the floor of the CI stage (integration/stages/60-containerd-critest.sh):
 #                  parity alone passes when both runtimes pass nothing.
+#   --benchmark PARAMS  critest's benchmark mode instead of the conformance specs (-benchmark,
+#                  -benchmarking-params-file=PARAMS, a fixed -ginkgo.seed so that every run takes
+#                  the specs in the same order); the per-operation latencies go to
+#                  runs/LABEL/benchmark/*.json. The images the benchmarks use (busybox, and
+#                  containerd's sandbox image) are pulled first, so that no timed call pulls.
+#   --hook CMD     run CMD (through sh -c) after critest while the server of the run is still up,
+#                  inside the network namespace, with RUN_LABEL, RUN_KIND (containerd or cri),
+#                  RUN_DIR, RUN_ENDPOINT, RUN_PID (the server's PID) and RUN_CRICTL in its
+#                  environment; its output goes to runs/LABEL/hook.log. Before the teardown.
+#   --cri-log-level LEVEL  rsrun-cri's --log-level in --cri mode (default warn)
 #
 # Everything lives under $RSRUN_CONTAINERD_WORK (default /var/tmp/rsrun-containerd): bin/ (critest,
 # crictl, ginkgo), the registry's storage, runs/LABEL/ (config.toml, containerd.log, critest.log,
@@ -53,7 +65,11 @@ trace=0
 keep=0
 inner=0
 floor=()
+extra=()
 cri=
+bench=
+hook=
+cri_log_level=warn
 
 usage() { sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -69,14 +85,22 @@ while [ $# -gt 0 ]; do
         -p) par=${2:?-p needs a value}; shift 2 ;;
         -t) limit=${2:?-t needs a value}; shift 2 ;;
         --trace) trace=1; shift ;;
+        --critest-arg) extra+=("${2:?--critest-arg needs a value}"); shift 2 ;;
         --keep) keep=1; shift ;;
         --min-passed) floor+=(--min-passed "${2:?--min-passed needs a number}"); shift 2 ;;
         --known-failure) floor+=(--known-failure "${2:?--known-failure needs a spec name}"); shift 2 ;;
+        --benchmark) bench=${2:?--benchmark needs a parameters file}; shift 2 ;;
+        --hook) hook=${2:?--hook needs a command}; shift 2 ;;
+        --cri-log-level) cri_log_level=${2:?--cri-log-level needs a level}; shift 2 ;;
         --inner) inner=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
 done
+if [ -n "$bench" ]; then
+    [ -f "$bench" ] || die "--benchmark: no such file: $bench"
+    bench=$(cd "$(dirname "$bench")" && pwd)/$(basename "$bench")
+fi
 [ ${#runtimes[@]} -gt 0 ] || [ -n "$cri" ] || runtimes=("runc=/usr/sbin/runc" "rsrun=$TOP/target/debug/rsrun")
 for r in "${runtimes[@]+"${runtimes[@]}"}" ${cri:+"$cri"}; do
     case "$r" in
@@ -371,14 +395,28 @@ shm_ids() { ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ { print $2 }' | sort; }
 
 # critest against the CRI socket of run dir R (containerd's or rsrun-cri's): its report, exit
 # status and duration in R; the shm segments its HostIpc specs leave are removed.
-critest_run() { # R
-    local r=$1 rc start=$SECONDS f
+critest_run() { # R [IMAGE...: pulled first in benchmark mode]
+    local r=$1 rc start=$SECONDS f img
+    shift
     local cargs=(--runtime-endpoint="unix://$r/containerd.sock" --image-endpoint="unix://$r/containerd.sock"
-                 -ginkgo.no-color -ginkgo.v -ginkgo.timeout="${limit}s"
+                 -ginkgo.no-color -ginkgo.timeout="${limit}s"
                  -ginkgo.junit-report="$r/junit.xml" -ginkgo.json-report="$r/report.json")
+    if [ -n "$bench" ]; then
+        # -benchmark sets -ginkgo.succinct (ginkgo refuses it together with -ginkgo.v)
+        mkdir -p "$r/benchmark"
+        cp "$bench" "$r/benchmark-params.yml"
+        cargs+=(-benchmark -benchmarking-params-file="$bench" -benchmarking-output-dir="$r/benchmark"
+                -ginkgo.seed=1)
+        for img in registry.k8s.io/e2e-test-images/busybox:1.29-2 "$@"; do
+            crictl_ pull "$img" >>"$r/prepull.log" 2>&1 || say "pulling $img failed (see $r/prepull.log)"
+        done
+    else
+        cargs+=(-ginkgo.v)
+    fi
     [ "$par" -gt 1 ] && cargs+=(-parallel="$par")
     for f in "${focus[@]+"${focus[@]}"}"; do cargs+=(-ginkgo.focus="$f"); done
     for f in "${skip[@]+"${skip[@]}"}"; do cargs+=(-ginkgo.skip="$f"); done
+    cargs+=("${extra[@]+"${extra[@]}"}")
     echo "critest ${cargs[*]}" > "$r/command.txt"
 
     shm_ids > "$r/shm-before.txt"
@@ -395,6 +433,15 @@ critest_run() { # R
         | comm -13 "$r/shm-before.txt" - | while read -r id; do
             ipcrm -m "$id" && echo "removed shm segment $id left by critest"; done > "$r/shm-removed.txt" 2>&1
     return "$rc"
+}
+
+# --hook: CMD with the run's facts in its environment, while its server is up.
+run_hook() { # LABEL KIND RUNDIR
+    [ -n "$hook" ] || return 0
+    say "$1: hook: $hook"
+    RUN_LABEL=$1 RUN_KIND=$2 RUN_DIR=$3 RUN_ENDPOINT="unix://$3/containerd.sock" RUN_PID=$containerd_pid \
+        RUN_CRICTL="$W/bin/crictl" sh -c "$hook" >"$3/hook.log" 2>&1 </dev/null \
+        || say "$1: hook exit $? (see $3/hook.log)"
 }
 
 run_one() { # LABEL BINARY
@@ -425,7 +472,8 @@ run_one() { # LABEL BINARY
     say "$label: containerd $containerd_pid up, BinaryName $shim_bin ($(head -n1 "$r/runtime-version.txt"))"
 
     local start=$SECONDS rc=0
-    critest_run "$r" || rc=$?
+    critest_run "$r" "$(sed -n 's/^ *sandbox_image = "\(.*\)"$/\1/p' "$r/config.toml")" || rc=$?
+    run_hook "$label" containerd "$r"
     teardown "$label" "$bin" "$r"
     cur=
     say "$label: critest exit $rc after $((SECONDS - start))s"
@@ -449,7 +497,7 @@ run_cri() { # LABEL BINARY
     echo "{\"registries\": {$hosts\"$REGISTRY\": {\"insecure\": true}}}" > "$r/registries.json"
     write_netconf "$r"
     "$bin" --listen "unix://$r/containerd.sock" --root "$r/root" --state "$r/state" \
-        --registry-config "$r/registries.json" --cni-conf-dir "$r/net.d" --cni-bin-dir "$CNI_BIN" --log-level warn >"$r/containerd.log" 2>&1 </dev/null &
+        --registry-config "$r/registries.json" --cni-conf-dir "$r/net.d" --cni-bin-dir "$CNI_BIN" --log-level "$cri_log_level" >"$r/containerd.log" 2>&1 </dev/null &
     containerd_pid=$!
     local i
     for i in $(seq 1 100); do
@@ -462,13 +510,17 @@ run_cri() { # LABEL BINARY
     local start=$SECONDS
     rc=0
     critest_run "$r" || rc=$?
+    run_hook "$label" cri "$r"
     # Teardown: every pod through the server, then the server; then what is left (shims of its
     # state dir, containers in its runtime root, mounts under the run dir).
     crictl_ rmp -a -f >"$r/teardown.log" 2>&1
     stop_containerd
     for p in $(pids_with_arg "$r/state/runtime"); do kill -KILL "$p" 2>/dev/null; done
-    for id in $("$TOP/target/debug/rsrun" --root "$r/state/runtime" list -q 2>/dev/null); do
-        "$TOP/target/debug/rsrun" --root "$r/state/runtime" delete --force "$id" >>"$r/teardown.log" 2>&1
+    # the runtime beside the server (as its shim is), else the debug build
+    local rt=$TOP/target/debug/rsrun
+    [ -x "$(dirname "$bin")/rsrun" ] && rt=$(dirname "$bin")/rsrun
+    for id in $("$rt" --root "$r/state/runtime" list -q 2>/dev/null); do
+        "$rt" --root "$r/state/runtime" delete --force "$id" >>"$r/teardown.log" 2>&1
     done
     awk -v pre="$r/" 'index($5, pre) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null

@@ -176,6 +176,11 @@ saddr=$(sed 's/\x1b\[[0-9;]*m//g' "$R/cri.log" | grep -o 'streaming server addre
 try: urllib.request.urlopen('http://$saddr/exec/0123456789abcdef')
 except urllib.error.HTTPError as e: print(e.code)")" = 404 ] || fail "a made-up streaming URL is not 404"
 ok "exec over WebSocket: stdout, stderr, exit code 3, stdin, a terminal; unknown URL 404"
+# The same over SPDY/3.1 (crictl's default transport).
+rc=0; out=$(echo "spdy in" | c exec -i "$ctr" sh -c 'read l; echo "got $l"; echo to-err >&2; exit 4') || rc=$?
+[ "$rc" != 0 ] && [ "$out" = "got spdy in" ] && grep -q '^to-err$' "$R/crictl.err" \
+    && grep -q 'command terminated with exit code 4' "$R/crictl.err" || fail "exec over SPDY: rc $rc, out $out, err $(cat "$R/crictl.err")"
+ok "exec over SPDY/3.1: stdin, stdout, stderr, exit code 4"
 web=$(c create "$pod" "$R/web.json" "$R/pod.json") || fail "create web: $(cat "$R/crictl.err")"
 c start "$web" >/dev/null || fail "start web: $(cat "$R/crictl.err")"
 ip=$(pod_ip "$pod")
@@ -186,6 +191,16 @@ gw=$(ip -4 -o addr show smoke0 | awk '{print $4}' | cut -d/ -f1)
 [ -e "$R/ipam/smoke/$ip" ] || fail "no host-local lease for $ip"
 iptables -t nat -S | grep -q -- "-p tcp .*--dport 8080" || fail "no hostPort rule: $(iptables -t nat -S)"
 ok "CNI: pod IP $ip from the bridge network, HTTP to it and through hostPort 8080"
+# Port-forward into the pod's network namespace (httpd listens on the pod's port 80), over
+# SPDY/3.1 and over WebSocket: the answer is the pod's.
+for tr in spdy websocket; do
+    lport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" port-forward -r $tr "$pod" "$lport:80" >"$R/pf.log" 2>&1 & pf=$!
+    got=$(get "127.0.0.1:$lport") || got=
+    kill $pf 2>/dev/null || true; wait $pf 2>/dev/null || true
+    [ "$got" = smoke-pod ] || fail "port-forward over $tr: $got ($(cat "$R/pf.log"))"
+done
+ok "port-forward to the pod's port 80 over SPDY/3.1 and over WebSocket"
 # Killed -9 and restarted: the container was never stopped, the pod is still listed.
 kill -9 $cri; wait $cri 2>/dev/null || true
 start_cri

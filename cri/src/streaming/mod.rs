@@ -5,10 +5,14 @@
 //! checked; it expires after `TOKEN_TTL` and is forgotten at first use. An unknown, used or
 //! expired token gets 404 and touches nothing.
 //!
-//! Transport built: WebSocket with the Kubernetes channel protocols `v5.channel.k8s.io` and
-//! `v4.channel.k8s.io` (binary) and their `base64` variants, for exec and attach. Not built
-//! yet: SPDY/3.1 (answered 400 naming what is supported) and port-forward.
+//! Transports: SPDY/3.1 (an HTTP upgrade; `v4.channel.k8s.io` for exec and attach,
+//! `portforward.k8s.io` for port-forward, negotiated with X-Stream-Protocol-Version) and
+//! WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io` and their `base64` variants for exec and
+//! attach; port-forward as SPDY tunnelled in WebSocket messages, `SPDY/3.1+portforward.k8s.io`,
+//! as current clients send it).
 
+mod channel;
+mod portforward;
 mod session;
 pub mod spdy;
 mod ws;
@@ -42,6 +46,11 @@ pub enum Pending {
         /// The container's shim directory (its attach socket).
         shim_dir: PathBuf,
     },
+    PortForward {
+        pod: String,
+        /// The pod's pinned network namespace (None: the node's network).
+        netns: Option<PathBuf>,
+    },
 }
 
 impl Pending {
@@ -49,9 +58,32 @@ impl Pending {
         match self {
             Pending::Exec { .. } => "exec",
             Pending::Attach { .. } => "attach",
+            Pending::PortForward { .. } => "portforward",
         }
     }
+
+    /// The channels an exec or attach client opens as SPDY streams.
+    fn spdy_streams(&self) -> Vec<u8> {
+        let (stdin, stdout, stderr, tty) = match self {
+            Pending::Exec { req, .. } => (req.stdin, req.stdout, req.stderr, req.tty),
+            Pending::Attach { req, .. } => (req.stdin, req.stdout, req.stderr, req.tty),
+            Pending::PortForward { .. } => return Vec::new(),
+        };
+        let mut v = vec![3];
+        for (want, ch) in [(stdin, 0), (stdout, 1), (stderr && !tty, 2), (tty, 4)] {
+            if want {
+                v.push(ch);
+            }
+        }
+        v
+    }
 }
+
+/// The SPDY subprotocols: remote command version 4 (the one with the exit code in a status),
+/// port-forward.
+const SPDY_EXEC: &str = "v4.channel.k8s.io";
+const SPDY_PORTFORWARD: &str = "portforward.k8s.io";
+const WS_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 pub struct Server {
     addr: SocketAddr,
@@ -144,22 +176,97 @@ impl Server {
             }
         };
         let upgrade = header(&req, "upgrade").to_ascii_lowercase();
-        if upgrade != "websocket" {
-            return text(
+        tracing::debug!(path = %path, upgrade = %upgrade, headers = ?req.headers(), "streaming request");
+        match upgrade.as_str() {
+            "spdy/3.1" => self.upgrade_spdy(req, pending),
+            "websocket" => self.upgrade_ws(req, pending),
+            _ => text(
                 StatusCode::BAD_REQUEST,
+                &format!("streaming: upgrade {upgrade:?} is not supported: SPDY/3.1 or WebSocket"),
+            ),
+        }
+    }
+
+    fn upgrade_spdy(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        pending: Pending,
+    ) -> Response<Full<Bytes>> {
+        let want = match pending {
+            Pending::PortForward { .. } => SPDY_PORTFORWARD,
+            _ => SPDY_EXEC,
+        };
+        let offered: Vec<String> = req
+            .headers()
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .collect();
+        if !offered.iter().any(|p| p == want) {
+            return text(
+                StatusCode::FORBIDDEN,
                 &format!(
-                    "streaming: upgrade {upgrade:?} is not supported: WebSocket with {} (SPDY/3.1 is not built yet)",
-                    ws::PROTOCOLS.join(", ")
+                    "streaming: none of the offered protocols {offered:?} is supported ({want})"
                 ),
             );
         }
+        let srv = self.clone();
+        tokio::spawn(async move {
+            let up = match hyper::upgrade::on(req).await {
+                Ok(up) => up,
+                Err(e) => return tracing::warn!("streaming: upgrade failed: {e}"),
+            };
+            let conn = spdy::Connection::server(hyper_util::rt::TokioIo::new(up));
+            match pending {
+                Pending::PortForward { pod, netns } => portforward::serve(conn, netns, pod).await,
+                p => {
+                    let want = p.spdy_streams();
+                    match channel::Channels::spdy(conn, &want).await {
+                        Ok(ch) => session::run(srv, p, ch).await,
+                        Err(e) => tracing::info!("streaming: SPDY session: {e}"),
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert("connection", "Upgrade".parse().expect("header"));
+        h.insert("upgrade", "SPDY/3.1".parse().expect("header"));
+        h.insert(
+            "x-stream-protocol-version",
+            want.parse().expect("a known protocol name"),
+        );
+        r
+    }
+
+    fn upgrade_ws(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        pending: Pending,
+    ) -> Response<Full<Bytes>> {
         let offered = header(&req, "sec-websocket-protocol");
-        let Some(proto) = ws::choose(&offered) else {
+        let port_forward = matches!(pending, Pending::PortForward { .. });
+        let proto = if port_forward {
+            offered
+                .split(',')
+                .map(str::trim)
+                .find(|p| *p == WS_PORTFORWARD)
+                .map(|_| WS_PORTFORWARD)
+        } else {
+            ws::choose(&offered).map(|p| p.name)
+        };
+        let Some(proto_name) = proto else {
+            let ours = if port_forward {
+                WS_PORTFORWARD.to_string()
+            } else {
+                ws::PROTOCOLS.join(", ")
+            };
             return text(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                    "streaming: none of the offered subprotocols {offered:?} is supported ({})",
-                    ws::PROTOCOLS.join(", ")
+                    "streaming: none of the offered subprotocols {offered:?} is supported ({ours})"
                 ),
             );
         };
@@ -173,17 +280,30 @@ impl Server {
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let srv = self.clone();
         tokio::spawn(async move {
-            match hyper::upgrade::on(req).await {
-                Ok(up) => {
-                    let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        hyper_util::rt::TokioIo::new(up),
-                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                        Some(ws::config()),
-                    )
-                    .await;
-                    session::run(srv, pending, ws::Channels::new(stream, proto)).await;
+            let up = match hyper::upgrade::on(req).await {
+                Ok(up) => up,
+                Err(e) => return tracing::warn!("streaming: upgrade failed: {e}"),
+            };
+            let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(ws::config()),
+            )
+            .await;
+            match pending {
+                Pending::PortForward { pod, netns } => {
+                    let conn = spdy::Connection::server(portforward::tunnel(stream));
+                    portforward::serve(conn, netns, pod).await
                 }
-                Err(e) => tracing::warn!("streaming: upgrade failed: {e}"),
+                p => {
+                    let proto = ws::choose(proto_name).expect("chosen above");
+                    session::run(
+                        srv,
+                        p,
+                        channel::Channels::Ws(Box::new(ws::Channels::new(stream, proto))),
+                    )
+                    .await
+                }
             }
         });
         let mut r = Response::new(Full::new(Bytes::new()));
@@ -197,7 +317,7 @@ impl Server {
         );
         h.insert(
             "sec-websocket-protocol",
-            proto.name.parse().expect("a known protocol name"),
+            proto_name.parse().expect("a known protocol name"),
         );
         r
     }

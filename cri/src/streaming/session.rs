@@ -15,7 +15,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::ws::{Channels, In, Writer};
+use super::channel::{Channels, Writer};
+use super::ws::In;
 use super::{Pending, Server};
 
 const STDIN: u8 = 0;
@@ -37,6 +38,7 @@ pub async fn run(srv: Arc<Server>, p: Pending, ch: Channels) {
             tracing::info!(container = %req.container_id, pod = %pod, "attach session");
             attach(req, shim_dir, ch).await
         }
+        Pending::PortForward { .. } => unreachable!("port-forward has sessions of its own"),
     }
 }
 

@@ -1,0 +1,155 @@
+//! The channels of an exec or attach session (stdin 0, stdout 1, stderr 2, error 3, resize 4)
+//! over either transport: WebSocket (one connection, a channel byte per message: ws.rs) or
+//! SPDY/3.1 (one stream per channel, named by its `streamType` header: spdy.rs).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::spdy;
+use super::ws::{self, In};
+
+/// How long a SPDY client has to open the streams its request needs (the kubelet's
+/// stream creation timeout).
+const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum Channels {
+    Ws(Box<ws::Channels>),
+    Spdy(Writer, Reader),
+}
+
+pub enum Writer {
+    Ws(ws::Writer),
+    Spdy {
+        streams: HashMap<u8, spdy::SendStream>,
+        /// Kept until the session ends (the last handle dropped ends the connection).
+        _conn: spdy::Connection,
+    },
+}
+
+pub enum Reader {
+    Ws(ws::Reader),
+    Spdy(mpsc::Receiver<In>),
+}
+
+impl Channels {
+    pub fn split(self) -> (Writer, Reader) {
+        match self {
+            Channels::Ws(c) => {
+                let (w, r) = (*c).split();
+                (Writer::Ws(w), Reader::Ws(r))
+            }
+            Channels::Spdy(w, r) => (w, r),
+        }
+    }
+
+    /// The streams of a SPDY remote-command session: waits for those the request needs
+    /// (`want`: channel numbers), replies to each, and reads stdin and resize into channel
+    /// messages.
+    pub async fn spdy(conn: spdy::Connection, want: &[u8]) -> Result<Channels, String> {
+        let mut send = HashMap::new();
+        let (tx, rx) = mpsc::channel::<In>(8);
+        let mut missing: Vec<u8> = want.to_vec();
+        let deadline = tokio::time::Instant::now() + STREAMS_TIMEOUT;
+        while !missing.is_empty() {
+            let s = tokio::time::timeout_at(deadline, conn.accept())
+                .await
+                .map_err(|_| format!("the client did not open streams {missing:?} in time"))?
+                .ok_or("the client went away before opening its streams")?;
+            let ch = match s.headers().get("streamtype") {
+                Some("stdin") => 0,
+                Some("stdout") => 1,
+                Some("stderr") => 2,
+                Some("error") => 3,
+                Some("resize") => 4,
+                other => {
+                    s.reset(spdy::RstStatus::REFUSED_STREAM);
+                    return Err(format!("unknown stream type {other:?}"));
+                }
+            };
+            s.reply(&[]).await.map_err(|e| e.to_string())?;
+            missing.retain(|c| *c != ch);
+            let (mut r, w) = s.split();
+            send.insert(ch, w);
+            if ch == 0 || ch == 4 {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut pending: Vec<u8> = Vec::new();
+                    loop {
+                        match r.read_chunk().await {
+                            Ok(Some(b)) if ch == 0 => {
+                                if tx.send(In::Data(0, b.to_vec())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            // Resize: a sequence of JSON objects, sent one per message.
+                            Ok(Some(b)) => {
+                                pending.extend_from_slice(&b);
+                                let mut it = serde_json::Deserializer::from_slice(&pending)
+                                    .into_iter::<serde_json::Value>();
+                                let mut used = 0;
+                                while let Some(Ok(v)) = it.next() {
+                                    used = it.byte_offset();
+                                    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+                                    if tx.send(In::Data(4, bytes)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                pending.drain(..used);
+                            }
+                            Ok(None) | Err(_) => {
+                                let _ = tx.send(In::Closed(ch)).await;
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Channels::Spdy(
+            Writer::Spdy {
+                streams: send,
+                _conn: conn,
+            },
+            Reader::Spdy(rx),
+        ))
+    }
+}
+
+impl Writer {
+    pub async fn send(&mut self, ch: u8, data: &[u8]) -> Result<(), String> {
+        match self {
+            Writer::Ws(w) => w.send(ch, data).await,
+            // A SPDY stream carries no empty "ready" message; an unopened channel is dropped.
+            Writer::Spdy { streams, .. } => match streams.get_mut(&ch) {
+                Some(s) if !data.is_empty() => s.write(data).await.map_err(|e| e.to_string()),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    pub async fn close(&mut self) {
+        match self {
+            Writer::Ws(w) => w.close().await,
+            // Every stream's data out and its FIN sent; the connection (GOAWAY, then the
+            // socket) ends when the last handle is dropped.
+            Writer::Spdy { streams, .. } => {
+                for s in streams.values_mut() {
+                    let _ = s.flush().await;
+                    let _ = s.close().await;
+                }
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// The next channel message; None when the client is gone.
+    pub async fn recv(&mut self) -> Option<Result<In, String>> {
+        match self {
+            Reader::Ws(r) => r.recv().await,
+            Reader::Spdy(rx) => rx.recv().await.map(Ok),
+        }
+    }
+}
