@@ -1,9 +1,10 @@
 #!/bin/sh
-# Stage 15: a bounded fuzzing run (cargo-fuzz, libFuzzer) of config.json loading and
-# validation (runtime/fuzz/fuzz_targets/config.rs): no input may panic. Starts from the
-# seeds in runtime/fuzz/seeds/config; new corpus entries go to a temporary directory. A crash
-# fails the stage and leaves its input in runtime/fuzz/artifacts/config/.
-# FUZZ_SECONDS (default 60) bounds the run.
+# Stage 15: bounded fuzzing runs (cargo-fuzz, libFuzzer) of config.json loading and
+# validation (runtime/fuzz/fuzz_targets/config.rs) and of the streaming server's SPDY/3.1
+# frame decoder (cri/fuzz/fuzz_targets/spdy_frames.rs): no input may panic. Each starts from
+# its seeds (runtime/fuzz/seeds/config; cri/fuzz/seeds/spdy_frames, bytes a Go SPDY client
+# sent); new corpus entries go to a temporary directory. A crash fails the stage and leaves its
+# input in the fuzz directory's artifacts/. FUZZ_SECONDS (default 60) bounds each run.
 set -eu
 cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
 need=""
@@ -25,5 +26,8 @@ else
 fi
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
-cd runtime/fuzz
-run run config "$corpus" seeds/config -- -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1
+mkdir -p "$corpus/config" "$corpus/spdy"
+( cd runtime/fuzz &&
+  run run config "$corpus/config" seeds/config -- -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1 )
+( cd cri/fuzz &&
+  run run spdy_frames "$corpus/spdy" seeds/spdy_frames -- -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1 )

@@ -14,7 +14,7 @@
 mod channel;
 mod portforward;
 mod session;
-pub mod spdy;
+use rsrun_cri::spdy;
 mod ws;
 
 use std::collections::HashMap;
