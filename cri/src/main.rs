@@ -4,11 +4,7 @@
 //! status and configuration; pod sandboxes, containers, networking and streaming come next
 //! (docs/cri.md says what answers and what does not yet).
 
-/// Generated from the upstream api.proto (build.rs); its comments are upstream's.
-#[allow(clippy::all, clippy::pedantic)]
-pub mod api {
-    tonic::include_proto!("runtime.v1");
-}
+use rsrun_cri::api;
 mod config;
 mod container;
 mod error;

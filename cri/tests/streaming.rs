@@ -1,0 +1,366 @@
+//! The streaming server against bad clients, through the built rsrun-cri: a port-forward URL
+//! of a host-network pod (no image needed) into a TCP server of this test. A used token and a
+//! made-up one get 404; garbage after the SPDY upgrade, an oversized frame, a client gone in
+//! the middle of a transfer and a client that never reads while the pod side keeps sending:
+//! each session is reset or ends, the server keeps serving (a good session works after each),
+//! and its descriptors and threads come back to what they were (read from /proc).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rsrun_cri::api;
+use rsrun_cri::api::runtime_service_client::RuntimeServiceClient;
+use rsrun_cri::spdy::{Encoder, Frame, Headers};
+
+struct Server {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The pod's pinned namespaces, if the test failed before removing it.
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for l in m.lines() {
+                if let Some(p) = l
+                    .split(' ')
+                    .nth(4)
+                    .filter(|p| p.starts_with(self.dir.to_str().unwrap()))
+                {
+                    let _ = nix_umount(p);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nix_umount(p: &str) -> std::io::Result<()> {
+    std::process::Command::new("umount")
+        .arg("-l")
+        .arg(p)
+        .status()
+        .map(|_| ())
+}
+
+fn count(dir: &str, pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{dir}"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// An HTTP/1.1 upgrade to SPDY/3.1 for port-forward: the status line, and the connection.
+fn upgrade(url: &str) -> (String, TcpStream) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: portforward.k8s.io\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    (status, s)
+}
+
+fn frame(enc: &mut Encoder, f: Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    enc.encode(&f, &mut out).unwrap();
+    out
+}
+
+fn syn(enc: &mut Encoder, id: u32, kind: &str, port: u16) -> Vec<u8> {
+    let mut h = Headers::new();
+    h.insert("streamtype", kind);
+    h.insert("port", &port.to_string());
+    h.insert("requestid", "0");
+    frame(
+        enc,
+        Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            slot: 0,
+            flags: 0,
+            headers: h,
+        },
+    )
+}
+
+/// A good session: the echo server answers through the forward.
+fn echo_through(url: &str, port: u16) {
+    let (status, mut s) = upgrade(url);
+    assert!(status.contains(" 101 "), "{status}");
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", port)).unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", port)).unwrap();
+    s.write_all(&frame(
+        &mut enc,
+        Frame::Data {
+            stream_id: 3,
+            flags: 0,
+            data: bytes::Bytes::from_static(b"ping-through"),
+        },
+    ))
+    .unwrap();
+    // Read until the echo shows up in the server's frames.
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut b = [0u8; 4096];
+    while Instant::now() < end && !got.windows(12).any(|w| w == b"ping-through") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    assert!(
+        got.windows(12).any(|w| w == b"ping-through"),
+        "no echo through the port-forward"
+    );
+}
+
+async fn client(sock: &Path) -> RuntimeServiceClient<tonic::transport::Channel> {
+    let p = sock.to_path_buf();
+    let ch = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = p.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    RuntimeServiceClient::new(ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_server_survives_bad_clients() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root (pod namespaces)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rsrun-cri-streaming-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("net.d")).unwrap();
+    let sock = dir.join("cri.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rsrun-cri"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--cni-conf-dir")
+        .arg(dir.join("net.d"))
+        .arg("--cgroup-parent")
+        .arg("rsrun-cri-streaming-test")
+        .arg("--log-level")
+        .arg("warn")
+        .stderr(std::fs::File::create(dir.join("cri.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let srv = Server {
+        child,
+        dir: dir.clone(),
+    };
+    let pid = srv.child.id();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = client(&sock).await;
+    // A host-network pod without a shared PID namespace: no image, no pause.
+    let config = api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: "stream".into(),
+            namespace: "t".into(),
+            uid: "stream-uid".into(),
+            attempt: 0,
+        }),
+        linux: Some(api::LinuxPodSandboxConfig {
+            security_context: Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    network: api::NamespaceMode::Node as i32,
+                    pid: api::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = c
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+
+    // The pod side: an echo server, and a source that never stops sending.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let source = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let source_port = source.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in source.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let chunk = vec![b'x'; 64 * 1024];
+                while s.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let url = || {
+        let mut c = c.clone();
+        let pod = pod.clone();
+        async move {
+            c.port_forward(api::PortForwardRequest {
+                pod_sandbox_id: pod,
+                port: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+        }
+    };
+
+    // Warm up (the server's worker threads and the first session's allocations), then the
+    // baseline.
+    echo_through(&url().await, echo_port);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fds0, threads0) = (count("fd", pid), count("task", pid));
+
+    // A token works once; a made-up one never.
+    let u = url().await;
+    echo_through(&u, echo_port);
+    let (status, _) = upgrade(&u);
+    assert!(status.contains(" 404 "), "a used token: {status}");
+    let made_up = format!("{}/{}", u.rsplit_once('/').unwrap().0, "0".repeat(64));
+    assert!(upgrade(&made_up).0.contains(" 404 "));
+
+    // Garbage after the upgrade: the connection is closed.
+    let (status, mut s) = upgrade(&url().await);
+    assert!(status.contains(" 101 "), "{status}");
+    s.write_all(b"\x80\x07\x00\x01garbage that is no SPDY frame at all")
+        .unwrap();
+    let mut b = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if Instant::now() > end => panic!("the server kept a garbage connection open"),
+            Ok(_) => {}
+        }
+    }
+    echo_through(&url().await, echo_port);
+
+    // A frame header announcing 16 MiB, then nothing: reset, not a 16 MiB buffer.
+    let (_, mut s) = upgrade(&url().await);
+    s.write_all(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]).unwrap();
+    drop(s);
+
+    // A client gone in the middle: streams open, data in flight, then the socket drops.
+    let (_, mut s) = upgrade(&url().await);
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", echo_port)).unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", echo_port)).unwrap();
+    s.write_all(&frame(
+        &mut enc,
+        Frame::Data {
+            stream_id: 3,
+            flags: 0,
+            data: bytes::Bytes::from(vec![b'y'; 32 * 1024]),
+        },
+    ))
+    .unwrap();
+    drop(s);
+
+    // A client that never reads while the pod side sends without end: its data stream stalls
+    // (bounded), the server stays responsive, and the session ends when the client goes.
+    let (_, mut s) = upgrade(&url().await);
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", source_port))
+        .unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", source_port)).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mem = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: u64 = mem
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kb < 200 * 1024,
+        "the server holds {rss_kb} KiB for a client that never reads"
+    );
+    echo_through(&url().await, echo_port);
+    drop(s);
+
+    // Everything those sessions held is given back.
+    let end = Instant::now() + Duration::from_secs(20);
+    let (mut fds, mut threads) = (0, 0);
+    while Instant::now() < end {
+        fds = count("fd", pid);
+        threads = count("task", pid);
+        if fds <= fds0 && threads <= threads0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        fds <= fds0 && threads <= threads0,
+        "descriptors {fds0} -> {fds}, threads {threads0} -> {threads}"
+    );
+    assert!(srv.child.id() == pid && Path::new(&format!("/proc/{pid}")).exists());
+
+    c.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
