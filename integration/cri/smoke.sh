@@ -76,8 +76,11 @@ start_cri
 cleanup() {
     # Whatever a failure left: pods (and their containers) through the server, then it.
     "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --timeout 30s rmp -af >/dev/null 2>&1 || true
-    kill $cri $reg $events 2>/dev/null
-    wait $cri $reg $events 2>/dev/null || true
+    if [ -n "${cri2:-}" ]; then
+        "$W/bin/crictl" --runtime-endpoint "unix://$R/cri2.sock" --timeout 30s rmp -af >/dev/null 2>&1 || true
+    fi
+    kill $cri $reg $events ${cri2:-} 2>/dev/null
+    wait $cri $reg $events ${cri2:-} 2>/dev/null || true
 }
 trap cleanup EXIT
 c() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --image-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
@@ -332,4 +335,29 @@ if c runp "$R/bad.json" >/dev/null; then fail "runp with a bad hostname succeede
 grep -q 'InvalidArgument.*config.hostname' "$R/crictl.err" || fail "runp: $(cat "$R/crictl.err")"
 [ -z "$(c pods -q)" ] || fail "a refused pod is listed"
 ok "bad pod config: InvalidArgument naming the field"
+
+# Two servers side by side (different socket, root and state): each sees and removes only its
+# own pods; the first one's running container survives the second's rmp -a.
+c pull busybox >/dev/null || fail "pull: $(cat "$R/crictl.err")"
+"$CRI" --listen "unix://$R/cri2.sock" --root "$R/root2" --state "$R/state2" \
+    --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke2" \
+    --cni-conf-dir "$R/net.d" --cni-bin-dir /usr/lib/cni >>"$R/cri2.log" 2>&1 &
+cri2=$!
+for _ in $(seq 100); do [ -S "$R/cri2.sock" ] && break; sleep 0.1; done
+c2() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri2.sock" --image-endpoint "unix://$R/cri2.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
+c2 pull busybox >/dev/null || fail "second server: pull: $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "one", "namespace": "default", "uid": "one-uid"}}' > "$R/one.json"
+echo '{"metadata": {"name": "two", "namespace": "default", "uid": "two-uid"}}' > "$R/two.json"
+p1=$(c runp "$R/one.json") && k1=$(c create "$p1" "$R/a.json" "$R/one.json") && c start "$k1" >/dev/null \
+    || fail "first server: $(cat "$R/crictl.err")"
+p2=$(c2 runp "$R/two.json") && k2=$(c2 create "$p2" "$R/a.json" "$R/two.json") && c2 start "$k2" >/dev/null \
+    || fail "second server: $(cat "$R/crictl.err")"
+[ "$(c pods -q)" = "$p1" ] && [ "$(c2 pods -q)" = "$p2" ] || fail "servers see each other's pods: $(c pods -q) / $(c2 pods -q)"
+c2 rmp -af >/dev/null || fail "second server: rmp -a: $(cat "$R/crictl.err")"
+[ -z "$(c2 pods -q)" ] || fail "second server: pods left"
+[ "$(c inspect -o json "$k1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
+    || fail "the first server's container did not survive the second's rmp -a"
+kill "$cri2"; wait "$cri2" 2>/dev/null || true; cri2=
+c stopp "$p1" >/dev/null && c rmp "$p1" >/dev/null || fail "first server: rmp: $(cat "$R/crictl.err")"
+ok "two servers side by side: each lists and removes only its own pods"
 echo "cri smoke: all passed"
