@@ -47,7 +47,7 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
     } else {
         r.cgroup_parent.as_str()
     };
-    if let Some(u) = &r.userns {
+    if r.userns.is_some() {
         // The pause makes the pod's namespaces inside the pod's user namespace, which then
         // owns them; they are pinned from it (pin_pause).
         namespaces.push(serde_json::json!({"type": "user"}));
@@ -58,27 +58,10 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
         if !r.host_ipc {
             namespaces.push(serde_json::json!({"type": "ipc"}));
         }
-        let map = |m: (u32, u32, u32)| {
-            vec![serde_json::json!({"containerID": m.0, "hostID": m.1, "size": m.2})]
-        };
-        return serde_json::json!({
-            "ociVersion": "1.2.0",
-            "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
-                        "env": [], "cwd": "/", "noNewPrivileges": true},
-            "root": {"path": rootfs, "readonly": true},
-            "hostname": r.hostname,
-            "mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                        "options": ["nosuid", "noexec", "mode=755", "size=64k"]}],
-            "linux": {
-                "namespaces": namespaces,
-                "uidMappings": map(u.uid),
-                "gidMappings": map(u.gid),
-                "cgroupsPath": format!("{}/rsrun-pause-{}", parent.trim_end_matches('/'), r.id),
-            },
-        });
+    } else {
+        namespaces.extend(joined_namespaces(r));
     }
-    namespaces.extend(joined_namespaces(r));
-    serde_json::json!({
+    let mut spec = serde_json::json!({
         "ociVersion": "1.2.0",
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
                     "env": [], "cwd": "/", "noNewPrivileges": true},
@@ -89,7 +72,16 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
             "namespaces": namespaces,
             "cgroupsPath": format!("{}/rsrun-pause-{}", parent.trim_end_matches('/'), r.id),
         },
-    })
+    });
+    if let Some(u) = &r.userns {
+        let map = |m: (u32, u32, u32)| {
+            vec![serde_json::json!({"containerID": m.0, "hostID": m.1, "size": m.2})]
+        };
+        spec["hostname"] = serde_json::json!(r.hostname);
+        spec["linux"]["uidMappings"] = serde_json::json!(map(u.uid));
+        spec["linux"]["gidMappings"] = serde_json::json!(map(u.gid));
+    }
+    spec
 }
 
 /// The pod's pinned network, IPC and UTS namespaces, as OCI namespaces joined by path (those

@@ -274,7 +274,7 @@ impl ImageStore {
     ) -> Result<PathBuf> {
         let dir = self.container_dir(container_id)?;
         let target = dir.join("rootfs");
-        self.prepare_at(container_id, image, readonly, &target, false)?;
+        self.prepare_at(container_id, image, readonly, &target, false, None)?;
         Ok(target)
     }
 
@@ -292,7 +292,7 @@ impl ImageStore {
         target: &Path,
         idmap: Option<&IdMap>,
     ) -> Result<()> {
-        self.prepare_at_mapped(container_id, image, readonly, target, false, idmap)
+        self.prepare_at(container_id, image, readonly, target, false, idmap)
     }
 
     /// Unmounts and deletes a container's root filesystem; a missing one is not an error.
@@ -322,7 +322,7 @@ impl ImageStore {
     /// `writable` a copy-on-write overlay whose changes stay in the store (dropped on unmount).
     pub fn mount_image(&self, image: &str, target: &Path, writable: bool) -> Result<()> {
         let target = fs::canonicalize(target).ctx("resolving mount point", target)?;
-        self.prepare_at(&mount_id(&target), image, !writable, &target, true)
+        self.prepare_at(&mount_id(&target), image, !writable, &target, true, None)
     }
 
     pub fn unmount_image(&self, target: &Path) -> Result<()> {
@@ -348,17 +348,6 @@ impl ImageStore {
     }
 
     fn prepare_at(
-        &self,
-        id: &str,
-        image: &str,
-        readonly: bool,
-        target: &Path,
-        inspect: bool,
-    ) -> Result<()> {
-        self.prepare_at_mapped(id, image, readonly, target, inspect, None)
-    }
-
-    fn prepare_at_mapped(
         &self,
         id: &str,
         image: &str,

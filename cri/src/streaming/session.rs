@@ -68,6 +68,19 @@ fn resize(data: &[u8]) -> Option<(u16, u16)> {
     ))
 }
 
+/// The lowest writable channel gets an empty message: the client's sign that the session
+/// is up. False when the client is already gone.
+async fn announce(w: &mut Writer, stdout: bool, stderr: bool) -> bool {
+    let first = if stdout {
+        STDOUT
+    } else if stderr {
+        STDERR
+    } else {
+        ERROR
+    };
+    w.send(first, &[]).await.is_ok()
+}
+
 /// Sends everything queued on `rx` to the client, in order, until the queue closes.
 async fn forward(mut w: Writer, mut rx: mpsc::Receiver<(u8, Vec<u8>)>) -> Writer {
     while let Some((ch, data)) = rx.recv().await {
@@ -98,16 +111,7 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, ch: u8, tx: mpsc::Sender
 
 async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, ch: Channels) {
     let (mut w, mut r) = ch.split();
-    // The lowest writable channel gets an empty message: the client's sign that the
-    // session is up.
-    let first = if req.stdout {
-        STDOUT
-    } else if req.stderr {
-        STDERR
-    } else {
-        ERROR
-    };
-    if w.send(first, &[]).await.is_err() {
+    if !announce(&mut w, req.stdout, req.stderr).await {
         return;
     }
     let mut cmd = tokio::process::Command::new(&srv.rsrun);
@@ -336,14 +340,7 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
             return;
         }
     };
-    let first = if req.stdout {
-        STDOUT
-    } else if req.stderr {
-        STDERR
-    } else {
-        ERROR
-    };
-    if w.send(first, &[]).await.is_err() {
+    if !announce(&mut w, req.stdout, req.stderr).await {
         return;
     }
     // The shim's packets, read by a thread (seqpacket has no tokio type).
