@@ -611,7 +611,18 @@ pub fn image_volume(
     Ok((path, rec.id.to_string()))
 }
 
-/// CRI resources as OCI `linux.resources` (only what is set).
+/// Whether this host can apply hugepage limits (read once). Where it cannot, the kubelet's
+/// hugepage limits (0 for every page size, on every container) are left out, as containerd
+/// and CRI-O do, rather than failing every container.
+fn hugetlb_here() -> bool {
+    static HERE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HERE.get_or_init(|| {
+        rsrun::cgroups::hierarchies().is_ok_and(|hs| rsrun::cgroups::hugetlb_available(&hs))
+    })
+}
+
+/// CRI resources as OCI `linux.resources` (only what is set; hugepage limits only where the
+/// host has the hugetlb controller).
 pub fn oci_resources(r: &api::LinuxContainerResources) -> Value {
     let mut res = json!({});
     let mut memory = json!({});
@@ -643,7 +654,7 @@ pub fn oci_resources(r: &api::LinuxContainerResources) -> Value {
     if cpu.as_object().is_some_and(|o| !o.is_empty()) {
         res["cpu"] = cpu;
     }
-    if !r.hugepage_limits.is_empty() {
+    if !r.hugepage_limits.is_empty() && hugetlb_here() {
         res["hugepageLimits"] = json!(r
             .hugepage_limits
             .iter()

@@ -39,7 +39,12 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // colours only on a terminal: a log file or journald gets plain text
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     // Files keep the modes asked for (containers' rootfs dirs must be 0755): the usual
     // umask; the socket is made private on its own (bind).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));

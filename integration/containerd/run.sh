@@ -146,24 +146,10 @@ build_tools() {
     echo "$stamp" > "$W/bin/.stamp"
 }
 
-# Inputs of images/mkimages.py: busybox and nginx unpacked from their Debian .debs (never
-# installed), pause and nnp compiled statically.
+# Inputs of images/mkimages.py (images/inputs.sh): busybox and nginx from their Debian .debs,
+# pause and nnp compiled statically.
 image_inputs() {
-    local d=$W/image-inputs
-    mkdir -p "$d/debs"
-    if [ ! -x "$d/busybox/bin/busybox" ] || [ ! -x "$d/nginx/usr/sbin/nginx" ]; then
-        say "downloading the busybox and nginx .debs"
-        rm -rf "$d/debs"/*.deb "$d/busybox" "$d/nginx"
-        # apt-get download writes into the current directory; _apt cannot, hence the warning
-        ( cd "$d/debs" && apt-get download busybox nginx nginx-common ) >"$d/download.log" 2>&1 \
-            || { cat "$d/download.log" >&2; die "apt-get download failed (apt-get update first?)"; }
-        mkdir -p "$d/busybox" "$d/nginx"
-        dpkg-deb -x "$d"/debs/busybox_*.deb "$d/busybox"
-        dpkg-deb -x "$d"/debs/nginx_*.deb "$d/nginx"
-        dpkg-deb -x "$d"/debs/nginx-common_*.deb "$d/nginx"
-    fi
-    gcc -static -O2 -o "$d/pause" "$HERE/images/pause.c" && strip "$d/pause" &&
-    gcc -static -O2 -o "$d/nnp" "$HERE/images/nnp.c" && strip "$d/nnp" || die "compiling pause/nnp failed"
+    "$HERE/images/inputs.sh" "$W/image-inputs" || die "preparing the image inputs failed"
 }
 
 # ---------------------------------------------------------------- inside the namespace

@@ -111,6 +111,23 @@ pub fn is_unified(hs: &[Hierarchy]) -> bool {
     !hs.iter().any(|h| !h.v2)
 }
 
+/// Whether hugepage limits can be applied on this host: a v1 hugetlb hierarchy, or the pure
+/// cgroup v2 hierarchy offering the hugetlb controller. (The hybrid layout's unified mount may
+/// carry hugetlb too, but only where a parent enables it for its children: not something to
+/// count on.) A CRI server drops the kubelet's hugepage limits when this is false, as
+/// containerd and CRI-O do, rather than failing every container.
+pub fn hugetlb_available(hs: &[Hierarchy]) -> bool {
+    hs.iter().any(|h| {
+        if h.v2 {
+            is_unified(hs)
+                && std::fs::read_to_string(h.mountpoint.join("cgroup.controllers"))
+                    .is_ok_and(|c| c.split_whitespace().any(|x| x == "hugetlb"))
+        } else {
+            h.controllers.iter().any(|c| c == "hugetlb")
+        }
+    })
+}
+
 /// This process's own cgroup path in hierarchy `h` (from /proc/self/cgroup).
 fn own_path(h: &Hierarchy, self_cgroup: &str) -> String {
     for line in self_cgroup.lines() {

@@ -1,0 +1,670 @@
+#!/usr/bin/env python3
+"""The workloads of Kubernetes in Action (2nd ed.) on a real kubelet over rsrun-cri, through
+kubectl, each checked where the work is done: the container's own view (exec), the node's
+network, the kubelet's records in the API, the runtime (crictl).
+
+Run by run.sh inside its cluster's network namespace, with KUBECONFIG, KUBECTL_BIN, CRICTL,
+CRI_ENDPOINT, NODE, NODE_IP and RUN_DIR in the environment.
+Usage: scenarios.py [-k REGEX]   (only the scenarios whose name matches)
+Prints one line per scenario (ok / FAIL: why) and exits 1 if any failed.
+"""
+import argparse
+import base64
+import gzip
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+
+KUBECTL = os.environ["KUBECTL_BIN"]
+NODE = os.environ["NODE"]
+NODE_IP = os.environ["NODE_IP"]
+RUN_DIR = os.environ["RUN_DIR"]
+BUSYBOX = "docker.io/library/busybox:latest"
+NGINX = "docker.io/library/nginx:latest"
+KIADA = "docker.io/luksa/kiada:0.1"
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Fail(what)
+
+
+def kubectl(*args, input=None, timeout=60, ok=True):
+    p = subprocess.run([KUBECTL, *args], input=input, capture_output=True, timeout=timeout,
+                       text=not isinstance(input, bytes))
+    if ok and p.returncode != 0:
+        raise Fail("kubectl %s: exit %d: %s" % (" ".join(args), p.returncode, p.stderr.strip()))
+    return p
+
+
+def crictl(*args):
+    p = subprocess.run([os.environ["CRICTL"], "--runtime-endpoint", os.environ["CRI_ENDPOINT"], *args],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise Fail("crictl %s: %s" % (" ".join(args), p.stderr.strip()))
+    return p.stdout
+
+
+def log(msg):
+    print("    " + msg, flush=True)
+
+
+def pod_manifest(name, containers, **spec):
+    """A pod bound to this node (there is no scheduler), without a service account token."""
+    s = {"nodeName": NODE, "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 5,
+         "containers": containers}
+    s.update(spec)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}}, "spec": s}
+
+
+def create(*manifests):
+    for m in manifests:
+        kubectl("create", "-f", "-", input=json.dumps(m))
+
+
+def get_pod(name):
+    p = kubectl("get", "pod", name, "-o", "json", ok=False)
+    return json.loads(p.stdout) if p.returncode == 0 else None
+
+
+def wait(what, fn, timeout=90, every=0.5):
+    """Polls fn until it returns a true value (returned), or fails naming what and the last value."""
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise Fail("timed out (%ds) waiting for %s" % (timeout, what))
+
+
+def cstatus(pod, container, init=False):
+    for c in pod.get("status", {}).get("initContainerStatuses" if init else "containerStatuses", []) or []:
+        if c["name"] == container:
+            return c
+    return {}
+
+
+def running(name, container=None):
+    """Waits until the pod (or one container of it) runs; returns the pod."""
+    def fn():
+        p = get_pod(name)
+        if not p:
+            return None
+        if container:
+            return p if "running" in cstatus(p, container).get("state", {}) else None
+        st = p.get("status", {})
+        return p if st.get("phase") == "Running" and all(
+            "running" in c.get("state", {}) for c in st.get("containerStatuses", [])) else None
+    return wait("pod %s running" % name, fn)
+
+
+def phase(name, want, timeout=90):
+    return wait("pod %s phase %s" % (name, want),
+                lambda: (lambda p: p if p and p["status"].get("phase") == want else None)(get_pod(name)),
+                timeout)
+
+
+def exec_(name, *cmd, container=None, input=None, ok=True):
+    args = ["exec"] + (["-i"] if input is not None else []) + [name] + (["-c", container] if container else [])
+    return kubectl(*args, "--", *cmd, input=input, ok=ok)
+
+
+def delete(*names, wait_gone=False):
+    kubectl("delete", "pod", *names, "--wait=%s" % ("true" if wait_gone else "false"), "--timeout=90s",
+            "--ignore-not-found")
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+class Watch:
+    """kubectl get pod NAME -w: every version of the pod the API server held, kept in order
+    (the last statuses a kubelet writes before it deletes a pod are only seen this way)."""
+
+    def __init__(self, name):
+        self.versions = []
+        self.p = subprocess.Popen([KUBECTL, "get", "pod", name, "-w", "-o", "json", "--output-watch-events"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        dec, buf = json.JSONDecoder(), ""
+        for line in self.p.stdout:
+            buf += line
+            while buf.strip():
+                try:
+                    obj, end = dec.raw_decode(buf.lstrip())
+                except ValueError:
+                    break
+                buf = buf.lstrip()[end:]
+                self.versions.append(obj)
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+        self.t.join(5)
+
+    def terminated(self, container, init=False):
+        """The last terminated state the API saw for container."""
+        for ev in reversed(self.versions):
+            st = cstatus(ev.get("object", {}), container, init).get("state", {})
+            if "terminated" in st:
+                return st["terminated"]
+        return None
+
+
+def timestamp(s):
+    return time.mktime(time.strptime(s, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+
+
+SCENARIOS = []
+
+
+def scenario(fn):
+    SCENARIOS.append(fn)
+    return fn
+
+
+# ----------------------------------------------------------------------------- the scenarios
+
+@scenario
+def s01_single_container_pod():
+    """A pod with one container reaches Running; its logs come back with timestamps; the pod's
+    hostname is the pod name (in the container's UTS namespace and in what the app answers)."""
+    create(pod_manifest("kiada", [{"name": "kiada", "image": KIADA, "ports": [{"containerPort": 8080}]}]))
+    p = running("kiada")
+    ip = p["status"]["podIP"]
+    check(ip.startswith("10.231.8."), "pod IP %r is not on the CNI bridge's subnet" % ip)
+    body = http_get("http://%s:8080/" % ip)
+    check('Request processed by "kiada"' in body, "the app answered %r" % body)
+    check(exec_("kiada", "hostname").stdout.strip() == "kiada", "hostname in the container is not the pod name")
+    logs = kubectl("logs", "kiada", "--timestamps").stdout.splitlines()
+    check(any("kiada: listening on port 8080" in l for l in logs), "no start line in the logs: %r" % logs)
+    check(any("GET /" in l for l in logs), "the request is not in the logs: %r" % logs)
+    for l in logs:
+        check(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) ", l), "no timestamp: %r" % l)
+    delete("kiada")
+
+
+@scenario
+def s02_two_containers_share_network():
+    """Two containers in one pod: one reaches the other on localhost; each has its own filesystem."""
+    create(pod_manifest("kiada-ssl", [
+        {"name": "kiada", "image": KIADA},
+        {"name": "shell", "image": BUSYBOX, "command": ["sleep", "3600"]}]))
+    running("kiada-ssl")
+    body = exec_("kiada-ssl", "wget", "-qO-", "http://localhost:8080/", container="shell").stdout
+    check('processed by "kiada-ssl"' in body, "localhost:8080 from the other container: %r" % body)
+    exec_("kiada-ssl", "sh", "-c", "echo mine > /tmp/only-here", container="shell")
+    r = exec_("kiada-ssl", "cat", "/tmp/only-here", container="kiada", ok=False)
+    check(r.returncode != 0, "a file written in one container is seen in the other")
+    delete("kiada-ssl")
+
+
+@scenario
+def s03_restart_and_crashloop():
+    """A container that exits non-zero restarts (restartPolicy Always); the restart count rises;
+    --previous logs are the earlier run's; the back-off grows (CrashLoopBackOff)."""
+    script = ("n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; "
+              "echo \"run $n\"; exit 3")
+    create(pod_manifest("crasher", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", script],
+                                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                        volumes=[{"name": "data", "emptyDir": {}}]))
+    starts = {}
+    seen_backoff = [False]
+
+    def progress():
+        p = get_pod("crasher")
+        c = cstatus(p, "main") if p else {}
+        if c.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff":
+            seen_backoff[0] = True
+        t = c.get("lastState", {}).get("terminated")
+        if t:
+            starts[c["restartCount"]] = t
+        return c if c.get("restartCount", 0) >= 3 and seen_backoff[0] else None
+
+    c = wait("three restarts and CrashLoopBackOff", progress, timeout=150)
+    t = c["lastState"]["terminated"]
+    check(t["exitCode"] == 3 and t["reason"] == "Error", "last state %r" % t)
+    prev = kubectl("logs", "crasher", "--previous").stdout.strip()
+    n = c["restartCount"]
+    check(prev == "run %d" % n, "--previous logs %r after %d restarts (want 'run %d')" % (prev, n, n))
+    # the runs' start times as the runtime reported them: the gaps grow (10 s, 20 s, ...)
+    runs = sorted((timestamp(v["startedAt"]), k) for k, v in starts.items())
+    gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:])]
+    log("restart gaps: %s s" % gaps)
+    check(len(gaps) >= 2 and gaps[-1] > gaps[0] * 1.5, "the back-off does not grow: gaps %r" % gaps)
+    delete("crasher")
+
+
+@scenario
+def s04_liveness_probes():
+    """Failing liveness probes (httpGet, exec) kill and restart the container; lastState has the
+    exit code and reason."""
+    create(pod_manifest("kiada-liveness", [{
+        "name": "kiada", "image": KIADA,
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2, "failureThreshold": 1}}]),
+        pod_manifest("exec-liveness", [{
+            "name": "main", "image": BUSYBOX, "command": ["sh", "-c", "touch /tmp/healthy; exec sleep 3600"],
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 2,
+                              "failureThreshold": 1}}], terminationGracePeriodSeconds=2))
+    running("kiada-liveness")
+    running("exec-liveness")
+    exec_("kiada-liveness", "wget", "-qO-", "http://localhost:8080/fail")
+    exec_("exec-liveness", "rm", "/tmp/healthy")
+
+    def restarted(name, c):
+        return lambda: (lambda p: cstatus(p, c) if p and cstatus(p, c).get("restartCount", 0) >= 1
+                        and cstatus(p, c).get("lastState", {}).get("terminated") else None)(get_pod(name))
+    k = wait("kiada restarted by its httpGet liveness probe", restarted("kiada-liveness", "kiada"))
+    t = k["lastState"]["terminated"]
+    # kiada ends on SIGTERM with 0
+    check(t["exitCode"] == 0 and t["reason"] == "Completed", "kiada's last state %r" % t)
+    e = wait("the exec-probed container restarted", restarted("exec-liveness", "main"))
+    t = e["lastState"]["terminated"]
+    # sleep as PID 1 ignores SIGTERM: killed after the grace period
+    check(t["exitCode"] == 137 and t["reason"] == "Error", "exec-liveness last state %r" % t)
+    ev = kubectl("get", "events", "--field-selector", "involvedObject.name=kiada-liveness", "-o", "json").stdout
+    check("Liveness probe failed" in ev, "no 'Liveness probe failed' event")
+    delete("kiada-liveness", "exec-liveness")
+
+
+@scenario
+def s05_readiness_probe():
+    """A readiness exec probe toggled by creating and removing a file through exec."""
+    create(pod_manifest("kiada-ready", [{
+        "name": "kiada", "image": KIADA,
+        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1}}]))
+    running("kiada-ready")
+
+    def ready(want):
+        return lambda: (lambda p: p and cstatus(p, "kiada").get("ready") is want)(get_pod("kiada-ready"))
+    time.sleep(3)
+    check(cstatus(get_pod("kiada-ready"), "kiada").get("ready") is False, "ready before the file exists")
+    exec_("kiada-ready", "touch", "/tmp/ready")
+    wait("ready after touch", ready(True), timeout=30)
+    exec_("kiada-ready", "rm", "/tmp/ready")
+    wait("not ready after rm", ready(False), timeout=30)
+    check(cstatus(get_pod("kiada-ready"), "kiada").get("restartCount") == 0, "the readiness probe restarted it")
+    delete("kiada-ready")
+
+
+@scenario
+def s06_lifecycle_hooks():
+    """postStart and preStop exec hooks run inside the container; a failing postStart kills it."""
+    host = os.path.join(RUN_DIR, "hostpath-hooks")
+    os.makedirs(host, exist_ok=True)
+    stopped = os.path.join(host, "prestop")
+    if os.path.exists(stopped):
+        os.unlink(stopped)
+    create(pod_manifest("hooks", [{
+        "name": "kiada", "image": KIADA,
+        "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+        "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "hostname > /tmp/poststart"]}},
+                      "preStop": {"exec": {"command": ["sh", "-c", "echo prestop in $(hostname) > /out/prestop"]}}}}],
+        volumes=[{"name": "out", "hostPath": {"path": host, "type": "Directory"}}]),
+        pod_manifest("bad-poststart", [{
+            "name": "main", "image": BUSYBOX, "command": ["sleep", "3600"],
+            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "exit 7"]}}}}],
+            terminationGracePeriodSeconds=1))
+    running("hooks")
+    check(exec_("hooks", "cat", "/tmp/poststart").stdout.strip() == "hooks", "the postStart hook's file")
+    delete("hooks", wait_gone=True)
+    check(open(stopped).read().strip() == "prestop in hooks", "the preStop hook did not write its file")
+
+    def killed():
+        p = get_pod("bad-poststart")
+        c = cstatus(p, "main") if p else {}
+        return c if c.get("restartCount", 0) >= 1 else None
+    wait("the container with the failing postStart killed and restarted", killed)
+    ev = kubectl("get", "events", "--field-selector", "involvedObject.name=bad-poststart", "-o", "json").stdout
+    check("FailedPostStartHook" in ev, "no FailedPostStartHook event")
+    delete("bad-poststart")
+
+
+@scenario
+def s07_graceful_termination():
+    """A container that ignores SIGTERM is killed after terminationGracePeriodSeconds (137); one
+    that handles it exits promptly with 0."""
+    create(pod_manifest("kiada-stubborn", [{"name": "kiada", "image": KIADA,
+                                           "env": [{"name": "IGNORE_SIGTERM", "value": "1"}]}],
+                        terminationGracePeriodSeconds=3),
+           pod_manifest("kiada-polite", [{"name": "kiada", "image": KIADA}], terminationGracePeriodSeconds=30))
+    running("kiada-stubborn")
+    running("kiada-polite")
+    ws, wp = Watch("kiada-stubborn"), Watch("kiada-polite")
+    time.sleep(1)
+    delete("kiada-stubborn", "kiada-polite", wait_gone=True)
+    ws.stop()
+    wp.stop()
+    ts, tp = ws.terminated("kiada"), wp.terminated("kiada")
+    check(ts and ts["exitCode"] == 137, "the SIGTERM-ignoring container ended with %r" % ts)
+    check(tp and tp["exitCode"] == 0, "the SIGTERM-handling container ended with %r" % tp)
+    took = timestamp(ts["finishedAt"]) - timestamp(ts["startedAt"])
+    log("stubborn ran %ds in all; polite %ds" % (took, timestamp(tp["finishedAt"]) - timestamp(tp["startedAt"])))
+    # the polite one did not wait for its 30 s grace period
+    check(timestamp(tp["finishedAt"]) - timestamp(ts["finishedAt"]) < 20, "the polite container waited for SIGKILL")
+
+
+@scenario
+def s08_init_containers_and_sidecar():
+    """Init containers run in order before the main containers; a native sidecar (init container
+    with restartPolicy Always) runs alongside them and stops after them."""
+    create(pod_manifest("init-demo", [{
+        "name": "main", "image": BUSYBOX,
+        "command": ["sh", "-c", "cat /data/order > /data/seen; trap 'exit 0' TERM; sleep 3600 & wait"],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        initContainers=[
+            {"name": "init-1", "image": BUSYBOX, "command": ["sh", "-c", "echo init-1 >> /data/order"],
+             "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            {"name": "init-2", "image": BUSYBOX, "command": ["sh", "-c", "echo init-2 >> /data/order"],
+             "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            {"name": "sidecar", "image": KIADA, "restartPolicy": "Always"}],
+        volumes=[{"name": "data", "emptyDir": {}}]))
+    p = running("init-demo")
+    check(exec_("init-demo", "cat", "/data/seen", container="main").stdout.split() == ["init-1", "init-2"],
+          "init containers did not run in order before main")
+    for n in ("init-1", "init-2"):
+        t = cstatus(p, n, init=True).get("state", {}).get("terminated", {})
+        check(t.get("exitCode") == 0, "init container %s: %r" % (n, t))
+    check("running" in cstatus(p, "sidecar", init=True).get("state", {}), "the sidecar is not running")
+    body = exec_("init-demo", "wget", "-qO-", "http://localhost:8080/", container="main").stdout
+    check("init-demo" in body, "the sidecar does not answer beside the main container: %r" % body)
+    w = Watch("init-demo")
+    time.sleep(1)
+    delete("init-demo", wait_gone=True)
+    w.stop()
+    tm, tsc = w.terminated("main"), w.terminated("sidecar", init=True)
+    check(tm and tsc, "terminations not seen: main %r sidecar %r" % (tm, tsc))
+    check(timestamp(tsc["finishedAt"]) >= timestamp(tm["finishedAt"]), "the sidecar stopped before main")
+
+
+@scenario
+def s09_volumes():
+    """emptyDir (disk and Memory) shared between containers; hostPath; a configMap directory and
+    a single-file subPath; readOnly enforced."""
+    host = os.path.join(RUN_DIR, "hostpath-vol")
+    os.makedirs(host, exist_ok=True)
+    with open(os.path.join(host, "from-node"), "w") as f:
+        f.write("node data\n")
+    kubectl("create", "configmap", "kiada-config", "--from-literal=status-message=Hello from a configMap",
+            "--from-literal=other=x")
+    mounts = [{"name": "disk", "mountPath": "/disk"}, {"name": "mem", "mountPath": "/mem"},
+              {"name": "host", "mountPath": "/host"}, {"name": "cfg", "mountPath": "/cfg"},
+              {"name": "cfg", "mountPath": "/etc/status-message", "subPath": "status-message"},
+              {"name": "ro", "mountPath": "/ro", "readOnly": True}]
+    create(pod_manifest("volumes", [
+        {"name": "writer", "image": BUSYBOX, "command": ["sleep", "3600"], "volumeMounts": mounts},
+        {"name": "reader", "image": BUSYBOX, "command": ["sleep", "3600"], "volumeMounts": mounts[:2]}],
+        volumes=[{"name": "disk", "emptyDir": {}}, {"name": "mem", "emptyDir": {"medium": "Memory"}},
+                 {"name": "host", "hostPath": {"path": host}},
+                 {"name": "cfg", "configMap": {"name": "kiada-config"}},
+                 {"name": "ro", "emptyDir": {}}], terminationGracePeriodSeconds=1))
+    running("volumes")
+    exec_("volumes", "sh", "-c", "echo d > /disk/f; echo m > /mem/f; echo back > /host/from-pod", container="writer")
+    check(exec_("volumes", "cat", "/disk/f", "/mem/f", container="reader").stdout.split() == ["d", "m"],
+          "emptyDirs not shared between containers")
+    mnt = exec_("volumes", "cat", "/proc/self/mounts", container="reader").stdout
+    check(re.search(r"^tmpfs /mem tmpfs", mnt, re.M), "emptyDir medium Memory is not a tmpfs: %s" % mnt)
+    check(exec_("volumes", "cat", "/host/from-node", container="writer").stdout == "node data\n", "hostPath read")
+    check(open(os.path.join(host, "from-pod")).read() == "back\n", "hostPath write not seen on the node")
+    check(exec_("volumes", "cat", "/cfg/status-message", container="writer").stdout == "Hello from a configMap",
+          "configMap directory")
+    check(exec_("volumes", "cat", "/etc/status-message", container="writer").stdout == "Hello from a configMap",
+          "configMap subPath file")
+    check(exec_("volumes", "ls", "/cfg", container="writer").stdout.split() == ["other", "status-message"],
+          "configMap keys")
+    r = exec_("volumes", "touch", "/ro/x", container="writer", ok=False)
+    check(r.returncode != 0 and "Read-only file system" in r.stderr, "write to a readOnly mount: %r" % r.stderr)
+    delete("volumes")
+    kubectl("delete", "configmap", "kiada-config")
+
+
+@scenario
+def s10_share_process_namespace():
+    """shareProcessNamespace: PID 1 is the pause process; the containers see each other's."""
+    create(pod_manifest("shared-pid", [
+        {"name": "a", "image": BUSYBOX, "command": ["sleep", "3601"]},
+        {"name": "b", "image": BUSYBOX, "command": ["sleep", "3602"]}], shareProcessNamespace=True,
+        terminationGracePeriodSeconds=1))
+    running("shared-pid")
+    ps = exec_("shared-pid", "ps", "-o", "pid,args", container="a").stdout
+    one = [l.split(None, 1)[1] for l in ps.splitlines()[1:] if l.split()[0] == "1"]
+    check(one and "pause" in one[0], "PID 1 is %r, not the pause: %s" % (one, ps))
+    check("sleep 3602" in ps and "sleep 3601" in ps, "container a does not see b's process: %s" % ps)
+    delete("shared-pid")
+
+
+@scenario
+def s11_oom_killed():
+    """A memory limit exceeded: reason OOMKilled, exit code 137."""
+    create(pod_manifest("oom", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", "sleep 1; tail /dev/zero"],
+                                 "resources": {"limits": {"memory": "24Mi"}}}], restartPolicy="Never"))
+    p = phase("oom", "Failed")
+    t = cstatus(p, "main")["state"]["terminated"]
+    check(t["reason"] == "OOMKilled" and t["exitCode"] == 137, "terminated %r" % t)
+    delete("oom")
+
+
+def capeff(name, container=None):
+    s = exec_(name, "cat", "/proc/self/status", container=container).stdout
+    return int(re.search(r"^CapEff:\s*([0-9a-f]+)", s, re.M).group(1), 16), s
+
+
+@scenario
+def s12_security_context():
+    """runAsUser/runAsGroup/fsGroup, readOnlyRootFilesystem, capabilities drop ALL add NET_ADMIN,
+    privileged."""
+    create(pod_manifest("secctx", [
+        {"name": "user", "image": BUSYBOX, "command": ["sleep", "3600"],
+         "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "readOnlyRootFilesystem": True},
+         "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+        {"name": "netadmin", "image": BUSYBOX, "command": ["sleep", "3600"],
+         "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}},
+        {"name": "priv", "image": BUSYBOX, "command": ["sleep", "3600"],
+         "securityContext": {"privileged": True}}],
+        securityContext={"fsGroup": 2000}, volumes=[{"name": "data", "emptyDir": {}}],
+        terminationGracePeriodSeconds=1))
+    running("secctx")
+    s = exec_("secctx", "cat", "/proc/self/status", container="user").stdout
+    check(re.search(r"^Uid:\s+1000\s+1000", s, re.M) and re.search(r"^Gid:\s+3000\s+3000", s, re.M),
+          "uid/gid: %s" % s)
+    check("2000" in re.search(r"^Groups:(.*)$", s, re.M).group(1).split(), "fsGroup 2000 not supplementary")
+    r = exec_("secctx", "touch", "/x", container="user", ok=False)
+    check(r.returncode != 0 and "Read-only file system" in r.stderr, "readOnlyRootFilesystem: %r" % r.stderr)
+    ls = exec_("secctx", "sh", "-c", "touch /data/f && stat -c '%g' /data /data/f", container="user").stdout.split()
+    check(ls == ["2000", "2000"], "fsGroup ownership of the volume: %r" % ls)
+    cap, _ = capeff("secctx", "netadmin")
+    check(cap == 1 << 12, "CapEff with drop ALL add NET_ADMIN: %#x" % cap)
+    r = exec_("secctx", "ip", "link", "add", "d0", "type", "dummy", container="netadmin", ok=False)
+    check(r.returncode == 0, "NET_ADMIN cannot add a link: %s" % r.stderr)
+    cap, _ = capeff("secctx", "priv")
+    check(cap >= (1 << 38) - 1, "privileged container's CapEff %#x" % cap)
+    devs = exec_("secctx", "ls", "/dev", container="priv").stdout.split()
+    check(len(devs) > 20, "a privileged container sees the host's devices: %r" % devs)
+    delete("secctx")
+
+
+@scenario
+def s13_host_network_and_host_port():
+    """hostNetwork and hostPort reach the container from the node."""
+    create(pod_manifest("kiada-hostnet", [{"name": "kiada", "image": KIADA, "env": [{"name": "PORT", "value": "8081"}]}],
+                        hostNetwork=True, terminationGracePeriodSeconds=1),
+           pod_manifest("kiada-hostport", [{"name": "kiada", "image": KIADA,
+                                            "ports": [{"containerPort": 8080, "hostPort": 9080}]}],
+                        terminationGracePeriodSeconds=1))
+    running("kiada-hostnet")
+    running("kiada-hostport")
+    body = wait("the hostNetwork pod on the node's address", lambda: _try_get("http://%s:8081/" % NODE_IP))
+    check("Request processed by \"%s\"" % NODE in body, "hostNetwork pod's answer (hostname is the node's): %r" % body)
+    body = wait("the hostPort on the node's address", lambda: _try_get("http://%s:9080/" % NODE_IP))
+    check('processed by "kiada-hostport"' in body, "hostPort answer %r" % body)
+    delete("kiada-hostnet", "kiada-hostport")
+
+
+def _try_get(url):
+    try:
+        return http_get(url, timeout=2)
+    except OSError:
+        return None
+
+
+@scenario
+def s14_restart_policies():
+    """restartPolicy Never and OnFailure with the exit codes the kubelet records (Jobs)."""
+    create(pod_manifest("never", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", "exit 4"]}],
+                        restartPolicy="Never"),
+           pod_manifest("onfailure", [{
+               "name": "main", "image": BUSYBOX, "volumeMounts": [{"name": "d", "mountPath": "/d"}],
+               "command": ["sh", "-c", "if [ -e /d/tried ]; then echo done; exit 0; fi; touch /d/tried; exit 5"]}],
+               restartPolicy="OnFailure", volumes=[{"name": "d", "emptyDir": {}}]))
+    p = phase("never", "Failed")
+    c = cstatus(p, "main")
+    check(c["state"]["terminated"]["exitCode"] == 4 and c["restartCount"] == 0, "Never: %r" % c)
+    p = phase("onfailure", "Succeeded")
+    c = cstatus(p, "main")
+    check(c["state"]["terminated"]["exitCode"] == 0 and c["restartCount"] == 1
+          and c["lastState"]["terminated"]["exitCode"] == 5, "OnFailure: %r" % c)
+    delete("never", "onfailure")
+
+
+@scenario
+def s15_cri_killed_and_restarted():
+    """rsrun-cri killed -9 and restarted while pods run: nothing restarts, the kubelet
+    reconciles, no duplicate containers, logs continue."""
+    create(pod_manifest("survivor", [{"name": "kiada", "image": KIADA}], terminationGracePeriodSeconds=1))
+    p = running("survivor")
+    ip = p["status"]["podIP"]
+    http_get("http://%s:8080/before" % ip)
+    before = json.loads(crictl("ps", "-a", "-o", "json"))["containers"]
+    pid = int(open(os.path.join(RUN_DIR, "rsrun-cri.pid")).read())
+    os.kill(pid, 9)
+    log("killed rsrun-cri (pid %d)" % pid)
+    time.sleep(3)  # the kubelet's PLEG relists fail meanwhile
+    subprocess.run([os.path.join(RUN_DIR, "start-cri.sh")], check=True)
+    wait("rsrun-cri back", lambda: subprocess.run(
+        [os.environ["CRICTL"], "--runtime-endpoint", os.environ["CRI_ENDPOINT"], "version"],
+        capture_output=True).returncode == 0, timeout=30)
+    http_get("http://%s:8080/after" % ip)
+    time.sleep(5)  # a few relists and pod syncs
+    after = json.loads(crictl("ps", "-a", "-o", "json"))["containers"]
+    check(sorted(c["id"] for c in after) == sorted(c["id"] for c in before),
+          "containers changed across the restart: %r -> %r" % ([c["id"] for c in before], [c["id"] for c in after]))
+    c = cstatus(get_pod("survivor"), "kiada")
+    check(c["restartCount"] == 0 and "running" in c["state"], "the container restarted: %r" % c)
+    logs = kubectl("logs", "survivor").stdout
+    check("GET /before" in logs and "GET /after" in logs, "logs did not continue: %r" % logs)
+    delete("survivor")
+
+
+@scenario
+def s16_exec_portforward_cp_logrotation():
+    """exec, port-forward and cp through the API server and the kubelet; log rotation by the
+    kubelet keeps every line."""
+    lines = 4000  # 4000 lines of 60 bytes: about 240 KiB, several 64 KiB rotations
+    create(pod_manifest("kiada-tools", [{"name": "kiada", "image": KIADA}], terminationGracePeriodSeconds=1),
+           pod_manifest("logger", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c",
+               "i=1; while [ $i -le %d ]; do printf 'line %%06d %%s\\n' $i "
+               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; "
+               "[ $((i %% 200)) = 0 ] && sleep 1; i=$((i+1)); done; sleep 3600" % lines]}],
+               terminationGracePeriodSeconds=1))
+    running("kiada-tools")
+    # exec with stdin
+    r = exec_("kiada-tools", "sh", "-c", "cat > /tmp/in; wc -c < /tmp/in", input="x" * 100000)
+    check(r.stdout.strip() == "100000", "exec stdin: %r" % r.stdout)
+    r = exec_("kiada-tools", "sh", "-c", "exit 9", ok=False)
+    check(r.returncode == 9, "exec exit code %d" % r.returncode)
+    # cp both ways (tar over exec)
+    src = os.path.join(RUN_DIR, "cp-src")
+    data = os.urandom(300000)
+    with open(src, "wb") as f:
+        f.write(data)
+    kubectl("cp", src, "kiada-tools:/tmp/copied")
+    back = os.path.join(RUN_DIR, "cp-back")
+    kubectl("cp", "kiada-tools:/tmp/copied", back)
+    check(open(back, "rb").read() == data, "kubectl cp round trip changed the file")
+    # port-forward
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    pf = subprocess.Popen([KUBECTL, "port-forward", "pod/kiada-tools", "%d:8080" % port],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        body = wait("port-forward answering", lambda: _try_get("http://127.0.0.1:%d/" % port), timeout=30)
+        check('processed by "kiada-tools"' in body and "127.0.0.1" in body, "through port-forward: %r" % body)
+    finally:
+        pf.terminate()
+        pf.wait()
+    # log rotation
+    p = running("logger")
+    uid = p["metadata"]["uid"]
+    d = os.path.join(RUN_DIR, "pod-logs", "default_logger_%s" % uid, "main")
+
+    def all_written():
+        return "line %06d" % lines in kubectl("logs", "logger", "--tail", "1").stdout
+    wait("the logger's last line", all_written, timeout=120)
+    time.sleep(3)
+    files = sorted(os.listdir(d))
+    log("log files: %s" % files)
+    check(len(files) >= 2, "the kubelet did not rotate: %r" % files)
+
+    def content(f):
+        raw = open(os.path.join(d, f), "rb").read()
+        return gzip.decompress(raw) if f.endswith(".gz") else raw
+
+    # rotated files are NAME.TIMESTAMP(.gz), the current one NAME; oldest first
+    order = sorted((f for f in files if f != "0.log"), key=lambda f: f.split(".log.")[1]) + ["0.log"]
+    got = []
+    for f in order:
+        for l in content(f).decode().splitlines():
+            m = re.search(r" stdout F line (\d+) ", l)
+            if m:
+                got.append(int(m.group(1)))
+    check(got == list(range(1, lines + 1)), "lines lost or repeated across rotation: %d lines, first gap near %s"
+          % (len(got), next((i + 1 for i, v in enumerate(got) if v != i + 1), None)))
+    delete("kiada-tools", "logger")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-k", default="")
+    a = ap.parse_args()
+    failed = []
+    ran = 0
+    for fn in SCENARIOS:
+        if a.k and not re.search(a.k, fn.__name__):
+            continue
+        ran += 1
+        start = time.time()
+        print("scenario %s: %s" % (fn.__name__, fn.__doc__.split("\n")[0]), flush=True)
+        try:
+            fn()
+            print("  ok %s (%.0fs)" % (fn.__name__, time.time() - start), flush=True)
+        except Exception as e:  # noqa: BLE001 - a failed scenario is reported, the next one runs
+            why = str(e) if isinstance(e, Fail) else traceback.format_exc()
+            print("  FAIL %s (%.0fs): %s" % (fn.__name__, time.time() - start, why), flush=True)
+            failed.append(fn.__name__)
+    print("scenarios: %d passed, %d failed%s" % (ran - len(failed), len(failed),
+                                                  (": " + " ".join(failed)) if failed else ""))
+    sys.exit(1 if failed or ran == 0 else 0)
+
+
+if __name__ == "__main__":
+    main()
