@@ -471,6 +471,11 @@ pub fn oci_spec(
     if let Some(o) = oom {
         process["oomScoreAdj"] = json!(o);
     }
+    let (devices, device_rules) = container_devices(&c.devices, sc.privileged)?;
+    let mut resources = resources;
+    if !device_rules.is_empty() {
+        resources["devices"] = json!(device_rules);
+    }
     let mut spec = json!({
         "ociVersion": "1.2.0",
         "process": process,
@@ -481,6 +486,7 @@ pub fn oci_spec(
             "namespaces": namespaces,
             "cgroupsPath": format!("{}/rsrun-{id}", parent.trim_end_matches('/')),
             "resources": resources,
+            "devices": devices,
         },
     });
     // A Bidirectional mount propagates back only if the container's mount tree stays shared
@@ -527,6 +533,114 @@ pub fn oci_spec(
         _ => {}
     }
     Ok(spec)
+}
+
+/// The container's device nodes and device-cgroup rules: the CRI `devices` (a host device, or
+/// every device under a host directory, at a path in the container with `r`/`w`/`m`
+/// permissions), and for a privileged container every device of the host's /dev with no
+/// device-cgroup restriction (as containerd and CRI-O give them).
+fn container_devices(
+    asked: &[api::Device],
+    privileged: bool,
+) -> Result<(Vec<Value>, Vec<Value>), Status> {
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    if privileged {
+        host_devices(Path::new("/dev"), Path::new("/dev"), &mut nodes);
+        rules.push(json!({"allow": true, "access": "rwm"}));
+    }
+    for (i, d) in asked.iter().enumerate() {
+        let what = format!(
+            "CreateContainer: devices[{i}] (host_path {:?})",
+            d.host_path
+        );
+        let perms = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            d.permissions.as_str()
+        };
+        if perms.chars().any(|c| !"rwm".contains(c)) {
+            return Err(Status::invalid_argument(format!(
+                "{what}: permissions {perms:?}: only r, w and m"
+            )));
+        }
+        if !d.container_path.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "{what}: container_path {:?} must be absolute",
+                d.container_path
+            )));
+        }
+        let host = Path::new(&d.host_path);
+        let meta = std::fs::metadata(host)
+            .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+        let mut found = Vec::new();
+        if meta.is_dir() {
+            host_devices(host, Path::new(&d.container_path), &mut found);
+        } else if let Some(n) = device_node(&meta, Path::new(&d.container_path)) {
+            found.push(n);
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "{what}: not a device or a directory of devices"
+            )));
+        }
+        for n in found {
+            rules.push(
+                json!({"allow": true, "type": n["type"], "major": n["major"],
+                "minor": n["minor"], "access": perms}),
+            );
+            if privileged {
+                // already there from the host's /dev: the asked path is added beside it
+                nodes.retain(|o: &Value| o["path"] != n["path"]);
+            }
+            nodes.push(n);
+        }
+    }
+    Ok((nodes, rules))
+}
+
+/// A device node of the OCI config for a host character or block device.
+fn device_node(meta: &std::fs::Metadata, at: &Path) -> Option<Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let t = meta.file_type();
+    let kind = if t.is_char_device() {
+        "c"
+    } else if t.is_block_device() {
+        "b"
+    } else {
+        return None;
+    };
+    let rdev = meta.rdev();
+    Some(
+        json!({"path": at, "type": kind, "major": nix::sys::stat::major(rdev),
+        "minor": nix::sys::stat::minor(rdev), "fileMode": meta.mode() & 0o7777,
+        "uid": meta.uid(), "gid": meta.gid()}),
+    )
+}
+
+/// Every device under a host directory (following no symlinks), at the same relative path
+/// under `at`. The kernel's own mounts in /dev (pts, shm, mqueue) and /dev/console are left
+/// out: the container gets its own.
+fn host_devices(dir: &Path, at: &Path, out: &mut Vec<Value>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if dir == Path::new("/dev") && ["pts", "shm", "mqueue", "fd"].iter().any(|s| name == *s)
+            {
+                continue;
+            }
+            host_devices(&e.path(), &at.join(&name), out);
+        } else if dir == Path::new("/dev") && (name == "console" || name == "ptmx") {
+            continue;
+        } else if let Some(n) = device_node(&meta, &at.join(&name)) {
+            out.push(n);
+        }
+    }
 }
 
 /// The image-store snapshot IDs of a container's image volumes.
@@ -949,4 +1063,60 @@ pub fn stats(
         ..Default::default()
     };
     (s, cpu_total.map(|c| (ts, c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(host: &str, at: &str, perms: &str) -> api::Device {
+        api::Device {
+            host_path: host.into(),
+            container_path: at.into(),
+            permissions: perms.into(),
+        }
+    }
+
+    #[test]
+    fn a_host_device_is_created_and_allowed_with_its_numbers() {
+        let (nodes, rules) =
+            container_devices(&[dev("/dev/null", "/dev/mynull", "rw")], false).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["path"], "/dev/mynull");
+        assert_eq!(
+            (
+                nodes[0]["type"].as_str(),
+                nodes[0]["major"].as_u64(),
+                nodes[0]["minor"].as_u64()
+            ),
+            (Some("c"), Some(1), Some(3))
+        );
+        assert_eq!(
+            rules,
+            vec![json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"})]
+        );
+    }
+
+    #[test]
+    fn privileged_gets_the_hosts_devices_and_no_cgroup_restriction() {
+        let (nodes, rules) = container_devices(&[], true).unwrap();
+        assert!(nodes.iter().any(|n| n["path"] == "/dev/null"), "{nodes:?}");
+        assert!(!nodes
+            .iter()
+            .any(|n| n["path"].as_str().unwrap().starts_with("/dev/pts/")));
+        assert_eq!(rules, vec![json!({"allow": true, "access": "rwm"})]);
+    }
+
+    #[test]
+    fn bad_devices_are_refused_by_name() {
+        let e = container_devices(&[dev("/etc/hostname", "/dev/x", "rw")], false).unwrap_err();
+        assert!(
+            e.message().contains("devices[0]") && e.message().contains("not a device"),
+            "{e:?}"
+        );
+        let e = container_devices(&[dev("/dev/null", "/dev/x", "rwx")], false).unwrap_err();
+        assert!(e.message().contains("permissions \"rwx\""), "{e:?}");
+        let e = container_devices(&[dev("/nonexistent", "/dev/x", "r")], false).unwrap_err();
+        assert!(e.message().contains("/nonexistent"), "{e:?}");
+    }
 }

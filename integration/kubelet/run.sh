@@ -218,7 +218,8 @@ wait_for 90 "kube-apiserver ready" KUBECTL get --raw /readyz || die "kube-apiser
 cat > "$R/net.d/10-rsrun.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "rsrun-kubelet", "plugins": [
   {"type": "bridge", "bridge": "rsrun0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_SUBNET"}]], "dataDir": "$R/cni-ipam"}},
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_SUBNET"}]], "routes": [{"dst": "0.0.0.0/0"}],
+           "dataDir": "$R/cni-ipam"}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 EOF
 cat > "$R/registries.json" <<EOF
@@ -260,7 +261,7 @@ clusterDomain: cluster.local
 syncFrequency: 5s
 fileCheckFrequency: 5s
 containerLogMaxSize: 64Ki
-containerLogMaxFiles: 3
+containerLogMaxFiles: 6
 containerLogMonitorInterval: 3s
 evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
@@ -279,3 +280,11 @@ wait_for 120 "node $NODE Ready" node_ready && kill -0 "$PID_kubelet" 2>/dev/null
 KUBECONFIG=$R/admin.kubeconfig KUBECTL_BIN=$K8S_BIN/kubectl CRICTL="$W/bin/crictl" \
     CRI_ENDPOINT="unix://$R/cri/rsrun-cri.sock" NODE=$NODE NODE_IP=$NODE_IP RUN_DIR=$R \
     python3 "$HERE/scenarios.py" ${filter:+-k "$filter"}
+rc=$?
+if [ -n "${RSRUN_KUBELET_HOLD:-}" ]; then
+    # for a look inside: nsenter --net=/proc/$(cat $R/hold.pid)/ns/net; rm $R/hold to go on
+    echo $$ > "$R/hold.pid"; touch "$R/hold"
+    say "holding: rm $R/hold to tear down"
+    while [ -e "$R/hold" ]; do sleep 1; done
+fi
+exit $rc
