@@ -822,6 +822,9 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     if !r.complete {
         return (api::ContainerState::ContainerUnknown as i32, None);
     }
+    if r.deferred.is_some() {
+        return (api::ContainerState::ContainerCreated as i32, None);
+    }
     // No exit record: its shim must be alive; a shim that died leaves the container exited
     // with an error (never running forever).
     let shim_alive = std::fs::read_to_string(r.shim_dir.join("shim.pid"))
@@ -940,7 +943,10 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
                 .and_then(crate::store::parse_rfc3339)
                 .unwrap_or(0);
         }
-        if e["lost"] == true {
+        if let Some(m) = e["start_error"].as_str() {
+            s.reason = "StartError".into();
+            s.message = m.to_string();
+        } else if e["lost"] == true {
             s.reason = "Error".into();
             s.message = "the container's monitor (rsrun-shim) died: its exit is unknown".into();
         } else if e["oom_killed"] == true {

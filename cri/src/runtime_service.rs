@@ -112,6 +112,17 @@ impl Runtime {
         if container::state(r).0 == api::ContainerState::ContainerExited as i32 || !r.complete {
             return Ok(());
         }
+        if r.deferred.is_some() {
+            // Never run: it ends as a created container killed before its start would.
+            let exit = json!({"id": r.id, "exit_code": 137, "signal": 9,
+                "finished_at": now_rfc3339()});
+            return rsrun::state::write_file_atomic(
+                &r.exit_file,
+                exit.to_string().as_bytes(),
+                true,
+            )
+            .map_err(|e| io_status(&format!("exit record of {}", r.id), e));
+        }
         let rt = self.rsrun();
         let id = r.id.clone();
         let exit = r.exit_file.clone();
@@ -770,6 +781,7 @@ impl RuntimeService for Runtime {
                 .and_then(|l| l.resources.as_ref())
                 .map(container::oci_resources),
             complete: false,
+            deferred: None,
         };
         {
             let mut t = self.containers.lock().await;
@@ -792,8 +804,12 @@ impl RuntimeService for Runtime {
         match made {
             Ok(made) => {
                 rec.image_ref = made.image_ref;
-                rec.pid = made.pid;
                 rec.user = Some(made.user);
+                rec.deferred = Some(store::Stdio {
+                    tty: c.tty,
+                    stdin: c.stdin,
+                    stdin_once: c.stdin_once,
+                });
                 for (i, r) in made.volumes {
                     if let Some(m) = rec.mounts.get_mut(i) {
                         m.image_ref = r;
@@ -846,6 +862,9 @@ impl RuntimeService for Runtime {
                 "container {} is not created (state {st})",
                 rec.id
             )));
+        }
+        if let Some(io) = rec.deferred {
+            self.create_in_shim(&rec, io).await?;
         }
         let d = rec.shim_dir.clone();
         let (head, _) = blocking(move || {
@@ -995,8 +1014,23 @@ impl RuntimeService for Runtime {
             })?;
         let rt = self.rsrun();
         let id = rec.id.clone();
-        // Writes to the container's cgroup files; nothing forks.
+        let deferred = rec.deferred.is_some();
+        let config = rec.bundle.join("config.json");
+        let update = v.clone();
+        // Writes to the container's cgroup files; nothing forks. A container whose create is
+        // deferred to its start has no cgroup yet: its config gets the limits.
         blocking(move || {
+            if deferred {
+                let text = std::fs::read(&config)
+                    .map_err(|e| io_status(&format!("read {}", config.display()), e))?;
+                let mut spec: serde_json::Value = serde_json::from_slice(&text)
+                    .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
+                merge(&mut spec["linux"]["resources"], &update);
+                let out = serde_json::to_vec_pretty(&spec)
+                    .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
+                return rsrun::state::write_file_atomic(&config, &out, true)
+                    .map_err(|e| io_status(&format!("write {}", config.display()), e));
+            }
             rt.update(&id, &res).map_err(|e| match e {
                 rsrun::Error::Invalid(_) | rsrun::Error::Config(_) => {
                     Status::invalid_argument(format!("UpdateContainerResources: {id}: {e}"))
@@ -1341,9 +1375,17 @@ impl RuntimeService for Runtime {
 }
 
 /// What make_container made.
+/// Now, as the shim writes times in exit records.
+fn now_rfc3339() -> String {
+    let ns = store::now_ns();
+    rsrun::state::rfc3339(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
 struct Made {
     image_ref: String,
-    pid: i32,
     user: (u32, u32, Vec<u32>),
     /// Image volumes: (mount index, image ID).
     volumes: Vec<(usize, String)>,
@@ -1455,16 +1497,55 @@ impl Runtime {
             std::fs::create_dir_all(parent)
                 .map_err(|e| io_status(&format!("create {}", parent.display()), e))?;
         }
-        let pid = self
-            .start_shim(id, p, log_path, c.tty, c.stdin, c.stdin_once)
-            .await
-            .map_err(|e| Status::new(e.code(), format!("CreateContainer: {}", e.message())))?;
+        let _ = (id, log_path);
         Ok(Made {
             image_ref,
-            pid,
             user,
             volumes: volumes.into_iter().map(|(i, _, r)| (i, r)).collect(),
         })
+    }
+
+    /// The deferred half of CreateContainer, run by StartContainer: the shim, which has the
+    /// runtime create the container. The record stops being deferred before the shim runs,
+    /// so that a server killed meanwhile finds a container whose shim runs or is lost, never
+    /// one it would create a second time. A create that fails leaves an exit record with the
+    /// runtime's error (reason StartError, exit code 128, as containerd reports it).
+    async fn create_in_shim(&self, rec: &ContainerRecord, io: store::Stdio) -> Result<(), Status> {
+        let mut r = rec.clone();
+        r.deferred = None;
+        self.containers
+            .lock()
+            .await
+            .put(&r.id, r.clone())
+            .map_err(|e| io_status("container record", e))?;
+        let p = container::paths(&self.state, &r.id);
+        let log = std::path::PathBuf::from(&r.log_path);
+        match self
+            .start_shim(&r.id, &p, &log, io.tty, io.stdin, io.stdin_once)
+            .await
+        {
+            Ok(pid) => {
+                r.pid = pid;
+                let id = r.id.clone();
+                self.containers
+                    .lock()
+                    .await
+                    .put(&id, r)
+                    .map_err(|e| io_status("container record", e))?;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("StartContainer: {}", e.message());
+                let exit = json!({"id": r.id, "exit_code": 128, "start_error": msg,
+                    "finished_at": now_rfc3339()});
+                let _ = rsrun::state::write_file_atomic(
+                    &r.exit_file,
+                    exit.to_string().as_bytes(),
+                    true,
+                );
+                Err(Status::new(e.code(), msg))
+            }
+        }
     }
 
     /// Runs rsrun-shim for the bundle in `p`: the container's init PID, or the runtime's

@@ -85,8 +85,20 @@ pub struct ContainerRecord {
     /// The first process's uid, gid and supplementary groups.
     #[serde(default)]
     pub user: Option<(u32, u32, Vec<u32>)>,
-    /// Set once the shim reported the container created.
+    /// Set once the container is created (its record, rootfs and bundle complete).
     pub complete: bool,
+    /// Created, with its shim and the runtime's create still to run (at StartContainer, as
+    /// containerd makes the task only at start); the stdio settings wait here until then.
+    #[serde(default)]
+    pub deferred: Option<Stdio>,
+}
+
+/// A container's stdio settings from its CRI config.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct Stdio {
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
