@@ -290,6 +290,24 @@ c start "$u" >/dev/null || fail "start: $(cat "$R/crictl.err")"
 for _ in $(seq 100); do c logs "$u" 2>/dev/null | grep -q can-read-bin && break; sleep 0.1; done
 [ "$(c logs "$u" 2>/dev/null | tr '\n' ' ')" = "1000 can-read-bin " ] || fail "uid 1000: $(c logs "$u" 2>&1)"
 ok "run_as_user 1000 reads the image's files"
+# The runtime's create runs at StartContainer: a missing binary is StartContainer's error, the
+# container then exited with reason StartError (exit 128); a limit updated before the start is
+# the one its cgroup gets.
+echo '{"metadata": {"name": "nobin"}, "image": {"image": "busybox"}, "command": ["/no/such/binary"]}' > "$R/nobin.json"
+nb=$(c create "$pod" "$R/nobin.json" "$R/pod2.json") || fail "create (missing binary): $(cat "$R/crictl.err")"
+[ "$(c inspect -o go-template --template '{{.status.state}}' "$nb")" = CONTAINER_CREATED ] || fail "not created: $nb"
+! c start "$nb" >/dev/null && grep -q '/no/such/binary' "$R/crictl.err" || fail "start of a missing binary: $(cat "$R/crictl.err")"
+st=$(c inspect -o go-template --template '{{.status.state}} {{.status.reason}} {{.status.exitCode}}' "$nb")
+[ "$st" = "CONTAINER_EXITED StartError 128" ] || fail "after the failed start: $st"
+c rm "$nb" >/dev/null || fail "rm after the failed start: $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "upd"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/upd.json"
+up=$(c create "$pod" "$R/upd.json" "$R/pod2.json") || fail "create (update before start): $(cat "$R/crictl.err")"
+c update --memory 67108864 "$up" >/dev/null || fail "update before start: $(cat "$R/crictl.err")"
+c start "$up" >/dev/null || fail "start after update: $(cat "$R/crictl.err")"
+upid=$("$RSRUN" --root "$R/state/runtime" state "$up" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+lim=$(cat "/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")/memory.limit_in_bytes")
+[ "$lim" = 67108864 ] || fail "the limit updated before the start is not the cgroup's: $lim"
+ok "create deferred to start: StartError (128) for a missing binary, a limit updated before the start applied"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
 ok "shared PID namespace: rsrun-pause is PID 1, removed with the pod"
