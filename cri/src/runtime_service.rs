@@ -333,7 +333,7 @@ impl Runtime {
             .map_err(|e| Status::unknown(format!("pod {} network teardown: {e}", sb.id)))?;
         let mut t = self.sandboxes.lock().await;
         if let Some(rec) = t.items.get(&sb.id).cloned() {
-            t.put(
+            t.update(
                 &sb.id,
                 SandboxRecord {
                     network: None,
@@ -550,7 +550,7 @@ impl RuntimeService for Runtime {
         let mut t = self.sandboxes.lock().await;
         rec.ready = true;
         rec.complete = true;
-        t.put(&id, rec)
+        t.update(&id, rec)
             .map_err(|e| io_status("pod sandbox record", e))?;
         drop(t);
         self.emit(&id, &id, api::ContainerEventType::ContainerCreatedEvent)
@@ -592,7 +592,7 @@ impl RuntimeService for Runtime {
         .await?;
         let mut t = self.sandboxes.lock().await;
         if let Some(rec) = t.items.get(&sb.id).cloned() {
-            t.put(
+            t.update(
                 &sb.id,
                 SandboxRecord {
                     ready: false,
@@ -819,7 +819,7 @@ impl RuntimeService for Runtime {
                 self.containers
                     .lock()
                     .await
-                    .put(&id, rec)
+                    .update(&id, rec)
                     .map_err(|e| io_status("container record", e))?;
                 self.emit(&id, &sb.id, api::ContainerEventType::ContainerCreatedEvent)
                     .await;
@@ -882,7 +882,7 @@ impl RuntimeService for Runtime {
         let mut t = self.containers.lock().await;
         if let Some(mut c) = t.items.get(&rec.id).cloned() {
             c.started_at = started;
-            t.put(&rec.id, c)
+            t.update(&rec.id, c)
                 .map_err(|e| io_status("container record", e))?;
         }
         drop(t);
@@ -1045,7 +1045,7 @@ impl RuntimeService for Runtime {
             let mut merged = c.resources.take().unwrap_or(serde_json::json!({}));
             merge(&mut merged, &v);
             c.resources = Some(merged);
-            t.put(&rec.id, c)
+            t.update(&rec.id, c)
                 .map_err(|e| io_status("container record", e))?;
         }
         tracing::info!(container = %rec.id, pod = %rec.sandbox_id, resources = %v, "container resources updated");
@@ -1516,7 +1516,7 @@ impl Runtime {
         self.containers
             .lock()
             .await
-            .put(&r.id, r.clone())
+            .update(&r.id, r.clone())
             .map_err(|e| io_status("container record", e))?;
         let p = container::paths(&self.state, &r.id);
         let log = std::path::PathBuf::from(&r.log_path);
@@ -1530,7 +1530,7 @@ impl Runtime {
                 self.containers
                     .lock()
                     .await
-                    .put(&id, r)
+                    .update(&id, r)
                     .map_err(|e| io_status("container record", e))?;
                 Ok(())
             }
