@@ -652,11 +652,39 @@ impl RuntimeService for Runtime {
         Ok(Response::new(api::RemovePodSandboxResponse {}))
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<api::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<api::UpdatePodSandboxResourcesResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.pod_sandbox_id;
+        let _g = self.lock_object(&id).await;
+        let mut t = self.sandboxes.lock().await;
+        let mut sb = t.items.get(&id).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "UpdatePodSandboxResources: pod sandbox {id} not found"
+            ))
+        })?;
+        // What is not sent stays as it was.
+        if let Some(res) = r.resources.as_ref() {
+            sb.resources = Some(container::oci_resources(res));
+        }
+        if let Some(o) = r.overhead.as_ref() {
+            sb.overhead = Some(container::oci_resources(o));
+        }
+        tracing::info!(pod = %id, resources = ?sb.resources, overhead = ?sb.overhead, "pod sandbox resources recorded");
+        t.update(&id, sb)
+            .map_err(|e| io_status("pod sandbox record", e))?;
+        Ok(Response::new(api::UpdatePodSandboxResourcesResponse {}))
+    }
+
     async fn pod_sandbox_status(
         &self,
         r: Request<api::PodSandboxStatusRequest>,
     ) -> Result<Response<api::PodSandboxStatusResponse>, Status> {
-        let id = r.into_inner().pod_sandbox_id;
+        let r = r.into_inner();
+        let verbose = r.verbose;
+        let id = r.pod_sandbox_id;
         let sb = self
             .sandbox(&id)
             .await?
@@ -667,9 +695,16 @@ impl RuntimeService for Runtime {
             .iter()
             .map(container::status)
             .collect();
+        // Verbose: the pod-level resources the kubelet declared (UpdatePodSandboxResources).
+        let mut info = std::collections::HashMap::new();
+        if verbose {
+            let v = serde_json::json!({"resources": sb.resources, "overhead": sb.overhead,
+                "cgroupParent": sb.cgroup_parent});
+            info.insert("info".to_string(), v.to_string());
+        }
         Ok(Response::new(api::PodSandboxStatusResponse {
             status: Some(sandbox::status(&sb)),
-            info: Default::default(),
+            info,
             containers_statuses,
             timestamp: store::now_ns(),
         }))
@@ -1267,7 +1302,6 @@ impl RuntimeService for Runtime {
         checkpoint_container(CheckpointContainerRequest) -> api::CheckpointContainerResponse;
         checkpoint_pod(CheckpointPodRequest) -> api::CheckpointPodResponse;
         restore_pod(RestorePodRequest) -> api::RestorePodResponse;
-        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> api::UpdatePodSandboxResourcesResponse;
     }
 
     type StreamPodSandboxesStream = Streamed<api::StreamPodSandboxesResponse>;

@@ -172,6 +172,9 @@ pub struct Spec {
     pub port_mappings: Vec<api::PortMapping>,
     /// The pod's user namespace (mode POD): its uid and gid mappings.
     pub userns: Option<UserNs>,
+    /// The pod-level resources and overhead, as OCI `linux.resources`.
+    pub resources: Option<serde_json::Value>,
+    pub overhead: Option<serde_json::Value>,
 }
 
 /// A pod's user namespace: one uid and one gid mapping, container ID 0 mapped, as the
@@ -324,6 +327,11 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
         host_network: ns.network == api::NamespaceMode::Node as i32,
         host_ipc: ns.ipc == api::NamespaceMode::Node as i32,
         pod_pid: ns.pid == api::NamespaceMode::Pod as i32,
+        resources: linux
+            .resources
+            .as_ref()
+            .map(crate::container::oci_resources),
+        overhead: linux.overhead.as_ref().map(crate::container::oci_resources),
     })
 }
 
@@ -491,6 +499,8 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         host_network: s.host_network,
         host_ipc: s.host_ipc,
         pid_shared: s.pod_pid,
+        resources: s.resources.clone(),
+        overhead: s.overhead.clone(),
     }
 }
 

@@ -10,6 +10,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct SandboxRecord {
+    /// The pod-level resources and overhead the kubelet declared (RunPodSandbox, then each
+    /// UpdatePodSandboxResources), as OCI `linux.resources`. The kubelet owns the pod's cgroup
+    /// (its cgroup_parent) and sets these limits there itself; they are kept and reported
+    /// (verbose PodSandboxStatus), not applied again.
+    #[serde(default)]
+    pub resources: Option<serde_json::Value>,
+    #[serde(default)]
+    pub overhead: Option<serde_json::Value>,
     pub id: String,
     pub name: String,
     pub uid: String,

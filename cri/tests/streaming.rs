@@ -7,45 +7,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rsrun_cri::api;
-use rsrun_cri::api::runtime_service_client::RuntimeServiceClient;
+
+mod common;
 use rsrun_cri::spdy::{Encoder, Frame, Headers};
-
-struct Server {
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The pod's pinned namespaces, if the test failed before removing it.
-        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
-            for l in m.lines() {
-                if let Some(p) = l
-                    .split(' ')
-                    .nth(4)
-                    .filter(|p| p.starts_with(self.dir.to_str().unwrap()))
-                {
-                    let _ = nix_umount(p);
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nix_umount(p: &str) -> std::io::Result<()> {
-    std::process::Command::new("umount")
-        .arg("-l")
-        .arg(p)
-        .status()
-        .map(|_| ())
-}
 
 fn count(dir: &str, pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/{dir}"))
@@ -137,80 +105,17 @@ fn echo_through(url: &str, port: u16) {
     );
 }
 
-async fn client(sock: &Path) -> RuntimeServiceClient<tonic::transport::Channel> {
-    let p = sock.to_path_buf();
-    let ch = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(ch)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_server_survives_bad_clients() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: needs root (pod namespaces)");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("rsrun-cri-streaming-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("net.d")).unwrap();
-    let sock = dir.join("cri.sock");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rsrun-cri"))
-        .arg("--listen")
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--state")
-        .arg(dir.join("state"))
-        .arg("--cni-conf-dir")
-        .arg(dir.join("net.d"))
-        .arg("--cgroup-parent")
-        .arg("rsrun-cri-streaming-test")
-        .arg("--log-level")
-        .arg("warn")
-        .stderr(std::fs::File::create(dir.join("cri.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let srv = Server {
-        child,
-        dir: dir.clone(),
-    };
+    let srv = common::start("streaming").await;
+    let sock = srv.sock.clone();
     let pid = srv.child.id();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut c = client(&sock).await;
-    // A host-network pod without a shared PID namespace: no image, no pause.
-    let config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: "stream".into(),
-            namespace: "t".into(),
-            uid: "stream-uid".into(),
-            attempt: 0,
-        }),
-        linux: Some(api::LinuxPodSandboxConfig {
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: api::NamespaceMode::Node as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut c = common::client(&sock).await;
+    let config = common::host_pod("stream");
     let pod = c
         .run_pod_sandbox(api::RunPodSandboxRequest {
             config: Some(config),
