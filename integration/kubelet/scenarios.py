@@ -209,13 +209,17 @@ def s01_single_container_pod():
 
 @scenario
 def s02_two_containers_share_network():
-    """Two containers in one pod: one reaches the other on localhost; each has its own filesystem."""
+    """Containers in one pod share the network: a shell reaches kiada and nginx on localhost;
+    each container has its own filesystem."""
     create(pod_manifest("kiada-ssl", [
         {"name": "kiada", "image": KIADA},
+        {"name": "nginx", "image": NGINX},
         {"name": "shell", "image": BUSYBOX, "command": ["sleep", "3600"]}]))
     running("kiada-ssl")
     body = exec_("kiada-ssl", "wget", "-qO-", "http://localhost:8080/", container="shell").stdout
     check('processed by "kiada-ssl"' in body, "localhost:8080 from the other container: %r" % body)
+    body = exec_("kiada-ssl", "wget", "-qO-", "http://localhost:80/", container="shell").stdout
+    check("Welcome to nginx" in body, "nginx on localhost:80 from the other container: %r" % body[:200])
     exec_("kiada-ssl", "sh", "-c", "echo mine > /tmp/only-here", container="shell")
     r = exec_("kiada-ssl", "cat", "/tmp/only-here", container="kiada", ok=False)
     check(r.returncode != 0, "a file written in one container is seen in the other")
