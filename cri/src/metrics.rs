@@ -866,7 +866,8 @@ fn pod_pids(root: &Path, sb: &SandboxRecord, ctrs: &[ContainerRecord]) -> Vec<i3
             pids.push(s.pid);
         }
     }
-    pids.extend(ctrs.iter().map(|c| c.pid));
+    // a container whose create waits for its start has no process yet (pid 0)
+    pids.extend(ctrs.iter().map(|c| c.pid).filter(|p| *p > 0));
     pids
 }
 

@@ -1531,7 +1531,6 @@ impl Runtime {
             std::fs::create_dir_all(parent)
                 .map_err(|e| io_status(&format!("create {}", parent.display()), e))?;
         }
-        let _ = (id, log_path);
         Ok(Made {
             image_ref,
             user,
