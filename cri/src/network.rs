@@ -260,7 +260,11 @@ impl Cni {
                 .collect::<Vec<_>>());
         }
         let stdin = serde_json::to_vec(&conf).map_err(|e| err(e.to_string()))?;
-        let netns = if pod.netns.exists() {
+        // Only a pinned namespace (an nsfs mount): a server killed between making the pin
+        // file and mounting it leaves a plain file, which plugins refuse ("unknown FS
+        // magic"). Without one, CNI_NETNS is empty, which the spec allows for DEL (the
+        // plugins then release what is outside the namespace, e.g. the address lease).
+        let netns = if is_netns(pod.netns) {
             pod.netns.to_string_lossy().into_owned()
         } else {
             String::new()
@@ -426,6 +430,19 @@ pub fn addresses(result: &Value) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_a_namespace_file_is_a_netns() {
+        assert!(super::is_netns(Path::new("/proc/self/ns/net")));
+        let f = std::env::temp_dir().join(format!("rsrun-not-a-netns-{}", std::process::id()));
+        std::fs::write(&f, b"").unwrap();
+        assert!(
+            !super::is_netns(&f),
+            "a plain file (a pin the killed server never mounted)"
+        );
+        std::fs::remove_file(&f).unwrap();
+        assert!(!super::is_netns(&f), "a missing path");
+    }
     use super::*;
 
     #[test]
@@ -451,4 +468,10 @@ mod tests {
         let old = json!({"ip4": {"ip": "10.9.0.2/16"}});
         assert_eq!(addresses(&old), vec!["10.9.0.2"]);
     }
+}
+
+/// Whether `p` is a namespace file (nsfs), not a plain file or a missing path.
+fn is_netns(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
 }
