@@ -428,6 +428,12 @@ pub fn addresses(result: &Value) -> Vec<String> {
     out
 }
 
+/// Whether `p` is a namespace file (nsfs), not a plain file or a missing path.
+fn is_netns(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -468,10 +474,4 @@ mod tests {
         let old = json!({"ip4": {"ip": "10.9.0.2/16"}});
         assert_eq!(addresses(&old), vec!["10.9.0.2"]);
     }
-}
-
-/// Whether `p` is a namespace file (nsfs), not a plain file or a missing path.
-fn is_netns(p: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
 }
