@@ -827,11 +827,7 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     }
     // No exit record: its shim must be alive; a shim that died leaves the container exited
     // with an error (never running forever).
-    let shim_alive = std::fs::read_to_string(r.shim_dir.join("shim.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-        .is_some_and(|p| shim_running(p, &r.id));
-    if !shim_alive {
+    if !shim_alive(r) {
         return (
             api::ContainerState::ContainerExited as i32,
             Some(json!({"exit_code": 255, "lost": true})),
@@ -842,6 +838,55 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     } else {
         (api::ContainerState::ContainerCreated as i32, None)
     }
+}
+
+/// pidfds of the shims found alive, by container ID. The first look at a shim reads its pid
+/// file and /proc (`shim_running`) after opening a pidfd for that PID, so the pidfd is the
+/// shim's; every later look is one poll(2) of it (ContainerStatus, ListContainers, the exit
+/// watcher: about half of ContainerStatus's time went to the /proc reads). Bounded, as the
+/// server's descriptors are: beyond it, shims are looked at the slow way each time.
+static SHIM_FDS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::os::fd::OwnedFd>>,
+> = std::sync::LazyLock::new(Default::default);
+const SHIM_FDS_MAX: usize = 512;
+
+fn shim_alive(r: &ContainerRecord) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = SHIM_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(fd) = fds.get(&r.id) {
+        let mut p = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        // Readable once the process has exited; an error is taken as exited too.
+        let exited = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO) != Ok(0);
+        if exited {
+            fds.remove(&r.id);
+        }
+        return !exited;
+    }
+    let Some(pid) = std::fs::read_to_string(r.shim_dir.join("shim.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    let fd = rsrun::sys::pidfd_open(pid).ok();
+    if !shim_running(pid, &r.id) {
+        return false;
+    }
+    if let Some(fd) = fd.filter(|_| fds.len() < SHIM_FDS_MAX) {
+        fds.insert(r.id.clone(), fd);
+    }
+    true
+}
+
+/// Drops the pidfd `shim_alive` keeps for container `id` (removed).
+pub fn forget_shim(id: &str) {
+    SHIM_FDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
 }
 
 /// Whether `pid` is a live (not zombie) rsrun-shim of container `id` (its command line names
@@ -1000,7 +1045,9 @@ pub struct Paths {
 pub fn paths(state: &Path, id: &str) -> Paths {
     let dir = state.join("containers").join(id);
     Paths {
-        bundle: dir.join("bundle"),
+        // The bundle is the container's dir itself (config.json beside exit.json): one
+        // directory less per container.
+        bundle: dir.clone(),
         // Short: unix socket paths must fit in 108 bytes.
         shim_dir: state.join("s").join(id),
         exit_file: dir.join("exit.json"),

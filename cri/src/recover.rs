@@ -41,6 +41,7 @@ impl Runtime {
                 tracing::error!(container = %id, pod = %pod, "{}", e.message());
             }
         }
+        self.sweep_rootfs().await;
         let half_pods: Vec<_> = self
             .sandboxes
             .lock()
@@ -59,6 +60,48 @@ impl Runtime {
             }
         }
         Ok((n_pods, n_containers))
+    }
+
+    /// Removes the container root filesystems (and image volumes) in the image store that no
+    /// container record names: a container's first record is written without fsync
+    /// (`Table::put_volatile`), so a power loss may keep its rootfs and lose the record. Only
+    /// IDs of the form this server gives (64 hex digits, `-image-N` for a volume) are
+    /// touched.
+    async fn sweep_rootfs(&self) {
+        let known: std::collections::HashSet<String> =
+            self.containers.lock().await.items.keys().cloned().collect();
+        let images = self.images.clone();
+        let state = self.state.clone();
+        let swept = blocking(move || {
+            let ids = images
+                .rootfs_ids()
+                .map_err(|e| Status::internal(format!("list the image store's rootfs: {e}")))?;
+            let mut swept = Vec::new();
+            for id in ids {
+                let owner = id.split_once("-image-").map_or(id.as_str(), |(c, _)| c);
+                if !crate::store::is_object_id(owner) || known.contains(owner) {
+                    continue;
+                }
+                match images.remove_rootfs(&id) {
+                    Ok(()) => swept.push(id.clone()),
+                    Err(e) => {
+                        tracing::error!(container = %owner, "remove an unrecorded rootfs: {e}")
+                    }
+                }
+                // Its bundle, if the volatile state dir outlived the record.
+                let _ = std::fs::remove_dir_all(crate::container::paths(&state, &id).dir);
+            }
+            Ok(swept)
+        })
+        .await;
+        match swept {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(rootfs = %id, "removed a container rootfs no record names");
+                }
+            }
+            Err(e) => tracing::error!("{}", e.message()),
+        }
     }
 
     async fn undo_sandbox(&self, sb: &crate::store::SandboxRecord) -> Result<(), Status> {

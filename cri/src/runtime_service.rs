@@ -213,6 +213,7 @@ impl Runtime {
         .await;
         self.events.forget(&r.id);
         self.forget_lock(&r.id);
+        container::forget_shim(&r.id);
         Ok(())
     }
 
@@ -830,7 +831,7 @@ impl RuntimeService for Runtime {
                     meta.name, meta.attempt, sb.id, o.id
                 )));
             }
-            t.put(&id, rec.clone())
+            t.put_volatile(&id, rec.clone())
                 .map_err(|e| io_status("container record", e))?;
         }
         let made = self
@@ -1460,13 +1461,12 @@ impl Runtime {
             )
         });
         let (rootfs, image_ref, cfg, volumes) = blocking(move || {
-            let rec = images
-                .get(&img)
-                .map_err(crate::error::image_status)?
-                .ok_or_else(|| {
+            let insp = images.inspect(&img).map_err(|e| match e {
+                rsrun_image::Error::NotFound(_) => {
                     Status::not_found(format!("CreateContainer: image {img} is not present"))
-                })?;
-            let insp = images.inspect(&img).map_err(crate::error::image_status)?;
+                }
+                e => crate::error::image_status(e),
+            })?;
             let rootfs = match &walkable {
                 Some((d, m)) => {
                     let at = d.join("rootfs");
@@ -1487,7 +1487,7 @@ impl Runtime {
             }
             Ok((
                 rootfs,
-                rec.id.to_string(),
+                insp.image.id.to_string(),
                 container::ImageConfig::from_json(&insp.config),
                 volumes,
             ))
@@ -1681,6 +1681,7 @@ impl Runtime {
             ..Default::default()
         };
         self.stop(&rec, Duration::ZERO).await?;
+        container::forget_shim(&sb.pause_id);
         let rt = self.rsrun();
         let id = sb.pause_id.clone();
         blocking(move || {

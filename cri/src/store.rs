@@ -161,6 +161,15 @@ impl<T: Serialize + DeserializeOwned + Clone> Table<T> {
         Ok(())
     }
 
+    /// Writes a new record atomically but without fsync, for an object whose every
+    /// persistent part its owner can find without the record: a container (its rootfs and
+    /// image volumes are in the image store under its ID; recovery removes those no record
+    /// names, `Runtime::sweep_rootfs`). A kill of the server loses nothing; a power loss may
+    /// lose the record, and the container with it, which a power loss ends anyway.
+    pub fn put_volatile(&mut self, id: &str, r: T) -> std::io::Result<()> {
+        self.update(id, r)
+    }
+
     /// Rewrites a record that is already on disk, atomically but without fsync. Only the
     /// first write of a record, made before the object it describes, must survive a power
     /// loss (that is what recovery undoes); an update lost with the page cache leaves that
@@ -203,6 +212,11 @@ pub fn new_id() -> String {
         .and_then(|mut f| f.read_exact(&mut b))
         .expect("read /dev/urandom");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether `s` has the form of the IDs `new_id` gives (64 lowercase hex digits).
+pub fn is_object_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Nanoseconds since the epoch (CRI timestamps).
@@ -255,5 +269,21 @@ mod tests {
             );
         }
         assert_eq!(super::parse_rfc3339("nope"), None);
+    }
+
+    #[test]
+    fn object_ids() {
+        let id = super::new_id();
+        assert!(super::is_object_id(&id), "{id}");
+        assert_ne!(id, super::new_id());
+        for bad in [
+            "",
+            "abc",
+            &id[1..],
+            &id.to_uppercase(),
+            &format!("{id}-image-0"),
+        ] {
+            assert!(!super::is_object_id(bad), "{bad}");
+        }
     }
 }

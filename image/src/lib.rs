@@ -295,6 +295,24 @@ impl ImageStore {
         self.prepare_at(container_id, image, readonly, target, false, idmap)
     }
 
+    /// The IDs of every container root filesystem in the store (made by `prepare_rootfs` or
+    /// `prepare_rootfs_at`, whether or not its record was completed), for a caller that owns
+    /// them to remove those it no longer knows of (after a power loss, say).
+    pub fn rootfs_ids(&self) -> Result<Vec<String>> {
+        let dir = self.store.containers_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("listing", dir, e)),
+        };
+        Ok(rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect())
+    }
+
     /// Unmounts and deletes a container's root filesystem; a missing one is not an error.
     pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {
         let dir = self.container_dir(container_id)?;
