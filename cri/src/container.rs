@@ -850,7 +850,7 @@ static SHIM_FDS: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 const SHIM_FDS_MAX: usize = 512;
 
-fn shim_alive(r: &ContainerRecord) -> bool {
+pub fn shim_alive(r: &ContainerRecord) -> bool {
     use std::os::fd::AsFd;
     let mut fds = SHIM_FDS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(fd) = fds.get(&r.id) {

@@ -141,6 +141,7 @@ async fn serve(o: Opts) -> Result<()> {
         cgroup_parent: o.cgroup_parent.clone(),
         pause_rootfs,
         cpu_samples: Default::default(),
+        releases: Default::default(),
         object_locks: Default::default(),
         events: Default::default(),
         streaming,

@@ -33,13 +33,19 @@ impl Runtime {
             .cloned()
             .collect();
         let n_containers = half_containers.len();
+        let mut pods = std::collections::HashSet::new();
         for c in half_containers {
+            pods.insert(c.sandbox_id.clone());
             tracing::warn!(container = %c.id, pod = %c.sandbox_id, "removing a container a killed server left half-created");
             let (id, pod) = (c.id.clone(), c.sandbox_id.clone());
             if let Err(e) = self.remove(c).await {
                 // Left listed: RemoveContainer (the kubelet's) retries it.
                 tracing::error!(container = %id, pod = %pod, "{}", e.message());
             }
+        }
+        // Their storage first, or the sweep would race its release.
+        for p in pods {
+            self.released(&p).await;
         }
         self.sweep_rootfs().await;
         let half_pods: Vec<_> = self
@@ -88,8 +94,15 @@ impl Runtime {
                         tracing::error!(container = %owner, "remove an unrecorded rootfs: {e}")
                     }
                 }
-                // Its bundle, if the volatile state dir outlived the record.
-                let _ = std::fs::remove_dir_all(crate::container::paths(&state, &id).dir);
+            }
+            // Then the state dirs no record names (a rootfs in a user namespace is mounted in
+            // one: unmounted above), e.g. of a removal the killed server had not finished.
+            let dirs = state.join("containers");
+            for e in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if crate::store::is_object_id(&name) && !known.contains(&name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
             Ok(swept)
         })

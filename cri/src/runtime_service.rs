@@ -56,6 +56,10 @@ pub struct Runtime {
     pub object_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// The last CPU sample of each container (for nano-cores).
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    /// Removed containers whose rootfs, image volumes and state dir are still being taken
+    /// down, by pod (RemovePodSandbox waits for them): `remove`.
+    pub releases:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Merges the JSON object `new` into `into`, recursively.
@@ -82,7 +86,44 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("blocking task: {e}")))?
 }
 
+/// Unmounts and removes a removed container's rootfs and image volumes, then its state dir
+/// (after them: a rootfs in a user namespace is mounted inside it).
+pub(crate) fn release_storage(
+    images: &rsrun_image::ImageStore,
+    id: &str,
+    vols: &[String],
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    images
+        .remove_rootfs(id)
+        .map_err(|e| format!("remove the rootfs of {id}: {e}"))?;
+    for v in vols {
+        images
+            .remove_rootfs(v)
+            .map_err(|e| format!("remove the image volume {v}: {e}"))?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("remove {}: {e}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Runtime {
+    /// Waits for the storage releases of the removed containers of pod `pod`.
+    pub(crate) async fn released(&self, pod: &str) {
+        let handles = self
+            .releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod)
+            .unwrap_or_default();
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
     /// Serializes requests about the object `id` (held until the guard is dropped).
     pub(crate) async fn lock_object(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self
@@ -171,23 +212,10 @@ impl Runtime {
         let vols = container::image_volume_ids(&r.id, &r.mounts);
         blocking(move || {
             let _ = std::fs::remove_dir_all(&shim_dir);
+            // Its shim deleted it at exit (--delete-on-exit), unless the shim was killed.
             match rt.delete(&id, true) {
-                Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
-                Err(e) => return Err(io_status(&format!("delete container {id}"), e)),
-            }
-            images
-                .remove_rootfs(&id)
-                .map_err(|e| io_status(&format!("remove the rootfs of {id}"), e))?;
-            for v in vols {
-                images
-                    .remove_rootfs(&v)
-                    .map_err(|e| io_status(&format!("remove the image volume {v}"), e))?;
-            }
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(io_status(&format!("remove {}", dir.display()), e))
-                }
-                _ => Ok(()),
+                Ok(()) | Err(rsrun::Error::NotFound(_)) => Ok(()),
+                Err(e) => Err(io_status(&format!("delete container {id}"), e)),
             }
         })
         .await?;
@@ -196,6 +224,22 @@ impl Runtime {
             .await
             .remove(&r.id)
             .map_err(|e| io_status("container record", e))?;
+        // Its storage is released after the answer, as containerd's garbage collector does
+        // (the unmount and the removal of the writable layer were most of RemoveContainer's
+        // time). A server killed meanwhile finds a rootfs no record names and removes it at
+        // start (recover.rs); RemovePodSandbox waits for its pod's releases.
+        let id = r.id.clone();
+        let release = tokio::task::spawn_blocking(move || {
+            if let Err(e) = release_storage(&images, &id, &vols, &dir) {
+                tracing::error!(container = %id, "release of the container's storage: {e}");
+            }
+        });
+        {
+            let mut pending = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+            let list = pending.entry(r.sandbox_id.clone()).or_default();
+            list.retain(|h| !h.is_finished());
+            list.push(release);
+        }
         // A started container's exit, if the watcher has not reported it yet, comes first.
         if r.started_at != 0 && self.events.first_stop(&r.id) {
             self.emit(
@@ -627,6 +671,7 @@ impl RuntimeService for Runtime {
         for c in self.containers_of(&sb.id).await {
             self.remove(c).await?;
         }
+        self.released(&sb.id).await;
         self.stop_pause(&sb).await?;
         self.detach(&sb).await?;
         let d = sb.ns_dir.clone();
@@ -902,10 +947,13 @@ impl RuntimeService for Runtime {
         if let Some(io) = rec.deferred {
             self.create_in_shim(&rec, io).await?;
         }
-        let d = rec.shim_dir.clone();
+        let r = rec.clone();
         let (head, _) = blocking(move || {
-            container::control(&d, &json!({"op": "start"}))
-                .map_err(|e| io_status("the container's shim", e))
+            let answer = container::control(&r.shim_dir, &json!({"op": "start"}))
+                .map_err(|e| io_status("the container's shim", e));
+            // The shim's pidfd, opened now that its PID is known, for the status calls.
+            container::shim_alive(&r);
+            answer
         })
         .await?;
         if let Some(e) = head["error"].as_str() {
@@ -1605,6 +1653,8 @@ impl Runtime {
             .arg(&p.exit_file)
             .arg("--root")
             .arg(&self.runtime_root)
+            // Its cgroups and runtime state go when it exits, not when it is removed.
+            .arg("--delete-on-exit")
             .stdin(std::process::Stdio::null());
         if tty {
             cmd.arg("--terminal");

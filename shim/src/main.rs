@@ -39,6 +39,9 @@ prints the runtime's error and exits 1, leaving nothing behind.
   --stdin-once         close the container's stdin when the first attacher detaches
   --log-max-line N     the longest log record's content, in bytes (default 16384);
                        longer lines are split into partial (P) records
+  --delete-on-exit     once the init has exited, delete the container from the runtime
+                       (what is left of its processes killed, its cgroups and state
+                       removed) before the exit record is written
   -h, --help           this text
 
 Control socket (stream, one JSON request per connection, one JSON line back):
@@ -58,6 +61,7 @@ pub struct Opts {
     pub stdin: bool,
     pub stdin_once: bool,
     pub max_line: usize,
+    pub delete_on_exit: bool,
 }
 
 fn parse(args: Vec<String>) -> Result<Option<Opts>> {
@@ -74,6 +78,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
         stdin: false,
         stdin_once: false,
         max_line: crilog::DEFAULT_MAX_LINE,
+        delete_on_exit: false,
     };
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -96,6 +101,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
             "--terminal" => o.terminal = true,
             "--stdin" => o.stdin = true,
             "--stdin-once" => o.stdin_once = true,
+            "--delete-on-exit" => o.delete_on_exit = true,
             "--log-max-line" => {
                 let v = value("--log-max-line")?;
                 o.max_line = v

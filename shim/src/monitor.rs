@@ -110,6 +110,7 @@ pub struct Monitor {
     pid: i32,
     dir: PathBuf,
     exit_file: PathBuf,
+    delete_on_exit: bool,
     log: CriLog,
     outputs: Vec<Output>,
     /// The container's stdin (a pipe, or the terminal), while open.
@@ -319,6 +320,7 @@ impl Monitor {
             pid,
             dir: o.dir.clone(),
             exit_file: o.exit_file.clone(),
+            delete_on_exit: o.delete_on_exit,
             log,
             outputs,
             stdin,
@@ -535,6 +537,13 @@ impl Monitor {
             .rt
             .oom_kill_count(&self.id)
             .is_ok_and(|n| n > self.oom_base);
+        // The runtime's part goes before the record, so that a reader of the record finds
+        // the container's cgroups gone (and no delete of its own racing this one).
+        if self.delete_on_exit {
+            if let Err(e) = self.rt.delete(&self.id, true) {
+                rsrun::log::error(&format!("container {}: delete at exit: {e}", self.id));
+            }
+        }
         let record = json!({
             "id": self.id,
             "pid": self.pid,

@@ -182,6 +182,47 @@ fn exit_codes_and_signals_are_recorded() {
 }
 
 #[test]
+fn delete_on_exit_removes_the_cgroups_before_the_exit_record() {
+    // The container prints its own cgroup; once its exit is recorded, that cgroup is gone
+    // from the kernel's hierarchy with --delete-on-exit, and still there without it.
+    fn cgroup_dir(s: &Shimmed) -> PathBuf {
+        let out = String::from_utf8(stream_bytes(&s.log(), "stdout")).unwrap();
+        let find = |pat: &str| out.lines().find(|l| l.contains(pat)).map(str::to_string);
+        let (base, line) = match find(":memory:") {
+            Some(l) => ("/sys/fs/cgroup/memory", l),
+            None => ("/sys/fs/cgroup", find("0::").expect("a cgroup line")),
+        };
+        let path = line.splitn(3, ':').nth(2).unwrap().to_string();
+        assert_ne!(path, "/", "the container runs in a root cgroup: {out}");
+        PathBuf::from(format!("{base}{path}"))
+    }
+    for delete in [true, false] {
+        let b = Bundle::new(&["sh", "-c", "cat /proc/self/cgroup; exit 3"]);
+        let extra: &[&str] = if delete { &["--delete-on-exit"] } else { &[] };
+        let s = shim(&b, extra).unwrap();
+        s.start();
+        let e = s.wait_exit();
+        assert_eq!(e["exit_code"], 3, "{e}");
+        let dir = cgroup_dir(&s);
+        if delete {
+            assert!(
+                !dir.exists(),
+                "{} left after the exit record",
+                dir.display()
+            );
+            assert_eq!(s.rt.count(), 0, "the runtime still lists the container");
+        } else {
+            assert!(
+                dir.exists(),
+                "{} gone without --delete-on-exit",
+                dir.display()
+            );
+            assert_eq!(s.rt.count(), 1);
+        }
+    }
+}
+
+#[test]
 fn log_framing_partial_long_binary_interleaved() {
     // stdout: a short line, a 40-byte line (max 16: two P pieces and an F), a line with
     // invalid UTF-8 and a carriage return, an unfinished line at exit; stderr interleaved.
