@@ -100,8 +100,10 @@ impl ImageService for Images {
             .and_then(|f| f.image)
             .map(|s| s.image)
             .filter(|s| !s.is_empty());
+        // Inline, not on the blocking pool: one read of images.json (parsed again only when
+        // it changed), which the hop to the pool and back would cost more than.
         let store = self.store.clone();
-        let images = blocking(move || {
+        let images = (move || -> Result<Vec<api::Image>, Status> {
             let all = store.list().map_err(image_status)?;
             Ok(match filter {
                 None => all.iter().map(to_cri).collect(),
@@ -113,8 +115,7 @@ impl ImageService for Images {
                         .collect()
                 }
             })
-        })
-        .await?;
+        })()?;
         Ok(Response::new(api::ListImagesResponse { images }))
     }
 
@@ -146,23 +147,20 @@ impl ImageService for Images {
         let r = req.into_inner();
         let name = named(r.image, "ImageStatus")?;
         let store = self.store.clone();
-        let verbose = r.verbose;
-        blocking(move || {
-            // A missing image is not an error: an empty answer (the kubelet pulls then).
-            let Some(img) = store.get(&name).map_err(image_status)? else {
-                return Ok(Response::new(api::ImageStatusResponse::default()));
-            };
-            let mut info = std::collections::HashMap::new();
-            if verbose {
-                let i = store.inspect(&name).map_err(image_status)?;
-                info.insert("info".to_string(), i.config.to_string());
-            }
-            Ok(Response::new(api::ImageStatusResponse {
-                image: Some(to_cri(&img)),
-                info,
-            }))
-        })
-        .await
+        // A missing image is not an error: an empty answer (the kubelet pulls then). Inline
+        // as ListImages; the verbose answer reads the config blob on the blocking pool.
+        let Some(img) = store.get(&name).map_err(image_status)? else {
+            return Ok(Response::new(api::ImageStatusResponse::default()));
+        };
+        let mut info = std::collections::HashMap::new();
+        if r.verbose {
+            let i = blocking(move || store.inspect(&name).map_err(image_status)).await?;
+            info.insert("info".to_string(), i.config.to_string());
+        }
+        Ok(Response::new(api::ImageStatusResponse {
+            image: Some(to_cri(&img)),
+            info,
+        }))
     }
 
     async fn pull_image(

@@ -87,12 +87,12 @@ impl ImageStore {
     }
 
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
-        Ok(self.store.load_db()?.images.into_values().collect())
+        Ok(self.store.db()?.images.values().cloned().collect())
     }
 
     /// An image by ID (full, `sha256:`-prefixed or a unique prefix of 12+), tag or repo digest.
     pub fn get(&self, key: &str) -> Result<Option<ImageRecord>> {
-        Ok(store::find_image(&self.store.load_db()?, key).cloned())
+        Ok(store::find_image(&*self.store.db()?, key).cloned())
     }
 
     pub fn inspect(&self, key: &str) -> Result<Inspection> {

@@ -99,7 +99,13 @@ pub struct Store {
     fsync: bool,
     seq: AtomicU64,
     syncs: AtomicU64,
+    /// The last images.json read (its bytes) and what they parse to: `db` parses only when
+    /// the bytes differ (whoever wrote them, this process or another).
+    db_cache: std::sync::Mutex<Option<DbCache>>,
 }
+
+/// The bytes of images.json as last read (None: no file) and what they parse to.
+type DbCache = (Option<Vec<u8>>, std::sync::Arc<Db>);
 
 /// A directory a layer is being unpacked into, locked by its writer until dropped.
 pub struct TempSnapshot {
@@ -151,6 +157,7 @@ impl Store {
             fsync: std::env::var_os("RSRUN_IMAGE_NO_FSYNC").is_none(),
             seq: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            db_cache: Default::default(),
         };
         store.sweep_stale()?;
         Ok(store)
@@ -479,6 +486,34 @@ impl Store {
         self.sync_dir(dir)
     }
 
+    /// The image records, for reading: as `load_db`, but the file is parsed again only when
+    /// its bytes changed since the last call (ImageStatus and ListImages come often).
+    pub fn db(&self) -> Result<std::sync::Arc<Db>> {
+        let p = self.root.join("images.json");
+        // None: no file yet (an empty store).
+        let bytes = match fs::read(&p) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading", p, e)),
+        };
+        let mut cache = self.db_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((b, db)) = cache.as_ref() {
+            if *b == bytes {
+                return Ok(db.clone());
+            }
+        }
+        let db = match &bytes {
+            None => Db::default(),
+            Some(b) => serde_json::from_slice(b).map_err(|e| Error::CorruptStore {
+                path: p,
+                reason: e.to_string(),
+            })?,
+        };
+        let db = std::sync::Arc::new(db);
+        *cache = Some((bytes, db.clone()));
+        Ok(db)
+    }
+
     pub fn load_db(&self) -> Result<Db> {
         let p = self.root.join("images.json");
         match fs::read(&p) {
@@ -588,6 +623,36 @@ mod tests {
         ] {
             assert_eq!(mode(d), 0o700, "{d}");
         }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_cached_db_follows_the_file() {
+        let base = std::env::temp_dir().join(format!("rsrun-store-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let s = super::Store::open(&base).unwrap();
+        assert!(s.db().unwrap().images.is_empty());
+        let record = |tag: &str| {
+            let d = format!("sha256:{}", "a".repeat(64));
+            serde_json::json!({"id": d, "repo_tags": [tag], "repo_digests": [], "manifest": d,
+                "manifest_blobs": [], "config": d, "layers": [], "size": 1, "user": "",
+                "platform": "linux/amd64", "created": 0})
+        };
+        s.update_db(|db| {
+            let r = serde_json::from_value(record("one:1")).unwrap();
+            db.images.insert("x".into(), r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(s.db().unwrap().images["x"].repo_tags, ["one:1"]);
+        // Rewritten by another writer (not through this handle): seen at the next read.
+        let other = serde_json::json!({"images": {"x": record("two:2")}});
+        std::fs::write(base.join("images.json"), other.to_string()).unwrap();
+        assert_eq!(s.db().unwrap().images["x"].repo_tags, ["two:2"]);
+        std::fs::write(base.join("images.json"), b"{").unwrap();
+        assert!(s.db().is_err(), "a corrupt file is not hidden by the cache");
+        std::fs::remove_file(base.join("images.json")).unwrap();
+        assert!(s.db().unwrap().images.is_empty());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
