@@ -1,13 +1,15 @@
 #!/bin/bash
 # rsrun-cri killed with SIGKILL at random points of RunPodSandbox, CreateContainer,
-# StartContainer, StopPodSandbox and RemovePodSandbox, then started again, N times (seeded).
+# StartContainer, StopContainer, RemoveContainer (and the release of its storage after the
+# answer), StopPodSandbox and RemovePodSandbox, then started again, N times (seeded).
 # After each restart:
 #   - a pod made before the loop is listed READY and its container RUNNING with the same PID
 #     (the kernel's /proc): a running container is never stopped by a server restart;
 #   - no pod is listed twice under one name (nothing duplicated);
 #   - once the interrupted pod is removed through crictl, what is left equals the baseline
 #     taken with only the long-lived pod: mounts under the work dir, rsrun containers,
-#     rsrun-shim processes, veth links, CNI address leases, cgroups, records.
+#     rsrun-shim processes, veth links, CNI address leases, cgroups, records, container rootfs
+#     dirs in the image store and state dirs.
 # Runs in a network namespace of its own (the CNI bridge never touches the host's network).
 # Usage: kill9.sh RSRUN-CRI-BINARY RSRUN-BINARY [ITERATIONS] [SEED]
 set -eu
@@ -75,6 +77,9 @@ census() {
     echo "leases $(find "$R/ipam" -type f -name '10.*' 2>/dev/null | wc -l)"
     echo "cgroups $(find /sys/fs/cgroup -type d -path '*rsrun-cri-kill9/*' 2>/dev/null | wc -l)"
     echo "records $(ls "$R/root/cri/sandboxes" "$R/root/cri/containers" 2>/dev/null | grep -c '\.json$')"
+    # Container storage (removed after RemoveContainer answers) and state dirs.
+    echo "rootfs $(ls -A "$R/root/images/containers" 2>/dev/null | wc -l)"
+    echo "statedirs $(ls -A "$R/state/containers" 2>/dev/null | wc -l)"
 }
 
 start_cri
@@ -94,6 +99,8 @@ for i in $(seq "$N"); do
         p=$(c runp "$R/b.json") || exit 0
         x=$(c create "$p" "$R/c.json" "$R/b.json") || exit 0
         c start "$x" >/dev/null || exit 0
+        c stop -t 0 "$x" >/dev/null || exit 0
+        c rm "$x" >/dev/null || exit 0
         c stopp "$p" >/dev/null || exit 0
         c rmp "$p" >/dev/null || exit 0
     ) &
