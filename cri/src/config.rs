@@ -43,7 +43,6 @@ pub struct File {
     pub log_max_line: Option<u64>,
     pub default_capabilities: Option<Vec<String>>,
     pub stream_address: Option<String>,
-    pub runtime: Option<PathBuf>,
 }
 
 impl File {
@@ -63,7 +62,6 @@ impl File {
             log_max_line: self.log_max_line.or(o.log_max_line),
             default_capabilities: self.default_capabilities.or(o.default_capabilities),
             stream_address: self.stream_address.or(o.stream_address),
-            runtime: self.runtime.or(o.runtime),
         }
     }
 }
@@ -85,8 +83,6 @@ pub struct Opts {
     pub default_capabilities: Option<Vec<String>>,
     /// The streaming server's address (exec, attach URLs).
     pub stream_address: String,
-    /// The rsrun binary (exec sessions); beside this one or on PATH if None.
-    pub runtime: Option<PathBuf>,
 }
 
 /// Flags, then the file they name (or the default one), then the defaults. None: --help.
@@ -204,7 +200,6 @@ fn resolve(f: File) -> Result<Opts> {
                 .with_context(|| format!("stream_address {a:?}: an IP address and port"))?;
             a
         },
-        runtime: f.runtime,
     })
 }
 

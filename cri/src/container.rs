@@ -1034,6 +1034,48 @@ pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)
     Ok((head, all[nl + 1..].to_vec()))
 }
 
+/// Starts an interactive exec through the shim's control socket: `req` with `fds` attached
+/// (SCM_RIGHTS). Returns the connection, whose next line is the exit header, and the
+/// shim's first answer (the PID, or an error). Blocking: run it off the async workers.
+pub fn exec_in_shim(
+    shim_dir: &Path,
+    req: &Value,
+    fds: &[std::os::fd::RawFd],
+) -> std::io::Result<(std::os::unix::net::UnixStream, Value)> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+    let line = format!(
+        "{req}
+"
+    )
+    .into_bytes();
+    let sent = rsrun::sys::send_with_fds(s.as_raw_fd(), &line, fds)?;
+    s.write_all(&line[sent..])?;
+    // One byte at a time: what follows the first line is read later, asynchronously.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b)? {
+            0 => {
+                return Err(std::io::Error::other(
+                    "the shim closed the exec without an answer",
+                ))
+            }
+            _ if b[0] == b'\n' => break,
+            _ if head.len() >= 64 * 1024 => {
+                return Err(std::io::Error::other("the shim's exec answer is too long"))
+            }
+            _ => head.push(b[0]),
+        }
+    }
+    let v = serde_json::from_slice(&head)
+        .map_err(|e| std::io::Error::other(format!("the shim's answer: {e}")))?;
+    Ok((s, v))
+}
+
 /// Paths of a container's files under the server's state dir.
 pub struct Paths {
     pub dir: PathBuf,

@@ -114,21 +114,9 @@ async fn serve(o: Opts) -> Result<()> {
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("rsrun-shim")),
     };
-    let beside = |name: &str| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(|d| d.join(name)))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from(name))
-    };
-    let streaming = streaming::Server::start(
-        &o.stream_address,
-        o.runtime.clone().unwrap_or_else(|| beside("rsrun")),
-        o.state.join("runtime"),
-        o.state.join("streaming"),
-    )
-    .await
-    .with_context(|| format!("the streaming server on {}", o.stream_address))?;
+    let streaming = streaming::Server::start(&o.stream_address, o.state.join("streaming"))
+        .await
+        .with_context(|| format!("the streaming server on {}", o.stream_address))?;
     let records = o.root.join("cri");
     let pause_rootfs = sandbox::install_pause(&o.state.join("pause"))
         .with_context(|| format!("install rsrun-pause under {}", o.state.display()))?;

@@ -1165,6 +1165,7 @@ impl RuntimeService for Runtime {
         let url = self.streaming.url(crate::streaming::Pending::Exec {
             req: r,
             pod: rec.sandbox_id.clone(),
+            shim_dir: rec.shim_dir.clone(),
         });
         Ok(Response::new(api::ExecResponse { url }))
     }

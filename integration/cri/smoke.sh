@@ -184,6 +184,15 @@ rc=0; out=$(echo "spdy in" | c exec -i "$ctr" sh -c 'read l; echo "got $l"; echo
 [ "$rc" != 0 ] && [ "$out" = "got spdy in" ] && grep -q '^to-err$' "$R/crictl.err" \
     && grep -q 'command terminated with exit code 4' "$R/crictl.err" || fail "exec over SPDY: rc $rc, out $out, err $(cat "$R/crictl.err")"
 ok "exec over SPDY/3.1: stdin, stdout, stderr, exit code 4"
+# Interactive exec runs through the container's rsrun-shim: the exec'd process is the shim's
+# child in the kernel's process tree (not a runtime binary's, not the server's).
+c exec "$ctr" sleep 4242 >/dev/null 2>&1 & ex=$!
+for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4242' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
+[ -n "$xp" ] || fail "the exec'd sleep 4242 never ran"
+pp=$(awk '/^PPid:/ {print $2}' "/proc/$xp/status")
+[ "$pp" = "$(cat "$R/state/s/$ctr/shim.pid")" ] || fail "the exec'd process's parent is $pp ($(cat /proc/$pp/comm 2>/dev/null)), not the container's shim"
+kill "$xp"; wait "$ex" 2>/dev/null || true
+ok "interactive exec: the process is the container shim's child"
 web=$(c create "$pod" "$R/web.json" "$R/pod.json") || fail "create web: $(cat "$R/crictl.err")"
 c start "$web" >/dev/null || fail "start web: $(cat "$R/crictl.err")"
 ip=$(pod_ip "$pod")

@@ -259,6 +259,33 @@ pub fn send_fd(sock: RawFd, fd: RawFd, name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `payload` over the unix socket `sock` with `fds` attached (SCM_RIGHTS; none if
+/// empty). Returns the bytes sent.
+pub fn send_with_fds(sock: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(payload)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsg: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(sock, &iov, cmsg, MsgFlags::empty(), None).map_err(io::Error::from)
+}
+
+/// Reads from the unix socket `sock` into `buf`, with the descriptors (at most 4) that came
+/// attached (SCM_RIGHTS, close-on-exec). Returns the bytes read and the descriptors.
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            fds.extend(got.into_iter().map(own));
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
 /// Receives one descriptor sent with SCM_RIGHTS on `sock`.
 pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};

@@ -3,7 +3,7 @@
 //! while the container is idle: no timer runs unless an exec_sync has a deadline.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ struct Client {
 struct ControlConn {
     sock: UnixStream,
     buf: Vec<u8>,
+    /// Descriptors that came with the request (an interactive exec's stdio).
+    fds: Vec<OwnedFd>,
     dead: bool,
 }
 
@@ -778,6 +780,7 @@ impl Monitor {
                 self.conns.push(ControlConn {
                     sock,
                     buf: Vec::new(),
+                    fds: Vec::new(),
                     dead: false,
                 });
             }
@@ -788,9 +791,15 @@ impl Monitor {
         let mut buf = [0u8; 4096];
         let c = &mut self.conns[i];
         let eof = loop {
-            match c.sock.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(n) => {
+            match rsrun::sys::recv_with_fds(c.sock.as_raw_fd(), &mut buf) {
+                Ok((0, _)) => break true,
+                Ok((n, fds)) => {
+                    c.fds.extend(fds);
+                    if c.fds.len() > 3 {
+                        let _ = reply(&c.sock, &json!({"error": "too many descriptors"}));
+                        c.dead = true;
+                        return;
+                    }
                     c.buf.extend_from_slice(&buf[..n]);
                     if c.buf.len() > proto::CONTROL_MAX {
                         let _ = reply(&c.sock, &json!({"error": "control request too long"}));
@@ -812,6 +821,7 @@ impl Monitor {
             None => return,
         };
         c.dead = true;
+        let fds = std::mem::take(&mut c.fds);
         let sock = match c.sock.try_clone() {
             Ok(s) => s,
             Err(_) => return,
@@ -852,6 +862,31 @@ impl Monitor {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
+            Request::Exec {
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+                console_socket,
+            } => {
+                let o = ExecOpts {
+                    id: self.id.clone(),
+                    args,
+                    env,
+                    cwd,
+                    user,
+                    tty,
+                    console_socket: console_socket.map(PathBuf::from),
+                    detach: true,
+                    ..Default::default()
+                };
+                match self.exec(sock.try_clone(), o, fds) {
+                    // Answered (the PID) already, and again when it ends.
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
         };
         let v = answer.unwrap_or_else(|e| {
             rsrun::log::warn(&format!("container {}: {e}", self.id));
@@ -918,6 +953,61 @@ impl Monitor {
             truncated: false,
             deadline: (timeout_ms > 0)
                 .then(|| Instant::now() + Duration::from_millis(timeout_ms.min(1 << 40))),
+            timed_out: false,
+            status: None,
+        });
+        Ok(())
+    }
+
+    /// An interactive exec: its stdio is the three descriptors its requester sent (or a
+    /// terminal whose master goes to the console socket); the shim keeps none of them and
+    /// only waits for the process, to report its exit code.
+    fn exec(
+        &mut self,
+        conn: std::io::Result<UnixStream>,
+        o: ExecOpts,
+        fds: Vec<OwnedFd>,
+    ) -> std::result::Result<(), String> {
+        let conn = conn.map_err(|e| format!("control connection: {e}"))?;
+        if o.args.is_empty() {
+            return Err("exec: args must not be empty".into());
+        }
+        match (o.tty, o.console_socket.is_some(), fds.len()) {
+            (true, true, 0) | (false, false, 3) => {}
+            (true, _, _) => {
+                return Err("exec: a terminal needs console_socket and no descriptors".into())
+            }
+            (false, _, n) => {
+                return Err(format!(
+                    "exec: without a terminal, three descriptors (stdin, stdout, stderr) must come with the request, not {n}"
+                ))
+            }
+        }
+        let spawn = || -> Result<i32> {
+            let null = dev_null()?;
+            for (i, fd) in fds.iter().enumerate() {
+                dup_onto(fd.as_raw_fd(), i as RawFd)?;
+            }
+            let r = self.rt.exec_detached(&o);
+            for i in 0..3 {
+                dup_onto(null.as_raw_fd(), i)?;
+            }
+            r.map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        let pid = spawn().map_err(|e| format!("exec: {e:#}"))?;
+        drop(fds);
+        if let Err(e) = reply(&conn, &json!({"ok": true, "pid": pid})) {
+            // Its requester is gone: the process is not waited on by anyone; end it.
+            rsrun::log::warn(&format!("container {}: exec requester gone: {e}", self.id));
+            kill_tree(pid);
+        }
+        self.execs.push(ExecSession {
+            pid,
+            conn,
+            out: [None, None],
+            data: [Vec::new(), Vec::new()],
+            truncated: false,
+            deadline: None,
             timed_out: false,
             status: None,
         });

@@ -3,7 +3,8 @@
 //! `control` (SOCK_STREAM): one JSON request per connection, one JSON line back
 //! (`{"ok":true,...}` or `{"error":"..."}`). `exec_sync` answers with a JSON header line
 //! (`exit_code`, `timed_out`, `stdout_len`, `stderr_len`, `truncated`) followed by that
-//! many bytes of stdout, then of stderr.
+//! many bytes of stdout, then of stderr. `exec` (interactive) answers twice: the PID at
+//! once, the exec_sync header when the process exits.
 //!
 //! `attach` (SOCK_SEQPACKET, one message per packet, first byte its kind):
 //! shim → client: `1` stdout bytes, `2` stderr bytes, `3` the container exited (i32 LE
@@ -51,6 +52,24 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: u64,
     },
+    /// An interactive exec (the streaming server's): without a terminal, the request comes
+    /// with three descriptors (SCM_RIGHTS) that become the process's stdin, stdout and
+    /// stderr; with one, the terminal's master goes to `console_socket` (as `rsrun exec
+    /// --console-socket`). Answered at once with `{"ok":true,"pid":N}` (or an error), then,
+    /// when the process exits, with the exec_sync header (its `exit_code`; no output).
+    Exec {
+        args: Vec<String>,
+        #[serde(default)]
+        env: Vec<String>,
+        #[serde(default)]
+        cwd: Option<String>,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        tty: bool,
+        #[serde(default)]
+        console_socket: Option<String>,
+    },
 }
 
 pub fn parse(line: &[u8]) -> Result<Request, String> {
@@ -68,10 +87,19 @@ mod tests {
             parse(br#"{"op":"exec_sync","args":["ls"],"timeout_ms":5}"#),
             Ok(Request::ExecSync { timeout_ms: 5, .. })
         ));
+        assert!(matches!(
+            parse(br#"{"op":"exec","args":["sh"],"tty":true,"console_socket":"/s"}"#),
+            Ok(Request::Exec {
+                tty: true,
+                console_socket: Some(_),
+                ..
+            })
+        ));
         for bad in [
             &br#"{"op":"nope"}"#[..],
             br#"{"op":"resize","rows":-1,"cols":2}"#,
             br#"{"op":"start","x":1}"#,
+            br#"{"op":"exec","args":["sh"],"tty":"yes"}"#,
             b"\xff\xfe",
             b"",
         ] {

@@ -39,6 +39,8 @@ pub enum Pending {
     Exec {
         req: api::ExecRequest,
         pod: String,
+        /// The container's shim directory (its control socket runs the exec).
+        shim_dir: PathBuf,
     },
     Attach {
         req: api::AttachRequest,
@@ -88,28 +90,18 @@ const WS_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 pub struct Server {
     addr: SocketAddr,
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
-    /// The rsrun binary (exec sessions run `rsrun exec`) and its state root.
-    pub rsrun: PathBuf,
-    pub runtime_root: PathBuf,
     /// Where console sockets of tty exec sessions are made.
     pub scratch: PathBuf,
 }
 
 impl Server {
     /// Listens on `addr` (port 0: any free one) and serves in the background.
-    pub async fn start(
-        addr: &str,
-        rsrun: PathBuf,
-        runtime_root: PathBuf,
-        scratch: PathBuf,
-    ) -> std::io::Result<Arc<Server>> {
+    pub async fn start(addr: &str, scratch: PathBuf) -> std::io::Result<Arc<Server>> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         std::fs::create_dir_all(&scratch)?;
         let srv = Arc::new(Server {
             addr: listener.local_addr()?,
             tokens: Mutex::new(HashMap::new()),
-            rsrun,
-            runtime_root,
             scratch,
         });
         let s = srv.clone();
@@ -350,8 +342,6 @@ mod tests {
         Server {
             addr: "127.0.0.1:1".parse().unwrap(),
             tokens: Mutex::new(HashMap::new()),
-            rsrun: PathBuf::new(),
-            runtime_root: PathBuf::new(),
             scratch: PathBuf::new(),
         }
     }
@@ -362,6 +352,7 @@ mod tests {
         let p = Pending::Exec {
             req: Default::default(),
             pod: "p".into(),
+            shim_dir: PathBuf::new(),
         };
         let url = s.url(p.clone());
         assert!(url.starts_with("http://127.0.0.1:1/exec/"), "{url}");

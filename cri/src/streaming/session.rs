@@ -1,14 +1,15 @@
 //! Exec and attach sessions over the channel protocol (ws.rs).
 //!
-//! Exec runs `rsrun exec` (the runtime's binary: this server never forks through the
-//! library) with pipes, or with a terminal whose master rsrun hands over on a console
-//! socket. Attach bridges to the container's rsrun-shim attach socket. Output goes to the
+//! Exec asks the container's rsrun-shim (this server never forks through the library) to
+//! run the process with pipes whose other ends stay here, or with a terminal whose master
+//! the runtime hands over on a console socket; the shim reports the exit code. Attach bridges to the container's rsrun-shim attach socket. Output goes to the
 //! client through one bounded queue: a client that stops reading stalls the exec'd process
 //! (its pipe fills), never the server; for attach the shim drops a client that far behind.
 //! A client that goes away closes the session's stdin (an exec'd process then sees EOF, or
 //! the terminal's hangup) and nothing else.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -27,12 +28,12 @@ const RESIZE: u8 = 4;
 
 pub async fn run(srv: Arc<Server>, p: Pending, ch: Channels) {
     match p {
-        Pending::Exec { req, pod } => {
+        Pending::Exec { req, pod, shim_dir } => {
             let span = tracing::info_span!("exec", container = %req.container_id, pod = %pod);
             let _e = span.enter();
             tracing::info!(cmd = ?req.cmd, tty = req.tty, "exec session");
             drop(_e);
-            exec(srv, req, ch).await
+            exec(srv, req, shim_dir, ch).await
         }
         Pending::Attach { req, pod, shim_dir } => {
             tracing::info!(container = %req.container_id, pod = %pod, "attach session");
@@ -109,98 +110,93 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, ch: u8, tx: mpsc::Sender
     }
 }
 
-async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, ch: Channels) {
+/// A pipe as (the server's end, the process's end): the server's end non-blocking, the
+/// process's as a process expects it (blocking).
+fn pipe_pair(server_reads: bool) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok(if server_reads { (r, w) } else { (w, r) })
+}
+
+/// Fails the session with `msg` on the error channel.
+async fn fail(mut w: Writer, msg: String) {
+    let _ = w.send(ERROR, &status(Err(msg))).await;
+    w.close().await;
+}
+
+async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf, ch: Channels) {
     let (mut w, mut r) = ch.split();
     if !announce(&mut w, req.stdout, req.stderr).await {
         return;
     }
-    let mut cmd = tokio::process::Command::new(&srv.rsrun);
-    cmd.arg("--root").arg(&srv.runtime_root).arg("exec");
+    // With a terminal, the runtime hands its master over a console socket of ours; without
+    // one, the process's stdio are pipes whose other ends stay here.
     let console = if req.tty {
         let path = srv
             .scratch
             .join(format!("{}.sock", &crate::store::new_id()[..16]));
         match tokio::net::UnixListener::bind(&path) {
-            Ok(l) => {
-                cmd.arg("--tty").arg("--console-socket").arg(&path);
-                Some((l, path))
-            }
-            Err(e) => {
-                let _ = w
-                    .send(ERROR, &status(Err(format!("console socket: {e}"))))
-                    .await;
-                w.close().await;
-                return;
-            }
+            Ok(l) => Some((l, path)),
+            Err(e) => return fail(w, format!("console socket: {e}")).await,
         }
     } else {
         None
     };
-    cmd.arg(&req.container_id).args(&req.cmd);
-    let piped = std::process::Stdio::piped;
-    cmd.stdin(if req.stdin && !req.tty {
-        piped()
+    let pipes = if req.tty {
+        None
     } else {
-        std::process::Stdio::null()
-    })
-    .stdout(if req.tty {
-        std::process::Stdio::null()
-    } else {
-        piped()
-    })
-    .stderr(piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = w
-                .send(
-                    ERROR,
-                    &status(Err(format!("run {}: {e}", srv.rsrun.display()))),
-                )
-                .await;
-            w.close().await;
-            return;
+        match (pipe_pair(false), pipe_pair(true), pipe_pair(true)) {
+            (Ok(i), Ok(o), Ok(e)) => Some([i, o, e]),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return fail(w, format!("exec pipes: {e}")).await
+            }
         }
     };
-    // The terminal's master, from rsrun over the console socket (or rsrun's failure).
+    let shim_req = json!({
+        "op": "exec",
+        "args": req.cmd,
+        "tty": req.tty,
+        "console_socket": console.as_ref().map(|(_, p)| p.to_string_lossy().into_owned()),
+    });
+    // The process's ends go to the shim with the request (and are closed here after it).
+    let (mine, theirs): (Vec<OwnedFd>, Vec<OwnedFd>) = pipes
+        .map(|ps| ps.into_iter().map(|(a, b)| (a, b)).unzip())
+        .unwrap_or_default();
+    let started = tokio::task::spawn_blocking(move || {
+        let raw: Vec<_> = theirs.iter().map(|f| f.as_raw_fd()).collect();
+        crate::container::exec_in_shim(&shim_dir, &shim_req, &raw)
+    })
+    .await;
+    let conn = match started {
+        Ok(Ok((conn, head))) if head["ok"] == true => conn,
+        Ok(Ok((_, head))) => {
+            if let Some((_, p)) = &console {
+                let _ = std::fs::remove_file(p);
+            }
+            let msg = head["error"].as_str().unwrap_or("exec failed").to_string();
+            return fail(w, msg).await;
+        }
+        Ok(Err(e)) => return fail(w, format!("the container's monitor: {e}")).await,
+        Err(e) => return fail(w, format!("exec task: {e}")).await,
+    };
+    // The terminal's master, which the runtime sent before the shim answered.
     let master: Option<OwnedFd> = match &console {
-        Some((l, _)) => {
-            let got = tokio::select! {
-                a = l.accept() => match a {
-                    Ok((s, _)) => recv_master(&s).await.map_err(|e| format!("console socket: {e}")),
-                    Err(e) => Err(format!("console socket: {e}")),
-                },
-                st = child.wait() => Err(format!("rsrun exec ended before handing over the terminal ({})",
-                    st.map(|s| s.to_string()).unwrap_or_default())),
-            };
+        Some((l, p)) => {
+            let got =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), l.accept()).await {
+                    Ok(Ok((s, _))) => recv_master(&s)
+                        .await
+                        .map_err(|e| format!("console socket: {e}")),
+                    Ok(Err(e)) => Err(format!("console socket: {e}")),
+                    Err(_) => Err("console socket: no terminal within 10 s".to_string()),
+                };
+            let _ = std::fs::remove_file(p);
             match got {
                 Ok(fd) => Some(fd),
-                Err(e) => {
-                    let mut errout = String::new();
-                    if let Some(mut s) = child.stderr.take() {
-                        let _ = s.read_to_string(&mut errout).await;
-                    }
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
-                    if let Some((_, p)) = &console {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    let msg = if errout.trim().is_empty() {
-                        e
-                    } else {
-                        errout.trim().to_string()
-                    };
-                    let _ = w.send(ERROR, &status(Err(msg))).await;
-                    w.close().await;
-                    return;
-                }
+                Err(e) => return fail(w, e).await,
             }
         }
         None => None,
     };
-    if let Some((_, p)) = &console {
-        let _ = std::fs::remove_file(p);
-    }
     let (tx, rx) = mpsc::channel::<(u8, Vec<u8>)>(8);
     let writer = tokio::spawn(forward(w, rx));
     let mut pumps = Vec::new();
@@ -224,41 +220,27 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, ch: Channels) {
             )));
         }
     } else {
-        if let Some(s) = child.stdout.take() {
-            if req.stdout {
-                pumps.push(tokio::spawn(pump(s, STDOUT, tx.clone())));
+        let mut mine = mine.into_iter();
+        let (i, o, e) = (mine.next(), mine.next(), mine.next());
+        if let Some(i) = i.filter(|_| req.stdin) {
+            match tokio::net::unix::pipe::Sender::from_owned_fd(i) {
+                Ok(s) => stdin = Some(Box::new(s)),
+                Err(e) => tracing::warn!("exec stdin: {e}"),
             }
         }
-        if let Some(s) = child.stdin.take() {
-            stdin = Some(Box::new(s));
+        // Both outputs are read to their end (what is not asked for is dropped), so that
+        // the process never blocks on a full pipe nobody reads.
+        for (fd, ch, want) in [(o, STDOUT, req.stdout), (e, STDERR, req.stderr)] {
+            let Some(fd) = fd else { continue };
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) if want => pumps.push(tokio::spawn(pump(rx, ch, tx.clone()))),
+                Ok(mut rx) => pumps.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut rx, &mut tokio::io::sink()).await;
+                })),
+                Err(e) => tracing::warn!("exec output: {e}"),
+            }
         }
     }
-    // rsrun's stderr: the process's (without a terminal) and rsrun's own errors.
-    let mut errs = String::new();
-    let err_pump = child.stderr.take().map(|s| {
-        let tx = tx.clone();
-        let want = req.stderr && !req.tty;
-        tokio::spawn(async move {
-            let mut s = s;
-            let mut seen = Vec::new();
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if want {
-                            if tx.send((STDERR, buf[..n].to_vec())).await.is_err() {
-                                break;
-                            }
-                        } else if seen.len() < 64 * 1024 {
-                            seen.extend_from_slice(&buf[..n]);
-                        }
-                    }
-                }
-            }
-            String::from_utf8_lossy(&seen).into_owned()
-        })
-    });
     drop(tx);
     // Client → process, until the process ends.
     let input = async {
@@ -289,26 +271,30 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, ch: Channels) {
         stdin = None;
         std::future::pending::<()>().await
     };
-    let code = tokio::select! {
-        st = child.wait() => st,
+    // The shim's second line: the exit code, once the process has ended.
+    let ended = async {
+        let _ = conn.set_nonblocking(true);
+        let mut conn = tokio::net::UnixStream::from_std(conn).map_err(|e| e.to_string())?;
+        let mut line = Vec::new();
+        conn.read_to_end(&mut line)
+            .await
+            .map_err(|e| format!("the container's monitor: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(line.trim_ascii()).map_err(|_| {
+            "the container's monitor ended the exec without its exit code".to_string()
+        })?;
+        match (v["exit_code"].as_i64(), v["error"].as_str()) {
+            (_, Some(e)) => Err(e.to_string()),
+            (Some(n), None) => Ok(n as i32),
+            (None, None) => Err(format!("the container's monitor: {v}")),
+        }
+    };
+    let result = tokio::select! {
+        r = ended => r,
         _ = input => unreachable!(),
     };
     for p in pumps {
         let _ = p.await;
     }
-    if let Some(p) = err_pump {
-        errs = p.await.unwrap_or_default();
-    }
-    let result = match code {
-        Ok(st) => match st.code() {
-            // rsrun's own failure (it could not start the process) is an error, not the
-            // command's exit code.
-            Some(n) if !(req.tty && !errs.trim().is_empty() && n != 0) => Ok(n),
-            Some(_) => Err(errs.trim().to_string()),
-            None => Err(format!("rsrun exec: {st}")),
-        },
-        Err(e) => Err(format!("rsrun exec: {e}")),
-    };
     let mut w = match writer.await {
         Ok(w) => w,
         Err(_) => return,
