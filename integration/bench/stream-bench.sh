@@ -111,10 +111,31 @@ while seen < 1 + pfruns:
         raise SystemExit("port-forward exited")
     seen += "Forwarding from" in l
 down, up = [], []
+# CPU time of each transfer, by process: where the 2 cores go (crictl, the server, this
+# driver, and the rest: the container's nc and dd, the kernel's network work).
+hz = os.sysconf("SC_CLK_TCK")
+srv = int(os.environ["RUN_PID"])
+def ticks(pid):
+    try:
+        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+def busy():
+    f = list(map(int, open("/proc/stat").readline().split()[1:]))
+    return sum(f) - f[3] - f[4]
+def sample():
+    return {"crictl": ticks(pf.pid), "server": ticks(srv), "driver": ticks(os.getpid()), "all": busy()}
+def spent(a, b, direction):
+    d = {k: (b[k] - a[k]) / hz for k in a}
+    d["rest"] = d["all"] - d["crictl"] - d["server"] - d["driver"]
+    d["dir"] = direction
+    out.setdefault("pf-cpu", []).append(d)
 buf = bytearray(1 << 20)
 zero = bytes(1 << 20)
 for run in range(pfruns):
     time.sleep(0.5)
+    c0 = sample()
     t = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", 18080))
     got = 0
@@ -125,8 +146,10 @@ for run in range(pfruns):
             raise SystemExit("pf-down: EOF after %d bytes" % got)
         got += k
     down.append(time.perf_counter() - t)
+    spent(c0, sample(), "down")
     s.close()
     time.sleep(0.5)
+    c0 = sample()
     t = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", 19001 + run))
     sent = 0
@@ -139,6 +162,7 @@ for run in range(pfruns):
         while s.recv(65536):
             pass
         up.append(time.perf_counter() - t)
+        spent(c0, sample(), "up")
     except OSError as e:  # recorded, not fatal: the other figures still count
         out.setdefault("pf-up-errors", []).append("%s after %d bytes sent, %.3f s" % (e, sent, time.perf_counter() - t))
     s.close()
@@ -232,6 +256,17 @@ for key, what in (("pf-down-s", "port-forward pod→client"), ("pf-up-s", "port-
         "%.2f" % (pct(b, .5) / pct(a, .5)) if a and b else "-",
         "%.2f" % (pct(a, .5) / pct(b, .5)) if a and b else "-"))
 print()
+# Where the CPU went during the transfers (medians over the transfers of each direction).
+for label, x in r.items():
+    for direction in ("down", "up"):
+        ds = [d for d in x.get("pf-cpu", []) if d["dir"] == direction]
+        if ds:
+            m = lambda k: pct([d[k] for d in ds], .5)
+            print("- %s, port-forward %s: CPU s per transfer: crictl %.2f, server %.2f, driver %.2f, "
+                  "rest (container, kernel) %.2f; all %.2f of %.2f s wall x 2 cores" % (
+                      label, "pod→client" if direction == "down" else "client→pod", m("crictl"),
+                      m("server"), m("driver"), m("rest"), m("all"),
+                      pct(x.get("pf-down-s" if direction == "down" else "pf-up-s", []), .5) or 0))
 for label, x in r.items():
     for e in x.get("pf-up-errors", []):
         print("- %s: port-forward client→pod failed: %s" % (label, e))
