@@ -826,8 +826,14 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
         return (api::ContainerState::ContainerCreated as i32, None);
     }
     // No exit record: its shim must be alive; a shim that died leaves the container exited
-    // with an error (never running forever).
+    // with an error (never running forever). Before its shim has reported the container's
+    // PID (pid 0), StartContainer is still starting it (it holds the container meanwhile; a
+    // relist must not see it exited, or the kubelet takes it for dead and removes the
+    // previous instance's status): created. Recovery settles one a killed server left so.
     if !shim_alive(r) {
+        if r.pid == 0 {
+            return (api::ContainerState::ContainerCreated as i32, None);
+        }
         return (
             api::ContainerState::ContainerExited as i32,
             Some(json!({"exit_code": 255, "lost": true})),
@@ -1163,6 +1169,33 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_whose_shim_is_starting_is_created_not_lost() {
+        let dir = std::env::temp_dir().join(format!("rsrun-cri-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = ContainerRecord {
+            id: "a".repeat(64),
+            complete: true,
+            deferred: None,
+            exit_file: dir.join("exit.json"),
+            shim_dir: dir.join("no-shim"),
+            ..Default::default()
+        };
+        // StartContainer has taken it (no longer deferred) and no shim reported yet.
+        assert_eq!(state(&r).0, api::ContainerState::ContainerCreated as i32);
+        // Its shim reported the PID and is gone without an exit record: lost.
+        r.pid = 4242;
+        let (st, exit) = state(&r);
+        assert_eq!(st, api::ContainerState::ContainerExited as i32);
+        assert_eq!(exit.unwrap()["lost"], true);
+        // An exit record wins either way.
+        std::fs::write(&r.exit_file, r#"{"exit_code": 3}"#).unwrap();
+        r.pid = 0;
+        assert_eq!(state(&r).0, api::ContainerState::ContainerExited as i32);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn dev(host: &str, at: &str, perms: &str) -> api::Device {
         api::Device {

@@ -43,6 +43,41 @@ impl Runtime {
                 tracing::error!(container = %id, pod = %pod, "{}", e.message());
             }
         }
+        // StartContainers a kill interrupted before the shim reported, and whose shim is not
+        // there: whatever the runtime has of it is deleted and the start recorded as failed
+        // (StartError, as a start that failed), so the kubelet makes a new one.
+        let interrupted: Vec<_> = self
+            .containers
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|c| c.complete && c.deferred.is_none() && c.pid == 0)
+            // No exit record and no shim (a shim that is there started it: a retried
+            // StartContainer finds it created and starts it).
+            .filter(|c| !c.exit_file.exists() && !crate::container::shim_alive(c))
+            .cloned()
+            .collect();
+        for c in interrupted {
+            tracing::warn!(container = %c.id, pod = %c.sandbox_id, "a start a killed server left unfinished: recorded as failed");
+            let rt = self.rsrun();
+            let (id, exit) = (c.id.clone(), c.exit_file.clone());
+            let done = blocking(move || {
+                match rt.delete(&id, true) {
+                    Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
+                    Err(e) => return Err(Status::internal(format!("delete container {id}: {e}"))),
+                }
+                let record = serde_json::json!({"id": id, "exit_code": 128,
+                    "start_error": "StartContainer was interrupted by a restart of rsrun-cri",
+                    "finished_at": rsrun::state::now_rfc3339()});
+                rsrun::state::write_file_atomic(&exit, record.to_string().as_bytes(), true)
+                    .map_err(|e| Status::internal(format!("exit record of {id}: {e}")))
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::error!(container = %c.id, "{}", e.message());
+            }
+        }
         // Their storage first, or the sweep would race its release.
         for p in pods {
             self.released(&p).await;

@@ -144,7 +144,7 @@ impl Runtime {
             .remove(id);
     }
 
-    fn rsrun(&self) -> rsrun::Runtime {
+    pub(crate) fn rsrun(&self) -> rsrun::Runtime {
         rsrun::Runtime::new(self.runtime_root.clone(), false)
     }
 
@@ -966,6 +966,10 @@ impl RuntimeService for Runtime {
         let mut t = self.containers.lock().await;
         if let Some(mut c) = t.items.get(&rec.id).cloned() {
             c.started_at = started;
+            // A start retried after a restart interrupted the first one has no PID yet.
+            if c.pid == 0 {
+                c.pid = head["pid"].as_i64().unwrap_or(0) as i32;
+            }
             t.update(&rec.id, c)
                 .map_err(|e| io_status("container record", e))?;
         }

@@ -533,6 +533,9 @@ impl Store {
         let out = f(&mut db)?;
         let bytes = serde_json::to_vec_pretty(&db).expect("serializable");
         self.write_atomic(&self.root.join("images.json"), &bytes)?;
+        // The next reader finds these bytes in the file and need not parse them.
+        *self.db_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Some(bytes), std::sync::Arc::new(db)));
         Ok(out)
     }
 

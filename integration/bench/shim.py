@@ -15,7 +15,7 @@ one run, and prints a markdown report for docs/benchmarks.md.
 Usage: shim.py [-n N] [--log-mib M] [--idle-seconds S] [--work DIR] [--skip-conmon]
 Needs root, busybox-static, podman, conmon, runc (installed from Debian when missing).
 """
-import argparse, json, os, shutil, socket, subprocess, sys, time
+import argparse, datetime, json, os, re, shutil, socket, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
@@ -67,6 +67,25 @@ def memory(pids, n):
     rss = sorted(x[1] for x in m)[len(m) // 2]
     uss = sorted(x[2] for x in m)[len(m) // 2]
     return pss, rss, uss
+
+
+def log_span(path):
+    """Seconds from the first record's timestamp to the last one's in a CRI log."""
+    def ts(rec):
+        m = re.match(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d) ", rec)
+        if not m:
+            raise SystemExit(f"{path}: not a CRI log record: {rec[:80]!r}")
+        base = datetime.datetime.fromisoformat(m.group(1).decode() + (
+            "+00:00" if m.group(3) == b"Z" else m.group(3).decode()))
+        return base.timestamp() + (float(m.group(2)) if m.group(2) else 0.0)
+    with open(path, "rb") as f:
+        first = f.readline()
+        f.seek(max(0, os.path.getsize(path) - 65536))
+        last = f.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    span = ts(last) - ts(first)
+    if span <= 0:
+        raise SystemExit(f"{path}: no time between the first and last record")
+    return span
 
 
 def make_bundle(rsrun, bundle, args):
@@ -173,11 +192,11 @@ def main():
         shims.cleanup()
 
     c_pss = c_rss = c_uss = c_ticks = c_sw = None
+    proot = f"{a.work}/podman"
+    pm = ["podman", "--root", f"{proot}/root", "--runroot", f"{proot}/runroot", "--tmpdir",
+          f"{proot}/tmp", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+          "--storage-driver", "overlay", "--runtime", "/usr/sbin/runc"]
     if not a.skip_conmon:
-        proot = f"{a.work}/podman"
-        pm = ["podman", "--root", f"{proot}/root", "--runroot", f"{proot}/runroot", "--tmpdir",
-              f"{proot}/tmp", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-              "--storage-driver", "overlay", "--runtime", "/usr/sbin/runc"]
         sh(sys.executable, f"{TOP}/integration/podman/mkimage.py", f"{a.work}/busybox.tar", IMAGE,
            stdout=subprocess.DEVNULL)
         sh(*pm, "load", "-i", f"{a.work}/busybox.tar", stdout=subprocess.DEVNULL,
@@ -224,6 +243,7 @@ def main():
     size = os.path.getsize(data)
     subprocess.run(["cat", data], stdout=subprocess.DEVNULL)  # page cache warm for both
     rates = []
+    in_log = {"rsrun-shim": [], "conmon": []}
     for rnd in range(5):
         d = shims.start(lbundle, f"log{rnd}")
         t0 = time.monotonic()
@@ -233,8 +253,21 @@ def main():
         dt = time.monotonic() - t0
         ex = json.load(open(f"{d}/exit.json"))
         logsize = os.path.getsize(f"{d}/ctr.log")
+        in_log["rsrun-shim"].append(size / log_span(f"{d}/ctr.log"))
         shims.cleanup()
         os.remove(f"{d}/ctr.log")
+        if not a.skip_conmon:
+            # conmon writes the same CRI format (podman's k8s-file log driver).
+            clog = f"{a.work}/conmon-{rnd}.log"
+            name = f"rsrun-bench-log{rnd}"
+            sh(*pm, "run", "-d", "--name", name, "--pull", "never", "--network", "none",
+               "--log-driver", "k8s-file", "--log-opt", f"path={clog}",
+               "-v", f"{data}:/data:ro", IMAGE, "cat", "/data", stdout=subprocess.DEVNULL)
+            sh(*pm, "wait", name, stdout=subprocess.DEVNULL)
+            in_log["conmon"].append(size / log_span(clog))
+            subprocess.run([*pm, "rm", "-f", "-t", "0", name], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            os.remove(clog)
         out = f"{a.work}/cat.out"
         t0 = time.monotonic()
         with open(out, "wb") as o:
@@ -254,6 +287,15 @@ def main():
                   f"with the CRI framing ({logsize / 2**20:.0f} MiB of log), `cat` "
                   f"{cat_rate / 1e6:.0f} MB/s; per-round ratio {ratios[0]:.2f}–{ratios[-1]:.2f}, "
                   f"median {ratios[2]:.2f} (exit codes {code}, {dropped} bytes dropped).")
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    line = (f"\nThe same from the logs' own timestamps (the container's bytes over the time from "
+            f"the first record to the last, medians of 5): rsrun-shim "
+            f"{med(in_log['rsrun-shim']) / 1e6:.0f} MB/s")
+    if in_log["conmon"]:
+        line += (f", conmon (podman `--log-driver k8s-file`, runc, same file and image, rounds "
+                 f"interleaved) {med(in_log['conmon']) / 1e6:.0f} MB/s: ratio rsrun-shim/conmon "
+                 f"{med(in_log['rsrun-shim']) / med(in_log['conmon']):.2f}")
+    report.append(line + ".")
     print("\n".join(report))
     return 0
 

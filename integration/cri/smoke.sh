@@ -61,7 +61,11 @@ start_cri() {
     "$CRI" --config "$R/rsrun-cri.toml" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
         --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" >>"$R/cri.log" 2>&1 &
     cri=$!
-    for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
+    # The socket is bound before the start-up recovery; requests are served after it.
+    for _ in $(seq 100); do
+        [ -S "$R/cri.sock" ] && "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --timeout 5s version >/dev/null 2>&1 && break
+        sleep 0.1
+    done
     [ "$events_on" = 0 ] || subscribe
 }
 events_on=0
@@ -260,7 +264,7 @@ c rm "$ctr" >/dev/null 2>&1 || true
 ! find /sys/fs/cgroup -name "rsrun-$ctr" 2>/dev/null | grep -q . || fail "cgroup left"
 ok "stop, rm, stopp, rmp: nothing left (mounts, state, shims, cgroups)"
 sleep 1.2  # the exit watcher looks once a second
-kill $events 2>/dev/null || true; wait $events 2>/dev/null || true; events=
+kill $events 2>/dev/null || true; wait $events 2>/dev/null || true; events=; events_on=0
 python3 - "$R/events.json" "$ctr" "$ctr3" "$pod" <<'EOF' || fail "events: $(head -c 3000 "$R/events.json")"
 import json, sys
 text, ctr, ctr3, pod = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -330,6 +334,23 @@ start_cri
 ! grep -q "$lost" /proc/self/mountinfo || fail "its rootfs is still mounted"
 [ -d "$R/root/images/containers/$up" ] || fail "the sweep removed a recorded container's rootfs"
 ok "a rootfs whose container record was lost is removed at start, recorded ones stay"
+# StartContainer takes the container (its record no longer deferred) before its shim reports
+# a PID: meanwhile it is created, never exited (a kubelet relist in that window took it for
+# dead). A server killed in that window: played by editing a created container's record so;
+# the restarted server records the start as failed (StartError 128), and nothing is left.
+echo '{"metadata": {"name": "cut"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/cut.json"
+cut=$(c create "$pod" "$R/cut.json" "$R/pod2.json") || fail "create (start to cut): $(cat "$R/crictl.err")"
+kill -9 $cri; wait $cri 2>/dev/null || true
+python3 - "$R/root/cri/containers/$cut.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1])); r["deferred"] = None; r["pid"] = 0
+json.dump(r, open(sys.argv[1], "w"))
+EOF
+start_cri
+st=$(c inspect -o go-template --template '{{.status.state}} {{.status.reason}} {{.status.exitCode}}' "$cut")
+[ "$st" = "CONTAINER_EXITED StartError 128" ] || fail "a start cut by a restart: $st"
+c rm "$cut" >/dev/null || fail "rm of the cut container: $(cat "$R/crictl.err")"
+ok "a StartContainer cut by a server restart is recorded as failed (StartError 128)"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
 ok "shared PID namespace: rsrun-pause is PID 1, removed with the pod"

@@ -904,7 +904,7 @@ impl Monitor {
             .map_err(|e| format!("start container {}: {e}", self.id))?;
         self.started_at = Some(crilog::timestamp());
         rsrun::log::info(&format!("container {}: started", self.id));
-        Ok(json!({"ok": true, "started_at": self.started_at}))
+        Ok(json!({"ok": true, "started_at": self.started_at, "pid": self.pid}))
     }
 
     // --- exec_sync -----------------------------------------------------------------------

@@ -158,9 +158,8 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         "console_socket": console.as_ref().map(|(_, p)| p.to_string_lossy().into_owned()),
     });
     // The process's ends go to the shim with the request (and are closed here after it).
-    let (mine, theirs): (Vec<OwnedFd>, Vec<OwnedFd>) = pipes
-        .map(|ps| ps.into_iter().map(|(a, b)| (a, b)).unzip())
-        .unwrap_or_default();
+    let (mine, theirs): (Vec<OwnedFd>, Vec<OwnedFd>) =
+        pipes.map(|ps| ps.into_iter().unzip()).unwrap_or_default();
     let started = tokio::task::spawn_blocking(move || {
         let raw: Vec<_> = theirs.iter().map(|f| f.as_raw_fd()).collect();
         crate::container::exec_in_shim(&shim_dir, &shim_req, &raw)
