@@ -167,9 +167,10 @@ impl Runtime {
         let rt = self.rsrun();
         let id = r.id.clone();
         let exit = r.exit_file.clone();
-        let shim_dir = r.shim_dir.clone();
+        let rec = r.clone();
         blocking(move || {
-            let gone = || exit.exists() || !shim_dir.join("shim.pid").exists();
+            // Its exit recorded, or its shim gone (killed: nobody will record it).
+            let gone = || exit.exists() || !container::shim_alive(&rec);
             // Polls the exit record: every millisecond at first (most containers end at
             // once), backing off to every 20 ms.
             let wait = |d: Duration| {

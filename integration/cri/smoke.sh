@@ -351,9 +351,12 @@ st=$(c inspect -o go-template --template '{{.status.state}} {{.status.reason}} {
 [ "$st" = "CONTAINER_EXITED StartError 128" ] || fail "a start cut by a restart: $st"
 c rm "$cut" >/dev/null || fail "rm of the cut container: $(cat "$R/crictl.err")"
 ok "a StartContainer cut by a server restart is recorded as failed (StartError 128)"
+# The pause's shim killed -9 (nobody will record the pause's exit): the pod still stops.
+pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pause_id"])' "$R/root/cri/sandboxes/$pod.json")
+kill -9 "$(cat "$R/state/s/$pause/shim.pid")"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
-ok "shared PID namespace: rsrun-pause is PID 1, removed with the pod"
+ok "shared PID namespace: rsrun-pause is PID 1; the pod stopped and removed with its pause's shim killed -9"
 
 # A pod in a user namespace (mode POD, container root = host 200000): the kernel's view of the
 # container's process (its uid_map, its host uid), the image's files owned by the container's
