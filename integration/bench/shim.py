@@ -261,6 +261,7 @@ def main():
             clog = f"{a.work}/conmon-{rnd}.log"
             name = f"rsrun-bench-log{rnd}"
             sh(*pm, "run", "-d", "--name", name, "--pull", "never", "--network", "none",
+               "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768",
                "--log-driver", "k8s-file", "--log-opt", f"path={clog}",
                "-v", f"{data}:/data:ro", IMAGE, "cat", "/data", stdout=subprocess.DEVNULL)
             sh(*pm, "wait", name, stdout=subprocess.DEVNULL)
