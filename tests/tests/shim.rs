@@ -222,6 +222,69 @@ fn delete_on_exit_removes_the_cgroups_before_the_exit_record() {
     }
 }
 
+/// One line from a control connection (byte by byte: what follows stays unread).
+fn line_from(c: &mut UnixStream) -> Value {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while c.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    serde_json::from_slice(&line).unwrap_or(Value::Null)
+}
+
+#[test]
+fn exec_runs_on_the_requesters_pipes_and_reports_the_exit_code() {
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    // The process's stdio: pipes whose other ends stay here (the shim keeps none).
+    let (in_r, in_w) = nix::unistd::pipe().unwrap();
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let (err_r, err_w) = nix::unistd::pipe().unwrap();
+    let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+    let req = json!({"op": "exec",
+        "args": ["sh", "-c", "read l; echo \"got $l\"; echo oops >&2; exit 7"]});
+    let fds = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    rsrun::sys::send_with_fds(c.as_raw_fd(), format!("{req}\n").as_bytes(), &fds).unwrap();
+    drop((in_r, out_w, err_w));
+    let first = line_from(&mut c);
+    assert_eq!(first["ok"], true, "{first}");
+    let pid = first["pid"].as_i64().unwrap();
+    // In the kernel's process tree, the exec'd process is the shim's child.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let shim_pid = std::fs::read_to_string(s.dir().join("shim.pid")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l == format!("PPid:\t{}", shim_pid.trim())),
+        "{status}"
+    );
+    std::fs::File::from(in_w).write_all(b"hello\n").unwrap();
+    let mut out = String::new();
+    std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    std::fs::File::from(err_r).read_to_string(&mut err).unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("got hello\n", "oops\n"));
+    let last = line_from(&mut c);
+    assert_eq!(last["exit_code"], 7, "{last}");
+
+    // Two descriptors instead of three: refused, saying so; the container carries on.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+    let req = json!({"op": "exec", "args": ["true"]});
+    let fds = [r.as_raw_fd(), w.as_raw_fd()];
+    rsrun::sys::send_with_fds(c.as_raw_fd(), format!("{req}\n").as_bytes(), &fds).unwrap();
+    let v = line_from(&mut c);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("three descriptors"),
+        "{v}"
+    );
+    assert_eq!(s.control(&json!({"op": "status"}))["ok"], true);
+}
+
 #[test]
 fn log_framing_partial_long_binary_interleaved() {
     // stdout: a short line, a 40-byte line (max 16: two P pieces and an F), a line with
