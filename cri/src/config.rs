@@ -43,6 +43,10 @@ pub struct File {
     pub log_max_line: Option<u64>,
     pub default_capabilities: Option<Vec<String>>,
     pub stream_address: Option<String>,
+    /// Read and ignored: it named the `rsrun` binary that exec sessions ran before exec went
+    /// through rsrun-shim. Kept so that a file that still sets it does not stop the server.
+    #[serde(default, rename = "runtime")]
+    pub obsolete_runtime: Option<PathBuf>,
 }
 
 impl File {
@@ -62,6 +66,7 @@ impl File {
             log_max_line: self.log_max_line.or(o.log_max_line),
             default_capabilities: self.default_capabilities.or(o.default_capabilities),
             stream_address: self.stream_address.or(o.stream_address),
+            obsolete_runtime: None,
         }
     }
 }
@@ -100,7 +105,15 @@ pub fn load(args: Vec<String>) -> Result<Option<Opts>> {
 
 fn read(p: &Path) -> Result<File> {
     let text = std::fs::read_to_string(p).with_context(|| format!("--config {}", p.display()))?;
-    toml::from_str(&text).with_context(|| format!("--config {}", p.display()))
+    let f: File = toml::from_str(&text).with_context(|| format!("--config {}", p.display()))?;
+    if let Some(r) = &f.obsolete_runtime {
+        eprintln!(
+            "rsrun-cri: {}: `runtime = {:?}` is ignored: exec runs through rsrun-shim",
+            p.display(),
+            r
+        );
+    }
+    Ok(f)
 }
 
 fn parse_flags(args: Vec<String>) -> Result<Option<(File, Option<PathBuf>)>> {
@@ -239,6 +252,12 @@ mod tests {
             load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
         );
         assert!(e.contains("unknown field `roots`"), "{e}");
+        // A key that is no longer used still loads (a deployed file keeps working).
+        std::fs::write(&p, "runtime = \"/usr/bin/rsrun\"\nroot = \"/srv/c\"\n").unwrap();
+        let o = load(args(&["--config", p.to_str().unwrap()]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.root, PathBuf::from("/srv/c"));
         std::fs::write(&p, "cgroup_driver = \"systemd\"\n").unwrap();
         let e = format!(
             "{:#}",

@@ -816,6 +816,8 @@ pub fn cri_resources(v: &Value) -> api::LinuxContainerResources {
 pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     if let Ok(d) = std::fs::read(&r.exit_file) {
         if let Ok(v) = serde_json::from_slice::<Value>(&d) {
+            // Its shim's pidfd is no longer needed.
+            forget_shim(&r.id);
             return (api::ContainerState::ContainerExited as i32, Some(v));
         }
     }

@@ -78,6 +78,37 @@ impl Runtime {
                 tracing::error!(container = %c.id, "{}", e.message());
             }
         }
+        // A start the kill cut after the shim had started the container: the record learns
+        // the container's PID from the shim (pid 0 would read as created if the shim died).
+        let unreported: Vec<_> = self
+            .containers
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|c| c.complete && c.deferred.is_none() && c.pid == 0)
+            .filter(|c| !c.exit_file.exists() && crate::container::shim_alive(c))
+            .cloned()
+            .collect();
+        for mut c in unreported {
+            let d = c.shim_dir.clone();
+            let answer = blocking(move || {
+                crate::container::control(&d, &serde_json::json!({"op": "status"}))
+                    .map_err(|e| Status::internal(format!("the container's shim: {e}")))
+            })
+            .await;
+            match answer.map(|(head, _)| head["pid"].as_i64().unwrap_or(0)) {
+                Ok(pid) if pid > 0 => {
+                    c.pid = pid as i32;
+                    let id = c.id.clone();
+                    if let Err(e) = self.containers.lock().await.update(&id, c) {
+                        tracing::error!(container = %id, "container record: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(container = %c.id, "{}", e.message()),
+            }
+        }
         // Their storage first, or the sweep would race its release.
         for p in pods {
             self.released(&p).await;
@@ -109,8 +140,16 @@ impl Runtime {
     /// IDs of the form this server gives (64 hex digits, `-image-N` for a volume) are
     /// touched.
     async fn sweep_rootfs(&self) {
-        let known: std::collections::HashSet<String> =
+        // Every record file counts, also one that does not parse (its container may run).
+        let mut known: std::collections::HashSet<String> =
             self.containers.lock().await.items.keys().cloned().collect();
+        match self.containers.lock().await.file_ids() {
+            Ok(ids) => known.extend(ids),
+            Err(e) => {
+                tracing::error!("list the container records: {e}; nothing swept");
+                return;
+            }
+        }
         let images = self.images.clone();
         let state = self.state.clone();
         let swept = blocking(move || {
@@ -120,7 +159,10 @@ impl Runtime {
             let mut swept = Vec::new();
             for id in ids {
                 let owner = id.split_once("-image-").map_or(id.as_str(), |(c, _)| c);
-                if !crate::store::is_object_id(owner) || known.contains(owner) {
+                // Nor one whose shim directory is there (a container may run under it).
+                let shim_dir = crate::container::paths(&state, owner).shim_dir;
+                if !crate::store::is_object_id(owner) || known.contains(owner) || shim_dir.exists()
+                {
                     continue;
                 }
                 match images.remove_rootfs(&id) {
@@ -135,7 +177,9 @@ impl Runtime {
             let dirs = state.join("containers");
             for e in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if crate::store::is_object_id(&name) && !known.contains(&name) {
+                let shim_dir = crate::container::paths(&state, &name).shim_dir;
+                if crate::store::is_object_id(&name) && !known.contains(&name) && !shim_dir.exists()
+                {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }

@@ -670,6 +670,11 @@ impl RuntimeService for Runtime {
             return Ok(Response::new(api::RemovePodSandboxResponse {}));
         };
         for c in self.containers_of(&sb.id).await {
+            // One remove at a time per container (a RemoveContainer may race this one).
+            let _g = self.lock_object(&c.id).await;
+            let Ok(c) = self.container(&c.id).await else {
+                continue;
+            };
             self.remove(c).await?;
         }
         self.released(&sb.id).await;
@@ -1605,7 +1610,12 @@ impl Runtime {
             .await
             .update(&r.id, r.clone())
             .map_err(|e| io_status("container record", e))?;
-        let p = container::paths(&self.state, &r.id);
+        // The paths the record holds (a container created by an older server keeps its
+        // bundle where that one put it).
+        let mut p = container::paths(&self.state, &r.id);
+        p.bundle = r.bundle.clone();
+        p.shim_dir = r.shim_dir.clone();
+        p.exit_file = r.exit_file.clone();
         let log = std::path::PathBuf::from(&r.log_path);
         match self
             .start_shim(&r.id, &p, &log, io.tty, io.stdin, io.stdin_once)

@@ -152,6 +152,19 @@ impl<T: Serialize + DeserializeOwned + Clone> Table<T> {
         Ok(Table { dir, items })
     }
 
+    /// The IDs of every record file, readable or not (a record that does not parse is
+    /// skipped by `open`, but its object is still the server's).
+    pub fn file_ids(&self) -> std::io::Result<std::collections::HashSet<String>> {
+        let mut ids = std::collections::HashSet::new();
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json").filter(|i| !i.starts_with('.')) {
+                ids.insert(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
     pub fn put(&mut self, id: &str, r: T) -> std::io::Result<()> {
         write_atomic(
             &self.dir.join(format!("{id}.json")),

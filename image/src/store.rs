@@ -286,11 +286,21 @@ impl Store {
     /// bytes) removed. Runs at every open of the store and at the start of every pull.
     pub fn sweep_stale(&self) -> Result<(u64, u64)> {
         let _l = self.lock_file(&self.root.join("tmp.lock"), true, None, "")?;
-        Ok(
-            self.remove_unlocked(&["ingest", "tmp", "snapshots"], |dir, name| {
-                dir != "snapshots" || name.starts_with(".tmp-")
-            }),
-        )
+        Ok(self.remove_unlocked(
+            &["ingest", "tmp", "snapshots", "containers"],
+            |dir, name| match dir {
+                "snapshots" => name.starts_with(".tmp-"),
+                // A container rootfs whose removal (rename to `.removing-ID-PID`, then
+                // delete) was cut short, unless that process still runs.
+                "containers" => name.strip_prefix(".removing-").is_some_and(|rest| {
+                    rest.rsplit_once('-').is_none_or(|(_, pid)| {
+                        pid.parse::<u32>()
+                            .map_or(true, |p| !Path::new(&format!("/proc/{p}")).exists())
+                    })
+                }),
+                _ => true,
+            },
+        ))
     }
 
     fn remove_unlocked(&self, dirs: &[&str], wanted: impl Fn(&str, &str) -> bool) -> (u64, u64) {
@@ -626,6 +636,30 @@ mod tests {
         ] {
             assert_eq!(mode(d), 0o700, "{d}");
         }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_cut_rootfs_removal_is_finished_at_open_unless_its_process_runs() {
+        let base = std::env::temp_dir().join(format!("rsrun-store-rm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        super::Store::open(&base).unwrap();
+        let c = base.join("containers");
+        // PID 0 never names a process of ours; this test's own PID is alive.
+        let dead = c.join(format!(".removing-{}-0", "a".repeat(64)));
+        let live = c.join(format!(
+            ".removing-{}-{}",
+            "b".repeat(64),
+            std::process::id()
+        ));
+        let other = c.join("some-container");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("upper/etc")).unwrap();
+        }
+        super::Store::open(&base).unwrap();
+        assert!(!dead.exists(), "the cut removal was not finished");
+        assert!(live.exists(), "a removal whose process runs was taken over");
+        assert!(other.exists(), "a container's rootfs was removed");
         std::fs::remove_dir_all(&base).unwrap();
     }
 

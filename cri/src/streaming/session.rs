@@ -167,15 +167,17 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
     .await;
     let conn = match started {
         Ok(Ok((conn, head))) if head["ok"] == true => conn,
-        Ok(Ok((_, head))) => {
+        other => {
             if let Some((_, p)) = &console {
                 let _ = std::fs::remove_file(p);
             }
-            let msg = head["error"].as_str().unwrap_or("exec failed").to_string();
+            let msg = match other {
+                Ok(Ok((_, head))) => head["error"].as_str().unwrap_or("exec failed").to_string(),
+                Ok(Err(e)) => format!("the container's monitor: {e}"),
+                Err(e) => format!("exec task: {e}"),
+            };
             return fail(w, msg).await;
         }
-        Ok(Err(e)) => return fail(w, format!("the container's monitor: {e}")).await,
-        Err(e) => return fail(w, format!("exec task: {e}")).await,
     };
     // The terminal's master, which the runtime sent before the shim answered.
     let master: Option<OwnedFd> = match &console {
@@ -291,8 +293,16 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         r = ended => r,
         _ = input => unreachable!(),
     };
+    // The process's stdin closes with the session.
+    drop(stdin);
     for p in pumps {
-        let _ = p.await;
+        if result.is_ok() {
+            let _ = p.await;
+        } else {
+            // No exit code: the shim is gone (or the container exited); whatever still holds
+            // the process's output ends must not hold this session.
+            p.abort();
+        }
     }
     let mut w = match writer.await {
         Ok(w) => w,
