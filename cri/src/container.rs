@@ -1027,9 +1027,7 @@ pub fn matches(r: &ContainerRecord, f: &api::ContainerFilter) -> bool {
 /// the output bytes). Blocking: run it off the async workers.
 pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)> {
     use std::io::{Read, Write};
-    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+    let mut s = connect_control(shim_dir)?;
     s.write_all(format!("{req}\n").as_bytes())?;
     let mut all = Vec::new();
     s.read_to_end(&mut all)?;
@@ -1042,6 +1040,21 @@ pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)
     Ok((head, all[nl + 1..].to_vec()))
 }
 
+/// A connection to the shim's control socket (its path may exceed a socket address).
+fn connect_control(shim_dir: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::os::unix::net::UnixStream::connect(&path)
+}
+
+/// Records a start that failed (reason StartError, exit code 128) as the container's exit.
+pub fn record_start_error(exit_file: &Path, id: &str, msg: &str) -> std::io::Result<()> {
+    let exit = json!({"id": id, "exit_code": 128, "start_error": msg,
+        "finished_at": rsrun::state::now_rfc3339()});
+    rsrun::state::write_file_atomic(exit_file, exit.to_string().as_bytes(), true)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Starts an interactive exec through the shim's control socket: `req` with `fds` attached
 /// (SCM_RIGHTS). Returns the connection, whose next line is the exit header, and the
 /// shim's first answer (the PID, or an error). Blocking: run it off the async workers.
@@ -1052,9 +1065,7 @@ pub fn exec_in_shim(
 ) -> std::io::Result<(std::os::unix::net::UnixStream, Value)> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
-    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+    let mut s = connect_control(shim_dir)?;
     let line = format!(
         "{req}
 "

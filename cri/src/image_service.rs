@@ -102,20 +102,17 @@ impl ImageService for Images {
             .filter(|s| !s.is_empty());
         // Inline, not on the blocking pool: one read of images.json (parsed again only when
         // it changed), which the hop to the pool and back would cost more than.
-        let store = self.store.clone();
-        let images = (move || -> Result<Vec<api::Image>, Status> {
-            let all = store.list().map_err(image_status)?;
-            Ok(match filter {
-                None => all.iter().map(to_cri).collect(),
-                Some(f) => {
-                    let want = store.get(&f).map_err(image_status)?;
-                    all.iter()
-                        .filter(|r| want.as_ref().is_some_and(|w| w.id == r.id))
-                        .map(to_cri)
-                        .collect()
-                }
-            })
-        })()?;
+        let all = self.store.list().map_err(image_status)?;
+        let images = match filter {
+            None => all.iter().map(to_cri).collect(),
+            Some(f) => {
+                let want = self.store.get(&f).map_err(image_status)?;
+                all.iter()
+                    .filter(|r| want.as_ref().is_some_and(|w| w.id == r.id))
+                    .map(to_cri)
+                    .collect()
+            }
+        };
         Ok(Response::new(api::ListImagesResponse { images }))
     }
 

@@ -43,43 +43,11 @@ impl Runtime {
                 tracing::error!(container = %id, pod = %pod, "{}", e.message());
             }
         }
-        // StartContainers a kill interrupted before the shim reported, and whose shim is not
-        // there: whatever the runtime has of it is deleted and the start recorded as failed
-        // (StartError, as a start that failed), so the kubelet makes a new one.
-        let interrupted: Vec<_> = self
-            .containers
-            .lock()
-            .await
-            .items
-            .values()
-            .filter(|c| c.complete && c.deferred.is_none() && c.pid == 0)
-            // No exit record and no shim (a shim that is there started it: a retried
-            // StartContainer finds it created and starts it).
-            .filter(|c| !c.exit_file.exists() && !crate::container::shim_alive(c))
-            .cloned()
-            .collect();
-        for c in interrupted {
-            tracing::warn!(container = %c.id, pod = %c.sandbox_id, "a start a killed server left unfinished: recorded as failed");
-            let rt = self.rsrun();
-            let (id, exit) = (c.id.clone(), c.exit_file.clone());
-            let done = blocking(move || {
-                match rt.delete(&id, true) {
-                    Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
-                    Err(e) => return Err(Status::internal(format!("delete container {id}: {e}"))),
-                }
-                let record = serde_json::json!({"id": id, "exit_code": 128,
-                    "start_error": "StartContainer was interrupted by a restart of rsrun-cri",
-                    "finished_at": rsrun::state::now_rfc3339()});
-                rsrun::state::write_file_atomic(&exit, record.to_string().as_bytes(), true)
-                    .map_err(|e| Status::internal(format!("exit record of {id}: {e}")))
-            })
-            .await;
-            if let Err(e) = done {
-                tracing::error!(container = %c.id, "{}", e.message());
-            }
-        }
-        // A start the kill cut after the shim had started the container: the record learns
-        // the container's PID from the shim (pid 0 would read as created if the shim died).
+        // StartContainers a kill cut before the shim reported the container's PID (pid 0
+        // reads as created). With its shim there, the record learns the PID from it (a
+        // retried StartContainer finds it created and starts it); without one, whatever the
+        // runtime has of it is deleted and the start recorded as failed (StartError, as a
+        // start that failed), so the kubelet makes a new one.
         let unreported: Vec<_> = self
             .containers
             .lock()
@@ -87,10 +55,34 @@ impl Runtime {
             .items
             .values()
             .filter(|c| c.complete && c.deferred.is_none() && c.pid == 0)
-            .filter(|c| !c.exit_file.exists() && crate::container::shim_alive(c))
+            .filter(|c| !c.exit_file.exists())
             .cloned()
             .collect();
         for mut c in unreported {
+            if !crate::container::shim_alive(&c) {
+                tracing::warn!(container = %c.id, pod = %c.sandbox_id, "a start a killed server left unfinished: recorded as failed");
+                let rt = self.rsrun();
+                let (id, exit) = (c.id.clone(), c.exit_file.clone());
+                let done = blocking(move || {
+                    match rt.delete(&id, true) {
+                        Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
+                        Err(e) => {
+                            return Err(Status::internal(format!("delete container {id}: {e}")))
+                        }
+                    }
+                    crate::container::record_start_error(
+                        &exit,
+                        &id,
+                        "StartContainer was interrupted by a restart of rsrun-cri",
+                    )
+                    .map_err(|e| Status::internal(format!("exit record of {id}: {e}")))
+                })
+                .await;
+                if let Err(e) = done {
+                    tracing::error!(container = %c.id, "{}", e.message());
+                }
+                continue;
+            }
             let d = c.shim_dir.clone();
             let answer = blocking(move || {
                 crate::container::control(&d, &serde_json::json!({"op": "status"}))
@@ -141,15 +133,19 @@ impl Runtime {
     /// touched.
     async fn sweep_rootfs(&self) {
         // Every record file counts, also one that does not parse (its container may run).
-        let mut known: std::collections::HashSet<String> =
-            self.containers.lock().await.items.keys().cloned().collect();
-        match self.containers.lock().await.file_ids() {
-            Ok(ids) => known.extend(ids),
-            Err(e) => {
-                tracing::error!("list the container records: {e}; nothing swept");
-                return;
+        let known = {
+            let t = self.containers.lock().await;
+            match t.file_ids() {
+                Ok(mut ids) => {
+                    ids.extend(t.items.keys().cloned());
+                    ids
+                }
+                Err(e) => {
+                    tracing::error!("list the container records: {e}; nothing swept");
+                    return;
+                }
             }
-        }
+        };
         let images = self.images.clone();
         let state = self.state.clone();
         let swept = blocking(move || {

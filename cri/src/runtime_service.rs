@@ -1633,13 +1633,7 @@ impl Runtime {
             }
             Err(e) => {
                 let msg = format!("StartContainer: {}", e.message());
-                let exit = json!({"id": r.id, "exit_code": 128, "start_error": msg,
-                    "finished_at": now_rfc3339()});
-                let _ = rsrun::state::write_file_atomic(
-                    &r.exit_file,
-                    exit.to_string().as_bytes(),
-                    true,
-                );
+                let _ = container::record_start_error(&r.exit_file, &r.id, &msg);
                 Err(Status::new(e.code(), msg))
             }
         }

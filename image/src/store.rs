@@ -524,16 +524,9 @@ impl Store {
         Ok(db)
     }
 
+    /// The image records, to change (a copy of what `db` reads).
     pub fn load_db(&self) -> Result<Db> {
-        let p = self.root.join("images.json");
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::CorruptStore {
-                path: p,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Db::default()),
-            Err(e) => Err(Error::io("reading", p, e)),
-        }
+        Ok(Db::clone(&*self.db()?))
     }
 
     /// Read-modify-write of the image records under the metadata lock.
