@@ -13,6 +13,9 @@
 # Output streams back to this script's stdout/stderr; the exit status is the command's
 # (124: timeout, 125: the VM failed without reporting a status).
 #
+# RSRUN_VM_INIT=systemd boots the host's systemd as PID 1 instead (the hierarchy mounted by
+# systemd, the D-Bus system bus started, nothing else of the host's units): the command runs
+# as the oneshot service rsrun-vm.service, in its cgroup /system.slice/rsrun-vm.service.
 # Environment: RSRUN_VM_CACHE (default /var/tmp/rsrun-vm: Debian kernel + initramfs, built
 # on first use with apt-get download; nothing is installed into /boot), RSRUN_VM_MEM (2G),
 # RSRUN_VM_SMP (2), RSRUN_VM_TIMEOUT (900 s), RSRUN_VM_ACCEL (auto|kvm|tcg),
@@ -84,8 +87,11 @@ read -r -d '' INIT2 <<'EOF' || true
 export PATH=/run/vm/bin
 IO=/run/vm/io
 finish() { echo "$1" > $IO/status; sync; poweroff -f; sleep 10; }
-mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || { echo "mount cgroup2 failed" > $IO/stderr; finish 125; }
-for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control; done
+. $IO/env
+if [ "$VM_INIT" != systemd ]; then
+  mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || { echo "mount cgroup2 failed" > $IO/stderr; finish 125; }
+  for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control; done
+fi
 mkdir -p /dev/pts /dev/shm /dev/mqueue
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts /dev/pts; ln -sf pts/ptmx /dev/ptmx
 mount -t tmpfs -o mode=1777,nosuid,nodev shm /dev/shm
@@ -94,9 +100,24 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp
 ln -sf /proc/self/fd /dev/fd
 ip link set lo up 2>/dev/null
 hostname rsrun-vm
-. $IO/env
 mkdir -p "$VM_CWD"
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=1048576 cwd "$VM_CWD" || { echo "9p cwd failed" > $IO/stderr; finish 125; }
+if [ "$VM_INIT" = systemd ]; then
+  # Only what the command needs: the bus (socket-activated, without sysinit.target, whose
+  # host units would wait for the host's disks) and the command's own service.
+  U=/run/systemd/system; mkdir -p $U
+  printf '%s\n' '[Unit]' 'DefaultDependencies=no' '[Socket]' 'ListenStream=/run/dbus/system_bus_socket' > $U/dbus.socket
+  printf '%s\n' '[Unit]' 'DefaultDependencies=no' 'Requires=dbus.socket' '[Service]' 'Type=notify' 'NotifyAccess=main' \
+    'ExecStart=/usr/bin/dbus-daemon --system --address=systemd: --nofork --nopidfile --systemd-activation --syslog-only' \
+    'StandardOutput=null' > $U/dbus.service
+  printf '%s\n' '[Unit]' 'DefaultDependencies=no' 'Wants=dbus.socket' 'After=dbus.socket' '[Service]' 'Type=oneshot' \
+    'ExecStart=/run/vm/busybox sh /run/vm/run-cmd' 'StandardInput=null' 'StandardOutput=null' 'StandardError=null' > $U/rsrun-vm.service
+  printf '%s\n' '. /run/vm/io/env' 'cd "$VM_CWD"' 'export PATH="$VM_PATH"' \
+    '/bin/sh -c "$(cat /run/vm/io/cmd)" </dev/null >/run/vm/io/stdout 2>/run/vm/io/stderr' \
+    'echo $? > /run/vm/io/status; sync; /run/vm/busybox poweroff -f' > /run/vm/run-cmd
+  [ -s /etc/machine-id ] || /run/vm/busybox sh -c 'cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'
+  exec /lib/systemd/systemd --unit=rsrun-vm.service --log-target=console --log-level=warning
+fi
 cd "$VM_CWD"
 export PATH="$VM_PATH"
 /bin/sh -c "$(cat $IO/cmd)" </dev/null >$IO/stdout 2>$IO/stderr
@@ -169,7 +190,7 @@ printf '%s\n' "$1" > "$RUN/cmd"
 CWD=$(pwd -P)
 [ "$CWD" != / ] || die "run it from a directory other than /"
 {
-  printf 'export VM_CWD=%q\nexport VM_PATH=%q\nexport HOME=%q\n' "$CWD" "$PATH" "${HOME:-/root}"
+  printf 'export VM_CWD=%q\nexport VM_PATH=%q\nexport HOME=%q\nVM_INIT=%q\n' "$CWD" "$PATH" "${HOME:-/root}" "${RSRUN_VM_INIT:-}"
   for v in $(compgen -e | grep -E '^(RUST_|CARGO_|RSRUN_)' || true); do printf 'export %s=%q\n' "$v" "${!v}"; done
 } > "$RUN/env"
 : > "$RUN/stdout"; : > "$RUN/stderr"

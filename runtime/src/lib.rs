@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod cgroups;
 pub mod config;
+pub mod dbus;
 pub mod error;
 pub mod exec;
 pub mod hooks;

@@ -24,6 +24,9 @@ pub struct Runtime {
     pub root: PathBuf,
     /// Rootless mode: cgroup errors are ignored when no limits were asked for.
     pub rootless: bool,
+    /// The systemd cgroup driver: each container's cgroup is a transient scope unit
+    /// (`cgroups::systemd`).
+    pub systemd_cgroup: bool,
 }
 
 #[derive(Default)]
@@ -96,6 +99,7 @@ impl Runtime {
         Runtime {
             root: root.into(),
             rootless,
+            systemd_cgroup: false,
         }
     }
 
@@ -122,6 +126,7 @@ impl Runtime {
             owned: Vec::new(),
             claim: None,
             child: None,
+            unit: None,
         };
         match self.spawn(o, &bundle, &dir, via_sync, own_console, &mut cleanup) {
             Ok(c) => {
@@ -202,8 +207,24 @@ impl Runtime {
         // cgroup; limits that cannot be applied are an error. Device rules are not applied
         // (an unprivileged user cannot load them; devices are bind mounts there anyway).
         let hs = cgroups::hierarchies()?;
-        let cg_paths =
-            cgroups::paths_for(linux.and_then(|l| l.cgroups_path().as_deref()), &o.id, &hs)?;
+        let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
+        let scope = if self.systemd_cgroup {
+            if self.rootless {
+                return Err(Error::Config(
+                    "--systemd-cgroup: the systemd driver of rootless containers (a user manager) is not supported; use the cgroupfs driver".into(),
+                ));
+            }
+            Some(cgroups::systemd::Scope::parse(
+                cgroups_path.map(|p| p.to_str().unwrap_or("")),
+                &o.id,
+            )?)
+        } else {
+            None
+        };
+        let cg_paths = match &scope {
+            Some(s) => vec![s.dir(&hs)?],
+            None => cgroups::paths_for(cgroups_path, &o.id, &hs)?,
+        };
         let mut resources = linux.and_then(|l| l.resources().clone());
         if self.rootless {
             if let Some(r) = resources.as_mut() {
@@ -222,6 +243,12 @@ impl Runtime {
             claim: cg_paths.first().map(|p| state::claim_path(&self.root, p)),
             pid: 0,
             start_time: 0,
+            systemd_unit: scope.as_ref().map(|s| s.unit.clone()),
+        };
+        // (Checked before anything is made.)
+        let unit_props = match &scope {
+            Some(_) => cgroups::systemd::properties(resources.as_ref())?,
+            None => Vec::new(),
         };
         dir.save_intent(&intent)?;
         // The cgroup must be this container's alone: not claimed by another container of
@@ -238,7 +265,11 @@ impl Runtime {
                 .cloned()
                 .collect();
             cgroups::check_empty(&existing)?;
-            cgroups::create(&cg_paths)
+            match &scope {
+                // systemd makes the scope's cgroup once the init exists (below).
+                Some(_) => Ok(cg_paths.clone()),
+                None => cgroups::create(&cg_paths),
+            }
         })();
         match created {
             Ok(made) => {
@@ -251,7 +282,9 @@ impl Runtime {
             Err(e) if self.rootless => return Err(rootless_limits_error(e)),
             Err(e) => return Err(e),
         }
-        cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
+        if scope.is_none() {
+            cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
+        }
 
         // Channels to the init.
         let (parent_sock, child_sock) = sync::pair()?;
@@ -385,7 +418,13 @@ impl Runtime {
         if new_user {
             write_id_maps(pid, spec)?;
         }
-        if !cleanup.cgroups.is_empty() {
+        if let Some(s) = &scope {
+            // The scope is made with the init in it; what systemd does not manage goes to
+            // its files.
+            cleanup.unit = Some(s.unit.clone());
+            cgroups::systemd::start_scope(s, pid, unit_props)?;
+            cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
+        } else if !cleanup.cgroups.is_empty() {
             match cgroups::add_pid(&cg_paths, pid) {
                 Ok(()) => {}
                 Err(e) if self.rootless && !limits => {
@@ -414,6 +453,7 @@ impl Runtime {
             hooks: spec.hooks().clone(),
             cgroup_paths: cleanup.cgroups.clone(),
             cgroup_owned: Some(cleanup.owned.clone()),
+            systemd_unit: scope.as_ref().map(|s| s.unit.clone()),
             namespaces: nss
                 .iter()
                 .map(|n| {
@@ -673,6 +713,9 @@ impl Runtime {
                 // Recorded with the init: the cgroups were claimed and empty before it came.
                 cgroups::kill_all(&saved.cgroup_paths);
             }
+            if let (Some(u), Some(d)) = (&intent.systemd_unit, intent.cgroup_paths.first()) {
+                cgroups::systemd::stop_unit(u, d)?;
+            }
             cgroups::remove(&intent.cgroup_owned)?;
             if let Some(c) = &intent.claim {
                 state::release_claim(c, &dir.id);
@@ -687,6 +730,9 @@ impl Runtime {
         if !saved.cgroup_paths.is_empty() {
             if !cgroups::pids(&saved.cgroup_paths).is_empty() {
                 cgroups::kill_all(&saved.cgroup_paths);
+            }
+            if let (Some(u), Some(d)) = (&saved.systemd_unit, saved.cgroup_paths.first()) {
+                cgroups::systemd::stop_unit(u, d)?;
             }
             cgroups::remove(saved.cgroup_owned.as_ref().unwrap_or(&saved.cgroup_paths))?;
         }
@@ -952,6 +998,8 @@ struct Cleanup<'a> {
     owned: Vec<PathBuf>,
     claim: Option<PathBuf>,
     child: Option<i32>,
+    /// The systemd scope that create may have started.
+    unit: Option<String>,
 }
 
 impl Cleanup<'_> {
@@ -961,6 +1009,7 @@ impl Cleanup<'_> {
         self.owned.clear();
         self.claim = None;
         self.child = None;
+        self.unit = None;
     }
 
     fn run(&mut self) {
@@ -972,6 +1021,11 @@ impl Cleanup<'_> {
             // Only set once the cgroups were found empty and claimed: whatever is in them now
             // is the container's.
             cgroups::kill_all(&self.cgroups);
+        }
+        if let (Some(u), Some(d)) = (self.unit.take(), self.owned.first()) {
+            if let Err(e) = cgroups::systemd::stop_unit(&u, d) {
+                crate::log::debug(&format!("stop {u} after a failed create: {e}"));
+            }
         }
         let _ = cgroups::remove(&self.owned);
         if let (Some(c), Some(d)) = (&self.claim, self.dir) {

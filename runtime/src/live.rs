@@ -48,7 +48,13 @@ impl Runtime {
     /// `update`: changes the limits of a created, running or paused container. Only the
     /// fields present change; if one write fails the others are restored.
     pub fn update(&self, id: &str, r: &LinuxResources) -> Result<()> {
-        let (_, _, m) = self.live(id, "update")?;
+        let (saved, _, m) = self.live(id, "update")?;
+        if let Some(u) = &saved.systemd_unit {
+            crate::cgroups::systemd::set_properties(
+                u,
+                crate::cgroups::systemd::properties(Some(r))?,
+            )?;
+        }
         m.update(r)
     }
 

@@ -15,7 +15,8 @@ Global options:
   --log FILE            log file (default: stderr)
   --log-format FORMAT   text or json
   --debug               debug logging
-  --systemd-cgroup      use the systemd cgroup driver (not built: an error)
+  --systemd-cgroup      use the systemd cgroup driver: cgroupsPath slice:prefix:name is a
+                        transient scope prefix-name.scope (cgroup v2 only)
   --rootless VALUE      true|false|auto (default auto: not root, or in a user namespace):
                         ignore cgroup errors when no limits are set
 
@@ -172,9 +173,6 @@ fn real_main(argv: Vec<String>) -> Result<i32> {
     }
     log::init(log_path.as_deref(), log_format, debug)
         .with_context(|| format!("open log file {log_path:?}"))?;
-    if systemd {
-        bail!("--systemd-cgroup: the systemd cgroup driver is not built into rsrun; use the cgroupfs driver");
-    }
     let Some(cmd) = a.items.get(a.pos).cloned() else {
         bail!("no command given\n{USAGE}");
     };
@@ -184,7 +182,8 @@ fn real_main(argv: Vec<String>) -> Result<i32> {
         // re-execs, once, unless the binary already is).
         rsrun::seal::ensure_sealed()?;
     }
-    let rt = Runtime::new(g.root.clone(), g.rootless);
+    let mut rt = Runtime::new(g.root.clone(), g.rootless);
+    rt.systemd_cgroup = systemd;
     match cmd.as_str() {
         "spec" => cmd_spec(&mut a),
         "create" => {

@@ -74,6 +74,9 @@ pub struct Saved {
     /// written before ownership was recorded: then every path counts as owned.
     #[serde(default)]
     pub cgroup_owned: Option<Vec<PathBuf>>,
+    /// The systemd scope that holds the cgroup (`--systemd-cgroup`), stopped on delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
 }
 
 /// What `create` records before it makes anything, and completes as it goes: whatever a
@@ -91,6 +94,9 @@ pub struct Intent {
     /// The init (PID, start time) as soon as it exists.
     pub pid: i32,
     pub start_time: u64,
+    /// The systemd scope about to be created (`--systemd-cgroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
 }
 
 impl Intent {
@@ -119,6 +125,7 @@ impl Intent {
             process: None,
             seccomp: None,
             cgroup_owned: Some(self.cgroup_owned.clone()),
+            systemd_unit: self.systemd_unit.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! unified mount beside them) or `v2` (one directory; device rules as an eBPF program).
 
 pub mod devices;
+pub mod systemd;
 pub mod v1;
 pub mod v2;
 

@@ -1,0 +1,247 @@
+//! The systemd cgroup driver (`rsrun --systemd-cgroup`) on a host where systemd is PID 1 and
+//! the hierarchy is pure cgroup v2. This project's hosts have neither, so
+//! integration/stages/42-systemd-vm.sh runs this binary in a VM that boots systemd
+//! (integration/vm/vm-run.sh with RSRUN_VM_INIT=systemd). Elsewhere each test prints that
+//! it is skipped; RSRUN_REQUIRE_SYSTEMD turns that into a failure.
+//!
+//! What systemd did is read from systemd (`systemctl show`) and from the kernel (the
+//! cgroup files, /proc/PID/cgroup), never from rsrun's own state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rsrun_tests::*;
+use serde_json::json;
+
+fn systemd_host(test: &str) -> bool {
+    let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    let ok = pid1.trim() == "systemd" && Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !ok && std::env::var_os("RSRUN_REQUIRE_SYSTEMD").is_some() {
+        panic!("{test}: RSRUN_REQUIRE_SYSTEMD is set but systemd is not PID 1 on cgroup v2 here");
+    }
+    if !ok {
+        println!("skipping {test}: systemd is not PID 1 (run integration/stages/42-systemd-vm.sh)");
+    }
+    ok
+}
+
+/// `systemctl show -p PROP UNIT` → the value.
+fn show(unit: &str, prop: &str) -> String {
+    let out = Command::new("systemctl")
+        .args(["show", "-p", prop, "--value", unit])
+        .output()
+        .expect("run systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn unit_gone(unit: &str) -> bool {
+    show(unit, "LoadState") == "not-found"
+}
+
+fn systemctl(args: &[&str]) {
+    let st = Command::new("systemctl")
+        .args(args)
+        .status()
+        .expect("run systemctl");
+    assert!(st.success(), "systemctl {args:?} failed");
+}
+
+fn cg_dir(slice_path: &str, unit: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup").join(slice_path).join(unit)
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn sd(rt: &Rsrun, args: &[&str]) -> String {
+    let mut a = vec!["--systemd-cgroup"];
+    a.extend_from_slice(args);
+    rt.ok(&a)
+}
+
+fn sd_fails(rt: &Rsrun, args: &[&str]) -> String {
+    let mut a = vec!["--systemd-cgroup"];
+    a.extend_from_slice(args);
+    rt.fails(&a)
+}
+
+const MIB: i64 = 1 << 20;
+
+/// A detached `sleep` in `slice:rsrun:ID` with limits; returns (ID, unit, its cgroup).
+fn limited(rt: &Rsrun, slice: &str, slice_path: &str) -> (String, String, PathBuf, Bundle) {
+    let id = unique("sd");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("{slice}:rsrun:{id}"));
+        c["linux"]["resources"] = json!({
+            "memory": {"limit": 64 * MIB},
+            "pids": {"limit": 32},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+            // Not a property systemd has: written to the file.
+            "unified": {"memory.swap.high": "1048576"}
+        });
+    });
+    sd(rt, &["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let unit = format!("rsrun-{id}.scope");
+    (id, unit.clone(), cg_dir(slice_path, &unit), b)
+}
+
+#[test]
+fn systemd_scope_carries_limits_survives_reload_and_goes_on_delete() {
+    if !systemd_host("systemd_scope_carries_limits_survives_reload_and_goes_on_delete") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let (id, unit, dir, _b) = limited(
+        &rt,
+        "rsrun-test-a.slice",
+        "rsrun.slice/rsrun-test.slice/rsrun-test-a.slice",
+    );
+    // systemd made the scope, in the nested slice, delegated, with the init in it.
+    assert_eq!(show(&unit, "ActiveState"), "active");
+    assert_eq!(show(&unit, "Slice"), "rsrun-test-a.slice");
+    assert_eq!(show(&unit, "Delegate"), "yes");
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(
+        own.trim(),
+        format!("0::/rsrun.slice/rsrun-test.slice/rsrun-test-a.slice/{unit}")
+    );
+    assert!(read(&dir, "cgroup.procs")
+        .lines()
+        .any(|l| l == pid.to_string()));
+    // The limits, as systemd holds them and as the kernel has them.
+    let check = |when: &str| {
+        assert_eq!(show(&unit, "MemoryMax"), (64 * MIB).to_string(), "{when}");
+        assert_eq!(show(&unit, "TasksMax"), "32", "{when}");
+        assert_eq!(show(&unit, "CPUQuotaPerSecUSec"), "500ms", "{when}");
+        assert_eq!(show(&unit, "CPUWeight"), "20", "{when}");
+        assert_eq!(read(&dir, "memory.max"), (64 * MIB).to_string(), "{when}");
+        assert_eq!(read(&dir, "pids.max"), "32", "{when}");
+        assert_eq!(read(&dir, "cpu.max"), "50000 100000", "{when}");
+        assert_eq!(read(&dir, "cpu.weight"), "20", "{when}");
+        assert_eq!(read(&dir, "memory.swap.high"), "1048576", "{when}");
+    };
+    check("after create");
+    // systemd re-applies its view of the tree on reload: nothing of ours may be lost.
+    systemctl(&["daemon-reload"]);
+    check("after daemon-reload");
+    assert_eq!(show(&unit, "ActiveState"), "active");
+
+    // update: through systemd and in the files.
+    rt.ok(&["update", "--memory", "128M", "--pids-limit", "64", &id]);
+    assert_eq!(show(&unit, "MemoryMax"), (128 * MIB).to_string());
+    assert_eq!(show(&unit, "TasksMax"), "64");
+    assert_eq!(read(&dir, "memory.max"), (128 * MIB).to_string());
+    assert_eq!(read(&dir, "pids.max"), "64");
+    systemctl(&["daemon-reload"]);
+    assert_eq!(read(&dir, "memory.max"), (128 * MIB).to_string());
+
+    // delete --force: the unit and its cgroup go, the process with them.
+    rt.ok(&["delete", "--force", &id]);
+    assert!(
+        unit_gone(&unit),
+        "{unit} still loaded: {}",
+        show(&unit, "ActiveState")
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(!alive(pid as i32));
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
+fn systemd_failed_create_leaves_no_unit() {
+    if !systemd_host("systemd_failed_create_leaves_no_unit") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let id = unique("sdf");
+    let mut b = Bundle::new(&["/bin/does-not-exist"]);
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("rsrun-fail.slice:rsrun:{id}")));
+    let err = sd_fails(
+        &rt,
+        &["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id],
+    );
+    assert!(err.contains("does-not-exist"), "{err}");
+    let unit = format!("rsrun-{id}.scope");
+    assert!(
+        unit_gone(&unit),
+        "{unit} left behind: {}",
+        show(&unit, "ActiveState")
+    );
+    assert!(!cg_dir("rsrun.slice/rsrun-fail.slice", &unit).exists());
+    assert_eq!(rt.count(), 0);
+
+    // A malformed path is refused before anything is made.
+    let id2 = unique("sdf");
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!("/not/a/slice"));
+    let err = sd_fails(
+        &rt,
+        &["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id2],
+    );
+    assert!(err.contains("slice:prefix:name"), "{err}");
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
+fn systemd_scope_of_an_exited_container_is_cleaned_by_delete() {
+    if !systemd_host("systemd_scope_of_an_exited_container_is_cleaned_by_delete") {
+        return;
+    }
+    // Over systemd's private socket this time, not the system bus (dbus-daemon).
+    let rt = Rsrun::new();
+    let id = unique("sdx");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!(":rsrun:{id}")));
+    // (stderr to a file: the detached container keeps a pipe open.)
+    let err_path = rt.root.path().join("run.err");
+    let st = rt
+        .cmd()
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/systemd/private")
+        .args([
+            "--systemd-cgroup",
+            "run",
+            "-d",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            &id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    let unit = format!("rsrun-{id}.scope");
+    assert_eq!(show(&unit, "Slice"), "system.slice");
+    assert_eq!(show(&unit, "ActiveState"), "active");
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    // systemd ends an empty scope by itself; delete still finishes cleanly.
+    wait_for("the empty scope to stop", || {
+        show(&unit, "ActiveState") != "active"
+    });
+    rt.ok(&["delete", &id]);
+    assert!(unit_gone(&unit));
+    assert!(!cg_dir("system.slice", &unit).exists());
+}
