@@ -80,6 +80,8 @@ pub struct Opts {
     pub registry_config: Option<PathBuf>,
     pub shim: Option<PathBuf>,
     pub cgroup_parent: String,
+    /// cgroup_driver = "systemd".
+    pub systemd_cgroup: bool,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub log_level: String,
@@ -170,12 +172,15 @@ fn resolve(f: File) -> Result<Opts> {
             socket.display()
         );
     }
-    match f.cgroup_driver.as_deref() {
-        None | Some("cgroupfs") => {}
-        Some("systemd") => bail!(
-            "cgroup_driver \"systemd\" is not supported yet: use \"cgroupfs\" (the kubelet's cgroupDriver must match)"
-        ),
-        Some(d) => bail!("cgroup_driver {d:?}: only \"cgroupfs\""),
+    let systemd_cgroup = match f.cgroup_driver.as_deref() {
+        None | Some("cgroupfs") => false,
+        Some("systemd") => true,
+        Some(d) => bail!("cgroup_driver {d:?}: \"cgroupfs\" or \"systemd\""),
+    };
+    if let (true, Some(p)) = (systemd_cgroup, &f.cgroup_parent) {
+        if !p.ends_with(".slice") || p.contains('/') {
+            bail!("cgroup_parent {p:?}: with cgroup_driver \"systemd\" it names a slice, such as rsrun-cri.slice");
+        }
     }
     if let Some(n) = f.log_max_line {
         if !(1..=64 << 20).contains(&n) {
@@ -197,7 +202,15 @@ fn resolve(f: File) -> Result<Opts> {
         state: f.state.unwrap_or_else(|| PathBuf::from("/run/rsrun")),
         registry_config: f.registry_config,
         shim: f.shim,
-        cgroup_parent: f.cgroup_parent.unwrap_or_else(|| "rsrun-cri".into()),
+        cgroup_parent: f.cgroup_parent.unwrap_or_else(|| {
+            if systemd_cgroup {
+                "rsrun-cri.slice"
+            } else {
+                "rsrun-cri"
+            }
+            .into()
+        }),
+        systemd_cgroup,
         cni_conf_dir: f
             .cni_conf_dir
             .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d")),
@@ -259,11 +272,27 @@ mod tests {
             .unwrap();
         assert_eq!(o.root, PathBuf::from("/srv/c"));
         std::fs::write(&p, "cgroup_driver = \"systemd\"\n").unwrap();
+        let o = load(args(&["--config", p.to_str().unwrap()]))
+            .unwrap()
+            .unwrap();
+        assert!(o.systemd_cgroup);
+        assert_eq!(o.cgroup_parent, "rsrun-cri.slice");
+        std::fs::write(
+            &p,
+            "cgroup_driver = \"systemd\"\ncgroup_parent = \"/a/b\"\n",
+        )
+        .unwrap();
         let e = format!(
             "{:#}",
             load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
         );
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(e.contains("names a slice"), "{e}");
+        std::fs::write(&p, "cgroup_driver = \"openrc\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
+        );
+        assert!(e.contains("\"openrc\""), "{e}");
         let e = format!("{:#}", load(args(&["--listen", "tcp://x"])).unwrap_err());
         assert!(e.contains("only unix:///PATH"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

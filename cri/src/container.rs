@@ -292,6 +292,7 @@ pub fn oci_spec(
     img: &ImageConfig,
     rootfs: &Path,
     default_cgroup_parent: &str,
+    systemd_cgroup: bool,
     default_caps: Option<&[String]>,
 ) -> Result<Value, Status> {
     let linux = c.linux.clone().unwrap_or_default();
@@ -444,11 +445,12 @@ pub fn oci_spec(
         }
     }
     namespaces.extend(sandbox::joined_namespaces(sb));
-    let parent = if sb.cgroup_parent.is_empty() {
-        default_cgroup_parent.to_string()
-    } else {
-        sb.cgroup_parent.clone()
-    };
+    let cgroups_path = sandbox::cgroups_path(
+        &sb.cgroup_parent,
+        default_cgroup_parent,
+        &format!("rsrun-{id}"),
+        systemd_cgroup,
+    )?;
     let resources = linux
         .resources
         .as_ref()
@@ -484,7 +486,7 @@ pub fn oci_spec(
         "annotations": c.annotations,
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": format!("{}/rsrun-{id}", parent.trim_end_matches('/')),
+            "cgroupsPath": cgroups_path,
             "resources": resources,
             "devices": devices,
         },

@@ -127,6 +127,7 @@ async fn serve(o: Opts) -> Result<()> {
         state: o.state.clone(),
         shim,
         cgroup_parent: o.cgroup_parent.clone(),
+        systemd_cgroup: o.systemd_cgroup,
         pause_rootfs,
         cpu_samples: Default::default(),
         releases: Default::default(),

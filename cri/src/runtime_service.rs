@@ -35,6 +35,8 @@ pub struct Runtime {
     pub shim: PathBuf,
     /// cgroupsPath parent for pods that give none.
     pub cgroup_parent: String,
+    /// The systemd cgroup driver (containers are scopes in the pods' slices).
+    pub systemd_cgroup: bool,
     /// The pause container's rootfs (sandbox::install_pause).
     pub pause_rootfs: PathBuf,
     pub sandboxes: Mutex<Table<SandboxRecord>>,
@@ -145,7 +147,9 @@ impl Runtime {
     }
 
     pub(crate) fn rsrun(&self) -> rsrun::Runtime {
-        rsrun::Runtime::new(self.runtime_root.clone(), false)
+        let mut rt = rsrun::Runtime::new(self.runtime_root.clone(), false);
+        rt.systemd_cgroup = self.systemd_cgroup;
+        rt
     }
 
     /// Stops a container: `signal`, then SIGKILL after `timeout`; waits for its exit record.
@@ -496,7 +500,11 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<api::RuntimeConfigResponse>, Status> {
         Ok(Response::new(api::RuntimeConfigResponse {
             linux: Some(api::LinuxRuntimeConfiguration {
-                cgroup_driver: api::CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: if self.systemd_cgroup {
+                    api::CgroupDriver::Systemd as i32
+                } else {
+                    api::CgroupDriver::Cgroupfs as i32
+                },
             }),
         }))
     }
@@ -1564,6 +1572,7 @@ impl Runtime {
             &cfg,
             &rootfs,
             &self.cgroup_parent,
+            self.systemd_cgroup,
             self.default_caps.as_deref(),
         )?;
         let u = &spec["process"]["user"];
@@ -1665,6 +1674,7 @@ impl Runtime {
             .arg(&self.runtime_root)
             // Its cgroups and runtime state go when it exits, not when it is removed.
             .arg("--delete-on-exit")
+            .args(self.systemd_cgroup.then_some("--systemd-cgroup"))
             .stdin(std::process::Stdio::null());
         if tty {
             cmd.arg("--terminal");
@@ -1698,7 +1708,12 @@ impl Runtime {
     /// pinned with the others.
     async fn start_pause(&self, sb: &SandboxRecord) -> Result<(), Status> {
         let p = container::paths(&self.state, &sb.pause_id);
-        let spec = sandbox::pause_spec(sb, &self.pause_rootfs, &self.cgroup_parent);
+        let spec = sandbox::pause_spec(
+            sb,
+            &self.pause_rootfs,
+            &self.cgroup_parent,
+            self.systemd_cgroup,
+        )?;
         std::fs::create_dir_all(&p.bundle).map_err(|e| io_status("create the pause bundle", e))?;
         std::fs::write(
             p.bundle.join("config.json"),

@@ -37,16 +37,48 @@ pub fn install_pause(dir: &Path) -> std::io::Result<PathBuf> {
 
 /// The OCI config of a pod's pause container: no capabilities, no_new_privs, a read-only
 /// root, its own PID and mount namespaces, the pod's others.
-pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serde_json::Value {
+/// The cgroupsPath of a pod's container (`name`: its cgroup's name) under the pod's
+/// cgroup parent (or the server's default): a path below it with the cgroupfs driver; with
+/// the systemd driver, `slice::name`, which rsrun makes the scope `name.scope` in that
+/// slice (the kubelet gives slices such as kubepods-burstable-pod<uid>.slice).
+pub fn cgroups_path(
+    pod_parent: &str,
+    default_parent: &str,
+    name: &str,
+    systemd: bool,
+) -> Result<String, Status> {
+    let parent = if pod_parent.is_empty() {
+        default_parent
+    } else {
+        pod_parent
+    };
+    if !systemd {
+        return Ok(format!("{}/{name}", parent.trim_end_matches('/')));
+    }
+    if !parent.ends_with(".slice") || parent.contains('/') || parent.contains(':') {
+        return Err(Status::invalid_argument(format!(
+            "cgroup_parent {parent:?} is not a systemd slice (name.slice), and the cgroup driver is systemd: the kubelet's cgroupDriver must match rsrun-cri's cgroup_driver"
+        )));
+    }
+    Ok(format!("{parent}::{name}"))
+}
+
+pub fn pause_spec(
+    r: &SandboxRecord,
+    rootfs: &Path,
+    cgroup_parent: &str,
+    systemd: bool,
+) -> Result<serde_json::Value, Status> {
     let mut namespaces = vec![
         serde_json::json!({"type": "pid"}),
         serde_json::json!({"type": "mount"}),
     ];
-    let parent = if r.cgroup_parent.is_empty() {
-        cgroup_parent
-    } else {
-        r.cgroup_parent.as_str()
-    };
+    let cgroups_path = cgroups_path(
+        &r.cgroup_parent,
+        cgroup_parent,
+        &format!("rsrun-pause-{}", r.id),
+        systemd,
+    )?;
     if r.userns.is_some() {
         // The pause makes the pod's namespaces inside the pod's user namespace, which then
         // owns them; they are pinned from it (pin_pause).
@@ -70,7 +102,7 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
                     "options": ["nosuid", "noexec", "mode=755", "size=64k"]}],
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": format!("{}/rsrun-pause-{}", parent.trim_end_matches('/'), r.id),
+            "cgroupsPath": cgroups_path,
         },
     });
     if let Some(u) = &r.userns {
@@ -81,7 +113,7 @@ pub fn pause_spec(r: &SandboxRecord, rootfs: &Path, cgroup_parent: &str) -> serd
         spec["linux"]["uidMappings"] = serde_json::json!(map(u.uid));
         spec["linux"]["gidMappings"] = serde_json::json!(map(u.gid));
     }
-    spec
+    Ok(spec)
 }
 
 /// The pod's pinned network, IPC and UTS namespaces, as OCI namespaces joined by path (those
@@ -589,4 +621,31 @@ pub fn matches(r: &SandboxRecord, f: &api::PodSandboxFilter) -> bool {
         && f.label_selector
             .iter()
             .all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroups_path;
+
+    #[test]
+    fn cgroups_paths_by_driver() {
+        assert_eq!(
+            cgroups_path("", "rsrun-cri", "rsrun-1", false).unwrap(),
+            "rsrun-cri/rsrun-1"
+        );
+        assert_eq!(
+            cgroups_path("/kubepods/pod1/", "x", "rsrun-1", false).unwrap(),
+            "/kubepods/pod1/rsrun-1"
+        );
+        assert_eq!(
+            cgroups_path("kubepods-besteffort-pod1.slice", "x", "rsrun-1", true).unwrap(),
+            "kubepods-besteffort-pod1.slice::rsrun-1"
+        );
+        assert_eq!(
+            cgroups_path("", "rsrun-cri.slice", "rsrun-1", true).unwrap(),
+            "rsrun-cri.slice::rsrun-1"
+        );
+        let e = cgroups_path("/kubepods/pod1", "x", "rsrun-1", true).unwrap_err();
+        assert!(e.message().contains("/kubepods/pod1"), "{e:?}");
+    }
 }

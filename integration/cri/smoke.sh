@@ -28,12 +28,7 @@ fail() { echo "cri smoke: FAIL: $*" >&2; exit 1; }
 ok() { echo "cri smoke: ok: $*"; }
 
 # crictl, cached by the go.mod that pins it.
-stamp=$(cat "$TOP/integration/containerd/go.mod" "$TOP/integration/containerd/go.sum" | sha256sum | cut -c1-16)
-mkdir -p "$W/bin"
-if [ "$(cat "$W/bin/.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -x "$W/bin/crictl" ]; then
-    ( cd "$TOP/integration/containerd" && GOFLAGS=-mod=readonly go build -o "$W/bin/crictl" sigs.k8s.io/cri-tools/cmd/crictl )
-    echo "$stamp" > "$W/bin/.stamp"
-fi
+"$HERE/build-crictl.sh" "$W/bin" >/dev/null
 
 # What an earlier failed run left: its server's pinned namespaces and rootfs mounts, its
 # containers (in their cgroups under the smoke test's parent).

@@ -42,6 +42,8 @@ prints the runtime's error and exits 1, leaving nothing behind.
   --delete-on-exit     once the init has exited, delete the container from the runtime
                        (what is left of its processes killed, its cgroups and state
                        removed) before the exit record is written
+  --systemd-cgroup     the systemd cgroup driver: the container's cgroup is a scope that
+                       systemd makes (cgroupsPath slice:prefix:name; see rsrun --help)
   -h, --help           this text
 
 Control socket (stream, one JSON request per connection, one JSON line back):
@@ -62,6 +64,7 @@ pub struct Opts {
     pub stdin_once: bool,
     pub max_line: usize,
     pub delete_on_exit: bool,
+    pub systemd_cgroup: bool,
 }
 
 fn parse(args: Vec<String>) -> Result<Option<Opts>> {
@@ -79,6 +82,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
         stdin_once: false,
         max_line: crilog::DEFAULT_MAX_LINE,
         delete_on_exit: false,
+        systemd_cgroup: false,
     };
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -102,6 +106,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
             "--stdin" => o.stdin = true,
             "--stdin-once" => o.stdin_once = true,
             "--delete-on-exit" => o.delete_on_exit = true,
+            "--systemd-cgroup" => o.systemd_cgroup = true,
             "--log-max-line" => {
                 let v = value("--log-max-line")?;
                 o.max_line = v

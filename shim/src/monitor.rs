@@ -216,7 +216,8 @@ impl Monitor {
             .context("signalfd")?;
         let log = CriLog::open(&o.log_path, o.max_line)
             .with_context(|| format!("open the container log {}", o.log_path.display()))?;
-        let rt = Runtime::new(o.root.clone(), false);
+        let mut rt = Runtime::new(o.root.clone(), false);
+        rt.systemd_cgroup = o.systemd_cgroup;
         let null = dev_null()?;
 
         // The container's stdio: our 0, 1, 2 at the moment of the fork.
