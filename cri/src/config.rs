@@ -178,7 +178,7 @@ fn resolve(f: File) -> Result<Opts> {
         Some(d) => bail!("cgroup_driver {d:?}: \"cgroupfs\" or \"systemd\""),
     };
     if let (true, Some(p)) = (systemd_cgroup, &f.cgroup_parent) {
-        if !p.ends_with(".slice") || p.contains('/') {
+        if !p.trim_end_matches('/').ends_with(".slice") {
             bail!("cgroup_parent {p:?}: with cgroup_driver \"systemd\" it names a slice, such as rsrun-cri.slice");
         }
     }

@@ -40,7 +40,9 @@ pub fn install_pause(dir: &Path) -> std::io::Result<PathBuf> {
 /// The cgroupsPath of a pod's container (`name`: its cgroup's name) under the pod's
 /// cgroup parent (or the server's default): a path below it with the cgroupfs driver; with
 /// the systemd driver, `slice::name`, which rsrun makes the scope `name.scope` in that
-/// slice (the kubelet gives slices such as kubepods-burstable-pod<uid>.slice).
+/// slice (the kubelet gives slices such as kubepods-burstable-pod<uid>.slice; a path whose
+/// last component is a slice, as critest's "/test.slice", names that slice, as containerd
+/// and CRI-O take it).
 pub fn cgroups_path(
     pod_parent: &str,
     default_parent: &str,
@@ -55,12 +57,17 @@ pub fn cgroups_path(
     if !systemd {
         return Ok(format!("{}/{name}", parent.trim_end_matches('/')));
     }
-    if !parent.ends_with(".slice") || parent.contains('/') || parent.contains(':') {
+    let slice = parent
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if !slice.ends_with(".slice") || slice.contains(':') {
         return Err(Status::invalid_argument(format!(
             "cgroup_parent {parent:?} is not a systemd slice (name.slice), and the cgroup driver is systemd: the kubelet's cgroupDriver must match rsrun-cri's cgroup_driver"
         )));
     }
-    Ok(format!("{parent}::{name}"))
+    Ok(format!("{slice}::{name}"))
 }
 
 pub fn pause_spec(
@@ -644,6 +651,14 @@ mod tests {
         assert_eq!(
             cgroups_path("", "rsrun-cri.slice", "rsrun-1", true).unwrap(),
             "rsrun-cri.slice::rsrun-1"
+        );
+        assert_eq!(
+            cgroups_path("/test.slice", "x", "rsrun-1", true).unwrap(),
+            "test.slice::rsrun-1"
+        );
+        assert_eq!(
+            cgroups_path("kubepods.slice/kubepods-a.slice/", "x", "rsrun-1", true).unwrap(),
+            "kubepods-a.slice::rsrun-1"
         );
         let e = cgroups_path("/kubepods/pod1", "x", "rsrun-1", true).unwrap_err();
         assert!(e.message().contains("/kubepods/pod1"), "{e:?}");

@@ -35,6 +35,11 @@
 #                  RUN_DIR, RUN_ENDPOINT, RUN_PID (the server's PID) and RUN_CRICTL in its
 #                  environment; its output goes to runs/LABEL/hook.log. Before the teardown.
 #   --cri-log-level LEVEL  rsrun-cri's --log-level in --cri mode (default warn)
+#   --prepare      only install what the runs need, build critest/crictl/ginkgo and the image
+#                  inputs into $RSRUN_CONTAINERD_WORK, and exit (for a run elsewhere, e.g. a VM)
+#   --systemd-cgroup  the systemd cgroup driver: containerd's SystemdCgroup = true (the runtime
+#                  gets --systemd-cgroup), rsrun-cri's cgroup_driver = "systemd"; needs systemd
+#                  as PID 1 (integration/stages/42-systemd-vm.sh runs it in the VM)
 #
 # Everything lives under $RSRUN_CONTAINERD_WORK (default /var/tmp/rsrun-containerd): bin/ (critest,
 # crictl, ginkgo), the registry's storage, runs/LABEL/ (config.toml, containerd.log, critest.log,
@@ -70,6 +75,8 @@ cri=
 bench=
 hook=
 cri_log_level=warn
+systemd_cgroup=false
+prepare=0
 
 usage() { sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -92,6 +99,8 @@ while [ $# -gt 0 ]; do
         --benchmark) bench=${2:?--benchmark needs a parameters file}; shift 2 ;;
         --hook) hook=${2:?--hook needs a command}; shift 2 ;;
         --cri-log-level) cri_log_level=${2:?--cri-log-level needs a level}; shift 2 ;;
+        --systemd-cgroup) systemd_cgroup=true; shift ;;
+        --prepare) prepare=1; shift ;;
         --inner) inner=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
@@ -250,7 +259,7 @@ write_config() { # LABEL BINARY RUNDIR
     write_netconf "$r"
     cat > "$r/config.toml" <<EOF
 # containerd 1.6 for the critest run "$label": everything under $r, the stock runc
-# shim with BinaryName = $bin, cgroupfs.
+# shim with BinaryName = $bin, SystemdCgroup = $systemd_cgroup.
 version = 2
 root = "$r/root"
 state = "$r/state"
@@ -294,7 +303,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "$bin"
         Root = "$r/runtime-root"
-        SystemdCgroup = false
+        SystemdCgroup = $systemd_cgroup
 
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN"
@@ -482,7 +491,8 @@ run_cri() { # LABEL BINARY
     done
     echo "{\"registries\": {$hosts\"$REGISTRY\": {\"insecure\": true}}}" > "$r/registries.json"
     write_netconf "$r"
-    "$bin" --listen "unix://$r/containerd.sock" --root "$r/root" --state "$r/state" \
+    if [ "$systemd_cgroup" = true ]; then echo 'cgroup_driver = "systemd"' > "$r/rsrun-cri.toml"; else : > "$r/rsrun-cri.toml"; fi
+    "$bin" --config "$r/rsrun-cri.toml" --listen "unix://$r/containerd.sock" --root "$r/root" --state "$r/state" \
         --registry-config "$r/registries.json" --cni-conf-dir "$r/net.d" --cni-bin-dir "$CNI_BIN" --log-level "$cri_log_level" >"$r/containerd.log" 2>&1 </dev/null &
     containerd_pid=$!
     local i
@@ -560,6 +570,7 @@ install_deps
 for r in "${runtimes[@]+"${runtimes[@]}"}" ${cri:+"$cri"}; do [ -x "${r#*=}" ] || die "${r#*=} is not an executable file"; done
 build_tools
 image_inputs
+[ "$prepare" = 1 ] && exit 0
 unshare --net -- "$HERE/run.sh" --inner "${args[@]}" || die "the critest runs failed (see $W/runs)"
 labels=()
 for r in "${runtimes[@]+"${runtimes[@]}"}" ${cri:+"$cri"}; do labels+=("${r%%=*}"); done

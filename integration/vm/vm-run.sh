@@ -16,6 +16,8 @@
 # RSRUN_VM_INIT=systemd boots the host's systemd as PID 1 instead (the hierarchy mounted by
 # systemd, the D-Bus system bus started, nothing else of the host's units): the command runs
 # as the oneshot service rsrun-vm.service, in its cgroup /system.slice/rsrun-vm.service.
+# The guest kernel runs without AppArmor (apparmor=0), like this host's: critest's AppArmor
+# specs then skip in the VM as they do here, instead of failing for want of sudo.
 # Environment: RSRUN_VM_CACHE (default /var/tmp/rsrun-vm: Debian kernel + initramfs, built
 # on first use with apt-get download; nothing is installed into /boot), RSRUN_VM_MEM (2G),
 # RSRUN_VM_SMP (2), RSRUN_VM_TIMEOUT (900 s), RSRUN_VM_ACCEL (auto|kvm|tcg),
@@ -30,7 +32,11 @@ SMP=${RSRUN_VM_SMP:-2}
 TIMEOUT=${RSRUN_VM_TIMEOUT:-900}
 ACCEL=${RSRUN_VM_ACCEL:-auto}
 EARLY_MODULES="virtio_pci 9pnet_virtio 9p overlay"
-LATE_MODULES="loop"
+# Loaded on demand inside (modprobe, kernel autoload): loop devices, and what a CNI bridge
+# with portmap needs (bridge, veth, iptables over nf_tables, NAT).
+LATE_MODULES="loop bridge veth br_netfilter nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack
+  xt_MASQUERADE xt_comment xt_mark xt_multiport xt_addrtype xt_conntrack xt_nat xt_tcpudp
+  iptable_nat iptable_filter ip6table_nat ip6table_filter"
 
 die() { echo "rsrun-vm: $*" >&2; exit 125; }
 [ $# -eq 1 ] || { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2; exit 2; }
@@ -208,7 +214,7 @@ esc() { printf '%s' "${1//,/,,}"; }
 timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
   -machine q35 "${ACCEL_ARGS[@]}" -m "$MEM" -smp "$SMP" \
   -kernel "$KERNEL" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 rdinit=/init" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 apparmor=0 rdinit=/init" \
   -serial "file:$RUN/console.log" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$(esc "$RUN"),mount_tag=io,security_model=none" \

@@ -421,8 +421,9 @@ impl Runtime {
         if let Some(s) = &scope {
             // The scope is made with the init in it; what systemd does not manage goes to
             // its files.
-            cleanup.unit = Some(s.unit.clone());
+            // (A unit of that name that exists already is refused, and not ours to stop.)
             cgroups::systemd::start_scope(s, pid, unit_props)?;
+            cleanup.unit = Some(s.unit.clone());
             cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
         } else if !cleanup.cgroups.is_empty() {
             match cgroups::add_pid(&cg_paths, pid) {
@@ -713,7 +714,12 @@ impl Runtime {
                 // Recorded with the init: the cgroups were claimed and empty before it came.
                 cgroups::kill_all(&saved.cgroup_paths);
             }
-            if let (Some(u), Some(d)) = (&intent.systemd_unit, intent.cgroup_paths.first()) {
+            // (Only once the init existed can the unit have been made for it.)
+            if let (Some(u), Some(d), true) = (
+                &intent.systemd_unit,
+                intent.cgroup_paths.first(),
+                intent.pid > 0,
+            ) {
                 cgroups::systemd::stop_unit(u, d)?;
             }
             cgroups::remove(&intent.cgroup_owned)?;

@@ -188,6 +188,33 @@ fn systemd_failed_create_leaves_no_unit() {
     assert!(!cg_dir("rsrun.slice/rsrun-fail.slice", &unit).exists());
     assert_eq!(rt.count(), 0);
 
+    // Another runtime root asking for the scope of a running container: refused, and the
+    // running container's unit and process are left alone.
+    let rt2 = Rsrun::new();
+    let (id_a, unit_a, _dir_a, _ba) =
+        limited(&rt2, "rsrun-fail.slice", "rsrun.slice/rsrun-fail.slice");
+    let pid_a = rt2.state(&id_a)["pid"].as_i64().unwrap() as i32;
+    let mut b2 = Bundle::new(&["true"]);
+    b2.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("rsrun-fail.slice:rsrun:{id_a}")));
+    let err = sd_fails(
+        &rt,
+        &[
+            "run",
+            "-d",
+            "--bundle",
+            b2.dir.to_str().unwrap(),
+            &unique("sdf"),
+        ],
+    );
+    assert!(
+        err.contains("not empty") || err.contains("already"),
+        "{err}"
+    );
+    assert_eq!(show(&unit_a, "ActiveState"), "active");
+    assert!(alive(pid_a));
+    rt2.ok(&["delete", "--force", &id_a]);
+    assert!(unit_gone(&unit_a));
+
     // A malformed path is refused before anything is made.
     let id2 = unique("sdf");
     b.edit(|c| c["linux"]["cgroupsPath"] = json!("/not/a/slice"));

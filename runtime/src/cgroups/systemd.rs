@@ -399,21 +399,27 @@ pub fn start_scope(s: &Scope, pid: i32, props: Vec<Value>) -> Result<()> {
     let result = wait_job(&mut c, &job, &format!("systemd scope {}", s.unit), || {
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .is_ok_and(|c| c.trim_end().ends_with(&format!("/{}", s.unit)))
-    })?;
-    if result != "done" {
-        let _ = c.call(
-            DEST,
-            PATH,
-            MANAGER,
-            "ResetFailedUnit",
-            &[Value::Str(s.unit.clone())],
-        );
-        return Err(Error::Invalid(format!(
-            "systemd scope {} in {}: the start job ended with {result:?}",
+    });
+    let err = match result {
+        Ok(r) if r == "done" => return Ok(()),
+        Ok(r) => Error::Invalid(format!(
+            "systemd scope {} in {}: the start job ended with {r:?}",
             s.unit, s.slice
-        )));
-    }
-    Ok(())
+        )),
+        Err(e) => e,
+    };
+    // The unit was made for this container (StartTransientUnit refuses an existing one, which
+    // is left alone): it goes with the failed start.
+    let unit = Value::Str(s.unit.clone());
+    let _ = c.call(
+        DEST,
+        PATH,
+        MANAGER,
+        "StopUnit",
+        &[unit.clone(), Value::Str("replace".into())],
+    );
+    let _ = c.call(DEST, PATH, MANAGER, "ResetFailedUnit", &[unit]);
+    Err(err)
 }
 
 /// Stops the unit (its processes are killed by systemd, its cgroup removed) and forgets a
