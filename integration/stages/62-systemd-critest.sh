@@ -25,13 +25,17 @@ export RSRUN_CONTAINERD_WORK=\$W
 hook="sh $PWD/integration/containerd/systemd-check.sh"
 rc=0
 integration/containerd/run.sh --systemd-cgroup --hook "\$hook" \\
-    -r runc=/usr/sbin/runc -r "rsrun=$PWD/target/debug/rsrun" --min-passed 89 \\
+    -r runc=/usr/sbin/runc -r "rsrun=$PWD/target/debug/rsrun" --min-passed 91 \\
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' \\
     --known-failure '[k8s.io] Idempotence StopContainer should not return an error if not found' \\
     --known-failure '[k8s.io] Idempotence StopPodSandbox should not return an error if not found' || rc=1
 cp \$W/summary.txt "$out/containerd-summary.txt"
+# Known and not fixed yet: with the systemd driver, systemd removes a scope's cgroup as soon as
+# it empties, before the shim reads memory.events at the container's exit, so an OOM kill is
+# reported as a plain 137 (Error), not OOMKilled. (Seen in the run of 2026-12-03 08:30.)
 integration/containerd/run.sh --systemd-cgroup --hook "\$hook" --cri "rsrun-cri=$PWD/target/debug/rsrun-cri" \\
     --min-passed 112 \\
+    --known-failure '[k8s.io] Container OOM runtime should output OOMKilled reason should terminate with exitCode 137 and reason OOMKilled' \\
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' || rc=1
 cp \$W/summary.txt "$out/cri-summary.txt"
 for l in runc rsrun rsrun-cri; do
