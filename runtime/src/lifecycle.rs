@@ -243,7 +243,8 @@ impl Runtime {
             claim: cg_paths.first().map(|p| state::claim_path(&self.root, p)),
             pid: 0,
             start_time: 0,
-            systemd_unit: scope.as_ref().map(|s| s.unit.clone()),
+            // (Named once the unit exists and is this container's: below.)
+            systemd_unit: None,
         };
         // (Checked before anything is made.)
         let unit_props = match &scope {
@@ -266,8 +267,9 @@ impl Runtime {
                 .collect();
             cgroups::check_empty(&existing)?;
             match &scope {
-                // systemd makes the scope's cgroup once the init exists (below).
-                Some(_) => Ok(cg_paths.clone()),
+                // systemd makes the scope's cgroup once the init exists (below); until then
+                // create owns nothing there (a directory of that name is not its to remove).
+                Some(_) => Ok(Vec::new()),
                 None => cgroups::create(&cg_paths),
             }
         })();
@@ -424,6 +426,10 @@ impl Runtime {
             // (A unit of that name that exists already is refused, and not ours to stop.)
             cgroups::systemd::start_scope(s, pid, unit_props)?;
             cleanup.unit = Some(s.unit.clone());
+            cleanup.owned = cg_paths.clone();
+            intent.systemd_unit = Some(s.unit.clone());
+            intent.cgroup_owned = cleanup.owned.clone();
+            dir.save_intent(&intent)?;
             cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
         } else if !cleanup.cgroups.is_empty() {
             match cgroups::add_pid(&cg_paths, pid) {
@@ -714,12 +720,9 @@ impl Runtime {
                 // Recorded with the init: the cgroups were claimed and empty before it came.
                 cgroups::kill_all(&saved.cgroup_paths);
             }
-            // (Only once the init existed can the unit have been made for it.)
-            if let (Some(u), Some(d), true) = (
-                &intent.systemd_unit,
-                intent.cgroup_paths.first(),
-                intent.pid > 0,
-            ) {
+            // (Named in the record only once systemd made it for this init: a unit started
+            // but not yet recorded empties as the init is killed, and systemd collects it.)
+            if let (Some(u), Some(d)) = (&intent.systemd_unit, intent.cgroup_paths.first()) {
                 cgroups::systemd::stop_unit(u, d)?;
             }
             cgroups::remove(&intent.cgroup_owned)?;

@@ -1,7 +1,10 @@
 //! Operations on a live container's cgroup: update, pause/resume, stats and events, OOM
 //! kills, the list of processes.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Value};
@@ -18,6 +21,40 @@ pub fn event(kind: &str, id: &str, data: Option<Value>) -> Value {
         v["data"] = d;
     }
     v
+}
+
+/// The OOM kills of one container, counted as they happen. The count in the cgroup's files
+/// is gone with the cgroup, and a cgroup can go as soon as its last process exits (systemd
+/// removes a scope's when it empties): a monitor polls `fd` and calls `refresh` when it is
+/// readable and when the container exits, and `killed` keeps the answer after that.
+pub struct OomWatch {
+    m: Option<Manager>,
+    inotify: Option<Inotify>,
+    base: u64,
+    seen: u64,
+}
+
+impl OomWatch {
+    /// Readable when the kernel announced an OOM event (cgroup v2); None on v1, where the
+    /// cgroup stays until the container is deleted.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(|i| i.as_fd())
+    }
+
+    /// Reads the count again; the highest count seen is kept.
+    pub fn refresh(&mut self) {
+        if let Some(i) = &self.inotify {
+            while matches!(i.read_events(), Ok(ev) if !ev.is_empty()) {}
+        }
+        if let Some(m) = &self.m {
+            self.seen = self.seen.max(m.oom_kill_count());
+        }
+    }
+
+    /// Whether the OOM killer killed a process of the container since the watch began.
+    pub fn killed(&self) -> bool {
+        self.seen > self.base
+    }
 }
 
 impl Runtime {
@@ -95,6 +132,30 @@ impl Runtime {
     pub fn oom_kill_count(&self, id: &str) -> Result<u64> {
         let (saved, _) = self.saved(id)?;
         Ok(Manager::new(&saved.cgroup_paths)?.oom_kill_count())
+    }
+
+    /// A watch on the container's OOM kills that outlives its cgroup (see `OomWatch`).
+    pub fn oom_watch(&self, id: &str) -> Result<OomWatch> {
+        let (saved, _) = self.saved(id)?;
+        // (A rootless container may have no cgroup: then no count, and no kills seen.)
+        let m = if saved.cgroup_paths.is_empty() {
+            None
+        } else {
+            Some(Manager::new(&saved.cgroup_paths)?)
+        };
+        let inotify = m.as_ref().and_then(|m| m.oom_events_file()).and_then(|f| {
+            let i = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+            // (No memory controller in the cgroup: no file, and nothing to watch.)
+            i.add_watch(&f, AddWatchFlags::IN_MODIFY).ok()?;
+            Some(i)
+        });
+        let base = m.as_ref().map_or(0, |m| m.oom_kill_count());
+        Ok(OomWatch {
+            m,
+            inotify,
+            base,
+            seen: base,
+        })
     }
 
     /// Whether a process of the container was OOM-killed (see `oom_kill_count`).

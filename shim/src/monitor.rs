@@ -17,6 +17,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, MsgFlags, SockFlag};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use rsrun::live::OomWatch;
 use rsrun::{CreateOpts, ExecOpts, Runtime};
 use serde_json::json;
 
@@ -104,6 +105,7 @@ enum Source {
     Conn(usize),
     Client(usize),
     Exec(usize, usize),
+    Oom,
 }
 
 pub struct Monitor {
@@ -127,7 +129,7 @@ pub struct Monitor {
     clients: Vec<Client>,
     execs: Vec<ExecSession>,
     started_at: Option<String>,
-    oom_base: u64,
+    oom: OomWatch,
     exited: Option<(i32, Option<i32>)>,
     buf: Vec<u8>,
 }
@@ -312,7 +314,10 @@ impl Monitor {
         std::fs::write(&pid_file, std::process::id().to_string())
             .with_context(|| format!("write {}", pid_file.display()))
             .map_err(undo)?;
-        let oom_base = rt.oom_kill_count(&o.id).unwrap_or(0);
+        let oom = rt
+            .oom_watch(&o.id)
+            .with_context(|| format!("container {}: watch its OOM kills", o.id))
+            .map_err(undo)?;
         // Parsing the config and creating the container allocated much that is free now:
         // an idle shim keeps none of it.
         rsrun::sys::malloc_trim();
@@ -337,7 +342,7 @@ impl Monitor {
             clients: Vec::new(),
             execs: Vec::new(),
             started_at: None,
-            oom_base,
+            oom,
             exited: None,
             buf: vec![0; READ_BUF],
         })
@@ -407,6 +412,10 @@ impl Monitor {
             PollFd::new(self.attach.as_fd(), inp),
         ];
         let mut srcs = vec![Source::Signal, Source::Control, Source::Attach];
+        if let Some(fd) = self.oom.fd() {
+            fds.push(PollFd::new(fd, inp));
+            srcs.push(Source::Oom);
+        }
         for (i, o) in self.outputs.iter().enumerate().filter(|(_, o)| o.open) {
             fds.push(PollFd::new(o.fd.as_fd(), inp));
             srcs.push(Source::Output(i));
@@ -467,6 +476,7 @@ impl Monitor {
                 }
             }
             Source::Exec(i, k) => self.read_exec(i, k),
+            Source::Oom => self.oom.refresh(),
         }
     }
 
@@ -485,6 +495,8 @@ impl Monitor {
                 _ => continue,
             };
             if pid == self.pid {
+                // The count before the cgroup can go (systemd removes an emptied scope's).
+                self.oom.refresh();
                 self.exited = Some((code, signal));
             } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
                 e.status = Some(code);
@@ -536,10 +548,8 @@ impl Monitor {
                 rsrun::log::warn(&format!("container {}: {m}", self.id));
             }
         }
-        let oom = self
-            .rt
-            .oom_kill_count(&self.id)
-            .is_ok_and(|n| n > self.oom_base);
+        self.oom.refresh();
+        let oom = self.oom.killed();
         // The runtime's part goes before the record, so that a reader of the record finds
         // the container's cgroups gone (and no delete of its own racing this one).
         if self.delete_on_exit {

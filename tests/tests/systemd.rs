@@ -215,6 +215,44 @@ fn systemd_failed_create_leaves_no_unit() {
     rt2.ok(&["delete", "--force", &id_a]);
     assert!(unit_gone(&unit_a));
 
+    // systemd unreachable once the init exists: the create fails naming the bus, and a
+    // directory of the scope's name that was there before (not made by this create, not a
+    // unit systemd made for it) is left where it was.
+    let id3 = unique("sdf");
+    let foreign = cg_dir(
+        "rsrun.slice/rsrun-fail.slice",
+        &format!("rsrun-{id3}.scope"),
+    );
+    std::fs::create_dir_all(&foreign).unwrap();
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("rsrun-fail.slice:rsrun:{id3}")));
+    b.edit(|c| c["process"]["args"] = json!(["true"]));
+    let out = rt
+        .cmd()
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/run/rsrun-test-no-bus",
+        )
+        .args([
+            "--systemd-cgroup",
+            "run",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            &id3,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rsrun-test-no-bus"), "{err}");
+    assert!(
+        foreign.is_dir(),
+        "a failed create removed {}",
+        foreign.display()
+    );
+    assert_eq!(rt.count(), 0);
+    std::fs::remove_dir(&foreign).unwrap();
+
     // A malformed path is refused before anything is made.
     let id2 = unique("sdf");
     b.edit(|c| c["linux"]["cgroupsPath"] = json!("/not/a/slice"));
@@ -271,4 +309,72 @@ fn systemd_scope_of_an_exited_container_is_cleaned_by_delete() {
     rt.ok(&["delete", &id]);
     assert!(unit_gone(&unit));
     assert!(!cg_dir("system.slice", &unit).exists());
+}
+
+#[test]
+fn systemd_oom_kill_is_recorded_by_the_shim_though_the_scope_goes_at_exit() {
+    if !systemd_host("systemd_oom_kill_is_recorded_by_the_shim_though_the_scope_goes_at_exit") {
+        return;
+    }
+    // The OOM killer takes `tail`; then the init leaves the scope for a cgroup of the
+    // test's, lives on there and exits 0. systemd removes the scope's cgroup (and its
+    // memory.events) as soon as it is empty, before the exit, as it does when a container's
+    // last process exits: the shim must count the kill as it happens, not at the exit.
+    let rt = Rsrun::new();
+    let tmp = TempDir::new("sdoom");
+    let id = unique("sdoom");
+    let away = Path::new("/sys/fs/cgroup").join(format!("rsrun-test-{id}"));
+    std::fs::create_dir(&away).unwrap();
+    let script = format!(
+        "tail /dev/zero; sleep 0.5; echo 0 > /sys/fs/cgroup/rsrun-test-{id}/cgroup.procs && sleep 2"
+    );
+    let mut b = Bundle::new(&["sh", "-c", &script]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("rsrun-oom.slice:rsrun:{id}"));
+        c["linux"]["resources"] = json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}});
+        // The host's hierarchy, writable, to leave by.
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "cgroup");
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
+        mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "bind",
+            "source": "/sys/fs/cgroup", "options": ["rbind", "rw"]}));
+    });
+    let exit_file = tmp.path().join("exit.json");
+    let out = Command::new(shim_bin())
+        .args(["--id", &id, "--systemd-cgroup", "--root"])
+        .arg(rt.root.path())
+        .arg("--bundle")
+        .arg(&b.dir)
+        .arg("--dir")
+        .arg(tmp.path().join("shim"))
+        .arg("--log-path")
+        .arg(tmp.path().join("ctr.log"))
+        .arg("--exit-file")
+        .arg(&exit_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = format!("rsrun-{id}.scope");
+    let dir = cg_dir("rsrun.slice/rsrun-oom.slice", &unit);
+    assert!(dir.is_dir(), "no scope cgroup {}", dir.display());
+    rt.ok(&["start", &id]);
+    wait_for("the exit record", || exit_file.exists());
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&exit_file).unwrap()).unwrap();
+    assert_eq!(e["exit_code"], 0, "{e}");
+    assert_eq!(e["oom_killed"], true, "{e}");
+    // (What made this hard: the cgroup is gone without a delete.)
+    assert!(!dir.exists(), "{} still there", dir.display());
+    rt.ok(&["delete", "--force", &id]);
+    assert!(unit_gone(&unit));
+    wait_for("the test's cgroup to empty", || {
+        std::fs::remove_dir(&away).is_ok()
+    });
 }

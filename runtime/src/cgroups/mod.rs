@@ -428,6 +428,15 @@ impl Manager {
         }
     }
 
+    /// The file whose changes announce OOM events (v2 memory.events, which the kernel
+    /// notifies through inotify); v1 has none of that kind.
+    pub fn oom_events_file(&self) -> Option<PathBuf> {
+        match self {
+            Manager::V1(_) => None,
+            Manager::V2(m) => Some(m.dir.join("memory.events")),
+        }
+    }
+
     /// Whether the cgroup ran out of memory at least once (an OOM kill or, on v1, a memory
     /// limit hit while the OOM killer is disabled).
     pub fn oom_seen(&self) -> bool {
