@@ -248,7 +248,7 @@ impl Runtime {
         };
         // (Checked before anything is made.)
         let unit_props = match &scope {
-            Some(_) => cgroups::systemd::properties(resources.as_ref())?,
+            Some(_) => cgroups::systemd::create_properties(resources.as_ref())?,
             None => Vec::new(),
         };
         dir.save_intent(&intent)?;

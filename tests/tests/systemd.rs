@@ -378,3 +378,135 @@ fn systemd_oom_kill_is_recorded_by_the_shim_though_the_scope_goes_at_exit() {
         std::fs::remove_dir(&away).is_ok()
     });
 }
+
+#[test]
+fn systemd_device_rules_in_the_unit_and_in_the_kernel_across_a_reload() {
+    if !systemd_host("systemd_device_rules_in_the_unit_and_in_the_kernel_across_a_reload") {
+        return;
+    }
+    // Deny all, then c 10:250 rw (a misc minor no driver has: opening it is allowed by the
+    // device rules and then fails with ENODEV/ENXIO); c 10:251 stays denied (EPERM).
+    let rt = Rsrun::new();
+    let id = unique("sddev");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("rsrun-dev.slice:rsrun:{id}"));
+        c["linux"]["resources"] = json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "minor": 250, "access": "rw"}
+        ]});
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set] = json!(["CAP_MKNOD"]);
+        }
+    });
+    sd(
+        &rt,
+        &["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id],
+    );
+    let unit = format!("rsrun-{id}.scope");
+    // What the kernel says when the container opens each (mknod of any is allowed).
+    let probe = || {
+        rt.ok(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "(cd /dev && mknod a c 10 250 && mknod b c 10 251; cat a; cat b; rm -f a b) 2>&1",
+        ])
+    };
+    let check = |when: &str| {
+        assert_eq!(show(&unit, "DevicePolicy"), "strict", "{when}");
+        let allow = show(&unit, "DeviceAllow");
+        assert!(allow.contains("/dev/char/10:250 rw"), "{when}: {allow}");
+        assert!(allow.contains("/dev/char/1:3 rwm"), "{when}: {allow}");
+        let out = probe();
+        let line = |f: &str| {
+            out.lines()
+                .find(|l| l.contains(&format!("'{f}'")))
+                .unwrap_or_else(|| panic!("{when}: nothing about {f}: {out}"))
+                .to_string()
+        };
+        assert!(
+            !line("a").contains("not permitted"),
+            "{when}: c 10:250 denied: {out}"
+        );
+        assert!(
+            line("b").contains("not permitted"),
+            "{when}: c 10:251 allowed: {out}"
+        );
+    };
+    check("after create");
+    systemctl(&["daemon-reload"]);
+    check("after daemon-reload");
+    rt.ok(&["delete", "--force", &id]);
+    assert!(unit_gone(&unit));
+}
+
+#[test]
+fn systemd_io_limits_per_device_in_the_unit_and_in_the_kernel_across_a_reload() {
+    if !systemd_host("systemd_io_limits_per_device_in_the_unit_and_in_the_kernel_across_a_reload") {
+        return;
+    }
+    // A loop device over a file: a block device of the test's own to limit.
+    let tmp = TempDir::new("sdio");
+    let img = tmp.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 4 << 20]).unwrap();
+    let _ = Command::new("modprobe").arg("loop").status();
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .expect("run losetup");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let name = loopdev.trim_start_matches("/dev/");
+    let devno = std::fs::read_to_string(format!("/sys/block/{name}/dev")).unwrap();
+    let (ma, mi) = devno.trim().split_once(':').unwrap();
+    let (ma, mi): (i64, i64) = (ma.parse().unwrap(), mi.parse().unwrap());
+
+    let rt = Rsrun::new();
+    let id = unique("sdio");
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("rsrun-io.slice:rsrun:{id}"));
+        c["linux"]["resources"] = json!({"blockIO": {
+            "throttleReadBpsDevice": [{"major": ma, "minor": mi, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": ma, "minor": mi, "rate": 300}]
+        }});
+    });
+    sd(
+        &rt,
+        &["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id],
+    );
+    let unit = format!("rsrun-{id}.scope");
+    let dir = cg_dir("rsrun.slice/rsrun-io.slice", &unit);
+    let check = |when: &str| {
+        let r = show(&unit, "IOReadBandwidthMax");
+        assert!(
+            r.contains(&format!("/dev/block/{ma}:{mi} 1048576")),
+            "{when}: {r}"
+        );
+        let w = show(&unit, "IOWriteIOPSMax");
+        assert!(
+            w.contains(&format!("/dev/block/{ma}:{mi} 300")),
+            "{when}: {w}"
+        );
+        let io = read(&dir, "io.max");
+        let line = io
+            .lines()
+            .find(|l| l.starts_with(&format!("{ma}:{mi} ")))
+            .unwrap_or_else(|| panic!("{when}: no {ma}:{mi} in io.max: {io}"));
+        assert!(line.contains("rbps=1048576"), "{when}: {line}");
+        assert!(line.contains("wiops=300"), "{when}: {line}");
+    };
+    check("after create");
+    systemctl(&["daemon-reload"]);
+    check("after daemon-reload");
+    rt.ok(&["delete", "--force", &id]);
+    assert!(unit_gone(&unit));
+    let _ = Command::new("losetup").args(["-d", &loopdev]).status();
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{blkio_weight_to_io, is_unified, shares_to_weight, Hierarchy};
+use super::{blkio_weight_to_io, devices, is_unified, shares_to_weight, Hierarchy};
 use crate::dbus::{prop, Conn, Value};
 use crate::error::{Error, Result};
 
@@ -239,13 +239,39 @@ pub fn properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
             }),
         ));
     }
-    if let Some(w) = r
-        .block_io()
-        .as_ref()
-        .and_then(|b| b.weight())
-        .filter(|w| *w != 0)
-    {
-        p.push(prop("IOWeight", Value::U64(blkio_weight_to_io(w))));
+    if let Some(b) = r.block_io() {
+        if let Some(w) = b.weight().filter(|w| *w != 0) {
+            p.push(prop("IOWeight", Value::U64(blkio_weight_to_io(w))));
+        }
+        // Per device, by its /dev/block/MAJOR:MINOR name (as systemd resolves it).
+        let dev = |ma: i64, mi: i64| Value::Str(format!("/dev/block/{ma}:{mi}"));
+        let entry = |ma, mi, v: u64| Value::Struct(vec![dev(ma, mi), Value::U64(v)]);
+        if let Some(ws) = b.weight_device().as_ref() {
+            let list: Vec<Value> = ws
+                .iter()
+                .filter_map(|w| {
+                    let v = w.weight().filter(|v| *v != 0)?;
+                    Some(entry(w.major(), w.minor(), blkio_weight_to_io(v)))
+                })
+                .collect();
+            if !list.is_empty() {
+                p.push(prop("IODeviceWeight", Value::Array("(st)".into(), list)));
+            }
+        }
+        for (name, list) in [
+            ("IOReadBandwidthMax", b.throttle_read_bps_device()),
+            ("IOWriteBandwidthMax", b.throttle_write_bps_device()),
+            ("IOReadIOPSMax", b.throttle_read_iops_device()),
+            ("IOWriteIOPSMax", b.throttle_write_iops_device()),
+        ] {
+            if let Some(l) = list.as_ref().filter(|l| !l.is_empty()) {
+                let es = l
+                    .iter()
+                    .map(|t| entry(t.major(), t.minor(), t.rate()))
+                    .collect();
+                p.push(prop(name, Value::Array("(st)".into(), es)));
+            }
+        }
     }
     if let Some(u) = r.unified() {
         let mut keys: Vec<&String> = u.keys().collect();
@@ -277,6 +303,104 @@ pub fn properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
         }
     }
     Ok(p)
+}
+
+/// What a new scope gets: `properties` and the device rules (`device_properties`), which an
+/// update leaves as they are (as runc does).
+pub fn create_properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
+    let mut p = properties(r)?;
+    // (No rules: no device program either, as with the cgroupfs driver.)
+    if let Some(d) = r
+        .and_then(|r| r.devices().as_ref())
+        .filter(|d| !d.is_empty())
+    {
+        p.extend(device_properties(&devices::rules(d)?, &proc_devices()));
+    }
+    Ok(p)
+}
+
+/// The device rules as systemd's DevicePolicy and DeviceAllow. systemd attaches its own eBPF
+/// program for them beside rsrun's (both attached allow-multi, so a device must pass both):
+/// its list only has to allow at least what rsrun's exact program allows, and it stays in
+/// force across a daemon-reload. Rules are read as the program reads them, default deny; a
+/// deny of all or of exactly an earlier allowed device is taken out, and a deny systemd
+/// cannot say (a part of a wildcard) is left to rsrun's program. An allow of everything
+/// leaves systemd's policy at auto. `names` maps (type, major) to the /proc/devices group
+/// systemd names a wildcard minor by (`char-pts`); an unknown major widens to the type.
+pub fn device_properties(rules: &[devices::Rule], names: &[(char, u32, String)]) -> Vec<Value> {
+    use devices::{ACC_MKNOD, ACC_READ, ACC_WRITE};
+    const ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+    let mut allowed: Vec<devices::Rule> = Vec::new();
+    for r in rules {
+        match (r.kind, r.allow) {
+            ('a', true) if r.access == ALL => {
+                return vec![prop("DevicePolicy", Value::Str("auto".into()))]
+            }
+            ('a', true) => {
+                for kind in ['c', 'b'] {
+                    allowed.push(devices::Rule { kind, ..r.clone() });
+                }
+            }
+            ('a', false) if r.access == ALL => allowed.clear(),
+            ('a', false) => allowed.iter_mut().for_each(|e| e.access &= !r.access),
+            (_, true) => allowed.push(r.clone()),
+            (_, false) => {
+                for e in allowed
+                    .iter_mut()
+                    .filter(|e| e.kind == r.kind && e.major == r.major && e.minor == r.minor)
+                {
+                    e.access &= !r.access;
+                }
+            }
+        }
+    }
+    let mut list = Vec::new();
+    for e in allowed.iter().filter(|e| e.access != 0) {
+        let kind = if e.kind == 'b' { "block" } else { "char" };
+        let path = match (e.major, e.minor) {
+            (Some(ma), Some(mi)) => format!("/dev/{kind}/{ma}:{mi}"),
+            (Some(ma), None) => match names.iter().find(|(k, m, _)| *k == e.kind && *m == ma) {
+                Some((_, _, n)) => format!("{kind}-{n}"),
+                None => format!("{kind}-*"),
+            },
+            (None, _) => format!("{kind}-*"),
+        };
+        let mut acc = String::new();
+        for (bit, c) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
+            if e.access & bit != 0 {
+                acc.push(c);
+            }
+        }
+        let entry = Value::Struct(vec![Value::Str(path), Value::Str(acc)]);
+        if !list.contains(&entry) {
+            list.push(entry);
+        }
+    }
+    vec![
+        prop("DevicePolicy", Value::Str("strict".into())),
+        prop("DeviceAllow", Value::Array("(ss)".into(), list)),
+    ]
+}
+
+/// The device groups of /proc/devices: (type, major, name).
+fn proc_devices() -> Vec<(char, u32, String)> {
+    let text = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+    let mut kind = 'c';
+    let mut out = Vec::new();
+    for line in text.lines() {
+        match line.trim() {
+            "Character devices:" => kind = 'c',
+            "Block devices:" => kind = 'b',
+            l => {
+                if let Some((m, n)) = l.split_once(' ') {
+                    if let Ok(m) = m.parse() {
+                        out.push((kind, m, n.trim().to_string()));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// systemd's own socket for direct (peer-to-peer) connections of root.
@@ -481,6 +605,8 @@ pub fn set_properties(unit: &str, props: Vec<Value>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use oci_spec::runtime::LinuxDeviceCgroup;
+
     use super::*;
 
     #[test]
@@ -528,6 +654,95 @@ mod tests {
         assert!(cpuset_mask("3-1", "f").is_err());
         assert!(cpuset_mask("x", "f").is_err());
         assert!(cpuset_mask("0-100000", "f").is_err());
+    }
+
+    #[test]
+    fn io_limits_per_device() {
+        let r: LinuxResources = serde_json::from_value(serde_json::json!({"blockIO": {
+            "weight": 500,
+            "weightDevice": [{"major": 8, "minor": 0, "weight": 100}],
+            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": 253, "minor": 1, "rate": 300}]
+        }}))
+        .unwrap();
+        let p = properties(Some(&r)).unwrap();
+        let get = |n: &str| {
+            p.iter()
+                .find_map(|x| match x {
+                    Value::Struct(f) if f[0].as_str() == Some(n) => Some(format!("{:?}", f[1])),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no {n} in {p:?}"))
+        };
+        assert!(get("IOReadBandwidthMax").contains("\"/dev/block/8:0\"), U64(1048576)"));
+        assert!(get("IOWriteIOPSMax").contains("\"/dev/block/253:1\"), U64(300)"));
+        assert!(get("IODeviceWeight").contains(&format!("U64({})", blkio_weight_to_io(100))));
+        assert!(get("IOWeight").contains(&format!("U64({})", blkio_weight_to_io(500))));
+    }
+
+    #[test]
+    fn device_rules_as_device_allow() {
+        let rule = |allow, kind, major, minor, access: &str| {
+            serde_json::json!({"allow": allow, "type": kind, "major": major, "minor": minor,
+                               "access": access})
+        };
+        let list = |spec: Vec<serde_json::Value>| {
+            let spec: Vec<LinuxDeviceCgroup> =
+                serde_json::from_value(serde_json::Value::Array(spec)).unwrap();
+            let names = vec![('c', 136, "pts".to_string()), ('c', 10, "misc".to_string())];
+            let p = device_properties(&devices::rules(&spec).unwrap(), &names);
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            let mut out = Vec::new();
+            for x in &p {
+                let Value::Struct(f) = x else { panic!() };
+                match (&f[0], &f[1]) {
+                    (n, Value::Variant(v)) if s(n) == "DevicePolicy" => out.push(s(v)),
+                    (n, Value::Variant(v)) if s(n) == "DeviceAllow" => {
+                        let Value::Array(_, es) = &**v else { panic!() };
+                        for e in es {
+                            let Value::Struct(f) = e else { panic!() };
+                            out.push(format!("{} {}", s(&f[0]), s(&f[1])));
+                        }
+                    }
+                    _ => panic!("{x:?}"),
+                }
+            }
+            out
+        };
+        // The kubelet's and containerd's shape: deny all, then allows; the defaults follow.
+        let l = list(vec![
+            rule(false, "a", -1, -1, "rwm"),
+            rule(true, "c", 10, 200, "rwm"),
+            rule(true, "c", 10, -1, "r"),
+            rule(true, "b", 8, 0, "rw"),
+            rule(false, "c", 10, 200, "w"),
+        ]);
+        assert_eq!(l[0], "strict");
+        for want in [
+            "/dev/char/10:200 rm",
+            "char-misc r",
+            "/dev/block/8:0 rw",
+            "char-* m",
+            "block-* m",
+            "/dev/char/1:3 rwm",
+            "char-pts rwm",
+        ] {
+            assert!(l.iter().any(|e| e == want), "{want} not in {l:?}");
+        }
+        // Allowed, then everything denied: only the defaults remain.
+        let l = list(vec![
+            rule(true, "b", 8, 0, "rw"),
+            rule(false, "a", -1, -1, "rwm"),
+        ]);
+        assert!(!l.iter().any(|e| e.contains("block/8:0")), "{l:?}");
+        // Everything allowed: systemd's policy stays auto, rsrun's program does the rest.
+        assert_eq!(list(vec![rule(true, "a", -1, -1, "rwm")]), vec!["auto"]);
+        // An unknown major with any minor widens to the type (rsrun's program is exact).
+        let l = list(vec![
+            rule(false, "a", -1, -1, "rwm"),
+            rule(true, "c", 250, -1, "r"),
+        ]);
+        assert!(l.iter().any(|e| e == "char-* r"), "{l:?}");
     }
 
     #[test]
