@@ -1,13 +1,18 @@
 #!/bin/sh
-# critest with the systemd cgroup driver (run by hand; not a CI stage yet: the OOMKilled spec is
-# racy under this driver, see below — it passed with containerd+rsrun in the first run and failed
-# in the second, 2026-12-03), in ONE boot of the VM that runs systemd as
+# critest with the systemd cgroup driver (CI stage 62, integration/stages/62-systemd-critest.sh),
+# in ONE boot of the VM that runs systemd as
 # PID 1 on pure cgroup v2 (integration/vm/vm-run.sh, RSRUN_VM_INIT=systemd): containerd 1.6 with
 # SystemdCgroup = true and BinaryName = runc (the reference), then = rsrun, compared as in stage
 # 60; then rsrun-cri with cgroup_driver = "systemd", with its own floor as in stage 65. After
 # each critest run, with its server still up, integration/containerd/systemd-check.sh checks
 # that a pod and a container really are scopes of test.slice in systemd and in the kernel, and
 # gone after rmp; the stage fails unless every run's check passed.
+# The containerd runs skip the OOMKilled spec, as containerd's own CI does with the systemd
+# driver (containerd PR #12714): containerd 1.6's shim watches memory.events only from Start on
+# (PR #12405 moved it to Create) and reads it after each change, and systemd removes a scope's
+# cgroup as soon as it empties, so the TaskOOM event is lost at times (runc 0 of 5 runs here,
+# rsrun 3 of 9, 2026-12-03). rsrun-cri's run keeps the spec: rsrun-shim counts OOM kills as the
+# kernel announces them (rsrun::live::OomWatch).
 # critest, crictl, ginkgo and the image inputs are built on the host (run.sh --prepare) and
 # copied into the VM's tmpfs, where containerd's overlay snapshots can live.
 set -eu
@@ -26,19 +31,14 @@ cp -a "$HOSTW/bin" "$HOSTW/image-inputs" \$W/
 export RSRUN_CONTAINERD_WORK=\$W
 hook="sh $PWD/integration/containerd/systemd-check.sh"
 rc=0
-integration/containerd/run.sh --systemd-cgroup --hook "\$hook" \\
-    -r runc=/usr/sbin/runc -r "rsrun=$PWD/target/debug/rsrun" --min-passed 91 \\
+integration/containerd/run.sh --systemd-cgroup --hook "\$hook" -s 'reason OOMKilled' \\
+    -r runc=/usr/sbin/runc -r "rsrun=$PWD/target/debug/rsrun" --min-passed 90 \\
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' \\
     --known-failure '[k8s.io] Idempotence StopContainer should not return an error if not found' \\
     --known-failure '[k8s.io] Idempotence StopPodSandbox should not return an error if not found' || rc=1
 cp \$W/summary.txt "$out/containerd-summary.txt"
-# Known and not fixed yet: with the systemd driver, systemd removes a scope's cgroup as soon as
-# it empties, so whoever reads memory.events after the exit (rsrun-shim; containerd's shim with
-# rsrun in one run of two) may find it gone, and an OOM kill is reported as a plain 137 (Error),
-# not OOMKilled.
 integration/containerd/run.sh --systemd-cgroup --hook "\$hook" --cri "rsrun-cri=$PWD/target/debug/rsrun-cri" \\
-    --min-passed 112 \\
-    --known-failure '[k8s.io] Container OOM runtime should output OOMKilled reason should terminate with exitCode 137 and reason OOMKilled' \\
+    --min-passed 113 \\
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' || rc=1
 cp \$W/summary.txt "$out/cri-summary.txt"
 for l in runc rsrun rsrun-cri; do
