@@ -239,7 +239,11 @@ impl Runtime {
             id: o.id.clone(),
             creator: (me, sys::process_start_time(me).unwrap_or(0)),
             cgroup_paths: cg_paths.clone(),
-            cgroup_owned: cg_paths.iter().filter(|p| !p.exists()).cloned().collect(),
+            // (systemd's scope: owned once systemd made it, below.)
+            cgroup_owned: match &scope {
+                Some(_) => Vec::new(),
+                None => cg_paths.iter().filter(|p| !p.exists()).cloned().collect(),
+            },
             claim: cg_paths.first().map(|p| state::claim_path(&self.root, p)),
             pid: 0,
             start_time: 0,
@@ -274,10 +278,12 @@ impl Runtime {
             }
         })();
         match created {
-            Ok(made) => {
+            // (systemd's scope is the container's only once systemd made it: below.)
+            Ok(made) if scope.is_none() => {
                 cleanup.cgroups = cg_paths.clone();
                 cleanup.owned = made;
             }
+            Ok(_) => {}
             Err(e) if self.rootless && !limits => {
                 crate::log::debug(&format!("rootless: no cgroup of its own: {e}"));
             }
@@ -426,8 +432,10 @@ impl Runtime {
             // (A unit of that name that exists already is refused, and not ours to stop.)
             cgroups::systemd::start_scope(s, pid, unit_props)?;
             cleanup.unit = Some(s.unit.clone());
+            cleanup.cgroups = cg_paths.clone();
             cleanup.owned = cg_paths.clone();
             intent.systemd_unit = Some(s.unit.clone());
+            intent.cgroup_paths = cleanup.cgroups.clone();
             intent.cgroup_owned = cleanup.owned.clone();
             dir.save_intent(&intent)?;
             cgroups::apply(&cleanup.cgroups, resources.as_ref())?;

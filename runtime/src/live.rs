@@ -4,6 +4,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use oci_spec::runtime::LinuxResources;
@@ -27,33 +28,39 @@ pub fn event(kind: &str, id: &str, data: Option<Value>) -> Value {
 /// is gone with the cgroup, and a cgroup can go as soon as its last process exits (systemd
 /// removes a scope's when it empties): a monitor polls `fd` and calls `refresh` when it is
 /// readable and when the container exits, and `killed` keeps the answer after that.
+#[derive(Default)]
 pub struct OomWatch {
     m: Option<Manager>,
     inotify: Option<Inotify>,
-    base: u64,
-    seen: u64,
+    /// (oom_kill, oom) when the watch began, and the highest seen since.
+    base: (u64, u64),
+    seen: (u64, u64),
 }
 
 impl OomWatch {
-    /// Readable when the kernel announced an OOM event (cgroup v2); None on v1, where the
-    /// cgroup stays until the container is deleted.
+    /// Readable when the kernel announced an OOM event (cgroup v2 with the systemd driver);
+    /// None otherwise, where the cgroup stays until the container is deleted.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.inotify.as_ref().map(|i| i.as_fd())
     }
 
-    /// Reads the count again; the highest count seen is kept.
+    /// Reads the counts again; the highest counts seen are kept.
     pub fn refresh(&mut self) {
         if let Some(i) = &self.inotify {
             while matches!(i.read_events(), Ok(ev) if !ev.is_empty()) {}
         }
         if let Some(m) = &self.m {
-            self.seen = self.seen.max(m.oom_kill_count());
+            self.seen.0 = self.seen.0.max(m.oom_kill_count());
+            self.seen.1 = self.seen.1.max(m.oom_event_count());
         }
     }
 
-    /// Whether the OOM killer killed a process of the container since the watch began.
-    pub fn killed(&self) -> bool {
-        self.seen > self.base
+    /// Whether the OOM killer killed a process of the container since the watch began. The
+    /// kernel announces the limit being hit (oom) before it counts the kill (oom_kill), and
+    /// the cgroup may be gone by the next read: an init that died of SIGKILL after an oom
+    /// event counts as killed too.
+    pub fn killed(&self, sigkilled: bool) -> bool {
+        self.seen.0 > self.base.0 || (sigkilled && self.seen.1 > self.base.1)
     }
 }
 
@@ -138,20 +145,34 @@ impl Runtime {
     pub fn oom_watch(&self, id: &str) -> Result<OomWatch> {
         let (saved, _) = self.saved(id)?;
         // (A rootless container may have no cgroup: then no count, and no kills seen.)
-        let m = if saved.cgroup_paths.is_empty() {
-            None
-        } else {
-            Some(Manager::new(&saved.cgroup_paths)?)
+        if saved.cgroup_paths.is_empty() {
+            return Ok(OomWatch::default());
+        }
+        let m = Manager::new(&saved.cgroup_paths)?;
+        // Only where the cgroup can go before the exit is read (systemd's scopes): an
+        // inotify instance per container counts against fs.inotify.max_user_instances.
+        let inotify = match (&saved.systemd_unit, m.oom_events_file()) {
+            (Some(_), Some(f)) => {
+                let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                    .and_then(|i| i.add_watch(&f, AddWatchFlags::IN_MODIFY).map(|_| i));
+                match watch {
+                    Ok(i) => Some(i),
+                    // (No memory controller in the cgroup: no file, and nothing to watch.)
+                    Err(Errno::ENOENT) => None,
+                    Err(e) => {
+                        crate::log::warn(&format!(
+                            "{id}: cannot watch {} ({e}): an OOM kill is seen only if the cgroup is still there at the exit",
+                            f.display()
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
-        let inotify = m.as_ref().and_then(|m| m.oom_events_file()).and_then(|f| {
-            let i = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-            // (No memory controller in the cgroup: no file, and nothing to watch.)
-            i.add_watch(&f, AddWatchFlags::IN_MODIFY).ok()?;
-            Some(i)
-        });
-        let base = m.as_ref().map_or(0, |m| m.oom_kill_count());
+        let base = (m.oom_kill_count(), m.oom_event_count());
         Ok(OomWatch {
-            m,
+            m: Some(m),
             inotify,
             base,
             seen: base,

@@ -314,10 +314,11 @@ impl Monitor {
         std::fs::write(&pid_file, std::process::id().to_string())
             .with_context(|| format!("write {}", pid_file.display()))
             .map_err(undo)?;
-        let oom = rt
-            .oom_watch(&o.id)
-            .with_context(|| format!("container {}: watch its OOM kills", o.id))
-            .map_err(undo)?;
+        // (Without a record to find the cgroup by, no OOM kill can be reported.)
+        let oom = rt.oom_watch(&o.id).unwrap_or_else(|e| {
+            rsrun::log::warn(&format!("container {}: no OOM watch: {e}", o.id));
+            OomWatch::default()
+        });
         // Parsing the config and creating the container allocated much that is free now:
         // an idle shim keeps none of it.
         rsrun::sys::malloc_trim();
@@ -549,7 +550,7 @@ impl Monitor {
             }
         }
         self.oom.refresh();
-        let oom = self.oom.killed();
+        let oom = self.oom.killed(signal == Some(Signal::SIGKILL as i32));
         // The runtime's part goes before the record, so that a reader of the record finds
         // the container's cgroups gone (and no delete of its own racing this one).
         if self.delete_on_exit {

@@ -342,26 +342,7 @@ fn systemd_oom_kill_is_recorded_by_the_shim_though_the_scope_goes_at_exit() {
         mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "bind",
             "source": "/sys/fs/cgroup", "options": ["rbind", "rw"]}));
     });
-    let exit_file = tmp.path().join("exit.json");
-    let out = Command::new(shim_bin())
-        .args(["--id", &id, "--systemd-cgroup", "--root"])
-        .arg(rt.root.path())
-        .arg("--bundle")
-        .arg(&b.dir)
-        .arg("--dir")
-        .arg(tmp.path().join("shim"))
-        .arg("--log-path")
-        .arg(tmp.path().join("ctr.log"))
-        .arg("--exit-file")
-        .arg(&exit_file)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exit_file = shim_create(&rt, &tmp, &id, &b);
     let unit = format!("rsrun-{id}.scope");
     let dir = cg_dir("rsrun.slice/rsrun-oom.slice", &unit);
     assert!(dir.is_dir(), "no scope cgroup {}", dir.display());
@@ -509,4 +490,56 @@ fn systemd_io_limits_per_device_in_the_unit_and_in_the_kernel_across_a_reload() 
     rt.ok(&["delete", "--force", &id]);
     assert!(unit_gone(&unit));
     let _ = Command::new("losetup").args(["-d", &loopdev]).status();
+}
+
+/// rsrun-shim (with the systemd driver) creates container `id` of `b`; returns its exit
+/// file's path.
+fn shim_create(rt: &Rsrun, tmp: &TempDir, id: &str, b: &Bundle) -> PathBuf {
+    let exit_file = tmp.path().join("exit.json");
+    let out = Command::new(shim_bin())
+        .args(["--id", id, "--systemd-cgroup", "--root"])
+        .arg(rt.root.path())
+        .arg("--bundle")
+        .arg(&b.dir)
+        .arg("--dir")
+        .arg(tmp.path().join("shim"))
+        .arg("--log-path")
+        .arg(tmp.path().join("ctr.log"))
+        .arg("--exit-file")
+        .arg(&exit_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exit_file
+}
+
+#[test]
+fn systemd_oom_kill_of_the_init_itself_is_recorded_by_the_shim() {
+    if !systemd_host("systemd_oom_kill_of_the_init_itself_is_recorded_by_the_shim") {
+        return;
+    }
+    // The init is the victim: its death empties the scope at once (critest's OOMKilled spec).
+    for round in 0..3 {
+        let rt = Rsrun::new();
+        let tmp = TempDir::new("sdoomi");
+        let id = unique("sdoomi");
+        let mut b = Bundle::new(&["tail", "/dev/zero"]);
+        b.edit(|c| {
+            c["linux"]["cgroupsPath"] = json!(format!("rsrun-oom.slice:rsrun:{id}"));
+            c["linux"]["resources"] = json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}});
+        });
+        let exit_file = shim_create(&rt, &tmp, &id, &b);
+        rt.ok(&["start", &id]);
+        wait_for("the exit record", || exit_file.exists());
+        let e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&exit_file).unwrap()).unwrap();
+        assert_eq!(e["exit_code"], 137, "round {round}: {e}");
+        assert_eq!(e["oom_killed"], true, "round {round}: {e}");
+        rt.ok(&["delete", "--force", &id]);
+    }
 }

@@ -428,6 +428,15 @@ impl Manager {
         }
     }
 
+    /// How many times the cgroup hit its memory limit with nothing left to reclaim (v2
+    /// memory.events oom; v1 counts only kills).
+    pub fn oom_event_count(&self) -> u64 {
+        match self {
+            Manager::V1(m) => m.oom_kill_count(),
+            Manager::V2(m) => m.oom_events(),
+        }
+    }
+
     /// The file whose changes announce OOM events (v2 memory.events, which the kernel
     /// notifies through inotify); v1 has none of that kind.
     pub fn oom_events_file(&self) -> Option<PathBuf> {

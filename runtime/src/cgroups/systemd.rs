@@ -183,6 +183,22 @@ fn unified_limit(k: &str, v: &str) -> Result<u64> {
 
 /// The unit properties for the limits systemd manages itself (the rest goes to the files).
 pub fn properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
+    properties_for(r, &whole_disk)
+}
+
+/// Whether MAJOR:MINOR is a whole block device of this host (not a partition, nothing
+/// stacked under it).
+fn whole_disk(ma: i64, mi: i64) -> bool {
+    let d = PathBuf::from(format!("/sys/dev/block/{ma}:{mi}"));
+    d.exists()
+        && !d.join("partition").exists()
+        && std::fs::read_dir(d.join("slaves")).map_or(true, |mut r| r.next().is_none())
+}
+
+fn properties_for(
+    r: Option<&LinuxResources>,
+    whole: &dyn Fn(i64, i64) -> bool,
+) -> Result<Vec<Value>> {
     let mut p = Vec::new();
     let Some(r) = r else { return Ok(p) };
     if let Some(m) = r.memory() {
@@ -243,12 +259,16 @@ pub fn properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
         if let Some(w) = b.weight().filter(|w| *w != 0) {
             p.push(prop("IOWeight", Value::U64(blkio_weight_to_io(w))));
         }
-        // Per device, by its /dev/block/MAJOR:MINOR name (as systemd resolves it).
+        // Per device, by its /dev/block/MAJOR:MINOR name. systemd takes a partition or a
+        // stacked device (dm, md) to the disk under it, which would limit another device
+        // than asked: those are left to the io.max/io.weight lines rsrun writes itself.
         let dev = |ma: i64, mi: i64| Value::Str(format!("/dev/block/{ma}:{mi}"));
         let entry = |ma, mi, v: u64| Value::Struct(vec![dev(ma, mi), Value::U64(v)]);
+
         if let Some(ws) = b.weight_device().as_ref() {
             let list: Vec<Value> = ws
                 .iter()
+                .filter(|w| whole(w.major(), w.minor()))
                 .filter_map(|w| {
                     let v = w.weight().filter(|v| *v != 0)?;
                     Some(entry(w.major(), w.minor(), blkio_weight_to_io(v)))
@@ -265,11 +285,21 @@ pub fn properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
             ("IOWriteIOPSMax", b.throttle_write_iops_device()),
         ] {
             if let Some(l) = list.as_ref().filter(|l| !l.is_empty()) {
-                let es = l
+                // (A rate of 0 is no limit, as rsrun writes it to io.max.)
+                let es: Vec<Value> = l
                     .iter()
-                    .map(|t| entry(t.major(), t.minor(), t.rate()))
+                    .filter(|t| whole(t.major(), t.minor()))
+                    .map(|t| {
+                        entry(
+                            t.major(),
+                            t.minor(),
+                            if t.rate() == 0 { u64::MAX } else { t.rate() },
+                        )
+                    })
                     .collect();
-                p.push(prop(name, Value::Array("(st)".into(), es)));
+                if !es.is_empty() {
+                    p.push(prop(name, Value::Array("(st)".into(), es)));
+                }
             }
         }
     }
@@ -662,10 +692,13 @@ mod tests {
             "weight": 500,
             "weightDevice": [{"major": 8, "minor": 0, "weight": 100}],
             "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
-            "throttleWriteIOPSDevice": [{"major": 253, "minor": 1, "rate": 300}]
+            "throttleWriteIOPSDevice": [{"major": 8, "minor": 16, "rate": 300},
+                                        {"major": 253, "minor": 1, "rate": 300}],
+            "throttleWriteBpsDevice": [{"major": 8, "minor": 16, "rate": 0}]
         }}))
         .unwrap();
-        let p = properties(Some(&r)).unwrap();
+        // 253:1 stands for a stacked device (dm): left to rsrun's own io.max line.
+        let p = properties_for(Some(&r), &|ma, _| ma == 8).unwrap();
         let get = |n: &str| {
             p.iter()
                 .find_map(|x| match x {
@@ -675,7 +708,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {n} in {p:?}"))
         };
         assert!(get("IOReadBandwidthMax").contains("\"/dev/block/8:0\"), U64(1048576)"));
-        assert!(get("IOWriteIOPSMax").contains("\"/dev/block/253:1\"), U64(300)"));
+        assert!(get("IOWriteIOPSMax").contains("\"/dev/block/8:16\"), U64(300)"));
+        assert!(!get("IOWriteIOPSMax").contains("253:1"));
+        assert!(get("IOWriteBandwidthMax").contains(&format!("U64({})", u64::MAX)));
         assert!(get("IODeviceWeight").contains(&format!("U64({})", blkio_weight_to_io(100))));
         assert!(get("IOWeight").contains(&format!("U64({})", blkio_weight_to_io(500))));
     }
