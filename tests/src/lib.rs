@@ -160,6 +160,26 @@ impl Bundle {
     }
 }
 
+/// `rsrun-shim` for container `id` of `b` under `rt`'s root, its directory, log and exit file
+/// in `dir` (shim/, ctr.log, exit.json), stdin closed; the caller adds flags and runs it.
+pub fn shim_command(rt: &Rsrun, dir: &Path, id: &str, b: &Bundle) -> Command {
+    let mut c = Command::new(shim_bin());
+    c.arg("--id")
+        .arg(id)
+        .arg("--bundle")
+        .arg(&b.dir)
+        .arg("--dir")
+        .arg(dir.join("shim"))
+        .arg("--log-path")
+        .arg(dir.join("ctr.log"))
+        .arg("--exit-file")
+        .arg(dir.join("exit.json"))
+        .arg("--root")
+        .arg(rt.root.path())
+        .stdin(Stdio::null());
+    c
+}
+
 /// Drives `rsrun` with a private `--root`.
 pub struct Rsrun {
     pub root: TempDir,

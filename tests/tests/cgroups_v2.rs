@@ -578,18 +578,7 @@ fn v2_shim_records_oom() {
     b.edit(|c| c["linux"]["resources"] = json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}}));
     let id = unique("oom");
     let exit = tmp.path().join("exit.json");
-    let out = Command::new(shim_bin())
-        .args(["--id", &id, "--bundle", b.dir.to_str().unwrap()])
-        .arg("--dir")
-        .arg(tmp.path().join("shim"))
-        .arg("--log-path")
-        .arg(tmp.path().join("log"))
-        .arg("--exit-file")
-        .arg(&exit)
-        .arg("--root")
-        .arg(rt.root.path())
-        .output()
-        .unwrap();
+    let out = shim_command(&rt, tmp.path(), &id, &b).output().unwrap();
     assert!(
         out.status.success(),
         "{}",

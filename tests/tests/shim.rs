@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rsrun_tests::*;
@@ -84,21 +84,8 @@ fn shim(b: &Bundle, extra: &[&str]) -> Result<Shimmed, String> {
     let tmp = TempDir::new("shim");
     let rt = Rsrun::new();
     let id = unique("sh");
-    let out = Command::new(shim_bin())
-        .arg("--id")
-        .arg(&id)
-        .arg("--bundle")
-        .arg(&b.dir)
-        .arg("--dir")
-        .arg(tmp.path().join("shim"))
-        .arg("--log-path")
-        .arg(tmp.path().join("ctr.log"))
-        .arg("--exit-file")
-        .arg(tmp.path().join("exit.json"))
-        .arg("--root")
-        .arg(rt.root.path())
+    let out = shim_command(&rt, tmp.path(), &id, b)
         .args(extra)
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     if !out.status.success() {

@@ -495,19 +495,8 @@ fn systemd_io_limits_per_device_in_the_unit_and_in_the_kernel_across_a_reload() 
 /// rsrun-shim (with the systemd driver) creates container `id` of `b`; returns its exit
 /// file's path.
 fn shim_create(rt: &Rsrun, tmp: &TempDir, id: &str, b: &Bundle) -> PathBuf {
-    let exit_file = tmp.path().join("exit.json");
-    let out = Command::new(shim_bin())
-        .args(["--id", id, "--systemd-cgroup", "--root"])
-        .arg(rt.root.path())
-        .arg("--bundle")
-        .arg(&b.dir)
-        .arg("--dir")
-        .arg(tmp.path().join("shim"))
-        .arg("--log-path")
-        .arg(tmp.path().join("ctr.log"))
-        .arg("--exit-file")
-        .arg(&exit_file)
-        .stdin(Stdio::null())
+    let out = shim_command(rt, tmp.path(), id, b)
+        .arg("--systemd-cgroup")
         .output()
         .unwrap();
     assert!(
@@ -515,7 +504,7 @@ fn shim_create(rt: &Rsrun, tmp: &TempDir, id: &str, b: &Bundle) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    exit_file
+    tmp.path().join("exit.json")
 }
 
 #[test]
