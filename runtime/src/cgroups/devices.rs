@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub const ACC_MKNOD: u32 = 1;
 pub const ACC_READ: u32 = 2;
 pub const ACC_WRITE: u32 = 4;
-const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+pub const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
 
 /// One rule: `kind` 'a' (all), 'b' or 'c'; None for a wildcard major/minor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,16 +36,22 @@ impl Rule {
     /// The v1 devices.allow/devices.deny line, e.g. "c 1:3 rwm".
     pub fn v1_line(&self) -> String {
         let n = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
+        let acc = self.access_str();
+        if self.kind == 'a' {
+            return "a".to_string();
+        }
+        format!("{} {}:{} {acc}", self.kind, n(self.major), n(self.minor))
+    }
+
+    /// The access bits as "rwm" letters.
+    pub fn access_str(&self) -> String {
         let mut acc = String::new();
         for (bit, c) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
             if self.access & bit != 0 {
                 acc.push(c);
             }
         }
-        if self.kind == 'a' {
-            return "a".to_string();
-        }
-        format!("{} {}:{} {acc}", self.kind, n(self.major), n(self.minor))
+        acc
     }
 
     fn is_all(&self) -> bool {

@@ -358,8 +358,7 @@ pub fn create_properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
 /// leaves systemd's policy at auto. `names` maps (type, major) to the /proc/devices group
 /// systemd names a wildcard minor by (`char-pts`); an unknown major widens to the type.
 pub fn device_properties(rules: &[devices::Rule], names: &[(char, u32, String)]) -> Vec<Value> {
-    use devices::{ACC_MKNOD, ACC_READ, ACC_WRITE};
-    const ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+    use devices::ACC_ALL as ALL;
     let mut allowed: Vec<devices::Rule> = Vec::new();
     for r in rules {
         match (r.kind, r.allow) {
@@ -395,13 +394,7 @@ pub fn device_properties(rules: &[devices::Rule], names: &[(char, u32, String)])
             },
             (None, _) => format!("{kind}-*"),
         };
-        let mut acc = String::new();
-        for (bit, c) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
-            if e.access & bit != 0 {
-                acc.push(c);
-            }
-        }
-        let entry = Value::Struct(vec![Value::Str(path), Value::Str(acc)]);
+        let entry = Value::Struct(vec![Value::Str(path), Value::Str(e.access_str())]);
         if !list.contains(&entry) {
             list.push(entry);
         }
