@@ -83,6 +83,10 @@ fn sd_fails(rt: &Rsrun, args: &[&str]) -> String {
 
 const MIB: i64 = 1 << 20;
 
+/// The OOM tests one at a time: under the VM's emulated CPUs, a memory hog of one starves the
+/// shim of the other of the CPU it needs to read memory.events before systemd removes the scope.
+static OOM_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A detached `sleep` in `slice:rsrun:ID` with limits; returns (ID, unit, its cgroup).
 fn limited(rt: &Rsrun, slice: &str, slice_path: &str) -> (String, String, PathBuf, Bundle) {
     let id = unique("sd");
@@ -316,6 +320,7 @@ fn systemd_oom_kill_is_recorded_by_the_shim_though_the_scope_goes_at_exit() {
     if !systemd_host("systemd_oom_kill_is_recorded_by_the_shim_though_the_scope_goes_at_exit") {
         return;
     }
+    let _one = OOM_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     // The OOM killer takes `tail`; then the init leaves the scope for a cgroup of the
     // test's, lives on there and exits 0. systemd removes the scope's cgroup (and its
     // memory.events) as soon as it is empty, before the exit, as it does when a container's
@@ -512,6 +517,7 @@ fn systemd_oom_kill_of_the_init_itself_is_recorded_by_the_shim() {
     if !systemd_host("systemd_oom_kill_of_the_init_itself_is_recorded_by_the_shim") {
         return;
     }
+    let _one = OOM_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     // The init is the victim: its death empties the scope at once (critest's OOMKilled spec).
     for round in 0..3 {
         let rt = Rsrun::new();
