@@ -654,26 +654,36 @@ def s16_exec_portforward_cp_logrotation():
     uid = p["metadata"]["uid"]
     d = os.path.join(RUN_DIR, "pod-logs", "default_logger_%s" % uid, "main")
 
-    def all_written():
-        return "line %06d" % lines in kubectl("logs", "logger", "--tail", "1").stdout
-    wait("the logger's last line", all_written, timeout=120)
-    time.sleep(3)
-    files = sorted(os.listdir(d))
-    log("log files: %s" % files)
-    check(len(files) >= 2, "the kubelet did not rotate: %r" % files)
-
     def content(f):
         raw = open(os.path.join(d, f), "rb").read()
         return gzip.decompress(raw) if f.endswith(".gz") else raw
 
-    # rotated files are NAME.TIMESTAMP(.gz), the current one NAME; oldest first
-    order = sorted((f for f in files if f != "0.log"), key=lambda f: f.split(".log.")[1]) + ["0.log"]
-    got = []
-    for f in order:
-        for l in content(f).decode().splitlines():
-            m = re.search(r" stdout F line (\d+) ", l)
-            if m:
-                got.append(int(m.group(1)))
+    def logged():
+        """The line numbers in the log files, oldest file first, or None while the kubelet is
+        between two steps of a rotation. Not `kubectl logs`: it reads the current file only, and
+        the kubelet may rotate once more after the last line, leaving that file empty."""
+        files = sorted(os.listdir(d))
+        if ("0.log" not in files or any(f.endswith(".tmp") for f in files)
+                or any(f + ".gz" in files for f in files)):  # compressed, the original not yet removed
+            return None
+        # rotated files are NAME.TIMESTAMP(.gz), the current one NAME; oldest first
+        order = sorted((f for f in files if f != "0.log"), key=lambda f: f.split(".log.")[1]) + ["0.log"]
+        got = []
+        try:
+            for f in order:
+                for l in content(f).decode().splitlines():
+                    m = re.search(r" stdout F line (\d+) ", l)
+                    if m:
+                        got.append(int(m.group(1)))
+        except (FileNotFoundError, EOFError):  # rotated or compressed while read
+            return None
+        return files, got
+
+    wait("the logger's last line", lambda: (r := logged()) is not None and lines in r[1], timeout=120)
+    time.sleep(3)
+    files, got = wait("the log files", logged, timeout=30)
+    log("log files: %s" % files)
+    check(len(files) >= 2, "the kubelet did not rotate: %r" % files)
     check(got == list(range(1, lines + 1)), "lines lost or repeated across rotation: %d lines, first gap near %s"
           % (len(got), next((i + 1 for i, v in enumerate(got) if v != i + 1), None)))
     delete("kiada-tools", "logger")
