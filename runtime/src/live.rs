@@ -28,6 +28,10 @@ pub fn event(kind: &str, id: &str, data: Option<Value>) -> Value {
 /// is gone with the cgroup, and a cgroup can go as soon as its last process exits (systemd
 /// removes a scope's when it empties): a monitor polls `fd` and calls `refresh` when it is
 /// readable and when the container exits, and `killed` keeps the answer after that.
+///
+/// When even that comes too late (the monitor starved of CPU while systemd removed the
+/// emptied cgroup), `killed` asks the kernel's log: each OOM kill is printed there with the
+/// victim's cgroup (`oom-kill:...,task_memcg=PATH,task=...`).
 #[derive(Default)]
 pub struct OomWatch {
     m: Option<Manager>,
@@ -35,6 +39,10 @@ pub struct OomWatch {
     /// (oom_kill, oom) when the watch began, and the highest seen since.
     base: (u64, u64),
     seen: (u64, u64),
+    /// The cgroup's path in its hierarchy (as the kernel prints it) and the CLOCK_MONOTONIC
+    /// time in µs when the watch began: what a kernel log record must match (set with
+    /// `inotify`).
+    kmsg: Option<(String, u64)>,
 }
 
 impl OomWatch {
@@ -60,8 +68,103 @@ impl OomWatch {
     /// the cgroup may be gone by the next read: an init that died of SIGKILL after an oom
     /// event counts as killed too.
     pub fn killed(&self, sigkilled: bool) -> bool {
-        self.seen.0 > self.base.0 || (sigkilled && self.seen.1 > self.base.1)
+        if self.seen.0 > self.base.0 || (sigkilled && self.seen.1 > self.base.1) {
+            return true;
+        }
+        // The files are gone with the cgroup before they could be read: the kernel's log.
+        match (&self.kmsg, &self.m) {
+            (Some((cgroup, since)), Some(m)) if sigkilled => {
+                m.oom_events_file().is_some_and(|f| !f.exists())
+                    && kmsg_oom_kill(cgroup, since.saturating_sub(KMSG_SLACK_US))
+            }
+            _ => false,
+        }
     }
+}
+
+/// How far before the watch began a kernel log record may be stamped and still count: the
+/// log's clock (local_clock) and CLOCK_MONOTONIC drift apart by a little.
+const KMSG_SLACK_US: u64 = 1_000_000;
+
+fn monotonic_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0)
+}
+
+/// Whether /dev/kmsg holds an OOM kill of a process in `cgroup` (a path in its hierarchy,
+/// "/a/b.scope") or below it, stamped at or after `since` (µs): the kill its memory.events
+/// would have counted. False when the log cannot be read or no longer holds the record.
+fn kmsg_oom_kill(cgroup: &str, since: u64) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    {
+        Ok(f) => f,
+        Err(e) => {
+            crate::log::warn(&format!("cannot read /dev/kmsg for OOM kills ({e})"));
+            return false;
+        }
+    };
+    // One record per read; the kernel's records are at most 1 KiB of text plus their
+    // dictionary.
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                if kmsg_record_is_oom_kill(&String::from_utf8_lossy(&buf[..n]), cgroup, since) {
+                    return true;
+                }
+            }
+            // EPIPE: records were overwritten under the reader; the next read goes on.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            // EAGAIN: the end of the log.
+            Err(_) => return false,
+        }
+    }
+}
+
+/// One /dev/kmsg record, "PRIO,SEQ,TIME_US,FLAGS;oom-kill:...,task_memcg=PATH,task=NAME,..."
+/// (the message's first line; dictionary lines follow).
+fn kmsg_record_is_oom_kill(rec: &str, cgroup: &str, since: u64) -> bool {
+    let Some((head, msg)) = rec.split_once(';') else {
+        return false;
+    };
+    let Some(msg) = msg.lines().next().and_then(|m| m.strip_prefix("oom-kill:")) else {
+        return false;
+    };
+    let Some(ts) = head.split(',').nth(2).and_then(|t| t.parse::<u64>().ok()) else {
+        return false;
+    };
+    // The victim's cgroup, where memory.events counts the kill (whichever limit was hit).
+    let Some(memcg) = msg
+        .split_once(",task_memcg=")
+        .and_then(|(_, r)| r.rsplit_once(",task=").map(|(m, _)| m))
+    else {
+        return false;
+    };
+    let cgroup = cgroup.trim_end_matches('/');
+    ts >= since
+        && !cgroup.is_empty()
+        && (memcg == cgroup
+            || memcg
+                .strip_prefix(cgroup)
+                .is_some_and(|r| r.starts_with('/')))
+}
+
+/// A cgroup v2 directory's path in its hierarchy ("/test.slice/x.scope"), as the kernel
+/// names cgroups in its log.
+fn hierarchy_path(dir: &std::path::Path) -> Option<String> {
+    let h = crate::cgroups::hierarchies().ok()?;
+    let h = h.iter().find(|h| h.v2 && dir.starts_with(&h.mountpoint))?;
+    let rel = dir.strip_prefix(&h.mountpoint).ok()?;
+    let root = std::path::Path::new(if h.root.is_empty() { "/" } else { &h.root });
+    Some(root.join(rel).to_string_lossy().into_owned())
 }
 
 impl Runtime {
@@ -170,12 +273,18 @@ impl Runtime {
             }
             _ => None,
         };
+        let kmsg = inotify
+            .as_ref()
+            .and_then(|_| m.oom_events_file())
+            .and_then(|f| hierarchy_path(f.parent()?))
+            .map(|p| (p, monotonic_us()));
         let base = (m.oom_kill_count(), m.oom_event_count());
         Ok(OomWatch {
             m: Some(m),
             inotify,
             base,
             seen: base,
+            kmsg,
         })
     }
 
@@ -231,5 +340,62 @@ impl Runtime {
             }
             std::thread::sleep(Duration::from_millis(100).min(interval));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kmsg_record_is_oom_kill;
+
+    // As the kernel prints them (mm/oom_kill.c dump_oom_victim), a memcg and a global OOM.
+    const MEMCG: &str = "6,1523,5000000,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),\
+cpuset=rsrun-a.scope,mems_allowed=0-1,oom_memcg=/t.slice/rsrun-a.scope,\
+task_memcg=/t.slice/rsrun-a.scope/sub,task=tail,pid=1234,uid=0\n SUBSYSTEM=x\n";
+    const GLOBAL: &str = "6,9,7000000,-;oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),\
+cpuset=/,mems_allowed=0,global_oom,task_memcg=/t.slice/rsrun-b.scope,task=x,pid=9,uid=0\n";
+
+    #[test]
+    fn a_kill_counts_for_the_victims_cgroup_and_its_ancestors_only() {
+        assert!(kmsg_record_is_oom_kill(MEMCG, "/t.slice/rsrun-a.scope", 0));
+        assert!(kmsg_record_is_oom_kill(MEMCG, "/t.slice/rsrun-a.scope/", 0));
+        assert!(kmsg_record_is_oom_kill(
+            MEMCG,
+            "/t.slice/rsrun-a.scope/sub",
+            0
+        ));
+        assert!(!kmsg_record_is_oom_kill(MEMCG, "/t.slice/rsrun-a.scop", 0));
+        assert!(!kmsg_record_is_oom_kill(MEMCG, "/t.slice/rsrun-b.scope", 0));
+        assert!(!kmsg_record_is_oom_kill(MEMCG, "", 0));
+        assert!(kmsg_record_is_oom_kill(GLOBAL, "/t.slice/rsrun-b.scope", 0));
+    }
+
+    #[test]
+    fn a_kill_before_the_watch_or_another_message_does_not_count() {
+        assert!(!kmsg_record_is_oom_kill(
+            MEMCG,
+            "/t.slice/rsrun-a.scope",
+            5_000_001
+        ));
+        assert!(kmsg_record_is_oom_kill(
+            MEMCG,
+            "/t.slice/rsrun-a.scope",
+            5_000_000
+        ));
+        let other = MEMCG.replace("oom-kill:", "not-oom:");
+        assert!(!kmsg_record_is_oom_kill(
+            &other,
+            "/t.slice/rsrun-a.scope",
+            0
+        ));
+        assert!(!kmsg_record_is_oom_kill(
+            "garbage",
+            "/t.slice/rsrun-a.scope",
+            0
+        ));
+        assert!(!kmsg_record_is_oom_kill(
+            "6,1,x,-;oom-kill:,task_memcg=/a,task=b",
+            "/a",
+            0
+        ));
     }
 }

@@ -538,3 +538,37 @@ fn systemd_oom_kill_of_the_init_itself_is_recorded_by_the_shim() {
         rt.ok(&["delete", "--force", &id]);
     }
 }
+
+#[test]
+fn systemd_oom_kill_read_only_after_the_scope_went_comes_from_the_kernel_log() {
+    let test = "systemd_oom_kill_read_only_after_the_scope_went_comes_from_the_kernel_log";
+    if !systemd_host(test) {
+        return;
+    }
+    let _one = OOM_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    // The race a starved monitor loses: the init is OOM-killed, systemd removes the emptied
+    // scope's cgroup, and only then does the monitor read. Here the watch reads nothing until
+    // the cgroup is gone; a container SIGKILLed without any OOM is the control.
+    let rt = Rsrun::new();
+    let lib = rsrun::Runtime::new(rt.root.path(), false);
+    for (oom, argv) in [(true, ["tail", "/dev/zero"]), (false, ["sleep", "1000"])] {
+        let id = unique("sdoomk");
+        let mut b = Bundle::new(&argv);
+        b.edit(|c| {
+            c["linux"]["cgroupsPath"] = json!(format!("rsrun-oom.slice:rsrun:{id}"));
+            c["linux"]["resources"] = json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}});
+        });
+        sd(&rt, &["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+        let dir = cg_dir("rsrun.slice/rsrun-oom.slice", &format!("rsrun-{id}.scope"));
+        assert!(dir.join("memory.events").exists(), "{}", dir.display());
+        let watch = lib.oom_watch(&id).expect("the OOM watch");
+        sd(&rt, &["start", &id]);
+        if !oom {
+            sd(&rt, &["kill", &id, "KILL"]);
+        }
+        wait_for("the scope's cgroup to go", || !dir.exists());
+        assert_eq!(watch.killed(true), oom, "{argv:?}: the kernel log");
+        assert!(!watch.killed(false), "{argv:?}: not killed by SIGKILL");
+        sd(&rt, &["delete", "--force", &id]);
+    }
+}
