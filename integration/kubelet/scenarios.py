@@ -230,12 +230,13 @@ def s02_two_containers_share_network():
 def s03_restart_and_crashloop():
     """A container that exits non-zero restarts (restartPolicy Always); the restart count rises;
     --previous logs are the earlier run's; the back-off grows (CrashLoopBackOff)."""
+    # each run notes when it started (the kernel's uptime, which the container shares) in the
+    # emptyDir, which outlives the runs and the kubelet's garbage collection of dead ones
     script = ("n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; "
-              "echo \"run $n\"; exit 3")
+              "cut -d' ' -f1 /proc/uptime >> /data/starts; echo \"run $n\"; exit 3")
     create(pod_manifest("crasher", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", script],
                                      "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
                         volumes=[{"name": "data", "emptyDir": {}}]))
-    starts = {}
     seen_backoff = [False]
 
     def progress():
@@ -243,9 +244,6 @@ def s03_restart_and_crashloop():
         c = cstatus(p, "main") if p else {}
         if c.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff":
             seen_backoff[0] = True
-        t = c.get("lastState", {}).get("terminated")
-        if t:
-            starts[t["containerID"]] = t
         return c if c.get("restartCount", 0) >= 3 and seen_backoff[0] else None
 
     c = wait("three restarts and CrashLoopBackOff", progress, timeout=150)
@@ -267,9 +265,12 @@ def s03_restart_and_crashloop():
     c, prev = wait("a steady status to read --previous against", previous, timeout=60, every=1)
     n = c["restartCount"] + (0 if "running" in c["state"] else 1)
     check(prev == "run %d" % n, "--previous logs %r with status %r (want 'run %d')" % (prev, c, n))
-    # the runs' start times as the runtime reported them: the gaps grow (10 s, 20 s, ...)
-    runs = sorted((timestamp(v["startedAt"]), k) for k, v in starts.items())  # one per run
-    gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:])]
+    # the runs' start times as each run saw them: the gaps grow (10 s, 20 s, ...). (Not the
+    # lastState of polled statuses: a poll can miss a run, and the kubelet keeps one dead one.)
+    uid = get_pod("crasher")["metadata"]["uid"]
+    f = os.path.join(RUN_DIR, "kubelet", "pods", uid, "volumes", "kubernetes.io~empty-dir", "data", "starts")
+    runs = [float(x) for x in open(f).read().split()]
+    gaps = [round(b - a, 2) for a, b in zip(runs, runs[1:])]
     log("restart gaps: %s s" % gaps)
     check(len(gaps) >= 2 and gaps[-1] > gaps[0] * 1.5, "the back-off does not grow: gaps %r" % gaps)
     delete("crasher")
