@@ -17,7 +17,7 @@
 # copied into the VM's tmpfs, where containerd's overlay snapshots can live.
 # Each critest run takes 7-11 min under TCG (the host's speed varies from machine to machine):
 # critest's default limit of 480 s cut every run short on a slower host (2026-12-03), so each
-# run gets 900 s, and the VM 55 min for the three.
+# run gets 1200 s (containerd+runc took 775-810 s on such a host), and the VM 70 min.
 set -eu
 cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
 command -v go >/dev/null 2>&1 || { echo "go is required (critest is built from the Go module proxy)"; exit 1; }
@@ -34,13 +34,13 @@ cp -a "$HOSTW/bin" "$HOSTW/image-inputs" \$W/
 export RSRUN_CONTAINERD_WORK=\$W
 hook="sh $PWD/integration/containerd/systemd-check.sh"
 rc=0
-integration/containerd/run.sh --systemd-cgroup --hook "\$hook" -s 'reason OOMKilled' -t 900 \\
+integration/containerd/run.sh --systemd-cgroup --hook "\$hook" -s 'reason OOMKilled' -t 1200 \\
     -r runc=/usr/sbin/runc -r "rsrun=$PWD/target/debug/rsrun" --min-passed 90 \\
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' \\
     --known-failure '[k8s.io] Idempotence StopContainer should not return an error if not found' \\
     --known-failure '[k8s.io] Idempotence StopPodSandbox should not return an error if not found' || rc=1
 cp \$W/summary.txt "$out/containerd-summary.txt"
-integration/containerd/run.sh --systemd-cgroup --hook "\$hook" -t 900 --cri "rsrun-cri=$PWD/target/debug/rsrun-cri" \\
+integration/containerd/run.sh --systemd-cgroup --hook "\$hook" -t 1200 --cri "rsrun-cri=$PWD/target/debug/rsrun-cri" \\
     --min-passed 113 \\
     --known-failure '[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]' || rc=1
 cp \$W/summary.txt "$out/cri-summary.txt"
@@ -54,5 +54,5 @@ for l in runc rsrun rsrun-cri; do
 done
 exit \$rc
 VM
-RSRUN_VM_MEM=${RSRUN_VM_MEM:-6G} RSRUN_VM_INIT=systemd RSRUN_VM_TIMEOUT=${RSRUN_VM_TIMEOUT:-3300} \
+RSRUN_VM_MEM=${RSRUN_VM_MEM:-6G} RSRUN_VM_INIT=systemd RSRUN_VM_TIMEOUT=${RSRUN_VM_TIMEOUT:-4200} \
     integration/vm/vm-run.sh "sh $out/in-vm.sh"
