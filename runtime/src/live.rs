@@ -39,10 +39,9 @@ pub struct OomWatch {
     /// (oom_kill, oom) when the watch began, and the highest seen since.
     base: (u64, u64),
     seen: (u64, u64),
-    /// The cgroup's path in its hierarchy (as the kernel prints it) and the CLOCK_MONOTONIC
-    /// time in µs when the watch began: what a kernel log record must match (set with
-    /// `inotify`).
-    kmsg: Option<(String, u64)>,
+    /// The CLOCK_MONOTONIC time in µs when the watch began, after which a kernel log record
+    /// must be stamped (set with `inotify`).
+    since_us: Option<u64>,
 }
 
 impl OomWatch {
@@ -71,14 +70,20 @@ impl OomWatch {
         if self.seen.0 > self.base.0 || (sigkilled && self.seen.1 > self.base.1) {
             return true;
         }
-        // The files are gone with the cgroup before they could be read: the kernel's log.
-        match (&self.kmsg, &self.m) {
-            (Some((cgroup, since)), Some(m)) if sigkilled => {
-                m.oom_events_file().is_some_and(|f| !f.exists())
-                    && kmsg_oom_kill(cgroup, since.saturating_sub(KMSG_SLACK_US))
-            }
-            _ => false,
-        }
+        // The files are gone with the cgroup before they could be read: the kernel's log,
+        // which names the cgroup by its path in the hierarchy (worked out only here, on
+        // this rare path).
+        let (Some(since), Some(f)) = (
+            self.since_us,
+            self.m.as_ref().and_then(|m| m.oom_events_file()),
+        ) else {
+            return false;
+        };
+        sigkilled
+            && !f.exists()
+            && f.parent()
+                .and_then(hierarchy_path)
+                .is_some_and(|cg| kmsg_oom_kill(&cg, since.saturating_sub(KMSG_SLACK_US)))
     }
 }
 
@@ -273,18 +278,14 @@ impl Runtime {
             }
             _ => None,
         };
-        let kmsg = inotify
-            .as_ref()
-            .and_then(|_| m.oom_events_file())
-            .and_then(|f| hierarchy_path(f.parent()?))
-            .map(|p| (p, monotonic_us()));
+        let since_us = inotify.as_ref().map(|_| monotonic_us());
         let base = (m.oom_kill_count(), m.oom_event_count());
         Ok(OomWatch {
             m: Some(m),
             inotify,
             base,
             seen: base,
-            kmsg,
+            since_us,
         })
     }
 
