@@ -2,6 +2,7 @@
 //! image filesystem figures. The store is synchronous (blocking I/O, its own locks): every
 //! call runs on tokio's blocking pool.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rsrun_image::{Credentials, ImageRecord, ImageStore, PullOptions};
@@ -12,6 +13,53 @@ use crate::error::image_status;
 
 pub struct Images {
     pub store: Arc<ImageStore>,
+    pub gc: Arc<Collector>,
+}
+
+/// Frees the blobs and snapshots of removed images (`ImageStore::collect`) after the call
+/// that removed them has answered, as containerd's garbage collector does: on the blocking
+/// pool, one sweep at a time, and one more if asked again meanwhile. The sweep takes the
+/// store's exclusive lock, so it waits for pulls and rootfs creations in flight.
+pub struct Collector {
+    store: Arc<ImageStore>,
+    running: AtomicBool,
+    again: AtomicBool,
+}
+
+impl Collector {
+    pub fn new(store: Arc<ImageStore>) -> Arc<Self> {
+        Arc::new(Collector {
+            store,
+            running: AtomicBool::new(false),
+            again: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks for a sweep (needs a tokio runtime).
+    pub fn request(self: &Arc<Self>) {
+        self.again.store(true, Ordering::SeqCst);
+        if self.running.swap(true, Ordering::SeqCst) {
+            return; // the running sweep sees `again` and goes round once more
+        }
+        let gc = self.clone();
+        tokio::task::spawn_blocking(move || loop {
+            gc.again.store(false, Ordering::SeqCst);
+            match gc.store.collect() {
+                Ok(st) if st.blobs_removed + st.snapshots_removed > 0 => tracing::info!(
+                    blobs = st.blobs_removed,
+                    snapshots = st.snapshots_removed,
+                    bytes = st.bytes_freed,
+                    "freed the storage of removed images"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!("freeing the storage of removed images: {e}"),
+            }
+            gc.running.store(false, Ordering::SeqCst);
+            if !gc.again.load(Ordering::SeqCst) || gc.running.swap(true, Ordering::SeqCst) {
+                break;
+            }
+        });
+    }
 }
 
 fn to_cri(r: &ImageRecord) -> api::Image {
@@ -185,7 +233,11 @@ impl ImageService for Images {
         let name = named(req.into_inner().image, "RemoveImage")?;
         let store = self.store.clone();
         // Removing a missing image succeeds (the CRI asks for idempotence).
-        blocking(move || store.remove(&name).map_err(image_status)).await?;
+        let removed = blocking(move || store.remove(&name).map_err(image_status)).await?;
+        if removed {
+            // Its blobs and layers go after the answer (those a container still uses stay).
+            self.gc.request();
+        }
         Ok(Response::new(api::RemoveImageResponse {}))
     }
 

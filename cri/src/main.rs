@@ -106,6 +106,7 @@ async fn serve(o: Opts) -> Result<()> {
     tracing::info!(socket = %o.socket.display(), root = %o.root.display(), state = %o.state.display(), "serving CRI v1");
 
     let store = Arc::new(store);
+    let gc = image_service::Collector::new(store.clone());
     let shim = match o.shim.clone() {
         Some(p) => p,
         None => std::env::current_exe()
@@ -123,6 +124,7 @@ async fn serve(o: Opts) -> Result<()> {
     let runtime = runtime_service::Runtime {
         pod_cidr: Default::default(),
         images: store.clone(),
+        image_gc: gc.clone(),
         runtime_root: o.state.join("runtime"),
         state: o.state.clone(),
         shim,
@@ -161,9 +163,11 @@ async fn serve(o: Opts) -> Result<()> {
         // Serve anyway: the kubelet's stop and remove calls retry the cleanup.
         Err(e) => tracing::error!("cleaning up after a killed server: {}", e.message()),
     }
+    // What a server killed between an image's removal and its sweep left.
+    gc.request();
     let runtime = Arc::new(runtime);
     tokio::spawn(events::watch_exits(runtime.clone()));
-    let images = image_service::Images { store };
+    let images = image_service::Images { store, gc };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

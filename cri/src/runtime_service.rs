@@ -62,6 +62,9 @@ pub struct Runtime {
     /// down, by pod (RemovePodSandbox waits for them): `remove`.
     pub releases:
         std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Frees removed images' storage; asked again when the last container of an image that
+    /// was removed meanwhile lets its layers go.
+    pub image_gc: Arc<crate::image_service::Collector>,
 }
 
 /// Merges the JSON object `new` into `into`, recursively.
@@ -234,9 +237,13 @@ impl Runtime {
         // time). A server killed meanwhile finds a rootfs no record names and removes it at
         // start (recover.rs); RemovePodSandbox waits for its pod's releases.
         let id = r.id.clone();
+        let (image_ref, gc) = (r.image_ref.clone(), self.image_gc.clone());
         let release = tokio::task::spawn_blocking(move || {
             if let Err(e) = release_storage(&images, &id, &vols, &dir) {
                 tracing::error!(container = %id, "release of the container's storage: {e}");
+            } else if matches!(images.get(&image_ref), Ok(None)) {
+                // Its image was removed while it ran: the layers it held can go now.
+                gc.request();
             }
         });
         {

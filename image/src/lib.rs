@@ -140,6 +140,18 @@ impl ImageStore {
     /// Deletes blobs and snapshots that no image and no container rootfs references, and
     /// everything interrupted pulls left behind.
     pub fn prune(&self) -> Result<PruneStats> {
+        self.sweep(true)
+    }
+
+    /// Deletes the blobs and snapshots that no image and no container rootfs references any
+    /// more: what `remove` leaves (as containerd's garbage collector after an image delete).
+    /// Unlike `prune`, it leaves the temporary and container directories alone, so it may
+    /// run beside a server that removes containers.
+    pub fn collect(&self) -> Result<PruneStats> {
+        self.sweep(false)
+    }
+
+    fn sweep(&self, everything: bool) -> Result<PruneStats> {
         let _gc = self.store.gc_lock_exclusive()?;
         let db = self.store.load_db()?;
         let rootfs = self.store.rootfs_records()?;
@@ -169,13 +181,18 @@ impl ImageStore {
                     continue;
                 }
                 let p = e.path();
-                *st_bytes += disk_usage(&p).0;
-                if p.is_dir() {
+                let bytes = disk_usage(&p).0;
+                match if p.is_dir() {
                     fs::remove_dir_all(&p)
                 } else {
                     fs::remove_file(&p)
+                } {
+                    Ok(()) => {}
+                    // Gone meanwhile (removed by another sweep): nothing freed here.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("removing", p, e)),
                 }
-                .ctx("removing", &p)?;
+                *st_bytes += bytes;
                 *count += 1;
             }
             Ok(())
@@ -193,20 +210,22 @@ impl ImageStore {
             &mut s,
             &mut bytes,
         )?;
-        sweep(&root.join("ingest"), &|_| false, &mut t, &mut bytes)?;
-        sweep(&root.join("tmp"), &|_| false, &mut t, &mut bytes)?;
-        sweep(&root.join("locks"), &|_| false, &mut 0, &mut 0)?;
-        // Half-created container dirs (no record) that are not mounted.
-        let live: HashSet<&str> = rootfs.iter().map(|r| r.id.as_str()).collect();
-        sweep(
-            &self.store.containers_dir(),
-            &|n| {
-                live.contains(n)
-                    || mount::is_mounted(&self.store.containers_dir().join(n).join("rootfs"))
-            },
-            &mut t,
-            &mut bytes,
-        )?;
+        if everything {
+            sweep(&root.join("ingest"), &|_| false, &mut t, &mut bytes)?;
+            sweep(&root.join("tmp"), &|_| false, &mut t, &mut bytes)?;
+            sweep(&root.join("locks"), &|_| false, &mut 0, &mut 0)?;
+            // Half-created container dirs (no record) that are not mounted.
+            let live: HashSet<&str> = rootfs.iter().map(|r| r.id.as_str()).collect();
+            sweep(
+                &self.store.containers_dir(),
+                &|n| {
+                    live.contains(n)
+                        || mount::is_mounted(&self.store.containers_dir().join(n).join("rootfs"))
+                },
+                &mut t,
+                &mut bytes,
+            )?;
+        }
         st.blobs_removed = b;
         st.snapshots_removed = s;
         st.temp_removed = t;

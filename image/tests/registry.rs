@@ -149,21 +149,27 @@ fn pull_unpack_and_copy_on_write_rootfs() {
     assert!(ro.join("bin/busybox").exists());
     let e = std::fs::write(ro.join("tmp/y"), b"y").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-    // prune keeps what containers and images use
+    // collect (what rsrun-cri runs after RemoveImage) keeps what containers and images use,
+    // and leaves temporary entries to prune
+    std::fs::create_dir_all(t.path().join("tmp")).unwrap();
+    std::fs::write(t.path().join("tmp/left-by-a-pull"), b"x").unwrap();
     store.remove(img.id.as_str()).unwrap();
-    let p = store.prune().unwrap();
+    let p = store.collect().unwrap();
     assert_eq!(
         p.snapshots_removed, 0,
         "container rootfs still references the snapshots"
     );
     assert!(p.blobs_removed >= 5, "{p:?}");
+    assert!(t.path().join("tmp/left-by-a-pull").exists());
     store.remove_rootfs("c1").unwrap();
     store.remove_rootfs("c2").unwrap();
     store.remove_rootfs("c2").unwrap(); // missing is fine
     assert!(!root.exists());
-    let p = store.prune().unwrap();
+    let p = store.collect().unwrap();
     assert_eq!(p.snapshots_removed, 3);
     assert!(snapshots(t.path()).is_empty());
+    assert_eq!(store.prune().unwrap().temp_removed, 1);
+    assert!(!t.path().join("tmp/left-by-a-pull").exists());
     let fs = store.fs_info().unwrap();
     assert!(fs.used_bytes < 100_000, "{fs:?}");
 }

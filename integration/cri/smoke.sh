@@ -385,7 +385,18 @@ ok "bad user namespace mapping: InvalidArgument naming the field"
 
 c rmi busybox >/dev/null || fail "rmi: $(cat "$R/crictl.err")"
 [ -z "$(c images -q)" ] || fail "image left after rmi: $(c images)"
-ok "rmi"
+# The image's storage is freed after the answer: no blob and no layer snapshot left in the
+# store, and ImageFsInfo back to what it was before the pull.
+store_left() { find "$R/root/images/$1" -mindepth 1 -maxdepth 1 | wc -l; }
+wait_store() { # DIR COUNT-TEST WHAT
+    for _ in $(seq 100); do [ "$(store_left "$1")" "$2" 0 ] && return 0; sleep 0.1; done
+    fail "$3: $(ls "$R/root/images/$1")"
+}
+wait_store blobs/sha256 -eq "blobs left 10 s after rmi"
+wait_store snapshots -eq "layer snapshots left 10 s after rmi"
+used_end=$(c imagefsinfo -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["imageFilesystems"][0]["usedBytes"]["value"])')
+[ "$used_end" -le $((used_before + 65536)) ] || fail "ImageFsInfo after rmi: $used_end bytes, $used_before before the pull"
+ok "rmi (blobs and layers freed: ImageFsInfo $used_after -> $used_end bytes)"
 if c pull busybox:no-such-tag >/dev/null; then fail "pull of a missing image succeeded"; fi
 grep -q 'code = NotFound.*no-such-tag' "$R/crictl.err" || fail "the pull error is not NotFound naming the image: $(cat "$R/crictl.err")"
 ok "missing image: $(tail -n1 "$R/crictl.err" | cut -c1-160)"
@@ -417,6 +428,14 @@ c2 rmp -af >/dev/null || fail "second server: rmp -a: $(cat "$R/crictl.err")"
 [ "$(c inspect -o json "$k1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
     || fail "the first server's container did not survive the second's rmp -a"
 kill "$cri2"; wait "$cri2" 2>/dev/null || true; cri2=
-c stopp "$p1" >/dev/null && c rmp "$p1" >/dev/null || fail "first server: rmp: $(cat "$R/crictl.err")"
 ok "two servers side by side: each lists and removes only its own pods"
+# An image removed while a container runs from it: its blobs go, the layers the container
+# uses stay until the container is removed.
+c rmi busybox >/dev/null || fail "rmi of an image in use: $(cat "$R/crictl.err")"
+wait_store blobs/sha256 -eq "blobs left 10 s after rmi of an image in use"
+[ "$(store_left snapshots)" -gt 0 ] || fail "the layers of a running container were freed"
+[ "$(c exec -s "$k1" cat /bin/busybox | wc -c)" -gt 100000 ] || fail "exec in a container whose image was removed: $(cat "$R/crictl.err")"
+c stopp "$p1" >/dev/null && c rmp "$p1" >/dev/null || fail "first server: rmp: $(cat "$R/crictl.err")"
+wait_store snapshots -eq "layer snapshots left 10 s after their last container was removed"
+ok "rmi of an image in use: blobs freed at once, its layers when the last container went"
 echo "cri smoke: all passed"
