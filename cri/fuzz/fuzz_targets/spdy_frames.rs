@@ -4,9 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../src/spdy.rs"]
+mod spdy;
+
 fuzz_target!(|data: &[u8]| {
     // Small limits, so that oversized frames and header blocks are exercised too.
-    let mut d = rsrun_cri::spdy::Decoder::new(64 * 1024, 64 * 1024);
+    let mut d = spdy::Decoder::new(64 * 1024, 64 * 1024);
     // Fed in two pieces at a data-chosen split, as a socket would deliver them.
     let cut = data.first().map(|b| *b as usize % (data.len() + 1)).unwrap_or(0);
     let mut buf = bytes::BytesMut::new();
