@@ -1051,7 +1051,7 @@ type PodWork = (
 );
 
 /// The key of a pod's CPU sample in `cpu_samples` (beside the containers' IDs).
-fn pod_key(id: &str) -> String {
+pub(crate) fn pod_key(id: &str) -> String {
     format!("pod/{id}")
 }
 

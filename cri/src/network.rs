@@ -264,7 +264,7 @@ impl Cni {
         // file and mounting it leaves a plain file, which plugins refuse ("unknown FS
         // magic"). Without one, CNI_NETNS is empty, which the spec allows for DEL (the
         // plugins then release what is outside the namespace, e.g. the address lease).
-        let netns = if is_netns(pod.netns) {
+        let netns = if is_nsfs(pod.netns) {
             pod.netns.to_string_lossy().into_owned()
         } else {
             String::new()
@@ -429,7 +429,7 @@ pub fn addresses(result: &Value) -> Vec<String> {
 }
 
 /// Whether `p` is a namespace file (nsfs), not a plain file or a missing path.
-fn is_netns(p: &Path) -> bool {
+pub(crate) fn is_nsfs(p: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
@@ -439,15 +439,15 @@ mod tests {
 
     #[test]
     fn only_a_namespace_file_is_a_netns() {
-        assert!(super::is_netns(Path::new("/proc/self/ns/net")));
+        assert!(super::is_nsfs(Path::new("/proc/self/ns/net")));
         let f = std::env::temp_dir().join(format!("rsrun-not-a-netns-{}", std::process::id()));
         std::fs::write(&f, b"").unwrap();
         assert!(
-            !super::is_netns(&f),
+            !super::is_nsfs(&f),
             "a plain file (a pin the killed server never mounted)"
         );
         std::fs::remove_file(&f).unwrap();
-        assert!(!super::is_netns(&f), "a missing path");
+        assert!(!super::is_nsfs(&f), "a missing path");
     }
     use super::*;
 

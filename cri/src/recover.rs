@@ -101,6 +101,27 @@ impl Runtime {
                 Err(e) => tracing::error!(container = %c.id, "{}", e.message()),
             }
         }
+        // Ready pods whose pinned namespaces are gone (the node rebooted: the state dir is
+        // empty; or they were unmounted): not ready any more, so that the kubelet makes
+        // them again instead of starting containers in namespaces that no longer exist.
+        let lost: Vec<_> = self
+            .sandboxes
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|s| s.complete && s.ready)
+            .map(|s| (s.clone(), sandbox::lost_pins(s)))
+            .filter(|(_, l)| !l.is_empty())
+            .collect();
+        for (mut sb, names) in lost {
+            tracing::warn!(pod = %sb.id, lost = ?names, dir = %sb.ns_dir.display(), "the pod's pinned namespaces are gone: not ready");
+            sb.ready = false;
+            let id = sb.id.clone();
+            if let Err(e) = self.sandboxes.lock().await.update(&id, sb) {
+                tracing::error!(pod = %id, "pod sandbox record: {e}");
+            }
+        }
         // Their storage first, or the sweep would race its release.
         for p in pods {
             self.released(&p).await;

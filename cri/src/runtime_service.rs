@@ -149,6 +149,14 @@ impl Runtime {
             .remove(id);
     }
 
+    /// Forgets the last CPU sample of a removed container or pod (`metrics::pod_key`).
+    fn forget_cpu_sample(&self, key: &str) {
+        self.cpu_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
     pub(crate) fn rsrun(&self) -> rsrun::Runtime {
         let mut rt = rsrun::Runtime::new(self.runtime_root.clone(), false);
         rt.systemd_cgroup = self.systemd_cgroup;
@@ -269,6 +277,7 @@ impl Runtime {
         .await;
         self.events.forget(&r.id);
         self.forget_lock(&r.id);
+        self.forget_cpu_sample(&r.id);
         container::forget_shim(&r.id);
         Ok(())
     }
@@ -715,6 +724,7 @@ impl RuntimeService for Runtime {
         )
         .await;
         self.forget_lock(&sb.id);
+        self.forget_cpu_sample(&crate::metrics::pod_key(&sb.id));
         tracing::info!(pod = %sb.id, "pod sandbox removed");
         Ok(Response::new(api::RemovePodSandboxResponse {}))
     }

@@ -500,6 +500,35 @@ pub fn unmake(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The namespaces a ready pod keeps pinned under its `ns_dir`: UTS always, network and IPC
+/// unless it takes the host's, its user namespace, its PID namespace when shared.
+fn pinned_names(r: &SandboxRecord) -> Vec<&'static str> {
+    let mut names = vec!["uts"];
+    if !r.host_network {
+        names.push("net");
+    }
+    if !r.host_ipc {
+        names.push("ipc");
+    }
+    if r.userns.is_some() {
+        names.push("user");
+    }
+    if r.pid_shared {
+        names.push("pid");
+    }
+    names
+}
+
+/// The pinned namespaces of a ready pod that are not there any more: a reboot empties the
+/// state dir (or a pin was unmounted). Such a pod is not ready: its containers would run in
+/// no namespace of its own, and never may fall back to the host's.
+pub fn lost_pins(r: &SandboxRecord) -> Vec<&'static str> {
+    pinned_names(r)
+        .into_iter()
+        .filter(|n| !crate::network::is_nsfs(&r.ns_dir.join(n)))
+        .collect()
+}
+
 /// The pinned namespace files of a ready sandbox (absent: the host's is used).
 pub fn ns_path(r: &SandboxRecord, n: &str) -> Option<PathBuf> {
     let p = r.ns_dir.join(n);

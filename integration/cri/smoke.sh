@@ -230,6 +230,23 @@ start_cri
 st=$(c inspect -o json "$ctr2" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
 [ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "an exit while the server was down: $st"
 ok "an exit while the server was down is reported after its restart"
+# A reboot empties the state dir (a tmpfs on a node) and with it the pods' pinned namespaces:
+# the restarted server reports such a pod not ready (the kubelet makes a new one) and refuses
+# containers in it, rather than running them in namespaces that are gone or the host's.
+echo '{"metadata": {"name": "reboot", "namespace": "default", "uid": "reboot-uid"}, "log_directory": "'"$R"'/logs"}' > "$R/reboot.json"
+rb=$(c runp "$R/reboot.json") || fail "runp (reboot): $(cat "$R/crictl.err")"
+kill -9 $cri; wait $cri 2>/dev/null || true
+for n in uts net ipc pid; do umount -l "$R/state/sandboxes/$rb/$n" || fail "pin $n of $rb"; done
+rm -rf "$R/state/sandboxes/$rb"
+start_cri
+[ "$(c inspectp -o json "$rb" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = SANDBOX_NOTREADY ] \
+    || fail "a pod whose namespaces went with a reboot: $(c inspectp "$rb")"
+[ "$(c inspectp -o json "$pod" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = SANDBOX_READY ] \
+    || fail "a pod whose namespaces are there is no longer ready: $(c inspectp "$pod")"
+if c create "$rb" "$R/ctr2.json" "$R/reboot.json" >/dev/null; then fail "a container was made in a pod whose namespaces are gone"; fi
+grep -q "FailedPrecondition.*not ready" "$R/crictl.err" || fail "create in a pod whose namespaces are gone: $(cat "$R/crictl.err")"
+c stopp "$rb" >/dev/null && c rmp "$rb" >/dev/null || fail "stopp/rmp of a pod whose namespaces are gone: $(cat "$R/crictl.err")"
+ok "pinned namespaces gone (a reboot): the pod is not ready, no container made in it, stopp/rmp clean up"
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
