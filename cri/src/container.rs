@@ -294,6 +294,7 @@ pub fn oci_spec(
     default_cgroup_parent: &str,
     systemd_cgroup: bool,
     default_caps: Option<&[String]>,
+    target_pid: Option<i32>,
 ) -> Result<Value, Status> {
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -438,10 +439,21 @@ pub fn oci_spec(
         }
         // The node's: no PID namespace of its own.
         (m, _) if m == api::NamespaceMode::Node as i32 => {}
-        _ => {
-            return Err(Status::unimplemented(
-                "CreateContainer: pid namespace mode TARGET is not built yet",
-            ))
+        // Another container's (its PID from `Runtime::target_pid`).
+        (m, _) if m == api::NamespaceMode::Target as i32 => match target_pid {
+            Some(pid) => {
+                namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "CreateContainer: pid mode TARGET needs a running target container",
+                ))
+            }
+        },
+        (m, _) => {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: linux.security_context.namespace_options.pid: unknown mode {m}"
+            )))
         }
     }
     namespaces.extend(sandbox::joined_namespaces(sb));

@@ -1503,6 +1503,58 @@ fn now_rfc3339() -> String {
     )
 }
 
+impl Runtime {
+    /// For pid mode TARGET (`kubectl debug --target`, an ephemeral container): the PID of the
+    /// running container of the same pod whose PID namespace the new one joins.
+    async fn target_pid(
+        &self,
+        c: &api::ContainerConfig,
+        sb: &SandboxRecord,
+    ) -> Result<Option<i32>, Status> {
+        let Some(ns) = c
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|n| n.pid == api::NamespaceMode::Target as i32)
+        else {
+            return Ok(None);
+        };
+        let field = "linux.security_context.namespace_options.target_id";
+        if ns.target_id.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: {field} is required with pid mode TARGET"
+            )));
+        }
+        let t = self
+            .containers
+            .lock()
+            .await
+            .items
+            .get(&ns.target_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "CreateContainer: {field}: container {} not found",
+                    ns.target_id
+                ))
+            })?;
+        if t.sandbox_id != sb.id {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: {field}: container {} is not in pod sandbox {}",
+                t.id, sb.id
+            )));
+        }
+        if container::state(&t).0 != api::ContainerState::ContainerRunning as i32 || t.pid <= 0 {
+            return Err(Status::failed_precondition(format!(
+                "CreateContainer: {field}: container {} is not running",
+                t.id
+            )));
+        }
+        Ok(Some(t.pid))
+    }
+}
+
 struct Made {
     image_ref: String,
     user: (u32, u32, Vec<u32>),
@@ -1522,6 +1574,8 @@ impl Runtime {
         p: &container::Paths,
         log_path: &std::path::Path,
     ) -> Result<Made, Status> {
+        // Checked before anything is made.
+        let target_pid = self.target_pid(c, sb).await?;
         let images = self.images.clone();
         let (cid, img) = (id.to_string(), image.to_string());
         let readonly = false;
@@ -1591,6 +1645,7 @@ impl Runtime {
             &self.cgroup_parent,
             self.systemd_cgroup,
             self.default_caps.as_deref(),
+            target_pid,
         )?;
         let u = &spec["process"]["user"];
         let user = (

@@ -247,6 +247,20 @@ if c create "$rb" "$R/ctr2.json" "$R/reboot.json" >/dev/null; then fail "a conta
 grep -q "FailedPrecondition.*not ready" "$R/crictl.err" || fail "create in a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 c stopp "$rb" >/dev/null && c rmp "$rb" >/dev/null || fail "stopp/rmp of a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 ok "pinned namespaces gone (a reboot): the pod is not ready, no container made in it, stopp/rmp clean up"
+# kubectl debug --target: a container in another running container's PID namespace (pid
+# mode TARGET); a target that is not there is refused naming the field.
+echo '{"metadata": {"name": "debug"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"],
+ "linux": {"security_context": {"namespace_options": {"pid": 3, "target_id": "'"$ctr"'"}}}}' > "$R/debug.json"
+dbg=$(c create "$pod" "$R/debug.json" "$R/pod.json") && c start "$dbg" >/dev/null || fail "pid mode TARGET: $(cat "$R/crictl.err")"
+pid_of() { "$RSRUN" --root "$R/state/runtime" state "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
+dns=$(readlink "/proc/$(pid_of "$dbg")/ns/pid") && tns=$(readlink "/proc/$(pid_of "$ctr")/ns/pid") || fail "pids of $dbg, $ctr"
+[ "$dns" = "$tns" ] && [ "$dns" != "$(readlink /proc/self/ns/pid)" ] || fail "pid mode TARGET: $dns, target $tns"
+c exec -s "$dbg" ps -o args | grep -q 'while true' || fail "the debug container does not see the target's processes: $(c exec -s "$dbg" ps -o args)"
+c rm -f "$dbg" >/dev/null || fail "rm $dbg: $(cat "$R/crictl.err")"
+sed 's/"target_id": "[^"]*"/"target_id": "no-such-container"/' "$R/debug.json" > "$R/debug2.json"
+if c create "$pod" "$R/debug2.json" "$R/pod.json" >/dev/null; then fail "pid mode TARGET with a missing target succeeded"; fi
+grep -q "NotFound.*target_id: container no-such-container not found" "$R/crictl.err" || fail "missing target: $(cat "$R/crictl.err")"
+ok "pid mode TARGET (kubectl debug --target): the target's PID namespace, its processes seen; a missing target NotFound"
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
