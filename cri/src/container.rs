@@ -32,6 +32,21 @@ const READONLY: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
+/// A signal as an image's STOPSIGNAL names it: `SIGQUIT`, `QUIT` or its number.
+pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse().ok()
+}
+
 /// The image's runtime config (what CreateContainer merges with the CRI config).
 #[derive(Default)]
 pub struct ImageConfig {
@@ -40,6 +55,8 @@ pub struct ImageConfig {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// The image's STOPSIGNAL (`SIGQUIT`, `QUIT` or a number), as given.
+    pub stop_signal: String,
 }
 
 impl ImageConfig {
@@ -60,6 +77,7 @@ impl ImageConfig {
             env: strings(&c["Env"]),
             working_dir: c["WorkingDir"].as_str().unwrap_or("").to_string(),
             user: c["User"].as_str().unwrap_or("").to_string(),
+            stop_signal: c["StopSignal"].as_str().unwrap_or("").to_string(),
         }
     }
 }
@@ -1196,6 +1214,18 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_signals_as_images_name_them() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("SIGQUIT"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("quit"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("10"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("99"), None);
+        let c = ImageConfig::from_json(&json!({"config": {"StopSignal": "SIGINT"}}));
+        assert_eq!(c.stop_signal, "SIGINT");
+    }
 
     #[test]
     fn a_container_whose_shim_is_starting_is_created_not_lost() {

@@ -183,6 +183,15 @@ impl Runtime {
         let id = r.id.clone();
         let exit = r.exit_file.clone();
         let rec = r.clone();
+        // The image's STOPSIGNAL (nginx: SIGQUIT), else SIGTERM; one that does not name a
+        // signal falls back to SIGTERM, logged.
+        let signal = match r.stop_signal.as_str() {
+            "" => nix::sys::signal::Signal::SIGTERM,
+            s => container::parse_signal(s).unwrap_or_else(|| {
+                tracing::warn!(container = %r.id, stop_signal = s, "the image's StopSignal is not a signal: SIGTERM instead");
+                nix::sys::signal::Signal::SIGTERM
+            }),
+        };
         blocking(move || {
             // Its exit recorded, or its shim gone (killed: nobody will record it).
             let gone = || exit.exists() || !container::shim_alive(&rec);
@@ -201,7 +210,7 @@ impl Runtime {
                 gone()
             };
             if !timeout.is_zero() {
-                let _ = rt.kill(&id, nix::sys::signal::Signal::SIGTERM, false);
+                let _ = rt.kill(&id, signal, false);
                 if wait(timeout) {
                     return Ok(());
                 }
@@ -867,6 +876,7 @@ impl RuntimeService for Runtime {
             annotations: c.annotations.clone(),
             image: image.clone(),
             image_ref: String::new(),
+            stop_signal: String::new(),
             log_path: log_path.to_string_lossy().into_owned(),
             bundle: p.bundle.clone(),
             shim_dir: p.shim_dir.clone(),
@@ -916,6 +926,7 @@ impl RuntimeService for Runtime {
         match made {
             Ok(made) => {
                 rec.image_ref = made.image_ref;
+                rec.stop_signal = made.stop_signal;
                 rec.user = Some(made.user);
                 rec.deferred = Some(store::Stdio {
                     tty: c.tty,
@@ -1557,6 +1568,7 @@ impl Runtime {
 
 struct Made {
     image_ref: String,
+    stop_signal: String,
     user: (u32, u32, Vec<u32>),
     /// Image volumes: (mount index, image ID).
     volumes: Vec<(usize, String)>,
@@ -1673,6 +1685,7 @@ impl Runtime {
         }
         Ok(Made {
             image_ref,
+            stop_signal: cfg.stop_signal.clone(),
             user,
             volumes: volumes.into_iter().map(|(i, _, r)| (i, r)).collect(),
         })

@@ -99,6 +99,9 @@ pub struct ContainerRecord {
     /// containerd makes the task only at start); the stdio settings wait here until then.
     #[serde(default)]
     pub deferred: Option<Stdio>,
+    /// The image's STOPSIGNAL, which StopContainer sends before SIGKILL (none: SIGTERM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
 }
 
 /// A container's stdio settings from its CRI config.

@@ -2,20 +2,21 @@
 """A read-only OCI distribution endpoint for tests: serves the images of one OCI archive (as
 integration/podman/mkimage.py writes it) on 127.0.0.1:PORT, under any repository name. Enough
 for pulls (GET/HEAD of /v2/, manifests by tag or digest, blobs); nothing can be pushed.
-Usage: serve-oci.py ARCHIVE.tar PORT"""
+Usage: serve-oci.py ARCHIVE.tar [ARCHIVE.tar...] PORT (the tags of all archives, by tag only)"""
 import http.server, json, sys, tarfile
 
-archive, port = sys.argv[1], int(sys.argv[2])
-tf = tarfile.open(archive)
+archives, port = sys.argv[1:-1], int(sys.argv[-1])
 blobs = {}
-for m in tf.getmembers():
-    if m.isfile() and m.name.startswith("blobs/sha256/"):
-        blobs["sha256:" + m.name.rsplit("/", 1)[1]] = tf.extractfile(m).read()
-index = json.load(tf.extractfile("index.json"))
 tags = {}
-for d in index["manifests"]:
-    ref = d.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
-    tags[ref.rsplit(":", 1)[-1] if ":" in ref else "latest"] = (d["digest"], d["mediaType"])
+for archive in archives:
+    tf = tarfile.open(archive)
+    for m in tf.getmembers():
+        if m.isfile() and m.name.startswith("blobs/sha256/"):
+            blobs["sha256:" + m.name.rsplit("/", 1)[1]] = tf.extractfile(m).read()
+    index = json.load(tf.extractfile("index.json"))
+    for d in index["manifests"]:
+        ref = d.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+        tags[ref.rsplit(":", 1)[-1] if ":" in ref else "latest"] = (d["digest"], d["mediaType"])
 
 
 class H(http.server.BaseHTTPRequestHandler):

@@ -38,8 +38,10 @@ done
 rm -rf "$W/run"; mkdir -p "$W/run"
 R=$W/run
 python3 "$TOP/integration/podman/mkimage.py" "$R/busybox.tar" docker.io/library/busybox:latest >/dev/null
+# The same with a STOPSIGNAL, as busybox:stopsignal.
+MKIMAGE_STOP_SIGNAL=SIGUSR1 python3 "$TOP/integration/podman/mkimage.py" "$R/busybox-stop.tar" docker.io/library/busybox:stopsignal >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$port" & reg=$!
+python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$R/busybox-stop.tar" "$port" & reg=$!
 cat > "$R/registries.json" <<JSON
 {"registries": {"docker.io": {"mirrors": [{"endpoint": "http://127.0.0.1:$port", "insecure": true}], "mirrors_only": true}}}
 JSON
@@ -261,6 +263,16 @@ sed 's/"target_id": "[^"]*"/"target_id": "no-such-container"/' "$R/debug.json" >
 if c create "$pod" "$R/debug2.json" "$R/pod.json" >/dev/null; then fail "pid mode TARGET with a missing target succeeded"; fi
 grep -q "NotFound.*target_id: container no-such-container not found" "$R/crictl.err" || fail "missing target: $(cat "$R/crictl.err")"
 ok "pid mode TARGET (kubectl debug --target): the target's PID namespace, its processes seen; a missing target NotFound"
+# The image's STOPSIGNAL is what StopContainer sends (SIGUSR1 here; SIGTERM without one).
+c pull busybox:stopsignal >/dev/null || fail "pull busybox:stopsignal: $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "stopsig"}, "image": {"image": "busybox:stopsignal"},
+ "command": ["sh", "-c", "trap \"exit 7\" USR1; trap \"exit 8\" TERM; while true; do sleep 0.1; done"]}' > "$R/stopsig.json"
+ss=$(c create "$pod" "$R/stopsig.json" "$R/pod.json") && c start "$ss" >/dev/null || fail "create (stopsignal): $(cat "$R/crictl.err")"
+c stop -t 20 "$ss" >/dev/null || fail "stop (stopsignal): $(cat "$R/crictl.err")"
+[ "$(c inspect -o json "$ss" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["exitCode"])')" = 7 ] \
+    || fail "StopContainer did not send the image's StopSignal: $(c inspect "$ss")"
+c rm "$ss" >/dev/null && c rmi busybox:stopsignal >/dev/null || fail "rm/rmi (stopsignal): $(cat "$R/crictl.err")"
+ok "StopContainer sends the image's STOPSIGNAL (SIGUSR1: exit 7, not SIGTERM's 8)"
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"

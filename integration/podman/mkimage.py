@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write a one-layer busybox image as an OCI archive (oci-layout, index.json, blobs/) made from
 Debian's busybox-static, with no registry. Usage: mkimage.py OUT.tar [REF]  (REF default
-localhost/rsrun-busybox:latest). Deterministic: same busybox binary, same archive."""
+localhost/rsrun-busybox:latest). Deterministic: same busybox binary, same archive.
+$MKIMAGE_STOP_SIGNAL, when set, is the image's StopSignal."""
 import gzip, hashlib, io, json, os, subprocess, sys, tarfile
 
 BUSYBOX = "/bin/busybox"
@@ -57,9 +58,12 @@ def main():
     out = sys.argv[1]
     ref = sys.argv[2] if len(sys.argv) > 2 else "localhost/rsrun-busybox:latest"
     diff, comp = layer()
+    runtime = {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"], "WorkingDir": "/"}
+    if os.environ.get("MKIMAGE_STOP_SIGNAL"):
+        runtime["StopSignal"] = os.environ["MKIMAGE_STOP_SIGNAL"]
     config = json.dumps({
         "created": "2023-11-14T22:13:20Z", "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+        "config": runtime,
         "rootfs": {"type": "layers", "diff_ids": [sha(diff)]},
         "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "integration/podman/mkimage.py"}],
     }, sort_keys=True).encode()
