@@ -384,9 +384,17 @@ pub fn oci_spec(
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sc.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sc.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
     ];
     let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    // The pod's /dev/shm (or the host's), unless the container mounts one of its own.
+    if !user_paths.contains(&"/dev/shm") {
+        mounts.push(match sandbox::shm_source(sb) {
+            Some(src) => json!({"destination": "/dev/shm", "type": "bind", "source": src,
+                "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev"]}),
+            None => json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        });
+    }
     for f in ["hostname", "hosts", "resolv.conf"] {
         let dest = format!("/etc/{f}");
         if !user_paths.contains(&dest.as_str()) {

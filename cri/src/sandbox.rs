@@ -16,6 +16,8 @@ use crate::api;
 use crate::store::{self, SandboxRecord};
 
 pub const NAMESPACES: [&str; 5] = ["net", "ipc", "uts", "pid", "user"];
+/// The pod's /dev/shm tmpfs under its namespace dir (`make_shm`).
+const SHM: &str = "shm";
 
 /// rsrun-pause, built by build.rs from cri/pause.
 pub const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rsrun-pause"));
@@ -386,7 +388,41 @@ pub fn make(dir: &Path, s: &Spec) -> std::io::Result<()> {
     if s.userns.is_none() {
         make_namespaces(dir, s)?;
     }
+    if !s.host_ipc {
+        make_shm(dir)?;
+    }
     write_files(dir, s)
+}
+
+/// The pod's /dev/shm, `DIR/shm`: one tmpfs that its containers share, as they share its IPC
+/// namespace (containerd's and CRI-O's too). A pod with the host's IPC gets the host's.
+fn make_shm(dir: &Path) -> std::io::Result<()> {
+    use nix::mount::MsFlags;
+    let p = dir.join(SHM);
+    std::fs::create_dir_all(&p)?;
+    nix::mount::mount(
+        Some("shm"),
+        &p,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| {
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("mount the pod's /dev/shm at {}: {e}", p.display()),
+        )
+    })
+}
+
+/// The /dev/shm a pod's containers bind: its own tmpfs, the host's with the host's IPC, or
+/// none (a pod made before pods had one: each container gets a tmpfs of its own).
+pub fn shm_source(r: &SandboxRecord) -> Option<PathBuf> {
+    if r.host_ipc {
+        return Some(PathBuf::from("/dev/shm"));
+    }
+    let p = r.ns_dir.join(SHM);
+    p.is_dir().then_some(p)
 }
 
 /// The pod's namespaces, made by a thread of this server (pods without a user namespace;
@@ -480,6 +516,10 @@ fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
 
 /// Unpins the pod's namespaces (its network is reclaimed); what is already gone is fine.
 pub fn unpin(dir: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(&dir.join(SHM), nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
     for n in NAMESPACES {
         let p = dir.join(n);
         match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {

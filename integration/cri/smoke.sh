@@ -238,7 +238,7 @@ ok "an exit while the server was down is reported after its restart"
 echo '{"metadata": {"name": "reboot", "namespace": "default", "uid": "reboot-uid"}, "log_directory": "'"$R"'/logs"}' > "$R/reboot.json"
 rb=$(c runp "$R/reboot.json") || fail "runp (reboot): $(cat "$R/crictl.err")"
 kill -9 $cri; wait $cri 2>/dev/null || true
-for n in uts net ipc pid; do umount -l "$R/state/sandboxes/$rb/$n" || fail "pin $n of $rb"; done
+for n in uts net ipc pid shm; do umount -l "$R/state/sandboxes/$rb/$n" || fail "pin $n of $rb"; done
 rm -rf "$R/state/sandboxes/$rb"
 start_cri
 [ "$(c inspectp -o json "$rb" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = SANDBOX_NOTREADY ] \
@@ -273,6 +273,16 @@ c stop -t 20 "$ss" >/dev/null || fail "stop (stopsignal): $(cat "$R/crictl.err")
     || fail "StopContainer did not send the image's StopSignal: $(c inspect "$ss")"
 c rm "$ss" >/dev/null && c rmi busybox:stopsignal >/dev/null || fail "rm/rmi (stopsignal): $(cat "$R/crictl.err")"
 ok "StopContainer sends the image's STOPSIGNAL (SIGUSR1: exit 7, not SIGTERM's 8)"
+# One /dev/shm per pod, as its IPC namespace: what a container writes there another sees;
+# it is the pod's tmpfs (unmounted with the pod: the "nothing left" check below).
+echo '{"metadata": {"name": "shm"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/shm.json"
+sh1=$(c create "$pod" "$R/shm.json" "$R/pod.json") && c start "$sh1" >/dev/null || fail "create (shm): $(cat "$R/crictl.err")"
+c exec -s "$ctr" sh -c 'echo pod-wide > /dev/shm/smoke' || fail "write /dev/shm: $(cat "$R/crictl.err")"
+[ "$(c exec -s "$sh1" cat /dev/shm/smoke)" = pod-wide ] || fail "/dev/shm is not shared in the pod: $(cat "$R/crictl.err")"
+grep -F " $R/state/sandboxes/$pod/shm " /proc/self/mountinfo | grep -q ' - tmpfs ' \
+    && [ "$(cat "$R/state/sandboxes/$pod/shm/smoke")" = pod-wide ] || fail "the pod's /dev/shm is not its tmpfs"
+c rm -f "$sh1" >/dev/null || fail "rm $sh1: $(cat "$R/crictl.err")"
+ok "/dev/shm shared by the pod's containers (the pod's tmpfs)"
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
