@@ -32,6 +32,23 @@ const READONLY: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
+/// The repo digest ContainerStatus reports as image_ref (as containerd does): the one of the
+/// repository the container asked for, else the image's first; empty when it has none.
+pub fn repo_digest(asked: &str, digests: &[String]) -> String {
+    let repo = rsrun_image::reference::Reference::parse(asked)
+        .map(|r| r.repository())
+        .ok();
+    digests
+        .iter()
+        .find(|d| {
+            repo.as_deref()
+                .is_some_and(|r| d.split('@').next() == Some(r))
+        })
+        .or(digests.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A signal as an image's STOPSIGNAL names it: `SIGQUIT`, `QUIT` or its number.
 pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
     let s = s.trim();
@@ -985,7 +1002,13 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
             image: r.image.clone(),
             ..Default::default()
         }),
-        image_ref: r.image_ref.clone(),
+        // The repo digest, as containerd reports it (the kubelet's imageID); the image
+        // ID when the image has none. image_id is always the image ID.
+        image_ref: if r.repo_digest.is_empty() {
+            r.image_ref.clone()
+        } else {
+            r.repo_digest.clone()
+        },
         image_id: r.image_ref.clone(),
         labels: r.labels.clone(),
         annotations: r.annotations.clone(),
@@ -1222,6 +1245,27 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_digest_of_the_asked_repository() {
+        let d = vec![
+            "example.com/a/busybox@sha256:1".to_string(),
+            "docker.io/library/busybox@sha256:2".to_string(),
+        ];
+        assert_eq!(
+            repo_digest("busybox", &d),
+            "docker.io/library/busybox@sha256:2"
+        );
+        assert_eq!(
+            repo_digest("example.com/a/busybox:v1", &d),
+            "example.com/a/busybox@sha256:1"
+        );
+        assert_eq!(
+            repo_digest("sha256:abcd", &d),
+            "example.com/a/busybox@sha256:1"
+        );
+        assert_eq!(repo_digest("busybox", &[]), "");
+    }
 
     #[test]
     fn stop_signals_as_images_name_them() {

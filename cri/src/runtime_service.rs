@@ -877,6 +877,7 @@ impl RuntimeService for Runtime {
             image: image.clone(),
             image_ref: String::new(),
             stop_signal: String::new(),
+            repo_digest: String::new(),
             log_path: log_path.to_string_lossy().into_owned(),
             bundle: p.bundle.clone(),
             shim_dir: p.shim_dir.clone(),
@@ -927,6 +928,7 @@ impl RuntimeService for Runtime {
             Ok(made) => {
                 rec.image_ref = made.image_ref;
                 rec.stop_signal = made.stop_signal;
+                rec.repo_digest = made.repo_digest;
                 rec.user = Some(made.user);
                 rec.deferred = Some(store::Stdio {
                     tty: c.tty,
@@ -1568,6 +1570,7 @@ impl Runtime {
 
 struct Made {
     image_ref: String,
+    repo_digest: String,
     stop_signal: String,
     user: (u32, u32, Vec<u32>),
     /// Image volumes: (mount index, image ID).
@@ -1610,7 +1613,7 @@ impl Runtime {
                 },
             )
         });
-        let (rootfs, image_ref, cfg, volumes) = blocking(move || {
+        let (rootfs, (image_ref, repo_digest), cfg, volumes) = blocking(move || {
             let insp = images.inspect(&img).map_err(|e| match e {
                 rsrun_image::Error::NotFound(_) => {
                     Status::not_found(format!("CreateContainer: image {img} is not present"))
@@ -1635,9 +1638,10 @@ impl Runtime {
                     container::image_volume(&images, &cid, i, &m, walkable.as_ref())?;
                 volumes.push((i, path, vref));
             }
+            let digest = container::repo_digest(&img, &insp.image.repo_digests);
             Ok((
                 rootfs,
-                insp.image.id.to_string(),
+                (insp.image.id.to_string(), digest),
                 container::ImageConfig::from_json(&insp.config),
                 volumes,
             ))
@@ -1685,6 +1689,7 @@ impl Runtime {
         }
         Ok(Made {
             image_ref,
+            repo_digest,
             stop_signal: cfg.stop_signal.clone(),
             user,
             volumes: volumes.into_iter().map(|(i, _, r)| (i, r)).collect(),

@@ -102,6 +102,11 @@ pub struct ContainerRecord {
     /// The image's STOPSIGNAL, which StopContainer sends before SIGKILL (none: SIGTERM).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stop_signal: String,
+    /// The image's repo digest (`repo@sha256:...` of its manifest) at create, for
+    /// ContainerStatus.image_ref (the kubelet's imageID of the container); none when pulled
+    /// by no digest-bearing name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repo_digest: String,
 }
 
 /// A container's stdio settings from its CRI config.

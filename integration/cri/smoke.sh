@@ -283,6 +283,12 @@ grep -F " $R/state/sandboxes/$pod/shm " /proc/self/mountinfo | grep -q ' - tmpfs
     && [ "$(cat "$R/state/sandboxes/$pod/shm/smoke")" = pod-wide ] || fail "the pod's /dev/shm is not its tmpfs"
 c rm -f "$sh1" >/dev/null || fail "rm $sh1: $(cat "$R/crictl.err")"
 ok "/dev/shm shared by the pod's containers (the pod's tmpfs)"
+# ContainerStatus: image_ref is the image's repo digest (the kubelet's imageID), image_id its ID.
+want=$(c inspecti -o json busybox | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["repoDigests"][0], s["id"])')
+got=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["imageRef"], s["imageId"])')
+case $got in "$want") ;; *) fail "ContainerStatus image_ref/image_id: $got, the image's repo digest and ID: $want" ;; esac
+case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac
+ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
