@@ -113,6 +113,7 @@ pub async fn watch_exits(rt: Arc<Runtime>) {
             .filter(|c| c.complete && c.started_at != 0)
             .cloned()
             .collect();
+        rt.notice_pause_exits().await;
         for r in &recs {
             // Exited: an exit record, or a shim gone without one (reported as lost).
             if container::state(r).0 == api::ContainerState::ContainerExited as i32
@@ -124,6 +125,50 @@ pub async fn watch_exits(rt: Arc<Runtime>) {
                     api::ContainerEventType::ContainerStoppedEvent,
                 )
                 .await;
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Ready pods whose pause process (PID 1 of their PID namespace, or the maker of their
+    /// user namespace) exited, or whose pause's shim is gone: their namespace is dead, so
+    /// they are not ready any more (the kubelet makes the pod again), as containerd marks a
+    /// sandbox whose task exited.
+    async fn notice_pause_exits(&self) {
+        let pods: Vec<crate::store::SandboxRecord> = self
+            .sandboxes
+            .lock()
+            .await
+            .items
+            .values()
+            .filter(|s| s.complete && s.ready && !s.pause_id.is_empty())
+            .cloned()
+            .collect();
+        for sb in pods {
+            let p = container::paths(&self.state, &sb.pause_id);
+            let pause = crate::store::ContainerRecord {
+                id: sb.pause_id.clone(),
+                exit_file: p.exit_file,
+                shim_dir: p.shim_dir,
+                complete: true,
+                pid: 1,
+                started_at: 1,
+                ..Default::default()
+            };
+            if container::state(&pause).0 != api::ContainerState::ContainerExited as i32 {
+                continue;
+            }
+            // Under the pod's lock, as it is now (StopPodSandbox may be at it).
+            let _g = self.lock_object(&sb.id).await;
+            let mut t = self.sandboxes.lock().await;
+            let Some(mut now) = t.items.get(&sb.id).filter(|s| s.ready).cloned() else {
+                continue;
+            };
+            tracing::warn!(pod = %sb.id, pause = %sb.pause_id, "the pod's pause process exited: not ready");
+            now.ready = false;
+            if let Err(e) = t.update(&sb.id, now) {
+                tracing::error!(pod = %sb.id, "pod sandbox record: {e}");
             }
         }
     }

@@ -408,9 +408,22 @@ ok "a StartContainer cut by a server restart is recorded as failed (StartError 1
 # The pause's shim killed -9 (nobody will record the pause's exit): the pod still stops.
 pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pause_id"])' "$R/root/cri/sandboxes/$pod.json")
 kill -9 "$(cat "$R/state/s/$pause/shim.pid")"
+pod_state() { c inspectp -o json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])'; }
+for _ in $(seq 50); do [ "$(pod_state "$pod")" = SANDBOX_NOTREADY ] && break; sleep 0.1; done
+[ "$(pod_state "$pod")" = SANDBOX_NOTREADY ] || fail "a pod whose pause's shim is gone is still ready"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
 ok "shared PID namespace: rsrun-pause is PID 1; the pod stopped and removed with its pause's shim killed -9"
+# The pause itself killed (its PID namespace ends with it): the pod is not ready any more.
+echo '{"metadata": {"name": "pausekill", "namespace": "default", "uid": "pausekill-uid"}}' > "$R/pausekill.json"
+pk=$(c runp "$R/pausekill.json") || fail "runp (pausekill): $(cat "$R/crictl.err")"
+[ "$(pod_state "$pk")" = SANDBOX_READY ] || fail "a new pod is not ready: $(c inspectp "$pk")"
+pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pause_id"])' "$R/root/cri/sandboxes/$pk.json")
+"$RSRUN" --root "$R/state/runtime" kill "$pause" KILL || fail "kill the pause $pause"
+for _ in $(seq 50); do [ "$(pod_state "$pk")" = SANDBOX_NOTREADY ] && break; sleep 0.1; done
+[ "$(pod_state "$pk")" = SANDBOX_NOTREADY ] || fail "a pod whose pause exited is still ready"
+c stopp "$pk" >/dev/null && c rmp "$pk" >/dev/null || fail "stopp/rmp (pausekill): $(cat "$R/crictl.err")"
+ok "a pod whose pause exited (or whose pause's shim is gone) is reported not ready"
 
 # A pod in a user namespace (mode POD, container root = host 200000): the kernel's view of the
 # container's process (its uid_map, its host uid), the image's files owned by the container's
