@@ -39,6 +39,10 @@ pub struct ImageStore {
     pub(crate) store: Store,
     pub(crate) config: RegistryConfig,
     pub(crate) client: registry::Client,
+    /// Bytes and inodes of each layer snapshot, by its directory's (device, inode): a
+    /// snapshot never changes once in place, so `fs_info` (the kubelet's ImageFsInfo, every
+    /// few seconds) walks each one once, not every file of every layer on each call.
+    snapshot_usage: std::sync::Mutex<std::collections::HashMap<(u64, u64), (u64, u64)>>,
 }
 
 /// What `inspect` shows.
@@ -79,6 +83,7 @@ impl ImageStore {
             store: Store::open(root)?,
             config,
             client: registry::Client::new(),
+            snapshot_usage: Default::default(),
         })
     }
 
@@ -238,11 +243,36 @@ impl ImageStore {
         let root = self.store.root();
         let mut seen = HashSet::new();
         let (mut bytes, mut inodes) = (0, 0);
-        for d in ["blobs", "snapshots", "ingest", "tmp"] {
+        for d in ["blobs", "ingest", "tmp"] {
             let (b, i) = usage_dedup(&root.join(d), &mut seen);
             bytes += b;
             inodes += i;
         }
+        // The snapshots: each one's figures once (they are renamed into place complete and
+        // never change); the directory itself and its listing every time.
+        let snaps = root.join("snapshots");
+        if let Ok(m) = fs::symlink_metadata(&snaps) {
+            bytes += m.blocks() * 512;
+            inodes += 1;
+        }
+        let mut cache = self
+            .snapshot_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut live = HashSet::new();
+        for e in fs::read_dir(&snaps).into_iter().flatten().flatten() {
+            let Ok(m) = fs::symlink_metadata(e.path()) else {
+                continue; // removed meanwhile
+            };
+            let key = (m.dev(), m.ino());
+            live.insert(key);
+            let (b, i) = *cache
+                .entry(key)
+                .or_insert_with(|| usage_dedup(&e.path(), &mut HashSet::new()));
+            bytes += b;
+            inodes += i;
+        }
+        cache.retain(|k, _| live.contains(k));
         Ok(FsUsage {
             mountpoint: root.to_path_buf(),
             used_bytes: bytes,
