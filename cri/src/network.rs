@@ -65,6 +65,78 @@ pub struct Pod<'a> {
     /// The pinned network namespace (empty for DEL when it is gone).
     pub netns: &'a Path,
     pub port_mappings: &'a [api::PortMapping],
+    /// The bandwidth plugin's runtime config, from the pod's annotations (`bandwidth`).
+    pub bandwidth: Option<Value>,
+}
+
+/// The pod annotations that limit its bandwidth (bits per second, Kubernetes quantities).
+const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
+const EGRESS: &str = "kubernetes.io/egress-bandwidth";
+
+/// The runtime config for CNI plugins with the `bandwidth` capability, from the pod's
+/// `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations (as the kubelet and
+/// containerd read them: 1k to 1P bits per second; the burst left unbounded, as
+/// containerd leaves it). None without either; an error names a bad annotation.
+pub fn bandwidth(
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<Option<Value>, String> {
+    let rate = |key: &str| -> Result<Option<u64>, String> {
+        let Some(v) = annotations.get(key) else {
+            return Ok(None);
+        };
+        let bits = quantity(v)
+            .ok_or_else(|| format!("annotation {key}: {v:?} is not a quantity (e.g. 10M)"))?;
+        if !(1_000..=1_000_000_000_000_000).contains(&bits) {
+            return Err(format!(
+                "annotation {key}: {v:?} is outside 1k to 1P bits per second"
+            ));
+        }
+        Ok(Some(bits))
+    };
+    let (ingress, egress) = (rate(INGRESS)?, rate(EGRESS)?);
+    if ingress.is_none() && egress.is_none() {
+        return Ok(None);
+    }
+    let mut b = json!({});
+    if let Some(r) = ingress {
+        b["ingressRate"] = json!(r);
+        b["ingressBurst"] = json!(u32::MAX);
+    }
+    if let Some(r) = egress {
+        b["egressRate"] = json!(r);
+        b["egressBurst"] = json!(u32::MAX);
+    }
+    Ok(Some(b))
+}
+
+/// A Kubernetes quantity without fractions of a unit: `10M`, `1.5G`, `512Ki`, `100000`.
+fn quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return None;
+    }
+    let v = num.parse::<f64>().ok()? * mult;
+    (v.is_finite() && v >= 1.0 && v < 1.8e19).then(|| v.round() as u64)
 }
 
 /// What a pod was attached with (kept in its record for DEL, also after a restart).
@@ -259,6 +331,11 @@ impl Cni {
                 })
                 .collect::<Vec<_>>());
         }
+        if plugin["capabilities"]["bandwidth"] == true {
+            if let Some(b) = &pod.bandwidth {
+                conf["runtimeConfig"]["bandwidth"] = b.clone();
+            }
+        }
         let stdin = serde_json::to_vec(&conf).map_err(|e| err(e.to_string()))?;
         // Only a pinned namespace (an nsfs mount): a server killed between making the pin
         // file and mounting it leaves a plain file, which plugins refuse ("unknown FS
@@ -436,6 +513,28 @@ pub(crate) fn is_nsfs(p: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bandwidth_from_annotations() {
+        use super::{bandwidth, quantity};
+        assert_eq!(quantity("10M"), Some(10_000_000));
+        assert_eq!(quantity("1.5k"), Some(1_500));
+        assert_eq!(quantity("2Mi"), Some(2 << 20));
+        assert_eq!(quantity("100000"), Some(100_000));
+        for bad in ["", "M", "10X", "1.", "-5M", "10m", "1e3"] {
+            assert_eq!(quantity(bad), None, "{bad}");
+        }
+        let a = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect();
+        assert_eq!(bandwidth(&Default::default()), Ok(None));
+        let b = bandwidth(&a("kubernetes.io/ingress-bandwidth", "10M"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(b["ingressRate"], 10_000_000);
+        assert!(b.get("egressRate").is_none());
+        let e = bandwidth(&a("kubernetes.io/egress-bandwidth", "10X")).unwrap_err();
+        assert!(e.contains("kubernetes.io/egress-bandwidth"), "{e}");
+        let e = bandwidth(&a("kubernetes.io/egress-bandwidth", "10")).unwrap_err();
+        assert!(e.contains("outside"), "{e}");
+    }
 
     #[test]
     fn only_a_namespace_file_is_a_netns() {

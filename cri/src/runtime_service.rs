@@ -366,6 +366,9 @@ impl Runtime {
             uid: &sb.uid,
             netns: &netns,
             port_mappings: &mappings,
+            bandwidth: network::bandwidth(&sb.annotations).map_err(|e| {
+                Status::invalid_argument(format!("RunPodSandbox: pod {}: {e}", sb.id))
+            })?,
         };
         let a =
             self.cni.add(&pod).await.map_err(|e| {
@@ -401,6 +404,7 @@ impl Runtime {
             uid: &sb.uid,
             netns: &netns,
             port_mappings: &mappings,
+            bandwidth: network::bandwidth(&sb.annotations).unwrap_or_default(),
         };
         self.cni
             .del(a, &pod)

@@ -317,6 +317,9 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             "RunPodSandbox: config.hostname {hostname:?} is not a valid hostname"
         )));
     }
+    // The bandwidth annotations, checked before anything is made (CNI reads them at ADD).
+    crate::network::bandwidth(&c.annotations)
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: config.{e}")))?;
     let mut sysctls: Vec<(String, String)> = Vec::new();
     for (k, v) in &linux.sysctls {
         let ipc = k.starts_with("kernel.shm")

@@ -100,7 +100,8 @@ cat > "$R/net.d/10-smoke.conflist" <<JSON
 {"cniVersion": "0.4.0", "name": "smoke", "plugins": [
   {"type": "bridge", "bridge": "smoke0", "isGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.232.9.0/24"}]], "dataDir": "$R/ipam"}},
-  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+  {"type": "portmap", "capabilities": {"portMappings": true}},
+  {"type": "bandwidth", "capabilities": {"bandwidth": true}}]}
 JSON
 c info -o json | python3 -c '
 import json, sys
@@ -289,6 +290,20 @@ got=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.st
 case $got in "$want") ;; *) fail "ContainerStatus image_ref/image_id: $got, the image's repo digest and ID: $want" ;; esac
 case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac
 ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
+# The pod's bandwidth annotations reach the bandwidth plugin: the kernel shapes its traffic
+# (tbf at the rates asked for, ingress on the host's end of the veth, egress on an ifb); gone
+# with the pod. A bad value is refused naming the annotation, before anything is made.
+echo '{"metadata": {"name": "bw", "namespace": "default", "uid": "bw-uid"}, "annotations":
+ {"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "20M"}}' > "$R/bw.json"
+bw=$(c runp "$R/bw.json") || fail "runp (bandwidth): $(cat "$R/crictl.err")"
+tc qdisc show | grep -q 'tbf .* rate 10Mbit' && tc qdisc show | grep -q 'tbf .* rate 20Mbit' \
+    || fail "bandwidth annotations: no tbf at 10 and 20 Mbit: $(tc qdisc show)"
+c stopp "$bw" >/dev/null && c rmp "$bw" >/dev/null || fail "stopp/rmp (bandwidth): $(cat "$R/crictl.err")"
+! tc qdisc show | grep -q 'rate 20Mbit' || fail "the egress shaping outlived the pod: $(tc qdisc show)"
+sed 's/"20M"/"20X"/' "$R/bw.json" > "$R/bw2.json"
+if c runp "$R/bw2.json" >/dev/null; then fail "runp with a bad bandwidth annotation succeeded"; fi
+grep -q 'InvalidArgument.*kubernetes.io/egress-bandwidth.*20X' "$R/crictl.err" || fail "bad bandwidth: $(cat "$R/crictl.err")"
+ok "bandwidth annotations: tbf at 10 Mbit in and 20 Mbit out, gone with the pod; a bad value InvalidArgument"
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
