@@ -136,7 +136,7 @@ fn quantity(s: &str) -> Option<u64> {
         return None;
     }
     let v = num.parse::<f64>().ok()? * mult;
-    (v.is_finite() && v >= 1.0 && v < 1.8e19).then(|| v.round() as u64)
+    (v.is_finite() && (1.0..1.8e19).contains(&v)).then(|| v.round() as u64)
 }
 
 /// What a pod was attached with (kept in its record for DEL, also after a restart).
