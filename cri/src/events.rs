@@ -159,10 +159,17 @@ impl Runtime {
             if container::state(&pause).0 != api::ContainerState::ContainerExited as i32 {
                 continue;
             }
-            // Under the pod's lock, as it is now (StopPodSandbox may be at it).
-            let _g = self.lock_object(&sb.id).await;
+            // Under the pod's lock, as it is now; a request at it (StopPodSandbox) has it:
+            // the next tick looks again, the exit watcher does not wait behind it.
+            let Some(_g) = self.try_lock_object(&sb.id) else {
+                continue;
+            };
             let mut t = self.sandboxes.lock().await;
             let Some(mut now) = t.items.get(&sb.id).filter(|s| s.ready).cloned() else {
+                if !t.items.contains_key(&sb.id) {
+                    drop(t);
+                    self.forget_lock(&sb.id); // removed meanwhile: no lock left behind
+                }
                 continue;
             };
             tracing::warn!(pod = %sb.id, pause = %sb.pause_id, "the pod's pause process exited: not ready");

@@ -141,8 +141,21 @@ impl Runtime {
         m.lock_owned().await
     }
 
+    /// The lock of `id` if no request holds it now (a background task's way: it comes back
+    /// later rather than wait behind a StopPodSandbox).
+    pub(crate) fn try_lock_object(&self, id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let m = self
+            .object_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.try_lock_owned().ok()
+    }
+
     /// Forgets the lock of a removed object.
-    fn forget_lock(&self, id: &str) {
+    pub(crate) fn forget_lock(&self, id: &str) {
         self.object_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -258,8 +271,9 @@ impl Runtime {
         let release = tokio::task::spawn_blocking(move || {
             if let Err(e) = release_storage(&images, &id, &vols, &dir) {
                 tracing::error!(container = %id, "release of the container's storage: {e}");
-            } else if matches!(images.get(&image_ref), Ok(None)) {
-                // Its image was removed while it ran: the layers it held can go now.
+            } else if !vols.is_empty() || matches!(images.get(&image_ref), Ok(None)) {
+                // Its image (or an image volume's) may have been removed while it ran: the
+                // layers it held can go now.
                 gc.request();
             }
         });
@@ -882,6 +896,7 @@ impl RuntimeService for Runtime {
             image_ref: String::new(),
             stop_signal: String::new(),
             repo_digest: String::new(),
+            target_pid_ns: None,
             log_path: log_path.to_string_lossy().into_owned(),
             bundle: p.bundle.clone(),
             shim_dir: p.shim_dir.clone(),
@@ -933,6 +948,7 @@ impl RuntimeService for Runtime {
                 rec.image_ref = made.image_ref;
                 rec.stop_signal = made.stop_signal;
                 rec.repo_digest = made.repo_digest;
+                rec.target_pid_ns = made.target_pid_ns;
                 rec.user = Some(made.user);
                 rec.deferred = Some(store::Stdio {
                     tty: c.tty,
@@ -1572,8 +1588,17 @@ impl Runtime {
     }
 }
 
+/// The inode of process `pid`'s PID namespace (none: no such process).
+fn pid_ns_inode(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
 struct Made {
     image_ref: String,
+    target_pid_ns: Option<(i32, u64)>,
     repo_digest: String,
     stop_signal: String,
     user: (u32, u32, Vec<u32>),
@@ -1595,8 +1620,27 @@ impl Runtime {
     ) -> Result<Made, Status> {
         // Checked before anything is made.
         let target_pid = self.target_pid(c, sb).await?;
+        let target_pid_ns = match target_pid {
+            Some(pid) => Some((
+                pid,
+                pid_ns_inode(pid).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "CreateContainer: the target container's process {pid} is gone"
+                    ))
+                })?,
+            )),
+            None => None,
+        };
         let images = self.images.clone();
         let (cid, img) = (id.to_string(), image.to_string());
+        // The name the user wrote (the kubelet sends the image ID in `image`): whose repo
+        // digest ContainerStatus reports.
+        let asked = c
+            .image
+            .as_ref()
+            .map(|i| i.user_specified_image.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| image.to_string());
         let readonly = false;
         let wanted: Vec<(usize, api::Mount)> = c
             .mounts
@@ -1642,7 +1686,7 @@ impl Runtime {
                     container::image_volume(&images, &cid, i, &m, walkable.as_ref())?;
                 volumes.push((i, path, vref));
             }
-            let digest = container::repo_digest(&img, &insp.image.repo_digests);
+            let digest = container::repo_digest(&asked, &insp.image.repo_digests);
             Ok((
                 rootfs,
                 (insp.image.id.to_string(), digest),
@@ -1693,6 +1737,7 @@ impl Runtime {
         }
         Ok(Made {
             image_ref,
+            target_pid_ns,
             repo_digest,
             stop_signal: cfg.stop_signal.clone(),
             user,
@@ -1706,6 +1751,14 @@ impl Runtime {
     /// one it would create a second time. A create that fails leaves an exit record with the
     /// runtime's error (reason StartError, exit code 128, as containerd reports it).
     async fn create_in_shim(&self, rec: &ContainerRecord, io: store::Stdio) -> Result<(), Status> {
+        if let Some((pid, ino)) = rec.target_pid_ns {
+            if pid_ns_inode(pid) != Some(ino) {
+                return Err(Status::failed_precondition(format!(
+                    "StartContainer: {}: the target container (pid mode TARGET) has exited",
+                    rec.id
+                )));
+            }
+        }
         let mut r = rec.clone();
         r.deferred = None;
         self.containers

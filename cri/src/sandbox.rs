@@ -317,9 +317,12 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             "RunPodSandbox: config.hostname {hostname:?} is not a valid hostname"
         )));
     }
-    // The bandwidth annotations, checked before anything is made (CNI reads them at ADD).
-    crate::network::bandwidth(&c.annotations)
-        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: config.{e}")))?;
+    // The bandwidth annotations, checked before anything is made (CNI reads them at ADD; a
+    // pod on the host's network has no CNI, and they are ignored, as containerd does).
+    if ns.network != api::NamespaceMode::Node as i32 {
+        crate::network::bandwidth(&c.annotations)
+            .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: config.{e}")))?;
+    }
     let mut sysctls: Vec<(String, String)> = Vec::new();
     for (k, v) in &linux.sysctls {
         let ipc = k.starts_with("kernel.shm")
@@ -425,7 +428,11 @@ pub fn shm_source(r: &SandboxRecord) -> Option<PathBuf> {
         return Some(PathBuf::from("/dev/shm"));
     }
     let p = r.ns_dir.join(SHM);
-    p.is_dir().then_some(p)
+    // Its tmpfs, not the plain directory under it (a pin half-undone).
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    nix::sys::statfs::statfs(&p)
+        .is_ok_and(|s| s.filesystem_type().0 == TMPFS_MAGIC)
+        .then_some(p)
 }
 
 /// The pod's namespaces, made by a thread of this server (pods without a user namespace;

@@ -107,6 +107,11 @@ pub struct ContainerRecord {
     /// by no digest-bearing name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub repo_digest: String,
+    /// Pid mode TARGET: the target's PID and its PID namespace's inode at create, checked
+    /// again at start (the runtime joins `/proc/PID/ns/pid` then: a PID reused meanwhile
+    /// must not give another process's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pid_ns: Option<(i32, u64)>,
 }
 
 /// A container's stdio settings from its CRI config.

@@ -39,11 +39,15 @@ pub struct ImageStore {
     pub(crate) store: Store,
     pub(crate) config: RegistryConfig,
     pub(crate) client: registry::Client,
-    /// Bytes and inodes of each layer snapshot, by its directory's (device, inode): a
+    /// Bytes and inodes of each layer snapshot, by its directory's name (the layer's
+    /// diff_id), device and inode (a snapshot removed and pulled again is walked again): a
     /// snapshot never changes once in place, so `fs_info` (the kubelet's ImageFsInfo, every
     /// few seconds) walks each one once, not every file of every layer on each call.
-    snapshot_usage: std::sync::Mutex<std::collections::HashMap<(u64, u64), (u64, u64)>>,
+    snapshot_usage: std::sync::Mutex<std::collections::HashMap<SnapshotKey, (u64, u64)>>,
 }
+
+/// A snapshot directory's name, device and inode.
+type SnapshotKey = (std::ffi::OsString, u64, u64);
 
 /// What `inspect` shows.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -264,8 +268,8 @@ impl ImageStore {
             let Ok(m) = fs::symlink_metadata(e.path()) else {
                 continue; // removed meanwhile
             };
-            let key = (m.dev(), m.ino());
-            live.insert(key);
+            let key = (e.file_name(), m.dev(), m.ino());
+            live.insert(key.clone());
             let (b, i) = *cache
                 .entry(key)
                 .or_insert_with(|| usage_dedup(&e.path(), &mut HashSet::new()));

@@ -263,7 +263,17 @@ c rm -f "$dbg" >/dev/null || fail "rm $dbg: $(cat "$R/crictl.err")"
 sed 's/"target_id": "[^"]*"/"target_id": "no-such-container"/' "$R/debug.json" > "$R/debug2.json"
 if c create "$pod" "$R/debug2.json" "$R/pod.json" >/dev/null; then fail "pid mode TARGET with a missing target succeeded"; fi
 grep -q "NotFound.*target_id: container no-such-container not found" "$R/crictl.err" || fail "missing target: $(cat "$R/crictl.err")"
-ok "pid mode TARGET (kubectl debug --target): the target's PID namespace, its processes seen; a missing target NotFound"
+# A target that exits between the debug container's create and its start: the start fails,
+# the debug container never joins whatever process has that PID next.
+sed 's/"second"/"target"/' "$R/ctr2.json" > "$R/target.json"
+tgt=$(c create "$pod" "$R/target.json" "$R/pod.json") && c start "$tgt" >/dev/null || fail "create target: $(cat "$R/crictl.err")"
+sed 's/"target_id": "[^"]*"/"target_id": "'"$tgt"'"/; s/"debug"/"debug3"/' "$R/debug.json" > "$R/debug3.json"
+dbg3=$(c create "$pod" "$R/debug3.json" "$R/pod.json") || fail "create (target to stop): $(cat "$R/crictl.err")"
+c stop "$tgt" >/dev/null || fail "stop $tgt: $(cat "$R/crictl.err")"
+if c start "$dbg3" >/dev/null; then fail "a debug container started after its target exited"; fi
+grep -q "FailedPrecondition.*target container (pid mode TARGET) has exited" "$R/crictl.err" || fail "start after the target exited: $(cat "$R/crictl.err")"
+c rm "$dbg3" >/dev/null && c rm "$tgt" >/dev/null || fail "rm $dbg3 $tgt: $(cat "$R/crictl.err")"
+ok "pid mode TARGET (kubectl debug --target): the target's PID namespace, its processes seen; a missing target NotFound, an exited one FailedPrecondition at start"
 # The image's STOPSIGNAL is what StopContainer sends (SIGUSR1 here; SIGTERM without one).
 c pull busybox:stopsignal >/dev/null || fail "pull busybox:stopsignal: $(cat "$R/crictl.err")"
 echo '{"metadata": {"name": "stopsig"}, "image": {"image": "busybox:stopsignal"},
