@@ -228,8 +228,20 @@ impl Runtime {
                     return Ok(());
                 }
             }
-            let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL, true);
-            if !wait(Duration::from_secs(10)) {
+            // SIGKILL, again every half second: a shim that a killed server had started may
+            // still be creating the container when a restarted server undoes it (the first
+            // kill then finds no container; the created one would wait for its start forever).
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            let killed = loop {
+                let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL, true);
+                if wait(Duration::from_millis(500)) {
+                    break true;
+                }
+                if std::time::Instant::now() >= end {
+                    break false;
+                }
+            };
+            if !killed {
                 return Err(Status::internal(format!(
                     "container {id} did not exit 10 s after SIGKILL"
                 )));
