@@ -956,6 +956,51 @@ pub fn forget_shim(id: &str) {
 
 /// Whether `pid` is a live (not zombie) rsrun-shim of container `id` (its command line names
 /// the container: a reused PID is not taken for it).
+/// Ends (SIGKILL, through a pidfd) every rsrun-shim process, starter or monitor, of object
+/// `id`, and waits up to 2 s for them to go: a server killed while its shim was still making
+/// a container (a pod's pause) leaves that shim running, and a restarted server undoing the
+/// half-made object must not race it (the shim would create the container, or write into its
+/// directory, after the undo). Returns how many were ended. Blocking.
+pub fn end_shims(id: &str) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fd) = rsrun::sys::pidfd_open(pid) else {
+            continue;
+        };
+        // Read after the pidfd is open: the pidfd is this process's, whatever its PID's fate.
+        let is_shim = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.rsplit(|b| *b == b'/').next() == Some(b"rsrun-shim"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+        });
+        if is_shim && rsrun::sys::pidfd_send_signal(fd.as_raw_fd(), nix::libc::SIGKILL).is_ok() {
+            fds.push(fd);
+        }
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for fd in &fds {
+        use std::os::fd::AsFd;
+        while std::time::Instant::now() < end {
+            let mut p = [nix::poll::PollFd::new(
+                fd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if nix::poll::poll(&mut p, nix::poll::PollTimeout::from(50u16)) != Ok(0) {
+                break;
+            }
+        }
+    }
+    forget_shim(id);
+    fds.len()
+}
+
 fn shim_running(pid: i32, id: &str) -> bool {
     let live = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(") ")

@@ -139,6 +139,13 @@ impl Runtime {
         let n_pods = half_pods.len();
         for sb in half_pods {
             tracing::warn!(pod = %sb.id, "removing a pod sandbox a killed server left half-made");
+            if !sb.pause_id.is_empty() {
+                let pause = sb.pause_id.clone();
+                let ended = blocking(move || Ok(crate::container::end_shims(&pause))).await?;
+                if ended > 0 {
+                    tracing::warn!(pod = %sb.id, shims = ended, "ended the pause's shim a killed server left starting");
+                }
+            }
             if let Err(e) = self.undo_sandbox(&sb).await {
                 // The record stays: the next start tries again.
                 tracing::error!(pod = %sb.id, "{}", e.message());
