@@ -136,16 +136,8 @@ impl Runtime {
     /// they are not ready any more (the kubelet makes the pod again), as containerd marks a
     /// sandbox whose task exited.
     async fn notice_pause_exits(&self) {
-        let pods: Vec<crate::store::SandboxRecord> = self
-            .sandboxes
-            .lock()
-            .await
-            .items
-            .values()
-            .filter(|s| s.complete && s.ready && !s.pause_id.is_empty())
-            .cloned()
-            .collect();
-        for sb in pods {
+        let pods = self.ready_pods().await;
+        for sb in pods.into_iter().filter(|s| !s.pause_id.is_empty()) {
             let p = container::paths(&self.state, &sb.pause_id);
             let pause = crate::store::ContainerRecord {
                 id: sb.pause_id.clone(),

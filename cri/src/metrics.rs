@@ -1065,15 +1065,7 @@ impl Runtime {
     /// ListPodSandboxMetrics: every ready pod, its network (pod level) and its live
     /// containers.
     pub async fn pod_sandbox_metrics(&self) -> Result<Vec<api::PodSandboxMetrics>, Status> {
-        let pods: Vec<SandboxRecord> = self
-            .sandboxes
-            .lock()
-            .await
-            .items
-            .values()
-            .filter(|s| s.complete && s.ready)
-            .cloned()
-            .collect();
+        let pods: Vec<SandboxRecord> = self.ready_pods().await;
         let ctrs: Vec<ContainerRecord> = self
             .containers
             .lock()

@@ -105,13 +105,13 @@ impl Runtime {
         // empty; or they were unmounted): not ready any more, so that the kubelet makes
         // them again instead of starting containers in namespaces that no longer exist.
         let lost: Vec<_> = self
-            .sandboxes
-            .lock()
+            .ready_pods()
             .await
-            .items
-            .values()
-            .filter(|s| s.complete && s.ready)
-            .map(|s| (s.clone(), sandbox::lost_pins(s)))
+            .into_iter()
+            .map(|s| {
+                let l = sandbox::lost_pins(&s);
+                (s, l)
+            })
             .filter(|(_, l)| !l.is_empty())
             .collect();
         for (mut sb, names) in lost {

@@ -129,29 +129,37 @@ impl Runtime {
         }
     }
 
-    /// Serializes requests about the object `id` (held until the guard is dropped).
-    pub(crate) async fn lock_object(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self
-            .object_locks
+    /// The lock of the object `id` (made on first use).
+    fn object_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        self.object_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(id.to_string())
             .or_default()
-            .clone();
-        m.lock_owned().await
+            .clone()
+    }
+
+    /// Serializes requests about the object `id` (held until the guard is dropped).
+    pub(crate) async fn lock_object(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.object_lock(id).lock_owned().await
     }
 
     /// The lock of `id` if no request holds it now (a background task's way: it comes back
     /// later rather than wait behind a StopPodSandbox).
     pub(crate) fn try_lock_object(&self, id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let m = self
-            .object_locks
+        self.object_lock(id).try_lock_owned().ok()
+    }
+
+    /// The complete, ready pods as they are now.
+    pub(crate) async fn ready_pods(&self) -> Vec<SandboxRecord> {
+        self.sandboxes
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone();
-        m.try_lock_owned().ok()
+            .await
+            .items
+            .values()
+            .filter(|s| s.complete && s.ready)
+            .cloned()
+            .collect()
     }
 
     /// Forgets the lock of a removed object.
