@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tonic::Status;
 
+use rsrun::signal::Signal;
+
 use crate::api;
 use crate::sandbox;
 use crate::store::{ContainerRecord, SandboxRecord};
@@ -49,19 +51,36 @@ pub fn repo_digest(asked: &str, digests: &[String]) -> String {
         .unwrap_or_default()
 }
 
-/// A signal as an image's STOPSIGNAL names it: `SIGQUIT`, `QUIT` or its number.
-pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).ok();
+/// The signal of a CRI `Signal` enum value (`SIGNAL_SIGRTMINPLUS3`: SIGRTMIN+3, 37); None for
+/// RUNTIME_DEFAULT, an error naming the value for one the enum does not have.
+pub fn cri_signal(v: i32) -> Result<Option<Signal>, String> {
+    let e = api::Signal::try_from(v).map_err(|_| format!("{v} is not a CRI Signal"))?;
+    if e == api::Signal::RuntimeDefault {
+        return Ok(None);
     }
-    let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    name.parse().ok()
+    let name = e.as_str_name().trim_start_matches("SIGNAL_");
+    let name = name.replace("PLUS", "+").replace("MINUS", "-");
+    Signal::parse(&name)
+        .map(Some)
+        .map_err(|err| format!("CRI Signal {v}: {err}"))
+}
+
+/// A signal as the CRI enum names it; RUNTIME_DEFAULT for 32 and 33, which it lacks.
+pub fn to_cri_signal(s: Signal) -> i32 {
+    let name = s.name().replace('+', "PLUS").replace('-', "MINUS");
+    api::Signal::from_str_name(&format!("SIGNAL_{name}")).map_or(0, |e| e as i32)
+}
+
+/// What StopContainer sends: the recorded stop signal (the container config's, else the
+/// image's STOPSIGNAL), SIGTERM when there is none or it names no signal.
+pub fn stop_signal(r: &ContainerRecord) -> Signal {
+    match r.stop_signal.as_str() {
+        "" => Signal::TERM,
+        s => Signal::parse(s).unwrap_or_else(|e| {
+            tracing::warn!(container = %r.id, stop_signal = s, "stop signal: {e}: SIGTERM instead");
+            Signal::TERM
+        }),
+    }
 }
 
 /// The image's runtime config (what CreateContainer merges with the CRI config).
@@ -1055,6 +1074,7 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
             r.repo_digest.clone()
         },
         image_id: r.image_ref.clone(),
+        stop_signal: to_cri_signal(stop_signal(r)),
         labels: r.labels.clone(),
         annotations: r.annotations.clone(),
         log_path: r.log_path.clone(),
@@ -1313,13 +1333,41 @@ mod tests {
     }
 
     #[test]
-    fn stop_signals_as_images_name_them() {
-        use nix::sys::signal::Signal;
-        assert_eq!(parse_signal("SIGQUIT"), Some(Signal::SIGQUIT));
-        assert_eq!(parse_signal("quit"), Some(Signal::SIGQUIT));
-        assert_eq!(parse_signal("10"), Some(Signal::SIGUSR1));
-        assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(parse_signal("99"), None);
+    fn stop_signals_as_images_and_the_cri_name_them() {
+        for v in 1..=65 {
+            let s = cri_signal(v).unwrap().unwrap();
+            // SIGCLD, SIGIOT and SIGPOLL are aliases: their canonical names come back.
+            let back = to_cri_signal(s);
+            assert_eq!(cri_signal(back).unwrap(), Some(s), "{v}");
+        }
+        assert_eq!(cri_signal(0).unwrap(), None);
+        assert_eq!(
+            cri_signal(api::Signal::Sigrtminplus3 as i32)
+                .unwrap()
+                .unwrap()
+                .raw(),
+            37
+        );
+        assert_eq!(
+            cri_signal(api::Signal::Sigrtmaxminus14 as i32)
+                .unwrap()
+                .unwrap()
+                .raw(),
+            50
+        );
+        assert_eq!(
+            cri_signal(api::Signal::Sigquit as i32)
+                .unwrap()
+                .unwrap()
+                .raw(),
+            3
+        );
+        assert!(cri_signal(66).unwrap_err().contains("66"));
+        assert_eq!(
+            to_cri_signal(Signal::parse("SIGTERM").unwrap()),
+            api::Signal::Sigterm as i32
+        );
+        assert_eq!(to_cri_signal(Signal::from_raw(32).unwrap()), 0);
         let c = ImageConfig::from_json(&json!({"config": {"StopSignal": "SIGINT"}}));
         assert_eq!(c.stop_signal, "SIGINT");
     }

@@ -204,15 +204,9 @@ impl Runtime {
         let id = r.id.clone();
         let exit = r.exit_file.clone();
         let rec = r.clone();
-        // The image's STOPSIGNAL (nginx: SIGQUIT), else SIGTERM; one that does not name a
-        // signal falls back to SIGTERM, logged.
-        let signal = match r.stop_signal.as_str() {
-            "" => nix::sys::signal::Signal::SIGTERM,
-            s => container::parse_signal(s).unwrap_or_else(|| {
-                tracing::warn!(container = %r.id, stop_signal = s, "the image's StopSignal is not a signal: SIGTERM instead");
-                nix::sys::signal::Signal::SIGTERM
-            }),
-        };
+        // The config's stop signal, else the image's STOPSIGNAL (nginx: SIGQUIT), else
+        // SIGTERM; one that does not name a signal falls back to SIGTERM, logged.
+        let signal = container::stop_signal(r);
         blocking(move || {
             // Its exit recorded, or its shim gone (killed: nobody will record it).
             let gone = || exit.exists() || !container::shim_alive(&rec);
@@ -875,6 +869,9 @@ impl RuntimeService for Runtime {
                 "CreateContainer: config.metadata.name is required",
             ));
         }
+        let stop_signal = container::cri_signal(c.stop_signal).map_err(|e| {
+            Status::invalid_argument(format!("CreateContainer: config.stop_signal: {e}"))
+        })?;
         let image = c
             .image
             .as_ref()
@@ -966,7 +963,11 @@ impl RuntimeService for Runtime {
         match made {
             Ok(made) => {
                 rec.image_ref = made.image_ref;
-                rec.stop_signal = made.stop_signal;
+                // The config's stop signal wins over the image's (KEP-4960).
+                rec.stop_signal = match stop_signal {
+                    Some(s) => s.name(),
+                    None => made.stop_signal,
+                };
                 rec.repo_digest = made.repo_digest;
                 rec.target_pid_ns = made.target_pid_ns;
                 rec.user = Some(made.user);

@@ -282,8 +282,22 @@ ss=$(c create "$pod" "$R/stopsig.json" "$R/pod.json") && c start "$ss" >/dev/nul
 c stop -t 20 "$ss" >/dev/null || fail "stop (stopsignal): $(cat "$R/crictl.err")"
 [ "$(c inspect -o json "$ss" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["exitCode"])')" = 7 ] \
     || fail "StopContainer did not send the image's StopSignal: $(c inspect "$ss")"
-c rm "$ss" >/dev/null && c rmi busybox:stopsignal >/dev/null || fail "rm/rmi (stopsignal): $(cat "$R/crictl.err")"
-ok "StopContainer sends the image's STOPSIGNAL (SIGUSR1: exit 7, not SIGTERM's 8)"
+st=$(c inspect -o json "$ss" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"].get("stopSignal"))')
+[ "$st" = SIGNAL_SIGUSR1 ] || fail "ContainerStatus.stop_signal: $st, not the image's SIGUSR1"
+# The config's stop signal (KEP-4960, here SIGRTMIN+3: systemd's, 37) wins over the image's.
+sed 's/"name": "stopsig"/"name": "stopsig-rt"/; s/trap \\"exit 8\\" TERM/trap \\"exit 9\\" 37/; s/^{/{"stop_signal": 38, /' "$R/stopsig.json" > "$R/stopsig-rt.json"
+grep -q 'exit 9.* 37' "$R/stopsig-rt.json" || fail "the smoke test's sed: $(cat "$R/stopsig-rt.json")"
+rs=$(c create "$pod" "$R/stopsig-rt.json" "$R/pod.json") && c start "$rs" >/dev/null || fail "create (stop_signal): $(cat "$R/crictl.err")"
+st=$(c inspect -o json "$rs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"].get("stopSignal"))')
+[ "$st" = SIGNAL_SIGRTMINPLUS3 ] || fail "ContainerStatus.stop_signal: $st, not the config's SIGRTMINPLUS3"
+c stop -t 20 "$rs" >/dev/null || fail "stop (stop_signal): $(cat "$R/crictl.err")"
+[ "$(c inspect -o json "$rs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["exitCode"])')" = 9 ] \
+    || fail "StopContainer did not send the config's stop_signal SIGRTMIN+3: $(c inspect "$rs")"
+sed 's/"stop_signal": 38/"stop_signal": 99/' "$R/stopsig-rt.json" > "$R/stopsig-bad.json"
+if c create "$pod" "$R/stopsig-bad.json" "$R/pod.json" >/dev/null; then fail "a stop_signal of 99 was taken"; fi
+grep -q 'InvalidArgument.*config.stop_signal: 99' "$R/crictl.err" || fail "stop_signal 99: $(cat "$R/crictl.err")"
+c rm "$ss" "$rs" >/dev/null && c rmi busybox:stopsignal >/dev/null || fail "rm/rmi (stopsignal): $(cat "$R/crictl.err")"
+ok "StopContainer sends the image's STOPSIGNAL (SIGUSR1: exit 7, not SIGTERM's 8), the config's stop_signal before it (SIGRTMIN+3: 37), both in ContainerStatus; an unknown one InvalidArgument"
 # One /dev/shm per pod, as its IPC namespace: what a container writes there another sees;
 # it is the pod's tmpfs (unmounted with the pod: the "nothing left" check below).
 echo '{"metadata": {"name": "shm"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/shm.json"

@@ -18,6 +18,7 @@ pub mod rootfs;
 pub mod seal;
 pub mod seccomp;
 pub mod security;
+pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod sync;

@@ -652,7 +652,8 @@ impl Runtime {
     }
 
     /// `kill`: sends a signal to the init (or every process with `all`).
-    pub fn kill(&self, id: &str, sig: Signal, all: bool) -> Result<()> {
+    pub fn kill(&self, id: &str, sig: impl Into<crate::signal::Signal>, all: bool) -> Result<()> {
+        let sig = sig.into();
         let dir = self.dir(id)?;
         let saved = load(&dir)?;
         let status = saved.status(&dir);
@@ -668,8 +669,12 @@ impl Runtime {
             )));
         }
         if all {
+            // Through a pidfd each, as the init: a PID could only be reused between the read
+            // of cgroup.procs and the open, never between the open and the signal.
             for p in cgroups::pids(&saved.cgroup_paths) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+                if let Ok(fd) = sys::pidfd_open(p) {
+                    let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig.raw());
+                }
             }
             return Ok(());
         }
@@ -679,7 +684,7 @@ impl Runtime {
                 "container not running: {id} is stopped"
             )));
         };
-        sys::pidfd_send_signal(pidfd.as_raw_fd(), sig as i32)
+        sys::pidfd_send_signal(pidfd.as_raw_fd(), sig.raw())
             .with_ctx(|| format!("kill {} {sig}", saved.pid))
     }
 

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::signal::Signal;
 use rsrun::{log, CreateOpts, Runtime};
 
 const USAGE: &str = "usage: rsrun [global options] COMMAND [options] [ARGS]
@@ -410,20 +409,6 @@ fn cmd_spec(a: &mut Args) -> Result<i32> {
     Ok(0)
 }
 
-fn parse_signal(s: &str) -> Result<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| anyhow!("invalid signal number {n}"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    name.parse::<Signal>()
-        .map_err(|_| anyhow!("unknown signal {s:?}"))
-}
-
 fn cmd_kill(rt: &Runtime, a: &mut Args) -> Result<i32> {
     let mut all = false;
     while let Some((k, v)) = a.next_flag() {
@@ -452,7 +437,7 @@ fn cmd_kill(rt: &Runtime, a: &mut Args) -> Result<i32> {
         }
         return Ok(0);
     }
-    rt.kill(&id, parse_signal(sig)?, all)?;
+    rt.kill(&id, rsrun::signal::Signal::parse(sig)?, all)?;
     Ok(0)
 }
 

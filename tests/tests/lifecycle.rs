@@ -339,3 +339,49 @@ fn start_fails_when_the_init_dies_before_exec() {
     rt.wait_status(&id, "stopped");
     rt.ok(&["delete", &id]);
 }
+
+#[test]
+fn kill_sends_real_time_signals_as_runc_numbers_them() {
+    let rt = Rsrun::new();
+    // PID 1 of its namespace: the kernel drops the signals it has no handler for, so only
+    // the one trapped (37, SIGRTMIN+3 with SIGRTMIN = 34: systemd's stop signal) ends it.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "trap 'exit 7' 37; while true; do sleep 0.05; done",
+    ]);
+    let id = unique("rt");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    // The trap is set once the shell runs its loop: its handler shows in /proc.
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let caught = || {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    for _ in 0..500 {
+        if caught() & (1 << (37 - 1)) != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_ne!(
+        caught() & (1 << (37 - 1)),
+        0,
+        "the shell never trapped signal 37"
+    );
+    for near in ["SIGRTMIN+2", "RTMAX-26", "TERM"] {
+        rt.ok(&["kill", &id, near]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(rt.status(&id), "running", "a signal other than 37 ended it");
+    for bad in ["SIGRTMIN+31", "RTMAX-40", "SIGNOPE", "65", "0x25"] {
+        let e = rt.fails(&["kill", &id, bad]);
+        assert!(e.contains("signal"), "{bad}: {e}");
+    }
+    rt.ok(&["kill", &id, "SIGRTMIN+3"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+}
