@@ -478,8 +478,18 @@ pub fn oci_spec(
             }
             options.push("rro");
         }
-        mounts.push(json!({"destination": m.container_path, "type": "bind",
-            "source": m.host_path, "options": options}));
+        let mut mount = json!({"destination": m.container_path, "type": "bind",
+            "source": m.host_path, "options": options});
+        // Idmapped (the kubelet asks it for every volume of a `hostUsers: false` pod, with
+        // the pod's mappings): the container's root owns what host root owns. An image
+        // volume of such a pod is idmapped already, under its snapshot.
+        if m.image.is_none() {
+            if let Some((u, g)) = mount_mappings(i, m)? {
+                mount["uidMappings"] = u;
+                mount["gidMappings"] = g;
+            }
+        }
+        mounts.push(mount);
     }
 
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
@@ -717,6 +727,42 @@ fn host_devices(dir: &Path, at: &Path, out: &mut Vec<Value>) {
             out.push(n);
         }
     }
+}
+
+/// A CRI mount's ID mappings as the OCI mount's `uidMappings` and `gidMappings`; None when
+/// it has none.
+fn mount_mappings(i: usize, m: &api::Mount) -> Result<Option<(Value, Value)>, Status> {
+    if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+        return Ok(None);
+    }
+    let what = format!("CreateContainer: mounts[{i}] ({})", m.container_path);
+    if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{what}: uid_mappings and gid_mappings go together"
+        )));
+    }
+    let oci = |field: &str, v: &[api::IdMapping]| -> Result<Value, Status> {
+        v.iter()
+            .enumerate()
+            .map(|(k, x)| {
+                if x.length == 0
+                    || x.host_id.checked_add(x.length).is_none()
+                    || x.container_id.checked_add(x.length).is_none()
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "{what}: {field}[{k}]: length {} is 0 or overflows the ID range",
+                        x.length
+                    )));
+                }
+                Ok(json!({"containerID": x.container_id, "hostID": x.host_id, "size": x.length}))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+    };
+    Ok(Some((
+        oci("uid_mappings", &m.uid_mappings)?,
+        oci("gid_mappings", &m.gid_mappings)?,
+    )))
 }
 
 /// The image-store snapshot IDs of a container's image volumes.

@@ -473,7 +473,17 @@ cat > "$R/upod.json" <<JSON
    "uids": [{"host_id": 200000, "container_id": 0, "length": 65536}],
    "gids": [{"host_id": 200000, "container_id": 0, "length": 65536}]}}}}}
 JSON
-echo '{"metadata": {"name": "u"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "echo x > /etc/written && hostname > /tmp/index.html && exec httpd -f -p 80 -h /tmp"]}' > "$R/uc.json"
+# Its volume (host root's) idmapped with the pod's mappings, as the kubelet asks for every
+# volume of such a pod; the same directory bound without them for contrast.
+mkdir -p "$R/uvol" && chmod 755 "$R/uvol" && echo v > "$R/uvol/f"
+cat > "$R/uc.json" <<JSON
+{"metadata": {"name": "u"}, "image": {"image": "busybox"},
+ "command": ["sh", "-c", "echo x > /etc/written && hostname > /tmp/index.html && exec httpd -f -p 80 -h /tmp"],
+ "mounts": [{"container_path": "/vol", "host_path": "$R/uvol",
+             "uidMappings": [{"host_id": 200000, "container_id": 0, "length": 65536}],
+             "gidMappings": [{"host_id": 200000, "container_id": 0, "length": 65536}]},
+            {"container_path": "/plain", "host_path": "$R/uvol"}]}
+JSON
 pod=$(c runp "$R/upod.json") || fail "runp (userns): $(cat "$R/crictl.err")"
 uc=$(c create "$pod" "$R/uc.json" "$R/upod.json") || fail "create (userns): $(cat "$R/crictl.err")"
 c start "$uc" >/dev/null || fail "start (userns): $(cat "$R/crictl.err")"
@@ -485,9 +495,13 @@ read -r inside host len < "/proc/$upid/uid_map"
 [ "$(stat -c %u "/proc/$upid")" = 200000 ] || fail "the container's root is host uid $(stat -c %u "/proc/$upid"), not 200000"
 out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /etc /bin/busybox; cat /etc/written') || fail "exec (userns): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 0 0 x " ] || fail "userns: image files not owned by the container's root: $out"
+out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /vol/f /plain/f; echo w > /vol/new && echo wrote; (echo w > /plain/other) 2>/dev/null || echo refused' 2>&1) \
+    || fail "exec (userns volume): $(cat "$R/crictl.err")"
+[ "$(echo "$out" | tr '\n' ' ')" = "0 0 65534 65534 wrote refused " ] || fail "userns: the idmapped volume: $out"
+[ "$(stat -c '%u %g' "$R/uvol/new")" = "0 0" ] || fail "userns: a file written through the idmapped volume is host $(stat -c '%u %g' "$R/uvol/new")"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp (userns): $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "userns: mounts left: $(grep "$R" /proc/self/mountinfo)"
-ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files are its own, nothing left"
+ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files and its idmapped volume are its own (host root's on disk), nothing left"
 echo '{"metadata":{"name":"p","namespace":"n","uid":"u2"},"linux":{"security_context":{"namespace_options":{"userns_options":{"mode":0,"uids":[{"host_id":1000,"container_id":1,"length":10}],"gids":[{"host_id":1000,"container_id":0,"length":10}]}}}}}' > "$R/bad-userns.json"
 if c runp "$R/bad-userns.json" >/dev/null; then fail "runp with container ID 0 unmapped succeeded"; fi
 grep -q 'InvalidArgument.*userns_options.uids: container ID 0 must be mapped' "$R/crictl.err" || fail "bad userns: $(cat "$R/crictl.err")"

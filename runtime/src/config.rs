@@ -156,6 +156,7 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
             )));
         }
     }
+    crate::idmap::check(spec)?;
     if let Some(linux) = spec.linux() {
         let mut seen = Vec::new();
         for ns in linux.namespaces().iter().flatten() {

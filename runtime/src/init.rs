@@ -45,6 +45,8 @@ pub struct InitArgs<'a> {
     pub new_cgroupns: bool,
     pub setgroups_allowed: bool,
     pub cgroup_paths: &'a [PathBuf],
+    /// Idmapped bind mounts made before the clone, by mount index.
+    pub idmapped: &'a crate::idmap::Prepared,
     /// Extra environment (LISTEN_FDS passthrough).
     pub extra_env: Vec<String>,
     /// Give the container its own session keyring (runc's default).
@@ -156,6 +158,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         new_cgroupns: a.new_cgroupns,
         new_netns: a.new_netns,
         cgroup_paths: a.cgroup_paths,
+        idmapped: a.idmapped,
     };
     let root = rootfs::prepare(&setup)?;
     let devnull = rootfs::open_devnull()?;

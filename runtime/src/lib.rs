@@ -10,6 +10,7 @@ pub mod dbus;
 pub mod error;
 pub mod exec;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
 pub mod lifecycle;
 pub mod live;

@@ -379,6 +379,8 @@ impl Runtime {
 
         let setgroups_allowed = true;
         let unprivileged = !nix::unistd::geteuid().is_root();
+        // (Dropped once the init has them: it moves each into place.)
+        let idmapped = crate::idmap::prepare(spec, &bundle.path, self.rootless)?;
         let pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
         if pid == 0 {
             drop(parent_sock);
@@ -401,11 +403,13 @@ impl Runtime {
                 new_cgroupns: unshare.contains(CloneFlags::CLONE_NEWCGROUP),
                 setgroups_allowed,
                 cgroup_paths: &cg_paths,
+                idmapped: &idmapped,
                 extra_env,
                 new_keyring: !o.no_new_keyring,
                 dumpable_until_go: new_user && unprivileged,
             });
         }
+        drop(idmapped);
         cleanup.child = Some(pid);
         intent.pid = pid;
         intent.start_time = sys::process_start_time(pid).unwrap_or(0);

@@ -133,11 +133,8 @@ pub fn parse_options(opts: &[String]) -> Result<MountOptions> {
                 o.recursive = true;
                 continue;
             }
-            "idmap" | "ridmap" => {
-                return Err(Error::Unsupported(format!(
-                    "mount option {opt:?} (idmapped mounts)"
-                )));
-            }
+            // Made before the clone (idmap.rs); the init moves the result into place.
+            "idmap" | "ridmap" => continue,
             "tmpcopyup" => {
                 o.tmpcopyup = true;
                 continue;
@@ -176,6 +173,8 @@ pub struct Setup<'a> {
     /// The container's cgroup directories on the host (for v1 cgroup mounts without a
     /// cgroup namespace).
     pub cgroup_paths: &'a [PathBuf],
+    /// Idmapped bind mounts made before the clone, by mount index.
+    pub idmapped: &'a crate::idmap::Prepared,
 }
 
 /// Resolves `path` inside `root` (an O_PATH directory fd) without leaving it.
@@ -410,7 +409,7 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
 
     let mut dev_bound = false;
     for (i, m) in s.spec.mounts().iter().flatten().enumerate() {
-        mount_one(s, root.as_raw_fd(), m)
+        mount_one(s, root.as_raw_fd(), i, m)
             .map_err(|e| prefix(e, &format!("mounts[{i}] {}", m.destination().display())))?;
         if m.destination() == Path::new("/dev") && m.typ().as_deref() != Some("tmpfs") {
             dev_bound = true;
@@ -442,7 +441,7 @@ fn prefix(e: Error, what: &str) -> Error {
     }
 }
 
-fn mount_one(s: &Setup, root: RawFd, m: &Mount) -> Result<()> {
+fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
     let typ = m.typ().as_deref().unwrap_or("");
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]))?;
     let dest = m.destination();
@@ -471,7 +470,12 @@ fn mount_one(s: &Setup, root: RawFd, m: &Mount) -> Result<()> {
         if opts.recursive {
             flags |= MsFlags::MS_REC;
         }
-        mount_at(Some(&src_s), &t, None, flags, None).with_ctx(|| format!("bind {src_s}"))?;
+        match s.idmapped.get(i) {
+            Some(tree) => sys::move_mount(tree.as_raw_fd(), target.as_raw_fd())
+                .with_ctx(|| format!("move the idmapped mount of {src_s} into place"))?,
+            None => mount_at(Some(&src_s), &t, None, flags, None)
+                .with_ctx(|| format!("bind {src_s}"))?,
+        }
         // Flags other than bind need a remount of the new mount (reopen to get it).
         let extra = opts.flags & !(MsFlags::MS_REMOUNT);
         if !extra.is_empty() || !opts.clear.is_empty() {
@@ -1143,7 +1147,8 @@ mod tests {
         assert_eq!(o.data, vec!["mode=755"]);
         let o = parse_options(&["ro".into(), "rw".into()]).unwrap();
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
-        assert!(parse_options(&["idmap".into()]).is_err());
+        // (idmap/ridmap are made before the clone: idmap.rs.)
+        assert!(parse_options(&["idmap".into()]).unwrap().data.is_empty());
         let o = parse_options(&["rbind,rro,rnosuid,rnoatime".into(), "rrw".into()]).unwrap();
         use crate::sys::*;
         assert_eq!(o.rec_set, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOATIME);

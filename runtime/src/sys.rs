@@ -420,13 +420,28 @@ pub fn bind_idmapped(
     target: &std::path::Path,
     userns: RawFd,
 ) -> io::Result<()> {
+    let tree = idmapped_tree(src, userns, false, false)?;
+    let to = std::fs::File::open(target)?;
+    move_mount(tree.as_raw_fd(), to.as_raw_fd())
+}
+
+/// A detached copy of the mount at `src` (with the mounts below it: `rbind`), idmapped
+/// through the user namespace `userns` (the mounts below too: `recursive`), for
+/// move_mount(2) to put in place.
+pub fn idmapped_tree(
+    src: &std::path::Path,
+    userns: RawFd,
+    rbind: bool,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(src.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let tree = open_tree(libc::AT_FDCWD, &c, OPEN_TREE_CLONE)?;
-    setattr(tree.as_raw_fd(), MOUNT_ATTR_IDMAP, 0, 0, userns as u64)?;
-    let to = std::fs::File::open(target)?;
-    move_mount(tree.as_raw_fd(), to.as_raw_fd())
+    let clone = OPEN_TREE_CLONE | if rbind { AT_RECURSIVE } else { 0 };
+    let tree = open_tree(libc::AT_FDCWD, &c, clone)?;
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    setattr(tree.as_raw_fd(), MOUNT_ATTR_IDMAP, 0, flags, userns as u64)?;
+    Ok(tree)
 }
 
 /// mount_setattr(2) with AT_RECURSIVE: sets `set` and clears `clr` on the mount `fd` refers

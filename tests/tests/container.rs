@@ -94,6 +94,100 @@ fn user_namespace_with_mappings() {
 }
 
 #[test]
+fn idmapped_bind_mounts_give_the_container_root_host_roots_files() {
+    // What the kubelet asks of every volume of a `hostUsers: false` pod: the volume is
+    // host root's; through the idmapped mount the container's root (host 100000) owns it.
+    let rt = Rsrun::new();
+    let vol = TempDir::new("idmap");
+    std::fs::set_permissions(
+        vol.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(vol.path().join("f"), "data").unwrap();
+    let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let src = vol.path().to_str().unwrap();
+    let script = "stat -c '%u %g' /vol/f /own/f /plain/f /file; \
+                  echo hi > /vol/new && echo wrote; \
+                  (echo x > /plain/other) 2>/dev/null || echo refused";
+    let mut b = sh(script);
+    // (The mapped root cannot create them in host root's rootfs.)
+    for d in ["vol", "own", "plain"] {
+        std::fs::create_dir(b.rootfs().join(d)).unwrap();
+    }
+    std::fs::write(b.rootfs().join("file"), "").unwrap();
+    b.add_namespace("user", None);
+    b.edit(|c| {
+        c["linux"]["uidMappings"] = maps.clone();
+        c["linux"]["gidMappings"] = maps.clone();
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/vol", "type": "bind", "source": src,
+                      "options": ["rbind"], "uidMappings": maps, "gidMappings": maps}));
+        // The idmap option alone takes the container's own mappings.
+        m.push(json!({"destination": "/own", "type": "bind", "source": src,
+                      "options": ["bind", "idmap"]}));
+        m.push(
+            json!({"destination": "/plain", "type": "bind", "source": src,
+                      "options": ["bind"]}),
+        );
+        // A file (the kubelet binds /etc/hosts and the termination log so).
+        m.push(json!({"destination": "/file", "type": "bind",
+                      "source": format!("{src}/f"), "options": ["bind"],
+                      "uidMappings": maps, "gidMappings": maps}));
+    });
+    let out = rt.output(&b);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["0 0", "0 0", "65534 65534", "0 0", "wrote", "refused"],
+        "{out}"
+    );
+    // Written by the container's root through the mount: host root's on disk.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(vol.path().join("new")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    assert!(!vol.path().join("other").exists());
+
+    // Bad requests name the mount; nothing is made.
+    for (what, mount, want) in [
+        (
+            "uid without gid",
+            json!({"destination": "/v", "type": "bind", "source": src, "options": ["bind"],
+                   "uidMappings": maps}),
+            "mounts[",
+        ),
+        (
+            "a tmpfs",
+            json!({"destination": "/v", "type": "tmpfs", "source": "tmpfs",
+                   "uidMappings": maps, "gidMappings": maps}),
+            "only bind mounts can be idmapped",
+        ),
+        (
+            "size 0",
+            json!({"destination": "/v", "type": "bind", "source": src, "options": ["bind"],
+                   "uidMappings": [{"containerID": 0, "hostID": 1, "size": 0}],
+                   "gidMappings": maps}),
+            "size 0",
+        ),
+    ] {
+        let mut b = sh("true");
+        b.edit(|c| c["mounts"].as_array_mut().unwrap().push(mount));
+        let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("idm")]);
+        assert!(e.contains(want) && e.contains("/v"), "{what}: {e}");
+    }
+    // The idmap option in a container without mappings of its own has none to take.
+    let mut b = sh("true");
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/v", "type": "bind", "source": src, "options": ["bind", "idmap"]}),
+        )
+    });
+    let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("idm")]);
+    assert!(e.contains("linux.uidMappings"), "{e}");
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
 fn time_namespace_offsets() {
     let rt = Rsrun::new();
     let mut b = sh("cat /proc/self/timens_offsets; cut -d. -f1 /proc/uptime");
