@@ -40,6 +40,9 @@ pub struct InitArgs<'a> {
     pub join: Vec<(CloneFlags, OwnedFd)>,
     /// Namespaces to create after joining (cgroup, and those not made by clone).
     pub unshare: CloneFlags,
+    /// `unshare` holds a new PID namespace (inside a joined user namespace, which must own
+    /// it): only children enter it, so the init forks once more and the child goes on.
+    pub fork_into_pid_ns: bool,
     pub in_userns: bool,
     pub new_netns: bool,
     pub new_cgroupns: bool,
@@ -79,6 +82,29 @@ pub fn run(a: InitArgs) -> ! {
 
 pub(crate) enum Never {}
 
+/// Forks the process that goes on as the init, PID 1 of the PID namespace just unshared.
+/// This process (the intermediate) tells the runtime the child's host PID and exits; the
+/// child waits until it has (the runtime reads that message first), learns its host PID
+/// through a pipe and returns it.
+fn fork_into_pid_ns(sync: &OwnedFd) -> Result<i32> {
+    let (r, w) = nix::unistd::pipe().ctx("pipe to the init")?;
+    let child = sys::clone_fork(0).ctx("fork the init into its PID namespace")?;
+    if child != 0 {
+        drop(r);
+        let told = sync::send(sync, &Msg::Init(child))
+            .and_then(|_| nix::unistd::write(&w, &child.to_le_bytes()).ctx("write to the init"));
+        sys::exit_now(if told.is_ok() { 0 } else { 1 });
+    }
+    drop(w);
+    let mut b = [0u8; 4];
+    match nix::unistd::read(&r, &mut b) {
+        Ok(4) => Ok(i32::from_le_bytes(b)),
+        _ => Err(Error::Init(
+            "the intermediate process exited before naming the init".into(),
+        )),
+    }
+}
+
 fn wait_for(sync: &OwnedFd, want: &Msg) -> Result<Msg> {
     match sync::recv(sync)? {
         Some(Msg::Go(p)) if matches!(want, Msg::Go(_)) => Ok(Msg::Go(p)),
@@ -100,7 +126,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     }
     // Our own binary, to refuse exec'ing it as the container's program.
     let self_id = crate::seal::runtime_identity()?;
-    let host_pid = match wait_for(&a.sync, &Msg::Go(0))? {
+    let mut host_pid = match wait_for(&a.sync, &Msg::Go(0))? {
         Msg::Go(p) => p,
         _ => unreachable_msg()?,
     };
@@ -124,6 +150,9 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
             && std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny"));
     if !a.unshare.is_empty() {
         nix::sched::unshare(a.unshare).with_ctx(|| format!("unshare {:?}", a.unshare))?;
+    }
+    if a.fork_into_pid_ns {
+        host_pid = fork_into_pid_ns(&a.sync)?;
     }
     let spec = a.spec;
     if a.new_keyring {

@@ -191,15 +191,20 @@ impl Runtime {
             ));
         }
         let joined_user = join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER);
-        if joined_user && clone_flags.contains(CloneFlags::CLONE_NEWPID) {
-            return Err(Error::Unsupported(
-                "a new pid namespace inside a joined user namespace".into(),
-            ));
-        }
+        // A new PID namespace inside a joined user namespace (a Kubernetes pod with
+        // `hostUsers: false`, whose containers each have their own): the init makes it after
+        // joining, so that the user namespace owns it (else the container's root could not
+        // mount its /proc), and forks into it (runc's nsexec does the same).
+        let fork_into_pid_ns = joined_user && clone_flags.contains(CloneFlags::CLONE_NEWPID);
         if joined_user {
             // Created after joining the user namespace, so that it owns them.
-            unshare |= clone_flags & !CloneFlags::CLONE_NEWPID;
-            clone_flags &= CloneFlags::CLONE_NEWPID;
+            unshare |= clone_flags;
+            clone_flags = CloneFlags::empty();
+        }
+        if fork_into_pid_ns {
+            // The init becomes a grandchild: this process reaps it once the intermediate
+            // exits (`run` waits for it; a shim is a subreaper already).
+            nix::sys::prctl::set_child_subreaper(true).ctx("PR_SET_CHILD_SUBREAPER")?;
         }
 
         // Cgroup. Rootless, as runc and crun: when the cgroup cannot be created (or
@@ -381,7 +386,7 @@ impl Runtime {
         let unprivileged = !nix::unistd::geteuid().is_root();
         // (Dropped once the init has them: it moves each into place.)
         let idmapped = crate::idmap::prepare(spec, &bundle.path, self.rootless)?;
-        let pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
+        let mut pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
         if pid == 0 {
             drop(parent_sock);
             drop(own_console_end);
@@ -397,6 +402,7 @@ impl Runtime {
                 no_pivot: o.no_pivot,
                 join,
                 unshare,
+                fork_into_pid_ns,
                 in_userns: new_user || joined_user,
                 new_netns: clone_flags.contains(CloneFlags::CLONE_NEWNET)
                     || unshare.contains(CloneFlags::CLONE_NEWNET),
@@ -458,6 +464,27 @@ impl Runtime {
         }
         sync::send(&parent_sock, &Msg::Go(pid))?;
 
+        if fork_into_pid_ns {
+            // The intermediate names the init (its child, PID 1 of the new PID namespace)
+            // and exits: the init is the container's process from here on.
+            let init = match sync::recv(&parent_sock)? {
+                Some(Msg::Init(p)) => p,
+                Some(Msg::Error(e)) => return Err(Error::Init(e)),
+                Some(m) => return Err(Error::Init(format!("unexpected {m:?} from init"))),
+                None => {
+                    return Err(Error::Init(format!(
+                        "init exited during setup ({})",
+                        reap_status(pid)
+                    )))
+                }
+            };
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            pid = init;
+            cleanup.child = Some(pid);
+            intent.pid = pid;
+            intent.start_time = sys::process_start_time(pid).unwrap_or(0);
+            dir.save_intent(&intent)?;
+        }
         let annotations = spec.annotations().clone().unwrap_or_default();
         let mut saved = Saved {
             oci_version: spec.version().clone(),

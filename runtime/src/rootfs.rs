@@ -461,8 +461,17 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
         } else {
             src.clone()
         };
-        let meta = std::fs::metadata(&src).with_ctx(|| format!("bind source {}", src.display()))?;
-        let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+        // An idmapped mount was opened by the runtime: its source may be out of this
+        // process's reach (in a user namespace), and the mount says what it is.
+        let is_dir = match s.idmapped.get(i) {
+            Some(tree) => nix::sys::stat::fstat(tree)
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .with_ctx(|| format!("the idmapped mount of {}", src.display()))?,
+            None => std::fs::metadata(&src)
+                .with_ctx(|| format!("bind source {}", src.display()))?
+                .is_dir(),
+        };
+        let kind = if is_dir { Kind::Dir } else { Kind::File };
         let target = mkdir_all_in_root(root, dest, kind)?;
         let t = proc_fd(&target);
         let src_s = src.to_string_lossy();

@@ -25,6 +25,9 @@ pub enum Msg {
     Committed,
     /// Either way: a failure, with its message.
     Error(String),
+    /// Intermediate → parent: the init is this child of mine (its PID as the host sees
+    /// it), PID 1 of the PID namespace made after joining a user namespace; I exit now.
+    Init(i32),
 }
 
 pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
@@ -49,6 +52,10 @@ pub fn send(fd: impl AsFd, m: &Msg) -> Result<()> {
         Msg::Ready => buf.push(4),
         Msg::Start => buf.push(5),
         Msg::Committed => buf.push(7),
+        Msg::Init(pid) => {
+            buf.push(8);
+            buf.extend_from_slice(&pid.to_le_bytes());
+        }
         Msg::Error(s) => {
             buf.push(6);
             buf.extend_from_slice(s.as_bytes());
@@ -83,6 +90,7 @@ pub fn recv(fd: impl AsFd) -> Result<Option<Msg>> {
         5 => Msg::Start,
         6 => Msg::Error(String::from_utf8_lossy(body).into_owned()),
         7 => Msg::Committed,
+        8 if body.len() == 4 => Msg::Init(i32::from_le_bytes([body[0], body[1], body[2], body[3]])),
         t => {
             return Err(Error::Init(format!(
                 "unexpected message {t} on sync socket"

@@ -98,15 +98,21 @@ fn idmapped_bind_mounts_give_the_container_root_host_roots_files() {
     // What the kubelet asks of every volume of a `hostUsers: false` pod: the volume is
     // host root's; through the idmapped mount the container's root (host 100000) owns it.
     let rt = Rsrun::new();
-    let vol = TempDir::new("idmap");
-    std::fs::set_permissions(
-        vol.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::write(vol.path().join("f"), "data").unwrap();
+    // Under a directory of host root's that the container's root cannot enter (as the
+    // kubelet's pod directories are): the runtime opens the sources, not the init.
+    use std::os::unix::fs::PermissionsExt;
+    let private = TempDir::new("idmap");
+    std::fs::set_permissions(private.path(), PermissionsExt::from_mode(0o700)).unwrap();
+    let vol_dir = private.path().join("vol");
+    std::fs::create_dir(&vol_dir).unwrap();
+    std::fs::write(vol_dir.join("f"), "data").unwrap();
+    // The plain bind's source must be reachable from the container's user namespace.
+    let open = TempDir::new("idmap-plain");
+    std::fs::set_permissions(open.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(open.path().join("f"), "data").unwrap();
     let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    let src = vol.path().to_str().unwrap();
+    let src = vol_dir.to_str().unwrap();
+    let plain = open.path().to_str().unwrap();
     let script = "stat -c '%u %g' /vol/f /own/f /plain/f /file; \
                   echo hi > /vol/new && echo wrote; \
                   (echo x > /plain/other) 2>/dev/null || echo refused";
@@ -127,7 +133,7 @@ fn idmapped_bind_mounts_give_the_container_root_host_roots_files() {
         m.push(json!({"destination": "/own", "type": "bind", "source": src,
                       "options": ["bind", "idmap"]}));
         m.push(
-            json!({"destination": "/plain", "type": "bind", "source": src,
+            json!({"destination": "/plain", "type": "bind", "source": plain,
                       "options": ["bind"]}),
         );
         // A file (the kubelet binds /etc/hosts and the termination log so).
@@ -144,9 +150,9 @@ fn idmapped_bind_mounts_give_the_container_root_host_roots_files() {
     );
     // Written by the container's root through the mount: host root's on disk.
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(vol.path().join("new")).unwrap();
+    let m = std::fs::metadata(vol_dir.join("new")).unwrap();
     assert_eq!((m.uid(), m.gid()), (0, 0));
-    assert!(!vol.path().join("other").exists());
+    assert!(!open.path().join("other").exists());
 
     // Bad requests name the mount; nothing is made.
     for (what, mount, want) in [
@@ -184,6 +190,64 @@ fn idmapped_bind_mounts_give_the_container_root_host_roots_files() {
     });
     let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("idm")]);
     assert!(e.contains("linux.uidMappings"), "{e}");
+    assert_eq!(rt.count(), 0);
+}
+
+#[test]
+fn new_pid_namespace_inside_a_joined_user_namespace() {
+    // A container of a `hostUsers: false` pod: it joins the pod's user namespace and has a
+    // PID namespace of its own, which that user namespace must own (its root mounts /proc).
+    let rt = Rsrun::new();
+    let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let mut pod = Bundle::new(&["sleep", "100"]);
+    pod.add_namespace("user", None);
+    pod.edit(|c| {
+        c["linux"]["uidMappings"] = maps.clone();
+        c["linux"]["gidMappings"] = maps.clone();
+    });
+    let pod_id = unique("upod");
+    rt.ok(&["run", "-d", "--bundle", pod.dir.to_str().unwrap(), &pod_id]);
+    let ppid = rt.state(&pod_id)["pid"].as_i64().unwrap() as u32;
+    let join = |b: &mut Bundle| {
+        b.add_namespace("user", Some(&format!("/proc/{ppid}/ns/user")));
+        b.add_namespace("network", Some(&format!("/proc/{ppid}/ns/net")));
+    };
+    // Foreground: its exit status comes back (the init is the runtime's grandchild).
+    let mut b = sh("echo pid $$; ls /proc | grep -c '^[0-9]'; cat /proc/self/uid_map; exit 3");
+    join(&mut b);
+    let (code, out, err) = rt.run_bundle(&unique("uctr"), &b);
+    assert_eq!(code, 3, "{out} {err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(&words[..2], ["pid", "1"], "{out}");
+    // Its own /proc: only its own processes (sh, ls, grep).
+    assert!(words[2].parse::<u32>().unwrap() <= 3, "{out}");
+    assert_eq!(&words[3..6], ["0", "100000", "65536"], "{out}");
+
+    // Detached: state, exec, kill and delete find the init (not the process that forked it).
+    let mut b = Bundle::new(&["sleep", "100"]);
+    join(&mut b);
+    let id = unique("uctr");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap() as u32;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains("NSpid:\t")
+            && status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "the recorded pid {pid} is not PID 1 of its namespace: {status}"
+    );
+    assert!(status.contains("Name:\tsleep"), "{status}");
+    assert_eq!(ns_inode(pid, "user"), ns_inode(ppid, "user"));
+    assert_ne!(ns_inode(pid, "pid"), ns_inode(ppid, "pid"));
+    let out = rt.ok(&["exec", &id, "sh", "-c", "echo $$ $(cat /proc/1/comm)"]);
+    let w: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(w[1], "sleep", "{out}");
+    assert_ne!(w[0], "1", "{out}");
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    rt.ok(&["delete", "-f", &pod_id]);
     assert_eq!(rt.count(), 0);
 }
 
