@@ -1133,10 +1133,28 @@ impl RuntimeService for Runtime {
         &self,
         r: Request<api::ContainerStatusRequest>,
     ) -> Result<Response<api::ContainerStatusResponse>, Status> {
-        let rec = self.container(&r.into_inner().container_id).await?;
+        let r = r.into_inner();
+        let rec = self.container(&r.container_id).await?;
+        let status = container::status(&rec);
+        // Verbose, as containerd's (`crictl inspect`: info.pid is what operators nsenter):
+        // the pod, the process while it runs, the bundle and the OCI config it runs with.
+        let mut info = std::collections::HashMap::new();
+        if r.verbose {
+            let running = status.state == api::ContainerState::ContainerRunning as i32;
+            let spec = tokio::fs::read(rec.bundle.join("config.json"))
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            let v = json!({"sandboxID": rec.sandbox_id,
+                "pid": if running { rec.pid } else { 0 },
+                "bundle": rec.bundle, "logPath": rec.log_path,
+                "stopSignal": container::stop_signal(&rec).name(),
+                "runtimeSpec": spec});
+            info.insert("info".to_string(), v.to_string());
+        }
         Ok(Response::new(api::ContainerStatusResponse {
-            status: Some(container::status(&rec)),
-            info: Default::default(),
+            status: Some(status),
+            info,
         }))
     }
 

@@ -490,6 +490,9 @@ c start "$uc" >/dev/null || fail "start (userns): $(cat "$R/crictl.err")"
 uip=$(pod_ip "$pod")
 [ "$(get "$uip")" = userns-pod ] || fail "userns pod: HTTP to $uip"
 upid=$("$RSRUN" --root "$R/state/runtime" state "$uc" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+# crictl inspect's verbose info names the process (what operators nsenter) and its config.
+ipid=$(c inspect "$uc" | python3 -c 'import json,sys; i=json.load(sys.stdin)["info"]; print(i["pid"], i["sandboxID"], [n["type"] for n in i["runtimeSpec"]["linux"]["namespaces"] if "path" in n])')
+[ "$ipid" = "$upid $pod ['pid', 'user', 'network', 'ipc', 'uts']" ] || fail "crictl inspect: info pid, sandboxID, joined namespaces: $ipid; the runtime's pid $upid, pod $pod"
 read -r inside host len < "/proc/$upid/uid_map"
 [ "$inside $host $len" = "0 200000 65536" ] || fail "userns uid_map of $upid: $inside $host $len"
 [ "$(stat -c %u "/proc/$upid")" = 200000 ] || fail "the container's root is host uid $(stat -c %u "/proc/$upid"), not 200000"
@@ -499,9 +502,16 @@ out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /vol/f /plain/f; echo w > /vol/new 
     || fail "exec (userns volume): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 65534 65534 wrote refused " ] || fail "userns: the idmapped volume: $out"
 [ "$(stat -c '%u %g' "$R/uvol/new")" = "0 0" ] || fail "userns: a file written through the idmapped volume is host $(stat -c '%u %g' "$R/uvol/new")"
+# A container with a PID namespace of its own (pid mode CONTAINER: what the kubelet sends
+# unless the pod shares its PID namespace), inside the pod's user namespace.
+echo '{"metadata": {"name": "u2"}, "image": {"image": "busybox"}, "command": ["sleep", "1001"],
+ "linux": {"security_context": {"namespace_options": {"pid": 1}}}}' > "$R/uc2.json"
+uc2=$(c create "$pod" "$R/uc2.json" "$R/upod.json") && c start "$uc2" >/dev/null || fail "create (userns, pid CONTAINER): $(cat "$R/crictl.err")"
+out=$(c exec -s "$uc2" sh -c 'echo $(tr "\0" " " < /proc/1/cmdline); id -u; awk "{print \$1, \$2, \$3}" /proc/self/uid_map') || fail "exec (userns, pid CONTAINER): $(cat "$R/crictl.err")"
+[ "$(echo "$out" | tr '\n' '|')" = "sleep 1001|0|0 200000 65536|" ] || fail "userns, pid CONTAINER: $out"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp (userns): $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "userns: mounts left: $(grep "$R" /proc/self/mountinfo)"
-ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files and its idmapped volume are its own (host root's on disk), nothing left"
+ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files and its idmapped volume are its own (host root's on disk), a container with its own PID namespace in it, nothing left"
 echo '{"metadata":{"name":"p","namespace":"n","uid":"u2"},"linux":{"security_context":{"namespace_options":{"userns_options":{"mode":0,"uids":[{"host_id":1000,"container_id":1,"length":10}],"gids":[{"host_id":1000,"container_id":0,"length":10}]}}}}}' > "$R/bad-userns.json"
 if c runp "$R/bad-userns.json" >/dev/null; then fail "runp with container ID 0 unmapped succeeded"; fi
 grep -q 'InvalidArgument.*userns_options.uids: container ID 0 must be mapped' "$R/crictl.err" || fail "bad userns: $(cat "$R/crictl.err")"

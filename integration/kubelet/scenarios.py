@@ -690,6 +690,76 @@ def s16_exec_portforward_cp_logrotation():
     delete("kiada-tools", "logger")
 
 
+def host_cgroup_file(pod, container, controller, name):
+    """A file of the container's cgroup, read on the node (the kernel's value)."""
+    cid = cstatus(get_pod(pod), container)["containerID"].split("://", 1)[1]
+    pid = json.loads(crictl("inspect", cid))["info"]["pid"]
+    for line in open("/proc/%d/cgroup" % pid):
+        _, ctrls, path = line.rstrip("\n").split(":", 2)
+        if controller in ctrls.split(","):
+            with open("/sys/fs/cgroup/%s%s/%s" % (ctrls, path, name)) as f:
+                return f.read().strip()
+    raise Fail("no %s cgroup for pid %d" % (controller, pid))
+
+
+@scenario
+def s17_user_namespace_pod():
+    """hostUsers: false: the pod's root is an unprivileged user on the node; its volumes (an
+    emptyDir, a configMap, a hostPath, /etc/hosts) are its own through idmapped mounts."""
+    host = os.path.join(RUN_DIR, "userns-vol")
+    os.makedirs(host, exist_ok=True)
+    os.chmod(host, 0o755)
+    with open(os.path.join(host, "from-node"), "w") as f:
+        f.write("node data\n")
+    kubectl("create", "configmap", "userns-config", "--from-literal=k=v")
+    mounts = [{"name": "disk", "mountPath": "/disk"}, {"name": "cfg", "mountPath": "/cfg"},
+              {"name": "host", "mountPath": "/host"}]
+    create(pod_manifest("userns", [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"],
+                                    "volumeMounts": mounts}],
+                        hostUsers=False, terminationGracePeriodSeconds=1,
+                        volumes=[{"name": "disk", "emptyDir": {}},
+                                 {"name": "cfg", "configMap": {"name": "userns-config"}},
+                                 {"name": "host", "hostPath": {"path": host}}]))
+    p = running("userns")
+    inside, outside, length = exec_("userns", "cat", "/proc/self/uid_map").stdout.split()[:3]
+    check(inside == "0" and int(outside) >= 65536 and length == "65536",
+          "uid_map %s %s %s: not a user namespace of its own" % (inside, outside, length))
+    cid = cstatus(p, "main")["containerID"].split("://", 1)[1]
+    pid = json.loads(crictl("inspect", cid))["info"]["pid"]
+    uid = re.search(r"^Uid:\s+(\d+)", open("/proc/%d/status" % pid).read(), re.M).group(1)
+    check(uid == outside, "the container's root is uid %s on the node, not %s" % (uid, outside))
+    own = exec_("userns", "stat", "-c", "%u %g %n", "/disk", "/cfg/k", "/host/from-node", "/etc/hosts").stdout
+    check(all(l.startswith("0 0 ") for l in own.splitlines()) and len(own.splitlines()) == 4,
+          "volumes not owned by the pod's root: %s" % own)
+    r = exec_("userns", "sh", "-c", "echo d > /disk/f && echo back > /host/from-pod", ok=False)
+    check(r.returncode == 0, "the pod's root cannot write its volumes: %s" % r.stderr)
+    st = os.stat(os.path.join(host, "from-pod"))
+    check((st.st_uid, st.st_gid) == (0, 0), "written through the idmapped hostPath as %d:%d on the node"
+          % (st.st_uid, st.st_gid))
+    delete("userns")
+    kubectl("delete", "configmap", "userns-config")
+
+
+@scenario
+def s18_in_place_resize():
+    """In-place resize (kubectl patch --subresource resize): the CPU and memory limits change in
+    the container's cgroup without a restart, and the pod's status shows them."""
+    res = lambda cpu, mem: {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": cpu, "memory": mem}}
+    create(pod_manifest("resize", [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"],
+                                    "resources": res("200m", "128Mi")}], terminationGracePeriodSeconds=1))
+    running("resize")
+    quota = lambda: host_cgroup_file("resize", "main", "cpu", "cpu.cfs_quota_us")
+    limit = lambda: host_cgroup_file("resize", "main", "memory", "memory.limit_in_bytes")
+    check((quota(), limit()) == ("20000", str(128 << 20)), "before: quota %s, limit %s" % (quota(), limit()))
+    patch = {"spec": {"containers": [{"name": "main", "resources": res("400m", "192Mi")}]}}
+    kubectl("patch", "pod", "resize", "--subresource", "resize", "--patch", json.dumps(patch))
+    p = wait("the resize in the pod's status", lambda: (lambda p: p if cstatus(p, "main").get("resources", {})
+             .get("limits", {}).get("cpu") == "400m" else None)(get_pod("resize")), timeout=60)
+    check((quota(), limit()) == ("40000", str(192 << 20)), "after: quota %s, limit %s" % (quota(), limit()))
+    check(cstatus(p, "main").get("restartCount") == 0, "the container restarted: %r" % cstatus(p, "main"))
+    delete("resize")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", default="")

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Stage 80: a real kubelet (v1.37.2, with etcd and kube-apiserver, built from the Go module proxy
-# and cached by version) on rsrun-cri, driven through kubectl: the 16 scenarios of
+# and cached by version) on rsrun-cri, driven through kubectl: the 18 scenarios of
 # integration/kubelet/scenarios.py (Kubernetes in Action's workloads). Every scenario must pass.
 set -eu
 cd "${RSRUN_TOP:-$(dirname "$0")/../..}"
