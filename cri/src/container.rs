@@ -584,15 +584,20 @@ pub fn oci_spec(
         spec["linux"]["rootfsPropagation"] = json!("rshared");
     }
     if !sc.privileged {
-        let masked: Vec<String> = if sc.masked_paths.is_empty() {
-            MASKED.iter().map(|s| s.to_string()).collect()
-        } else {
+        // The kubelet always sends the lists: the defaults, or none for `procMount:
+        // Unmasked` — which Kubernetes allows only with `hostUsers: false`. Empty lists mean
+        // none in a user-namespace pod, as containerd and CRI-O read them; elsewhere (a
+        // client that sends none, as crictl) our defaults.
+        let given = |v: &Vec<String>| !v.is_empty() || sb.userns.is_some();
+        let masked: Vec<String> = if given(&sc.masked_paths) {
             sc.masked_paths.clone()
-        };
-        let ro: Vec<String> = if sc.readonly_paths.is_empty() {
-            READONLY.iter().map(|s| s.to_string()).collect()
         } else {
+            MASKED.iter().map(|s| s.to_string()).collect()
+        };
+        let ro: Vec<String> = if given(&sc.readonly_paths) {
             sc.readonly_paths.clone()
+        } else {
+            READONLY.iter().map(|s| s.to_string()).collect()
         };
         spec["linux"]["maskedPaths"] = json!(masked);
         spec["linux"]["readonlyPaths"] = json!(ro);

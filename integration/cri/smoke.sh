@@ -304,6 +304,8 @@ echo '{"metadata": {"name": "shm"}, "image": {"image": "busybox"}, "command": ["
 sh1=$(c create "$pod" "$R/shm.json" "$R/pod.json") && c start "$sh1" >/dev/null || fail "create (shm): $(cat "$R/crictl.err")"
 c exec -s "$ctr" sh -c 'echo pod-wide > /dev/shm/smoke' || fail "write /dev/shm: $(cat "$R/crictl.err")"
 [ "$(c exec -s "$sh1" cat /dev/shm/smoke)" = pod-wide ] || fail "/dev/shm is not shared in the pod: $(cat "$R/crictl.err")"
+# No masked_paths from the client (crictl) outside a user namespace: the default masks.
+[ "$(echo $(c exec -s "$sh1" sh -c "grep ' /proc/keys ' /proc/mounts | wc -l"))" = 1 ] || fail "/proc/keys is not masked by default: $(c exec -s "$sh1" cat /proc/mounts | tr '\n' '|')"
 grep -F " $R/state/sandboxes/$pod/shm " /proc/self/mountinfo | grep -q ' - tmpfs ' \
     && [ "$(cat "$R/state/sandboxes/$pod/shm/smoke")" = pod-wide ] || fail "the pod's /dev/shm is not its tmpfs"
 c rm -f "$sh1" >/dev/null || fail "rm $sh1: $(cat "$R/crictl.err")"
@@ -505,13 +507,17 @@ out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /vol/f /plain/f; echo w > /vol/new 
 # A container with a PID namespace of its own (pid mode CONTAINER: what the kubelet sends
 # unless the pod shares its PID namespace), inside the pod's user namespace.
 echo '{"metadata": {"name": "u2"}, "image": {"image": "busybox"}, "command": ["sleep", "1001"],
- "linux": {"security_context": {"namespace_options": {"pid": 1}}}}' > "$R/uc2.json"
+ "linux": {"security_context": {"namespace_options": {"pid": 1}, "masked_paths": ["/proc/timer_list"]}}}' > "$R/uc2.json"
 uc2=$(c create "$pod" "$R/uc2.json" "$R/upod.json") && c start "$uc2" >/dev/null || fail "create (userns, pid CONTAINER): $(cat "$R/crictl.err")"
 out=$(c exec -s "$uc2" sh -c 'echo $(tr "\0" " " < /proc/1/cmdline); id -u; awk "{print \$1, \$2, \$3}" /proc/self/uid_map') || fail "exec (userns, pid CONTAINER): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' '|')" = "sleep 1001|0|0 200000 65536|" ] || fail "userns, pid CONTAINER: $out"
+# Masked paths as given (procMount Unmasked, allowed only with hostUsers: false, sends none).
+masks() { echo $(c exec -s "$1" sh -c "grep ' /proc/keys ' /proc/mounts | wc -l; grep ' /proc/timer_list ' /proc/mounts | wc -l"); }
+[ "$(masks "$uc2")" = "0 1" ] || fail "userns: masked_paths [/proc/timer_list] not as given: $(masks "$uc2")"
+[ "$(masks "$uc")" = "0 0" ] || fail "userns: no masked_paths (procMount Unmasked) still masked: $(masks "$uc")"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp (userns): $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "userns: mounts left: $(grep "$R" /proc/self/mountinfo)"
-ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files and its idmapped volume are its own (host root's on disk), a container with its own PID namespace in it, nothing left"
+ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files and its idmapped volume are its own (host root's on disk), a container with its own PID namespace in it, masked paths as given (none: procMount Unmasked), nothing left"
 echo '{"metadata":{"name":"p","namespace":"n","uid":"u2"},"linux":{"security_context":{"namespace_options":{"userns_options":{"mode":0,"uids":[{"host_id":1000,"container_id":1,"length":10}],"gids":[{"host_id":1000,"container_id":0,"length":10}]}}}}}' > "$R/bad-userns.json"
 if c runp "$R/bad-userns.json" >/dev/null; then fail "runp with container ID 0 unmapped succeeded"; fi
 grep -q 'InvalidArgument.*userns_options.uids: container ID 0 must be mapped' "$R/crictl.err" || fail "bad userns: $(cat "$R/crictl.err")"

@@ -705,7 +705,8 @@ def host_cgroup_file(pod, container, controller, name):
 @scenario
 def s17_user_namespace_pod():
     """hostUsers: false: the pod's root is an unprivileged user on the node; its volumes (an
-    emptyDir, a configMap, a hostPath, /etc/hosts) are its own through idmapped mounts."""
+    emptyDir, a configMap, a hostPath, /etc/hosts) are its own through idmapped mounts;
+    procMount Unmasked."""
     host = os.path.join(RUN_DIR, "userns-vol")
     os.makedirs(host, exist_ok=True)
     os.chmod(host, 0o755)
@@ -715,24 +716,32 @@ def s17_user_namespace_pod():
     mounts = [{"name": "disk", "mountPath": "/disk"}, {"name": "cfg", "mountPath": "/cfg"},
               {"name": "host", "mountPath": "/host"}]
     create(pod_manifest("userns", [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"],
-                                    "volumeMounts": mounts}],
+                                    "volumeMounts": mounts},
+                                   {"name": "unmasked", "image": BUSYBOX, "command": ["sleep", "3600"],
+                                    "securityContext": {"procMount": "Unmasked"}}],
                         hostUsers=False, terminationGracePeriodSeconds=1,
                         volumes=[{"name": "disk", "emptyDir": {}},
                                  {"name": "cfg", "configMap": {"name": "userns-config"}},
                                  {"name": "host", "hostPath": {"path": host}}]))
     p = running("userns")
-    inside, outside, length = exec_("userns", "cat", "/proc/self/uid_map").stdout.split()[:3]
+    inside, outside, length = exec_("userns", "cat", "/proc/self/uid_map", container="main").stdout.split()[:3]
     check(inside == "0" and int(outside) >= 65536 and length == "65536",
           "uid_map %s %s %s: not a user namespace of its own" % (inside, outside, length))
     cid = cstatus(p, "main")["containerID"].split("://", 1)[1]
     pid = json.loads(crictl("inspect", cid))["info"]["pid"]
     uid = re.search(r"^Uid:\s+(\d+)", open("/proc/%d/status" % pid).read(), re.M).group(1)
     check(uid == outside, "the container's root is uid %s on the node, not %s" % (uid, outside))
-    own = exec_("userns", "stat", "-c", "%u %g %n", "/disk", "/cfg/k", "/host/from-node", "/etc/hosts").stdout
+    own = exec_("userns", "stat", "-c", "%u %g %n", "/disk", "/cfg/k", "/host/from-node", "/etc/hosts",
+                container="main").stdout
     check(all(l.startswith("0 0 ") for l in own.splitlines()) and len(own.splitlines()) == 4,
           "volumes not owned by the pod's root: %s" % own)
-    r = exec_("userns", "sh", "-c", "echo d > /disk/f && echo back > /host/from-pod", ok=False)
+    r = exec_("userns", "sh", "-c", "echo d > /disk/f && echo back > /host/from-pod", container="main", ok=False)
     check(r.returncode == 0, "the pod's root cannot write its volumes: %s" % r.stderr)
+    # procMount Unmasked (allowed with hostUsers: false): no masked /proc paths; Default: masked.
+    masked = lambda c: re.findall(r"^\S+ (/proc/(?:keys|timer_list)) ", exec_("userns", "cat", "/proc/mounts",
+                                                                             container=c).stdout, re.M)
+    check(masked("main") == ["/proc/keys", "/proc/timer_list"] and masked("unmasked") == [],
+          "masked /proc paths: main %r, unmasked %r" % (masked("main"), masked("unmasked")))
     st = os.stat(os.path.join(host, "from-pod"))
     check((st.st_uid, st.st_gid) == (0, 0), "written through the idmapped hostPath as %d:%d on the node"
           % (st.st_uid, st.st_gid))
