@@ -8,7 +8,6 @@
 //! MOUNT_ATTR_IDMAP). The init inherits the descriptors and moves each mount into place
 //! (move_mount) where a plain bind would be.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
@@ -20,15 +19,16 @@ use crate::sys;
 /// A mount's uid and gid mappings.
 type Mappings = (Vec<LinuxIdMapping>, Vec<LinuxIdMapping>);
 
-/// Detached idmapped mounts, by index in `mounts`.
+/// Detached idmapped mounts, by index in `mounts` (a list: most configs have none, and a
+/// HashMap's random keys would cost every `create` a getrandom and their code's pages).
 #[derive(Default)]
 pub struct Prepared {
-    pub mounts: HashMap<usize, OwnedFd>,
+    pub mounts: Vec<(usize, OwnedFd)>,
 }
 
 impl Prepared {
     pub fn get(&self, i: usize) -> Option<&OwnedFd> {
-        self.mounts.get(&i)
+        self.mounts.iter().find(|(k, _)| *k == i).map(|(_, fd)| fd)
     }
 }
 
@@ -148,7 +148,7 @@ pub fn prepare(spec: &Spec, bundle: &Path, rootless: bool) -> Result<Prepared> {
                 e,
             )
         })?;
-        out.mounts.insert(i, fd);
+        out.mounts.push((i, fd));
     }
     Ok(out)
 }
