@@ -72,12 +72,15 @@ pub fn to_cri_signal(s: Signal) -> i32 {
 }
 
 /// What StopContainer sends: the recorded stop signal (the container config's, else the
-/// image's STOPSIGNAL), SIGTERM when there is none or it names no signal.
-pub fn stop_signal(r: &ContainerRecord) -> Signal {
+/// image's STOPSIGNAL), SIGTERM when there is none or it names no signal (`warn`: say so in
+/// the log, as StopContainer does; ContainerStatus, asked every second, stays quiet).
+pub fn stop_signal(r: &ContainerRecord, warn: bool) -> Signal {
     match r.stop_signal.as_str() {
         "" => Signal::TERM,
         s => Signal::parse(s).unwrap_or_else(|e| {
-            tracing::warn!(container = %r.id, stop_signal = s, "stop signal: {e}: SIGTERM instead");
+            if warn {
+                tracing::warn!(container = %r.id, stop_signal = s, "stop signal: {e}: SIGTERM instead");
+            }
             Signal::TERM
         }),
     }
@@ -1125,7 +1128,7 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
             r.repo_digest.clone()
         },
         image_id: r.image_ref.clone(),
-        stop_signal: to_cri_signal(stop_signal(r)),
+        stop_signal: to_cri_signal(stop_signal(r, false)),
         labels: r.labels.clone(),
         annotations: r.annotations.clone(),
         log_path: r.log_path.clone(),

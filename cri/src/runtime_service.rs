@@ -206,7 +206,7 @@ impl Runtime {
         let rec = r.clone();
         // The config's stop signal, else the image's STOPSIGNAL (nginx: SIGQUIT), else
         // SIGTERM; one that does not name a signal falls back to SIGTERM, logged.
-        let signal = container::stop_signal(r);
+        let signal = container::stop_signal(r, true);
         blocking(move || {
             // Its exit recorded, or its shim gone (killed: nobody will record it).
             let gone = || exit.exists() || !container::shim_alive(&rec);
@@ -1148,7 +1148,7 @@ impl RuntimeService for Runtime {
             let v = json!({"sandboxID": rec.sandbox_id,
                 "pid": if running { rec.pid } else { 0 },
                 "bundle": rec.bundle, "logPath": rec.log_path,
-                "stopSignal": container::stop_signal(&rec).name(),
+                "stopSignal": container::stop_signal(&rec, false).name(),
                 "runtimeSpec": spec});
             info.insert("info".to_string(), v.to_string());
         }

@@ -108,6 +108,11 @@ impl Runtime {
     }
 
     /// `create`: sets the container up and leaves its init waiting for `start`.
+    ///
+    /// A container that joins a user namespace and has a PID namespace of its own gets its
+    /// init from a second fork; this process then becomes a child subreaper
+    /// (PR_SET_CHILD_SUBREAPER) so that the init is its child, and stays one: a long-lived
+    /// caller reaps whatever orphans of its descendants reach it (a shim is one already).
     pub fn create(&self, o: &CreateOpts) -> Result<i32> {
         let c = self.create_inner(o, false, false)?;
         Ok(c.pid)
@@ -363,6 +368,11 @@ impl Runtime {
             extra_env.push("LISTEN_PID=1".to_string());
         }
 
+        // Idmapped mounts, made in our own namespaces (before the time and pid switches
+        // below: the helper it clones must not land in the container's PID namespace).
+        // (Dropped once the init has them: it moves each into place.)
+        let idmapped = crate::idmap::prepare(spec, &bundle.path, self.rootless)?;
+
         // A new time namespace is entered by our next child: set its offsets now and come
         // back to ours afterwards. A joined pid namespace likewise.
         let restore_time = if new_time {
@@ -384,8 +394,6 @@ impl Runtime {
 
         let setgroups_allowed = true;
         let unprivileged = !nix::unistd::geteuid().is_root();
-        // (Dropped once the init has them: it moves each into place.)
-        let idmapped = crate::idmap::prepare(spec, &bundle.path, self.rootless)?;
         let mut pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
         if pid == 0 {
             drop(parent_sock);

@@ -439,6 +439,11 @@ pub fn idmapped_tree(
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let clone = OPEN_TREE_CLONE | if rbind { AT_RECURSIVE } else { 0 };
     let tree = open_tree(libc::AT_FDCWD, &c, clone)?;
+    // The copy joins the source's peer group when that is shared (a plain bind made in the
+    // container's rslave tree would not): a slave, so that nothing mounted under it in the
+    // container propagates back to the host. A propagation option of the mount still applies
+    // after the move.
+    setattr_propagation(tree.as_raw_fd(), libc::MS_SLAVE, AT_RECURSIVE)?;
     let flags = if recursive { AT_RECURSIVE } else { 0 };
     setattr(tree.as_raw_fd(), MOUNT_ATTR_IDMAP, 0, flags, userns as u64)?;
     Ok(tree)
@@ -457,12 +462,33 @@ pub fn mount_setattr_supported() -> bool {
 }
 
 fn setattr(fd: RawFd, set: u64, clr: u64, flags: u32, userns_fd: u64) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: clr,
-        propagation: 0,
-        userns_fd,
-    };
+    setattr_full(
+        fd,
+        MountAttr {
+            attr_set: set,
+            attr_clr: clr,
+            propagation: 0,
+            userns_fd,
+        },
+        flags,
+    )
+}
+
+/// mount_setattr(2) setting only the propagation type (MS_SLAVE, MS_PRIVATE...).
+fn setattr_propagation(fd: RawFd, propagation: u64, flags: u32) -> io::Result<()> {
+    setattr_full(
+        fd,
+        MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation,
+            userns_fd: 0,
+        },
+        flags,
+    )
+}
+
+fn setattr_full(fd: RawFd, attr: MountAttr, flags: u32) -> io::Result<()> {
     let empty = c"";
     // SAFETY: `attr` outlives the call and its size is passed; empty path with
     // AT_EMPTY_PATH.

@@ -194,6 +194,39 @@ fn idmapped_bind_mounts_give_the_container_root_host_roots_files() {
 }
 
 #[test]
+fn idmapped_mounts_do_not_propagate_back_to_the_host() {
+    // A shared source: the detached copy would join its peer group, and what the container
+    // mounts under it would appear on the host (a plain bind in the container's rslave tree
+    // would not).
+    let host = TempDir::new("idmap-shared");
+    std::fs::create_dir(host.path().join("sub")).unwrap();
+    let _shared = SharedMount::new(host.path());
+    let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let mut b = sh("mount -t tmpfs t /vol/sub && echo mounted");
+    let src = host.path().to_str().unwrap().to_string();
+    b.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/vol", "type": "bind",
+            "source": src, "options": ["rbind"], "uidMappings": maps, "gidMappings": maps}));
+        c["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
+        c["process"]["capabilities"]["effective"] = json!(["CAP_SYS_ADMIN"]);
+        c["process"]["capabilities"]["permitted"] = json!(["CAP_SYS_ADMIN"]);
+    });
+    let out = Rsrun::new().output(&b);
+    assert!(
+        out.contains("mounted"),
+        "the container could not mount: {out}"
+    );
+    let left = mounts_under(host.path());
+    assert!(
+        left.is_empty(),
+        "the container's mount reached the host: {left:?}"
+    );
+}
+
+#[test]
 fn new_pid_namespace_inside_a_joined_user_namespace() {
     // A container of a `hostUsers: false` pod: it joins the pod's user namespace and has a
     // PID namespace of its own, which that user namespace must own (its root mounts /proc).
