@@ -846,21 +846,21 @@ pub(crate) fn load(dir: &ContainerDir) -> Result<Saved> {
     })
 }
 
-/// Signals `run` passes on to the container.
+/// Signals `run` and `exec` pass on to the container: every signal but those that cannot
+/// be caught or that report a fault of our own; the real-time ones included (SIGRTMIN+3 is
+/// systemd's stop signal), as runc forwards them. glibc's full set leaves out the two
+/// signals it reserves for itself (32 and 33).
 pub fn forwarded_signals() -> nix::sys::signal::SigSet {
-    let mut s = nix::sys::signal::SigSet::empty();
-    for sig in Signal::iterator() {
-        if !matches!(
-            sig,
-            Signal::SIGKILL
-                | Signal::SIGSTOP
-                | Signal::SIGSEGV
-                | Signal::SIGBUS
-                | Signal::SIGILL
-                | Signal::SIGFPE
-        ) {
-            s.add(sig);
-        }
+    let mut s = nix::sys::signal::SigSet::all();
+    for sig in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+    ] {
+        s.remove(sig);
     }
     s
 }

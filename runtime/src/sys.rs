@@ -124,6 +124,13 @@ pub fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
     check(ret).map(|_| ())
 }
 
+/// kill(2) by raw signal number: real-time signals have no `nix` `Signal`.
+pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::kill(pid, sig) };
+    check(ret as libc::c_long).map(|_| ())
+}
+
 /// setrlimit(2) by raw resource number.
 pub fn setrlimit(resource: i32, soft: u64, hard: u64) -> io::Result<()> {
     let lim = libc::rlimit {

@@ -134,8 +134,9 @@ pub fn wait_forwarding(pid: i32, sigs: &SigSet, console: Option<UnixStream>) -> 
                 if let Some(m) = &master {
                     copy_winsize(m);
                 }
-            } else if let Ok(s) = Signal::try_from(sig) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), s);
+            } else {
+                // Our unreaped child: its PID cannot have been reused.
+                let _ = crate::sys::kill(pid, sig);
             }
         }
     }

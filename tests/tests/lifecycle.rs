@@ -385,3 +385,96 @@ fn kill_sends_real_time_signals_as_runc_numbers_them() {
     rt.wait_status(&id, "stopped");
     rt.ok(&["delete", &id]);
 }
+
+/// The signal-handler mask of `pid` from /proc (SigCgt).
+fn caught_signals(pid: i64) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn foreground_run_and_exec_forward_real_time_signals() {
+    let rt = Rsrun::new();
+    // The init traps 37 (SIGRTMIN+3, systemd's stop signal) and exits 7 on it.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "trap 'exit 7' 37; while true; do sleep 0.05; done",
+    ]);
+    let id = unique("rtfwd");
+    let mut run = rt
+        .cmd()
+        .args(["run", "--bundle", b.dir.to_str().unwrap(), &id])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pid = 0;
+    for _ in 0..500 {
+        let st = rt.run(&["state", &id]);
+        if st.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+            pid = v["pid"].as_i64().unwrap_or(0);
+        }
+        if pid > 0 && caught_signals(pid) & (1 << (37 - 1)) != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_ne!(
+        caught_signals(pid) & (1 << (37 - 1)),
+        0,
+        "the init never trapped 37"
+    );
+    // An exec'd shell in the foreground traps 40 (SIGRTMIN+6) and exits 9 on it.
+    let mut exec = rt
+        .cmd()
+        .args([
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "trap 'exit 9' 40; while true; do sleep 0.05; done",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut exec_pid = 0i64;
+    for _ in 0..500 {
+        // The exec'd shell: the process in the container's PID namespace that traps 40.
+        exec_pid = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
+            .find(|p| {
+                *p != pid
+                    && caught_signals(*p) & (1 << (40 - 1)) != 0
+                    && std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()
+                        == std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+            })
+            .unwrap_or(0);
+        if exec_pid > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(exec_pid > 0, "the exec'd shell never trapped 40");
+    // SAFETY: plain integers; both are our own children.
+    assert_eq!(unsafe { libc::kill(exec.id() as i32, 40) }, 0);
+    assert_eq!(
+        exec.wait().unwrap().code(),
+        Some(9),
+        "signal 40 not forwarded by exec"
+    );
+    assert_eq!(rt.status(&id), "running");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(run.id() as i32, 37) }, 0);
+    assert_eq!(
+        run.wait().unwrap().code(),
+        Some(7),
+        "signal 37 not forwarded by run"
+    );
+    // `run` deletes the container once it exits.
+    assert!(!rt.run(&["state", &id]).status.success());
+}
