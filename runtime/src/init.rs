@@ -148,6 +148,19 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     let setgroups_allowed = a.setgroups_allowed
         && !(a.in_userns
             && std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny"));
+    // In our cgroups from `Joined` on: a cgroup namespace is rooted where we are when it
+    // is made, and what we fork or run from here is the container's to account.
+    let mut joined = false;
+    let join = |joined: &mut bool| -> Result<()> {
+        if !*joined {
+            wait_for(&a.sync, &Msg::Joined)?;
+            *joined = true;
+        }
+        Ok(())
+    };
+    if a.unshare.contains(CloneFlags::CLONE_NEWCGROUP) || a.fork_into_pid_ns {
+        join(&mut joined)?;
+    }
     if !a.unshare.is_empty() {
         nix::sched::unshare(a.unshare).with_ctx(|| format!("unshare {:?}", a.unshare))?;
     }
@@ -191,6 +204,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     };
     let root = rootfs::prepare(&setup)?;
     let devnull = rootfs::open_devnull()?;
+    join(&mut joined)?;
 
     let hooks = spec.hooks().as_ref();
     let state = |status: &str| {

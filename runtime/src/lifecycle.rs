@@ -444,6 +444,12 @@ impl Runtime {
         if new_user {
             write_id_maps(pid, spec)?;
         }
+        // The init sets up its namespaces and rootfs while we put it in its cgroups: on
+        // cgroup v1 the first migration of a process waits for an RCU grace period (9 ms of
+        // a 17 ms create on this host's kernel, cgroup_threadgroup_rwsem). It waits for
+        // `Joined` before anything that depends on its cgroup (a cgroup namespace, a fork,
+        // hooks, the user's program).
+        sync::send(&parent_sock, &Msg::Go(pid))?;
         if let Some(s) = &scope {
             // The scope is made with the init in it; what systemd does not manage goes to
             // its files.
@@ -470,7 +476,13 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        sync::send(&parent_sock, &Msg::Go(pid))?;
+        if let Err(e) = sync::send(&parent_sock, &Msg::Joined) {
+            // The init failed in its setup meanwhile: its message is what went wrong.
+            return Err(match sync::recv(&parent_sock) {
+                Ok(Some(Msg::Error(m))) => Error::Init(m),
+                _ => e,
+            });
+        }
 
         if fork_into_pid_ns {
             // The intermediate names the init (its child, PID 1 of the new PID namespace)

@@ -9,9 +9,11 @@ use crate::error::{Context, Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// Parent → init: namespaces are set up and the init is in its cgroup; payload: the
-    /// init's PID as the host sees it.
+    /// Parent → init: the namespaces are set up (ID maps written); payload: the init's PID
+    /// as the host sees it. The init sets up what does not depend on its cgroup meanwhile.
     Go(i32),
+    /// Parent → init (create): the init is in its cgroups.
+    Joined,
     /// Init → parent: run the prestart and createRuntime hooks now.
     Hooks,
     /// Parent → init: the hooks succeeded.
@@ -52,6 +54,7 @@ pub fn send(fd: impl AsFd, m: &Msg) -> Result<()> {
         Msg::Ready => buf.push(4),
         Msg::Start => buf.push(5),
         Msg::Committed => buf.push(7),
+        Msg::Joined => buf.push(9),
         Msg::Init(pid) => {
             buf.push(8);
             buf.extend_from_slice(&pid.to_le_bytes());
@@ -91,6 +94,7 @@ pub fn recv(fd: impl AsFd) -> Result<Option<Msg>> {
         6 => Msg::Error(String::from_utf8_lossy(body).into_owned()),
         7 => Msg::Committed,
         8 if body.len() == 4 => Msg::Init(i32::from_le_bytes([body[0], body[1], body[2], body[3]])),
+        9 => Msg::Joined,
         t => {
             return Err(Error::Init(format!(
                 "unexpected message {t} on sync socket"

@@ -280,3 +280,35 @@ fn large_state_to_a_hook_that_never_reads_stdin() {
     b.edit(|c| c["hooks"] = json!({"prestart": [{"path": "/bin/true"}]}));
     rt.ok(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("big")]);
 }
+
+#[test]
+fn create_container_hooks_run_in_the_containers_cgroup() {
+    // The init sets up its rootfs while the runtime puts it in its cgroups; the hooks it
+    // runs (and everything they fork) must already be in them.
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["true"]);
+    let logdir = TempDir::new("hookcg");
+    let log = logdir.path().join("cgroup");
+    let script = format!("cat /proc/self/cgroup > {}", log.display());
+    b.edit(|c| {
+        c["hooks"] = json!({
+            "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", script]}],
+        })
+    });
+    let id = unique("hookcg");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    rt.ok(&["delete", "--force", &id]);
+    let memory = text
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|x| x == "memory"))
+        })
+        .unwrap_or_else(|| panic!("no memory line in {text}"));
+    assert!(
+        memory.ends_with(&format!("/{id}")),
+        "the createContainer hook ran outside the container's cgroup: {memory}"
+    );
+}
