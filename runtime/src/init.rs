@@ -48,6 +48,8 @@ pub struct InitArgs<'a> {
     pub new_cgroupns: bool,
     pub setgroups_allowed: bool,
     pub cgroup_paths: &'a [PathBuf],
+    /// The v1 cgroups to move ourselves into first (see `cgroups::SelfJoin`).
+    pub self_join: Option<&'a crate::cgroups::SelfJoin>,
     /// Idmapped bind mounts made before the clone, by mount index.
     pub idmapped: &'a crate::idmap::Prepared,
     /// Extra environment (LISTEN_FDS passthrough).
@@ -116,6 +118,9 @@ fn wait_for(sync: &OwnedFd, want: &Msg) -> Result<Msg> {
 }
 
 fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> {
+    if let Some(j) = a.self_join {
+        j.join_v1()?;
+    }
     // CVE-2019-5736: until exec, this process is the runtime binary inside the container.
     // Non-dumpable, its /proc/PID/exe cannot be opened by container processes (ptrace
     // access checks need CAP_SYS_PTRACE in the host user namespace).

@@ -394,7 +394,28 @@ impl Runtime {
 
         let setgroups_allowed = true;
         let unprivileged = !nix::unistd::geteuid().is_root();
-        let mut pid = sys::clone_fork(clone_flags.bits() as u64).ctx("clone the container init")?;
+        // The init joins its cgroups without the global migration lock (`SelfJoin`); the
+        // systemd driver (systemd moves it) and rootless mode (whose cgroups may not be
+        // writable) join the usual way below.
+        let self_join = if scope.is_none() && !self.rootless && !cleanup.cgroups.is_empty() {
+            Some(cgroups::SelfJoin::open(&cg_paths, &hs)?)
+        } else {
+            None
+        };
+        let flags = clone_flags.bits() as u64;
+        let mut born_in_v2 = false;
+        let mut pid = match self_join.as_ref().and_then(|j| j.v2.as_ref()) {
+            // (Kernels before 5.7, or a seccomp filter that refuses clone3: a plain clone,
+            // and the v2 cgroup joined below.)
+            Some((_, fd)) => match sys::clone_fork_into(flags, fd.as_raw_fd()) {
+                Ok(p) => {
+                    born_in_v2 = true;
+                    p
+                }
+                Err(_) => sys::clone_fork(flags).ctx("clone the container init")?,
+            },
+            None => sys::clone_fork(flags).ctx("clone the container init")?,
+        };
         if pid == 0 {
             drop(parent_sock);
             drop(own_console_end);
@@ -417,6 +438,7 @@ impl Runtime {
                 new_cgroupns: unshare.contains(CloneFlags::CLONE_NEWCGROUP),
                 setgroups_allowed,
                 cgroup_paths: &cg_paths,
+                self_join: self_join.as_ref(),
                 idmapped: &idmapped,
                 extra_env,
                 new_keyring: !o.no_new_keyring,
@@ -424,6 +446,17 @@ impl Runtime {
             });
         }
         drop(idmapped);
+        // What the init does not join itself (see `SelfJoin`) is joined below.
+        let to_join: Vec<PathBuf> = match &self_join {
+            Some(j) => {
+                j.v2.iter()
+                    .filter(|_| !born_in_v2)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            }
+            None => cg_paths.clone(),
+        };
+        drop(self_join);
         cleanup.child = Some(pid);
         intent.pid = pid;
         intent.start_time = sys::process_start_time(pid).unwrap_or(0);
@@ -444,12 +477,11 @@ impl Runtime {
         if new_user {
             write_id_maps(pid, spec)?;
         }
-        // The init sets up its namespaces and rootfs while we put it in its cgroups: on
-        // cgroup v1 the first migration of a process waits for an RCU grace period (9 ms of
-        // a 17 ms create on this host's kernel, cgroup_threadgroup_rwsem). It waits for
-        // `Joined` before anything that depends on its cgroup (a cgroup namespace, a fork,
-        // hooks, the user's program).
-        sync::send(&parent_sock, &Msg::Go(pid))?;
+        // The init sets up its namespaces and rootfs while we put it in its cgroups (where
+        // it did not join them itself: a migration by cgroup.procs waits for an RCU grace
+        // period, see `SelfJoin`). It waits for `Joined` before anything that depends on
+        // its cgroup (a cgroup namespace, a fork, hooks, the user's program).
+        send_or_init_error(&parent_sock, &Msg::Go(pid))?;
         if let Some(s) = &scope {
             // The scope is made with the init in it; what systemd does not manage goes to
             // its files.
@@ -464,7 +496,7 @@ impl Runtime {
             dir.save_intent(&intent)?;
             cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
         } else if !cleanup.cgroups.is_empty() {
-            match cgroups::add_pid(&cg_paths, pid) {
+            match cgroups::add_pid(&to_join, pid) {
                 Ok(()) => {}
                 Err(e) if self.rootless && !limits => {
                     crate::log::debug(&format!("rootless: cannot join the cgroup: {e}"));
@@ -476,13 +508,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        if let Err(e) = sync::send(&parent_sock, &Msg::Joined) {
-            // The init failed in its setup meanwhile: its message is what went wrong.
-            return Err(match sync::recv(&parent_sock) {
-                Ok(Some(Msg::Error(m))) => Error::Init(m),
-                _ => e,
-            });
-        }
+        send_or_init_error(&parent_sock, &Msg::Joined)?;
 
         if fork_into_pid_ns {
             // The intermediate names the init (its child, PID 1 of the new PID namespace)
@@ -855,6 +881,15 @@ pub(crate) fn load(dir: &ContainerDir) -> Result<Saved> {
         id: dir.id.clone(),
         status: "creating".into(),
         what: "not created yet".into(),
+    })
+}
+
+/// Sends `m` to the init; if it has gone (it failed in its setup meanwhile), its own
+/// message is what went wrong.
+fn send_or_init_error(sock: &OwnedFd, m: &Msg) -> Result<()> {
+    sync::send(sock, m).map_err(|e| match sync::recv(sock) {
+        Ok(Some(Msg::Error(m))) => Error::Init(m),
+        _ => e,
     })
 }
 

@@ -74,10 +74,14 @@ pub fn send(fd: impl AsFd, m: &Msg) -> Result<()> {
 /// Receives one message; `Ok(None)` on EOF.
 pub fn recv(fd: impl AsFd) -> Result<Option<Msg>> {
     let mut buf = vec![0u8; 8192];
+    let mut reset = false;
     let n = loop {
         match nix::unistd::read(fd.as_fd(), &mut buf) {
             Ok(n) => break n,
             Err(nix::errno::Errno::EINTR) => continue,
+            // A peer that exited with our last message unread resets the connection, and
+            // that error is reported before what it sent last (its failure, say): read on.
+            Err(nix::errno::Errno::ECONNRESET) if !reset => reset = true,
             Err(e) => return Err(Error::os("read sync socket", e)),
         }
     };

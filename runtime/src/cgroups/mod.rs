@@ -13,6 +13,7 @@ pub mod v2;
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -314,6 +315,59 @@ pub fn add_pid(paths: &[PathBuf], pid: i32) -> Result<()> {
         std::fs::write(&f, &s).with_ctx(|| format!("add pid {pid} to {}", f.display()))?;
     }
     Ok(())
+}
+
+/// Joining a new init to its cgroups without the kernel's global migration lock. A write of
+/// a PID to `cgroup.procs` takes cgroup_threadgroup_rwsem for writing, whose first writer
+/// waits for an RCU grace period (5-9 ms on this project's hosts, most of a `run`). Two ways
+/// around it: the init is born in its v2 cgroup (clone3 with CLONE_INTO_CGROUP, through
+/// [`SelfJoin::v2`]), and it moves itself into each v1 cgroup by writing "0" (the calling
+/// thread, the whole of a single-threaded process) to `tasks`, which the kernel does
+/// without that lock. The `tasks` files are opened by the runtime: the kernel checks the
+/// opener's credentials, whatever the init's are by then.
+pub struct SelfJoin {
+    /// The v2 directory (pure v2, or the hybrid layout's unified mount) and its descriptor.
+    pub v2: Option<(PathBuf, OwnedFd)>,
+    /// Each v1 cgroup's `tasks`, open for writing.
+    pub v1_tasks: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl SelfJoin {
+    /// Opens what the init will need; `paths` are the container's cgroups, one per
+    /// hierarchy of `hs` (as [`paths_for`] made them).
+    pub fn open(paths: &[PathBuf], hs: &[Hierarchy]) -> Result<SelfJoin> {
+        use nix::fcntl::OFlag;
+        let open = |p: &Path, flags: OFlag| {
+            nix::fcntl::open(p, flags | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .with_ctx(|| format!("open {}", p.display()))
+        };
+        let mut j = SelfJoin {
+            v2: None,
+            v1_tasks: Vec::with_capacity(paths.len()),
+        };
+        for (p, h) in paths.iter().zip(hs) {
+            if h.v2 {
+                j.v2 = Some((p.clone(), open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?));
+            } else {
+                let t = p.join("tasks");
+                let fd = open(&t, OFlag::O_WRONLY)?;
+                j.v1_tasks.push((t, fd));
+            }
+        }
+        Ok(j)
+    }
+
+    /// In the init: moves the calling (single-threaded) process into every v1 cgroup.
+    pub fn join_v1(&self) -> Result<()> {
+        for (t, fd) in &self.v1_tasks {
+            match nix::unistd::write(fd, b"0") {
+                Ok(1) => {}
+                Ok(_) => return Err(Error::Invalid(format!("short write to {}", t.display()))),
+                Err(e) => return Err(Error::os(format!("join cgroup {}", t.display()), e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The container's cgroups behind one interface: the v1 controllers (with the hybrid
