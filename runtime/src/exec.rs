@@ -334,6 +334,8 @@ struct Child<'a> {
     state: Value,
     console: Option<UnixStream>,
     preserve_fds: u32,
+    /// The v1 cgroups to move ourselves into first (see `cgroups::SelfJoin`).
+    self_join: Option<&'a cgroups::SelfJoin>,
 }
 
 impl Runtime {
@@ -452,8 +454,19 @@ impl Runtime {
                     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
             }
         };
-        let spawned = self.spawn_exec(&saved, &process, join, pid_ns, child_sock, console, o);
-        let pid = match spawned {
+        // The process joins its cgroups itself where it can (see `cgroups::SelfJoin`);
+        // rootless, whose cgroups may not be writable, the usual way.
+        let self_join = if self.rootless || cgroup_paths.is_empty() {
+            None
+        } else {
+            cgroups::SelfJoin::open_existing(&cgroup_paths)
+        };
+        let cgroups_of = (cgroup_paths.as_slice(), self_join.as_ref());
+        let spawned = self.spawn_exec(
+            &saved, &process, join, pid_ns, child_sock, console, o, cgroups_of,
+        );
+        drop(self_join);
+        let (pid, cgroup_paths) = match spawned {
             Ok(p) => p,
             Err(e) => {
                 restore_mask(o.detach);
@@ -464,7 +477,7 @@ impl Runtime {
             if !cgroup_paths.is_empty() {
                 cgroups::add_pid(&cgroup_paths, pid)?;
             }
-            sync::send(&parent_sock, &Msg::Go(pid))?;
+            lifecycle::send_or_init_error(&parent_sock, &Msg::Go(pid))?;
             match sync::recv(&parent_sock)? {
                 None => Ok(()),
                 Some(Msg::Error(e)) => {
@@ -503,7 +516,8 @@ impl Runtime {
         child_sock: OwnedFd,
         console: Option<UnixStream>,
         o: &ExecOpts,
-    ) -> Result<i32> {
+        (cgroup_paths, self_join): (&[PathBuf], Option<&cgroups::SelfJoin>),
+    ) -> Result<(i32, Vec<PathBuf>)> {
         // The child must be born in the container's pid namespace: enter it for our
         // children now. Without CAP_SYS_ADMIN in our own user namespace (rootless), that
         // needs the container's user namespace first; this process then stays in it, so
@@ -534,8 +548,13 @@ impl Runtime {
             None => None,
         };
         let state = saved.spec_state(Status::Running);
-        let pid = sys::clone_fork(0).ctx("fork the exec process");
-        if let Ok(0) = pid {
+        // (Returned: the cgroups the child did not join itself.)
+        let pid = match self_join {
+            Some(j) => j.fork(0),
+            None => sys::clone_fork(0).map(|p| (p, cgroup_paths.to_vec())),
+        }
+        .ctx("fork the exec process");
+        if let Ok((0, _)) = pid {
             run_child(Child {
                 sync: child_sock,
                 join,
@@ -546,6 +565,7 @@ impl Runtime {
                 state,
                 console,
                 preserve_fds: o.preserve_fds,
+                self_join,
             });
         }
         if let Some(fd) = restore_pid {
@@ -576,6 +596,9 @@ fn child_setup(c: &Child) -> Result<Never> {
     // CVE-2019-5736: until exec this is the runtime binary; nothing in the container may
     // open its /proc/PID/exe (made non-dumpable before any namespace is joined).
     nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    if let Some(j) = c.self_join {
+        j.join_v1()?;
+    }
     let self_id = crate::seal::runtime_identity()?;
     let host_pid = match sync::recv(&c.sync)? {
         Some(Msg::Go(p)) => p,

@@ -403,19 +403,12 @@ impl Runtime {
             None
         };
         let flags = clone_flags.bits() as u64;
-        let mut born_in_v2 = false;
-        let mut pid = match self_join.as_ref().and_then(|j| j.v2.as_ref()) {
-            // (Kernels before 5.7, or a seccomp filter that refuses clone3: a plain clone,
-            // and the v2 cgroup joined below.)
-            Some((_, fd)) => match sys::clone_fork_into(flags, fd.as_raw_fd()) {
-                Ok(p) => {
-                    born_in_v2 = true;
-                    p
-                }
-                Err(_) => sys::clone_fork(flags).ctx("clone the container init")?,
-            },
-            None => sys::clone_fork(flags).ctx("clone the container init")?,
-        };
+        // (What the init does not join itself is joined below.)
+        let (mut pid, to_join) = match &self_join {
+            Some(j) => j.fork(flags),
+            None => sys::clone_fork(flags).map(|p| (p, cg_paths.clone())),
+        }
+        .ctx("clone the container init")?;
         if pid == 0 {
             drop(parent_sock);
             drop(own_console_end);
@@ -446,16 +439,6 @@ impl Runtime {
             });
         }
         drop(idmapped);
-        // What the init does not join itself (see `SelfJoin`) is joined below.
-        let to_join: Vec<PathBuf> = match &self_join {
-            Some(j) => {
-                j.v2.iter()
-                    .filter(|_| !born_in_v2)
-                    .map(|(p, _)| p.clone())
-                    .collect()
-            }
-            None => cg_paths.clone(),
-        };
         drop(self_join);
         cleanup.child = Some(pid);
         intent.pid = pid;
@@ -886,7 +869,7 @@ pub(crate) fn load(dir: &ContainerDir) -> Result<Saved> {
 
 /// Sends `m` to the init; if it has gone (it failed in its setup meanwhile), its own
 /// message is what went wrong.
-fn send_or_init_error(sock: &OwnedFd, m: &Msg) -> Result<()> {
+pub(crate) fn send_or_init_error(sock: &OwnedFd, m: &Msg) -> Result<()> {
     sync::send(sock, m).map_err(|e| match sync::recv(sock) {
         Ok(Some(Msg::Error(m))) => Error::Init(m),
         _ => e,

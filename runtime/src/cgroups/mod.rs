@@ -357,6 +357,47 @@ impl SelfJoin {
         Ok(j)
     }
 
+    /// As [`open`](Self::open) for the cgroups of an existing container (`exec`): a
+    /// directory without `tasks` is the v2 one. None where that is not clear-cut (then the
+    /// caller joins the usual way, whose errors name what is wrong).
+    pub fn open_existing(paths: &[PathBuf]) -> Option<SelfJoin> {
+        use nix::fcntl::OFlag;
+        let cloexec = OFlag::O_CLOEXEC;
+        let none = nix::sys::stat::Mode::empty();
+        let mut j = SelfJoin {
+            v2: None,
+            v1_tasks: Vec::with_capacity(paths.len()),
+        };
+        for p in paths {
+            let t = p.join("tasks");
+            match nix::fcntl::open(&t, OFlag::O_WRONLY | cloexec, none) {
+                Ok(fd) => j.v1_tasks.push((t, fd)),
+                Err(nix::errno::Errno::ENOENT) if j.v2.is_none() => {
+                    let fd =
+                        nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY | cloexec, none);
+                    j.v2 = Some((p.clone(), fd.ok()?));
+                }
+                Err(_) => return None,
+            }
+        }
+        Some(j)
+    }
+
+    /// Forks (as `sys::clone_fork` with `flags`) the process that joins: born in the v2
+    /// cgroup where clone3 allows it. Returns its PID (0 in the child) and the cgroups the
+    /// caller must still put it in by `cgroup.procs` (the v2 one where clone3 was refused:
+    /// a kernel before 5.7, a seccomp filter around the runtime).
+    pub fn fork(&self, flags: u64) -> std::io::Result<(i32, Vec<PathBuf>)> {
+        use std::os::fd::AsRawFd;
+        if let Some((p, fd)) = &self.v2 {
+            match crate::sys::clone_fork_into(flags, fd.as_raw_fd()) {
+                Ok(pid) => return Ok((pid, Vec::new())),
+                Err(_) => return Ok((crate::sys::clone_fork(flags)?, vec![p.clone()])),
+            }
+        }
+        Ok((crate::sys::clone_fork(flags)?, Vec::new()))
+    }
+
     /// In the init: moves the calling (single-threaded) process into every v1 cgroup.
     pub fn join_v1(&self) -> Result<()> {
         for (t, fd) in &self.v1_tasks {
