@@ -169,6 +169,15 @@ impl Runtime {
             if let Err(e) = t.update(&sb.id, now) {
                 tracing::error!(pod = %sb.id, "pod sandbox record: {e}");
             }
+            drop(t);
+            // As containerd reports a sandbox whose task exited (the kubelet's evented PLEG
+            // learns the pod's new state from it).
+            self.emit(
+                &sb.id,
+                &sb.id,
+                api::ContainerEventType::ContainerStoppedEvent,
+            )
+            .await;
         }
     }
 }

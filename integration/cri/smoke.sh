@@ -460,9 +460,26 @@ echo '{"metadata": {"name": "pausekill", "namespace": "default", "uid": "pauseki
 pk=$(c runp "$R/pausekill.json") || fail "runp (pausekill): $(cat "$R/crictl.err")"
 [ "$(pod_state "$pk")" = SANDBOX_READY ] || fail "a new pod is not ready: $(c inspectp "$pk")"
 pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pause_id"])' "$R/root/cri/sandboxes/$pk.json")
+"$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" events -o json > "$R/pk-events.json" 2>>"$R/events.err" &
+pkev=$!
+sleep 0.3
 "$RSRUN" --root "$R/state/runtime" kill "$pause" KILL || fail "kill the pause $pause"
 for _ in $(seq 50); do [ "$(pod_state "$pk")" = SANDBOX_NOTREADY ] && break; sleep 0.1; done
 [ "$(pod_state "$pk")" = SANDBOX_NOTREADY ] || fail "a pod whose pause exited is still ready"
+# ... and says so in GetContainerEvents (before any StopPodSandbox): STOPPED, status NOTREADY.
+for _ in $(seq 30); do grep -q CONTAINER_STOPPED_EVENT "$R/pk-events.json" && break; sleep 0.1; done
+kill $pkev 2>/dev/null; wait $pkev 2>/dev/null || true
+python3 - "$R/pk-events.json" "$pk" <<'EOF' || fail "no STOPPED event for the pod whose pause exited: $(head -c 2000 "$R/pk-events.json")"
+import json, sys
+text, pod = open(sys.argv[1]).read(), sys.argv[2]
+dec, i, evs = json.JSONDecoder(), 0, []
+while i < len(text):
+    if text[i].isspace():
+        i += 1; continue
+    o, i = dec.raw_decode(text, i); evs.append(o)
+stopped = [e for e in evs if e["containerId"] == pod and e["containerEventType"] == "CONTAINER_STOPPED_EVENT"]
+assert stopped and stopped[0]["podSandboxStatus"]["state"] == "SANDBOX_NOTREADY", evs
+EOF
 c stopp "$pk" >/dev/null && c rmp "$pk" >/dev/null || fail "stopp/rmp (pausekill): $(cat "$R/crictl.err")"
 ok "a pod whose pause exited (or whose pause's shim is gone) is reported not ready"
 
