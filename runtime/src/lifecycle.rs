@@ -729,11 +729,19 @@ impl Runtime {
             )));
         }
         if all {
-            // Through a pidfd each, as the init: a PID could only be reused between the read
-            // of cgroup.procs and the open, never between the open and the signal.
-            for p in cgroups::pids(&saved.cgroup_paths) {
+            // Every process of the cgroup and of the cgroups below it (as runc), each through
+            // a pidfd. A PID read from cgroup.procs may have changed hands before the open:
+            // only a process that /proc then shows in the cgroup is signalled (while it is
+            // alive its PID is its own; once dead the pidfd reaches nobody).
+            let Ok(m) = cgroups::Manager::new(&saved.cgroup_paths) else {
+                return Ok(());
+            };
+            let (hs, dir) = (cgroups::hierarchies()?, m.pids_dir());
+            for p in m.all_pids() {
                 if let Ok(fd) = sys::pidfd_open(p) {
-                    let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig.raw());
+                    if dir.as_ref().is_some_and(|d| cgroups::holds(d, &hs, p)) {
+                        let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig.raw());
+                    }
                 }
             }
             return Ok(());

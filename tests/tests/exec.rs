@@ -154,6 +154,52 @@ fn joins_the_user_namespace_first() {
 }
 
 #[test]
+fn kill_all_reaches_the_processes_of_sub_cgroups() {
+    // A process of the container that sits in a cgroup below the container's (as one made
+    // by a container with its own cgroup namespace) gets `kill --all`'s signal too, as runc.
+    let rt = Rsrun::new();
+    let b = sleeper();
+    let (id, _) = start(&rt, &b);
+    let pf = b.tmp.path().join("sub.pid");
+    rt.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pf.to_str().unwrap(),
+        &id,
+        "sleep",
+        "999",
+    ]);
+    let epid = read_pid_file(&pf);
+    let paths = cgroup_paths(&rt, &id);
+    for p in &paths {
+        let sub = p.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(p.join(f)) {
+                std::fs::write(sub.join(f), v.trim()).unwrap();
+            }
+        }
+        std::fs::write(sub.join("cgroup.procs"), epid.to_string()).unwrap();
+        assert!(
+            procs(&sub).contains(&epid),
+            "{epid} not moved to {}",
+            sub.display()
+        );
+    }
+    rt.ok(&["kill", "--all", &id, "TERM"]);
+    wait_for("the process in the sub-cgroup ended by kill --all", || {
+        !Path::new(&format!("/proc/{epid}/cmdline")).exists()
+    });
+    // The init (PID 1 of its namespace, no handler) ignores TERM: still running.
+    assert_eq!(rt.status(&id), "running");
+    rt.ok(&["delete", "-f", &id]);
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
+
+#[test]
 fn joins_the_cgroups_and_detaches_with_a_pid_file() {
     let rt = Rsrun::new();
     let b = sleeper();

@@ -132,7 +132,37 @@ pub fn hugetlb_available(hs: &[Hierarchy]) -> bool {
 
 /// This process's own cgroup path in hierarchy `h` (from /proc/self/cgroup).
 fn own_path(h: &Hierarchy, self_cgroup: &str) -> String {
-    for line in self_cgroup.lines() {
+    path_in(h, self_cgroup).unwrap_or_else(|| "/".to_string())
+}
+
+/// Whether process `pid` is in the cgroup directory `dir` or below it, by its
+/// /proc/PID/cgroup line for the hierarchy mounted where `dir` is.
+pub fn holds(dir: &Path, hs: &[Hierarchy], pid: i32) -> bool {
+    let Some(h) = hs
+        .iter()
+        .filter(|h| dir.starts_with(&h.mountpoint))
+        .max_by_key(|h| h.mountpoint.as_os_str().len())
+    else {
+        return false;
+    };
+    let Ok(rel) = dir.strip_prefix(&h.mountpoint) else {
+        return false;
+    };
+    let want = format!("{}/{}", h.root.trim_end_matches('/'), rel.display());
+    let want = match want.trim_end_matches('/') {
+        "" => "/",
+        w => w,
+    };
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    path_in(h, &text)
+        .is_some_and(|have| have == want || want == "/" || have.starts_with(&format!("{want}/")))
+}
+
+/// A process's cgroup path in hierarchy `h`, from its /proc/PID/cgroup text.
+fn path_in(h: &Hierarchy, proc_cgroup: &str) -> Option<String> {
+    for line in proc_cgroup.lines() {
         let mut it = line.splitn(3, ':');
         let (Some(_), Some(ctrl), Some(path)) = (it.next(), it.next(), it.next()) else {
             continue;
@@ -144,10 +174,10 @@ fn own_path(h: &Hierarchy, self_cgroup: &str) -> String {
             !h.controllers.is_empty() && h.controllers.iter().all(|c| set.contains(&c.as_str()))
         };
         if matches {
-            return path.to_string();
+            return Some(path.to_string());
         }
     }
-    "/".to_string()
+    None
 }
 
 /// The container's cgroup directories, computed from `cgroupsPath` (absolute: from each
@@ -559,11 +589,17 @@ impl Manager {
     }
 
     /// PIDs of every process in the cgroup and its descendants.
-    pub fn all_pids(&self) -> Vec<i32> {
-        let dir = match self {
+    /// The directory whose tree lists every process of the container.
+    pub fn pids_dir(&self) -> Option<PathBuf> {
+        match self {
             Manager::V1(m) => m.pids_dir(),
             Manager::V2(m) => Some(m.dir.clone()),
-        };
+        }
+    }
+
+    /// Every process in the container's cgroup and below.
+    pub fn all_pids(&self) -> Vec<i32> {
+        let dir = self.pids_dir();
         let mut out = Vec::new();
         if let Some(d) = dir {
             collect_pids(&d, &mut out);
@@ -1002,6 +1038,37 @@ fn remove_dirs(paths: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_tells_members_from_others() {
+        // This test process, in the live kernel's hierarchies: its own cgroup and every
+        // ancestor hold it; a child of its cgroup does not, nor does its cgroup hold PID 1
+        // unless both sit at a hierarchy's root.
+        let hs = hierarchies().unwrap();
+        let me = std::process::id() as i32;
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let mut checked = 0;
+        for h in &hs {
+            let own = own_path(h, &text);
+            let Some(rel) = own.strip_prefix(h.root.trim_end_matches('/')) else {
+                continue;
+            };
+            let dir = h.mountpoint.join(rel.trim_start_matches('/'));
+            assert!(holds(&dir, &hs, me), "{} does not hold us", dir.display());
+            assert!(holds(&h.mountpoint, &hs, me));
+            assert!(!holds(&dir.join("rsrun-no-such-child"), &hs, me));
+            assert!(!holds(&dir, &hs, i32::MAX), "a PID that does not exist");
+            if rel.trim_matches('/').is_empty() {
+                continue;
+            }
+            let init = std::fs::read_to_string("/proc/1/cgroup").unwrap();
+            if path_in(h, &init).is_some_and(|p| !p.starts_with(&own)) {
+                assert!(!holds(&dir, &hs, 1), "{} holds PID 1", dir.display());
+            }
+            checked += 1;
+        }
+        assert!(checked > 0 || hs.iter().all(|h| own_path(h, &text) == h.root));
+    }
 
     const HYBRID: &str = "\
 25 1 0:23 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
