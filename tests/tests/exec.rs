@@ -80,6 +80,22 @@ fn read_pid_file(p: &Path) -> i64 {
     std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
 }
 
+/// `rsrun exec -d --pid-file F ID sleep 999`: the exec'd process's PID.
+fn sleep_detached(rt: &Rsrun, b: &Bundle, id: &str) -> i64 {
+    let pf = b.tmp.path().join("exec.pid");
+    let _ = std::fs::remove_file(&pf);
+    rt.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pf.to_str().unwrap(),
+        id,
+        "sleep",
+        "999",
+    ]);
+    read_pid_file(&pf)
+}
+
 const NS: [&str; 8] = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
 
 fn host_ns(pid: i64) -> Vec<String> {
@@ -160,17 +176,7 @@ fn kill_all_reaches_the_processes_of_sub_cgroups() {
     let rt = Rsrun::new();
     let b = sleeper();
     let (id, _) = start(&rt, &b);
-    let pf = b.tmp.path().join("sub.pid");
-    rt.ok(&[
-        "exec",
-        "-d",
-        "--pid-file",
-        pf.to_str().unwrap(),
-        &id,
-        "sleep",
-        "999",
-    ]);
-    let epid = read_pid_file(&pf);
+    let epid = sleep_detached(&rt, &b, &id);
     let paths = cgroup_paths(&rt, &id);
     for p in &paths {
         let sub = p.join("sub");
@@ -206,19 +212,9 @@ fn joins_the_cgroups_and_detaches_with_a_pid_file() {
     let (id, _) = start(&rt, &b);
     let paths = cgroup_paths(&rt, &id);
     assert!(!paths.is_empty());
-    let pf = b.tmp.path().join("exec.pid");
     let t = Instant::now();
-    rt.ok(&[
-        "exec",
-        "-d",
-        "--pid-file",
-        pf.to_str().unwrap(),
-        &id,
-        "sleep",
-        "999",
-    ]);
+    let epid = sleep_detached(&rt, &b, &id);
     assert!(t.elapsed() < Duration::from_secs(5));
-    let epid = read_pid_file(&pf);
     let cmdline = std::fs::read(format!("/proc/{epid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"sleep\0999\0");
     for p in &paths {
