@@ -51,6 +51,27 @@ pub fn repo_digest(asked: &str, digests: &[String]) -> String {
         .unwrap_or_default()
 }
 
+/// The name ContainerStatus reports as the container's image (the kubelet shows it as the
+/// container's `image`; containerd gives a repo tag, the image ID is in image_id): the tag
+/// the user asked for, else one of the asked repository, else the image's first; empty when
+/// the image has no tag.
+pub fn repo_tag(asked: &str, tags: &[String]) -> String {
+    let want = rsrun_image::reference::Reference::parse(asked).ok();
+    let exact = want.as_ref().and_then(|r| r.repo_tag());
+    let repo = want.as_ref().map(|r| r.repository());
+    let repo_of = |t: &String| {
+        rsrun_image::reference::Reference::parse(t)
+            .ok()
+            .map(|r| r.repository())
+    };
+    tags.iter()
+        .find(|t| exact.as_deref() == Some(t.as_str()))
+        .or_else(|| tags.iter().find(|t| repo.is_some() && repo_of(t) == repo))
+        .or(tags.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The signal of a CRI `Signal` enum value (`SIGNAL_SIGRTMINPLUS3`: SIGRTMIN+3, 37); None for
 /// RUNTIME_DEFAULT, an error naming the value for one the enum does not have.
 pub fn cri_signal(v: i32) -> Result<Option<Signal>, String> {
@@ -1117,7 +1138,11 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
         created_at: r.created_at,
         started_at: r.started_at,
         image: Some(api::ImageSpec {
-            image: r.image.clone(),
+            image: if r.repo_tag.is_empty() {
+                r.image.clone()
+            } else {
+                r.repo_tag.clone()
+            },
             ..Default::default()
         }),
         // The repo digest, as containerd reports it (the kubelet's imageID); the image
@@ -1384,6 +1409,27 @@ mod tests {
             "example.com/a/busybox@sha256:1"
         );
         assert_eq!(repo_digest("busybox", &[]), "");
+    }
+
+    #[test]
+    fn repo_tag_the_user_asked_for() {
+        let t = vec![
+            "example.com/a/busybox:v1".to_string(),
+            "docker.io/library/busybox:1.36".to_string(),
+            "docker.io/library/busybox:latest".to_string(),
+        ];
+        assert_eq!(repo_tag("busybox", &t), "docker.io/library/busybox:latest");
+        assert_eq!(
+            repo_tag("docker.io/library/busybox:1.36", &t),
+            "docker.io/library/busybox:1.36"
+        );
+        // A tag of the asked repository that is not the image's: another of that repository.
+        assert_eq!(
+            repo_tag("busybox:gone", &t),
+            "docker.io/library/busybox:1.36"
+        );
+        assert_eq!(repo_tag("sha256:abcd", &t), "example.com/a/busybox:v1");
+        assert_eq!(repo_tag("busybox", &[]), "");
     }
 
     #[test]

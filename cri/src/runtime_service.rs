@@ -913,6 +913,7 @@ impl RuntimeService for Runtime {
             image_ref: String::new(),
             stop_signal: String::new(),
             repo_digest: String::new(),
+            repo_tag: String::new(),
             target_pid_ns: None,
             log_path: log_path.to_string_lossy().into_owned(),
             bundle: p.bundle.clone(),
@@ -969,6 +970,7 @@ impl RuntimeService for Runtime {
                     None => made.stop_signal,
                 };
                 rec.repo_digest = made.repo_digest;
+                rec.repo_tag = made.repo_tag;
                 rec.target_pid_ns = made.target_pid_ns;
                 rec.user = Some(made.user);
                 rec.deferred = Some(store::Stdio {
@@ -1639,6 +1641,7 @@ struct Made {
     image_ref: String,
     target_pid_ns: Option<(i32, u64)>,
     repo_digest: String,
+    repo_tag: String,
     stop_signal: String,
     user: (u32, u32, Vec<u32>),
     /// Image volumes: (mount index, image ID).
@@ -1700,7 +1703,7 @@ impl Runtime {
                 },
             )
         });
-        let (rootfs, (image_ref, repo_digest), cfg, volumes) = blocking(move || {
+        let (rootfs, (image_ref, repo_digest, repo_tag), cfg, volumes) = blocking(move || {
             let insp = images.inspect(&img).map_err(|e| match e {
                 rsrun_image::Error::NotFound(_) => {
                     Status::not_found(format!("CreateContainer: image {img} is not present"))
@@ -1726,9 +1729,10 @@ impl Runtime {
                 volumes.push((i, path, vref));
             }
             let digest = container::repo_digest(&asked, &insp.image.repo_digests);
+            let tag = container::repo_tag(&asked, &insp.image.repo_tags);
             Ok((
                 rootfs,
-                (insp.image.id.to_string(), digest),
+                (insp.image.id.to_string(), digest, tag),
                 container::ImageConfig::from_json(&insp.config),
                 volumes,
             ))
@@ -1778,6 +1782,7 @@ impl Runtime {
             image_ref,
             target_pid_ns,
             repo_digest,
+            repo_tag,
             stop_signal: cfg.stop_signal.clone(),
             user,
             volumes: volumes.into_iter().map(|(i, _, r)| (i, r)).collect(),

@@ -107,6 +107,10 @@ pub struct ContainerRecord {
     /// by no digest-bearing name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub repo_digest: String,
+    /// The image's repo tag at create (the one asked for, else another), for
+    /// ContainerStatus.image; none when the image has no tag.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repo_tag: String,
     /// Pid mode TARGET: the target's PID and its PID namespace's inode at create, checked
     /// again at start (the runtime joins `/proc/PID/ns/pid` then: a PID reused meanwhile
     /// must not give another process's namespace).

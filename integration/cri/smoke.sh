@@ -314,6 +314,16 @@ ok "/dev/shm shared by the pod's containers (the pod's tmpfs)"
 want=$(c inspecti -o json busybox | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["repoDigests"][0], s["id"])')
 got=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["imageRef"], s["imageId"])')
 case $got in "$want") ;; *) fail "ContainerStatus image_ref/image_id: $got, the image's repo digest and ID: $want" ;; esac
+# status.image is the image's tag asked for (containerd's), also when created by image ID as
+# the kubelet does; "docker.io/library/busybox:latest" is the image's only tag here.
+bid=${want#* }
+echo "{\"metadata\": {\"name\": \"byid\"}, \"image\": {\"image\": \"$bid\", \"user_specified_image\": \"busybox\"}, \"command\": [\"true\"]}" > "$R/byid.json"
+byid=$(c create "$pod" "$R/byid.json" "$R/pod.json") || fail "create by image ID: $(cat "$R/crictl.err")"
+for x in "$ctr" "$byid"; do
+    im=$(c inspect -o json "$x" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["image"]["image"])')
+    [ "$im" = docker.io/library/busybox:latest ] || fail "ContainerStatus image of $x: $im, not the image's tag"
+done
+c rm -f "$byid" >/dev/null || fail "rm $byid: $(cat "$R/crictl.err")"
 case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac
 ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
 # The pod's bandwidth annotations reach the bandwidth plugin: the kernel shapes its traffic

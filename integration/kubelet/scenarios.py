@@ -194,6 +194,11 @@ def s01_single_container_pod():
     hostname is the pod name (in the container's UTS namespace and in what the app answers)."""
     create(pod_manifest("kiada", [{"name": "kiada", "image": KIADA, "ports": [{"containerPort": 8080}]}]))
     p = running("kiada")
+    # The container's image as the user wrote it (normalized), not the image ID the kubelet
+    # passes to CreateContainer; imageID is the repo digest.
+    cs = p["status"]["containerStatuses"][0]
+    check(cs["image"] == KIADA, "status image %r, not %r" % (cs["image"], KIADA))
+    check(cs["imageID"].startswith("docker.io/luksa/kiada@sha256:"), "status imageID %r" % cs["imageID"])
     ip = p["status"]["podIP"]
     check(ip.startswith("10.231.8."), "pod IP %r is not on the CNI bridge's subnet" % ip)
     body = http_get("http://%s:8080/" % ip)
