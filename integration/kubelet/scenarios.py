@@ -502,6 +502,8 @@ def s12_security_context():
     create(pod_manifest("secctx", [
         {"name": "user", "image": BUSYBOX, "command": ["sleep", "3600"],
          "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "readOnlyRootFilesystem": True},
+         # a workingDir the image lacks is made by the runtime (runc does), even read-only
+         "workingDir": "/made/by/runtime",
          "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
         {"name": "netadmin", "image": BUSYBOX, "command": ["sleep", "3600"],
          "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}},
@@ -514,6 +516,8 @@ def s12_security_context():
     check(re.search(r"^Uid:\s+1000\s+1000", s, re.M) and re.search(r"^Gid:\s+3000\s+3000", s, re.M),
           "uid/gid: %s" % s)
     check("2000" in re.search(r"^Groups:(.*)$", s, re.M).group(1).split(), "fsGroup 2000 not supplementary")
+    cwd = exec_("secctx", "readlink", "/proc/1/cwd", container="user").stdout.strip()
+    check(cwd == "/made/by/runtime", "the container's working directory: %r" % cwd)
     r = exec_("secctx", "touch", "/x", container="user", ok=False)
     check(r.returncode != 0 and "Read-only file system" in r.stderr, "readOnlyRootFilesystem: %r" % r.stderr)
     ls = exec_("secctx", "sh", "-c", "touch /data/f && stat -c '%g' /data /data/f", container="user").stdout.split()

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -252,6 +252,19 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     drop(devnull);
     rootfs::enter(&root, a.rootfs, a.no_pivot)?;
     drop(root);
+    // A working directory the image lacks is made (0755, as root, before the root may turn
+    // read-only), as runc does: Kubernetes' workingDir need not exist in the image. Inside
+    // the new root, so `..` and symlinks cannot leave it.
+    if let Some(p) = process {
+        let cwd = p.cwd();
+        if cwd != std::path::Path::new("/") && !cwd.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(cwd)
+                .with_ctx(|| format!("process.cwd {}: create", cwd.display()))?;
+        }
+    }
     rootfs::finish_root(spec, a.in_userns)?;
 
     // A config without `process` may be created; `start` then fails (runtime spec).

@@ -129,6 +129,9 @@ pub struct Monitor {
     clients: Vec<Client>,
     execs: Vec<ExecSession>,
     started_at: Option<String>,
+    /// The runtime's error when the start failed (the init then exits without running the
+    /// program): the exit record carries it, with exit code 128.
+    start_error: Option<String>,
     oom: OomWatch,
     exited: Option<(i32, Option<i32>)>,
     buf: Vec<u8>,
@@ -343,6 +346,7 @@ impl Monitor {
             clients: Vec::new(),
             execs: Vec::new(),
             started_at: None,
+            start_error: None,
             oom,
             exited: None,
             buf: vec![0; READ_BUF],
@@ -558,7 +562,7 @@ impl Monitor {
                 rsrun::log::error(&format!("container {}: delete at exit: {e}", self.id));
             }
         }
-        let record = json!({
+        let mut record = json!({
             "id": self.id,
             "pid": self.pid,
             "exit_code": code,
@@ -568,6 +572,10 @@ impl Monitor {
             "oom_killed": oom,
             "log_dropped_bytes": self.log.dropped,
         });
+        if let Some(e) = &self.start_error {
+            record["exit_code"] = json!(128);
+            record["start_error"] = json!(e);
+        }
         // A reader sees no record or the whole of it, also after a crash.
         if let Err(e) =
             rsrun::state::write_file_atomic(&self.exit_file, record.to_string().as_bytes(), true)
@@ -911,9 +919,11 @@ impl Monitor {
         if self.started_at.is_some() {
             return Err(format!("container {} is already started", self.id));
         }
-        self.rt
-            .start(&self.id)
-            .map_err(|e| format!("start container {}: {e}", self.id))?;
+        if let Err(e) = self.rt.start(&self.id) {
+            let msg = format!("start container {}: {e}", self.id);
+            self.start_error = Some(msg.clone());
+            return Err(msg);
+        }
         self.started_at = Some(crilog::timestamp());
         rsrun::log::info(&format!("container {}: started", self.id));
         Ok(json!({"ok": true, "started_at": self.started_at, "pid": self.pid}))

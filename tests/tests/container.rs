@@ -695,6 +695,24 @@ fn relative_program_resolves_against_cwd() {
 }
 
 #[test]
+fn missing_cwd_is_made_as_runc_does_also_under_a_readonly_root() {
+    let rt = Rsrun::new();
+    let mut b = sh("pwd; stat -c %a .; touch x 2>/dev/null || echo read-only");
+    b.edit(|c| {
+        c["process"]["cwd"] = json!("/new/work/dir");
+        c["root"]["readonly"] = json!(true);
+    });
+    assert_eq!(rt.output(&b), "/new/work/dir\n755\nread-only\n");
+    assert!(b.rootfs().join("new/work/dir").is_dir());
+    // One that cannot be made fails the start, naming it.
+    std::fs::write(b.rootfs().join("blocked"), "a file").unwrap();
+    b.edit(|c| c["process"]["cwd"] = json!("/blocked/dir"));
+    let (code, _, err) = rt.run_bundle(&unique("cwd"), &b);
+    assert_ne!(code, 0);
+    assert!(err.contains("process.cwd /blocked/dir: create"), "{err}");
+}
+
+#[test]
 fn no_capabilities_section_means_none() {
     let rt = Rsrun::new();
     let mut b = sh("grep -E '^Cap(Eff|Prm|Bnd|Inh|Amb)' /proc/self/status");

@@ -169,6 +169,22 @@ fn exit_codes_and_signals_are_recorded() {
 }
 
 #[test]
+fn a_failed_start_is_recorded_with_the_runtimes_error() {
+    // The program is found at create; removed before the start, its execve fails: the start
+    // answers the runtime's error and the exit record carries it (exit code 128), as the CRI
+    // server reports a failed start (reason StartError), not a plain exit of the init.
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    std::fs::remove_file(b.rootfs().join("bin/sleep")).unwrap();
+    let v = s.control(&json!({"op": "start"}));
+    let err = v["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("No such file"), "{v}");
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 128, "{e}");
+    assert_eq!(e["start_error"], json!(err), "{e}");
+}
+
+#[test]
 fn delete_on_exit_removes_the_cgroups_before_the_exit_record() {
     // The container prints its own cgroup; once its exit is recorded, that cgroup is gone
     // from the kernel's hierarchy with --delete-on-exit, and still there without it.
