@@ -324,6 +324,30 @@ for x in "$ctr" "$byid"; do
     [ "$im" = docker.io/library/busybox:latest ] || fail "ContainerStatus image of $x: $im, not the image's tag"
 done
 c rm -f "$byid" >/dev/null || fail "rm $byid: $(cat "$R/crictl.err")"
+# Attach with input that ends at once (`echo x | kubectl attach -i`), over SPDY: with stdin_once
+# the container's stdin closes and the client still gets the output until the exit; without,
+# the attach ends with its input and stdin stays open for the next one (as containerd).
+echo '{"metadata": {"name": "once"}, "image": {"image": "busybox"}, "stdin": true, "stdin_once": true, "command": ["sh", "-c", "cat; echo after-eof"]}' > "$R/once.json"
+echo '{"metadata": {"name": "keep"}, "image": {"image": "busybox"}, "stdin": true, "command": ["cat"]}' > "$R/keep.json"
+once=$(c create "$pod" "$R/once.json" "$R/pod.json") && c start "$once" >/dev/null || fail "create (stdin_once): $(cat "$R/crictl.err")"
+keep=$(c create "$pod" "$R/keep.json" "$R/pod.json") && c start "$keep" >/dev/null || fail "create (stdin): $(cat "$R/crictl.err")"
+att=$(printf 'a1\n' | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$once" 2>"$R/crictl.err") \
+    || fail "attach (stdin_once): $att $(cat "$R/crictl.err")"
+[ "$att" = "$(printf 'a1\nafter-eof')" ] || fail "attach with stdin_once: the output after the input's end is lost: $(echo "$att" | tr '\n' '|')"
+st=""
+for _ in $(seq 50); do
+    st=$(c inspect -o go-template --template '{{.status.state}} {{.status.exitCode}}' "$once")
+    [ "$st" = "CONTAINER_EXITED 0" ] && break
+    sleep 0.1
+done
+[ "$st" = "CONTAINER_EXITED 0" ] || fail "stdin_once: the container's stdin was not closed: $st"
+printf 'k1\n' | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$keep" >/dev/null 2>"$R/crictl.err" \
+    || fail "attach (stdin): the attach did not end with its input: $(cat "$R/crictl.err")"
+(sleep 1; printf 'k2\n'; sleep 1) | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$keep" > "$R/keep.out" 2>"$R/crictl.err"
+grep -qx k2 "$R/keep.out" || fail "attach without stdin_once: the container's stdin did not stay open: $(tr '\n' '|' < "$R/keep.out")"
+[ "$(c inspect -o go-template --template '{{.status.state}}' "$keep")" = CONTAINER_RUNNING ] || fail "attach without stdin_once: cat ended"
+c rm -f "$once" "$keep" >/dev/null || fail "rm $once $keep: $(cat "$R/crictl.err")"
+ok "attach: with stdin_once the output after the input's end arrives and stdin closes; without, stdin stays open across attaches"
 case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac
 ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
 # The pod's bandwidth annotations reach the bandwidth plugin: the kernel shapes its traffic

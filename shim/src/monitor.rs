@@ -401,6 +401,12 @@ impl Monitor {
             self.expire_execs();
             self.answer_finished_execs();
             self.conns.retain(|c| !c.dead);
+            // An attacher gone for any reason (detached, its connection broken, dropped for
+            // not reading or for a bad message) is a detach: with --stdin-once the first one
+            // closes the container's stdin.
+            if self.clients.iter().any(|c| c.dead) && self.stdin_once && self.stdin.is_some() {
+                self.close_stdin();
+            }
             self.clients.retain(|c| !c.dead);
             if let Some((code, signal)) = self.exited {
                 self.finish(code, signal);
@@ -759,11 +765,8 @@ impl Monitor {
             Err(_) => 0,
         };
         if n == 0 {
-            // Detached. With --stdin-once the first attacher's detach closes stdin.
+            // Detached (stdin_once is applied when the client is removed).
             self.clients[i].dead = true;
-            if self.stdin_once && self.stdin.is_some() {
-                self.close_stdin();
-            }
             return;
         }
         let msg = &buf[..n];
@@ -781,7 +784,18 @@ impl Monitor {
                     let _ = rsrun::sys::set_winsize(m.as_raw_fd(), rows, cols);
                 }
             }
-            proto::ATTACH_CLOSE_STDIN if msg.len() == 1 => self.close_stdin(),
+            // The client's input ended. With --stdin-once that closes the container's stdin
+            // and the client stays for the output until the exit; without, stdin stays open
+            // for the next attacher and this attachment ends (as containerd ends such an
+            // attach: the client is not left waiting for an exit that input will not bring).
+            proto::ATTACH_CLOSE_STDIN if msg.len() == 1 => {
+                if self.stdin_once {
+                    self.close_stdin();
+                } else {
+                    self.flush_client(i);
+                    self.clients[i].dead = true;
+                }
+            }
             k => {
                 rsrun::log::warn(&format!(
                     "container {}: attach client sent a bad message (kind {k}, {n} bytes): dropped",

@@ -420,11 +420,22 @@ fn attach_several_clients_stdin_fan_in_output_fan_out() {
     send(&c, 9, b"junk");
     send(&a, 0, b"still here\n");
     read_until(&a, b"still here\n");
-    // Detach without disturbing the container; then close stdin: cat exits 0.
+    // Detach without disturbing the container; the end of a client's input does not close
+    // stdin without --stdin-once: that attachment ends, the next attacher still reaches cat.
     drop(c);
     send(&a, 5, b"");
+    let mut buf = [0u8; 64];
+    let t = nix::sys::time::TimeVal::new(10, 0);
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::ReceiveTimeout, &t).unwrap();
+    let n = nix::sys::socket::recv(a.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty());
+    assert_eq!(n, Ok(0), "the attachment did not end with its input");
+    drop(a);
+    let d = attach(&s);
+    send(&d, 0, b"after the end of input\n");
+    read_until(&d, b"after the end of input\n");
+    s.rt.ok(&["kill", &s.id, "KILL"]);
     let e = s.wait_exit();
-    assert_eq!(e["exit_code"], 0, "{e}");
+    assert_eq!(e["exit_code"], 137, "{e}");
     assert!(stream_bytes(&s.log(), "stdout").starts_with(b"from a\nfrom c\nstill here\n"));
 }
 
@@ -438,6 +449,28 @@ fn stdin_once_closes_stdin_when_the_attacher_leaves() {
     read_until(&a, b"once\n");
     drop(a);
     assert_eq!(s.wait_exit()["exit_code"], 0);
+
+    // The end of the attacher's input closes it too: cat ends while the client still reads,
+    // and the client gets its last output and the exit.
+    let b = Bundle::new(&["sh", "-c", "cat; echo after-eof"]);
+    let s = shim(&b, &["--stdin", "--stdin-once"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    send(&a, 0, b"once\n");
+    send(&a, 5, b"");
+    read_until(&a, b"after-eof\n");
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+
+    // An attacher that stops receiving (the shim's send of cat's echo fails; no detach is
+    // ever read from it) is a detach as well.
+    let b = Bundle::new(&["sh", "-c", "cat; echo gone"]);
+    let s = shim(&b, &["--stdin", "--stdin-once"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    nix::sys::socket::shutdown(a.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
+    send(&a, 0, b"once\n");
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+    drop(a);
 }
 
 #[test]

@@ -25,7 +25,18 @@ pub enum Writer {
         streams: HashMap<u8, spdy::SendStream>,
         /// Kept until the session ends (the last handle dropped ends the connection).
         _conn: spdy::Connection,
+        /// Watches the connection for the client's departure (see `Channels::spdy`).
+        _watch: AbortOnDrop,
     },
+}
+
+/// A task that ends with the session.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub enum Reader {
@@ -107,10 +118,24 @@ impl Channels {
                 });
             }
         }
+        // The reader ends (None) when the client is gone, not when its input streams are
+        // done: a client that half-closed stdin (`echo x | kubectl attach -i`) still reads
+        // the output. accept() ends once the connection ended or either side said GOAWAY;
+        // streams beyond the session's are refused meanwhile.
+        let watch = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                while let Some(s) = conn.accept().await {
+                    s.reset(spdy::RstStatus::REFUSED_STREAM);
+                }
+                drop(tx);
+            })
+        };
         Ok(Channels::Spdy(
             Writer::Spdy {
                 streams: send,
                 _conn: conn,
+                _watch: AbortOnDrop(watch),
             },
             Reader::Spdy(rx),
         ))
