@@ -654,6 +654,7 @@ fn child_setup(c: &Child) -> Result<Never> {
     // descriptors, and our own close-on-exec channels.
     let mut keep: Vec<RawFd> = vec![c.sync.as_raw_fd()];
     keep.extend(sec.as_ref().and_then(|s| s.listener_fd()));
+    keep.extend(crate::log::file_fd());
     sys::close_from_except(3 + c.preserve_fds as RawFd, &keep)
         .ctx("close inherited descriptors")?;
     init::finish_and_exec(Final {

@@ -290,6 +290,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
         keep.push(l.as_raw_fd());
     }
     keep.extend(sec.as_ref().and_then(|s| s.listener_fd()));
+    keep.extend(crate::log::file_fd());
     sys::close_from_except(keep_from, &keep).ctx("close inherited descriptors")?;
 
     sync::send(&a.sync, &Msg::Ready)?;

@@ -40,6 +40,14 @@ pub fn init(path: Option<&str>, format: Format, debug: bool) -> std::io::Result<
     Ok(())
 }
 
+/// The log file's descriptor (close-on-exec), if logging goes to a file: a process that
+/// closes every inherited descriptor keeps this one, or a later log line would be written to
+/// whatever reuses its number.
+pub fn file_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    LOGGER.get()?.file.as_ref().map(|f| f.as_raw_fd())
+}
+
 fn emit(level: &str, msg: &str) {
     let Some(l) = LOGGER.get() else {
         if level != "debug" {

@@ -320,6 +320,56 @@ fn json_log_file_for_containerd() {
 }
 
 #[test]
+fn the_inits_late_log_lines_go_to_the_log_file() {
+    // A capability outside the runtime's bounding set is warned about by the init after it
+    // closed the descriptors it inherited and before exec (after the start request): that
+    // line must reach the log file, not the descriptor that took the log's number (the
+    // start connection: `start` then failed with the warning as its error).
+    use std::os::unix::process::CommandExt;
+    let rt = Rsrun::new();
+    let log = rt.root.path().join(".log.json");
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| {
+        c["process"]["capabilities"]["bounding"] = json!(["CAP_WAKE_ALARM"]);
+        c["process"]["capabilities"]["effective"] = json!(["CAP_WAKE_ALARM"]);
+        c["process"]["capabilities"]["permitted"] = json!(["CAP_WAKE_ALARM"]);
+    });
+    let id = unique("late-log");
+    let rsrun = |args: &[&str]| {
+        let mut c = rt.cmd();
+        c.args(["--log", log.to_str().unwrap(), "--log-format", "json"])
+            .args(args);
+        // SAFETY: between fork and exec only prctl, which is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                // CAP_WAKE_ALARM is capability 35.
+                if libc::prctl(libc::PR_CAPBSET_DROP, 35, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // The container keeps the stdio it is created with: no pipes here. Errors are in
+        // the log file.
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.status().unwrap()
+    };
+    let st = rsrun(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(st.success(), "create: {}", text());
+    let st = rsrun(&["start", &id]);
+    assert!(st.success(), "start: {}", text());
+    let text = text();
+    assert!(
+        text.contains("CAP_WAKE_ALARM is not in the runtime's bounding set"),
+        "{text}"
+    );
+    rt.ok(&["delete", "--force", &id]);
+}
+
+#[test]
 fn start_fails_when_the_init_dies_before_exec() {
     let rt = Rsrun::new();
     let mut b = Bundle::new(&["sleep", "100"]);
