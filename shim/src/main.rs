@@ -13,7 +13,7 @@ mod monitor;
 mod proto;
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -215,6 +215,10 @@ fn monitor_main(o: Opts, report: OwnedFd) -> ! {
             .and_then(|_| nix::unistd::dup2_stdout(&null))
             .and_then(|_| nix::unistd::dup2_stderr(&null))
             .context("dup2 /dev/null")?;
+        // Nothing the starter let us inherit stays open for the container's lifetime (a
+        // daemon's own inherited pipes and sockets would otherwise be held by every shim).
+        rsrun::sys::close_from_except(3, &[report.as_raw_fd()])
+            .context("close inherited descriptors")?;
         let mut m = match monitor::Monitor::start(&o) {
             Ok(m) => m,
             Err(e) => {

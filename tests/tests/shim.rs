@@ -169,6 +169,25 @@ fn exit_codes_and_signals_are_recorded() {
 }
 
 #[test]
+fn the_monitor_keeps_no_descriptor_its_starter_leaked() {
+    // A pipe's write end inherited (not close-on-exec) by the shim, as a daemon's own
+    // inherited descriptors would be: once the starter closes its copy, the reader sees EOF
+    // only if the long-lived monitor holds none.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    drop(w);
+    let mut p = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&r),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let n = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+    assert_eq!(n, 1, "the shim (pid {}) holds its starter's pipe", s.pid);
+    let mut buf = [0u8; 1];
+    assert_eq!(nix::unistd::read(&r, &mut buf), Ok(0));
+}
+
+#[test]
 fn a_failed_start_is_recorded_with_the_runtimes_error() {
     // The program is found at create; removed before the start, its execve fails: the start
     // answers the runtime's error and the exit record carries it (exit code 128), as the CRI
