@@ -1,12 +1,11 @@
-//! rsrun-cri: the CRI v1 gRPC server (tonic, unix socket) that a kubelet drives.
-//!
-//! This slice serves the ImageService over the image store and the runtime's identity,
-//! status and configuration; pod sandboxes, containers, networking and streaming come next
-//! (docs/cri.md says what answers and what does not yet).
+//! rsrun-cri: the CRI v1 gRPC server (tonic, unix socket) that a kubelet drives: pod
+//! sandboxes, containers through rsrun-shim, images through the image store, CNI networking,
+//! the streaming server, and state that survives restarts (docs/cri.md).
 
 use rsrun_cri::api;
 mod config;
 mod container;
+mod deadline;
 mod error;
 mod events;
 mod image_service;
@@ -178,6 +177,7 @@ async fn serve(o: Opts) -> Result<()> {
         tracing::info!("shutting down");
     };
     let r = tonic::transport::Server::builder()
+        .layer(deadline::DeadlineLayer)
         .add_service(RuntimeServiceServer::from_arc(runtime))
         .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(

@@ -106,6 +106,16 @@ impl Server {
 }
 
 pub async fn client(sock: &Path) -> Client {
+    RuntimeServiceClient::new(channel(sock).await)
+}
+
+pub async fn image_client(
+    sock: &Path,
+) -> rsrun_cri::api::image_service_client::ImageServiceClient<tonic::transport::Channel> {
+    rsrun_cri::api::image_service_client::ImageServiceClient::new(channel(sock).await)
+}
+
+async fn channel(sock: &Path) -> tonic::transport::Channel {
     let p = sock.to_path_buf();
     let ch = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -118,7 +128,7 @@ pub async fn client(sock: &Path) -> Client {
         }))
         .await
         .unwrap();
-    RuntimeServiceClient::new(ch)
+    ch
 }
 
 /// A host-network pod without a shared PID namespace: no image, no pause.
