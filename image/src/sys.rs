@@ -38,20 +38,30 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io:
         mode: 0,
         resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
     };
-    // SAFETY: `how` is a valid open_how of the size passed; path is NUL-terminated; the fd
-    // returned on success is owned by nobody else.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
+    // EAGAIN: a mount or rename elsewhere raced a ".." step, which RESOLVE_BENEATH cannot
+    // then vouch for; openat2(2) says to retry (bounded).
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: `how` is a valid open_how of the size passed; path is NUL-terminated; the fd
+        // returned on success is owned by nobody else.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            break fd;
+        }
+        let err = io::Error::last_os_error();
+        tries += 1;
+        if tries >= 64 || err.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err);
+        }
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
     // SAFETY: fd is a fresh descriptor returned by the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -293,4 +303,52 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // u32 fields on some targets
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Layers hold relative symlinks such as `lib -> usr/../usr/lib`; resolving their ".."
+    /// under RESOLVE_BENEATH fails with EAGAIN whenever a rename or mount happens anywhere on
+    /// the node meanwhile (snapshots are mounted as pulls unpack). The open must still succeed.
+    #[test]
+    fn open_beneath_through_dotdot_symlinks_survives_renames_elsewhere() {
+        let dir = std::env::temp_dir().join(format!("rsrun-image-beneath-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("usr/lib")).unwrap();
+        std::fs::write(dir.join("usr/lib/libc.so"), b"x").unwrap();
+        std::os::unix::fs::symlink("usr/../usr/lib", dir.join("lib")).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let other =
+            std::env::temp_dir().join(format!("rsrun-image-renames-{}", std::process::id()));
+        let renamer = {
+            let (stop, other) = (stop.clone(), other.clone());
+            std::thread::spawn(move || {
+                std::fs::write(&other, b"").unwrap();
+                let moved = other.with_extension("moved");
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(&other, &moved).unwrap();
+                    std::fs::rename(&moved, &other).unwrap();
+                }
+                std::fs::remove_file(&other).unwrap();
+            })
+        };
+        let root = std::fs::File::open(&dir).unwrap();
+        let path = c"lib/libc.so";
+        let failed = (0..20_000)
+            .filter_map(|_| open_beneath(root.as_fd(), path, libc::O_RDONLY).err())
+            .collect::<Vec<_>>();
+        stop.store(true, Ordering::Relaxed);
+        renamer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of 20000 opens failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    }
 }

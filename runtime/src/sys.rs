@@ -94,6 +94,9 @@ struct OpenHow {
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
+/// How often openat2 is tried when a concurrent mount or rename makes it answer EAGAIN.
+const OPENAT2_TRIES: u32 = 64;
+
 /// openat2(2) with `resolve` flags (e.g. RESOLVE_IN_ROOT, so that absolute symlinks and
 /// `..` cannot leave `dirfd`).
 pub fn openat2(
@@ -112,16 +115,29 @@ pub fn openat2(
         },
         resolve,
     };
-    // SAFETY: `how` is a valid open_how of the size passed; `path` is NUL-terminated and
-    // outlives the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
+    // The kernel answers EAGAIN when a mount or rename anywhere on the machine raced a ".."
+    // step under RESOLVE_IN_ROOT/RESOLVE_BENEATH (it cannot prove the step stayed inside);
+    // openat2(2) says to retry. Bounded, so a machine that mounts without pause still ends.
+    let mut tries = 0;
+    let ret = loop {
+        // SAFETY: `how` is a valid open_how of the size passed; `path` is NUL-terminated and
+        // outlives the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        tries += 1;
+        if ret >= 0
+            || tries >= OPENAT2_TRIES
+            || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+        {
+            break ret;
+        }
     };
     // SAFETY: on success the kernel returned a new file descriptor that nothing else owns.
     check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -620,4 +636,50 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Every rename on the machine bumps the kernel's rename sequence, which a ".." step under
+    /// RESOLVE_IN_ROOT checks; a thread renaming without pause makes openat2 answer EAGAIN
+    /// often. The wrapper must ride that out.
+    #[test]
+    fn openat2_survives_concurrent_renames() {
+        let dir = std::env::temp_dir().join(format!("rsrun-openat2-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/f"), b"x").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let renamer = {
+            let (stop, dir) = (stop.clone(), dir.clone());
+            std::thread::spawn(move || {
+                std::fs::write(dir.join("r1"), b"").unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(dir.join("r1"), dir.join("r2")).unwrap();
+                    std::fs::rename(dir.join("r2"), dir.join("r1")).unwrap();
+                }
+            })
+        };
+        let root = std::fs::File::open(&dir).unwrap();
+        let path = CString::new("a/b/../b/../../a/b/../f").unwrap();
+        let mut failures = Vec::new();
+        for _ in 0..20_000 {
+            if let Err(e) = openat2(root.as_raw_fd(), &path, libc::O_RDONLY, 0, RESOLVE_IN_ROOT) {
+                failures.push(e.to_string());
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        renamer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of 20000 failed: {:?}",
+            failures.len(),
+            failures.first()
+        );
+    }
 }
