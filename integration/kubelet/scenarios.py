@@ -568,8 +568,10 @@ def _try_get(url):
 
 @scenario
 def s14_restart_policies():
-    """restartPolicy Never and OnFailure with the exit codes the kubelet records (Jobs)."""
-    create(pod_manifest("never", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", "exit 4"]}],
+    """restartPolicy Never and OnFailure with the exit codes the kubelet records (Jobs); a
+    failed container's termination message taken from its log's end (FallbackToLogsOnError)."""
+    create(pod_manifest("never", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", "echo -n DONE; exit 4"],
+                                   "terminationMessagePolicy": "FallbackToLogsOnError"}],
                         restartPolicy="Never"),
            pod_manifest("onfailure", [{
                "name": "main", "image": BUSYBOX, "volumeMounts": [{"name": "d", "mountPath": "/d"}],
@@ -578,6 +580,8 @@ def s14_restart_policies():
     p = phase("never", "Failed")
     c = cstatus(p, "main")
     check(c["state"]["terminated"]["exitCode"] == 4 and c["restartCount"] == 0, "Never: %r" % c)
+    # The e2e conformance test's case: the log's last line, which has no newline, verbatim.
+    check(c["state"]["terminated"].get("message") == "DONE", "termination message from the log: %r" % c)
     p = phase("onfailure", "Succeeded")
     c = cstatus(p, "main")
     check(c["state"]["terminated"]["exitCode"] == 0 and c["restartCount"] == 1

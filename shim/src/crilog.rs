@@ -1,8 +1,10 @@
 //! The container log in the CRI format the kubelet parses: one record per line,
 //! `TIMESTAMP STREAM TAG CONTENT\n` with an RFC 3339 timestamp (nanoseconds, UTC), STREAM
 //! `stdout` or `stderr`, TAG `F` for a line's final piece and `P` for the pieces of a line
-//! longer than the maximum line size (containerd's rule, 16 KiB by default). Bytes pass
-//! through untouched (binary, invalid UTF-8); within a stream nothing is lost or reordered.
+//! longer than the maximum line size (containerd's rule, 16 KiB by default), and for a
+//! stream's last line when it has no newline. Bytes pass through untouched (binary, invalid
+//! UTF-8) but for the "\r" of a "\r\n" line end; within a stream nothing is lost or
+//! reordered.
 //! A write that fails (disk full) drops that batch and counts it: the container is never
 //! blocked on its log.
 
@@ -107,14 +109,17 @@ impl CriLog {
         self.flush_out()
     }
 
-    /// At the end of a stream: its unfinished line goes out as a final piece.
+    /// At the end of a stream: its unfinished line goes out as a partial piece (P), as
+    /// containerd writes it. The kubelet keeps an F record's newline (`echo -n DONE` would
+    /// read back as "DONE\n", in `kubectl logs` and in a termination message taken from the
+    /// log) and drops a P record's.
     pub fn finish(&mut self, stream: Stream, ts: &[u8]) -> Option<String> {
         let partial = std::mem::take(&mut self.partial[stream as usize]);
         if partial.is_empty() {
             return None;
         }
         self.out.clear();
-        record(&mut self.out, ts, stream, b'F', &partial);
+        record(&mut self.out, ts, stream, b'P', &partial);
         self.flush_out()
     }
 
@@ -147,9 +152,11 @@ impl CriLog {
 }
 
 /// A complete line: pieces of `max` bytes (P) and the rest (F; empty when the line is a
-/// multiple of `max`, as containerd's reader produces it).
+/// multiple of `max`, as containerd's reader produces it). A line ending in "\r\n" (a
+/// terminal's output) loses its "\r" with the newline, as containerd's reader takes "\r\n"
+/// for the end of a line: `kubectl logs` of a `tty: true` container shows no carriage returns.
 fn frame_line(out: &mut Vec<u8>, ts: &[u8], stream: Stream, line: &[u8], max: usize) {
-    let mut line = line;
+    let mut line = line.strip_suffix(b"\r").unwrap_or(line);
     while line.len() >= max {
         record(out, ts, stream, b'P', &line[..max]);
         line = &line[max..];
@@ -215,10 +222,15 @@ mod tests {
         l.write(Stream::Stderr, b"err\n", ts);
         l.write(Stream::Stdout, b"ij\n\n", ts);
         l.write(Stream::Stdout, b"tail", ts);
+        l.write(Stream::Stderr, b"cr\r\nx\ry\r", ts);
         l.finish(Stream::Stdout, ts);
+        l.finish(Stream::Stderr, ts);
         let text = std::fs::read(&p).unwrap();
         let s = String::from_utf8(text.clone()).unwrap();
-        let recs: Vec<&str> = s.lines().map(|r| &r[ts.len() + 1..]).collect();
+        let recs: Vec<&str> = s
+            .split_terminator('\n')
+            .map(|r| &r[ts.len() + 1..])
+            .collect();
         assert_eq!(
             recs,
             [
@@ -231,10 +243,15 @@ mod tests {
                 "stdout F ",
                 "stdout F ",
                 "stdout P tail",
+                // "\r\n" ends a line as "\n" does; a lone "\r" is content; the stream's
+                // unfinished line at its end is a partial piece (the kubelet adds no newline).
+                "stderr F cr",
+                "stderr P x\ry\r",
             ],
-            "{s}"
+            "{s:?}"
         );
         assert_eq!(reassemble(&text, "stdout"), b"ab\ncdefghij\n\ntail");
+        assert_eq!(reassemble(&text, "stderr"), b"err\ncr\nx\ry\r");
         std::fs::remove_file(p).unwrap();
     }
 
@@ -252,11 +269,7 @@ mod tests {
         l.finish(Stream::Stdout, ts);
         let text = std::fs::read(&p).unwrap();
         let want = data.clone();
-        let mut got = reassemble(&text, "stdout");
-        if !want.ends_with(b"\n") && got.ends_with(b"\n") {
-            // finish() ends the stream with a final piece: a newline in the reassembly.
-            got.pop();
-        }
+        let got = reassemble(&text, "stdout");
         assert_eq!(got.len(), want.len());
         assert_eq!(got, want);
         // No record is longer than the maximum.
