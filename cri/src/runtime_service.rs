@@ -641,6 +641,20 @@ impl RuntimeService for Runtime {
             e => e,
         };
         let made = match made {
+            Ok(()) => {
+                let r = rec.clone();
+                blocking(move || {
+                    sandbox::apply_sysctls(&r).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "RunPodSandbox: config.linux.sysctls: {e}"
+                        ))
+                    })
+                })
+                .await
+            }
+            e => e,
+        };
+        let made = match made {
             Ok(()) if !userns && !rec.pause_id.is_empty() => self.start_pause(&rec).await,
             other => other,
         };

@@ -22,11 +22,13 @@ const SHM: &str = "shm";
 /// rsrun-pause, built by build.rs from cri/pause.
 pub const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rsrun-pause"));
 
-/// Installs the pause rootfs (`/pause`, and an empty `/dev` for the tmpfs) under `dir`.
+/// Installs the pause rootfs (`/pause`, an empty `/dev` for the tmpfs and `/proc` for a
+/// pause that writes sysctls) under `dir`.
 pub fn install_pause(dir: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("dev"))?;
+    std::fs::create_dir_all(rootfs.join("proc"))?;
     let bin = rootfs.join("pause");
     if std::fs::read(&bin).ok().as_deref() != Some(PAUSE) {
         let tmp = rootfs.join(".pause.tmp");
@@ -119,6 +121,23 @@ pub fn pause_spec(
             vec![serde_json::json!({"containerID": m.0, "hostID": m.1, "size": m.2})]
         };
         spec["hostname"] = serde_json::json!(r.hostname);
+        // The IPC and UTS sysctls, written by the pause as the root of the namespaces it
+        // makes (apply_sysctls writes the network's once the network is attached).
+        let own: serde_json::Map<String, serde_json::Value> = r
+            .sysctls
+            .iter()
+            .filter(|(k, _)| !net_sysctl(k))
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        if !own.is_empty() {
+            spec["linux"]["sysctl"] = serde_json::Value::Object(own);
+            spec["mounts"]
+                .as_array_mut()
+                .expect("mounts")
+                .push(serde_json::json!(
+                {"destination": "/proc", "type": "proc", "source": "proc",
+                 "options": ["nosuid", "noexec", "nodev"]}));
+        }
         spec["linux"]["uidMappings"] = serde_json::json!(map(u.uid));
         spec["linux"]["gidMappings"] = serde_json::json!(map(u.gid));
     }
@@ -168,10 +187,9 @@ pub fn pin_pause(r: &SandboxRecord, pid: i32, pod_pid: bool) -> std::io::Result<
         )?;
     }
     if r.userns.is_some() {
-        // The loopback and the sysctls of the namespaces the pause made: set by a thread
-        // that enters them (root of an ancestor user namespace may), as make_namespaces does
-        // for the others.
-        let (dir, net, sysctls) = (r.ns_dir.clone(), !r.host_network, r.sysctls.clone());
+        // The loopback of the network namespace the pause made: set by a thread that enters
+        // it (root of an ancestor user namespace may), as make_namespaces does for the others.
+        let (dir, net) = (r.ns_dir.clone(), !r.host_network);
         let ipc = !r.host_ipc;
         std::thread::spawn(move || -> std::io::Result<()> {
             for (n, flag, want) in [
@@ -186,7 +204,7 @@ pub fn pin_pause(r: &SandboxRecord, pid: i32, pod_pid: bool) -> std::io::Result<
             if net {
                 rsrun::sys::set_link_up("lo")?;
             }
-            write_sysctls(&sysctls)
+            Ok(())
         })
         .join()
         .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
@@ -207,6 +225,8 @@ pub struct Spec {
     pub host_ipc: bool,
     /// The containers share one PID namespace (with a pause process as its PID 1).
     pub pod_pid: bool,
+    /// The containers run in the node's PID namespace.
+    pub host_pid: bool,
     /// Namespaced sysctls, applied in the pod's namespaces.
     pub sysctls: Vec<(String, String)>,
     /// hostPort mappings (given to the CNI portmap plugin).
@@ -324,25 +344,38 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: config.{e}")))?;
     }
     let mut sysctls: Vec<(String, String)> = Vec::new();
-    for (k, v) in &linux.sysctls {
+    for (name, v) in &linux.sysctls {
+        let (k, _) = rsrun::config::sysctl_key(name).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "RunPodSandbox: config.linux.sysctls: {name:?} is not a sysctl name"
+            ))
+        })?;
+        let k = k.as_str();
         let ipc = k.starts_with("kernel.shm")
             || k.starts_with("kernel.msg")
             || k == "kernel.sem"
             || k.starts_with("fs.mqueue.");
         let net = k.starts_with("net.");
-        if k.contains("..") || k.contains('/') || !(ipc || net) {
+        // The pod always has a UTS namespace of its own (also on the host's network).
+        let uts = k == "kernel.domainname";
+        if !(ipc || net || uts) {
             return Err(Status::invalid_argument(format!(
-                "RunPodSandbox: sysctl {k:?} is not namespaced: it would change the node"
+                "RunPodSandbox: sysctl {name:?} is not namespaced: it would change the node"
             )));
         }
         if (net && ns.network == api::NamespaceMode::Node as i32)
             || (ipc && ns.ipc == api::NamespaceMode::Node as i32)
         {
             return Err(Status::invalid_argument(format!(
-                "RunPodSandbox: sysctl {k:?} with the host's namespace would change the node"
+                "RunPodSandbox: sysctl {name:?} with the host's namespace would change the node"
             )));
         }
-        sysctls.push((k.clone(), v.clone()));
+        if v.contains(['\0', '\n']) {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: sysctl {name:?}: the value {v:?} has a newline or NUL"
+            )));
+        }
+        sysctls.push((k.to_string(), v.clone()));
     }
     for (i, m) in c.port_mappings.iter().enumerate() {
         if !(1..=65535).contains(&m.container_port) || !(0..=65535).contains(&m.host_port) {
@@ -374,6 +407,7 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
         host_network: ns.network == api::NamespaceMode::Node as i32,
         host_ipc: ns.ipc == api::NamespaceMode::Node as i32,
         pod_pid: ns.pid == api::NamespaceMode::Pod as i32,
+        host_pid: ns.pid == api::NamespaceMode::Node as i32,
         resources: linux
             .resources
             .as_ref()
@@ -454,7 +488,6 @@ fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
     let hostname = s.hostname.clone();
     let d = dir.to_path_buf();
     let names: Vec<String> = pinned.iter().map(|s| s.to_string()).collect();
-    let sysctls = s.sysctls.clone();
     // A thread of its own, which ends with the namespaces it entered: nothing else ever
     // runs in them on this side.
     std::thread::spawn(move || -> std::io::Result<()> {
@@ -463,7 +496,6 @@ fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
         if flags.contains(nix::sched::CloneFlags::CLONE_NEWNET) {
             rsrun::sys::set_link_up("lo")?;
         }
-        write_sysctls(&sysctls)?;
         for n in &names {
             nix::mount::mount(
                 Some(format!("/proc/thread-self/ns/{n}").as_str()),
@@ -479,15 +511,53 @@ fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
     .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
 }
 
-/// Writes namespaced sysctls: /proc/sys answers for the namespaces of the thread that opens
-/// it, the calling one.
-fn write_sysctls(sysctls: &[(String, String)]) -> std::io::Result<()> {
-    for (k, v) in sysctls {
-        let p = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&p, v)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("sysctl {k}={v}: {e}")))?;
+/// The sysctls of the pod's network namespace, and the others.
+fn net_sysctl(k: &str) -> bool {
+    k.starts_with("net.")
+}
+
+/// Writes the pod's sysctls once its network is attached (an interface's, such as
+/// `net.ipv4.conf.eth0.rp_filter`, exists only then, and the pod's values win over those
+/// the CNI plugins set, as with containerd, whose pause applies them after the network), by
+/// a thread that enters the pod's namespaces: /proc/sys answers for the namespaces of the
+/// thread that opens it. A user namespace pod's IPC and UTS ones are its pause's to write
+/// (`pause_spec`): the kernel lets only the root of the namespace's owner write an IPC
+/// namespace's sysctls, and a thread of this server cannot become that user.
+pub fn apply_sysctls(r: &SandboxRecord) -> std::io::Result<()> {
+    let userns = r.userns.is_some();
+    let sysctls: Vec<(String, String)> = r
+        .sysctls
+        .iter()
+        .filter(|(k, _)| !userns || net_sysctl(k))
+        .cloned()
+        .collect();
+    if sysctls.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let dir = r.ns_dir.clone();
+    let (net, ipc) = (!r.host_network, !r.host_ipc && !userns);
+    std::thread::spawn(move || -> std::io::Result<()> {
+        for (n, flag, want) in [
+            ("net", nix::sched::CloneFlags::CLONE_NEWNET, net),
+            ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC, ipc),
+            ("uts", nix::sched::CloneFlags::CLONE_NEWUTS, !userns),
+        ] {
+            if want {
+                let f = std::fs::File::open(dir.join(n))?;
+                nix::sched::setns(&f, flag).map_err(|e| {
+                    std::io::Error::other(format!("enter the pod's {n} namespace: {e}"))
+                })?;
+            }
+        }
+        for (k, v) in &sysctls {
+            let file = rsrun::config::sysctl_key(k).map_or_else(|| k.clone(), |(_, f)| f);
+            std::fs::write(format!("/proc/sys/{file}"), v)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("sysctl {k}={v}: {e}")))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the sysctl thread panicked"))?
 }
 
 /// The pod's hostname, hosts and resolv.conf files (bound into its containers).
@@ -602,11 +672,7 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         ready: false,
         complete: false,
         userns: s.userns.clone(),
-        sysctls: if s.userns.is_some() {
-            s.sysctls.clone()
-        } else {
-            Vec::new()
-        },
+        sysctls: s.sysctls.clone(),
         pause_id: if s.pod_pid || s.userns.is_some() {
             format!("pause-{id}")
         } else {
@@ -617,6 +683,7 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         host_network: s.host_network,
         host_ipc: s.host_ipc,
         pid_shared: s.pod_pid,
+        host_pid: s.host_pid,
         resources: s.resources.clone(),
         overhead: s.overhead.clone(),
     }
@@ -670,7 +737,9 @@ pub fn status(sb: &SandboxRecord) -> api::PodSandboxStatus {
             namespaces: Some(api::Namespace {
                 options: Some(api::NamespaceOption {
                     network: mode(sb.host_network),
-                    pid: if sb.shares_pid() {
+                    pid: if sb.host_pid {
+                        api::NamespaceMode::Node as i32
+                    } else if sb.shares_pid() {
                         api::NamespaceMode::Pod as i32
                     } else {
                         api::NamespaceMode::Container as i32

@@ -51,10 +51,13 @@ pub struct SandboxRecord {
     /// The containers share the pause's PID namespace.
     #[serde(default)]
     pub pid_shared: bool,
+    /// The containers run in the node's PID namespace (hostPID).
+    #[serde(default)]
+    pub host_pid: bool,
     /// The pod's user namespace, made by its pause container.
     #[serde(default)]
     pub userns: Option<crate::sandbox::UserNs>,
-    /// Sysctls the pause container applies (pods with a user namespace).
+    /// The pod's namespaced sysctls (dotted names), written once its network is attached.
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
 }

@@ -119,7 +119,8 @@ ok "pull, images, inspecti, imagefsinfo ($used_before -> $used_after bytes)"
 # A pod by hand, as the README shows.
 cat > "$R/pod.json" <<JSON
 {"metadata": {"name": "smoke", "namespace": "default", "uid": "smoke-uid"}, "hostname": "smoke-pod",
- "log_directory": "$R/logs", "port_mappings": [{"container_port": 80, "host_port": 8080}], "linux": {"security_context": {"namespace_options": {"pid": 1}}}}
+ "log_directory": "$R/logs", "port_mappings": [{"container_port": 80, "host_port": 8080}], "linux": {"security_context": {"namespace_options": {"pid": 1}},
+  "sysctls": {"net.ipv4.conf.eth0.rp_filter": "2", "net/ipv4/conf/eth0/accept_local": "1", "kernel.shm_rmid_forced": "1", "kernel.domainname": "smoke-domain"}}}
 JSON
 cat > "$R/ctr.json" <<'JSON'
 {"metadata": {"name": "hello"}, "image": {"image": "busybox"}, "log_path": "hello.log",
@@ -167,6 +168,13 @@ echo "$out" | grep -q 'sh -c echo hello' || fail "exec: not in the container's p
 if c exec -s "$ctr" sh -c 'exit 3' >/dev/null; then fail "exec -s of exit 3 succeeded"; fi
 grep -q 'exited with 3' "$R/crictl.err" || fail "exec -s exit code: $(cat "$R/crictl.err")"
 ok "exec -s (exit code, the pod's hostname, the container's PID 1)"
+# The pod's sysctls, as the kernel reads them in the container: one of the interface the CNI
+# plugin made (eth0 exists only once the network is attached), one in the slashed form, an
+# IPC and a UTS one.
+out=$(c exec -s "$ctr" sh -c 'cd /proc/sys; echo $(cat net/ipv4/conf/eth0/rp_filter net/ipv4/conf/eth0/accept_local kernel/shm_rmid_forced kernel/domainname)') \
+    || fail "exec (sysctls): $(cat "$R/crictl.err")"
+[ "$out" = "2 1 1 smoke-domain" ] || fail "the pod's sysctls in the container: $out"
+ok "the pod's sysctls (eth0's rp_filter, a slashed name, IPC, UTS) in the container's namespaces"
 # The streaming server over WebSocket (v5.channel.k8s.io): output on both streams, the exit
 # code through the status channel, stdin, a terminal; a made-up URL gets 404.
 rc=0; out=$(c exec -r websocket "$ctr" sh -c 'echo to-out; echo to-err >&2; exit 3') || rc=$?
@@ -274,6 +282,19 @@ if c start "$dbg3" >/dev/null; then fail "a debug container started after its ta
 grep -q "FailedPrecondition.*target container (pid mode TARGET) has exited" "$R/crictl.err" || fail "start after the target exited: $(cat "$R/crictl.err")"
 c rm "$dbg3" >/dev/null && c rm "$tgt" >/dev/null || fail "rm $dbg3 $tgt: $(cat "$R/crictl.err")"
 ok "pid mode TARGET (kubectl debug --target): the target's PID namespace, its processes seen; a missing target NotFound, an exited one FailedPrecondition at start"
+# A last line without a newline comes back without one (`kubectl logs`, a termination
+# message taken from the log); a terminal's "\r\n" line ends come back as "\n".
+echo '{"metadata": {"name": "nonl"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "printf \\"one\\\\nDONE\\""]}' > "$R/nonl.json"
+echo '{"metadata": {"name": "ttylog"}, "image": {"image": "busybox"}, "tty": true, "command": ["echo", "hi"]}' > "$R/ttylog.json"
+nl=$(c create "$pod" "$R/nonl.json" "$R/pod.json") && c start "$nl" >/dev/null \
+    && tl=$(c create "$pod" "$R/ttylog.json" "$R/pod.json") && c start "$tl" >/dev/null || fail "create (log ends): $(cat "$R/crictl.err")"
+for x in "$nl" "$tl"; do
+    for _ in $(seq 100); do c inspect -o json "$x" | grep -q CONTAINER_EXITED && break; sleep 0.1; done
+done
+[ "$(c logs "$nl" | od -An -c | tr -s ' ')" = " o n e \n D O N E" ] || fail "logs of printf 'one\\nDONE': $(c logs "$nl" | od -c)"
+[ "$(c logs "$tl" | od -An -c | tr -s ' ')" = " h i \n" ] || fail "logs of a terminal's echo hi: $(c logs "$tl" | od -c)"
+c rm "$nl" "$tl" >/dev/null || fail "rm (log ends): $(cat "$R/crictl.err")"
+ok "logs: a last line without a newline stays without one; a terminal's \\r\\n is a line end"
 # The image's STOPSIGNAL is what StopContainer sends (SIGUSR1 here; SIGTERM without one).
 c pull busybox:stopsignal >/dev/null || fail "pull busybox:stopsignal: $(cat "$R/crictl.err")"
 echo '{"metadata": {"name": "stopsig"}, "image": {"image": "busybox:stopsignal"},
@@ -353,9 +374,12 @@ ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
 # The pod's bandwidth annotations reach the bandwidth plugin: the kernel shapes its traffic
 # (tbf at the rates asked for, ingress on the host's end of the veth, egress on an ifb); gone
 # with the pod. A bad value is refused naming the annotation, before anything is made.
-echo '{"metadata": {"name": "bw", "namespace": "default", "uid": "bw-uid"}, "annotations":
+echo '{"metadata": {"name": "bw", "namespace": "default", "uid": "bw-uid"}, "linux": {"security_context": {"namespace_options": {"pid": 2}}}, "annotations":
  {"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "20M"}}' > "$R/bw.json"
 bw=$(c runp "$R/bw.json") || fail "runp (bandwidth): $(cat "$R/crictl.err")"
+# (This pod is also one on the node's PID namespace: its status says so.)
+[ "$(c inspectp -o json "$bw" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["linux"]["namespaces"]["options"]["pid"])')" = NODE ] \
+    || fail "a hostPID pod's status: $(c inspectp "$bw")"
 tc qdisc show | grep -q 'tbf .* rate 10Mbit' && tc qdisc show | grep -q 'tbf .* rate 20Mbit' \
     || fail "bandwidth annotations: no tbf at 10 and 20 Mbit: $(tc qdisc show)"
 c stopp "$bw" >/dev/null && c rmp "$bw" >/dev/null || fail "stopp/rmp (bandwidth): $(cat "$R/crictl.err")"
@@ -524,7 +548,8 @@ cat > "$R/upod.json" <<JSON
 {"metadata": {"name": "userns", "namespace": "default", "uid": "userns-uid"}, "hostname": "userns-pod",
  "linux": {"security_context": {"namespace_options": {"userns_options": {"mode": 0,
    "uids": [{"host_id": 200000, "container_id": 0, "length": 65536}],
-   "gids": [{"host_id": 200000, "container_id": 0, "length": 65536}]}}}}}
+   "gids": [{"host_id": 200000, "container_id": 0, "length": 65536}]}}},
+  "sysctls": {"net.ipv4.conf.eth0.rp_filter": "2", "kernel.msgmax": "12345"}}}
 JSON
 # Its volume (host root's) idmapped with the pod's mappings, as the kubelet asks for every
 # volume of such a pod; the same directory bound without them for contrast.
@@ -551,6 +576,8 @@ read -r inside host len < "/proc/$upid/uid_map"
 [ "$(stat -c %u "/proc/$upid")" = 200000 ] || fail "the container's root is host uid $(stat -c %u "/proc/$upid"), not 200000"
 out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /etc /bin/busybox; cat /etc/written') || fail "exec (userns): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 0 0 x " ] || fail "userns: image files not owned by the container's root: $out"
+out=$(c exec -s "$uc" sh -c 'echo $(cat /proc/sys/net/ipv4/conf/eth0/rp_filter /proc/sys/kernel/msgmax)') || fail "exec (userns sysctls): $(cat "$R/crictl.err")"
+[ "$out" = "2 12345" ] || fail "userns: the pod's sysctls in the container: $out"
 out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /vol/f /plain/f; echo w > /vol/new && echo wrote; (echo w > /plain/other) 2>/dev/null || echo refused' 2>&1) \
     || fail "exec (userns volume): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 65534 65534 wrote refused " ] || fail "userns: the idmapped volume: $out"
@@ -568,7 +595,7 @@ masks() { echo $(c exec -s "$1" sh -c "grep ' /proc/keys ' /proc/mounts | wc -l;
 [ "$(masks "$uc")" = "0 0" ] || fail "userns: no masked_paths (procMount Unmasked) still masked: $(masks "$uc")"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp (userns): $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "userns: mounts left: $(grep "$R" /proc/self/mountinfo)"
-ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, the image's files and its idmapped volume are its own (host root's on disk), a container with its own PID namespace in it, masked paths as given (none: procMount Unmasked), nothing left"
+ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, its sysctls, the image's files and its idmapped volume are its own (host root's on disk), a container with its own PID namespace in it, masked paths as given (none: procMount Unmasked), nothing left"
 echo '{"metadata":{"name":"p","namespace":"n","uid":"u2"},"linux":{"security_context":{"namespace_options":{"userns_options":{"mode":0,"uids":[{"host_id":1000,"container_id":1,"length":10}],"gids":[{"host_id":1000,"container_id":0,"length":10}]}}}}}' > "$R/bad-userns.json"
 if c runp "$R/bad-userns.json" >/dev/null; then fail "runp with container ID 0 unmapped succeeded"; fi
 grep -q 'InvalidArgument.*userns_options.uids: container ID 0 must be mapped' "$R/crictl.err" || fail "bad userns: $(cat "$R/crictl.err")"

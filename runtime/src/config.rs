@@ -209,10 +209,10 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
             ));
         }
         if let Some(sysctl) = linux.sysctl() {
-            for k in sysctl.keys() {
-                if k.is_empty() || k.contains("..") || k.starts_with('/') {
-                    return Err(bad(format!("linux.sysctl key {k:?} is invalid")));
-                }
+            for key in sysctl.keys() {
+                let Some((k, _)) = sysctl_key(key) else {
+                    return Err(bad(format!("linux.sysctl key {key:?} is invalid")));
+                };
                 // Only namespaced sysctls, and only when the container has that namespace:
                 // anything else would change the host (as runc refuses too).
                 let ipc = matches!(
@@ -239,14 +239,14 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
                     Some(t) if has(t) => {}
                     Some(t) => {
                         return Err(bad(format!(
-                            "linux.sysctl {k:?} needs its own {} namespace; without one it would change the host",
+                            "linux.sysctl {key:?} needs its own {} namespace; without one it would change the host",
                             ns_file(t)
                         )))
                     }
                     None if k == "kernel.hostname" => {
                         return Err(bad("linux.sysctl \"kernel.hostname\": use the hostname field".into()))
                     }
-                    None => return Err(bad(format!("linux.sysctl {k:?} is not namespaced: it would change the host"))),
+                    None => return Err(bad(format!("linux.sysctl {key:?} is not namespaced: it would change the host"))),
                 }
             }
         }
@@ -421,6 +421,32 @@ fn check_strings_of(field: &str, v: &[String]) -> std::result::Result<(), String
 }
 
 /// The name of a namespace type under /proc/PID/ns/.
+/// A sysctl key read as sysctl(8) reads it, by its first separator: dotted
+/// (`net.ipv4.conf.eth0/100.rp_filter`, a `/` standing for a dot within a name) or slashed
+/// (`net/ipv4/conf/eth0.100/rp_filter`); the kubelet passes on either. Returns the dotted
+/// form and the file's path under /proc/sys; None when a component is empty, `.` or `..`.
+pub fn sysctl_key(key: &str) -> Option<(String, String)> {
+    let swap = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect()
+    };
+    let dotted = match key.find(['.', '/']) {
+        Some(i) if key.as_bytes()[i] == b'/' => swap(key),
+        _ => key.to_string(),
+    };
+    let file = swap(&dotted);
+    let ok = !key.contains('\0')
+        && file
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    ok.then_some((dotted, file))
+}
+
 pub fn ns_file(t: LinuxNamespaceType) -> &'static str {
     match t {
         LinuxNamespaceType::Pid => "pid",
@@ -467,6 +493,34 @@ fn check_ns_path(typ: LinuxNamespaceType, path: &Path) -> std::result::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysctl_keys_in_both_forms() {
+        let dotted = (
+            "net.ipv4.conf.eth0/100.rp_filter".to_string(),
+            "net/ipv4/conf/eth0.100/rp_filter".to_string(),
+        );
+        assert_eq!(
+            sysctl_key("net.ipv4.conf.eth0/100.rp_filter"),
+            Some(dotted.clone())
+        );
+        assert_eq!(sysctl_key("net/ipv4/conf/eth0.100/rp_filter"), Some(dotted));
+        assert_eq!(
+            sysctl_key("kernel.shm_rmid_forced").unwrap().1,
+            "kernel/shm_rmid_forced"
+        );
+        for bad in [
+            "net..ipv4",
+            "net.ipv4.conf./..x",
+            "net/ipv4/../../vm",
+            "net.",
+            "net/.",
+            "/net",
+            "",
+        ] {
+            assert_eq!(sysctl_key(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn ids() {

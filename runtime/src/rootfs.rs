@@ -993,7 +993,10 @@ pub fn finish_paths(spec: &Spec, root: RawFd, devnull: &OwnedFd) -> Result<()> {
     };
     if let Some(sysctl) = linux.sysctl() {
         for (k, v) in sysctl {
-            let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+            let Some((_, file)) = crate::config::sysctl_key(k) else {
+                return Err(Error::Config(format!("linux.sysctl key {k:?} is invalid")));
+            };
+            let p = Path::new("/proc/sys").join(file);
             let fd = open_in_root(root, &p, libc::O_WRONLY)
                 .with_ctx(|| format!("linux.sysctl {k}: open {}", p.display()))?;
             let mut f = std::fs::File::from(fd);

@@ -415,7 +415,7 @@ fn devices_links_masked_and_readonly_paths() {
          for l in fd stdin stdout stderr ptmx; do readlink /dev/$l; done; \
          stat -c 'keys %t:%T' /proc/keys; echo masked=$(ls -A /secret | wc -l) visible=$(ls -A /visible | wc -l); \
          echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysrw || echo sysro; \
-         cat /proc/sys/net/ipv4/ip_forward",
+         cat /proc/sys/net/ipv4/conf/lo/accept_local; cat /proc/sys/net/ipv4/ip_forward",
     );
     // A masked directory that has entries (this host's /proc/acpi is empty anyway), beside
     // an unmasked one with the same entries.
@@ -426,7 +426,8 @@ fn devices_links_masked_and_readonly_paths() {
     }
     b.edit(|c| {
         c["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 0, "gid": 0}]);
-        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        // Both forms of a key, as sysctl(8) reads them (the slashed one from a kubelet).
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "net/ipv4/conf/lo/accept_local": "1"});
         c["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
     });
     let out = rt.output(&b);
@@ -454,7 +455,10 @@ fn devices_links_masked_and_readonly_paths() {
     // Masked, not emptied.
     assert!(b.rootfs().join("secret/a").exists());
     assert!(out.contains("sysro"), "{out}");
-    assert!(out.trim_end().ends_with('1'), "sysctl not applied: {out}");
+    assert!(
+        out.trim_end().ends_with("1\n1"),
+        "sysctls not applied: {out}"
+    );
 }
 
 #[test]
