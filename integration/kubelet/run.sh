@@ -123,9 +123,12 @@ KUBECTL() { "$K8S_BIN/kubectl" --kubeconfig "$R/admin.kubeconfig" "$@"; }
 teardown() {
     say "teardown"
     if [ -n "${PID_kubelet:-}" ]; then
+        # the one running now (scenario 19 starts another)
+        PID_kubelet=$(cat "$R/kubelet.pid" 2>/dev/null || echo "$PID_kubelet")
         # pods first, through the API, while the kubelet still runs them
         KUBECTL delete pods --all --all-namespaces --grace-period=1 --timeout=60s >/dev/null 2>&1
-        kill "$PID_kubelet" 2>/dev/null; wait "$PID_kubelet" 2>/dev/null
+        kill "$PID_kubelet" 2>/dev/null
+        while kill -0 "$PID_kubelet" 2>/dev/null; do sleep 0.1; done
     fi
     local cri
     cri=$(cat "$R/rsrun-cri.pid" 2>/dev/null)
@@ -267,9 +270,18 @@ evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.availab
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 EOF
-start kubelet "$K8S_BIN/kubelet" --config "$R/kubelet.yaml" --kubeconfig "$R/kubelet.kubeconfig" \
-    --root-dir "$R/kubelet" --cert-dir "$R/kubelet/pki" --hostname-override "$NODE" \
-    --node-ip "$NODE_IP" --v 2
+# started by a script of its own, which scenario 19 runs again after killing the kubelet
+cat > "$R/start-kubelet.sh" <<EOF
+#!/bin/sh
+"$K8S_BIN/kubelet" --config "$R/kubelet.yaml" --kubeconfig "$R/kubelet.kubeconfig" \\
+    --root-dir "$R/kubelet" --cert-dir "$R/kubelet/pki" --hostname-override "$NODE" \\
+    --node-ip "$NODE_IP" --v 2 >>"$R/logs/kubelet.log" 2>&1 </dev/null &
+echo \$! > "$R/kubelet.pid"
+EOF
+chmod +x "$R/start-kubelet.sh"
+: > "$R/logs/kubelet.log"
+"$R/start-kubelet.sh"
+PID_kubelet=$(cat "$R/kubelet.pid")
 node_ready() {
     kill -0 "$PID_kubelet" || return 0  # no use waiting: said below
     [ "$(KUBECTL get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]

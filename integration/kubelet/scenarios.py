@@ -782,6 +782,67 @@ def s18_in_place_resize():
     delete("resize")
 
 
+@scenario
+def s19_kubelet_restarted():
+    """The kubelet killed -9 and started again while a pod runs: it adopts what rsrun-cri
+    reports (same sandbox and containers, no re-run init container, no restart), and a
+    container that exited while it was down is seen exited and restarted."""
+    create(pod_manifest("adopted", [
+        {"name": "kiada", "image": KIADA},
+        # exits with 3 once told to (through crictl: the kubelet is down then)
+        {"name": "quitter", "image": BUSYBOX,
+         "command": ["sh", "-c", "until [ -e /tmp/quit ]; do sleep 0.2; done; exit 3"]}],
+        initContainers=[{"name": "init", "image": BUSYBOX, "command": ["true"]}],
+        terminationGracePeriodSeconds=1))
+    p = running("adopted")
+    ip = p["status"]["podIP"]
+    http_get("http://%s:8080/before" % ip)
+    mine = ["--label", "io.kubernetes.pod.name=adopted", "-o", "json"]
+    before = {c["metadata"]["name"]: c["id"] for c in json.loads(crictl("ps", "-a", *mine))["containers"]}
+    pods_before = [x["id"] for x in json.loads(crictl("pods", *mine))["items"]]
+    check(sorted(before) == ["init", "kiada", "quitter"] and len(pods_before) == 1,
+          "before: %r, sandboxes %r" % (before, pods_before))
+    pid_file = os.path.join(RUN_DIR, "kubelet.pid")
+    pid = int(open(pid_file).read())
+    os.kill(pid, 9)
+    wait("the kubelet gone", lambda: not os.path.exists("/proc/%d/status" % pid)
+         or "State:\tZ" in open("/proc/%d/status" % pid).read(), timeout=10)
+    log("killed the kubelet (pid %d)" % pid)
+    crictl("exec", before["quitter"], "touch", "/tmp/quit")
+    wait("quitter exited", lambda: json.loads(crictl("inspect", before["quitter"]))["status"]["state"]
+         == "CONTAINER_EXITED", timeout=10)
+    subprocess.run([os.path.join(RUN_DIR, "start-kubelet.sh")], check=True)
+
+    def healthy():
+        try:
+            return http_get("http://127.0.0.1:10248/healthz", timeout=2) == "ok"
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+    wait("the kubelet back (healthz)", healthy, timeout=60)
+    # the quitter restarted by the new kubelet: its exit was reported
+    p = wait("quitter restarted", lambda: (lambda p: p if p and cstatus(p, "quitter").get("restartCount") == 1
+             and "running" in cstatus(p, "quitter").get("state", {}) else None)(get_pod("adopted")), timeout=60)
+    q = cstatus(p, "quitter")
+    check(q["lastState"].get("terminated", {}).get("exitCode") == 3, "quitter's last state: %r" % q)
+    time.sleep(6)  # a pod sync or two more (syncFrequency 5s)
+    http_get("http://%s:8080/after" % ip)
+    p = get_pod("adopted")
+    after = {}
+    for c in json.loads(crictl("ps", "-a", *mine))["containers"]:
+        after.setdefault(c["metadata"]["name"], []).append(c["id"])
+    pods_after = [x["id"] for x in json.loads(crictl("pods", *mine))["items"]]
+    check(pods_after == pods_before, "sandboxes changed: %r -> %r" % (pods_before, pods_after))
+    check(after.get("kiada") == [before["kiada"]] and after.get("init") == [before["init"]],
+          "kiada or init changed across the kubelet's restart: %r -> %r" % (before, after))
+    check(len(after.get("quitter", [])) == 2, "quitter: %r" % after.get("quitter"))
+    k = cstatus(p, "kiada")
+    check(k["restartCount"] == 0 and "running" in k["state"], "kiada restarted: %r" % k)
+    check(cstatus(p, "init", init=True).get("restartCount") == 0, "init re-ran: %r" % cstatus(p, "init", init=True))
+    logs = kubectl("logs", "adopted", "-c", "kiada").stdout
+    check("GET /before" in logs and "GET /after" in logs, "logs did not continue: %r" % logs)
+    delete("adopted")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", default="")
