@@ -404,13 +404,7 @@ fn kill_sends_real_time_signals_as_runc_numbers_them() {
     rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
     // The trap is set once the shell runs its loop: its handler shows in /proc.
     let pid = rt.state(&id)["pid"].as_i64().unwrap();
-    let caught = || {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
-            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-            .unwrap_or(0)
-    };
+    let caught = || caught_signals(pid);
     for _ in 0..500 {
         if caught() & (1 << (37 - 1)) != 0 {
             break;
