@@ -1238,6 +1238,25 @@ pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)
     s.write_all(format!("{req}\n").as_bytes())?;
     let mut all = Vec::new();
     s.read_to_end(&mut all)?;
+    split_answer(all)
+}
+
+/// `control` on the async runtime, for requests whose answer may take long (exec_sync):
+/// dropping the future (a client that cancelled, or its deadline) closes the connection,
+/// which the shim takes for the requester's departure. The connect itself is immediate.
+pub async fn control_async(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = connect_control(shim_dir)?;
+    s.set_nonblocking(true)?;
+    let mut s = tokio::net::UnixStream::from_std(s)?;
+    s.write_all(format!("{req}\n").as_bytes()).await?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).await?;
+    split_answer(all)
+}
+
+/// A shim's answer: its JSON header line, and the bytes after it.
+fn split_answer(all: Vec<u8>) -> std::io::Result<(Value, Vec<u8>)> {
     let nl = all
         .iter()
         .position(|b| *b == b'\n')

@@ -1381,13 +1381,13 @@ impl RuntimeService for Runtime {
                 rec.id
             )));
         }
-        let d = rec.shim_dir.clone();
         let req = json!({"op": "exec_sync", "args": r.cmd,
             "timeout_ms": (r.timeout.max(0) as u64).saturating_mul(1000)});
-        let (head, body) = blocking(move || {
-            container::control(&d, &req).map_err(|e| io_status("the container's shim", e))
-        })
-        .await?;
+        // On the async runtime: if this call is dropped (the client cancelled, or its
+        // deadline passed), the connection closes and the shim ends the process.
+        let (head, body) = container::control_async(&rec.shim_dir, &req)
+            .await
+            .map_err(|e| io_status("the container's shim", e))?;
         if let Some(e) = head["error"].as_str() {
             return Err(Status::unknown(e.to_string()));
         }

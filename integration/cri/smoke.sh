@@ -203,6 +203,15 @@ pp=$(awk '/^PPid:/ {print $2}' "/proc/$xp/status")
 [ "$pp" = "$(cat "$R/state/s/$ctr/shim.pid")" ] || fail "the exec'd process's parent is $pp ($(cat /proc/$pp/comm 2>/dev/null)), not the container's shim"
 kill "$xp"; wait "$ex" 2>/dev/null || true
 ok "interactive exec: the process is the container shim's child"
+# An ExecSync without a timeout whose client goes away (killed: its HTTP/2 connection ends,
+# as a cancelled call's stream does) ends its process, as containerd's does.
+"$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" exec -s "$ctr" sleep 4343 >/dev/null 2>&1 & ex=$!
+for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4343' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
+[ -n "$xp" ] || fail "the ExecSync's sleep 4343 never ran"
+kill -9 "$ex"; wait "$ex" 2>/dev/null || true
+for _ in $(seq 100); do kill -0 "$xp" 2>/dev/null || break; sleep 0.05; done
+! kill -0 "$xp" 2>/dev/null || fail "the ExecSync's process outlived its cancelled call"
+ok "a cancelled ExecSync (client killed) ends its process"
 web=$(c create "$pod" "$R/web.json" "$R/pod.json") || fail "create web: $(cat "$R/crictl.err")"
 c start "$web" >/dev/null || fail "start web: $(cat "$R/crictl.err")"
 ip=$(pod_ip "$pod")

@@ -68,6 +68,11 @@ struct ExecSession {
     deadline: Option<Instant>,
     timed_out: bool,
     status: Option<i32>,
+    /// An exec_sync, whose requester waits on `conn` for the answer: if it goes away (a
+    /// client that gave up: ExecSync cancelled or past its gRPC deadline), nobody will read
+    /// the result, and the process is ended, as containerd kills an ExecSync's process
+    /// when its context ends. Cleared once seen gone.
+    watch_requester: bool,
 }
 
 impl ExecSession {
@@ -105,6 +110,7 @@ enum Source {
     Conn(usize),
     Client(usize),
     Exec(usize, usize),
+    ExecRequester(usize),
     Oom,
 }
 
@@ -458,6 +464,12 @@ impl Monitor {
                     srcs.push(Source::Exec(i, k));
                 }
             }
+            if e.watch_requester && e.status.is_none() {
+                // No events asked: poll reports POLLHUP once the requester has closed its
+                // end (a half-close by shutdown(2) is not a departure).
+                fds.push(PollFd::new(e.conn.as_fd(), PollFlags::empty()));
+                srcs.push(Source::ExecRequester(i));
+            }
         }
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -487,6 +499,17 @@ impl Monitor {
                 }
             }
             Source::Exec(i, k) => self.read_exec(i, k),
+            Source::ExecRequester(i) => {
+                if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    let e = &mut self.execs[i];
+                    e.watch_requester = false;
+                    rsrun::log::warn(&format!(
+                        "container {}: exec_sync requester gone: ending process {}",
+                        self.id, e.pid
+                    ));
+                    kill_tree(e.pid);
+                }
+            }
             Source::Oom => self.oom.refresh(),
         }
     }
@@ -991,6 +1014,7 @@ impl Monitor {
                 .then(|| Instant::now() + Duration::from_millis(timeout_ms.min(1 << 40))),
             timed_out: false,
             status: None,
+            watch_requester: true,
         });
         Ok(())
     }
@@ -1046,6 +1070,7 @@ impl Monitor {
             deadline: None,
             timed_out: false,
             status: None,
+            watch_requester: false,
         });
         Ok(())
     }

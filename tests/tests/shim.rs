@@ -539,16 +539,7 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
     );
     assert_eq!(h["timed_out"], true, "{h}");
     std::thread::sleep(Duration::from_millis(100));
-    let left: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
-                && alive(*p)
-        })
-        .collect();
+    let left = processes_with(marker);
     assert!(
         left.is_empty(),
         "processes of the timed-out exec left: {left:?}"
@@ -566,6 +557,72 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
         "{v}"
     );
     assert!(alive(s.pid));
+}
+
+/// The PIDs of live processes whose command line has `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+                && alive(*p)
+        })
+        .collect()
+}
+
+#[test]
+fn exec_sync_whose_requester_goes_away_is_ended() {
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    // No timeout: only the requester's departure can end it (a cancelled ExecSync).
+    let marker = "42424";
+    let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+    let req = json!({"op": "exec_sync", "args": ["sh", "-c", format!("sleep {marker}1 & sleep {marker}2")], "timeout_ms": 0});
+    c.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let running = || processes_with(marker).len() == 2;
+    for _ in 0..500 {
+        if running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        running(),
+        "the exec never ran: {:?}",
+        processes_with(marker)
+    );
+    // A half-close is no departure: the requester still reads.
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        running(),
+        "ended on a half-close: {:?}",
+        processes_with(marker)
+    );
+    drop(c);
+    for _ in 0..500 {
+        if processes_with(marker).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        processes_with(marker).is_empty(),
+        "the exec outlived its requester: {:?}",
+        processes_with(marker)
+    );
+    // The container and the shim go on.
+    assert!(alive(s.pid));
+    let (h, out, _) = s.exec_sync(&["echo", "still"], 10_000);
+    assert_eq!(
+        (h["exit_code"].as_i64(), out.as_slice()),
+        (Some(0), &b"still\n"[..]),
+        "{h}"
+    );
 }
 
 #[test]
