@@ -2,6 +2,14 @@
 //! itself but answers CANCELLED when it expires; gRPC (and grpc-go's servers, containerd's)
 //! say DEADLINE_EXCEEDED, and critest checks it for PullImage. This layer sits inside tonic's
 //! and ends the call first, with the right code.
+//!
+//! A call that ends early (its deadline, or the client's RST_STREAM: the kubelet cancels a
+//! pod's sync when the pod is deleted) drops the handler's future wherever it was waiting. For
+//! the calls that change objects that would leave them half-changed: a StartContainer dropped
+//! after the shim started the container but before its record said so left a running
+//! container reported CREATED, never stopped by the kubelet. Those calls run as tasks of
+//! their own, to completion, whatever becomes of the request (as a Go server's handler runs
+//! on after its context ends); the client gets its answer (or its deadline) as before.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +17,25 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::codegen::http;
+
+/// The calls that change objects: run to completion once begun. PullImage is not one: a
+/// pull dropped midway keeps nothing (the image store commits each blob and the image
+/// whole), and the client's deadline should stop the download. ExecSync is not either: its
+/// process ends when the call does.
+const RUN_TO_COMPLETION: &[&str] = &[
+    "/runtime.v1.RuntimeService/RunPodSandbox",
+    "/runtime.v1.RuntimeService/StopPodSandbox",
+    "/runtime.v1.RuntimeService/RemovePodSandbox",
+    "/runtime.v1.RuntimeService/CreateContainer",
+    "/runtime.v1.RuntimeService/StartContainer",
+    "/runtime.v1.RuntimeService/StopContainer",
+    "/runtime.v1.RuntimeService/RemoveContainer",
+    "/runtime.v1.RuntimeService/UpdateContainerResources",
+    "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+    "/runtime.v1.RuntimeService/ReopenContainerLog",
+    "/runtime.v1.RuntimeService/UpdateRuntimeConfig",
+    "/runtime.v1.ImageService/RemoveImage",
+];
 
 #[derive(Clone, Copy, Default)]
 pub struct DeadlineLayer;
@@ -29,6 +56,7 @@ impl<S, B, RB> tower::Service<http::Request<B>> for Deadline<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     RB: Default + Send + 'static,
 {
     type Response = http::Response<RB>;
@@ -46,7 +74,20 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let path = req.uri().path().to_string();
-        let fut = self.inner.call(req);
+        let call = self.inner.call(req);
+        let fut: Self::Future = if RUN_TO_COMPLETION.contains(&path.as_str()) {
+            // Dropping the handle leaves the task running.
+            let task = tokio::spawn(call);
+            let path = path.clone();
+            Box::pin(async move {
+                task.await.unwrap_or_else(|e| {
+                    tracing::error!(call = %path, "the call's task failed: {e}");
+                    Ok(tonic::Status::internal(format!("{path}: {e}")).into_http())
+                })
+            })
+        } else {
+            Box::pin(call)
+        };
         Box::pin(async move {
             let Some(limit) = limit else {
                 return fut.await;
@@ -88,6 +129,19 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_to_completion_names_real_calls() {
+        let proto = include_str!("../proto/api.proto");
+        for path in RUN_TO_COMPLETION {
+            let (service, method) = path
+                .strip_prefix("/runtime.v1.")
+                .and_then(|p| p.split_once('/'))
+                .unwrap();
+            assert!(proto.contains(&format!("service {service} {{")), "{path}");
+            assert!(proto.contains(&format!("rpc {method}(")), "{path}");
+        }
+    }
 
     #[test]
     fn grpc_timeout_values() {

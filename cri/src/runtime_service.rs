@@ -1099,6 +1099,16 @@ impl RuntimeService for Runtime {
             Err(e) => return Err(e),
         };
         let _g = self.lock_object(&rec.id).await;
+        // As it is now that this request has it (a start may have run meanwhile: a record
+        // from before it would still say the create is deferred, and nothing would be
+        // stopped); gone meanwhile is stopped.
+        let rec = match self.container(&rec.id).await {
+            Ok(c) => c,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                return Ok(Response::new(api::StopContainerResponse {}))
+            }
+            Err(e) => return Err(e),
+        };
         self.stop(&rec, Duration::from_secs(r.timeout.max(0) as u64))
             .await?;
         Ok(Response::new(api::StopContainerResponse {}))
