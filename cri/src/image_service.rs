@@ -232,8 +232,9 @@ impl ImageService for Images {
     ) -> Result<Response<api::RemoveImageResponse>, Status> {
         let name = named(req.into_inner().image, "RemoveImage")?;
         let store = self.store.clone();
-        // Removing a missing image succeeds (the CRI asks for idempotence).
-        let removed = blocking(move || store.remove(&name).map_err(image_status)).await?;
+        // The image with all its tags, by whichever name (containerd's); removing a missing
+        // image succeeds (the CRI asks for idempotence).
+        let removed = blocking(move || store.remove_image(&name).map_err(image_status)).await?;
         if removed {
             // Its blobs and layers go after the answer (those a container still uses stay).
             self.gc.request();

@@ -125,13 +125,23 @@ impl ImageStore {
     /// Removes by tag (only that tag; the image goes with its last tag), by ID (every tag) or
     /// by repo digest. Returns whether anything was removed; a missing image is not an error.
     pub fn remove(&self, key: &str) -> Result<bool> {
+        self.remove_as(key, false)
+    }
+
+    /// Removes the image `key` names (a tag, its ID or a repo digest) with all its tags: the
+    /// CRI's RemoveImage, as containerd removes it (crictl warns that every tag goes).
+    pub fn remove_image(&self, key: &str) -> Result<bool> {
+        self.remove_as(key, true)
+    }
+
+    fn remove_as(&self, key: &str, whole: bool) -> Result<bool> {
         self.store.update_db(|db| {
             let Some(id) = store::find_image_id(db, key) else {
                 return Ok(false);
             };
             let by_tag = Reference::parse(key)
                 .ok()
-                .filter(|r| r.digest.is_none())
+                .filter(|r| !whole && r.digest.is_none())
                 .and_then(|r| r.repo_tag());
             let img = db.images.get_mut(&id).expect("found");
             match by_tag {

@@ -593,6 +593,16 @@ fn remove_by_tag_id_and_digest() {
     assert!(!store
         .remove("sha256:0000000000000000000000000000000000000000000000000000000000000000")
         .unwrap());
+    // The CRI's removal by one tag takes the image with every tag.
+    store.pull(&a, &PullOptions::default()).unwrap();
+    store.pull(&b, &PullOptions::default()).unwrap();
+    assert!(store.remove_image(&a).unwrap());
+    assert!(
+        store.get(&b).unwrap().is_none() && store.list().unwrap().is_empty(),
+        "remove_image by one tag left {:?}",
+        store.list().unwrap()
+    );
+    assert!(!store.remove_image(&a).unwrap());
     // CLI remove of a missing image succeeds; prune empties the store
     let bin = env!("CARGO_BIN_EXE_rsrun-image");
     let out = Command::new(bin)
