@@ -904,7 +904,8 @@ pub fn oci_resources(r: &api::LinuxContainerResources) -> Value {
     if r.cpu_shares > 0 {
         cpu["shares"] = json!(r.cpu_shares);
     }
-    if r.cpu_quota > 0 {
+    // -1: no quota (the kubelet's for a container given exclusive CPUs).
+    if r.cpu_quota > 0 || r.cpu_quota == -1 {
         cpu["quota"] = json!(r.cpu_quota);
     }
     if r.cpu_period > 0 {
@@ -1408,6 +1409,19 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_quota_minus_one_is_no_quota_and_zero_is_unset() {
+        let r = |q| api::LinuxContainerResources {
+            cpu_quota: q,
+            cpu_period: 100_000,
+            ..Default::default()
+        };
+        assert_eq!(oci_resources(&r(-1))["cpu"]["quota"], json!(-1));
+        assert_eq!(oci_resources(&r(50_000))["cpu"]["quota"], json!(50_000));
+        assert!(oci_resources(&r(0))["cpu"].get("quota").is_none());
+        assert!(oci_resources(&r(-5))["cpu"].get("quota").is_none());
+    }
 
     #[test]
     fn repo_digest_of_the_asked_repository() {

@@ -1225,13 +1225,7 @@ impl RuntimeService for Runtime {
         let Some(linux) = r.linux else {
             return Ok(Response::new(api::UpdateContainerResourcesResponse {}));
         };
-        let st = container::state(&rec).0;
-        if st == api::ContainerState::ContainerExited as i32 {
-            return Err(Status::failed_precondition(format!(
-                "UpdateContainerResources: container {} has exited",
-                rec.id
-            )));
-        }
+        let exited = container::state(&rec).0 == api::ContainerState::ContainerExited as i32;
         let v = container::oci_resources(&linux);
         let res: oci_spec::runtime::LinuxResources =
             serde_json::from_value(v.clone()).map_err(|e| {
@@ -1242,26 +1236,28 @@ impl RuntimeService for Runtime {
         let deferred = rec.deferred.is_some();
         let config = rec.bundle.join("config.json");
         let update = v.clone();
-        // Writes to the container's cgroup files; nothing forks. A container whose create is
-        // deferred to its start has no cgroup yet: its config gets the limits.
+        // Writes to the container's cgroup files (nothing forks), then to its config, which
+        // keeps the limits as containerd's stored spec does: what a create deferred to the
+        // start applies (no cgroup exists before it), and the runtimeSpec of the verbose
+        // status. An exited container's config alone changes (containerd's: success).
         blocking(move || {
-            if deferred {
-                let text = std::fs::read(&config)
-                    .map_err(|e| io_status(&format!("read {}", config.display()), e))?;
-                let mut spec: serde_json::Value = serde_json::from_slice(&text)
-                    .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
-                merge(&mut spec["linux"]["resources"], &update);
-                let out = serde_json::to_vec_pretty(&spec)
-                    .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
-                return rsrun::state::write_file_atomic(&config, &out, true)
-                    .map_err(|e| io_status(&format!("write {}", config.display()), e));
+            if !deferred && !exited {
+                rt.update(&id, &res).map_err(|e| match e {
+                    rsrun::Error::Invalid(_) | rsrun::Error::Config(_) => {
+                        Status::invalid_argument(format!("UpdateContainerResources: {id}: {e}"))
+                    }
+                    e => Status::unknown(format!("UpdateContainerResources: {id}: {e}")),
+                })?;
             }
-            rt.update(&id, &res).map_err(|e| match e {
-                rsrun::Error::Invalid(_) | rsrun::Error::Config(_) => {
-                    Status::invalid_argument(format!("UpdateContainerResources: {id}: {e}"))
-                }
-                e => Status::unknown(format!("UpdateContainerResources: {id}: {e}")),
-            })
+            let text = std::fs::read(&config)
+                .map_err(|e| io_status(&format!("read {}", config.display()), e))?;
+            let mut spec: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
+            merge(&mut spec["linux"]["resources"], &update);
+            let out = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
+            rsrun::state::write_file_atomic(&config, &out, true)
+                .map_err(|e| io_status(&format!("write {}", config.display()), e))
         })
         .await?;
         // The record keeps the merged limits (an update changes only what it sets).

@@ -496,6 +496,16 @@ upid=$("$RSRUN" --root "$R/state/runtime" state "$up" | python3 -c 'import json,
 lim=$(cat "/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")/memory.limit_in_bytes")
 [ "$lim" = 67108864 ] || fail "the limit updated before the start is not the cgroup's: $lim"
 ok "create deferred to start: StartError (128) for a missing binary, a limit updated before the start applied"
+# A live update: the cgroup's limit and the config's (crictl inspect's runtimeSpec, as
+# containerd keeps it); an exited container's update succeeds (its config alone), as
+# containerd's does.
+c update --memory 100663296 "$up" >/dev/null || fail "update of a running container: $(cat "$R/crictl.err")"
+lim=$(cat "/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")/memory.limit_in_bytes")
+spec=$(c inspect "$up" | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["runtimeSpec"]["linux"]["resources"]["memory"]["limit"])')
+[ "$lim $spec" = "100663296 100663296" ] || fail "a live update: cgroup $lim, runtimeSpec $spec"
+c stop -t 0 "$up" >/dev/null || fail "stop (update): $(cat "$R/crictl.err")"
+c update --memory 134217728 "$up" >/dev/null || fail "update of an exited container: $(cat "$R/crictl.err")"
+ok "UpdateContainerResources: the running container's cgroup and runtimeSpec; an exited one's succeeds"
 # A container's first record is written without fsync: a power loss may keep its rootfs in the
 # image store and lose the record. Played here by removing the record of a created container
 # while the server is down: the restarted server unmounts and removes that rootfs.
