@@ -1361,6 +1361,15 @@ pub fn stats(
     let pick = |keys: &[&str]| keys.iter().find_map(|k| raw[*k].as_u64());
     let usage = n(&mem["usage"]["usage"]);
     let inactive = pick(&["total_inactive_file", "inactive_file"]).unwrap_or(0);
+    let working_set = usage.map(|x| x.saturating_sub(inactive));
+    // What the limit leaves (the kubelet's summary API passes it on), as containerd reports
+    // it: none without a limit (v2's "max", v1's page-rounded i64::MAX).
+    let available = match (n(&mem["usage"]["limit"]), working_set) {
+        (Some(l), Some(ws)) if l < 1 << 62 => Some(l.saturating_sub(ws)),
+        _ => None,
+    };
+    // An exited container (no cgroup left) has no CPU or memory figures: none, not zeros.
+    let live = !v.is_null();
     let nano_cores = match (last, cpu_total) {
         (Some((t0, c0)), Some(c1)) if ts > t0 && c1 >= c0 => {
             Some((c1 - c0) as u128 * 1_000_000_000 / (ts - t0) as u128)
@@ -1385,15 +1394,16 @@ pub fn stats(
             labels: r.labels.clone(),
             annotations: r.annotations.clone(),
         }),
-        cpu: Some(api::CpuUsage {
+        cpu: live.then(|| api::CpuUsage {
             timestamp: ts,
             usage_core_nano_seconds: cpu_total.and_then(u),
             usage_nano_cores: nano_cores.and_then(|n| u(n as u64)),
             ..Default::default()
         }),
-        memory: Some(api::MemoryUsage {
+        memory: live.then(|| api::MemoryUsage {
             timestamp: ts,
-            working_set_bytes: usage.and_then(|x| u(x.saturating_sub(inactive))),
+            working_set_bytes: working_set.and_then(u),
+            available_bytes: available.and_then(u),
             usage_bytes: usage.and_then(u),
             rss_bytes: pick(&["total_rss", "rss", "anon"]).and_then(u),
             page_faults: pick(&["total_pgfault", "pgfault"]).and_then(u),

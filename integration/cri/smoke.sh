@@ -503,6 +503,13 @@ c update --memory 100663296 "$up" >/dev/null || fail "update of a running contai
 lim=$(cat "/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")/memory.limit_in_bytes")
 spec=$(c inspect "$up" | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["runtimeSpec"]["linux"]["resources"]["memory"]["limit"])')
 [ "$lim $spec" = "100663296 100663296" ] || fail "a live update: cgroup $lim, runtimeSpec $spec"
+# Its stats: what the limit leaves, beside the working set (the kubelet's summary API).
+avail=$(c stats -o json --id "$up" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)["stats"][0]["memory"]
+ws, av = int(m["workingSetBytes"]["value"]), int(m["availableBytes"]["value"])
+print("ok" if ws > 0 and ws + av == 100663296 else "working set %d, available %d" % (ws, av))')
+[ "$avail" = ok ] || fail "ContainerStats.memory.available_bytes: $avail"
 c stop -t 0 "$up" >/dev/null || fail "stop (update): $(cat "$R/crictl.err")"
 c update --memory 134217728 "$up" >/dev/null || fail "update of an exited container: $(cat "$R/crictl.err")"
 ok "UpdateContainerResources: the running container's cgroup and runtimeSpec; an exited one's succeeds"
