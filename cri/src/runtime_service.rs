@@ -702,6 +702,14 @@ impl RuntimeService for Runtime {
             return Ok(Response::new(api::StopPodSandboxResponse {}));
         };
         for c in self.containers_of(&sb.id).await {
+            // Under the container's lock, as it is then: a StartContainer still running (its
+            // client gone, it runs to completion) finishes first, and its container is
+            // stopped as started, not taken for one whose create is still deferred (whose
+            // stop kills nothing: it would run on in a stopped pod).
+            let _g = self.lock_object(&c.id).await;
+            let Ok(c) = self.container(&c.id).await else {
+                continue;
+            };
             self.stop(&c, Duration::ZERO).await?;
         }
         // The pause and the network go together (the network's DEL does not need the pause:

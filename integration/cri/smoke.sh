@@ -225,6 +225,23 @@ for _ in $(seq 100); do [ "$(c inspect -o json "$imp" | python3 -c 'import json,
     || fail "a StartContainer past its client's deadline left: $(c inspect "$imp" | head -20)"
 c stop -t 0 "$imp" >/dev/null && c rm "$imp" >/dev/null || fail "stop/rm (impatient): $(cat "$R/crictl.err")"
 ok "a StartContainer past its client's deadline completes: the container is reported running"
+# A StopPodSandbox right behind a StartContainer (the kubelet's, for a pod deleted while a
+# start it gave up on still runs: the container is not running to its eyes) waits for that
+# start and stops what it started: nothing runs on in a stopped pod (the container has a PID
+# namespace of its own, which the pause's end does not take down).
+echo '{"metadata": {"name": "race", "namespace": "default", "uid": "race-uid"}, "linux": {"security_context": {"namespace_options": {"network": 2, "pid": 1}}}}' > "$R/race.json"
+echo '{"metadata": {"name": "racer"}, "image": {"image": "busybox"}, "command": ["sleep", "4545"]}' > "$R/racer.json"
+rp=$(c runp "$R/race.json") && rc_=$(c create "$rp" "$R/racer.json" "$R/race.json") || fail "runp/create (race): $(cat "$R/crictl.err")"
+"$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" start "$rc_" >/dev/null 2>&1 & st_=$!
+sleep 0.01
+c stopp "$rp" >/dev/null || fail "stopp (race): $(cat "$R/crictl.err")"
+wait "$st_" || true
+sleep 0.5
+! pgrep -xf 'sleep 4545' >/dev/null || fail "a container started behind a StopPodSandbox runs on: $(c ps -a | grep racer)"
+[ "$(c inspect -o json "$rc_" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_EXITED ] \
+    || fail "the racer after stopp: $(c inspect "$rc_" | head -20)"
+c rmp "$rp" >/dev/null || fail "rmp (race): $(cat "$R/crictl.err")"
+ok "StopPodSandbox right behind a StartContainer stops the container it started"
 web=$(c create "$pod" "$R/web.json" "$R/pod.json") || fail "create web: $(cat "$R/crictl.err")"
 c start "$web" >/dev/null || fail "start web: $(cat "$R/crictl.err")"
 ip=$(pod_ip "$pod")
