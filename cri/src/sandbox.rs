@@ -121,12 +121,12 @@ pub fn pause_spec(
             vec![serde_json::json!({"containerID": m.0, "hostID": m.1, "size": m.2})]
         };
         spec["hostname"] = serde_json::json!(r.hostname);
-        // The IPC and UTS sysctls, written by the pause as the root of the namespaces it
-        // makes (apply_sysctls writes the network's once the network is attached).
+        // The IPC sysctls, written by the pause as the root of the namespace it makes
+        // (apply_sysctls writes the others once the network is attached).
         let own: serde_json::Map<String, serde_json::Value> = r
             .sysctls
             .iter()
-            .filter(|(k, _)| !net_sysctl(k))
+            .filter(|(k, _)| ipc_sysctl(k))
             .map(|(k, v)| (k.clone(), serde_json::json!(v)))
             .collect();
         if !own.is_empty() {
@@ -351,14 +351,12 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             ))
         })?;
         let k = k.as_str();
-        let ipc = k.starts_with("kernel.shm")
-            || k.starts_with("kernel.msg")
-            || k == "kernel.sem"
-            || k.starts_with("fs.mqueue.");
-        let net = k.starts_with("net.");
-        // The pod always has a UTS namespace of its own (also on the host's network).
-        let uts = k == "kernel.domainname";
-        if !(ipc || net || uts) {
+        // What the runtime will take (rsrun's list, as runc's); the pod always has a UTS
+        // namespace of its own (also on the host's network).
+        use oci_spec::runtime::LinuxNamespaceType as Ns;
+        let kind = rsrun::config::sysctl_namespace(k);
+        let (ipc, net) = (kind == Some(Ns::Ipc), kind == Some(Ns::Network));
+        if kind.is_none() {
             return Err(Status::invalid_argument(format!(
                 "RunPodSandbox: sysctl {name:?} is not namespaced: it would change the node"
             )));
@@ -511,24 +509,25 @@ fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
     .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
 }
 
-/// The sysctls of the pod's network namespace, and the others.
-fn net_sysctl(k: &str) -> bool {
-    k.starts_with("net.")
+/// The sysctls of the pod's IPC namespace: a user namespace pod's pause writes them.
+fn ipc_sysctl(k: &str) -> bool {
+    rsrun::config::sysctl_namespace(k) == Some(oci_spec::runtime::LinuxNamespaceType::Ipc)
 }
 
 /// Writes the pod's sysctls once its network is attached (an interface's, such as
 /// `net.ipv4.conf.eth0.rp_filter`, exists only then, and the pod's values win over those
 /// the CNI plugins set, as with containerd, whose pause applies them after the network), by
 /// a thread that enters the pod's namespaces: /proc/sys answers for the namespaces of the
-/// thread that opens it. A user namespace pod's IPC and UTS ones are its pause's to write
+/// thread that opens it. A user namespace pod's IPC ones are its pause's to write
 /// (`pause_spec`): the kernel lets only the root of the namespace's owner write an IPC
-/// namespace's sysctls, and a thread of this server cannot become that user.
+/// namespace's sysctls, and a thread of this server cannot become that user (the UTS ones,
+/// the other way round, only the host's root may write).
 pub fn apply_sysctls(r: &SandboxRecord) -> std::io::Result<()> {
     let userns = r.userns.is_some();
     let sysctls: Vec<(String, String)> = r
         .sysctls
         .iter()
-        .filter(|(k, _)| !userns || net_sysctl(k))
+        .filter(|(k, _)| !userns || !ipc_sysctl(k))
         .cloned()
         .collect();
     if sysctls.is_empty() {
@@ -540,7 +539,7 @@ pub fn apply_sysctls(r: &SandboxRecord) -> std::io::Result<()> {
         for (n, flag, want) in [
             ("net", nix::sched::CloneFlags::CLONE_NEWNET, net),
             ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC, ipc),
-            ("uts", nix::sched::CloneFlags::CLONE_NEWUTS, !userns),
+            ("uts", nix::sched::CloneFlags::CLONE_NEWUTS, true),
         ] {
             if want {
                 let f = std::fs::File::open(dir.join(n))?;

@@ -605,7 +605,7 @@ cat > "$R/upod.json" <<JSON
  "linux": {"security_context": {"namespace_options": {"userns_options": {"mode": 0,
    "uids": [{"host_id": 200000, "container_id": 0, "length": 65536}],
    "gids": [{"host_id": 200000, "container_id": 0, "length": 65536}]}}},
-  "sysctls": {"net.ipv4.conf.eth0.rp_filter": "2", "kernel.msgmax": "12345"}}}
+  "sysctls": {"net.ipv4.conf.eth0.rp_filter": "2", "kernel.msgmax": "12345", "kernel.domainname": "userns-domain"}}}
 JSON
 # Its volume (host root's) idmapped with the pod's mappings, as the kubelet asks for every
 # volume of such a pod; the same directory bound without them for contrast.
@@ -632,8 +632,8 @@ read -r inside host len < "/proc/$upid/uid_map"
 [ "$(stat -c %u "/proc/$upid")" = 200000 ] || fail "the container's root is host uid $(stat -c %u "/proc/$upid"), not 200000"
 out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /etc /bin/busybox; cat /etc/written') || fail "exec (userns): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 0 0 x " ] || fail "userns: image files not owned by the container's root: $out"
-out=$(c exec -s "$uc" sh -c 'echo $(cat /proc/sys/net/ipv4/conf/eth0/rp_filter /proc/sys/kernel/msgmax)') || fail "exec (userns sysctls): $(cat "$R/crictl.err")"
-[ "$out" = "2 12345" ] || fail "userns: the pod's sysctls in the container: $out"
+out=$(c exec -s "$uc" sh -c 'echo $(cat /proc/sys/net/ipv4/conf/eth0/rp_filter /proc/sys/kernel/msgmax /proc/sys/kernel/domainname)') || fail "exec (userns sysctls): $(cat "$R/crictl.err")"
+[ "$out" = "2 12345 userns-domain" ] || fail "userns: the pod's sysctls in the container: $out"
 out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /vol/f /plain/f; echo w > /vol/new && echo wrote; (echo w > /plain/other) 2>/dev/null || echo refused' 2>&1) \
     || fail "exec (userns volume): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 65534 65534 wrote refused " ] || fail "userns: the idmapped volume: $out"

@@ -215,27 +215,7 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
                 };
                 // Only namespaced sysctls, and only when the container has that namespace:
                 // anything else would change the host (as runc refuses too).
-                let ipc = matches!(
-                    k.as_str(),
-                    "kernel.msgmax"
-                        | "kernel.msgmnb"
-                        | "kernel.msgmni"
-                        | "kernel.sem"
-                        | "kernel.shmall"
-                        | "kernel.shmmax"
-                        | "kernel.shmmni"
-                        | "kernel.shm_rmid_forced"
-                ) || k.starts_with("fs.mqueue.");
-                let need = if ipc {
-                    Some(LinuxNamespaceType::Ipc)
-                } else if k.starts_with("net.") {
-                    Some(LinuxNamespaceType::Network)
-                } else if k == "kernel.domainname" {
-                    Some(LinuxNamespaceType::Uts)
-                } else {
-                    None
-                };
-                match need {
+                match sysctl_namespace(&k) {
                     Some(t) if has(t) => {}
                     Some(t) => {
                         return Err(bad(format!(
@@ -420,7 +400,32 @@ fn check_strings_of(field: &str, v: &[String]) -> std::result::Result<(), String
     Ok(())
 }
 
-/// The name of a namespace type under /proc/PID/ns/.
+/// The namespace a sysctl (dotted name) belongs to, of those a container may set: the IPC
+/// ones runc knows, `fs.mqueue.*`, `net.*` and `kernel.domainname`; None for the others,
+/// which would change the host.
+pub fn sysctl_namespace(dotted: &str) -> Option<LinuxNamespaceType> {
+    let ipc = matches!(
+        dotted,
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
+    ) || dotted.starts_with("fs.mqueue.");
+    if ipc {
+        Some(LinuxNamespaceType::Ipc)
+    } else if dotted.starts_with("net.") {
+        Some(LinuxNamespaceType::Network)
+    } else if dotted == "kernel.domainname" {
+        Some(LinuxNamespaceType::Uts)
+    } else {
+        None
+    }
+}
+
 /// A sysctl key read as sysctl(8) reads it, by its first separator: dotted
 /// (`net.ipv4.conf.eth0/100.rp_filter`, a `/` standing for a dot within a name) or slashed
 /// (`net/ipv4/conf/eth0.100/rp_filter`); the kubelet passes on either. Returns the dotted
@@ -447,6 +452,7 @@ pub fn sysctl_key(key: &str) -> Option<(String, String)> {
     ok.then_some((dotted, file))
 }
 
+/// The name of a namespace type under /proc/PID/ns/.
 pub fn ns_file(t: LinuxNamespaceType) -> &'static str {
     match t {
         LinuxNamespaceType::Pid => "pid",
