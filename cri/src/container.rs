@@ -1244,12 +1244,13 @@ pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)
 
 /// `control` on the async runtime, for requests whose answer may take long (exec_sync):
 /// dropping the future (a client that cancelled, or its deadline) closes the connection,
-/// which the shim takes for the requester's departure. The connect itself is immediate.
+/// which the shim takes for the requester's departure.
 pub async fn control_async(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = connect_control(shim_dir)?;
-    s.set_nonblocking(true)?;
-    let mut s = tokio::net::UnixStream::from_std(s)?;
+    // The short path goes through a directory descriptor that must outlive the connect.
+    let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut s = tokio::net::UnixStream::connect(&path).await?;
     s.write_all(format!("{req}\n").as_bytes()).await?;
     let mut all = Vec::new();
     s.read_to_end(&mut all).await?;

@@ -138,8 +138,16 @@ mod tests {
                 .strip_prefix("/runtime.v1.")
                 .and_then(|p| p.split_once('/'))
                 .unwrap();
-            assert!(proto.contains(&format!("service {service} {{")), "{path}");
-            assert!(proto.contains(&format!("rpc {method}(")), "{path}");
+            let body = proto
+                .split_once(&format!("service {service} {{"))
+                .map(|(_, rest)| rest.split("\n}").next().unwrap_or(""))
+                .unwrap_or_else(|| panic!("{path}: no service {service}"));
+            let rpc = body
+                .split_once(&format!("rpc {method}("))
+                .map(|(_, rest)| rest.split('\n').next().unwrap_or(""))
+                .unwrap_or_else(|| panic!("{path}: no rpc {method} in service {service}"));
+            // Unary: a stream would be answered before it ends.
+            assert!(!rpc.contains("stream "), "{path} streams: {rpc}");
         }
     }
 

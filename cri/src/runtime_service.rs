@@ -1230,6 +1230,10 @@ impl RuntimeService for Runtime {
         let r = r.into_inner();
         let rec = self.container(&r.container_id).await?;
         let _g = self.lock_object(&rec.id).await;
+        // As it is now that this request has it: a StartContainer that ran meanwhile made
+        // the cgroup (a record from before it would say the create is still deferred, and
+        // the limits would go to the config alone).
+        let rec = self.container(&rec.id).await?;
         let Some(linux) = r.linux else {
             return Ok(Response::new(api::UpdateContainerResourcesResponse {}));
         };

@@ -500,7 +500,10 @@ impl Monitor {
             }
             Source::Exec(i, k) => self.read_exec(i, k),
             Source::ExecRequester(i) => {
-                if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                // Not once reaped in this round (its PID may be another's by now).
+                if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+                    && self.execs[i].status.is_none()
+                {
                     let e = &mut self.execs[i];
                     e.watch_requester = false;
                     rsrun::log::warn(&format!(
@@ -1083,7 +1086,8 @@ impl Monitor {
     fn expire_execs(&mut self) {
         let now = Instant::now();
         for e in &mut self.execs {
-            if !e.timed_out && e.deadline.is_some_and(|d| d <= now) {
+            // A reaped one is answered after this round: its PID may be another's.
+            if !e.timed_out && e.status.is_none() && e.deadline.is_some_and(|d| d <= now) {
                 e.timed_out = true;
                 // The whole tree: a shell's children must not outlive the probe.
                 kill_tree(e.pid);
