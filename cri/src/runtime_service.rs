@@ -641,6 +641,8 @@ impl RuntimeService for Runtime {
             e => e,
         };
         let made = match made {
+            // Most pods have none: no trip through the blocking pool for them.
+            Ok(()) if rec.sysctls.is_empty() => Ok(()),
             Ok(()) => {
                 let r = rec.clone();
                 blocking(move || {

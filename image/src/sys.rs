@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -24,46 +24,16 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS: `path` must resolve inside `dir`,
-/// symlinks included (a symlink pointing out of `dir` fails with EXDEV).
+/// symlinks included (a symlink pointing out of `dir` fails with EXDEV). The runtime's
+/// wrapper, which retries the EAGAIN of a `..` step raced by a mount or rename elsewhere.
 pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    /// struct open_how of linux/openat2.h (libc's is non-exhaustive).
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    // EAGAIN: a mount or rename elsewhere raced a ".." step, which RESOLVE_BENEATH cannot
-    // then vouch for; openat2(2) says to retry (bounded).
-    let mut tries = 0;
-    let fd = loop {
-        // SAFETY: `how` is a valid open_how of the size passed; path is NUL-terminated; the fd
-        // returned on success is owned by nobody else.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            break fd;
-        }
-        let err = io::Error::last_os_error();
-        tries += 1;
-        if tries >= 64 || err.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(err);
-        }
-    };
-    // SAFETY: fd is a fresh descriptor returned by the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    rsrun::sys::openat2(
+        dir.as_raw_fd(),
+        path,
+        flags,
+        0,
+        libc::RESOLVE_BENEATH | rsrun::sys::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// openat(2) of a single component, never following a final symlink.
