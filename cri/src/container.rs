@@ -988,16 +988,47 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
         if r.pid == 0 {
             return (api::ContainerState::ContainerCreated as i32, None);
         }
-        return (
-            api::ContainerState::ContainerExited as i32,
-            Some(json!({"exit_code": 255, "lost": true})),
-        );
+        return (api::ContainerState::ContainerExited as i32, Some(record_lost(r)));
     }
     if r.started_at > 0 {
         (api::ContainerState::ContainerRunning as i32, None)
     } else {
         (api::ContainerState::ContainerCreated as i32, None)
     }
+}
+
+/// Where a container's exit record is kept: under the persistent root (`exits`), not in the
+/// volatile state dir (a tmpfs on a node), so that after a reboot a container that had
+/// completed still reports exit code 0 and reason Completed: the kubelet runs a container
+/// that succeeded again when its pod is remade (restart policy OnFailure) if it reads 255.
+pub fn exit_record(exits: &Path, id: &str) -> PathBuf {
+    exits.join(format!("{id}.json"))
+}
+
+/// The exit of a started container whose shim died without writing one (killed, or the node
+/// rebooted under it): exit code 255 and reason Unknown, as containerd reports a task that
+/// is gone. Written down the first time it is seen, so that its finished_at stays that time
+/// (the kubelet's crash-loop back-off counts from it; 0 would read as 1970 and never back
+/// off).
+fn record_lost(r: &ContainerRecord) -> Value {
+    forget_shim(&r.id);
+    // The shim may have written its record between the caller's read and its exit.
+    if let Some(v) = std::fs::read(&r.exit_file)
+        .ok()
+        .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+    {
+        return v;
+    }
+    let v = json!({"exit_code": 255, "lost": true, "finished_at": rsrun::state::now_rfc3339()});
+    let written = match r.exit_file.parent().map_or(Ok(()), std::fs::create_dir_all) {
+        Ok(()) => rsrun::state::write_file_atomic(&r.exit_file, v.to_string().as_bytes(), true)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = written {
+        tracing::error!(container = %r.id, "exit record {}: {e}", r.exit_file.display());
+    }
+    v
 }
 
 /// pidfds of the shims found alive, by container ID. The first look at a shim reads its pid
@@ -1208,7 +1239,7 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
             s.reason = "StartError".into();
             s.message = m.to_string();
         } else if e["lost"] == true {
-            s.reason = "Error".into();
+            s.reason = "Unknown".into();
             s.message = "the container's monitor (rsrun-shim) died: its exit is unknown".into();
         } else if e["oom_killed"] == true {
             s.reason = "OOMKilled".into();

@@ -118,6 +118,8 @@ async fn serve(o: Opts) -> Result<()> {
         .await
         .with_context(|| format!("the streaming server on {}", o.stream_address))?;
     let records = o.root.join("cri");
+    let exits = records.join("exits");
+    std::fs::create_dir_all(&exits).with_context(|| format!("create {}", exits.display()))?;
     let pause_rootfs = sandbox::install_pause(&o.state.join("pause"))
         .with_context(|| format!("install rsrun-pause under {}", o.state.display()))?;
     let runtime = runtime_service::Runtime {
@@ -125,6 +127,7 @@ async fn serve(o: Opts) -> Result<()> {
         images: store.clone(),
         image_gc: gc.clone(),
         runtime_root: o.state.join("runtime"),
+        exits,
         state: o.state.clone(),
         shim,
         cgroup_parent: o.cgroup_parent.clone(),

@@ -176,6 +176,7 @@ impl Runtime {
         };
         let images = self.images.clone();
         let state = self.state.clone();
+        let exits = self.exits.clone();
         let swept = blocking(move || {
             let ids = images
                 .rootfs_ids()
@@ -205,6 +206,16 @@ impl Runtime {
                 if crate::store::is_object_id(&name) && !known.contains(&name) && !shim_dir.exists()
                 {
                     let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            // And the exit records of containers removed by a server killed before it had
+            // deleted them.
+            for e in std::fs::read_dir(&exits).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".json") {
+                    if crate::store::is_object_id(id) && !known.contains(id) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
                 }
             }
             Ok(swept)

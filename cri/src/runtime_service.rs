@@ -31,6 +31,9 @@ pub struct Runtime {
     pub state: PathBuf,
     /// rsrun's state root (under `state`).
     pub runtime_root: PathBuf,
+    /// The containers' exit records (`ROOT/cri/exits`): persistent, so that a container that
+    /// finished before a reboot still reports its exit code and reason.
+    pub exits: PathBuf,
     /// The rsrun-shim binary.
     pub shim: PathBuf,
     /// cgroupsPath parent for pods that give none.
@@ -282,7 +285,15 @@ impl Runtime {
         // start (recover.rs); RemovePodSandbox waits for its pod's releases.
         let id = r.id.clone();
         let (image_ref, gc) = (r.image_ref.clone(), self.image_gc.clone());
+        let exit_file = r.exit_file.clone();
         let release = tokio::task::spawn_blocking(move || {
+            // Its record is gone: its exit record goes too (a killed server's restart sweeps
+            // one left behind).
+            if let Err(e) = std::fs::remove_file(&exit_file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(container = %id, "remove {}: {e}", exit_file.display());
+                }
+            }
             if let Err(e) = release_storage(&images, &id, &vols, &dir) {
                 tracing::error!(container = %id, "release of the container's storage: {e}");
             } else if !vols.is_empty() || matches!(images.get(&image_ref), Ok(None)) {
@@ -408,6 +419,26 @@ impl Runtime {
 
     /// Detaches the pod's network (its record keeps what ADD gave) and forgets it.
     pub(crate) async fn detach(&self, sb: &SandboxRecord) -> Result<(), Status> {
+        if !self.cni_del(sb).await? {
+            return Ok(());
+        }
+        let mut t = self.sandboxes.lock().await;
+        if let Some(rec) = t.items.get(&sb.id).cloned() {
+            t.update(
+                &sb.id,
+                SandboxRecord {
+                    network: None,
+                    ..rec
+                },
+            )
+            .map_err(|e| io_status("pod sandbox record", e))?;
+        }
+        Ok(())
+    }
+
+    /// The CNI DEL of the pod's attachment; false when it has none. The record keeps the
+    /// attachment (the caller's to drop).
+    async fn cni_del(&self, sb: &SandboxRecord) -> Result<bool, Status> {
         // A pod whose RunPodSandbox was interrupted may have been attached without the
         // result being recorded: DEL it from the current configuration (plugins treat what
         // they never made as done).
@@ -419,9 +450,9 @@ impl Runtime {
                     unrecorded = u;
                     &unrecorded
                 }
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(false),
             },
-            None => return Ok(()),
+            None => return Ok(false),
         };
         let netns = sb.ns_dir.join("net");
         let mappings = network::from_record(&sb.port_mappings);
@@ -438,19 +469,8 @@ impl Runtime {
             .del(a, &pod)
             .await
             .map_err(|e| Status::unknown(format!("pod {} network teardown: {e}", sb.id)))?;
-        let mut t = self.sandboxes.lock().await;
-        if let Some(rec) = t.items.get(&sb.id).cloned() {
-            t.update(
-                &sb.id,
-                SandboxRecord {
-                    network: None,
-                    ..rec
-                },
-            )
-            .map_err(|e| io_status("pod sandbox record", e))?;
-        }
         tracing::info!(pod = %sb.id, "pod network detached");
-        Ok(())
+        Ok(true)
     }
 
     async fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
@@ -715,8 +735,11 @@ impl RuntimeService for Runtime {
             self.stop(&c, Duration::ZERO).await?;
         }
         // The pause and the network go together (the network's DEL does not need the pause:
-        // the namespace stays pinned until the unpin below).
-        let (paused, detached) = tokio::join!(self.stop_pause(&sb), self.detach(&sb));
+        // the namespace stays pinned until the unpin below). The record keeps the pod's
+        // addresses until it is marked not ready with them gone, in one update: a relist in
+        // between must not see a ready pod without an IP (the kubelet would drop the pod's IP
+        // from its cache while the pod terminates).
+        let (paused, detached) = tokio::join!(self.stop_pause(&sb), self.cni_del(&sb));
         paused?;
         detached?;
         let d = sb.ns_dir.clone();
@@ -731,6 +754,7 @@ impl RuntimeService for Runtime {
                 &sb.id,
                 SandboxRecord {
                     ready: false,
+                    network: None,
                     ..rec
                 },
             )
@@ -831,10 +855,14 @@ impl RuntimeService for Runtime {
             .sandbox(&id)
             .await?
             .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+        // As ListContainers: a container whose CreateContainer is still running is not
+        // there yet (the evented PLEG takes the pod's containers from here, and would kill an
+        // UNKNOWN one).
         let containers_statuses = self
             .containers_of(&sb.id)
             .await
             .iter()
+            .filter(|c| c.complete)
             .map(container::status)
             .collect();
         // Verbose: the pod-level resources the kubelet declared (UpdatePodSandboxResources).
@@ -942,7 +970,7 @@ impl RuntimeService for Runtime {
             log_path: log_path.to_string_lossy().into_owned(),
             bundle: p.bundle.clone(),
             shim_dir: p.shim_dir.clone(),
-            exit_file: p.exit_file.clone(),
+            exit_file: container::exit_record(&self.exits, &id),
             pid: 0,
             started_at: 0,
             mounts: c

@@ -76,7 +76,7 @@ census() {
     echo "veths $(ip -o link show type veth | wc -l)"
     echo "leases $(find "$R/ipam" -type f -name '10.*' 2>/dev/null | wc -l)"
     echo "cgroups $(find /sys/fs/cgroup -type d -path '*rsrun-cri-kill9/*' 2>/dev/null | wc -l)"
-    echo "records $(ls "$R/root/cri/sandboxes" "$R/root/cri/containers" 2>/dev/null | grep -c '\.json$')"
+    echo "records $(ls "$R/root/cri/sandboxes" "$R/root/cri/containers" "$R/root/cri/exits" 2>/dev/null | grep -c '\.json$')"
     # Container storage (removed after RemoveContainer answers) and state dirs.
     echo "rootfs $(ls -A "$R/root/images/containers" 2>/dev/null | wc -l)"
     echo "statedirs $(ls -A "$R/state/containers" 2>/dev/null | wc -l)"

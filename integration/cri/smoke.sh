@@ -275,11 +275,19 @@ ctr2=$(c create "$pod" "$R/ctr2.json" "$R/pod.json") || fail "create: $(cat "$R/
 c start "$ctr2" >/dev/null || fail "start: $(cat "$R/crictl.err")"
 kill -9 $cri; wait $cri 2>/dev/null || true
 "$RSRUN" --root "$R/state/runtime" kill "$ctr2" TERM || fail "kill $ctr2 while the server is down"
-for _ in $(seq 100); do [ -e "$R/state/containers/$ctr2/exit.json" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -e "$R/root/cri/exits/$ctr2.json" ] && break; sleep 0.1; done
 start_cri
 st=$(c inspect -o json "$ctr2" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
 [ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "an exit while the server was down: $st"
 ok "an exit while the server was down is reported after its restart"
+# A reboot empties the state dir: a container that had completed still reports exit 0 and
+# Completed (its exit record is under the root), not a lost monitor's 255.
+kill -9 $cri; wait $cri 2>/dev/null || true
+rm -rf "$R/state/containers/$ctr2" "$R/state/s/$ctr2"
+start_cri
+st=$(c inspect -o json "$ctr2" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
+[ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "a completed container after its volatile state went (a reboot): $st"
+ok "a completed container keeps exit code 0 and reason Completed when the state dir is emptied (a reboot)"
 # A reboot empties the state dir (a tmpfs on a node) and with it the pods' pinned namespaces:
 # the restarted server reports such a pod not ready (the kubelet makes a new one) and refuses
 # containers in it, rather than running them in namespaces that are gone or the host's.
@@ -432,10 +440,18 @@ ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
 kill -9 "$(cat "$R/state/s/$ctr3/shim.pid")"
 sleep 0.2
-st=$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["reason"], "|", s["message"])')
-case $st in "CONTAINER_EXITED Error | "*monitor*) ;; *) fail "after its shim was killed: $st" ;; esac
+st=$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"], "|", s["message"])')
+case $st in "CONTAINER_EXITED 255 Unknown | "*monitor*) ;; *) fail "after its shim was killed: $st" ;; esac
+# Its finished_at is when the loss was first seen, and stays (the kubelet's back-off counts
+# from it): not 0 (1970), not a new time on each call.
+fin=$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["finishedAt"])')
+case $fin in 1970-*|"") fail "a lost exit's finishedAt: $fin" ;; esac
+sleep 0.1
+[ "$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["finishedAt"])')" = "$fin" ] \
+    || fail "a lost exit's finishedAt changes from call to call"
 c rm "$ctr2" "$ctr3" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
-ok "a shim killed -9: the container is reported exited with an error, and removed with its process"
+[ ! -e "$R/root/cri/exits/$ctr2.json" ] && [ ! -e "$R/root/cri/exits/$ctr3.json" ] || fail "rm left exit records: $(ls "$R/root/cri/exits")"
+ok "a shim killed -9: the container is reported exited (255, Unknown, a fixed finishedAt), and removed with its process and exit record"
 c stop -t 10 "$ctr" >/dev/null || fail "stop: $(cat "$R/crictl.err")"
 st=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
 [ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "after stop (SIGTERM handled): $st"
