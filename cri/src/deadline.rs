@@ -20,7 +20,7 @@ use tonic::codegen::http;
 
 /// The calls that change objects: run to completion once begun. PullImage is not one: a
 /// pull dropped midway keeps nothing (the image store commits each blob and the image
-/// whole), and the client's deadline should stop the download. ExecSync is not either: its
+/// whole), and the client's deadline stops the download (image_service.rs). ExecSync is not either: its
 /// process ends when the call does.
 const RUN_TO_COMPLETION: &[&str] = &[
     "/runtime.v1.RuntimeService/RunPodSandbox",

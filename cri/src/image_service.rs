@@ -79,6 +79,15 @@ fn to_cri(r: &ImageRecord) -> api::Image {
     }
 }
 
+/// Sets its flag when dropped: with the future of a call that ends early.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The image a request names: `ImageSpec.image` must be set.
 fn named(spec: Option<api::ImageSpec>, rpc: &str) -> Result<String, Status> {
     match spec.map(|s| s.image).filter(|s| !s.is_empty()) {
@@ -214,10 +223,15 @@ impl ImageService for Images {
     ) -> Result<Response<api::PullImageResponse>, Status> {
         let r = req.into_inner();
         let name = named(r.image, "PullImage")?;
-        let opts = PullOptions {
+        // A call that ends before its pull (its deadline, or the client gone: the kubelet
+        // cancels the pull of a pod being deleted) stops the download: the blocking pull
+        // would run on otherwise, as containerd's does not.
+        let cancelled = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let mut opts = PullOptions {
             credentials: credentials(r.auth)?,
             ..Default::default()
         };
+        opts.cancel.flag = Some(cancelled.0.clone());
         let store = self.store.clone();
         tracing::info!(image = %name, "pulling");
         let rec = blocking(move || store.pull(&name, &opts).map_err(image_status)).await?;

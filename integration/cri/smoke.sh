@@ -41,7 +41,7 @@ python3 "$TOP/integration/podman/mkimage.py" "$R/busybox.tar" docker.io/library/
 # The same with a STOPSIGNAL, as busybox:stopsignal.
 MKIMAGE_STOP_SIGNAL=SIGUSR1 python3 "$TOP/integration/podman/mkimage.py" "$R/busybox-stop.tar" docker.io/library/busybox:stopsignal >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$R/busybox-stop.tar" "$port" & reg=$!
+SERVE_OCI_STALL_LOG=$R/stall.log python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$R/busybox-stop.tar" "$port" & reg=$!
 cat > "$R/registries.json" <<JSON
 {"registries": {"docker.io": {"mirrors": [{"endpoint": "http://127.0.0.1:$port", "insecure": true}], "mirrors_only": true}}}
 JSON
@@ -116,6 +116,16 @@ case $id in sha256:?????????????????????????????????????????????????????????????
 used_after=$(c imagefsinfo -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["imageFilesystems"][0]["usedBytes"]["value"])')
 [ "$used_after" -gt $((used_before + 500000)) ] || fail "ImageFsInfo did not count the pull: $used_before -> $used_after"
 ok "pull, images, inspecti, imagefsinfo ($used_before -> $used_after bytes)"
+# A pull whose call ends first (its deadline; the kubelet cancels the pull of a pod being
+# deleted) stops: the registry sees its connection closed, long before the store's own
+# 60-second progress timeout would close it.
+if "$W/bin/crictl" --image-endpoint "unix://$R/cri.sock" pull --pull-timeout 2s busybox:stall >/dev/null 2>"$R/crictl.err"; then
+    fail "a pull from a registry that never answers succeeded"
+fi
+grep -q DeadlineExceeded "$R/crictl.err" || fail "pull past its deadline: $(cat "$R/crictl.err")"
+for _ in $(seq 100); do [ -s "$R/stall.log" ] && break; sleep 0.1; done
+[ -s "$R/stall.log" ] || fail "a pull whose call ended went on: the registry's connection is still open 10 s later"
+ok "a pull past its call's deadline stops (the registry sees the connection closed)"
 # A pod by hand, as the README shows.
 cat > "$R/pod.json" <<JSON
 {"metadata": {"name": "smoke", "namespace": "default", "uid": "smoke-uid"}, "hostname": "smoke-pod",
