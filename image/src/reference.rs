@@ -93,9 +93,13 @@ impl Reference {
         if domain.len() + 1 + path.len() > 255 {
             return Err(bad("name longer than 255 characters"));
         }
+        // A digest wins over a tag given with it, which is dropped (containerd's and
+        // Docker's reading of `name:tag@digest`): the pinned content is pulled and the tag
+        // is not moved onto it (another pod asking for `name:tag` would get that content
+        // instead of the tag's own).
         let tag = match (tag, &digest) {
-            (Some(t), _) => Some(t.to_string()),
-            (None, Some(_)) => None,
+            (_, Some(_)) => None,
+            (Some(t), None) => Some(t.to_string()),
             (None, None) => Some("latest".to_string()),
         };
         Ok(Reference {
@@ -237,9 +241,10 @@ mod tests {
             n(&format!("busybox@{D}")),
             format!("docker.io/library/busybox@{D}")
         );
+        // The tag given with a digest is dropped.
         assert_eq!(
             n(&format!("busybox:1@{D}")),
-            format!("docker.io/library/busybox:1@{D}")
+            format!("docker.io/library/busybox@{D}")
         );
         let r = Reference::parse("h:5000/x:t").unwrap();
         assert_eq!(r.domain, "h:5000");

@@ -627,6 +627,32 @@ fn remove_by_tag_id_and_digest() {
 }
 
 #[test]
+fn a_tag_given_with_a_digest_is_not_moved() {
+    // `name:tag@digest` pulls the pinned content and leaves the tag where it is (as
+    // containerd): a later `name:tag` must still be the tag's own image.
+    let reg = Registry::start();
+    let la = vec![layer(&tar_of(&[E::File("a", b"a", 0o644)]), MT_GZIP)];
+    let lb = vec![layer(&tar_of(&[E::File("b", b"b", 0o644)]), MT_GZIP)];
+    let a = push_image(&reg.addr, "pin", Some("t"), &la, &config_json("amd64", "", &la), false);
+    let b = push_image(&reg.addr, "pin", None, &lb, &config_json("amd64", "", &lb), false);
+    let t = TempDir::new("pin");
+    let store = open_store(t.path(), &reg.addr);
+    let tagged = format!("{}/pin:t", reg.addr);
+    store.pull(&tagged, &PullOptions::default()).unwrap();
+    let pinned = store
+        .pull(
+            &format!("{}/pin:t@{}", reg.addr, b.manifest_digest),
+            &PullOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(pinned.id, b.config_digest, "the digest's image is pulled");
+    assert!(pinned.repo_tags.is_empty(), "{:?}", pinned.repo_tags);
+    let img = store.get(&tagged).unwrap().unwrap();
+    assert_eq!(img.id, a.config_digest, "the tag moved to the pinned image");
+    assert_eq!(img.repo_tags, vec![tagged]);
+}
+
+#[test]
 fn hostile_layer_in_a_pull_leaves_no_image() {
     let reg = Registry::start();
     let mut evil = Vec::new();
