@@ -1375,6 +1375,45 @@ pub fn paths(state: &Path, id: &str) -> Paths {
     }
 }
 
+/// The CRI's CPU and memory figures from a cgroup's stats (rsrun's runc-shaped `stats`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CgroupUsage {
+    pub cpu_total: Option<u64>,
+    pub usage: Option<u64>,
+    pub working_set: Option<u64>,
+    pub available: Option<u64>,
+    pub rss: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+}
+
+impl CgroupUsage {
+    pub fn of(v: &Value) -> CgroupUsage {
+        let n = |x: &Value| x.as_u64();
+        let mem = &v["memory"];
+        let raw = &mem["raw"];
+        let pick = |keys: &[&str]| keys.iter().find_map(|k| raw[*k].as_u64());
+        let usage = n(&mem["usage"]["usage"]);
+        let inactive = pick(&["total_inactive_file", "inactive_file"]).unwrap_or(0);
+        let working_set = usage.map(|x| x.saturating_sub(inactive));
+        // What the limit leaves (the kubelet's summary API passes it on), as containerd
+        // reports it: none without a limit (v2's "max", v1's page-rounded i64::MAX).
+        let available = match (n(&mem["usage"]["limit"]), working_set) {
+            (Some(l), Some(ws)) if l < 1 << 62 => Some(l.saturating_sub(ws)),
+            _ => None,
+        };
+        CgroupUsage {
+            cpu_total: n(&v["cpu"]["usage"]["total"]),
+            usage,
+            working_set,
+            available,
+            rss: pick(&["total_rss", "rss", "anon"]),
+            page_faults: pick(&["total_pgfault", "pgfault"]),
+            major_page_faults: pick(&["total_pgmajfault", "pgmajfault"]),
+        }
+    }
+}
+
 /// The container's stats from its cgroups (rsrun's `events --stats` figures) and its
 /// writable layer. `last` is the previous CPU sample (timestamp ns, usage ns) for nano-cores.
 pub fn stats(
@@ -1385,21 +1424,16 @@ pub fn stats(
 ) -> (api::ContainerStats, Option<(i64, u64)>) {
     let ts = crate::store::now_ns();
     let v = rt.stats(&r.id).unwrap_or(Value::Null);
-    let n = |x: &Value| x.as_u64();
     let u = |value: u64| Some(api::UInt64Value { value });
-    let cpu_total = n(&v["cpu"]["usage"]["total"]);
-    let mem = &v["memory"];
-    let raw = &mem["raw"];
-    let pick = |keys: &[&str]| keys.iter().find_map(|k| raw[*k].as_u64());
-    let usage = n(&mem["usage"]["usage"]);
-    let inactive = pick(&["total_inactive_file", "inactive_file"]).unwrap_or(0);
-    let working_set = usage.map(|x| x.saturating_sub(inactive));
-    // What the limit leaves (the kubelet's summary API passes it on), as containerd reports
-    // it: none without a limit (v2's "max", v1's page-rounded i64::MAX).
-    let available = match (n(&mem["usage"]["limit"]), working_set) {
-        (Some(l), Some(ws)) if l < 1 << 62 => Some(l.saturating_sub(ws)),
-        _ => None,
-    };
+    let CgroupUsage {
+        cpu_total,
+        usage,
+        working_set,
+        available,
+        rss,
+        page_faults,
+        major_page_faults,
+    } = CgroupUsage::of(&v);
     // An exited container (no cgroup left) has no CPU or memory figures: none, not zeros.
     let live = !v.is_null();
     let nano_cores = match (last, cpu_total) {
@@ -1437,9 +1471,9 @@ pub fn stats(
             working_set_bytes: working_set.and_then(u),
             available_bytes: available.and_then(u),
             usage_bytes: usage.and_then(u),
-            rss_bytes: pick(&["total_rss", "rss", "anon"]).and_then(u),
-            page_faults: pick(&["total_pgfault", "pgfault"]).and_then(u),
-            major_page_faults: pick(&["total_pgmajfault", "pgmajfault"]).and_then(u),
+            rss_bytes: rss.and_then(u),
+            page_faults: page_faults.and_then(u),
+            major_page_faults: major_page_faults.and_then(u),
             ..Default::default()
         }),
         writable_layer: writable,

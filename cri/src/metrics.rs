@@ -932,14 +932,34 @@ fn add(acc: &mut Option<u64>, v: Option<&api::UInt64Value>) {
     }
 }
 
-/// A pod's stats: its containers' (container::stats), the pod's CPU, memory and processes
-/// as the sum of its containers' and its pause's cgroups, its network namespace's
+/// The stats of the pod's own cgroup, its cgroup_parent (the kubelet makes one per pod; a
+/// parent that other pods share is not the pod's and gives None): they count every process
+/// the pod had, those of containers that exited (whose cgroups are gone) included, and carry
+/// the pod's memory limit.
+pub(crate) fn pod_cgroup_stats(parent: &str, systemd: bool) -> Option<Value> {
+    let hs = rsrun::cgroups::hierarchies().ok()?;
+    let paths = if systemd {
+        let slice = parent.trim_end_matches('/').rsplit('/').next()?;
+        let mount = &hs.iter().find(|h| h.v2)?.mountpoint;
+        vec![mount.join(rsrun::cgroups::systemd::slice_path(slice).ok()?)]
+    } else {
+        // (Refuses a parent that holds the server itself, or a hierarchy's root.)
+        rsrun::cgroups::paths_for(Some(Path::new(parent)), "", &hs).ok()?
+    };
+    let paths: Vec<PathBuf> = paths.into_iter().filter(|p| p.is_dir()).collect();
+    let m = rsrun::cgroups::Manager::with_hierarchies(&paths, &hs).ok()?;
+    Some(m.stats())
+}
+
+/// A pod's stats: its containers' (container::stats); the pod's CPU and memory from its own
+/// cgroup (`own_cgroup`: its cgroup_parent when no other pod shares it), else as the sum of
+/// its containers' and its pause's cgroups; its processes; its network namespace's
 /// interfaces. Returns the CPU samples taken (for nano-cores next time).
 fn pod_stats(
     rt: &rsrun::Runtime,
     root: &Path,
     images: &rsrun_image::ImageStore,
-    sb: &SandboxRecord,
+    (sb, own_cgroup, systemd): (&SandboxRecord, Option<&str>, bool),
     ctrs: &[(ContainerRecord, Option<(i64, u64)>)],
     last_pod: Option<(i64, u64)>,
 ) -> (api::PodSandboxStats, Vec<(String, Sample)>) {
@@ -983,6 +1003,27 @@ fn pod_stats(
             add(&mut majpf, m.major_page_faults.as_ref());
         }
     }
+    // The pod's own cgroup, where there is one: a sum of the live containers' would go
+    // backwards when one exits (the kubelet's pod CPU counter, as containerd reads the pod's
+    // cgroup), and has no limit to tell what is available.
+    let mut available = None;
+    let own = own_cgroup
+        .and_then(|p| pod_cgroup_stats(p, systemd))
+        .map(|v| container::CgroupUsage::of(&v))
+        .unwrap_or_default();
+    if own.cpu_total.is_some() {
+        cpu = own.cpu_total;
+    }
+    if own.usage.is_some() {
+        (ws, usage, rss, pf, majpf) = (
+            own.working_set,
+            own.usage,
+            own.rss,
+            own.page_faults,
+            own.major_page_faults,
+        );
+        available = own.available;
+    }
     let u = |o: Option<u64>| o.map(|value| api::UInt64Value { value });
     let nano_cores = match (last_pod, cpu) {
         (Some((t0, c0)), Some(c1)) if ts > t0 && c1 >= c0 => {
@@ -1021,6 +1062,7 @@ fn pod_stats(
             memory: usage.map(|_| api::MemoryUsage {
                 timestamp: ts,
                 working_set_bytes: u(ws),
+                available_bytes: u(available),
                 usage_bytes: u(usage),
                 rss_bytes: u(rss),
                 page_faults: u(pf),
@@ -1198,12 +1240,27 @@ impl Runtime {
                 })
                 .collect()
         };
+        // Cgroup parents that more than one pod names are no pod's own.
+        let shared: std::collections::HashSet<String> = {
+            let t = self.sandboxes.lock().await;
+            let mut seen = std::collections::HashSet::new();
+            t.items
+                .values()
+                .filter(|s| !s.cgroup_parent.is_empty() && !seen.insert(s.cgroup_parent.clone()))
+                .map(|s| s.cgroup_parent.clone())
+                .collect()
+        };
+        let systemd = self.systemd_cgroup;
         let rt = rsrun::Runtime::new(self.runtime_root.clone(), false);
         let root = self.runtime_root.clone();
         let images = self.images.clone();
         let out = blocking(move || {
             work.iter()
-                .map(|(sb, last, mine)| pod_stats(&rt, &root, &images, sb, mine, *last))
+                .map(|(sb, last, mine)| {
+                    let own = Some(sb.cgroup_parent.as_str())
+                        .filter(|p| !p.is_empty() && !shared.contains(*p));
+                    pod_stats(&rt, &root, &images, (sb, own, systemd), mine, *last)
+                })
                 .collect::<Vec<_>>()
         })
         .await?;

@@ -556,6 +556,30 @@ print("ok" if ws > 0 and ws + av == 100663296 else "working set %d, available %d
 c stop -t 0 "$up" >/dev/null || fail "stop (update): $(cat "$R/crictl.err")"
 c update --memory 134217728 "$up" >/dev/null || fail "update of an exited container: $(cat "$R/crictl.err")"
 ok "UpdateContainerResources: the running container's cgroup and runtimeSpec; an exited one's succeeds"
+# Pod stats from the pod's own cgroup (its cgroup_parent, one per pod as the kubelet makes
+# them): its CPU counter keeps what a container that exited used (a sum of the live
+# containers' went backwards), and its memory limit (set here as the kubelet sets it) gives
+# available_bytes.
+echo '{"metadata": {"name": "podcg", "namespace": "default", "uid": "podcg-uid"}, "log_directory": "'"$R"'/logs", "linux": {"cgroup_parent": "/rsrun-smoke-podcg"}}' > "$R/podcg.json"
+pcg=$(c runp "$R/podcg.json") || fail "runp (cgroup parent): $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "idle"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/idle.json"
+echo '{"metadata": {"name": "burn"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]}' > "$R/burn.json"
+idle=$(c create "$pcg" "$R/idle.json" "$R/podcg.json") && c start "$idle" >/dev/null || fail "idle container: $(cat "$R/crictl.err")"
+echo 268435456 > /sys/fs/cgroup/memory/rsrun-smoke-podcg/memory.limit_in_bytes
+burn=$(c create "$pcg" "$R/burn.json" "$R/podcg.json") && c start "$burn" >/dev/null || fail "burn container: $(cat "$R/crictl.err")"
+for _ in $(seq 300); do [ "$(c inspect -o go-template --template '{{.status.state}}' "$burn")" = CONTAINER_EXITED ] && break; sleep 0.1; done
+kcpu=$(cat /sys/fs/cgroup/cpuacct/rsrun-smoke-podcg/cpuacct.usage)
+got=$(c statsp -o json --id "$pcg" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["stats"][0]["linux"]
+cpu, m = int(s["cpu"]["usageCoreNanoSeconds"]["value"]), s["memory"]
+ws, av = int(m["workingSetBytes"]["value"]), int(m.get("availableBytes", {}).get("value", -1))
+ok = cpu >= '"$kcpu"' and ws > 0 and ws + av == 268435456
+print("ok" if ok else "cpu %d (the kernel: '"$kcpu"'), working set %d, available %d" % (cpu, ws, av))')
+[ "$got" = ok ] || fail "PodSandboxStats from the pod's cgroup: $got"
+c rm -f "$idle" "$burn" >/dev/null && c stopp "$pcg" >/dev/null && c rmp "$pcg" >/dev/null || fail "rm the cgroup-parent pod: $(cat "$R/crictl.err")"
+for d in /sys/fs/cgroup/*/rsrun-smoke-podcg; do rmdir "$d" || fail "the pod's cgroup $d is not empty"; done
+ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit"
 # A container's first record is written without fsync: a power loss may keep its rootfs in the
 # image store and lose the record. Played here by removing the record of a created container
 # while the server is down: the restarted server unmounts and removes that rootfs.
