@@ -85,20 +85,53 @@ impl Platform {
 
     /// Does an index entry's platform serve this (wanted) platform?
     pub fn matches(&self, other: &Platform) -> bool {
-        if self.os != other.os || self.architecture != other.architecture {
-            return false;
+        self.rank(other).is_some()
+    }
+
+    /// How well an image of platform `other` serves this (wanted) one: 0 for the same
+    /// platform, more for a compatible one that runs here (containerd's order: amd64 runs
+    /// 386; arm64 runs arm v8 down to v5; arm vN runs vN down to v5), None for one that does
+    /// not run. Variants compare as containerd normalizes them (amd64 "" is v1, arm64 ""
+    /// v8, arm "" v7): an amd64/v3 image is not taken for a plain amd64 host, whose CPU may
+    /// lack its instructions.
+    pub fn rank(&self, other: &Platform) -> Option<usize> {
+        if self.os != other.os {
+            return None;
         }
-        if self.variant.is_empty() {
-            return true;
-        }
-        let norm = |v: &str| {
-            if self.architecture == "arm64" && v.is_empty() {
-                "v8".to_string()
+        let level = |arch: &str, v: &str| -> Option<u32> {
+            let v = if v.is_empty() {
+                match arch {
+                    "amd64" => "v1",
+                    "arm64" => "v8",
+                    "arm" => "v7",
+                    _ => return None,
+                }
             } else {
-                v.to_string()
-            }
+                v
+            };
+            v.strip_prefix('v')?.parse().ok()
         };
-        norm(&self.variant) == norm(&other.variant)
+        let (want, got) = (self.architecture.as_str(), other.architecture.as_str());
+        let (wl, gl) = (
+            level(want, &self.variant),
+            level(got, &other.variant),
+        );
+        match (want, got) {
+            ("amd64", "amd64") | ("arm", "arm") | ("arm64", "arm64") => {
+                let (w, g) = (wl?, gl?);
+                (g <= w).then(|| (w - g) as usize)
+            }
+            ("amd64", "386") => Some(100),
+            ("arm64", "arm") => {
+                let g = gl?;
+                (5..=8).contains(&g).then(|| 100 + (8 - g) as usize)
+            }
+            (w, g) if w == g => {
+                // Other architectures: the same variant, or any when none is wanted.
+                (self.variant.is_empty() || self.variant == other.variant).then_some(0)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -200,15 +233,17 @@ pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<
         .filter(|d| !d.is_attestation())
         .filter(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
         .collect();
-    // An exact variant match wins over a variant-less entry.
-    if let Some(d) = candidates.iter().find(|d| {
-        d.platform
-            .as_ref()
-            .is_some_and(|p| p.variant == want.variant)
-    }) {
-        return Ok(d);
-    }
-    if let Some(d) = candidates.first() {
+    // The closest platform wins (the host's own before a compatible one); then the index's
+    // order.
+    if let Some(d) = candidates
+        .iter()
+        .min_by_key(|d| {
+            d.platform
+                .as_ref()
+                .and_then(|p| want.rank(p))
+                .unwrap_or(usize::MAX)
+        })
+    {
         return Ok(d);
     }
     let available = index
@@ -336,6 +371,60 @@ mod tests {
                 .unwrap()
                 .digest,
             idx.manifests[2].digest
+        );
+        // Compatible platforms when the host's own is missing, the closest first: arm64 runs
+        // arm v7 before v6; amd64 runs 386; an arm v7 host runs v6.
+        let arm_only = Index {
+            manifests: idx.manifests[..2].to_vec(),
+            ..idx.clone()
+        };
+        assert_eq!(
+            select(&arm_only, &Platform::parse("linux/arm64").unwrap(), "x")
+                .unwrap()
+                .digest,
+            idx.manifests[1].digest
+        );
+        let v6_only = Index {
+            manifests: idx.manifests[..1].to_vec(),
+            ..idx.clone()
+        };
+        assert_eq!(
+            select(&v6_only, &Platform::parse("linux/arm/v7").unwrap(), "x")
+                .unwrap()
+                .digest,
+            idx.manifests[0].digest
+        );
+        assert!(select(&v6_only, &Platform::parse("linux/arm/v5").unwrap(), "x").is_err());
+        let x86 = Index {
+            manifests: vec![desc("386", ""), desc("amd64", "v3")],
+            ..idx.clone()
+        };
+        // An amd64/v3 image needs a CPU level a plain amd64 host may not have: 386 instead.
+        assert_eq!(
+            select(&x86, &Platform::parse("linux/amd64").unwrap(), "x")
+                .unwrap()
+                .digest,
+            x86.manifests[0].digest
+        );
+        assert_eq!(
+            select(&x86, &Platform::parse("linux/amd64/v3").unwrap(), "x")
+                .unwrap()
+                .digest,
+            x86.manifests[1].digest
+        );
+        let v3_only = Index {
+            manifests: vec![desc("amd64", "v3")],
+            ..idx.clone()
+        };
+        assert!(select(&v3_only, &Platform::parse("linux/amd64").unwrap(), "x").is_err());
+        // amd64 "" and v1 are the same; arm64 "" and v8.
+        assert_eq!(
+            Platform::parse("linux/amd64/v1").unwrap().rank(&Platform::parse("linux/amd64").unwrap()),
+            Some(0)
+        );
+        assert_eq!(
+            Platform::parse("linux/arm64").unwrap().rank(&Platform::parse("linux/arm64/v8").unwrap()),
+            Some(0)
         );
         let e = select(&idx, &Platform::parse("linux/s390x").unwrap(), "x")
             .unwrap_err()
