@@ -988,7 +988,10 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
         if r.pid == 0 {
             return (api::ContainerState::ContainerCreated as i32, None);
         }
-        return (api::ContainerState::ContainerExited as i32, Some(record_lost(r)));
+        return (
+            api::ContainerState::ContainerExited as i32,
+            Some(lost_exit(r)),
+        );
     }
     if r.started_at > 0 {
         (api::ContainerState::ContainerRunning as i32, None)
@@ -1005,30 +1008,54 @@ pub fn exit_record(exits: &Path, id: &str) -> PathBuf {
     exits.join(format!("{id}.json"))
 }
 
+/// When each container whose shim died without an exit record was first seen so (RFC 3339),
+/// until `persist_lost` has written its record.
+static LOST_AT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// The exit of a started container whose shim died without writing one (killed, or the node
 /// rebooted under it): exit code 255 and reason Unknown, as containerd reports a task that
-/// is gone. Written down the first time it is seen, so that its finished_at stays that time
-/// (the kubelet's crash-loop back-off counts from it; 0 would read as 1970 and never back
-/// off).
-fn record_lost(r: &ContainerRecord) -> Value {
+/// is gone, finished when first seen so (the kubelet's crash-loop back-off counts from
+/// finished_at; 0 would read as 1970 and never back off). Only read here: the exit watcher
+/// writes it down (`persist_lost`), under the container's lock.
+fn lost_exit(r: &ContainerRecord) -> Value {
     forget_shim(&r.id);
-    // The shim may have written its record between the caller's read and its exit.
-    if let Some(v) = std::fs::read(&r.exit_file)
-        .ok()
-        .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-    {
-        return v;
+    let at = LOST_AT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(r.id.clone())
+        .or_insert_with(rsrun::state::now_rfc3339)
+        .clone();
+    json!({"exit_code": 255, "lost": true, "finished_at": at})
+}
+
+/// Writes the lost exit `state` reported for `r` as its exit record, unless one is there (a
+/// shim that wrote its own just before it died). The caller holds the container's lock and
+/// has seen its record still in the table (a removed container's record must not come back).
+pub fn persist_lost(r: &ContainerRecord) -> std::io::Result<()> {
+    if r.exit_file.exists() {
+        return Ok(());
     }
-    let v = json!({"exit_code": 255, "lost": true, "finished_at": rsrun::state::now_rfc3339()});
-    let written = match r.exit_file.parent().map_or(Ok(()), std::fs::create_dir_all) {
-        Ok(()) => rsrun::state::write_file_atomic(&r.exit_file, v.to_string().as_bytes(), true)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = written {
-        tracing::error!(container = %r.id, "exit record {}: {e}", r.exit_file.display());
+    let v = lost_exit(r);
+    if let Some(dir) = r.exit_file.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-    v
+    rsrun::state::write_file_atomic(&r.exit_file, v.to_string().as_bytes(), true)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    forget_lost(&r.id);
+    Ok(())
+}
+
+/// Whether a lost exit of `id` is reported but not written down yet.
+pub fn lost_pending(id: &str) -> bool {
+    LOST_AT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(id)
+}
+
+pub fn forget_lost(id: &str) {
+    LOST_AT.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
 }
 
 /// pidfds of the shims found alive, by container ID. The first look at a shim reads its pid

@@ -116,9 +116,11 @@ pub async fn watch_exits(rt: Arc<Runtime>) {
         rt.notice_pause_exits().await;
         for r in &recs {
             // Exited: an exit record, or a shim gone without one (reported as lost).
-            if container::state(r).0 == api::ContainerState::ContainerExited as i32
-                && rt.events.first_stop(&r.id)
-            {
+            let (st, exit) = container::state(r);
+            if exit.as_ref().is_some_and(|e| e["lost"] == true) && container::lost_pending(&r.id) {
+                rt.persist_lost(r).await;
+            }
+            if st == api::ContainerState::ContainerExited as i32 && rt.events.first_stop(&r.id) {
                 rt.emit(
                     &r.id,
                     &r.sandbox_id,
@@ -131,6 +133,24 @@ pub async fn watch_exits(rt: Arc<Runtime>) {
 }
 
 impl Runtime {
+    /// Writes down the lost exit of `r` (its shim died without a record), under the
+    /// container's lock and only while its record is still there: a RemoveContainer that
+    /// got in first has deleted the exit record with the container, and it must not return.
+    async fn persist_lost(&self, r: &crate::store::ContainerRecord) {
+        let _g = self.lock_object(&r.id).await;
+        if !self.containers.lock().await.items.contains_key(&r.id) {
+            return;
+        }
+        let r = r.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            container::persist_lost(&r).map_err(|e| (r.id.clone(), r.exit_file.clone(), e))
+        })
+        .await;
+        if let Ok(Err((id, path, e))) = done {
+            tracing::error!(container = %id, "exit record {}: {e}", path.display());
+        }
+    }
+
     /// Ready pods whose pause process (PID 1 of their PID namespace, or the maker of their
     /// user namespace) exited, or whose pause's shim is gone: their namespace is dead, so
     /// they are not ready any more (the kubelet makes the pod again), as containerd marks a

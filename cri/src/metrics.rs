@@ -1240,13 +1240,15 @@ impl Runtime {
                 })
                 .collect()
         };
-        // Cgroup parents that more than one pod names are no pod's own.
+        // Cgroup parents that more than one ready pod names are no pod's own (a pod's
+        // not-ready predecessor, which the kubelet removes later, keeps its parent).
         let shared: std::collections::HashSet<String> = {
             let t = self.sandboxes.lock().await;
             let mut seen = std::collections::HashSet::new();
             t.items
                 .values()
-                .filter(|s| !s.cgroup_parent.is_empty() && !seen.insert(s.cgroup_parent.clone()))
+                .filter(|s| s.complete && s.ready && !s.cgroup_parent.is_empty())
+                .filter(|s| !seen.insert(s.cgroup_parent.clone()))
                 .map(|s| s.cgroup_parent.clone())
                 .collect()
         };

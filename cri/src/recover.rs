@@ -209,10 +209,14 @@ impl Runtime {
                 }
             }
             // And the exit records of containers removed by a server killed before it had
-            // deleted them.
+            // deleted them, with their writers' temporary files (`.ID.json.tmp`; a live
+            // shim's may be half-written right now: only those of unknown IDs go).
             for e in std::fs::read_dir(&exits).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(".json") {
+                let id = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".json.tmp"));
+                if let Some(id) = id.or_else(|| name.strip_suffix(".json")) {
                     if crate::store::is_object_id(id) && !known.contains(id) {
                         let _ = std::fs::remove_file(e.path());
                     }

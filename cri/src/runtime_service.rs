@@ -289,9 +289,11 @@ impl Runtime {
         let release = tokio::task::spawn_blocking(move || {
             // Its record is gone: its exit record goes too (a killed server's restart sweeps
             // one left behind).
-            if let Err(e) = std::fs::remove_file(&exit_file) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::error!(container = %id, "remove {}: {e}", exit_file.display());
+            for f in [rsrun::state::atomic_temp(&exit_file), exit_file] {
+                if let Err(e) = std::fs::remove_file(&f) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::error!(container = %id, "remove {}: {e}", f.display());
+                    }
                 }
             }
             if let Err(e) = release_storage(&images, &id, &vols, &dir) {
@@ -327,6 +329,7 @@ impl Runtime {
         self.forget_lock(&r.id);
         self.forget_cpu_sample(&r.id);
         container::forget_shim(&r.id);
+        container::forget_lost(&r.id);
         Ok(())
     }
 
@@ -419,13 +422,18 @@ impl Runtime {
 
     /// Detaches the pod's network (its record keeps what ADD gave) and forgets it.
     pub(crate) async fn detach(&self, sb: &SandboxRecord) -> Result<(), Status> {
-        if !self.cni_del(sb).await? {
-            return Ok(());
+        if self.cni_del(sb).await? {
+            self.forget_network(&sb.id).await?;
         }
+        Ok(())
+    }
+
+    /// Drops the pod's CNI attachment from its record (after its DEL).
+    async fn forget_network(&self, id: &str) -> Result<(), Status> {
         let mut t = self.sandboxes.lock().await;
-        if let Some(rec) = t.items.get(&sb.id).cloned() {
+        if let Some(rec) = t.items.get(id).cloned() {
             t.update(
-                &sb.id,
+                id,
                 SandboxRecord {
                     network: None,
                     ..rec
@@ -740,14 +748,23 @@ impl RuntimeService for Runtime {
         // between must not see a ready pod without an IP (the kubelet would drop the pod's IP
         // from its cache while the pod terminates).
         let (paused, detached) = tokio::join!(self.stop_pause(&sb), self.cni_del(&sb));
-        paused?;
-        detached?;
+        let detached = detached?;
         let d = sb.ns_dir.clone();
-        // The namespaces go at stop; the pod's files stay until remove.
-        blocking(move || {
-            sandbox::unpin(&d).map_err(|e| io_status("unpin the pod's namespaces", e))
-        })
-        .await?;
+        let rest = async {
+            paused?;
+            // The namespaces go at stop; the pod's files stay until remove.
+            blocking(move || {
+                sandbox::unpin(&d).map_err(|e| io_status("unpin the pod's namespaces", e))
+            })
+            .await
+        };
+        if let Err(e) = rest.await {
+            // Its addresses are released: not reported any more (the retry stops the rest).
+            if detached {
+                self.forget_network(&sb.id).await?;
+            }
+            return Err(e);
+        }
         let mut t = self.sandboxes.lock().await;
         if let Some(rec) = t.items.get(&sb.id).cloned() {
             t.update(

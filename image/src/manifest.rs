@@ -112,10 +112,7 @@ impl Platform {
             v.strip_prefix('v')?.parse().ok()
         };
         let (want, got) = (self.architecture.as_str(), other.architecture.as_str());
-        let (wl, gl) = (
-            level(want, &self.variant),
-            level(got, &other.variant),
-        );
+        let (wl, gl) = (level(want, &self.variant), level(got, &other.variant));
         match (want, got) {
             ("amd64", "amd64") | ("arm", "arm") | ("arm64", "arm64") => {
                 let (w, g) = (wl?, gl?);
@@ -235,15 +232,12 @@ pub fn select<'a>(index: &'a Index, want: &Platform, reference: &str) -> Result<
         .collect();
     // The closest platform wins (the host's own before a compatible one); then the index's
     // order.
-    if let Some(d) = candidates
-        .iter()
-        .min_by_key(|d| {
-            d.platform
-                .as_ref()
-                .and_then(|p| want.rank(p))
-                .unwrap_or(usize::MAX)
-        })
-    {
+    if let Some(d) = candidates.iter().min_by_key(|d| {
+        d.platform
+            .as_ref()
+            .and_then(|p| want.rank(p))
+            .unwrap_or(usize::MAX)
+    }) {
         return Ok(d);
     }
     let available = index
@@ -419,11 +413,15 @@ mod tests {
         assert!(select(&v3_only, &Platform::parse("linux/amd64").unwrap(), "x").is_err());
         // amd64 "" and v1 are the same; arm64 "" and v8.
         assert_eq!(
-            Platform::parse("linux/amd64/v1").unwrap().rank(&Platform::parse("linux/amd64").unwrap()),
+            Platform::parse("linux/amd64/v1")
+                .unwrap()
+                .rank(&Platform::parse("linux/amd64").unwrap()),
             Some(0)
         );
         assert_eq!(
-            Platform::parse("linux/arm64").unwrap().rank(&Platform::parse("linux/arm64/v8").unwrap()),
+            Platform::parse("linux/arm64")
+                .unwrap()
+                .rank(&Platform::parse("linux/arm64/v8").unwrap()),
             Some(0)
         );
         let e = select(&idx, &Platform::parse("linux/s390x").unwrap(), "x")

@@ -202,7 +202,9 @@ impl ImageStore {
         let db = self.store.load_db()?;
         let found = db.images.values().find(|i| {
             i.repo_digests.iter().any(|d| d == repo_digest)
-                && Platform::parse(&i.platform).is_ok_and(|p| platform.matches(&p))
+                // The wanted platform itself: an image of a compatible one (arm v7 for an
+                // arm64 host) was picked from an index that may hold a closer one for this.
+                && Platform::parse(&i.platform).is_ok_and(|p| platform.rank(&p) == Some(0))
                 && i.layers.iter().all(|l| self.store.has_snapshot(&l.diff_id))
         });
         Ok(found.cloned())

@@ -633,8 +633,22 @@ fn a_tag_given_with_a_digest_is_not_moved() {
     let reg = Registry::start();
     let la = vec![layer(&tar_of(&[E::File("a", b"a", 0o644)]), MT_GZIP)];
     let lb = vec![layer(&tar_of(&[E::File("b", b"b", 0o644)]), MT_GZIP)];
-    let a = push_image(&reg.addr, "pin", Some("t"), &la, &config_json("amd64", "", &la), false);
-    let b = push_image(&reg.addr, "pin", None, &lb, &config_json("amd64", "", &lb), false);
+    let a = push_image(
+        &reg.addr,
+        "pin",
+        Some("t"),
+        &la,
+        &config_json("amd64", "", &la),
+        false,
+    );
+    let b = push_image(
+        &reg.addr,
+        "pin",
+        None,
+        &lb,
+        &config_json("amd64", "", &lb),
+        false,
+    );
     let t = TempDir::new("pin");
     let store = open_store(t.path(), &reg.addr);
     let tagged = format!("{}/pin:t", reg.addr);

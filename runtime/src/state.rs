@@ -371,11 +371,17 @@ impl Saved {
 /// Writes `data` to `path` atomically: a fresh temporary file beside it (never through a
 /// symlink planted under that name), then a rename. With `durable`, the file and the
 /// directory are fsynced too (for files on disk that a crash must not empty).
-pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
-    let tmp = path.with_file_name(format!(
+/// The temporary file `write_file_atomic` writes `path` through (`.NAME.tmp` beside it): a
+/// writer killed midway leaves it.
+pub fn atomic_temp(path: &Path) -> std::path::PathBuf {
+    path.with_file_name(format!(
         ".{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    ))
+}
+
+pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    let tmp = atomic_temp(path);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)

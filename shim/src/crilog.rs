@@ -328,7 +328,11 @@ mod tests {
             assert_eq!(reassemble(&text, name), want[s], "{name}");
         }
         for rec in text.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
-            assert!(rec.len() <= "T stdout F ".len() + 8, "{:?}", String::from_utf8_lossy(rec));
+            assert!(
+                rec.len() <= "T stdout F ".len() + 8,
+                "{:?}",
+                String::from_utf8_lossy(rec)
+            );
         }
         std::fs::remove_file(p).unwrap();
     }
