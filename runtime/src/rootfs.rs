@@ -415,16 +415,20 @@ pub fn prepare(s: &Setup) -> Result<OwnedFd> {
             dev_bound = true;
         }
     }
+    // A /dev that is not ours (the host's, bound in by a privileged pod's hostPath, as CSI
+    // node plugins do) gets no device node made in it, not even the config's: each would
+    // replace (unlink, mknod) the host's node of that name, losing its ACLs, labels and
+    // xattrs, and host processes would see it missing meanwhile. runc skips them likewise.
     if !dev_bound {
         create_default_devices(s, root.as_raw_fd())?;
         create_dev_links(root.as_raw_fd())?;
-    }
-    for d in linux
-        .and_then(|l| l.devices().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        create_device(s, root.as_raw_fd(), d)?;
+        for d in linux
+            .and_then(|l| l.devices().as_ref())
+            .into_iter()
+            .flatten()
+        {
+            create_device(s, root.as_raw_fd(), d)?;
+        }
     }
     Ok(root)
 }

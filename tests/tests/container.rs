@@ -462,6 +462,47 @@ fn devices_links_masked_and_readonly_paths() {
 }
 
 #[test]
+fn a_bound_dev_gets_no_device_nodes() {
+    // A directory bound at /dev (a privileged pod's hostPath /dev): the config's devices
+    // are not made in it, and what is there stays as it was (runc's behaviour). Made, they
+    // would replace the host's nodes of those names.
+    let rt = Rsrun::new();
+    let mut b = sh("ls /dev; cat /dev/null");
+    let dev = b.tmp.path().join("hostdev");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("null"), "keep\n").unwrap();
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().retain(|m| {
+            let d = m["destination"].as_str().unwrap_or("");
+            d != "/dev" && !d.starts_with("/dev/")
+        });
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/dev", "type": "bind",
+            "source": dev.to_str().unwrap(), "options": ["rbind", "rw"]}));
+        c["linux"]["devices"] = json!([
+            {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666},
+            {"path": "/dev/mydev", "type": "c", "major": 1, "minor": 5, "fileMode": 0o666}]);
+    });
+    let out = rt.output(&b);
+    assert!(
+        out.contains("keep"),
+        "the bound /dev's null was replaced: {out}"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::fs::symlink_metadata(dev.join("null")).unwrap();
+    assert!(null.file_type().is_file(), "{:?}", null.file_type());
+    assert!(
+        !dev.join("mydev").exists() && !null.file_type().is_char_device(),
+        "device nodes made in the bound directory: {:?}",
+        std::fs::read_dir(&dev)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn no_pivot_mode() {
     use std::os::unix::fs::MetadataExt;
     let rt = Rsrun::new();
