@@ -227,20 +227,31 @@ pub fn capabilities(
     };
     let add: Vec<String> = c.add_capabilities.iter().map(|s| cap_name(s)).collect();
     let drop: Vec<String> = c.drop_capabilities.iter().map(|s| cap_name(s)).collect();
+    // containerd's order, so that a drop always wins: add ALL, drop ALL, then the single
+    // adds, then the single drops (`add: [ALL], drop: [NET_RAW]` is every capability but
+    // NET_RAW).
+    if add.iter().any(|a| a == "CAP_ALL") {
+        set = all_caps();
+    }
     if drop.iter().any(|d| d == "CAP_ALL") {
         set.clear();
     }
-    set.retain(|s| !drop.contains(s));
-    if add.iter().any(|a| a == "CAP_ALL") {
-        set = all_caps();
-    } else {
-        for a in add {
-            if !set.contains(&a) {
-                set.push(a);
-            }
+    for a in add.into_iter().filter(|a| a != "CAP_ALL") {
+        if !set.contains(&a) {
+            set.push(a);
         }
     }
+    set.retain(|s| !drop.contains(s));
     set
+}
+
+/// `p` without empty or `.` components and trailing slashes: `/a//b/./` is `/a/b`.
+fn clean_path(p: &str) -> String {
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
 }
 
 /// Resolves the user: CRI run_as_user/run_as_group/run_as_username win, else the image's
@@ -420,7 +431,11 @@ pub fn oci_spec(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ));
     }
-    env.push(("HOSTNAME".into(), sb.hostname.clone()));
+    // The pod's hostname, unless the image or the container sets HOSTNAME (containerd's
+    // order): never two entries, whose winner would depend on the reader.
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push(("HOSTNAME".into(), sb.hostname.clone()));
+    }
     let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()
@@ -445,9 +460,22 @@ pub fn oci_spec(
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sc.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sc.privileged { "rw" } else { "ro" }]}),
     ];
-    let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    let user_paths: std::collections::HashSet<String> = c
+        .mounts
+        .iter()
+        .map(|m| clean_path(&m.container_path))
+        .collect();
+    // A default mount the container mounts something at goes, and with its own /dev every
+    // default under /dev (as containerd).
+    let own_dev = user_paths.contains("/dev");
+    mounts.retain(|m| {
+        let d = m["destination"].as_str().unwrap_or("");
+        let replaced = user_paths.contains(d) || (own_dev && d.starts_with("/dev/"));
+        !replaced
+    });
+    let defaults = mounts.len();
     // The pod's /dev/shm (or the host's), unless the container mounts one of its own.
-    if !user_paths.contains(&"/dev/shm") {
+    if !user_paths.contains("/dev/shm") {
         mounts.push(match sandbox::shm_source(sb) {
             Some(src) => json!({"destination": "/dev/shm", "type": "bind", "source": src,
                 "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev"]}),
@@ -457,7 +485,7 @@ pub fn oci_spec(
     }
     for f in ["hostname", "hosts", "resolv.conf"] {
         let dest = format!("/etc/{f}");
-        if !user_paths.contains(&dest.as_str()) {
+        if !user_paths.contains(&dest) {
             mounts.push(json!({"destination": dest, "type": "bind",
                 "source": sb.ns_dir.join(f), "options": ["rbind", "rprivate",
                 if sc.readonly_rootfs { "ro" } else { "rw" }]}));
@@ -515,6 +543,14 @@ pub fn oci_spec(
         }
         mounts.push(mount);
     }
+    // The pod's files and the container's mounts, parents before what is under them (a
+    // stable sort by depth, as containerd orders them): the kubelet passes volume mounts in
+    // the pod spec's order, where `/data/cfg` may come before `/data`, which would hide it.
+    mounts[defaults..].sort_by_key(|m| {
+        m["destination"]
+            .as_str()
+            .map_or(0, |d| d.split('/').filter(|c| !c.is_empty()).count())
+    });
 
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
     let pid_mode = sc
@@ -1512,6 +1548,30 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_drops_win_as_containerd_orders_them() {
+        let caps = |add: &[&str], drop: &[&str]| {
+            let sc = api::LinuxContainerSecurityContext {
+                capabilities: Some(api::Capability {
+                    add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                    drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            capabilities(&sc, None)
+        };
+        let all = all_caps();
+        let got = caps(&["ALL"], &["NET_RAW"]);
+        assert_eq!(got.len(), all.len() - 1);
+        assert!(!got.contains(&"CAP_NET_RAW".to_string()));
+        assert!(!caps(&["SYS_ADMIN"], &["SYS_ADMIN"]).contains(&"CAP_SYS_ADMIN".to_string()));
+        assert!(caps(&["ALL"], &["ALL"]).is_empty());
+        assert_eq!(caps(&["chown"], &["ALL"]), vec!["CAP_CHOWN".to_string()]);
+        assert_eq!(clean_path("/a//b/./"), "/a/b");
+        assert_eq!(clean_path("/"), "/");
+    }
 
     #[test]
     fn cpu_quota_minus_one_is_no_quota_and_zero_is_unset() {
