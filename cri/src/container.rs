@@ -245,6 +245,11 @@ pub fn capabilities(
     set
 }
 
+/// This node mounts the one cgroup v2 hierarchy (no v1 controller).
+static CGROUP_V2: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    rsrun::cgroups::hierarchies().is_ok_and(|hs| !hs.is_empty() && rsrun::cgroups::is_unified(&hs))
+});
+
 /// `p` without empty or `.` components and trailing slashes: `/a//b/./` is `/a/b`.
 fn clean_path(p: &str) -> String {
     let parts: Vec<&str> = p
@@ -552,7 +557,13 @@ pub fn oci_spec(
             .map_or(0, |d| d.split('/').filter(|c| !c.is_empty()).count())
     });
 
-    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
+    let mut namespaces = vec![json!({"type": "mount"})];
+    // A cgroup namespace of its own on cgroup v2 unless privileged, none on v1 (containerd's
+    // and CRI-O's rule): a privileged container sees the node's hierarchy, as agents that
+    // manage host cgroups need.
+    if !sc.privileged && *CGROUP_V2 {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
     let pid_mode = sc
         .namespace_options
         .as_ref()

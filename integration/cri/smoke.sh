@@ -558,11 +558,12 @@ c update --memory 134217728 "$up" >/dev/null || fail "update of an exited contai
 ok "UpdateContainerResources: the running container's cgroup and runtimeSpec; an exited one's succeeds"
 # As containerd builds the spec: mounts parents first whatever order the kubelet passes them
 # in (/m/sub listed before /m stays visible), capability drops win over adds (ALL but
-# NET_RAW), and a HOSTNAME the container sets is its only one.
+# NET_RAW), a HOSTNAME the container sets is its only one, and on cgroup v1 (this host) no
+# cgroup namespace of its own (the VM's stage 42 checks v2's rule).
 mkdir -p "$R/mnt-a" "$R/mnt-b"; echo in-a > "$R/mnt-a/a"; echo in-b > "$R/mnt-b/b"
 cat > "$R/spec.json" <<JSON
 {"metadata": {"name": "spec"}, "image": {"image": "busybox"},
- "command": ["sh", "-c", "cat /m/sub/a /m/b; grep CapEff /proc/self/status; env | grep -c ^HOSTNAME=; echo \$HOSTNAME"],
+ "command": ["sh", "-c", "cat /m/sub/a /m/b; grep CapEff /proc/self/status; env | grep -c ^HOSTNAME=; echo \$HOSTNAME; readlink /proc/self/ns/cgroup"],
  "envs": [{"key": "HOSTNAME", "value": "mine"}],
  "mounts": [{"container_path": "/m/sub", "host_path": "$R/mnt-a"}, {"container_path": "/m/", "host_path": "$R/mnt-b"}],
  "linux": {"security_context": {"capabilities": {"add_capabilities": ["ALL"], "drop_capabilities": ["NET_RAW"]}}}}
@@ -574,13 +575,13 @@ import sys
 l = sys.stdin.read().split("\n")
 try:
     eff = int(l[2].split()[1], 16)
-    ok = l[0] == "in-a" and l[1] == "in-b" and not eff >> 13 & 1 and eff >> 21 & 1 and l[3:5] == ["1", "mine"]
+    ok = l[0] == "in-a" and l[1] == "in-b" and not eff >> 13 & 1 and eff >> 21 & 1 and l[3:6] == ["1", "mine", "'"$(readlink /proc/self/ns/cgroup)"'"]
 except (IndexError, ValueError):
     ok = False
 print("ok" if ok else repr(l))')
 [ "$got" = ok ] || fail "the container's spec (nested mounts, capabilities, HOSTNAME): $got"
 c rm "$sp" >/dev/null || fail "rm (spec): $(cat "$R/crictl.err")"
-ok "spec as containerd builds it: nested mounts parents first, capability drops win, one HOSTNAME"
+ok "spec as containerd builds it: nested mounts parents first, capability drops win, one HOSTNAME, the node's cgroup namespace on cgroup v1"
 # Pod stats from the pod's own cgroup (its cgroup_parent, one per pod as the kubelet makes
 # them): its CPU counter keeps what a container that exited used (a sum of the live
 # containers' went backwards), and its memory limit (set here as the kubelet sets it) gives

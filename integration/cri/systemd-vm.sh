@@ -75,6 +75,22 @@ c update --memory 134217728 "$C" >/dev/null || fail "update: $(cat "$R/crictl.er
 systemctl daemon-reload
 [ "$(cat "$dir/memory.max")" = 134217728 ] || fail "after daemon-reload: memory.max $(cat "$dir/memory.max")"
 ok "the container is the scope $u: MemoryMax in systemd and memory.max, UpdateContainerResources, daemon-reload"
+# cgroup v2: a container has a cgroup namespace of its own (its /proc/self/cgroup is 0::/), a
+# privileged one the node's (it sees and manages the whole hierarchy), as containerd does.
+cpid=$("$RSRUN" --root "$R/state/runtime" state "$C" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+[ "$(readlink /proc/"$cpid"/ns/cgroup)" != "$(readlink /proc/self/ns/cgroup)" ] || fail "the container shares the node's cgroup namespace"
+sed 's/"network": 2}/"network": 2}, "privileged": true/' "$R/pod.json" > "$R/podp.json"
+sed 's/"uid": "sd1"/"uid": "sdp"/; s/"name": "sd"/"name": "sdp"/' -i "$R/podp.json"
+cat > "$R/ctrp.json" <<'JSON'
+{"metadata": {"name": "p"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"],
+ "linux": {"security_context": {"privileged": true}}}
+JSON
+PP=$(c runp "$R/podp.json") || fail "runp (privileged): $(cat "$R/crictl.err")"
+CP=$(c create "$PP" "$R/ctrp.json" "$R/podp.json") && c start "$CP" >/dev/null || fail "privileged container: $(cat "$R/crictl.err")"
+ppid2=$("$RSRUN" --root "$R/state/runtime" state "$CP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+[ "$(readlink /proc/"$ppid2"/ns/cgroup)" = "$(readlink /proc/self/ns/cgroup)" ] || fail "a privileged container has a cgroup namespace of its own"
+c rm -f "$CP" >/dev/null && c stopp "$PP" >/dev/null && c rmp "$PP" >/dev/null || fail "rm the privileged pod: $(cat "$R/crictl.err")"
+ok "cgroup v2: a container's own cgroup namespace, a privileged one's the node's"
 
 c stop "$C" >/dev/null || fail "stop: $(cat "$R/crictl.err")"
 c rm "$C" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
