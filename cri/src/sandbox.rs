@@ -351,17 +351,21 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
             ))
         })?;
         let k = k.as_str();
-        // What the runtime will take (rsrun's list, as runc's); the pod always has a UTS
-        // namespace of its own (also on the host's network).
+        // What the runtime will take (rsrun's list, as runc's); a pod on the host's network
+        // is in the host's UTS namespace too.
         use oci_spec::runtime::LinuxNamespaceType as Ns;
         let kind = rsrun::config::sysctl_namespace(k);
-        let (ipc, net) = (kind == Some(Ns::Ipc), kind == Some(Ns::Network));
+        let (ipc, net, uts) = (
+            kind == Some(Ns::Ipc),
+            kind == Some(Ns::Network),
+            kind == Some(Ns::Uts),
+        );
         if kind.is_none() {
             return Err(Status::invalid_argument(format!(
                 "RunPodSandbox: sysctl {name:?} is not namespaced: it would change the node"
             )));
         }
-        if (net && ns.network == api::NamespaceMode::Node as i32)
+        if ((net || uts) && ns.network == api::NamespaceMode::Node as i32)
             || (ipc && ns.ipc == api::NamespaceMode::Node as i32)
         {
             return Err(Status::invalid_argument(format!(
@@ -470,11 +474,13 @@ pub fn shm_source(r: &SandboxRecord) -> Option<PathBuf> {
 /// The pod's namespaces, made by a thread of this server (pods without a user namespace;
 /// the pause container makes a user namespace pod's, owned by that user namespace).
 fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
-    let mut flags = nix::sched::CloneFlags::CLONE_NEWUTS;
-    let mut pinned = vec!["uts"];
+    let mut flags = nix::sched::CloneFlags::empty();
+    let mut pinned = vec![];
+    // A pod on the node's network is in the node's UTS namespace too (containerd's and
+    // CRI-O's rule: its hostname is the node's, and follows it).
     if !s.host_network {
-        flags |= nix::sched::CloneFlags::CLONE_NEWNET;
-        pinned.push("net");
+        flags |= nix::sched::CloneFlags::CLONE_NEWUTS | nix::sched::CloneFlags::CLONE_NEWNET;
+        pinned.extend(["uts", "net"]);
     }
     if !s.host_ipc {
         flags |= nix::sched::CloneFlags::CLONE_NEWIPC;
@@ -490,7 +496,10 @@ fn make_namespaces(dir: &Path, s: &Spec) -> std::io::Result<()> {
     // runs in them on this side.
     std::thread::spawn(move || -> std::io::Result<()> {
         nix::sched::unshare(flags)?;
-        nix::unistd::sethostname(&hostname)?;
+        // (Never without a UTS namespace of its own: that would rename the node.)
+        if flags.contains(nix::sched::CloneFlags::CLONE_NEWUTS) {
+            nix::unistd::sethostname(&hostname)?;
+        }
         if flags.contains(nix::sched::CloneFlags::CLONE_NEWNET) {
             rsrun::sys::set_link_up("lo")?;
         }
@@ -534,12 +543,12 @@ pub fn apply_sysctls(r: &SandboxRecord) -> std::io::Result<()> {
         return Ok(());
     }
     let dir = r.ns_dir.clone();
-    let (net, ipc) = (!r.host_network, !r.host_ipc && !userns);
+    let (net, ipc, uts) = (!r.host_network, !r.host_ipc && !userns, own_uts(r));
     std::thread::spawn(move || -> std::io::Result<()> {
         for (n, flag, want) in [
             ("net", nix::sched::CloneFlags::CLONE_NEWNET, net),
             ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC, ipc),
-            ("uts", nix::sched::CloneFlags::CLONE_NEWUTS, true),
+            ("uts", nix::sched::CloneFlags::CLONE_NEWUTS, uts),
         ] {
             if want {
                 let f = std::fs::File::open(dir.join(n))?;
@@ -619,10 +628,20 @@ pub fn unmake(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The namespaces a ready pod keeps pinned under its `ns_dir`: UTS always, network and IPC
-/// unless it takes the host's, its user namespace, its PID namespace when shared.
+/// Whether the pod has a UTS namespace of its own: not on the node's network (there it has
+/// the node's), but with a user namespace (its pause makes one).
+pub fn own_uts(r: &SandboxRecord) -> bool {
+    !r.host_network || r.userns.is_some()
+}
+
+/// The namespaces a ready pod keeps pinned under its `ns_dir`: UTS unless it has the node's,
+/// network and IPC unless it takes the host's, its user namespace, its PID namespace when
+/// shared.
 fn pinned_names(r: &SandboxRecord) -> Vec<&'static str> {
-    let mut names = vec!["uts"];
+    let mut names = Vec::new();
+    if own_uts(r) {
+        names.push("uts");
+    }
     if !r.host_network {
         names.push("net");
     }

@@ -581,6 +581,19 @@ except (IndexError, ValueError):
 print("ok" if ok else repr(l))')
 [ "$got" = ok ] || fail "the container's spec (nested mounts, capabilities, HOSTNAME): $got"
 c rm "$sp" >/dev/null || fail "rm (spec): $(cat "$R/crictl.err")"
+# A pod on the node's network is in the node's UTS namespace too (containerd's and CRI-O's
+# rule), and a UTS sysctl there would change the node: refused.
+echo '{"metadata": {"name": "hostnet", "namespace": "default", "uid": "hostnet-uid"}, "log_directory": "'"$R"'/logs", "linux": {"security_context": {"namespace_options": {"network": 2}}}}' > "$R/hostnet.json"
+hn=$(c runp "$R/hostnet.json") || fail "runp (host network): $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "uts"}, "image": {"image": "busybox"}, "command": ["readlink", "/proc/self/ns/uts"]}' > "$R/uts.json"
+un=$(c create "$hn" "$R/uts.json" "$R/hostnet.json") && c start "$un" >/dev/null || fail "create/start (host network): $(cat "$R/crictl.err")"
+for _ in $(seq 100); do [ "$(c inspect -o go-template --template '{{.status.state}}' "$un")" = CONTAINER_EXITED ] && break; sleep 0.1; done
+[ "$(c logs "$un" 2>&1)" = "$(readlink /proc/self/ns/uts)" ] || fail "a host-network pod's UTS namespace is $(c logs "$un" 2>&1), not the node's $(readlink /proc/self/ns/uts)"
+c rm "$un" >/dev/null && c stopp "$hn" >/dev/null && c rmp "$hn" >/dev/null || fail "rm the host-network pod: $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "hostnet2", "namespace": "default", "uid": "hostnet2-uid"}, "linux": {"sysctls": {"kernel.domainname": "x"}, "security_context": {"namespace_options": {"network": 2}}}}' > "$R/hostnet2.json"
+if c runp "$R/hostnet2.json" >/dev/null; then fail "a UTS sysctl in a host-network pod was accepted"; fi
+grep -q "InvalidArgument.*kernel.domainname" "$R/crictl.err" || fail "UTS sysctl with the host's network: $(cat "$R/crictl.err")"
+ok "a host-network pod is in the node's UTS namespace; a UTS sysctl there is refused"
 ok "spec as containerd builds it: nested mounts parents first, capability drops win, one HOSTNAME, the node's cgroup namespace on cgroup v1"
 # Pod stats from the pod's own cgroup (its cgroup_parent, one per pod as the kubelet makes
 # them): its CPU counter keeps what a container that exited used (a sum of the live
