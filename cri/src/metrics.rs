@@ -936,30 +936,34 @@ fn add(acc: &mut Option<u64>, v: Option<&api::UInt64Value>) {
 /// parent that other pods share is not the pod's and gives None): they count every process
 /// the pod had, those of containers that exited (whose cgroups are gone) included, and carry
 /// the pod's memory limit.
-pub(crate) fn pod_cgroup_stats(parent: &str, systemd: bool) -> Option<Value> {
-    let hs = rsrun::cgroups::hierarchies().ok()?;
+pub(crate) fn pod_cgroup_stats(
+    parent: &str,
+    systemd: bool,
+    hs: &[rsrun::cgroups::Hierarchy],
+) -> Option<Value> {
     let paths = if systemd {
         let slice = parent.trim_end_matches('/').rsplit('/').next()?;
         let mount = &hs.iter().find(|h| h.v2)?.mountpoint;
         vec![mount.join(rsrun::cgroups::systemd::slice_path(slice).ok()?)]
     } else {
         // (Refuses a parent that holds the server itself, or a hierarchy's root.)
-        rsrun::cgroups::paths_for(Some(Path::new(parent)), "", &hs).ok()?
+        rsrun::cgroups::paths_for(Some(Path::new(parent)), "", hs).ok()?
     };
     let paths: Vec<PathBuf> = paths.into_iter().filter(|p| p.is_dir()).collect();
-    let m = rsrun::cgroups::Manager::with_hierarchies(&paths, &hs).ok()?;
+    let m = rsrun::cgroups::Manager::with_hierarchies(&paths, hs).ok()?;
     Some(m.stats())
 }
 
 /// A pod's stats: its containers' (container::stats); the pod's CPU and memory from its own
-/// cgroup (`own_cgroup`: its cgroup_parent when no other pod shares it), else as the sum of
+/// cgroup's stats (`own`: of its cgroup_parent when no other pod shares it), else as the sum of
 /// its containers' and its pause's cgroups; its processes; its network namespace's
 /// interfaces. Returns the CPU samples taken (for nano-cores next time).
 fn pod_stats(
     rt: &rsrun::Runtime,
     root: &Path,
     images: &rsrun_image::ImageStore,
-    (sb, own_cgroup, systemd): (&SandboxRecord, Option<&str>, bool),
+    sb: &SandboxRecord,
+    own: Option<&Value>,
     ctrs: &[(ContainerRecord, Option<(i64, u64)>)],
     last_pod: Option<(i64, u64)>,
 ) -> (api::PodSandboxStats, Vec<(String, Sample)>) {
@@ -1007,10 +1011,7 @@ fn pod_stats(
     // backwards when one exits (the kubelet's pod CPU counter, as containerd reads the pod's
     // cgroup), and has no limit to tell what is available.
     let mut available = None;
-    let own = own_cgroup
-        .and_then(|p| pod_cgroup_stats(p, systemd))
-        .map(|v| container::CgroupUsage::of(&v))
-        .unwrap_or_default();
+    let own = own.map(container::CgroupUsage::of).unwrap_or_default();
     if own.cpu_total.is_some() {
         cpu = own.cpu_total;
     }
@@ -1257,11 +1258,14 @@ impl Runtime {
         let root = self.runtime_root.clone();
         let images = self.images.clone();
         let out = blocking(move || {
+            // The node's cgroup mounts, read once for all the pods.
+            let hs = rsrun::cgroups::hierarchies().unwrap_or_default();
             work.iter()
                 .map(|(sb, last, mine)| {
                     let own = Some(sb.cgroup_parent.as_str())
-                        .filter(|p| !p.is_empty() && !shared.contains(*p));
-                    pod_stats(&rt, &root, &images, (sb, own, systemd), mine, *last)
+                        .filter(|p| !p.is_empty() && !shared.contains(*p))
+                        .and_then(|p| pod_cgroup_stats(p, systemd, &hs));
+                    pod_stats(&rt, &root, &images, sb, own.as_ref(), mine, *last)
                 })
                 .collect::<Vec<_>>()
         })

@@ -348,69 +348,42 @@ mod tests {
                 desc("amd64", ""),
             ],
         };
-        assert_eq!(
-            select(&idx, &Platform::parse("linux/amd64").unwrap(), "x")
-                .unwrap()
-                .digest,
-            idx.manifests[3].digest
-        );
-        assert_eq!(
-            select(&idx, &Platform::parse("linux/arm/v7").unwrap(), "x")
-                .unwrap()
-                .digest,
-            idx.manifests[1].digest
-        );
-        assert_eq!(
-            select(&idx, &Platform::parse("linux/arm64/v8").unwrap(), "x")
-                .unwrap()
-                .digest,
-            idx.manifests[2].digest
-        );
+        // The digest `select` picks for `want` from `manifests`, None when none runs.
+        let pick = |manifests: Vec<Descriptor>, want: &str| {
+            let i = Index {
+                manifests,
+                ..idx.clone()
+            };
+            select(&i, &Platform::parse(want).unwrap(), "x")
+                .ok()
+                .map(|d| d.digest.clone())
+        };
+        let m = &idx.manifests;
+        assert_eq!(pick(m.clone(), "linux/amd64"), Some(m[3].digest.clone()));
+        assert_eq!(pick(m.clone(), "linux/arm/v7"), Some(m[1].digest.clone()));
+        assert_eq!(pick(m.clone(), "linux/arm64/v8"), Some(m[2].digest.clone()));
         // Compatible platforms when the host's own is missing, the closest first: arm64 runs
         // arm v7 before v6; amd64 runs 386; an arm v7 host runs v6.
-        let arm_only = Index {
-            manifests: idx.manifests[..2].to_vec(),
-            ..idx.clone()
-        };
         assert_eq!(
-            select(&arm_only, &Platform::parse("linux/arm64").unwrap(), "x")
-                .unwrap()
-                .digest,
-            idx.manifests[1].digest
+            pick(m[..2].to_vec(), "linux/arm64"),
+            Some(m[1].digest.clone())
         );
-        let v6_only = Index {
-            manifests: idx.manifests[..1].to_vec(),
-            ..idx.clone()
-        };
         assert_eq!(
-            select(&v6_only, &Platform::parse("linux/arm/v7").unwrap(), "x")
-                .unwrap()
-                .digest,
-            idx.manifests[0].digest
+            pick(m[..1].to_vec(), "linux/arm/v7"),
+            Some(m[0].digest.clone())
         );
-        assert!(select(&v6_only, &Platform::parse("linux/arm/v5").unwrap(), "x").is_err());
-        let x86 = Index {
-            manifests: vec![desc("386", ""), desc("amd64", "v3")],
-            ..idx.clone()
-        };
+        assert_eq!(pick(m[..1].to_vec(), "linux/arm/v5"), None);
         // An amd64/v3 image needs a CPU level a plain amd64 host may not have: 386 instead.
+        let x86 = vec![desc("386", ""), desc("amd64", "v3")];
         assert_eq!(
-            select(&x86, &Platform::parse("linux/amd64").unwrap(), "x")
-                .unwrap()
-                .digest,
-            x86.manifests[0].digest
+            pick(x86.clone(), "linux/amd64"),
+            Some(x86[0].digest.clone())
         );
         assert_eq!(
-            select(&x86, &Platform::parse("linux/amd64/v3").unwrap(), "x")
-                .unwrap()
-                .digest,
-            x86.manifests[1].digest
+            pick(x86.clone(), "linux/amd64/v3"),
+            Some(x86[1].digest.clone())
         );
-        let v3_only = Index {
-            manifests: vec![desc("amd64", "v3")],
-            ..idx.clone()
-        };
-        assert!(select(&v3_only, &Platform::parse("linux/amd64").unwrap(), "x").is_err());
+        assert_eq!(pick(x86[1..].to_vec(), "linux/amd64"), None);
         // amd64 "" and v1 are the same; arm64 "" and v8.
         assert_eq!(
             Platform::parse("linux/amd64/v1")
