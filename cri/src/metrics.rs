@@ -336,11 +336,6 @@ fn parse_cpu_max(text: &str) -> Option<(Option<u64>, u64)> {
     Some((quota, period))
 }
 
-/// cgroup v2 cpu.weight as v1 shares (the inverse of the OCI runtimes' shares→weight).
-fn weight_to_shares(weight: u64) -> u64 {
-    2 + (weight.saturating_sub(1) * 262_142) / 9_999
-}
-
 /// The mount source of the filesystem with device `maj:min` (/proc/self/mountinfo).
 fn mount_source(mountinfo: &str, maj: u64, min: u64) -> Option<String> {
     let want = format!("{maj}:{min}");
@@ -729,7 +724,7 @@ fn spec(o: &mut Out, cg: &Cgroup) {
             }
             o.put_opt(
                 "container_spec_cpu_shares",
-                read_u64(&d.join("cpu.weight")).map(weight_to_shares),
+                read_u64(&d.join("cpu.weight")).map(rsrun::cgroups::weight_to_shares),
             );
         } else {
             o.put_opt(
@@ -1383,10 +1378,6 @@ Max nice priority         0                    0
             Some((Some(20_000), 100_000))
         );
         assert_eq!(parse_cpu_max("junk"), None);
-        // runc maps 1024 shares to weight 39, 2 to 1, 262144 to 10000.
-        assert_eq!(weight_to_shares(1), 2);
-        assert_eq!(weight_to_shares(39), 998);
-        assert_eq!(weight_to_shares(10_000), 262_144);
         assert_eq!(mem_limit(Some(9_223_372_036_854_771_712)), 0);
         assert_eq!(mem_limit(None), 0);
         assert_eq!(mem_limit(Some(64 << 20)), 64 << 20);

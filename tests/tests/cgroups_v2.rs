@@ -139,7 +139,8 @@ fn v2_cpu_max_throttles() {
     });
     let id = detached(&rt, &b);
     assert_eq!(read(&id, "cpu.max"), "20000 100000");
-    assert_eq!(read(&id, "cpu.weight"), "39");
+    // 1024 shares: the default weight (runc's and the kubelet's conversion).
+    assert_eq!(read(&id, "cpu.weight"), "100");
     assert_eq!(read(&id, "cpuset.cpus"), "0");
     let usage = || keyed(&id, "cpu.stat", "usage_usec");
     let (u0, t0) = (usage(), Instant::now());
@@ -382,7 +383,7 @@ fn v2_update_live_and_rollback() {
     ]);
     assert_eq!(read(&id, "memory.max"), (64 * MIB).to_string());
     assert_eq!(read(&id, "memory.swap.max"), (32 * MIB).to_string());
-    assert_eq!(read(&id, "cpu.weight"), "79");
+    assert_eq!(read(&id, "cpu.weight"), "174");
     assert_eq!(read(&id, "cpu.max"), "50000 100000");
     assert_eq!(read(&id, "pids.max"), "20");
     assert_eq!(read(&id, &io_weight_file(&id)), io_weight_of(&id, 500));

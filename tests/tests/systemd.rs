@@ -135,11 +135,11 @@ fn systemd_scope_carries_limits_survives_reload_and_goes_on_delete() {
         assert_eq!(show(&unit, "MemoryMax"), (64 * MIB).to_string(), "{when}");
         assert_eq!(show(&unit, "TasksMax"), "32", "{when}");
         assert_eq!(show(&unit, "CPUQuotaPerSecUSec"), "500ms", "{when}");
-        assert_eq!(show(&unit, "CPUWeight"), "20", "{when}");
+        assert_eq!(show(&unit, "CPUWeight"), "59", "{when}");
         assert_eq!(read(&dir, "memory.max"), (64 * MIB).to_string(), "{when}");
         assert_eq!(read(&dir, "pids.max"), "32", "{when}");
         assert_eq!(read(&dir, "cpu.max"), "50000 100000", "{when}");
-        assert_eq!(read(&dir, "cpu.weight"), "20", "{when}");
+        assert_eq!(read(&dir, "cpu.weight"), "59", "{when}");
         assert_eq!(read(&dir, "memory.swap.high"), "1048576", "{when}");
     };
     check("after create");

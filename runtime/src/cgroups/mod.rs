@@ -925,12 +925,46 @@ pub(crate) fn check_page_size(size: &str, field: &str) -> Result<()> {
     }
 }
 
-/// runc's conversion of cpu.shares (2..262144) to cpu.weight (1..10000).
+/// The conversion of cpu.shares (2..262144) to cpu.weight (1..10000) that runc (1.3.2 on), crun
+/// (1.23 on) and the kubelet (opencontainers/cgroups, for the pod cgroups it makes) use: a
+/// quadratic in log2(shares) through the minimum, the maximum and the defaults (1024 → 100).
+/// The older linear one gave 1024 shares weight 39, so a container asking for one CPU weighed
+/// less than its own pod's cgroup, which the kubelet sets to 100 for the same shares.
 pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 0;
+    match shares {
+        0 => 0,
+        1..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            10f64.powf(exponent).ceil() as u64
+        }
     }
-    1 + (shares.saturating_sub(2) * 9999) / 262142
+}
+
+/// The inverse of [`shares_to_weight`]: the fewest shares that convert to `weight` (cgroup v2
+/// readers that report shares, as cAdvisor's `container_spec_cpu_shares`).
+pub fn weight_to_shares(weight: u64) -> u64 {
+    match weight {
+        0 => 0,
+        1 => 2,
+        10_001.. => 262_144,
+        w => {
+            // Solve the quadratic for log2(shares), then step to the exact boundary: the
+            // float root can be off by one either way.
+            let c = 612.0 * ((w as f64).log10() + 7.0 / 34.0);
+            let l = (-125.0 + (125.0f64 * 125.0 + 4.0 * c).sqrt()) / 2.0;
+            let mut s = (2f64.powf(l).round() as u64).clamp(3, 262_143);
+            while s > 3 && shares_to_weight(s - 1) >= w {
+                s -= 1;
+            }
+            while s < 262_143 && shares_to_weight(s) < w {
+                s += 1;
+            }
+            s
+        }
+    }
 }
 
 /// runc's conversion of a blkio weight (10..1000) to io.weight (1..10000).

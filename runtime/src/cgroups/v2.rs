@@ -482,9 +482,32 @@ mod tests {
         assert_eq!(swap_max(300, 100).unwrap(), "200");
         assert!(swap_max(50, 100).is_err());
         assert!(swap_max(50, -1).is_err());
-        assert_eq!(super::super::shares_to_weight(1024), 39);
-        assert_eq!(super::super::shares_to_weight(2), 1);
-        assert_eq!(super::super::shares_to_weight(262144), 10000);
+        use super::super::{shares_to_weight, weight_to_shares};
+        // The values runc's and the kubelet's conversion gives (opencontainers/cgroups).
+        for (shares, weight) in [
+            (0, 0),
+            (1, 1),
+            (2, 1),
+            (3, 2),
+            (102, 17),
+            (512, 59),
+            (1024, 100),
+            (2048, 174),
+            (10240, 639),
+            (262143, 10000),
+            (262144, 10000),
+            (262145, 10000),
+        ] {
+            assert_eq!(shares_to_weight(shares), weight, "{shares} shares");
+        }
+        for w in 1..=10_000 {
+            let s = weight_to_shares(w);
+            assert_eq!(shares_to_weight(s), w, "weight {w} → {s} shares");
+            assert!(
+                s <= 2 || shares_to_weight(s - 1) < w,
+                "weight {w}: not the fewest"
+            );
+        }
         assert_eq!(super::super::blkio_weight_to_io(10), 1);
         assert_eq!(super::super::blkio_weight_to_io(1000), 10000);
         assert!(check_unified_key("../memory.max", "f").is_err());
