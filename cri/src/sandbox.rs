@@ -582,10 +582,12 @@ fn write_files(dir: &Path, s: &Spec) -> std::io::Result<()> {
     Ok(())
 }
 
-/// resolv.conf from the pod's DNSConfig, or the host's.
+/// resolv.conf from the pod's DNSConfig, or the host's when the pod has none. An empty
+/// DNSConfig is an empty file, as containerd writes it: the kubelet sends one for
+/// `--resolv-conf=""`, whose meaning is no DNS from the host.
 fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
     match dns {
-        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+        Some(d) => {
             let mut s = String::new();
             if !d.searches.is_empty() {
                 s.push_str(&format!("search {}\n", d.searches.join(" ")));
@@ -598,7 +600,7 @@ fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
             }
             s
         }
-        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     }
 }
 
@@ -798,7 +800,22 @@ pub fn matches(r: &SandboxRecord, f: &api::PodSandboxFilter) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::cgroups_path;
+    use super::{api, cgroups_path, resolv_conf};
+
+    #[test]
+    fn resolv_conf_from_the_dns_config() {
+        let d = api::DnsConfig {
+            servers: vec!["10.96.0.10".into(), "fd00::a".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d)),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\n"
+        );
+        // Empty: an empty file (the kubelet's --resolv-conf=""), not the host's.
+        assert_eq!(resolv_conf(Some(&api::DnsConfig::default())), "");
+    }
 
     #[test]
     fn cgroups_paths_by_driver() {

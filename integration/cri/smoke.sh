@@ -594,6 +594,16 @@ echo '{"metadata": {"name": "hostnet2", "namespace": "default", "uid": "hostnet2
 if c runp "$R/hostnet2.json" >/dev/null; then fail "a UTS sysctl in a host-network pod was accepted"; fi
 grep -q "InvalidArgument.*kernel.domainname" "$R/crictl.err" || fail "UTS sysctl with the host's network: $(cat "$R/crictl.err")"
 ok "a host-network pod is in the node's UTS namespace; a UTS sysctl there is refused"
+# An empty DNSConfig (the kubelet's for --resolv-conf="") is an empty resolv.conf, as
+# containerd writes it: not the node's DNS settings.
+echo '{"metadata": {"name": "nodns", "namespace": "default", "uid": "nodns-uid"}, "log_directory": "'"$R"'/logs", "dns_config": {}}' > "$R/nodns.json"
+nd=$(c runp "$R/nodns.json") || fail "runp (empty DNS config): $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "dns"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "echo $(wc -c < /etc/resolv.conf) bytes"]}' > "$R/dns.json"
+dn=$(c create "$nd" "$R/dns.json" "$R/nodns.json") && c start "$dn" >/dev/null || fail "create/start (empty DNS config): $(cat "$R/crictl.err")"
+for _ in $(seq 100); do [ "$(c inspect -o go-template --template '{{.status.state}}' "$dn")" = CONTAINER_EXITED ] && break; sleep 0.1; done
+[ "$(c logs "$dn" 2>&1)" = "0 bytes" ] || fail "a pod with an empty DNS config has a resolv.conf of $(c logs "$dn" 2>&1), not an empty one"
+c rm "$dn" >/dev/null && c stopp "$nd" >/dev/null && c rmp "$nd" >/dev/null || fail "rm the empty-DNS pod: $(cat "$R/crictl.err")"
+ok "an empty DNS config gives an empty resolv.conf, not the node's"
 ok "spec as containerd builds it: nested mounts parents first, capability drops win, one HOSTNAME, the node's cgroup namespace on cgroup v1"
 # Pod stats from the pod's own cgroup (its cgroup_parent, one per pod as the kubelet makes
 # them): its CPU counter keeps what a container that exited used (a sum of the live
