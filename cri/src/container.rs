@@ -441,6 +441,11 @@ pub fn oci_spec(
     if !env.iter().any(|(k, _)| k == "HOSTNAME") {
         env.push(("HOSTNAME".into(), sb.hostname.clone()));
     }
+    // A terminal's type, unless the image or the container names one (containerd's
+    // WithTTY): without it top, clear, less and vim refuse to run in `kubectl run -it`.
+    if c.tty && !env.iter().any(|(k, _)| k == "TERM") {
+        env.push(("TERM".into(), "xterm".into()));
+    }
     let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()

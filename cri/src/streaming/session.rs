@@ -155,6 +155,8 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         "op": "exec",
         "args": req.cmd,
         "tty": req.tty,
+        // As containerd: a process on a terminal has TERM=xterm (`kubectl exec -it … sh`).
+        "env": if req.tty { vec!["TERM=xterm"] } else { vec![] },
         "console_socket": console.as_ref().map(|(_, p)| p.to_string_lossy().into_owned()),
     });
     // The process's ends go to the shim with the request (and are closed here after it).
