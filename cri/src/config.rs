@@ -43,6 +43,8 @@ pub struct File {
     pub log_max_line: Option<u64>,
     pub default_capabilities: Option<Vec<String>>,
     pub stream_address: Option<String>,
+    pub enable_unprivileged_ports: Option<bool>,
+    pub enable_unprivileged_icmp: Option<bool>,
     /// Read and ignored: it named the `rsrun` binary that exec sessions ran before exec went
     /// through rsrun-shim. Kept so that a file that still sets it does not stop the server.
     #[serde(default, rename = "runtime")]
@@ -66,6 +68,10 @@ impl File {
             log_max_line: self.log_max_line.or(o.log_max_line),
             default_capabilities: self.default_capabilities.or(o.default_capabilities),
             stream_address: self.stream_address.or(o.stream_address),
+            enable_unprivileged_ports: self
+                .enable_unprivileged_ports
+                .or(o.enable_unprivileged_ports),
+            enable_unprivileged_icmp: self.enable_unprivileged_icmp.or(o.enable_unprivileged_icmp),
             obsolete_runtime: None,
         }
     }
@@ -90,6 +96,8 @@ pub struct Opts {
     pub default_capabilities: Option<Vec<String>>,
     /// The streaming server's address (exec, attach URLs).
     pub stream_address: String,
+    /// The sysctls a pod with a network of its own gets unless it sets them.
+    pub pod_net_defaults: crate::sandbox::NetDefaults,
 }
 
 /// Flags, then the file they name (or the default one), then the defaults. None: --help.
@@ -225,6 +233,10 @@ fn resolve(f: File) -> Result<Opts> {
             a.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("stream_address {a:?}: an IP address and port"))?;
             a
+        },
+        pod_net_defaults: crate::sandbox::NetDefaults {
+            unprivileged_ports: f.enable_unprivileged_ports.unwrap_or(true),
+            unprivileged_icmp: f.enable_unprivileged_icmp.unwrap_or(true),
         },
     })
 }

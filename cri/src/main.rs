@@ -141,6 +141,7 @@ async fn serve(o: Opts) -> Result<()> {
         rro: rsrun::sys::mount_setattr_supported(),
         log_max_line: o.log_max_line,
         default_caps: o.default_capabilities.clone(),
+        pod_net_defaults: o.pod_net_defaults,
         cni: network::Cni {
             conf_dir: o.cni_conf_dir.clone(),
             bin_dirs: o.cni_bin_dirs.clone(),

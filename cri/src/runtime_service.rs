@@ -54,6 +54,8 @@ pub struct Runtime {
     pub log_max_line: Option<u64>,
     /// The capabilities of containers that ask for no change (the CRI default set if None).
     pub default_caps: Option<Vec<String>>,
+    /// The sysctls a pod with a network of its own gets unless it sets them.
+    pub pod_net_defaults: crate::sandbox::NetDefaults,
     /// The kernel has mount_setattr(2): recursive read-only mounts (`rro`) work.
     pub rro: bool,
     /// One lock per pod or container ID: requests about the same object are serialized,
@@ -622,7 +624,7 @@ impl RuntimeService for Runtime {
                 r.runtime_handler
             )));
         }
-        let spec = sandbox::check(r.config)?;
+        let spec = sandbox::check(r.config, self.pod_net_defaults)?;
         let id = store::new_id();
         let ns_dir = self.state.join("sandboxes").join(&id);
         let mut rec = sandbox::record(&id, &spec, ns_dir.clone());

@@ -302,7 +302,20 @@ fn check_userns(
     }))
 }
 
-pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
+/// The sysctls every pod with a network namespace of its own gets unless it sets them, as
+/// containerd 2.x (`enable_unprivileged_ports`, `enable_unprivileged_icmp`, both on by default):
+/// a non-root process may bind ports below 1024 (a restricted pod's NET_BIND_SERVICE add does
+/// nothing for a non-root user) and open ICMP echo sockets (ping).
+#[derive(Debug, Clone, Copy)]
+pub struct NetDefaults {
+    /// `net.ipv4.ip_unprivileged_port_start = 0`.
+    pub unprivileged_ports: bool,
+    /// `net.ipv4.ping_group_range = 0 2147483647` (not in a pod with a user namespace, where
+    /// containerd leaves it too).
+    pub unprivileged_icmp: bool,
+}
+
+pub fn check(config: Option<api::PodSandboxConfig>, net: NetDefaults) -> Result<Spec, Status> {
     let c = config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
     let meta = c
         .metadata
@@ -395,6 +408,19 @@ pub fn check(config: Option<api::PodSandboxConfig>) -> Result<Spec, Status> {
     }
     let host_network = ns.network == api::NamespaceMode::Node as i32;
     let userns = check_userns(ns.userns_options.as_ref(), host_network)?;
+    if !host_network {
+        let mut default = |k: &str, v: &str| {
+            if !sysctls.iter().any(|(have, _)| have == k) {
+                sysctls.insert(0, (k.to_string(), v.to_string()));
+            }
+        };
+        if net.unprivileged_icmp && userns.is_none() {
+            default("net.ipv4.ping_group_range", "0 2147483647");
+        }
+        if net.unprivileged_ports {
+            default("net.ipv4.ip_unprivileged_port_start", "0");
+        }
+    }
     Ok(Spec {
         userns,
         port_mappings: c.port_mappings,

@@ -192,8 +192,9 @@ rc=0; out=$(c exec -r websocket "$ctr" sh -c 'echo to-out; echo to-err >&2; exit
     && grep -q 'command terminated with exit code 3' "$R/crictl.err" || fail "exec over WebSocket: rc $rc, out $out, err $(cat "$R/crictl.err")"
 out=$(echo "through stdin" | c exec -r websocket -i "$ctr" sh -c 'read l; echo "got $l"') || fail "exec -i: $(cat "$R/crictl.err")"
 [ "$out" = "got through stdin" ] || fail "exec -i over WebSocket: $out"
-out=$(script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -r websocket -it $ctr tty" /dev/null 2>/dev/null | tr -d '\r\0')
+out=$(script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -r websocket -it $ctr sh -c 'tty; echo term=\$TERM'" /dev/null 2>/dev/null | tr -d '\r\0')
 echo "$out" | grep -q '/dev/pts/[0-9]' || fail "exec -it over WebSocket: $out"
+echo "$out" | grep -q 'term=xterm$' || fail "exec -it: a terminal without TERM=xterm (containerd's): $out"
 saddr=$(sed 's/\x1b\[[0-9;]*m//g' "$R/cri.log" | grep -o 'streaming server address=[0-9.:]*' | tail -n1 | cut -d= -f2)
 [ "$(python3 -c "import urllib.request,sys
 try: urllib.request.urlopen('http://$saddr/exec/0123456789abcdef')
@@ -342,16 +343,16 @@ ok "pid mode TARGET (kubectl debug --target): the target's PID namespace, its pr
 # A last line without a newline comes back without one (`kubectl logs`, a termination
 # message taken from the log); a terminal's "\r\n" line ends come back as "\n".
 echo '{"metadata": {"name": "nonl"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "printf \\"one\\\\nDONE\\""]}' > "$R/nonl.json"
-echo '{"metadata": {"name": "ttylog"}, "image": {"image": "busybox"}, "tty": true, "command": ["echo", "hi"]}' > "$R/ttylog.json"
+echo '{"metadata": {"name": "ttylog"}, "image": {"image": "busybox"}, "tty": true, "command": ["sh", "-c", "echo hi $TERM"]}' > "$R/ttylog.json"
 nl=$(c create "$pod" "$R/nonl.json" "$R/pod.json") && c start "$nl" >/dev/null \
     && tl=$(c create "$pod" "$R/ttylog.json" "$R/pod.json") && c start "$tl" >/dev/null || fail "create (log ends): $(cat "$R/crictl.err")"
 for x in "$nl" "$tl"; do
     for _ in $(seq 100); do c inspect -o json "$x" | grep -q CONTAINER_EXITED && break; sleep 0.1; done
 done
 [ "$(c logs "$nl" | od -An -c | tr -s ' ')" = " o n e \n D O N E" ] || fail "logs of printf 'one\\nDONE': $(c logs "$nl" | od -c)"
-[ "$(c logs "$tl" | od -An -c | tr -s ' ')" = " h i \n" ] || fail "logs of a terminal's echo hi: $(c logs "$tl" | od -c)"
+[ "$(c logs "$tl" | od -An -c | tr -s ' ')" = " h i x t e r m \n" ] || fail "logs of a terminal's echo hi \$TERM (TERM=xterm on a terminal): $(c logs "$tl" | od -c)"
 c rm "$nl" "$tl" >/dev/null || fail "rm (log ends): $(cat "$R/crictl.err")"
-ok "logs: a last line without a newline stays without one; a terminal's \\r\\n is a line end"
+ok "logs: a last line without a newline stays without one; a terminal's \\r\\n is a line end; TERM=xterm on a terminal"
 # The image's STOPSIGNAL is what StopContainer sends (SIGUSR1 here; SIGTERM without one).
 c pull busybox:stopsignal >/dev/null || fail "pull busybox:stopsignal: $(cat "$R/crictl.err")"
 echo '{"metadata": {"name": "stopsig"}, "image": {"image": "busybox:stopsignal"},
@@ -602,8 +603,27 @@ echo '{"metadata": {"name": "dns"}, "image": {"image": "busybox"}, "command": ["
 dn=$(c create "$nd" "$R/dns.json" "$R/nodns.json") && c start "$dn" >/dev/null || fail "create/start (empty DNS config): $(cat "$R/crictl.err")"
 for _ in $(seq 100); do [ "$(c inspect -o go-template --template '{{.status.state}}' "$dn")" = CONTAINER_EXITED ] && break; sleep 0.1; done
 [ "$(c logs "$dn" 2>&1)" = "0 bytes" ] || fail "a pod with an empty DNS config has a resolv.conf of $(c logs "$dn" 2>&1), not an empty one"
-c rm "$dn" >/dev/null && c stopp "$nd" >/dev/null && c rmp "$nd" >/dev/null || fail "rm the empty-DNS pod: $(cat "$R/crictl.err")"
 ok "an empty DNS config gives an empty resolv.conf, not the node's"
+# A pod with a network of its own lets non-root processes bind ports below 1024 and ping
+# (containerd 2.x's defaults), unless it sets the sysctl itself. The kernel's word: the
+# listening socket on port 80 (0x0050) in /proc/net/tcp.
+port80='echo $(cat /proc/sys/net/ipv4/ip_unprivileged_port_start) $(cat /proc/sys/net/ipv4/ping_group_range); (nc -l -p 80 2>&1 &); sleep 0.5; echo listening $(cat /proc/net/tcp /proc/net/tcp6 | grep -c ":0050 [0-9A-F]*:[0-9A-F]* 0A ")'
+port80json() { python3 -c 'import json,sys; print(json.dumps({"metadata": {"name": sys.argv[1]}, "image": {"image": "busybox"}, "command": ["sh", "-c", sys.argv[2]], "linux": {"security_context": {"run_as_user": {"value": 1000}}}}))' "$1" "$port80"; }
+port80json lowport > "$R/lowport.json"
+lp=$(c create "$nd" "$R/lowport.json" "$R/nodns.json") && c start "$lp" >/dev/null || fail "create/start (low port): $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "ownport", "namespace": "default", "uid": "ownport-uid"}, "log_directory": "'"$R"'/logs", "linux": {"sysctls": {"net.ipv4.ip_unprivileged_port_start": "1024", "net/ipv4/ping_group_range": "1 0"}}}' > "$R/ownport.json"
+op=$(c runp "$R/ownport.json") || fail "runp (own port sysctl): $(cat "$R/crictl.err")"
+port80json ownport > "$R/ownportc.json"
+oc=$(c create "$op" "$R/ownportc.json" "$R/ownport.json") && c start "$oc" >/dev/null || fail "create/start (own port sysctl): $(cat "$R/crictl.err")"
+for x in "$lp" "$oc"; do
+    for _ in $(seq 100); do [ "$(c inspect -o go-template --template '{{.status.state}}' "$x")" = CONTAINER_EXITED ] && break; sleep 0.1; done
+done
+[ "$(c logs "$lp" 2>&1)" = "0 0 2147483647
+listening 1" ] || fail "a non-root process could not listen on port 80 (containerd 2.x's defaults): $(c logs "$lp" 2>&1)"
+c logs "$oc" 2>&1 | grep -q '^1024 1 0$' && c logs "$oc" 2>&1 | grep -q 'listening 0' \
+    || fail "the pod's own ip_unprivileged_port_start and ping_group_range did not win over the defaults: $(c logs "$oc" 2>&1)"
+c rm "$dn" "$lp" "$oc" >/dev/null && c stopp "$nd" "$op" >/dev/null && c rmp "$nd" "$op" >/dev/null || fail "rm the DNS and port pods: $(cat "$R/crictl.err")"
+ok "a pod's network lets non-root processes bind ports below 1024 and ping, unless the pod sets those sysctls"
 ok "spec as containerd builds it: nested mounts parents first, capability drops win, one HOSTNAME, the node's cgroup namespace on cgroup v1"
 # Pod stats from the pod's own cgroup (its cgroup_parent, one per pod as the kubelet makes
 # them): its CPU counter keeps what a container that exited used (a sum of the live
