@@ -201,13 +201,14 @@ impl Runtime {
     /// fields present change; if one write fails the others are restored.
     pub fn update(&self, id: &str, r: &LinuxResources) -> Result<()> {
         let (saved, _, m) = self.live(id, "update")?;
-        if let Some(u) = &saved.systemd_unit {
-            crate::cgroups::systemd::set_properties(
-                u,
-                crate::cgroups::systemd::properties(Some(r))?,
-            )?;
-        }
-        m.update(r)
+        let Some(u) = &saved.systemd_unit else {
+            return m.update(r);
+        };
+        // The files first (every check, the usage one included, before anything changes),
+        // then systemd's properties: a refused update leaves the unit as it was, and one that
+        // systemd refuses restores the files.
+        let props = crate::cgroups::systemd::properties(Some(r))?;
+        m.update_then(r, || crate::cgroups::systemd::set_properties(u, props))
     }
 
     /// `pause`: freezes every process of a running container.

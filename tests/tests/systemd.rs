@@ -112,7 +112,7 @@ fn systemd_scope_carries_limits_survives_reload_and_goes_on_delete() {
         return;
     }
     let rt = Rsrun::new();
-    let (id, unit, dir, _b) = limited(
+    let (id, unit, dir, b) = limited(
         &rt,
         "rsrun-test-a.slice",
         "rsrun.slice/rsrun-test.slice/rsrun-test-a.slice",
@@ -154,6 +154,21 @@ fn systemd_scope_carries_limits_survives_reload_and_goes_on_delete() {
     assert_eq!(show(&unit, "TasksMax"), "64");
     assert_eq!(read(&dir, "memory.max"), (128 * MIB).to_string());
     assert_eq!(read(&dir, "pids.max"), "64");
+    systemctl(&["daemon-reload"]);
+    assert_eq!(read(&dir, "memory.max"), (128 * MIB).to_string());
+
+    // A refused update changes nothing, in systemd's view either: a memory limit systemd
+    // would take, with a unified key rsrun refuses.
+    let bad = b.dir.join("bad-update.json");
+    std::fs::write(
+        &bad,
+        json!({"memory": {"limit": 96 * MIB}, "unified": {"cgroup.procs": "1"}}).to_string(),
+    )
+    .unwrap();
+    let err = rt.fails(&["update", "-r", bad.to_str().unwrap(), &id]);
+    assert!(err.contains("cgroup.procs"), "{err}");
+    assert_eq!(show(&unit, "MemoryMax"), (128 * MIB).to_string());
+    assert_eq!(read(&dir, "memory.max"), (128 * MIB).to_string());
     systemctl(&["daemon-reload"]);
     assert_eq!(read(&dir, "memory.max"), (128 * MIB).to_string());
 

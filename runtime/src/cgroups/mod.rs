@@ -508,6 +508,12 @@ impl Manager {
     /// every file already written gets its previous value back. Device rules are not changed
     /// by an update (as with runc): they are reported in the debug log and skipped.
     pub fn update(&self, r: &LinuxResources) -> Result<()> {
+        self.update_then(r, || Ok(()))
+    }
+
+    /// As `update`, then `then` (systemd's view of the same limits): when that fails, the
+    /// files written are restored too. Every check runs before anything changes.
+    pub fn update_then(&self, r: &LinuxResources, then: impl FnOnce() -> Result<()>) -> Result<()> {
         if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
             crate::log::debug("update: linux.resources.devices is not changed by update");
         }
@@ -515,7 +521,8 @@ impl Manager {
         let res = match self {
             Manager::V1(m) => m.set(r, &mut tx, true),
             Manager::V2(m) => m.set(r, &mut tx, true),
-        };
+        }
+        .and_then(|()| then());
         if res.is_err() {
             tx.rollback();
         }
@@ -1052,7 +1059,18 @@ pub(crate) fn check_blkio_weight(w: u16, field: &str) -> Result<()> {
 
 /// Refuses a new memory limit below what the container uses now (on v2 the kernel would
 /// OOM-kill to get there; on v1 it fails with EBUSY after reclaiming).
-pub(crate) fn check_limit_vs_usage(limit: i64, usage: Option<u64>) -> Result<()> {
+/// A memory limit an update lowers below what the container uses now is refused (the
+/// kernel would reclaim or OOM-kill to meet it). Only a lowered one, as the kubelet checks: a
+/// limit sent again unchanged (a CPU-only resize) passes even while the usage sits above it,
+/// which forced charges allow for a moment. `current`: the limit in force (None: unlimited).
+pub(crate) fn check_limit_vs_usage(
+    limit: i64,
+    usage: Option<u64>,
+    current: Option<u64>,
+) -> Result<()> {
+    if limit > 0 && current.is_some_and(|c| limit as u64 >= c) {
+        return Ok(());
+    }
     if let Some(u) = usage {
         if limit > 0 && (limit as u64) < u {
             return Err(Error::Invalid(format!(
@@ -1072,6 +1090,18 @@ fn remove_dirs(paths: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_lowered_memory_limit_is_checked_against_the_usage() {
+        // Sent again unchanged, or raised: passes though the usage is above it.
+        assert!(check_limit_vs_usage(100, Some(101), Some(100)).is_ok());
+        assert!(check_limit_vs_usage(200, Some(201), Some(100)).is_ok());
+        // Lowered below the usage, from a limit or from unlimited: refused, naming the field.
+        let e = check_limit_vs_usage(90, Some(101), Some(100)).unwrap_err();
+        assert!(e.to_string().contains("memory.limit"), "{e}");
+        assert!(check_limit_vs_usage(100, Some(101), None).is_err());
+        assert!(check_limit_vs_usage(90, Some(80), Some(100)).is_ok());
+    }
 
     #[test]
     fn holds_tells_members_from_others() {

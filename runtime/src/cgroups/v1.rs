@@ -60,7 +60,11 @@ impl V1 {
                 let sf = "linux.resources.memory.swap";
                 if updating {
                     if let Some(l) = limit {
-                        check_limit_vs_usage(l, read_u64(&d.join("memory.usage_in_bytes")))?;
+                        check_limit_vs_usage(
+                            l,
+                            read_u64(&d.join("memory.usage_in_bytes")),
+                            read_u64(&d.join("memory.limit_in_bytes")),
+                        )?;
                     }
                 }
                 match (limit, swap) {

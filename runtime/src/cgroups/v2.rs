@@ -108,7 +108,11 @@ impl V2 {
             };
             if let Some(l) = nz(m.limit()) {
                 if updating {
-                    check_limit_vs_usage(l, read_u64(&d.join("memory.current")))?;
+                    check_limit_vs_usage(
+                        l,
+                        read_u64(&d.join("memory.current")),
+                        read_u64(&d.join("memory.max")),
+                    )?;
                 }
             }
             if let Some(s) = nz(m.swap()) {
