@@ -1120,6 +1120,21 @@ static SHIM_FDS: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 const SHIM_FDS_MAX: usize = 512;
 
+/// Whether the container has exited, or does within `wait`: its exit recorded, or its shim
+/// gone (nobody will record it). For a runtime call that found it gone meanwhile.
+pub fn exited_within(r: &ContainerRecord, wait: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        if r.exit_file.exists() || !shim_alive(r) {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 pub fn shim_alive(r: &ContainerRecord) -> bool {
     use std::os::fd::AsFd;
     let mut fds = SHIM_FDS.lock().unwrap_or_else(|e| e.into_inner());

@@ -1297,19 +1297,13 @@ impl RuntimeService for Runtime {
         let deferred = rec.deferred.is_some();
         let config = rec.bundle.join("config.json");
         let update = v.clone();
-        // Writes to the container's cgroup files (nothing forks), then to its config, which
-        // keeps the limits as containerd's stored spec does: what a create deferred to the
-        // start applies (no cgroup exists before it), and the runtimeSpec of the verbose
-        // status. An exited container's config alone changes (containerd's: success).
+        let live = rec.clone();
+        // The container's config first, which keeps the limits as containerd's stored spec
+        // does: what a create deferred to the start applies (no cgroup exists before it), and
+        // the runtimeSpec of the verbose status; then its cgroup files (nothing forks), the
+        // config restored if those are refused. An exited container's config alone changes
+        // (containerd's: success).
         blocking(move || {
-            if !deferred && !exited {
-                rt.update(&id, &res).map_err(|e| match e {
-                    rsrun::Error::Invalid(_) | rsrun::Error::Config(_) => {
-                        Status::invalid_argument(format!("UpdateContainerResources: {id}: {e}"))
-                    }
-                    e => Status::unknown(format!("UpdateContainerResources: {id}: {e}")),
-                })?;
-            }
             let text = std::fs::read(&config)
                 .map_err(|e| io_status(&format!("read {}", config.display()), e))?;
             let mut spec: serde_json::Value = serde_json::from_slice(&text)
@@ -1318,7 +1312,28 @@ impl RuntimeService for Runtime {
             let out = serde_json::to_vec_pretty(&spec)
                 .map_err(|e| Status::internal(format!("{}: {e}", config.display())))?;
             rsrun::state::write_file_atomic(&config, &out, true)
-                .map_err(|e| io_status(&format!("write {}", config.display()), e))
+                .map_err(|e| io_status(&format!("write {}", config.display()), e))?;
+            if deferred || exited {
+                return Ok(());
+            }
+            let refused = match rt.update(&id, &res) {
+                Ok(()) => return Ok(()),
+                // It exited meanwhile (its shim then deletes it from the runtime): as for an
+                // exited container, the config alone (containerd's: success).
+                Err(rsrun::Error::NotFound(_) | rsrun::Error::State { .. })
+                    if container::exited_within(&live, Duration::from_secs(1)) =>
+                {
+                    return Ok(())
+                }
+                Err(e @ (rsrun::Error::Invalid(_) | rsrun::Error::Config(_))) => {
+                    Status::invalid_argument(format!("UpdateContainerResources: {id}: {e}"))
+                }
+                Err(e) => Status::unknown(format!("UpdateContainerResources: {id}: {e}")),
+            };
+            if let Err(e) = rsrun::state::write_file_atomic(&config, &text, true) {
+                tracing::warn!(container = %id, "restore {} after a refused update: {e}", config.display());
+            }
+            Err(refused)
         })
         .await?;
         // The record keeps the merged limits (an update changes only what it sets).

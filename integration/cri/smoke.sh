@@ -547,6 +547,11 @@ c update --memory 100663296 "$up" >/dev/null || fail "update of a running contai
 lim=$(cat "/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")/memory.limit_in_bytes")
 spec=$(c inspect "$up" | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["runtimeSpec"]["linux"]["resources"]["memory"]["limit"])')
 [ "$lim $spec" = "100663296 100663296" ] || fail "a live update: cgroup $lim, runtimeSpec $spec"
+# A refused one (below what the container uses) changes neither.
+! c update --memory 4096 "$up" >/dev/null && grep -q 'InvalidArgument.*memory.limit' "$R/crictl.err" || fail "an update below the usage: $(cat "$R/crictl.err")"
+lim=$(cat "/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")/memory.limit_in_bytes")
+spec=$(c inspect "$up" | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["runtimeSpec"]["linux"]["resources"]["memory"]["limit"])')
+[ "$lim $spec" = "100663296 100663296" ] || fail "a refused update changed the cgroup ($lim) or the runtimeSpec ($spec)"
 # Its stats: what the limit leaves, beside the working set (the kubelet's summary API).
 avail=$(c stats -o json --id "$up" | python3 -c '
 import json, sys
@@ -556,7 +561,7 @@ print("ok" if ws > 0 and ws + av == 100663296 else "working set %d, available %d
 [ "$avail" = ok ] || fail "ContainerStats.memory.available_bytes: $avail"
 c stop -t 0 "$up" >/dev/null || fail "stop (update): $(cat "$R/crictl.err")"
 c update --memory 134217728 "$up" >/dev/null || fail "update of an exited container: $(cat "$R/crictl.err")"
-ok "UpdateContainerResources: the running container's cgroup and runtimeSpec; an exited one's succeeds"
+ok "UpdateContainerResources: the running container's cgroup and runtimeSpec, neither changed by a refused one; an exited one's succeeds"
 # As containerd builds the spec: mounts parents first whatever order the kubelet passes them
 # in (/m/sub listed before /m stays visible), capability drops win over adds (ALL but
 # NET_RAW), a HOSTNAME the container sets is its only one, and on cgroup v1 (this host) no
