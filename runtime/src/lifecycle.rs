@@ -301,7 +301,7 @@ impl Runtime {
             Err(e) => return Err(e),
         }
         if scope.is_none() {
-            cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
+            cgroups::apply(&cleanup.cgroups, resources.as_ref(), self.rootless)?;
         }
 
         // Channels to the init.
@@ -477,7 +477,7 @@ impl Runtime {
             intent.cgroup_paths = cleanup.cgroups.clone();
             intent.cgroup_owned = cleanup.owned.clone();
             dir.save_intent(&intent)?;
-            cgroups::apply(&cleanup.cgroups, resources.as_ref())?;
+            cgroups::apply(&cleanup.cgroups, resources.as_ref(), self.rootless)?;
         } else if !cleanup.cgroups.is_empty() {
             match cgroups::add_pid(&to_join, pid) {
                 Ok(()) => {}

@@ -201,12 +201,10 @@ fn device_rules_deny_kmsg_allow_null() {
     b.edit(|c| {
         c["linux"]["devices"] =
             json!([{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o600}]);
-        // `rsrun spec` denies every device but the standard ones, as runc's does.
-        if let Some(r) = c["linux"]["resources"].as_object_mut() {
-            r.remove("devices");
-        }
+        // Control: a rule that allows every device.
+        c["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]});
     });
-    // Control: without device rules the node opens.
+    // Control: with every device allowed the node opens.
     let out = rt.output(&b);
     assert!(
         out.contains("kmsg-opened") && out.contains("null-ok"),
@@ -219,6 +217,58 @@ fn device_rules_deny_kmsg_allow_null() {
     assert!(!out.contains("kmsg-opened"), "{out}");
     assert!(err.contains("Operation not permitted"), "{err}");
     assert!(out.contains("null-ok"), "{out}");
+}
+
+/// A config without device rules gets the defaults alone, over deny-all, as runc applies
+/// them: with CAP_MKNOD a container may make any node, but not open a host disk through it
+/// (a loop device here: the host itself may read it); the standard devices and /dev/net/tun
+/// (runc's list) open.
+#[test]
+fn no_device_rules_deny_all_but_the_defaults() {
+    let rt = Rsrun::new();
+    let tmp = TempDir::new("nodev");
+    let disk = LoopDevice::new(&tmp, "disk.img");
+    assert!(
+        std::fs::File::open(&disk.path).is_ok(),
+        "the host cannot read {}",
+        disk.path
+    );
+    let script = format!(
+        "mknod /dev/xdisk b {} {} && echo made; head -c 1 /dev/xdisk >/dev/null && echo disk-read; \\
+         echo hi > /dev/null && echo null-ok; mknod /dev/xtun c 10 200; \\
+         if (true 3<>/dev/xtun) 2>/dev/null; then echo tun-opened; fi",
+        disk.major, disk.minor
+    );
+    let mut b = Bundle::new(&["sh", "-c", &script]);
+    b.edit(|c| {
+        if let Some(r) = c["linux"]["resources"].as_object_mut() {
+            r.remove("devices");
+        }
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set] = json!(["CAP_MKNOD"]);
+        }
+    });
+    let id = unique("nodev");
+    let (code, out, err) = rt.run_bundle(&id, &b);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        out.contains("made"),
+        "mknod of any node is allowed: {out} {err}"
+    );
+    assert!(
+        !out.contains("disk-read"),
+        "the host's disk {} was read through a node the container made: {out}",
+        disk.path
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(out.contains("null-ok"), "{out}");
+    // (Where the host itself can open it: the tun driver is there.)
+    let host_tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok();
+    assert!(!host_tun || out.contains("tun-opened"), "{out}");
 }
 
 #[test]
@@ -716,7 +766,8 @@ fn blkio_weight_and_throttles() {
         let mut b = Bundle::new(&["sh", "-c", &format!("dd {dd} bs=64k count=32")]);
         b.edit(|c| {
             c["linux"]["devices"] = disk.clone();
-            c["linux"]["resources"] = json!({"blockIO": {key: dm(1048576)}});
+            c["linux"]["resources"] = json!({"blockIO": {key: dm(1048576)},
+                "devices": [{"allow": true, "type": "b", "major": major, "minor": minor, "access": "rw"}]});
         });
         let id = unique("io");
         let t = Instant::now();

@@ -188,7 +188,7 @@ fn v2_io_max_on_a_loop_device() {
             json!([{"path": "/dev/disk", "type": "b", "major": major, "minor": minor}]);
         c["linux"]["resources"] = json!({"blockIO": {
             "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]
-        }});
+        }, "devices": [{"allow": true, "type": "b", "major": major, "minor": minor, "access": "rw"}]});
     });
     let id = unique("io");
     let t = Instant::now();
@@ -244,12 +244,10 @@ fn v2_ebpf_device_filter() {
             {"path": "/dev/allowed", "type": "b", "major": allowed.major, "minor": allowed.minor},
             {"path": "/dev/denied", "type": "b", "major": denied.major, "minor": denied.minor},
         ]);
-        // `rsrun spec` denies every device but the standard ones, as runc's does.
-        if let Some(r) = c["linux"]["resources"].as_object_mut() {
-            r.remove("devices");
-        }
+        // Control: a rule that allows every device.
+        c["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]});
     });
-    // Control: without device rules every access works.
+    // Control: with every device allowed every access works.
     let out = rt.output(&b);
     for want in [
         "allowed-read",
@@ -257,7 +255,10 @@ fn v2_ebpf_device_filter() {
         "denied-read",
         "kmsg-opened",
     ] {
-        assert!(out.contains(want), "control without rules: {want}: {out}");
+        assert!(
+            out.contains(want),
+            "control with all allowed: {want}: {out}"
+        );
     }
     b.edit(|c| {
         c["linux"]["resources"] = json!({"devices": [

@@ -60,8 +60,9 @@ impl Rule {
 }
 
 /// The devices every container may use, appended after the config's rules as runc does:
-/// mknod of any device, /dev/null, zero, full, random, urandom, tty, console, ptmx, pts/*.
-pub const DEFAULT_ALLOWED: [Rule; 10] = [
+/// mknod of any device, /dev/null, zero, full, random, urandom, tty, ptmx, pts/*, and
+/// /dev/net/tun (runc's list again since 1.2: VPN sidecars make the node and open it).
+pub const DEFAULT_ALLOWED: [Rule; 11] = [
     Rule::new('c', None, None, ACC_MKNOD),
     Rule::new('b', None, None, ACC_MKNOD),
     Rule::new('c', Some(1), Some(3), ACC_ALL),
@@ -72,6 +73,7 @@ pub const DEFAULT_ALLOWED: [Rule; 10] = [
     Rule::new('c', Some(5), Some(0), ACC_ALL),
     Rule::new('c', Some(5), Some(2), ACC_ALL),
     Rule::new('c', Some(136), None, ACC_ALL),
+    Rule::new('c', Some(10), Some(200), ACC_ALL),
 ];
 
 /// Checks the config's rules and returns them followed by the default allow list.
@@ -374,7 +376,7 @@ mod tests {
         let rs = rules(&[
             rule(true, 'a', None, None, "rwm"),
             rule(false, 'b', Some(8), None, "w"),
-            rule(true, 'c', Some(10), Some(200), "r"),
+            rule(true, 'c', Some(10), Some(229), "r"),
         ])
         .unwrap();
         let p = program(&rs);
@@ -382,18 +384,18 @@ mod tests {
         assert_eq!(eval(&p, 1, ACC_WRITE, 8, 1), 0);
         assert_eq!(eval(&p, 1, ACC_READ | ACC_WRITE, 8, 1), 0);
         assert_eq!(
-            eval(&p, 2, ACC_WRITE, 10, 200),
+            eval(&p, 2, ACC_WRITE, 10, 229),
             1,
             "falls through to allow-all"
         );
         let rs = rules(&[
             rule(false, 'a', None, None, "rwm"),
-            rule(true, 'c', Some(10), Some(200), "r"),
+            rule(true, 'c', Some(10), Some(229), "r"),
         ])
         .unwrap();
         let p = program(&rs);
-        assert_eq!(eval(&p, 2, ACC_READ, 10, 200), 1);
-        assert_eq!(eval(&p, 2, ACC_READ | ACC_WRITE, 10, 200), 0);
+        assert_eq!(eval(&p, 2, ACC_READ, 10, 229), 1);
+        assert_eq!(eval(&p, 2, ACC_READ | ACC_WRITE, 10, 229), 0);
     }
 
     /// Every instruction is reachable (the verifier refuses programs with dead code).

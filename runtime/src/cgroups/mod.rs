@@ -487,21 +487,40 @@ impl Manager {
         matches!(self, Manager::V2(_))
     }
 
-    /// Applies every field of `linux.resources` to a new cgroup (before any process is in it).
-    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+    /// Applies every field of `linux.resources` to a new cgroup (before any process is in it),
+    /// the device rules included (`apply_devices`).
+    pub fn apply(&self, r: &LinuxResources, rootless: bool) -> Result<()> {
         let mut tx = Tx::create();
         match self {
             Manager::V1(m) => m.set(r, &mut tx, false)?,
             Manager::V2(m) => m.set(r, &mut tx, false)?,
         }
-        if let Some(rules) = r.devices().as_ref().filter(|d| !d.is_empty()) {
-            let rules = devices::rules(rules)?;
-            match self {
-                Manager::V1(m) => m.set_devices(&rules)?,
-                Manager::V2(m) => m.set_devices(&rules)?,
+        self.apply_devices(r.devices().as_deref().unwrap_or(&[]), rootless)
+    }
+
+    /// The device rules of a new cgroup: the config's, then the devices every container may
+    /// use (`devices::DEFAULT_ALLOWED`), over deny-all, as runc applies them. A config without
+    /// rules gets the defaults alone, never every device of the host (with CAP_MKNOD, a
+    /// container could otherwise make and open the node of the host's disk). A rootless
+    /// container cannot set them (bpf(2) needs privileges the user lacks): skipped then, as
+    /// runc skips them, unless the config denies something.
+    pub fn apply_devices(
+        &self,
+        spec: &[oci_spec::runtime::LinuxDeviceCgroup],
+        rootless: bool,
+    ) -> Result<()> {
+        let rules = devices::rules(spec)?;
+        let r = match self {
+            Manager::V1(m) => m.set_devices(&rules),
+            Manager::V2(m) => m.set_devices(&rules),
+        };
+        match r {
+            Err(e) if rootless && spec.iter().all(|d| d.allow()) => {
+                crate::log::debug(&format!("rootless: device rules not applied: {e}"));
+                Ok(())
             }
+            r => r,
         }
-        Ok(())
     }
 
     /// Changes the limits of a live container: only the fields present in `r`. On failure,
@@ -660,12 +679,16 @@ fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
     }
 }
 
-/// Applies `linux.resources` to the cgroups just created for a container (nothing to do
-/// without resources or, in rootless mode, without cgroups).
-pub fn apply(paths: &[PathBuf], r: Option<&LinuxResources>) -> Result<()> {
+/// Applies `linux.resources` to the cgroups just created for a container, and the default
+/// device rules without any (nothing to do in rootless mode without cgroups).
+pub fn apply(paths: &[PathBuf], r: Option<&LinuxResources>, rootless: bool) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let m = Manager::new(paths)?;
     match r {
-        Some(r) if !paths.is_empty() => Manager::new(paths)?.apply(r),
-        _ => Ok(()),
+        Some(r) => m.apply(r, rootless),
+        None => m.apply_devices(&[], rootless),
     }
 }
 

@@ -339,13 +339,10 @@ fn properties_for(
 /// update leaves as they are (as runc does).
 pub fn create_properties(r: Option<&LinuxResources>) -> Result<Vec<Value>> {
     let mut p = properties(r)?;
-    // (No rules: no device program either, as with the cgroupfs driver.)
-    if let Some(d) = r
-        .and_then(|r| r.devices().as_ref())
-        .filter(|d| !d.is_empty())
-    {
-        p.extend(device_properties(&devices::rules(d)?, &proc_devices()));
-    }
+    // The config's rules and the defaults, as with the cgroupfs driver (no rules: the
+    // defaults alone).
+    let d = r.and_then(|r| r.devices().as_deref()).unwrap_or(&[]);
+    p.extend(device_properties(&devices::rules(d)?, &proc_devices()));
     Ok(p)
 }
 
