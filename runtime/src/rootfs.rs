@@ -720,18 +720,49 @@ fn apply_propagation(root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()
     Ok(())
 }
 
+/// The options of the cgroup2 superblock mounted here (`nsdelegate,memory_recursiveprot`,
+/// ...; not rw/ro), from /proc/self/mountinfo.
+fn host_cgroup2_options() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (_, post) = l.split_once(" - ")?;
+        let mut f = post.split(' ');
+        if f.next() != Some("cgroup2") {
+            return None;
+        }
+        let super_opts = f.nth(1)?;
+        Some(
+            super_opts
+                .split(',')
+                .filter(|o| *o != "rw" && *o != "ro")
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    })
+}
+
 /// A `cgroup` (v1) mount: a tmpfs with one cgroup mount (or bind) per hierarchy.
 fn mount_cgroup_v1(s: &Setup, root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {
     let hs = crate::cgroups::hierarchies()?;
     if crate::cgroups::is_unified(&hs) {
-        // A v2 host: the container sees cgroup2.
+        // A v2 host: the container sees cgroup2. Mounted from the host's cgroup namespace,
+        // its options are applied to the node's one cgroup2 root: without the host's own
+        // (systemd's nsdelegate, memory_recursiveprot), a privileged container would turn
+        // them off for every cgroup of the node. The config's options, else the host's.
         let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+        let data = if !opts.data.is_empty() {
+            Some(opts.data.join(","))
+        } else if !s.new_cgroupns {
+            host_cgroup2_options().filter(|d| !d.is_empty())
+        } else {
+            None
+        };
         return mount_at(
             Some("cgroup"),
             &proc_fd(&target),
             Some("cgroup2"),
             opts.flags & !MsFlags::MS_REMOUNT,
-            None,
+            data.as_deref(),
         )
         .ctx("mount cgroup2");
     }

@@ -590,3 +590,54 @@ fn systemd_oom_kill_read_only_after_the_scope_went_comes_from_the_kernel_log() {
         sd(&rt, &["delete", "--force", &id]);
     }
 }
+
+/// The super options of the node's cgroup2 mount at /sys/fs/cgroup.
+fn cgroup2_options() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup"))
+        .and_then(|l| l.split_once(" - "))
+        .map(|(_, post)| post.split(' ').nth(2).unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn systemd_a_container_in_the_nodes_cgroup_namespace_keeps_its_cgroup2_options() {
+    if !systemd_host("systemd_a_container_in_the_nodes_cgroup_namespace_keeps_its_cgroup2_options")
+    {
+        return;
+    }
+    // systemd mounts cgroup2 with nsdelegate (and memory_recursiveprot where the kernel has it).
+    let before = cgroup2_options();
+    assert!(before.contains("nsdelegate"), "{before}");
+    // A container without a cgroup namespace of its own (a privileged pod's) mounts cgroup2
+    // from the node's: the kernel applies that mount's options to the one cgroup2 root.
+    let rt = Rsrun::new();
+    let id = unique("cg2");
+    let mut b = Bundle::new(&["sh", "-c", "grep -c ' - cgroup2 ' /proc/self/mountinfo"]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "cgroup");
+        c["linux"]["cgroupsPath"] = json!(format!("rsrun-cg2.slice:rsrun:{id}"));
+    });
+    let o = rt.run(&[
+        "--systemd-cgroup",
+        "run",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &id,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.trim() != "0",
+        "the container has no cgroup2 mount: {out}"
+    );
+    assert_eq!(
+        cgroup2_options(),
+        before,
+        "the node's cgroup2 options changed"
+    );
+}
