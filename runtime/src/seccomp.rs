@@ -606,6 +606,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "getuid",
     "getuid32",
     "getxattr",
+    "getxattrat",
     "inotify_add_watch",
     "inotify_init",
     "inotify_init1",
@@ -631,12 +632,17 @@ const DEFAULT_ALLOW: &[&str] = &[
     "link",
     "linkat",
     "listen",
+    "listmount",
     "listxattr",
+    "listxattrat",
     "llistxattr",
     "_llseek",
     "lremovexattr",
     "lseek",
     "lsetxattr",
+    "lsm_get_self_attr",
+    "lsm_list_modules",
+    "lsm_set_self_attr",
     "lstat",
     "lstat64",
     "madvise",
@@ -664,6 +670,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "mq_timedsend_time64",
     "mq_unlink",
     "mremap",
+    "mseal",
     "msgctl",
     "msgget",
     "msgrcv",
@@ -672,6 +679,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "munlock",
     "munlockall",
     "munmap",
+    "name_to_handle_at",
     "nanosleep",
     "newfstatat",
     "_newselect",
@@ -679,7 +687,6 @@ const DEFAULT_ALLOW: &[&str] = &[
     "openat",
     "openat2",
     "pause",
-    "pidfd_getfd",
     "pidfd_open",
     "pidfd_send_signal",
     "pipe",
@@ -696,8 +703,11 @@ const DEFAULT_ALLOW: &[&str] = &[
     "preadv2",
     "prlimit64",
     "process_mrelease",
+    "process_vm_readv",
+    "process_vm_writev",
     "pselect6",
     "pselect6_time64",
+    "ptrace",
     "pwrite64",
     "pwritev",
     "pwritev2",
@@ -713,6 +723,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "recvmsg",
     "remap_file_pages",
     "removexattr",
+    "removexattrat",
     "rename",
     "renameat",
     "renameat2",
@@ -782,6 +793,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "setuid",
     "setuid32",
     "setxattr",
+    "setxattrat",
     "shmat",
     "shmctl",
     "shmdt",
@@ -792,7 +804,6 @@ const DEFAULT_ALLOW: &[&str] = &[
     "signalfd4",
     "sigprocmask",
     "sigreturn",
-    "socket",
     "socketcall",
     "socketpair",
     "splice",
@@ -800,6 +811,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "stat64",
     "statfs",
     "statfs64",
+    "statmount",
     "statx",
     "symlink",
     "symlinkat",
@@ -831,6 +843,7 @@ const DEFAULT_ALLOW: &[&str] = &[
     "uname",
     "unlink",
     "unlinkat",
+    "uretprobe",
     "utime",
     "utimensat",
     "utimensat_time64",
@@ -861,7 +874,6 @@ const CAP_ALLOW: &[(&str, &[&str])] = &[
             "mount",
             "mount_setattr",
             "move_mount",
-            "name_to_handle_at",
             "open_tree",
             "perf_event_open",
             "quotactl",
@@ -885,14 +897,7 @@ const CAP_ALLOW: &[(&str, &[&str])] = &[
     ("CAP_SYS_PACCT", &["acct"]),
     (
         "CAP_SYS_PTRACE",
-        &[
-            "kcmp",
-            "pidfd_getfd",
-            "process_madvise",
-            "process_vm_readv",
-            "process_vm_writev",
-            "ptrace",
-        ],
+        &["kcmp", "pidfd_getfd", "process_madvise"],
     ),
     ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
     (
@@ -970,18 +975,33 @@ pub fn runtime_default_profile() -> LinuxSeccomp {
 /// ship: default action ERRNO(EPERM); an allow-list of ordinary syscalls; personality only
 /// with the values of PER_LINUX, PER_LINUX32, UNAME26 (and both) and the 0xffffffff query;
 /// clone without namespace flags and clone3 failing with ENOSYS (so that libc falls back
-/// to clone, whose flags can be checked) unless CAP_SYS_ADMIN is kept; arch_prctl and
-/// modify_ldt on x86; syscalls tied to a capability only when `caps` holds it.
+/// to clone, whose flags can be checked) unless CAP_SYS_ADMIN is kept; socket for every
+/// address family but AF_ALG and AF_VSOCK; ptrace and process_vm_readv/writev for all (safe
+/// since Linux 4.8, which checks seccomp after ptrace; strace, gdb and LeakSanitizer need
+/// them); arch_prctl and modify_ldt on x86; syscalls tied to a capability only when `caps`
+/// holds it.
 ///
 /// Differences from containerd's profile: the architecture list is chosen from the
 /// architecture rsrun was built for (x86_64: X86_64, X86, X32; aarch64: AARCH64, ARM;
 /// otherwise the native one) rather than at run time; the s390-specific rules (clone's
 /// argument order, s390_pci_mmio_*) are absent; minimum-kernel conditions are not
-/// expressed (unknown names are skipped instead); socket is allowed for every family.
+/// expressed (unknown names are skipped instead).
 pub fn runtime_default_profile_for_caps(caps: &[&str]) -> LinuxSeccomp {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
     let has = |c: &str| caps.contains(&c);
     let mut syscalls = vec![rule(DEFAULT_ALLOW, Allow)];
+    // socket for every address family but AF_ALG (the kernel crypto API's attack surface)
+    // and AF_VSOCK, as containerd's profile: three single-condition ranges (one rule with two
+    // "not equal" conditions on the same argument would allow both, libseccomp ORing them).
+    for (op, v) in [
+        (LinuxSeccompOperator::ScmpCmpLt, libc::AF_ALG as u64),
+        (LinuxSeccompOperator::ScmpCmpEq, libc::AF_ALG as u64 + 1),
+        (LinuxSeccompOperator::ScmpCmpGt, libc::AF_VSOCK as u64),
+    ] {
+        let mut r = rule(&["socket"], Allow);
+        r.set_args(Some(vec![arg(0, op, v, None)]));
+        syscalls.push(r);
+    }
     for v in [0x0u64, 0x8, 0x20000, 0x20008, 0xffff_ffff] {
         let mut r = rule(&["personality"], Allow);
         r.set_args(Some(vec![arg(0, LinuxSeccompOperator::ScmpCmpEq, v, None)]));
@@ -1091,17 +1111,32 @@ mod tests {
         ] {
             assert!(names.iter().any(|x| x == n), "{n} not allowed");
         }
+        for n in ["ptrace", "process_vm_readv", "name_to_handle_at"] {
+            assert!(names.iter().any(|x| x == n), "{n} not allowed");
+        }
         for n in [
             "mount",
             "unshare",
             "setns",
-            "ptrace",
+            "pidfd_getfd",
             "kexec_load",
             "bpf",
             "reboot",
+            "socket",
         ] {
             assert!(!names.iter().any(|x| x == n), "{n} allowed");
         }
+        // socket only with conditions on its family.
+        let socket: Vec<_> = p
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|s| s.names().iter().any(|n| n == "socket"))
+            .collect();
+        assert_eq!(socket.len(), 3);
+        assert!(socket
+            .iter()
+            .all(|s| s.args().as_ref().is_some_and(|a| a.len() == 1)));
         // With CAP_SYS_ADMIN: mount and unrestricted clone.
         let p = runtime_default_profile_for_caps(&["CAP_SYS_ADMIN"]);
         build(&p).unwrap();

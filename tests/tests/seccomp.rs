@@ -449,3 +449,70 @@ fn flags_and_features() {
         );
     }
 }
+
+/// The kernel's answers under the RuntimeDefault filter, in a child process that loads it:
+/// socket for AF_UNIX and AF_INET, EPERM for AF_ALG (the crypto API's attack surface) and
+/// AF_VSOCK, as containerd's profile; ptrace(PTRACE_TRACEME) without CAP_SYS_PTRACE (strace,
+/// gdb and LeakSanitizer need it; safe since Linux 4.8).
+#[test]
+fn runtime_default_socket_families_and_ptrace() {
+    let ctx = rsrun::seccomp::build(&rsrun::seccomp::runtime_default_profile()).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    ctx.export_bpf(&w).unwrap();
+    drop(w);
+    let mut bpf = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut bpf).unwrap();
+    let prog = libc::sock_fprog {
+        len: (bpf.len() / 8) as u16,
+        filter: bpf.as_mut_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: the child only makes system calls (async-signal-safe) and leaves with _exit;
+    // `prog` points into `bpf`, alive in both processes until then.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: plain system calls on values owned here; no allocation after fork.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_seccomp, 1, 0, &prog as *const libc::sock_fprog) != 0
+            {
+                libc::_exit(100);
+            }
+            let eperm = |fam: i32, ty: i32| {
+                let fd = libc::socket(fam, ty, 0);
+                if fd >= 0 {
+                    libc::close(fd);
+                    return false;
+                }
+                *libc::__errno_location() == libc::EPERM
+            };
+            let opens = |fam: i32, ty: i32| {
+                let fd = libc::socket(fam, ty, 0);
+                fd >= 0 && libc::close(fd) == 0
+            };
+            let mut code = 0;
+            if !opens(libc::AF_UNIX, libc::SOCK_STREAM) {
+                code |= 1;
+            }
+            if !opens(libc::AF_INET, libc::SOCK_DGRAM) {
+                code |= 2;
+            }
+            if !eperm(libc::AF_ALG, libc::SOCK_SEQPACKET) {
+                code |= 4;
+            }
+            if !eperm(libc::AF_VSOCK, libc::SOCK_STREAM) {
+                code |= 8;
+            }
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                code |= 16;
+            }
+            libc::_exit(code);
+        }
+    }
+    let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+    assert_eq!(
+        st,
+        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0),
+        "1: AF_UNIX refused, 2: AF_INET refused, 4: AF_ALG not EPERM, 8: AF_VSOCK not EPERM, 16: ptrace refused, 100: the filter did not load"
+    );
+}
