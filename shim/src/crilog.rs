@@ -64,9 +64,18 @@ impl CriLog {
         })
     }
 
-    /// Opens the log path again (the kubelet renamed the file to rotate it).
+    /// Opens the log path again (the kubelet renamed the file to rotate it, or it is gone:
+    /// its directory too, made again 0755 as containerd does). The new file replaces the old
+    /// one only once open: a reopen that fails leaves the records going where they went, which
+    /// is where the kubelet, undoing its rename, then expects them.
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        self.file = None;
+        if let Some(dir) = self.path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+        }
         self.file = Some(open(&self.path)?);
         Ok(())
     }
@@ -95,8 +104,11 @@ impl CriLog {
                 }
                 None => {
                     partial.extend_from_slice(rest);
-                    // Pieces of a long line go out as soon as they are full.
-                    let full = partial.len() / max * max;
+                    // Pieces of a long line go out once the line is known to be longer than
+                    // a piece (one of exactly `max` bytes may still end with the next byte:
+                    // then it is one F record, as containerd's reader splits only what is
+                    // longer than the maximum).
+                    let full = partial.len().saturating_sub(1) / max * max;
                     if full > 0 {
                         for piece in partial[..full].chunks(max) {
                             record(out, &hp, piece);
@@ -162,21 +174,23 @@ fn header(ts: &[u8], stream: Stream, tag: u8) -> Vec<u8> {
     h
 }
 
-/// A complete line, `line` with its newline: pieces of `max` bytes (P) and the rest (F;
-/// empty when the line is a multiple of `max`, as containerd's reader produces it). A line
+/// A complete line, `line` with its newline: pieces of `max` bytes (P) while more than `max`
+/// bytes are left, and the rest (F): a line of exactly `max` bytes is one F record, as
+/// containerd writes it (`kubectl logs --tail=1` counts records: an empty F after a full P
+/// would read as an empty last line). A line
 /// ending in "\r\n" (a terminal's output) loses its "\r" with the newline, as containerd's
 /// reader takes "\r\n" for the end of a line: `kubectl logs` of a `tty: true` container shows
 /// no carriage returns.
 fn frame_line(out: &mut Vec<u8>, hf: &[u8], hp: &[u8], line: &[u8], max: usize) {
     let content = &line[..line.len() - 1];
-    if content.len() < max && content.last() != Some(&b'\r') {
+    if content.len() <= max && content.last() != Some(&b'\r') {
         // The common case: the header, then the line and its newline as they came.
         out.extend_from_slice(hf);
         out.extend_from_slice(line);
         return;
     }
     let mut content = content.strip_suffix(b"\r").unwrap_or(content);
-    while content.len() >= max {
+    while content.len() > max {
         record(out, hp, &content[..max]);
         content = &content[max..];
     }
@@ -252,21 +266,65 @@ mod tests {
                 "stdout F ab",
                 "stdout P cdef",
                 "stderr F err",
-                // Exactly the maximum, then the newline: a full piece and an empty final one
-                // (what containerd's reader produces).
-                "stdout P ghij",
+                // Exactly the maximum, its newline in the next write: one final record (as
+                // containerd's reader splits only what is longer).
+                "stdout F ghij",
                 "stdout F ",
-                "stdout F ",
-                "stdout P tail",
                 // "\r\n" ends a line as "\n" does; a lone "\r" is content; the stream's
                 // unfinished line at its end is a partial piece (the kubelet adds no newline).
+                // (stdout's "tail", exactly the maximum, waits for what follows it: its end.)
                 "stderr F cr",
+                "stdout P tail",
                 "stderr P x\ry\r",
             ],
             "{s:?}"
         );
         assert_eq!(reassemble(&text, "stdout"), b"ab\ncdefghij\n\ntail");
         assert_eq!(reassemble(&text, "stderr"), b"err\ncr\nx\ry\r");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn reopen_makes_a_removed_directory_and_keeps_the_old_file_on_failure() {
+        let dir = std::env::temp_dir().join(format!("crilog-reopen-{}", std::process::id()));
+        let path = dir.join("c").join("0.log");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut l = CriLog::open(&path, 16).unwrap();
+        l.write(Stream::Stdout, b"one\n", b"T");
+        // The kubelet rotates: renames the file away, asks for a new one.
+        std::fs::rename(&path, dir.join("rotated")).unwrap();
+        std::fs::remove_dir(path.parent().unwrap()).unwrap();
+        l.reopen().unwrap();
+        l.write(Stream::Stdout, b"two\n", b"T");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "T stdout F two\n");
+        // A reopen that cannot open (a directory where the file was): an error, and the
+        // records still reach the file that was open.
+        std::fs::rename(&path, dir.join("rotated2")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(l.reopen().is_err());
+        assert!(l.write(Stream::Stdout, b"three\n", b"T").is_none());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("rotated2")).unwrap(),
+            "T stdout F two\nT stdout F three\n"
+        );
+        assert_eq!(l.dropped, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_maximum_is_one_record() {
+        let (mut l, p) = log(4);
+        let ts = b"T";
+        l.write(Stream::Stdout, b"abcd\n", ts);
+        l.write(Stream::Stdout, b"efgh", ts);
+        l.write(Stream::Stdout, b"\n", ts);
+        l.write(Stream::Stdout, b"ijklmnop\nqrstu", ts);
+        l.finish(Stream::Stdout, ts);
+        let s = String::from_utf8(std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(
+            s,
+            "T stdout F abcd\nT stdout F efgh\nT stdout P ijkl\nT stdout F mnop\nT stdout P qrst\nT stdout P u\n"
+        );
         std::fs::remove_file(p).unwrap();
     }
 

@@ -46,8 +46,9 @@ struct Client {
     sock: OwnedFd,
     queue: VecDeque<Vec<u8>>,
     queued: usize,
-    /// Has sent stdin (for --stdin-once).
-    wrote_stdin: bool,
+    /// Carries stdin (said so, sent some, or ended it): only such a client's going away
+    /// closes the container's stdin with --stdin-once.
+    carries_stdin: bool,
     dead: bool,
 }
 
@@ -407,10 +408,17 @@ impl Monitor {
             self.expire_execs();
             self.answer_finished_execs();
             self.conns.retain(|c| !c.dead);
-            // An attacher gone for any reason (detached, its connection broken, dropped for
-            // not reading or for a bad message) is a detach: with --stdin-once the first one
-            // closes the container's stdin.
-            if self.clients.iter().any(|c| c.dead) && self.stdin_once && self.stdin.is_some() {
+            // An attacher that carried stdin gone for any reason (detached, its connection
+            // broken, dropped for not reading or for a bad message) is the end of its input:
+            // with --stdin-once and no terminal, the first one closes the container's stdin
+            // (containerd's rule). One without stdin changes nothing; a terminal's input stays
+            // open for the next attacher (`kubectl attach -it` after a dropped session), as
+            // containerd leaves it: EOF cannot be sent through a terminal without hanging it up.
+            if self.stdin_once
+                && self.master.is_none()
+                && self.stdin.is_some()
+                && self.clients.iter().any(|c| c.dead && c.carries_stdin)
+            {
                 self.close_stdin();
             }
             self.clients.retain(|c| !c.dead);
@@ -732,7 +740,7 @@ impl Monitor {
                         sock,
                         queue: VecDeque::new(),
                         queued: 0,
-                        wrote_stdin: false,
+                        carries_stdin: false,
                         dead: false,
                     });
                 }
@@ -797,8 +805,9 @@ impl Monitor {
         }
         let msg = &buf[..n];
         match msg[0] {
+            proto::ATTACH_WITH_STDIN if msg.len() == 1 => self.clients[i].carries_stdin = true,
             proto::ATTACH_STDIN if self.stdin.is_some() => {
-                self.clients[i].wrote_stdin = true;
+                self.clients[i].carries_stdin = true;
                 self.stdin_queue.extend(&msg[1..]);
                 self.write_stdin();
             }
@@ -810,12 +819,14 @@ impl Monitor {
                     let _ = rsrun::sys::set_winsize(m.as_raw_fd(), rows, cols);
                 }
             }
-            // The client's input ended. With --stdin-once that closes the container's stdin
-            // and the client stays for the output until the exit; without, stdin stays open
-            // for the next attacher and this attachment ends (as containerd ends such an
-            // attach: the client is not left waiting for an exit that input will not bring).
+            // The client's input ended. With --stdin-once and no terminal that closes the
+            // container's stdin and the client stays for the output until the exit; else
+            // stdin stays open for the next attacher and this attachment ends (as containerd
+            // ends such an attach: the client is not left waiting for an exit that input will
+            // not bring).
             proto::ATTACH_CLOSE_STDIN if msg.len() == 1 => {
-                if self.stdin_once {
+                self.clients[i].carries_stdin = true;
+                if self.stdin_once && self.master.is_none() {
                     self.close_stdin();
                 } else {
                     self.flush_client(i);

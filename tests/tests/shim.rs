@@ -495,6 +495,39 @@ fn stdin_once_closes_stdin_when_the_attacher_leaves() {
 }
 
 #[test]
+fn stdin_once_only_an_attacher_with_stdin_closes_it_and_never_a_terminals() {
+    // An attacher without stdin comes and goes: cat still reads.
+    let b = Bundle::new(&["sh", "-c", "cat; echo closed"]);
+    let s = shim(&b, &["--stdin", "--stdin-once"]).unwrap();
+    s.start();
+    drop(attach(&s));
+    let a = attach(&s);
+    send(&a, 0, b"still open\n");
+    read_until(&a, b"still open\n");
+    // One that says it carries stdin (kind 6) and goes without a byte: its input ended.
+    let y = attach(&s);
+    send(&y, 6, b"");
+    drop(y);
+    read_until(&a, b"closed\n");
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+
+    // A terminal's input stays open for the next attacher (`kubectl attach -it` after a
+    // dropped `kubectl run -it`), as containerd leaves it.
+    let mut b = Bundle::new(&["sh", "-c", "read x; echo got-$x; read y; echo got-$y"]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let s = shim(&b, &["--terminal", "--stdin", "--stdin-once"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    send(&a, 0, b"one\n");
+    read_until(&a, b"got-one");
+    drop(a);
+    let c = attach(&s);
+    send(&c, 0, b"two\n");
+    read_until(&c, b"got-two");
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+}
+
+#[test]
 fn terminal_and_resize() {
     let mut b = Bundle::new(&["sh", "-c", "read x; stty size; exit 7"]);
     b.edit(|c| c["process"]["terminal"] = json!(true));

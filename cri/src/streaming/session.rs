@@ -376,7 +376,19 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
             .map(|_| ())
         }
     };
-    let mut code: Option<i32> = None;
+    // A client with stdin says so first: its going away is then the end of its input (the
+    // container's stdin closes with stdin_once, as containerd's does).
+    if req.stdin && send(vec![6u8]).await.is_err() {
+        let _ = w
+            .send(
+                ERROR,
+                &status(Err("the container's monitor went away".into())),
+            )
+            .await;
+        w.close().await;
+        return;
+    }
+    let mut exited = false;
     loop {
         tokio::select! {
             pkt = rx.recv() => match pkt.as_deref() {
@@ -386,8 +398,8 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
                         break;
                     }
                 }
-                Some([3, c @ ..]) => {
-                    code = c.get(..4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                Some([3, ..]) => {
+                    exited = true;
                     break;
                 }
                 Some(_) => {}
@@ -418,8 +430,11 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
     }
     // Ends the reader thread too (its recv returns once the socket is shut down).
     let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-    if let Some(c) = code {
-        let _ = w.send(ERROR, &status(Ok(c))).await;
+    // The container's exit ends the attach successfully whatever its code, as the kubelet's
+    // streaming server reports an attach (`kubectl attach` and `run -i` do not fail with
+    // the container's exit code).
+    if exited {
+        let _ = w.send(ERROR, &status(Ok(0))).await;
     }
     w.close().await;
 }
