@@ -45,6 +45,7 @@ pub struct File {
     pub stream_address: Option<String>,
     pub enable_unprivileged_ports: Option<bool>,
     pub enable_unprivileged_icmp: Option<bool>,
+    pub image_pull_progress_timeout: Option<String>,
     /// Read and ignored: it named the `rsrun` binary that exec sessions ran before exec went
     /// through rsrun-shim. Kept so that a file that still sets it does not stop the server.
     #[serde(default, rename = "runtime")]
@@ -72,6 +73,9 @@ impl File {
                 .enable_unprivileged_ports
                 .or(o.enable_unprivileged_ports),
             enable_unprivileged_icmp: self.enable_unprivileged_icmp.or(o.enable_unprivileged_icmp),
+            image_pull_progress_timeout: self
+                .image_pull_progress_timeout
+                .or(o.image_pull_progress_timeout),
             obsolete_runtime: None,
         }
     }
@@ -98,6 +102,40 @@ pub struct Opts {
     pub stream_address: String,
     /// The sysctls a pod with a network of its own gets unless it sets them.
     pub pod_net_defaults: crate::sandbox::NetDefaults,
+    /// A pull that receives nothing for this long fails (None: never).
+    pub pull_progress_timeout: Option<std::time::Duration>,
+}
+
+/// A duration as Go writes one and containerd's config takes it ("5m", "90s", "1m30s",
+/// "1.5h", "500ms"); "0" is zero.
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let v: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += v * scale;
+        rest = &rest[u..];
+    }
+    (!s.is_empty() && total.is_finite() && total < 1e9)
+        .then(|| std::time::Duration::from_secs_f64(total))
 }
 
 /// Flags, then the file they name (or the default one), then the defaults. None: --help.
@@ -238,12 +276,34 @@ fn resolve(f: File) -> Result<Opts> {
             unprivileged_ports: f.enable_unprivileged_ports.unwrap_or(true),
             unprivileged_icmp: f.enable_unprivileged_icmp.unwrap_or(true),
         },
+        pull_progress_timeout: match f.image_pull_progress_timeout.as_deref() {
+            None => Some(rsrun_image::DEFAULT_PROGRESS_TIMEOUT),
+            Some(t) => {
+                let d = parse_duration(t).with_context(|| {
+                    format!("image_pull_progress_timeout {t:?}: a duration such as \"5m\", \"90s\" or \"0\" (never)")
+                })?;
+                (!d.is_zero()).then_some(d)
+            }
+        },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_as_containerd_writes_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "5", "m", "5 m", "-1s", "5d", "1e3s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

@@ -14,6 +14,8 @@ use crate::error::image_status;
 pub struct Images {
     pub store: Arc<ImageStore>,
     pub gc: Arc<Collector>,
+    /// A pull that receives nothing for this long fails (`image_pull_progress_timeout`).
+    pub progress_timeout: Option<std::time::Duration>,
 }
 
 /// Frees the blobs and snapshots of removed images (`ImageStore::collect`) after the call
@@ -106,43 +108,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("image store task: {e}")))?
 }
 
+/// The pull's credentials from the CRI AuthConfig, read as containerd reads it (the image
+/// store's `Credentials::from_cri`).
 fn credentials(auth: Option<api::AuthConfig>) -> Result<Option<Credentials>, Status> {
     let Some(a) = auth else { return Ok(None) };
-    if !a.identity_token.is_empty() {
-        return Ok(Some(Credentials::IdentityToken(a.identity_token)));
-    }
-    if !a.registry_token.is_empty() {
-        return Ok(Some(Credentials::RegistryToken(a.registry_token)));
-    }
-    if !a.username.is_empty() || !a.password.is_empty() {
-        return Ok(Some(Credentials::Basic {
-            username: a.username,
-            password: a.password,
-        }));
-    }
-    if !a.auth.is_empty() {
-        // base64("user:password"), as docker config files hold it.
-        let raw = decode_base64(&a.auth)
-            .ok_or_else(|| Status::invalid_argument("auth.auth is not base64"))?;
-        let s = String::from_utf8(raw)
-            .map_err(|_| Status::invalid_argument("auth.auth is not user:password"))?;
-        let (u, p) = s
-            .split_once(':')
-            .ok_or_else(|| Status::invalid_argument("auth.auth is not user:password"))?;
-        return Ok(Some(Credentials::Basic {
-            username: u.to_string(),
-            password: p.to_string(),
-        }));
-    }
-    Ok(None)
-}
-
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s))
-        .ok()
+    Credentials::from_cri(
+        &a.username,
+        &a.password,
+        &a.auth,
+        &a.identity_token,
+        &a.registry_token,
+    )
+    .map_err(|e| Status::invalid_argument(format!("PullImage: auth: {e}")))
 }
 
 #[tonic::async_trait]
@@ -208,8 +185,17 @@ impl ImageService for Images {
         };
         let mut info = std::collections::HashMap::new();
         if r.verbose {
-            let i = blocking(move || store.inspect(&name).map_err(image_status)).await?;
-            info.insert("info".to_string(), i.config.to_string());
+            // As containerd's: the chain ID and the image's config (`crictl inspecti`
+            // templates read `.info.imageSpec`). Removed meanwhile: an empty answer.
+            let i = match blocking(move || Ok(store.inspect(&name))).await? {
+                Ok(i) => i,
+                Err(rsrun_image::Error::NotFound(_)) => {
+                    return Ok(Response::new(api::ImageStatusResponse::default()))
+                }
+                Err(e) => return Err(image_status(e)),
+            };
+            let v = serde_json::json!({"chainID": i.chain_id(), "imageSpec": i.config});
+            info.insert("info".to_string(), v.to_string());
         }
         Ok(Response::new(api::ImageStatusResponse {
             image: Some(to_cri(&img)),
@@ -229,6 +215,7 @@ impl ImageService for Images {
         let cancelled = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let mut opts = PullOptions {
             credentials: credentials(r.auth)?,
+            progress_timeout: self.progress_timeout,
             ..Default::default()
         };
         opts.cancel.flag = Some(cancelled.0.clone());
@@ -287,10 +274,44 @@ impl ImageService for Images {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn base64() {
-        assert_eq!(super::decode_base64("dXNlcjpwdw==").unwrap(), b"user:pw");
-        assert_eq!(super::decode_base64("YQ").unwrap(), b"a");
-        assert!(super::decode_base64("*").is_none());
+    fn credentials_as_containerd_reads_them() {
+        let a = |u: &str, p: &str, auth: &str, id: &str, rt: &str| api::AuthConfig {
+            username: u.into(),
+            password: p.into(),
+            auth: auth.into(),
+            identity_token: id.into(),
+            registry_token: rt.into(),
+            ..Default::default()
+        };
+        let basic = |u: &str, p: &str| {
+            Some(Credentials::Basic {
+                username: u.into(),
+                password: p.into(),
+            })
+        };
+        assert_eq!(credentials(None).unwrap(), None);
+        // The kubelet's: user and password; a user name wins over the rest.
+        assert_eq!(
+            credentials(Some(a("u", "pw", "eDp5", "id", "rt"))).unwrap(),
+            basic("u", "pw")
+        );
+        assert_eq!(
+            credentials(Some(a("", "", "dXNlcjpwdw==", "id", ""))).unwrap(),
+            Some(Credentials::IdentityToken("id".into()))
+        );
+        assert_eq!(
+            credentials(Some(a("", "", "dXNlcjpwdw==", "", "rt"))).unwrap(),
+            basic("user", "pw")
+        );
+        assert_eq!(
+            credentials(Some(a("", "", "", "", "rt"))).unwrap(),
+            Some(Credentials::RegistryToken("rt".into()))
+        );
+        let e = credentials(Some(a("", "", "*", "", ""))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("auth"), "{}", e.message());
     }
 }

@@ -170,7 +170,11 @@ async fn serve(o: Opts) -> Result<()> {
     gc.request();
     let runtime = Arc::new(runtime);
     tokio::spawn(events::watch_exits(runtime.clone()));
-    let images = image_service::Images { store, gc };
+    let images = image_service::Images {
+        store,
+        gc,
+        progress_timeout: o.pull_progress_timeout,
+    };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -209,7 +209,10 @@ impl Credentials {
         })
     }
 
-    /// From the fields of a CRI AuthConfig (empty strings mean unset).
+    /// From the fields of a CRI AuthConfig (empty strings mean unset), in containerd's order:
+    /// a user name (the kubelet's imagePullSecrets and credential providers send user and
+    /// password), then an identity token, then `auth` (base64 of `user:password`), then a
+    /// registry token (which containerd does not take).
     pub fn from_cri(
         username: &str,
         password: &str,
@@ -217,20 +220,20 @@ impl Credentials {
         identity_token: &str,
         registry_token: &str,
     ) -> Result<Option<Credentials>> {
-        if !registry_token.is_empty() {
-            return Ok(Some(Credentials::RegistryToken(registry_token.into())));
-        }
-        if !identity_token.is_empty() {
-            return Ok(Some(Credentials::IdentityToken(identity_token.into())));
-        }
         if !username.is_empty() {
             return Ok(Some(Credentials::Basic {
                 username: username.into(),
                 password: password.into(),
             }));
         }
+        if !identity_token.is_empty() {
+            return Ok(Some(Credentials::IdentityToken(identity_token.into())));
+        }
         if !auth.is_empty() {
             return decode_auth(auth).map(Some);
+        }
+        if !registry_token.is_empty() {
+            return Ok(Some(Credentials::RegistryToken(registry_token.into())));
         }
         Ok(None)
     }

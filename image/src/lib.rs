@@ -24,7 +24,7 @@ pub use config::{AuthFile, Credentials, RegistryConfig};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::Platform;
-pub use pull::{LayerEvent, Progress, PullOptions};
+pub use pull::{LayerEvent, Progress, PullOptions, DEFAULT_PROGRESS_TIMEOUT};
 pub use reference::Reference;
 pub use registry::Cancel;
 pub use store::{ImageRecord, LayerRecord, RootfsRecord, Store, DEFAULT_ROOT};
@@ -55,6 +55,23 @@ pub struct Inspection {
     pub image: ImageRecord,
     pub manifest: serde_json::Value,
     pub config: serde_json::Value,
+}
+
+impl Inspection {
+    /// The ChainID of the image's layers (the OCI image spec's: the first diff_id, then
+    /// `sha256(chain + " " + next diff_id)` for each next), as containerd reports it; None
+    /// without layers.
+    pub fn chain_id(&self) -> Option<String> {
+        use sha2::Digest as _;
+        let ids = self.config["rootfs"]["diff_ids"].as_array()?;
+        let mut it = ids.iter().filter_map(|d| d.as_str());
+        let mut chain = it.next()?.to_string();
+        for d in it {
+            let h = sha2::Sha256::digest(format!("{chain} {d}").as_bytes());
+            chain = format!("sha256:{}", digest::hex(&h));
+        }
+        Some(chain)
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -295,15 +312,15 @@ impl ImageStore {
         })
     }
 
-    /// Writable-layer usage of every container rootfs (CRI ContainerFsInfo).
+    /// Writable-layer usage of every container rootfs (CRI ContainerFsInfo): each container
+    /// directory's `upper`, whatever its record says (one unreadable record must not take the
+    /// kubelet's ImageFsInfo, and with it eviction and image GC, down).
     pub fn container_fs_info(&self) -> Result<FsUsage> {
         let mut seen = HashSet::new();
         let (mut bytes, mut inodes) = (0, 0);
-        for r in self.store.rootfs_records()? {
-            let (b, i) = usage_dedup(
-                &self.store.containers_dir().join(&r.id).join("upper"),
-                &mut seen,
-            );
+        let dir = self.store.containers_dir();
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let (b, i) = usage_dedup(&e.path().join("upper"), &mut seen);
             bytes += b;
             inodes += i;
         }
@@ -588,4 +605,47 @@ fn usage_dedup(p: &Path, seen: &mut HashSet<(u64, u64)>) -> (u64, u64) {
         }
     }
     (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_id_of_the_layers() {
+        let (a, b, c) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+            format!("sha256:{}", "c".repeat(64)),
+        );
+        let with = |ids: &[&String]| Inspection {
+            image: ImageRecord {
+                id: Digest::parse(&a).unwrap(),
+                repo_tags: vec![],
+                repo_digests: vec![],
+                manifest: Digest::parse(&a).unwrap(),
+                manifest_blobs: vec![],
+                config: Digest::parse(&a).unwrap(),
+                layers: vec![],
+                size: 0,
+                user: String::new(),
+                platform: String::new(),
+                pinned: false,
+                created: 0,
+            },
+            manifest: serde_json::Value::Null,
+            config: serde_json::json!({"rootfs": {"type": "layers", "diff_ids": ids}}),
+        };
+        assert_eq!(with(&[]).chain_id(), None);
+        assert_eq!(with(&[&a]).chain_id().as_deref(), Some(a.as_str()));
+        // Computed apart (Python's hashlib) from the image spec's definition.
+        assert_eq!(
+            with(&[&a, &b]).chain_id().unwrap(),
+            "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c"
+        );
+        assert_eq!(
+            with(&[&a, &b, &c]).chain_id().unwrap(),
+            "sha256:c1377126441fb2f5ec2c21ae2a60255331d639e830f0ee1b40a36e52d4c40588"
+        );
+    }
 }

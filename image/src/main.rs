@@ -19,7 +19,7 @@ commands:
        [--concurrency N] [-q] IMAGE
                          pull and unpack an image; prints its ID. --timeout: overall
                          deadline (none by default); --progress-timeout: fail when no
-                         byte arrives for that long (default 60, 0 = never)
+                         byte arrives for that long (default 300, 0 = never)
   list [-q]              list images (ID, size, tags)
   inspect IMAGE          record, manifest and config as JSON
   remove IMAGE...        remove by tag, ID or digest (missing ones succeed)

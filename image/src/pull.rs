@@ -30,8 +30,10 @@ const BATCH_LAYERS: usize = 64;
 /// …or once the oldest of them has waited this long.
 const BATCH_AGE: Duration = Duration::from_millis(500);
 
-/// The default `PullOptions::progress_timeout`.
-pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default `PullOptions::progress_timeout`: 5 minutes, containerd's default
+/// `image_pull_progress_timeout` (a pull-through cache may answer only once it has fetched a
+/// large blob from upstream).
+pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(300);
 
 const GIB: u64 = 1 << 30;
 
@@ -106,7 +108,7 @@ pub struct PullOptions {
     pub unpack: UnpackOptions,
     /// Fail an endpoint (`Error::Stalled`, then the next mirror is tried) when no byte has
     /// arrived for this long, for the pull as a whole and for any one request (a stalled
-    /// connection while others progress). None: wait forever. Default 60 s.
+    /// connection while others progress). None: wait forever. Default 5 minutes.
     pub progress_timeout: Option<Duration>,
     pub limits: Limits,
 }
