@@ -377,6 +377,18 @@ pub fn user(
     Ok((uid, gid, groups))
 }
 
+/// The `io.kubernetes.cri.*` annotations of a pod's containers (`kind` "container") and of
+/// its pause ("sandbox"), as containerd names them.
+pub fn cri_annotations<'a>(sb: &'a SandboxRecord, kind: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("io.kubernetes.cri.container-type", kind),
+        ("io.kubernetes.cri.sandbox-id", sb.id.as_str()),
+        ("io.kubernetes.cri.sandbox-name", sb.name.as_str()),
+        ("io.kubernetes.cri.sandbox-namespace", sb.namespace.as_str()),
+        ("io.kubernetes.cri.sandbox-uid", sb.uid.as_str()),
+    ]
+}
+
 /// The OCI config of a container.
 #[allow(clippy::too_many_arguments)]
 pub fn oci_spec(
@@ -389,6 +401,7 @@ pub fn oci_spec(
     systemd_cgroup: bool,
     default_caps: Option<&[String]>,
     target_pid: Option<i32>,
+    image_name: &str,
 ) -> Result<Value, Status> {
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -638,12 +651,25 @@ pub fn oci_spec(
     if !device_rules.is_empty() {
         resources["devices"] = json!(device_rules);
     }
+    // The kubelet's annotations, and the CRI ones containerd adds to every container (OCI
+    // hooks, monitoring agents and VM runtimes group containers into pods by them).
+    let mut annotations = c.annotations.clone();
+    let name = c.metadata.as_ref().map_or("", |m| m.name.as_str());
+    annotations.extend(
+        cri_annotations(sb, "container")
+            .into_iter()
+            .chain([
+                ("io.kubernetes.cri.container-name", name),
+                ("io.kubernetes.cri.image-name", image_name),
+            ])
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let mut spec = json!({
         "ociVersion": "1.2.0",
         "process": process,
         "root": {"path": rootfs, "readonly": sc.readonly_rootfs},
         "mounts": mounts,
-        "annotations": c.annotations,
+        "annotations": annotations,
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
@@ -711,10 +737,11 @@ fn container_devices(
     privileged: bool,
 ) -> Result<(Vec<Value>, Vec<Value>), Status> {
     let mut nodes = Vec::new();
-    let mut rules = Vec::new();
+    // Deny-all first, as containerd's default spec has it (the runtime then adds the devices
+    // every container may use); a privileged container may use all.
+    let mut rules = vec![json!({"allow": privileged, "access": "rwm"})];
     if privileged {
         host_devices(Path::new("/dev"), Path::new("/dev"), &mut nodes);
-        rules.push(json!({"allow": true, "access": "rwm"}));
     }
     for (i, d) in asked.iter().enumerate() {
         let what = format!(
@@ -1748,9 +1775,13 @@ mod tests {
             ),
             (Some("c"), Some(1), Some(3))
         );
+        // Deny-all first (containerd's default spec), then the device.
         assert_eq!(
             rules,
-            vec![json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"})]
+            vec![
+                json!({"allow": false, "access": "rwm"}),
+                json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"})
+            ]
         );
     }
 

@@ -29,6 +29,8 @@ pub enum Error {
     BadConfig { path: PathBuf, why: String },
     #[error("CNI plugin {plugin:?} not found in {dirs}")]
     NoPlugin { plugin: String, dirs: String },
+    #[error("CNI network {network:?} gave the pod no address on {IFNAME}")]
+    NoAddress { network: String },
     #[error("CNI plugin {plugin} {command}: {why}")]
     Plugin {
         plugin: String,
@@ -67,7 +69,14 @@ pub struct Pod<'a> {
     pub port_mappings: &'a [api::PortMapping],
     /// The bandwidth plugin's runtime config, from the pod's annotations (`bandwidth`).
     pub bandwidth: Option<Value>,
+    /// The pod's annotations (the `io.kubernetes.cri.pod-annotations` capability).
+    pub annotations: &'a std::collections::HashMap<String, String>,
+    /// The pod's cgroup parent (the `cgroupPath` capability).
+    pub cgroup_parent: &'a str,
 }
+
+/// The runtime config capability of the pod's annotations (containerd's and CRI-O's name).
+const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
 
 /// The pod annotations that limit its bandwidth (bits per second, Kubernetes quantities).
 const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
@@ -222,10 +231,22 @@ impl Cni {
                 }
             }
         }
-        Ok(Attachment {
+        let a = Attachment {
             network: to_value(&list),
             result: prev.unwrap_or(Value::Null),
-        })
+        };
+        // A pod without an address would be ready yet unreachable (Services skip it):
+        // refused, as containerd refuses it, and undone.
+        if addresses(&a.result).is_empty() {
+            if let Err(d) = self.del(&a, pod).await {
+                tracing::warn!(
+                    pod = pod.sandbox_id,
+                    "undoing a CNI ADD without an address: {d}"
+                );
+            }
+            return Err(Error::NoAddress { network: list.name });
+        }
+        Ok(a)
     }
 
     /// Ends (SIGKILL to its process group) every plugin a killed server left running, and
@@ -286,8 +307,17 @@ impl Cni {
         let prev = (!a.result.is_null()).then_some(&a.result);
         let mut first = None;
         for p in list.plugins.iter().rev() {
-            if let Err(e) = self.call("DEL", &list, p, pod, prev).await {
-                first.get_or_insert(e);
+            match self.call("DEL", &list, p, pod, prev).await {
+                Ok(_) => {}
+                // Its binary is gone (the node's CNI was replaced): nothing can undo what it
+                // made, and failing would keep the pod's stop failing forever (containerd
+                // takes the current configuration's plugins; go-cni passes over "not found").
+                Err(e @ Error::NoPlugin { .. }) => {
+                    tracing::warn!(pod = pod.sandbox_id, "CNI DEL passed over: {e}");
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
         }
         first.map_or(Ok(()), Err)
@@ -336,6 +366,13 @@ impl Cni {
                 conf["runtimeConfig"]["bandwidth"] = b.clone();
             }
         }
+        // What else containerd passes to a plugin that declares it.
+        if plugin["capabilities"][POD_ANNOTATIONS] == true {
+            conf["runtimeConfig"][POD_ANNOTATIONS] = json!(pod.annotations);
+        }
+        if plugin["capabilities"]["cgroupPath"] == true && !pod.cgroup_parent.is_empty() {
+            conf["runtimeConfig"]["cgroupPath"] = json!(pod.cgroup_parent);
+        }
         let stdin = serde_json::to_vec(&conf).map_err(|e| err(e.to_string()))?;
         // Only a pinned namespace (an nsfs mount): a server killed between making the pin
         // file and mounting it leaves a plain file, which plugins refuse ("unknown FS
@@ -346,8 +383,16 @@ impl Cni {
         } else {
             String::new()
         };
-        let mut child = tokio::process::Command::new(&bin)
-            .env_clear()
+        // The server's environment with the CNI variables set, as libcni runs plugins (they
+        // find iptables and the like on the server's PATH; a default PATH only without one).
+        let mut cmd = tokio::process::Command::new(&bin);
+        if std::env::var_os("PATH").is_none() {
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        let mut child = cmd
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", pod.sandbox_id)
             .env("CNI_NETNS", &netns)
@@ -360,7 +405,6 @@ impl Cni {
                     pod.namespace, pod.name, pod.sandbox_id, pod.uid
                 ),
             )
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -387,11 +431,22 @@ impl Cni {
         let writer = async move {
             let _ = input.write_all(&stdin).await;
         };
+        let group = child.id();
         let (_, out) = tokio::time::timeout(PLUGIN_TIMEOUT, async {
             tokio::join!(writer, child.wait_with_output())
         })
         .await
-        .map_err(|_| err(format!("no answer after {} s", PLUGIN_TIMEOUT.as_secs())))?;
+        .map_err(|_| {
+            // The plugin and what it started (delegates such as host-local): an undo that
+            // follows must not race them.
+            if let Some(g) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(g as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            err(format!("no answer after {} s", PLUGIN_TIMEOUT.as_secs()))
+        })?;
         let out = out.map_err(|e| err(e.to_string()))?;
         let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
         if !out.status.success() {
@@ -488,12 +543,25 @@ fn parse_list(v: Value) -> Result<NetworkList, String> {
 }
 
 /// The pod's addresses in an ADD result (CNI 0.3 and later: `ips[].address`; 0.2: `ip4`,
-/// `ip6`), IPv4 first.
+/// `ip6`), IPv4 first: those of its interface (eth0) or of none, as containerd takes them;
+/// not a host-side interface's (`ips[].interface` indexes `interfaces`).
 pub fn addresses(result: &Value) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let strip = |s: &str| s.split('/').next().unwrap_or(s).to_string();
+    let ifaces = result["interfaces"].as_array();
+    let pods = |ip: &Value| match ip["interface"].as_u64() {
+        None => true,
+        Some(n) => ifaces
+            .and_then(|a| a.get(n as usize))
+            .is_some_and(|i| i["name"] == IFNAME),
+    };
     if let Some(ips) = result["ips"].as_array() {
-        out.extend(ips.iter().filter_map(|i| i["address"].as_str()).map(strip));
+        out.extend(
+            ips.iter()
+                .filter(|i| pods(i))
+                .filter_map(|i| i["address"].as_str())
+                .map(strip),
+        );
     }
     for k in ["ip4", "ip6"] {
         if let Some(a) = result[k]["ip"].as_str() {
@@ -572,5 +640,18 @@ mod tests {
         assert_eq!(addresses(&r), vec!["10.1.2.3", "fd00::5"]);
         let old = json!({"ip4": {"ip": "10.9.0.2/16"}});
         assert_eq!(addresses(&old), vec!["10.9.0.2"]);
+        // Only the pod's interface's (or of none): not a host-side one's, nor one that
+        // names no interface the result lists.
+        let r = json!({
+            "interfaces": [{"name": "veth0"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [
+                {"address": "169.254.1.1/32", "interface": 0},
+                {"address": "10.0.0.5/24", "interface": 1},
+                {"address": "10.0.0.6/24", "interface": 7},
+                {"address": "fd00::6/64"}
+            ]
+        });
+        assert_eq!(addresses(&r), vec!["10.0.0.5", "fd00::6"]);
+        assert!(addresses(&json!({"cniVersion": "1.0.0"})).is_empty());
     }
 }

@@ -413,6 +413,8 @@ impl Runtime {
             bandwidth: network::bandwidth(&sb.annotations).map_err(|e| {
                 Status::invalid_argument(format!("RunPodSandbox: pod {}: {e}", sb.id))
             })?,
+            annotations: &sb.annotations,
+            cgroup_parent: &sb.cgroup_parent,
         };
         let a =
             self.cni.add(&pod).await.map_err(|e| {
@@ -474,6 +476,8 @@ impl Runtime {
             netns: &netns,
             port_mappings: &mappings,
             bandwidth: network::bandwidth(&sb.annotations).unwrap_or_default(),
+            annotations: &sb.annotations,
+            cgroup_parent: &sb.cgroup_parent,
         };
         self.cni
             .del(a, &pod)
@@ -671,7 +675,8 @@ impl RuntimeService for Runtime {
             e => e,
         };
         let made = match made {
-            // Most pods have none: no trip through the blocking pool for them.
+            // None (a pod on the node's network that sets none): no trip through the
+            // blocking pool.
             Ok(()) if rec.sysctls.is_empty() => Ok(()),
             Ok(()) => {
                 let r = rec.clone();
@@ -693,7 +698,21 @@ impl RuntimeService for Runtime {
         if let Err(e) = made {
             let _ = self.stop_pause(&rec).await;
             if let Err(d) = self.detach(&rec).await {
-                tracing::warn!(pod = %id, "{d}");
+                // Its network is still attached: the pod stays, not ready, for the kubelet's
+                // StopPodSandbox to run the DEL again (containerd keeps it too), rather than
+                // leak its address lease and port rules.
+                tracing::warn!(pod = %id, "RunPodSandbox failed ({}) and so did undoing its network: the pod is kept, not ready: {d}", e.message());
+                let mut t = self.sandboxes.lock().await;
+                if let Some(cur) = t.items.get(&id).cloned() {
+                    let kept = SandboxRecord {
+                        complete: true,
+                        ready: false,
+                        ..cur
+                    };
+                    t.update(&id, kept)
+                        .map_err(|e| io_status("pod sandbox record", e))?;
+                }
+                return Err(e);
             }
             let d = ns_dir.clone();
             let _ = blocking(move || {
@@ -1779,14 +1798,14 @@ impl Runtime {
         };
         let images = self.images.clone();
         let (cid, img) = (id.to_string(), image.to_string());
-        // The name the user wrote (the kubelet sends the image ID in `image`): whose repo
-        // digest ContainerStatus reports.
-        let asked = c
+        let user_image = c
             .image
             .as_ref()
             .map(|i| i.user_specified_image.clone())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| image.to_string());
+            .filter(|s| !s.is_empty());
+        // The name the user wrote (the kubelet sends the image ID in `image`): whose repo
+        // digest ContainerStatus reports.
+        let asked = user_image.clone().unwrap_or_else(|| image.to_string());
         let readonly = false;
         let wanted: Vec<(usize, api::Mount)> = c
             .mounts
@@ -1847,6 +1866,15 @@ impl Runtime {
         for (i, path, _) in &volumes {
             c.mounts[*i].host_path = path.to_string_lossy().into_owned();
         }
+        // The image's name as containerd annotates it: the one the user wrote, else the
+        // repo tag found for it, else what was asked.
+        let image_name = user_image.unwrap_or_else(|| {
+            if repo_tag.is_empty() {
+                image.to_string()
+            } else {
+                repo_tag.clone()
+            }
+        });
         let spec = container::oci_spec(
             id,
             &c,
@@ -1857,6 +1885,7 @@ impl Runtime {
             self.systemd_cgroup,
             self.default_caps.as_deref(),
             target_pid,
+            &image_name,
         )?;
         let u = &spec["process"]["user"];
         let user = (

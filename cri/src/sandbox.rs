@@ -104,8 +104,18 @@ pub fn pause_spec(
     } else {
         namespaces.extend(joined_namespaces(r));
     }
+    let mut annotations: serde_json::Map<String, serde_json::Value> =
+        crate::container::cri_annotations(r, "sandbox")
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+    annotations.insert(
+        "io.kubernetes.cri.sandbox-log-directory".into(),
+        serde_json::json!(r.log_directory),
+    );
     let mut spec = serde_json::json!({
         "ociVersion": "1.2.0",
+        "annotations": annotations,
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
                     "env": [], "cwd": "/", "noNewPrivileges": true},
         "root": {"path": rootfs, "readonly": true},

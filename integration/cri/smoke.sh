@@ -113,12 +113,25 @@ c pull busybox >/dev/null || fail "pull: $(cat "$R/crictl.err")"
 c images | grep -q '^docker.io/library/busybox  *latest ' || fail "images: $(c images)"
 id=$(c inspecti -o json busybox | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["id"])')
 case $id in sha256:????????????????????????????????????????????????????????????????) ;; *) fail "image id $id" ;; esac
+# The verbose status as containerd's: the chain ID (busybox has one layer: its diff_id) and
+# the image's config under imageSpec (what crictl inspecti templates read).
+vi=$(c inspecti -o json busybox | python3 -c '
+import json, sys
+i = json.load(sys.stdin)["info"]
+s = i["imageSpec"]
+print("ok" if i["chainID"] == s["rootfs"]["diff_ids"][0] and s["architecture"] == "amd64" else i)')
+[ "$vi" = ok ] || fail "ImageStatus verbose info: $vi"
 used_after=$(c imagefsinfo -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["imageFilesystems"][0]["usedBytes"]["value"])')
 [ "$used_after" -gt $((used_before + 500000)) ] || fail "ImageFsInfo did not count the pull: $used_before -> $used_after"
-ok "pull, images, inspecti, imagefsinfo ($used_before -> $used_after bytes)"
+# One unreadable container record does not take ImageFsInfo (the kubelet's eviction and
+# image GC read it) down.
+mkdir -p "$R/root/images/containers/zz-unreadable" && echo '{garbage' > "$R/root/images/containers/zz-unreadable/rootfs.json"
+c imagefsinfo >/dev/null || fail "ImageFsInfo with an unreadable container record: $(cat "$R/crictl.err")"
+rm -r "$R/root/images/containers/zz-unreadable"
+ok "pull, images, inspecti (verbose as containerd's), imagefsinfo ($used_before -> $used_after bytes; despite an unreadable record)"
 # A pull whose call ends first (its deadline; the kubelet cancels the pull of a pod being
 # deleted) stops: the registry sees its connection closed, long before the store's own
-# 60-second progress timeout would close it.
+# 5-minute progress timeout would close it.
 if "$W/bin/crictl" --image-endpoint "unix://$R/cri.sock" pull --pull-timeout 2s busybox:stall >/dev/null 2>"$R/crictl.err"; then
     fail "a pull from a registry that never answers succeeded"
 fi
@@ -425,8 +438,19 @@ printf 'k1\n' | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.soc
 (sleep 1; printf 'k2\n'; sleep 1) | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$keep" > "$R/keep.out" 2>"$R/crictl.err"
 grep -qx k2 "$R/keep.out" || fail "attach without stdin_once: the container's stdin did not stay open: $(tr '\n' '|' < "$R/keep.out")"
 [ "$(c inspect -o go-template --template '{{.status.state}}' "$keep")" = CONTAINER_RUNNING ] || fail "attach without stdin_once: cat ended"
-c rm -f "$once" "$keep" >/dev/null || fail "rm $once $keep: $(cat "$R/crictl.err")"
-ok "attach: with stdin_once the output after the input's end arrives and stdin closes; without, stdin stays open across attaches"
+# With stdin_once, an attach without stdin that comes and goes leaves stdin open (only one
+# that carried stdin closes it, containerd's rule); the container's exit code does not fail
+# an attach (the kubelet's streaming server reports its end as success).
+echo '{"metadata": {"name": "once3"}, "image": {"image": "busybox"}, "stdin": true, "stdin_once": true, "command": ["sh", "-c", "read x; echo got-$x; exit 3"]}' > "$R/once3.json"
+o3=$(c create "$pod" "$R/once3.json" "$R/pod.json") && c start "$o3" >/dev/null || fail "create (once3): $(cat "$R/crictl.err")"
+timeout -s KILL 1 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach "$o3" >/dev/null 2>&1 || true
+sleep 0.3
+[ "$(c inspect -o go-template --template '{{.status.state}}' "$o3")" = CONTAINER_RUNNING ] || fail "stdin_once: an attach without stdin closed the container's stdin"
+att=$(printf 'go\n' | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$o3" 2>"$R/crictl.err") \
+    || fail "attach to a container that exits 3 failed: $att $(cat "$R/crictl.err")"
+[ "$att" = got-go ] || fail "attach (once3): $att"
+c rm -f "$once" "$keep" "$o3" >/dev/null || fail "rm $once $keep $o3: $(cat "$R/crictl.err")"
+ok "attach: with stdin_once the output after the input's end arrives and stdin closes (not by an attach without stdin); without, stdin stays open across attaches; a container's exit code does not fail the attach"
 case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac
 ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
 # The pod's bandwidth annotations reach the bandwidth plugin: the kernel shapes its traffic
@@ -514,6 +538,38 @@ c start "$a" >/dev/null || fail "start: $(cat "$R/crictl.err")"
 ps_out=$(c exec -s "$a" ps -o pid,comm) || fail "exec ps: $(cat "$R/crictl.err")"
 echo "$ps_out" | grep -q '^ *1 pause$' || fail "PID 1 of the pod is not the pause: $ps_out"
 echo "$ps_out" | grep -q 'sleep' || fail "the container is not in the pod's PID namespace: $ps_out"
+# The CRI annotations containerd puts on every container and pause, as the runtime holds
+# them (the OCI state that hooks read).
+ann=$(for x in "$a" "pause-$pod"; do "$RSRUN" --root "$R/state/runtime" state "$x"; done | python3 -c '
+import json, sys
+dec, text, out = json.JSONDecoder(), sys.stdin.read(), []
+while text.strip():
+    v, n = dec.raw_decode(text.lstrip()); text = text.lstrip()[n:]
+    a = v.get("annotations", {})
+    out.append(" ".join(a.get("io.kubernetes.cri." + k, "-") for k in
+        ("container-type", "sandbox-id", "sandbox-name", "sandbox-namespace", "sandbox-uid", "container-name", "image-name", "sandbox-log-directory")))
+print(" | ".join(out))')
+case "$ann" in
+"container $pod shared default shared-uid a "*"busybox"*" - | sandbox $pod shared default shared-uid - - ") ;;
+*) fail "the CRI annotations of a container and its pause: $ann" ;;
+esac
+ok "rsrun-pause is PID 1 of a shared PID namespace; the CRI annotations on the container and the pause"
+# A plain container has CAP_MKNOD (the CRI default set) but its device cgroup denies every
+# device but the standard ones: the node it makes of a host disk (a loop device, which the
+# node itself reads) does not open.
+truncate -s 1M "$R/disk.img"
+loopdev=$(losetup -f --show "$R/disk.img") || fail "losetup"
+head -c 1 "$loopdev" > /dev/null || fail "the node cannot read $loopdev itself"
+hostdisk=$(printf '%d %d' "0x$(stat -c %t "$loopdev")" "0x$(stat -c %T "$loopdev")")
+echo '{"metadata": {"name": "mknod"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "mknod /dev/xd b '"$hostdisk"' && echo made; head -c 1 /dev/xd > /dev/null && echo READ; echo hi > /dev/null && echo null-ok"]}' > "$R/mknod.json"
+mk=$(c create "$pod" "$R/mknod.json" "$R/pod2.json") && c start "$mk" >/dev/null || fail "create/start (mknod): $(cat "$R/crictl.err")"
+for _ in $(seq 100); do [ "$(c inspect -o go-template --template '{{.status.state}}' "$mk")" = CONTAINER_EXITED ] && break; sleep 0.1; done
+mko="$(c logs "$mk") $(cat "$R/crictl.err")"
+losetup -d "$loopdev"
+echo "$mko" | grep -q made && echo "$mko" | grep -q null-ok && ! echo "$mko" | grep -q READ && echo "$mko" | grep -q 'Operation not permitted' \
+    || fail "a plain container read a host disk ($loopdev, $hostdisk) through a node it made: $mko"
+c rm "$mk" >/dev/null || fail "rm (mknod): $(cat "$R/crictl.err")"
+ok "a plain container's device cgroup: a node of a host disk it makes does not open"
 # A non-root user reads the image (the rootfs's directories keep the image's modes).
 echo '{"metadata": {"name": "u"}, "image": {"image": "busybox"}, "linux": {"security_context": {"run_as_user": {"value": 1000}}},
  "command": ["sh", "-c", "id -u; ls /bin > /dev/null && echo can-read-bin; sleep 1000"]}' > "$R/u.json"
@@ -812,13 +868,19 @@ ok "bad pod config: InvalidArgument naming the field"
 # Two servers side by side (different socket, root and state): each sees and removes only its
 # own pods; the first one's running container survives the second's rmp -a.
 c pull busybox >/dev/null || fail "pull: $(cat "$R/crictl.err")"
-"$CRI" --listen "unix://$R/cri2.sock" --root "$R/root2" --state "$R/state2" \
+# (The second one gives up on a pull that receives nothing for a second.)
+echo 'image_pull_progress_timeout = "1s"' > "$R/two.toml"
+"$CRI" --config "$R/two.toml" --listen "unix://$R/cri2.sock" --root "$R/root2" --state "$R/state2" \
     --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke2" \
     --cni-conf-dir "$R/net.d" --cni-bin-dir /usr/lib/cni >>"$R/cri2.log" 2>&1 &
 cri2=$!
 for _ in $(seq 100); do [ -S "$R/cri2.sock" ] && break; sleep 0.1; done
 c2() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri2.sock" --image-endpoint "unix://$R/cri2.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
 c2 pull busybox >/dev/null || fail "second server: pull: $(cat "$R/crictl.err")"
+if timeout 60 "$W/bin/crictl" --image-endpoint "unix://$R/cri2.sock" pull busybox:stall >/dev/null 2>"$R/crictl.err"; then
+    fail "a pull from a registry that never answers succeeded"
+fi
+grep -q 'no data received for 1s' "$R/crictl.err" || fail "image_pull_progress_timeout = \"1s\": $(cat "$R/crictl.err")"
 echo '{"metadata": {"name": "one", "namespace": "default", "uid": "one-uid"}}' > "$R/one.json"
 echo '{"metadata": {"name": "two", "namespace": "default", "uid": "two-uid"}}' > "$R/two.json"
 p1=$(c runp "$R/one.json") && k1=$(c create "$p1" "$R/a.json" "$R/one.json") && c start "$k1" >/dev/null \
@@ -831,7 +893,7 @@ c2 rmp -af >/dev/null || fail "second server: rmp -a: $(cat "$R/crictl.err")"
 [ "$(c inspect -o json "$k1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
     || fail "the first server's container did not survive the second's rmp -a"
 kill "$cri2"; wait "$cri2" 2>/dev/null || true; cri2=
-ok "two servers side by side: each lists and removes only its own pods"
+ok "two servers side by side: each lists and removes only its own pods; image_pull_progress_timeout ends a stalled pull"
 # An image removed while a container runs from it: its blobs go, the layers the container
 # uses stay until the container is removed.
 c rmi busybox >/dev/null || fail "rmi of an image in use: $(cat "$R/crictl.err")"

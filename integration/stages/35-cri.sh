@@ -12,5 +12,7 @@ fi
 cargo build -p rsrun-cri -p rsrun-shim -p rsrun
 cargo test -p rsrun-cri
 integration/cri/smoke.sh "$PWD/target/debug/rsrun-cri" "$PWD/target/debug/rsrun"
+# A CNI plugin that misbehaves on demand (no address, failing DEL, gone).
+integration/cri/cni-faults.sh "$PWD/target/debug/rsrun-cri"
 # The server killed -9 at random points (seeded by the time; the seed is printed on failure).
 integration/cri/kill9.sh "$PWD/target/debug/rsrun-cri" "$PWD/target/debug/rsrun" 25

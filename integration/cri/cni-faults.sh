@@ -1,0 +1,131 @@
+#!/bin/bash
+# rsrun-cri against a CNI plugin that misbehaves on demand (a script that records every call:
+# its command, its stdin and its PATH), where the real plugins of smoke.sh always behave:
+#   - an ADD that gives the pod no address fails RunPodSandbox, and is undone with a DEL;
+#   - the pod's address is its interface's (eth0), not a host-side interface's;
+#   - the runtime config of the capabilities containerd sends (pod annotations, cgroupPath);
+#   - plugins run with the server's PATH;
+#   - a RunPodSandbox that fails after its ADD, and whose undoing DEL fails too, keeps the pod
+#     (not ready) for StopPodSandbox to DEL again: no address lease leaks;
+#   - a plugin whose binary is gone does not keep a pod from being stopped and removed.
+# Usage: cni-faults.sh RSRUN-CRI-BINARY
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+CRI=$1
+W=${CRI_CNIFAULTS_WORK:-/var/tmp/rsrun-cri-cnifaults}
+CRICTL=${CRICTL:-/var/tmp/rsrun-cri-smoke/bin/crictl}
+fail() { echo "cri cni-faults: FAIL: $*" >&2; exit 1; }
+ok() { echo "cri cni-faults: ok: $*"; }
+[ -x "$CRICTL" ] || fail "no crictl at $CRICTL (integration/cri/smoke.sh builds it)"
+
+R=$W/run
+awk -v p="$R/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+done
+rm -rf "$R"; mkdir -p "$R/net.d" "$R/bin" "$R/custom-path"
+cri=
+cleanup() {
+    if [ -n "$cri" ]; then
+        "$CRICTL" --runtime-endpoint "unix://$R/cri.sock" --timeout 30s rmp -af >/dev/null 2>&1 || true
+        kill "$cri" 2>/dev/null; wait "$cri" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+# The plugin. Its behaviour: $R/mode ("ok", "veth": an address on a host-side interface too,
+# "noip": a result without one); $R/fail-del present: the next DEL fails (and removes it).
+cat > "$R/bin/fake" <<'PLUGIN'
+#!/bin/bash
+R=$(dirname "$(dirname "$0")")
+in=$(cat)
+printf '%s %s PATH=%s\n' "$CNI_COMMAND" "$(echo "$in" | tr -d '\n')" "$PATH" >> "$R/calls.log"
+case $CNI_COMMAND in
+ADD)
+    case $(cat "$R/mode") in
+    ok) echo '{"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "'"$CNI_NETNS"'"}], "ips": [{"address": "10.99.0.5/24", "interface": 0}]}' ;;
+    veth) echo '{"cniVersion": "1.0.0", "interfaces": [{"name": "veth0"}, {"name": "eth0", "sandbox": "'"$CNI_NETNS"'"}], "ips": [{"address": "169.254.1.1/32", "interface": 0}, {"address": "10.99.0.7/24", "interface": 1}]}' ;;
+    noip) echo '{"cniVersion": "1.0.0"}' ;;
+    esac ;;
+DEL)
+    if [ -e "$R/fail-del" ]; then
+        rm -f "$R/fail-del"
+        echo '{"cniVersion": "1.0.0", "code": 11, "msg": "DEL failed on purpose"}'
+        exit 1
+    fi ;;
+VERSION) echo '{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}' ;;
+esac
+PLUGIN
+chmod +x "$R/bin/fake"
+cat > "$R/net.d/10-fake.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "fake", "plugins": [
+  {"type": "fake", "capabilities": {"io.kubernetes.cri.pod-annotations": true, "cgroupPath": true}}]}
+JSON
+echo ok > "$R/mode"
+
+PATH="$R/custom-path:$PATH" "$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
+    --cni-conf-dir "$R/net.d" --cni-bin-dir "$R/bin" --cgroup-parent rsrun-cri-cnifaults \
+    --log-level info >"$R/cri.log" 2>&1 &
+cri=$!
+for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
+[ -S "$R/cri.sock" ] || fail "rsrun-cri did not start: $(cat "$R/cri.log")"
+c() { "$CRICTL" --runtime-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
+pod() { # NAME [EXTRA-JSON]
+    echo '{"metadata": {"name": "'"$1"'", "namespace": "default", "uid": "'"$1"'-uid"}'"${2:-}"'}' > "$R/$1.json"
+}
+dels() { grep -c '^DEL ' "$R/calls.log" || true; }
+
+# The runtime config and PATH a plugin is given.
+: > "$R/calls.log"
+pod caps ', "annotations": {"team": "blue"}, "linux": {"cgroup_parent": "/rsrun-cri-cnifaults-caps"}'
+p=$(c runp "$R/caps.json") || fail "runp (caps): $(cat "$R/crictl.err")"
+add=$(grep '^ADD ' "$R/calls.log")
+echo "$add" | grep -q '"cgroupPath":"/rsrun-cri-cnifaults-caps"' \
+    && echo "$add" | grep -q '"io.kubernetes.cri.pod-annotations":{"team":"blue"}' \
+    || fail "the runtime config of the declared capabilities: $add"
+echo "$add" | grep -q "PATH=$R/custom-path:" || fail "the plugin did not get the server's PATH: $add"
+[ "$(c inspectp -o go-template --template '{{.status.network.ip}}' "$p")" = 10.99.0.5 ] || fail "pod IP: $(c inspectp "$p")"
+c stopp "$p" >/dev/null && c rmp "$p" >/dev/null || fail "stopp/rmp (caps): $(cat "$R/crictl.err")"
+ok "plugins get the pod annotations and cgroupPath capabilities and the server's PATH"
+
+# The pod's address is eth0's.
+echo veth > "$R/mode"
+pod veth
+p=$(c runp "$R/veth.json") || fail "runp (veth): $(cat "$R/crictl.err")"
+ip=$(c inspectp -o go-template --template '{{.status.network.ip}}' "$p")
+[ "$ip" = 10.99.0.7 ] || fail "the pod's address is $ip, not its eth0's 10.99.0.7"
+c stopp "$p" >/dev/null && c rmp "$p" >/dev/null || fail "stopp/rmp (veth): $(cat "$R/crictl.err")"
+ok "the pod's address is its interface's, not a host-side one's"
+
+# No address: RunPodSandbox fails and the ADD is undone.
+echo noip > "$R/mode"; : > "$R/calls.log"
+pod noip
+if c runp "$R/noip.json" >/dev/null; then fail "a pod without an address was made"; fi
+grep -q 'no address' "$R/crictl.err" || fail "runp without an address: $(cat "$R/crictl.err")"
+[ "$(dels)" -ge 1 ] || fail "the ADD without an address was not undone: $(cat "$R/calls.log")"
+[ -z "$(c pods -q)" ] || fail "a pod is listed after a failed runp: $(c pods)"
+ok "an ADD that gives no address fails RunPodSandbox and is undone"
+
+# Fails after its ADD (a sysctl the kernel refuses), and its DEL fails too: kept, not ready;
+# StopPodSandbox runs the DEL again.
+echo ok > "$R/mode"; : > "$R/calls.log"; touch "$R/fail-del"
+pod kept ', "linux": {"sysctls": {"net.ipv4.ip_forward": "bogus"}}'
+if c runp "$R/kept.json" >/dev/null; then fail "a pod with a refused sysctl was made"; fi
+p=$(c pods -q --name kept)
+[ -n "$p" ] || fail "the pod whose network could not be undone is not kept: $(cat "$R/cri.log" | tail -n 5)"
+[ "$(c inspectp -o go-template --template '{{.status.state}}' "$p")" = SANDBOX_NOTREADY ] || fail "the kept pod is not NOTREADY"
+[ "$(dels)" = 1 ] || fail "DELs before the stop: $(dels)"
+c stopp "$p" >/dev/null || fail "stopp (kept): $(cat "$R/crictl.err")"
+[ "$(dels)" = 2 ] || fail "StopPodSandbox did not run the DEL again: $(dels) DELs"
+c rmp "$p" >/dev/null || fail "rmp (kept): $(cat "$R/crictl.err")"
+ok "a failed RunPodSandbox whose DEL fails keeps the pod, not ready, and StopPodSandbox DELs again"
+
+# Its plugin's binary gone: the pod is still stopped and removed.
+pod gone
+p=$(c runp "$R/gone.json") || fail "runp (gone): $(cat "$R/crictl.err")"
+mv "$R/bin/fake" "$R/fake.away"
+c stopp "$p" >/dev/null || fail "stopp with the plugin gone: $(cat "$R/crictl.err")"
+c rmp "$p" >/dev/null || fail "rmp with the plugin gone: $(cat "$R/crictl.err")"
+mv "$R/fake.away" "$R/bin/fake"
+grep -q 'CNI DEL passed over' "$R/cri.log" || fail "the passed-over DEL is not logged"
+ok "a pod whose CNI plugin is gone is stopped and removed (the DEL logged as passed over)"
+echo "cri cni-faults: all passed"
