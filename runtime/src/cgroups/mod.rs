@@ -502,8 +502,9 @@ impl Manager {
     /// use (`devices::DEFAULT_ALLOWED`), over deny-all, as runc applies them. A config without
     /// rules gets the defaults alone, never every device of the host (with CAP_MKNOD, a
     /// container could otherwise make and open the node of the host's disk). A rootless
-    /// container cannot set them (bpf(2) needs privileges the user lacks): skipped then, as
-    /// runc skips them, unless the config denies something.
+    /// container, or one made by root of a user namespace, cannot set them (bpf(2) needs
+    /// privileges the user lacks): skipped then, as runc skips them, unless the config denies
+    /// something.
     pub fn apply_devices(
         &self,
         spec: &[oci_spec::runtime::LinuxDeviceCgroup],
@@ -514,8 +515,13 @@ impl Manager {
             Manager::V1(m) => m.set_devices(&rules),
             Manager::V2(m) => m.set_devices(&rules),
         };
+        // (Root of a user namespace, as a runtime inside a rootless Kubernetes node, is
+        // refused them too: runc passes over the error there as well.)
         match r {
-            Err(e) if rootless && spec.iter().all(|d| d.allow()) => {
+            Err(e)
+                if (rootless || crate::lifecycle::rootless_auto())
+                    && spec.iter().all(|d| d.allow()) =>
+            {
                 crate::log::debug(&format!("rootless: device rules not applied: {e}"));
                 Ok(())
             }
@@ -973,24 +979,26 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     }
 }
 
-/// The inverse of [`shares_to_weight`]: the fewest shares that convert to `weight` (cgroup v2
-/// readers that report shares, as cAdvisor's `container_spec_cpu_shares`).
+/// The inverse of [`shares_to_weight`]: the most shares that convert to `weight`, so that
+/// the canonical values come back (2 → 1 → 2, 1024 → 100 → 1024, 262144 → 10000 → 262144;
+/// the conversion rounds up, so the fewest would read 100 back as 1011). For cgroup v2
+/// readers that report shares, as cAdvisor's `container_spec_cpu_shares`.
 pub fn weight_to_shares(weight: u64) -> u64 {
     match weight {
         0 => 0,
         1 => 2,
-        10_001.. => 262_144,
+        10_000.. => 262_144,
         w => {
             // Solve the quadratic for log2(shares), then step to the exact boundary: the
             // float root can be off by one either way.
             let c = 612.0 * ((w as f64).log10() + 7.0 / 34.0);
             let l = (-125.0 + (125.0f64 * 125.0 + 4.0 * c).sqrt()) / 2.0;
             let mut s = (2f64.powf(l).round() as u64).clamp(3, 262_143);
-            while s > 3 && shares_to_weight(s - 1) >= w {
-                s -= 1;
-            }
-            while s < 262_143 && shares_to_weight(s) < w {
+            while s < 262_143 && shares_to_weight(s + 1) <= w {
                 s += 1;
+            }
+            while s > 3 && shares_to_weight(s) > w {
+                s -= 1;
             }
             s
         }

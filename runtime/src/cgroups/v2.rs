@@ -508,9 +508,13 @@ mod tests {
             let s = weight_to_shares(w);
             assert_eq!(shares_to_weight(s), w, "weight {w} → {s} shares");
             assert!(
-                s <= 2 || shares_to_weight(s - 1) < w,
-                "weight {w}: not the fewest"
+                s >= 262_144 || shares_to_weight(s + 1) > w,
+                "weight {w}: not the most shares"
             );
+        }
+        // The canonical values come back.
+        for s in [2, 1024, 262_144] {
+            assert_eq!(weight_to_shares(shares_to_weight(s)), s);
         }
         assert_eq!(super::super::blkio_weight_to_io(10), 1);
         assert_eq!(super::super::blkio_weight_to_io(1000), 10000);
