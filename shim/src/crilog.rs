@@ -108,7 +108,10 @@ impl CriLog {
                     // a piece (one of exactly `max` bytes may still end with the next byte:
                     // then it is one F record, as containerd's reader splits only what is
                     // longer than the maximum).
-                    let full = partial.len().saturating_sub(1) / max * max;
+                    // (Two when the last byte is a "\r": a "\r\n" split between writes ends
+                    // the line as it would in one.)
+                    let keep = if partial.last() == Some(&b'\r') { 2 } else { 1 };
+                    let full = partial.len().saturating_sub(keep) / max * max;
                     if full > 0 {
                         for piece in partial[..full].chunks(max) {
                             record(out, &hp, piece);
@@ -320,10 +323,13 @@ mod tests {
         l.write(Stream::Stdout, b"\n", ts);
         l.write(Stream::Stdout, b"ijklmnop\nqrstu", ts);
         l.finish(Stream::Stdout, ts);
+        // A terminal's "\r\n" after exactly the maximum, split between two writes.
+        l.write(Stream::Stdout, b"vwxy\r", ts);
+        l.write(Stream::Stdout, b"\n", ts);
         let s = String::from_utf8(std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(
             s,
-            "T stdout F abcd\nT stdout F efgh\nT stdout P ijkl\nT stdout F mnop\nT stdout P qrst\nT stdout P u\n"
+            "T stdout F abcd\nT stdout F efgh\nT stdout P ijkl\nT stdout F mnop\nT stdout P qrst\nT stdout P u\nT stdout F vwxy\n"
         );
         std::fs::remove_file(p).unwrap();
     }

@@ -805,7 +805,6 @@ impl Monitor {
         }
         let msg = &buf[..n];
         match msg[0] {
-            proto::ATTACH_WITH_STDIN if msg.len() == 1 => self.clients[i].carries_stdin = true,
             proto::ATTACH_STDIN if self.stdin.is_some() => {
                 self.clients[i].carries_stdin = true;
                 self.stdin_queue.extend(&msg[1..]);

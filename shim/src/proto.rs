@@ -9,8 +9,9 @@
 //! `attach` (SOCK_SEQPACKET, one message per packet, first byte its kind):
 //! shim → client: `1` stdout bytes, `2` stderr bytes, `3` the container exited (i32 LE
 //! exit code); client → shim: `0` stdin bytes, `4` resize (u16 LE rows, u16 LE cols),
-//! `5` close the container's stdin, `6` this client carries stdin (sent first: its going
-//! away is then a detach for --stdin-once). Anything else is refused and the client dropped.
+//! `5` close the container's stdin. A client that sends stdin (an empty `0` says so without
+//! bytes) carries it: its going away is then a detach for --stdin-once. Anything else is
+//! refused and the client dropped.
 
 use serde::Deserialize;
 
@@ -20,7 +21,6 @@ pub const ATTACH_STDERR: u8 = 2;
 pub const ATTACH_EXIT: u8 = 3;
 pub const ATTACH_RESIZE: u8 = 4;
 pub const ATTACH_CLOSE_STDIN: u8 = 5;
-pub const ATTACH_WITH_STDIN: u8 = 6;
 /// The largest attach packet (kind byte included).
 pub const ATTACH_MAX: usize = 32 * 1024;
 

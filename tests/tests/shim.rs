@@ -504,9 +504,10 @@ fn stdin_once_only_an_attacher_with_stdin_closes_it_and_never_a_terminals() {
     let a = attach(&s);
     send(&a, 0, b"still open\n");
     read_until(&a, b"still open\n");
-    // One that says it carries stdin (kind 6) and goes without a byte: its input ended.
+    // One that says it carries stdin (an empty stdin packet) and goes without a byte: its
+    // input ended.
     let y = attach(&s);
-    send(&y, 6, b"");
+    send(&y, 0, b"");
     drop(y);
     read_until(&a, b"closed\n");
     assert_eq!(s.wait_exit()["exit_code"], 0);

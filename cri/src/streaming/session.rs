@@ -376,9 +376,11 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
             .map(|_| ())
         }
     };
-    // A client with stdin says so first: its going away is then the end of its input (the
-    // container's stdin closes with stdin_once, as containerd's does).
-    if req.stdin && send(vec![6u8]).await.is_err() {
+    // A client with stdin says so first, with an empty stdin packet: its going away is then
+    // the end of its input (the container's stdin closes with stdin_once, as containerd's
+    // does). (Empty stdin, not a kind of its own: a shim started before this server, which
+    // outlives upgrades, takes it too.)
+    if req.stdin && send(vec![0u8]).await.is_err() {
         let _ = w
             .send(
                 ERROR,
