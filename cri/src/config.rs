@@ -274,7 +274,10 @@ fn resolve(f: File) -> Result<Opts> {
         },
         pod_net_defaults: crate::sandbox::NetDefaults {
             unprivileged_ports: f.enable_unprivileged_ports.unwrap_or(true),
-            unprivileged_icmp: f.enable_unprivileged_icmp.unwrap_or(true),
+            // (Not for a server in a user namespace, as containerd: the group range then
+            // names groups its namespace does not map, which the kernel refuses.)
+            unprivileged_icmp: f.enable_unprivileged_icmp.unwrap_or(true)
+                && !rsrun::lifecycle::rootless_auto(),
         },
         pull_progress_timeout: match f.image_pull_progress_timeout.as_deref() {
             None => Some(rsrun_image::DEFAULT_PROGRESS_TIMEOUT),

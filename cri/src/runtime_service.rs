@@ -704,9 +704,16 @@ impl RuntimeService for Runtime {
                 tracing::warn!(pod = %id, "RunPodSandbox failed ({}) and so did undoing its network: the pod is kept, not ready: {d}", e.message());
                 let mut t = self.sandboxes.lock().await;
                 if let Some(cur) = t.items.get(&id).cloned() {
+                    // (An ADD that failed itself left no result: what the current network
+                    // may have made, for that DEL.)
+                    let network = match cur.network.clone() {
+                        None if !cur.host_network => self.cni.unrecorded().ok(),
+                        n => n,
+                    };
                     let kept = SandboxRecord {
                         complete: true,
                         ready: false,
+                        network,
                         ..cur
                     };
                     t.update(&id, kept)

@@ -33,7 +33,8 @@ cleanup() {
 trap cleanup EXIT
 
 # The plugin. Its behaviour: $R/mode ("ok", "veth": an address on a host-side interface too,
-# "noip": a result without one); $R/fail-del present: the next DEL fails (and removes it).
+# "noip": a result without one, "failadd": ADD fails); $R/fail-del present: the next DELs
+# fail (as many as it says, 1 when empty).
 cat > "$R/bin/fake" <<'PLUGIN'
 #!/bin/bash
 R=$(dirname "$(dirname "$0")")
@@ -45,10 +46,12 @@ ADD)
     ok) echo '{"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "'"$CNI_NETNS"'"}], "ips": [{"address": "10.99.0.5/24", "interface": 0}]}' ;;
     veth) echo '{"cniVersion": "1.0.0", "interfaces": [{"name": "veth0"}, {"name": "eth0", "sandbox": "'"$CNI_NETNS"'"}], "ips": [{"address": "169.254.1.1/32", "interface": 0}, {"address": "10.99.0.7/24", "interface": 1}]}' ;;
     noip) echo '{"cniVersion": "1.0.0"}' ;;
+    failadd) echo '{"cniVersion": "1.0.0", "code": 11, "msg": "ADD failed on purpose"}'; exit 1 ;;
     esac ;;
 DEL)
     if [ -e "$R/fail-del" ]; then
-        rm -f "$R/fail-del"
+        n=$(cat "$R/fail-del"); n=${n:-1}
+        if [ "$n" -gt 1 ]; then echo $((n - 1)) > "$R/fail-del"; else rm -f "$R/fail-del"; fi
         echo '{"cniVersion": "1.0.0", "code": 11, "msg": "DEL failed on purpose"}'
         exit 1
     fi ;;
@@ -117,7 +120,18 @@ p=$(c pods -q --name kept)
 c stopp "$p" >/dev/null || fail "stopp (kept): $(cat "$R/crictl.err")"
 [ "$(dels)" = 2 ] || fail "StopPodSandbox did not run the DEL again: $(dels) DELs"
 c rmp "$p" >/dev/null || fail "rmp (kept): $(cat "$R/crictl.err")"
-ok "a failed RunPodSandbox whose DEL fails keeps the pod, not ready, and StopPodSandbox DELs again"
+# The same when the ADD itself failed (no result recorded) and both DELs that undo it fail.
+echo failadd > "$R/mode"; : > "$R/calls.log"; echo 2 > "$R/fail-del"
+pod kept2
+if c runp "$R/kept2.json" >/dev/null; then fail "a pod whose ADD failed was made"; fi
+p=$(c pods -q --name kept2)
+[ -n "$p" ] || fail "the pod whose failed ADD could not be undone is not kept"
+[ "$(dels)" = 2 ] || fail "DELs before the stop (failed ADD): $(dels)"
+c stopp "$p" >/dev/null || fail "stopp (kept2): $(cat "$R/crictl.err")"
+[ "$(dels)" = 3 ] || fail "StopPodSandbox did not DEL the pod whose ADD failed: $(dels) DELs"
+c rmp "$p" >/dev/null || fail "rmp (kept2): $(cat "$R/crictl.err")"
+echo ok > "$R/mode"
+ok "a failed RunPodSandbox whose DEL fails keeps the pod, not ready, and StopPodSandbox DELs again (also when the ADD itself failed)"
 
 # Its plugin's binary gone: the pod is still stopped and removed.
 pod gone

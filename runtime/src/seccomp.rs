@@ -985,7 +985,11 @@ pub fn runtime_default_profile() -> LinuxSeccomp {
 /// architecture rsrun was built for (x86_64: X86_64, X86, X32; aarch64: AARCH64, ARM;
 /// otherwise the native one) rather than at run time; the s390-specific rules (clone's
 /// argument order, s390_pci_mmio_*) are absent; minimum-kernel conditions are not
-/// expressed (unknown names are skipped instead).
+/// expressed (unknown names are skipped instead; rsrun needs Linux 5.6 or later anyway, so
+/// ptrace is allowed without containerd's 4.8 check). Shared with containerd's profile and
+/// not closed here: the family rules compare socket's whole 64-bit argument, so a family
+/// with high bits set passes them and the kernel truncates it to AF_ALG or AF_VSOCK; and
+/// socketcall(2), the 32-bit x86 way to socket, is allowed unconditionally.
 pub fn runtime_default_profile_for_caps(caps: &[&str]) -> LinuxSeccomp {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
     let has = |c: &str| caps.contains(&c);
