@@ -1148,18 +1148,21 @@ static SHIM_FDS: std::sync::LazyLock<
 const SHIM_FDS_MAX: usize = 512;
 
 /// Whether the container has exited, or does within `wait`: its exit recorded, or its shim
-/// gone (nobody will record it). For a runtime call that found it gone meanwhile.
+/// gone (killed: nobody will record it). Polls every millisecond at first (most containers
+/// end at once), backing off to every 20 ms. Blocking.
 pub fn exited_within(r: &ContainerRecord, wait: std::time::Duration) -> bool {
-    let end = std::time::Instant::now() + wait;
-    loop {
-        if r.exit_file.exists() || !shim_alive(r) {
+    use std::time::{Duration, Instant};
+    let gone = || r.exit_file.exists() || !shim_alive(r);
+    let end = Instant::now() + wait;
+    let mut pause = Duration::from_millis(1);
+    while Instant::now() < end {
+        if gone() {
             return true;
         }
-        if std::time::Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
+    gone()
 }
 
 pub fn shim_alive(r: &ContainerRecord) -> bool {

@@ -207,28 +207,12 @@ impl Runtime {
         }
         let rt = self.rsrun();
         let id = r.id.clone();
-        let exit = r.exit_file.clone();
         let rec = r.clone();
         // The config's stop signal, else the image's STOPSIGNAL (nginx: SIGQUIT), else
         // SIGTERM; one that does not name a signal falls back to SIGTERM, logged.
         let signal = container::stop_signal(r, true);
         blocking(move || {
-            // Its exit recorded, or its shim gone (killed: nobody will record it).
-            let gone = || exit.exists() || !container::shim_alive(&rec);
-            // Polls the exit record: every millisecond at first (most containers end at
-            // once), backing off to every 20 ms.
-            let wait = |d: Duration| {
-                let end = std::time::Instant::now() + d;
-                let mut pause = Duration::from_millis(1);
-                while std::time::Instant::now() < end {
-                    if gone() {
-                        return true;
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
-                }
-                gone()
-            };
+            let wait = |d: Duration| container::exited_within(&rec, d);
             if !timeout.is_zero() {
                 let _ = rt.kill(&id, signal, false);
                 if wait(timeout) {

@@ -988,19 +988,19 @@ pub fn weight_to_shares(weight: u64) -> u64 {
         0 => 0,
         1 => 2,
         10_000.. => 262_144,
+        // shares_to_weight only grows: a binary search for the last shares whose weight is
+        // not above `w` (weight(2) = 1 <= w < 10000 = weight(262144)).
         w => {
-            // Solve the quadratic for log2(shares), then step to the exact boundary: the
-            // float root can be off by one either way.
-            let c = 612.0 * ((w as f64).log10() + 7.0 / 34.0);
-            let l = (-125.0 + (125.0f64 * 125.0 + 4.0 * c).sqrt()) / 2.0;
-            let mut s = (2f64.powf(l).round() as u64).clamp(3, 262_143);
-            while s < 262_143 && shares_to_weight(s + 1) <= w {
-                s += 1;
+            let (mut lo, mut hi) = (2u64, 262_144u64);
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if shares_to_weight(mid) <= w {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
             }
-            while s > 3 && shares_to_weight(s) > w {
-                s -= 1;
-            }
-            s
+            lo
         }
     }
 }
