@@ -971,6 +971,28 @@ pub fn runtime_default_profile() -> LinuxSeccomp {
     runtime_default_profile_for_caps(CRI_DEFAULT_CAPS)
 }
 
+/// The range `lo..=hi` of 32-bit values as aligned power-of-two blocks, each a (mask, value)
+/// pair of a masked equality on the low 32 bits: `x & mask == value` for exactly the values
+/// of the range (the fewest such blocks, at most 62).
+fn low32_blocks(lo: u32, hi: u32) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let (mut at, end) = (u64::from(lo), u64::from(hi) + 1);
+    while at < end {
+        // The largest block that starts at `at` (aligned to its size) and ends by `end`.
+        let mut size = if at == 0 {
+            1u64 << 32
+        } else {
+            1u64 << at.trailing_zeros()
+        };
+        while at + size > end {
+            size >>= 1;
+        }
+        out.push((0xffff_ffff & !(size - 1), at));
+        at += size;
+    }
+    out
+}
+
 /// The RuntimeDefault profile, written for rsrun after the profiles containerd and CRI-O
 /// ship: default action ERRNO(EPERM); an allow-list of ordinary syscalls; personality only
 /// with the values of PER_LINUX, PER_LINUX32, UNAME26 (and both) and the 0xffffffff query;
@@ -986,25 +1008,34 @@ pub fn runtime_default_profile() -> LinuxSeccomp {
 /// otherwise the native one) rather than at run time; the s390-specific rules (clone's
 /// argument order, s390_pci_mmio_*) are absent; minimum-kernel conditions are not
 /// expressed (unknown names are skipped instead; rsrun needs Linux 5.6 or later anyway, so
-/// ptrace is allowed without containerd's 4.8 check). Shared with containerd's profile and
-/// not closed here: the family rules compare socket's whole 64-bit argument, so a family
-/// with high bits set passes them and the kernel truncates it to AF_ALG or AF_VSOCK; and
-/// socketcall(2), the 32-bit x86 way to socket, is allowed unconditionally.
+/// ptrace is allowed without containerd's 4.8 check); socket's family rules compare the
+/// argument's low 32 bits only (containerd's compare the whole register, so a family with
+/// high bits set passes them and the kernel truncates it to AF_ALG or AF_VSOCK). Shared with
+/// containerd's profile and not closed here: socketcall(2), the 32-bit x86 way to socket
+/// whose arguments are behind a pointer that seccomp cannot read, is allowed
+/// unconditionally (old 32-bit C libraries make every socket call through it).
 pub fn runtime_default_profile_for_caps(caps: &[&str]) -> LinuxSeccomp {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
     let has = |c: &str| caps.contains(&c);
     let mut syscalls = vec![rule(DEFAULT_ALLOW, Allow)];
     // socket for every address family but AF_ALG (the kernel crypto API's attack surface)
-    // and AF_VSOCK, as containerd's profile: three single-condition ranges (one rule with two
-    // "not equal" conditions on the same argument would allow both, libseccomp ORing them).
-    for (op, v) in [
-        (LinuxSeccompOperator::ScmpCmpLt, libc::AF_ALG as u64),
-        (LinuxSeccompOperator::ScmpCmpEq, libc::AF_ALG as u64 + 1),
-        (LinuxSeccompOperator::ScmpCmpGt, libc::AF_VSOCK as u64),
-    ] {
-        let mut r = rule(&["socket"], Allow);
-        r.set_args(Some(vec![arg(0, op, v, None)]));
-        syscalls.push(r);
+    // and AF_VSOCK, as containerd's profile. The family is an int: the kernel drops the
+    // register's high half, which a plain comparison (containerd's `> AF_VSOCK`) sees, so
+    // a family of 1 << 32 | AF_ALG would pass it. Each allowed range of the low half is
+    // instead a set of masked equalities on the low 32 bits alone, one rule each (one rule
+    // with several conditions on the same argument would not AND them in libseccomp).
+    let (alg, vsock) = (libc::AF_ALG as u32, libc::AF_VSOCK as u32);
+    for (lo, hi) in [(0, alg - 1), (alg + 1, vsock - 1), (vsock + 1, u32::MAX)] {
+        for (mask, value) in low32_blocks(lo, hi) {
+            let mut r = rule(&["socket"], Allow);
+            r.set_args(Some(vec![arg(
+                0,
+                LinuxSeccompOperator::ScmpCmpMaskedEq,
+                mask,
+                Some(value),
+            )]));
+            syscalls.push(r);
+        }
     }
     for v in [0x0u64, 0x8, 0x20000, 0x20008, 0xffff_ffff] {
         let mut r = rule(&["personality"], Allow);
@@ -1082,6 +1113,38 @@ mod tests {
     }
 
     #[test]
+    fn low32_blocks_cover_exactly_the_range() {
+        let hits = |b: &[(u64, u64)], x: u64| b.iter().filter(|(m, v)| x & m == *v).count();
+        for (lo, hi) in [(0, 37), (39, 39), (41, u32::MAX), (0, u32::MAX), (5, 1000)] {
+            let b = low32_blocks(lo, hi);
+            assert!(b.len() <= 62, "{lo}..={hi}: {} blocks", b.len());
+            let edges = [
+                0u64,
+                1,
+                4,
+                5,
+                36,
+                37,
+                38,
+                39,
+                40,
+                41,
+                42,
+                1000,
+                1001,
+                0xffff_ffff,
+            ];
+            for x in edges {
+                let want = usize::from((u64::from(lo)..=u64::from(hi)).contains(&x));
+                assert_eq!(hits(&b, x), want, "{lo}..={hi} at {x}");
+                // The high half never matters.
+                assert_eq!(hits(&b, x | 7 << 32), want, "{lo}..={hi} at {x} | 7 << 32");
+            }
+        }
+        assert_eq!(low32_blocks(0, 37).len(), 3);
+    }
+
+    #[test]
     fn runtime_default_loads_into_libseccomp() {
         let p = runtime_default_profile();
         let ctx = build(&p).unwrap();
@@ -1137,7 +1200,7 @@ mod tests {
             .flatten()
             .filter(|s| s.names().iter().any(|n| n == "socket"))
             .collect();
-        assert_eq!(socket.len(), 3);
+        assert_eq!(socket.len(), 34);
         assert!(socket
             .iter()
             .all(|s| s.args().as_ref().is_some_and(|a| a.len() == 1)));
@@ -1145,7 +1208,12 @@ mod tests {
         let p = runtime_default_profile_for_caps(&["CAP_SYS_ADMIN"]);
         build(&p).unwrap();
         let text = serde_json::to_string(&p).unwrap();
-        assert!(text.contains("\"mount\"") && !text.contains("SCMP_CMP_MASKED_EQ"));
+        assert!(text.contains("\"mount\""));
+        let clone_limited = p.syscalls().iter().flatten().any(|s| {
+            (s.names().iter().any(|n| n.starts_with("clone")) && s.args().is_some())
+                || s.action() != LinuxSeccompAction::ScmpActAllow
+        });
+        assert!(!clone_limited, "{text}");
     }
 
     #[test]

@@ -506,6 +506,39 @@ fn runtime_default_socket_families_and_ptrace() {
             if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
                 code |= 16;
             }
+            // socket's family is an int: the kernel drops the high half of the register, so
+            // a family with high bits set must meet the same rules as its low half.
+            let raw = |fam: u64, ty: i32| {
+                let fd = libc::syscall(libc::SYS_socket, fam, ty as u64, 0u64);
+                if fd >= 0 {
+                    libc::close(fd as i32);
+                    return 0;
+                }
+                *libc::__errno_location()
+            };
+            if raw(1 << 32 | libc::AF_ALG as u64, libc::SOCK_SEQPACKET) != libc::EPERM
+                || raw(
+                    0xffff_ffff_0000_0000 | libc::AF_VSOCK as u64,
+                    libc::SOCK_STREAM,
+                ) != libc::EPERM
+            {
+                code |= 32;
+            }
+            if raw(1 << 32 | libc::AF_UNIX as u64, libc::SOCK_STREAM) != 0 {
+                code |= 64;
+            }
+            // The families beside and above the two refused ones are left to the kernel
+            // (EAFNOSUPPORT where it has no such family), never EPERM.
+            for fam in [
+                libc::AF_ALG - 1,
+                libc::AF_ALG + 1,
+                libc::AF_VSOCK + 1,
+                0x7fff_ffff,
+            ] {
+                if raw(fam as u64, libc::SOCK_DGRAM) == libc::EPERM {
+                    code |= 128;
+                }
+            }
             libc::_exit(code);
         }
     }
@@ -513,6 +546,6 @@ fn runtime_default_socket_families_and_ptrace() {
     assert_eq!(
         st,
         nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0),
-        "1: AF_UNIX refused, 2: AF_INET refused, 4: AF_ALG not EPERM, 8: AF_VSOCK not EPERM, 16: ptrace refused, 100: the filter did not load"
+        "1: AF_UNIX refused, 2: AF_INET refused, 4: AF_ALG not EPERM, 8: AF_VSOCK not EPERM, 16: ptrace refused, 32: AF_ALG/AF_VSOCK with high bits set not EPERM, 64: AF_UNIX with high bits set refused, 128: a family beside the refused ones EPERM, 100: the filter did not load"
     );
 }
