@@ -1045,12 +1045,8 @@ pub fn cri_resources(v: &Value) -> api::LinuxContainerResources {
 
 /// The container's state from its record and its exit record: (state, exit record).
 pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
-    if let Ok(d) = std::fs::read(&r.exit_file) {
-        if let Ok(v) = serde_json::from_slice::<Value>(&d) {
-            // Its shim's pidfd is no longer needed.
-            forget_shim(&r.id);
-            return (api::ContainerState::ContainerExited as i32, Some(v));
-        }
+    if let Some(v) = read_exit(r) {
+        return (api::ContainerState::ContainerExited as i32, Some(v));
     }
     if !r.complete {
         return (api::ContainerState::ContainerUnknown as i32, None);
@@ -1064,6 +1060,10 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     // relist must not see it exited, or the kubelet takes it for dead and removes the
     // previous instance's status): created. Recovery settles one a killed server left so.
     if !shim_alive(r) {
+        // A shim that wrote its exit record and exited since the first look is not lost.
+        if let Some(v) = read_exit(r) {
+            return (api::ContainerState::ContainerExited as i32, Some(v));
+        }
         if r.pid == 0 {
             return (api::ContainerState::ContainerCreated as i32, None);
         }
@@ -1077,6 +1077,14 @@ pub fn state(r: &ContainerRecord) -> (i32, Option<Value>) {
     } else {
         (api::ContainerState::ContainerCreated as i32, None)
     }
+}
+
+/// The container's exit record, if its shim (or the server) has written one.
+fn read_exit(r: &ContainerRecord) -> Option<Value> {
+    let v = serde_json::from_slice::<Value>(&std::fs::read(&r.exit_file).ok()?).ok()?;
+    // Its shim's pidfd is no longer needed.
+    forget_shim(&r.id);
+    Some(v)
 }
 
 /// Where a container's exit record is kept: under the persistent root (`exits`), not in the
@@ -1111,10 +1119,11 @@ fn lost_exit(r: &ContainerRecord) -> Value {
 /// Writes the lost exit `state` reported for `r` as its exit record, unless one is there (a
 /// shim that wrote its own just before it died). The caller holds the container's lock and
 /// has seen its record still in the table (a removed container's record must not come back).
-pub fn persist_lost(r: &ContainerRecord) -> std::io::Result<()> {
+pub fn persist_lost(rt: &rsrun::Runtime, r: &ContainerRecord) -> std::io::Result<()> {
     if r.exit_file.exists() {
         return Ok(());
     }
+    end_lost(rt, &r.id)?;
     let v = lost_exit(r);
     if let Some(dir) = r.exit_file.parent() {
         std::fs::create_dir_all(dir)?;
@@ -1123,6 +1132,20 @@ pub fn persist_lost(r: &ContainerRecord) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     forget_lost(&r.id);
     Ok(())
+}
+
+/// Kills and deletes what the runtime has of a container whose shim died without an exit
+/// record: its processes outlive their monitor (nothing else ends them), and a container
+/// reported exited must not run on, holding its port and its pod's network namespace while
+/// the kubelet starts its next instance (containerd deletes the task of a dead shim too).
+/// Blocking.
+pub fn end_lost(rt: &rsrun::Runtime, id: &str) -> std::io::Result<()> {
+    match rt.delete(id, true) {
+        Ok(()) | Err(rsrun::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(std::io::Error::other(format!(
+            "delete container {id}, whose shim died: {e}"
+        ))),
+    }
 }
 
 /// Whether a lost exit of `id` is reported but not written down yet.
@@ -1204,8 +1227,6 @@ pub fn forget_shim(id: &str) {
         .remove(id);
 }
 
-/// Whether `pid` is a live (not zombie) rsrun-shim of container `id` (its command line names
-/// the container: a reused PID is not taken for it).
 /// Ends (SIGKILL, through a pidfd) every rsrun-shim process, starter or monitor, of object
 /// `id`, and waits up to 2 s for them to go: a server killed while its shim was still making
 /// a container (a pod's pause) leaves that shim running, and a restarted server undoing the

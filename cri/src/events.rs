@@ -133,17 +133,18 @@ pub async fn watch_exits(rt: Arc<Runtime>) {
 }
 
 impl Runtime {
-    /// Writes down the lost exit of `r` (its shim died without a record), under the
-    /// container's lock and only while its record is still there: a RemoveContainer that
-    /// got in first has deleted the exit record with the container, and it must not return.
+    /// Ends the container and writes down the lost exit of `r` (its shim died without a
+    /// record; `container::persist_lost`), under the container's lock and only while its
+    /// record is still there: a RemoveContainer that got in first has deleted the exit record
+    /// with the container, and it must not return.
     async fn persist_lost(&self, r: &crate::store::ContainerRecord) {
         let _g = self.lock_object(&r.id).await;
         if !self.containers.lock().await.items.contains_key(&r.id) {
             return;
         }
-        let r = r.clone();
+        let (r, rt) = (r.clone(), self.rsrun());
         let done = tokio::task::spawn_blocking(move || {
-            container::persist_lost(&r).map_err(|e| (r.id.clone(), r.exit_file.clone(), e))
+            container::persist_lost(&rt, &r).map_err(|e| (r.id.clone(), r.exit_file.clone(), e))
         })
         .await;
         if let Ok(Err((id, path, e))) = done {

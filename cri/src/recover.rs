@@ -43,27 +43,33 @@ impl Runtime {
                 tracing::error!(container = %id, pod = %pod, "{}", e.message());
             }
         }
-        // StartContainers a kill cut before the shim reported the container's PID (pid 0
-        // reads as created). With its shim there, the record learns the PID from it (a
-        // retried StartContainer finds it created and starts it); without one, whatever the
-        // runtime has of it is deleted and the start recorded as failed (StartError, as a
-        // start that failed), so the kubelet makes a new one.
+        // StartContainers a kill cut before the record learnt what the shim did: before the
+        // shim reported the container's PID (pid 0 reads as created), or after the shim
+        // started it but before its start time was recorded (started_at 0 reads as created
+        // too, and the kubelet would start a second instance beside the running one). With
+        // its shim there, the record learns the PID and the start time from it (a retried
+        // StartContainer finds one not started created and starts it); without one, whatever
+        // the runtime has of it is deleted and the start recorded as failed (StartError, as
+        // a start that failed), so the kubelet makes a new one.
         let unreported: Vec<_> = self
             .containers
             .lock()
             .await
             .items
             .values()
-            .filter(|c| c.complete && c.deferred.is_none() && c.pid == 0)
+            .filter(|c| c.complete && c.deferred.is_none() && (c.pid == 0 || c.started_at == 0))
             .filter(|c| !c.exit_file.exists())
             .cloned()
             .collect();
         for mut c in unreported {
-            if !crate::container::shim_alive(&c) {
+            if c.pid == 0 && !crate::container::shim_alive(&c) {
                 tracing::warn!(container = %c.id, pod = %c.sandbox_id, "a start a killed server left unfinished: recorded as failed");
                 let rt = self.rsrun();
                 let (id, exit) = (c.id.clone(), c.exit_file.clone());
                 let done = blocking(move || {
+                    // A shim still making it (its PID file comes after the create) would
+                    // finish the create after this undo: ended first.
+                    crate::container::end_shims(&id);
                     match rt.delete(&id, true) {
                         Ok(()) | Err(rsrun::Error::NotFound(_)) => {}
                         Err(e) => {
@@ -83,22 +89,40 @@ impl Runtime {
                 }
                 continue;
             }
+            if !crate::container::shim_alive(&c) {
+                continue; // its shim died after the create: state() reads it lost
+            }
             let d = c.shim_dir.clone();
             let answer = blocking(move || {
                 crate::container::control(&d, &serde_json::json!({"op": "status"}))
                     .map_err(|e| Status::internal(format!("the container's shim: {e}")))
             })
             .await;
-            match answer.map(|(head, _)| head["pid"].as_i64().unwrap_or(0)) {
-                Ok(pid) if pid > 0 => {
-                    c.pid = pid as i32;
-                    let id = c.id.clone();
-                    if let Err(e) = self.containers.lock().await.update(&id, c) {
-                        tracing::error!(container = %id, "container record: {e}");
-                    }
+            let head = match answer {
+                Ok((head, _)) => head,
+                Err(e) => {
+                    tracing::error!(container = %c.id, "{}", e.message());
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(container = %c.id, "{}", e.message()),
+            };
+            let pid = head["pid"].as_i64().unwrap_or(0) as i32;
+            let started = head["started_at"]
+                .as_str()
+                .and_then(crate::store::parse_rfc3339);
+            let learnt = (c.pid == 0 && pid > 0) || (c.started_at == 0 && started.is_some());
+            if !learnt {
+                continue;
+            }
+            if c.pid == 0 {
+                c.pid = pid;
+            }
+            if let Some(t) = started.filter(|_| c.started_at == 0) {
+                tracing::warn!(container = %c.id, pod = %c.sandbox_id, "a start a killed server left unrecorded: the shim started it");
+                c.started_at = t;
+            }
+            let id = c.id.clone();
+            if let Err(e) = self.containers.lock().await.update(&id, c) {
+                tracing::error!(container = %id, "container record: {e}");
             }
         }
         // Ready pods whose pinned namespaces are gone (the node rebooted: the state dir is
@@ -147,8 +171,13 @@ impl Runtime {
                 }
             }
             if let Err(e) = self.undo_sandbox(&sb).await {
-                // The record stays: the next start tries again.
-                tracing::error!(pod = %sb.id, "{}", e.message());
+                // Kept, listed not ready, for the kubelet's StopPodSandbox to finish (a DEL
+                // that failed runs again there): hidden, it would hold its name and leak
+                // what could not be undone.
+                tracing::error!(pod = %sb.id, "undo a half-made pod: {}; kept, not ready", e.message());
+                if let Err(e) = self.keep_not_ready(&sb.id).await {
+                    tracing::error!(pod = %sb.id, "{}", e.message());
+                }
             }
         }
         Ok((n_pods, n_containers))

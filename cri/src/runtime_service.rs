@@ -191,7 +191,17 @@ impl Runtime {
 
     /// Stops a container: `signal`, then SIGKILL after `timeout`; waits for its exit record.
     async fn stop(&self, r: &ContainerRecord, timeout: Duration) -> Result<(), Status> {
-        if container::state(r).0 == api::ContainerState::ContainerExited as i32 || !r.complete {
+        let (st, exit) = container::state(r);
+        if exit.is_some_and(|e| e["lost"] == true) {
+            // Its shim died: whatever still runs of it is ended here (the exit watcher does
+            // so too, unless this came first or its delete failed).
+            let (rt, id) = (self.rsrun(), r.id.clone());
+            return blocking(move || {
+                container::end_lost(&rt, &id).map_err(|e| io_status("StopContainer", e))
+            })
+            .await;
+        }
+        if st == api::ContainerState::ContainerExited as i32 || !r.complete {
             return Ok(());
         }
         if r.deferred.is_some() {
@@ -414,6 +424,30 @@ impl Runtime {
             self.forget_network(&sb.id).await?;
         }
         Ok(())
+    }
+
+    /// Keeps a pod whose making failed and whose network could not be undone (its DEL
+    /// failed): complete and not ready, so that it is listed and the kubelet's StopPodSandbox
+    /// runs the DEL again (containerd keeps it too), rather than leak its address lease and
+    /// port rules or hold its name unseen. An ADD that failed itself left no result: what the
+    /// current network may have made is recorded for that DEL.
+    pub(crate) async fn keep_not_ready(&self, id: &str) -> Result<(), Status> {
+        let mut t = self.sandboxes.lock().await;
+        let Some(cur) = t.items.get(id).cloned() else {
+            return Ok(());
+        };
+        let network = match cur.network.clone() {
+            None if !cur.host_network => self.cni.unrecorded().ok(),
+            n => n,
+        };
+        let kept = SandboxRecord {
+            complete: true,
+            ready: false,
+            network,
+            ..cur
+        };
+        t.update(id, kept)
+            .map_err(|e| io_status("pod sandbox record", e))
     }
 
     /// Drops the pod's CNI attachment from its record (after its DEL).
@@ -686,23 +720,7 @@ impl RuntimeService for Runtime {
                 // StopPodSandbox to run the DEL again (containerd keeps it too), rather than
                 // leak its address lease and port rules.
                 tracing::warn!(pod = %id, "RunPodSandbox failed ({}) and so did undoing its network: the pod is kept, not ready: {d}", e.message());
-                let mut t = self.sandboxes.lock().await;
-                if let Some(cur) = t.items.get(&id).cloned() {
-                    // (An ADD that failed itself left no result: what the current network
-                    // may have made, for that DEL.)
-                    let network = match cur.network.clone() {
-                        None if !cur.host_network => self.cni.unrecorded().ok(),
-                        n => n,
-                    };
-                    let kept = SandboxRecord {
-                        complete: true,
-                        ready: false,
-                        network,
-                        ..cur
-                    };
-                    t.update(&id, kept)
-                        .map_err(|e| io_status("pod sandbox record", e))?;
-                }
+                self.keep_not_ready(&id).await?;
                 return Err(e);
             }
             let d = ns_dir.clone();

@@ -7,7 +7,9 @@
 #   - plugins run with the server's PATH;
 #   - a RunPodSandbox that fails after its ADD, and whose undoing DEL fails too, keeps the pod
 #     (not ready) for StopPodSandbox to DEL again: no address lease leaks;
-#   - a plugin whose binary is gone does not keep a pod from being stopped and removed.
+#   - a plugin whose binary is gone does not keep a pod from being stopped and removed;
+#   - a pod whose server was killed during its ADD, and whose undoing DEL fails at the restart,
+#     is listed not ready for StopPodSandbox to DEL again (not hidden, holding its name).
 # Usage: cni-faults.sh RSRUN-CRI-BINARY
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -47,6 +49,7 @@ ADD)
     veth) echo '{"cniVersion": "1.0.0", "interfaces": [{"name": "veth0"}, {"name": "eth0", "sandbox": "'"$CNI_NETNS"'"}], "ips": [{"address": "169.254.1.1/32", "interface": 0}, {"address": "10.99.0.7/24", "interface": 1}]}' ;;
     noip) echo '{"cniVersion": "1.0.0"}' ;;
     failadd) echo '{"cniVersion": "1.0.0", "code": 11, "msg": "ADD failed on purpose"}'; exit 1 ;;
+    hang) sleep 60 ;;
     esac ;;
 DEL)
     if [ -e "$R/fail-del" ]; then
@@ -65,12 +68,16 @@ cat > "$R/net.d/10-fake.conflist" <<JSON
 JSON
 echo ok > "$R/mode"
 
-PATH="$R/custom-path:$PATH" "$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
-    --cni-conf-dir "$R/net.d" --cni-bin-dir "$R/bin" --cgroup-parent rsrun-cri-cnifaults \
-    --log-level info >"$R/cri.log" 2>&1 &
-cri=$!
-for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
-[ -S "$R/cri.sock" ] || fail "rsrun-cri did not start: $(cat "$R/cri.log")"
+start_cri() {
+    rm -f "$R/cri.sock"
+    PATH="$R/custom-path:$PATH" "$CRI" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
+        --cni-conf-dir "$R/net.d" --cni-bin-dir "$R/bin" --cgroup-parent rsrun-cri-cnifaults \
+        --log-level info >>"$R/cri.log" 2>&1 &
+    cri=$!
+    for _ in $(seq 100); do [ -S "$R/cri.sock" ] && break; sleep 0.1; done
+    [ -S "$R/cri.sock" ] || fail "rsrun-cri did not start: $(cat "$R/cri.log")"
+}
+start_cri
 c() { "$CRICTL" --runtime-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
 pod() { # NAME [EXTRA-JSON]
     echo '{"metadata": {"name": "'"$1"'", "namespace": "default", "uid": "'"$1"'-uid"}'"${2:-}"'}' > "$R/$1.json"
@@ -142,4 +149,24 @@ c rmp "$p" >/dev/null || fail "rmp with the plugin gone: $(cat "$R/crictl.err")"
 mv "$R/fake.away" "$R/bin/fake"
 grep -q 'CNI DEL passed over' "$R/cri.log" || fail "the passed-over DEL is not logged"
 ok "a pod whose CNI plugin is gone is stopped and removed (the DEL logged as passed over)"
+# Killed during its ADD; at the restart the undoing DEL fails: listed, not ready, and
+# StopPodSandbox runs the DEL again.
+echo hang > "$R/mode"; : > "$R/calls.log"
+pod half
+c runp "$R/half.json" >/dev/null 2>&1 &
+runp=$!
+for _ in $(seq 100); do grep -q '^ADD ' "$R/calls.log" && break; sleep 0.05; done
+grep -q '^ADD ' "$R/calls.log" || fail "no ADD for the pod to kill the server in"
+kill -9 "$cri"; wait "$cri" 2>/dev/null || true
+wait "$runp" 2>/dev/null || true
+echo ok > "$R/mode"; touch "$R/fail-del"
+start_cri
+p=$(c pods -q --name half)
+[ -n "$p" ] || fail "a half-made pod whose undoing DEL failed is not listed: $(tail -n 5 "$R/cri.log")"
+[ "$(c inspectp -o go-template --template '{{.status.state}}' "$p")" = SANDBOX_NOTREADY ] || fail "the half-made pod kept is not NOTREADY"
+[ "$(dels)" = 1 ] || fail "DELs at the restart: $(dels)"
+c stopp "$p" >/dev/null || fail "stopp (half): $(cat "$R/crictl.err")"
+[ "$(dels)" = 2 ] || fail "StopPodSandbox did not DEL the half-made pod again: $(dels) DELs"
+c rmp "$p" >/dev/null || fail "rmp (half): $(cat "$R/crictl.err")"
+ok "a pod whose server was killed during its ADD and whose DEL failed at the restart is listed not ready; StopPodSandbox DELs it again"
 echo "cri cni-faults: all passed"

@@ -473,6 +473,7 @@ ok "bandwidth annotations: tbf at 10 Mbit in and 20 Mbit out, gone with the pod;
 # A shim killed -9: its container is reported exited with an error, never running forever.
 ctr3=$(c create "$pod" "$R/ctr3.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr3" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+pid3=$(pid_of "$ctr3")
 kill -9 "$(cat "$R/state/s/$ctr3/shim.pid")"
 sleep 0.2
 st=$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"], "|", s["message"])')
@@ -484,9 +485,13 @@ case $fin in 1970-*|"") fail "a lost exit's finishedAt: $fin" ;; esac
 sleep 0.1
 [ "$(c inspect -o json "$ctr3" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["finishedAt"])')" = "$fin" ] \
     || fail "a lost exit's finishedAt changes from call to call"
+# What ran under the dead shim is ended (by the exit watcher, within its 1-second tick),
+# without a StopContainer or RemoveContainer: reported exited, it must not run on.
+for _ in $(seq 50); do [ -d "/proc/$pid3" ] || break; sleep 0.1; done
+[ ! -d "/proc/$pid3" ] || fail "the process of a container whose shim died still runs: $(cat /proc/$pid3/cmdline | tr '\0' ' ')"
 c rm "$ctr2" "$ctr3" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
 [ ! -e "$R/root/cri/exits/$ctr2.json" ] && [ ! -e "$R/root/cri/exits/$ctr3.json" ] || fail "rm left exit records: $(ls "$R/root/cri/exits")"
-ok "a shim killed -9: the container is reported exited (255, Unknown, a fixed finishedAt), and removed with its process and exit record"
+ok "a shim killed -9: the container is reported exited (255, Unknown, a fixed finishedAt), its process ended, and removed with its exit record"
 c stop -t 10 "$ctr" >/dev/null || fail "stop: $(cat "$R/crictl.err")"
 st=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
 [ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "after stop (SIGTERM handled): $st"
