@@ -9,9 +9,11 @@
 //! of the writable layer and statvfs(2) of its filesystem.
 //!
 //! The metric names, label keys and meanings are cAdvisor's (what the kubelet exported before
-//! it took them from the CRI). Base labels are `id`, `name`, `image`: the kubelet adds
-//! `namespace`, `pod` and `container` itself. Pod-level metrics (the network's) carry the
-//! pod's ID and the name "POD". A CRI metric value is an unsigned integer: the `*_seconds*`
+//! it took them from the CRI). Base labels are cAdvisor's `id`, `name`, `image` and the
+//! `pod`, `namespace` and `container` the kubelet added to them (with the CRI it exports the
+//! label values as they come: containerd sends pod, namespace and container too, and the
+//! queries of dashboards and HPA adapters select on them). Pod-level metrics (the network's)
+//! carry the pod's ID, the name "POD" and an empty image and container. A CRI metric value is an unsigned integer: the `*_seconds*`
 //! metrics are whole seconds (rounded down; counters stay monotonic).
 //!
 //! A metric is left out when the kernel has nothing for it (no file, no key, nothing to
@@ -48,7 +50,7 @@ struct Desc {
 }
 
 /// The label keys every metric starts with.
-const BASE: [&str; 3] = ["id", "name", "image"];
+const BASE: [&str; 6] = ["id", "name", "image", "pod", "namespace", "container"];
 
 const fn counter(name: &'static str, help: &'static str, extra: &'static [&'static str]) -> Desc {
     Desc {
@@ -163,14 +165,24 @@ pub fn descriptors() -> Vec<api::MetricDescriptor> {
 
 /// Metrics of one object (a container, or a pod's own).
 struct Out {
-    base: [String; 3],
+    base: [String; 6],
     list: Vec<api::Metric>,
 }
 
 impl Out {
-    fn new(id: &str, name: &str, image: &str) -> Out {
+    /// A container's metrics (`c` Some) or its pod's own (None).
+    fn new(sb: &SandboxRecord, c: Option<&ContainerRecord>) -> Out {
+        let (id, name, image, container) = match c {
+            Some(c) => (
+                c.id.as_str(),
+                c.name.as_str(),
+                c.image.as_str(),
+                c.name.as_str(),
+            ),
+            None => (sb.id.as_str(), "POD", "", ""),
+        };
         Out {
-            base: [id.into(), name.into(), image.into()],
+            base: [id, name, image, &sb.name, &sb.namespace, container].map(String::from),
             list: Vec::new(),
         }
     }
@@ -450,10 +462,14 @@ fn runtime_state(root: &Path, id: &str) -> Option<(i32, Cgroup)> {
 }
 
 /// Every metric of one live container; None when it is not running (no cgroup to read).
-fn container_metrics(cx: &mut Ctx, r: &ContainerRecord) -> Option<Vec<api::Metric>> {
+fn container_metrics(
+    cx: &mut Ctx,
+    sb: &SandboxRecord,
+    r: &ContainerRecord,
+) -> Option<Vec<api::Metric>> {
     let v = cx.rt.stats(&r.id).ok()?;
     let (init, cg) = runtime_state(cx.root, &r.id)?;
-    let mut o = Out::new(&r.id, &r.name, &r.image);
+    let mut o = Out::new(sb, Some(r));
     cpu(&mut o, &v, &cg);
     memory(&mut o, &v, &cg);
     hugetlb(&mut o, &v, &cg);
@@ -867,7 +883,7 @@ fn pod_pids(root: &Path, sb: &SandboxRecord, ctrs: &[ContainerRecord]) -> Vec<i3
 }
 
 fn network_metrics(sb: &SandboxRecord, devs: &[NetDev]) -> Vec<api::Metric> {
-    let mut o = Out::new(&sb.id, "POD", "");
+    let mut o = Out::new(sb, None);
     for d in devs {
         let i = [d.name.as_str()];
         o.put("container_network_receive_bytes_total", &i, d.rx_bytes);
@@ -1137,7 +1153,7 @@ impl Runtime {
                             container::state(c).0 != api::ContainerState::ContainerExited as i32
                         })
                         .filter_map(|c| {
-                            container_metrics(&mut cx, c).map(|metrics| api::ContainerMetrics {
+                            container_metrics(&mut cx, sb, c).map(|metrics| api::ContainerMetrics {
                                 container_id: c.id.clone(),
                                 metrics,
                             })
@@ -1290,20 +1306,37 @@ mod tests {
         assert_eq!(names.len(), 56, "duplicate names");
         for x in &d {
             assert!(!x.help.is_empty(), "{}", x.name);
-            assert_eq!(&x.label_keys[..3], &["id", "name", "image"], "{}", x.name);
+            assert_eq!(&x.label_keys[..6], &BASE, "{}", x.name);
         }
     }
 
     #[test]
     fn put_matches_descriptor() {
-        let mut o = Out::new("c1", "web", "busybox");
+        let sb = SandboxRecord {
+            id: "p1".into(),
+            name: "frontend".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        let c = ContainerRecord {
+            id: "c1".into(),
+            name: "web".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        let mut o = Out::new(&sb, Some(&c));
         o.put("container_network_receive_bytes_total", &["eth0"], 7);
         o.put("container_memory_rss", &[], 4096);
-        assert_eq!(o.list[0].label_values, ["c1", "web", "busybox", "eth0"]);
+        let want = ["c1", "web", "busybox", "frontend", "shop", "web", "eth0"];
+        assert_eq!(o.list[0].label_values, want);
         assert_eq!(o.list[0].metric_type, api::MetricType::Counter as i32);
         assert_eq!(o.list[1].metric_type, api::MetricType::Gauge as i32);
         assert_eq!(o.list[1].value, Some(api::UInt64Value { value: 4096 }));
         assert_eq!(o.list[1].timestamp, 0);
+        let mut o = Out::new(&sb, None);
+        o.put("container_network_receive_bytes_total", &["eth0"], 7);
+        let want = ["p1", "POD", "", "frontend", "shop", "", "eth0"];
+        assert_eq!(o.list[0].label_values, want);
     }
 
     #[test]

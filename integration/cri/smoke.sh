@@ -713,12 +713,43 @@ ws, av = int(m["workingSetBytes"]["value"]), int(m.get("availableBytes", {}).get
 ok = cpu >= '"$kcpu"' and ws > 0 and ws + av == 268435456
 print("ok" if ok else "cpu %d (the kernel: '"$kcpu"'), working set %d, available %d" % (cpu, ws, av))')
 [ "$got" = ok ] || fail "PodSandboxStats from the pod's cgroup: $got"
+# CRI metrics (the kubelet's /metrics/cadvisor with PodAndContainerStatsFromCRI): every
+# metric has a value for each key of its descriptor, and the pod, namespace and container
+# labels (what dashboards and HPA adapters select on) name the pod and container; the idle
+# container's process count is its cgroup's.
+c metricdescs -o json > "$R/descs.json" || fail "metricdescs: $(cat "$R/crictl.err")"
+got=$(c metricsp -o json | python3 -c '
+import json, sys
+descs = {d["name"]: d["labelKeys"] for d in json.load(open(sys.argv[1]))["descriptors"]}
+pod = [p for p in json.load(sys.stdin)["podMetrics"] if p["podSandboxId"] == sys.argv[2]]
+if not pod:
+    sys.exit("no metrics for the pod")
+errs = []
+for m in pod[0].get("metrics", []) + [m for c in pod[0].get("containerMetrics", []) for m in c["metrics"]]:
+    keys = descs.get(m["name"])
+    if keys is None or len(keys) != len(m["labelValues"]):
+        errs.append("%s: keys %s, values %s" % (m["name"], keys, m["labelValues"]))
+idle = [c for c in pod[0].get("containerMetrics", []) if c["containerId"] == sys.argv[3]]
+if not idle:
+    sys.exit("no metrics for the idle container")
+procs = [m for m in idle[0]["metrics"] if m["name"] == "container_processes"]
+if not procs:
+    sys.exit("no container_processes metric")
+labels = dict(zip(descs["container_processes"], procs[0]["labelValues"]))
+want = {"pod": "podcg", "namespace": "default", "container": "idle", "id": sys.argv[3]}
+for k, v in want.items():
+    if labels.get(k) != v:
+        errs.append("label %s=%r, not %r" % (k, labels.get(k), v))
+print("; ".join(errs) or "ok %s" % procs[0]["value"]["value"])
+' "$R/descs.json" "$pcg" "$idle")
+kprocs=$(find /sys/fs/cgroup/pids -path "*/rsrun-smoke-podcg/*$idle*" -name cgroup.procs -exec cat {} + | wc -l)
+[ "$got" = "ok $kprocs" ] || fail "CRI metrics: $got (the kernel: $kprocs processes)"
 c rm -f "$idle" "$burn" >/dev/null && c stopp "$pcg" >/dev/null && c rmp "$pcg" >/dev/null || fail "rm the cgroup-parent pod: $(cat "$R/crictl.err")"
 # (find, not a glob: where controllers share a mount, cpu and cpuacct are symlinks to it.)
 for d in $(find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name rsrun-smoke-podcg); do
     rmdir "$d" || fail "the pod's cgroup $d is not empty"
 done
-ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit"
+ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit; CRI metrics labelled with pod, namespace and container"
 # A container's first record is written without fsync: a power loss may keep its rootfs in the
 # image store and lose the record. Played here by removing the record of a created container
 # while the server is down: the restarted server unmounts and removes that rootfs.
