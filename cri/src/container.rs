@@ -1559,14 +1559,57 @@ impl CgroupUsage {
     }
 }
 
+/// A CPU sample of a container or pod, kept between stats calls for `usage_nano_cores`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuSample {
+    /// When it was taken (ns since the epoch).
+    pub at: i64,
+    /// The cumulative CPU usage then (ns).
+    pub usage: u64,
+    /// The rate over the window that ended at it (nano-cores), if there was one.
+    pub rate: Option<u64>,
+}
+
+impl CpuSample {
+    /// The shortest window a rate is taken over. The kubelet asks for stats several times per
+    /// interval (eviction, the summary, the resource metrics, resize checks): a rate over the
+    /// time since whoever asked last would jump between 0 and whole cores for a throttled or
+    /// bursty container (its own stats provider warns of it); containerd samples every second.
+    pub const MIN_WINDOW_NS: i64 = 1_000_000_000;
+
+    /// The sample after `prev` for `usage` at `at`: within the shortest window of `prev`, `prev`
+    /// itself (its rate stays the one reported); else one with the rate since `prev` (none
+    /// without one, or when the counter went back: a new cgroup).
+    pub fn next(prev: Option<CpuSample>, at: i64, usage: u64) -> CpuSample {
+        match prev {
+            Some(p) if usage >= p.usage && at > p.at => {
+                if at - p.at < Self::MIN_WINDOW_NS {
+                    return p;
+                }
+                let rate = (usage - p.usage) as u128 * 1_000_000_000 / (at - p.at) as u128;
+                CpuSample {
+                    at,
+                    usage,
+                    rate: Some(rate as u64),
+                }
+            }
+            _ => CpuSample {
+                at,
+                usage,
+                rate: None,
+            },
+        }
+    }
+}
+
 /// The container's stats from its cgroups (rsrun's `events --stats` figures) and its
-/// writable layer. `last` is the previous CPU sample (timestamp ns, usage ns) for nano-cores.
+/// writable layer. `last` is its previous CPU sample, for nano-cores; the new one is returned.
 pub fn stats(
     rt: &rsrun::Runtime,
     images: &rsrun_image::ImageStore,
     r: &ContainerRecord,
-    last: Option<(i64, u64)>,
-) -> (api::ContainerStats, Option<(i64, u64)>) {
+    last: Option<CpuSample>,
+) -> (api::ContainerStats, Option<CpuSample>) {
     let ts = crate::store::now_ns();
     let v = rt.stats(&r.id).unwrap_or(Value::Null);
     let u = |value: u64| Some(api::UInt64Value { value });
@@ -1581,12 +1624,8 @@ pub fn stats(
     } = CgroupUsage::of(&v);
     // An exited container (no cgroup left) has no CPU or memory figures: none, not zeros.
     let live = !v.is_null();
-    let nano_cores = match (last, cpu_total) {
-        (Some((t0, c0)), Some(c1)) if ts > t0 && c1 >= c0 => {
-            Some((c1 - c0) as u128 * 1_000_000_000 / (ts - t0) as u128)
-        }
-        _ => None,
-    };
+    let sample = cpu_total.map(|c| CpuSample::next(last, ts, c));
+    let nano_cores = sample.and_then(|s| s.rate);
     let writable = images
         .container_usage(&r.id)
         .ok()
@@ -1608,7 +1647,7 @@ pub fn stats(
         cpu: live.then(|| api::CpuUsage {
             timestamp: ts,
             usage_core_nano_seconds: cpu_total.and_then(u),
-            usage_nano_cores: nano_cores.and_then(|n| u(n as u64)),
+            usage_nano_cores: nano_cores.and_then(u),
             ..Default::default()
         }),
         memory: live.then(|| api::MemoryUsage {
@@ -1624,12 +1663,34 @@ pub fn stats(
         writable_layer: writable,
         ..Default::default()
     };
-    (s, cpu_total.map(|c| (ts, c)))
+    (s, sample)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_rate_over_a_second_at_least() {
+        const S: i64 = 1_000_000_000;
+        let first = CpuSample::next(None, 10 * S, 5_000);
+        assert_eq!(first.rate, None);
+        // Asked again 2 ms later: the same sample, no rate over 2 ms.
+        assert_eq!(
+            CpuSample::next(Some(first), 10 * S + 2_000_000, 7_000),
+            first
+        );
+        // 2 s later, half a core on average.
+        let s = CpuSample::next(Some(first), 12 * S, 5_000 + S as u64);
+        assert_eq!(s.rate, Some(500_000_000));
+        // Then 1 ms later: that rate again (not 0 or a whole core over 1 ms).
+        assert_eq!(
+            CpuSample::next(Some(s), 12 * S + 1_000_000, 5_000 + S as u64),
+            s
+        );
+        // A counter that went back (a new cgroup): no rate.
+        assert_eq!(CpuSample::next(Some(s), 14 * S, 10).rate, None);
+    }
 
     #[test]
     fn capability_drops_win_as_containerd_orders_them() {

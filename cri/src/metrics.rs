@@ -28,7 +28,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use crate::api;
-use crate::container;
+use crate::container::{self, CpuSample as Sample};
 use crate::runtime_service::Runtime;
 use crate::sandbox;
 use crate::store::{self, ContainerRecord, SandboxRecord};
@@ -975,8 +975,8 @@ fn pod_stats(
     images: &rsrun_image::ImageStore,
     sb: &SandboxRecord,
     own: Option<&Value>,
-    ctrs: &[(ContainerRecord, Option<(i64, u64)>)],
-    last_pod: Option<(i64, u64)>,
+    ctrs: &[(ContainerRecord, Option<Sample>)],
+    last_pod: Option<Sample>,
 ) -> (api::PodSandboxStats, Vec<(String, Sample)>) {
     let ts = store::now_ns();
     let mut samples = Vec::new();
@@ -1037,14 +1037,10 @@ fn pod_stats(
         available = own.available;
     }
     let u = |o: Option<u64>| o.map(|value| api::UInt64Value { value });
-    let nano_cores = match (last_pod, cpu) {
-        (Some((t0, c0)), Some(c1)) if ts > t0 && c1 >= c0 => {
-            Some(((c1 - c0) as u128 * 1_000_000_000 / (ts - t0) as u128) as u64)
-        }
-        _ => None,
-    };
-    if let Some(c) = cpu {
-        samples.push((pod_key(&sb.id), (ts, c)));
+    let pod_sample = cpu.map(|c| Sample::next(last_pod, ts, c));
+    let nano_cores = pod_sample.and_then(|s| s.rate);
+    if let Some(s) = pod_sample {
+        samples.push((pod_key(&sb.id), s));
     }
     let mut procs = None;
     for id in &ids {
@@ -1093,9 +1089,6 @@ fn pod_stats(
     };
     (stats, samples)
 }
-
-/// A CPU sample: (timestamp ns, cumulative usage ns).
-type Sample = (i64, u64);
 
 /// A pod to take stats of: its record, its last CPU sample, its containers with theirs.
 type PodWork = (

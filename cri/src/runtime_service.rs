@@ -62,7 +62,7 @@ pub struct Runtime {
     /// unrelated ones run in parallel (lock_object).
     pub object_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// The last CPU sample of each container (for nano-cores).
-    pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, container::CpuSample>>,
     /// Removed containers whose rootfs, image volumes and state dir are still being taken
     /// down, by pod (RemovePodSandbox waits for them): `remove`.
     pub releases:
@@ -367,7 +367,7 @@ impl Runtime {
     ) -> Result<Vec<api::ContainerStats>, Status> {
         let rt = self.rsrun();
         let images = self.images.clone();
-        let last: Vec<Option<(i64, u64)>> = {
+        let last: Vec<Option<container::CpuSample>> = {
             let m = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
             recs.iter().map(|r| m.get(&r.id).copied()).collect()
         };

@@ -744,12 +744,26 @@ print("; ".join(errs) or "ok %s" % procs[0]["value"]["value"])
 ' "$R/descs.json" "$pcg" "$idle")
 kprocs=$(find /sys/fs/cgroup/pids -path "*/rsrun-smoke-podcg/*$idle*" -name cgroup.procs -exec cat {} + | wc -l)
 [ "$got" = "ok $kprocs" ] || fail "CRI metrics: $got (the kernel: $kprocs processes)"
-c rm -f "$idle" "$burn" >/dev/null && c stopp "$pcg" >/dev/null && c rmp "$pcg" >/dev/null || fail "rm the cgroup-parent pod: $(cat "$R/crictl.err")"
+# usage_nano_cores of a container the kernel holds to half a core (CFS quota 0.5 s per 1 s
+# period: it runs half a second, then waits half a second): about 5e8 however often it is
+# asked. Over the tens of milliseconds between two calls it reads 0 or a whole core; the
+# rate is taken over a second or more.
+echo '{"metadata": {"name": "spin"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "while :; do :; done"],
+ "linux": {"resources": {"cpu_period": 1000000, "cpu_quota": 500000}}}' > "$R/spin.json"
+spin=$(c create "$pcg" "$R/spin.json" "$R/podcg.json") && c start "$spin" >/dev/null || fail "spin container: $(cat "$R/crictl.err")"
+nanocores() { c stats -o json --id "$spin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"][0]["cpu"].get("usageNanoCores", {}).get("value", "none"))'; }
+nanocores >/dev/null; sleep 1.3
+rates="$(nanocores) $(nanocores) $(nanocores)"
+for n in $rates; do
+    case $n in none) fail "no usageNanoCores after 1.3 s: $rates" ;; esac
+    [ "$n" -ge 250000000 ] && [ "$n" -le 750000000 ] || fail "usageNanoCores of a container held to half a core, asked three times in a row: $rates"
+done
+c rm -f "$idle" "$burn" "$spin" >/dev/null && c stopp "$pcg" >/dev/null && c rmp "$pcg" >/dev/null || fail "rm the cgroup-parent pod: $(cat "$R/crictl.err")"
 # (find, not a glob: where controllers share a mount, cpu and cpuacct are symlinks to it.)
 for d in $(find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name rsrun-smoke-podcg); do
     rmdir "$d" || fail "the pod's cgroup $d is not empty"
 done
-ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit; CRI metrics labelled with pod, namespace and container"
+ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit; CRI metrics labelled with pod, namespace and container; usageNanoCores of a half-core container about 5e8 however often asked"
 # A container's first record is written without fsync: a power loss may keep its rootfs in the
 # image store and lose the record. Played here by removing the record of a created container
 # while the server is down: the restarted server unmounts and removes that rootfs.
