@@ -1624,6 +1624,11 @@ pub fn stats(
     } = CgroupUsage::of(&v);
     // An exited container (no cgroup left) has no CPU or memory figures: none, not zeros.
     let live = !v.is_null();
+    let psi = if live {
+        crate::metrics::Psi::of(crate::metrics::container_v2_dir(&rt.root, &r.id).as_deref())
+    } else {
+        crate::metrics::Psi::default()
+    };
     let sample = cpu_total.map(|c| CpuSample::next(last, ts, c));
     let nano_cores = sample.and_then(|s| s.rate);
     let writable = images
@@ -1648,7 +1653,7 @@ pub fn stats(
             timestamp: ts,
             usage_core_nano_seconds: cpu_total.and_then(u),
             usage_nano_cores: nano_cores.and_then(u),
-            ..Default::default()
+            psi: psi.cpu,
         }),
         memory: live.then(|| api::MemoryUsage {
             timestamp: ts,
@@ -1658,9 +1663,10 @@ pub fn stats(
             rss_bytes: rss.and_then(u),
             page_faults: page_faults.and_then(u),
             major_page_faults: major_page_faults.and_then(u),
-            ..Default::default()
+            psi: psi.memory,
         }),
         writable_layer: writable,
+        io: psi.io_usage(ts),
         ..Default::default()
     };
     (s, sample)

@@ -293,18 +293,62 @@ fn parse_net_dev(text: &str) -> Vec<NetDev> {
         .collect()
 }
 
-/// A PSI file: the `total=` (microseconds) of its "some" and "full" lines.
-fn parse_pressure(text: &str) -> (Option<u64>, Option<u64>) {
-    let total = |kind: &str| {
-        text.lines()
-            .find(|l| l.split_whitespace().next() == Some(kind))
-            .and_then(|l| {
-                l.split_whitespace()
-                    .find_map(|f| f.strip_prefix("total="))
-                    .and_then(|v| v.parse().ok())
-            })
+/// A PSI file (`cpu.pressure`, ...) as the CRI's PsiStats: its "some" and "full" lines, the
+/// averages in percent as the kernel gives them, the totals in nanoseconds (the kernel's are
+/// microseconds). None without either line.
+fn parse_psi(text: &str) -> Option<api::PsiStats> {
+    let line = |kind: &str| {
+        let l = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(kind))?;
+        let field = |k: &str| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+        };
+        Some(api::PsiData {
+            total: field("total")?.parse::<u64>().ok()?.saturating_mul(1000),
+            avg10: field("avg10")?.parse().ok()?,
+            avg60: field("avg60")?.parse().ok()?,
+            avg300: field("avg300")?.parse().ok()?,
+        })
     };
-    (total("some"), total("full"))
+    let (some, full) = (line("some"), line("full"));
+    (some.is_some() || full.is_some()).then_some(api::PsiStats { full, some })
+}
+
+/// The PSI of a cgroup's directory in the v2 hierarchy: CPU, memory, I/O.
+#[derive(Default)]
+pub(crate) struct Psi {
+    pub cpu: Option<api::PsiStats>,
+    pub memory: Option<api::PsiStats>,
+    pub io: Option<api::PsiStats>,
+}
+
+impl Psi {
+    pub(crate) fn of(dir: Option<&Path>) -> Psi {
+        let Some(d) = dir else {
+            return Psi::default();
+        };
+        let of = |r: &str| read(&d.join(format!("{r}.pressure"))).and_then(|t| parse_psi(&t));
+        Psi {
+            cpu: of("cpu"),
+            memory: of("memory"),
+            io: of("io"),
+        }
+    }
+
+    /// The I/O figures of a container's or pod's stats (the CRI has only PSI there).
+    pub(crate) fn io_usage(&self, ts: i64) -> Option<api::IoUsage> {
+        self.io.map(|psi| api::IoUsage {
+            timestamp: ts,
+            psi: Some(psi),
+        })
+    }
+}
+
+/// The container's directory in the v2 hierarchy (see `Psi`), from the runtime's state.
+pub(crate) fn container_v2_dir(root: &Path, id: &str) -> Option<PathBuf> {
+    runtime_state(root, id).and_then(|(_, cg)| cg.unified().map(Path::to_path_buf))
 }
 
 /// /proc/PID/limits: (name as cAdvisor spells it, e.g. "max_open_files", soft limit; None
@@ -801,23 +845,19 @@ fn spec(o: &mut Out, cg: &Cgroup) {
 }
 
 /// PSI of the container's cgroup in the v2 hierarchy (cpu.pressure, memory.pressure,
-/// io.pressure; microseconds).
+/// io.pressure), in whole seconds.
 fn pressure(o: &mut Out, cg: &Cgroup) {
-    let Some(d) = cg.unified() else {
-        return;
-    };
-    for r in ["cpu", "memory", "io"] {
-        let Some(text) = read(&d.join(format!("{r}.pressure"))) else {
-            continue;
-        };
-        let (some, full) = parse_pressure(&text);
+    let psi = Psi::of(cg.unified());
+    for (r, p) in [("cpu", psi.cpu), ("memory", psi.memory), ("io", psi.io)] {
+        let Some(p) = p else { continue };
+        let secs = |d: Option<api::PsiData>| d.map(|d| d.total / NS_PER_SEC);
         o.put_opt(
             &format!("container_pressure_{r}_waiting_seconds_total"),
-            some.map(|us| us / 1_000_000),
+            secs(p.some),
         );
         o.put_opt(
             &format!("container_pressure_{r}_stalled_seconds_total"),
-            full.map(|us| us / 1_000_000),
+            secs(p.full),
         );
     }
 }
@@ -951,7 +991,7 @@ pub(crate) fn pod_cgroup_stats(
     parent: &str,
     systemd: bool,
     hs: &[rsrun::cgroups::Hierarchy],
-) -> Option<Value> {
+) -> Option<(Value, Psi)> {
     let paths = if systemd {
         let slice = parent.trim_end_matches('/').rsplit('/').next()?;
         let mount = &hs.iter().find(|h| h.v2)?.mountpoint;
@@ -962,7 +1002,7 @@ pub(crate) fn pod_cgroup_stats(
     };
     let paths: Vec<PathBuf> = paths.into_iter().filter(|p| p.is_dir()).collect();
     let m = rsrun::cgroups::Manager::with_hierarchies(&paths, hs).ok()?;
-    Some(m.stats())
+    Some((m.stats(), Psi::of(m.v2_dir())))
 }
 
 /// A pod's stats: its containers' (container::stats); the pod's CPU and memory from its own
@@ -974,7 +1014,7 @@ fn pod_stats(
     root: &Path,
     images: &rsrun_image::ImageStore,
     sb: &SandboxRecord,
-    own: Option<&Value>,
+    own: Option<&(Value, Psi)>,
     ctrs: &[(ContainerRecord, Option<Sample>)],
     last_pod: Option<Sample>,
 ) -> (api::PodSandboxStats, Vec<(String, Sample)>) {
@@ -1022,7 +1062,11 @@ fn pod_stats(
     // backwards when one exits (the kubelet's pod CPU counter, as containerd reads the pod's
     // cgroup), and has no limit to tell what is available.
     let mut available = None;
-    let own = own.map(container::CgroupUsage::of).unwrap_or_default();
+    // PSI only from the pod's own cgroup: stall times of its containers do not add up.
+    let psi = own.map(|(_, p)| p);
+    let own = own
+        .map(|(v, _)| container::CgroupUsage::of(v))
+        .unwrap_or_default();
     if own.cpu_total.is_some() {
         cpu = own.cpu_total;
     }
@@ -1065,7 +1109,7 @@ fn pod_stats(
                 timestamp: ts,
                 usage_core_nano_seconds: u(cpu),
                 usage_nano_cores: u(nano_cores),
-                ..Default::default()
+                psi: psi.and_then(|p| p.cpu),
             }),
             memory: usage.map(|_| api::MemoryUsage {
                 timestamp: ts,
@@ -1075,7 +1119,7 @@ fn pod_stats(
                 rss_bytes: u(rss),
                 page_faults: u(pf),
                 major_page_faults: u(majpf),
-                ..Default::default()
+                psi: psi.and_then(|p| p.memory),
             }),
             network: net,
             process: procs.map(|n| api::ProcessUsage {
@@ -1083,7 +1127,7 @@ fn pod_stats(
                 process_count: u(Some(n)),
             }),
             containers,
-            io: None,
+            io: psi.and_then(|p| p.io_usage(ts)),
         }),
         windows: None,
     };
@@ -1364,13 +1408,18 @@ Inter-|   Receive                                                |  Transmit
 
     #[test]
     fn pressure() {
-        let t = "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\n\
+        let t = "some avg10=1.50 avg60=0.25 avg300=0.00 total=2500000\n\
                  full avg10=0.00 avg60=0.00 avg300=0.00 total=17\n";
-        assert_eq!(parse_pressure(t), (Some(2_500_000), Some(17)));
+        let p = parse_psi(t).unwrap();
+        let some = p.some.unwrap();
         assert_eq!(
-            parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=3\n"),
-            (Some(3), None)
+            (some.total, some.avg10, some.avg60),
+            (2_500_000_000, 1.5, 0.25)
         );
+        assert_eq!(p.full.unwrap().total, 17_000);
+        let p = parse_psi("some avg10=0.00 avg60=0.00 avg300=0.00 total=3\n").unwrap();
+        assert_eq!((p.some.unwrap().total, p.full), (3000, None));
+        assert!(parse_psi("").is_none());
     }
 
     #[test]

@@ -490,6 +490,8 @@ sleep 0.1
 for _ in $(seq 50); do [ -d "/proc/$pid3" ] || break; sleep 0.1; done
 [ ! -d "/proc/$pid3" ] || fail "the process of a container whose shim died still runs: $(cat /proc/$pid3/cmdline | tr '\0' ' ')"
 c rm "$ctr2" "$ctr3" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
+# (Removed with the container's storage, just after RemoveContainer answers.)
+for _ in $(seq 50); do [ -e "$R/root/cri/exits/$ctr2.json" ] || [ -e "$R/root/cri/exits/$ctr3.json" ] || break; sleep 0.1; done
 [ ! -e "$R/root/cri/exits/$ctr2.json" ] && [ ! -e "$R/root/cri/exits/$ctr3.json" ] || fail "rm left exit records: $(ls "$R/root/cri/exits")"
 ok "a shim killed -9: the container is reported exited (255, Unknown, a fixed finishedAt), its process ended, and removed with its exit record"
 c stop -t 10 "$ctr" >/dev/null || fail "stop: $(cat "$R/crictl.err")"
@@ -753,6 +755,22 @@ echo '{"metadata": {"name": "spin"}, "image": {"image": "busybox"}, "command": [
 spin=$(c create "$pcg" "$R/spin.json" "$R/podcg.json") && c start "$spin" >/dev/null || fail "spin container: $(cat "$R/crictl.err")"
 nanocores() { c stats -o json --id "$spin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"][0]["cpu"].get("usageNanoCores", {}).get("value", "none"))'; }
 nanocores >/dev/null; sleep 1.3
+# PSI (the kubelet's KubeletPSI, GA, reads it from the CRI only): the container's and the pod's
+# CPU stall total is the kernel's (cpu.pressure of their directories in the cgroup2 mount, in
+# microseconds; the CRI's in nanoseconds), read before and after the call.
+psi_total() { sed -n 's/^some .*total=\([0-9]*\)$/\1/p' "$1/cpu.pressure"; }
+cdir=$(find /sys/fs/cgroup/unified -type d -path "*rsrun-smoke-podcg*" -name "*$spin*" | head -1)
+pdir=/sys/fs/cgroup/unified/rsrun-smoke-podcg
+[ -n "$cdir" ] && [ -f "$pdir/cpu.pressure" ] || fail "no cgroup2 directories with cpu.pressure for the spin container and its pod"
+k0=$(psi_total "$cdir"); p0=$(psi_total "$pdir")
+got=$(c stats -o json --id "$spin" | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"][0]; print(s["cpu"]["psi"]["Some"]["Total"], "memory" if s["memory"].get("psi") else "no-memory-psi", "io" if s.get("io", {}).get("psi") else "no-io-psi")') \
+    && gotp=$(c statsp -o json --id "$pcg" | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"][0]["linux"]; print(s["cpu"]["psi"]["Some"]["Total"])') \
+    || fail "no CPU PSI in the container's or the pod's stats: $(c stats -o json --id "$spin")"
+k1=$(psi_total "$cdir"); p1=$(psi_total "$pdir")
+ctot=${got%% *}
+[ "$ctot" -ge $((k0 * 1000)) ] && [ "$ctot" -le $((k1 * 1000)) ] && [ "${got#* }" = "memory io" ] \
+    || fail "container PSI: $got (the kernel's CPU some total: $k0 then $k1 us)"
+[ "$gotp" -ge $((p0 * 1000)) ] && [ "$gotp" -le $((p1 * 1000)) ] || fail "pod CPU PSI total $gotp ns, the kernel's $p0 then $p1 us"
 rates="$(nanocores) $(nanocores) $(nanocores)"
 for n in $rates; do
     case $n in none) fail "no usageNanoCores after 1.3 s: $rates" ;; esac
@@ -763,7 +781,7 @@ c rm -f "$idle" "$burn" "$spin" >/dev/null && c stopp "$pcg" >/dev/null && c rmp
 for d in $(find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name rsrun-smoke-podcg); do
     rmdir "$d" || fail "the pod's cgroup $d is not empty"
 done
-ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit; CRI metrics labelled with pod, namespace and container; usageNanoCores of a half-core container about 5e8 however often asked"
+ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, available memory under the pod's limit; CRI metrics labelled with pod, namespace and container; usageNanoCores of a half-core container about 5e8 however often asked; container and pod PSI the kernel's"
 # A container's first record is written without fsync: a power loss may keep its rootfs in the
 # image store and lose the record. Played here by removing the record of a created container
 # while the server is down: the restarted server unmounts and removes that rootfs.

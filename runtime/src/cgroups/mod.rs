@@ -487,6 +487,15 @@ impl Manager {
         matches!(self, Manager::V2(_))
     }
 
+    /// The cgroup's directory in the v2 hierarchy: the whole cgroup on v2, its directory in
+    /// the cgroup2 mount of a hybrid host (where PSI is), none on a pure v1 host.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        match self {
+            Manager::V1(m) => m.unified.as_deref(),
+            Manager::V2(m) => Some(&m.dir),
+        }
+    }
+
     /// Applies every field of `linux.resources` to a new cgroup (before any process is in it),
     /// the device rules included (`apply_devices`).
     pub fn apply(&self, r: &LinuxResources, rootless: bool) -> Result<()> {
