@@ -959,7 +959,10 @@ fn iface_usage(d: &NetDev) -> api::NetworkInterfaceUsage {
     }
 }
 
-/// The pod's interfaces as NetworkUsage: eth0 (else the first one) is the default.
+/// The pod's interfaces as NetworkUsage: eth0 (else the first one) is the default, and every
+/// one is in the list, the default too. (The proto's comment says the list excludes the
+/// default; containerd lists it, and the kubelet's summary from cAdvisor did: consumers of the
+/// summary that add up the list would lose eth0.)
 fn network_usage(devs: &[NetDev], ts: i64) -> Option<api::NetworkUsage> {
     let default = devs
         .iter()
@@ -968,12 +971,7 @@ fn network_usage(devs: &[NetDev], ts: i64) -> Option<api::NetworkUsage> {
     Some(api::NetworkUsage {
         timestamp: ts,
         default_interface: Some(iface_usage(&devs[default])),
-        interfaces: devs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != default)
-            .map(|(_, d)| iface_usage(d))
-            .collect(),
+        interfaces: devs.iter().map(iface_usage).collect(),
     })
 }
 

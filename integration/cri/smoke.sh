@@ -500,6 +500,21 @@ st=$(c inspect -o json "$ctr" | python3 -c 'import json,sys; s=json.load(sys.std
 c logs "$ctr" | grep -qx bye || fail "the container did not see SIGTERM"
 ok "stop: SIGTERM handled, exit 0, reason Completed"
 c rm "$ctr" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
+# The pod's network stats: eth0 the default interface, its received bytes the kernel's (its
+# network namespace's /proc/net/dev, read before and after), and in the list of all its
+# interfaces too (containerd's, and the kubelet's summary from cAdvisor, list every one).
+rx() { nsenter --net="$R/state/sandboxes/$pod/net" cat /proc/net/dev | awk '$1 == "eth0:" {print $2}'; }
+r0=$(rx)
+got=$(c statsp -o json --id "$pod" | python3 -c '
+import json, sys
+n = json.load(sys.stdin)["stats"][0]["linux"]["network"]
+d = n["defaultInterface"]
+print(d["name"], d["rxBytes"]["value"], ",".join(sorted(i["name"] for i in n.get("interfaces", []))))')
+r1=$(rx)
+name=${got%% *}; rest=${got#* }; bytes=${rest%% *}; all=${rest#* }
+[ "$name" = eth0 ] && [ "$bytes" -ge "$r0" ] && [ "$bytes" -le "$r1" ] && [ "$all" = eth0 ] \
+    || fail "pod network stats: $got (the kernel's eth0 rx bytes: $r0 then $r1)"
+ok "pod network stats: eth0 the default interface, also listed, its received bytes the kernel's"
 c stopp "$pod" >/dev/null || fail "stopp: $(cat "$R/crictl.err")"
 [ ! -e "$R/ipam/smoke/$ip" ] || fail "stopp left the address lease of $ip"
 ! ip -o link show type veth | grep -q . || fail "stopp left a veth: $(ip -o link show type veth)"
