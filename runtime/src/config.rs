@@ -46,6 +46,11 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the host has SELinux (its filesystem mounted, as libselinux tells).
+pub fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
+}
+
 /// Parses config.json text. Errors name the JSON path of the offending field.
 pub fn parse_spec(text: &[u8], path: &Path) -> Result<Spec> {
     let de = &mut serde_json::Deserializer::from_slice(text);
@@ -260,6 +265,46 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
             }
             check_dev_numbers(ma, mi)
                 .map_err(|m| bad(format!("linux.resources.devices[{i}]: {m}")))?;
+        }
+    }
+    // SELinux labels, which rsrun cannot apply: a process label is refused, at create as at
+    // exec (runc refuses one too where SELinux is off; where it is on, a container run
+    // without its label would run under the runtime's own); a mount label only where SELinux
+    // is on (runc and crun pass over it elsewhere). Podman and containerd set labels only
+    // where SELinux is enabled.
+    let labels = [
+        (
+            "process.selinuxLabel",
+            spec.process()
+                .as_ref()
+                .and_then(|p| p.selinux_label().as_deref()),
+            true,
+        ),
+        (
+            "linux.mountLabel",
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.mount_label().as_deref()),
+            selinux_enabled(),
+        ),
+    ];
+    for (field, label, refused) in labels {
+        if let Some(l) = label.filter(|l| !l.is_empty() && refused) {
+            return Err(Error::Unsupported(format!(
+                "{field} {l:?}: SELinux is not supported by rsrun"
+            )));
+        }
+    }
+    if let Some(io) = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.io_priority().as_ref())
+    {
+        let prio = io.priority();
+        if !(0..=7).contains(&prio) {
+            return Err(bad(format!(
+                "process.ioPriority.priority {prio}: out of range (0 to 7)"
+            )));
         }
     }
     // The seccomp profile is compiled once here so that a bad one fails `create`.

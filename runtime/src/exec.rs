@@ -330,6 +330,7 @@ struct Child<'a> {
     in_userns: bool,
     process: &'a Process,
     seccomp: Option<&'a LinuxSeccomp>,
+    personality: Option<&'a oci_spec::runtime::LinuxPersonality>,
     oci_version: &'a str,
     state: Value,
     console: Option<UnixStream>,
@@ -477,6 +478,16 @@ impl Runtime {
             if !cgroup_paths.is_empty() {
                 cgroups::add_pid(&cgroup_paths, pid)?;
             }
+            // The container's OOM score (the process's own, else its init's), as runc gives
+            // every exec: inherited, the caller's would be the exec's (a shim's, often far
+            // below the container's, so that the kernel killed the container's main
+            // process rather than an exec or a probe).
+            let adj = process
+                .oom_score_adj()
+                .or_else(|| saved.process.as_ref().and_then(|p| p.oom_score_adj()));
+            if let Some(adj) = adj {
+                crate::security::write_oom_score_adj(&pid.to_string(), adj)?;
+            }
             lifecycle::send_or_init_error(&parent_sock, &Msg::Go(pid))?;
             match sync::recv(&parent_sock)? {
                 None => Ok(()),
@@ -561,6 +572,7 @@ impl Runtime {
                 in_userns,
                 process,
                 seccomp: saved.seccomp.as_ref(),
+                personality: saved.personality.as_ref(),
                 oci_version: &saved.oci_version,
                 state,
                 console,
@@ -659,7 +671,7 @@ fn child_setup(c: &Child) -> Result<Never> {
         .ctx("close inherited descriptors")?;
     init::finish_and_exec(Final {
         process: p,
-        personality: None,
+        personality: c.personality,
         seccomp: sec,
         exe: &exe,
         args,

@@ -357,14 +357,20 @@ pub(crate) struct Final<'a> {
     pub exec_marker: Option<RawFd>,
 }
 
-/// The last steps, in this order: rlimits, personality, seccomp (early or late, see
-/// below), bounding set, user, capabilities, cwd, umask, no_new_privs, AppArmor, signal
-/// state, the runtime-binary check, execve. Returns only on failure.
+/// The last steps, in this order: rlimits, scheduler, I/O priority, personality, seccomp
+/// (early or late, see below), bounding set, user, capabilities, cwd, umask, no_new_privs,
+/// AppArmor, signal state, the runtime-binary check, execve. Returns only on failure.
 pub(crate) fn finish_and_exec(f: Final) -> Result<Never> {
     let process = f.process;
     let mut sec = f.seccomp;
     // Privileges, last: rlimits and caps need the privileges we are about to drop.
     security::set_rlimits(process)?;
+    if let Some(s) = process.scheduler() {
+        security::set_scheduler(s)?;
+    }
+    if let Some(p) = process.io_priority() {
+        security::set_io_priority(p)?;
+    }
     if let Some(pers) = f.personality {
         let dom = match pers.domain() {
             oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,

@@ -218,12 +218,11 @@ impl Runtime {
         // (an unprivileged user cannot load them; devices are bind mounts there anyway).
         let hs = cgroups::hierarchies()?;
         let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
-        let scope = if self.systemd_cgroup {
-            if self.rootless {
-                return Err(Error::Config(
-                    "--systemd-cgroup: the systemd driver of rootless containers (a user manager) is not supported; use the cgroupfs driver".into(),
-                ));
-            }
+        // Rootless with the systemd driver (rootless Podman's default): its scope would be the
+        // user manager's, which rsrun does not drive. With no limits asked for, the container
+        // stays in the caller's cgroup, as when a rootless cgroupfs cgroup cannot be made.
+        let rootless_systemd = self.systemd_cgroup && self.rootless;
+        let scope = if self.systemd_cgroup && !self.rootless {
             Some(cgroups::systemd::Scope::parse(
                 cgroups_path.map(|p| p.to_str().unwrap_or("")),
                 &o.id,
@@ -233,6 +232,7 @@ impl Runtime {
         };
         let cg_paths = match &scope {
             Some(s) => vec![s.dir(&hs)?],
+            None if rootless_systemd => Vec::new(),
             None => cgroups::paths_for(cgroups_path, &o.id, &hs)?,
         };
         let mut resources = linux.and_then(|l| l.resources().clone());
@@ -242,6 +242,16 @@ impl Runtime {
             }
         }
         let limits = has_limits(resources.as_ref());
+        if rootless_systemd {
+            if limits {
+                return Err(Error::Config(
+                    "--systemd-cgroup: resource limits of a rootless container need systemd's user manager, which rsrun does not drive; use the cgroupfs driver with a delegated cgroup".into(),
+                ));
+            }
+            crate::log::warn(
+                "--systemd-cgroup: rootless, no systemd user manager: the container stays in the caller's cgroup (no limits were asked for)",
+            );
+        }
         // Recorded before anything is made (and completed below as the init appears), so
         // that `delete --force` can undo a create killed at any point.
         let me = std::process::id() as i32;
@@ -540,6 +550,7 @@ impl Runtime {
                 .collect(),
             process: spec.process().clone(),
             seccomp: linux.and_then(|l| l.seccomp().clone()),
+            personality: linux.and_then(|l| l.personality().clone()),
         };
         loop {
             match sync::recv(&parent_sock)? {
@@ -733,18 +744,23 @@ impl Runtime {
             // a pidfd. A PID read from cgroup.procs may have changed hands before the open:
             // only a process that /proc then shows in the cgroup is signalled (while it is
             // alive its PID is its own; once dead the pidfd reaches nobody).
-            let Ok(m) = cgroups::Manager::new(&saved.cgroup_paths) else {
-                return Ok(());
-            };
-            let (hs, dir) = (cgroups::hierarchies()?, m.pids_dir());
-            for p in m.all_pids() {
-                if let Ok(fd) = sys::pidfd_open(p) {
-                    if dir.as_ref().is_some_and(|d| cgroups::holds(d, &hs, p)) {
-                        let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig.raw());
+            if let Ok(m) = cgroups::Manager::new(&saved.cgroup_paths) {
+                let (hs, dir) = (cgroups::hierarchies()?, m.pids_dir());
+                for p in m.all_pids() {
+                    if let Ok(fd) = sys::pidfd_open(p) {
+                        if dir.as_ref().is_some_and(|d| cgroups::holds(d, &hs, p)) {
+                            let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig.raw());
+                        }
                     }
                 }
+                return Ok(());
             }
-            return Ok(());
+            // No cgroup of its own (rootless, where cgroup errors were passed over): its
+            // processes cannot be found, its init can (runc does the same). Podman's stop
+            // of a container without a PID namespace is a kill --all.
+            crate::log::warn(&format!(
+                "kill --all: container {id} has no cgroup of its own: only its init is signalled"
+            ));
         }
         let Some(pidfd) = init_pidfd(&saved).with_ctx(|| format!("kill {} {sig}", saved.pid))?
         else {

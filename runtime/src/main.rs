@@ -10,7 +10,7 @@ const USAGE: &str = "usage: rsrun [global options] COMMAND [options] [ARGS]
 
 Global options:
   --root DIR            state directory (default /run/rsrun; $XDG_RUNTIME_DIR/rsrun when
-                        not root)
+                        not root, or root in a user namespace with $USER not root)
   --log FILE            log file (default: stderr)
   --log-format FORMAT   text or json
   --debug               debug logging
@@ -300,12 +300,18 @@ fn cmd_exec(rt: &Runtime, a: &mut Args) -> Result<i32> {
     Ok(rt.exec(&o)?)
 }
 
-/// /run/rsrun, or $XDG_RUNTIME_DIR/rsrun when not root (as runc's $XDG_RUNTIME_DIR/runc).
+/// /run/rsrun, or $XDG_RUNTIME_DIR/rsrun where runc takes $XDG_RUNTIME_DIR/runc: when not
+/// root, and when root in a user namespace (not the node's) unless $USER says root. Rootless
+/// Podman runs the runtime as root in its user namespace with XDG_RUNTIME_DIR set and no
+/// --root: /run/rsrun is not its to write.
 fn default_root() -> PathBuf {
+    let honor = || {
+        rsrun::lifecycle::rootless_auto()
+            && (!nix::unistd::geteuid().is_root()
+                || std::env::var_os("USER").is_none_or(|u| u != "root"))
+    };
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(x) if !x.is_empty() && !nix::unistd::geteuid().is_root() => {
-            PathBuf::from(x).join("rsrun")
-        }
+        Some(x) if !x.is_empty() && honor() => PathBuf::from(x).join("rsrun"),
         _ => PathBuf::from(rsrun::state::DEFAULT_ROOT),
     }
 }

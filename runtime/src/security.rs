@@ -46,10 +46,76 @@ pub fn set_rlimits(p: &Process) -> Result<()> {
 /// Writes oom_score_adj. Lowering it needs CAP_SYS_RESOURCE; when the host withholds that
 /// capability (as on some CI hosts) a failure to lower is logged, not fatal.
 pub fn set_oom_score_adj(p: &Process) -> Result<()> {
-    let Some(adj) = p.oom_score_adj() else {
-        return Ok(());
+    match p.oom_score_adj() {
+        Some(adj) => write_oom_score_adj("self", adj),
+        None => Ok(()),
+    }
+}
+
+/// Applies `process.scheduler` (sched_setattr(2)) to this process, as runc: the kernel checks
+/// the policy's parameters and privileges (a real-time policy needs CAP_SYS_NICE, kept until
+/// the capabilities are dropped after this).
+pub fn set_scheduler(s: &oci_spec::runtime::Scheduler) -> Result<()> {
+    use oci_spec::runtime::{LinuxSchedulerFlag as F, LinuxSchedulerPolicy as P};
+    let policy = match s.policy() {
+        P::SchedOther => 0,
+        P::SchedFifo => 1,
+        P::SchedRr => 2,
+        P::SchedBatch => 3,
+        P::SchedIso => 4,
+        P::SchedIdle => 5,
+        P::SchedDeadline => 6,
     };
-    match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+    let flags = s.flags().iter().flatten().fold(0u64, |acc, f| {
+        acc | match f {
+            F::SchedResetOnFork => 0x01,
+            F::SchedFlagReclaim => 0x02,
+            F::SchedFlagDLOverrun => 0x04,
+            F::SchedFlagKeepPolicy => 0x08,
+            F::SchedFlagKeepParams => 0x10,
+            F::SchedFlagUtilClampMin => 0x20,
+            F::SchedFlagUtilClampMax => 0x40,
+        }
+    });
+    let priority = s.priority().unwrap_or(0);
+    let mut attr = crate::sys::SchedAttr {
+        policy,
+        flags,
+        nice: s.nice().unwrap_or(0),
+        priority: u32::try_from(priority).map_err(|_| {
+            Error::Invalid(format!("process.scheduler.priority {priority}: negative"))
+        })?,
+        runtime: s.runtime().unwrap_or(0),
+        deadline: s.deadline().unwrap_or(0),
+        period: s.period().unwrap_or(0),
+        ..Default::default()
+    };
+    crate::sys::sched_setattr(&mut attr)
+        .map_err(|e| Error::os(format!("process.scheduler {:?}", s.policy()), e))
+}
+
+/// Applies `process.ioPriority` (ioprio_set(2)) to this process, as runc.
+pub fn set_io_priority(p: &oci_spec::runtime::LinuxIOPriority) -> Result<()> {
+    use oci_spec::runtime::IOPriorityClass as C;
+    let class = match p.class() {
+        C::IoprioClassRt => 1,
+        C::IoprioClassBe => 2,
+        C::IoprioClassIdle => 3,
+    };
+    let prio = p.priority();
+    if !(0..=7).contains(&prio) {
+        return Err(Error::Invalid(format!(
+            "process.ioPriority.priority {prio}: out of range (0 to 7)"
+        )));
+    }
+    crate::sys::ioprio_set((class << 13) | prio as i32)
+        .map_err(|e| Error::os(format!("process.ioPriority {:?} {prio}", p.class()), e))
+}
+
+/// Writes `adj` as the oom_score_adj of process `pid` ("self" or a number), as
+/// `set_oom_score_adj`: a refused lowering is logged, not fatal.
+pub fn write_oom_score_adj(pid: &str, adj: i32) -> Result<()> {
+    match std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
         Ok(()) => Ok(()),
         Err(e)
             if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) =>

@@ -70,6 +70,9 @@ pub struct Saved {
     /// The config's `linux.seccomp` as of create (loaded into `exec`'d processes too).
     #[serde(default)]
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The config's `linux.personality` as of create (`exec`'d processes get it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personality: Option<oci_spec::runtime::LinuxPersonality>,
     /// The cgroup directories create made (the only ones delete removes). None in state
     /// written before ownership was recorded: then every path counts as owned.
     #[serde(default)]
@@ -124,6 +127,7 @@ impl Intent {
             namespaces: Vec::new(),
             process: None,
             seccomp: None,
+            personality: None,
             cgroup_owned: Some(self.cgroup_owned.clone()),
             systemd_unit: self.systemd_unit.clone(),
         }

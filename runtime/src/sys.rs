@@ -220,6 +220,52 @@ pub fn personality(persona: libc::c_ulong) -> io::Result<()> {
     check(ret as libc::c_long).map(|_| ())
 }
 
+/// The kernel's `struct sched_attr` (SCHED_ATTR_SIZE_VER1).
+#[repr(C)]
+#[derive(Default)]
+pub struct SchedAttr {
+    pub size: u32,
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+    pub util_min: u32,
+    pub util_max: u32,
+}
+
+/// sched_setattr(2) of this thread.
+pub fn sched_setattr(attr: &mut SchedAttr) -> io::Result<()> {
+    attr.size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: `attr` is a live sched_attr of the size it states; the kernel only reads it
+    // (and writes `size` back on E2BIG).
+    check(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, attr as *mut SchedAttr, 0) })
+        .map(|_| ())
+}
+
+/// ioprio_set(2) of this process (IOPRIO_WHO_PROCESS, 0).
+pub fn ioprio_set(ioprio: i32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, ioprio) }).map(|_| ())
+}
+
+/// The slave side of the pty whose master is `master` (TIOCGPTPEER: through the master's own
+/// devpts instance, whatever mount namespace it is in).
+pub fn pty_peer(master: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes open flags as an integer and returns a new descriptor.
+    let fd = check(unsafe {
+        libc::ioctl(
+            master,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as libc::c_long)?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Makes `fd` (a terminal) the controlling terminal of this session.
 pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
     // SAFETY: TIOCSCTTY takes an integer argument.

@@ -104,6 +104,11 @@ fn semantic_errors() {
             "rootfsPropagation",
             Box::new(|c| c["linux"]["rootfsPropagation"] = json!("sideways")),
         ),
+        // Refused at create as at exec, never silently run without.
+        (
+            "process.selinuxLabel",
+            Box::new(|c| c["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0")),
+        ),
     ];
     for (field, f) in cases {
         let mut b = Bundle::new(&["true"]);

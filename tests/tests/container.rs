@@ -696,6 +696,57 @@ fn personality_linux32() {
         out.trim().starts_with('i') && out.trim().ends_with("86"),
         "{out}"
     );
+    // An exec'd process gets the container's personality too (as runc's).
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| c["linux"]["personality"] = json!({"domain": "LINUX32"}));
+    let id = unique("pers");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let out = rt.ok(&["exec", &id, "uname", "-m"]);
+    assert!(
+        out.trim().starts_with('i') && out.trim().ends_with("86"),
+        "exec: {out}"
+    );
+    rt.ok(&["delete", "--force", &id]);
+}
+
+/// process.scheduler and process.ioPriority as the kernel reports them: the init and an
+/// exec'd process run under SCHED_BATCH at nice 5 (/proc/PID/stat) in the idle I/O class
+/// (ioprio_get(2)); neither needs a privilege.
+#[test]
+fn scheduler_and_io_priority() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 5});
+        c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+    });
+    let id = unique("sched");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    // (nice, policy): fields 19 and 41 of /proc/PID/stat, counted after the command's ")".
+    let sched = |stat: &str| {
+        let f: Vec<String> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        (f[16].clone(), f[38].clone())
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert_eq!(sched(&stat), ("5".into(), "3".into()), "init: {stat}");
+    // SAFETY: integer arguments only.
+    let ioprio = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, pid as libc::c_long) };
+    assert_eq!(ioprio, 3 << 13, "the init's I/O priority");
+    let stat = rt.ok(&["exec", &id, "cat", "/proc/self/stat"]);
+    assert_eq!(sched(&stat), ("5".into(), "3".into()), "exec: {stat}");
+    rt.ok(&["delete", "--force", &id]);
+    // A priority out of range is refused naming the field.
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 9}));
+    let e = rt.fails(&["run", "--bundle", b.dir.to_str().unwrap(), &unique("sched")]);
+    assert!(e.contains("process.ioPriority.priority 9"), "{e}");
 }
 
 #[test]

@@ -112,6 +112,50 @@ fn host_ns(pid: i64) -> Vec<String> {
 const NS_SCRIPT: &str =
     "for n in cgroup ipc mnt net pid time user uts; do readlink /proc/self/ns/$n; done";
 
+/// An exec'd process gets the container's OOM score (or its --process file's own), not its
+/// caller's: a shim's, often far below the container's, would have the kernel kill the
+/// container's main process before an exec or a probe. The caller is started at 200 (raising
+/// needs no privilege; this host withholds CAP_SYS_RESOURCE, which lowering needs).
+#[test]
+fn exec_gets_the_containers_oom_score_not_its_callers() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.edit(|c| c["process"]["oomScoreAdj"] = json!(500));
+    let (id, _) = start(&rt, &b);
+    let tmp = TempDir::new("oom-exec");
+    let own = tmp.path().join("process.json");
+    std::fs::write(
+        &own,
+        json!({"args": ["cat", "/proc/self/oom_score_adj"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+               "oomScoreAdj": 700})
+        .to_string(),
+    )
+    .unwrap();
+    let own = own.to_str().unwrap();
+    for (extra, want) in [
+        (vec![id.as_str(), "cat", "/proc/self/oom_score_adj"], "500"),
+        (vec!["--process", own, id.as_str()], "700"),
+    ] {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo 200 > /proc/self/oom_score_adj && exec \"$@\"")
+            .arg("sh");
+        c.arg(rsrun_bin())
+            .arg("--root")
+            .arg(rt.root.path())
+            .arg("exec");
+        c.args(&extra);
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{extra:?}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            want,
+            "{extra:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn joins_every_namespace_of_the_init() {
     let rt = Rsrun::new();

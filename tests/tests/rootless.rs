@@ -237,6 +237,69 @@ fn rootless_run_with_the_users_own_ids() {
     assert_eq!(std::fs::read_dir(u.state_root()).unwrap().count(), 0);
 }
 
+/// As rootless Podman runs the runtime: root in a user namespace of the user's (`unshare -r`),
+/// XDG_RUNTIME_DIR set, no $USER, no --root. The state is under $XDG_RUNTIME_DIR/rsrun (as
+/// runc's is under $XDG_RUNTIME_DIR/runc), where the user's containers are: /run/rsrun is the
+/// node's root's.
+#[test]
+fn root_in_a_user_namespace_keeps_its_state_under_xdg_runtime_dir() {
+    let u = TestUser::new();
+    let b = u.bundle(&["sleep", "1000"]);
+    let id = unique("rlx");
+    u.ok(&b.dir, &["run", "-d", &id]);
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &u.uid.to_string(),
+            "--regid",
+            &u.gid.to_string(),
+            "--clear-groups",
+            "--",
+            "unshare",
+            "-r",
+            "--",
+        ])
+        .arg(rsrun_bin())
+        .args(["list", "-q"])
+        .env("XDG_RUNTIME_DIR", u.xdg.path())
+        .env_remove("USER")
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.success() && out.lines().any(|l| l == id),
+        "list as root in the user's namespace: {out}{err}"
+    );
+    u.ok(&b.dir, &["delete", "--force", &id]);
+}
+
+/// Rootless with the systemd driver, as rootless Podman asks by default (cgroupsPath
+/// `slice:prefix:name`): without limits the container runs in the caller's cgroup (the user
+/// manager is not driven); with limits, a clear error.
+#[test]
+fn rootless_systemd_driver_without_limits_runs_in_the_callers_cgroup() {
+    let u = TestUser::new();
+    let mut b = u.bundle(&["sleep", "1000"]);
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!("user.slice:libpod:rootless-systemd"));
+    let id = unique("rls");
+    u.ok(&b.dir, &["--systemd-cgroup", "run", "-d", &id]);
+    let st: Value = serde_json::from_str(&u.ok(&b.dir, &["state", &id])).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let its = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(its, mine, "not in the caller's cgroup");
+    u.ok(&b.dir, &["delete", "--force", &id]);
+    b.edit(|c| c["linux"]["resources"] = json!({"pids": {"limit": 10}}));
+    let e = u.fails(&b.dir, &["--systemd-cgroup", "run", "-d", &unique("rls")]);
+    assert!(
+        e.contains("--systemd-cgroup") && e.contains("limits"),
+        "{e}"
+    );
+}
+
 #[test]
 fn rootless_detached_state_and_exec() {
     let u = TestUser::new();
@@ -282,7 +345,9 @@ fn rootless_detached_state_and_exec() {
     assert_eq!(l[6], "sleep\u{0}1000\u{0}", "{out}");
     let o = u.rsrun(&b.dir, &["exec", &id, "sh", "-c", "exit 9"]);
     assert_eq!(o.status.code(), Some(9));
-    u.ok(&b.dir, &["kill", &id, "KILL"]);
+    // --all with no cgroup to find the processes in (Podman stops so a container without a
+    // PID namespace): the init at least.
+    u.ok(&b.dir, &["kill", "--all", &id, "KILL"]);
     for _ in 0..500 {
         let st: Value = serde_json::from_str(&u.ok(&b.dir, &["state", &id])).unwrap();
         if st["status"] == "stopped" {
