@@ -449,8 +449,15 @@ sleep 0.3
 att=$(printf 'go\n' | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$o3" 2>"$R/crictl.err") \
     || fail "attach to a container that exits 3 failed: $att $(cat "$R/crictl.err")"
 [ "$att" = got-go ] || fail "attach (once3): $att"
-c rm -f "$once" "$keep" "$o3" >/dev/null || fail "rm $once $keep $o3: $(cat "$R/crictl.err")"
-ok "attach: with stdin_once the output after the input's end arrives and stdin closes (not by an attach without stdin); without, stdin stays open across attaches; a container's exit code does not fail the attach"
+# Much input through an attach (crictl, as kubectl, copies it in 32 KiB pieces): every byte
+# reaches the container's stdin (its own count of them).
+echo '{"metadata": {"name": "wc"}, "image": {"image": "busybox"}, "stdin": true, "stdin_once": true, "command": ["wc", "-c"]}' > "$R/wc.json"
+wcc=$(c create "$pod" "$R/wc.json" "$R/pod.json") && c start "$wcc" >/dev/null || fail "create (wc): $(cat "$R/crictl.err")"
+att=$(head -c 300000 /dev/zero | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$wcc" 2>"$R/crictl.err") \
+    || fail "attach with 300000 bytes of input: $att $(cat "$R/crictl.err")"
+[ "$(echo $att)" = 300000 ] || fail "attach: the container counted $att bytes of 300000 sent"
+c rm -f "$once" "$keep" "$o3" "$wcc" >/dev/null || fail "rm $once $keep $o3 $wcc: $(cat "$R/crictl.err")"
+ok "attach: with stdin_once the output after the input's end arrives and stdin closes (not by an attach without stdin); without, stdin stays open across attaches; a container's exit code does not fail the attach; 300000 bytes of input arrive whole"
 case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac
 ok "ContainerStatus: image_ref the repo digest, image_id the image ID ($got)"
 # The pod's bandwidth annotations reach the bandwidth plugin: the kernel shapes its traffic

@@ -5,8 +5,8 @@
 //! stream's last line when it has no newline. Bytes pass through untouched (binary, invalid
 //! UTF-8) but for the "\r" of a "\r\n" line end; within a stream nothing is lost or
 //! reordered.
-//! A write that fails (disk full) drops that batch and counts it: the container is never
-//! blocked on its log.
+//! A write that fails (disk full) drops that batch and counts it, and leaves no piece of it
+//! in the file: the container is never blocked on its log, and every line stays readable.
 
 use std::fs::File;
 use std::io::Write;
@@ -144,7 +144,7 @@ impl CriLog {
             return None;
         }
         let r = match self.file.as_mut() {
-            Some(f) => f.write_all(&self.out),
+            Some(f) => write_whole(f, &self.out),
             None => Err(std::io::Error::other("log file not open")),
         };
         match r {
@@ -165,6 +165,34 @@ impl CriLog {
             }
         }
     }
+}
+
+/// Appends `data` whole or not at all: a write that fails part way (the disk filled up) is
+/// cut back off the file, or its torn last record would have the next batch glued to it, a
+/// line the kubelet's parser cannot read.
+fn write_whole(f: &mut File, data: &[u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match f.write(&data[done..]) {
+            Ok(0) => {
+                return Err(cut_back(f, done, std::io::ErrorKind::WriteZero.into()));
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(cut_back(f, done, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the last `written` bytes of the (append-only) file; returns `e`.
+fn cut_back(f: &File, written: usize, e: std::io::Error) -> std::io::Error {
+    if written > 0 {
+        if let Ok(m) = f.metadata() {
+            let _ = f.set_len(m.len().saturating_sub(written as u64));
+        }
+    }
+    e
 }
 
 /// `TIMESTAMP STREAM TAG `, the start of every record of one write.

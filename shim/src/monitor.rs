@@ -129,6 +129,13 @@ pub struct Monitor {
     stdin_queue: VecDeque<u8>,
     stdin_once: bool,
     master: Option<OwnedFd>,
+    /// The terminal's slave side, held while the init runs: with no process holding the
+    /// terminal open for a moment (an init that closed its stdio, a getty between sessions)
+    /// the master would read EIO, taken for the output's end, and a process opening the
+    /// terminal again would write into nothing and block once its buffer filled (conmon
+    /// polls the master again instead). Dropped when the init exits, so that the output's
+    /// end is seen then.
+    pty_peer: Option<OwnedFd>,
     sigfd: SignalFd,
     control: UnixListener,
     attach: OwnedFd,
@@ -141,6 +148,9 @@ pub struct Monitor {
     start_error: Option<String>,
     oom: OomWatch,
     exited: Option<(i32, Option<i32>)>,
+    /// When the init was reaped: the exit record's finished_at (not when the record is
+    /// written, after the output's drain and the runtime's delete).
+    finished_at: Option<String>,
     buf: Vec<u8>,
 }
 
@@ -313,6 +323,14 @@ impl Monitor {
             });
             master = Some(fd);
         }
+        let pty_peer = match &master {
+            Some(m) => Some(
+                rsrun::sys::pty_peer(m.as_raw_fd())
+                    .context("open the terminal's slave side (TIOCGPTPEER)")
+                    .map_err(undo)?,
+            ),
+            None => None,
+        };
         for out in &outputs {
             nonblocking(&out.fd).map_err(undo)?;
         }
@@ -346,6 +364,7 @@ impl Monitor {
             stdin_queue: VecDeque::new(),
             stdin_once: o.stdin_once,
             master,
+            pty_peer,
             sigfd,
             control,
             attach,
@@ -356,6 +375,7 @@ impl Monitor {
             start_error: None,
             oom,
             exited: None,
+            finished_at: None,
             buf: vec![0; READ_BUF],
         })
     }
@@ -543,6 +563,7 @@ impl Monitor {
                 // The count before the cgroup can go (systemd removes an emptied scope's).
                 self.oom.refresh();
                 self.exited = Some((code, signal));
+                self.finished_at = Some(crilog::timestamp());
             } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
                 e.status = Some(code);
             }
@@ -565,12 +586,16 @@ impl Monitor {
 
     /// The init has exited: the rest of its output, the exit record, the attachers told.
     fn finish(&mut self, code: i32, signal: Option<i32>) {
+        self.pty_peer = None;
         // What the container wrote before it exited is in the pipes: read it all. Writers
-        // that outlive the init (no pid namespace of its own) get a short grace.
+        // that outlive the init (no pid namespace of its own) get a short grace, also when
+        // they keep writing (a `yes &` the init left would hold the record forever; the
+        // runtime's delete ends them).
         let grace = Instant::now() + Duration::from_secs(1);
         for i in 0..self.outputs.len() {
             while self.outputs[i].open {
                 match self.read_output_once(i) {
+                    Some(true) if Instant::now() >= grace => break,
                     Some(true) => {}
                     Some(false) => self.outputs[i].open = false,
                     None => {
@@ -608,7 +633,7 @@ impl Monitor {
             "exit_code": code,
             "signal": signal,
             "started_at": self.started_at,
-            "finished_at": crilog::timestamp(),
+            "finished_at": self.finished_at.take().unwrap_or_else(crilog::timestamp),
             "oom_killed": oom,
             "log_dropped_bytes": self.log.dropped,
         });
@@ -632,6 +657,7 @@ impl Monitor {
             self.enqueue(i, msg.clone());
             self.flush_client(i);
         }
+        self.drain_clients(Instant::now() + Duration::from_secs(5));
         for e in std::mem::take(&mut self.execs) {
             kill_tree(e.pid);
             let _ = reply(&e.conn, &json!({"error": "the container exited"}));
@@ -766,6 +792,36 @@ impl Monitor {
         }
     }
 
+    /// Sends what waits for the attachers (the output's end, the exit) before the shim
+    /// goes, as far as they read it by `deadline`: a client slower than the socket's buffer
+    /// would lose the end of the output and never learn the exit.
+    fn drain_clients(&mut self, deadline: Instant) {
+        loop {
+            let waiting: Vec<usize> = (0..self.clients.len())
+                .filter(|i| !self.clients[*i].dead && !self.clients[*i].queue.is_empty())
+                .collect();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if waiting.is_empty() || left.is_zero() {
+                return;
+            }
+            let mut fds: Vec<PollFd> = waiting
+                .iter()
+                .map(|i| PollFd::new(self.clients[*i].sock.as_fd(), PollFlags::POLLOUT))
+                .collect();
+            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::ZERO);
+            match nix::poll::poll(&mut fds, ms) {
+                Ok(0) => return,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+            drop(fds);
+            for i in waiting {
+                self.flush_client(i);
+            }
+        }
+    }
+
     fn flush_client(&mut self, i: usize) {
         let c = &mut self.clients[i];
         while let Some(m) = c.queue.front() {
@@ -789,10 +845,11 @@ impl Monitor {
 
     fn read_client(&mut self, i: usize) {
         let mut buf = [0u8; proto::ATTACH_MAX];
+        // MSG_TRUNC: the packet's whole length, also when it did not fit (the rest is gone).
         let n = match socket::recv(
             self.clients[i].sock.as_raw_fd(),
             &mut buf,
-            MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
         ) {
             Ok(n) => n,
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
@@ -800,6 +857,16 @@ impl Monitor {
         };
         if n == 0 {
             // Detached (stdin_once is applied when the client is removed).
+            self.clients[i].dead = true;
+            return;
+        }
+        if n > buf.len() {
+            // Its stdin would reach the container with bytes missing: dropped instead.
+            rsrun::log::warn(&format!(
+                "container {}: attach packet of {n} bytes, over the {} the protocol allows: client dropped",
+                self.id,
+                buf.len()
+            ));
             self.clients[i].dead = true;
             return;
         }
@@ -1106,9 +1173,12 @@ impl Monitor {
     }
 
     fn answer_exec(&mut self, mut e: ExecSession) {
-        // Its output up to now (writers that outlive it are not waited for).
+        // Its output up to now (writers that outlive it are not waited for, nor read for
+        // longer than what a full pipe and the output cap hold: a child that keeps writing
+        // must not hold the shim here).
+        let rounds = (proto::EXEC_SYNC_MAX_OUTPUT + (1 << 20)) / (16 * 1024);
         for k in 0..2 {
-            e.read(k, usize::MAX);
+            e.read(k, rounds);
             e.out[k] = None;
         }
         let code = if e.timed_out {

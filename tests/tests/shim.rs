@@ -203,6 +203,148 @@ fn a_failed_start_is_recorded_with_the_runtimes_error() {
     assert_eq!(e["start_error"], json!(err), "{e}");
 }
 
+/// A process the init leaves behind (no PID namespace of its own) that keeps writing to the
+/// container's stdout: the exit is still recorded (its output is read for a short grace, not
+/// until it stops), and the delete at exit ends it.
+#[test]
+fn a_writer_outliving_the_init_does_not_hold_the_exit_record() {
+    let marker = unique("outliver");
+    let mut b = Bundle::new(&["sh", "-c", &format!("(yes {marker} &); exit 4")]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid");
+    });
+    let s = shim(&b, &["--delete-on-exit"]).unwrap();
+    s.start();
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 4, "{e}");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "the writer outlived the delete at exit"
+    );
+}
+
+/// finished_at is when the init was reaped, not when the record was written after the
+/// cleanup: a poststop hook (run by the delete at exit, before the record) notes the time it
+/// ran, in the same format, and the container had finished before it.
+#[test]
+fn finished_at_is_the_exit_not_the_cleanup_after_it() {
+    let tmp = TempDir::new("fin");
+    let mark = tmp.path().join("hook-ran");
+    let mut b = Bundle::new(&["true"]);
+    let script = format!(
+        "date -u +%Y-%m-%dT%H:%M:%S.%NZ > {}; sleep 1",
+        mark.display()
+    );
+    b.edit(|c| {
+        c["hooks"] = json!({"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]})
+    });
+    let s = shim(&b, &["--delete-on-exit"]).unwrap();
+    s.start();
+    let e = s.wait_exit();
+    let hook = std::fs::read_to_string(&mark).unwrap();
+    let finished = e["finished_at"].as_str().unwrap();
+    assert_eq!(finished.len(), hook.trim().len(), "{finished} {hook}");
+    assert!(
+        finished < hook.trim(),
+        "finished_at {finished} is not before the poststop hook ran ({hook})"
+    );
+}
+
+/// The log's filesystem fills up while the container writes: the batches that do not fit are
+/// dropped whole and counted, never left half-written (the next record would be glued to the
+/// torn one, a line the kubelet cannot parse), and the container is not blocked. Once space is
+/// free again (a file on that filesystem removed) the records go on.
+#[test]
+fn a_full_disk_drops_whole_batches_and_counts_them() {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    // The log on a small tmpfs of its own (the shim's other files beside it as usual).
+    let disk = TempDir::new("full-disk");
+    nix::mount::mount(
+        Some("tmpfs"),
+        disk.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=256k"),
+    )
+    .unwrap();
+    let _unmount = Unmount(disk.path().to_path_buf());
+    let tmp = TempDir::new("full");
+    std::os::unix::fs::symlink(disk.path().join("ctr.log"), tmp.path().join("ctr.log")).unwrap();
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 64 * 1024]).unwrap();
+    let sig = TempDir::new("full-sig");
+    std::fs::write(sig.path().join("full"), "").unwrap();
+    let line = "x".repeat(60);
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        &format!(
+            "i=0; while [ $i -lt 5000 ]; do echo line-$i-{line}; i=$((i+1)); done; \
+             while [ -e /sig/full ]; do usleep 20000; done; echo after"
+        ),
+    ]);
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/sig", "type": "bind",
+            "source": sig.path(), "options": ["rbind", "rw"]}));
+    });
+    let rt = Rsrun::new();
+    let id = unique("full");
+    let out = shim_command(&rt, tmp.path(), &id, &b).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let s = Shimmed { tmp, id, rt, pid };
+    s.start();
+    // Full: the container's 5000 lines (about 500 KB framed) are past what is free.
+    let mut full = false;
+    for _ in 0..500 {
+        let v = nix::sys::statvfs::statvfs(disk.path()).unwrap();
+        if v.blocks_available() == 0 {
+            full = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(full, "the log's filesystem never filled up");
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(sig.path().join("full")).unwrap();
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 0, "{e}");
+    assert!(e["log_dropped_bytes"].as_u64().unwrap() > 0, "{e}");
+    let data = std::fs::read(s.log()).unwrap();
+    assert!(data.ends_with(b"\n"), "the log ends in a torn record");
+    let mut last = Vec::new();
+    for (stream, tag, content) in records(&s.log()) {
+        let text = String::from_utf8_lossy(&content).into_owned();
+        let whole = text == "after"
+            || text
+                .strip_prefix("line-")
+                .and_then(|r| r.split_once('-'))
+                .is_some_and(|(n, x)| n.parse::<u32>().is_ok() && x == line);
+        assert!(
+            stream == "stdout" && tag == "F" && whole,
+            "a torn or glued record: {stream} {tag} {text:?}"
+        );
+        last = content;
+    }
+    assert_eq!(
+        last, b"after",
+        "the records did not go on once space was free"
+    );
+}
+
 #[test]
 fn delete_on_exit_removes_the_cgroups_before_the_exit_record() {
     // The container prints its own cgroup; once its exit is recorded, that cgroup is gone
@@ -460,6 +602,59 @@ fn attach_several_clients_stdin_fan_in_output_fan_out() {
     assert!(stream_bytes(&s.log(), "stdout").starts_with(b"from a\nfrom c\nstill here\n"));
 }
 
+/// A slow attacher still gets the end of the output and the exit: the shim sends what waits
+/// for it before it goes (3 MB, more than the socket holds, wait when the container exits).
+/// And a packet longer than the protocol allows drops its client, whose stdin would reach the
+/// container with bytes missing.
+#[test]
+fn a_slow_attacher_gets_the_whole_output_and_the_exit() {
+    let b = Bundle::new(&["sh", "-c", "head -c 3000000 /dev/zero; exit 6"]);
+    let s = shim(&b, &[]).unwrap();
+    let a = attach(&s);
+    s.start();
+    assert_eq!(s.wait_exit()["exit_code"], 6);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = nix::sys::time::TimeVal::new(10, 0);
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::ReceiveTimeout, &t).unwrap();
+    let (mut bytes, mut exit) = (0usize, None);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n =
+            nix::sys::socket::recv(a.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty())
+                .unwrap();
+        match (n, buf[0]) {
+            (0, _) => break,
+            (_, 1) => bytes += n - 1,
+            (5, 3) => exit = Some(i32::from_le_bytes(buf[1..5].try_into().unwrap())),
+            _ => {}
+        }
+    }
+    assert_eq!((bytes, exit), (3_000_000, Some(6)));
+
+    let b = Bundle::new(&["cat"]);
+    let s = shim(&b, &["--stdin"]).unwrap();
+    s.start();
+    let big = attach(&s);
+    send(&big, 0, &[b'x'; 40_000]);
+    let mut buf = [0u8; 64];
+    nix::sys::socket::setsockopt(&big, nix::sys::socket::sockopt::ReceiveTimeout, &t).unwrap();
+    let n = nix::sys::socket::recv(
+        big.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    );
+    assert_eq!(n, Ok(0), "a client with an oversized packet was kept");
+    let ok = attach(&s);
+    send(&ok, 0, b"whole\n");
+    let got = read_until(&ok, b"whole\n");
+    assert!(
+        !got.contains(&b'x'),
+        "part of the oversized packet reached the container"
+    );
+    s.rt.ok(&["kill", &s.id, "KILL"]);
+    s.wait_exit();
+}
+
 #[test]
 fn stdin_once_closes_stdin_when_the_attacher_leaves() {
     let b = Bundle::new(&["cat"]);
@@ -548,6 +743,30 @@ fn terminal_and_resize() {
         String::from_utf8_lossy(&out).contains("33 111\n") && !out.contains(&b'\r'),
         "the log has the terminal's output, without carriage returns: {:?}",
         String::from_utf8_lossy(&out)
+    );
+}
+
+/// A terminal that no process holds open for a while (the init closed its stdio, as a getty
+/// between sessions) has not ended: what a process writes after opening it again reaches the
+/// log, and is not blocked once the terminal's buffer fills.
+#[test]
+fn a_terminal_opened_again_after_a_hangup_is_still_read() {
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "exec >&- 2>&- <&-; sleep 1; seq 3000 > /dev/pts/0; exit 5",
+    ]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let s = shim(&b, &["--terminal"]).unwrap();
+    s.start();
+    assert_eq!(s.wait_exit()["exit_code"], 5);
+    let out = stream_bytes(&s.log(), "stdout");
+    let want: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        out == want.as_bytes(),
+        "the log holds {} bytes of the {} written after the hangup",
+        out.len(),
+        want.len()
     );
 }
 

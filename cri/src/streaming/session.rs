@@ -26,6 +26,10 @@ const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 
+/// The largest packet the shim's attach socket takes whole (its kind byte included;
+/// docs/shim.md): stdin goes in packets no larger.
+const SHIM_ATTACH_MAX: usize = 32 * 1024;
+
 pub async fn run(srv: Arc<Server>, p: Pending, ch: Channels) {
     match p {
         Pending::Exec { req, pod, shim_dir } => {
@@ -409,10 +413,15 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
             },
             m = r.recv() => match m {
                 Some(Ok(In::Data(STDIN, data))) if req.stdin => {
-                    let mut p = Vec::with_capacity(data.len() + 1);
-                    p.push(0u8);
-                    p.extend_from_slice(&data);
-                    if send(p).await.is_err() { break; }
+                    // In packets the shim takes whole (Go clients send 32 KiB at a time).
+                    let mut failed = false;
+                    for chunk in data.chunks(SHIM_ATTACH_MAX - 1) {
+                        let mut p = Vec::with_capacity(chunk.len() + 1);
+                        p.push(0u8);
+                        p.extend_from_slice(chunk);
+                        if send(p).await.is_err() { failed = true; break; }
+                    }
+                    if failed { break; }
                 }
                 Some(Ok(In::Data(RESIZE, data))) => {
                     if let Some((rows, cols)) = resize(&data) {
