@@ -127,6 +127,9 @@ pub struct Monitor {
     /// The container's stdin (a pipe, or the terminal), while open.
     stdin: Option<OwnedFd>,
     stdin_queue: VecDeque<u8>,
+    /// The container's stdin is to close once what is queued for it is written (its last
+    /// attacher's input ended while the container had not read all of it yet).
+    stdin_closing: bool,
     stdin_once: bool,
     master: Option<OwnedFd>,
     /// The terminal's slave side, held while the init runs: with no process holding the
@@ -362,6 +365,7 @@ impl Monitor {
             outputs,
             stdin,
             stdin_queue: VecDeque::new(),
+            stdin_closing: false,
             stdin_once: o.stdin_once,
             master,
             pty_peer,
@@ -437,6 +441,7 @@ impl Monitor {
             if self.stdin_once
                 && self.master.is_none()
                 && self.stdin.is_some()
+                && !self.stdin_closing
                 && self.clients.iter().any(|c| c.dead && c.carries_stdin)
             {
                 self.close_stdin();
@@ -740,17 +745,23 @@ impl Monitor {
                     rsrun::log::warn(&format!("container {}: stdin: {e}", self.id));
                     self.stdin_queue.clear();
                     self.stdin = None;
+                    self.stdin_closing = false;
                     return;
                 }
             }
         }
+        if self.stdin_closing {
+            self.stdin_closing = false;
+            self.stdin = None;
+        }
     }
 
+    /// Closes the container's stdin once what is queued for it is written: the input that
+    /// came before its end is the container's to read, however slowly it reads it (the
+    /// queue is bounded, and clients are not read while it is full).
     fn close_stdin(&mut self) {
-        // Whatever was queued goes first (a best effort without blocking).
+        self.stdin_closing = true;
         self.write_stdin();
-        self.stdin = None;
-        self.stdin_queue.clear();
     }
 
     // --- attach ------------------------------------------------------------------------
@@ -872,7 +883,7 @@ impl Monitor {
         }
         let msg = &buf[..n];
         match msg[0] {
-            proto::ATTACH_STDIN if self.stdin.is_some() => {
+            proto::ATTACH_STDIN if self.stdin.is_some() && !self.stdin_closing => {
                 self.clients[i].carries_stdin = true;
                 self.stdin_queue.extend(&msg[1..]);
                 self.write_stdin();

@@ -655,6 +655,28 @@ fn a_slow_attacher_gets_the_whole_output_and_the_exit() {
     s.wait_exit();
 }
 
+/// With --stdin-once, the end of the attacher's input closes the container's stdin only after
+/// all the input before it: a container that has not read it yet (here for a second) still
+/// gets every byte (it was dropped when it did not fit the pipe at once).
+#[test]
+fn stdin_once_closes_stdin_after_the_input_before_it() {
+    let b = Bundle::new(&["sh", "-c", "sleep 1; wc -c"]);
+    let s = shim(&b, &["--stdin", "--stdin-once"]).unwrap();
+    s.start();
+    let a = attach(&s);
+    for _ in 0..10 {
+        send(&a, 0, &[b'y'; 30_000]);
+    }
+    send(&a, 5, b"");
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+    let out = String::from_utf8(stream_bytes(&s.log(), "stdout")).unwrap();
+    assert_eq!(
+        out.trim(),
+        "300000",
+        "the container read {out:?} of 300000 bytes"
+    );
+}
+
 #[test]
 fn stdin_once_closes_stdin_when_the_attacher_leaves() {
     let b = Bundle::new(&["cat"]);
