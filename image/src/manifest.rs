@@ -189,6 +189,10 @@ pub fn parse(bytes: &[u8], content_type: &str, what: &str) -> Result<Parsed> {
         media_type: String,
         #[serde(default)]
         manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        config: Option<serde_json::Value>,
+        #[serde(default)]
+        layers: Option<serde_json::Value>,
     }
     let probe: Probe = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     let mt = match content_type {
@@ -207,6 +211,23 @@ pub fn parse(bytes: &[u8], content_type: &str, what: &str) -> Result<Parsed> {
         return Err(bad(format!(
             "schemaVersion {} (want 2)",
             probe.schema_version
+        )));
+    }
+    // A document must be of one kind only, whatever it is served as (containerd's check,
+    // CVE-2021-41190): one with both `manifests` and `config`/`layers`, or whose own
+    // mediaType says the other kind, could resolve to different images by who reads it how.
+    let is_index = |t: &str| t == MT_OCI_INDEX || t == MT_DOCKER_LIST;
+    let is_manifest = |t: &str| t == MT_OCI_MANIFEST || t == MT_DOCKER_MANIFEST;
+    if is_manifest(&mt) && (probe.manifests.is_some() || is_index(&probe.media_type)) {
+        return Err(bad(format!(
+            "served as a manifest ({mt}) but has an index's manifests or mediaType"
+        )));
+    }
+    if is_index(&mt)
+        && (probe.config.is_some() || probe.layers.is_some() || is_manifest(&probe.media_type))
+    {
+        return Err(bad(format!(
+            "served as an index ({mt}) but has a manifest's config, layers or mediaType"
         )));
     }
     match mt.as_str() {
@@ -405,6 +426,29 @@ mod tests {
             "{e}"
         );
         assert!(Platform::parse("linux").is_err());
+    }
+
+    #[test]
+    fn a_document_of_both_kinds_is_refused() {
+        let both = br#"{"schemaVersion":2,"manifests":[],"config":{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
+        for ct in [
+            MT_OCI_INDEX,
+            MT_OCI_MANIFEST,
+            MT_DOCKER_LIST,
+            MT_DOCKER_MANIFEST,
+        ] {
+            let e = parse(both, ct, "t").err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("served as")),
+                "{ct}: {e:?}"
+            );
+        }
+        // Its own mediaType saying the other kind.
+        let idx = format!(r#"{{"schemaVersion":2,"mediaType":"{MT_OCI_INDEX}","layers":[]}}"#);
+        assert!(parse(idx.as_bytes(), MT_OCI_MANIFEST, "t").is_err());
+        let man =
+            format!(r#"{{"schemaVersion":2,"mediaType":"{MT_OCI_MANIFEST}","manifests":[]}}"#);
+        assert!(parse(man.as_bytes(), MT_OCI_INDEX, "t").is_err());
     }
 
     #[test]

@@ -881,7 +881,16 @@ fn decompress_and_unpack<R: Read>(
             name(kind)
         )));
     }
-    let stream = BufReader::with_capacity(128 << 10, Cursor::new(head[..got].to_vec()).chain(r));
+    // The compressed bytes read so far bound what they may expand to as the stream goes: the
+    // size the manifest declares is checked against the blob only at its end, so a manifest
+    // that declares a huge layer for a small bomb would otherwise raise the bound with it.
+    let read_so_far = std::cell::Cell::new(got as u64);
+    let counted = ReadCount {
+        inner: r,
+        n: &read_so_far,
+    };
+    let stream =
+        BufReader::with_capacity(128 << 10, Cursor::new(head[..got].to_vec()).chain(counted));
     let dec: Box<dyn Read + '_> = match kind {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
         Compression::Zstd => Box::new(
@@ -898,6 +907,7 @@ fn decompress_and_unpack<R: Read>(
         limit: limits.layer_limit(desc.size),
         limits,
         compressed: desc.size,
+        read_so_far: &read_so_far,
         image_used: &ctx.image_used,
         unchecked: 0,
         root: dir,
@@ -919,6 +929,20 @@ fn decompress_and_unpack<R: Read>(
     res.map(|(d, _)| d)
 }
 
+/// Counts the bytes read through it.
+struct ReadCount<'a, R> {
+    inner: R,
+    n: &'a std::cell::Cell<u64>,
+}
+
+impl<R: Read> Read for ReadCount<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.set(self.n.get() + k as u64);
+        Ok(k)
+    }
+}
+
 /// Counts the uncompressed bytes of a layer against the pull's limits and fails the read that
 /// passes one (recording why in `exceeded`); checks the store's free space every 16 MiB.
 struct Budget<'a, R> {
@@ -927,6 +951,8 @@ struct Budget<'a, R> {
     limit: u64,
     limits: &'a Limits,
     compressed: u64,
+    /// The compressed bytes read so far (`ReadCount`).
+    read_so_far: &'a std::cell::Cell<u64>,
     image_used: &'a AtomicU64,
     unchecked: u64,
     root: &'a Path,
@@ -970,6 +996,20 @@ impl<R: Read> Read for Budget<'_, R> {
             .image_used
             .fetch_add(n64, Ordering::Relaxed)
             .saturating_add(n64);
+        let read = self.read_so_far.get();
+        if self.used > self.limits.layer_limit(read) {
+            return Err(self.fail(Error::LimitExceeded {
+                what: format!("layer {}", self.layer),
+                reason: format!(
+                    "uncompressed content passes {} bytes, the limit for the {read} compressed \
+                     bytes read so far (max {}× them, at least {}, at most {} bytes)",
+                    self.limits.layer_limit(read),
+                    self.limits.max_ratio,
+                    self.limits.ratio_floor,
+                    self.limits.max_layer_bytes
+                ),
+            }));
+        }
         if self.used > self.limit {
             return Err(self.fail(Error::LimitExceeded {
                 what: format!("layer {}", self.layer),

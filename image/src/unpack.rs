@@ -23,8 +23,10 @@ const AUFS_META: &[u8] = b".wh..wh.";
 
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
-    /// Largest logical size accepted for a GNU sparse entry (its holes are not in the archive,
-    /// so a tiny layer could otherwise describe a file of petabytes).
+    /// Largest logical size accepted for the GNU sparse entries of a layer together (their
+    /// holes are not in the archive, so a tiny layer could otherwise describe files of
+    /// petabytes, or thousands of 1 GiB files whose zeros the reader fills in and scans for
+    /// hours).
     pub max_sparse_size: u64,
 }
 
@@ -51,6 +53,8 @@ struct Unpacker<'a> {
     dir_times: Vec<(Vec<u8>, i64, i64)>,
     buf: Vec<u8>,
     stats: UnpackStats,
+    /// The logical sizes of the layer's sparse entries so far.
+    sparse_total: u64,
 }
 
 struct Meta {
@@ -79,6 +83,7 @@ pub fn unpack<R: Read>(
         dir_times: Vec::new(),
         buf: vec![0; 256 * 1024],
         stats: UnpackStats::default(),
+        sparse_total: 0,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -264,7 +269,12 @@ impl Unpacker<'_> {
                 .try_clone_to_owned()
                 .map_err(|e| self.bad(&shown, e.to_string()))?;
             let tname = sys::cstr(target).map_err(|e| self.bad(&shown, e.to_string()))?;
-            self.remove_existing(dir.as_fd(), &tname, &shown)?;
+            // A layer is unpacked into a directory of its own: whatever is there was made by
+            // this layer, and a whiteout applies only to the layers below it (image spec),
+            // which this layer's entry shadows anyway. Kept, as containerd keeps it.
+            if sys::fstatat_nofollow(dir.as_fd(), &tname).is_ok() {
+                return Ok(());
+            }
             sys::mknodat(dir.as_fd(), &tname, libc::S_IFCHR, sys::makedev(0, 0))
                 .map_err(|e| self.os_err(&shown, "creating whiteout", e))?;
             return Ok(());
@@ -308,14 +318,17 @@ impl Unpacker<'_> {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let sparse = kind == EntryType::GNUSparse;
                 let size = entry.size();
-                if sparse && size > self.opts.max_sparse_size {
-                    return Err(self.hostile(
-                        &shown,
-                        format!(
-                            "sparse file expands to {size} bytes (limit {})",
-                            self.opts.max_sparse_size
-                        ),
-                    ));
+                if sparse {
+                    self.sparse_total = self.sparse_total.saturating_add(size);
+                    if self.sparse_total > self.opts.max_sparse_size {
+                        return Err(self.hostile(
+                            &shown,
+                            format!(
+                                "sparse file expands to {size} bytes, {} with the layer's other sparse files (limit {})",
+                                self.sparse_total, self.opts.max_sparse_size
+                            ),
+                        ));
+                    }
                 }
                 if existing.is_some() {
                     self.remove_existing(dir, &cname, &shown)?;

@@ -203,6 +203,37 @@ fn huge_sparse_file_is_refused() {
     assert!(!s.layer.join("huge").exists());
 }
 
+/// Many sparse files each under the limit count together: 2000 entries of 1 GiB holes in a
+/// layer of about a megabyte would have the reader fill in and scan 2 TB of zeros.
+#[test]
+fn many_sparse_files_count_together() {
+    let s = scene();
+    let mut entries = Vec::new();
+    for i in 0..2000 {
+        let mut h = tar::Header::new_gnu();
+        {
+            let g = h.as_gnu_mut().unwrap();
+            let name = format!("s{i}");
+            g.name[..name.len()].copy_from_slice(name.as_bytes());
+            g.sparse[0].set_offset((1u64 << 29) - 512);
+            g.sparse[0].set_length(512);
+            g.set_real_size(1u64 << 29);
+        }
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(512);
+        h.set_cksum();
+        entries.push((h, vec![7u8; 512]));
+    }
+    let t = raw_tar(entries);
+    expect_hostile(&s, &t, "with the layer's other sparse files");
+    // The first two (512 MiB each) fit the 1 GiB; the third is refused.
+    assert!(!s.layer.join("s2").exists());
+}
+
 #[test]
 fn small_sparse_file_keeps_its_holes() {
     let s = scene();
@@ -241,6 +272,41 @@ fn small_sparse_file_keeps_its_holes() {
         },
     );
     assert!(matches!(r, Err(Error::HostileLayer { .. })), "{r:?}");
+}
+
+/// A whiteout applies only to the layers below (image spec): an entry the same layer made,
+/// explicitly or as the parent of another, stays (it shadows the lower layers' anyway).
+#[test]
+fn a_whiteout_leaves_the_same_layers_entries() {
+    let s = scene();
+    let t = raw_tar(vec![
+        (
+            raw_header("a/x", EntryType::Regular, 0o644, 4, None),
+            b"kept".to_vec(),
+        ),
+        (
+            raw_header("a/.wh.x", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("a/d/y", EntryType::Regular, 0o644, 4, None),
+            b"also".to_vec(),
+        ),
+        (
+            raw_header("a/.wh.d", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("a/.wh.lower", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+    ]);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    assert_eq!(std::fs::read(s.layer.join("a/x")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(s.layer.join("a/d/y")).unwrap(), b"also");
+    // A whiteout of what the layer did not make is one (a 0/0 character device).
+    let m = std::fs::symlink_metadata(s.layer.join("a/lower")).unwrap();
+    assert!(m.file_type().is_char_device() && m.rdev() == 0, "{m:?}");
 }
 
 #[test]

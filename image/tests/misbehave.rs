@@ -120,7 +120,8 @@ fn decompression_bomb_stops_at_the_bound_and_leaves_nothing() {
         after >> 10
     );
     assert!(
-        matches!(&e, Error::LimitExceeded { what, reason } if what.contains("layer sha256:") && reason.contains(&limit.to_string())),
+        matches!(&e, Error::LimitExceeded { what, reason } if what.contains("layer sha256:")
+            && reason.contains("uncompressed content passes")),
         "{e}"
     );
     // The bound held: what was written is the limit plus the compressed blob and slack for
@@ -133,6 +134,80 @@ fn decompression_bomb_stops_at_the_bound_and_leaves_nothing() {
     assert!(after < 1 << 20, "{after} bytes left in the store");
     no_temps_left(t.path());
     assert!(s.list().unwrap().is_empty());
+}
+
+/// A manifest that declares a layer far larger than its blob (its Content-Length saying so too:
+/// the blob's size is checked at its end) does not raise the bound: what the compressed bytes
+/// read so far may expand to holds as the stream goes.
+#[test]
+fn a_bomb_under_a_declared_size_that_lies_stops_at_the_bound_of_its_real_bytes() {
+    let f = Fake::start();
+    let bomb = gzip_bomb(1 << 30);
+    let lie = 100 * bomb.len() as u64;
+    let cfg = serde_json::to_vec(&serde_json::json!({"architecture":"amd64","os":"linux",
+        "rootfs":{"type":"layers","diff_ids":[Digest::of_bytes(b"not checked before the end").to_string()]}}))
+    .unwrap();
+    f.add_blob(&cfg);
+    let d = f.add_blob(&bomb);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&manifest_of(&cfg, &[(MT_GZIP, &bomb)])).unwrap();
+    m["layers"][0]["size"] = serde_json::json!(lie);
+    f.add_manifest(
+        "liar",
+        Some("v1"),
+        MT_OCI_MANIFEST,
+        &serde_json::to_vec(&m).unwrap(),
+    );
+    let (path, body) = (format!("/blobs/{d}"), bomb.clone());
+    f.on(move |r| {
+        r.path().ends_with(&path).then(|| {
+            let mut reply = Reply::new(200, body.clone());
+            reply.content_length = Some(lie.to_string());
+            reply
+        })
+    });
+    let t = TempDir::new("liar");
+    let s = store(&t, &f);
+    // 10× the real bytes: about 10 MiB; 10× the declared size would be the whole GiB.
+    let limits = Limits {
+        max_ratio: 10,
+        ratio_floor: 0,
+        ..Limits::default()
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak, root) = (done.clone(), peak.clone(), t.path().to_path_buf());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(du(&root), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let e = s
+        .pull(
+            &format!("{}/liar:v1", f.addr),
+            &PullOptions {
+                limits,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("compressed bytes read so far")),
+        "{e}"
+    );
+    let bound = 10 * bomb.len() as u64;
+    assert!(
+        peak < bound + bomb.len() as u64 + (64 << 20),
+        "peak disk use {peak} for a bound of {bound} (the declared size would allow {})",
+        10 * lie
+    );
+    no_temps_left(t.path());
 }
 
 #[test]
