@@ -764,6 +764,10 @@ impl Runtime {
         }
         let Some(pidfd) = init_pidfd(&saved).with_ctx(|| format!("kill {} {sig}", saved.pid))?
         else {
+            // (Stopped meanwhile: `kill --all` has nothing left to signal, as above.)
+            if all {
+                return Ok(());
+            }
             return Err(Error::Invalid(format!(
                 "container not running: {id} is stopped"
             )));
