@@ -53,6 +53,27 @@ fn assert_outside_untouched(s: &Scene) {
     );
 }
 
+/// A GNU sparse entry named `name` of `real_size` bytes: a hole, then its last 512 bytes
+/// (the entry's data).
+fn sparse_header(name: &str, real_size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name.as_bytes());
+        g.sparse[0].set_offset(real_size - 512);
+        g.sparse[0].set_length(512);
+        g.set_real_size(real_size);
+    }
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(512);
+    h.set_cksum();
+    h
+}
+
 fn raw_tar(headers: Vec<(tar::Header, Vec<u8>)>) -> Vec<u8> {
     let mut out = Vec::new();
     for (h, data) in headers {
@@ -183,21 +204,7 @@ fn hardlink_to_outside_is_refused() {
 #[test]
 fn huge_sparse_file_is_refused() {
     let s = scene();
-    let mut h = tar::Header::new_gnu();
-    {
-        let g = h.as_gnu_mut().unwrap();
-        g.name[..4].copy_from_slice(b"huge");
-        g.sparse[0].set_offset((4u64 << 30) - 512);
-        g.sparse[0].set_length(512);
-        g.set_real_size(4u64 << 30);
-    }
-    h.set_entry_type(EntryType::GNUSparse);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(512);
-    h.set_cksum();
+    let h = sparse_header("huge", 4u64 << 30);
     let t = raw_tar(vec![(h, vec![7u8; 512])]);
     expect_hostile(&s, &t, "sparse file expands");
     assert!(!s.layer.join("huge").exists());
@@ -210,23 +217,7 @@ fn many_sparse_files_count_together() {
     let s = scene();
     let mut entries = Vec::new();
     for i in 0..2000 {
-        let mut h = tar::Header::new_gnu();
-        {
-            let g = h.as_gnu_mut().unwrap();
-            let name = format!("s{i}");
-            g.name[..name.len()].copy_from_slice(name.as_bytes());
-            g.sparse[0].set_offset((1u64 << 29) - 512);
-            g.sparse[0].set_length(512);
-            g.set_real_size(1u64 << 29);
-        }
-        h.set_entry_type(EntryType::GNUSparse);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(512);
-        h.set_cksum();
-        entries.push((h, vec![7u8; 512]));
+        entries.push((sparse_header(&format!("s{i}"), 1u64 << 29), vec![7u8; 512]));
     }
     let t = raw_tar(entries);
     expect_hostile(&s, &t, "with the layer's other sparse files");
@@ -237,21 +228,7 @@ fn many_sparse_files_count_together() {
 #[test]
 fn small_sparse_file_keeps_its_holes() {
     let s = scene();
-    let mut h = tar::Header::new_gnu();
-    {
-        let g = h.as_gnu_mut().unwrap();
-        g.name[..6].copy_from_slice(b"sparse");
-        g.sparse[0].set_offset((64 << 20) - 512);
-        g.sparse[0].set_length(512);
-        g.set_real_size(64 << 20);
-    }
-    h.set_entry_type(EntryType::GNUSparse);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(512);
-    h.set_cksum();
+    let h = sparse_header("sparse", 64 << 20);
     let t = raw_tar(vec![(h, vec![7u8; 512])]);
     unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
     let m = std::fs::metadata(s.layer.join("sparse")).unwrap();

@@ -53,6 +53,36 @@ fn no_temps_left(root: &std::path::Path) {
     assert!(hidden.is_empty(), "{hidden:?}");
 }
 
+/// The largest disk use under a directory, sampled every 5 ms until `stop`.
+struct PeakDisk {
+    done: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakDisk {
+    fn start(root: &std::path::Path) -> PeakDisk {
+        let done = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (done, peak, root) = (done.clone(), peak.clone(), root.to_path_buf());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(du(&root), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        PeakDisk { done, peak, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 // ---------- 1. decompression bomb ----------
 
 #[test]
@@ -86,17 +116,7 @@ fn decompression_bomb_stops_at_the_bound_and_leaves_nothing() {
         100 * bomb.len() as u64
     );
     let limit = limits.layer_limit(bomb.len() as u64);
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak, root) = (done.clone(), peak.clone(), t.path().to_path_buf());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(du(&root), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = PeakDisk::start(t.path());
     let start = Instant::now();
     let e = s
         .pull(
@@ -108,9 +128,7 @@ fn decompression_bomb_stops_at_the_bound_and_leaves_nothing() {
         )
         .unwrap_err();
     let took = start.elapsed();
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.stop();
     let after = du(t.path());
     eprintln!(
         "bomb refused after {took:?}: peak store disk use {} MiB (limit {} MiB + {} MiB blob), after {} KiB: {e}",
@@ -174,17 +192,7 @@ fn a_bomb_under_a_declared_size_that_lies_stops_at_the_bound_of_its_real_bytes()
         ratio_floor: 0,
         ..Limits::default()
     };
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak, root) = (done.clone(), peak.clone(), t.path().to_path_buf());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(du(&root), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = PeakDisk::start(t.path());
     let e = s
         .pull(
             &format!("{}/liar:v1", f.addr),
@@ -194,9 +202,7 @@ fn a_bomb_under_a_declared_size_that_lies_stops_at_the_bound_of_its_real_bytes()
             },
         )
         .unwrap_err();
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.stop();
     assert!(
         matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("compressed bytes read so far")),
         "{e}"

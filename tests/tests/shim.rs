@@ -81,7 +81,11 @@ impl Drop for Shimmed {
 }
 
 fn shim(b: &Bundle, extra: &[&str]) -> Result<Shimmed, String> {
-    let tmp = TempDir::new("shim");
+    shim_in(TempDir::new("shim"), b, extra)
+}
+
+/// As `shim`, in `tmp` (whose `ctr.log` a test may have made a link elsewhere).
+fn shim_in(tmp: TempDir, b: &Bundle, extra: &[&str]) -> Result<Shimmed, String> {
     let rt = Rsrun::new();
     let id = unique("sh");
     let out = shim_command(&rt, tmp.path(), &id, b)
@@ -219,19 +223,7 @@ fn a_writer_outliving_the_init_does_not_hold_the_exit_record() {
     // (The log to /dev/null: `yes` writes as fast as the shim reads, for the whole grace.)
     let tmp = TempDir::new("outliver");
     std::os::unix::fs::symlink("/dev/null", tmp.path().join("ctr.log")).unwrap();
-    let rt = Rsrun::new();
-    let id = unique("outliver");
-    let out = shim_command(&rt, tmp.path(), &id, &b)
-        .arg("--delete-on-exit")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let s = Shimmed { tmp, id, rt, pid };
+    let s = shim_in(tmp, &b, &["--delete-on-exit"]).unwrap();
     s.start();
     let e = s.wait_exit();
     assert_eq!(e["exit_code"], 4, "{e}");
@@ -313,16 +305,7 @@ fn a_full_disk_drops_whole_batches_and_counts_them() {
             "destination": "/sig", "type": "bind",
             "source": sig.path(), "options": ["rbind", "rw"]}));
     });
-    let rt = Rsrun::new();
-    let id = unique("full");
-    let out = shim_command(&rt, tmp.path(), &id, &b).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let s = Shimmed { tmp, id, rt, pid };
+    let s = shim_in(tmp, &b, &[]).unwrap();
     s.start();
     // Full: the container's 5000 lines (about 500 KB framed) are past what is free, and a
     // batch is dropped (the filesystem is full only for a moment: a batch that did not fit is
