@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::sys;
+use std::cell::Cell;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -35,6 +36,58 @@ impl Default for UnpackOptions {
         UnpackOptions {
             max_sparse_size: 1 << 30,
         }
+    }
+}
+
+/// Most tar bytes read between one entry's data and the next's: the next entry's header and
+/// what describes it (a GNU long name, a GNU long link, a PAX extended header, GNU sparse
+/// extension blocks). The tar reader holds all of these in memory (a long name of gigabytes
+/// compresses to a few megabytes), so a layer over this is refused. Go's archive/tar, which
+/// containerd uses, allows 1 MiB for each of the first three.
+const MAX_HEADER_BYTES: u64 = 4 << 20;
+
+/// The layer's tar stream, counted: reads stop at `limit`, which the unpacker moves past each
+/// entry's data as it reaches it, so only headers are bounded.
+struct HeaderBudget<'c, R> {
+    inner: R,
+    pos: &'c Cell<u64>,
+    limit: &'c Cell<u64>,
+    tripped: &'c Cell<bool>,
+}
+
+impl<R: Read> Read for HeaderBudget<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.limit.get().saturating_sub(self.pos.get());
+        if room == 0 && !buf.is_empty() {
+            self.tripped.set(true);
+            return Err(io::Error::other("tar headers over the limit"));
+        }
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
+        self.pos.set(self.pos.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The bytes the archive holds for `entry`'s data, as the tar reader skips them: its size,
+/// except for a GNU sparse entry, whose size is the logical one; the archive holds the PAX
+/// `size` record's value if there is a valid one, else the header's size.
+fn stored_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<u64> {
+    if entry.header().entry_type() != EntryType::GNUSparse {
+        return Ok(entry.size());
+    }
+    let pax_size = entry.pax_extensions()?.and_then(|pax| {
+        for ext in pax {
+            let ext = ext.ok()?;
+            if ext.key() == Ok("size") {
+                return ext.value().ok()?.parse::<u64>().ok();
+            }
+        }
+        None
+    });
+    match pax_size {
+        Some(n) => Ok(n),
+        None => entry.header().entry_size(),
     }
 }
 
@@ -85,12 +138,49 @@ pub fn unpack<R: Read>(
         stats: UnpackStats::default(),
         sparse_total: 0,
     };
-    let mut archive = tar::Archive::new(reader);
+    let pos = Cell::new(0);
+    let limit = Cell::new(MAX_HEADER_BYTES);
+    let tripped = Cell::new(false);
+    let budget = HeaderBudget {
+        inner: reader,
+        pos: &pos,
+        limit: &limit,
+        tripped: &tripped,
+    };
+    let mut archive = tar::Archive::new(budget);
     let entries = archive
         .entries()
         .map_err(|e| u.bad("", format!("reading tar: {e}")))?;
+    let mut last = String::new();
     for entry in entries {
-        let mut entry = entry.map_err(|e| u.bad("", format!("reading tar: {e}")))?;
+        let mut entry = entry.map_err(|e| {
+            let after = if last.is_empty() {
+                "at the start of the layer".to_string()
+            } else {
+                format!("after entry {last:?}")
+            };
+            if tripped.get() {
+                u.hostile(
+                    "",
+                    format!(
+                        "over {} MiB of tar headers {after} (GNU long name and link, PAX \
+                         extended header, GNU sparse map) describing one entry",
+                        MAX_HEADER_BYTES >> 20
+                    ),
+                )
+            } else {
+                u.bad("", format!("reading tar {after}: {e}"))
+            }
+        })?;
+        // The tar reader is now at the entry's data; what follows its data, up to the next
+        // entry's data, is headers the reader keeps in memory.
+        let stored = stored_size(&mut entry).map_err(|e| u.bad("", format!("reading tar: {e}")))?;
+        limit.set(
+            pos.get()
+                .saturating_add(stored.div_ceil(512).saturating_mul(512))
+                .saturating_add(MAX_HEADER_BYTES),
+        );
+        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         u.entry(&mut entry)?;
         u.stats.entries += 1;
     }

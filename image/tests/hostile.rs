@@ -620,3 +620,159 @@ fn layer_bytes_quoted_in_errors_are_escaped() {
     let msg = e.to_string();
     assert!(rsrun_image::text::is_clean(&msg), "{msg:?}");
 }
+
+/// A tar stream made as it is read: `head`, then `fill` bytes of `b'a'`, then `tail`; counts
+/// what its reader took.
+struct Lazy {
+    head: Vec<u8>,
+    fill: u64,
+    tail: Vec<u8>,
+    at: u64,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl std::io::Read for Lazy {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (h, f) = (self.head.len() as u64, self.fill);
+        let mut n = 0;
+        while n < buf.len() {
+            let at = self.at;
+            let b = if at < h {
+                self.head[at as usize]
+            } else if at < h + f {
+                b'a'
+            } else if at < h + f + self.tail.len() as u64 {
+                self.tail[(at - h - f) as usize]
+            } else {
+                break;
+            };
+            buf[n] = b;
+            n += 1;
+            self.at += 1;
+        }
+        self.read.set(self.at);
+        Ok(n)
+    }
+}
+
+/// A small regular file if `second`, an extension entry (`kind`) of `size` bytes of `a`,
+/// then a small regular file.
+fn lazy_extension(
+    kind: EntryType,
+    size: u64,
+    second: bool,
+) -> (Lazy, std::rc::Rc<std::cell::Cell<u64>>) {
+    let mut head = Vec::new();
+    if second {
+        head = raw_tar(vec![(
+            raw_header("first", EntryType::Regular, 0o644, 3, None),
+            b"one".to_vec(),
+        )]);
+        head.truncate(head.len() - 1024);
+    }
+    head.extend_from_slice(raw_header("././@LongLink", kind, 0o644, size, None).as_bytes());
+    let mut tail = vec![0u8; ((512 - size % 512) % 512) as usize];
+    tail.extend(raw_tar(vec![(
+        raw_header("f", EntryType::Regular, 0o644, 2, None),
+        b"ok".to_vec(),
+    )]));
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let lazy = Lazy {
+        head,
+        fill: size,
+        tail,
+        at: 0,
+        read: read.clone(),
+    };
+    (lazy, read)
+}
+
+#[test]
+fn huge_tar_headers_are_refused_before_they_are_read() {
+    // The tar reader keeps a long name, long link or PAX header whole in memory: 64 MiB of
+    // one (gzip makes that 64 KiB) must be refused after a few MiB, not read.
+    for (kind, second) in [
+        (EntryType::GNULongName, false),
+        (EntryType::GNULongLink, false),
+        (EntryType::XHeader, false),
+        (EntryType::GNULongName, true),
+        (EntryType::XHeader, true),
+    ] {
+        let s = scene();
+        let (lazy, read) = lazy_extension(kind, 64 << 20, second);
+        let r = unpack(lazy, &s.layer, "l", &UnpackOptions::default());
+        match &r {
+            Err(Error::HostileLayer { reason, .. }) => {
+                assert!(reason.contains("MiB of tar headers"), "{kind:?}: {reason}")
+            }
+            other => panic!("{kind:?}: expected HostileLayer, got {other:?}"),
+        }
+        assert!(
+            read.get() < 5 << 20,
+            "{kind:?}: the unpacker read {} bytes of headers",
+            read.get()
+        );
+        assert_outside_untouched(&s);
+    }
+    // A long name of 1 MiB (Go's archive/tar limit) is still read.
+    let s = scene();
+    let (lazy, _) = lazy_extension(EntryType::XHeader, 1 << 20, false);
+    let r = unpack(lazy, &s.layer, "l", &UnpackOptions::default());
+    // 1 MiB of `a` is not a valid PAX record: the reader's error, not the limit.
+    assert!(matches!(&r, Err(Error::BadLayer { .. })), "{r:?}");
+}
+
+#[test]
+fn data_is_not_counted_as_headers() {
+    // Large file data between entries, a long name and a sparse entry whose archive size is
+    // in a PAX record: all within the header limit, however big the data.
+    let s = scene();
+    let big = vec![7u8; 9 << 20];
+    let mut entries = long_name(
+        &format!("{}big", "d/".repeat(60)),
+        raw_header(
+            "placeholder",
+            EntryType::Regular,
+            0o644,
+            big.len() as u64,
+            None,
+        ),
+        big.clone(),
+    );
+    let data = 5u64 << 20;
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("size", data.to_string().as_bytes())])
+        .unwrap();
+    let mut pax = b.into_inner().unwrap();
+    pax.truncate(pax.len() - 1024); // the builder's end-of-archive blocks
+                                    // A hole of 3 MiB, then 5 MiB of data; the header's own size field lies (0): the PAX
+                                    // record gives the archive's 5 MiB.
+    let mut sp = sparse_header("sparse", 8 << 20);
+    sp.as_gnu_mut().unwrap().sparse[0].set_offset(3 << 20);
+    sp.as_gnu_mut().unwrap().sparse[0].set_length(data);
+    sp.set_size(0);
+    sp.set_cksum();
+    entries.push((
+        raw_header("after", EntryType::Regular, 0o644, 3, None),
+        b"end".to_vec(),
+    ));
+    let mut t = raw_tar(entries);
+    t.truncate(t.len() - 1024);
+    t.extend_from_slice(&pax);
+    t.extend_from_slice(sp.as_bytes());
+    t.extend(std::iter::repeat_n(9u8, data as usize));
+    t.extend(raw_tar(vec![(
+        raw_header("last", EntryType::Regular, 0o644, 2, None),
+        b"ok".to_vec(),
+    )]));
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read(s.layer.join(format!("{}big", "d/".repeat(60)))).unwrap(),
+        big
+    );
+    let sparse = std::fs::read(s.layer.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 8 << 20);
+    assert!(sparse[..3 << 20].iter().all(|b| *b == 0));
+    assert!(sparse[3 << 20..].iter().all(|b| *b == 9));
+    assert_eq!(std::fs::read(s.layer.join("last")).unwrap(), b"ok");
+}
