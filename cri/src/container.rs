@@ -1196,12 +1196,26 @@ pub fn shim_alive(r: &ContainerRecord) -> bool {
             fd.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        // Readable once the process has exited; an error is taken as exited too.
-        let exited = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO) != Ok(0);
-        if exited {
-            fds.remove(&r.id);
+        // Readable once the process has exited. A signal interrupting the poll is retried;
+        // another error drops the pidfd and asks the process table below, as the first look
+        // did (taking it for an exit would have the caller end a healthy container).
+        let polled = loop {
+            match nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        match polled {
+            Ok(0) => return true,
+            Ok(_) => {
+                fds.remove(&r.id);
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(container = %r.id, "polling the shim's pidfd: {e}");
+                fds.remove(&r.id);
+            }
         }
-        return !exited;
     }
     let Some(pid) = std::fs::read_to_string(r.shim_dir.join("shim.pid"))
         .ok()
