@@ -37,13 +37,15 @@ pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(300);
 
 const GIB: u64 = 1 << 30;
 
-/// Uncompressed bytes between two checks of the store's free space (a statvfs).
-const FREE_CHECK_EVERY: u64 = 16 << 20;
+/// Uncompressed bytes between two checks of the store's free space and inodes (a statvfs, about
+/// a microsecond): at most 2048 tar entries (512-byte headers) are made between two.
+const FREE_CHECK_EVERY: u64 = 1 << 20;
 
 /// Bounds on what a pull may write. A layer's uncompressed content may reach
 /// `max(ratio_floor, max_ratio × its compressed size)`, never more than `max_layer_bytes`;
 /// all layers of a pull together at most `max_image_bytes`; and no pull leaves less than
-/// `min_free_bytes` free on the store's filesystem. The pull fails as soon as a bound is
+/// `min_free_bytes` free on the store's filesystem, nor less than `min_free_inodes_percent` of
+/// its inodes (a layer of millions of empty files is small, even gzipped). The pull fails as soon as a bound is
 /// passed (`Error::LimitExceeded`) and what it wrote is removed at once.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -53,11 +55,15 @@ pub struct Limits {
     pub max_layer_bytes: u64,
     pub max_image_bytes: u64,
     pub min_free_bytes: u64,
+    /// The share of the filesystem's inodes kept free, in percent (the kubelet's hard
+    /// eviction threshold nodefs.inodesFree is 5 %); not checked where the filesystem reports
+    /// no inode count.
+    pub min_free_inodes_percent: u64,
 }
 
 impl Default for Limits {
     /// 100× (gzip of real layers is 2–10×; gzip cannot pass ~1030×), at least 2 GiB, at most
-    /// 64 GiB a layer and 128 GiB an image, 1 GiB kept free.
+    /// 64 GiB a layer and 128 GiB an image, 1 GiB and 5 % of the inodes kept free.
     fn default() -> Self {
         Limits {
             max_ratio: 100,
@@ -65,6 +71,7 @@ impl Default for Limits {
             max_layer_bytes: 64 * GIB,
             max_image_bytes: 128 * GIB,
             min_free_bytes: GIB,
+            min_free_inodes_percent: 5,
         }
     }
 }
@@ -944,7 +951,8 @@ impl<R: Read> Read for ReadCount<'_, R> {
 }
 
 /// Counts the uncompressed bytes of a layer against the pull's limits and fails the read that
-/// passes one (recording why in `exceeded`); checks the store's free space every 16 MiB.
+/// passes one (recording why in `exceeded`); checks the store's free space and inodes every
+/// MiB and at the layer's end.
 struct Budget<'a, R> {
     inner: R,
     used: u64,
@@ -963,17 +971,29 @@ struct Budget<'a, R> {
 
 impl<R> Budget<'_, R> {
     fn check_free(&self) -> Result<()> {
-        match crate::sys::free_bytes(self.root) {
-            Ok(free) if free < self.limits.min_free_bytes => Err(Error::LimitExceeded {
-                what: format!("layer {}", self.layer),
-                reason: format!(
-                    "the store's filesystem has {free} bytes free, less than the {} to keep free",
-                    self.limits.min_free_bytes
-                ),
-            }),
-            Ok(_) => Ok(()),
-            Err(e) => Err(Error::io("checking free space of", self.root, e)),
+        let free = crate::sys::free_space(self.root)
+            .map_err(|e| Error::io("checking free space of", self.root, e))?;
+        let exceeded = |reason| Error::LimitExceeded {
+            what: format!("layer {}", self.layer),
+            reason,
+        };
+        if free.bytes < self.limits.min_free_bytes {
+            return Err(exceeded(format!(
+                "the store's filesystem has {} bytes free, less than the {} to keep free",
+                free.bytes, self.limits.min_free_bytes
+            )));
         }
+        let pct = self.limits.min_free_inodes_percent;
+        if free.inodes_total > 0
+            && (free.inodes as u128) * 100 < (free.inodes_total as u128) * (pct as u128)
+        {
+            return Err(exceeded(format!(
+                "the store's filesystem has {} of its {} inodes free, less than the {pct} % \
+                 to keep free",
+                free.inodes, free.inodes_total
+            )));
+        }
+        Ok(())
     }
 
     fn fail(&self, e: Error) -> io::Error {
@@ -987,6 +1007,13 @@ impl<R: Read> Read for Budget<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n == 0 {
+            // The layer's end: what it made since the last look is looked at too.
+            if self.unchecked > 0 {
+                self.unchecked = 0;
+                if let Err(e) = self.check_free() {
+                    return Err(self.fail(e));
+                }
+            }
             return Ok(0);
         }
         self.cancel.touch();

@@ -263,8 +263,18 @@ pub fn umount(target: &Path, detach: bool) -> io::Result<()> {
     check(unsafe { libc::umount2(tgt.as_ptr(), flags) }).map(drop)
 }
 
-/// Bytes available to unprivileged users on the filesystem holding `path` (statvfs f_bavail).
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
+/// What the filesystem holding `path` has free for unprivileged users (statvfs).
+#[derive(Debug, Clone, Copy)]
+pub struct Free {
+    /// Bytes (f_bavail).
+    pub bytes: u64,
+    /// Inodes (f_favail), and how many there are (f_files: 0 where the filesystem makes them
+    /// as needed, as btrfs does).
+    pub inodes: u64,
+    pub inodes_total: u64,
+}
+
+pub fn free_space(path: &Path) -> io::Result<Free> {
     let p = cpath(path)?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: p is NUL-terminated; st points to writable memory of the right size.
@@ -272,7 +282,11 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     // SAFETY: statvfs succeeded, so st is initialized.
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // u32 fields on some targets
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Ok(Free {
+        bytes: (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+        inodes: st.f_favail as u64,
+        inodes_total: st.f_files as u64,
+    })
 }
 
 #[cfg(test)]

@@ -1505,3 +1505,74 @@ fn free_space_is_kept_while_a_layer_unpacks() {
     drop(s);
     let _ = Command::new("umount").arg(&fs).status();
 }
+
+#[test]
+fn free_inodes_are_kept_while_a_layer_unpacks() {
+    let f = Fake::start();
+    // 12000 empty files: 6 MiB of tar, a few hundred kB of gzip, and an inode each.
+    let names: Vec<String> = (0..12000).map(|i| format!("f{i}")).collect();
+    let entries: Vec<E> = names.iter().map(|n| E::File(n, b"", 0o644)).collect();
+    let tar = tar_of(&entries);
+    let l = Layer {
+        blob: gzip(&tar),
+        media_type: MT_GZIP,
+        diff_id: Digest::of_bytes(&tar),
+    };
+    let cfg = config_json("amd64", "", std::slice::from_ref(&l));
+    f.add_image("many", "v1", std::slice::from_ref(&l), &cfg);
+    let t = TempDir::new("inodes");
+    let fs = t.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    // Room for the files' bytes, not for 5 % of 12400 inodes kept free after 12000 files.
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=12400", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    let s = ImageStore::open(fs.join("store"), insecure(&f.addr)).unwrap();
+    let limits = Limits {
+        min_free_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let pull = |limits: Limits| {
+        s.pull(
+            &format!("{}/many:v1", f.addr),
+            &PullOptions {
+                limits,
+                ..Default::default()
+            },
+        )
+    };
+    let e = pull(limits.clone()).unwrap_err();
+    assert!(
+        matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("inodes free")),
+        "{e}"
+    );
+    // The kernel's count: what the partial layer took is given back.
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%d %c"])
+        .arg(&fs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n: Vec<u64> = text
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert!(
+        n[0] * 100 > n[1] * 90,
+        "{} of {} inodes free after the failed pull",
+        n[0],
+        n[1]
+    );
+    no_temps_left(&fs.join("store"));
+    // Keeping none free, the same layer fits.
+    pull(Limits {
+        min_free_inodes_percent: 0,
+        ..limits
+    })
+    .unwrap();
+    drop(s);
+    let _ = Command::new("umount").arg(&fs).status();
+}
