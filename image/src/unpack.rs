@@ -389,6 +389,23 @@ impl Unpacker<'_> {
                     sys::mkdirat(dir, &cname, 0o700)
                         .map_err(|e| self.os_err(&shown, "mkdir", e))?;
                 }
+                // A directory made after this layer's whiteout of its name replaces the
+                // layers' below instead of merging with it: opaque, as overlayfs makes a
+                // directory created where a whiteout was (and as containerd, applying the
+                // layer onto the mounted layers below, gets).
+                if existing
+                    .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0)
+                {
+                    let d = sys::openat(
+                        dir,
+                        &cname,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .map_err(|e| self.os_err(&shown, "opening directory", e))?;
+                    sys::fsetxattr(d.as_fd(), c"trusted.overlay.opaque", b"y")
+                        .map_err(|e| self.bad(&shown, format!("marking directory opaque: {e}")))?;
+                }
                 sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
                     .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
                 sys::fchmodat(dir, &cname, meta.mode)

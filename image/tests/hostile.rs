@@ -287,6 +287,43 @@ fn a_whiteout_leaves_the_same_layers_entries() {
 }
 
 #[test]
+fn a_directory_made_after_its_whiteout_hides_the_layers_below() {
+    // The layer whites out a/d, then makes a/d again: through overlayfs the lower a/d's
+    // files are gone and only the new ones show (a merge would bring `old` back).
+    let s = scene();
+    let lower = s.layer.parent().unwrap().join("lower");
+    std::fs::create_dir_all(lower.join("a/d")).unwrap();
+    std::fs::write(lower.join("a/d/old"), b"old").unwrap();
+    let t = raw_tar(vec![
+        (
+            raw_header("a/.wh.d", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("a/d", EntryType::Directory, 0o755, 0, None),
+            vec![],
+        ),
+        (
+            raw_header("a/d/new", EntryType::Regular, 0o644, 3, None),
+            b"new".to_vec(),
+        ),
+    ]);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let merged = s.layer.parent().unwrap().join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let opts = format!("lowerdir={}:{}", s.layer.display(), lower.display());
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount overlay");
+    let names = names_in(&merged.join("a/d"));
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    assert_eq!(names, vec!["new".to_string()]);
+}
+
+#[test]
 fn whiteout_of_dotdot_is_refused() {
     let s = scene();
     let t = raw_tar(vec![(
