@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// Longest `User` of an image config accepted.
+const MAX_USER_LEN: usize = 256;
 
 /// Verified layers made visible together with one flush (see `Store::commit_batch`).
 const BATCH_LAYERS: usize = 64;
@@ -400,6 +402,23 @@ impl ImageStore {
             .as_ref()
             .and_then(|c| c.user.clone())
             .unwrap_or_default();
+        // Kept in the image's record and sent with every ListImages: a user name of megabytes
+        // would push that reply past the kubelet's 16 MiB gRPC limit. `name:group`, IDs or
+        // names (Linux names are at most 32 bytes).
+        if user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+            return Err(Error::InvalidManifest {
+                what: format!("{what} config"),
+                reason: format!(
+                    "User of {} bytes{}: at most {MAX_USER_LEN} bytes of `user[:group]`",
+                    user.len(),
+                    if user.chars().any(char::is_control) {
+                        ", with control characters"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
         let id = manifest.config.digest.clone();
         let repo_digest = r.repo_digest(&top.digest);
         let tag = r.repo_tag();
@@ -447,21 +466,55 @@ impl ImageStore {
         limit: u64,
         what: &str,
     ) -> Result<Vec<u8>> {
-        if self.store.has_blob(&d.digest) {
-            return self.store.read_blob(&d.digest);
-        }
         if d.size > limit {
             return Err(Error::InvalidManifest {
                 what: what.into(),
                 reason: format!("{what} of {} bytes is over the {limit} byte limit", d.size),
             });
         }
+        // A stored blob of that digest (configs and layers share the store) is read only if it
+        // has the declared size: a manifest naming a cached layer of gigabytes as its config
+        // must not have it read into memory.
+        match std::fs::metadata(self.store.blob_path(&d.digest)) {
+            Ok(m) if m.is_file() && m.len() == d.size => {
+                return self.store.read_blob(&d.digest);
+            }
+            Ok(m) if m.is_file() => {
+                return Err(Error::InvalidManifest {
+                    what: what.into(),
+                    reason: format!(
+                        "{what} {} is declared as {} bytes, but the stored blob of that digest \
+                         has {}",
+                        d.digest,
+                        d.size,
+                        m.len()
+                    ),
+                });
+            }
+            _ => {}
+        }
         let (mut r, _) = repo.blob(&d.digest)?;
         let mut buf = Vec::new();
         (&mut r)
-            .take(limit + 1)
+            .take(d.size + 1)
             .read_to_end(&mut buf)
             .map_err(|e| repo.stream_err(e, &format!("fetching {what}")))?;
+        if buf.len() as u64 != d.size {
+            return Err(Error::InvalidManifest {
+                what: what.into(),
+                reason: format!(
+                    "{what} {} is declared as {} bytes, but the registry sent {}{}",
+                    d.digest,
+                    d.size,
+                    buf.len(),
+                    if buf.len() as u64 > d.size {
+                        " or more"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
         let got = Digest::of_bytes(&buf);
         if got != d.digest {
             return Err(Error::DigestMismatch {
@@ -780,14 +833,72 @@ impl Batch<'_> {
     }
 }
 
-/// A manifest or config is stored only if every later command can read it back.
+/// A manifest or config is stored only if every later command can read it back
+/// (`store::parse_json`). Checked with `JsonCheck`, which accepts what serde_json's `Value`
+/// accepts without building it: a 16 MiB config of `[0,0,…]` would be 8 million values
+/// (256 MiB) for a check.
 fn storable_json(bytes: &[u8], what: &str) -> Result<()> {
-    crate::store::parse_json(bytes)
+    serde_json::from_slice::<JsonCheck>(bytes)
         .map(drop)
         .map_err(|e| Error::InvalidManifest {
             what: what.to_string(),
             reason: format!("JSON the store could not read back: {e}"),
         })
+}
+
+/// Any JSON document, read as `serde_json::Value` reads it (the same nesting limit, number
+/// range and string checks, through `deserialize_any`), keeping nothing.
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(JsonCheck)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while map.next_key::<JsonCheck>()?.is_some() {
+            map.next_value::<JsonCheck>()?;
+        }
+        Ok(JsonCheck)
+    }
 }
 
 /// Moves `tag` to image `id`; images left with neither tags nor digests are dropped.

@@ -1576,3 +1576,129 @@ fn free_inodes_are_kept_while_a_layer_unpacks() {
     drop(s);
     let _ = Command::new("umount").arg(&fs).status();
 }
+
+#[test]
+fn a_config_naming_a_stored_layer_is_not_read_and_sizes_must_agree() {
+    let f = Fake::start();
+    let t = TempDir::new("cfgblob");
+    let s = store(&t, &f);
+    // A stored layer of 24 MiB (uncompressed tar: the blob is that big).
+    let big = vec![1u8; 24 << 20];
+    let l = layer(&tar_of(&[E::File("big", &big, 0o644)]), MT_TAR);
+    let cfg = config_json("amd64", "", std::slice::from_ref(&l));
+    f.add_image("big", "v1", std::slice::from_ref(&l), &cfg);
+    s.pull(&format!("{}/big:v1", f.addr), &PullOptions::default())
+        .unwrap();
+    // A manifest whose config is that layer's digest, declared small.
+    let small = tar_of(&[E::File("x", b"x", 0o644)]);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": Digest::of_bytes(&l.blob).to_string(), "size": 100},
+        "layers": [{"mediaType": MT_TAR, "digest": f.add_blob(&small).to_string(), "size": small.len()}],
+    }))
+    .unwrap();
+    f.add_manifest("evil", Some("v1"), MT_OCI_MANIFEST, &manifest);
+    let e = s
+        .pull(&format!("{}/evil:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidManifest { reason, .. }
+            if reason.contains("declared as 100 bytes, but the stored blob of that digest has")),
+        "{e}"
+    );
+    // A config the registry serves longer than its descriptor says is refused by size.
+    let cfg2 = config_json("amd64", "2", &[layer(&small, MT_TAR)]);
+    f.add_blob(&cfg2);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": Digest::of_bytes(&cfg2).to_string(), "size": 10},
+        "layers": [{"mediaType": MT_TAR, "digest": Digest::of_bytes(&small).to_string(), "size": small.len()}],
+    }))
+    .unwrap();
+    f.add_manifest("evil", Some("v2"), MT_OCI_MANIFEST, &manifest);
+    let e = s
+        .pull(&format!("{}/evil:v2", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidManifest { reason, .. }
+            if reason.contains("declared as 10 bytes, but the registry sent 11 or more")),
+        "{e}"
+    );
+    assert_eq!(s.list().unwrap().len(), 1);
+    no_temps_left(t.path());
+}
+
+#[test]
+fn a_user_of_megabytes_or_with_control_characters_is_refused() {
+    let f = Fake::start();
+    let t = TempDir::new("user");
+    let s = store(&t, &f);
+    let l = layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_TAR);
+    for (tag, user) in [
+        ("long", "u".repeat(1 << 20)),
+        ("ctl", "root\n:0".to_string()),
+    ] {
+        let cfg = config_json("amd64", &user, std::slice::from_ref(&l));
+        f.add_image("user", tag, std::slice::from_ref(&l), &cfg);
+        let e = s
+            .pull(&format!("{}/user:{tag}", f.addr), &PullOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidManifest { reason, .. } if reason.contains("User of")),
+            "{tag}: {e}"
+        );
+    }
+    // `name:group` of ordinary length is fine.
+    let cfg = config_json("amd64", "nobody:nogroup", std::slice::from_ref(&l));
+    f.add_image("user", "ok", std::slice::from_ref(&l), &cfg);
+    let img = s
+        .pull(&format!("{}/user:ok", f.addr), &PullOptions::default())
+        .unwrap();
+    assert_eq!(img.user, "nobody:nogroup");
+}
+
+#[test]
+fn configs_the_store_could_not_read_back_are_refused_as_before() {
+    // What serde_json's Value refuses (and `inspect` would then call corrupt) is refused at
+    // pull time; what it reads is pulled.
+    let f = Fake::start();
+    let t = TempDir::new("json");
+    let s = store(&t, &f);
+    let l = layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_TAR);
+    let good = String::from_utf8(config_json("amd64", "", std::slice::from_ref(&l))).unwrap();
+    let body = good.strip_suffix('}').unwrap();
+    let cases = [
+        ("range", format!("{body},\"x\":1e400}}"), false),
+        (
+            "deep",
+            format!("{body},\"x\":{}{}}}", "[".repeat(200), "]".repeat(200)),
+            false,
+        ),
+        ("dup", format!("{body},\"x\":1,\"x\":2}}"), true),
+        (
+            "nested",
+            format!("{body},\"x\":{}{}}}", "[".repeat(100), "]".repeat(100)),
+            true,
+        ),
+        (
+            "big",
+            format!("{body},\"x\":[{}0]}}", "0,".repeat(1 << 20)),
+            true,
+        ),
+    ];
+    for (tag, cfg, ok) in cases {
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&cfg).is_ok(),
+            ok,
+            "{tag}"
+        );
+        f.add_image("json", tag, std::slice::from_ref(&l), cfg.as_bytes());
+        let r = s.pull(&format!("{}/json:{tag}", f.addr), &PullOptions::default());
+        match (&r, ok) {
+            (Ok(_), true) => {}
+            (Err(Error::InvalidManifest { reason, .. }), false)
+                if reason.contains("JSON the store could not read back") => {}
+            _ => panic!("{tag}: {r:?}"),
+        }
+    }
+}
