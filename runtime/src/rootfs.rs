@@ -477,6 +477,7 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
         };
         let kind = if is_dir { Kind::Dir } else { Kind::File };
         let target = mkdir_all_in_root(root, dest, kind)?;
+        check_not_on_proc(root, &target, dest, typ, true)?;
         let t = proc_fd(&target);
         let src_s = src.to_string_lossy();
         let mut flags = MsFlags::MS_BIND;
@@ -528,6 +529,7 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
         return Ok(());
     }
     let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+    check_not_on_proc(root, &target, dest, typ, false)?;
     let t = proc_fd(&target);
     let data = opts.data.join(",");
     let src = m
@@ -750,6 +752,7 @@ fn mount_cgroup_v1(s: &Setup, root: RawFd, dest: &Path, opts: &MountOptions) -> 
         // (systemd's nsdelegate, memory_recursiveprot), a privileged container would turn
         // them off for every cgroup of the node. The config's options, else the host's.
         let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+        check_not_on_proc(root, &target, dest, "cgroup", false)?;
         let data = if !opts.data.is_empty() {
             Some(opts.data.join(","))
         } else if !s.new_cgroupns {
@@ -767,6 +770,7 @@ fn mount_cgroup_v1(s: &Setup, root: RawFd, dest: &Path, opts: &MountOptions) -> 
         .ctx("mount cgroup2");
     }
     let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
+    check_not_on_proc(root, &target, dest, "cgroup", false)?;
     mount_at(
         Some("tmpfs"),
         &proc_fd(&target),
@@ -1020,6 +1024,108 @@ fn create_dev_links(root: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// Whether `fd` is on a procfs.
+fn on_procfs(fd: &OwnedFd) -> std::io::Result<bool> {
+    Ok(nix::sys::statfs::fstatfs(fd)?.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+}
+
+/// Opens /proc/sys/`file` of the container's procfs for writing, so that nothing mounted or
+/// planted on the way can redirect the write (CVE-2025-52881: a symlink or bind mount in
+/// /proc/sys/net/ipv4 turned a pod's sysctl into a write to the host's core_pattern): /proc
+/// must be the root of a procfs, reached without a symlink, and the file is resolved from it
+/// with no symlink and no mount crossed, and checked to be on procfs.
+fn open_sysctl(root: RawFd, file: &str) -> std::io::Result<OwnedFd> {
+    let bad = |what: &str| std::io::Error::other(what.to_string());
+    let proc_dir = sys::openat2(
+        root,
+        c"proc",
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
+    )?;
+    if !on_procfs(&proc_dir)? || nix::sys::stat::fstat(&proc_dir)?.st_ino != 1 {
+        return Err(bad("/proc is not a procfs mount"));
+    }
+    let rel = sys::cstr(&format!("sys/{file}"));
+    let fd = sys::openat2(
+        proc_dir.as_raw_fd(),
+        &rel,
+        libc::O_WRONLY,
+        0,
+        sys::RESOLVE_BENEATH
+            | sys::RESOLVE_NO_SYMLINKS
+            | sys::RESOLVE_NO_MAGICLINKS
+            | sys::RESOLVE_NO_XDEV,
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => bad("a symlink is on the way (refused)"),
+        Some(libc::EXDEV) => bad("a mount is on the way (refused)"),
+        _ => e,
+    })?;
+    if !on_procfs(&fd)? {
+        return Err(bad("not on procfs (refused)"));
+    }
+    Ok(fd)
+}
+
+/// Files under /proc that a bind mount may cover: lxcfs's (runc allows the same ones).
+const PROC_BINDS_ALLOWED: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/sys/kernel/ns_last_pid",
+    "/proc/sys/devices/system/cpu/online",
+];
+
+/// A mount may not land on procfs (CVE-2019-16884, CVE-2019-19921: a volume at /proc/sys/…,
+/// or at a path the image made a symlink into /proc, hides the kernel's files behind ones
+/// the container controls, which the runtime then writes to: sysctls, LSM attributes). Only
+/// proc itself at /proc, and binds of lxcfs's files at their own paths (no symlink on the
+/// way), land there. `target` is the destination as resolved in the root.
+fn check_not_on_proc(
+    root: RawFd,
+    target: &OwnedFd,
+    dest: &Path,
+    typ: &str,
+    bind: bool,
+) -> Result<()> {
+    if !on_procfs(target).with_ctx(|| format!("fstatfs {}", dest.display()))? {
+        return Ok(());
+    }
+    let clean: PathBuf = Path::new("/").join(
+        dest.components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect::<PathBuf>(),
+    );
+    let exact = || {
+        let rel = sys::cstr(&clean.to_string_lossy()[1..]);
+        sys::openat2(
+            root,
+            &rel,
+            libc::O_PATH,
+            0,
+            sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_SYMLINKS,
+        )
+        .is_ok()
+    };
+    if typ == "proc" && clean == Path::new("/proc") && exact() {
+        return Ok(());
+    }
+    if bind && PROC_BINDS_ALLOWED.iter().any(|a| clean == Path::new(a)) && exact() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "mount destination {} is on procfs: refused (a mount there hides the kernel's own \
+         files; only proc at /proc and binds of lxcfs's files in /proc are allowed)",
+        dest.display()
+    )))
+}
+
 /// sysctl, readonlyPaths and maskedPaths (after the hooks, before pivot_root). `devnull`
 /// is the host's /dev/null, checked to be the real character device 1:3.
 pub fn finish_paths(spec: &Spec, root: RawFd, devnull: &OwnedFd) -> Result<()> {
@@ -1031,9 +1137,8 @@ pub fn finish_paths(spec: &Spec, root: RawFd, devnull: &OwnedFd) -> Result<()> {
             let Some((_, file)) = crate::config::sysctl_key(k) else {
                 return Err(Error::Config(format!("linux.sysctl key {k:?} is invalid")));
             };
-            let p = Path::new("/proc/sys").join(file);
-            let fd = open_in_root(root, &p, libc::O_WRONLY)
-                .with_ctx(|| format!("linux.sysctl {k}: open {}", p.display()))?;
+            let fd = open_sysctl(root, &file)
+                .with_ctx(|| format!("linux.sysctl {k}: open /proc/sys/{file}"))?;
             let mut f = std::fs::File::from(fd);
             std::io::Write::write_all(&mut f, v.as_bytes())
                 .with_ctx(|| format!("linux.sysctl {k}={v}"))?;

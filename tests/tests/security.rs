@@ -246,3 +246,69 @@ fn failed_create_leaves_nothing() {
     assert!(e.contains("/no/such/binary"), "{e}");
     assert_eq!(rt.count(), 0);
 }
+
+/// CVE-2019-16884/CVE-2019-19921 and CVE-2025-52881: a volume mounted where the image made a
+/// symlink into /proc/sys lands on procfs and plants a symlink where a sysctl is written; the
+/// pod's sysctl value then goes wherever that symlink points (here the container's own
+/// hostname, harmless; on a host, kernel.core_pattern). The mount is refused, and nothing of
+/// the value reaches the kernel.
+#[test]
+fn a_volume_mounted_into_proc_cannot_redirect_a_sysctl() {
+    let rt = Rsrun::new();
+    let vol = TempDir::new("procvol");
+    std::os::unix::fs::symlink("/proc/sys/kernel/hostname", vol.path().join("ip_forward")).unwrap();
+    let mut b = Bundle::new(&["hostname"]);
+    std::os::unix::fs::symlink("/proc/sys/net/ipv4", b.rootfs().join("v")).unwrap();
+    b.edit(|c| {
+        c["hostname"] = json!("orig");
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "pwned"});
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/v", "type": "bind", "source": vol.path(), "options": ["rbind"]}),
+        );
+    });
+    let (code, out, err) = rt.run_bundle(&unique("procvol"), &b);
+    assert!(
+        code != 0 && err.contains("is on procfs"),
+        "code {code} stdout {out:?} stderr {err:?}"
+    );
+    assert!(!out.contains("pwned"), "{out}");
+    // A tmpfs straight at a path under /proc is refused the same way.
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/proc/sys/net", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let (code, _, err) = rt.run_bundle(&unique("proctmpfs"), &b);
+    assert!(code != 0 && err.contains("is on procfs"), "{err}");
+    // lxcfs's files may be bound over their /proc paths.
+    let fake = TempDir::new("lxcfs");
+    std::fs::write(fake.path().join("uptime"), "12345.00 1.00\n").unwrap();
+    let mut b = Bundle::new(&["cat", "/proc/uptime"]);
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/proc/uptime", "type": "bind", "source": fake.path().join("uptime"), "options": ["bind", "ro"]}));
+    });
+    assert_eq!(rt.output(&b), "12345.00 1.00\n");
+}
+
+/// CVE-2025-52881, the write itself: whatever is mounted over /proc/sys before the sysctls
+/// are written (here by a createContainer hook, which runs in the container's mount
+/// namespace just before) cannot redirect one through a symlink.
+#[test]
+fn a_sysctl_is_written_only_to_procfs() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["hostname"]);
+    b.edit(|c| {
+        c["hostname"] = json!("orig");
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "pwned"});
+        c["hooks"] = json!({"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "mount -t tmpfs t proc/sys/net/ipv4 && ln -s /proc/sys/kernel/hostname proc/sys/net/ipv4/ip_forward"]}]});
+    });
+    let (code, out, err) = rt.run_bundle(&unique("sysctlredir"), &b);
+    assert!(
+        code != 0 && err.contains("linux.sysctl net.ipv4.ip_forward"),
+        "code {code} stdout {out:?} stderr {err:?}"
+    );
+    assert!(!out.contains("pwned"), "{out}");
+}
