@@ -214,6 +214,11 @@ impl ImageService for Images {
         // would run on otherwise, as containerd's does not.
         let cancelled = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let mut opts = PullOptions {
+            credentials_server: r
+                .auth
+                .as_ref()
+                .map(|a| a.server_address.clone())
+                .filter(|a| !a.is_empty()),
             credentials: credentials(r.auth)?,
             progress_timeout: self.progress_timeout,
             ..Default::default()

@@ -106,9 +106,15 @@ pub trait Progress: Send + Sync {
 #[derive(Clone)]
 pub struct PullOptions {
     pub platform: Platform,
-    /// Explicit credentials (CRI AuthConfig, --creds); used for every endpoint tried.
+    /// Explicit credentials (CRI AuthConfig, --creds); used for every endpoint tried, or only
+    /// for those of `credentials_server`'s host when it is given.
     pub credentials: Option<Credentials>,
-    /// Looked up by endpoint host, then by the image's registry, when no explicit credentials.
+    /// The registry the explicit credentials are for (the CRI AuthConfig's server_address:
+    /// `host[:port]`, with or without a scheme and path). A mirror of another host gets none
+    /// of them, as containerd does.
+    pub credentials_server: Option<String>,
+    /// Looked up by endpoint host when no explicit credentials are given; for the registry's
+    /// own endpoint also by the image's registry name (a mirror gets only its own entry).
     pub auth_file: Option<AuthFile>,
     pub cancel: Cancel,
     pub progress: Option<Arc<dyn Progress>>,
@@ -127,6 +133,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: Platform::host(),
             credentials: None,
+            credentials_server: None,
             auth_file: None,
             cancel: Cancel::default(),
             progress: None,
@@ -157,10 +164,18 @@ impl ImageStore {
         let mut first_definite: Option<Error> = None;
         let mut last: Option<Error> = None;
         for ep in endpoints {
-            let creds = opts.credentials.clone().or_else(|| {
-                let af = opts.auth_file.as_ref()?;
-                af.get(&ep.host).or_else(|| af.get(&r.domain)).cloned()
-            });
+            let creds = match &opts.credentials {
+                Some(c) => opts
+                    .credentials_server
+                    .as_deref()
+                    .is_none_or(|server| same_registry(server, &ep.host, &r.domain, ep.is_mirror))
+                    .then(|| c.clone()),
+                None => opts.auth_file.as_ref().and_then(|af| {
+                    af.get(&ep.host)
+                        .or_else(|| (!ep.is_mirror).then(|| af.get(&r.domain)).flatten())
+                        .cloned()
+                }),
+            };
             // This endpoint's attempt: the caller's deadline and flag, plus an abort flag (a
             // failed layer stops the others) and the progress clock. A watchdog interrupts
             // the attempt's connections as soon as any of them fires.
@@ -1047,6 +1062,25 @@ fn decompress_and_unpack<R: Read>(
     res.map(|(d, _)| d)
 }
 
+/// Whether credentials for `server` (a CRI server_address: `host[:port]`, maybe with a scheme
+/// and a path, as the kubelet's keyring gives it) are for endpoint `host`, which serves the
+/// registry `domain` (as a mirror, or itself). Docker Hub's names are one registry.
+fn same_registry(server: &str, host: &str, domain: &str, is_mirror: bool) -> bool {
+    let name = |s: &str| -> String {
+        let s = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(s);
+        let h = s.split('/').next().unwrap_or("").to_ascii_lowercase();
+        match h.as_str() {
+            "docker.io" | "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
+            _ => h,
+        }
+    };
+    let server = name(server);
+    !server.is_empty() && (server == name(host) || (!is_mirror && server == name(domain)))
+}
+
 /// Counts the bytes read through it.
 struct ReadCount<'a, R> {
     inner: R,
@@ -1179,5 +1213,53 @@ impl<R: Read> Read for Budget<'_, R> {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_registry;
+
+    #[test]
+    fn credentials_server_names() {
+        // As the kubelet's keyring gives them: with a scheme and path, or bare.
+        for server in [
+            "https://index.docker.io/v1/",
+            "docker.io",
+            "registry-1.docker.io",
+        ] {
+            assert!(same_registry(
+                server,
+                "registry-1.docker.io",
+                "docker.io",
+                false
+            ));
+        }
+        assert!(same_registry(
+            "Reg.Example:5000",
+            "reg.example:5000",
+            "reg.example:5000",
+            false
+        ));
+        assert!(!same_registry(
+            "reg.example",
+            "reg.example:5000",
+            "reg.example:5000",
+            false
+        ));
+        // A mirror of the registry is not the registry.
+        assert!(!same_registry(
+            "reg.example",
+            "mirror.example",
+            "reg.example",
+            true
+        ));
+        assert!(same_registry(
+            "mirror.example",
+            "mirror.example",
+            "reg.example",
+            true
+        ));
+        assert!(!same_registry("", "reg.example", "reg.example", false));
     }
 }

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use common::fake::*;
 use common::*;
 use rsrun_image::pull::Limits;
-use rsrun_image::{Digest, Error, ImageStore, PullOptions, RegistryConfig};
+use rsrun_image::{Credentials, Digest, Error, ImageStore, PullOptions, RegistryConfig};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1078,6 +1078,99 @@ fn auth_file_registry_token_and_lookup_order() {
     let s3 = ImageStore::open(t.path().join("x"), insecure(&reg.addr)).unwrap();
     let e = s3
         .pull(&format!("{}/app:v1", reg.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthorized(_)), "{e}");
+}
+
+#[test]
+fn a_mirror_gets_no_credentials_of_the_registry_it_mirrors() {
+    // A mirror (run by someone else) answers 401 with a Basic challenge to collect whatever
+    // the node sends; the registry wants alice's credentials. Neither the auth file's entry
+    // for the registry nor CRI credentials naming the registry may reach the mirror.
+    let mirror = Fake::start();
+    small_image(&mirror, "app", "v1", b"m");
+    mirror.on(|r| {
+        r.path().starts_with("/v2/").then(|| {
+            Reply::error(401, "UNAUTHORIZED", "who?")
+                .header("WWW-Authenticate", r#"Basic realm="mirror""#)
+        })
+    });
+    let reg = Fake::start();
+    let (p, _) = small_image(&reg, "app", "v1", b"r");
+    let want = basic();
+    reg.on(move |r| {
+        (r.path().starts_with("/v2/") && r.header("authorization") != want).then(|| {
+            Reply::error(401, "UNAUTHORIZED", "who?")
+                .header("WWW-Authenticate", r#"Basic realm="reg""#)
+        })
+    });
+    let cfg = || {
+        RegistryConfig::from_json(&format!(
+            r#"{{"registries":{{"{}":{{"insecure":true,"mirrors":[{{"endpoint":"http://{}","insecure":true}}]}}}}}}"#,
+            reg.addr, mirror.addr
+        ))
+        .unwrap()
+    };
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let af = rsrun_image::AuthFile::parse(&format!(
+        r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+        reg.addr
+    ))
+    .unwrap();
+    let t = TempDir::new("mirrorcreds");
+    let creds = Credentials::parse_user_pass(&format!("{USER}:{PASS}")).unwrap();
+    let cases = [
+        (
+            "auth file",
+            PullOptions {
+                auth_file: Some(af),
+                ..Default::default()
+            },
+        ),
+        (
+            "CRI server_address with a scheme",
+            PullOptions {
+                credentials: Some(creds.clone()),
+                credentials_server: Some(format!("http://{}/v2/", reg.addr)),
+                ..Default::default()
+            },
+        ),
+        (
+            "CRI server_address",
+            PullOptions {
+                credentials: Some(creds),
+                credentials_server: Some(reg.addr.clone()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (i, (what, opts)) in cases.into_iter().enumerate() {
+        let s = ImageStore::open(t.path().join(i.to_string()), cfg()).unwrap();
+        let img = s.pull(&format!("{}/app:v1", reg.addr), &opts).unwrap();
+        assert_eq!(img.id, p.config_digest, "{what}: served by the registry");
+        assert!(
+            mirror
+                .log()
+                .iter()
+                .all(|r| r.header("authorization").is_empty()),
+            "{what}: the mirror got credentials"
+        );
+        assert!(
+            mirror.log().iter().any(|r| r.path().starts_with("/v2/")),
+            "{what}: mirror asked"
+        );
+    }
+    // Credentials for another registry go to neither.
+    let s = ImageStore::open(t.path().join("other"), cfg()).unwrap();
+    let e = s
+        .pull(
+            &format!("{}/app:v1", reg.addr),
+            &PullOptions {
+                credentials: Some(Credentials::parse_user_pass(&format!("{USER}:{PASS}")).unwrap()),
+                credentials_server: Some("other.example:5000".into()),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     assert!(matches!(e, Error::Unauthorized(_)), "{e}");
 }
