@@ -625,37 +625,22 @@ pub(crate) fn attach_terminal(
 ) -> Result<()> {
     let (master, slave_path) =
         sys::open_pty(c"/dev/ptmx").ctx("open /dev/ptmx in the container")?;
-    let slave = nix::fcntl::open(
-        slave_path.as_str(),
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .with_ctx(|| format!("open {slave_path}"))?;
+    // The slave through the master itself, not by its path: a path in the container's /dev
+    // can lead elsewhere (CVE-2025-52565: the terminal "bound to /dev/console" was then a
+    // file of the container's choosing, such as a /proc/sys file).
+    let slave = sys::pty_peer(master.as_raw_fd())
+        .with_ctx(|| format!("open the terminal's slave side {slave_path} (TIOCGPTPEER)"))?;
     if let Some(sz) = p.console_size() {
         sys::set_winsize(slave.as_raw_fd(), sz.height() as u16, sz.width() as u16)
             .ctx("set console size")?;
     }
-    // /dev/console is the container's terminal too.
-    let console = if dev_console {
-        rootfs::mkdir_all_in_root(
-            open_root()?.as_raw_fd(),
-            Path::new("/dev/console"),
-            rootfs::Kind::File,
-        )
-        .ok()
-    } else {
-        None
-    };
-    if let Some(fd) = console {
-        let t = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        nix::mount::mount(
-            Some(slave_path.as_str()),
-            t.as_str(),
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .ctx("bind the terminal to /dev/console")?;
+    // /dev/console is the container's terminal too: the slave's own mount (open_tree of its
+    // descriptor, no path) onto /dev/console itself (no symlink followed, never on procfs).
+    if let Some(target) = if dev_console { console_target()? } else { None } {
+        let tree = sys::open_tree(slave.as_raw_fd(), c"", sys::OPEN_TREE_CLONE)
+            .ctx("clone the terminal's mount for /dev/console")?;
+        sys::move_mount(tree.as_raw_fd(), target.as_raw_fd())
+            .ctx("bind the terminal to /dev/console")?;
     }
     sys::send_fd(sock.as_raw_fd(), master.as_raw_fd(), &slave_path)
         .ctx("send the terminal to the console socket")?;
@@ -666,6 +651,56 @@ pub(crate) fn attach_terminal(
     nix::unistd::dup2_stdout(&slave).ctx("dup terminal to stdout")?;
     nix::unistd::dup2_stderr(&slave).ctx("dup terminal to stderr")?;
     Ok(())
+}
+
+/// /dev/console of the container, made (an empty file) if missing: the file itself, reached
+/// without a symlink and not on procfs or sysfs, a regular file or a character device. None
+/// where it cannot be made (a read-only /dev): the terminal is then not bound there, as
+/// before.
+fn console_target() -> Result<Option<OwnedFd>> {
+    let root = open_root()?;
+    let Ok(made) = rootfs::mkdir_all_in_root(
+        root.as_raw_fd(),
+        Path::new("/dev/console"),
+        rootfs::Kind::File,
+    ) else {
+        return Ok(None);
+    };
+    let fd = sys::openat2(
+        root.as_raw_fd(),
+        c"dev/console",
+        libc::O_PATH,
+        0,
+        sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::Invalid(
+            "/dev/console (or /dev) is a symlink in the container: refused as the terminal's \
+             mount point"
+                .into(),
+        ),
+        _ => Error::os("open /dev/console", e),
+    })?;
+    let (a, b) = (
+        nix::sys::stat::fstat(&made).ctx("stat /dev/console")?,
+        nix::sys::stat::fstat(&fd).ctx("stat /dev/console")?,
+    );
+    let kind = b.st_mode & libc::S_IFMT;
+    let fs = nix::sys::statfs::fstatfs(&fd)
+        .ctx("statfs /dev/console")?
+        .filesystem_type();
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
+        || !(kind == libc::S_IFREG || kind == libc::S_IFCHR)
+        || fs == nix::sys::statfs::PROC_SUPER_MAGIC
+        || fs == nix::sys::statfs::SYSFS_MAGIC
+    {
+        return Err(Error::Invalid(
+            "/dev/console in the container is not a file of its /dev: refused as the \
+             terminal's mount point"
+                .into(),
+        ));
+    }
+    Ok(Some(fd))
 }
 
 fn open_root() -> Result<OwnedFd> {

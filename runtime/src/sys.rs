@@ -292,16 +292,22 @@ pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
 /// Opens a new pseudo-terminal master from the ptmx device at `ptmx` and returns it with the
 /// path of its slave.
 pub fn open_pty(ptmx: &CStr) -> io::Result<(OwnedFd, String)> {
-    // SAFETY: `ptmx` is NUL-terminated; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            ptmx.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    check(fd as libc::c_long)?;
-    // SAFETY: a new descriptor owned by nobody else.
-    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    // No magic link on the way (a container's /dev/ptmx pointing at /proc/self/fd/N would
+    // reopen one of the caller's descriptors), and it must be the ptmx device (5:2).
+    let master = openat2(
+        libc::AT_FDCWD,
+        ptmx,
+        libc::O_RDWR | libc::O_NOCTTY,
+        0,
+        RESOLVE_NO_MAGICLINKS,
+    )?;
+    let st = nix::sys::stat::fstat(&master)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(5, 2) {
+        return Err(io::Error::other(format!(
+            "{} is not the ptmx device (5:2)",
+            ptmx.to_string_lossy()
+        )));
+    }
     let mut unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int that lives across the call.
     check(

@@ -611,7 +611,7 @@ fn terminal_through_console_socket() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
     let rt = Rsrun::new();
-    let mut b = sh("tty; stty size; echo on-the-terminal");
+    let mut b = sh("tty; stty size; stat -c 'console %t:%T' /dev/console; echo on-the-terminal");
     b.edit(|c| {
         c["process"]["terminal"] = json!(true);
         c["process"]["consoleSize"] = json!({"height": 33, "width": 77});
@@ -650,6 +650,8 @@ fn terminal_through_console_socket() {
     let s = String::from_utf8_lossy(&out);
     assert!(s.contains("/dev/pts/0"), "{s}");
     assert!(s.contains("33 77"), "{s}");
+    // /dev/console is the same terminal (pts major 136 = 0x88, minor 0).
+    assert!(s.contains("console 88:0"), "{s}");
     rt.wait_status(&id, "stopped");
     rt.ok(&["delete", &id]);
 }

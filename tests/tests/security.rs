@@ -312,3 +312,69 @@ fn a_sysctl_is_written_only_to_procfs() {
     );
     assert!(!out.contains("pwned"), "{out}");
 }
+
+/// CVE-2025-52565: the terminal is bound to /dev/console; a /dev the container controls (here
+/// a bound directory, as a privileged pod's hostPath /dev) with /dev/console a symlink into
+/// /proc/sys must not get the terminal mounted over that procfs file (which would also hide
+/// it from readonlyPaths' protection). The create is refused, and the init's mount table (the
+/// kernel's) shows no mount on /proc/sys/kernel/hostname.
+#[test]
+fn the_console_is_not_bound_through_a_symlink() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sh", "-c", "sleep 30"]);
+    let dev = b.tmp.path().join("hostdev");
+    std::fs::create_dir_all(dev.join("pts")).unwrap();
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/hostname", dev.join("console")).unwrap();
+    b.edit(|c| {
+        c["process"]["terminal"] = json!(true);
+        c["mounts"].as_array_mut().unwrap().retain(|m| {
+            let d = m["destination"].as_str().unwrap_or("");
+            d != "/dev" && !d.starts_with("/dev/")
+        });
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/dev", "type": "bind", "source": dev.to_str().unwrap(), "options": ["rbind", "rw"]}));
+        m.push(json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}));
+    });
+    let sock = b.tmp.path().join("console.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let id = unique("console");
+    let mut child = rt
+        .cmd()
+        .args([
+            "create",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            "--console-socket",
+        ])
+        .arg(&sock)
+        .arg(&id)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Take the terminal if it comes (create blocks until it is taken), until create ends.
+    let mut _master = None;
+    let status = loop {
+        if let Ok((conn, _)) = l.accept() {
+            conn.set_nonblocking(false).unwrap();
+            _master = rsrun::sys::recv_fd(conn.as_raw_fd()).ok();
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    if status.success() {
+        let pid = rt.state(&id)["pid"].as_i64().unwrap();
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let _ = rt.run(&["delete", "--force", &id]);
+        panic!("create succeeded; the init's mounts:\n{mounts}");
+    }
+    assert!(err.contains("/dev/console"), "{err}");
+}
