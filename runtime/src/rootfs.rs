@@ -478,24 +478,31 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
         let kind = if is_dir { Kind::Dir } else { Kind::File };
         let target = mkdir_all_in_root(root, dest, kind)?;
         check_not_on_proc(root, &target, dest, typ, true)?;
-        let t = proc_fd(&target);
         let src_s = src.to_string_lossy();
-        let mut flags = MsFlags::MS_BIND;
-        if opts.recursive {
-            flags |= MsFlags::MS_REC;
-        }
-        match s.idmapped.get(i) {
-            Some(tree) => sys::move_mount(tree.as_raw_fd(), target.as_raw_fd())
-                .with_ctx(|| format!("move the idmapped mount of {src_s} into place"))?,
-            None => mount_at(Some(&src_s), &t, None, flags, None)
-                .with_ctx(|| format!("bind {src_s}"))?,
-        }
-        // Flags other than bind need a remount of the new mount (reopen to get it).
+        // The new mount is held by a descriptor from here on: a detached copy of the source
+        // (open_tree), moved onto the target's descriptor, then remounted and given its
+        // propagation through that same descriptor. Looked up again by path, the
+        // destination could have been swapped meanwhile by a process sharing the volume
+        // (CVE-2021-30465's pattern), and the flags (ro) applied elsewhere.
+        let cloned;
+        let tree = match s.idmapped.get(i) {
+            Some(tree) => tree.as_raw_fd(),
+            None => {
+                let mut how = sys::OPEN_TREE_CLONE;
+                if opts.recursive {
+                    how |= sys::AT_RECURSIVE;
+                }
+                cloned = sys::open_tree(libc::AT_FDCWD, &sys::cstr(&src_s), how)
+                    .with_ctx(|| format!("bind {src_s} (open_tree)"))?;
+                cloned.as_raw_fd()
+            }
+        };
+        sys::move_mount(tree, target.as_raw_fd())
+            .with_ctx(|| format!("bind {src_s} (move_mount)"))?;
+        let mt = format!("/proc/self/fd/{tree}");
+        // Flags other than bind need a remount of the new mount.
         let extra = opts.flags & !(MsFlags::MS_REMOUNT);
         if !extra.is_empty() || !opts.clear.is_empty() {
-            let mounted = open_in_root(root, dest, libc::O_PATH)
-                .with_ctx(|| format!("reopen {}", dest.display()))?;
-            let mt = proc_fd(&mounted);
             let keep = if s.in_userns {
                 locked_flags(&mt)
             } else {
@@ -525,7 +532,7 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
             })
             .with_ctx(|| format!("remount {} with {:?}", dest.display(), want))?;
         }
-        apply_propagation(root, dest, &opts)?;
+        apply_propagation_at(tree, dest, &opts)?;
         return Ok(());
     }
     let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
@@ -703,18 +710,21 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
 
 /// The recursive attributes (`rro`, ...) and then the propagation asked for a new mount.
 fn apply_propagation(root: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {
-    if opts.rec_set != 0 || opts.rec_clr != 0 {
-        let mounted = open_in_root(root, dest, libc::O_PATH)
-            .with_ctx(|| format!("reopen {}", dest.display()))?;
-        crate::sys::mount_setattr_recursive(mounted.as_raw_fd(), opts.rec_set, opts.rec_clr)
-            .with_ctx(|| format!("recursive mount attributes of {}", dest.display()))?;
-    }
-    if opts.propagation.is_empty() {
+    if opts.rec_set == 0 && opts.rec_clr == 0 && opts.propagation.is_empty() {
         return Ok(());
     }
     let mounted =
         open_in_root(root, dest, libc::O_PATH).with_ctx(|| format!("reopen {}", dest.display()))?;
-    let mt = proc_fd(&mounted);
+    apply_propagation_at(mounted.as_raw_fd(), dest, opts)
+}
+
+/// `apply_propagation` on the mount whose root `mounted` is.
+fn apply_propagation_at(mounted: RawFd, dest: &Path, opts: &MountOptions) -> Result<()> {
+    if opts.rec_set != 0 || opts.rec_clr != 0 {
+        crate::sys::mount_setattr_recursive(mounted, opts.rec_set, opts.rec_clr)
+            .with_ctx(|| format!("recursive mount attributes of {}", dest.display()))?;
+    }
+    let mt = format!("/proc/self/fd/{mounted}");
     for p in &opts.propagation {
         mount_at(None, &mt, None, *p, None)
             .with_ctx(|| format!("set propagation of {}", dest.display()))?;
