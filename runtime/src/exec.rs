@@ -534,6 +534,12 @@ impl Runtime {
         // needs the container's user namespace first; this process then stays in it, so
         // it makes itself non-dumpable (CVE-2019-5736: it is the host's binary).
         let mut in_userns = false;
+        // Non-dumpable before the child is born in the container's pid namespace: until it
+        // makes itself so, a container process with CAP_SYS_PTRACE could attach to it (a
+        // host-root process there with the host's descriptors). It inherits this; we
+        // restore ours once it is forked.
+        let was_dumpable = nix::sys::prctl::get_dumpable().unwrap_or(true);
+        nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
         let restore_pid = match &pid_ns {
             Some(fd) => {
                 let mine = lifecycle::open_ro(Path::new("/proc/self/ns/pid"))?;
@@ -544,7 +550,6 @@ impl Runtime {
                             .first()
                             .is_some_and(|(f, _)| *f == CloneFlags::CLONE_NEWUSER) =>
                     {
-                        nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
                         let (_, user) = join.remove(0);
                         nix::sched::setns(&user, CloneFlags::CLONE_NEWUSER)
                             .ctx("join the container's user namespace")?;
@@ -579,6 +584,11 @@ impl Runtime {
                 preserve_fds: o.preserve_fds,
                 self_join,
             });
+        }
+        // Non-dumpable for good once in the container's user namespace (CVE-2019-5736: this
+        // is the host's binary).
+        if was_dumpable && !in_userns {
+            let _ = nix::sys::prctl::set_dumpable(true);
         }
         if let Some(fd) = restore_pid {
             // Not possible (nor needed: we fork no more) after joining a user namespace.
@@ -629,25 +639,40 @@ fn child_setup(c: &Child) -> Result<Never> {
         )?),
         None => None,
     };
+    // Whether the user namespace allows setgroups, read through the host's /proc: before the
+    // container's mount namespace is joined (its /proc may be the container's own making,
+    // and a fake "deny" would leave the caller's supplementary groups on the process).
+    let setgroups_here = || {
+        std::fs::read_to_string("/proc/self/setgroups")
+            .map(|s| s.trim() != "deny")
+            .unwrap_or(true)
+    };
     let mut in_userns = c.in_userns;
+    let mut setgroups_allowed = !in_userns || setgroups_here();
     for (flag, fd) in &c.join {
         nix::sched::setns(fd, *flag)
             .with_ctx(|| format!("join the container's {} namespace", ns_name(*flag)))?;
         if *flag == CloneFlags::CLONE_NEWUSER {
             in_userns = true;
+            setgroups_allowed = setgroups_here();
         }
     }
-    let mut setgroups_allowed = true;
     if in_userns {
         // Root of the user namespace, as the init is (our host uid need not be mapped).
         let root_g = nix::unistd::Gid::from_raw(0);
         let root_u = nix::unistd::Uid::from_raw(0);
         nix::unistd::setresgid(root_g, root_g, root_g).ctx("setresgid 0 in the user namespace")?;
         nix::unistd::setresuid(root_u, root_u, root_u).ctx("setresuid 0 in the user namespace")?;
-        setgroups_allowed = std::fs::read_to_string("/proc/self/setgroups")
-            .map(|s| s.trim() != "deny")
-            .unwrap_or(true);
     }
+    // CVE-2024-21626: nothing of the host stays open but stdio, the preserved descriptors,
+    // and our own close-on-exec channels; closed before anything of the container is opened
+    // (its /dev/ptmx or /etc/passwd could be a magic link back to one of them).
+    let mut keep: Vec<RawFd> = vec![c.sync.as_raw_fd()];
+    keep.extend(sec.as_ref().and_then(|s| s.listener_fd()));
+    keep.extend(crate::log::file_fd());
+    keep.extend(c.console.as_ref().map(|s| s.as_raw_fd()));
+    sys::close_from_except(3 + c.preserve_fds as RawFd, &keep)
+        .ctx("close inherited descriptors")?;
     let p = c.process;
     if p.terminal().unwrap_or(false) {
         let sock = c
@@ -662,13 +687,6 @@ fn child_setup(c: &Child) -> Result<Never> {
     let exe = init::find_executable(&args[0], &env, p.cwd())?;
     init::refuse_runtime_binary(&exe, self_id)?;
     init::check_apparmor(p)?;
-    // CVE-2024-21626: nothing of the host stays open but stdio, the preserved
-    // descriptors, and our own close-on-exec channels.
-    let mut keep: Vec<RawFd> = vec![c.sync.as_raw_fd()];
-    keep.extend(sec.as_ref().and_then(|s| s.listener_fd()));
-    keep.extend(crate::log::file_fd());
-    sys::close_from_except(3 + c.preserve_fds as RawFd, &keep)
-        .ctx("close inherited descriptors")?;
     init::finish_and_exec(Final {
         process: p,
         personality: c.personality,

@@ -833,3 +833,55 @@ fn apparmor_and_selinux_flags() {
     assert_eq!(rt.status(&id), "running");
     rt.ok(&["delete", "-f", &id]);
 }
+
+#[test]
+fn a_fake_proc_in_the_container_does_not_keep_the_callers_groups() {
+    // Root of a user namespace with CAP_SYS_ADMIN there covers its /proc with a tmpfs that
+    // says setgroups is denied. The exec must read the namespace's real setting (through
+    // the host's /proc) and drop the caller's supplementary groups (4242 here), which would
+    // otherwise stay on the process (shown as the overflow gid: 4242 is not mapped).
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "mount -t tmpfs t /proc && mkdir /proc/self && echo deny > /proc/self/setgroups \
+         && touch /dev/shm/faked; sleep 1000",
+    ]);
+    b.edit(|c| c["root"]["readonly"] = json!(false));
+    b.add_namespace("user", None);
+    b.edit(|c| {
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let (id, pid) = start(&rt, &b);
+    // (The rootfs is not the user namespace's to write: the marker is in its /dev/shm.)
+    let faked = PathBuf::from(format!("/proc/{pid}/root/dev/shm/faked"));
+    for _ in 0..500 {
+        if faked.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(faked.exists(), "the container did not cover its /proc");
+    let o = Command::new("setpriv")
+        .args(["--groups", "4242", "--"])
+        .arg(rsrun_bin())
+        .arg("--root")
+        .arg(rt.root.path())
+        .args(["exec", &id, "id", "-G"])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out} {err}");
+    assert_eq!(out.trim(), "0", "groups of the exec'd process: {out}");
+    rt.ok(&["delete", "-f", &id]);
+}
