@@ -971,6 +971,20 @@ impl RuntimeService for Runtime {
         let stop_signal = container::cri_signal(c.stop_signal).map_err(|e| {
             Status::invalid_argument(format!("CreateContainer: config.stop_signal: {e}"))
         })?;
+        sandbox::check_metadata_size("CreateContainer: config", &c.labels, &c.annotations)?;
+        // Relative to the pod's log directory (the CRI's contract): an absolute path would
+        // replace the directory, and `..` leave it.
+        if std::path::Path::new(&c.log_path).is_absolute()
+            || std::path::Path::new(&c.log_path)
+                .components()
+                .any(|p| p == std::path::Component::ParentDir)
+        {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: config.log_path {:?} must be relative to the pod's log \
+                 directory, without '..'",
+                c.log_path
+            )));
+        }
         let image = c
             .image
             .as_ref()
@@ -1403,11 +1417,14 @@ impl RuntimeService for Runtime {
             )));
         }
         r.container_id = rec.id.clone();
-        let url = self.streaming.url(crate::streaming::Pending::Exec {
-            req: r,
-            pod: rec.sandbox_id.clone(),
-            shim_dir: rec.shim_dir.clone(),
-        });
+        let url = self
+            .streaming
+            .url(crate::streaming::Pending::Exec {
+                req: r,
+                pod: rec.sandbox_id.clone(),
+                shim_dir: rec.shim_dir.clone(),
+            })
+            .map_err(Status::resource_exhausted)?;
         Ok(Response::new(api::ExecResponse { url }))
     }
 
@@ -1429,11 +1446,14 @@ impl RuntimeService for Runtime {
             )));
         }
         r.container_id = rec.id.clone();
-        let url = self.streaming.url(crate::streaming::Pending::Attach {
-            req: r,
-            pod: rec.sandbox_id.clone(),
-            shim_dir: rec.shim_dir.clone(),
-        });
+        let url = self
+            .streaming
+            .url(crate::streaming::Pending::Attach {
+                req: r,
+                pod: rec.sandbox_id.clone(),
+                shim_dir: rec.shim_dir.clone(),
+            })
+            .map_err(Status::resource_exhausted)?;
         Ok(Response::new(api::AttachResponse { url }))
     }
 
@@ -1469,10 +1489,13 @@ impl RuntimeService for Runtime {
                 ))
             })?)
         };
-        let url = self.streaming.url(crate::streaming::Pending::PortForward {
-            pod: sb.id.clone(),
-            netns,
-        });
+        let url = self
+            .streaming
+            .url(crate::streaming::Pending::PortForward {
+                pod: sb.id.clone(),
+                netns,
+            })
+            .map_err(Status::resource_exhausted)?;
         Ok(Response::new(api::PortForwardResponse { url }))
     }
 

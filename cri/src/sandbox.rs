@@ -325,8 +325,33 @@ pub struct NetDefaults {
     pub unprivileged_icmp: bool,
 }
 
+/// Most bytes of labels and annotations (keys and values) a pod or a container may carry: they
+/// are kept in its record, rewritten on each change, copied into its OCI config and sent with
+/// every list and event. The Kubernetes API allows 256 KiB of annotations an object.
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+
+/// Refuses labels and annotations over `MAX_METADATA_BYTES` together.
+pub fn check_metadata_size(
+    what: &str,
+    labels: &std::collections::HashMap<String, String>,
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<(), Status> {
+    let size: usize = labels
+        .iter()
+        .chain(annotations)
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if size > MAX_METADATA_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what}: labels and annotations of {size} bytes, over the {MAX_METADATA_BYTES}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check(config: Option<api::PodSandboxConfig>, net: NetDefaults) -> Result<Spec, Status> {
     let c = config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    check_metadata_size("RunPodSandbox: config", &c.labels, &c.annotations)?;
     let meta = c
         .metadata
         .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config.metadata is required"))?;

@@ -389,6 +389,18 @@ sed 's/"stop_signal": 38/"stop_signal": 99/' "$R/stopsig-rt.json" > "$R/stopsig-
 if c create "$pod" "$R/stopsig-bad.json" "$R/pod.json" >/dev/null; then fail "a stop_signal of 99 was taken"; fi
 grep -q 'InvalidArgument.*config.stop_signal: 99' "$R/crictl.err" || fail "stop_signal 99: $(cat "$R/crictl.err")"
 c rm "$ss" "$rs" >/dev/null && c rmi busybox:stopsignal >/dev/null || fail "rm/rmi (stopsignal): $(cat "$R/crictl.err")"
+# A log_path must stay in the pod's log directory; labels and annotations are bounded (they are
+# kept, rewritten and sent with every list): InvalidArgument naming the field, nothing made.
+for lp in ../../escape.log /etc/escape.log; do
+    echo "{\"metadata\": {\"name\": \"badlog\"}, \"image\": {\"image\": \"busybox\"}, \"log_path\": \"$lp\", \"command\": [\"true\"]}" > "$R/badlog.json"
+    if c create "$pod" "$R/badlog.json" "$R/pod.json" >/dev/null; then fail "log_path $lp was taken"; fi
+    grep -q 'InvalidArgument.*config.log_path' "$R/crictl.err" || fail "log_path $lp: $(cat "$R/crictl.err")"
+done
+python3 -c 'import json; print(json.dumps({"metadata": {"name": "fat"}, "image": {"image": "busybox"}, "command": ["true"], "annotations": {"a": "x" * 1100000}}))' > "$R/fat.json"
+if c create "$pod" "$R/fat.json" "$R/pod.json" >/dev/null; then fail "1.1 MB of annotations were taken"; fi
+grep -q 'InvalidArgument.*labels and annotations of' "$R/crictl.err" || fail "1.1 MB of annotations: $(cat "$R/crictl.err")"
+[ -z "$(c ps -a -q --name 'badlog|fat')" ] || fail "a refused container was left: $(c ps -a --name 'badlog|fat')"
+ok "log_path outside the pod's log directory and 1.1 MB of annotations: InvalidArgument, nothing made"
 ok "StopContainer sends the image's STOPSIGNAL (SIGUSR1: exit 7, not SIGTERM's 8), the config's stop_signal before it (SIGRTMIN+3: 37), both in ContainerStatus; an unknown one InvalidArgument"
 # One /dev/shm per pod, as its IPC namespace: what a container writes there another sees;
 # it is the pod's tmpfs (unmounted with the pod: the "nothing left" check below).
@@ -456,6 +468,52 @@ wcc=$(c create "$pod" "$R/wc.json" "$R/pod.json") && c start "$wcc" >/dev/null |
 att=$(head -c 300000 /dev/zero | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$wcc" 2>"$R/crictl.err") \
     || fail "attach with 300000 bytes of input: $att $(cat "$R/crictl.err")"
 [ "$(echo $att)" = 300000 ] || fail "attach: the container counted $att bytes of 300000 sent"
+# Attaches that push input a container never reads, then go away: the server keeps no thread
+# for them (each held two for good before: a blocking send and a reader, and the blocking
+# pool's 512 threads are what every other RPC runs on). The kernel's count of the server's
+# threads, after the blocking pool's idle ones (10 s) have gone.
+echo '{"metadata": {"name": "deaf"}, "image": {"image": "busybox"}, "stdin": true, "command": ["sleep", "1000"]}' > "$R/deaf.json"
+deaf=$(c create "$pod" "$R/deaf.json" "$R/pod.json") && c start "$deaf" >/dev/null || fail "create (deaf): $(cat "$R/crictl.err")"
+threads_before=$(ls "/proc/$cri/task" | wc -l)
+pids=""
+for _ in 1 2 3 4; do
+    head -c 8000000 /dev/zero | timeout -s KILL 3 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$deaf" >/dev/null 2>&1 &
+    pids="$pids $!"
+done
+for p in $pids; do wait "$p" || true; done
+sleep 11
+threads_after=$(ls "/proc/$cri/task" | wc -l)
+[ "$threads_after" -le $((threads_before + 1)) ] || fail "4 attaches stuck on input nobody reads left the server with $threads_after threads (from $threads_before)"
+c version >/dev/null || fail "the server stopped answering after the stuck attaches"
+c rm -f "$deaf" >/dev/null || fail "rm $deaf: $(cat "$R/crictl.err")"
+ok "attaches stuck on input the container never reads hold no thread of the server ($threads_before -> $threads_after)"
+# The streaming server's HTTP: a request's headers past 16 KiB are refused at once (not
+# buffered up to hyper's ~400 KiB, waiting forever), and a connection serves one request
+# (a client cannot keep one open after its 404).
+saddr=$(sed 's/\x1b\[[0-9;]*m//g' "$R/cri.log" | grep -o 'streaming server address=[0-9.:]*' | tail -n1 | cut -d= -f2)
+python3 - "$saddr" <<'PYEOF' || fail "streaming server HTTP limits"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+def closed_within(sock, t):
+    sock.settimeout(t)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+s = socket.create_connection((host, int(port)))
+s.sendall(b"GET /exec/0123456789abcdef HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 40000)
+if not closed_within(s, 10):
+    sys.exit("a 40 kB header still being read after 10 s")
+s = socket.create_connection((host, int(port)))
+s.sendall(b"GET /exec/0123456789abcdef HTTP/1.1\r\nHost: x\r\n\r\n")
+if not closed_within(s, 10):
+    sys.exit("the connection stayed open after its one request")
+PYEOF
+ok "streaming server: oversized request headers refused, one request per connection"
 c rm -f "$once" "$keep" "$o3" "$wcc" >/dev/null || fail "rm $once $keep $o3 $wcc: $(cat "$R/crictl.err")"
 ok "attach: with stdin_once the output after the input's end arrives and stdin closes (not by an attach without stdin); without, stdin stays open across attaches; a container's exit code does not fail the attach; 300000 bytes of input arrive whole"
 case $got in docker.io/library/busybox@sha256:*) ;; *) fail "image_ref is not busybox's repo digest: $got" ;; esac

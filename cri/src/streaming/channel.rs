@@ -13,6 +13,48 @@ use super::ws::{self, In};
 /// How long a SPDY client has to open the streams its request needs (the kubelet's
 /// stream creation timeout).
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The resize stream's JSON objects (`{"Width":W,"Height":H}`), as they arrive in pieces.
+#[derive(Default)]
+struct ResizeParser {
+    pending: Vec<u8>,
+}
+
+impl ResizeParser {
+    /// The objects `b` completes, each as JSON; Err(bytes pending) when the stream is not
+    /// JSON, or an incomplete object grows past `MAX_RESIZE_MESSAGE`.
+    fn push(&mut self, b: &[u8]) -> Result<Vec<Vec<u8>>, usize> {
+        self.pending.extend_from_slice(b);
+        let mut it =
+            serde_json::Deserializer::from_slice(&self.pending).into_iter::<serde_json::Value>();
+        let mut used = 0;
+        let mut out = Vec::new();
+        let mut bad = false;
+        loop {
+            match it.next() {
+                Some(Ok(v)) => {
+                    used = it.byte_offset();
+                    out.push(serde_json::to_vec(&v).unwrap_or_default());
+                }
+                // An object not whole yet: the next message ends it.
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    bad = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.pending.drain(..used);
+        if bad || self.pending.len() > MAX_RESIZE_MESSAGE {
+            return Err(self.pending.len());
+        }
+        Ok(out)
+    }
+}
+
+/// The longest resize message kept while it is incomplete (`{"Width":65535,"Height":65535}`
+/// is 31 bytes).
+const MAX_RESIZE_MESSAGE: usize = 4096;
 
 pub enum Channels {
     Ws(Box<ws::Channels>),
@@ -86,7 +128,7 @@ impl Channels {
             if ch == 0 || ch == 4 {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut pending: Vec<u8> = Vec::new();
+                    let mut resize = ResizeParser::default();
                     loop {
                         match r.read_chunk().await {
                             Ok(Some(b)) if ch == 0 => {
@@ -95,20 +137,25 @@ impl Channels {
                                 }
                             }
                             // Resize: a sequence of JSON objects, sent one per message.
-                            Ok(Some(b)) => {
-                                pending.extend_from_slice(&b);
-                                let mut it = serde_json::Deserializer::from_slice(&pending)
-                                    .into_iter::<serde_json::Value>();
-                                let mut used = 0;
-                                while let Some(Ok(v)) = it.next() {
-                                    used = it.byte_offset();
-                                    let bytes = serde_json::to_vec(&v).unwrap_or_default();
-                                    if tx.send(In::Data(4, bytes)).await.is_err() {
-                                        return;
+                            Ok(Some(b)) => match resize.push(&b) {
+                                Ok(objects) => {
+                                    for o in objects {
+                                        if tx.send(In::Data(4, o)).await.is_err() {
+                                            return;
+                                        }
                                     }
                                 }
-                                pending.drain(..used);
-                            }
+                                // Not JSON, or an object longer than any size message: the
+                                // resize stream is closed (the kubelet's stops at the first
+                                // error too), the session carries on.
+                                Err(pending) => {
+                                    tracing::info!(
+                                        "streaming: malformed resize stream closed ({pending} bytes pending)"
+                                    );
+                                    let _ = tx.send(In::Closed(ch)).await;
+                                    break;
+                                }
+                            },
                             Ok(None) | Err(_) => {
                                 let _ = tx.send(In::Closed(ch)).await;
                                 break;
@@ -176,5 +223,37 @@ impl Reader {
             Reader::Ws(r) => r.recv().await,
             Reader::Spdy(rx) => rx.recv().await.map(Ok),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ResizeParser, MAX_RESIZE_MESSAGE};
+
+    #[test]
+    fn resize_messages_in_pieces_and_junk() {
+        let mut p = ResizeParser::default();
+        assert_eq!(p.push(br#"{"Width":80,"#).unwrap().len(), 0);
+        let got = p.push(br#""Height":24}{"Width":1,"Height":2}"#).unwrap();
+        assert_eq!(got.len(), 2);
+        let v: serde_json::Value = serde_json::from_slice(&got[0]).unwrap();
+        assert_eq!(
+            (v["Width"].as_u64(), v["Height"].as_u64()),
+            (Some(80), Some(24))
+        );
+        // Junk is refused at once, not kept.
+        let mut p = ResizeParser::default();
+        assert!(p.push(&[b'}'; 64 * 1024]).is_err());
+        // An object that never ends is refused once over the bound, not kept growing.
+        let mut p = ResizeParser::default();
+        assert!(p.push(br#"{"Width":""#).is_ok());
+        let mut refused = false;
+        for _ in 0..64 {
+            if p.push(&[b'a'; 1024]).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused && p.pending.len() <= MAX_RESIZE_MESSAGE + 1024);
     }
 }

@@ -32,6 +32,14 @@ use crate::api;
 
 /// How long a URL stays usable after the RPC that made it.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Unused streaming URLs kept at most.
+pub const MAX_TOKENS: usize = 1000;
+/// Connections accepted but not upgraded yet (reading their request) at most: beyond, new
+/// ones are closed at once. With the header timeout and buffer bound below, idle or slow
+/// clients hold at most this many descriptors and 16 KiB each.
+const MAX_PENDING_CONNECTIONS: usize = 1024;
+/// How long a client has to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A checked request, waiting for its client.
 #[derive(Clone, Debug)]
@@ -105,6 +113,7 @@ impl Server {
             scratch,
         });
         let s = srv.clone();
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_CONNECTIONS));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -120,19 +129,30 @@ impl Server {
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(%peer, "streaming connection: TCP_NODELAY: {e}");
                 }
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "streaming connection refused: {MAX_PENDING_CONNECTIONS} are reading their request");
+                    continue;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
                     });
+                    // A request's headers within HEADER_TIMEOUT and 16 KiB: a client that
+                    // trickles or idles is dropped. (One request per connection: `text`.)
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .max_buf_size(16 * 1024)
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                         .with_upgrades()
                         .await
                     {
                         tracing::debug!(%peer, "streaming connection: {e}");
                     }
+                    // Upgraded (the session runs on its own) or done.
+                    drop(permit);
                 });
             }
         });
@@ -140,15 +160,21 @@ impl Server {
         Ok(srv)
     }
 
-    /// A one-time URL for `p`.
-    pub fn url(&self, p: Pending) -> String {
+    /// A one-time URL for `p`; refused while `MAX_TOKENS` unused ones are pending (each holds
+    /// its request), as the kubelet's streaming server refuses past 1000 in flight.
+    pub fn url(&self, p: Pending) -> Result<String, String> {
         let token = crate::store::new_id();
         let path = p.path();
         let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         t.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
+        if t.len() >= MAX_TOKENS {
+            return Err(format!(
+                "{MAX_TOKENS} streaming URLs are waiting to be used: try again later"
+            ));
+        }
         t.insert(token.clone(), (p, now));
-        format!("http://{}/{path}/{token}", self.addr)
+        Ok(format!("http://{}/{path}/{token}", self.addr))
     }
 
     /// The request a token names, forgotten at once; None when unknown or expired.
@@ -165,7 +191,12 @@ impl Server {
         let pending = match self.take(token) {
             Some(p) if p.path() == kind => p,
             _ => {
-                tracing::info!(path = %path, "streaming: unknown, used or expired token");
+                // Not the path: a client may send any number of these, each up to the
+                // buffer's size.
+                tracing::debug!(
+                    kind = ?kind.chars().take(32).collect::<String>(),
+                    "streaming: unknown, used or expired token"
+                );
                 return text(
                     StatusCode::NOT_FOUND,
                     "unknown, used or expired streaming URL",
@@ -328,9 +359,17 @@ fn header(req: &Request<Incoming>, name: &str) -> String {
         .to_string()
 }
 
+/// A plain answer that ends the connection: every URL is used once, so a connection serves
+/// one request (an upgrade, or this), and a client cannot keep one open after its answer.
+/// (Not hyper's keep_alive(false), which would mark the 101 of an upgrade `Connection:
+/// close` too, and WebSocket clients refuse that handshake.)
 fn text(code: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
     *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
     r
 }
 
@@ -354,7 +393,7 @@ mod tests {
             pod: "p".into(),
             shim_dir: PathBuf::new(),
         };
-        let url = s.url(p.clone());
+        let url = s.url(p.clone()).unwrap();
         assert!(url.starts_with("http://127.0.0.1:1/exec/"), "{url}");
         let token = url.rsplit('/').next().unwrap().to_string();
         assert_eq!(token.len(), 64);
@@ -362,9 +401,21 @@ mod tests {
         assert!(s.take(&token).is_none(), "a token is usable once");
         assert!(s.take("not-a-token").is_none());
         // An expired one is refused.
-        let url = s.url(p);
+        let url = s.url(p.clone()).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         s.tokens.lock().unwrap().get_mut(&token).unwrap().1 -= TOKEN_TTL;
         assert!(s.take(&token).is_none(), "an expired token is refused");
+        // At most MAX_TOKENS wait to be used; expired ones make room.
+        for _ in 0..MAX_TOKENS {
+            s.url(p.clone()).unwrap();
+        }
+        assert!(
+            s.url(p.clone()).is_err(),
+            "more than {MAX_TOKENS} unused URLs"
+        );
+        for (_, (_, at)) in s.tokens.lock().unwrap().iter_mut() {
+            *at -= TOKEN_TTL;
+        }
+        assert!(s.url(p).is_ok(), "expired URLs still counted");
     }
 }

@@ -114,6 +114,75 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, ch: u8, tx: mpsc::Sender
     }
 }
 
+/// A terminal's master side, read and written without holding a thread: through tokio's
+/// file type, a process that does not read its input held one of the runtime's blocking
+/// threads for as long as it ran (its terminal full), and enough of them stop every RPC.
+struct Pty(tokio::io::unix::AsyncFd<std::fs::File>);
+
+impl Pty {
+    fn new(f: std::fs::File) -> std::io::Result<Pty> {
+        // On the open file description: every descriptor of this master is non-blocking.
+        let fl = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL)?;
+        let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+        Ok(Pty(register(
+            f,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )?))
+    }
+}
+
+impl tokio::io::AsyncRead for Pty {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::io::Read;
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|f| f.get_ref().read(unfilled)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Pty {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::io::Write;
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|f| f.get_ref().write(data)) {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// A pipe as (the server's end, the process's end): the server's end non-blocking, the
 /// process's as a process expects it (blocking).
 fn pipe_pair(server_reads: bool) -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -214,17 +283,19 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         match out.try_clone() {
             Ok(input) => {
                 if req.stdin {
-                    stdin = Some(Box::new(tokio::fs::File::from_std(input)));
+                    match Pty::new(input) {
+                        Ok(p) => stdin = Some(Box::new(p)),
+                        Err(e) => tracing::warn!("exec terminal: {e}"),
+                    }
                 }
             }
             Err(e) => tracing::warn!("exec terminal: {e}"),
         }
         if req.stdout {
-            pumps.push(tokio::spawn(pump(
-                tokio::fs::File::from_std(out),
-                STDOUT,
-                tx.clone(),
-            )));
+            match Pty::new(out) {
+                Ok(p) => pumps.push(tokio::spawn(pump(p, STDOUT, tx.clone()))),
+                Err(e) => tracing::warn!("exec terminal: {e}"),
+            }
         }
     } else {
         let mut mine = mine.into_iter();
@@ -344,47 +415,30 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
     if !announce(&mut w, req.stdout, req.stderr).await {
         return;
     }
-    // The shim's packets, read by a thread (seqpacket has no tokio type).
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
-    let rs = sock.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match nix::sys::socket::recv(
-                rs.as_raw_fd(),
-                &mut buf,
-                nix::sys::socket::MsgFlags::empty(),
-            ) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+    // Packets to the shim are sent without blocking a thread: a container that does not read
+    // its stdin fills the shim's queue and the socket, and the session then waits here (a
+    // task, no thread), while the output and the exit still come through.
+    let fds = sock.try_clone().and_then(|r| {
+        Ok((
+            register(r, tokio::io::Interest::READABLE)?,
+            register(sock.try_clone()?, tokio::io::Interest::WRITABLE)?,
+        ))
     });
-    let send = |pkt: Vec<u8>| {
-        let s = sock.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                nix::sys::socket::send(
-                    s.as_raw_fd(),
-                    &pkt,
-                    nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-            .map(|_| ())
+    let (rfd, wfd) = match fds {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = w
+                .send(ERROR, &status(Err(format!("the container's monitor: {e}"))))
+                .await;
+            w.close().await;
+            return;
         }
     };
     // A client with stdin says so first, with an empty stdin packet: its going away is then
     // the end of its input (the container's stdin closes with stdin_once, as containerd's
     // does). (Empty stdin, not a kind of its own: a shim started before this server, which
     // outlives upgrades, takes it too.)
-    if req.stdin && send(vec![0u8]).await.is_err() {
+    if req.stdin && send_packet(&wfd, &[0u8]).await.is_err() {
         let _ = w
             .send(
                 ERROR,
@@ -394,12 +448,21 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
         w.close().await;
         return;
     }
-    let mut exited = false;
-    loop {
-        tokio::select! {
-            pkt = rx.recv() => match pkt.as_deref() {
+    // The shim's packets to the client, until the container exits, the shim goes or the
+    // client does (a send fails); `done` says so to the input side below.
+    let (done_tx, mut done) = tokio::sync::watch::channel(false);
+    let (want_out, want_err) = (req.stdout, req.stderr);
+    let output = tokio::spawn(async move {
+        let mut exited = false;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let pkt = match recv_packet(&rfd, &mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(&buf[..n]),
+            };
+            match pkt {
                 Some([k @ (1 | 2), data @ ..]) => {
-                    let want = if *k == 1 { req.stdout } else { req.stderr };
+                    let want = if *k == 1 { want_out } else { want_err };
                     if want && w.send(*k, data).await.is_err() {
                         break;
                     }
@@ -410,37 +473,59 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
                 }
                 Some(_) => {}
                 None => break,
-            },
-            m = r.recv() => match m {
-                Some(Ok(In::Data(STDIN, data))) if req.stdin => {
-                    // In packets the shim takes whole (Go clients send 32 KiB at a time).
-                    let mut failed = false;
-                    for chunk in data.chunks(SHIM_ATTACH_MAX - 1) {
-                        let mut p = Vec::with_capacity(chunk.len() + 1);
-                        p.push(0u8);
-                        p.extend_from_slice(chunk);
-                        if send(p).await.is_err() { failed = true; break; }
-                    }
-                    if failed { break; }
+            }
+        }
+        let _ = done_tx.send(true);
+        (w, exited)
+    });
+    // The client's input to the shim, until the output side ends or the client goes. A
+    // packet the shim cannot take yet is waited for, or given up when the output side ends.
+    let mut ended = false;
+    while !ended {
+        let m = tokio::select! {
+            _ = done.wait_for(|d| *d) => break,
+            m = r.recv() => m,
+        };
+        let mut packets: Vec<Vec<u8>> = Vec::new();
+        match m {
+            Some(Ok(In::Data(STDIN, data))) if req.stdin => {
+                // In packets the shim takes whole (Go clients send 32 KiB at a time).
+                for chunk in data.chunks(SHIM_ATTACH_MAX - 1) {
+                    let mut p = Vec::with_capacity(chunk.len() + 1);
+                    p.push(0u8);
+                    p.extend_from_slice(chunk);
+                    packets.push(p);
                 }
-                Some(Ok(In::Data(RESIZE, data))) => {
-                    if let Some((rows, cols)) = resize(&data) {
-                        let mut p = vec![4u8];
-                        p.extend_from_slice(&rows.to_le_bytes());
-                        p.extend_from_slice(&cols.to_le_bytes());
-                        let _ = send(p).await;
-                    }
+            }
+            Some(Ok(In::Data(RESIZE, data))) => {
+                if let Some((rows, cols)) = resize(&data) {
+                    let mut p = vec![4u8];
+                    p.extend_from_slice(&rows.to_le_bytes());
+                    p.extend_from_slice(&cols.to_le_bytes());
+                    packets.push(p);
                 }
-                Some(Ok(In::Closed(STDIN))) => { let _ = send(vec![5u8]).await; }
-                Some(Ok(other)) => tracing::debug!("attach: ignored client message {other:?}"),
-                Some(Err(e)) => { tracing::info!("attach: bad client message, session reset: {e}"); break; }
-                // The client detached: the container carries on.
-                None => break,
-            },
+            }
+            Some(Ok(In::Closed(STDIN))) => packets.push(vec![5u8]),
+            Some(Ok(other)) => tracing::debug!("attach: ignored client message {other:?}"),
+            Some(Err(e)) => {
+                tracing::info!("attach: bad client message, session reset: {e}");
+                break;
+            }
+            // The client detached: the container carries on.
+            None => break,
+        }
+        for p in packets {
+            tokio::select! {
+                _ = done.wait_for(|d| *d) => { ended = true; break }
+                res = send_packet(&wfd, &p) => if res.is_err() { ended = true; break },
+            }
         }
     }
-    // Ends the reader thread too (its recv returns once the socket is shut down).
+    // Ends the output side too (the shim's socket is shut down: its reads end).
     let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    let Ok((mut w, exited)) = output.await else {
+        return;
+    };
     // The container's exit ends the attach successfully whatever its code, as the kubelet's
     // streaming server reports an attach (`kubectl attach` and `run -i` do not fail with
     // the container's exit code).
@@ -448,6 +533,52 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
         let _ = w.send(ERROR, &status(Ok(0))).await;
     }
     w.close().await;
+}
+
+/// `fd` in the runtime's reactor, for `interest`.
+fn register<T: std::os::fd::AsRawFd>(
+    fd: T,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `T` is an owned descriptor (OwnedFd, File) that the AsyncFd then owns: it stays
+    // open, the same descriptor, until the AsyncFd is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Receives one packet from the shim's attach socket, without blocking a thread.
+async fn recv_packet(
+    fd: &tokio::io::unix::AsyncFd<OwnedFd>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|f| {
+            nix::sys::socket::recv(f.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Sends one packet to the shim's attach socket once it has room, without blocking a thread.
+async fn send_packet(fd: &tokio::io::unix::AsyncFd<OwnedFd>, pkt: &[u8]) -> std::io::Result<()> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|f| {
+            nix::sys::socket::send(
+                f.as_raw_fd(),
+                pkt,
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)
+        }) {
+            Ok(r) => return r.map(drop),
+            Err(_would_block) => continue,
+        }
+    }
 }
 
 fn connect_attach(shim_dir: &std::path::Path) -> std::io::Result<OwnedFd> {
