@@ -119,30 +119,50 @@ async fn forward(
     let _ = err.close().await;
 }
 
-/// A TCP connection to `port` on the pod's loopback (IPv4, else IPv6), made by a thread that
-/// enters the pod's network namespace (the socket stays in it).
+/// A TCP connection to `port` on the pod's loopback (IPv4, else IPv6). A socket belongs to the
+/// network namespace it is made in: a thread of its own enters the pod's to make the two
+/// sockets (it ends there, never reused) and is gone at once; the connects are asynchronous,
+/// so a pod port that never answers holds no thread of the server (each connection held a
+/// blocking-pool thread and a thread of its own for up to 20 s).
 async fn connect(port: u16, netns: Option<PathBuf>) -> std::io::Result<tokio::net::TcpStream> {
-    let s = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
-        let go = move || -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::OwnedFd;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let made = (|| -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
             if let Some(ns) = &netns {
                 let f = std::fs::File::open(ns)?;
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
             }
-            let t = Duration::from_secs(10);
-            let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-            std::net::TcpStream::connect_timeout(&v4, t)
-                .or_else(|e4| std::net::TcpStream::connect_timeout(&v6, t).map_err(|_| e4))
-        };
-        // A thread of its own: it ends in the pod's namespace, never reused.
-        std::thread::spawn(go)
-            .join()
-            .map_err(|_| std::io::Error::other("the port-forward thread panicked"))?
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    s.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(s)
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let v4 = socket(AddressFamily::Inet, SockType::Stream, flags, None)?;
+            // No IPv6 in the pod (disabled): IPv4 only.
+            let v6 = socket(AddressFamily::Inet6, SockType::Stream, flags, None).ok();
+            Ok((v4, v6))
+        })();
+        let _ = tx.send(made);
+    });
+    let (v4, v6) = rx
+        .await
+        .map_err(|_| std::io::Error::other("the port-forward thread ended"))??;
+    let t = Duration::from_secs(10);
+    let to = |fd: OwnedFd, addr: SocketAddr| async move {
+        let s = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        tokio::time::timeout(t, s.connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr}"))
+            })?
+    };
+    match to(v4, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await {
+        Ok(s) => Ok(s),
+        Err(e4) => match v6 {
+            Some(v6) => to(v6, SocketAddr::from((Ipv6Addr::LOCALHOST, port)))
+                .await
+                .map_err(|_| e4),
+            None => Err(e4),
+        },
+    }
 }
 
 /// SPDY carried in WebSocket binary messages (`SPDY/3.1+portforward.k8s.io`): a byte pipe
