@@ -43,6 +43,30 @@ fn manifest_of(cfg: &[u8], layers: &[(&str, &[u8])]) -> Vec<u8> {
     .unwrap()
 }
 
+/// A tmpfs (mount options `opts`) at DIR/fs, unmounted when dropped (after the store on it,
+/// declared later, is dropped).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &TempDir, opts: &str) -> Tmpfs {
+        let fs = dir.path().join("fs");
+        std::fs::create_dir(&fs).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&fs)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs");
+        Tmpfs(fs)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 fn no_temps_left(root: &std::path::Path) {
     assert_eq!(names(&root.join("tmp")), Vec::<String>::new(), "tmp/");
     assert_eq!(names(&root.join("ingest")), Vec::<String>::new(), "ingest/");
@@ -1556,14 +1580,8 @@ fn free_space_is_kept_while_a_layer_unpacks() {
     let cfg = config_json("amd64", "", std::slice::from_ref(&l));
     f.add_image("zeros", "v1", std::slice::from_ref(&l), &cfg);
     let t = TempDir::new("free");
-    let fs = t.path().join("fs");
-    std::fs::create_dir(&fs).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
-        .arg(&fs)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mount tmpfs");
+    let tmpfs = Tmpfs::mount(&t, "size=96m");
+    let fs = &tmpfs.0;
     let s = ImageStore::open(fs.join("store"), insecure(&f.addr)).unwrap();
     let limits = Limits {
         min_free_bytes: 48 << 20,
@@ -1595,8 +1613,6 @@ fn free_space_is_kept_while_a_layer_unpacks() {
         },
     )
     .unwrap();
-    drop(s);
-    let _ = Command::new("umount").arg(&fs).status();
 }
 
 #[test]
@@ -1614,15 +1630,9 @@ fn free_inodes_are_kept_while_a_layer_unpacks() {
     let cfg = config_json("amd64", "", std::slice::from_ref(&l));
     f.add_image("many", "v1", std::slice::from_ref(&l), &cfg);
     let t = TempDir::new("inodes");
-    let fs = t.path().join("fs");
-    std::fs::create_dir(&fs).unwrap();
     // Room for the files' bytes, not for 5 % of 12400 inodes kept free after 12000 files.
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=12400", "tmpfs"])
-        .arg(&fs)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mount tmpfs");
+    let tmpfs = Tmpfs::mount(&t, "size=64m,nr_inodes=12400");
+    let fs = &tmpfs.0;
     let s = ImageStore::open(fs.join("store"), insecure(&f.addr)).unwrap();
     let limits = Limits {
         min_free_bytes: 1 << 20,
@@ -1645,7 +1655,7 @@ fn free_inodes_are_kept_while_a_layer_unpacks() {
     // The kernel's count: what the partial layer took is given back.
     let out = Command::new("stat")
         .args(["-f", "-c", "%d %c"])
-        .arg(&fs)
+        .arg(fs)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1666,8 +1676,6 @@ fn free_inodes_are_kept_while_a_layer_unpacks() {
         ..limits
     })
     .unwrap();
-    drop(s);
-    let _ = Command::new("umount").arg(&fs).status();
 }
 
 #[test]

@@ -403,14 +403,8 @@ async fn recv_master(s: &tokio::net::UnixStream) -> std::io::Result<OwnedFd> {
 async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch: Channels) {
     let (mut w, mut r) = ch.split();
     let sock = match connect_attach(&shim_dir) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            let _ = w
-                .send(ERROR, &status(Err(format!("the container's monitor: {e}"))))
-                .await;
-            w.close().await;
-            return;
-        }
+        Ok(s) => s,
+        Err(e) => return fail(w, format!("the container's monitor: {e}")).await,
     };
     if !announce(&mut w, req.stdout, req.stderr).await {
         return;
@@ -426,27 +420,14 @@ async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch
     });
     let (rfd, wfd) = match fds {
         Ok(f) => f,
-        Err(e) => {
-            let _ = w
-                .send(ERROR, &status(Err(format!("the container's monitor: {e}"))))
-                .await;
-            w.close().await;
-            return;
-        }
+        Err(e) => return fail(w, format!("the container's monitor: {e}")).await,
     };
     // A client with stdin says so first, with an empty stdin packet: its going away is then
     // the end of its input (the container's stdin closes with stdin_once, as containerd's
     // does). (Empty stdin, not a kind of its own: a shim started before this server, which
     // outlives upgrades, takes it too.)
     if req.stdin && send_packet(&wfd, &[0u8]).await.is_err() {
-        let _ = w
-            .send(
-                ERROR,
-                &status(Err("the container's monitor went away".into())),
-            )
-            .await;
-        w.close().await;
-        return;
+        return fail(w, "the container's monitor went away".into()).await;
     }
     // The shim's packets to the client, until the container exits, the shim goes or the
     // client does (a send fails); `done` says so to the input side below.
