@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -274,7 +274,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
             setup_console(a, process)?;
         }
         let mut env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
-        ensure_home(&mut env, process.user().uid());
+        ensure_home(&mut env, process.user().uid())?;
         let args = process.args().as_deref().unwrap_or(&[]);
         let exe = find_executable(&args[0], &env, process.cwd())?;
         refuse_runtime_binary(&exe, self_id)?;
@@ -511,15 +511,24 @@ pub(crate) fn ns_name(f: CloneFlags) -> &'static str {
 }
 
 /// Sets HOME, when the config does not, from the container's /etc/passwd for `uid` (else
-/// "/"), as runc does. Call after pivot_root.
-pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) {
+/// "/"), as runc does. Call after pivot_root. An /etc/passwd that is not a regular file of
+/// at most 4 MiB is an error: a FIFO there would block create for good (its parent waits
+/// for this process), a link to /dev/zero would never end.
+pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) -> Result<()> {
     if env.iter().any(|e| e.starts_with("HOME=")) {
-        return;
+        return Ok(());
     }
-    let home = std::fs::read_to_string("/etc/passwd")
-        .ok()
+    let root = std::fs::File::open("/").ctx("open the container's root")?;
+    let passwd = match sys::read_regular_in_root(root.as_raw_fd(), "etc/passwd", 4 << 20) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Error::Config(format!("HOME for uid {uid}: {e}")));
+        }
+        Err(_) => None,
+    };
+    let home = passwd
         .and_then(|p| {
-            p.lines().find_map(|l| {
+            String::from_utf8_lossy(&p).lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
                 (f.len() > 5 && f[2].parse() == Ok(uid) && !f[5].is_empty())
                     .then(|| f[5].to_string())
@@ -527,6 +536,7 @@ pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) {
         })
         .unwrap_or_else(|| "/".to_string());
     env.push(format!("HOME={home}"));
+    Ok(())
 }
 
 pub(crate) fn build_env(env: &[String], extra: &[String]) -> Vec<String> {
@@ -553,8 +563,16 @@ pub(crate) fn refuse_runtime_binary(exe: &str, self_id: (u64, u64)) -> Result<()
                 "exec {exe:?}: refusing to run the runtime binary inside the container (via {path:?}; CVE-2019-5736)"
             )));
         }
+        // Only a regular file can be a script: a FIFO named as an interpreter would block
+        // this open for good (and the exec's caller with it); execve refuses it anyway.
+        if !meta.is_file() {
+            return Ok(());
+        }
         let mut head = [0u8; 256];
-        let n = std::fs::File::open(&path)
+        let n = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
             .and_then(|mut f| f.read(&mut head))
             .unwrap_or(0);
         if n < 2 || &head[..2] != b"#!" {

@@ -146,6 +146,65 @@ pub fn openat2(
     check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Reads a small regular file of a container's root (`rel` resolved in `root` as if it were
+/// `/`: absolute symlinks and `..` stay inside; no magic links), e.g. its /etc/passwd.
+/// `Ok(None)` when it does not exist. Refused, without reading a byte, when it is anything
+/// but a regular file (a FIFO would block the reader for good, a device such as /dev/zero
+/// never ends; neither is opened for reading) or larger than `cap` bytes.
+pub fn read_regular_in_root(root: RawFd, rel: &str, cap: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    let path = cstr(rel.trim_start_matches('/'));
+    let regular = |fd: &OwnedFd| -> io::Result<std::fs::Metadata> {
+        let md = std::fs::File::from(fd.try_clone()?).metadata()?;
+        if !md.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/{} is not a regular file", rel.trim_start_matches('/')),
+            ));
+        }
+        if md.len() > cap {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "/{} is {} bytes, more than the {cap} read",
+                    rel.trim_start_matches('/'),
+                    md.len()
+                ),
+            ));
+        }
+        Ok(md)
+    };
+    // O_PATH first: opening a device or FIFO for reading can block or act (a tape rewinds).
+    let probe = match openat2(root, &path, libc::O_PATH, 0, resolve) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let first = regular(&probe)?;
+    let fd = openat2(
+        root,
+        &path,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+        resolve,
+    )?;
+    let md = regular(&fd)?;
+    if (md.dev(), md.ino()) != (first.dev(), first.ino()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "/{} changed while it was opened",
+                rel.trim_start_matches('/')
+            ),
+        ));
+    }
+    let mut data = Vec::with_capacity(md.len() as usize);
+    std::fs::File::from(fd).take(cap).read_to_end(&mut data)?;
+    Ok(Some(data))
+}
+
 /// Marks every descriptor from `first` upwards close-on-exec.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
