@@ -535,3 +535,148 @@ fn a_rootfs_swapped_after_validation_is_not_followed() {
     assert!(e.contains("not a symlink"), "{e}");
     assert_eq!(rt.count(), 0);
 }
+
+/// `rsrun ARGS` with a hang guard (not a timing: the answer comes at once or never): the
+/// process is killed after a minute and the test fails. Returns its stderr on failure.
+fn fails_without_hanging(rt: &Rsrun, args: &[&str]) -> String {
+    let mut child = rt
+        .cmd()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..600 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rsrun {args:?} never answered");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "rsrun {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The container's /etc/passwd (read for HOME) is a FIFO or a device: create and exec fail
+/// naming it; before, create waited for the init for good (a FIFO) or the init read
+/// /dev/zero until memory ran out.
+#[test]
+fn a_passwd_that_is_not_a_file_is_refused_not_read() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "600"]);
+    let passwd = b.rootfs().join("etc/passwd");
+    let good = std::fs::read(&passwd).unwrap();
+    std::fs::remove_file(&passwd).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&passwd)
+        .status()
+        .unwrap()
+        .success());
+    let id = unique("fifo");
+    let e = fails_without_hanging(&rt, &["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(e.contains("/etc/passwd is not a regular file"), "{e}");
+    assert_eq!(rt.count(), 0, "state left behind");
+    // A device: /dev/zero's numbers, made in the image.
+    std::fs::remove_file(&passwd).unwrap();
+    assert!(Command::new("mknod")
+        .arg(&passwd)
+        .args(["c", "1", "5"])
+        .status()
+        .unwrap()
+        .success());
+    b.edit(|c| {
+        c["linux"]["resources"]["devices"] = json!([{"allow": true, "type": "c",
+            "major": 1, "minor": 5, "access": "rwm"}])
+    });
+    let e = fails_without_hanging(&rt, &["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(e.contains("/etc/passwd is not a regular file"), "{e}");
+    assert_eq!(rt.count(), 0, "state left behind");
+    // exec into a running container whose /etc/passwd turned into a FIFO.
+    std::fs::remove_file(&passwd).unwrap();
+    std::fs::write(&passwd, &good).unwrap();
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(rt
+        .ok(&["exec", &id, "sh", "-c", "echo $HOME"])
+        .contains("/root"));
+    std::fs::remove_file(&passwd).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&passwd)
+        .status()
+        .unwrap()
+        .success());
+    let e = fails_without_hanging(&rt, &["exec", &id, "true"]);
+    assert!(e.contains("/etc/passwd is not a regular file"), "{e}");
+    // A script whose interpreter is a FIFO: execve refuses it; the CVE-2019-5736 check
+    // that follows the interpreter chain used to open the FIFO and wait for good.
+    std::fs::remove_file(&passwd).unwrap();
+    std::fs::write(&passwd, &good).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(b.rootfs().join("tmp/f"))
+        .status()
+        .unwrap()
+        .success());
+    let script = b.rootfs().join("bin/fifo-script");
+    std::fs::write(&script, "#!/tmp/f\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fails_without_hanging(&rt, &["exec", &id, "/bin/fifo-script"]);
+    rt.ok(&["delete", "--force", &id]);
+}
+
+/// A container without its own PID namespace whose init has exited, with a process left in
+/// a sub-cgroup of its cgroups (as a container's systemd leaves the top empty): delete
+/// kills it and removes every cgroup. Before, delete looked only at the top cgroup.procs,
+/// killed nothing, and failed on the busy sub-cgroup with the process still running.
+#[test]
+fn delete_kills_processes_left_in_sub_cgroups() {
+    let rt = Rsrun::new();
+    let rel = format!("/{}", unique("sub-x"));
+    let mut b = Bundle::new(&["sleep", "600"]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(rel);
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let id = unique("sub");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let marker = format!("{}", 700000 + std::process::id() % 100000);
+    rt.ok(&["exec", "-d", &id, "sleep", &marker]);
+    let mut left = Vec::new();
+    for _ in 0..500 {
+        left = processes_with(&format!("sleep\0{marker}"));
+        if !left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(left.len(), 1, "the exec'd process: {left:?}");
+    for d in cgroup_dirs(&rel) {
+        let sub = d.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        // (A v1 cpuset child starts with no CPUs nor memory nodes: given its parent's.)
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(d.join(f)) {
+                std::fs::write(sub.join(f), v.trim()).unwrap();
+            }
+        }
+        std::fs::write(sub.join("cgroup.procs"), left[0].to_string()).unwrap();
+    }
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    assert!(
+        !alive(left[0]) || processes_with(&format!("sleep\0{marker}")).is_empty(),
+        "the process in the sub-cgroup survived delete"
+    );
+    for d in cgroup_dirs(&rel) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert_eq!(rt.count(), 0);
+}

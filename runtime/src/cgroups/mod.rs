@@ -33,6 +33,25 @@ pub struct Hierarchy {
     pub v2: bool,
 }
 
+/// The kernel's cgroup v1 controllers (its cgroup_subsys list).
+const V1_CONTROLLERS: &[&str] = &[
+    "cpuset",
+    "cpu",
+    "cpuacct",
+    "blkio",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+    "debug",
+];
+
 /// Every cgroup hierarchy mounted in this mount namespace.
 pub fn hierarchies() -> Result<Vec<Hierarchy>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ctx("read /proc/self/mountinfo")?;
@@ -59,21 +78,12 @@ pub fn parse_mountinfo(info: &str) -> Vec<Hierarchy> {
             continue;
         }
         let controllers = if fstype == "cgroup" {
+            // Only controller names and `name=`: the rest of the options (rw, seclabel on
+            // SELinux hosts, noprefix, favordynmods, ...) would be taken for controllers
+            // that no /proc/PID/cgroup line ever names.
             post[2]
                 .split(',')
-                .filter(|o| {
-                    !matches!(
-                        *o,
-                        "rw" | "ro"
-                            | "nosuid"
-                            | "nodev"
-                            | "noexec"
-                            | "relatime"
-                            | "noatime"
-                            | "clone_children"
-                            | "xattr"
-                    ) && !o.starts_with("release_agent")
-                })
+                .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
                 .map(String::from)
                 .collect()
         } else {
@@ -714,14 +724,16 @@ pub fn oom_killed(paths: &[PathBuf]) -> bool {
         .unwrap_or(false)
 }
 
-/// PIDs in the container's cgroup (from the first hierarchy that lists them).
+/// Every process in the container's cgroups and their sub-cgroups (a container's systemd,
+/// or a delegated cgroup namespace, leaves the top empty), in every hierarchy.
 pub fn pids(paths: &[PathBuf]) -> Vec<i32> {
+    let mut out = Vec::new();
     for p in paths {
-        if let Ok(s) = std::fs::read_to_string(p.join("cgroup.procs")) {
-            return s.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        }
+        collect_pids(p, &mut out);
     }
-    Vec::new()
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Whether the cgroup is frozen (v1 freezer or v2 cgroup.freeze).
@@ -809,11 +821,17 @@ fn remove_children(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a cgroup file in one write(2) (the kernel parses each write on its own).
+/// Writes a cgroup file in one write(2) (the kernel parses each write on its own). An empty
+/// value is written as a newline: no bytes would be no write at all (a rollback to an empty
+/// cpuset.cpus would leave the new value).
 pub(crate) fn write_file(p: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().write(true).open(p)?;
-    f.write_all(value.as_bytes())
+    f.write_all(if value.is_empty() {
+        b"\n"
+    } else {
+        value.as_bytes()
+    })
 }
 
 pub(crate) fn read_trim(p: &Path) -> Option<String> {
@@ -1192,6 +1210,21 @@ mod tests {
         assert!(!is_unified(&hs));
         let self_cg = "4:memory:/a/b\n3:cpu,cpuacct:/\n1:name=systemd:/s\n0::/u\n";
         assert_eq!(own_path(&hs[3], self_cg), "/a/b");
+        // An SELinux host's (and newer kernels') options are not controllers: the hierarchy
+        // is still found in /proc/self/cgroup.
+        let selinux = HYBRID
+            .replace("rw,memory", "rw,seclabel,memory")
+            .replace(
+                "rw,cpu,cpuacct",
+                "rw,seclabel,cpu,cpuacct,favordynmods,noprefix",
+            )
+            .replace("rw,xattr,name=systemd", "rw,seclabel,xattr,name=systemd");
+        let hs2 = parse_mountinfo(&selinux);
+        assert_eq!(hs2[1].controllers, vec!["name=systemd"]);
+        assert_eq!(hs2[2].controllers, vec!["cpu", "cpuacct"]);
+        assert_eq!(hs2[3].controllers, vec!["memory"]);
+        assert_eq!(own_path(&hs2[3], self_cg), "/a/b");
+        assert_eq!(own_path(&hs2[1], self_cg), "/s");
         assert_eq!(own_path(&hs[2], self_cg), "/");
         assert_eq!(own_path(&hs[0], self_cg), "/u");
         let ps = paths_for(Some(Path::new("/x/y")), "id", &hs).unwrap();

@@ -202,13 +202,16 @@ fn properties_for(
     let mut p = Vec::new();
     let Some(r) = r else { return Ok(p) };
     if let Some(m) = r.memory() {
-        if let Some(l) = m.limit() {
+        // 0 is "not set", as the cgroupfs driver reads it (MemoryMax=0 would OOM-kill the
+        // init at once).
+        let nz = |v: Option<i64>| v.filter(|v| *v != 0);
+        if let Some(l) = nz(m.limit()) {
             p.push(prop("MemoryMax", Value::U64(limit(l))));
         }
-        if let Some(l) = m.reservation().filter(|l| *l != 0) {
+        if let Some(l) = nz(m.reservation()) {
             p.push(prop("MemoryLow", Value::U64(limit(l))));
         }
-        if let Some(s) = m.swap() {
+        if let Some(s) = super::v2::swap_of(m.swap(), m.limit()) {
             let v = super::v2::swap_max(s, m.limit().unwrap_or(0))?;
             p.push(prop(
                 "MemorySwapMax",
@@ -674,6 +677,34 @@ mod tests {
         assert!(cpuset_mask("3-1", "f").is_err());
         assert!(cpuset_mask("x", "f").is_err());
         assert!(cpuset_mask("0-100000", "f").is_err());
+    }
+
+    #[test]
+    fn memory_zero_is_not_set() {
+        let props = |v: serde_json::Value| -> Vec<String> {
+            let r: LinuxResources = serde_json::from_value(v).unwrap();
+            properties_for(Some(&r), &|_, _| true)
+                .unwrap()
+                .iter()
+                .filter_map(|x| match x {
+                    Value::Struct(f) => f[0].as_str().map(|n| format!("{n}={:?}", f[1])),
+                    _ => None,
+                })
+                .collect()
+        };
+        // 0 is "not set", as the cgroupfs driver reads it: no MemoryMax=0 (an OOM kill at
+        // once), and a swap of 0 is no error.
+        assert!(props(serde_json::json!({"memory": {"limit": 0, "swap": 0}})).is_empty());
+        let p = props(serde_json::json!({"memory": {"limit": 1048576}}));
+        assert_eq!(p, vec!["MemoryMax=Variant(U64(1048576))".to_string()]);
+        // A limit lifted lifts the swap limit too.
+        let p = props(serde_json::json!({"memory": {"limit": -1}}));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p.iter()
+                .all(|x| x.ends_with(&format!("U64({}))", u64::MAX))),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -335,7 +335,9 @@ impl V1 {
         for (dev, l) in r.rdma().iter().flatten() {
             let f = format!("linux.resources.rdma.{dev}");
             let d = self.dir("rdma", &f)?;
-            tx.write(d, "rdma.max", &super::v2::rdma_line(dev, l), &f)?;
+            if let Some(line) = super::v2::rdma_line(dev, l) {
+                tx.write(d, "rdma.max", &line, &f)?;
+            }
         }
 
         if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {

@@ -27,13 +27,28 @@ fn v1_only(field: &str) -> Error {
 }
 
 /// The "dev hca_handle=N hca_object=M" line of rdma.max.
-pub fn rdma_line(dev: &str, l: &LinuxRdma) -> String {
-    let n = |v: Option<u32>| v.map_or("max".to_string(), |v| v.to_string());
-    format!(
-        "{dev} hca_handle={} hca_object={}",
-        n(l.hca_handles()),
-        n(l.hca_objects())
-    )
+/// A device's rdma.max line: only the limits given (the kernel keeps the other as it is;
+/// `max` there would lift a limit an update did not name). None when neither is given.
+pub fn rdma_line(dev: &str, l: &LinuxRdma) -> Option<String> {
+    let mut line = dev.to_string();
+    if let Some(h) = l.hca_handles() {
+        line.push_str(&format!(" hca_handle={h}"));
+    }
+    if let Some(o) = l.hca_objects() {
+        line.push_str(&format!(" hca_object={o}"));
+    }
+    (line.len() > dev.len()).then_some(line)
+}
+
+/// The swap to set, 0 being "not set": the one given, or none, except that a memory limit
+/// lifted (-1) with no swap given lifts the swap limit too (as runc does; else the old
+/// memory.swap.max stays).
+pub fn swap_of(swap: Option<i64>, limit: Option<i64>) -> Option<i64> {
+    match (swap.filter(|s| *s != 0), limit) {
+        (Some(s), _) => Some(s),
+        (None, Some(-1)) => Some(-1),
+        (None, _) => None,
+    }
 }
 
 /// OCI's memory.swap (memory plus swap) as memory.swap.max (swap alone), as runc converts it.
@@ -115,7 +130,11 @@ impl V2 {
                     )?;
                 }
             }
-            if let Some(s) = nz(m.swap()) {
+            // (The implied lift only where the kernel accounts swap.)
+            let implied = nz(m.swap()).is_none();
+            if let Some(s) = swap_of(m.swap(), m.limit())
+                .filter(|_| !implied || d.join("memory.swap.max").exists())
+            {
                 let limit = match nz(m.limit()) {
                     Some(l) => l,
                     None => read_trim(&d.join("memory.max"))
@@ -289,7 +308,9 @@ impl V2 {
 
         for (dev, l) in r.rdma().iter().flatten() {
             let f = format!("linux.resources.rdma.{dev}");
-            tx.write(d, "rdma.max", &rdma_line(dev, l), &f)?;
+            if let Some(line) = rdma_line(dev, l) {
+                tx.write(d, "rdma.max", &line, &f)?;
+            }
         }
 
         if let Some(u) = r.unified() {
@@ -479,6 +500,29 @@ pub fn check_unified_key(k: &str, field: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_lifted_with_the_memory_limit_and_rdma_only_what_is_given() {
+        assert_eq!(swap_of(None, Some(-1)), Some(-1));
+        assert_eq!(swap_of(Some(0), Some(-1)), Some(-1));
+        assert_eq!(swap_of(None, Some(1 << 20)), None);
+        assert_eq!(swap_of(Some(2 << 20), Some(1 << 20)), Some(2 << 20));
+        assert_eq!(swap_of(None, None), None);
+        let rdma = |v: serde_json::Value| -> LinuxRdma { serde_json::from_value(v).unwrap() };
+        assert_eq!(
+            rdma_line("mlx5_0", &rdma(serde_json::json!({"hcaHandles": 3}))).as_deref(),
+            Some("mlx5_0 hca_handle=3")
+        );
+        assert_eq!(
+            rdma_line(
+                "mlx5_0",
+                &rdma(serde_json::json!({"hcaHandles": 3, "hcaObjects": 9}))
+            )
+            .as_deref(),
+            Some("mlx5_0 hca_handle=3 hca_object=9")
+        );
+        assert_eq!(rdma_line("mlx5_0", &rdma(serde_json::json!({}))), None);
+    }
 
     #[test]
     fn conversions() {
