@@ -60,6 +60,9 @@ pub struct ExecOpts {
     pub cgroups: Vec<String>,
     pub apparmor: Option<String>,
     pub process_label: Option<String>,
+    /// (Library only.) The process leads a process group of its own, so that its caller can
+    /// signal it with everything it forks, orphans included (`kill(-PID)`).
+    pub new_process_group: bool,
 }
 
 /// A namespace file name of state.json's list as a clone flag.
@@ -337,6 +340,7 @@ struct Child<'a> {
     preserve_fds: u32,
     /// The v1 cgroups to move ourselves into first (see `cgroups::SelfJoin`).
     self_join: Option<&'a cgroups::SelfJoin>,
+    new_process_group: bool,
 }
 
 impl Runtime {
@@ -583,6 +587,7 @@ impl Runtime {
                 console,
                 preserve_fds: o.preserve_fds,
                 self_join,
+                new_process_group: o.new_process_group,
             });
         }
         // Non-dumpable for good once in the container's user namespace (CVE-2019-5736: this
@@ -618,6 +623,10 @@ fn child_setup(c: &Child) -> Result<Never> {
     // CVE-2019-5736: until exec this is the runtime binary; nothing in the container may
     // open its /proc/PID/exe (made non-dumpable before any namespace is joined).
     nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
+    if c.new_process_group {
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+            .ctx("setpgid")?;
+    }
     if let Some(j) = c.self_join {
         j.join_v1()?;
     }
@@ -682,7 +691,7 @@ fn child_setup(c: &Child) -> Result<Never> {
         init::attach_terminal(sock, p, false)?;
     }
     let mut env = init::build_env(p.env().as_deref().unwrap_or(&[]), &[]);
-    init::ensure_home(&mut env, p.user().uid());
+    init::ensure_home(&mut env, p.user().uid())?;
     let args = p.args().as_deref().unwrap_or(&[]);
     let exe = init::find_executable(&args[0], &env, p.cwd())?;
     init::refuse_runtime_binary(&exe, self_id)?;

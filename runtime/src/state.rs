@@ -372,9 +372,6 @@ impl Saved {
     }
 }
 
-/// Writes `data` to `path` atomically: a fresh temporary file beside it (never through a
-/// symlink planted under that name), then a rename. With `durable`, the file and the
-/// directory are fsynced too (for files on disk that a crash must not empty).
 /// The temporary file `write_file_atomic` writes `path` through (`.NAME.tmp` beside it): a
 /// writer killed midway leaves it.
 pub fn atomic_temp(path: &Path) -> std::path::PathBuf {
@@ -384,6 +381,82 @@ pub fn atomic_temp(path: &Path) -> std::path::PathBuf {
     ))
 }
 
+/// The file a `Reserved` record of `path` waits in (`.NAME.reserved` beside it): a writer
+/// killed before its commit leaves it.
+pub fn reserved_temp(path: &Path) -> std::path::PathBuf {
+    path.with_file_name(format!(
+        ".{}.reserved",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ))
+}
+
+/// A record whose disk space is taken now, to be written later whatever the disk's state
+/// then: an exit record must not be lost because the container filled the disk meanwhile.
+/// Its blocks are allocated at once (fallocate); `commit` writes into them, shrinks the file
+/// to the data, and renames it over `path` (atomic and durable, as `write_file_atomic`).
+pub struct Reserved {
+    file: std::fs::File,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Reserved {
+    /// The space `new` takes; a larger record is written without it.
+    pub const SIZE: u64 = 64 * 1024;
+
+    pub fn new(path: &Path) -> Result<Reserved> {
+        let tmp = reserved_temp(path);
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_ctx(|| format!("reserve {}", tmp.display()))?;
+        let taken = nix::fcntl::fallocate(
+            &file,
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            Self::SIZE as libc::off_t,
+        );
+        if let Err(e) = taken {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::os(format!("reserve {}", tmp.display()), e));
+        }
+        Ok(Reserved {
+            file,
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes `data` as the record; on any failure, removes the reservation and tries
+    /// `write_file_atomic` instead.
+    pub fn commit(self, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let into_reserved = || -> std::io::Result<()> {
+            if data.len() as u64 > Self::SIZE {
+                return Err(std::io::Error::other("larger than the reservation"));
+            }
+            self.file.write_all_at(data, 0)?;
+            self.file.set_len(data.len() as u64)?;
+            self.file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if into_reserved().is_ok() {
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&self.tmp);
+        write_file_atomic(&self.path, data, true)
+    }
+}
+
+/// Writes `data` to `path` atomically: a fresh temporary file beside it (never through a
+/// symlink planted under that name), then a rename. With `durable`, the file and the
+/// directory are fsynced too (for files on disk that a crash must not empty).
 pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let tmp = atomic_temp(path);
     let _ = std::fs::remove_file(&tmp);
