@@ -28,6 +28,11 @@ use crate::Opts;
 /// How much output may wait for one attach client before it is dropped (a client that
 /// never reads must not hold the container or the shim's memory).
 const CLIENT_QUEUE_MAX: usize = 4 * 1024 * 1024;
+/// Control connections open at once (each waiting for its request, or an exec's end), and
+/// attach clients: beyond, a new one is refused (closed) rather than let a peer that opens
+/// connections without end exhaust the shim's descriptors and memory.
+const MAX_CONNS: usize = 256;
+const MAX_CLIENTS: usize = 256;
 /// The size asked for the container's stdout and stderr pipes.
 const PIPE_SIZE: i32 = 1024 * 1024;
 /// One read of container output (heap pages are touched only as far as reads fill them).
@@ -101,6 +106,43 @@ impl ExecSession {
     }
 }
 
+/// An exec_sync's answer (up to 32 MiB of output) being sent as its requester reads it:
+/// from the loop, never blocking it, and given up on at `deadline` (a requester that reads
+/// a little every few seconds held the whole shim, its container's output included).
+struct PendingAnswer {
+    sock: UnixStream,
+    parts: VecDeque<Vec<u8>>,
+    off: usize,
+    deadline: Instant,
+}
+
+impl PendingAnswer {
+    /// Sends what the socket takes now: Ok(true) when all is sent.
+    fn send(&mut self) -> std::result::Result<bool, Errno> {
+        while let Some(p) = self.parts.front() {
+            if self.off == p.len() {
+                self.parts.pop_front();
+                self.off = 0;
+                continue;
+            }
+            match socket::send(
+                self.sock.as_raw_fd(),
+                &p[self.off..],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => self.off += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// How long an exec_sync's requester has to read its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Copy)]
 enum Source {
     Signal,
@@ -112,6 +154,7 @@ enum Source {
     Client(usize),
     Exec(usize, usize),
     ExecRequester(usize),
+    Answer(usize),
     Oom,
 }
 
@@ -121,6 +164,8 @@ pub struct Monitor {
     pid: i32,
     dir: PathBuf,
     exit_file: PathBuf,
+    /// The exit record's reserved space (see `rsrun::state::Reserved`).
+    exit_slot: Option<rsrun::state::Reserved>,
     delete_on_exit: bool,
     log: CriLog,
     outputs: Vec<Output>,
@@ -145,6 +190,7 @@ pub struct Monitor {
     conns: Vec<ControlConn>,
     clients: Vec<Client>,
     execs: Vec<ExecSession>,
+    answers: Vec<PendingAnswer>,
     started_at: Option<String>,
     /// The runtime's error when the start failed (the init then exits without running the
     /// program): the exit record carries it, with exit code 128.
@@ -155,6 +201,9 @@ pub struct Monitor {
     /// written, after the output's drain and the runtime's delete).
     finished_at: Option<String>,
     buf: Vec<u8>,
+    /// A descriptor held in reserve, given up to accept and close a connection when the
+    /// shim is out of descriptors (see `shed`).
+    reserve: Option<OwnedFd>,
 }
 
 fn nonblocking(fd: &impl AsFd) -> Result<()> {
@@ -345,6 +394,16 @@ impl Monitor {
         std::fs::write(&pid_file, std::process::id().to_string())
             .with_context(|| format!("write {}", pid_file.display()))
             .map_err(undo)?;
+        // The exit record's disk space, taken now: a container that fills the disk must not
+        // cost its exit record (written into this space at the exit).
+        let exit_slot = rsrun::state::Reserved::new(&o.exit_file)
+            .map_err(|e| {
+                rsrun::log::warn(&format!(
+                    "container {}: no space reserved for the exit record: {e}",
+                    o.id
+                ))
+            })
+            .ok();
         // (Without a record to find the cgroup by, no OOM kill can be reported.)
         let oom = rt.oom_watch(&o.id).unwrap_or_else(|e| {
             rsrun::log::warn(&format!("container {}: no OOM watch: {e}", o.id));
@@ -360,6 +419,7 @@ impl Monitor {
             pid,
             dir: o.dir.clone(),
             exit_file: o.exit_file.clone(),
+            exit_slot,
             delete_on_exit: o.delete_on_exit,
             log,
             outputs,
@@ -375,12 +435,14 @@ impl Monitor {
             conns: Vec::new(),
             clients: Vec::new(),
             execs: Vec::new(),
+            answers: Vec::new(),
             started_at: None,
             start_error: None,
             oom,
             exited: None,
             finished_at: None,
             buf: vec![0; READ_BUF],
+            reserve: dev_null().ok().map(OwnedFd::from),
         })
     }
 
@@ -419,6 +481,7 @@ impl Monitor {
                 .iter()
                 .filter(|e| !e.timed_out)
                 .filter_map(|e| e.deadline)
+                .chain(self.answers.iter().map(|a| a.deadline))
                 .min()
                 .map(|d| {
                     let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
@@ -431,6 +494,7 @@ impl Monitor {
             }
             self.expire_execs();
             self.answer_finished_execs();
+            self.expire_answers();
             self.conns.retain(|c| !c.dead);
             // An attacher that carried stdin gone for any reason (detached, its connection
             // broken, dropped for not reading or for a bad message) is the end of its input:
@@ -504,6 +568,10 @@ impl Monitor {
                 srcs.push(Source::ExecRequester(i));
             }
         }
+        for (i, a) in self.answers.iter().enumerate() {
+            fds.push(PollFd::new(a.sock.as_fd(), PollFlags::POLLOUT));
+            srcs.push(Source::Answer(i));
+        }
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => bail!("poll: {e}"),
@@ -546,7 +614,65 @@ impl Monitor {
                     kill_tree(e.pid);
                 }
             }
+            Source::Answer(i) => {
+                let a = &mut self.answers[i];
+                match a.send() {
+                    Ok(false) => {}
+                    // Sent, or the requester is gone: dropped after this round.
+                    Ok(true) | Err(_) => {
+                        a.parts.clear();
+                        a.deadline = Instant::now();
+                    }
+                }
+            }
             Source::Oom => self.oom.refresh(),
+        }
+    }
+
+    /// Drops the answers sent, and those whose requester did not read them in time.
+    fn expire_answers(&mut self) {
+        let now = Instant::now();
+        let before = self.answers.len();
+        self.answers.retain(|a| {
+            if a.deadline > now {
+                return true;
+            }
+            if !a.parts.is_empty() {
+                rsrun::log::warn(&format!(
+                    "container {}: exec_sync requester did not read its answer within {} s: dropped",
+                    self.id,
+                    ANSWER_TIMEOUT.as_secs()
+                ));
+            }
+            false
+        });
+        if self.answers.len() < before {
+            rsrun::sys::malloc_trim();
+        }
+    }
+
+    /// Sends the answers still pending before the shim goes, as far as their requesters
+    /// read them by `deadline`.
+    fn drain_answers(&mut self, deadline: Instant) {
+        while !self.answers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds: Vec<PollFd> = self
+                .answers
+                .iter()
+                .map(|a| PollFd::new(a.sock.as_fd(), PollFlags::POLLOUT))
+                .collect();
+            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::ZERO);
+            match nix::poll::poll(&mut fds, ms) {
+                Ok(0) => return,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+            drop(fds);
+            self.answers.retain_mut(|a| matches!(a.send(), Ok(false)));
         }
     }
 
@@ -596,27 +722,42 @@ impl Monitor {
         // that outlive the init (no pid namespace of its own) get a short grace, also when
         // they keep writing (a `yes &` the init left would hold the record forever; the
         // runtime's delete ends them).
+        // Both streams in turn (a bounded number of reads each per round), so that a
+        // writer that keeps one of them busy does not take the other's share of the grace.
         let grace = Instant::now() + Duration::from_secs(1);
-        for i in 0..self.outputs.len() {
-            while self.outputs[i].open {
-                match self.read_output_once(i) {
-                    Some(true) if Instant::now() >= grace => break,
-                    Some(true) => {}
-                    Some(false) => self.outputs[i].open = false,
-                    None => {
-                        let left = grace.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
+        loop {
+            let open: Vec<usize> = (0..self.outputs.len())
+                .filter(|i| self.outputs[*i].open)
+                .collect();
+            for &i in &open {
+                for _ in 0..16 {
+                    match self.read_output_once(i) {
+                        Some(true) => {}
+                        Some(false) => {
+                            self.outputs[i].open = false;
                             break;
                         }
-                        let mut p = [PollFd::new(self.outputs[i].fd.as_fd(), PollFlags::POLLIN)];
-                        let ms = PollTimeout::try_from(left.as_millis() as i32)
-                            .unwrap_or(PollTimeout::ZERO);
-                        if nix::poll::poll(&mut p, ms).unwrap_or(0) == 0 {
-                            break;
-                        }
+                        None => break,
                     }
                 }
             }
+            let left = grace.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.outputs.iter().all(|o| !o.open) {
+                break;
+            }
+            let mut p: Vec<PollFd> = self
+                .outputs
+                .iter()
+                .filter(|o| o.open)
+                .map(|o| PollFd::new(o.fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::ZERO);
+            if nix::poll::poll(&mut p, ms).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        for i in 0..self.outputs.len() {
             let ts = crilog::timestamp();
             let stream = self.outputs[i].stream;
             if let Some(m) = self.log.finish(stream, ts.as_bytes()) {
@@ -647,9 +788,12 @@ impl Monitor {
             record["start_error"] = json!(e);
         }
         // A reader sees no record or the whole of it, also after a crash.
-        if let Err(e) =
-            rsrun::state::write_file_atomic(&self.exit_file, record.to_string().as_bytes(), true)
-        {
+        let data = record.to_string();
+        let written = match self.exit_slot.take() {
+            Some(r) => r.commit(data.as_bytes()),
+            None => rsrun::state::write_file_atomic(&self.exit_file, data.as_bytes(), true),
+        };
+        if let Err(e) = written {
             rsrun::log::error(&format!("container {}: exit record: {e:#}", self.id));
         }
         rsrun::log::info(&format!(
@@ -663,6 +807,7 @@ impl Monitor {
             self.flush_client(i);
         }
         self.drain_clients(Instant::now() + Duration::from_secs(5));
+        self.drain_answers(Instant::now() + Duration::from_secs(5));
         for e in std::mem::take(&mut self.execs) {
             kill_tree(e.pid);
             let _ = reply(&e.conn, &json!({"error": "the container exited"}));
@@ -766,12 +911,33 @@ impl Monitor {
 
     // --- attach ------------------------------------------------------------------------
 
+    /// Out of descriptors (EMFILE, ENFILE): the connection waiting in `listener`'s backlog
+    /// would keep it readable, and the loop would spin on it for as long. It is accepted on
+    /// the descriptor held in reserve for this, and closed at once (its client reads EOF).
+    fn shed(&mut self, listener: RawFd, why: Errno) {
+        self.reserve = None;
+        // (Accepted and dropped: closed.)
+        let _ = socket::accept4(rsrun::sys::borrow(listener), SockFlag::SOCK_CLOEXEC);
+        self.reserve = dev_null().ok().map(OwnedFd::from);
+        rsrun::log::warn(&format!(
+            "container {}: a connection refused: {why} (out of descriptors)",
+            self.id
+        ));
+    }
+
     fn accept_attach(&mut self) {
         loop {
             match socket::accept4(
                 &self.attach,
                 SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             ) {
+                Ok(sock) if self.clients.len() >= MAX_CLIENTS => {
+                    drop(sock);
+                    rsrun::log::warn(&format!(
+                        "container {}: an attach client refused: {MAX_CLIENTS} are attached",
+                        self.id
+                    ));
+                }
                 Ok(sock) => {
                     self.clients.push(Client {
                         sock,
@@ -782,6 +948,10 @@ impl Monitor {
                     });
                 }
                 Err(Errno::EINTR) => continue,
+                Err(e @ (Errno::EMFILE | Errno::ENFILE)) => {
+                    self.shed(self.attach.as_raw_fd(), e);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -923,14 +1093,34 @@ impl Monitor {
     // --- control -----------------------------------------------------------------------
 
     fn accept_control(&mut self) {
-        while let Ok((sock, _)) = self.control.accept() {
-            if sock.set_nonblocking(true).is_ok() {
-                self.conns.push(ControlConn {
-                    sock,
-                    buf: Vec::new(),
-                    fds: Vec::new(),
-                    dead: false,
-                });
+        loop {
+            match self.control.accept() {
+                Ok((sock, _)) if self.conns.len() >= MAX_CONNS => {
+                    let _ = reply(&sock, &json!({"error": "too many control connections"}));
+                    rsrun::log::warn(&format!(
+                        "container {}: a control connection refused: {MAX_CONNS} are open",
+                        self.id
+                    ));
+                }
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_ok() {
+                        self.conns.push(ControlConn {
+                            sock,
+                            buf: Vec::new(),
+                            fds: Vec::new(),
+                            dead: false,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if let Some(why @ (Errno::EMFILE | Errno::ENFILE)) =
+                        e.raw_os_error().map(Errno::from_raw)
+                    {
+                        self.shed(self.control.as_raw_fd(), why);
+                    }
+                    break;
+                }
             }
         }
     }
@@ -1027,6 +1217,8 @@ impl Monitor {
                     tty,
                     console_socket: console_socket.map(PathBuf::from),
                     detach: true,
+                    // (A terminal's process leads a session, hence a group, already.)
+                    new_process_group: !tty,
                     ..Default::default()
                 };
                 match self.exec(sock.try_clone(), o, fds) {
@@ -1085,6 +1277,7 @@ impl Monitor {
                 cwd: cwd.clone(),
                 user: user.clone(),
                 detach: true,
+                new_process_group: true,
                 ..Default::default()
             });
             dup_onto(null.as_raw_fd(), 1)?;
@@ -1205,13 +1398,22 @@ impl Monitor {
             "stdout_len": e.data[0].len(),
             "stderr_len": e.data[1].len(),
         });
-        let _ = e.conn.set_nonblocking(false);
-        let _ = e.conn.set_write_timeout(Some(Duration::from_secs(10)));
-        let _ = reply(&e.conn, &head)
-            .and_then(|_| (&e.conn).write_all(&e.data[0]))
-            .and_then(|_| (&e.conn).write_all(&e.data[1]));
-        drop(e);
-        rsrun::sys::malloc_trim();
+        let mut line = head.to_string().into_bytes();
+        line.push(b'\n');
+        let [out, err] = std::mem::take(&mut e.data);
+        let mut a = PendingAnswer {
+            sock: e.conn,
+            parts: VecDeque::from([line, out, err]),
+            off: 0,
+            deadline: Instant::now() + ANSWER_TIMEOUT,
+        };
+        if !matches!(a.send(), Ok(false)) {
+            // All sent at once (the common case), or the requester is gone.
+            drop(a);
+            rsrun::sys::malloc_trim();
+            return;
+        }
+        self.answers.push(a);
     }
 }
 
@@ -1223,9 +1425,13 @@ fn reply(mut sock: &UnixStream, v: &serde_json::Value) -> std::io::Result<()> {
     sock.write_all(&line)
 }
 
-/// SIGKILLs `root` and every descendant (from /proc's parent links), again until no new
-/// one appears (a fork racing the scan).
+/// SIGKILLs `root`'s process group (execs lead one: it holds the orphans that a shell's
+/// `(cmd &)` left with the container's init), then `root` and every descendant (from
+/// /proc's parent links: a child that made a group of its own), again until no new one
+/// appears (a fork racing the scan).
 fn kill_tree(root: i32) {
+    // (`root` is our child, not yet reaped: the group of that number is its own.)
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(root), Signal::SIGKILL);
     let mut killed: Vec<i32> = Vec::new();
     for _ in 0..4 {
         let mut links = Vec::new();

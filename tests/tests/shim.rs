@@ -132,6 +132,59 @@ fn stream_bytes(log: &Path, stream: &str) -> Vec<u8> {
     out
 }
 
+/// The disk of the exit records fills while the container runs (the container's own log,
+/// here): the exit is recorded all the same, in the space the shim took at its start.
+/// Before, the record's write failed with ENOSPC and the exit was lost.
+#[test]
+fn the_exit_is_recorded_on_a_full_disk() {
+    let tmp = TempDir::new("shim-full");
+    let m = |args: &[&str]| {
+        assert!(
+            Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+                .success(),
+            "{args:?}"
+        )
+    };
+    let dir = tmp.path().to_str().unwrap().to_string();
+    m(&["mount", "-t", "tmpfs", "-o", "size=2m", "shimfull", &dir]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(dir.clone());
+    // Writes until the disk is full, then waits.
+    let b = Bundle::new(&["sh", "-c", "yes filling | head -c 4000000; sleep 1000"]);
+    let s = shim_in(tmp, &b, &[]).unwrap();
+    s.start();
+    // The log has filled the disk: its dropped bytes are counted.
+    let mut full = false;
+    for _ in 0..2000 {
+        let v = s.control(&json!({"op": "status"}));
+        if v["log_dropped_bytes"].as_u64().unwrap_or(0) > 0 {
+            full = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(full, "the container's log never filled the disk");
+    // (The log cuts a batch it could not write whole back off the file, which frees a
+    // little: taken too.)
+    let mut fill = std::fs::File::create(Path::new(&dir).join("fill")).unwrap();
+    while fill
+        .write_all(&[0u8; 512])
+        .and_then(|_| fill.sync_all())
+        .is_ok()
+    {}
+    s.rt.ok(&["kill", &s.id, "KILL"]);
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 137, "{e}");
+}
+
 #[test]
 fn exit_codes_and_signals_are_recorded() {
     let b = Bundle::new(&["sh", "-c", "exit 3"]);
@@ -823,6 +876,19 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
         left.is_empty(),
         "processes of the timed-out exec left: {left:?}"
     );
+    // An orphan (its parent gone, it belongs to the container's init now): killed too, as
+    // a member of the exec's process group.
+    let (h, _, _) = s.exec_sync(
+        &["sh", "-c", &format!("(sleep {marker}4 &); sleep {marker}5")],
+        300,
+    );
+    assert_eq!(h["timed_out"], true, "{h}");
+    std::thread::sleep(Duration::from_millis(100));
+    let left = processes_with(marker);
+    assert!(
+        left.is_empty(),
+        "the timed-out exec's orphan left: {left:?}"
+    );
     // Output is capped at the CRI limit of 16 MiB.
     let (h, out, _) = s.exec_sync(&["head", "-c", "20000000", "/dev/zero"], 60_000);
     assert_eq!(h["truncated"], true, "{h}");
@@ -836,6 +902,105 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
         "{v}"
     );
     assert!(alive(s.pid));
+}
+
+/// An exec_sync requester that reads its answer slowly does not hold the shim: another
+/// request is answered while most of that answer is still unread. Before, the shim wrote
+/// the answer blocking, and its whole loop (the container's output, exits, every other
+/// request) waited for as long as the reader kept taking a little at a time.
+#[test]
+fn a_slow_exec_sync_reader_does_not_hold_the_shim() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    const SIZE: usize = 8 << 20;
+    let mut conn = UnixStream::connect(s.dir().join("control")).unwrap();
+    let req = json!({"op": "exec_sync", "args": ["head", "-c", SIZE.to_string(), "/dev/zero"],
+                     "timeout_ms": 0});
+    conn.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let r = read.clone();
+    let reader = std::thread::spawn(move || {
+        // 64 KiB every 100 ms: 8 MiB takes about 13 s.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => r.fetch_add(n, Ordering::SeqCst),
+            };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Wait until the answer has begun to flow, then ask something else.
+    while read.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let v = s.control(&json!({"op": "status"}));
+    let when = read.load(Ordering::SeqCst);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        when < SIZE / 2,
+        "status was answered only after {when} of {SIZE} bytes were read"
+    );
+    reader.join().unwrap();
+    assert!(
+        read.load(Ordering::SeqCst) > SIZE,
+        "the whole answer arrived: {}",
+        read.load(Ordering::SeqCst)
+    );
+}
+
+/// Out of descriptors, a connection waiting to be accepted is closed (its client reads EOF)
+/// instead of being left in the backlog, where it kept the listener readable and the shim's
+/// loop spinning; once descriptors are free again, requests are served.
+#[test]
+fn out_of_descriptors_a_connection_is_shed_not_spun_on() {
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let open = std::fs::read_dir(format!("/proc/{}/fd", shim_pid(&s)))
+        .unwrap()
+        .count();
+    let limit = open + 4;
+    assert!(Command::new("prlimit")
+        .arg(format!("--pid={}", shim_pid(&s)))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap()
+        .success());
+    // Connections that send nothing: the shim holds each, until it has no descriptor left.
+    let mut held = Vec::new();
+    let mut shed = false;
+    for _ in 0..20 {
+        let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+        // A hang guard, not a timing: an accepted connection stays silent, a shed one
+        // reads EOF at once.
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(0) => {
+                shed = true;
+                break;
+            }
+            _ => held.push(c),
+        }
+    }
+    assert!(shed, "no connection was shed with {} held", held.len());
+    drop(held);
+    std::thread::sleep(Duration::from_millis(100));
+    let v = s.control(&json!({"op": "status"}));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+fn shim_pid(s: &Shimmed) -> i32 {
+    std::fs::read_to_string(s.dir().join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// The PIDs of live processes whose command line has `marker`.
