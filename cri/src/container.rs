@@ -1,6 +1,7 @@
 //! Containers: CRI container configs turned into OCI bundles (with the image's config), run
 //! under rsrun-shim, and their status read back from the shim's exit record.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -259,6 +260,27 @@ fn clean_path(p: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// A text file of the container's root as the container would see it: resolved inside the
+/// rootfs (an image's absolute symlink `/etc/passwd -> /etc/shadow` must not read the
+/// host's), a regular file of at most 4 MiB (a FIFO or a link to a device such as /dev/zero
+/// would hold this RPC for good or fill the server's memory); empty when absent.
+fn image_file(rootfs: &Path, rel: &str) -> Result<String, Status> {
+    let root = std::fs::File::open(rootfs).map_err(|e| {
+        Status::internal(format!("CreateContainer: rootfs {}: {e}", rootfs.display()))
+    })?;
+    match rsrun::sys::read_regular_in_root(root.as_raw_fd(), rel, 4 << 20) {
+        Ok(b) => Ok(b
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Status::invalid_argument(
+            format!("CreateContainer: the image's {e}"),
+        )),
+        Err(e) => Err(Status::internal(format!(
+            "CreateContainer: the image's /{rel}: {e}"
+        ))),
+    }
+}
+
 /// Resolves the user: CRI run_as_user/run_as_group/run_as_username win, else the image's
 /// USER (`uid`, `name`, `uid:gid`, `name:group`), names looked up in the rootfs's
 /// /etc/passwd and /etc/group.
@@ -267,8 +289,8 @@ pub fn user(
     image_user: &str,
     rootfs: &Path,
 ) -> Result<(u32, u32, Vec<u32>), Status> {
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let passwd = image_file(rootfs, "etc/passwd")?;
+    let group = image_file(rootfs, "etc/group")?;
     let by_name = |file: &str, name: &str| -> Option<(u32, u32)> {
         file.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -1423,12 +1445,33 @@ pub fn matches(r: &ContainerRecord, f: &api::ContainerFilter) -> bool {
 
 /// The shim's control socket: one JSON request, one JSON line back (plus, for exec_sync,
 /// the output bytes). Blocking: run it off the async workers.
-pub fn control(shim_dir: &Path, req: &Value) -> std::io::Result<(Value, Vec<u8>)> {
+pub fn control(
+    shim_dir: &Path,
+    req: &Value,
+    timeout: std::time::Duration,
+) -> std::io::Result<(Value, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut s = connect_control(shim_dir)?;
-    s.write_all(format!("{req}\n").as_bytes())?;
+    // A shim that does not answer (stopped, or stuck) must not hold this thread, nor the
+    // container's lock, nor the server's recovery, for good.
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let late = |e: std::io::Error| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from the shim within {} s", timeout.as_secs()),
+            )
+        } else {
+            e
+        }
+    };
+    s.write_all(format!("{req}\n").as_bytes()).map_err(late)?;
     let mut all = Vec::new();
-    s.read_to_end(&mut all)?;
+    s.read_to_end(&mut all).map_err(late)?;
     split_answer(all)
 }
 
@@ -1734,6 +1777,69 @@ mod tests {
         assert_eq!(caps(&["chown"], &["ALL"]), vec!["CAP_CHOWN".to_string()]);
         assert_eq!(clean_path("/a//b/./"), "/a/b");
         assert_eq!(clean_path("/"), "/");
+    }
+
+    /// The image's /etc/passwd is read as the container sees it: an absolute symlink stays in
+    /// the rootfs, and a FIFO or device is refused without being read (either held the RPC:
+    /// a FIFO for good, /dev/zero until memory ran out).
+    #[test]
+    fn image_user_files_resolve_in_the_rootfs_and_must_be_regular() {
+        let dir = std::env::temp_dir().join(format!("rsrun-cri-user-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        // Outside the rootfs: a file naming a user the image does not have.
+        let host = dir.join("host-passwd");
+        std::fs::write(&host, "mallory:x:4321:4321::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(&host, root.join("etc/passwd")).unwrap();
+        let sc = api::LinuxContainerSecurityContext::default();
+        let in_thread = |name: &'static str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let root = root.clone();
+            let sc = sc.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(user(&sc, name, &root));
+            });
+            // A hang guard, not a timing: the answer comes at once or never.
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("user resolution never answered")
+        };
+        let e = in_thread("mallory").unwrap_err();
+        assert!(e.message().contains("not in its /etc/passwd"), "{e:?}");
+        // The same file in the rootfs: found.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::fs::copy(&host, root.join("etc/passwd")).unwrap();
+        assert_eq!(in_thread("mallory").unwrap(), (4321, 4321, vec![4321]));
+        // A FIFO and a device are refused by name.
+        let run = |args: &[&str]| {
+            assert!(std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+                .success())
+        };
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        run(&["mkfifo", root.join("etc/passwd").to_str().unwrap()]);
+        let e = in_thread("mallory").unwrap_err();
+        assert!(
+            e.message().contains("/etc/passwd is not a regular file"),
+            "{e:?}"
+        );
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::fs::copy(&host, root.join("etc/passwd")).unwrap();
+        run(&[
+            "mknod",
+            root.join("etc/group").to_str().unwrap(),
+            "c",
+            "1",
+            "5",
+        ]);
+        let e = in_thread("mallory").unwrap_err();
+        assert!(
+            e.message().contains("/etc/group is not a regular file"),
+            "{e:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

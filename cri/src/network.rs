@@ -211,9 +211,17 @@ impl Cni {
             .join(":")
     }
 
-    /// Attaches the pod: every plugin's ADD in order; on a failure, DEL of the whole list.
-    pub async fn add(&self, pod: &Pod<'_>) -> Result<Attachment, Error> {
-        let list = self.load()?;
+    /// Attaches the pod to `planned`'s network list (`unrecorded`, taken and recorded by the
+    /// caller before): every plugin's ADD in order; on a failure, DEL of the whole list.
+    pub async fn add(&self, planned: &Attachment, pod: &Pod<'_>) -> Result<Attachment, Error> {
+        let path = PathBuf::from("(recorded)");
+        let list = match parse_list(planned.network.clone()) {
+            Ok(l) => NetworkList {
+                path: path.clone(),
+                ..l
+            },
+            Err(why) => return Err(Error::BadConfig { path, why }),
+        };
         tracing::debug!(pod = pod.sandbox_id, network = %list.name, config = %list.path.display(), "CNI ADD");
         let mut prev: Option<Value> = None;
         for p in &list.plugins {
@@ -284,8 +292,9 @@ impl Cni {
         n
     }
 
-    /// What an ADD interrupted before its result was recorded may have made: an attachment
-    /// to the current network without a result, for its DEL.
+    /// The current network as an attachment without a result: what an ADD is about to make
+    /// (recorded before it, for its DEL), or may have made when interrupted before its
+    /// result was recorded.
     pub fn unrecorded(&self) -> Result<Attachment, Error> {
         let list = self.load()?;
         Ok(Attachment {

@@ -94,8 +94,12 @@ impl Runtime {
             }
             let d = c.shim_dir.clone();
             let answer = blocking(move || {
-                crate::container::control(&d, &serde_json::json!({"op": "status"}))
-                    .map_err(|e| Status::internal(format!("the container's shim: {e}")))
+                crate::container::control(
+                    &d,
+                    &serde_json::json!({"op": "status"}),
+                    std::time::Duration::from_secs(10),
+                )
+                .map_err(|e| Status::internal(format!("the container's shim: {e}")))
             })
             .await;
             let head = match answer {
@@ -238,13 +242,15 @@ impl Runtime {
                 }
             }
             // And the exit records of containers removed by a server killed before it had
-            // deleted them, with their writers' temporary files (`.ID.json.tmp`; a live
-            // shim's may be half-written right now: only those of unknown IDs go).
+            // deleted them, with their writers' temporary files (`.ID.json.tmp`, and a
+            // shim's reserved `.ID.json.reserved`; a live shim's may be half-written right
+            // now: only those of unknown IDs go).
             for e in std::fs::read_dir(&exits).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let id = name
-                    .strip_prefix('.')
-                    .and_then(|n| n.strip_suffix(".json.tmp"));
+                let id = name.strip_prefix('.').and_then(|n| {
+                    n.strip_suffix(".json.tmp")
+                        .or_else(|| n.strip_suffix(".json.reserved"))
+                });
                 if let Some(id) = id.or_else(|| name.strip_suffix(".json")) {
                     if crate::store::is_object_id(id) && !known.contains(id) {
                         let _ = std::fs::remove_file(e.path());

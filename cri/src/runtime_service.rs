@@ -22,6 +22,8 @@ use crate::store::{self, ContainerRecord, SandboxRecord, Table};
 pub const KUBELET_API_VERSION: &str = "0.1.0";
 pub const RUNTIME_NAME: &str = "rsrun";
 pub const CRI_API_VERSION: &str = "v1";
+/// How long a shim has to answer a start (the kubelet's own runtime request timeout).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct Runtime {
     /// The pod CIDR the kubelet gave (UpdateRuntimeConfig).
@@ -285,7 +287,11 @@ impl Runtime {
         let release = tokio::task::spawn_blocking(move || {
             // Its record is gone: its exit record goes too (a killed server's restart sweeps
             // one left behind).
-            for f in [rsrun::state::atomic_temp(&exit_file), exit_file] {
+            for f in [
+                rsrun::state::atomic_temp(&exit_file),
+                rsrun::state::reserved_temp(&exit_file),
+                exit_file,
+            ] {
                 if let Err(e) = std::fs::remove_file(&f) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::error!(container = %id, "remove {}: {e}", f.display());
@@ -391,10 +397,18 @@ impl Runtime {
             .collect())
     }
 
-    /// Attaches the pod's network namespace through CNI (not for the host's network).
+    /// Attaches the pod's network namespace through CNI (not for the host's network), to the
+    /// network list its record holds since RunPodSandbox began (`planned_network`).
     async fn attach(&self, sb: &SandboxRecord) -> Result<Option<network::Attachment>, Status> {
         let Some(netns) = sandbox::ns_path(sb, "net") else {
             return Ok(None);
+        };
+        let bad = |e: network::Error| {
+            Status::unknown(format!("RunPodSandbox: pod {} network: {e}", sb.id))
+        };
+        let planned = match &sb.network {
+            Some(p) => p.clone(),
+            None => self.planned_network().await?.map_err(bad)?,
         };
         let mappings = network::from_record(&sb.port_mappings);
         let pod = network::Pod {
@@ -410,12 +424,15 @@ impl Runtime {
             annotations: &sb.annotations,
             cgroup_parent: &sb.cgroup_parent,
         };
-        let a =
-            self.cni.add(&pod).await.map_err(|e| {
-                Status::unknown(format!("RunPodSandbox: pod {} network: {e}", sb.id))
-            })?;
+        let a = self.cni.add(&planned, &pod).await.map_err(bad)?;
         tracing::info!(pod = %sb.id, ips = ?network::addresses(&a.result), "pod network attached");
         Ok(Some(a))
+    }
+
+    /// The current network list, for an ADD to come.
+    async fn planned_network(&self) -> Result<Result<network::Attachment, network::Error>, Status> {
+        let cni = self.cni.clone();
+        blocking(move || Ok(cni.unrecorded())).await
     }
 
     /// Detaches the pod's network (its record keeps what ADD gave) and forgets it.
@@ -650,6 +667,15 @@ impl RuntimeService for Runtime {
         let id = store::new_id();
         let ns_dir = self.state.join("sandboxes").join(&id);
         let mut rec = sandbox::record(&id, &spec, ns_dir.clone());
+        // The network list its ADD will get, in the first record: the DEL that undoes the
+        // ADD, after a failure or a kill at any point, gets the plugins the ADD got, whatever
+        // the configuration has become by then (rewritten, gone, unreadable).
+        if !rec.host_network {
+            rec.network =
+                Some(self.planned_network().await?.map_err(|e| {
+                    Status::unknown(format!("RunPodSandbox: pod {id} network: {e}"))
+                })?);
+        }
         {
             let mut t = self.sandboxes.lock().await;
             let key = sandbox::name_key(&rec);
@@ -679,8 +705,8 @@ impl RuntimeService for Runtime {
         };
         let made = match made {
             Ok(()) => match self.attach(&rec).await {
-                Ok(a) => {
-                    rec.network = a;
+                Ok(Some(a)) => {
+                    rec.network = Some(a);
                     // Recorded at once: DEL must find it whatever happens next.
                     self.sandboxes
                         .lock()
@@ -688,6 +714,7 @@ impl RuntimeService for Runtime {
                         .put(&id, rec.clone())
                         .map_err(|e| io_status("pod sandbox record", e))
                 }
+                Ok(None) => Ok(()),
                 Err(e) => Err(e),
             },
             e => e,
@@ -714,22 +741,30 @@ impl RuntimeService for Runtime {
             other => other,
         };
         if let Err(e) = made {
-            let _ = self.stop_pause(&rec).await;
-            if let Err(d) = self.detach(&rec).await {
-                // Its network is still attached: the pod stays, not ready, for the kubelet's
-                // StopPodSandbox to run the DEL again (containerd keeps it too), rather than
-                // leak its address lease and port rules.
-                tracing::warn!(pod = %id, "RunPodSandbox failed ({}) and so did undoing its network: the pod is kept, not ready: {d}", e.message());
-                self.keep_not_ready(&id).await?;
+            // Undone in order; the first step that fails leaves the pod, not ready, for the
+            // kubelet's StopPodSandbox and RemovePodSandbox to finish (containerd keeps it
+            // too), rather than leak its pause, address lease, port rules or namespace pins
+            // with no record to find them by. The answer stays RunPodSandbox's own error.
+            let undone = async {
+                self.stop_pause(&rec).await?;
+                self.detach(&rec).await?;
+                let d = ns_dir.clone();
+                blocking(move || {
+                    sandbox::unmake(&d).map_err(|e| io_status("unpin the pod's namespaces", e))
+                })
+                .await
+            }
+            .await;
+            if let Err(d) = undone {
+                tracing::warn!(pod = %id, "RunPodSandbox failed ({}) and so did undoing it: the pod is kept, not ready: {}", e.message(), d.message());
+                if let Err(k) = self.keep_not_ready(&id).await {
+                    tracing::error!(pod = %id, "keeping the pod not ready: {}", k.message());
+                }
                 return Err(e);
             }
-            let d = ns_dir.clone();
-            let _ = blocking(move || {
-                let _ = sandbox::unmake(&d);
-                Ok(())
-            })
-            .await;
-            let _ = self.sandboxes.lock().await.remove(&id);
+            if let Err(r) = self.sandboxes.lock().await.remove(&id) {
+                tracing::error!(pod = %id, "removing the record of the pod that failed: {r}");
+            }
             return Err(e);
         }
         let mut t = self.sandboxes.lock().await;
@@ -1149,7 +1184,7 @@ impl RuntimeService for Runtime {
         }
         let r = rec.clone();
         let (head, _) = blocking(move || {
-            let answer = container::control(&r.shim_dir, &json!({"op": "start"}))
+            let answer = container::control(&r.shim_dir, &json!({"op": "start"}), START_TIMEOUT)
                 .map_err(|e| io_status("the container's shim", e));
             // The shim's pidfd, opened now that its PID is known, for the status calls.
             container::shim_alive(&r);
@@ -1304,7 +1339,7 @@ impl RuntimeService for Runtime {
         }
         let d = rec.shim_dir.clone();
         let (head, _) = blocking(move || {
-            container::control(&d, &json!({"op": "reopen_log"}))
+            container::control(&d, &json!({"op": "reopen_log"}), Duration::from_secs(30))
                 .map_err(|e| io_status("the container's shim", e))
         })
         .await?;
@@ -2083,7 +2118,7 @@ impl Runtime {
             .map_err(|e| Status::new(e.code(), format!("RunPodSandbox: pause: {}", e.message())))?;
         let d = p.shim_dir.clone();
         let (head, _) = blocking(move || {
-            container::control(&d, &json!({"op": "start"}))
+            container::control(&d, &json!({"op": "start"}), START_TIMEOUT)
                 .map_err(|e| io_status("the pause's shim", e))
         })
         .await?;

@@ -723,11 +723,20 @@ fn pinned_names(r: &SandboxRecord) -> Vec<&'static str> {
 /// The pinned namespaces of a ready pod that are not there any more: a reboot empties the
 /// state dir (or a pin was unmounted). Such a pod is not ready: its containers would run in
 /// no namespace of its own, and never may fall back to the host's.
+/// So are the pod's files that its containers bind (hostname, hosts, resolv.conf): a pod on
+/// the node's network and IPC pins nothing, and would otherwise stay ready after a reboot
+/// with every container's start failing on a missing bind source.
 pub fn lost_pins(r: &SandboxRecord) -> Vec<&'static str> {
-    pinned_names(r)
+    let mut lost: Vec<&'static str> = pinned_names(r)
         .into_iter()
         .filter(|n| !crate::network::is_nsfs(&r.ns_dir.join(n)))
-        .collect()
+        .collect();
+    lost.extend(
+        ["hostname", "hosts", "resolv.conf"]
+            .into_iter()
+            .filter(|f| !r.ns_dir.join(f).is_file()),
+    );
+    lost
 }
 
 /// The pinned namespace files of a ready sandbox (absent: the host's is used).

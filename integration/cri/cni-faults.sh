@@ -9,7 +9,11 @@
 #     (not ready) for StopPodSandbox to DEL again: no address lease leaks;
 #   - a plugin whose binary is gone does not keep a pod from being stopped and removed;
 #   - a pod whose server was killed during its ADD, and whose undoing DEL fails at the restart,
-#     is listed not ready for StopPodSandbox to DEL again (not hidden, holding its name).
+#     is listed not ready for StopPodSandbox to DEL again (not hidden, holding its name);
+#   - the same kill with the network's configuration gone by the restart: DELed all the same
+#     (the list is recorded before the ADD);
+#   - a failed RunPodSandbox whose undoing fails after the DEL (its namespace pins cannot be
+#     removed) keeps the pod, not ready, for RemovePodSandbox to finish.
 # Usage: cni-faults.sh RSRUN-CRI-BINARY
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -35,7 +39,8 @@ cleanup() {
 trap cleanup EXIT
 
 # The plugin. Its behaviour: $R/mode ("ok", "veth": an address on a host-side interface too,
-# "noip": a result without one, "failadd": ADD fails); $R/fail-del present: the next DELs
+# "noip": a result without one, "failadd": ADD fails, "waitfail": ADD fails once $R/release
+# exists); $R/fail-del present: the next DELs
 # fail (as many as it says, 1 when empty).
 cat > "$R/bin/fake" <<'PLUGIN'
 #!/bin/bash
@@ -50,6 +55,9 @@ ADD)
     noip) echo '{"cniVersion": "1.0.0"}' ;;
     failadd) echo '{"cniVersion": "1.0.0", "code": 11, "msg": "ADD failed on purpose"}'; exit 1 ;;
     hang) sleep 60 ;;
+    waitfail) # fails once $R/release exists
+        for _ in $(seq 600); do [ -e "$R/release" ] && break; sleep 0.05; done
+        echo '{"cniVersion": "1.0.0", "code": 11, "msg": "ADD failed on purpose"}'; exit 1 ;;
     esac ;;
 DEL)
     if [ -e "$R/fail-del" ]; then
@@ -169,4 +177,46 @@ c stopp "$p" >/dev/null || fail "stopp (half): $(cat "$R/crictl.err")"
 [ "$(dels)" = 2 ] || fail "StopPodSandbox did not DEL the half-made pod again: $(dels) DELs"
 c rmp "$p" >/dev/null || fail "rmp (half): $(cat "$R/crictl.err")"
 ok "a pod whose server was killed during its ADD and whose DEL failed at the restart is listed not ready; StopPodSandbox DELs it again"
+# Killed during its ADD, and the network's configuration gone by the restart (a CNI
+# daemonset rewriting it): the DEL still runs, with the list the ADD was given.
+echo hang > "$R/mode"; : > "$R/calls.log"
+pod noconf
+c runp "$R/noconf.json" >/dev/null 2>&1 &
+runp=$!
+for _ in $(seq 100); do grep -q '^ADD ' "$R/calls.log" && break; sleep 0.05; done
+grep -q '^ADD ' "$R/calls.log" || fail "no ADD for the pod to kill the server in (noconf)"
+kill -9 "$cri"; wait "$cri" 2>/dev/null || true
+wait "$runp" 2>/dev/null || true
+echo ok > "$R/mode"
+mv "$R/net.d/10-fake.conflist" "$R/fake.conflist.away"
+start_cri
+# (The first answer comes once the restart's recovery is done.)
+[ -z "$(c pods -q --name noconf)" ] || fail "the half-made pod is still listed after its DEL"
+[ "$(dels)" = 1 ] || fail "the ADD interrupted by the kill was not DELed once its configuration was gone: $(dels) DELs"
+grep '^DEL ' "$R/calls.log" | grep -q '"name":"fake"' || fail "the DEL did not get the ADD's network list: $(grep '^DEL ' "$R/calls.log")"
+mv "$R/fake.conflist.away" "$R/net.d/10-fake.conflist"
+ok "an ADD interrupted by a kill is DELed at the restart with the list it was given, also when the configuration is gone"
+
+# The ADD fails, and the pod's directory cannot be removed (a mount another agent made in
+# it): kept, not ready; RemovePodSandbox finishes once the mount is gone.
+echo waitfail > "$R/mode"; : > "$R/calls.log"; rm -f "$R/release"
+pod busy
+c runp "$R/busy.json" >/dev/null 2>"$R/busy.err" &
+runp=$!
+for _ in $(seq 100); do grep -q '^ADD ' "$R/calls.log" && break; sleep 0.05; done
+grep -q '^ADD ' "$R/calls.log" || fail "no ADD (busy)"
+d=$(ls -d "$R"/state/sandboxes/*/ | head -n 1)
+[ -n "$d" ] || fail "no pod directory under $R/state/sandboxes"
+mkdir -p "$d/busy" && mount -t tmpfs busy "$d/busy" || fail "mount in the pod's directory"
+touch "$R/release"
+if wait "$runp"; then fail "a pod whose ADD failed was made (busy)"; fi
+p=$(c pods -q --name busy)
+[ -n "$p" ] || { umount "$d/busy"; fail "the pod whose undoing failed is not kept: $(tail -n 3 "$R/cri.log")"; }
+[ "$(c inspectp -o go-template --template '{{.status.state}}' "$p")" = SANDBOX_NOTREADY ] || { umount "$d/busy"; fail "the kept pod (busy) is not NOTREADY"; }
+umount "$d/busy"
+echo ok > "$R/mode"
+c stopp "$p" >/dev/null && c rmp "$p" >/dev/null || fail "stopp/rmp (busy): $(cat "$R/crictl.err")"
+[ ! -e "$d" ] || fail "the pod's directory $d is left after rmp"
+[ -z "$(c pods -q --name busy)" ] || fail "the busy pod is still listed after rmp"
+ok "a failed RunPodSandbox whose undoing fails keeps the pod, not ready, and RemovePodSandbox finishes"
 echo "cri cni-faults: all passed"

@@ -329,6 +329,21 @@ if c create "$rb" "$R/ctr2.json" "$R/reboot.json" >/dev/null; then fail "a conta
 grep -q "FailedPrecondition.*not ready" "$R/crictl.err" || fail "create in a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 c stopp "$rb" >/dev/null && c rmp "$rb" >/dev/null || fail "stopp/rmp of a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 ok "pinned namespaces gone (a reboot): the pod is not ready, no container made in it, stopp/rmp clean up"
+# The same for a pod on the node's network and IPC, which pins little or nothing: its files
+# (hosts, resolv.conf, hostname) went with the reboot, and its containers' binds would fail.
+echo '{"metadata": {"name": "rebooth", "namespace": "default", "uid": "rebooth-uid"}, "log_directory": "'"$R"'/logs",
+ "linux": {"security_context": {"namespace_options": {"network": 2, "ipc": 2}}}}' > "$R/rebooth.json"
+rbh=$(c runp "$R/rebooth.json") || fail "runp (rebooth): $(cat "$R/crictl.err")"
+kill -9 $cri; wait $cri 2>/dev/null || true
+awk -v p="$R/state/sandboxes/$rbh/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m"
+done
+rm -rf "$R/state/sandboxes/$rbh"
+start_cri
+[ "$(c inspectp -o json "$rbh" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = SANDBOX_NOTREADY ] \
+    || fail "a pod on the node's network whose files went with a reboot: $(c inspectp "$rbh")"
+c stopp "$rbh" >/dev/null && c rmp "$rbh" >/dev/null || fail "stopp/rmp of rebooth: $(cat "$R/crictl.err")"
+ok "a pod on the node's network and IPC whose files went (a reboot) is not ready"
 # kubectl debug --target: a container in another running container's PID namespace (pid
 # mode TARGET); a target that is not there is refused naming the field.
 echo '{"metadata": {"name": "debug"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"],
