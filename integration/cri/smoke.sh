@@ -332,7 +332,7 @@ ok "pinned namespaces gone (a reboot): the pod is not ready, no container made i
 # The same for a pod on the node's network and IPC, which pins little or nothing: its files
 # (hosts, resolv.conf, hostname) went with the reboot, and its containers' binds would fail.
 echo '{"metadata": {"name": "rebooth", "namespace": "default", "uid": "rebooth-uid"}, "log_directory": "'"$R"'/logs",
- "linux": {"security_context": {"namespace_options": {"network": 2, "ipc": 2}}}}' > "$R/rebooth.json"
+ "linux": {"security_context": {"namespace_options": {"network": 2, "ipc": 2, "pid": 1}}}}' > "$R/rebooth.json"
 rbh=$(c runp "$R/rebooth.json") || fail "runp (rebooth): $(cat "$R/crictl.err")"
 kill -9 $cri; wait $cri 2>/dev/null || true
 awk -v p="$R/state/sandboxes/$rbh/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
