@@ -61,7 +61,9 @@ pub struct ExecOpts {
     pub apparmor: Option<String>,
     pub process_label: Option<String>,
     /// (Library only.) The process leads a process group of its own, so that its caller can
-    /// signal it with everything it forks, orphans included (`kill(-PID)`).
+    /// signal it with everything it forks, orphans included (`kill(-PID)`). A group leader
+    /// cannot call setsid(2) itself (EPERM); with a terminal the process leads a session,
+    /// hence a group, anyway, and this is not applied.
     pub new_process_group: bool,
 }
 
@@ -623,7 +625,7 @@ fn child_setup(c: &Child) -> Result<Never> {
     // CVE-2019-5736: until exec this is the runtime binary; nothing in the container may
     // open its /proc/PID/exe (made non-dumpable before any namespace is joined).
     nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE)")?;
-    if c.new_process_group {
+    if c.new_process_group && !c.process.terminal().unwrap_or(false) {
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
             .ctx("setpgid")?;
     }
@@ -691,7 +693,7 @@ fn child_setup(c: &Child) -> Result<Never> {
         init::attach_terminal(sock, p, false)?;
     }
     let mut env = init::build_env(p.env().as_deref().unwrap_or(&[]), &[]);
-    init::ensure_home(&mut env, p.user().uid())?;
+    init::ensure_home(&mut env, p.user().uid());
     let args = p.args().as_deref().unwrap_or(&[]);
     let exe = init::find_executable(&args[0], &env, p.cwd())?;
     init::refuse_runtime_binary(&exe, self_id)?;

@@ -274,7 +274,7 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
             setup_console(a, process)?;
         }
         let mut env = build_env(process.env().as_deref().unwrap_or(&[]), &a.extra_env);
-        ensure_home(&mut env, process.user().uid())?;
+        ensure_home(&mut env, process.user().uid());
         let args = process.args().as_deref().unwrap_or(&[]);
         let exe = find_executable(&args[0], &env, process.cwd())?;
         refuse_runtime_binary(&exe, self_id)?;
@@ -511,20 +511,26 @@ pub(crate) fn ns_name(f: CloneFlags) -> &'static str {
 }
 
 /// Sets HOME, when the config does not, from the container's /etc/passwd for `uid` (else
-/// "/"), as runc does. Call after pivot_root. An /etc/passwd that is not a regular file of
-/// at most 4 MiB is an error: a FIFO there would block create for good (its parent waits
-/// for this process), a link to /dev/zero would never end.
-pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) -> Result<()> {
+/// "/"), as runc does. Call after pivot_root. Only a regular file of at most 4 MiB is read:
+/// a FIFO there would block create for good (its parent waits for this process), a link to
+/// /dev/zero would never end; either gives "/" (said in the log), as an unreadable one does.
+pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) {
     if env.iter().any(|e| e.starts_with("HOME=")) {
-        return Ok(());
+        return;
     }
-    let root = std::fs::File::open("/").ctx("open the container's root")?;
-    let passwd = match sys::read_regular_in_root(root.as_raw_fd(), "etc/passwd", 4 << 20) {
+    let passwd = std::fs::File::open("/")
+        .and_then(|root| sys::read_regular_in_root(root.as_raw_fd(), "etc/passwd", 4 << 20));
+    let passwd = match passwd {
         Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(Error::Config(format!("HOME for uid {uid}: {e}")));
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ) {
+                crate::log::warn(&format!("HOME for uid {uid}: {e}: \"/\""));
+            }
+            None
         }
-        Err(_) => None,
     };
     let home = passwd
         .and_then(|p| {
@@ -536,7 +542,6 @@ pub(crate) fn ensure_home(env: &mut Vec<String>, uid: u32) -> Result<()> {
         })
         .unwrap_or_else(|| "/".to_string());
     env.push(format!("HOME={home}"));
-    Ok(())
 }
 
 pub(crate) fn build_env(env: &[String], extra: &[String]) -> Vec<String> {

@@ -454,6 +454,14 @@ impl Reserved {
     }
 }
 
+impl Drop for Reserved {
+    /// A reservation never committed (its writer failed first) is not left behind; after a
+    /// commit there is nothing left under its name.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// Writes `data` to `path` atomically: a fresh temporary file beside it (never through a
 /// symlink planted under that name), then a rename. With `durable`, the file and the
 /// directory are fsynced too (for files on disk that a crash must not empty).

@@ -148,9 +148,12 @@ pub fn openat2(
 
 /// Reads a small regular file of a container's root (`rel` resolved in `root` as if it were
 /// `/`: absolute symlinks and `..` stay inside; no magic links), e.g. its /etc/passwd.
-/// `Ok(None)` when it does not exist. Refused, without reading a byte, when it is anything
-/// but a regular file (a FIFO would block the reader for good, a device such as /dev/zero
-/// never ends; neither is opened for reading) or larger than `cap` bytes.
+/// `Ok(None)` when it does not exist (or a component of its path is no directory, or a link
+/// loops). Refused, without reading a byte, when it is anything but a regular file
+/// (InvalidInput: a FIFO would block the reader for good, a device such as /dev/zero never
+/// ends) or larger than `cap` bytes (InvalidData). Checked through an O_PATH descriptor first, so that what is found
+/// there is not opened; one swapped in after that check is opened non-blocking, and refused
+/// before any read.
 pub fn read_regular_in_root(root: RawFd, rel: &str, cap: u64) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
@@ -160,7 +163,7 @@ pub fn read_regular_in_root(root: RawFd, rel: &str, cap: u64) -> io::Result<Opti
         let md = std::fs::File::from(fd.try_clone()?).metadata()?;
         if !md.file_type().is_file() {
             return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+                io::ErrorKind::InvalidInput,
                 format!("/{} is not a regular file", rel.trim_start_matches('/')),
             ));
         }
@@ -179,7 +182,14 @@ pub fn read_regular_in_root(root: RawFd, rel: &str, cap: u64) -> io::Result<Opti
     // O_PATH first: opening a device or FIFO for reading can block or act (a tape rewinds).
     let probe = match openat2(root, &path, libc::O_PATH, 0, resolve) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(e),
     };
     let first = regular(&probe)?;
