@@ -262,8 +262,9 @@ fn clean_path(p: &str) -> String {
 
 /// A text file of the container's root as the container would see it: resolved inside the
 /// rootfs (an image's absolute symlink `/etc/passwd -> /etc/shadow` must not read the
-/// host's), a regular file of at most 4 MiB (a FIFO or a link to a device such as /dev/zero
-/// would hold this RPC for good or fill the server's memory); empty when absent.
+/// host's), a regular file of at most 4 MiB; empty when absent, and when it is no regular
+/// file (a FIFO would hold this RPC for good, a device such as /dev/zero fill the server's
+/// memory; not read, and logged): a user named in it is then not found.
 fn image_file(rootfs: &Path, rel: &str) -> Result<String, Status> {
     let root = std::fs::File::open(rootfs).map_err(|e| {
         Status::internal(format!("CreateContainer: rootfs {}: {e}", rootfs.display()))
@@ -272,6 +273,10 @@ fn image_file(rootfs: &Path, rel: &str) -> Result<String, Status> {
         Ok(b) => Ok(b
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            tracing::warn!(rootfs = %rootfs.display(), "the image's {e}: not read");
+            Ok(String::new())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Status::invalid_argument(
             format!("CreateContainer: the image's {e}"),
         )),
@@ -1780,10 +1785,10 @@ mod tests {
     }
 
     /// The image's /etc/passwd is read as the container sees it: an absolute symlink stays in
-    /// the rootfs, and a FIFO or device is refused without being read (either held the RPC:
-    /// a FIFO for good, /dev/zero until memory ran out).
+    /// the rootfs, and a FIFO or device is not read (either held the RPC: a FIFO for good,
+    /// /dev/zero until memory ran out); a user or group named in it is then not found.
     #[test]
-    fn image_user_files_resolve_in_the_rootfs_and_must_be_regular() {
+    fn image_user_files_resolve_in_the_rootfs_and_are_read_only_when_regular() {
         let dir = std::env::temp_dir().join(format!("rsrun-cri-user-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.join("rootfs");
@@ -1821,10 +1826,8 @@ mod tests {
         std::fs::remove_file(root.join("etc/passwd")).unwrap();
         run(&["mkfifo", root.join("etc/passwd").to_str().unwrap()]);
         let e = in_thread("mallory").unwrap_err();
-        assert!(
-            e.message().contains("/etc/passwd is not a regular file"),
-            "{e:?}"
-        );
+        assert!(e.message().contains("not in its /etc/passwd"), "{e:?}");
+        assert_eq!(in_thread("4321").unwrap().0, 4321);
         std::fs::remove_file(root.join("etc/passwd")).unwrap();
         std::fs::copy(&host, root.join("etc/passwd")).unwrap();
         run(&[
@@ -1834,11 +1837,15 @@ mod tests {
             "1",
             "5",
         ]);
+        let e = in_thread("mallory:staff").unwrap_err();
+        assert!(e.message().contains("not in its /etc/group"), "{e:?}");
+        assert_eq!(in_thread("mallory").unwrap(), (4321, 4321, vec![4321]));
+        // Larger than what is read: refused, naming it.
+        std::fs::remove_file(root.join("etc/group")).unwrap();
+        let big = std::fs::File::create(root.join("etc/group")).unwrap();
+        big.set_len(5 << 20).unwrap();
         let e = in_thread("mallory").unwrap_err();
-        assert!(
-            e.message().contains("/etc/group is not a regular file"),
-            "{e:?}"
-        );
+        assert!(e.message().contains("/etc/group is 5242880 bytes"), "{e:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

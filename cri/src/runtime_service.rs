@@ -443,24 +443,20 @@ impl Runtime {
         Ok(())
     }
 
-    /// Keeps a pod whose making failed and whose network could not be undone (its DEL
-    /// failed): complete and not ready, so that it is listed and the kubelet's StopPodSandbox
-    /// runs the DEL again (containerd keeps it too), rather than leak its address lease and
-    /// port rules or hold its name unseen. An ADD that failed itself left no result: what the
-    /// current network may have made is recorded for that DEL.
+    /// Keeps a pod whose making failed and could not be undone (its pause's stop, its DEL or
+    /// the removal of its pins failed): complete and not ready, so that it is listed and the
+    /// kubelet's StopPodSandbox and RemovePodSandbox finish the undo (containerd keeps it
+    /// too), rather than leak its address lease, port rules, pause or pins, or hold its name
+    /// unseen. Its record keeps the network it has (the list recorded before its ADD, or none
+    /// once a DEL succeeded).
     pub(crate) async fn keep_not_ready(&self, id: &str) -> Result<(), Status> {
         let mut t = self.sandboxes.lock().await;
         let Some(cur) = t.items.get(id).cloned() else {
             return Ok(());
         };
-        let network = match cur.network.clone() {
-            None if !cur.host_network => self.cni.unrecorded().ok(),
-            n => n,
-        };
         let kept = SandboxRecord {
             complete: true,
             ready: false,
-            network,
             ..cur
         };
         t.update(id, kept)
@@ -486,8 +482,9 @@ impl Runtime {
     /// The CNI DEL of the pod's attachment; false when it has none. The record keeps the
     /// attachment (the caller's to drop).
     async fn cni_del(&self, sb: &SandboxRecord) -> Result<bool, Status> {
-        // A pod whose RunPodSandbox was interrupted may have been attached without the
-        // result being recorded: DEL it from the current configuration (plugins treat what
+        // The record has the network list from the start of RunPodSandbox. One an older
+        // rsrun-cri wrote (it recorded the list only with the ADD's result) may have been
+        // attached without it: DEL it from the current configuration (plugins treat what
         // they never made as done).
         let unrecorded;
         let a = match &sb.network {

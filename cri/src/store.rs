@@ -38,7 +38,9 @@ pub struct SandboxRecord {
     /// The pause container (PID 1 of the pod's PID namespace), when the pod shares one.
     #[serde(default)]
     pub pause_id: String,
-    /// The pod's CNI attachment (absent: host network, or detached by StopPodSandbox).
+    /// The pod's CNI attachment: the network list from the start of RunPodSandbox (before its
+    /// ADD, with no result), then the ADD's result too; absent on the host's network, or once
+    /// a DEL has detached it.
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
     /// What the pod asked for hostPort (the CNI portmap plugin's runtime config).

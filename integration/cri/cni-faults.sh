@@ -205,7 +205,7 @@ c runp "$R/busy.json" >/dev/null 2>"$R/busy.err" &
 runp=$!
 for _ in $(seq 100); do grep -q '^ADD ' "$R/calls.log" && break; sleep 0.05; done
 grep -q '^ADD ' "$R/calls.log" || fail "no ADD (busy)"
-d=$(ls -d "$R"/state/sandboxes/*/ | head -n 1)
+d=$(ls -dt "$R"/state/sandboxes/*/ | head -n 1)
 [ -n "$d" ] || fail "no pod directory under $R/state/sandboxes"
 mkdir -p "$d/busy" && mount -t tmpfs busy "$d/busy" || fail "mount in the pod's directory"
 touch "$R/release"

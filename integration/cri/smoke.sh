@@ -336,7 +336,7 @@ echo '{"metadata": {"name": "rebooth", "namespace": "default", "uid": "rebooth-u
 rbh=$(c runp "$R/rebooth.json") || fail "runp (rebooth): $(cat "$R/crictl.err")"
 kill -9 $cri; wait $cri 2>/dev/null || true
 awk -v p="$R/state/sandboxes/$rbh/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
-    umount -l "$m"
+    umount -l "$m" || fail "umount $m"
 done
 rm -rf "$R/state/sandboxes/$rbh"
 start_cri

@@ -28,9 +28,9 @@ use crate::Opts;
 /// How much output may wait for one attach client before it is dropped (a client that
 /// never reads must not hold the container or the shim's memory).
 const CLIENT_QUEUE_MAX: usize = 4 * 1024 * 1024;
-/// Control connections open at once (each waiting for its request, or an exec's end), and
-/// attach clients: beyond, a new one is refused (closed) rather than let a peer that opens
-/// connections without end exhaust the shim's descriptors and memory.
+/// Control connections waiting for their request, and attach clients: beyond, a new one is
+/// refused (closed) rather than let a peer that opens connections without end exhaust the
+/// shim's descriptors and memory. (Exec sessions and their answers are not counted here.)
 const MAX_CONNS: usize = 256;
 const MAX_CLIENTS: usize = 256;
 /// The size asked for the container's stdout and stderr pipes.
@@ -1217,8 +1217,6 @@ impl Monitor {
                     tty,
                     console_socket: console_socket.map(PathBuf::from),
                     detach: true,
-                    // (A terminal's process leads a session, hence a group, already.)
-                    new_process_group: !tty,
                     ..Default::default()
                 };
                 match self.exec(sock.try_clone(), o, fds) {
