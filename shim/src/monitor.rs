@@ -664,12 +664,8 @@ impl Monitor {
                 .iter()
                 .map(|a| PollFd::new(a.sock.as_fd(), PollFlags::POLLOUT))
                 .collect();
-            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::ZERO);
-            match nix::poll::poll(&mut fds, ms) {
-                Ok(0) => return,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => return,
+            if !ready_within(&mut fds, left) {
+                return;
             }
             drop(fds);
             self.answers.retain_mut(|a| matches!(a.send(), Ok(false)));
@@ -989,12 +985,8 @@ impl Monitor {
                 .iter()
                 .map(|i| PollFd::new(self.clients[*i].sock.as_fd(), PollFlags::POLLOUT))
                 .collect();
-            let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::ZERO);
-            match nix::poll::poll(&mut fds, ms) {
-                Ok(0) => return,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => return,
+            if !ready_within(&mut fds, left) {
+                return;
             }
             drop(fds);
             for i in waiting {
@@ -1412,6 +1404,18 @@ impl Monitor {
             return;
         }
         self.answers.push(a);
+    }
+}
+
+/// Polls `fds` for at most `left`: false when nothing became ready in time or poll failed
+/// (true on EINTR: the caller looks again).
+fn ready_within(fds: &mut [PollFd], left: Duration) -> bool {
+    let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::ZERO);
+    match nix::poll::poll(fds, ms) {
+        Ok(0) => false,
+        Ok(_) | Err(Errno::EINTR) => true,
+        Err(_) => false,
     }
 }
 

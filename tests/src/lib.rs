@@ -53,6 +53,12 @@ pub fn busybox() -> PathBuf {
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique name for this test process and call.
+/// Runs a host command (`argv[0]` with its arguments) and asserts it succeeded.
+pub fn run_ok(argv: &[&str]) {
+    let st = Command::new(argv[0]).args(&argv[1..]).status().unwrap();
+    assert!(st.success(), "{argv:?}: {st}");
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",

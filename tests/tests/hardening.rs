@@ -580,18 +580,8 @@ fn a_passwd_that_is_not_a_file_is_not_read() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
-    let mk = |args: &[&str]| {
-        assert!(
-            Command::new(args[0])
-                .args(&args[1..])
-                .status()
-                .unwrap()
-                .success(),
-            "{args:?}"
-        )
-    };
     std::fs::remove_file(&passwd).unwrap();
-    mk(&["mkfifo", passwd.to_str().unwrap()]);
+    run_ok(&["mkfifo", passwd.to_str().unwrap()]);
     let id = unique("fifo");
     let o = without_hanging(
         &rt,
@@ -602,7 +592,7 @@ fn a_passwd_that_is_not_a_file_is_not_read() {
     rt.ok(&["delete", "--force", &id]);
     // A device: /dev/zero's numbers, made in the image (and allowed).
     std::fs::remove_file(&passwd).unwrap();
-    mk(&["mknod", passwd.to_str().unwrap(), "c", "1", "5"]);
+    run_ok(&["mknod", passwd.to_str().unwrap(), "c", "1", "5"]);
     b.edit(|c| {
         c["linux"]["resources"]["devices"] = json!([{"allow": true, "type": "c",
             "major": 1, "minor": 5, "access": "rwm"}])
@@ -618,7 +608,7 @@ fn a_passwd_that_is_not_a_file_is_not_read() {
     std::fs::write(&passwd, &good).unwrap();
     assert_eq!(home(&id), "/root");
     // A script whose interpreter is a FIFO: execve refuses it.
-    mk(&["mkfifo", b.rootfs().join("tmp/f").to_str().unwrap()]);
+    run_ok(&["mkfifo", b.rootfs().join("tmp/f").to_str().unwrap()]);
     let script = b.rootfs().join("bin/fifo-script");
     std::fs::write(&script, "#!/tmp/f\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();

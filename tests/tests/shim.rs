@@ -138,18 +138,8 @@ fn stream_bytes(log: &Path, stream: &str) -> Vec<u8> {
 #[test]
 fn the_exit_is_recorded_on_a_full_disk() {
     let tmp = TempDir::new("shim-full");
-    let m = |args: &[&str]| {
-        assert!(
-            Command::new(args[0])
-                .args(&args[1..])
-                .status()
-                .unwrap()
-                .success(),
-            "{args:?}"
-        )
-    };
     let dir = tmp.path().to_str().unwrap().to_string();
-    m(&["mount", "-t", "tmpfs", "-o", "size=2m", "shimfull", &dir]);
+    run_ok(&["mount", "-t", "tmpfs", "-o", "size=2m", "shimfull", &dir]);
     struct Unmount(String);
     impl Drop for Unmount {
         fn drop(&mut self) {
