@@ -485,12 +485,17 @@ impl ImageStore {
             &serde_json::to_vec_pretty(&rec).expect("serializable"),
         )?;
         let res = (|| {
-            let mut lowers: Vec<PathBuf> = snapshots
+            let lowers: Vec<PathBuf> = snapshots
                 .iter()
                 .rev()
                 .map(|s| self.store.snapshot_path(s))
                 .collect();
-            if lowers.is_empty() {
+            let mut lowers = mount::distinct_lowers(lowers);
+            // overlayfs wants a lowerdir, and two when there is no upperdir: a read-only
+            // rootfs of a one-layer image (an image volume, most often) gets an empty one
+            // under its layer.
+            let need = if readonly { 2 } else { 1 };
+            if lowers.len() < need {
                 let empty = dir.join("empty");
                 fs::create_dir_all(&empty).ctx("creating", &empty)?;
                 lowers.push(empty);

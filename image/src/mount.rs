@@ -88,6 +88,19 @@ pub fn mount_overlay(
     r
 }
 
+/// `lowers` (top first) with each directory kept only at its top-most place: an image may
+/// list a layer twice (a builder's step that changed nothing makes the same empty layer
+/// each time), and overlayfs refuses a lowerdir given twice (ELOOP, "conflicting lowerdir
+/// path"). The view is the same: a layer's second place, below its first, only holds
+/// what the first already shows, and its whiteouts hide what the first's hide.
+pub fn distinct_lowers(lowers: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    lowers
+        .into_iter()
+        .filter(|l| seen.insert(l.clone()))
+        .collect()
+}
+
 /// Unmounts `target`; not mounted is fine; busy falls back to a lazy detach.
 pub fn unmount(target: &Path) -> Result<()> {
     match sys::umount(target, false) {

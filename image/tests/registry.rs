@@ -799,6 +799,56 @@ fn many_layers_exceed_overlay_option_page() {
     store.remove_rootfs("many").unwrap();
 }
 
+/// A layer listed twice (the classic builder gives every step that changed nothing the same
+/// empty layer) and a one-layer image mounted read-only (an image volume): both are mounts
+/// overlayfs refuses as such (a lowerdir given twice; a single lowerdir without an upper).
+#[test]
+fn repeated_layers_and_a_read_only_single_layer_mount() {
+    let reg = Registry::start();
+    let empty = tar_of(&[]);
+    let a = tar_of(&[E::File("a", b"a1", 0o644), E::File("gone", b"g", 0o644)]);
+    let b = tar_of(&[
+        E::File("b", b"b", 0o644),
+        E::File(".wh.gone", b"", 0o644),
+        E::File("a", b"from b", 0o644),
+    ]);
+    // [A, E, B, E, A]: A on top again shows its own a and gone, over B's.
+    let layers = vec![
+        layer(&a, MT_GZIP),
+        layer(&empty, MT_GZIP),
+        layer(&b, MT_GZIP),
+        layer(&empty, MT_GZIP),
+        layer(&a, MT_GZIP),
+    ];
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "repeated", Some("v1"), &layers, &cfg, false);
+    let one = vec![layer(&tar_of(&[E::File("data", b"d", 0o644)]), MT_GZIP)];
+    let cfg1 = config_json("amd64", "", &one);
+    push_image(&reg.addr, "one", Some("v1"), &one, &cfg1, false);
+    let t = TempDir::new("repeated");
+    let store = open_store(t.path(), &reg.addr);
+    let (rep, single) = (
+        format!("{}/repeated:v1", reg.addr),
+        format!("{}/one:v1", reg.addr),
+    );
+    let img = store.pull(&rep, &PullOptions::default()).unwrap();
+    assert_eq!(img.layers.len(), 5);
+    store.pull(&single, &PullOptions::default()).unwrap();
+    for (id, readonly) in [("rw", false), ("ro", true)] {
+        let root = store.prepare_rootfs(id, &rep, readonly).unwrap();
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"a1", "{id}");
+        assert_eq!(std::fs::read(root.join("gone")).unwrap(), b"g", "{id}");
+        assert_eq!(std::fs::read(root.join("b")).unwrap(), b"b", "{id}");
+        store.remove_rootfs(id).unwrap();
+    }
+    let root = store.prepare_rootfs("vol", &single, true).unwrap();
+    assert_eq!(std::fs::read(root.join("data")).unwrap(), b"d");
+    let e = std::fs::write(root.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    store.remove_rootfs("vol").unwrap();
+    assert!(!root.exists());
+}
+
 #[test]
 fn https_with_a_configured_ca() {
     let reg = Registry::start();
