@@ -302,6 +302,29 @@ impl Unpacker<'_> {
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
         }
+        // Data after a header-only entry (a directory, link, device or fifo; a name ending
+        // in '/'): Go's archive/tar, which containerd and image scanners read layers with,
+        // takes none and reads the next header right after; the tar crate skips the header's
+        // size. The two would see different files from there on.
+        let header_only = matches!(
+            kind,
+            EntryType::Directory
+                | EntryType::Symlink
+                | EntryType::Link
+                | EntryType::Char
+                | EntryType::Block
+                | EntryType::Fifo
+        ) || raw_path.ends_with(b"/");
+        if header_only && entry.size() > 0 {
+            return Err(self.hostile(
+                &shown,
+                format!(
+                    "a {kind:?} entry with {} bytes of data (tar readers disagree on where \
+                     the next header is)",
+                    entry.size()
+                ),
+            ));
+        }
         let comps = clean_path(&raw_path).map_err(|r| self.hostile(&shown, r))?;
         let meta = self.meta(entry, &shown)?;
         if comps.is_empty() {

@@ -482,6 +482,30 @@ fn truncated_tar_is_an_error_not_a_partial_success() {
     assert!(matches!(r, Err(Error::BadLayer { .. })), "{r:?}");
 }
 
+/// Data after a header-only entry: the tar crate skips it, Go's archive/tar (containerd,
+/// scanners) reads a header there. Here the "data" of `d/` is a header for `bin/sh` that
+/// only a Go reader would unpack: refused, whichever reading is right.
+#[test]
+fn data_after_a_header_only_entry_is_refused() {
+    for (name, kind, link) in [
+        ("d/", EntryType::Directory, None),
+        ("l", EntryType::Symlink, Some("x")),
+        ("p", EntryType::Fifo, None),
+        ("old/", EntryType::Regular, None),
+    ] {
+        let s = scene();
+        let hidden = raw_header("bin/sh", EntryType::Regular, 0o755, 0, None);
+        let t = raw_tar(vec![
+            (
+                raw_header(name, kind, 0o755, 512, link),
+                hidden.as_bytes().to_vec(),
+            ),
+            (raw_header("f", EntryType::Regular, 0o644, 0, None), vec![]),
+        ]);
+        expect_hostile(&s, &t, "bytes of data");
+    }
+}
+
 #[test]
 fn hardlink_to_a_directory_is_refused() {
     let s = scene();
