@@ -800,7 +800,12 @@ impl Decoder {
                         max: self.max_header_block_size,
                     });
                 }
-                let more = out.len().clamp(256, self.max_header_block_size - out.len());
+                // Doubling, at least 256 bytes, never past the limit (`clamp` would panic
+                // when less than 256 bytes are left under it).
+                let more = out
+                    .len()
+                    .max(256)
+                    .min(self.max_header_block_size - out.len());
                 out.reserve_exact(more);
             }
             let (in_before, out_before) = (self.inflate.total_in(), out.len());
@@ -878,13 +883,16 @@ fn parse_header_block(raw: &[u8]) -> Result<Headers, String> {
             .map_err(|_| format!("value of {name:?} is not UTF-8"))?
             .to_owned();
         rest = &rest[len..];
-        if headers.pairs.iter().any(|(n, _)| *n == name) {
-            return Err(format!("header {name:?} given twice"));
-        }
         headers.pairs.push((name, value));
     }
     if !rest.is_empty() {
         return Err(format!("{} bytes after the last pair", rest.len()));
+    }
+    // Sorted, not pair by pair: a block of 1 MiB holds ~95,000 pairs.
+    let mut names: Vec<&str> = headers.pairs.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("header {:?} given twice", w[0]));
     }
     Ok(headers)
 }
@@ -1517,16 +1525,12 @@ impl State {
     }
 
     fn settings(&mut self, entries: &[Setting]) -> Result<(), Error> {
-        let mut seen = Vec::new();
-        for e in entries {
-            // Only the first value of an id counts.
-            if seen.contains(&e.id) {
-                continue;
-            }
-            seen.push(e.id);
-            if e.id != SETTINGS_INITIAL_WINDOW_SIZE {
-                continue;
-            }
+        // Only the first value of an id counts, and only the initial window is used (one
+        // pass: a frame may carry two million entries).
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.id == SETTINGS_INITIAL_WINDOW_SIZE)
+        {
             let size = i64::from(e.value);
             if size > MAX_WINDOW {
                 return Err(Error::Protocol {
@@ -1656,7 +1660,11 @@ impl State {
         }
         let room = limit.saturating_sub(s.buffered);
         if !data.is_empty() && room > 0 {
-            let part = data.split_to(room.min(data.len()));
+            // A copy, not a slice: a slice would hold the whole read buffer it came from
+            // (up to a 16 MiB frame's) for as long as the application leaves it queued, so
+            // a peer alternating 1-byte DATA and large control frames would make the
+            // window's 64 KiB hold gigabytes.
+            let part = Bytes::copy_from_slice(&data.split_to(room.min(data.len())));
             s.buffered += part.len();
             s.recv.push_back(part);
             wake(&mut s.read_waker);
@@ -3021,6 +3029,44 @@ mod tests {
             matches!(e, Error::HeaderBlockTooLarge { max: 4096, .. }),
             "{e}"
         );
+        // Limits a few bytes above a size the inflate buffer doubles to (4 x the compressed
+        // length, then 8 x, 16 x): the last step up to the limit is under 256 bytes.
+        let block = wire.len() - 18;
+        for max in [
+            4 * block + 1,
+            8 * block + 100,
+            16 * block + 255,
+            32 * block + 7,
+        ] {
+            let e = Decoder::new(MAX_FRAME_LENGTH, max)
+                .decode(&mut BytesMut::from(&wire[..]))
+                .unwrap_err();
+            assert!(matches!(e, Error::HeaderBlockTooLarge { .. }), "{max}: {e}");
+        }
+    }
+
+    /// Many pairs in one header block: a name given twice is found among them (by a sort,
+    /// not by a pass over the pairs before each pair).
+    #[test]
+    fn a_name_given_twice_among_many_pairs() {
+        // The raw block (an encoder joins a name's values into one pair).
+        let block = |names: &[String]| {
+            let mut b = (names.len() as u32).to_be_bytes().to_vec();
+            for n in names {
+                b.extend_from_slice(&(n.len() as u32).to_be_bytes());
+                b.extend_from_slice(n.as_bytes());
+                b.extend_from_slice(&0u32.to_be_bytes());
+            }
+            b
+        };
+        let mut names: Vec<String> = (0..60_000).map(|i| format!("h{i}")).collect();
+        assert_eq!(
+            parse_header_block(&block(&names)).unwrap().pairs.len(),
+            60_000
+        );
+        names.push("H59999".into());
+        let e = parse_header_block(&block(&names)).unwrap_err();
+        assert_eq!(e, "header \"h59999\" given twice");
     }
 
     #[test]
