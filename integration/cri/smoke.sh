@@ -15,20 +15,20 @@
 # iptables rules never touch the host's network.
 # Usage: smoke.sh RSRUN-CRI-BINARY RSRUN-BINARY
 set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+W=${CRI_SMOKE_WORK:-/var/tmp/rsrun-cri-smoke}
 if [ -z "${RSRUN_SMOKE_NETNS:-}" ]; then
+    # crictl, cached by the go.mod that pins it: built before the network namespace, which
+    # has no route to the Go module proxy (a fresh machine has no cached build).
+    "$HERE/build-crictl.sh" "$W/bin" >/dev/null
     RSRUN_SMOKE_NETNS=1 exec unshare --net "$0" "$@"
 fi
 ip link set lo up
-HERE=$(cd "$(dirname "$0")" && pwd)
-TOP=$(cd "$HERE/../.." && pwd)
 CRI=$1
 RSRUN=$2
-W=${CRI_SMOKE_WORK:-/var/tmp/rsrun-cri-smoke}
 fail() { echo "cri smoke: FAIL: $*" >&2; exit 1; }
 ok() { echo "cri smoke: ok: $*"; }
-
-# crictl, cached by the go.mod that pins it.
-"$HERE/build-crictl.sh" "$W/bin" >/dev/null
 
 # What an earlier failed run left: its server's pinned namespaces and rootfs mounts, its
 # containers (in their cgroups under the smoke test's parent).
@@ -227,6 +227,19 @@ pp=$(awk '/^PPid:/ {print $2}' "/proc/$xp/status")
 [ "$pp" = "$(cat "$R/state/s/$ctr/shim.pid")" ] || fail "the exec'd process's parent is $pp ($(cat /proc/$pp/comm 2>/dev/null)), not the container's shim"
 kill "$xp"; wait "$ex" 2>/dev/null || true
 ok "interactive exec: the process is the container shim's child"
+# A terminal exec whose client is killed: its terminal hangs up (the server closes the
+# master) and the process gets SIGHUP, as containerd closes the console; an interactive shell
+# would run on otherwise, unseen.
+script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" /dev/null >/dev/null 2>&1 & sc=$!
+for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4646' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
+[ -n "$xp" ] || fail "the terminal exec's sleep 4646 never ran"
+cp=$(pgrep -xf "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" | head -n1)
+[ -n "$cp" ] || fail "no crictl of the terminal exec"
+kill -9 "$cp"
+for _ in $(seq 100); do kill -0 "$xp" 2>/dev/null || break; sleep 0.05; done
+if kill -0 "$xp" 2>/dev/null; then kill "$xp"; fail "a terminal exec's process outlived its killed client"; fi
+kill "$sc" 2>/dev/null; wait "$sc" 2>/dev/null || true
+ok "a terminal exec whose client is killed: its process gets the hangup"
 # An ExecSync without a timeout whose client goes away (killed: its HTTP/2 connection ends,
 # as a cancelled call's stream does) ends its process, as containerd's does.
 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" exec -s "$ctr" sleep 4343 >/dev/null 2>&1 & ex=$!

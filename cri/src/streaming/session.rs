@@ -5,8 +5,8 @@
 //! the runtime hands over on a console socket; the shim reports the exit code. Attach bridges to the container's rsrun-shim attach socket. Output goes to the
 //! client through one bounded queue: a client that stops reading stalls the exec'd process
 //! (its pipe fills), never the server; for attach the shim drops a client that far behind.
-//! A client that goes away closes the session's stdin (an exec'd process then sees EOF, or
-//! the terminal's hangup) and nothing else.
+//! A client that goes away closes the session's stdin (an exec'd process then sees EOF) or
+//! its terminal (the process gets the hangup) and nothing else.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -320,6 +320,14 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         }
     }
     drop(tx);
+    // With a terminal, the output pump holds the master too: a client gone must close it,
+    // or the terminal never hangs up and an interactive shell runs on (containerd closes
+    // the console when the client's stdin ends).
+    let holds_master: Vec<_> = if master_raw.is_some() {
+        pumps.iter().map(|p| p.abort_handle()).collect()
+    } else {
+        Vec::new()
+    };
     // Client → process, until the process ends.
     let input = async {
         while let Some(m) = r.recv().await {
@@ -345,8 +353,12 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
                 }
             }
         }
-        // The client is gone: its stdin closes.
+        // The client is gone: its stdin closes, and a terminal's master with the pump that
+        // reads it (the process gets the hangup, SIGHUP).
         stdin = None;
+        for p in &holds_master {
+            p.abort();
+        }
         std::future::pending::<()>().await
     };
     // The shim's second line: the exit code, once the process has ended.
