@@ -43,6 +43,7 @@ pub struct File {
     pub log_max_line: Option<u64>,
     pub default_capabilities: Option<Vec<String>>,
     pub stream_address: Option<String>,
+    pub stream_idle_timeout: Option<String>,
     pub enable_unprivileged_ports: Option<bool>,
     pub enable_unprivileged_icmp: Option<bool>,
     pub image_pull_progress_timeout: Option<String>,
@@ -69,6 +70,7 @@ impl File {
             log_max_line: self.log_max_line.or(o.log_max_line),
             default_capabilities: self.default_capabilities.or(o.default_capabilities),
             stream_address: self.stream_address.or(o.stream_address),
+            stream_idle_timeout: self.stream_idle_timeout.or(o.stream_idle_timeout),
             enable_unprivileged_ports: self
                 .enable_unprivileged_ports
                 .or(o.enable_unprivileged_ports),
@@ -100,6 +102,9 @@ pub struct Opts {
     pub default_capabilities: Option<Vec<String>>,
     /// The streaming server's address (exec, attach URLs).
     pub stream_address: String,
+    /// A streaming connection that moves no byte either way for this long is closed
+    /// (None: never).
+    pub stream_idle_timeout: Option<std::time::Duration>,
     /// The sysctls a pod with a network of its own gets unless it sets them.
     pub pod_net_defaults: crate::sandbox::NetDefaults,
     /// A pull that receives nothing for this long fails (None: never).
@@ -271,6 +276,16 @@ fn resolve(f: File) -> Result<Opts> {
             a.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("stream_address {a:?}: an IP address and port"))?;
             a
+        },
+        stream_idle_timeout: match f.stream_idle_timeout.as_deref() {
+            // containerd's default, and the kubelet's streaming server's.
+            None => Some(std::time::Duration::from_secs(4 * 3600)),
+            Some(t) => {
+                let d = parse_duration(t).with_context(|| {
+                    format!("stream_idle_timeout {t:?}: a duration such as \"4h\", \"30m\" or \"0\" (never)")
+                })?;
+                (!d.is_zero()).then_some(d)
+            }
         },
         pod_net_defaults: crate::sandbox::NetDefaults {
             unprivileged_ports: f.enable_unprivileged_ports.unwrap_or(true),

@@ -114,9 +114,13 @@ async fn serve(o: Opts) -> Result<()> {
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("rsrun-shim")),
     };
-    let streaming = streaming::Server::start(&o.stream_address, o.state.join("streaming"))
-        .await
-        .with_context(|| format!("the streaming server on {}", o.stream_address))?;
+    let streaming = streaming::Server::start(
+        &o.stream_address,
+        o.state.join("streaming"),
+        o.stream_idle_timeout,
+    )
+    .await
+    .with_context(|| format!("the streaming server on {}", o.stream_address))?;
     let records = o.root.join("cri");
     let exits = records.join("exits");
     std::fs::create_dir_all(&exits).with_context(|| format!("create {}", exits.display()))?;

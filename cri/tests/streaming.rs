@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rsrun_cri::api;
 
 mod common;
-use rsrun_cri::spdy::{Encoder, Frame, Headers};
+use rsrun_cri::spdy::{Decoder, Encoder, Frame, Headers, FLAG_FIN, MAX_FRAME_LENGTH};
 
 fn count(dir: &str, pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/{dir}"))
@@ -105,6 +105,50 @@ fn echo_through(url: &str, port: u16) {
     );
 }
 
+/// Reads the server's frames until `done` says so (or 10 s pass); returns them all.
+fn frames_until(s: &mut TcpStream, done: impl Fn(&[Frame]) -> bool) -> Vec<Frame> {
+    frames_within(s, Duration::from_secs(10), done)
+}
+
+fn frames_within(
+    s: &mut TcpStream,
+    within: Duration,
+    done: impl Fn(&[Frame]) -> bool,
+) -> Vec<Frame> {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut dec = Decoder::new(MAX_FRAME_LENGTH, 1 << 20);
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let end = Instant::now() + within;
+    let mut b = [0u8; 4096];
+    while Instant::now() < end && !done(&frames) {
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            frames.push(f);
+        }
+        if done(&frames) {
+            break;
+        }
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    }
+    frames
+}
+
+/// Did stream `id` end (a frame with FIN)?
+fn ended(frames: &[Frame], id: u32) -> bool {
+    frames.iter().any(|f| match f {
+        Frame::Data {
+            stream_id, flags, ..
+        }
+        | Frame::SynReply {
+            stream_id, flags, ..
+        } => *stream_id == id && flags & FLAG_FIN != 0,
+        _ => false,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_server_survives_bad_clients() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -153,6 +197,31 @@ async fn streaming_server_survives_bad_clients() {
             });
         }
     });
+    // One that says bye and closes; one that reads to the end and then holds its connection
+    // without a word (an application that ignores the EOF it was sent).
+    let bye = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bye_port = bye.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in bye.incoming().flatten() {
+            let _ = s.write_all(b"bye");
+        }
+    });
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (heard_tx, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in silent.incoming().flatten() {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = s.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                let _ = heard_tx.send(());
+            }
+            held.push(s);
+        }
+    });
     let url = || {
         let mut c = c.clone();
         let pod = pod.clone();
@@ -173,6 +242,13 @@ async fn streaming_server_survives_bad_clients() {
     echo_through(&url().await, echo_port);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (fds0, threads0) = (count("fd", pid), count("task", pid));
+
+    // Half a pair (an error stream whose data stream never comes): given up after the
+    // kubelet's 30 s, with a message on its error stream (looked at last).
+    let (_, mut half) = upgrade(&url().await);
+    let opened = Instant::now();
+    half.write_all(&syn(&mut Encoder::new(), 1, "error", echo_port))
+        .unwrap();
 
     // A token works once; a made-up one never.
     let u = url().await;
@@ -219,6 +295,76 @@ async fn streaming_server_survives_bad_clients() {
     .unwrap();
     drop(s);
 
+    // The pod closes first, the client never ends its data stream: the server ends the data
+    // stream after the pod's bytes, and the error stream soon after (client-go closes its
+    // local connection only then: waiting for the client's end would hang both).
+    let (_, mut s) = upgrade(&url().await);
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", bye_port)).unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", bye_port)).unwrap();
+    let frames = frames_until(&mut s, |f| ended(f, 1));
+    let got: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data {
+                stream_id: 3, data, ..
+            } => Some(data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(got, b"bye", "{frames:?}");
+    assert!(
+        ended(&frames, 3) && ended(&frames, 1),
+        "the data and error streams did not end after the pod closed: {frames:?}"
+    );
+    drop(s);
+
+    // A client gone while the pod's application ignores the EOF it gets: the pod's
+    // connection is closed all the same (counted with the descriptors below).
+    let (_, mut s) = upgrade(&url().await);
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", silent_port))
+        .unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", silent_port)).unwrap();
+    s.write_all(&frame(
+        &mut enc,
+        Frame::Data {
+            stream_id: 3,
+            flags: 0,
+            data: bytes::Bytes::from_static(b"hello"),
+        },
+    ))
+    .unwrap();
+    heard
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the pod's application never got the client's bytes");
+    drop(s);
+
+    // A data stream with no valid port: its error stream says so and both end (the
+    // session goes on); it was reset alone, and the error stream left open.
+    let (_, mut s) = upgrade(&url().await);
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", 0)).unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", 0)).unwrap();
+    let frames = frames_until(&mut s, |f| ended(f, 1) && ended(f, 3));
+    let said: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data {
+                stream_id: 1, data, ..
+            } => Some(data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&said).contains("invalid port \"0\""),
+        "{frames:?}"
+    );
+    assert!(ended(&frames, 1) && ended(&frames, 3), "{frames:?}");
+    drop(s);
+
     // A client that never reads while the pod side sends without end: its data stream stalls
     // (bounded), the server stays responsive, and the session ends when the client goes.
     let (_, mut s) = upgrade(&url().await);
@@ -241,6 +387,21 @@ async fn streaming_server_survives_bad_clients() {
     echo_through(&url().await, echo_port);
     drop(s);
 
+    let frames = frames_within(
+        &mut half,
+        Duration::from_secs(60).saturating_sub(opened.elapsed()),
+        |f| ended(f, 1),
+    );
+    assert!(
+        ended(&frames, 1)
+            && frames
+                .iter()
+                .any(|f| matches!(f, Frame::Data { stream_id: 1, data, .. }
+                if String::from_utf8_lossy(data).contains("timed out waiting"))),
+        "half a pair was not given up: {frames:?}"
+    );
+    drop(half);
+
     // Everything those sessions held is given back.
     let end = Instant::now() + Duration::from_secs(20);
     let (mut fds, mut threads) = (0, 0);
@@ -258,6 +419,105 @@ async fn streaming_server_survives_bad_clients() {
     );
     assert!(srv.child.id() == pid && Path::new(&format!("/proc/{pid}")).exists());
 
+    c.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
+/// `stream_idle_timeout`: a port-forward session whose bytes stop (the pod's application
+/// silent, the client too) is closed by the server, with the pod's connection; one that
+/// moves bytes is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_streaming_connection_is_closed() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root (pod namespaces)");
+        return;
+    }
+    let srv = common::start_with("stream-idle", "stream_idle_timeout = \"2s\"\n").await;
+    let pid = srv.child.id();
+    let mut c = common::client(&srv.sock).await;
+    let pod = c
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(common::host_pod("stream-idle")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    // The pod's application: reads, never answers, and tells when its peer closed.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut s in silent.incoming().flatten() {
+            let mut b = [0u8; 4096];
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+            let _ = closed_tx.send(());
+        }
+    });
+    let url = c
+        .port_forward(api::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let fds0 = count("fd", pid);
+    let (status, mut s) = upgrade(&url);
+    assert!(status.contains(" 101 "), "{status}");
+    let mut enc = Encoder::new();
+    s.write_all(&syn(&mut enc, 1, "error", port)).unwrap();
+    s.write_all(&syn(&mut enc, 3, "data", port)).unwrap();
+    // Bytes every second for 4 s: twice the limit, never idle for it.
+    for _ in 0..4 {
+        s.write_all(&frame(
+            &mut enc,
+            Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: bytes::Bytes::from_static(b"tick"),
+            },
+        ))
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        closed_rx.try_recv().is_err(),
+        "a session that moved bytes was closed"
+    );
+    // Then silence: the server closes the connection (the client reads its end), and the
+    // pod's connection (its application reads EOF).
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    closed_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the pod's connection stayed open");
+    drop(s);
+    let mut fds = 0;
+    for _ in 0..100 {
+        fds = count("fd", pid);
+        if fds <= fds0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(fds <= fds0, "descriptors {fds0} -> {fds}");
     c.stop_pod_sandbox(api::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })

@@ -12,6 +12,7 @@
 //! as current clients send it).
 
 mod channel;
+mod idle;
 mod portforward;
 mod session;
 use rsrun_cri::spdy;
@@ -100,17 +101,24 @@ pub struct Server {
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
     /// Where console sockets of tty exec sessions are made.
     pub scratch: PathBuf,
+    /// An upgraded connection that moves no byte for this long is closed (None: never).
+    idle: Option<Duration>,
 }
 
 impl Server {
     /// Listens on `addr` (port 0: any free one) and serves in the background.
-    pub async fn start(addr: &str, scratch: PathBuf) -> std::io::Result<Arc<Server>> {
+    pub async fn start(
+        addr: &str,
+        scratch: PathBuf,
+        idle: Option<Duration>,
+    ) -> std::io::Result<Arc<Server>> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         std::fs::create_dir_all(&scratch)?;
         let srv = Arc::new(Server {
             addr: listener.local_addr()?,
             tokens: Mutex::new(HashMap::new()),
             scratch,
+            idle,
         });
         let s = srv.clone();
         let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_CONNECTIONS));
@@ -245,7 +253,10 @@ impl Server {
                 Ok(up) => up,
                 Err(e) => return tracing::warn!("streaming: upgrade failed: {e}"),
             };
-            let conn = spdy::Connection::server(hyper_util::rt::TokioIo::new(up));
+            let conn = spdy::Connection::server(idle::Idle::new(
+                hyper_util::rt::TokioIo::new(up),
+                srv.idle,
+            ));
             match pending {
                 Pending::PortForward { pod, netns } => portforward::serve(conn, netns, pod).await,
                 p => {
@@ -313,7 +324,7 @@ impl Server {
                 Err(e) => return tracing::warn!("streaming: upgrade failed: {e}"),
             };
             let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                hyper_util::rt::TokioIo::new(up),
+                idle::Idle::new(hyper_util::rt::TokioIo::new(up), srv.idle),
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
                 Some(ws::config()),
             )
@@ -382,6 +393,7 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             tokens: Mutex::new(HashMap::new()),
             scratch: PathBuf::new(),
+            idle: None,
         }
     }
 

@@ -3,11 +3,12 @@
 //! `error` and `data`, with the same `requestID` and the `port`; the server connects to that
 //! port on the pod's loopback, from inside the pod's network namespace, and copies both ways.
 //! A connection that fails is reported on the pair's error stream; the session goes on.
+//! A pair whose second stream does not come within 30 s is given up (reported the same way).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,14 +16,48 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::spdy;
 
+/// How long the first stream of a pair waits for its partner (the kubelet's stream
+/// creation timeout): then the pair is given up, with a message on its error stream.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The streams of one request ID that have arrived, and since when.
+struct Half {
+    error: Option<spdy::SendStream>,
+    /// The data stream and its port (an error saying what is wrong with the header).
+    data: Option<(spdy::Stream, Result<u16, String>)>,
+    since: Instant,
+}
+
 /// Serves one port-forward session until the client goes away. `netns`: the pod's pinned
 /// network namespace (None: the node's network).
 pub async fn serve(conn: spdy::Connection, netns: Option<PathBuf>, pod: String) {
     // Streams of a pair arrive one after the other: the first waits for its partner.
-    let mut errors: HashMap<String, spdy::SendStream> = HashMap::new();
-    let mut datas: HashMap<String, (spdy::Stream, u16)> = HashMap::new();
+    let mut halves: HashMap<String, Half> = HashMap::new();
     tracing::debug!(pod = %pod, "port-forward session");
-    while let Some(s) = conn.accept().await {
+    loop {
+        let first = halves.values().map(|h| h.since).min();
+        let s = tokio::select! {
+            s = conn.accept() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            _ = tokio::time::sleep_until((first.unwrap_or_else(Instant::now) + PAIR_TIMEOUT).into()),
+                if first.is_some() =>
+            {
+                let now = Instant::now();
+                let late: Vec<String> = halves
+                    .iter()
+                    .filter(|(_, h)| now.duration_since(h.since) >= PAIR_TIMEOUT)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in late {
+                    let h = halves.remove(&id).expect("listed above");
+                    tracing::info!(pod = %pod, request = %id, "port-forward: the pair's other stream never came");
+                    give_up(h, format!("timed out waiting for the other stream of request {id}")).await;
+                }
+                continue;
+            }
+        };
         let h = s.headers();
         tracing::debug!(pod = %pod, headers = ?h, "port-forward stream");
         let (Some(kind), Some(id)) = (h.get("streamtype"), h.get("requestid")) else {
@@ -31,28 +66,43 @@ pub async fn serve(conn: spdy::Connection, netns: Option<PathBuf>, pod: String) 
             continue;
         };
         let (kind, id) = (kind.to_string(), id.to_string());
-        let port = h.get("port").and_then(|p| p.parse::<u16>().ok());
+        let port = match h.get("port") {
+            None => Err("no port header".to_string()),
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("invalid port {p:?}")),
+            },
+        };
+        if !matches!(kind.as_str(), "error" | "data") {
+            tracing::info!(pod = %pod, kind, "port-forward: a stream of unknown type");
+            s.reset(spdy::RstStatus::PROTOCOL_ERROR);
+            continue;
+        }
         if s.reply(&[]).await.is_err() {
             break;
         }
-        match (kind.as_str(), port) {
-            ("error", _) => {
-                let (_r, w) = s.split();
-                errors.insert(id.clone(), w);
-            }
-            ("data", Some(p)) if p > 0 => {
-                datas.insert(id.clone(), (s, p));
-            }
-            _ => {
-                tracing::info!(pod = %pod, kind, "port-forward: bad stream (type or port)");
-                s.reset(spdy::RstStatus::PROTOCOL_ERROR);
-                continue;
-            }
-        }
-        if !(errors.contains_key(&id) && datas.contains_key(&id)) {
+        let half = halves.entry(id.clone()).or_insert_with(|| Half {
+            error: None,
+            data: None,
+            since: Instant::now(),
+        });
+        let again = if kind == "error" {
+            half.error.replace(s.split().1).is_some()
+        } else {
+            half.data.replace((s, port)).is_some()
+        };
+        if again {
+            // As the kubelet: a second stream of a type for one request ends the request.
+            let h = halves.remove(&id).expect("inserted above");
+            tracing::info!(pod = %pod, request = %id, kind, "port-forward: a second stream of one type");
+            give_up(h, format!("request {id}: a second {kind} stream")).await;
             continue;
         }
-        if let (Some(err), Some((data, port))) = (errors.remove(&id), datas.remove(&id)) {
+        if half.error.is_some() && half.data.is_some() {
+            let h = halves.remove(&id).expect("inserted above");
+            let (Some(err), Some((data, port))) = (h.error, h.data) else {
+                continue;
+            };
             let ns = netns.clone();
             let pod = pod.clone();
             tokio::spawn(async move { forward(data, err, port, ns, pod).await });
@@ -60,61 +110,104 @@ pub async fn serve(conn: spdy::Connection, netns: Option<PathBuf>, pod: String) 
     }
 }
 
+/// Ends a pair that will not be forwarded: `msg` on its error stream, its data stream closed.
+async fn give_up(h: Half, msg: String) {
+    if let Some(mut e) = h.error {
+        let _ = e.write(msg.as_bytes()).await;
+        let _ = e.close().await;
+    }
+    if let Some((d, _)) = h.data {
+        let (_r, mut w) = d.split();
+        let _ = w.close().await;
+    }
+}
+
+/// After one direction of a forwarded connection ends, how long the other has to follow
+/// before the pair is ended (containerd's grace, after socat's): a pod that closes its end
+/// must close the client's too (client-go closes its local connection only once the error
+/// stream has ended), and a client that is gone must not leave the pod's connection open
+/// behind an application that ignores the EOF it was sent.
+const LINGER: Duration = Duration::from_secs(1);
+
 async fn forward(
     data: spdy::Stream,
     mut err: spdy::SendStream,
-    port: u16,
+    port: Result<u16, String>,
     netns: Option<PathBuf>,
     pod: String,
 ) {
-    let tcp = match connect(port, netns).await {
-        Ok(t) => t,
+    let connected = match port {
+        Ok(port) => connect(port, netns)
+            .await
+            .map(|t| (t, port))
+            .map_err(|e| format!("port-forward to port {port} of pod {pod}: {e}")),
+        Err(e) => Err(format!("port-forward to pod {pod}: {e}")),
+    };
+    let (tcp, port) = match connected {
+        Ok(c) => c,
         Err(e) => {
-            tracing::info!(pod = %pod, port, "port-forward: {e}");
-            let _ = err
-                .write(format!("port-forward to port {port} of pod {pod}: {e}").as_bytes())
-                .await;
+            tracing::info!(pod = %pod, "{e}");
+            let _ = err.write(e.as_bytes()).await;
             let _ = err.close().await;
+            // Ended as the kubelet ends it (FIN), not reset.
+            let (_r, mut w) = data.split();
+            let _ = w.close().await;
             return;
         }
     };
     tracing::debug!(pod = %pod, port, "port-forward connected");
     let (mut tr, mut tw) = tcp.into_split();
     let (mut dr, mut dw) = data.split();
-    let up = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match dr.read(&mut buf).await {
-                Ok(0) => break,
-                Err(e) => {
-                    tracing::debug!("port-forward: client side: {e}");
-                    break;
-                }
-                Ok(n) => {
-                    if tw.write_all(&buf[..n]).await.is_err() {
+    {
+        let up = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match dr.read(&mut buf).await {
+                    Ok(0) => break,
+                    Err(e) => {
+                        tracing::debug!("port-forward: client side: {e}");
                         break;
+                    }
+                    Ok(n) => {
+                        if tw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
                 }
             }
-        }
-        let _ = tw.shutdown().await;
-    };
-    let down = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match tr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Err(e) = dw.write(&buf[..n]).await {
-                        tracing::debug!("port-forward: writing to the client: {e}");
-                        break;
+            let _ = tw.shutdown().await;
+        };
+        let down = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match tr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if let Err(e) = dw.write(&buf[..n]).await {
+                            tracing::debug!("port-forward: writing to the client: {e}");
+                            break;
+                        }
                     }
                 }
             }
+            let _ = dw.close().await;
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            _ = &mut up => {
+                let _ = tokio::time::timeout(LINGER, &mut down).await;
+            }
+            _ = &mut down => {
+                let _ = tokio::time::timeout(LINGER, &mut up).await;
+            }
         }
-        let _ = dw.close().await;
-    };
-    tokio::join!(up, down);
+    }
+    // The pod's connection closes; the client's data stream ends (FIN, as the kubelet's
+    // Close; already sent when the pod's side ended), what the client still sends is
+    // dropped; then the error stream ends, empty.
+    drop((tr, tw));
+    let _ = dw.close().await;
+    drop(dr);
     tracing::debug!(pod = %pod, port, "port-forward connection done");
     let _ = err.close().await;
 }
@@ -128,20 +221,23 @@ async fn connect(port: u16, netns: Option<PathBuf>) -> std::io::Result<tokio::ne
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     use std::os::fd::OwnedFd;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let made = (|| -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
-            if let Some(ns) = &netns {
-                let f = std::fs::File::open(ns)?;
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            }
-            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-            let v4 = socket(AddressFamily::Inet, SockType::Stream, flags, None)?;
-            // No IPv6 in the pod (disabled): IPv4 only.
-            let v6 = socket(AddressFamily::Inet6, SockType::Stream, flags, None).ok();
-            Ok((v4, v6))
-        })();
-        let _ = tx.send(made);
-    });
+    // Builder, not thread::spawn: out of threads is this connection's error, not a panic.
+    std::thread::Builder::new()
+        .name("port-forward".into())
+        .spawn(move || {
+            let made = (|| -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
+                if let Some(ns) = &netns {
+                    let f = std::fs::File::open(ns)?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                }
+                let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+                let v4 = socket(AddressFamily::Inet, SockType::Stream, flags, None)?;
+                // No IPv6 in the pod (disabled): IPv4 only.
+                let v6 = socket(AddressFamily::Inet6, SockType::Stream, flags, None).ok();
+                Ok((v4, v6))
+            })();
+            let _ = tx.send(made);
+        })?;
     let (v4, v6) = rx
         .await
         .map_err(|_| std::io::Error::other("the port-forward thread ended"))??;
@@ -167,9 +263,7 @@ async fn connect(port: u16, netns: Option<PathBuf>) -> std::io::Result<tokio::ne
 
 /// SPDY carried in WebSocket binary messages (`SPDY/3.1+portforward.k8s.io`): a byte pipe
 /// whose other end copies to and from the messages.
-pub fn tunnel(
-    ws: tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
-) -> tokio::io::DuplexStream {
+pub fn tunnel(ws: tokio_tungstenite::WebSocketStream<super::ws::Io>) -> tokio::io::DuplexStream {
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
     let (mut sink, mut stream) = ws.split();
     let (mut rd, mut wr) = tokio::io::split(theirs);

@@ -54,7 +54,7 @@ pub enum In {
     Closed(u8),
 }
 
-type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+pub type Io = super::idle::Idle<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 type Ws = tokio_tungstenite::WebSocketStream<Io>;
 
 pub struct Channels {

@@ -52,8 +52,12 @@ fn spawn(dir: &Path, sock: &Path, name: &str) -> std::process::Child {
         .append(true)
         .open(dir.join("cri.log"))
         .unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_rsrun-cri"))
-        .arg("--listen")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rsrun-cri"));
+    let config = dir.join("config.toml");
+    if config.exists() {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("--listen")
         .arg(format!("unix://{}", sock.display()))
         .arg("--root")
         .arg(dir.join("root"))
@@ -81,8 +85,16 @@ async fn wait_socket(sock: &Path) {
 
 /// Starts the built rsrun-cri with root, state and socket under a temp dir named after `name`.
 pub async fn start(name: &str) -> Server {
+    start_with(name, "").await
+}
+
+/// As `start`, with `config` as its config file (TOML) when not empty.
+pub async fn start_with(name: &str, config: &str) -> Server {
     let dir = std::env::temp_dir().join(format!("rsrun-cri-{name}-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("net.d")).unwrap();
+    if !config.is_empty() {
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+    }
     let sock = dir.join("cri.sock");
     let child = spawn(&dir, &sock, name);
     wait_socket(&sock).await;
