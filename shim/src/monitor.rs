@@ -1,6 +1,7 @@
 //! The monitor: creates the container with its stdio on pipes (or a terminal) and runs one
 //! poll loop over every descriptor until the container's init exits. Nothing wakes it
-//! while the container is idle: no timer runs unless an exec_sync has a deadline.
+//! while the container is idle: no timer runs unless an exec_sync has a deadline, an answer is
+//! being sent or a control connection has not sent its request yet.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -30,9 +31,19 @@ use crate::Opts;
 const CLIENT_QUEUE_MAX: usize = 4 * 1024 * 1024;
 /// Control connections waiting for their request, and attach clients: beyond, a new one is
 /// refused (closed) rather than let a peer that opens connections without end exhaust the
-/// shim's descriptors and memory. (Exec sessions and their answers are not counted here.)
+/// shim's descriptors and memory.
 const MAX_CONNS: usize = 256;
 const MAX_CLIENTS: usize = 256;
+/// Exec processes running (exec_sync and interactive) with the exec_sync answers still
+/// being sent: beyond, a new exec is refused. Each exec_sync may hold 32 MiB of output and
+/// three descriptors until its requester has read it; a kubelet runs a few probes per
+/// container.
+const MAX_EXECS: usize = 64;
+/// How long a control connection has to send its request (the CRI server writes it as it
+/// connects): one that sends nothing, or half a line, is closed, and no longer holds one
+/// of the MAX_CONNS places and a request buffer. The only timer of a shim without exec
+/// deadlines, and only while such a connection is open.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The size asked for the container's stdout and stderr pipes.
 const PIPE_SIZE: i32 = 1024 * 1024;
 /// One read of container output (heap pages are touched only as far as reads fill them).
@@ -60,6 +71,8 @@ struct Client {
 struct ControlConn {
     sock: UnixStream,
     buf: Vec<u8>,
+    /// When it must have sent its request (REQUEST_TIMEOUT after its accept).
+    deadline: Instant,
     /// Descriptors that came with the request (an interactive exec's stdio).
     fds: Vec<OwnedFd>,
     dead: bool,
@@ -482,6 +495,7 @@ impl Monitor {
                 .filter(|e| !e.timed_out)
                 .filter_map(|e| e.deadline)
                 .chain(self.answers.iter().map(|a| a.deadline))
+                .chain(self.conns.iter().map(|c| c.deadline))
                 .min()
                 .map(|d| {
                     let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
@@ -495,6 +509,7 @@ impl Monitor {
             self.expire_execs();
             self.answer_finished_execs();
             self.expire_answers();
+            self.expire_conns();
             self.conns.retain(|c| !c.dead);
             // An attacher that carried stdin gone for any reason (detached, its connection
             // broken, dropped for not reading or for a bad message) is the end of its input:
@@ -803,13 +818,45 @@ impl Monitor {
             self.flush_client(i);
         }
         self.drain_clients(Instant::now() + Duration::from_secs(5));
+        self.end_execs();
         self.drain_answers(Instant::now() + Duration::from_secs(5));
-        for e in std::mem::take(&mut self.execs) {
-            kill_tree(e.pid);
-            let _ = reply(&e.conn, &json!({"error": "the container exited"}));
-        }
         for f in ["control", "attach", "shim.pid"] {
             let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+
+    /// Exec sessions still running when the container has exited end with it: their
+    /// processes are killed (in a PID namespace of its own the kernel did it already; in the
+    /// node's they would run on), and each is answered with its exit status and its output
+    /// up to then, as containerd reports an exec the container's end killed (137), not an
+    /// error that reads as a failure of the runtime.
+    fn end_execs(&mut self) {
+        let execs = std::mem::take(&mut self.execs);
+        for e in execs.iter().filter(|e| e.status.is_none()) {
+            kill_tree(e.pid);
+        }
+        let until = Instant::now() + Duration::from_secs(1);
+        for mut e in execs {
+            while e.status.is_none() {
+                let pid = nix::unistd::Pid::from_raw(e.pid);
+                match nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, c)) => e.status = Some(c),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => e.status = Some(128 + sig as i32),
+                    Ok(WaitStatus::StillAlive) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(Errno::EINTR) => {}
+                    _ => break,
+                }
+            }
+            if e.status.is_some() {
+                self.answer_exec(e);
+            } else {
+                let _ = reply(
+                    &e.conn,
+                    &json!({"error": "the container exited; the exec's process did not end"}),
+                );
+            }
         }
     }
 
@@ -1099,6 +1146,7 @@ impl Monitor {
                         self.conns.push(ControlConn {
                             sock,
                             buf: Vec::new(),
+                            deadline: Instant::now() + REQUEST_TIMEOUT,
                             fds: Vec::new(),
                             dead: false,
                         });
@@ -1117,9 +1165,34 @@ impl Monitor {
         }
     }
 
+    /// Closes the control connections that did not send their request in time.
+    fn expire_conns(&mut self) {
+        let now = Instant::now();
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| !c.dead && c.deadline <= now)
+        {
+            let _ = reply(
+                &c.sock,
+                &json!({"error": format!("no request within {} s", REQUEST_TIMEOUT.as_secs())}),
+            );
+            rsrun::log::warn(&format!(
+                "container {}: a control connection closed: no request within {} s ({} bytes)",
+                self.id,
+                REQUEST_TIMEOUT.as_secs(),
+                c.buf.len()
+            ));
+            c.dead = true;
+        }
+    }
+
     fn read_conn(&mut self, i: usize) {
         let mut buf = [0u8; 4096];
         let c = &mut self.conns[i];
+        // Only what arrives now is searched for the line's end (a request sent a byte at a
+        // time was scanned again from its start at each byte).
+        let seen = c.buf.len();
         let eof = loop {
             match rsrun::sys::recv_with_fds(c.sock.as_raw_fd(), &mut buf) {
                 Ok((0, _)) => break true,
@@ -1145,8 +1218,8 @@ impl Monitor {
                 }
             }
         };
-        let line = match memchr::memchr(b'\n', &c.buf) {
-            Some(nl) => c.buf[..nl].to_vec(),
+        let line = match memchr::memchr(b'\n', &c.buf[seen..]) {
+            Some(nl) => c.buf[..seen + nl].to_vec(),
             None if eof => std::mem::take(&mut c.buf),
             None => return,
         };
@@ -1181,6 +1254,10 @@ impl Monitor {
                     .map_err(|e| format!("resize the terminal: {e}")),
                 None => Err("the container has no terminal".into()),
             },
+            Request::ExecSync { .. } | Request::Exec { .. } if self.exec_busy() => Err(format!(
+                "container {}: {MAX_EXECS} exec sessions are running or being answered",
+                self.id
+            )),
             Request::ExecSync {
                 args,
                 env,
@@ -1223,6 +1300,10 @@ impl Monitor {
             json!({ "error": e })
         });
         let _ = reply(&sock, &v);
+    }
+
+    fn exec_busy(&self) -> bool {
+        self.execs.len() + self.answers.len() >= MAX_EXECS
     }
 
     fn start_container(&mut self) -> std::result::Result<serde_json::Value, String> {

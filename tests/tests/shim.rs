@@ -985,6 +985,108 @@ fn out_of_descriptors_a_connection_is_shed_not_spun_on() {
     assert_eq!(v["ok"], true, "{v}");
 }
 
+/// A control connection that never finishes its request is closed (its place and buffer
+/// given back), and exec sessions are capped: one past the cap is refused with an error
+/// that names it, the container and the shim untouched; the cap frees as they end.
+#[test]
+fn silent_connections_are_closed_and_exec_sessions_capped() {
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+    c.write_all(b"{\"op\": ").unwrap();
+    // A hang guard, not a timing: the shim's own limit is 5 s.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let v = line_from(&mut c);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no request within")),
+        "{v}"
+    );
+    let mut b1 = [0u8; 1];
+    assert_eq!(c.read(&mut b1).unwrap(), 0, "the connection was not closed");
+    // 64 exec_syncs without a timeout, their requesters waiting.
+    let marker = "64646";
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+        let req =
+            json!({"op": "exec_sync", "args": ["sleep", format!("{marker}")], "timeout_ms": 0});
+        c.write_all(format!("{req}\n").as_bytes()).unwrap();
+        held.push(c);
+    }
+    for _ in 0..1000 {
+        if processes_with(marker).len() == 64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(processes_with(marker).len(), 64);
+    let (h, _, _) = s.exec_sync(&["true"], 10_000);
+    assert!(
+        h["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("64 exec sessions")),
+        "{h}"
+    );
+    assert!(alive(s.pid));
+    // Their requesters gone, they end, and execs run again.
+    drop(held);
+    for _ in 0..1000 {
+        if processes_with(marker).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = s.exec_sync(&["true"], 10_000).0;
+        if last["exit_code"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(last["exit_code"], 0, "{last}");
+}
+
+/// An exec_sync still running when the container exits ends with it and is answered with
+/// its exit status (137: killed), not an error. In the node's PID namespace, where the
+/// init's end does not take the exec's process with it, the shim kills it.
+#[test]
+fn an_exec_running_when_the_container_exits_gets_its_status() {
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid")
+    });
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let marker = "73737";
+    let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+    let req = json!({"op": "exec_sync", "args": ["sh", "-c", format!("echo before; exec sleep {marker}")], "timeout_ms": 0});
+    c.write_all(format!("{req}\n").as_bytes()).unwrap();
+    for _ in 0..500 {
+        if !processes_with(marker).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!processes_with(marker).is_empty(), "the exec never ran");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid), nix::sys::signal::SIGKILL).unwrap();
+    let mut all = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c.read_to_end(&mut all).unwrap();
+    let nl = all.iter().position(|b| *b == b'\n').unwrap_or(all.len());
+    let h: Value = serde_json::from_slice(&all[..nl]).unwrap();
+    assert_eq!(h["exit_code"], 137, "{h}");
+    assert_eq!(&all[nl + 1..], b"before\n", "{h}");
+    assert!(processes_with(marker).is_empty());
+    assert_eq!(s.wait_exit()["exit_code"], 137);
+}
+
 fn shim_pid(s: &Shimmed) -> i32 {
     std::fs::read_to_string(s.dir().join("shim.pid"))
         .unwrap()
