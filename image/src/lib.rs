@@ -493,10 +493,15 @@ impl ImageStore {
             let mut lowers = mount::distinct_lowers(lowers);
             // overlayfs wants a lowerdir, and two when there is no upperdir: a read-only
             // rootfs of a one-layer image (an image volume, most often) gets an empty one
-            // under its layer.
+            // under its layer, of an image without layers two (distinct: a lowerdir given
+            // twice is refused).
             let need = if readonly { 2 } else { 1 };
-            if lowers.len() < need {
-                let empty = dir.join("empty");
+            for i in lowers.len()..need {
+                let empty = dir.join(if i == 0 {
+                    "empty".to_string()
+                } else {
+                    format!("empty-{i}")
+                });
                 fs::create_dir_all(&empty).ctx("creating", &empty)?;
                 lowers.push(empty);
             }

@@ -847,6 +847,16 @@ fn repeated_layers_and_a_read_only_single_layer_mount() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     store.remove_rootfs("vol").unwrap();
     assert!(!root.exists());
+    // And an image without layers, read-only: two empty lowerdirs.
+    let cfg0 = config_json("amd64", "", &[]);
+    push_image(&reg.addr, "none", Some("v1"), &[], &cfg0, false);
+    let none = format!("{}/none:v1", reg.addr);
+    store.pull(&none, &PullOptions::default()).unwrap();
+    let root = store.prepare_rootfs("nil", &none, true).unwrap();
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+    let e = std::fs::write(root.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    store.remove_rootfs("nil").unwrap();
 }
 
 #[test]
