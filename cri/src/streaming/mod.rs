@@ -142,10 +142,13 @@ impl Server {
                     continue;
                 };
                 let s = s.clone();
+                // The socket, for the idle limit of an upgraded session (which holds the
+                // connection, and with it this descriptor, for as long as it runs).
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
-                        async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
+                        async move { Ok::<_, std::convert::Infallible>(s.handle(req, fd, peer).await) }
                     });
                     // A request's headers within HEADER_TIMEOUT and 16 KiB: a client that
                     // trickles or idles is dropped. (One request per connection: `text`.)
@@ -192,7 +195,12 @@ impl Server {
         (at.elapsed() < TOKEN_TTL).then_some(p)
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        fd: std::os::fd::RawFd,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -213,9 +221,13 @@ impl Server {
         };
         let upgrade = header(&req, "upgrade").to_ascii_lowercase();
         tracing::debug!(path = %path, upgrade = %upgrade, headers = ?req.headers(), "streaming request");
+        let conn = Conn {
+            fd,
+            what: format!("{} session of {peer}", pending.path()),
+        };
         match upgrade.as_str() {
-            "spdy/3.1" => self.upgrade_spdy(req, pending),
-            "websocket" => self.upgrade_ws(req, pending),
+            "spdy/3.1" => self.upgrade_spdy(req, pending, conn),
+            "websocket" => self.upgrade_ws(req, pending, conn),
             _ => text(
                 StatusCode::BAD_REQUEST,
                 &format!("streaming: upgrade {upgrade:?} is not supported: SPDY/3.1 or WebSocket"),
@@ -227,6 +239,7 @@ impl Server {
         self: Arc<Self>,
         req: Request<Incoming>,
         pending: Pending,
+        c: Conn,
     ) -> Response<Full<Bytes>> {
         let want = match pending {
             Pending::PortForward { .. } => SPDY_PORTFORWARD,
@@ -255,7 +268,9 @@ impl Server {
             };
             let conn = spdy::Connection::server(idle::Idle::new(
                 hyper_util::rt::TokioIo::new(up),
+                c.fd,
                 srv.idle,
+                c.what,
             ));
             match pending {
                 Pending::PortForward { pod, netns } => portforward::serve(conn, netns, pod).await,
@@ -284,6 +299,7 @@ impl Server {
         self: Arc<Self>,
         req: Request<Incoming>,
         pending: Pending,
+        c: Conn,
     ) -> Response<Full<Bytes>> {
         let offered = header(&req, "sec-websocket-protocol");
         let port_forward = matches!(pending, Pending::PortForward { .. });
@@ -324,7 +340,7 @@ impl Server {
                 Err(e) => return tracing::warn!("streaming: upgrade failed: {e}"),
             };
             let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                idle::Idle::new(hyper_util::rt::TokioIo::new(up), srv.idle),
+                idle::Idle::new(hyper_util::rt::TokioIo::new(up), c.fd, srv.idle, c.what),
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
                 Some(ws::config()),
             )
@@ -360,6 +376,12 @@ impl Server {
         );
         r
     }
+}
+
+/// The connection a request came on: its socket (for the idle limit) and a name for logs.
+struct Conn {
+    fd: std::os::fd::RawFd,
+    what: String,
 }
 
 fn header(req: &Request<Incoming>, name: &str) -> String {

@@ -322,7 +322,7 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
     drop(tx);
     // With a terminal, the output pump holds the master too: a client gone must close it,
     // or the terminal never hangs up and an interactive shell runs on (containerd closes
-    // the console when the client's stdin ends).
+    // the console when its session ends).
     let holds_master: Vec<_> = if master_raw.is_some() {
         pumps.iter().map(|p| p.abort_handle()).collect()
     } else {
@@ -330,8 +330,14 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
     };
     // Client → process, until the process ends.
     let input = async {
+        // After a bad message the client's input is no longer taken; its messages are read
+        // only to learn when it goes (a connection's error is followed by its end).
+        let mut refused = false;
         while let Some(m) = r.recv().await {
             tracing::trace!("exec: client message {m:?}");
+            if refused {
+                continue;
+            }
             match m {
                 Ok(In::Data(STDIN, data)) => {
                     if let Some(s) = stdin.as_mut() {
@@ -348,8 +354,11 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
                 Ok(In::Closed(STDIN)) => stdin = None,
                 Ok(other) => tracing::debug!("exec: ignored client message {other:?}"),
                 Err(e) => {
-                    tracing::info!("exec: bad client message, session reset: {e}");
-                    break;
+                    tracing::info!(
+                        "exec: bad client message or connection error, input closed: {e}"
+                    );
+                    refused = true;
+                    stdin = None;
                 }
             }
         }
