@@ -25,6 +25,8 @@ if [ -z "${RSRUN_SMOKE_NETNS:-}" ]; then
     RSRUN_SMOKE_NETNS=1 exec unshare --net "$0" "$@"
 fi
 ip link set lo up
+# (Cached by now: a no-op, unless the script was started inside a namespace already.)
+"$HERE/build-crictl.sh" "$W/bin" >/dev/null
 CRI=$1
 RSRUN=$2
 fail() { echo "cri smoke: FAIL: $*" >&2; exit 1; }
@@ -80,8 +82,8 @@ cleanup() {
     if [ -n "${cri2:-}" ]; then
         "$W/bin/crictl" --runtime-endpoint "unix://$R/cri2.sock" --timeout 30s rmp -af >/dev/null 2>&1 || true
     fi
-    kill $cri $reg $events ${cri2:-} 2>/dev/null
-    wait $cri $reg $events ${cri2:-} 2>/dev/null || true
+    kill $cri $reg $events ${cri2:-} ${sc:-} 2>/dev/null
+    wait $cri $reg $events ${cri2:-} ${sc:-} 2>/dev/null || true
 }
 trap cleanup EXIT
 c() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --image-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
@@ -233,12 +235,12 @@ ok "interactive exec: the process is the container shim's child"
 script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" /dev/null >/dev/null 2>&1 & sc=$!
 for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4646' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
 [ -n "$xp" ] || fail "the terminal exec's sleep 4646 never ran"
-cp=$(pgrep -xf "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" | head -n1)
+cp=$(pgrep -f "crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" | while read -r p; do [ "$(cat /proc/$p/comm 2>/dev/null)" = crictl ] && echo "$p"; done | head -n1)
 [ -n "$cp" ] || fail "no crictl of the terminal exec"
 kill -9 "$cp"
 for _ in $(seq 100); do kill -0 "$xp" 2>/dev/null || break; sleep 0.05; done
 if kill -0 "$xp" 2>/dev/null; then kill "$xp"; fail "a terminal exec's process outlived its killed client"; fi
-kill "$sc" 2>/dev/null; wait "$sc" 2>/dev/null || true
+kill "$sc" 2>/dev/null || true; wait "$sc" 2>/dev/null || true; sc=
 ok "a terminal exec whose client is killed: its process gets the hangup"
 # An ExecSync without a timeout whose client goes away (killed: its HTTP/2 connection ends,
 # as a cancelled call's stream does) ends its process, as containerd's does.
