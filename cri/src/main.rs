@@ -67,6 +67,31 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// An exclusive flock on ROOT/lock, or an error naming the root another server holds. A
+/// predecessor just killed releases it as it exits: waited for, a few seconds at most.
+async fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = root.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    for _ in 0..50 {
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => f = back,
+            Err((_, e)) => bail!("lock {}: {e}", path.display()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bail!(
+        "--root {}: another rsrun-cri is using it (it holds {})",
+        root.display(),
+        path.display()
+    )
+}
+
 async fn serve(o: Opts) -> Result<()> {
     use api::image_service_server::ImageServiceServer;
     use api::runtime_service_server::RuntimeServiceServer;
@@ -79,6 +104,9 @@ async fn serve(o: Opts) -> Result<()> {
     for d in [&o.root, &o.state] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
+    // One server per root: recovery removes what no record names, which would be another
+    // live server's objects. Held until the process ends (close-on-exec: shims do not keep it).
+    let _root_lock = lock_root(&o.root).await?;
     let images_root = o.root.join("images");
     let store = rsrun_image::ImageStore::open(&images_root, registry)
         .with_context(|| format!("open the image store at {}", images_root.display()))?;

@@ -158,6 +158,21 @@ impl<T: Serialize + DeserializeOwned + Clone> Table<T> {
         let mut items = HashMap::new();
         for e in std::fs::read_dir(&dir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            // A record's temporary file (`.ID.json.tmp`): a server killed while writing it.
+            // The server is its table's only writer (the root is locked), and the first
+            // write of a record comes before the object it describes: nothing else refers
+            // to it.
+            if name.starts_with('.') && name.ends_with(".json.tmp") {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::warn!(path = %e.path().display(), "removed a record a killed server had not finished writing")
+                    }
+                    Err(err) => {
+                        tracing::error!(path = %e.path().display(), "remove an unfinished record: {err}")
+                    }
+                }
+                continue;
+            }
             let Some(id) = name.strip_suffix(".json") else {
                 continue;
             };
@@ -304,6 +319,24 @@ mod tests {
             );
         }
         assert_eq!(super::parse_rfc3339("nope"), None);
+    }
+
+    /// A record's temporary file left by a server killed while writing it is removed when
+    /// the table opens (kill9.sh found one left behind); records stay.
+    #[test]
+    fn an_unfinished_record_is_removed_on_open() {
+        let dir = std::env::temp_dir().join(format!("rsrun-cri-table-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut t = super::Table::<serde_json::Value>::open(dir.clone()).unwrap();
+        let (a, b) = (super::new_id(), super::new_id());
+        t.put(&a, serde_json::json!({"id": a})).unwrap();
+        let tmp = dir.join(format!(".{b}.json.tmp"));
+        std::fs::write(&tmp, b"{\"id\": \"").unwrap();
+        let t = super::Table::<serde_json::Value>::open(dir.clone()).unwrap();
+        assert!(!tmp.exists(), "the unfinished record is still there");
+        assert_eq!(t.items.keys().collect::<Vec<_>>(), [&a]);
+        assert!(dir.join(format!("{a}.json")).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1072,6 +1072,15 @@ c2 rmp -af >/dev/null || fail "second server: rmp -a: $(cat "$R/crictl.err")"
     || fail "the first server's container did not survive the second's rmp -a"
 kill "$cri2"; wait "$cri2" 2>/dev/null || true; cri2=
 ok "two servers side by side: each lists and removes only its own pods; image_pull_progress_timeout ends a stalled pull"
+# A second server on the first one's root (its own socket and state) is refused: its recovery
+# would remove the first one's objects as unrecorded. The first serves on, its container runs.
+rc=0; timeout 60 "$CRI" --listen "unix://$R/cri3.sock" --root "$R/root" --state "$R/state3" \
+    --cni-conf-dir "$R/net.d" >"$R/cri3.log" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "root $R/root: another rsrun-cri is using it" "$R/cri3.log" && [ ! -e "$R/cri3.sock" ] \
+    || fail "a second server on the same root: rc $rc, $(tail -3 "$R/cri3.log")"
+[ "$(c inspect -o json "$k1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
+    || fail "the first server's container after a second server was refused its root"
+ok "a second server on the same root is refused (the root's lock), the first serves on"
 # An image removed while a container runs from it: its blobs go, the layers the container
 # uses stay until the container is removed.
 c rmi busybox >/dev/null || fail "rmi of an image in use: $(cat "$R/crictl.err")"
