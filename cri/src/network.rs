@@ -280,7 +280,11 @@ impl Cni {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 for _ in 0..500 {
-                    if rsrun::sys::process_start_time(pid).ok() != Some(start) {
+                    // Gone, or a zombie (dead: its new parent, not this server, reaps it;
+                    // one that never does would hold the restart up).
+                    if rsrun::sys::process_start_time(pid).ok() != Some(start)
+                        || rsrun::sys::process_state(pid).is_ok_and(|s| s == 'Z')
+                    {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(10));

@@ -6,6 +6,7 @@
 //! ROOT/gc.lock                     shared by pulls and rootfs preparation, exclusive by prune
 //! ROOT/meta.lock                   serializes read-modify-write of images.json
 //! ROOT/images.json                 image records (atomically replaced)
+//! ROOT/.images.json.tmp.PID.N      its next version being written (under meta.lock)
 //! ROOT/blobs/sha256/HEX            verified blobs (manifests, configs, compressed layers)
 //! ROOT/ingest/HEX.PID.N            blobs being downloaded
 //! ROOT/locks/HEX                   per-digest flock files: one download/unpack at a time
@@ -160,7 +161,30 @@ impl Store {
             db_cache: Default::default(),
         };
         store.sweep_stale()?;
+        store.sweep_db_temps()?;
         Ok(store)
+    }
+
+    /// Removes the temporary copies of images.json (`.images.json.tmp.PID.N`) that writers
+    /// killed before their rename left. They are written only under the metadata lock: with
+    /// it held, none is being written. Returns how many went.
+    fn sweep_db_temps(&self) -> Result<u64> {
+        let _l = self.lock_file(&self.root.join("meta.lock"), true, None, "")?;
+        let mut n = 0;
+        for e in fs::read_dir(&self.root)
+            .ctx("reading", &self.root)?
+            .flatten()
+        {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".images.json.tmp.")
+            {
+                let p = e.path();
+                fs::remove_file(&p).ctx("removing", &p)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// How many fsync/syncfs calls this handle made (durability cost; the tests read it).

@@ -320,6 +320,28 @@ fn layer_size_of_2_pow_64_minus_1_is_refused_by_name() {
     );
 }
 
+/// A writer of the image records killed between its temporary copy and the rename leaves
+/// `.images.json.tmp.PID.N` (found by a review of the CRI server's kill windows): it goes at
+/// the next open; the records stay.
+#[test]
+fn an_unfinished_image_records_file_goes_at_the_next_open() {
+    let f = Fake::start();
+    small_image(&f, "recs", "v1", &noise(1000, 9));
+    let t = TempDir::new("recs");
+    let root = t.path().join("store");
+    let s = ImageStore::open(&root, insecure(&f.addr)).unwrap();
+    s.pull(&format!("{}/recs:v1", f.addr), &PullOptions::default())
+        .unwrap();
+    drop(s);
+    let records = std::fs::read(root.join("images.json")).unwrap();
+    let tmp = root.join(".images.json.tmp.4000000.0");
+    std::fs::write(&tmp, &records[..records.len() / 2]).unwrap();
+    let s = ImageStore::open(&root, insecure(&f.addr)).unwrap();
+    assert!(!tmp.exists(), "the unfinished records file is still there");
+    assert_eq!(std::fs::read(root.join("images.json")).unwrap(), records);
+    assert_eq!(s.list().unwrap().len(), 1);
+}
+
 #[test]
 fn stale_temps_of_a_killed_pull_go_at_the_next_open_but_live_ones_stay() {
     let f = Fake::start();

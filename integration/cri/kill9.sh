@@ -82,6 +82,9 @@ census() {
     # Container storage (removed after RemoveContainer answers) and state dirs.
     echo "rootfs $(ls -A "$R/root/images/containers" 2>/dev/null | wc -l)"
     echo "statedirs $(ls -A "$R/state/containers" 2>/dev/null | wc -l)"
+    # Console sockets of terminal exec sessions, and the image records' temporary copies.
+    echo "console-sockets $(ls -A "$R/state/streaming" 2>/dev/null | wc -l)"
+    echo "image-record-temps $(ls -A "$R/root/images" 2>/dev/null | grep -c '^\.images\.json\.tmp')"
 }
 
 start_cri
@@ -141,15 +144,18 @@ say "a shim that does not answer does not keep the restarted server from serving
 
 # A kill while a record's first version is being written (before the object it describes
 # exists) leaves its temporary file, half-written: the restarted server removes it (a kill
-# 20-30 ms into RunPodSandbox left one; made here by hand, the window is short).
+# 20-30 ms into RunPodSandbox left one; made here by hand, the windows are short). The same
+# for the image records' temporary copy, and a terminal exec session's console socket.
 kill -9 "$cri"; wait "$cri" 2>/dev/null || true
 for t in sandboxes containers; do
     printf '{"id": "' > "$R/root/cri/$t/.$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n').json.tmp"
 done
+head -c 20 "$R/root/images/images.json" > "$R/root/images/.images.json.tmp.4000000.0"
+python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$R/state/streaming/0123456789abcdef.sock"
 start_cri
 census > "$R/now"
-diff -u "$R/baseline" "$R/now" >"$R/diff" || fail "records half-written when the server was killed are left: $(cat "$R/diff")"
-say "records half-written by a killed server are removed when it starts again"
+diff -u "$R/baseline" "$R/now" >"$R/diff" || fail "what a killed server was writing is left: $(cat "$R/diff")"
+say "records half-written by a killed server, and a session's console socket, are removed when it starts again"
 
 for i in $(seq "$N"); do
     echo "{\"metadata\": {\"name\": \"b$i\", \"namespace\": \"k9\", \"uid\": \"b$i\"}, \"port_mappings\": [{\"container_port\": 80, \"host_port\": $((20000 + i))}]}" > "$R/b.json"

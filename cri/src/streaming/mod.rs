@@ -114,6 +114,15 @@ impl Server {
     ) -> std::io::Result<Arc<Server>> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         std::fs::create_dir_all(&scratch)?;
+        // Console sockets of the sessions of a server killed while they ran (a session
+        // removes its own): none of this server's exists yet.
+        for e in std::fs::read_dir(&scratch)?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".sock") {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!(path = %e.path().display(), "remove a stale console socket: {err}");
+                }
+            }
+        }
         let srv = Arc::new(Server {
             addr: listener.local_addr()?,
             tokens: Mutex::new(HashMap::new()),
