@@ -136,6 +136,20 @@ fn frames_within(
     frames
 }
 
+/// The bytes of stream `id`'s DATA frames, in order.
+fn payload(frames: &[Frame], id: u32) -> Vec<u8> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data {
+                stream_id, data, ..
+            } if *stream_id == id => Some(data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// Did stream `id` end (a frame with FIN)?
 fn ended(frames: &[Frame], id: u32) -> bool {
     frames.iter().any(|f| match f {
@@ -303,16 +317,7 @@ async fn streaming_server_survives_bad_clients() {
     s.write_all(&syn(&mut enc, 1, "error", bye_port)).unwrap();
     s.write_all(&syn(&mut enc, 3, "data", bye_port)).unwrap();
     let frames = frames_until(&mut s, |f| ended(f, 1));
-    let got: Vec<u8> = frames
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Data {
-                stream_id: 3, data, ..
-            } => Some(data.to_vec()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let got = payload(&frames, 3);
     assert_eq!(got, b"bye", "{frames:?}");
     assert!(
         ended(&frames, 3) && ended(&frames, 1),
@@ -348,16 +353,7 @@ async fn streaming_server_survives_bad_clients() {
     s.write_all(&syn(&mut enc, 1, "error", 0)).unwrap();
     s.write_all(&syn(&mut enc, 3, "data", 0)).unwrap();
     let frames = frames_until(&mut s, |f| ended(f, 1) && ended(f, 3));
-    let said: Vec<u8> = frames
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Data {
-                stream_id: 1, data, ..
-            } => Some(data.to_vec()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let said = payload(&frames, 1);
     assert!(
         String::from_utf8_lossy(&said).contains("invalid port \"0\""),
         "{frames:?}"

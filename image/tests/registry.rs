@@ -364,7 +364,8 @@ fn concurrent_pulls_share_downloads_and_warm_pull_is_a_noop() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ids[0].as_str());
     assert_eq!(proxy.count("/blobs/"), 0, "other process fetches no blob");
     assert_eq!(proxy.count("HEAD /v2/con/manifests"), 1);
-    // A second handle on the same store in this process, timed.
+    // A second handle on the same store in this process (its time is printed: the figure is
+    // integration/bench's; tests assert no timing).
     let other = open_store(t.path(), &proxy.addr);
     proxy.reset();
     let start = Instant::now();
@@ -378,7 +379,6 @@ fn concurrent_pulls_share_downloads_and_warm_pull_is_a_noop() {
     );
     assert_eq!(proxy.count("HEAD /v2/con/manifests"), 1);
     eprintln!("warm no-op pull: {warm:?}");
-    assert!(warm < Duration::from_millis(200), "warm pull took {warm:?}");
     // digest pull of a present image needs no network at all
     let by_digest = format!(
         "{}@{}",

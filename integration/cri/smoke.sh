@@ -32,8 +32,11 @@ RSRUN=$2
 fail() { echo "cri smoke: FAIL: $*" >&2; exit 1; }
 ok() { echo "cri smoke: ok: $*"; }
 
-# What an earlier failed run left: its server's pinned namespaces and rootfs mounts, its
-# containers (in their cgroups under the smoke test's parent).
+# What an earlier failed run left: its containers (a run killed hard left them running,
+# with their shims), its server's pinned namespaces and rootfs mounts.
+for id in $("$RSRUN" --root "$W/run/state/runtime" list -q 2>/dev/null); do
+    "$RSRUN" --root "$W/run/state/runtime" delete -f "$id" >/dev/null 2>&1 || true
+done
 awk -v p="$W/run/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
 done
@@ -72,7 +75,21 @@ events=
 subscribe() {
     "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" events -o json >> "$R/events.json" 2>>"$R/events.err" &
     events="$events $!"
-    sleep 0.3
+    subscribed "$R/events.json"
+}
+# Returns once the subscriber writing to $1 gets events: a probe pod (host network, no
+# pause) is made and removed until its event shows there (the checks look at their own IDs).
+probes=0
+subscribed() {
+    for _ in $(seq 10); do
+        probes=$((probes + 1))
+        echo "{\"metadata\": {\"name\": \"probe$probes\", \"namespace\": \"probe\", \"uid\": \"probe$probes\"}, \"linux\": {\"security_context\": {\"namespace_options\": {\"network\": 2, \"pid\": 1}}}}" > "$R/probe.json"
+        pp=$(c runp "$R/probe.json") || fail "runp (events probe): $(cat "$R/crictl.err")"
+        for _ in $(seq 20); do grep -q "$pp" "$1" && break; sleep 0.1; done
+        c stopp "$pp" >/dev/null && c rmp "$pp" >/dev/null || fail "stopp/rmp (events probe): $(cat "$R/crictl.err")"
+        grep -q "$pp" "$1" && return 0
+    done
+    fail "no event reached the subscriber writing $1: $(tail -n 3 "$R/events.err")"
 }
 rm -f "$R/cri.sock"
 start_cri
@@ -87,6 +104,21 @@ cleanup() {
 }
 trap cleanup EXIT
 c() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --image-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }
+# Waits (10 s at most) until container $1's PID 1 has a handler for signal number $2: its
+# shell's trap is set. Before that the kernel drops the signal (PID 1 of a PID namespace).
+wait_caught() {
+    cp1=$("$RSRUN" --root "$R/state/runtime" state "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])') \
+        || fail "the state of container $1"
+    for _ in $(seq 200); do
+        python3 - "$cp1" "$2" 2>/dev/null <<'PY' && return 0
+import sys
+m = next(l.split()[1] for l in open("/proc/%s/status" % sys.argv[1]) if l.startswith("SigCgt:"))
+sys.exit(0 if int(m, 16) >> (int(sys.argv[2]) - 1) & 1 else 1)
+PY
+        sleep 0.05
+    done
+    fail "container $1's PID 1 never set its handler of signal $2"
+}
 
 v=$(c version) || fail "version: $(cat "$R/crictl.err")"
 echo "$v" | grep -q '^Version:  0.1.0$' || fail "version: $v"
@@ -222,9 +254,9 @@ rc=0; out=$(echo "spdy in" | c exec -i "$ctr" sh -c 'read l; echo "got $l"; echo
 ok "exec over SPDY/3.1: stdin, stdout, stderr, exit code 4"
 # Interactive exec runs through the container's rsrun-shim: the exec'd process is the shim's
 # child in the kernel's process tree (not a runtime binary's, not the server's).
-c exec "$ctr" sleep 4242 >/dev/null 2>&1 & ex=$!
-for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4242' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
-[ -n "$xp" ] || fail "the exec'd sleep 4242 never ran"
+c exec "$ctr" sleep 4242$$ >/dev/null 2>&1 & ex=$!
+for _ in $(seq 200); do xp=$(pgrep -xf "sleep 4242$$" | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
+[ -n "$xp" ] || fail "the exec'd sleep 4242$$ never ran"
 pp=$(awk '/^PPid:/ {print $2}' "/proc/$xp/status")
 [ "$pp" = "$(cat "$R/state/s/$ctr/shim.pid")" ] || fail "the exec'd process's parent is $pp ($(cat /proc/$pp/comm 2>/dev/null)), not the container's shim"
 kill "$xp"; wait "$ex" 2>/dev/null || true
@@ -232,10 +264,10 @@ ok "interactive exec: the process is the container shim's child"
 # A terminal exec whose client is killed: its terminal hangs up (the server closes the
 # master) and the process gets SIGHUP, as containerd closes the console; an interactive shell
 # would run on otherwise, unseen.
-script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" /dev/null >/dev/null 2>&1 & sc=$!
-for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4646' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
-[ -n "$xp" ] || fail "the terminal exec's sleep 4646 never ran"
-cp=$(pgrep -f "crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646" | while read -r p; do [ "$(cat /proc/$p/comm 2>/dev/null)" = crictl ] && echo "$p"; done | head -n1)
+script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646$$" /dev/null >/dev/null 2>&1 & sc=$!
+for _ in $(seq 200); do xp=$(pgrep -xf "sleep 4646$$" | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
+[ -n "$xp" ] || fail "the terminal exec's sleep 4646$$ never ran"
+cp=$(pgrep -f "crictl --runtime-endpoint unix://$R/cri.sock exec -it $ctr sleep 4646$$" | while read -r p; do [ "$(cat /proc/$p/comm 2>/dev/null)" = crictl ] && echo "$p"; done | head -n1)
 [ -n "$cp" ] || fail "no crictl of the terminal exec"
 kill -9 "$cp"
 for _ in $(seq 100); do kill -0 "$xp" 2>/dev/null || break; sleep 0.05; done
@@ -244,9 +276,9 @@ kill "$sc" 2>/dev/null || true; wait "$sc" 2>/dev/null || true; sc=
 ok "a terminal exec whose client is killed: its process gets the hangup"
 # An ExecSync without a timeout whose client goes away (killed: its HTTP/2 connection ends,
 # as a cancelled call's stream does) ends its process, as containerd's does.
-"$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" exec -s "$ctr" sleep 4343 >/dev/null 2>&1 & ex=$!
-for _ in $(seq 100); do xp=$(pgrep -xf 'sleep 4343' | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
-[ -n "$xp" ] || fail "the ExecSync's sleep 4343 never ran"
+"$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" exec -s "$ctr" sleep 4343$$ >/dev/null 2>&1 & ex=$!
+for _ in $(seq 200); do xp=$(pgrep -xf "sleep 4343$$" | head -n1); [ -n "$xp" ] && break; sleep 0.05; done
+[ -n "$xp" ] || fail "the ExecSync's sleep 4343$$ never ran"
 kill -9 "$ex"; wait "$ex" 2>/dev/null || true
 for _ in $(seq 100); do kill -0 "$xp" 2>/dev/null || break; sleep 0.05; done
 ! kill -0 "$xp" 2>/dev/null || fail "the ExecSync's process outlived its cancelled call"
@@ -269,14 +301,14 @@ ok "a StartContainer past its client's deadline completes: the container is repo
 # start and stops what it started: nothing runs on in a stopped pod (the container has a PID
 # namespace of its own, which the pause's end does not take down).
 echo '{"metadata": {"name": "race", "namespace": "default", "uid": "race-uid"}, "linux": {"security_context": {"namespace_options": {"network": 2, "pid": 1}}}}' > "$R/race.json"
-echo '{"metadata": {"name": "racer"}, "image": {"image": "busybox"}, "command": ["sleep", "4545"]}' > "$R/racer.json"
+echo '{"metadata": {"name": "racer"}, "image": {"image": "busybox"}, "command": ["sleep", "4545'"$$"'"]}' > "$R/racer.json"
 rp=$(c runp "$R/race.json") && rc_=$(c create "$rp" "$R/racer.json" "$R/race.json") || fail "runp/create (race): $(cat "$R/crictl.err")"
 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" start "$rc_" >/dev/null 2>&1 & st_=$!
 sleep 0.01
 c stopp "$rp" >/dev/null || fail "stopp (race): $(cat "$R/crictl.err")"
 wait "$st_" || true
 sleep 0.5
-! pgrep -xf 'sleep 4545' >/dev/null || fail "a container started behind a StopPodSandbox runs on: $(c ps -a | grep racer)"
+! pgrep -xf "sleep 4545$$" >/dev/null || fail "a container started behind a StopPodSandbox runs on: $(c ps -a | grep racer)"
 [ "$(c inspect -o json "$rc_" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_EXITED ] \
     || fail "the racer after stopp: $(c inspect "$rc_" | head -20)"
 c rmp "$rp" >/dev/null || fail "rmp (race): $(cat "$R/crictl.err")"
@@ -312,6 +344,7 @@ ok "server killed -9 and restarted: pod, its network and running containers stil
 # An exit while the server is down is reported once it is back.
 ctr2=$(c create "$pod" "$R/ctr2.json" "$R/pod.json") || fail "create: $(cat "$R/crictl.err")"
 c start "$ctr2" >/dev/null || fail "start: $(cat "$R/crictl.err")"
+wait_caught "$ctr2" 15
 kill -9 $cri; wait $cri 2>/dev/null || true
 "$RSRUN" --root "$R/state/runtime" kill "$ctr2" TERM || fail "kill $ctr2 while the server is down"
 for _ in $(seq 100); do [ -e "$R/root/cri/exits/$ctr2.json" ] && break; sleep 0.1; done
@@ -401,6 +434,7 @@ c pull busybox:stopsignal >/dev/null || fail "pull busybox:stopsignal: $(cat "$R
 echo '{"metadata": {"name": "stopsig"}, "image": {"image": "busybox:stopsignal"},
  "command": ["sh", "-c", "trap \"exit 7\" USR1; trap \"exit 8\" TERM; while true; do sleep 0.1; done"]}' > "$R/stopsig.json"
 ss=$(c create "$pod" "$R/stopsig.json" "$R/pod.json") && c start "$ss" >/dev/null || fail "create (stopsignal): $(cat "$R/crictl.err")"
+wait_caught "$ss" 10
 c stop -t 20 "$ss" >/dev/null || fail "stop (stopsignal): $(cat "$R/crictl.err")"
 [ "$(c inspect -o json "$ss" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["exitCode"])')" = 7 ] \
     || fail "StopContainer did not send the image's StopSignal: $(c inspect "$ss")"
@@ -410,6 +444,7 @@ st=$(c inspect -o json "$ss" | python3 -c 'import json,sys; print(json.load(sys.
 sed 's/"name": "stopsig"/"name": "stopsig-rt"/; s/trap \\"exit 8\\" TERM/trap \\"exit 9\\" 37/; s/^{/{"stop_signal": 38, /' "$R/stopsig.json" > "$R/stopsig-rt.json"
 grep -q 'exit 9.* 37' "$R/stopsig-rt.json" || fail "the smoke test's sed: $(cat "$R/stopsig-rt.json")"
 rs=$(c create "$pod" "$R/stopsig-rt.json" "$R/pod.json") && c start "$rs" >/dev/null || fail "create (stop_signal): $(cat "$R/crictl.err")"
+wait_caught "$rs" 37
 st=$(c inspect -o json "$rs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"].get("stopSignal"))')
 [ "$st" = SIGNAL_SIGRTMINPLUS3 ] || fail "ContainerStatus.stop_signal: $st, not the config's SIGRTMINPLUS3"
 c stop -t 20 "$rs" >/dev/null || fail "stop (stop_signal): $(cat "$R/crictl.err")"
@@ -477,7 +512,8 @@ done
 [ "$st" = "CONTAINER_EXITED 0" ] || fail "stdin_once: the container's stdin was not closed: $st"
 printf 'k1\n' | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$keep" >/dev/null 2>"$R/crictl.err" \
     || fail "attach (stdin): the attach did not end with its input: $(cat "$R/crictl.err")"
-(sleep 1; printf 'k2\n'; sleep 1) | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$keep" > "$R/keep.out" 2>"$R/crictl.err"
+# (The input ends once its echo is back, 10 s at most: its end ends the attach.)
+(printf 'k2\n'; for _ in $(seq 100); do grep -qx k2 "$R/keep.out" 2>/dev/null && break; sleep 0.1; done) | timeout 60 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" attach -i "$keep" > "$R/keep.out" 2>"$R/crictl.err"
 grep -qx k2 "$R/keep.out" || fail "attach without stdin_once: the container's stdin did not stay open: $(tr '\n' '|' < "$R/keep.out")"
 [ "$(c inspect -o go-template --template '{{.status.state}}' "$keep")" = CONTAINER_RUNNING ] || fail "attach without stdin_once: cat ended"
 # With stdin_once, an attach without stdin that comes and goes leaves stdin open (only one
@@ -511,8 +547,12 @@ for _ in 1 2 3 4; do
     pids="$pids $!"
 done
 for p in $pids; do wait "$p" || true; done
-sleep 11
-threads_after=$(ls "/proc/$cri/task" | wc -l)
+# Idle threads of the blocking pool go after 10 s: waited for, 30 s at most (a held one stays).
+for _ in $(seq 30); do
+    sleep 1
+    threads_after=$(ls "/proc/$cri/task" | wc -l)
+    [ "$threads_after" -le $((threads_before + 1)) ] && break
+done
 [ "$threads_after" -le $((threads_before + 1)) ] || fail "4 attaches stuck on input nobody reads left the server with $threads_after threads (from $threads_before)"
 c version >/dev/null || fail "the server stopped answering after the stuck attaches"
 c rm -f "$deaf" >/dev/null || fail "rm $deaf: $(cat "$R/crictl.err")"
@@ -938,14 +978,14 @@ pk=$(c runp "$R/pausekill.json") || fail "runp (pausekill): $(cat "$R/crictl.err
 pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pause_id"])' "$R/root/cri/sandboxes/$pk.json")
 "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" events -o json > "$R/pk-events.json" 2>>"$R/events.err" &
 pkev=$!
-sleep 0.3
+subscribed "$R/pk-events.json"
 "$RSRUN" --root "$R/state/runtime" kill "$pause" KILL || fail "kill the pause $pause"
 for _ in $(seq 50); do [ "$(pod_state "$pk")" = SANDBOX_NOTREADY ] && break; sleep 0.1; done
 [ "$(pod_state "$pk")" = SANDBOX_NOTREADY ] || fail "a pod whose pause exited is still ready"
-# ... and says so in GetContainerEvents (before any StopPodSandbox): STOPPED, status NOTREADY.
-for _ in $(seq 30); do grep -q CONTAINER_STOPPED_EVENT "$R/pk-events.json" && break; sleep 0.1; done
-kill $pkev 2>/dev/null; wait $pkev 2>/dev/null || true
-python3 - "$R/pk-events.json" "$pk" <<'EOF' || fail "no STOPPED event for the pod whose pause exited: $(head -c 2000 "$R/pk-events.json")"
+# ... and says so in GetContainerEvents (before any StopPodSandbox): STOPPED, status NOTREADY
+# (waited for, 5 s at most; the subscriber's probe pod has its own events there).
+pk_stopped() {
+    python3 - "$R/pk-events.json" "$pk" 2>/dev/null <<'EOF'
 import json, sys
 text, pod = open(sys.argv[1]).read(), sys.argv[2]
 dec, i, evs = json.JSONDecoder(), 0, []
@@ -956,6 +996,10 @@ while i < len(text):
 stopped = [e for e in evs if e["containerId"] == pod and e["containerEventType"] == "CONTAINER_STOPPED_EVENT"]
 assert stopped and stopped[0]["podSandboxStatus"]["state"] == "SANDBOX_NOTREADY", evs
 EOF
+}
+for _ in $(seq 50); do pk_stopped && break; sleep 0.1; done
+kill $pkev 2>/dev/null; wait $pkev 2>/dev/null || true
+pk_stopped || fail "no STOPPED event (status NOTREADY) for the pod whose pause exited: $(head -c 2000 "$R/pk-events.json")"
 c stopp "$pk" >/dev/null && c rmp "$pk" >/dev/null || fail "stopp/rmp (pausekill): $(cat "$R/crictl.err")"
 ok "a pod whose pause exited (or whose pause's shim is gone) is reported not ready"
 

@@ -90,7 +90,13 @@ fn memory_limit_oom_kill_is_recorded() {
 #[test]
 fn events_reports_oom() {
     let rt = Rsrun::new();
-    let mut b = Bundle::new(&["sh", "-c", "sleep 1; tail /dev/zero; sleep 100"]);
+    // The memory hog starts once `events` has reported (its OOM count is taken when it
+    // starts: an OOM before that is no event of its).
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "while [ ! -e /go ]; do sleep 0.05; done; tail /dev/zero; sleep 100",
+    ]);
     b.edit(|c| {
         c["linux"]["resources"] = json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}});
     });
@@ -122,6 +128,9 @@ fn events_reports_oom() {
         kinds.push(v["type"].as_str().unwrap().to_string());
         if v["type"] == "oom" {
             break;
+        }
+        if v["type"] == "stats" {
+            std::fs::write(b.rootfs().join("go"), b"").unwrap();
         }
     }
     let _ = ev.kill();

@@ -348,31 +348,59 @@ fn sigkill_at_any_point_of_create_start_delete_leaves_nothing() {
     let rt = Rsrun::new();
     let b = Bundle::new(&["sleep", "1000"]);
     let bundle = b.dir.to_str().unwrap();
+    // The kills land anywhere in 1.5 times an uninterrupted create (the quickest of three:
+    // 4-6 ms here; a slower machine's would otherwise see fewer kills inside the create).
+    let mut create_us = u64::MAX;
+    for n in 0..3 {
+        let id = unique(&format!("ktimed{n}"));
+        let t = std::time::Instant::now();
+        rt.ok(&["create", "--bundle", bundle, &id]);
+        create_us = create_us.min(t.elapsed().as_micros() as u64);
+        rt.ok(&["delete", "--force", &id]);
+    }
+    let range_us = (create_us * 3 / 2).max(2000);
     let mut killed_created = 0;
     for i in 0..60 {
         let id = unique(&format!("k{i}"));
-        // create takes 4-6 ms here: kill anywhere in 0-8 ms.
-        run_killed(&rt, &["create", "--bundle", bundle, &id], rng.next(8000));
+        run_killed(
+            &rt,
+            &["create", "--bundle", bundle, &id],
+            rng.next(range_us),
+        );
         let dir = rt.root.path().join(&id);
         if dir.exists() {
             killed_created += 1;
             // Whatever runs with this ID must be findable by delete --force: recorded in
             // intent.json or state.json. An init whose parent died before saving the state
-            // exits by itself (EOF on its channel), so give it a moment.
-            std::thread::sleep(Duration::from_millis(20));
-            let recorded: Vec<i32> = ["intent.json", "state.json"]
-                .iter()
-                .filter_map(|f| std::fs::read(dir.join(f)).ok())
-                .filter_map(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
-                .filter_map(|v| v["pid"].as_i64())
-                .map(|p| p as i32)
-                .collect();
-            for p in processes_with(&id) {
-                assert!(
-                    recorded.contains(&p) || !alive(p),
-                    "seed {seed} iteration {i}: process {p} of {id} is recorded nowhere ({recorded:?})"
-                );
+            // exits by itself (EOF on its channel): waited for (5 s at most).
+            let unrecorded = || {
+                let recorded: Vec<i32> = ["intent.json", "state.json"]
+                    .iter()
+                    .filter_map(|f| std::fs::read(dir.join(f)).ok())
+                    .filter_map(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+                    .filter_map(|v| v["pid"].as_i64())
+                    .map(|p| p as i32)
+                    .collect();
+                let left: Vec<i32> = processes_with(&id)
+                    .into_iter()
+                    .filter(|p| !recorded.contains(p) && alive(*p))
+                    .collect();
+                (left, recorded)
+            };
+            let mut found = unrecorded();
+            for _ in 0..500 {
+                if found.0.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                found = unrecorded();
             }
+            assert!(
+                found.0.is_empty(),
+                "seed {seed} iteration {i}: processes {:?} of {id} are recorded nowhere ({:?})",
+                found.0,
+                found.1
+            );
             if rng.next(2) == 0 {
                 run_killed(&rt, &["start", &id], rng.next(3000));
             }

@@ -89,7 +89,7 @@ fn kill_signal_forms() {
     for sig in ["USR1", "SIGUSR1", "10"] {
         let id = unique("sig");
         rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        wait_caught(&rt, &id, 10);
         rt.ok(&["kill", &id, sig]);
         rt.wait_status(&id, "stopped");
         rt.ok(&["delete", &id]);
@@ -402,20 +402,7 @@ fn kill_sends_real_time_signals_as_runc_numbers_them() {
     ]);
     let id = unique("rt");
     rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
-    // The trap is set once the shell runs its loop: its handler shows in /proc.
-    let pid = rt.state(&id)["pid"].as_i64().unwrap();
-    let caught = || caught_signals(pid);
-    for _ in 0..500 {
-        if caught() & (1 << (37 - 1)) != 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert_ne!(
-        caught() & (1 << (37 - 1)),
-        0,
-        "the shell never trapped signal 37"
-    );
+    wait_caught(&rt, &id, 37);
     for near in ["SIGRTMIN+2", "RTMAX-26", "TERM"] {
         rt.ok(&["kill", &id, near]);
     }
@@ -428,6 +415,19 @@ fn kill_sends_real_time_signals_as_runc_numbers_them() {
     rt.ok(&["kill", &id, "SIGRTMIN+3"]);
     rt.wait_status(&id, "stopped");
     rt.ok(&["delete", &id]);
+}
+
+/// Waits (5 s at most) until container `id`'s PID 1 has a handler for `sig`: its shell's
+/// trap is set (before that, the kernel drops the signal sent to a namespace's PID 1).
+fn wait_caught(rt: &Rsrun, id: &str, sig: u32) {
+    let pid = rt.state(id)["pid"].as_i64().unwrap();
+    for _ in 0..500 {
+        if caught_signals(pid) & (1 << (sig - 1)) != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("container {id}'s PID 1 never trapped signal {sig}");
 }
 
 /// The signal-handler mask of `pid` from /proc (SigCgt).
