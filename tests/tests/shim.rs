@@ -42,18 +42,8 @@ impl Shimmed {
     fn try_control(&self, req: &Value) -> Option<Value> {
         let mut s = UnixStream::connect(self.dir().join("control")).ok()?;
         s.write_all(format!("{req}\n").as_bytes()).ok()?;
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        loop {
-            match s.read(&mut b) {
-                Ok(1) if b[0] != b'\n' => line.push(b[0]),
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // Closed with the request unread: ECONNRESET.
-                Err(_) => return None,
-            }
-        }
-        (!line.is_empty()).then(|| serde_json::from_slice(&line).unwrap())
+        // A shed connection reads EOF, or ECONNRESET with the request unread: no line.
+        Some(line_from(&mut s)).filter(|v| !v.is_null())
     }
 
     fn start(&self) {
