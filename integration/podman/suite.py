@@ -712,10 +712,14 @@ def in_namespace(args, runtimes):
         os.makedirs(mp, exist_ok=True)
         binds.append(f"mount --bind {shlex.quote(st)} {shlex.quote(mp)}")
     script = " && ".join(binds + ['exec "$0" "$@"'])
+    # In the work dir: Podman, conmon and the runtimes inherit it, and Debian's conmon writes
+    # a file `oom` into its working directory when its container is OOM-killed (the
+    # --memory check), which landed in the caller's (the repository's top) before. The last
+    # --work (absolute) wins over a relative one given before.
     argv = ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script,
-            sys.executable, os.path.abspath(__file__)] + sys.argv[1:]
+            sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--work", args.work]
     env = dict(os.environ, **{NS_ENV: "1", "RSRUN_TOP": TOP})
-    p = subprocess.Popen(argv, env=env)
+    p = subprocess.Popen(argv, env=env, cwd=args.work)
     try:
         return p.wait()
     except KeyboardInterrupt:
