@@ -67,10 +67,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// An exclusive flock on ROOT/lock, or an error naming the root another server holds. A
-/// predecessor just killed releases it as it exits: waited for, a few seconds at most.
-async fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = root.join("lock");
+/// An exclusive flock on DIR/lock, or an error naming the flag and the dir another server
+/// holds. A predecessor just killed releases it as it exits: waited for, a few seconds at most.
+async fn lock_dir(flag: &str, dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("lock");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -86,8 +86,8 @@ async fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     bail!(
-        "--root {}: another rsrun-cri is using it (it holds {})",
-        root.display(),
+        "{flag} {}: another rsrun-cri is using it (it holds {})",
+        dir.display(),
         path.display()
     )
 }
@@ -106,7 +106,14 @@ async fn serve(o: Opts) -> Result<()> {
     }
     // One server per root: recovery removes what no record names, which would be another
     // live server's objects. Held until the process ends (close-on-exec: shims do not keep it).
-    let _root_lock = lock_root(&o.root).await?;
+    let _root_lock = lock_dir("--root", &o.root).await?;
+    // And per state dir: its recovery would take another server's shims, runtime state and
+    // console sockets there for its own leftovers. One dir for both is locked once.
+    let same = std::fs::canonicalize(&o.root).ok() == std::fs::canonicalize(&o.state).ok();
+    let _state_lock = match same {
+        true => None,
+        false => Some(lock_dir("--state", &o.state).await?),
+    };
     let images_root = o.root.join("images");
     let store = rsrun_image::ImageStore::open(&images_root, registry)
         .with_context(|| format!("open the image store at {}", images_root.display()))?;
