@@ -403,7 +403,8 @@ fn deadline_and_cancel_stop_a_pull_and_leave_nothing_visible() {
     push_image(&reg.addr, "slow", Some("v1"), &layers, &cfg, false);
     let t = TempDir::new("deadline");
     let store = open_store(t.path(), &proxy.addr);
-    proxy.rate.store(500_000, Ordering::Relaxed);
+    // 100 kB/s: the whole pull would take 30 s; one that honours its deadline ends long before.
+    proxy.rate.store(100_000, Ordering::Relaxed);
     let name = format!("{}/slow:v1", proxy.addr);
     let start = Instant::now();
     let e = store
@@ -417,8 +418,8 @@ fn deadline_and_cancel_stop_a_pull_and_leave_nothing_visible() {
         .unwrap_err();
     assert!(matches!(e, Error::DeadlineExceeded(_)), "{e}");
     assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "deadline honoured promptly: {:?}",
+        start.elapsed() < Duration::from_secs(15),
+        "deadline honoured before the download's end: {:?}",
         start.elapsed()
     );
     assert!(store.list().unwrap().is_empty());

@@ -175,7 +175,7 @@ storage: {filesystem: {rootdirectory: $R/registry}}
 http: {addr: $REGISTRY}
 EOF
 start registry docker-registry serve "$R/registry.yml"
-wait_for 20 "registry on $REGISTRY" curl -sf "http://$REGISTRY/v2/" || die "the registry did not start"
+wait_for 60 "registry on $REGISTRY" curl -sf "http://$REGISTRY/v2/" || die "the registry did not start"
 python3 "$HERE/images/mkimages.py" --inputs "$W/image-inputs" --kiada "$W/bin/kiada" \
     --registry "$REGISTRY" > "$R/images.txt" || die "building/pushing the images failed"
 
@@ -206,7 +206,7 @@ start etcd "$K8S_BIN/etcd" --name rsrun --data-dir "$R/etcd" --unsafe-no-fsync \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster rsrun=http://127.0.0.1:2380
-wait_for 30 "etcd up" curl -sf http://127.0.0.1:2379/health || die "etcd did not start (logs/etcd.log)"
+wait_for 90 "etcd up" curl -sf http://127.0.0.1:2379/health || die "etcd did not start (logs/etcd.log)"
 
 start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
     --advertise-address "$NODE_IP" --secure-port 6443 --cert-dir "$R/pki" \
@@ -215,7 +215,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2
     --service-account-key-file "$R/pki/sa.pub" --service-account-signing-key-file "$R/pki/sa.key" \
     --service-cluster-ip-range "$SERVICE_RANGE" --disable-admission-plugins ServiceAccount \
     --allow-privileged --kubelet-preferred-address-types InternalIP --profiling=false
-wait_for 90 "kube-apiserver ready" KUBECTL get --raw /readyz || die "kube-apiserver did not become ready (logs/kube-apiserver.log)"
+wait_for 270 "kube-apiserver ready" KUBECTL get --raw /readyz || die "kube-apiserver did not become ready (logs/kube-apiserver.log)"
 
 # rsrun-cri: a bridge network on the pods' subnet with portmap, docker.io served by the registry
 cat > "$R/net.d/10-rsrun.conflist" <<EOF
@@ -238,7 +238,7 @@ echo \$! > "$R/rsrun-cri.pid"
 EOF
 chmod +x "$R/start-cri.sh"
 "$R/start-cri.sh"
-wait_for 30 "rsrun-cri up" crictl version || die "rsrun-cri did not start (logs/rsrun-cri.log)"
+wait_for 90 "rsrun-cri up" crictl version || die "rsrun-cri did not start (logs/rsrun-cri.log)"
 
 for c in /sys/fs/cgroup/*/; do
     case "$c" in */unified/) continue ;; esac
@@ -286,7 +286,7 @@ node_ready() {
     kill -0 "$PID_kubelet" || return 0  # no use waiting: said below
     [ "$(KUBECTL get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
-wait_for 120 "node $NODE Ready" node_ready && kill -0 "$PID_kubelet" 2>/dev/null || {
+wait_for 360 "node $NODE Ready" node_ready && kill -0 "$PID_kubelet" 2>/dev/null || {
     tail -n 30 "$R/logs/kubelet.log" >&2; die "the node did not become Ready (logs/kubelet.log)"; }
 
 KUBECONFIG=$R/admin.kubeconfig KUBECTL_BIN=$K8S_BIN/kubectl CRICTL="$W/bin/crictl" \

@@ -49,7 +49,10 @@ def kubectl(*args, input=None, timeout=60, ok=True):
 
 
 def crictl(*args):
-    p = subprocess.run([os.environ["CRICTL"], "--runtime-endpoint", os.environ["CRI_ENDPOINT"], *args],
+    # crictl's own deadline per call is 2 s: a server restarted a moment ago on a loaded
+    # machine may take longer (run.sh's wrapper gives 30 s too).
+    p = subprocess.run([os.environ["CRICTL"], "--runtime-endpoint", os.environ["CRI_ENDPOINT"],
+                        "--timeout", "30s", *args],
                        capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         raise Fail("crictl %s: %s" % (" ".join(args), p.stderr.strip()))
@@ -145,8 +148,14 @@ class Watch:
         self.versions = []
         self.p = subprocess.Popen([KUBECTL, "get", "pod", name, "-w", "-o", "json", "--output-watch-events"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.first = threading.Event()
         self.t = threading.Thread(target=self._read, daemon=True)
         self.t.start()
+        # Watching once the pod's current version came (kubectl's first event): what
+        # changes after is seen.
+        if not self.first.wait(60):
+            self.stop()
+            raise Fail("kubectl get pod %s -w: no event in 60 s" % name)
 
     def _read(self):
         dec, buf = json.JSONDecoder(), ""
@@ -159,6 +168,7 @@ class Watch:
                     break
                 buf = buf.lstrip()[end:]
                 self.versions.append(obj)
+                self.first.set()
 
     def stop(self):
         self.p.terminate()
@@ -377,7 +387,6 @@ def s07_graceful_termination():
     running("kiada-stubborn")
     running("kiada-polite")
     ws, wp = Watch("kiada-stubborn"), Watch("kiada-polite")
-    time.sleep(1)
     delete("kiada-stubborn", "kiada-polite", wait_gone=True)
     ws.stop()
     wp.stop()
@@ -415,7 +424,6 @@ def s08_init_containers_and_sidecar():
     body = exec_("init-demo", "wget", "-qO-", "http://localhost:8080/", container="main").stdout
     check("init-demo" in body, "the sidecar does not answer beside the main container: %r" % body)
     w = Watch("init-demo")
-    time.sleep(1)
     delete("init-demo", wait_gone=True)
     w.stop()
     tm, tsc = w.terminated("main"), w.terminated("sidecar", init=True)

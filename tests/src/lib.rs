@@ -41,6 +41,21 @@ pub fn alive(pid: i32) -> bool {
         .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
 }
 
+/// Polls `done` every 10 ms until it holds or `limit` has passed; whether it held. For
+/// waits on the kernel or a peer, bounded by the condition rather than a guess at speed.
+pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 pub fn busybox() -> PathBuf {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
         if Path::new(p).exists() {

@@ -153,13 +153,21 @@ fn v2_cpu_max_throttles() {
         "a 20% quota used {:.0}% of a CPU",
         share * 100.0
     );
-    assert!(keyed(&id, "cpu.stat", "nr_throttled") > 0);
-    let ev: Value = serde_json::from_str(&rt.ok(&["events", "--stats", &id])).unwrap();
+    // Throttled, unless other work left it under its quota anyway (a loaded VM).
+    let throttled = keyed(&id, "cpu.stat", "nr_throttled");
     assert!(
-        ev["data"]["cpu"]["throttling"]["throttled_periods"]
-            .as_u64()
-            .unwrap()
-            > 0
+        throttled > 0 || share < 0.15,
+        "never throttled at {:.0}% of a CPU",
+        share * 100.0
+    );
+    // events reports the kernel's counter (read after it: as many or more).
+    let ev: Value = serde_json::from_str(&rt.ok(&["events", "--stats", &id])).unwrap();
+    let periods = ev["data"]["cpu"]["throttling"]["throttled_periods"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        periods >= throttled,
+        "events: {periods} throttled periods, the kernel's {throttled}"
     );
     assert!(ev["data"]["cpu"]["usage"]["total"].as_u64().unwrap() > 0);
     rt.ok(&["delete", "-f", &id]);

@@ -256,9 +256,9 @@ fn joins_the_cgroups_and_detaches_with_a_pid_file() {
     let (id, _) = start(&rt, &b);
     let paths = cgroup_paths(&rt, &id);
     assert!(!paths.is_empty());
-    let t = Instant::now();
+    // Detached: the exec returned while its process runs on.
     let epid = sleep_detached(&rt, &b, &id);
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(alive(epid as i32), "exec -d returned after its process {epid} ended");
     let cmdline = std::fs::read(format!("/proc/{epid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"sleep\0999\0");
     for p in &paths {

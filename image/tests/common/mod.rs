@@ -95,10 +95,13 @@ impl Registry {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
             let cfg = dir.path().join("config.yml");
+            // A header of its own in every answer: the probe below knows it reached this
+            // registry, not another test's that took the port meanwhile.
+            let me = dir.path().display().to_string();
             std::fs::write(
                 &cfg,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  headers:\n    X-Rsrun-Test-Registry: [\"{me}\"]\n",
                     dir.path().join("storage").display()
                 ),
             )
@@ -110,7 +113,12 @@ impl Registry {
                     break;
                 }
                 if let Ok(r) = http().get(&format!("http://{addr}/v2/")).call() {
-                    if r.status() == 200 {
+                    if r.status() == 200
+                        && r.headers()
+                            .get("x-rsrun-test-registry")
+                            .and_then(|v| v.to_str().ok())
+                            == Some(me.as_str())
+                    {
                         return Registry {
                             child,
                             addr,
