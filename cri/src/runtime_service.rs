@@ -1176,6 +1176,21 @@ impl RuntimeService for Runtime {
                 rec.id
             )));
         }
+        // Not in a pod that is not ready (its pause gone, or stopped), as containerd: the
+        // container would run on in a pod the kubelet replaces.
+        let pod_ready = self
+            .sandboxes
+            .lock()
+            .await
+            .items
+            .get(&rec.sandbox_id)
+            .map(|s| s.ready);
+        if pod_ready != Some(true) {
+            return Err(Status::failed_precondition(format!(
+                "StartContainer: {}: pod sandbox {} is not ready",
+                rec.id, rec.sandbox_id
+            )));
+        }
         if let Some(io) = rec.deferred {
             self.create_in_shim(&rec, io).await?;
         }

@@ -1029,14 +1029,20 @@ st=$(c inspect -o go-template --template '{{.status.state}} {{.status.reason}} {
 c rm "$cut" >/dev/null || fail "rm of the cut container: $(cat "$R/crictl.err")"
 ok "a StartContainer cut by a server restart is recorded as failed (StartError 128)"
 # The pause's shim killed -9 (nobody will record the pause's exit): the pod still stops.
+# A container created before does not start in the pod that is not ready (containerd's rule).
+echo '{"metadata": {"name": "late"}, "image": {"image": "busybox"}, "command": ["sleep", "4747'"$$"'"]}' > "$R/late.json"
+late=$(c create "$pod" "$R/late.json" "$R/pod2.json") || fail "create (late): $(cat "$R/crictl.err")"
 pause=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pause_id"])' "$R/root/cri/sandboxes/$pod.json")
 kill -9 "$(cat "$R/state/s/$pause/shim.pid")"
 pod_state() { c inspectp -o json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])'; }
 for _ in $(seq 300); do [ "$(pod_state "$pod")" = SANDBOX_NOTREADY ] && break; sleep 0.1; done
 [ "$(pod_state "$pod")" = SANDBOX_NOTREADY ] || fail "a pod whose pause's shim is gone is still ready"
+! c start "$late" >/dev/null && grep -q "pod sandbox $pod is not ready" "$R/crictl.err" \
+    || fail "a container started in a pod that is not ready: $(cat "$R/crictl.err")"
+! pgrep -xf "sleep 4747$$" >/dev/null || fail "the refused container runs"
 c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp: $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "mounts left: $(grep "$R" /proc/self/mountinfo)"
-ok "shared PID namespace: rsrun-pause is PID 1; the pod stopped and removed with its pause's shim killed -9"
+ok "shared PID namespace: rsrun-pause is PID 1; a container is not started in the pod that is not ready; the pod stopped and removed with its pause's shim killed -9"
 # The pause itself killed (its PID namespace ends with it): the pod is not ready any more.
 echo '{"metadata": {"name": "pausekill", "namespace": "default", "uid": "pausekill-uid"}}' > "$R/pausekill.json"
 pk=$(c runp "$R/pausekill.json") || fail "runp (pausekill): $(cat "$R/crictl.err")"
