@@ -258,7 +258,10 @@ fn joins_the_cgroups_and_detaches_with_a_pid_file() {
     assert!(!paths.is_empty());
     // Detached: the exec returned while its process runs on.
     let epid = sleep_detached(&rt, &b, &id);
-    assert!(alive(epid as i32), "exec -d returned after its process {epid} ended");
+    assert!(
+        alive(epid as i32),
+        "exec -d returned after its process {epid} ended"
+    );
     let cmdline = std::fs::read(format!("/proc/{epid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"sleep\0999\0");
     for p in &paths {

@@ -546,9 +546,8 @@ fn log_reopen_after_rename_loses_nothing() {
     ]);
     let s = shim(&b, &[]).unwrap();
     s.start();
-    let records_in = |p: &Path| {
-        std::fs::read(p).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
-    };
+    let records_in =
+        |p: &Path| std::fs::read(p).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
     let mut rotated = Vec::new();
     for n in 0..2 {
         assert!(
@@ -879,7 +878,9 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
     );
     assert_eq!(h["timed_out"], true, "{h}");
     // Killed: gone once the kernel has delivered the SIGKILLs (10 s at most).
-    wait_until(Duration::from_secs(10), || processes_with(marker).is_empty());
+    wait_until(Duration::from_secs(10), || {
+        processes_with(marker).is_empty()
+    });
     let left = processes_with(marker);
     assert!(
         left.is_empty(),
@@ -892,7 +893,9 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
         300,
     );
     assert_eq!(h["timed_out"], true, "{h}");
-    wait_until(Duration::from_secs(10), || processes_with(marker).is_empty());
+    wait_until(Duration::from_secs(10), || {
+        processes_with(marker).is_empty()
+    });
     let left = processes_with(marker);
     assert!(
         left.is_empty(),
@@ -1058,7 +1061,9 @@ fn silent_connections_are_closed_and_exec_sessions_capped() {
     assert!(alive(s.pid));
     // Their requesters gone, they end, and execs run again.
     drop(held);
-    wait_until(Duration::from_secs(120), || processes_with(marker).is_empty());
+    wait_until(Duration::from_secs(120), || {
+        processes_with(marker).is_empty()
+    });
     let mut last = Value::Null;
     wait_until(Duration::from_secs(60), || {
         last = s.exec_sync(&["true"], 10_000).0;
