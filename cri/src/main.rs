@@ -107,8 +107,9 @@ async fn serve(o: Opts) -> Result<()> {
     // One server per root: recovery removes what no record names, which would be another
     // live server's objects. Held until the process ends (close-on-exec: shims do not keep it).
     let _root_lock = lock_dir("--root", &o.root).await?;
-    // And per state dir: its recovery would take another server's shims, runtime state and
-    // console sockets there for its own leftovers. One dir for both is locked once.
+    // And per state dir: its start-up would take another server's files there for its own
+    // leftovers (the bundles of containers created but not started, the console sockets of
+    // terminal execs). One dir for both is locked once.
     let same = std::fs::canonicalize(&o.root).ok() == std::fs::canonicalize(&o.state).ok();
     let _state_lock = match same {
         true => None,

@@ -1196,8 +1196,8 @@ rc=0; timeout 60 "$CRI" --listen "unix://$R/cri3.sock" --root "$R/root" --state 
     || fail "a second server on the same root: rc $rc, $(tail -3 "$R/cri3.log")"
 [ "$(c inspect -o json "$k1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
     || fail "the first server's container after a second server was refused its root"
-# Likewise on its state dir (its own root and socket): its recovery would take the first
-# one's shims and runtime state there for leftovers of its own.
+# Likewise on its state dir (its own root and socket): its start-up would take the first
+# one's files there (bundles of created containers, console sockets) for leftovers of its own.
 rc=0; timeout 60 "$CRI" --listen "unix://$R/cri4.sock" --root "$R/root4" --state "$R/state" \
     --cni-conf-dir "$R/net.d" >"$R/cri4.log" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q -- "--state $R/state: another rsrun-cri is using it" "$R/cri4.log" && [ ! -e "$R/cri4.sock" ] \
