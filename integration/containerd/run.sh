@@ -206,7 +206,7 @@ http:
 EOF
     docker-registry serve "$W/registry/config.yml" >"$W/registry/registry.log" 2>&1 </dev/null &
     registry_pid=$!
-    wait_http "http://$REGISTRY/v2/" 20 || { cat "$W/registry/registry.log" >&2; die "the registry did not start"; }
+    wait_http "http://$REGISTRY/v2/" 60 || { cat "$W/registry/registry.log" >&2; die "the registry did not start"; }
     say "registry on $REGISTRY (pid $registry_pid)"
 }
 
@@ -454,7 +454,7 @@ run_one() { # LABEL BINARY
     containerd --config "$r/config.toml" >"$r/containerd.log" 2>&1 </dev/null &
     containerd_pid=$!
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 300); do
         crictl_ version >"$r/version.txt" 2>&1 && break
         kill -0 "$containerd_pid" 2>/dev/null || break
         sleep 0.2
@@ -496,7 +496,7 @@ run_cri() { # LABEL BINARY
         --registry-config "$r/registries.json" --cni-conf-dir "$r/net.d" --cni-bin-dir "$CNI_BIN" --log-level "$cri_log_level" >"$r/containerd.log" 2>&1 </dev/null &
     containerd_pid=$!
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 300); do
         crictl_ version >"$r/version.txt" 2>&1 && break
         kill -0 "$containerd_pid" 2>/dev/null || break
         sleep 0.2

@@ -34,7 +34,7 @@ c rmp "$P" >/dev/null
 for u in $units; do
     i=0
     while [ "$(systemctl show -p LoadState --value "$u")" != not-found ]; do
-        i=$((i + 1)); [ $i -lt 100 ] || fail "$u is still loaded after rmp: $(systemctl show -p ActiveState --value "$u")"
+        i=$((i + 1)); [ $i -lt 600 ] || fail "$u is still loaded after rmp: $(systemctl show -p ActiveState --value "$u")"
         sleep 0.1
     done
 done

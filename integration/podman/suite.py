@@ -124,7 +124,7 @@ class Podman:
         if cp > 0:
             self.pids[cp] = "conmon"
 
-    def wait_logs(self, cname, needles, timeout=15):
+    def wait_logs(self, cname, needles, timeout=CMD_TIMEOUT):
         deadline = time.monotonic() + timeout
         while True:
             rc, out, err = self("logs", cname)
@@ -135,7 +135,7 @@ class Podman:
                 raise Fail(f"logs of {cname} never showed {needles!r}: got {text[-200:]!r}")
             time.sleep(0.2)
 
-    def wait_state(self, cname, status, timeout=15):
+    def wait_state(self, cname, status, timeout=CMD_TIMEOUT):
         deadline = time.monotonic() + timeout
         while True:
             st = self.inspect(cname)["State"]
@@ -292,8 +292,8 @@ def check_stop_term(pm, p):
     st = pm.inspect(c)["State"]
     need(st["Status"] == "exited" and st["ExitCode"] == 42,
          f"after stop: {short_state(st)} (want exited, 42 from the TERM trap)")
-    need(dt < 10, f"stop took {dt:.1f}s: SIGTERM did not reach the trap")
-    pm.wait_logs(c, ["got-TERM"], timeout=5)
+    # (No bound on dt: exit code 42 is the trap's; a SIGKILL after the 20 s would be 137.)
+    pm.wait_logs(c, ["got-TERM"])
     pm.rm(c)
     return f"{dt:.1f}s"
 
@@ -309,7 +309,8 @@ def check_stop_kill(pm, p):
     st = pm.inspect(c)["State"]
     need(st["Status"] == "exited" and st["ExitCode"] == 137,
          f"after stop: {short_state(st)} (want exited, 137 from SIGKILL)")
-    need(2 <= dt < 15, f"stop -t 2 took {dt:.1f}s (want the 2 s grace, then SIGKILL)")
+    # At least the grace (137 says SIGKILL came; no upper bound on a loaded machine).
+    need(dt >= 2, f"stop -t 2 took {dt:.1f}s (want the 2 s grace, then SIGKILL)")
     pm.rm(c)
     return f"{dt:.1f}s"
 
@@ -336,7 +337,7 @@ def check_rm_force(pm, p):
     need(rc == 0, f"rm -f of a running container exited {rc}: {last_line(err)}")
     rc, _, _ = pm("container", "exists", c)
     need(rc == 1, f"container exists after rm -f: rc={rc}")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + CMD_TIMEOUT
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     need(not alive(pid), f"container process {pid} still alive after rm -f")
@@ -474,7 +475,7 @@ def check_restart_exited(pm, p):
     need(st["ExitCode"] == 3, f"first run: {short_state(st)}")
     rc, out, err = pm("start", c)
     need(rc == 0, f"start of an exited container exited {rc}: {last_line(err)}")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + CMD_TIMEOUT
     while True:
         rc, out, err = pm("logs", c)
         if out.count("pass") == 2 or time.monotonic() > deadline:
@@ -503,7 +504,7 @@ def check_pause(pm, p):
         except (OSError, ValueError):
             return 0
 
-    def advances(frm, timeout=15):
+    def advances(frm, timeout=CMD_TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if tick() > frm:
@@ -555,7 +556,7 @@ CHECKS = [
 class Tty:
     """podman with its stdin/stdout/stderr on a new pty (40x120) that the test reads and types into."""
 
-    def __init__(self, pm, args, timeout=15):
+    def __init__(self, pm, args, timeout=CMD_TIMEOUT):
         self.pm, self.timeout, self.buf = pm, timeout, ""
         argv = pm.base + list(args)
         pm.note(f"$ [pty] podman {shlex.join(args)}")

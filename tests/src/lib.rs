@@ -300,7 +300,8 @@ impl Rsrun {
 
     /// Waits until the container's status is `want` (bounded; for asynchronous exits).
     pub fn wait_status(&self, id: &str, want: &str) {
-        for _ in 0..500 {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < end {
             if self.status(id) == want {
                 return;
             }

@@ -544,7 +544,13 @@ fn events_stats_once() {
             json!({"memory": {"limit": 64 * MIB}, "pids": {"limit": 50}, "cpu": {"quota": 50000, "period": 100000}});
     });
     let id = detached(&rt, &b);
-    let out = rt.ok(&["events", "--stats", &id]);
+    // Once the shell has forked its second process (a minute at most).
+    let mut out = String::new();
+    wait_until(Duration::from_secs(60), || {
+        out = rt.ok(&["events", "--stats", &id]);
+        serde_json::from_str::<Value>(&out)
+            .is_ok_and(|v| v["data"]["pids"]["current"].as_u64() >= Some(2))
+    });
     assert_eq!(out.lines().count(), 1, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["type"], "stats");

@@ -117,12 +117,12 @@ fn run_returns_exit_status() {
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..500 {
-        if rt.run(&["state", &id]).status.success() && rt.status(&id) == "running" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || {
+            rt.run(&["state", &id]).status.success() && rt.status(&id) == "running"
+        }),
+        "{id} never ran"
+    );
     rt.ok(&["kill", &id, "KILL"]);
     assert_eq!(child.wait().unwrap().code(), Some(137));
     let b = Bundle::new(&["true"]);
@@ -417,11 +417,12 @@ fn kill_sends_real_time_signals_as_runc_numbers_them() {
     rt.ok(&["delete", &id]);
 }
 
-/// Waits (5 s at most) until container `id`'s PID 1 has a handler for `sig`: its shell's
+/// Waits (a minute at most) until container `id`'s PID 1 has a handler for `sig`: its shell's
 /// trap is set (before that, the kernel drops the signal sent to a namespace's PID 1).
 fn wait_caught(rt: &Rsrun, id: &str, sig: u32) {
     let pid = rt.state(id)["pid"].as_i64().unwrap();
-    for _ in 0..500 {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < end {
         if caught_signals(pid) & (1 << (sig - 1)) != 0 {
             return;
         }
@@ -456,7 +457,8 @@ fn foreground_run_and_exec_forward_real_time_signals() {
         .spawn()
         .unwrap();
     let mut pid = 0;
-    for _ in 0..500 {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < end {
         let st = rt.run(&["state", &id]);
         if st.status.success() {
             let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
@@ -486,7 +488,8 @@ fn foreground_run_and_exec_forward_real_time_signals() {
         .spawn()
         .unwrap();
     let mut exec_pid = 0i64;
-    for _ in 0..500 {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < end {
         // The exec'd shell: the process in the container's PID namespace that traps 40.
         exec_pid = std::fs::read_dir("/proc")
             .unwrap()

@@ -348,7 +348,8 @@ fn rootless_detached_state_and_exec() {
     // --all with no cgroup to find the processes in (Podman stops so a container without a
     // PID namespace): the init at least.
     u.ok(&b.dir, &["kill", "--all", &id, "KILL"]);
-    for _ in 0..500 {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < end {
         let st: Value = serde_json::from_str(&u.ok(&b.dir, &["state", &id])).unwrap();
         if st["status"] == "stopped" {
             break;

@@ -51,12 +51,13 @@ fn runtime_binary_not_reachable_through_proc_exe() {
     let before = std::fs::read(rsrun_bin()).unwrap();
     rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &idb]);
     std::fs::write(shared.path().join("go"), "").unwrap();
-    for _ in 0..400 {
-        if shared.path().join("done").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    assert!(
+        wait_until(Duration::from_secs(60), || shared
+            .path()
+            .join("done")
+            .exists()),
+        "container A never finished its scan"
+    );
     let out = std::fs::read_to_string(shared.path().join("out")).unwrap_or_default();
     assert!(
         out.contains("pid "),

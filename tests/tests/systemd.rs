@@ -60,7 +60,7 @@ fn read(dir: &Path, file: &str) -> String {
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
+    while t.elapsed() < Duration::from_secs(120) {
         if f() {
             return;
         }
