@@ -109,8 +109,13 @@ async fn serve(o: Opts) -> Result<()> {
     let _root_lock = lock_dir("--root", &o.root).await?;
     // And per state dir: its start-up would take another server's files there for its own
     // leftovers (the bundles of containers created but not started, the console sockets of
-    // terminal execs). One dir for both is locked once.
-    let same = std::fs::canonicalize(&o.root).ok() == std::fs::canonicalize(&o.state).ok();
+    // terminal execs). One dir for both (by device and inode: also through a bind mount) is
+    // locked once.
+    let dir_id = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok()
+    };
+    let same = dir_id(&o.root).is_some() && dir_id(&o.root) == dir_id(&o.state);
     let _state_lock = match same {
         true => None,
         false => Some(lock_dir("--state", &o.state).await?),

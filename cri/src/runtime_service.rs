@@ -1176,8 +1176,9 @@ impl RuntimeService for Runtime {
                 rec.id
             )));
         }
-        // Not in a pod that is not ready (its pause gone, or stopped), as containerd: the
-        // container would run on in a pod the kubelet replaces.
+        // Not in a pod that is not ready (its pause gone, or stopped): the container would
+        // run on in a pod the kubelet replaces. As containerd, the start fails and is recorded
+        // so (exited, StartError 128).
         let pod_ready = self
             .sandboxes
             .lock()
@@ -1186,10 +1187,13 @@ impl RuntimeService for Runtime {
             .get(&rec.sandbox_id)
             .map(|s| s.ready);
         if pod_ready != Some(true) {
-            return Err(Status::failed_precondition(format!(
+            let msg = format!(
                 "StartContainer: {}: pod sandbox {} is not ready",
                 rec.id, rec.sandbox_id
-            )));
+            );
+            container::record_start_error(&rec.exit_file, &rec.id, &msg)
+                .map_err(|e| io_status(&format!("exit record of {}", rec.id), e))?;
+            return Err(Status::failed_precondition(msg));
         }
         if let Some(io) = rec.deferred {
             self.create_in_shim(&rec, io).await?;
