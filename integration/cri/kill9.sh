@@ -29,6 +29,10 @@ CRICTL=${CRICTL:-/var/tmp/rsrun-cri-smoke/bin/crictl}
 fail() { echo "cri kill9 (seed $SEED): FAIL: $*" >&2; exit 1; }
 say() { echo "cri kill9: $*"; }
 
+# What a run killed hard left: its containers (their shims end with them), then its mounts.
+for id in $("$RSRUN" --root "$W/run/state/runtime" list -q 2>/dev/null); do
+    "$RSRUN" --root "$W/run/state/runtime" delete -f "$id" >/dev/null 2>&1 || true
+done
 awk -v p="$W/run/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
 done

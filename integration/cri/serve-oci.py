@@ -3,9 +3,9 @@
 integration/podman/mkimage.py writes it) on 127.0.0.1:PORT, under any repository name. Enough
 for pulls (GET/HEAD of /v2/, manifests by tag or digest, blobs); nothing can be pushed.
 Usage: serve-oci.py ARCHIVE.tar [ARCHIVE.tar...] PORT (the tags of all archives, by tag only)
-A request for the manifest of tag `stall` is never answered: the server appends `request` to
-the file $SERVE_OCI_STALL_LOG, waits until the client closes the connection, then appends
-`closed` (a test sees when a pull reached the registry, and when it gave up)."""
+A request for the manifest of tag `stall` is never answered: the server appends `request PATH`
+to the file $SERVE_OCI_STALL_LOG, waits until the client closes the connection, then appends
+`closed PATH` (a test sees when a pull reached the registry, and when it gave up)."""
 import http.server, json, os, sys, tarfile
 
 archives, port = sys.argv[1:-1], int(sys.argv[-1])
@@ -31,7 +31,7 @@ class H(http.server.BaseHTTPRequestHandler):
             ref = parts[-1]
             if parts[-2] == "manifests" and ref == "stall":
                 with open(os.environ["SERVE_OCI_STALL_LOG"], "a") as f:
-                    f.write("request\n")
+                    f.write("request %s\n" % self.path)
                 self.connection.settimeout(600)
                 try:
                     while self.connection.recv(4096):
@@ -39,7 +39,7 @@ class H(http.server.BaseHTTPRequestHandler):
                 except OSError:
                     pass
                 with open(os.environ["SERVE_OCI_STALL_LOG"], "a") as f:
-                    f.write("closed\n")
+                    f.write("closed %s\n" % self.path)
                 self.close_connection = True
                 return
             if parts[-2] == "manifests" and ref in tags:

@@ -713,14 +713,10 @@ def in_namespace(args, runtimes):
         os.makedirs(mp, exist_ok=True)
         binds.append(f"mount --bind {shlex.quote(st)} {shlex.quote(mp)}")
     script = " && ".join(binds + ['exec "$0" "$@"'])
-    # In the work dir: Podman, conmon and the runtimes inherit it, and Debian's conmon writes
-    # a file `oom` into its working directory when its container is OOM-killed (the
-    # --memory check), which landed in the caller's (the repository's top) before. The last
-    # --work (absolute) wins over a relative one given before.
     argv = ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script,
-            sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--work", args.work]
+            sys.executable, os.path.abspath(__file__)] + sys.argv[1:]
     env = dict(os.environ, **{NS_ENV: "1", "RSRUN_TOP": TOP})
-    p = subprocess.Popen(argv, env=env, cwd=args.work)
+    p = subprocess.Popen(argv, env=env)
     try:
         return p.wait()
     except KeyboardInterrupt:
@@ -740,7 +736,7 @@ def main():
     ap.add_argument("--min-passed", type=int, default=0)
     args = ap.parse_args()
     args.work = os.path.abspath(args.work)
-    runtimes = [tuple(r.split("=", 1)) for r in args.runtime] or \
+    runtimes = [(n, os.path.abspath(p)) for n, p in (r.split("=", 1) for r in args.runtime)] or \
         [("runc", "/usr/sbin/runc"), ("rsrun", f"{TOP}/target/debug/rsrun")]
     for name, path in runtimes:
         if not os.access(path, os.X_OK):
@@ -753,6 +749,10 @@ def main():
     rc = in_namespace(args, runtimes)
     if rc is not None:
         return rc
+    # In the work dir: Podman, conmon and the runtimes inherit it, and Debian's conmon writes
+    # a file `oom` into its working directory when its container is OOM-killed (the --memory
+    # check), which landed in the caller's (the repository's top) before.
+    os.chdir(args.work)
 
     checks = [(n, f) for n, f in CHECKS if not args.only or any(n.startswith(o) for o in args.only)]
     os.makedirs(f"{args.work}/logs", exist_ok=True)
