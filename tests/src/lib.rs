@@ -300,12 +300,10 @@ impl Rsrun {
 
     /// Waits until the container's status is `want` (bounded; for asynchronous exits).
     pub fn wait_status(&self, id: &str, want: &str) {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < end {
-            if self.status(id) == want {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        if wait_until(std::time::Duration::from_secs(60), || {
+            self.status(id) == want
+        }) {
+            return;
         }
         panic!(
             "container {id} never reached status {want}: {}",

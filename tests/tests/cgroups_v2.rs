@@ -61,15 +61,11 @@ fn detached(rt: &Rsrun, b: &Bundle) -> String {
     id
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(30), f),
+        "timed out waiting for {what}"
+    );
 }
 
 const MIB: i64 = 1 << 20;

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rsrun_tests::*;
 use serde_json::{json, Value};
@@ -69,11 +69,7 @@ fn procs(dir: &Path) -> Vec<i64> {
 }
 
 fn wait_for(what: &str, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(wait_until(Duration::from_secs(10), f), "timed out: {what}");
 }
 
 fn read_pid_file(p: &Path) -> i64 {

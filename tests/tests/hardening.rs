@@ -296,13 +296,7 @@ fn delete_force_recovers_from_a_lost_state_file() {
             "{damage:?}: not listed: {list}"
         );
         rt.ok(&["delete", "--force", &id]);
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < end {
-            if !alive(pid) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(Duration::from_secs(60), || !alive(pid));
         assert!(!alive(pid), "{damage:?}: the init survived delete --force");
         for d in cgroup_dirs(&id) {
             assert!(!d.exists(), "{damage:?}: {} left", d.display());
@@ -401,14 +395,10 @@ fn sigkill_at_any_point_of_create_start_delete_leaves_nothing() {
                 (left, recorded)
             };
             let mut found = unrecorded();
-            let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while std::time::Instant::now() < end {
-                if found.0.is_empty() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            wait_until(Duration::from_secs(60), || {
                 found = unrecorded();
-            }
+                found.0.is_empty()
+            });
             assert!(
                 found.0.is_empty(),
                 "seed {seed} iteration {i}: processes {:?} of {id} are recorded nowhere ({:?})",
@@ -440,14 +430,10 @@ fn sigkill_at_any_point_of_create_start_delete_leaves_nothing() {
             );
         }
         let mut left = processes_with(&id);
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < end {
+        wait_until(Duration::from_secs(60), || {
             left.retain(|p| alive(*p));
-            if left.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            left.is_empty()
+        });
         assert!(
             left.is_empty(),
             "seed {seed} iteration {i}: processes left: {left:?}"
@@ -678,14 +664,10 @@ fn delete_kills_processes_left_in_sub_cgroups() {
     let marker = format!("{}", 700000 + std::process::id() % 100000);
     rt.ok(&["exec", "-d", &id, "sleep", &marker]);
     let mut left = Vec::new();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < end {
+    wait_until(Duration::from_secs(60), || {
         left = processes_with(&format!("sleep\0{marker}"));
-        if !left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        !left.is_empty()
+    });
     assert_eq!(left.len(), 1, "the exec'd process: {left:?}");
     for d in cgroup_dirs(&rel) {
         let sub = d.join("sub");

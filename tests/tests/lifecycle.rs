@@ -421,14 +421,12 @@ fn kill_sends_real_time_signals_as_runc_numbers_them() {
 /// trap is set (before that, the kernel drops the signal sent to a namespace's PID 1).
 fn wait_caught(rt: &Rsrun, id: &str, sig: u32) {
     let pid = rt.state(id)["pid"].as_i64().unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < end {
-        if caught_signals(pid) & (1 << (sig - 1)) != 0 {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("container {id}'s PID 1 never trapped signal {sig}");
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || {
+            caught_signals(pid) & (1 << (sig - 1)) != 0
+        }),
+        "container {id}'s PID 1 never trapped signal {sig}"
+    );
 }
 
 /// The signal-handler mask of `pid` from /proc (SigCgt).
@@ -457,18 +455,14 @@ fn foreground_run_and_exec_forward_real_time_signals() {
         .spawn()
         .unwrap();
     let mut pid = 0;
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < end {
+    wait_until(std::time::Duration::from_secs(60), || {
         let st = rt.run(&["state", &id]);
         if st.status.success() {
             let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
             pid = v["pid"].as_i64().unwrap_or(0);
         }
-        if pid > 0 && caught_signals(pid) & (1 << (37 - 1)) != 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        pid > 0 && caught_signals(pid) & (1 << (37 - 1)) != 0
+    });
     assert_ne!(
         caught_signals(pid) & (1 << (37 - 1)),
         0,
@@ -488,8 +482,7 @@ fn foreground_run_and_exec_forward_real_time_signals() {
         .spawn()
         .unwrap();
     let mut exec_pid = 0i64;
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < end {
+    wait_until(std::time::Duration::from_secs(60), || {
         // The exec'd shell: the process in the container's PID namespace that traps 40.
         exec_pid = std::fs::read_dir("/proc")
             .unwrap()
@@ -501,11 +494,8 @@ fn foreground_run_and_exec_forward_real_time_signals() {
                         == std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
             })
             .unwrap_or(0);
-        if exec_pid > 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        exec_pid > 0
+    });
     assert!(exec_pid > 0, "the exec'd shell never trapped 40");
     // SAFETY: plain integers; both are our own children.
     assert_eq!(unsafe { libc::kill(exec.id() as i32, 40) }, 0);

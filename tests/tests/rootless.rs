@@ -348,14 +348,10 @@ fn rootless_detached_state_and_exec() {
     // --all with no cgroup to find the processes in (Podman stops so a container without a
     // PID namespace): the init at least.
     u.ok(&b.dir, &["kill", "--all", &id, "KILL"]);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < end {
+    wait_until(std::time::Duration::from_secs(60), || {
         let st: Value = serde_json::from_str(&u.ok(&b.dir, &["state", &id])).unwrap();
-        if st["status"] == "stopped" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        st["status"] == "stopped"
+    });
     u.ok(&b.dir, &["delete", &id]);
     assert!(!u.state_root().join(&id).exists());
 }

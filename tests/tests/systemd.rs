@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rsrun_tests::*;
 use serde_json::json;
@@ -58,15 +58,11 @@ fn read(dir: &Path, file: &str) -> String {
         .to_string()
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(120) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(120), f),
+        "timed out waiting for {what}"
+    );
 }
 
 fn sd(rt: &Rsrun, args: &[&str]) -> String {
