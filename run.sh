@@ -8,6 +8,7 @@ need=""
 [ -x /bin/busybox ] && dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 dpkg -s libseccomp-dev >/dev/null 2>&1 || need="$need libseccomp-dev"
 dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
 if [ -n "$need" ]; then
     apt-get update -q >/dev/null
     # shellcheck disable=SC2086

@@ -12,7 +12,7 @@ pub const DEFAULT_FILE: &str = "/etc/rsrun/rsrun-cri.toml";
 pub const USAGE: &str = "\
 usage: rsrun-cri [--config FILE] [--listen unix:///PATH] [--root DIR] [--state DIR]
                  [--registry-config FILE] [--cni-conf-dir DIR] [--cni-bin-dir DIRS]
-                 [--log-level LEVEL]
+                 [--shim FILE] [--cgroup-parent CGROUP] [--log-level LEVEL]
 
   --config           TOML settings (default /etc/rsrun/rsrun-cri.toml when it exists);
                      flags override it (docs/cri-config.md lists every key)
@@ -24,7 +24,29 @@ usage: rsrun-cri [--config FILE] [--listen unix:///PATH] [--root DIR] [--state D
   --cgroup-parent    cgroup for pods that name none (default: rsrun-cri, under this server's)
   --cni-conf-dir     CNI network configurations (default /etc/cni/net.d)
   --cni-bin-dir      CNI plugin directories, colon-separated (default /opt/cni/bin:/usr/lib/cni)
-  --log-level        error, warn, info (default), debug, trace";
+  --log-level        error, warn, info (default), debug, trace, off, or a tracing filter
+                     such as rsrun_cri=debug,info";
+
+/// The longest CRI log record's content rsrun-shim accepts (its `--log-max-line`).
+const MAX_LOG_LINE: u64 = 1 << 20;
+
+/// A level, or a tracing filter whose directives are each a level or `TARGET[=LEVEL]` with
+/// the level written. A misspelled level (`warning`, `informational`) parses as a target's
+/// name and would silence every other log line; a filter that does not parse fell back to
+/// `info` without a word.
+fn check_log_level(l: &str) -> Result<()> {
+    const LEVELS: &str = "error, warn, info, debug, trace or off";
+    tracing_subscriber::EnvFilter::try_new(l).with_context(|| {
+        format!("log_level {l:?}: {LEVELS}, or a filter such as \"rsrun_cri=debug,info\"")
+    })?;
+    for d in l.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !d.contains(['=', '[', '{']);
+        if bare && d.parse::<tracing::level_filters::LevelFilter>().is_err() {
+            bail!("log_level {l:?}: {d:?} is not a level ({LEVELS}); a target's level is written TARGET=LEVEL");
+        }
+    }
+    Ok(())
+}
 
 /// The settings as the file writes them (and as the flags give them): all optional.
 #[derive(Debug, Default, Deserialize)]
@@ -234,9 +256,14 @@ fn resolve(f: File) -> Result<Opts> {
         }
     }
     if let Some(n) = f.log_max_line {
-        if !(1..=64 << 20).contains(&n) {
-            bail!("log_max_line {n}: between 1 byte and 64 MiB");
+        // What rsrun-shim takes (--log-max-line): a larger value passed the check here and
+        // then failed every pod's and container's start.
+        if !(1..=MAX_LOG_LINE).contains(&n) {
+            bail!("log_max_line {n}: between 1 byte and 1 MiB ({MAX_LOG_LINE})");
         }
+    }
+    if let Some(l) = &f.log_level {
+        check_log_level(l)?;
     }
     if let Some(caps) = &f.default_capabilities {
         for c in caps {
@@ -383,6 +410,32 @@ mod tests {
             load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
         );
         assert!(e.contains("\"openrc\""), "{e}");
+        // The shim's limit: a longer line setting failed every start, not the server's.
+        std::fs::write(&p, "log_max_line = 1048576\n").unwrap();
+        assert!(load(args(&["--config", p.to_str().unwrap()])).is_ok());
+        std::fs::write(&p, "log_max_line = 1048577\n").unwrap();
+        let e = format!(
+            "{:#}",
+            load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
+        );
+        assert!(e.contains("log_max_line 1048577"), "{e}");
+        for good in [
+            "debug",
+            "WARN",
+            "off",
+            "rsrun_cri=debug,info",
+            "info,h2=warn",
+        ] {
+            assert!(load(args(&["--log-level", good])).is_ok(), "{good}");
+        }
+        for (bad, names) in [
+            ("warning", "\"warning\" is not a level"),
+            ("info,rsrun_cri", "\"rsrun_cri\" is not a level"),
+            ("rsrun_cri=loud", "log_level \"rsrun_cri=loud\""),
+        ] {
+            let e = format!("{:#}", load(args(&["--log-level", bad])).unwrap_err());
+            assert!(e.contains(names), "{bad}: {e}");
+        }
         let e = format!("{:#}", load(args(&["--listen", "tcp://x"])).unwrap_err());
         assert!(e.contains("only unix:///PATH"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
