@@ -74,6 +74,9 @@ const MAX_WINDOW: i64 = 0x7FFF_FFFF;
 const CONTROL_QUEUE_LIMIT: usize = 1024;
 /// Bytes of DATA the writer takes per write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// The reader's room for one read of the transport: at least, and at most.
+const READ_ROOM_MIN: usize = 16 * 1024;
+const READ_ROOM_MAX: usize = 256 * 1024;
 
 /// The zlib dictionary every SPDY/3 header-compression context starts from (SPDY/3 draft,
 /// section 2.6.10.1), transcribed from the draft's table.
@@ -1895,6 +1898,20 @@ impl State {
         id: u32,
         data: &[u8],
     ) -> Poll<Result<usize, Error>> {
+        self.poll_write_from(cx, id, data.len(), &mut |n| {
+            Bytes::copy_from_slice(&data[..n])
+        })
+    }
+
+    /// Queues up to `len` bytes for stream `id`, as many as the frame size and the windows
+    /// allow; `take(n)` gives the first `n` of them.
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: u32,
+        len: usize,
+        take: &mut dyn FnMut(usize) -> Bytes,
+    ) -> Poll<Result<usize, Error>> {
         let enforcing = self.enforcing();
         let (conn_window, queue_full) = (
             self.conn_send_window,
@@ -1917,10 +1934,10 @@ impl State {
                 reason: "write after FIN",
             }));
         }
-        if data.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
-        let mut n = data.len().min(max_frame);
+        let mut n = len.min(max_frame);
         if enforcing {
             let window = s.send_window.min(conn_window);
             if window <= 0 {
@@ -1940,7 +1957,7 @@ impl State {
         self.data.push_back(Frame::Data {
             stream_id: id,
             flags: 0,
-            data: Bytes::copy_from_slice(&data[..n]),
+            data: take(n),
         });
         wake(&mut self.writer_waker);
         Poll::Ready(Ok(n))
@@ -2161,6 +2178,7 @@ async fn run_reader<R>(
 ) where
     R: AsyncRead + Unpin,
 {
+    let mut room = READ_ROOM_MIN;
     let result: Result<(), Error> = async {
         loop {
             loop {
@@ -2194,12 +2212,23 @@ async fn run_reader<R>(
             if shared.lock().closed() {
                 return Ok(());
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(16 * 1024);
+            // Room for the next read: 16 KiB, doubled (up to 256 KiB) after each read that
+            // filled all the room it had, as a bulk transfer does: its frames (32 KiB from a Go
+            // client) then arrive whole in one read, not in 16 KiB pieces that were copied
+            // into a grown buffer to be joined.
+            let low = if room > READ_ROOM_MIN { room / 2 } else { 4096 };
+            if buf.capacity() - buf.len() < low {
+                buf.reserve(room);
             }
+            let offered = buf.capacity() - buf.len();
             let n = tokio::select! {
                 r = io.read_buf(&mut buf) => r?,
                 _ = abort.wait_for(|a| *a) => return Ok(()),
+            };
+            room = if n == offered {
+                (room * 2).min(READ_ROOM_MAX)
+            } else {
+                READ_ROOM_MIN
             };
             if n == 0 {
                 if buf.is_empty() {
@@ -2409,6 +2438,21 @@ impl SendStream {
         while !data.is_empty() {
             let n = poll_fn(|cx| self.shared.lock().poll_write(cx, self.id, data)).await?;
             data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes all of `data` as [`write`](Self::write) does, without copying it: the frames
+    /// queued for the writer are slices of it.
+    pub async fn write_bytes(&mut self, mut data: Bytes) -> Result<(), Error> {
+        while !data.is_empty() {
+            let len = data.len();
+            poll_fn(|cx| {
+                self.shared
+                    .lock()
+                    .poll_write_from(cx, self.id, len, &mut |n| data.split_to(n))
+            })
+            .await?;
         }
         Ok(())
     }

@@ -275,12 +275,14 @@ impl Server {
                 Ok(up) => up,
                 Err(e) => return tracing::warn!("streaming: upgrade failed: {e}"),
             };
-            let conn = spdy::Connection::server(idle::Idle::new(
-                hyper_util::rt::TokioIo::new(up),
-                c.fd,
-                srv.idle,
-                c.what,
-            ));
+            let config = match pending {
+                Pending::PortForward { .. } => portforward::spdy_config(),
+                _ => spdy::Config::default(),
+            };
+            let conn = spdy::Connection::server_with(
+                idle::Idle::new(hyper_util::rt::TokioIo::new(up), c.fd, srv.idle, c.what),
+                config,
+            );
             match pending {
                 Pending::PortForward { pod, netns } => portforward::serve(conn, netns, pod).await,
                 p => {
@@ -356,7 +358,10 @@ impl Server {
             .await;
             match pending {
                 Pending::PortForward { pod, netns } => {
-                    let conn = spdy::Connection::server(portforward::tunnel(stream));
+                    let conn = spdy::Connection::server_with(
+                        portforward::tunnel(stream),
+                        portforward::spdy_config(),
+                    );
                     portforward::serve(conn, netns, pod).await
                 }
                 p => {

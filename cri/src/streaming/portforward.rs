@@ -20,6 +20,21 @@ use super::spdy;
 /// creation timeout): then the pair is given up, with a message on its error stream.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What one read from a pod's connection takes, and the largest DATA frame sent: a bulk
+/// transfer's cost is per frame in the client (moby/spdystream allocates, queues and hands
+/// over each frame between goroutines) and per read and write in the server.
+const CHUNK: usize = 256 * 1024;
+
+/// A port-forward connection's SPDY settings: frames of up to [`CHUNK`], and room for a few
+/// of them queued for the writer.
+pub fn spdy_config() -> spdy::Config {
+    spdy::Config {
+        max_send_frame_size: CHUNK,
+        max_queued_bytes: 4 * CHUNK,
+        ..spdy::Config::default()
+    }
+}
+
 /// The streams of one request ID that have arrived, and since when.
 struct Half {
     error: Option<spdy::SendStream>,
@@ -159,17 +174,18 @@ async fn forward(
     let (mut tr, mut tw) = tcp.into_split();
     let (mut dr, mut dw) = data.split();
     {
+        // The bytes are not copied on their way through: the client's DATA payloads go to
+        // the pod as they arrived, and what is read from the pod is sent as it was read.
         let up = async {
-            let mut buf = vec![0u8; 32 * 1024];
             loop {
-                match dr.read(&mut buf).await {
-                    Ok(0) => break,
+                match dr.read_chunk().await {
+                    Ok(None) => break,
                     Err(e) => {
                         tracing::debug!("port-forward: client side: {e}");
                         break;
                     }
-                    Ok(n) => {
-                        if tw.write_all(&buf[..n]).await.is_err() {
+                    Ok(Some(chunk)) => {
+                        if tw.write_all(&chunk).await.is_err() {
                             break;
                         }
                     }
@@ -178,12 +194,13 @@ async fn forward(
             let _ = tw.shutdown().await;
         };
         let down = async {
-            let mut buf = vec![0u8; 32 * 1024];
+            let mut buf = bytes::BytesMut::new();
             loop {
-                match tr.read(&mut buf).await {
+                buf.reserve(CHUNK);
+                match tr.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if let Err(e) = dw.write(&buf[..n]).await {
+                    Ok(_) => {
+                        if let Err(e) = dw.write_bytes(buf.split().freeze()).await {
                             tracing::debug!("port-forward: writing to the client: {e}");
                             break;
                         }
