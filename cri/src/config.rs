@@ -251,8 +251,14 @@ fn resolve(f: File) -> Result<Opts> {
         Some(d) => bail!("cgroup_driver {d:?}: \"cgroupfs\" or \"systemd\""),
     };
     if let (true, Some(p)) = (systemd_cgroup, &f.cgroup_parent) {
-        if !p.trim_end_matches('/').ends_with(".slice") {
+        // As the runtime reads it (`a-b.slice` nests in `a.slice`): a name it refuses
+        // (`-a.slice`, `a--b.slice`) passed here and then failed every start.
+        let slice = p.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        if !slice.ends_with(".slice") {
             bail!("cgroup_parent {p:?}: with cgroup_driver \"systemd\" it names a slice, such as rsrun-cri.slice");
+        }
+        if let Err(e) = rsrun::cgroups::systemd::slice_path(slice) {
+            bail!("cgroup_parent {p:?}: {e}");
         }
     }
     if let Some(n) = f.log_max_line {
@@ -404,6 +410,20 @@ mod tests {
             load(args(&["--config", p.to_str().unwrap()])).unwrap_err()
         );
         assert!(e.contains("names a slice"), "{e}");
+        // A slice name the runtime refuses is refused here (it failed every pod's start).
+        for (bad, ok) in [
+            ("a--b.slice", false),
+            ("/x/-a.slice", false),
+            ("k-pods.slice", true),
+        ] {
+            std::fs::write(
+                &p,
+                format!("cgroup_driver = \"systemd\"\ncgroup_parent = \"{bad}\"\n"),
+            )
+            .unwrap();
+            let r = load(args(&["--config", p.to_str().unwrap()]));
+            assert_eq!(r.is_ok(), ok, "{bad}: {:?}", r.err());
+        }
         std::fs::write(&p, "cgroup_driver = \"openrc\"\n").unwrap();
         let e = format!(
             "{:#}",

@@ -671,6 +671,13 @@ pub fn oci_spec(
         "noNewPrivileges": sc.no_new_privs,
     });
     if let Some(o) = oom {
+        // What the kernel's oom_score_adj takes: anything else passed here and failed the
+        // start, or did not fit the runtime's 32-bit field.
+        if !(-1000..=1000).contains(&o) {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: linux.resources.oom_score_adj {o}: between -1000 and 1000"
+            )));
+        }
         process["oomScoreAdj"] = json!(o);
     }
     let (devices, device_rules) = container_devices(&c.devices, sc.privileged)?;
@@ -1511,6 +1518,28 @@ fn connect_control(shim_dir: &Path) -> std::io::Result<std::os::unix::net::UnixS
     let (path, _dirfd) = rsrun::lifecycle::short_socket_path(&shim_dir.join("control"))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     std::os::unix::net::UnixStream::connect(&path)
+}
+
+/// The longest request line a shim reads on its control socket (rsrun-shim's
+/// `proto::CONTROL_MAX`): it answers a longer one "control request too long" and closes the
+/// connection.
+const SHIM_REQUEST_MAX: usize = 1 << 20;
+
+/// What an exec request's `cmd` may take of it (the rest: the operation, timeout,
+/// environment and console socket path).
+const EXEC_CMD_MAX: usize = SHIM_REQUEST_MAX - 64 * 1024;
+
+/// An exec's command as its shim request carries it (JSON, where a control character takes
+/// six bytes): refused by name when the request would be longer than a shim reads (the
+/// request was cut off at the shim, and the caller saw a broken pipe).
+pub fn check_exec_cmd(rpc: &str, cmd: &[String]) -> Result<(), Status> {
+    let n = serde_json::to_string(cmd).map_or(usize::MAX, |s| s.len());
+    if n > EXEC_CMD_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{rpc}: cmd is {n} bytes as the shim's request carries it (JSON), more than {EXEC_CMD_MAX}"
+        )));
+    }
+    Ok(())
 }
 
 /// Records a start that failed (reason StartError, exit code 128) as the container's exit.

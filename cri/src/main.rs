@@ -67,6 +67,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The systemd cgroup driver needs systemd as PID 1 (the runtime asks it for each pause's
+/// and container's scope) and the unified cgroup v2 hierarchy (where the scopes are): on a
+/// host without them the server started and every pod's start failed.
+fn check_systemd_host() -> Result<()> {
+    let hs =
+        rsrun::cgroups::hierarchies().context("cgroup_driver \"systemd\": the host's cgroups")?;
+    if !rsrun::cgroups::is_unified(&hs) {
+        anyhow::bail!("cgroup_driver \"systemd\": this host mounts cgroup v1 controllers; the systemd driver needs the unified cgroup v2 hierarchy (use \"cgroupfs\")");
+    }
+    // sd_booted(3)'s test.
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        anyhow::bail!("cgroup_driver \"systemd\": systemd is not running as PID 1 (no /run/systemd/system; use \"cgroupfs\")");
+    }
+    Ok(())
+}
+
 /// An exclusive flock on DIR/lock, or an error naming the flag and the dir another server
 /// holds. A predecessor just killed releases it as it exits: waited for, a few seconds at most.
 async fn lock_dir(flag: &str, dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
@@ -101,6 +117,9 @@ async fn serve(o: Opts) -> Result<()> {
             .with_context(|| format!("--registry-config {}", p.display()))?,
         None => rsrun_image::RegistryConfig::default(),
     };
+    if o.systemd_cgroup {
+        check_systemd_host()?;
+    }
     for d in [&o.root, &o.state] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }

@@ -1121,7 +1121,10 @@ impl RuntimeService for Runtime {
                 rec.deferred = Some(store::Stdio {
                     tty: c.tty,
                     stdin: c.stdin,
-                    stdin_once: c.stdin_once,
+                    // Without stdin there is nothing to close after the first attach (the
+                    // kubelet passes a pod's stdinOnce as written, stdin or not, and
+                    // containerd ignores it then; rsrun-shim refuses --stdin-once alone).
+                    stdin_once: c.stdin && c.stdin_once,
                 });
                 for (i, r) in made.volumes {
                     if let Some(m) = rec.mounts.get_mut(i) {
@@ -1450,6 +1453,7 @@ impl RuntimeService for Runtime {
         if r.cmd.is_empty() {
             return Err(Status::invalid_argument("Exec: cmd is required"));
         }
+        container::check_exec_cmd("Exec", &r.cmd)?;
         if !(r.stdin || r.stdout || r.stderr) {
             return Err(Status::invalid_argument(
                 "Exec: one of stdin, stdout and stderr is required",
@@ -1558,6 +1562,7 @@ impl RuntimeService for Runtime {
         if r.cmd.is_empty() {
             return Err(Status::invalid_argument("ExecSync: cmd is required"));
         }
+        container::check_exec_cmd("ExecSync", &r.cmd)?;
         let rec = self.container(&r.container_id).await?;
         if container::state(&rec).0 != api::ContainerState::ContainerRunning as i32 {
             return Err(Status::failed_precondition(format!(

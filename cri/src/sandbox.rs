@@ -66,7 +66,10 @@ pub fn cgroups_path(
         .rsplit('/')
         .next()
         .unwrap_or("");
-    if !slice.ends_with(".slice") || slice.contains(':') {
+    if !slice.ends_with(".slice")
+        || slice.contains(':')
+        || rsrun::cgroups::systemd::slice_path(slice).is_err()
+    {
         return Err(Status::invalid_argument(format!(
             "cgroup_parent {parent:?} is not a systemd slice (name.slice), and the cgroup driver is systemd: the kubelet's cgroupDriver must match rsrun-cri's cgroup_driver"
         )));

@@ -241,6 +241,25 @@ echo "$out" | grep -q 'sh -c echo hello' || fail "exec: not in the container's p
 if c exec -s "$ctr" sh -c 'exit 3' >/dev/null; then fail "exec -s of exit 3 succeeded"; fi
 grep -q 'exited with 3' "$R/crictl.err" || fail "exec -s exit code: $(cat "$R/crictl.err")"
 ok "exec -s (exit code, the pod's hostname, the container's PID 1)"
+# A command longer than a shim reads in one request (1 MiB; JSON writes each control
+# character in 6 bytes): refused by name before it reaches the shim (it cut the request off,
+# and the caller saw a broken pipe); the container is untouched.
+big=$(head -c 100000 /dev/zero | tr '\0' '\1')
+if c exec -s "$ctr" echo "$big" "$big" >/dev/null; then fail "an ExecSync of a 1.2 MB (as JSON) command succeeded"; fi
+grep -q 'InvalidArgument.*ExecSync: cmd is [0-9]* bytes' "$R/crictl.err" || fail "long ExecSync: $(cut -c1-300 "$R/crictl.err")"
+[ "$(c exec -s "$ctr" echo still)" = still ] || fail "exec after the refused one: $(cat "$R/crictl.err")"
+ok "an ExecSync longer than a shim request: InvalidArgument naming the size"
+# stdin_once without stdin (the kubelet passes a pod's stdinOnce as written): nothing to
+# close, the container starts (rsrun-shim refuses --stdin-once alone: every start failed).
+echo '{"metadata": {"name": "noin"}, "image": {"image": "busybox"}, "command": ["sleep", "1002"], "stdin_once": true}' > "$R/noin.json"
+noin=$(c create "$pod" "$R/noin.json" "$R/pod.json") && c start "$noin" >/dev/null || fail "stdin_once without stdin: $(cat "$R/crictl.err")"
+[ "$(c inspect -o go-template --template '{{.status.state}}' "$noin")" = CONTAINER_RUNNING ] || fail "stdin_once without stdin: not running"
+c rm -f "$noin" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
+# An oom_score_adj the kernel does not take: refused at create, by name (it failed the start).
+echo '{"metadata": {"name": "oomadj"}, "image": {"image": "busybox"}, "command": ["true"], "linux": {"resources": {"oom_score_adj": 5000}}}' > "$R/oomadj.json"
+if c create "$pod" "$R/oomadj.json" "$R/pod.json" >/dev/null; then fail "create with oom_score_adj 5000 succeeded"; fi
+grep -q 'InvalidArgument.*linux.resources.oom_score_adj 5000' "$R/crictl.err" || fail "oom_score_adj 5000: $(cat "$R/crictl.err")"
+ok "stdin_once without stdin starts; oom_score_adj 5000 refused naming the field"
 # The pod's sysctls, as the kernel reads them in the container: one of the interface the CNI
 # plugin made (eth0 exists only once the network is attached), one in the slashed form, an
 # IPC and a UTS one.
@@ -1168,7 +1187,10 @@ ok "bad pod config: InvalidArgument naming the field"
 c pull busybox >/dev/null || fail "pull: $(cat "$R/crictl.err")"
 # (The second one gives up on a pull that receives nothing for a second.)
 echo 'image_pull_progress_timeout = "1s"' > "$R/two.toml"
-"$CRI" --config "$R/two.toml" --listen "unix://$R/cri2.sock" --root "$R/root2" --state "$R/state2" \
+# Its state dir's path is long: the sockets under it (the shims', a terminal exec's console
+# socket) are longer than a socket address holds.
+st2="$R/state2-$(printf '%080d' 0)"
+"$CRI" --config "$R/two.toml" --listen "unix://$R/cri2.sock" --root "$R/root2" --state "$st2" \
     --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke2" \
     --cni-conf-dir "$R/net.d" --cni-bin-dir /usr/lib/cni >>"$R/cri2.log" 2>&1 &
 cri2=$!
@@ -1186,12 +1208,24 @@ p1=$(c runp "$R/one.json") && k1=$(c create "$p1" "$R/a.json" "$R/one.json") && 
 p2=$(c2 runp "$R/two.json") && k2=$(c2 create "$p2" "$R/a.json" "$R/two.json") && c2 start "$k2" >/dev/null \
     || fail "second server: $(cat "$R/crictl.err")"
 [ "$(c pods -q)" = "$p1" ] && [ "$(c2 pods -q)" = "$p2" ] || fail "servers see each other's pods: $(c pods -q) / $(c2 pods -q)"
+out=$(script -qec "$W/bin/crictl --runtime-endpoint unix://$R/cri2.sock exec -it $k2 tty" /dev/null 2>/dev/null | tr -d '\r\0')
+echo "$out" | grep -q '^/dev/pts/[0-9]' || fail "exec -it with a ${#st2}-byte state dir: $out $(grep -i 'console socket' "$R/cri2.log" | tail -1)"
 c2 rmp -af >/dev/null || fail "second server: rmp -a: $(cat "$R/crictl.err")"
 [ -z "$(c2 pods -q)" ] || fail "second server: pods left"
 [ "$(c inspect -o json "$k1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = CONTAINER_RUNNING ] \
     || fail "the first server's container did not survive the second's rmp -a"
 kill "$cri2"; wait "$cri2" 2>/dev/null || true; cri2=
-ok "two servers side by side: each lists and removes only its own pods; image_pull_progress_timeout ends a stalled pull"
+ok "two servers side by side: each lists and removes only its own pods; image_pull_progress_timeout ends a stalled pull; a ${#st2}-byte state dir (exec -it's console socket)"
+# The systemd cgroup driver on a host with cgroup v1 controllers (this one, hybrid): refused
+# at start, by name, nothing made (it started, and every pod's start failed).
+if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+    echo 'cgroup_driver = "systemd"' > "$R/sd.toml"
+    rc=0; timeout 60 "$CRI" --config "$R/sd.toml" --listen "unix://$R/cri4.sock" --root "$R/root4" \
+        --state "$R/state4" >"$R/cri4.log" 2>&1 || rc=$?
+    [ "$rc" = 1 ] && grep -q 'cgroup_driver "systemd": this host mounts cgroup v1 controllers' "$R/cri4.log" \
+        && [ ! -e "$R/cri4.sock" ] && [ ! -e "$R/root4" ] || fail "the systemd driver on a v1 host: rc $rc, $(tail -3 "$R/cri4.log")"
+    ok "the systemd driver on a host with cgroup v1 controllers: refused at start ($(tail -1 "$R/cri4.log" | cut -c1-100))"
+fi
 # A second server on the first one's root (its own socket and state) is refused: its recovery
 # would remove the first one's objects as unrecorded. The first serves on, its container runs.
 rc=0; timeout 60 "$CRI" --listen "unix://$R/cri3.sock" --root "$R/root" --state "$R/state3" \

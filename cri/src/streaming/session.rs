@@ -207,9 +207,14 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         let path = srv
             .scratch
             .join(format!("{}.sock", &crate::store::new_id()[..16]));
-        match tokio::net::UnixListener::bind(&path) {
+        // Through the directory's descriptor when the state dir makes the path longer than
+        // a socket address holds (as the shims' sockets).
+        let bound = rsrun::lifecycle::short_socket_path(&path)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|(short, _dirfd)| tokio::net::UnixListener::bind(short));
+        match bound {
             Ok(l) => Some((l, path)),
-            Err(e) => return fail(w, format!("console socket: {e}")).await,
+            Err(e) => return fail(w, format!("console socket {}: {e}", path.display())).await,
         }
     } else {
         None
