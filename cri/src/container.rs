@@ -954,16 +954,18 @@ pub fn image_volume(
         .map_err(crate::error::image_status)?
         .ok_or_else(|| Status::not_found(format!("{what}: the image is not present")))?;
     let vol = format!("{id}-image-{i}");
+    // By the ID found (a moved tag would give another image's files than recorded).
+    let by_id = rec.id.to_string();
     let root = match under {
         Some((d, m)) => {
             let at = d.join(format!("image-{i}"));
             images
-                .prepare_rootfs_at(&vol, spec, true, &at, Some(m))
+                .prepare_rootfs_at(&vol, &by_id, true, &at, Some(m))
                 .map_err(crate::error::image_status)?;
             at
         }
         None => images
-            .prepare_rootfs(&vol, spec, true)
+            .prepare_rootfs(&vol, &by_id, true)
             .map_err(crate::error::image_status)?,
     };
     if m.image_sub_path.is_empty() {

@@ -18,10 +18,10 @@ pub struct Images {
     pub progress_timeout: Option<std::time::Duration>,
 }
 
-/// Frees the blobs and snapshots of removed images (`ImageStore::collect`) after the call
-/// that removed them has answered, as containerd's garbage collector does: on the blocking
-/// pool, one sweep at a time, and one more if asked again meanwhile. The sweep takes the
-/// store's exclusive lock, so it waits for pulls and rootfs creations in flight.
+/// Frees the blobs and snapshots of removed images (`ImageStore::collect`) that RemoveImage
+/// could not free before answering (a pull or rootfs creation held the store): on the
+/// blocking pool, one sweep at a time, and one more if asked again meanwhile. The sweep takes
+/// the store's exclusive lock, so it waits for those.
 pub struct Collector {
     store: Arc<ImageStore>,
     running: AtomicBool,
@@ -242,8 +242,24 @@ impl ImageService for Images {
         // image succeeds (the CRI asks for idempotence).
         let removed = blocking(move || store.remove_image(&name).map_err(image_status)).await?;
         if removed {
-            // Its blobs and layers go after the answer (those a container still uses stay).
-            self.gc.request();
+            // Its blobs and layers go before the answer when nothing holds them (those a
+            // container still uses stay), as containerd deletes synchronously: the kubelet's
+            // image GC measures the disk again right after. With a pull or a rootfs
+            // preparation in flight, after it, once the answer is sent.
+            let store = self.store.clone();
+            match blocking(move || store.try_collect().map_err(image_status)).await {
+                Ok(Some(st)) => tracing::info!(
+                    blobs = st.blobs_removed,
+                    snapshots = st.snapshots_removed,
+                    bytes = st.bytes_freed,
+                    "freed the storage of removed images"
+                ),
+                Ok(None) => self.gc.request(),
+                Err(e) => {
+                    tracing::error!("freeing the storage of removed images: {}", e.message());
+                    self.gc.request()
+                }
+            }
         }
         Ok(Response::new(api::RemoveImageResponse {}))
     }

@@ -1921,16 +1921,19 @@ impl Runtime {
                 }
                 e => crate::error::image_status(e),
             })?;
+            // The rootfs of the image inspected, by its ID: a tag that a pull moves meanwhile
+            // would give the container one image's config on another's files.
+            let by_id = insp.image.id.to_string();
             let rootfs = match &walkable {
                 Some((d, m)) => {
                     let at = d.join("rootfs");
                     images
-                        .prepare_rootfs_at(&cid, &img, readonly, &at, Some(m))
+                        .prepare_rootfs_at(&cid, &by_id, readonly, &at, Some(m))
                         .map_err(crate::error::image_status)?;
                     at
                 }
                 None => images
-                    .prepare_rootfs(&cid, &img, readonly)
+                    .prepare_rootfs(&cid, &by_id, readonly)
                     .map_err(crate::error::image_status)?,
             };
             let mut volumes = Vec::new();

@@ -187,8 +187,21 @@ impl ImageStore {
         self.sweep(false)
     }
 
+    /// `collect` now if no pull or rootfs preparation is in flight (they hold what a sweep
+    /// must wait for), else `None` without waiting.
+    pub fn try_collect(&self) -> Result<Option<PruneStats>> {
+        match self.store.try_gc_lock_exclusive()? {
+            Some(gc) => self.sweep_locked(false, gc).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn sweep(&self, everything: bool) -> Result<PruneStats> {
-        let _gc = self.store.gc_lock_exclusive()?;
+        let gc = self.store.gc_lock_exclusive()?;
+        self.sweep_locked(everything, gc)
+    }
+
+    fn sweep_locked(&self, everything: bool, _gc: store::FileLock) -> Result<PruneStats> {
         let db = self.store.load_db()?;
         let rootfs = self.store.rootfs_records()?;
         let mut blobs: HashSet<String> = HashSet::new();

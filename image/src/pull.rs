@@ -236,14 +236,20 @@ impl ImageStore {
         Ok(found.cloned())
     }
 
+    /// The image found complete, with this reference's tag. A removal since it was found
+    /// (the kubelet's image GC racing a pull with policy Always) took its record: it is put
+    /// back, without the tags other images hold now (its content is still there: this pull
+    /// holds the store's shared lock, which the sweep that frees it waits for). Without
+    /// that, the pull answered an image ID that no longer named an image.
     fn attach_tag(&self, r: &Reference, img: ImageRecord) -> Result<ImageRecord> {
-        match r.repo_tag() {
-            Some(t) if !img.repo_tags.contains(&t) => self.store.update_db(|db| {
-                move_tag(db, &t, &img.id);
-                Ok(db.images.get(img.id.as_str()).cloned().unwrap_or(img))
-            }),
-            _ => Ok(img),
+        // Nothing to write when it is there with the tag (a warm pull).
+        if let Some(cur) = self.store.load_db()?.images.get(img.id.as_str()) {
+            if r.repo_tag().is_none_or(|t| cur.repo_tags.contains(&t)) {
+                return Ok(cur.clone());
+            }
         }
+        self.store
+            .update_db(|db| Ok(attach(db, &img, r.repo_tag().as_deref())))
     }
 
     fn pull_from(
@@ -917,6 +923,24 @@ impl<'de> serde::de::Visitor<'de> for JsonCheck {
 }
 
 /// Moves `tag` to image `id`; images left with neither tags nor digests are dropped.
+/// `img` in the records with `tag`: put back if it is gone (without the tags other images
+/// hold now), the tag moved to it.
+fn attach(db: &mut crate::store::Db, img: &ImageRecord, tag: Option<&str>) -> ImageRecord {
+    if !db.images.contains_key(img.id.as_str()) {
+        let mut back = img.clone();
+        back.repo_tags
+            .retain(|t| !db.images.values().any(|o| o.repo_tags.contains(t)));
+        db.images.insert(img.id.to_string(), back);
+    }
+    if let Some(t) = tag {
+        move_tag(db, t, &img.id);
+    }
+    db.images
+        .get(img.id.as_str())
+        .cloned()
+        .unwrap_or_else(|| img.clone())
+}
+
 pub(crate) fn move_tag(db: &mut crate::store::Db, tag: &str, id: &Digest) {
     for (k, img) in db.images.iter_mut() {
         if k != id.as_str() {
@@ -1218,7 +1242,7 @@ impl<R: Read> Read for Budget<'_, R> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_registry;
+    use super::*;
 
     #[test]
     fn credentials_server_names() {
@@ -1261,5 +1285,52 @@ mod tests {
             true
         ));
         assert!(!same_registry("", "reg.example", "reg.example", false));
+    }
+
+    fn record(hex: char, tags: &[&str]) -> ImageRecord {
+        let d = Digest::parse(&format!("sha256:{}", hex.to_string().repeat(64))).unwrap();
+        ImageRecord {
+            id: d.clone(),
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            repo_digests: vec![format!("r/x@{d}")],
+            manifest: d.clone(),
+            manifest_blobs: vec![],
+            config: d,
+            layers: vec![],
+            size: 0,
+            user: String::new(),
+            platform: "linux/amd64".into(),
+            pinned: false,
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn an_image_removed_while_a_pull_found_it_complete_is_put_back() {
+        // The pull found `a` complete with tags t1 and t2; then a removal took it, and t2
+        // went to another image `b` meanwhile.
+        let a = record('a', &["r/x:t1", "r/x:t2"]);
+        let mut db = crate::store::Db::default();
+        db.images.insert(
+            record('b', &["r/x:t2"]).id.to_string(),
+            record('b', &["r/x:t2"]),
+        );
+        let got = attach(&mut db, &a, Some("r/x:t1"));
+        assert_eq!(got.id, a.id);
+        assert_eq!(
+            db.images[a.id.as_str()].repo_tags,
+            vec!["r/x:t1".to_string()]
+        );
+        assert_eq!(
+            db.images[record('b', &[]).id.as_str()].repo_tags,
+            vec!["r/x:t2".to_string()]
+        );
+        // Present: only the tag moves, nothing else changes.
+        let got = attach(&mut db, &a, Some("r/x:t2"));
+        assert_eq!(
+            got.repo_tags,
+            vec!["r/x:t1".to_string(), "r/x:t2".to_string()]
+        );
+        assert!(db.images[record('b', &[]).id.as_str()].repo_tags.is_empty());
     }
 }

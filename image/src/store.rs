@@ -275,6 +275,22 @@ impl Store {
     pub fn gc_lock_exclusive(&self) -> Result<FileLock> {
         self.lock_file(&self.root.join("gc.lock"), true, None, "")
     }
+    /// The exclusive lock if nothing holds the shared one now (no pull, no rootfs being
+    /// prepared), else `None`.
+    pub fn try_gc_lock_exclusive(&self) -> Result<Option<FileLock>> {
+        let path = self.root.join("gc.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx("opening lock", &path)?;
+        match sys::flock(f.as_fd(), true, true) {
+            Ok(()) => Ok(Some(FileLock { _f: f })),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(Error::io("locking", &path, e)),
+        }
+    }
 
     /// One download / unpack of a digest at a time, across threads and processes.
     pub fn lock_digest(&self, d: &Digest, cancel: &Cancel) -> Result<FileLock> {
@@ -597,6 +613,21 @@ pub fn find_image<'a>(db: &'a Db, key: &str) -> Option<&'a ImageRecord> {
 }
 
 pub(crate) fn find_image_id(db: &Db, key: &str) -> Option<String> {
+    // A name first, then an ID (as containerd resolves): `deadbeef1234` is the image of that
+    // name when there is one, not whichever image's ID starts so.
+    let by_name = crate::reference::Reference::parse(key).ok().and_then(|r| {
+        let (tag, digest) = (r.repo_tag(), r.digest.as_ref().map(|d| r.repo_digest(d)));
+        db.images
+            .values()
+            .find(|i| match &digest {
+                Some(d) => i.repo_digests.contains(d),
+                None => tag.as_ref().is_some_and(|t| i.repo_tags.contains(t)),
+            })
+            .map(|i| i.id.to_string())
+    });
+    if by_name.is_some() {
+        return by_name;
+    }
     let k = key.strip_prefix("sha256:").unwrap_or(key);
     if k.len() >= 12 && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
         let matches: Vec<&ImageRecord> = db
@@ -608,15 +639,7 @@ pub(crate) fn find_image_id(db: &Db, key: &str) -> Option<String> {
             return Some(matches[0].id.to_string());
         }
     }
-    let r = crate::reference::Reference::parse(key).ok()?;
-    let (tag, digest) = (r.repo_tag(), r.digest.as_ref().map(|d| r.repo_digest(d)));
-    db.images
-        .values()
-        .find(|i| match &digest {
-            Some(d) => i.repo_digests.contains(d),
-            None => tag.as_ref().is_some_and(|t| i.repo_tags.contains(t)),
-        })
-        .map(|i| i.id.to_string())
+    None
 }
 
 #[cfg(test)]

@@ -628,6 +628,75 @@ fn remove_by_tag_id_and_digest() {
 }
 
 #[test]
+fn removal_frees_at_once_unless_a_pull_holds_the_store_and_a_name_wins_over_an_id() {
+    let reg = Registry::start();
+    let la = vec![layer(&tar_of(&[E::File("f", b"first", 0o644)]), MT_GZIP)];
+    let lb = vec![layer(&tar_of(&[E::File("g", b"second", 0o644)]), MT_GZIP)];
+    let a = push_image(
+        &reg.addr,
+        "library/frees",
+        Some("latest"),
+        &la,
+        &config_json("amd64", "", &la),
+        false,
+    );
+    let t = TempDir::new("frees");
+    let store = open_store(t.path(), &reg.addr);
+    let img = store.pull("frees", &PullOptions::default()).unwrap();
+    assert_eq!(img.id, a.config_digest);
+    // A second image named by the first 12 hex digits of the first's ID: the name is that
+    // image, not an ID prefix of the other (as containerd resolves).
+    let short = &img.id.hex()[..12];
+    let b = push_image(
+        &reg.addr,
+        &format!("library/{short}"),
+        Some("latest"),
+        &lb,
+        &config_json("amd64", "", &lb),
+        false,
+    );
+    store.pull(short, &PullOptions::default()).unwrap();
+    assert_eq!(
+        store.get(short).unwrap().unwrap().id,
+        b.config_digest,
+        "{short} as a name"
+    );
+    assert_eq!(
+        store.get(&format!("sha256:{short}")).unwrap().unwrap().id,
+        img.id,
+        "sha256:{short}"
+    );
+    assert!(store.remove_image(short).unwrap());
+    // Something holds the store shared (a pull, a rootfs being made): nothing is freed now,
+    // and nothing waits for it.
+    let blobs = || {
+        std::fs::read_dir(t.path().join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let other = rsrun_image::store::Store::open(t.path()).unwrap();
+    let held = other.gc_lock_shared(None).unwrap();
+    let before = (blobs(), snapshots(t.path()).len());
+    assert!(
+        store.try_collect().unwrap().is_none(),
+        "collected under a shared lock"
+    );
+    assert_eq!((blobs(), snapshots(t.path()).len()), before);
+    drop(held);
+    // Then at once: the removed image's blobs and layer go, the other image's stay.
+    let st = store
+        .try_collect()
+        .unwrap()
+        .expect("nothing holds the store");
+    assert!(st.blobs_removed >= 2 && st.snapshots_removed == 1, "{st:?}");
+    assert_eq!(
+        (blobs(), snapshots(t.path()).len()),
+        (before.0 - st.blobs_removed as usize, 1)
+    );
+    assert_eq!(store.get("frees").unwrap().unwrap().id, img.id);
+}
+
+#[test]
 fn a_tag_given_with_a_digest_is_not_moved() {
     // `name:tag@digest` pulls the pinned content and leaves the tag where it is (as
     // containerd): a later `name:tag` must still be the tag's own image.
