@@ -801,9 +801,18 @@ pub fn state(r: &SandboxRecord) -> i32 {
 
 /// The CRI status of a pod sandbox.
 pub fn status(sb: &SandboxRecord) -> api::PodSandboxStatus {
+    // A ready pod whose pinned network namespace was unmounted under the server has no
+    // address to report: its containers cannot join the namespace any more. Without one the
+    // kubelet replaces the pod (as containerd reports it); with the recorded one it kept the
+    // pod, and every restart of its containers failed.
+    let gone = sb.ready
+        && !sb.host_network
+        && sb.network.is_some()
+        && !crate::network::is_nsfs(&sb.ns_dir.join("net"));
     let ips = sb
         .network
         .as_ref()
+        .filter(|_| !gone)
         .map(|a| crate::network::addresses(&a.result))
         .unwrap_or_default();
     let mode = |node: bool| {

@@ -431,6 +431,16 @@ if c create "$rb" "$R/ctr2.json" "$R/reboot.json" >/dev/null; then fail "a conta
 grep -q "FailedPrecondition.*not ready" "$R/crictl.err" || fail "create in a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 c stopp "$rb" >/dev/null && c rmp "$rb" >/dev/null || fail "stopp/rmp of a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 ok "pinned namespaces gone (a reboot): the pod is not ready, no container made in it, stopp/rmp clean up"
+# The pinned network namespace unmounted under the running server: the pod is reported
+# without an address (as containerd), so that the kubelet replaces it.
+echo '{"metadata": {"name": "netgone", "namespace": "default", "uid": "netgone-uid"}, "log_directory": "'"$R"'/logs"}' > "$R/netgone.json"
+ng=$(c runp "$R/netgone.json") || fail "runp (netgone): $(cat "$R/crictl.err")"
+ngip=$(pod_ip "$ng")
+[ -n "$ngip" ] || fail "no address for pod $ng: $(c inspectp "$ng")"
+umount -l "$R/state/sandboxes/$ng/net" || fail "unmount the network pin of $ng"
+[ -z "$(pod_ip "$ng")" ] || fail "a pod whose network namespace is gone still reports $(pod_ip "$ng")"
+c stopp "$ng" >/dev/null && c rmp "$ng" >/dev/null || fail "stopp/rmp (netgone): $(cat "$R/crictl.err")"
+ok "a pod whose network namespace was unmounted under the server: reported without its address ($ngip before)"
 # The same for a pod on the node's network and IPC, which pins little or nothing: its files
 # (hosts, resolv.conf, hostname) went with the reboot, and its containers' binds would fail.
 echo '{"metadata": {"name": "rebooth", "namespace": "default", "uid": "rebooth-uid"}, "log_directory": "'"$R"'/logs",
