@@ -20,10 +20,14 @@ use super::spdy;
 /// creation timeout): then the pair is given up, with a message on its error stream.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What one read from a pod's connection takes, and the largest DATA frame sent: a bulk
+/// The most one read from a pod's connection takes, and the largest DATA frame sent: a bulk
 /// transfer's cost is per frame in the client (moby/spdystream allocates, queues and hands
 /// over each frame between goroutines) and per read and write in the server.
 const CHUNK: usize = 256 * 1024;
+
+/// A read's room to begin with, and again after a read that did not fill it: an idle or
+/// interactive connection holds this much, a bulk one grows to [`CHUNK`].
+const CHUNK_MIN: usize = 32 * 1024;
 
 /// A port-forward connection's SPDY settings: frames of up to [`CHUNK`], and room for a few
 /// of them queued for the writer.
@@ -195,11 +199,18 @@ async fn forward(
         };
         let down = async {
             let mut buf = bytes::BytesMut::new();
+            let mut room = CHUNK_MIN;
             loop {
-                buf.reserve(CHUNK);
+                buf.reserve(room);
+                let offered = buf.capacity() - buf.len();
                 match tr.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
+                    Ok(n) => {
+                        room = if n == offered {
+                            (room * 2).min(CHUNK)
+                        } else {
+                            CHUNK_MIN
+                        };
                         if let Err(e) = dw.write_bytes(buf.split().freeze()).await {
                             tracing::debug!("port-forward: writing to the client: {e}");
                             break;
