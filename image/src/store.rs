@@ -128,6 +128,16 @@ pub struct FileLock {
     _f: File,
 }
 
+/// A lock file, made if missing (its content is never used).
+fn open_lock(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx("opening lock", path)
+}
+
 impl Store {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
@@ -239,12 +249,7 @@ impl Store {
         what: &str,
         on_wait: &dyn Fn(),
     ) -> Result<FileLock> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ctx("opening lock", path)?;
+        let f = open_lock(path)?;
         loop {
             match sys::flock(f.as_fd(), exclusive, cancel.is_some()) {
                 Ok(()) => return Ok(FileLock { _f: f }),
@@ -279,12 +284,7 @@ impl Store {
     /// prepared), else `None`.
     pub fn try_gc_lock_exclusive(&self) -> Result<Option<FileLock>> {
         let path = self.root.join("gc.lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx("opening lock", &path)?;
+        let f = open_lock(&path)?;
         match sys::flock(f.as_fd(), true, true) {
             Ok(()) => Ok(Some(FileLock { _f: f })),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
