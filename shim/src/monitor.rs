@@ -1508,31 +1508,22 @@ fn reply(mut sock: &UnixStream, v: &serde_json::Value) -> std::io::Result<()> {
     sock.write_all(&line)
 }
 
-/// SIGKILLs `root`'s process group (execs lead one: it holds the orphans that a shell's
-/// `(cmd &)` left with the container's init), then `root` and every descendant (from
-/// /proc's parent links: a child that made a group of its own), again until no new one
-/// appears (a fork racing the scan).
+/// SIGKILLs `root`, its process group (execs lead one: it holds the orphans that a shell's
+/// `(cmd &)` left with the container's init) and every descendant (from /proc's parent
+/// links: a child that made a group or session of its own). The tree is stopped first, from
+/// the root down, and killed only when a scan finds no member not yet stopped: a killed
+/// parent's children move to the reaper at once and their parent link no longer leads here,
+/// and a stopped process can neither fork nor exit, so no member escapes the scan.
 fn kill_tree(root: i32) {
+    use nix::sys::signal::{kill, killpg};
+    use nix::unistd::Pid;
     // (`root` is our child, not yet reaped: the group of that number is its own.)
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(root), Signal::SIGKILL);
-    let mut killed: Vec<i32> = Vec::new();
-    for _ in 0..4 {
-        let mut links = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(") ")
-                .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if let Some(pp) = ppid {
-                links.push((pid, pp));
-            }
-        }
+    let group = Pid::from_raw(root);
+    let _ = killpg(group, Signal::SIGSTOP);
+    let _ = kill(group, Signal::SIGSTOP);
+    let mut held: Vec<i32> = vec![root];
+    for _ in 0..16 {
+        let links = parent_links();
         let mut tree = vec![root];
         let mut i = 0;
         while i < tree.len() {
@@ -1544,13 +1535,38 @@ fn kill_tree(root: i32) {
             }
             i += 1;
         }
-        let new: Vec<i32> = tree.into_iter().filter(|p| !killed.contains(p)).collect();
+        let new: Vec<i32> = tree.into_iter().filter(|p| !held.contains(p)).collect();
         if new.is_empty() {
             break;
         }
         for p in &new {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
         }
-        killed.extend(new);
+        held.extend(new);
     }
+    let _ = killpg(group, Signal::SIGKILL);
+    for p in held {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+}
+
+/// (pid, parent pid) of every process /proc shows.
+fn parent_links() -> Vec<(i32, i32)> {
+    let mut links = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(pp) = ppid {
+            links.push((pid, pp));
+        }
+    }
+    links
 }

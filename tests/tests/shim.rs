@@ -901,6 +901,26 @@ fn exec_sync_output_exit_code_and_timeout_kills_the_tree() {
         left.is_empty(),
         "the timed-out exec's orphan left: {left:?}"
     );
+    // A child in a session (and process group) of its own, its parent the exec's process
+    // itself: killing that parent first handed the child to the container's init before the
+    // scan for descendants could find it.
+    let (h, _, _) = s.exec_sync(
+        &[
+            "sh",
+            "-c",
+            &format!("setsid sleep {marker}6 & exec sleep {marker}7"),
+        ],
+        300,
+    );
+    assert_eq!(h["timed_out"], true, "{h}");
+    wait_until(Duration::from_secs(10), || {
+        processes_with(marker).is_empty()
+    });
+    let left = processes_with(marker);
+    assert!(
+        left.is_empty(),
+        "the timed-out exec's child in a session of its own left: {left:?}"
+    );
     // Output is capped at the CRI limit of 16 MiB.
     let (h, out, _) = s.exec_sync(&["head", "-c", "20000000", "/dev/zero"], 60_000);
     assert_eq!(h["truncated"], true, "{h}");
