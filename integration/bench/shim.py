@@ -8,11 +8,13 @@ one run, and prints a markdown report for docs/benchmarks.md.
           conmon: `podman run -d` of N containers of a busybox image built here (no registry).
   idle    CPU ticks and context switches of the N shims (and conmons) over a quiet interval:
           0 means no timer or polling loop wakes an idle monitor.
-  logs    a container that `cat`s a file of text lines (default 512 MiB) as fast as it can:
+  logs    a container that `cat`s a file of text lines (default 512 MiB of 100-byte lines; the
+          length with --line-bytes, the newline included) as fast as it can:
           bytes per second from `start` to the exit record, with the CRI framing, against
           `cat` of the same file into a file in the same directory on the host.
 
-Usage: shim.py [-n N] [--log-mib M] [--idle-seconds S] [--work DIR] [--skip-conmon]
+Usage: shim.py [-n N] [--log-mib M] [--line-bytes B] [--idle-seconds S] [--work DIR]
+               [--skip-conmon]
 Needs root, busybox-static, podman, conmon, runc (installed from Debian when missing).
 """
 import argparse, datetime, json, os, re, shutil, socket, subprocess, sys, time
@@ -123,11 +125,11 @@ class Shims:
         self.root = f"{work}/state"
         self.ids = []
 
-    def start(self, bundle, cid, extra=()):
+    def start(self, bundle, cid, extra=(), log=None):
         d = f"{self.work}/c/{cid}"
         os.makedirs(d, exist_ok=True)
         sh(self.shim, "--id", cid, "--bundle", bundle, "--dir", f"{d}/shim", "--log-path",
-           f"{d}/ctr.log", "--exit-file", f"{d}/exit.json", "--root", self.root, *extra,
+           log or f"{d}/ctr.log", "--exit-file", f"{d}/exit.json", "--root", self.root, *extra,
            stdout=subprocess.DEVNULL)
         self.ids.append(cid)
         return d
@@ -160,6 +162,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--log-mib", type=int, default=512)
+    ap.add_argument("--line-bytes", type=int, default=100)
     ap.add_argument("--idle-seconds", type=float, default=10)
     ap.add_argument("--work", default="/var/tmp/rsrun-shim-bench")
     ap.add_argument("--skip-conmon", action="store_true")
@@ -235,22 +238,31 @@ def main():
     lbundle = f"{a.work}/log-bundle"
     make_bundle(rsrun, lbundle, ["cat", "/data"])
     data = f"{lbundle}/rootfs/data"
-    line = b"".join(bytes([0x61 + (i % 26)]) for i in range(99)) + b"\n"
+    line = b"".join(bytes([0x61 + (i % 26)]) for i in range(a.line_bytes - 1)) + b"\n"
     with open(data, "wb") as f:
-        block = line * 10000
+        block = line * max(1, 1000000 // len(line))
         for _ in range(a.log_mib * 1024 * 1024 // len(block)):
             f.write(block)
     size = os.path.getsize(data)
     subprocess.run(["cat", data], stdout=subprocess.DEVNULL)  # page cache warm for both
     rates = []
+    floor = []
     in_log = {"rsrun-shim": [], "conmon": []}
-    for rnd in range(5):
-        d = shims.start(lbundle, f"log{rnd}")
+
+    def run_shim(cid, log=None):
+        d = shims.start(lbundle, cid, log=log)
         t0 = time.monotonic()
         control(f"{d}/shim/control", {"op": "start"})
         while not os.path.exists(f"{d}/exit.json"):
             time.sleep(0.005)
-        dt = time.monotonic() - t0
+        return d, time.monotonic() - t0
+
+    for rnd in range(5):
+        # The floor: the shim reading and framing everything, its writes to /dev/null free.
+        _, dt = run_shim(f"null{rnd}", log="/dev/null")
+        shims.cleanup()
+        floor.append(size / dt)
+        d, dt = run_shim(f"log{rnd}")
         ex = json.load(open(f"{d}/exit.json"))
         logsize = os.path.getsize(f"{d}/ctr.log")
         in_log["rsrun-shim"].append(size / log_span(f"{d}/ctr.log"))
@@ -282,12 +294,16 @@ def main():
     code = max(r[2] for r in rates)
     dropped = sum(r[3] for r in rates)
     logsize = rates[0][4]
-    report.append(f"\nLog throughput, `cat` of {size / 2**20:.0f} MiB of 100-byte lines in a "
+    report.append(f"\nLog throughput, `cat` of {size / 2**20:.0f} MiB of {a.line_bytes}-byte lines in a "
                   f"container, 5 rounds interleaved with the host's `cat` of the same file into a "
                   f"file in the same directory (medians): rsrun-shim {shim_rate / 1e6:.0f} MB/s "
                   f"with the CRI framing ({logsize / 2**20:.0f} MiB of log), `cat` "
                   f"{cat_rate / 1e6:.0f} MB/s; per-round ratio {ratios[0]:.2f}–{ratios[-1]:.2f}, "
                   f"median {ratios[2]:.2f} (exit codes {code}, {dropped} bytes dropped).")
+    f50 = sorted(floor)[2]
+    report.append(f"\nThe floor, rsrun-shim with `--log-path /dev/null` (every byte read from the "
+                  f"container's pipe and framed, the writes free), same rounds: "
+                  f"{f50 / 1e6:.0f} MB/s, {f50 / cat_rate:.2f} of `cat`.")
     med = lambda xs: sorted(xs)[len(xs) // 2]
     line = (f"\nThe same from the logs' own timestamps (the container's bytes over the time from "
             f"the first record to the last, medians of 5): rsrun-shim "

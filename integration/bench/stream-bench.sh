@@ -5,12 +5,16 @@
 # same private network namespace). A benchmark, not a test: it asserts no timing.
 #
 # Usage: stream-bench.sh [--bin-dir DIR] [--runc PATH] [--iters N] [--rt-lines N] [--mib N]
-#                        [--pf-runs N] [--tools-from DIR] [--report FILE]
+#                        [--pf-runs N] [--pod-end direct|pipe] [--tools-from DIR] [--report FILE]
 #   --bin-dir DIR    rsrun-cri, rsrun-shim, rsrun (default <repo>/target/debug), copied to $W/rsrun-bin
 #   --iters N        crictl invocations per exec figure (default 200)
 #   --rt-lines N     lines echoed through one open `exec -i cat` session (default 200)
 #   --mib N          port-forward transfer size in MiB (default 1024)
 #   --pf-runs N      transfers per direction (default 3)
+#   --pod-end E      the pod's end of each transfer: `direct` (default), busybox `nc -l -e dd`:
+#                    dd reads or writes the socket itself, 1 MiB at a time; `pipe`, busybox
+#                    `dd | nc` (nc relays through a pipe, 8 KiB at a time: it was the bound of
+#                    both servers' pod→client figure, 1.8 CPU s per GiB in the pod)
 #   --tools-from DIR a run.sh work dir whose bin/ (crictl, critest, ginkgo) and image-inputs/
 #                    are copied (cp -a) when $W has none (default /var/tmp/rsrun-cri-critest)
 #   --report FILE    also write the markdown table to FILE (default $W/report.md)
@@ -24,11 +28,13 @@
 #               "lineN\n" to crictl's stdin, read it back from its stdout; session setup excluded
 #   crictl-version  `crictl version` (Version RPC): the floor every crictl process pays
 #   pf-down     `crictl port-forward POD 18080:8080`; the container runs busybox
-#               `dd if=/dev/zero bs=1M count=N | nc -l -p 8080` in a loop; timed from connect()
-#               to the local port until N MiB were received
-#   pf-up       same, into `tail -f /dev/null | nc -l -p 900K > /dev/null` (one listener per
-#               transfer, forwarded from 1900K); timed from connect() until N MiB were sent, the
-#               write side shut down and the server's EOF came back (all bytes through)
+#               `nc -l -p 8080 -e dd if=/dev/zero bs=1M count=N` in a loop (`--pod-end pipe`:
+#               `dd … | nc -l -p 8080`); timed from connect() to the local port until N MiB
+#               were received
+#   pf-up       same, into `nc -l -p 900K -e dd of=/dev/null bs=1M` (`pipe`: `tail -f /dev/null
+#               | nc -l -p 900K > /dev/null`; one listener per transfer, forwarded from 1900K);
+#               timed from connect() until N MiB were sent, the write side shut down and the
+#               server's EOF came back (all bytes through)
 # Results: $W/runs/{containerd,rsrun-cri}/stream.json (every sample), hook.log; $W/report.md.
 set -u -o pipefail
 
@@ -41,16 +47,17 @@ say() { echo "stream-bench.sh: $*" >&2; }
 
 # ------------------------------------------------------------------ the hook (inside run.sh)
 if [ "${1:-}" = --hook ]; then
-    iters=${2:?} rtlines=${3:?} mib=${4:?} pfruns=${5:?}
-    exec python3 - "$RUN_CRICTL" "$RUN_ENDPOINT" "$RUN_DIR" "$RUN_KIND" "$iters" "$rtlines" "$mib" "$pfruns" <<'EOF'
+    iters=${2:?} rtlines=${3:?} mib=${4:?} pfruns=${5:?} podend=${6:-direct}
+    exec python3 - "$RUN_CRICTL" "$RUN_ENDPOINT" "$RUN_DIR" "$RUN_KIND" "$iters" "$rtlines" "$mib" "$pfruns" "$podend" <<'EOF'
 import json, os, socket, subprocess, sys, time
 crictl, ep, rdir, kind = sys.argv[1:5]
 iters, rtlines, mib, pfruns = map(int, sys.argv[5:9])
+podend = sys.argv[9]
 img = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 base = [crictl, "--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"]
 def cc(*a, **kw):
     return subprocess.run(base + list(a), check=True, capture_output=True, text=True, **kw).stdout.strip()
-out = {"kind": kind}
+out = {"kind": kind, "pod-end": podend}
 d = os.path.join(rdir, "stream"); os.makedirs(d + "/logs", exist_ok=True)
 cc("pull", img)
 json.dump({"metadata": {"name": "stream", "namespace": "stream-bench", "uid": "stream-1", "attempt": 0},
@@ -58,8 +65,13 @@ json.dump({"metadata": {"name": "stream", "namespace": "stream-bench", "uid": "s
 # nc's stdin must not end: busybox nc closes the connection soon after EOF on its stdin (the
 # container's is /dev/null), which cut the upload short after about 1 s with containerd
 # (and the pipeline then never ends: one listener per upload, on ports 9001, 9002, ...)
-server = "".join("(tail -f /dev/null | nc -l -p %d > /dev/null) & " % (9001 + i) for i in range(pfruns)) + \
-    "while :; do dd if=/dev/zero bs=1048576 count=%d 2>/dev/null | nc -l -p 8080; done" % mib
+if podend == "pipe":
+    server = "".join("(tail -f /dev/null | nc -l -p %d > /dev/null) & " % (9001 + i) for i in range(pfruns)) + \
+        "while :; do dd if=/dev/zero bs=1048576 count=%d 2>/dev/null | nc -l -p 8080; done" % mib
+else:
+    # nc execs dd with the connection as its stdin and stdout: no relay in the pod.
+    server = "".join("nc -l -p %d -e dd of=/dev/null bs=1048576 & " % (9001 + i) for i in range(pfruns)) + \
+        "while :; do nc -l -p 8080 -e dd if=/dev/zero bs=1048576 count=%d; done" % mib
 json.dump({"metadata": {"name": "srv"}, "image": {"image": img}, "command": ["sh", "-c", server],
            "log_path": "srv.log", "linux": {}}, open(d + "/ctr.json", "w"))
 pod = cc("runp", d + "/pod.json")
@@ -175,7 +187,7 @@ EOF
 fi
 
 # ------------------------------------------------------------------ main
-bindir=$TOP/target/debug runc=/usr/sbin/runc iters=200 rtlines=200 mib=1024 pfruns=3
+bindir=$TOP/target/debug runc=/usr/sbin/runc iters=200 rtlines=200 mib=1024 pfruns=3 podend=direct
 tools_from=/var/tmp/rsrun-cri-critest report=
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -185,6 +197,8 @@ while [ $# -gt 0 ]; do
         --rt-lines) rtlines=${2:?}; shift 2 ;;
         --mib) mib=${2:?}; shift 2 ;;
         --pf-runs) pfruns=${2:?}; shift 2 ;;
+        --pod-end) podend=${2:?}; shift 2
+                   case $podend in direct|pipe) ;; *) die "--pod-end: direct or pipe, not $podend" ;; esac ;;
         --tools-from) tools_from=${2:?}; shift 2 ;;
         --report) report=${2:?}; shift 2 ;;
         -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -216,7 +230,7 @@ trap unseal_copies EXIT
 uptime > "$W/load-before.txt"
 say "load before: $(cat "$W/load-before.txt")"
 "$W/harness/containerd/run.sh" -r "containerd=$runc" --cri "rsrun-cri=$W/rsrun-bin/rsrun-cri" -s . -t 600 \
-    --hook "'$W/harness/stream-bench.sh' --hook $iters $rtlines $mib $pfruns" > "$W/run.log" 2>&1
+    --hook "'$W/harness/stream-bench.sh' --hook $iters $rtlines $mib $pfruns $podend" > "$W/run.log" 2>&1
 say "run.sh exit $? (see $W/run.log)"
 uptime > "$W/load-after.txt"
 say "load after: $(cat "$W/load-after.txt")"
@@ -249,10 +263,11 @@ for key, what in (("exec-sync", "ExecSync `true` (`crictl exec -s`), ms"),
 for key, what in (("pf-down-s", "port-forward pod→client"), ("pf-up-s", "port-forward client→pod")):
     a = r.get("containerd", {}).get(key, []); b = r.get("rsrun-cri", {}).get(key, [])
     mib = (r.get("containerd") or r.get("rsrun-cri") or {}).get("pf-mib", 0)
+    end = (r.get("containerd") or r.get("rsrun-cri") or {}).get("pod-end", "pipe")
     t = lambda xs: "-" if not xs else "%.1f s (%.0f MiB/s)" % (pct(xs, .5), mib / pct(xs, .5))
     runs = lambda xs: "/".join("%.1f" % x for x in xs)
-    print("| %s %d MiB, median of %s s / %s s | %s | | %s | | %s (time; throughput ratio %s) |" % (
-        what, mib, runs(a) or "-", runs(b) or "-", t(a), t(b),
+    print("| %s %d MiB (pod end: %s), median of %s s / %s s | %s | | %s | | %s (time; throughput ratio %s) |" % (
+        what, mib, end, runs(a) or "-", runs(b) or "-", t(a), t(b),
         "%.2f" % (pct(b, .5) / pct(a, .5)) if a and b else "-",
         "%.2f" % (pct(a, .5) / pct(b, .5)) if a and b else "-"))
 print()
