@@ -705,9 +705,15 @@ impl Runtime {
     pub fn state(&self, id: &str) -> Result<serde_json::Value> {
         let dir = self.dir(id)?;
         match dir.load()? {
-            None => Ok(serde_json::json!({
-                "ociVersion": "1.2.0", "id": id, "status": "creating", "pid": 0, "bundle": ""
-            })),
+            // A create that died half-way is stopped, as `list` shows it (Podman takes
+            // nothing but created, running, paused and stopped).
+            None => {
+                let dead = dir.load_intent().is_some_and(|i| !i.creator_alive());
+                let status = if dead { "stopped" } else { "creating" };
+                Ok(serde_json::json!({
+                    "ociVersion": "1.2.0", "id": id, "status": status, "pid": 0, "bundle": ""
+                }))
+            }
             Some(saved) => {
                 let status = saved.status(&dir);
                 let mut v = saved.spec_state(status);
@@ -728,18 +734,21 @@ impl Runtime {
         let dir = self.dir(id)?;
         let saved = load(&dir)?;
         let status = saved.status(&dir);
-        if status == Status::Stopped {
-            // `kill --all` of a stopped container has nothing left to signal: success, as
-            // runc (containerd's shim retries it otherwise). A plain kill is an error (spec),
-            // worded as runc's ("container not running"), which the shim recognises.
-            if all {
-                return Ok(());
-            }
+        if status == Status::Stopped && !all {
+            // A plain kill of a stopped container is an error (spec), worded as runc's
+            // ("container not running"), which containerd's shim recognises.
             return Err(Error::Invalid(format!(
                 "container not running: {id} is stopped"
             )));
         }
+        // SIGKILL reaches a frozen process only once its cgroup thaws (v1): a paused
+        // container is thawed after it, as runc does.
+        let thaw = status == Status::Paused && sig.raw() == libc::SIGKILL;
         if all {
+            // Also once the init is gone: without a PID namespace of its own, what it left
+            // runs on in the cgroup (containerd's shim then kills them with `kill --all`).
+            // A stopped container with no cgroup left has nothing to signal: success, as
+            // runc (the shim retries it otherwise).
             // Every process of the cgroup and of the cgroups below it (as runc), each through
             // a pidfd. A PID read from cgroup.procs may have changed hands before the open:
             // only a process that /proc then shows in the cgroup is signalled (while it is
@@ -753,6 +762,12 @@ impl Runtime {
                         }
                     }
                 }
+                if thaw {
+                    let _ = m.thaw();
+                }
+                return Ok(());
+            }
+            if status == Status::Stopped {
                 return Ok(());
             }
             // No cgroup of its own (rootless, where cgroup errors were passed over): its
@@ -773,16 +788,26 @@ impl Runtime {
             )));
         };
         sys::pidfd_send_signal(pidfd.as_raw_fd(), sig.raw())
-            .with_ctx(|| format!("kill {} {sig}", saved.pid))
+            .with_ctx(|| format!("kill {} {sig}", saved.pid))?;
+        if thaw {
+            let _ = cgroups::thaw(&saved.cgroup_paths);
+        }
+        Ok(())
     }
 
-    /// `delete`: removes a stopped container (any container with `force`) and runs the
-    /// poststop hooks. With `force`, also a container whose create was killed half-way or
-    /// whose state file is unreadable: what the preliminary record names is removed.
+    /// `delete`: removes a stopped container (any container with `force`: the spec wants an
+    /// error for any other, also a created one, which runc kills and deletes) and runs the
+    /// poststop hooks. Also a container whose create died half-way (stopped, as `state` and
+    /// `list` show it), and with `force` one whose create is still running or whose state
+    /// file is unreadable: what the preliminary record names is removed.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let dir = self.dir(id)?;
         let saved = match dir.load() {
             Ok(Some(s)) => s,
+            // Its create died half-way: stopped, as `state` and `list` show it.
+            Ok(None) if dir.load_intent().is_some_and(|i| !i.creator_alive()) => {
+                return self.destroy_partial(&dir)
+            }
             Ok(None) if !force => {
                 return Err(Error::State {
                     id: id.into(),

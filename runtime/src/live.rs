@@ -297,11 +297,14 @@ impl Runtime {
 
     /// Host PIDs of every process in the container's cgroup (and its sub-cgroups).
     pub fn processes(&self, id: &str) -> Result<Vec<i32>> {
-        // A stopped container has no processes: an empty list, as runc prints.
+        // A stopped container: what its cgroup still holds (without a PID namespace of its
+        // own, what the init left runs on), else an empty list, as runc prints.
         let dir = crate::state::ContainerDir::new(&self.root, id)?;
         if let Ok(saved) = crate::lifecycle::load(&dir) {
             if saved.status(&dir) == crate::state::Status::Stopped {
-                return Ok(Vec::new());
+                return Ok(crate::cgroups::Manager::new(&saved.cgroup_paths)
+                    .map(|m| m.all_pids())
+                    .unwrap_or_default());
             }
         }
         let (_, _, m) = self.live(id, "list the processes of")?;

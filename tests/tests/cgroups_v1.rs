@@ -499,6 +499,19 @@ fn pause_resume() {
     rt.ok(&["delete", "-f", &id]);
     assert!(!cg("freezer", &id).exists());
     assert_eq!(rt.count(), 0);
+    // SIGKILL ends a paused container: a frozen process dies only once thawed (v1), and
+    // `kill` thaws after it, as runc (`ctr task kill -s KILL` of a paused task).
+    let id = detached(&rt, &b);
+    rt.ok(&["pause", &id]);
+    rt.ok(&["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    let id = detached(&rt, &b);
+    rt.ok(&["pause", &id]);
+    rt.ok(&["kill", "--all", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    assert_eq!(rt.count(), 0);
 }
 
 #[test]

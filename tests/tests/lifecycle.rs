@@ -515,3 +515,65 @@ fn foreground_run_and_exec_forward_real_time_signals() {
     // `run` deletes the container once it exits.
     assert!(!rt.run(&["state", &id]).status.success());
 }
+
+/// Without a PID namespace of its own, what the init left behind runs on in the container's
+/// cgroup after the init exits: `ps` lists it and `kill --all` reaches it (containerd's shim
+/// ends such a container's leftovers with `kill --all ID 9`, as runc serves it).
+#[test]
+fn kill_all_and_ps_reach_what_a_stopped_init_left_in_the_cgroup() {
+    let rt = Rsrun::new();
+    let marker = "42421";
+    let mut b = Bundle::new(&["sh", "-c", &format!("sleep {marker} & exit 0")]);
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let id = unique("left");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    rt.wait_status(&id, "stopped");
+    let left = live_processes(&["sleep", marker]);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let ps: Vec<i32> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert_eq!(ps, left, "ps of the stopped container");
+    rt.ok(&["kill", "--all", &id, "KILL"]);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || !alive(left[0])),
+        "kill --all left process {} running",
+        left[0]
+    );
+    rt.ok(&["delete", &id]);
+    assert_eq!(rt.count(), 0);
+}
+
+/// A create killed half-way (here in its createRuntime hook) is stopped, as `list` shows it:
+/// `state` says so (Podman refuses any status but created, running, paused and stopped) and
+/// a plain `delete` removes what it made.
+#[test]
+fn a_create_killed_half_way_is_stopped_and_deleted_without_force() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| {
+        c["hooks"] = json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "5"]}]})
+    });
+    let id = unique("half");
+    let mut create = rt
+        .cmd()
+        .args(["create", "--bundle", b.dir.to_str().unwrap(), &id])
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || {
+            rt.run(&["state", &id]).status.success() && rt.status(&id) == "creating"
+        }),
+        "never seen creating"
+    );
+    create.kill().unwrap();
+    create.wait().unwrap();
+    assert_eq!(rt.status(&id), "stopped");
+    let list: serde_json::Value =
+        serde_json::from_str(&rt.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["status"], "stopped", "{list}");
+    rt.ok(&["delete", &id]);
+    assert_eq!(rt.count(), 0);
+    assert_eq!(rt.claims(), 0);
+}
