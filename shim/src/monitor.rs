@@ -34,10 +34,12 @@ const CLIENT_QUEUE_MAX: usize = 4 * 1024 * 1024;
 /// shim's descriptors and memory.
 const MAX_CONNS: usize = 256;
 const MAX_CLIENTS: usize = 256;
-/// Exec processes running (exec_sync and interactive) with the exec_sync answers still
-/// being sent: beyond, a new exec is refused. Each exec_sync may hold 32 MiB of output and
-/// three descriptors until its requester has read it; a kubelet runs a few probes per
-/// container.
+/// exec_sync processes running with their answers still being sent, and interactive exec
+/// processes, each counted on its own: beyond, a new exec of that kind is refused. Each
+/// exec_sync may hold 32 MiB of output and three descriptors until its requester has read
+/// it; a kubelet runs a few probes per container. An interactive exec outlives its client
+/// when it ignores the end of its stdin (`kubectl exec … tail -f` interrupted): such
+/// sessions must not take the places of the probes.
 const MAX_EXECS: usize = 64;
 /// How long a control connection has to send its request (the CRI server writes it as it
 /// connects): one that sends nothing, or half a line, is closed, and no longer holds one
@@ -92,6 +94,8 @@ struct ExecSession {
     /// the result, and the process is ended, as containerd kills an ExecSync's process
     /// when its context ends. Cleared once seen gone.
     watch_requester: bool,
+    /// An interactive exec (its stdio the requester's), not an exec_sync.
+    interactive: bool,
 }
 
 impl ExecSession {
@@ -729,6 +733,17 @@ impl Monitor {
     /// The init has exited: the rest of its output, the exit record, the attachers told.
     fn finish(&mut self, code: i32, signal: Option<i32>) {
         self.pty_peer = None;
+        // No new connection from here: the sockets' names go first (a connect fails at
+        // once), and what waits in their backlogs is served as far as an exited container
+        // can be: an attach gets the rest of the output and the exit code with the other
+        // clients, a control request an answer that the container exited. (They waited for
+        // the shim's end, up to some 12 s, and then got a reset: an attach ended without its
+        // exit code, an ExecSync failed on a "connection reset".)
+        for f in ["control", "attach"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        self.accept_attach();
+        self.refuse_control();
         // What the container wrote before it exited is in the pipes: read it all. Writers
         // that outlive the init (no pid namespace of its own) get a short grace, also when
         // they keep writing (a `yes &` the init left would hold the record forever; the
@@ -1165,6 +1180,24 @@ impl Monitor {
         }
     }
 
+    /// Answers every control connection, open or waiting to be accepted, that the container
+    /// has exited (the shim is finishing: it serves no more requests).
+    fn refuse_control(&mut self) {
+        let msg = json!({"error": format!("container {} has exited", self.id)});
+        for c in std::mem::take(&mut self.conns) {
+            let _ = reply(&c.sock, &msg);
+        }
+        loop {
+            match self.control.accept() {
+                Ok((sock, _)) => {
+                    let _ = reply(&sock, &msg);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Closes the control connections that did not send their request in time.
     fn expire_conns(&mut self) {
         let now = Instant::now();
@@ -1254,8 +1287,12 @@ impl Monitor {
                     .map_err(|e| format!("resize the terminal: {e}")),
                 None => Err("the container has no terminal".into()),
             },
-            Request::ExecSync { .. } | Request::Exec { .. } if self.exec_busy() => Err(format!(
-                "container {}: {MAX_EXECS} exec sessions are running or being answered",
+            Request::ExecSync { .. } if self.exec_busy(false) => Err(format!(
+                "container {}: {MAX_EXECS} exec_sync sessions are running or being answered",
+                self.id
+            )),
+            Request::Exec { .. } if self.exec_busy(true) => Err(format!(
+                "container {}: {MAX_EXECS} interactive exec sessions are running",
                 self.id
             )),
             Request::ExecSync {
@@ -1302,8 +1339,14 @@ impl Monitor {
         let _ = reply(&sock, &v);
     }
 
-    fn exec_busy(&self) -> bool {
-        self.execs.len() + self.answers.len() >= MAX_EXECS
+    fn exec_busy(&self, interactive: bool) -> bool {
+        let running = self
+            .execs
+            .iter()
+            .filter(|e| e.interactive == interactive)
+            .count();
+        let answering = if interactive { 0 } else { self.answers.len() };
+        running + answering >= MAX_EXECS
     }
 
     fn start_container(&mut self) -> std::result::Result<serde_json::Value, String> {
@@ -1370,6 +1413,7 @@ impl Monitor {
             timed_out: false,
             status: None,
             watch_requester: true,
+            interactive: false,
         });
         Ok(())
     }
@@ -1426,6 +1470,7 @@ impl Monitor {
             timed_out: false,
             status: None,
             watch_requester: false,
+            interactive: true,
         });
         Ok(())
     }

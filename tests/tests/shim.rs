@@ -1075,7 +1075,7 @@ fn silent_connections_are_closed_and_exec_sessions_capped() {
     assert!(
         h["error"]
             .as_str()
-            .is_some_and(|e| e.contains("64 exec sessions")),
+            .is_some_and(|e| e.contains("64 exec_sync sessions")),
         "{h}"
     );
     assert!(alive(s.pid));
@@ -1090,6 +1090,43 @@ fn silent_connections_are_closed_and_exec_sessions_capped() {
         last["exit_code"] == 0
     });
     assert_eq!(last["exit_code"], 0, "{last}");
+    // Interactive execs that outlive their clients (a process that ignores the end of its
+    // stdin: `kubectl exec … tail -f` interrupted) count on their own: the probes'
+    // exec_syncs still run, and one interactive exec past the cap is refused.
+    let marker = "64647";
+    let exec = |args: &[&str]| {
+        let (in_r, in_w) = nix::unistd::pipe().unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let mut c = UnixStream::connect(s.dir().join("control")).unwrap();
+        let req = json!({"op": "exec", "args": args});
+        let fds = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        rsrun::sys::send_with_fds(c.as_raw_fd(), format!("{req}\n").as_bytes(), &fds).unwrap();
+        let first = line_from(&mut c);
+        // The client is gone: its ends of the stdio close; the session stays (the CRI
+        // server waits on it for the exit code).
+        drop((in_r, in_w, out_r, out_w, err_r, err_w));
+        (first, c)
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..64 {
+        let (first, c) = exec(&["sleep", marker]);
+        assert_eq!(first["ok"], true, "{first}");
+        sessions.push(c);
+    }
+    let (h, _, _) = s.exec_sync(&["true"], 10_000);
+    assert_eq!(
+        h["exit_code"], 0,
+        "an exec_sync beside 64 interactive execs: {h}"
+    );
+    let (first, _c) = exec(&["true"]);
+    assert!(
+        first["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("64 interactive exec sessions")),
+        "{first}"
+    );
+    assert!(alive(s.pid));
 }
 
 /// An exec_sync still running when the container exits ends with it and is answered with
@@ -1308,4 +1345,45 @@ fn the_monitor_outlives_its_starter() {
     let e = s.wait_exit();
     assert_eq!(e["exit_code"], 42, "{e}");
     let _ = exit;
+}
+
+/// A control request that reaches a shim while it finishes (the container exited, its output
+/// still being drained) is answered at once, never left waiting for the shim's end: the
+/// sockets' names are gone (the connect fails), or, queued just before, it is told the
+/// container exited. (It waited for the shim's end, and then read no answer at all.)
+#[test]
+fn a_request_while_the_shim_finishes_is_answered_at_once() {
+    let mut b = Bundle::new(&["sh", "-c", "echo bye; sleep 4322 & exit 3"]);
+    // The node's PID namespace: the sleep outlives the init and holds the output open,
+    // which the shim then drains for a grace of 1 s before it records the exit.
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    assert!(wait_until(Duration::from_secs(10), || !alive(s.pid)));
+    // (Past the shim's reaping of the init, well within the grace.)
+    std::thread::sleep(Duration::from_millis(100));
+    match UnixStream::connect(s.dir().join("control")) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+            "{e}"
+        ),
+        Ok(mut c) => {
+            let req = json!({"op": "exec_sync", "args": ["true"], "timeout_ms": 0});
+            c.write_all(format!("{req}\n").as_bytes()).unwrap();
+            let v = line_from(&mut c);
+            assert!(
+                v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("has exited")),
+                "a request to a finishing shim: {v}"
+            );
+        }
+    }
+    assert_eq!(s.wait_exit()["exit_code"], 3);
 }
