@@ -1563,18 +1563,24 @@ pub fn exec_in_shim(
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     let mut s = connect_control(shim_dir)?;
-    let line = format!(
-        "{req}
-"
-    )
-    .into_bytes();
+    // The shim answers at once (it forks the process and says its PID): a shim that is
+    // stopped or stuck must not hold this thread (control's bound, as for any request).
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    s.set_write_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let line = format!("{req}\n").into_bytes();
     let sent = rsrun::sys::send_with_fds(s.as_raw_fd(), &line, fds)?;
     s.write_all(&line[sent..])?;
     // One byte at a time: what follows the first line is read later, asynchronously.
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     loop {
-        match s.read(&mut b)? {
+        let got = s.read(&mut b).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                std::io::Error::other("the shim did not answer the exec within 60 s")
+            }
+            _ => e,
+        })?;
+        match got {
             0 => {
                 return Err(std::io::Error::other(
                     "the shim closed the exec without an answer",
@@ -1589,6 +1595,9 @@ pub fn exec_in_shim(
     }
     let v = serde_json::from_slice(&head)
         .map_err(|e| std::io::Error::other(format!("the shim's answer: {e}")))?;
+    // The exit line comes when the process ends, however long that is.
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
     Ok((s, v))
 }
 

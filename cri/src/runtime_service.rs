@@ -1586,7 +1586,21 @@ impl RuntimeService for Runtime {
                 r.timeout
             )));
         }
-        let n = (head["stdout_len"].as_u64().unwrap_or(0) as usize).min(body.len());
+        // The whole answer or an error: a shim that died (or gave up) while sending it must
+        // not pass for a command whose output was shorter.
+        let (n, m) = (head["stdout_len"].as_u64(), head["stderr_len"].as_u64());
+        let n = match (n, m) {
+            (Some(n), Some(m)) if n.checked_add(m) == Some(body.len() as u64) => n as usize,
+            _ => {
+                return Err(Status::unknown(format!(
+                    "ExecSync: the container's shim sent {} bytes of output, its answer said \
+                     {} and {}",
+                    body.len(),
+                    head["stdout_len"],
+                    head["stderr_len"]
+                )))
+            }
+        };
         Ok(Response::new(api::ExecSyncResponse {
             stdout: body[..n].to_vec(),
             stderr: body[n..].to_vec(),

@@ -282,7 +282,11 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
     let writer = tokio::spawn(forward(w, rx));
     let mut pumps = Vec::new();
     let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
-    let master_raw = master.as_ref().map(|m| m.as_raw_fd());
+    let has_master = master.is_some();
+    // The client's resizes go through a descriptor of the master of their own: the output
+    // pump's is closed when no stdout is asked for (or once it ends), and its number may
+    // then be another file's, another session's terminal.
+    let sizer: Option<OwnedFd> = master.as_ref().and_then(|m| m.try_clone().ok());
     if let Some(m) = master {
         let out = std::fs::File::from(m);
         match out.try_clone() {
@@ -328,7 +332,7 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
     // With a terminal, the output pump holds the master too: a client gone must close it,
     // or the terminal never hangs up and an interactive shell runs on (containerd closes
     // the console when its session ends).
-    let holds_master: Vec<_> = if master_raw.is_some() {
+    let holds_master: Vec<_> = if has_master {
         pumps.iter().map(|p| p.abort_handle()).collect()
     } else {
         Vec::new()
@@ -338,6 +342,7 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         // After a bad message the client's input is no longer taken; its messages are read
         // only to learn when it goes (a connection's error is followed by its end).
         let mut refused = false;
+        let mut sizer = sizer;
         while let Some(m) = r.recv().await {
             tracing::trace!("exec: client message {m:?}");
             if refused {
@@ -352,8 +357,8 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
                     }
                 }
                 Ok(In::Data(RESIZE, data)) => {
-                    if let (Some(fd), Some((rows, cols))) = (master_raw, resize(&data)) {
-                        let _ = rsrun::sys::set_winsize(fd, rows, cols);
+                    if let (Some(fd), Some((rows, cols))) = (&sizer, resize(&data)) {
+                        let _ = rsrun::sys::set_winsize(fd.as_raw_fd(), rows, cols);
                     }
                 }
                 Ok(In::Closed(STDIN)) => stdin = None,
@@ -370,6 +375,7 @@ async fn exec(srv: Arc<Server>, req: crate::api::ExecRequest, shim_dir: PathBuf,
         // The client is gone: its stdin closes, and a terminal's master with the pump that
         // reads it (the process gets the hangup, SIGHUP).
         stdin = None;
+        drop(sizer.take());
         for p in &holds_master {
             p.abort();
         }
