@@ -7,10 +7,26 @@
 //! reordered.
 //! A write that fails (disk full) drops that batch and counts it, and leaves no piece of it
 //! in the file: the container is never blocked on its log, and every line stays readable.
+//!
+//! While a container writes fast (batches of [`BACKGROUND_MIN`] bytes or more), the batches
+//! are written by a thread of the log's own, in order, while the monitor reads and frames
+//! the next: the reading (the copy out of the pipe) and the writing (the copy into the page
+//! cache) then run on two cores instead of one after the other. The thread ends once no
+//! batch came for [`WRITER_IDLE`], and [`CriLog::quiesce`] ends it at once, after the last
+//! batch is written: the monitor calls it before anything that forks (the runtime library
+//! wants a single-threaded caller) and before it records the exit.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A batch of framed records this large or more is handed to the writer thread (a read of
+/// the container's output that filled most of its buffer: the container writes fast).
+pub const BACKGROUND_MIN: usize = 128 * 1024;
+/// How long the writer thread waits for the next batch before it ends.
+pub const WRITER_IDLE: Duration = Duration::from_millis(50);
 
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
 
@@ -31,14 +47,91 @@ impl Stream {
 
 pub struct CriLog {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     max_line: usize,
     /// The unfinished line of each stream.
     partial: [Vec<u8>; 2],
-    /// Framed bytes not written (write errors), and whether the last write failed.
-    pub dropped: u64,
-    failing: bool,
     out: Vec<u8>,
+    /// What the writer thread and this side share (also without a thread: the counts).
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The writer thread's queue and the write outcomes, under one lock.
+#[derive(Default)]
+struct Shared {
+    /// One batch waiting for the thread (with the file it goes to: a reopen changes it).
+    queue: Option<(Arc<File>, Vec<u8>)>,
+    /// The thread runs (it clears this itself, under the lock, as it ends with nothing
+    /// queued: a batch is queued only while it is set, so none is left behind).
+    alive: bool,
+    /// Asked to end once the queue is empty.
+    stop: bool,
+    /// Framed bytes not written (write errors), and whether the last write failed.
+    dropped: u64,
+    failing: bool,
+    /// A failure to report in the shim's log, once per failing episode.
+    message: Option<String>,
+    /// Emptied batch buffers, for the next batches.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Shared {
+    /// Accounts a batch of `len` bytes written (or not: `r`).
+    fn account(&mut self, path: &Path, len: usize, r: std::io::Result<()>) {
+        match r {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                self.dropped += len as u64;
+                if !self.failing {
+                    self.message = Some(format!(
+                        "write {}: {e}; dropping log records (counted) until writes succeed",
+                        path.display()
+                    ));
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The writer thread: the queued batches in order, until told to stop or idle.
+fn write_batches(shared: Arc<(Mutex<Shared>, Condvar)>, path: PathBuf) {
+    let (m, cv) = &*shared;
+    let mut g = lock(m);
+    loop {
+        if let Some((file, mut data)) = g.queue.take() {
+            cv.notify_all();
+            drop(g);
+            let r = write_whole(&file, &data);
+            drop(file);
+            g = lock(m);
+            g.account(&path, data.len(), r);
+            data.clear();
+            if g.spare.len() < 2 {
+                g.spare.push(data);
+            }
+            continue;
+        }
+        if g.stop {
+            break;
+        }
+        let (g2, t) = cv
+            .wait_timeout(g, WRITER_IDLE)
+            .unwrap_or_else(|e| e.into_inner());
+        g = g2;
+        if t.timed_out() && g.queue.is_none() {
+            break;
+        }
+    }
+    // The burst is over: its buffers go back.
+    g.spare = Vec::new();
+    g.alive = false;
+    cv.notify_all();
 }
 
 fn open(path: &Path) -> std::io::Result<File> {
@@ -55,13 +148,34 @@ impl CriLog {
     pub fn open(path: &Path, max_line: usize) -> std::io::Result<CriLog> {
         Ok(CriLog {
             path: path.to_path_buf(),
-            file: Some(open(path)?),
+            file: Some(Arc::new(open(path)?)),
             max_line: max_line.max(1),
             partial: [Vec::new(), Vec::new()],
-            dropped: 0,
-            failing: false,
             out: Vec::with_capacity(64 * 1024),
+            shared: Arc::default(),
+            writer: None,
         })
+    }
+
+    /// Framed bytes not written (write errors) so far, of the batches written so far.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.shared.0).dropped
+    }
+
+    /// Waits until every batch handed to the writer thread is written, and ends the thread:
+    /// then this process has one thread again. Returns a failure to report, as `write`.
+    pub fn quiesce(&mut self) -> Option<String> {
+        let first = self.flush_out();
+        if let Some(h) = self.writer.take() {
+            let (m, cv) = &*self.shared;
+            lock(m).stop = true;
+            cv.notify_all();
+            let _ = h.join();
+            let mut g = lock(m);
+            g.stop = false;
+            g.alive = false;
+        }
+        first.or_else(|| lock(&self.shared.0).message.take())
     }
 
     /// Opens the log path again (the kubelet renamed the file to rotate it, or it is gone:
@@ -69,6 +183,8 @@ impl CriLog {
     /// one only once open: a reopen that fails leaves the records going where they went, which
     /// is where the kubelet, undoing its rename, then expects them.
     pub fn reopen(&mut self) -> std::io::Result<()> {
+        // What was read before goes to the file it was read for (the rotated one).
+        self.quiesce();
         if let Some(dir) = self.path.parent() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -76,7 +192,7 @@ impl CriLog {
                 .mode(0o755)
                 .create(dir)?;
         }
-        self.file = Some(open(&self.path)?);
+        self.file = Some(Arc::new(open(&self.path)?));
         Ok(())
     }
 
@@ -88,7 +204,6 @@ impl CriLog {
         let hp = header(ts, stream, b'P');
         let partial = &mut self.partial[stream as usize];
         let out = &mut self.out;
-        out.clear();
         let mut rest = data;
         loop {
             match memchr::memchr(b'\n', rest) {
@@ -134,7 +249,6 @@ impl CriLog {
         if partial.is_empty() {
             return None;
         }
-        self.out.clear();
         record(&mut self.out, &header(ts, stream, b'P'), &partial);
         self.flush_out()
     }
@@ -143,34 +257,74 @@ impl CriLog {
         if self.out.is_empty() {
             return None;
         }
-        let r = match self.file.as_mut() {
+        if self.writer.is_some() && !lock(&self.shared.0).alive {
+            // Ended idle: small batches are written here again.
+            if let Some(h) = self.writer.take() {
+                let _ = h.join();
+            }
+        }
+        if let Some(file) = self.file.clone() {
+            if (self.writer.is_some() || self.out.len() >= BACKGROUND_MIN) && self.hand_off(file) {
+                return lock(&self.shared.0).message.take();
+            }
+        }
+        let r = match self.file.as_deref() {
             Some(f) => write_whole(f, &self.out),
             None => Err(std::io::Error::other("log file not open")),
         };
-        match r {
-            Ok(()) => {
-                self.failing = false;
-                None
-            }
-            Err(e) => {
-                self.dropped += self.out.len() as u64;
-                let first = !self.failing;
-                self.failing = true;
-                first.then(|| {
-                    format!(
-                        "write {}: {e}; dropping log records (counted) until writes succeed",
-                        self.path.display()
-                    )
-                })
-            }
+        let mut g = lock(&self.shared.0);
+        g.account(&self.path, self.out.len(), r);
+        self.out.clear();
+        g.message.take()
+    }
+
+    /// Queues the framed batch for the writer thread (started if it is not running; a
+    /// batch already waiting is waited for: one written, one waiting, one being framed).
+    /// False when no thread could be started: the caller writes it.
+    fn hand_off(&mut self, file: Arc<File>) -> bool {
+        let shared = self.shared.clone();
+        let (m, cv) = &*shared;
+        let mut g = lock(m);
+        while g.queue.is_some() && g.alive {
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
+        if !g.alive {
+            // Ended idle (or never started): a new one.
+            drop(g);
+            if let Some(h) = self.writer.take() {
+                let _ = h.join();
+            }
+            let (s, path) = (self.shared.clone(), self.path.clone());
+            g = lock(m);
+            g.alive = true;
+            drop(g);
+            match std::thread::Builder::new()
+                .name("log-writer".into())
+                .stack_size(64 * 1024)
+                .spawn(move || write_batches(s, path))
+            {
+                Ok(h) => self.writer = Some(h),
+                Err(_) => {
+                    lock(m).alive = false;
+                    return false;
+                }
+            }
+            g = lock(m);
+        }
+        let next = g
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(64 * 1024));
+        g.queue = Some((file, std::mem::replace(&mut self.out, next)));
+        cv.notify_all();
+        true
     }
 }
 
 /// Appends `data` whole or not at all: a write that fails part way (the disk filled up) is
 /// cut back off the file, or its torn last record would have the next batch glued to it, a
 /// line the kubelet's parser cannot read.
-fn write_whole(f: &mut File, data: &[u8]) -> std::io::Result<()> {
+fn write_whole(mut f: &File, data: &[u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < data.len() {
         match f.write(&data[done..]) {
@@ -338,7 +492,7 @@ mod tests {
             std::fs::read_to_string(dir.join("rotated2")).unwrap(),
             "T stdout F two\nT stdout F three\n"
         );
-        assert_eq!(l.dropped, 0);
+        assert_eq!(l.dropped(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -429,14 +583,98 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
+    /// Batches large enough for the writer thread, mixed with small ones (written here
+    /// while no thread runs, through it while one does), a reopen in between: every byte of
+    /// each stream in order, the batches before the reopen in the old file; the thread ends
+    /// when asked (quiesce) and on its own once idle.
+    #[test]
+    fn the_writer_thread_keeps_the_order() {
+        let (mut l, p) = log(16 * 1024);
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut want = [Vec::new(), Vec::new()];
+        let mut threaded = 0;
+        let rotated = p.with_extension("rotated");
+        for i in 0..60 {
+            let s = next(2) as usize;
+            // Mostly large (a thread's batch), some small.
+            let len = if next(3) == 0 {
+                next(2000)
+            } else {
+                150_000 + next(200_000)
+            } as usize;
+            let chunk: Vec<u8> = (0..len)
+                .map(|_| match next(60) {
+                    0 => b'\n',
+                    _ => b'a' + next(26) as u8,
+                })
+                .collect();
+            let stream = [Stream::Stdout, Stream::Stderr][s];
+            assert!(l.write(stream, &chunk, b"T").is_none());
+            threaded += l.writer.is_some() as usize;
+            want[s].extend_from_slice(&chunk);
+            if i == 30 {
+                // The kubelet's rotation: what was written before stays in the old file.
+                std::fs::rename(&p, &rotated).unwrap();
+                l.reopen().unwrap();
+                assert!(l.writer.is_none(), "a reopen ends the thread first");
+            }
+        }
+        l.finish(Stream::Stdout, b"T");
+        l.finish(Stream::Stderr, b"T");
+        assert!(l.quiesce().is_none());
+        assert!(l.writer.is_none());
+        assert!(threaded > 10, "the thread wrote {threaded} batches");
+        let mut text = std::fs::read(&rotated).unwrap();
+        text.extend_from_slice(&std::fs::read(&p).unwrap());
+        for (s, name) in [(0, "stdout"), (1, "stderr")] {
+            assert!(reassemble(&text, name) == want[s], "{name} differs");
+        }
+        assert_eq!(l.dropped(), 0);
+        // Idle, the thread ends on its own.
+        l.write(Stream::Stdout, &vec![b'x'; 200_000], b"T");
+        assert!(l.writer.is_some());
+        let t = std::time::Instant::now();
+        while lock(&l.shared.0).alive && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !lock(&l.shared.0).alive,
+            "the writer thread did not end idle"
+        );
+        // A small batch is then written here, after the thread's.
+        l.write(Stream::Stdout, b"\nlast\n", b"T");
+        assert!(l.writer.is_none());
+        let text = std::fs::read(&p).unwrap();
+        assert!(text.ends_with(b"T stdout F last\n"));
+        std::fs::remove_file(p).unwrap();
+        std::fs::remove_file(rotated).unwrap();
+    }
+
+    #[test]
+    fn write_failures_of_the_writer_thread_are_counted() {
+        let mut l = CriLog::open(Path::new("/dev/full"), 16 * 1024).unwrap();
+        let data = vec![b'y'; 300_000];
+        let _ = l.write(Stream::Stdout, &data, b"T");
+        let msg = l.quiesce();
+        assert!(msg.is_some_and(|m| m.contains("/dev/full")));
+        // 18 pieces of 16 KiB framed ("T stdout P " and a newline each); the rest waits.
+        assert_eq!(l.dropped(), 18 * (16 * 1024 + 12));
+    }
+
     #[test]
     fn write_failures_are_counted_not_fatal() {
         let mut l = CriLog::open(Path::new("/dev/full"), 8).unwrap();
         let msg = l.write(Stream::Stdout, b"hello\n", b"T");
         assert!(msg.is_some_and(|m| m.contains("/dev/full")));
-        assert_eq!(l.dropped, b"T stdout F hello\n".len() as u64);
+        assert_eq!(l.dropped(), b"T stdout F hello\n".len() as u64);
         // Said once per failing episode.
         assert!(l.write(Stream::Stdout, b"x\n", b"T").is_none());
-        assert_eq!(l.dropped, 17 + 13);
+        assert_eq!(l.dropped(), 17 + 13);
     }
 }

@@ -790,6 +790,10 @@ impl Monitor {
                 rsrun::log::warn(&format!("container {}: {m}", self.id));
             }
         }
+        // Every record written, and one thread again (the delete below may fork hooks).
+        if let Some(m) = self.log.quiesce() {
+            rsrun::log::warn(&format!("container {}: {m}", self.id));
+        }
         self.oom.refresh();
         let oom = self.oom.killed(signal == Some(Signal::SIGKILL as i32));
         // The runtime's part goes before the record, so that a reader of the record finds
@@ -807,7 +811,7 @@ impl Monitor {
             "started_at": self.started_at,
             "finished_at": self.finished_at.take().unwrap_or_else(crilog::timestamp),
             "oom_killed": oom,
-            "log_dropped_bytes": self.log.dropped,
+            "log_dropped_bytes": self.log.dropped(),
         });
         if let Some(e) = &self.start_error {
             record["exit_code"] = json!(128);
@@ -824,7 +828,8 @@ impl Monitor {
         }
         rsrun::log::info(&format!(
             "container {}: exited with {code} (oom {oom}, log bytes dropped {})",
-            self.id, self.log.dropped
+            self.id,
+            self.log.dropped()
         ));
         let mut msg = vec![proto::ATTACH_EXIT];
         msg.extend_from_slice(&code.to_le_bytes());
@@ -1279,7 +1284,7 @@ impl Monitor {
                 .map_err(|e| format!("reopen the container log: {e}")),
             Request::Status {} => Ok(json!({
                 "ok": true, "pid": self.pid, "started_at": self.started_at,
-                "log_dropped_bytes": self.log.dropped,
+                "log_dropped_bytes": self.log.dropped(),
             })),
             Request::Resize { rows, cols } => match &self.master {
                 Some(m) => rsrun::sys::set_winsize(m.as_raw_fd(), rows, cols)
@@ -1339,6 +1344,14 @@ impl Monitor {
         let _ = reply(&sock, &v);
     }
 
+    /// Ends the log's writer thread (its batches written) before the runtime library forks:
+    /// it wants a single-threaded caller.
+    fn single_threaded(&mut self) {
+        if let Some(m) = self.log.quiesce() {
+            rsrun::log::warn(&format!("container {}: {m}", self.id));
+        }
+    }
+
     fn exec_busy(&self, interactive: bool) -> bool {
         let running = self
             .execs
@@ -1353,6 +1366,7 @@ impl Monitor {
         if self.started_at.is_some() {
             return Err(format!("container {} is already started", self.id));
         }
+        self.single_threaded();
         if let Err(e) = self.rt.start(&self.id) {
             let msg = format!("start container {}: {e}", self.id);
             self.start_error = Some(msg.clone());
@@ -1378,6 +1392,8 @@ impl Monitor {
         if args.is_empty() {
             return Err("exec_sync: args must not be empty".into());
         }
+        // The runtime library forks: the log's writer thread ends first.
+        self.single_threaded();
         let spawn = || -> Result<(i32, OwnedFd, OwnedFd)> {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
@@ -1442,6 +1458,8 @@ impl Monitor {
                 ))
             }
         }
+        // The runtime library forks: the log's writer thread ends first.
+        self.single_threaded();
         let spawn = || -> Result<i32> {
             let null = dev_null()?;
             for (i, fd) in fds.iter().enumerate() {
