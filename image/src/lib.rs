@@ -231,11 +231,17 @@ impl ImageStore {
                 }
                 let p = e.path();
                 let bytes = disk_usage(&p).0;
-                match if p.is_dir() {
-                    fs::remove_dir_all(&p)
+                let removed = if p.is_dir() {
+                    // Out of its name first: a layer snapshot counts as present when its
+                    // directory exists, and one half removed (a crash, a removal that
+                    // failed part way) would be used as whole by the next pull. The next
+                    // sweep of temp entries removes what is left of it.
+                    let out = dir.join(format!(".tmp-gc-{name}-{}", std::process::id()));
+                    fs::rename(&p, &out).and_then(|()| fs::remove_dir_all(&out))
                 } else {
                     fs::remove_file(&p)
-                } {
+                };
+                match removed {
                     Ok(()) => {}
                     // Gone meanwhile (removed by another sweep): nothing freed here.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

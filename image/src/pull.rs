@@ -713,7 +713,6 @@ impl ImageStore {
         unpack_too: bool,
     ) -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
         let layer = desc.digest.to_string();
-        let what = format!("fetching layer {}", desc.digest.short());
         let (body, len) = repo.blob(&desc.digest)?;
         if let Some(l) = len {
             if l != desc.size {
@@ -724,13 +723,41 @@ impl ImageStore {
                 });
             }
         }
+        let full = RefCell::new(None);
         let counted = Counting {
             inner: body.take(desc.size.saturating_add(1)),
             done: 0,
             last: 0,
             progress: opts.progress.clone(),
             digest: &desc.digest,
+            root: self.store.root(),
+            limits: &opts.limits,
+            unchecked: 0,
+            full: &full,
         };
+        // A failed free-space check is the reason, whatever the readers above made of it.
+        let r = self.stream_counted(repo, desc, diff_id, opts, cancel, ctx, unpack_too, counted);
+        match full.into_inner() {
+            Some(e) => Err(e),
+            None => r,
+        }
+    }
+
+    /// `stream_layer`'s pass over the counted network stream.
+    #[allow(clippy::too_many_arguments)]
+    fn stream_counted<R: Read>(
+        &self,
+        repo: &Repo,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        opts: &PullOptions,
+        cancel: &Cancel,
+        ctx: &LayerCtx<'_>,
+        unpack_too: bool,
+        counted: Counting<'_, R>,
+    ) -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
+        let layer = desc.digest.to_string();
+        let what = format!("fetching layer {}", desc.digest.short());
         let (file, tmp_blob) = self.store.ingest_file(&desc.digest)?;
         let mut tee = TeeReader {
             inner: HashingReader::new(counted),
@@ -973,12 +1000,29 @@ struct Counting<'a, R> {
     last: u64,
     progress: Option<Arc<dyn Progress>>,
     digest: &'a Digest,
+    /// The store's free space is checked every MiB of the blob too (it is written to the
+    /// store as it comes): a blob that decompresses to nothing (padding frames) or is only
+    /// stored (its layer unpacked already) passed no check of the uncompressed side.
+    root: &'a Path,
+    limits: &'a Limits,
+    unchecked: u64,
+    /// Why a check failed (the reader's error carries only its text).
+    full: &'a RefCell<Option<Error>>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
+        self.unchecked += n as u64;
+        if self.unchecked >= FREE_CHECK_EVERY {
+            self.unchecked = 0;
+            if let Err(e) = check_free(self.root, self.limits, &self.digest.to_string()) {
+                let msg = e.to_string();
+                *self.full.borrow_mut() = Some(e);
+                return Err(io::Error::other(msg));
+            }
+        }
         if let Some(p) = &self.progress {
             if self.done - self.last >= 256 << 10 || n == 0 {
                 self.last = self.done;
@@ -1140,29 +1184,7 @@ struct Budget<'a, R> {
 
 impl<R> Budget<'_, R> {
     fn check_free(&self) -> Result<()> {
-        let free = crate::sys::free_space(self.root)
-            .map_err(|e| Error::io("checking free space of", self.root, e))?;
-        let exceeded = |reason| Error::LimitExceeded {
-            what: format!("layer {}", self.layer),
-            reason,
-        };
-        if free.bytes < self.limits.min_free_bytes {
-            return Err(exceeded(format!(
-                "the store's filesystem has {} bytes free, less than the {} to keep free",
-                free.bytes, self.limits.min_free_bytes
-            )));
-        }
-        let pct = self.limits.min_free_inodes_percent;
-        if free.inodes_total > 0
-            && (free.inodes as u128) * 100 < (free.inodes_total as u128) * (pct as u128)
-        {
-            return Err(exceeded(format!(
-                "the store's filesystem has {} of its {} inodes free, less than the {pct} % \
-                 to keep free",
-                free.inodes, free.inodes_total
-            )));
-        }
-        Ok(())
+        check_free(self.root, self.limits, self.layer)
     }
 
     fn fail(&self, e: Error) -> io::Error {
@@ -1170,6 +1192,33 @@ impl<R> Budget<'_, R> {
         *self.exceeded.borrow_mut() = Some(e);
         io::Error::other(msg)
     }
+}
+
+/// The free space and inodes of `root`'s filesystem against the pull's reserve.
+fn check_free(root: &Path, limits: &Limits, layer: &str) -> Result<()> {
+    let free =
+        crate::sys::free_space(root).map_err(|e| Error::io("checking free space of", root, e))?;
+    let exceeded = |reason| Error::LimitExceeded {
+        what: format!("layer {layer}"),
+        reason,
+    };
+    if free.bytes < limits.min_free_bytes {
+        return Err(exceeded(format!(
+            "the store's filesystem has {} bytes free, less than the {} to keep free",
+            free.bytes, limits.min_free_bytes
+        )));
+    }
+    let pct = limits.min_free_inodes_percent;
+    if free.inodes_total > 0
+        && (free.inodes as u128) * 100 < (free.inodes_total as u128) * (pct as u128)
+    {
+        return Err(exceeded(format!(
+            "the store's filesystem has {} of its {} inodes free, less than the {pct} % \
+             to keep free",
+            free.inodes, free.inodes_total
+        )));
+    }
+    Ok(())
 }
 
 impl<R: Read> Read for Budget<'_, R> {

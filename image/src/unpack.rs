@@ -103,7 +103,9 @@ struct Unpacker<'a> {
     layer: &'a str,
     opts: &'a UnpackOptions,
     cache: Option<(Vec<u8>, OwnedFd)>,
-    dir_times: Vec<(Vec<u8>, i64, i64)>,
+    /// Each directory's mtime, set at the end (its last entry's: a repeated entry replaces,
+    /// so repeats of one path cost no memory).
+    dir_times: std::collections::HashMap<Vec<u8>, (i64, i64)>,
     buf: Vec<u8>,
     stats: UnpackStats,
     /// The logical sizes of the layer's sparse entries so far.
@@ -133,7 +135,7 @@ pub fn unpack<R: Read>(
         layer,
         opts,
         cache: None,
-        dir_times: Vec::new(),
+        dir_times: std::collections::HashMap::new(),
         buf: vec![0; 256 * 1024],
         stats: UnpackStats::default(),
         sparse_total: 0,
@@ -325,6 +327,34 @@ impl Unpacker<'_> {
                 ),
             ));
         }
+        // A PAX header that says `size`, `path` or `linkpath` twice: the tar crate takes the
+        // first, Go's archive/tar (containerd, image scanners) the last. With two sizes the
+        // two read different entries from there on, with two paths a different file.
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| self.bad(&shown, format!("PAX header: {e}")))?
+        {
+            let mut seen = [false; 3];
+            for ext in pax {
+                let ext = ext.map_err(|e| self.bad(&shown, format!("PAX header: {e}")))?;
+                let i = match ext.key_bytes() {
+                    b"size" => 0,
+                    b"path" => 1,
+                    b"linkpath" => 2,
+                    _ => continue,
+                };
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(self.hostile(
+                        &shown,
+                        format!(
+                            "a PAX header with two `{}` records (tar readers disagree on which \
+                             counts)",
+                            String::from_utf8_lossy(ext.key_bytes())
+                        ),
+                    ));
+                }
+            }
+        }
         let comps = clean_path(&raw_path).map_err(|r| self.hostile(&shown, r))?;
         let meta = self.meta(entry, &shown)?;
         if comps.is_empty() {
@@ -338,7 +368,7 @@ impl Unpacker<'_> {
                 )
                 .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
                 self.dir_times
-                    .push((Vec::new(), meta.mtime.0, meta.mtime.1));
+                    .insert(Vec::new(), (meta.mtime.0, meta.mtime.1));
                 return Ok(());
             }
             return Err(self.hostile(&shown, "non-directory entry for the layer root"));
@@ -384,8 +414,21 @@ impl Unpacker<'_> {
             let tname = sys::cstr(target).map_err(|e| self.bad(&shown, e.to_string()))?;
             // A layer is unpacked into a directory of its own: whatever is there was made by
             // this layer, and a whiteout applies only to the layers below it (image spec),
-            // which this layer's entry shadows anyway. Kept, as containerd keeps it.
-            if sys::fstatat_nofollow(dir.as_fd(), &tname).is_ok() {
+            // which this layer's entry shadows anyway: kept. A file does shadow them; a
+            // directory would merge with theirs (the files the whiteout deleted would come
+            // back): it replaces them, opaque, as when the whiteout comes first.
+            if let Ok(st) = sys::fstatat_nofollow(dir.as_fd(), &tname) {
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    let d = sys::openat(
+                        dir.as_fd(),
+                        &tname,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .map_err(|e| self.os_err(&shown, "opening directory", e))?;
+                    sys::fsetxattr(d.as_fd(), c"trusted.overlay.opaque", b"y")
+                        .map_err(|e| self.bad(&shown, format!("marking directory opaque: {e}")))?;
+                }
                 return Ok(());
             }
             sys::mknodat(dir.as_fd(), &tname, libc::S_IFCHR, sys::makedev(0, 0))
@@ -443,7 +486,7 @@ impl Unpacker<'_> {
                     .map_err(|e| self.os_err(&shown, "opening directory", e))?;
                     self.set_xattrs_fd(d.as_fd(), &meta, &shown)?;
                 }
-                self.dir_times.push((full, meta.mtime.0, meta.mtime.1));
+                self.dir_times.insert(full, (meta.mtime.0, meta.mtime.1));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let sparse = kind == EntryType::GNUSparse;
@@ -749,9 +792,9 @@ impl Unpacker<'_> {
     fn finish(&mut self) -> Result<()> {
         self.cache = None;
         // Directory mtimes last, deepest first, as creating children changed them.
-        let mut times = std::mem::take(&mut self.dir_times);
+        let mut times: Vec<_> = std::mem::take(&mut self.dir_times).into_iter().collect();
         times.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
-        for (path, s, ns) in times {
+        for (path, (s, ns)) in times {
             if path.is_empty() {
                 let f = File::open(&self.dest).map_err(|e| Error::io("opening", &self.dest, e))?;
                 sys::futimens(f.as_fd(), s, ns)

@@ -323,6 +323,57 @@ fn a_directory_made_after_its_whiteout_hides_the_layers_below() {
     assert_eq!(names, vec!["new".to_string()]);
 }
 
+/// The same, the whiteout after the directory (in the same layer): the directory the layer
+/// made replaces the lower one (opaque), the lower files the whiteout deleted stay deleted.
+#[test]
+fn a_directory_made_before_its_whiteout_hides_the_layers_below() {
+    let s = scene();
+    let lower = s.layer.parent().unwrap().join("lower");
+    std::fs::create_dir_all(lower.join("a/d")).unwrap();
+    std::fs::write(lower.join("a/d/old"), b"old").unwrap();
+    let t = raw_tar(vec![
+        (
+            raw_header("a/d/new", EntryType::Regular, 0o644, 3, None),
+            b"new".to_vec(),
+        ),
+        (
+            raw_header("a/.wh.d", EntryType::Regular, 0o644, 0, None),
+            vec![],
+        ),
+    ]);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let merged = s.layer.parent().unwrap().join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let opts = format!("lowerdir={}:{}", s.layer.display(), lower.display());
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount overlay");
+    let names = names_in(&merged.join("a/d"));
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    assert_eq!(names, vec!["new".to_string()]);
+}
+
+/// One directory's entry repeated many times: one mtime kept (the last), not one per entry
+/// (the repeats cost no inode: memory was the only bound).
+#[test]
+fn a_repeated_directory_entry_keeps_its_last_mtime() {
+    let s = scene();
+    let mut entries = Vec::new();
+    for i in 0..1000u64 {
+        let mut h = raw_header("d", EntryType::Directory, 0o755, 0, None);
+        h.set_mtime(1_000_000 + i);
+        h.set_cksum();
+        entries.push((h, vec![]));
+    }
+    let t = raw_tar(entries);
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let m = std::fs::metadata(s.layer.join("d")).unwrap();
+    assert_eq!(m.mtime(), 1_000_999);
+}
+
 #[test]
 fn whiteout_of_dotdot_is_refused() {
     let s = scene();
@@ -567,6 +618,46 @@ fn long_names_with_dotdot_are_refused() {
     ));
     unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
     assert_eq!(std::fs::read(s.layer.join(&ok)).unwrap(), b"ok");
+}
+
+/// A PAX header that gives `size` (or `path`, `linkpath`) twice: the tar crate takes the first
+/// record, Go's archive/tar (containerd, image scanners) the last; with two sizes the two
+/// readers see different entries from there on (here a harmless document for Go, and an
+/// `etc/ld.so.preload` hidden in its data for a first-record reader). Refused.
+#[test]
+fn pax_records_given_twice_are_refused() {
+    let s = scene();
+    let mut inner = tar::Builder::new(Vec::new());
+    let mut h = header("etc/ld.so.preload", EntryType::Regular, 0o644, 4);
+    h.set_cksum();
+    inner.append(&h, &b"evil"[..]).unwrap();
+    let hidden = inner.into_inner().unwrap()[..1024].to_vec();
+    let mut b = tar::Builder::new(Vec::new());
+    let size = hidden.len().to_string();
+    b.append_pax_extensions([("size", &b"0"[..]), ("size", size.as_bytes())])
+        .unwrap();
+    let mut h = header(
+        "usr/share/doc/README",
+        EntryType::Regular,
+        0o644,
+        hidden.len() as u64,
+    );
+    h.set_cksum();
+    b.append(&h, &hidden[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    expect_hostile(&s, &t, "two `size` records");
+    assert!(!s.layer.join("etc/ld.so.preload").exists());
+    for key in ["path", "linkpath"] {
+        let s = scene();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([(key, &b"a"[..]), (key, &b"b"[..])])
+            .unwrap();
+        let mut h = header("x", EntryType::Regular, 0o644, 2);
+        h.set_cksum();
+        b.append(&h, &b"ok"[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        expect_hostile(&s, &t, &format!("two `{key}` records"));
+    }
 }
 
 #[test]

@@ -295,6 +295,57 @@ fn image_limit_and_declared_sizes() {
         .unwrap();
 }
 
+/// A layer whose snapshot is there already is only stored (its blob downloaded, not
+/// unpacked): the free-space reserve holds for it too, checked as the blob comes (nothing
+/// checked it: a blob of any declared size could fill the disk).
+#[test]
+fn a_blob_only_stored_keeps_the_free_space_reserve() {
+    let f = Fake::start();
+    // 2 MiB that gzip cannot shrink: the blob passes the MiB between two checks.
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let l = layer(&tar_of(&[E::File("r", &data, 0o644)]), MT_GZIP);
+    let cfg = config_json("amd64", "", std::slice::from_ref(&l));
+    f.add_image("stored", "v1", std::slice::from_ref(&l), &cfg);
+    let t = TempDir::new("storedonly");
+    let s = store(&t, &f);
+    let name = format!("{}/stored:v1", f.addr);
+    s.pull(&name, &PullOptions::default()).unwrap();
+    // Its blob gone, its snapshot kept: a pull of another image with that layer stores the
+    // blob only.
+    let d = Digest::of_bytes(&l.blob);
+    std::fs::remove_file(t.path().join("blobs/sha256").join(d.hex())).unwrap();
+    let cfg2 = config_json("amd64", "nobody", std::slice::from_ref(&l));
+    f.add_image("stored2", "v1", std::slice::from_ref(&l), &cfg2);
+    let name = format!("{}/stored2:v1", f.addr);
+    let e = s
+        .pull(
+            &name,
+            &PullOptions {
+                limits: Limits {
+                    min_free_bytes: u64::MAX,
+                    ..Limits::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::LimitExceeded { reason, .. } if reason.contains("free")),
+        "{e}"
+    );
+    no_temps_left(t.path());
+    s.pull(&name, &PullOptions::default()).unwrap();
+    assert!(t.path().join("blobs/sha256").join(d.hex()).exists());
+}
+
 #[test]
 fn layer_size_of_2_pow_64_minus_1_is_refused_by_name() {
     let f = Fake::start();

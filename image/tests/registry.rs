@@ -696,6 +696,61 @@ fn removal_frees_at_once_unless_a_pull_holds_the_store_and_a_name_wins_over_an_i
     assert_eq!(store.get("frees").unwrap().unwrap().id, img.id);
 }
 
+/// A layer snapshot whose removal fails part way (here: a mount inside it; a crash does the
+/// same) does not pass for a whole one afterwards: it left its name before its files went,
+/// so a pull of the image unpacks the layer again.
+#[test]
+fn a_snapshot_removed_part_way_is_not_taken_for_whole() {
+    let reg = Registry::start();
+    let la = vec![layer(
+        &tar_of(&[E::File("f", b"first", 0o644), E::Dir("sub", 0o755)]),
+        MT_GZIP,
+    )];
+    push_image(
+        &reg.addr,
+        "library/partgone",
+        Some("latest"),
+        &la,
+        &config_json("amd64", "", &la),
+        false,
+    );
+    let t = TempDir::new("partgone");
+    let store = open_store(t.path(), &reg.addr);
+    store.pull("partgone", &PullOptions::default()).unwrap();
+    let snaps = snapshots(t.path());
+    assert_eq!(snaps.len(), 1);
+    let snap = t.path().join("snapshots").join(&snaps[0]);
+    // A mount point inside it: its removal stops there, with `f` already gone.
+    let m = snap.join("sub");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&m)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    assert!(store.remove_image("partgone").unwrap());
+    let r = store.collect();
+    let left: Vec<String> = std::fs::read_dir(t.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // (Unmounted wherever it went, before any assertion.)
+    for n in &left {
+        let _ = std::process::Command::new("umount")
+            .arg(t.path().join("snapshots").join(n).join("sub"))
+            .status();
+    }
+    assert!(r.is_err(), "the removal was to fail at the mount: {r:?}");
+    assert!(
+        !snap.exists(),
+        "a half-removed snapshot kept its name: {left:?}"
+    );
+    // Pulled again: the layer is unpacked whole.
+    store.pull("partgone", &PullOptions::default()).unwrap();
+    assert_eq!(std::fs::read(snap.join("f")).unwrap(), b"first");
+}
+
 #[test]
 fn a_tag_given_with_a_digest_is_not_moved() {
     // `name:tag@digest` pulls the pinned content and leaves the tag where it is (as
