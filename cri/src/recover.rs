@@ -129,6 +129,23 @@ impl Runtime {
                 tracing::error!(container = %id, "container record: {e}");
             }
         }
+        // Ready pods a StopPodSandbox had begun to tear down when the server was killed: not
+        // ready (their addresses may be released, and in a pod without a pause nothing else
+        // tells); the kubelet's StopPodSandbox, retried, finishes it.
+        let stopping: Vec<_> = self
+            .ready_pods()
+            .await
+            .into_iter()
+            .filter(sandbox::stopping)
+            .collect();
+        for mut sb in stopping {
+            tracing::warn!(pod = %sb.id, "a pod a killed server was stopping: not ready");
+            sb.ready = false;
+            let id = sb.id.clone();
+            if let Err(e) = self.sandboxes.lock().await.update(&id, sb) {
+                tracing::error!(pod = %id, "pod sandbox record: {e}");
+            }
+        }
         // Ready pods whose pinned namespaces are gone (the node rebooted: the state dir is
         // empty; or they were unmounted): not ready any more, so that the kubelet makes
         // them again instead of starting containers in namespaces that no longer exist.

@@ -804,6 +804,14 @@ impl RuntimeService for Runtime {
             };
             self.stop(&c, Duration::ZERO).await?;
         }
+        // Marked first: a server killed from here until the record says not ready finds the
+        // pod not ready at its start (its addresses may be released by then).
+        // (Not a reason to fail the stop: a pod whose state dir is gone stops all the same.)
+        if sb.ready {
+            if let Err(e) = std::fs::File::create(sb.ns_dir.join(sandbox::STOPPING)) {
+                tracing::warn!(pod = %sb.id, "marking the pod stopping: {e}");
+            }
+        }
         // The pause and the network go together (the network's DEL does not need the pause:
         // the namespace stays pinned until the unpin below). The record keeps the pod's
         // addresses until it is marked not ready with them gone, in one update: a relist in
@@ -1210,9 +1218,31 @@ impl RuntimeService for Runtime {
             answer
         })
         .await?;
-        if let Some(e) = head["error"].as_str() {
-            return Err(Status::unknown(e.to_string()));
-        }
+        let head = match head["error"].as_str() {
+            None => head,
+            Some(e) => {
+                // Started already: a server killed after the shim started it and before the
+                // record learnt it, whose restart could not ask the shim (recover.rs). The
+                // shim knows the start: taken from it, not a second start, not an error.
+                let r = rec.clone();
+                let status = blocking(move || {
+                    container::control(
+                        &r.shim_dir,
+                        &json!({"op": "status"}),
+                        std::time::Duration::from_secs(10),
+                    )
+                    .map_err(|e| io_status("the container's shim", e))
+                })
+                .await;
+                match status {
+                    Ok((s, _)) if s["started_at"].is_string() => {
+                        tracing::warn!(container = %rec.id, pod = %rec.sandbox_id, "a start a killed server left unrecorded: the shim had started it");
+                        s
+                    }
+                    _ => return Err(Status::unknown(e.to_string())),
+                }
+            }
+        };
         let started = head["started_at"]
             .as_str()
             .and_then(store::parse_rfc3339)

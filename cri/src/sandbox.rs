@@ -723,6 +723,17 @@ fn pinned_names(r: &SandboxRecord) -> Vec<&'static str> {
     names
 }
 
+/// The mark a StopPodSandbox leaves in the pod's state dir before it tears the pod down (the
+/// network's DEL, the pause): a server killed after that and before the pod's record says
+/// not ready finds it, and the pod is not ready (its addresses may be released already).
+/// Not synced: a crash of the node takes the state dir's pins with it anyway.
+pub const STOPPING: &str = ".stopping";
+
+/// Whether a StopPodSandbox began tearing the pod down (see [`STOPPING`]).
+pub fn stopping(r: &SandboxRecord) -> bool {
+    r.ns_dir.join(STOPPING).exists()
+}
+
 /// The pinned namespaces of a ready pod that are not there any more: a reboot empties the
 /// state dir (or a pin was unmounted). Such a pod is not ready: its containers would run in
 /// no namespace of its own, and never may fall back to the host's.

@@ -406,6 +406,27 @@ start_cri
 st=$(c inspect -o json "$ctr2" | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; print(s["state"], s["exitCode"], s["reason"])')
 [ "$st" = "CONTAINER_EXITED 0 Completed" ] || fail "an exit while the server was down: $st"
 ok "an exit while the server was down is reported after its restart"
+# A start the record never learnt (the server killed after the shim started the container,
+# before the record said so) whose shim could not answer the restarted server (stopped here:
+# the start-up asks with a 10 s bound): listed created, and a retried StartContainer takes
+# the start from the shim (it answers "already started"), no error, no second start.
+echo '{"metadata": {"name": "unrecorded"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/unrec.json"
+ur=$(c create "$pod" "$R/unrec.json" "$R/pod.json") && c start "$ur" >/dev/null || fail "create/start (unrecorded): $(cat "$R/crictl.err")"
+urpid=$("$RSRUN" --root "$R/state/runtime" state "$ur" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+kill -9 $cri; wait $cri 2>/dev/null || true
+python3 -c 'import json,sys; p=sys.argv[1]; r=json.load(open(p)); r["started_at"]=0; json.dump(r, open(p, "w"))' "$R/root/cri/containers/$ur.json"
+ursp=$(cat "$R/state/s/$ur/shim.pid")
+kill -STOP "$ursp"
+start_cri
+kill -CONT "$ursp"
+st=$(c inspect -o json "$ur" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')
+[ "$st" = CONTAINER_CREATED ] || fail "setup: the unrecorded start reads $st, not created"
+c start "$ur" >/dev/null || fail "a start the record never learnt, retried: $(cat "$R/crictl.err")"
+st=$(c inspect -o json "$ur" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')
+urpid2=$("$RSRUN" --root "$R/state/runtime" state "$ur" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+[ "$st" = CONTAINER_RUNNING ] && [ "$urpid2" = "$urpid" ] || fail "after the retried start: $st, PID $urpid2 (was $urpid)"
+c rm -f "$ur" >/dev/null || fail "rm $ur: $(cat "$R/crictl.err")"
+ok "a start the record never learnt and the restart could not ask about is taken from the shim when retried"
 # A reboot empties the state dir: a container that had completed still reports exit 0 and
 # Completed (its exit record is under the root), not a lost monitor's 255.
 kill -9 $cri; wait $cri 2>/dev/null || true
@@ -431,6 +452,22 @@ if c create "$rb" "$R/ctr2.json" "$R/reboot.json" >/dev/null; then fail "a conta
 grep -q "FailedPrecondition.*not ready" "$R/crictl.err" || fail "create in a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 c stopp "$rb" >/dev/null && c rmp "$rb" >/dev/null || fail "stopp/rmp of a pod whose namespaces are gone: $(cat "$R/crictl.err")"
 ok "pinned namespaces gone (a reboot): the pod is not ready, no container made in it, stopp/rmp clean up"
+# A StopPodSandbox marks the pod stopping before its network's DEL: a server killed between
+# that DEL and the record's "not ready" (the mark, made by hand here) finds the pod not ready
+# at its start (a pod without a pause was listed ready, with its released address).
+echo '{"metadata": {"name": "stopmark", "namespace": "default", "uid": "stopmark-uid"}, "log_directory": "'"$R"'/logs"}' > "$R/stopmark.json"
+sm=$(c runp "$R/stopmark.json") || fail "runp (stopmark): $(cat "$R/crictl.err")"
+kill -9 $cri; wait $cri 2>/dev/null || true
+: > "$R/state/sandboxes/$sm/.stopping"
+start_cri
+[ "$(c inspectp -o json "$sm" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["state"])')" = SANDBOX_NOTREADY ] \
+    || fail "a pod a killed server was stopping: $(c inspectp "$sm")"
+c stopp "$sm" >/dev/null && c rmp "$sm" >/dev/null || fail "stop/remove (stopmark): $(cat "$R/crictl.err")"
+sm=$(c runp "$R/stopmark.json") || fail "runp (stopmark 2): $(cat "$R/crictl.err")"
+c stopp "$sm" >/dev/null || fail "stopp (stopmark 2): $(cat "$R/crictl.err")"
+[ -e "$R/state/sandboxes/$sm/.stopping" ] || fail "StopPodSandbox left no stopping mark"
+c rmp "$sm" >/dev/null || fail "rmp (stopmark 2): $(cat "$R/crictl.err")"
+ok "a pod whose stop a kill cut short is not ready after the restart (the stopping mark)"
 # The pinned network namespace unmounted under the running server: the pod is reported
 # without an address (as containerd), so that the kubelet replaces it.
 echo '{"metadata": {"name": "netgone", "namespace": "default", "uid": "netgone-uid"}, "log_directory": "'"$R"'/logs"}' > "$R/netgone.json"
