@@ -174,6 +174,13 @@ impl CriLog {
             let mut g = lock(m);
             g.stop = false;
             g.alive = false;
+            // (The thread writes what is queued before it ends; should a batch be left, it is
+            // written here, never dropped unsaid.)
+            if let Some((f, data)) = g.queue.take() {
+                drop(g);
+                let r = write_whole(&f, &data);
+                lock(m).account(&self.path, data.len(), r);
+            }
         }
         first.or_else(|| lock(&self.shared.0).message.take())
     }
@@ -183,8 +190,11 @@ impl CriLog {
     /// one only once open: a reopen that fails leaves the records going where they went, which
     /// is where the kubelet, undoing its rename, then expects them.
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        // What was read before goes to the file it was read for (the rotated one).
-        self.quiesce();
+        // What was read before goes to the file it was read for (the rotated one); a write
+        // failure said by the thread is said at the next write.
+        if let Some(m) = self.quiesce() {
+            lock(&self.shared.0).message = Some(m);
+        }
         if let Some(dir) = self.path.parent() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -288,28 +298,17 @@ impl CriLog {
         while g.queue.is_some() && g.alive {
             g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
-        if !g.alive {
-            // Ended idle (or never started): a new one.
-            drop(g);
+        let start = !g.alive;
+        if start {
+            // Ended idle (or never started): joined, and a new one started below. The batch
+            // is queued first, under the lock that says the thread runs: a thread that found
+            // nothing queued could otherwise end idle before the batch came, and leave it.
             if let Some(h) = self.writer.take() {
+                drop(g);
                 let _ = h.join();
+                g = lock(m);
             }
-            let (s, path) = (self.shared.clone(), self.path.clone());
-            g = lock(m);
             g.alive = true;
-            drop(g);
-            match std::thread::Builder::new()
-                .name("log-writer".into())
-                .stack_size(64 * 1024)
-                .spawn(move || write_batches(s, path))
-            {
-                Ok(h) => self.writer = Some(h),
-                Err(_) => {
-                    lock(m).alive = false;
-                    return false;
-                }
-            }
-            g = lock(m);
         }
         let next = g
             .spare
@@ -317,7 +316,35 @@ impl CriLog {
             .unwrap_or_else(|| Vec::with_capacity(64 * 1024));
         g.queue = Some((file, std::mem::replace(&mut self.out, next)));
         cv.notify_all();
+        drop(g);
+        if start {
+            let (s, path) = (self.shared.clone(), self.path.clone());
+            match std::thread::Builder::new()
+                .name("log-writer".into())
+                .stack_size(64 * 1024)
+                .spawn(move || write_batches(s, path))
+            {
+                Ok(h) => self.writer = Some(h),
+                Err(_) => {
+                    // No thread: the batch comes back, for the caller to write.
+                    let mut g = lock(m);
+                    g.alive = false;
+                    if let Some((_, data)) = g.queue.take() {
+                        self.out = data;
+                    }
+                    return false;
+                }
+            }
+        }
         true
+    }
+}
+
+impl Drop for CriLog {
+    /// What is queued or gathered is written before the log goes (a monitor ending on an
+    /// error, without its exit's quiesce).
+    fn drop(&mut self) {
+        let _ = self.quiesce();
     }
 }
 
@@ -660,8 +687,9 @@ mod tests {
     fn write_failures_of_the_writer_thread_are_counted() {
         let mut l = CriLog::open(Path::new("/dev/full"), 16 * 1024).unwrap();
         let data = vec![b'y'; 300_000];
-        let _ = l.write(Stream::Stdout, &data, b"T");
-        let msg = l.quiesce();
+        // Said once: by the write if the thread failed before it returned, else at the end.
+        let first = l.write(Stream::Stdout, &data, b"T");
+        let msg = first.or_else(|| l.quiesce());
         assert!(msg.is_some_and(|m| m.contains("/dev/full")));
         // 18 pieces of 16 KiB framed ("T stdout P " and a newline each); the rest waits.
         assert_eq!(l.dropped(), 18 * (16 * 1024 + 12));
