@@ -735,83 +735,71 @@ impl ImageStore {
             unchecked: 0,
             full: &full,
         };
+        let what = format!("fetching layer {}", desc.digest.short());
+        let pass = || -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
+            let (file, tmp_blob) = self.store.ingest_file(&desc.digest)?;
+            let mut tee = TeeReader {
+                inner: HashingReader::new(counted),
+                out: BufWriter::with_capacity(256 << 10, file),
+            };
+            let tmp_dir = if unpack_too {
+                Some(self.store.snapshot_tmp(diff_id)?)
+            } else {
+                None
+            };
+            if let Some(dir) = &tmp_dir {
+                let mut br = BufReader::with_capacity(256 << 10, &mut tee);
+                let got =
+                    decompress_and_unpack(&mut br, &dir.path, &layer, desc, opts, cancel, ctx)
+                        .map_err(|e| match e {
+                            Error::BadLayer { reason, .. }
+                                if reason.contains("reading tar")
+                                    || reason.contains("decompress") =>
+                            {
+                                match repo.stream_err(io::Error::other(reason.clone()), &what) {
+                                    e @ (Error::Cancelled(_)
+                                    | Error::DeadlineExceeded(_)
+                                    | Error::Stalled { .. }) => e,
+                                    _ => Error::BadLayer {
+                                        layer: layer.clone(),
+                                        reason,
+                                    },
+                                }
+                            }
+                            e => e,
+                        })?;
+                // Whatever the decompressor buffered was already hashed below it.
+                drop(br);
+                check_diff(&got, diff_id, &layer)?;
+            }
+            io::copy(&mut tee, &mut io::sink()).map_err(|e| repo.stream_err(e, &what))?;
+            let TeeReader { inner, out } = tee;
+            let (got, n) = inner.finish().map_err(|e| repo.stream_err(e, &what))?;
+            if n != desc.size {
+                return Err(Error::SizeMismatch {
+                    what: format!("layer {layer}"),
+                    expected: desc.size,
+                    actual: n,
+                });
+            }
+            if got != desc.digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("layer {layer}"),
+                    expected: layer.clone(),
+                    actual: got.to_string(),
+                });
+            }
+            let file = out
+                .into_inner()
+                .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
+            Ok((Some((file, tmp_blob, desc.digest.clone())), tmp_dir))
+        };
+        let r = pass();
         // A failed free-space check is the reason, whatever the readers above made of it.
-        let r = self.stream_counted(repo, desc, diff_id, opts, cancel, ctx, unpack_too, counted);
         match full.into_inner() {
             Some(e) => Err(e),
             None => r,
         }
-    }
-
-    /// `stream_layer`'s pass over the counted network stream.
-    #[allow(clippy::too_many_arguments)]
-    fn stream_counted<R: Read>(
-        &self,
-        repo: &Repo,
-        desc: &Descriptor,
-        diff_id: &Digest,
-        opts: &PullOptions,
-        cancel: &Cancel,
-        ctx: &LayerCtx<'_>,
-        unpack_too: bool,
-        counted: Counting<'_, R>,
-    ) -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
-        let layer = desc.digest.to_string();
-        let what = format!("fetching layer {}", desc.digest.short());
-        let (file, tmp_blob) = self.store.ingest_file(&desc.digest)?;
-        let mut tee = TeeReader {
-            inner: HashingReader::new(counted),
-            out: BufWriter::with_capacity(256 << 10, file),
-        };
-        let tmp_dir = if unpack_too {
-            Some(self.store.snapshot_tmp(diff_id)?)
-        } else {
-            None
-        };
-        if let Some(dir) = &tmp_dir {
-            let mut br = BufReader::with_capacity(256 << 10, &mut tee);
-            let got = decompress_and_unpack(&mut br, &dir.path, &layer, desc, opts, cancel, ctx)
-                .map_err(|e| match e {
-                    Error::BadLayer { reason, .. }
-                        if reason.contains("reading tar") || reason.contains("decompress") =>
-                    {
-                        match repo.stream_err(io::Error::other(reason.clone()), &what) {
-                            e @ (Error::Cancelled(_)
-                            | Error::DeadlineExceeded(_)
-                            | Error::Stalled { .. }) => e,
-                            _ => Error::BadLayer {
-                                layer: layer.clone(),
-                                reason,
-                            },
-                        }
-                    }
-                    e => e,
-                })?;
-            // Whatever the decompressor buffered was already hashed below it.
-            drop(br);
-            check_diff(&got, diff_id, &layer)?;
-        }
-        io::copy(&mut tee, &mut io::sink()).map_err(|e| repo.stream_err(e, &what))?;
-        let TeeReader { inner, out } = tee;
-        let (got, n) = inner.finish().map_err(|e| repo.stream_err(e, &what))?;
-        if n != desc.size {
-            return Err(Error::SizeMismatch {
-                what: format!("layer {layer}"),
-                expected: desc.size,
-                actual: n,
-            });
-        }
-        if got != desc.digest {
-            return Err(Error::DigestMismatch {
-                what: format!("layer {layer}"),
-                expected: layer.clone(),
-                actual: got.to_string(),
-            });
-        }
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
-        Ok((Some((file, tmp_blob, desc.digest.clone())), tmp_dir))
     }
 }
 

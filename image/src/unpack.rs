@@ -297,6 +297,20 @@ impl Unpacker<'_> {
         }
     }
 
+    /// Marks directory `name` in `dir` opaque for overlayfs (it replaces the lower layers'
+    /// directory instead of merging with it).
+    fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr, shown: &str) -> Result<()> {
+        let d = sys::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| self.os_err(shown, "opening directory", e))?;
+        sys::fsetxattr(d.as_fd(), c"trusted.overlay.opaque", b"y")
+            .map_err(|e| self.bad(shown, format!("marking directory opaque: {e}")))
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -419,15 +433,7 @@ impl Unpacker<'_> {
             // back): it replaces them, opaque, as when the whiteout comes first.
             if let Ok(st) = sys::fstatat_nofollow(dir.as_fd(), &tname) {
                 if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    let d = sys::openat(
-                        dir.as_fd(),
-                        &tname,
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    )
-                    .map_err(|e| self.os_err(&shown, "opening directory", e))?;
-                    sys::fsetxattr(d.as_fd(), c"trusted.overlay.opaque", b"y")
-                        .map_err(|e| self.bad(&shown, format!("marking directory opaque: {e}")))?;
+                    self.mark_opaque(dir.as_fd(), &tname, &shown)?;
                 }
                 return Ok(());
             }
@@ -462,15 +468,7 @@ impl Unpacker<'_> {
                 if existing
                     .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0)
                 {
-                    let d = sys::openat(
-                        dir,
-                        &cname,
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    )
-                    .map_err(|e| self.os_err(&shown, "opening directory", e))?;
-                    sys::fsetxattr(d.as_fd(), c"trusted.overlay.opaque", b"y")
-                        .map_err(|e| self.bad(&shown, format!("marking directory opaque: {e}")))?;
+                    self.mark_opaque(dir, &cname, &shown)?;
                 }
                 sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
                     .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;

@@ -286,14 +286,37 @@ fn a_whiteout_leaves_the_same_layers_entries() {
     assert!(m.file_type().is_char_device() && m.rdev() == 0, "{m:?}");
 }
 
+/// A lower layer beside the scene's with `a/d/old`.
+fn lower_with_old_file(s: &Scene) -> std::path::PathBuf {
+    let lower = s.layer.parent().unwrap().join("lower");
+    std::fs::create_dir_all(lower.join("a/d")).unwrap();
+    std::fs::write(lower.join("a/d/old"), b"old").unwrap();
+    lower
+}
+
+/// The names in `dir` through an overlay of the scene's layer over `lower` (as a container
+/// sees them).
+fn names_over(s: &Scene, lower: &Path, dir: &str) -> Vec<String> {
+    let merged = s.layer.parent().unwrap().join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let opts = format!("lowerdir={}:{}", s.layer.display(), lower.display());
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount overlay");
+    let names = names_in(&merged.join(dir));
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    names
+}
+
 #[test]
 fn a_directory_made_after_its_whiteout_hides_the_layers_below() {
     // The layer whites out a/d, then makes a/d again: through overlayfs the lower a/d's
     // files are gone and only the new ones show (a merge would bring `old` back).
     let s = scene();
-    let lower = s.layer.parent().unwrap().join("lower");
-    std::fs::create_dir_all(lower.join("a/d")).unwrap();
-    std::fs::write(lower.join("a/d/old"), b"old").unwrap();
+    let lower = lower_with_old_file(&s);
     let t = raw_tar(vec![
         (
             raw_header("a/.wh.d", EntryType::Regular, 0o644, 0, None),
@@ -309,18 +332,7 @@ fn a_directory_made_after_its_whiteout_hides_the_layers_below() {
         ),
     ]);
     unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
-    let merged = s.layer.parent().unwrap().join("merged");
-    std::fs::create_dir_all(&merged).unwrap();
-    let opts = format!("lowerdir={}:{}", s.layer.display(), lower.display());
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&merged)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mount overlay");
-    let names = names_in(&merged.join("a/d"));
-    let _ = std::process::Command::new("umount").arg(&merged).status();
-    assert_eq!(names, vec!["new".to_string()]);
+    assert_eq!(names_over(&s, &lower, "a/d"), vec!["new".to_string()]);
 }
 
 /// The same, the whiteout after the directory (in the same layer): the directory the layer
@@ -328,9 +340,7 @@ fn a_directory_made_after_its_whiteout_hides_the_layers_below() {
 #[test]
 fn a_directory_made_before_its_whiteout_hides_the_layers_below() {
     let s = scene();
-    let lower = s.layer.parent().unwrap().join("lower");
-    std::fs::create_dir_all(lower.join("a/d")).unwrap();
-    std::fs::write(lower.join("a/d/old"), b"old").unwrap();
+    let lower = lower_with_old_file(&s);
     let t = raw_tar(vec![
         (
             raw_header("a/d/new", EntryType::Regular, 0o644, 3, None),
@@ -342,18 +352,7 @@ fn a_directory_made_before_its_whiteout_hides_the_layers_below() {
         ),
     ]);
     unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
-    let merged = s.layer.parent().unwrap().join("merged");
-    std::fs::create_dir_all(&merged).unwrap();
-    let opts = format!("lowerdir={}:{}", s.layer.display(), lower.display());
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&merged)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mount overlay");
-    let names = names_in(&merged.join("a/d"));
-    let _ = std::process::Command::new("umount").arg(&merged).status();
-    assert_eq!(names, vec!["new".to_string()]);
+    assert_eq!(names_over(&s, &lower, "a/d"), vec!["new".to_string()]);
 }
 
 /// One directory's entry repeated many times: one mtime kept (the last), not one per entry

@@ -437,6 +437,16 @@ mod tests {
         (CriLog::open(&p, max).unwrap(), p)
     }
 
+    /// A xorshift generator: each call gives a number below its argument.
+    fn rng(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     /// Reassembles a stream from the records: P pieces joined, F ends a line.
     fn reassemble(text: &[u8], stream: &str) -> Vec<u8> {
         let mut out = Vec::new();
@@ -573,13 +583,7 @@ mod tests {
         // sizes, both streams interleaved: each stream reads back as written, and no record
         // is longer than the maximum. ("\r" is the test above's.)
         let (mut l, p) = log(8);
-        let mut seed = 0x2545f4914f6cdd1du64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = rng(0x2545f4914f6cdd1d);
         let mut want = [Vec::new(), Vec::new()];
         for _ in 0..3000 {
             let s = next(2) as usize;
@@ -617,13 +621,7 @@ mod tests {
     #[test]
     fn the_writer_thread_keeps_the_order() {
         let (mut l, p) = log(16 * 1024);
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = rng(0x9e3779b97f4a7c15);
         let mut want = [Vec::new(), Vec::new()];
         let mut threaded = 0;
         let rotated = p.with_extension("rotated");
