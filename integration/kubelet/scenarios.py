@@ -851,6 +851,78 @@ def s19_kubelet_restarted():
     delete("adopted")
 
 
+def kubelet_get(path):
+    """A GET of the kubelet's own API on the node (anonymous, AlwaysAllow; its serving
+    certificate is self-signed)."""
+    import ssl
+    ctx = ssl._create_unverified_context()
+    with urllib.request.urlopen("https://%s:10250%s" % (NODE_IP, path), context=ctx, timeout=30) as r:
+        return r.read().decode()
+
+
+@scenario
+def s20_node_stats():
+    """The kubelet's summary and resource metrics (what `kubectl top` and the eviction manager
+    read) for a container that burned CPU, holds 32 MiB and wrote 8 MiB into its root
+    filesystem: the kernel's figures for its cgroup bound what the kubelet reports, and the
+    writable layer and the log are counted."""
+    # dd's 32 MiB buffer, filled from /dev/zero, stays while its write to a pipe nobody
+    # reads blocks.
+    script = ("dd if=/dev/zero of=/scratch bs=1M count=8 2>/dev/null; i=0; "
+              "while [ $i -lt 200000 ]; do i=$((i+1)); done; echo burned; "
+              "dd if=/dev/zero bs=32M count=1 2>/dev/null | sleep 3600")
+    create(pod_manifest("stats", [{"name": "main", "image": BUSYBOX, "command": ["sh", "-c", script]}]))
+    running("stats")
+    mib = 1 << 20
+    wait("the container's memory held", lambda: "burned" in kubectl("logs", "stats").stdout and int(
+        host_cgroup_file("stats", "main", "memory", "memory.usage_in_bytes")) > 40 * mib, timeout=120)
+
+    def container():
+        for ps in json.loads(kubelet_get("/stats/summary")).get("pods", []):
+            if ps["podRef"]["name"] == "stats":
+                for c in ps.get("containers", []):
+                    if c["name"] == "main":
+                        return ps, c
+        return None, None
+
+    cpu0 = int(host_cgroup_file("stats", "main", "cpuacct", "cpuacct.usage"))
+
+    def complete():
+        ps, c = container()
+        # (The pod's own figures are cAdvisor's of the pod's cgroup, sampled every few
+        # seconds: the container's cgroup must be inside it.)
+        if not c or "usageNanoCores" not in c.get("cpu", {}) or c["memory"]["workingSetBytes"] < 32 * mib or \
+                ps.get("memory", {}).get("workingSetBytes", 0) < 32 * mib:
+            return None
+        return ps, c
+    try:
+        ps, c = wait("the container's stats in the kubelet's summary", complete, timeout=120, every=2)
+    except Fail:
+        ps, c = container()
+        log("summary's last: %r; the pod's memory: %r" % (c, ps and ps.get("memory")))
+        raise
+    cpu1 = int(host_cgroup_file("stats", "main", "cpuacct", "cpuacct.usage"))
+    usage = int(host_cgroup_file("stats", "main", "memory", "memory.usage_in_bytes"))
+    log("summary: cpu %s, memory %s, rootfs %s, logs %s" % (c["cpu"], c["memory"], c.get("rootfs"), c.get("logs")))
+    log("kernel: cpuacct.usage %d .. %d, memory.usage_in_bytes %d" % (cpu0, cpu1, usage))
+    check(cpu0 > 10 ** 8, "the container burned only %d ns of CPU: the workload did not run" % cpu0)
+    got = c["cpu"]["usageCoreNanoSeconds"]
+    check(cpu0 <= got <= cpu1, "CPU usage %d ns, not within the cgroup's %d .. %d" % (got, cpu0, cpu1))
+    ws = c["memory"]["workingSetBytes"]
+    check(32 * mib <= ws <= usage + 4 * mib, "working set %d, not between 32 MiB and the cgroup's usage %d" % (ws, usage))
+    rootfs = c.get("rootfs", {}).get("usedBytes", 0)
+    check(8 * mib <= rootfs < 64 * mib, "writable layer %d bytes, not the 8 MiB written (and a little)" % rootfs)
+    check(c.get("logs", {}).get("usedBytes", 0) > 0, "log usage %r" % c.get("logs"))
+    # The resource metrics endpoint (metrics-server's source, `kubectl top`).
+    m = kubelet_get("/metrics/resource")
+    lab = 'container="main",namespace="default",pod="stats"'
+    v = re.search(r"^container_memory_working_set_bytes\{%s\} (\S+)" % re.escape(lab), m, re.M)
+    check(v and float(v.group(1)) >= 32 * mib, "resource metrics: working set %r" % (v and v.group(1)))
+    v = re.search(r"^container_cpu_usage_seconds_total\{%s\} (\S+)" % re.escape(lab), m, re.M)
+    check(v and float(v.group(1)) * 1e9 >= cpu0, "resource metrics: CPU %r" % (v and v.group(1)))
+    delete("stats")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", default="")
