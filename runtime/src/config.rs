@@ -178,6 +178,14 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
             }
         }
         let has = |t: LinuxNamespaceType| seen.contains(&t);
+        let joined_path = |t: LinuxNamespaceType| {
+            linux
+                .namespaces()
+                .iter()
+                .flatten()
+                .find(|n| n.typ() == t)
+                .and_then(|n| n.path().clone())
+        };
         let has_new = |t: LinuxNamespaceType| {
             linux
                 .namespaces()
@@ -221,6 +229,15 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
                 // Only namespaced sysctls, and only when the container has that namespace:
                 // anything else would change the host (as runc refuses too).
                 match sysctl_namespace(&k) {
+                    // A network namespace joined by path may be the host's own (as runc
+                    // checks): its sysctls would change the host's network.
+                    Some(LinuxNamespaceType::Network)
+                        if joined_path(LinuxNamespaceType::Network).is_some_and(is_own_netns) =>
+                    {
+                        return Err(bad(format!(
+                            "linux.sysctl {key:?}: the network namespace joined is the host's; it would change the host"
+                        )))
+                    }
                     Some(t) if has(t) => {}
                     Some(t) => {
                         return Err(bad(format!(
@@ -443,6 +460,20 @@ fn check_strings_of(field: &str, v: &[String]) -> std::result::Result<(), String
         }
     }
     Ok(())
+}
+
+/// Whether the namespace file at `path` is this process's own network namespace.
+fn is_own_netns(path: std::path::PathBuf) -> bool {
+    match (
+        std::fs::metadata(&path),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => {
+            use std::os::unix::fs::MetadataExt;
+            a.dev() == b.dev() && a.ino() == b.ino()
+        }
+        _ => false,
+    }
 }
 
 /// The namespace a sysctl (dotted name) belongs to, of those a container may set: the IPC

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -253,16 +253,29 @@ fn setup_and_exec(a: &InitArgs, conn: &mut Option<UnixStream>) -> Result<Never> 
     rootfs::enter(&root, a.rootfs, a.no_pivot)?;
     drop(root);
     // A working directory the image lacks is made (0755, as root, before the root may turn
-    // read-only), as runc does: Kubernetes' workingDir need not exist in the image. Inside
-    // the new root, so `..` and symlinks cannot leave it.
+    // read-only), as runc does: Kubernetes' workingDir need not exist in the image. Resolved
+    // in the new root, so that `..`, symlinks and /proc/self/fd/N (a descriptor of the host
+    // still open here: CVE-2024-21626) cannot leave it.
     if let Some(p) = process {
         let cwd = p.cwd();
-        if cwd != std::path::Path::new("/") && !cwd.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(cwd)
-                .with_ctx(|| format!("process.cwd {}: create", cwd.display()))?;
+        if cwd != std::path::Path::new("/") {
+            let top = nix::fcntl::open(
+                "/",
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ctx("open / for process.cwd")?;
+            rootfs::mkdir_all_in_root(top.as_raw_fd(), cwd, rootfs::Kind::Dir).map_err(
+                |e| match e {
+                    Error::Os { context, err } => Error::Os {
+                        context: format!("process.cwd {}: create: {context}", cwd.display()),
+                        err,
+                    },
+                    e => e,
+                },
+            )?;
         }
     }
     rootfs::finish_root(spec, a.in_userns)?;
@@ -429,9 +442,10 @@ pub(crate) fn finish_and_exec(f: Final) -> Result<Never> {
         .as_deref()
         .filter(|p| !p.is_empty())
     {
-        // Applied at exec, like runc: the profile confines the user program.
-        std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))
-            .or_else(|_| std::fs::write("/proc/self/attr/exec", format!("exec {profile}")))
+        // Applied at exec, like runc: the profile confines the user program. Written through
+        // the container's procfs checked as the sysctls are (CVE-2025-52881: a symlink or a
+        // mount on the way would take the write, and the process would run unconfined).
+        write_apparmor_exec(&format!("exec {profile}"))
             .with_ctx(|| format!("process.apparmorProfile {profile:?}"))?;
     }
     // Default signal dispositions and an empty mask for the user program.
@@ -485,6 +499,32 @@ pub(crate) fn check_apparmor(process: &oci_spec::runtime::Process) -> Result<()>
             )));
         }
     }
+    Ok(())
+}
+
+/// Writes `attr` to this process's AppArmor exec attribute (the newer per-LSM file first).
+fn write_apparmor_exec(attr: &str) -> std::io::Result<()> {
+    let root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // By the process's number in the procfs' PID namespace, its own (/proc/self is a
+    // symlink, which the checked open refuses).
+    let pid = nix::unistd::getpid();
+    let fd = crate::rootfs::open_proc_file(
+        root.as_raw_fd(),
+        &format!("{pid}/attr/apparmor/exec"),
+        libc::O_WRONLY | libc::O_CLOEXEC,
+    )
+    .or_else(|_| {
+        crate::rootfs::open_proc_file(
+            root.as_raw_fd(),
+            &format!("{pid}/attr/exec"),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    })?;
+    nix::unistd::write(&fd, attr.as_bytes())?;
     Ok(())
 }
 

@@ -535,6 +535,9 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
         apply_propagation_at(tree, dest, &opts)?;
         return Ok(());
     }
+    if typ == "proc" || typ == "sysfs" {
+        ordinary_dir(root, dest, typ)?;
+    }
     let target = mkdir_all_in_root(root, dest, Kind::Dir)?;
     check_not_on_proc(root, &target, dest, typ, false)?;
     let t = proc_fd(&target);
@@ -1035,6 +1038,34 @@ fn create_dev_links(root: RawFd) -> Result<()> {
 }
 
 /// Whether `fd` is on a procfs.
+/// A proc or sysfs mount goes on a directory or where nothing is yet, never through a
+/// symlink of the image (as runc): an image's `/proc -> /data/p` would put the procfs where a
+/// volume then covers it, and leave the container's /proc to the image (CVE-2019-16884,
+/// CVE-2023-28642).
+fn ordinary_dir(root: RawFd, dest: &Path, typ: &str) -> Result<()> {
+    use nix::sys::stat::SFlag;
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(());
+    };
+    let dir = match open_in_root(root, parent, libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(d) => d,
+        // Made below, as directories.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::os(format!("open {} in rootfs", parent.display()), e)),
+    };
+    match nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR => {
+            Err(Error::Invalid(format!(
+                "mount of {typ} on {}: not an ordinary directory in the rootfs (a symlink or a \
+                 file); {typ} is mounted only on a directory",
+                dest.display()
+            )))
+        }
+        Ok(_) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::os(format!("stat {} in rootfs", dest.display()), e)),
+    }
+}
+
 fn on_procfs(fd: &OwnedFd) -> std::io::Result<bool> {
     Ok(nix::sys::statfs::fstatfs(fd)?.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
 }
@@ -1045,6 +1076,13 @@ fn on_procfs(fd: &OwnedFd) -> std::io::Result<bool> {
 /// must be the root of a procfs, reached without a symlink, and the file is resolved from it
 /// with no symlink and no mount crossed, and checked to be on procfs.
 fn open_sysctl(root: RawFd, file: &str) -> std::io::Result<OwnedFd> {
+    open_proc_file(root, &format!("sys/{file}"), libc::O_WRONLY)
+}
+
+/// Opens `rel` (such as "sys/net/core/somaxconn" or "1/attr/apparmor/exec") under the /proc
+/// of the root `root` with `flags`, as [`open_sysctl`] does: refused unless /proc is a procfs
+/// root reached without a symlink and the file is on it, reached without a symlink or a mount.
+pub(crate) fn open_proc_file(root: RawFd, rel: &str, flags: i32) -> std::io::Result<OwnedFd> {
     let bad = |what: &str| std::io::Error::other(what.to_string());
     let proc_dir = sys::openat2(
         root,
@@ -1056,11 +1094,11 @@ fn open_sysctl(root: RawFd, file: &str) -> std::io::Result<OwnedFd> {
     if !on_procfs(&proc_dir)? || nix::sys::stat::fstat(&proc_dir)?.st_ino != 1 {
         return Err(bad("/proc is not a procfs mount"));
     }
-    let rel = sys::cstr(&format!("sys/{file}"));
+    let rel = sys::cstr(rel);
     let fd = sys::openat2(
         proc_dir.as_raw_fd(),
         &rel,
-        libc::O_WRONLY,
+        flags,
         0,
         sys::RESOLVE_BENEATH
             | sys::RESOLVE_NO_SYMLINKS

@@ -159,11 +159,15 @@ fn to_caps(
     Ok(out)
 }
 
+/// The kernel's last capability, asked of the kernel (prctl PR_CAPBSET_READ fails past it),
+/// not read from /proc/sys/kernel/cap_last_cap: in the init, after pivot_root, that path is
+/// the container's, which an image could fake (a low value would leave the bounding set whole).
 fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    caps::runtime::thread_all_supported()
+        .iter()
+        .map(|c| c.index())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The capability sets, converted and checked.

@@ -876,6 +876,29 @@ fn host_sysctls_are_refused() {
         ]);
         assert!(e.contains(key) && e.contains("host"), "{key}: {e}");
     }
+    // A network namespace joined by path that is the runtime's own (the host's) is no
+    // namespace of the container's: its net.* sysctls are refused too (the value is the
+    // current one, so that a runtime that let it through changes nothing).
+    let key = "net.core.somaxconn";
+    let now = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+    let own = format!("/proc/{}/ns/net", std::process::id());
+    let mut b = sh("true");
+    b.edit(|c| {
+        c["linux"]["sysctl"] = json!({key: now.trim()});
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(json!({"type": "network", "path": own}));
+    });
+    let e = rt.fails(&[
+        "run",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &unique("sysctl"),
+    ]);
+    assert!(
+        e.contains(key) && e.contains("joined is the host's"),
+        "{key}: {e}"
+    );
 }
 
 #[test]

@@ -157,6 +157,109 @@ fn no_host_fd_leak_and_cwd_inside() {
     assert!(!out.contains("work") && !out.contains("home"), "{out}");
 }
 
+/// CVE-2024-21626, the working directory made when the image lacks it: a cwd under
+/// /proc/self/fd/N, with a host directory open as N in the runtime, must not make a
+/// directory on the host (it is made inside the rootfs, or refused).
+#[test]
+fn a_missing_cwd_is_not_made_through_a_host_descriptor() {
+    let rt = Rsrun::new();
+    let host = TempDir::new("cwdhost");
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["process"]["cwd"] = json!("/proc/self/fd/7/made"));
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("exec 7<\"$0\"; exec \"$@\"")
+        .arg(host.path());
+    c.arg(rsrun_bin()).arg("--root").arg(rt.root.path());
+    c.args(["run", "--bundle", b.dir.to_str().unwrap(), &unique("cwdmk")]);
+    let o = c.output().unwrap();
+    let made: Vec<_> = std::fs::read_dir(host.path()).unwrap().collect();
+    assert!(
+        made.is_empty(),
+        "the container's cwd was made in the host directory (exit {:?}, {})",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// An image whose /proc is a symlink (here into a directory that a volume then covers)
+/// would get the procfs mounted where the volume hides it, and a /proc of its own making:
+/// the runtime reads and writes /proc files after pivot_root. Refused, as runc does.
+#[test]
+fn a_proc_symlink_in_the_image_is_refused() {
+    let rt = Rsrun::new();
+    let vol = TempDir::new("fakeproc");
+    std::fs::create_dir_all(vol.path().join("p/sys/kernel")).unwrap();
+    std::fs::write(vol.path().join("p/sys/kernel/cap_last_cap"), "0\n").unwrap();
+    let mut b = Bundle::new(&["sleep", "30"]);
+    let r = b.rootfs();
+    let _ = std::fs::remove_dir(r.join("proc"));
+    std::fs::create_dir_all(r.join("data")).unwrap();
+    std::os::unix::fs::symlink("/data/p", r.join("proc")).unwrap();
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/data", "type": "bind", "source": vol.path(), "options": ["rbind"]}),
+        );
+    });
+    let id = unique("procln");
+    let o = rt.run(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let bounding = (o.status.success())
+        .then(|| {
+            let pid = rt.state(&id)["pid"].as_i64().unwrap();
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let _ = rt.run(&["delete", "--force", &id]);
+            st.lines()
+                .find(|l| l.starts_with("CapBnd:"))
+                .map(String::from)
+        })
+        .flatten();
+    assert!(
+        !o.status.success() && err.contains("/proc") && err.contains("not an ordinary directory"),
+        "created (bounding set {bounding:?}), stderr {err:?}"
+    );
+}
+
+/// The bounding set does not depend on what the container's /proc says the last capability
+/// is: here a createContainer hook (in the container's mount namespace, just before the
+/// init's pivot_root) covers /proc/sys/kernel with a tmpfs saying 0. Read on the host, the
+/// init's bounding set is the config's (no CAP_SYS_ADMIN).
+#[test]
+fn a_fake_cap_last_cap_does_not_keep_the_bounding_set() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "30"]);
+    b.edit(|c| {
+        c["hooks"] = json!({"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "mount -t tmpfs t proc/sys/kernel && echo 0 > proc/sys/kernel/cap_last_cap"]}]});
+    });
+    let id = unique("lastcap");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    rt.ok(&["start", &id]);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    // The sets are set just before the exec of sleep.
+    let mut st = String::new();
+    wait_until(std::time::Duration::from_secs(10), || {
+        st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        st.contains("Name:\tsleep")
+    });
+    let _ = rt.run(&["delete", "--force", &id]);
+    let bnd = st
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let sys_admin = 1u64 << 21;
+    assert!(
+        bnd != 0,
+        "empty bounding set: the workload's check would prove nothing"
+    );
+    assert_eq!(
+        bnd & sys_admin,
+        0,
+        "CAP_SYS_ADMIN kept in the bounding set {bnd:#x}"
+    );
+}
+
 /// Mount destinations with symlinks pointing out of the rootfs stay inside it.
 #[test]
 fn mount_through_symlinks_stays_in_rootfs() {
