@@ -152,6 +152,77 @@ fn cap_name(c: &str) -> String {
     }
 }
 
+/// Whether the mount holding `path` (symlinks resolved) on this node propagates: shared for
+/// Bidirectional (`shared_only`), shared or a slave for HostToContainer.
+fn source_propagates(path: &Path, shared_only: bool) -> Result<(), String> {
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let (point, fields) =
+        mount_of(&info, &real).ok_or_else(|| format!("no mount holds {}", real.display()))?;
+    let shared = fields.iter().any(|f| f.starts_with("shared:"));
+    let slave = fields.iter().any(|f| f.starts_with("master:"));
+    if shared || (!shared_only && slave) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is on the mount {point}, which is not a {} mount",
+        real.display(),
+        if shared_only {
+            "shared"
+        } else {
+            "shared or slave"
+        }
+    ))
+}
+
+/// The mount point holding `path` in a mountinfo text (the deepest; of several on one
+/// point, the last, which is on top) and its optional fields (`shared:N`, `master:N`).
+fn mount_of<'a>(info: &'a str, path: &Path) -> Option<(String, Vec<&'a str>)> {
+    let mut best: Option<(String, Vec<&str>)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.len() < 7 || sep < 6 {
+            continue;
+        }
+        // Spaces and the like are octal escapes in mountinfo.
+        let point = rsrun::sys::unescape_mountinfo(f[4]);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(b, _)| {
+            Path::new(&point).components().count() >= Path::new(b).components().count()
+        }) {
+            best = Some((point, f[6..sep].to_vec()));
+        }
+    }
+    best
+}
+
+/// The process's argv: command replaces ENTRYPOINT, args replaces CMD (Kubernetes' rule).
+/// An image ENTRYPOINT of `[""]` (a Dockerfile's way to clear its base image's) is none, as
+/// Docker and containerd read it.
+fn process_args(c: &api::ContainerConfig, img: &ImageConfig) -> Vec<String> {
+    let entrypoint: &[String] = match img.entrypoint.as_slice() {
+        [only] if only.is_empty() => &[],
+        e => e,
+    };
+    let mut args: Vec<String> = if c.command.is_empty() {
+        entrypoint.to_vec()
+    } else {
+        c.command.clone()
+    };
+    if !c.args.is_empty() {
+        args.extend(c.args.iter().cloned());
+    } else if c.command.is_empty() {
+        args.extend(img.cmd.iter().cloned());
+    }
+    args
+}
+
 /// Every capability the kernel knows (for privileged and "ALL").
 fn all_caps() -> Vec<String> {
     // The kernel's last capability number, from /proc.
@@ -432,17 +503,7 @@ pub fn oci_spec(
 ) -> Result<Value, Status> {
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
-    // command replaces ENTRYPOINT, args replaces CMD (Kubernetes' rule).
-    let mut args: Vec<String> = if c.command.is_empty() {
-        img.entrypoint.clone()
-    } else {
-        c.command.clone()
-    };
-    if !c.args.is_empty() {
-        args.extend(c.args.iter().cloned());
-    } else if c.command.is_empty() {
-        args.extend(img.cmd.iter().cloned());
-    }
+    let args = process_args(c, img);
     if args.is_empty() {
         return Err(Status::invalid_argument(
             "CreateContainer: no command: neither the config nor the image gives one",
@@ -568,6 +629,21 @@ pub fn oci_spec(
             Ok(api::MountPropagation::PropagationBidirectional) => "rshared",
             _ => "rprivate",
         };
+        if prop != "rprivate" {
+            // As containerd and CRI-O: mounts reach the container (and back) only through a
+            // source mount that propagates; otherwise the volume would silently not.
+            source_propagates(host, prop == "rshared").map_err(|e| {
+                Status::invalid_argument(format!(
+                    "CreateContainer: mounts[{i}] ({}): propagation {}: {e}",
+                    m.container_path,
+                    if prop == "rshared" {
+                        "Bidirectional"
+                    } else {
+                        "HostToContainer"
+                    }
+                ))
+            })?;
+        }
         let mut options = vec!["rbind", prop, if m.readonly { "ro" } else { "rw" }];
         if m.recursive_read_only {
             // As the CRI defines it: read-only all the way down needs readonly and private
@@ -656,11 +732,9 @@ pub fn oci_spec(
         .as_ref()
         .map(oci_resources)
         .unwrap_or(json!({}));
-    let oom = linux
-        .resources
-        .as_ref()
-        .map(|r| r.oom_score_adj)
-        .filter(|v| *v != 0);
+    // Written also when 0 (as containerd): the container would otherwise inherit the
+    // server's own (the shipped unit's -999: nearly never killed).
+    let oom = Some(linux.resources.as_ref().map_or(0, |r| r.oom_score_adj));
     let mut process = json!({
         "terminal": c.tty,
         "user": {"uid": uid, "gid": gid, "additionalGids": groups},
@@ -1777,6 +1851,50 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mount_holding_a_path_is_the_deepest_and_topmost() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            30 22 0:5 / /mnt/a\\040b rw master:7 - tmpfs t rw\n\
+            31 22 0:6 / /mnt/p rw - tmpfs t rw\n\
+            32 31 0:7 / /mnt/p rw shared:9 master:3 - tmpfs t rw\n\
+            33 22 0:8 / /mnt/pp rw - tmpfs t rw\n";
+        let at =
+            |p: &str| mount_of(info, Path::new(p)).map(|(m, f)| format!("{m} {}", f.join(",")));
+        assert_eq!(at("/var/lib/x").as_deref(), Some("/ shared:1"));
+        assert_eq!(at("/mnt/a b/c").as_deref(), Some("/mnt/a b master:7"));
+        assert_eq!(at("/mnt/p/q").as_deref(), Some("/mnt/p shared:9,master:3"));
+        // A name that merely begins like a mount point is not under it.
+        assert_eq!(at("/mnt/ppx").as_deref(), Some("/ shared:1"));
+        assert_eq!(at("/mnt/pp/x").as_deref(), Some("/mnt/pp "));
+    }
+
+    #[test]
+    fn command_and_args_replace_entrypoint_and_cmd_and_an_empty_entrypoint_is_none() {
+        let img = |ep: &[&str], cmd: &[&str]| ImageConfig {
+            entrypoint: ep.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let cfg = |command: &[&str], args: &[&str]| api::ContainerConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let v = |a: Vec<String>| a.join(" ");
+        let i = img(&["/ep", "-x"], &["run"]);
+        assert_eq!(v(process_args(&cfg(&[], &[]), &i)), "/ep -x run");
+        assert_eq!(v(process_args(&cfg(&[], &["go"]), &i)), "/ep -x go");
+        assert_eq!(v(process_args(&cfg(&["/bin/sh"], &[]), &i)), "/bin/sh");
+        assert_eq!(
+            v(process_args(&cfg(&["/bin/sh"], &["-c", "x"]), &i)),
+            "/bin/sh -c x"
+        );
+        // ENTRYPOINT [""] clears the base image's: CMD runs alone.
+        let i = img(&[""], &["/bin/echo", "hi"]);
+        assert_eq!(v(process_args(&cfg(&[], &[]), &i)), "/bin/echo hi");
+        assert_eq!(v(process_args(&cfg(&[], &["/bin/true"]), &i)), "/bin/true");
+    }
 
     #[test]
     fn cpu_rate_over_a_second_at_least() {

@@ -1047,6 +1047,19 @@ impl RuntimeService for Runtime {
                 sb.id
             )));
         }
+        // As containerd and CRI-O: a privileged container only in a privileged pod.
+        let privileged = c
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged);
+        if privileged && sb.privileged == Some(false) {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer {:?}: config.linux.security_context.privileged is set, but pod \
+                 sandbox {} was not run privileged (its linux.security_context.privileged)",
+                meta.name, sb.id
+            )));
+        }
         let id = store::new_id();
         let p = container::paths(&self.state, &id);
         let log_path = if !sb.log_directory.is_empty() && !c.log_path.is_empty() {
@@ -1114,7 +1127,8 @@ impl RuntimeService for Runtime {
         let made = self
             .make_container(&id, &c, &sb, &image, &p, &log_path)
             .await;
-        match made {
+        // The record completed, or everything undone (also when the record cannot be written).
+        let done = match made {
             Ok(made) => {
                 rec.image_ref = made.image_ref;
                 // The config's stop signal wins over the image's (KEP-4960).
@@ -1143,8 +1157,13 @@ impl RuntimeService for Runtime {
                 self.containers
                     .lock()
                     .await
-                    .update(&id, rec)
-                    .map_err(|e| io_status("container record", e))?;
+                    .update(&id, rec.clone())
+                    .map_err(|e| io_status("container record", e))
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
                 self.emit(&id, &sb.id, api::ContainerEventType::ContainerCreatedEvent)
                     .await;
                 tracing::info!(pod = %sb.id, container = %id, "container created");

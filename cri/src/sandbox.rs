@@ -119,8 +119,10 @@ pub fn pause_spec(
     let mut spec = serde_json::json!({
         "ociVersion": "1.2.0",
         "annotations": annotations,
+        // The pause's OOM score is containerd's for its sandboxes: below every container's
+        // (the guaranteed ones' -997), it holds the pod's PID namespace.
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/pause"],
-                    "env": [], "cwd": "/", "noNewPrivileges": true},
+                    "env": [], "cwd": "/", "noNewPrivileges": true, "oomScoreAdj": -998},
         "root": {"path": rootfs, "readonly": true},
         "mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                     "options": ["nosuid", "noexec", "mode=755", "size=64k"]}],
@@ -249,6 +251,8 @@ pub struct Spec {
     /// The pod-level resources and overhead, as OCI `linux.resources`.
     pub resources: Option<serde_json::Value>,
     pub overhead: Option<serde_json::Value>,
+    /// linux.security_context.privileged: the pod may have privileged containers.
+    pub privileged: bool,
 }
 
 /// A pod's user namespace: one uid and one gid mapping, container ID 0 mapped, as the
@@ -479,6 +483,10 @@ pub fn check(config: Option<api::PodSandboxConfig>, net: NetDefaults) -> Result<
             .as_ref()
             .map(crate::container::oci_resources),
         overhead: linux.overhead.as_ref().map(crate::container::oci_resources),
+        privileged: linux
+            .security_context
+            .as_ref()
+            .is_some_and(|s| s.privileged),
     })
 }
 
@@ -790,6 +798,7 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         host_pid: s.host_pid,
         resources: s.resources.clone(),
         overhead: s.overhead.clone(),
+        privileged: Some(s.privileged),
     }
 }
 

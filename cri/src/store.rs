@@ -62,6 +62,11 @@ pub struct SandboxRecord {
     /// The pod's namespaced sysctls (dotted names), written once its network is attached.
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+    /// Whether the pod was run privileged (RunPodSandbox's
+    /// linux.security_context.privileged): only then may its containers be. None in
+    /// records written before it was kept.
+    #[serde(default)]
+    pub privileged: Option<bool>,
 }
 
 impl SandboxRecord {

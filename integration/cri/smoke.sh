@@ -59,8 +59,11 @@ cni_bin_dirs = ["/usr/lib/cni"]
 log_max_line = 64
 root = "$R/not-this-one"
 TOML
+# At an OOM score of its own (the shipped systemd unit gives it -999; lowering one needs
+# CAP_SYS_RESOURCE, which this host withholds: 500 here), which nothing it starts may
+# inherit but its shims.
 start_cri() {
-    "$CRI" --config "$R/rsrun-cri.toml" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
+    choom -n 500 -- "$CRI" --config "$R/rsrun-cri.toml" --listen "unix://$R/cri.sock" --root "$R/root" --state "$R/state" \
         --registry-config "$R/registries.json" --cgroup-parent "rsrun-cri-smoke" >>"$R/cri.log" 2>&1 &
     cri=$!
     serving "$R/cri.sock" "$cri" "$R/cri.log"
@@ -259,7 +262,10 @@ c rm -f "$noin" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
 echo '{"metadata": {"name": "oomadj"}, "image": {"image": "busybox"}, "command": ["true"], "linux": {"resources": {"oom_score_adj": 5000}}}' > "$R/oomadj.json"
 if c create "$pod" "$R/oomadj.json" "$R/pod.json" >/dev/null; then fail "create with oom_score_adj 5000 succeeded"; fi
 grep -q 'InvalidArgument.*linux.resources.oom_score_adj 5000' "$R/crictl.err" || fail "oom_score_adj 5000: $(cat "$R/crictl.err")"
-ok "stdin_once without stdin starts; oom_score_adj 5000 refused naming the field"
+# No oom_score_adj given (crictl's default): 0, not the server's (read in the kernel).
+[ "$(cat "/proc/$(c inspect -o go-template --template '{{.info.pid}}' "$ctr")/oom_score_adj")" = 0 ] \
+    || fail "a container without oom_score_adj has the server's: $(cat "/proc/$(c inspect -o go-template --template '{{.info.pid}}' "$ctr")/oom_score_adj")"
+ok "stdin_once without stdin starts; oom_score_adj 5000 refused naming the field; none given is 0, not the server's"
 # The pod's sysctls, as the kernel reads them in the container: one of the interface the CNI
 # plugin made (eth0 exists only once the network is attached), one in the slashed form, an
 # IPC and a UTS one.
@@ -565,8 +571,25 @@ done
 python3 -c 'import json; print(json.dumps({"metadata": {"name": "fat"}, "image": {"image": "busybox"}, "command": ["true"], "annotations": {"a": "x" * 1100000}}))' > "$R/fat.json"
 if c create "$pod" "$R/fat.json" "$R/pod.json" >/dev/null; then fail "1.1 MB of annotations were taken"; fi
 grep -q 'InvalidArgument.*labels and annotations of' "$R/crictl.err" || fail "1.1 MB of annotations: $(cat "$R/crictl.err")"
-[ -z "$(c ps -a -q --name 'badlog|fat')" ] || fail "a refused container was left: $(c ps -a --name 'badlog|fat')"
-ok "log_path outside the pod's log directory and 1.1 MB of annotations: InvalidArgument, nothing made"
+# A privileged container in a pod not run privileged (containerd and CRI-O refuse it too).
+echo '{"metadata": {"name": "privctr"}, "image": {"image": "busybox"}, "command": ["true"], "linux": {"security_context": {"privileged": true}}}' > "$R/privctr.json"
+if c create "$pod" "$R/privctr.json" "$R/pod.json" >/dev/null; then fail "a privileged container was made in a pod not run privileged"; fi
+grep -q 'InvalidArgument.*privileged is set, but pod sandbox' "$R/crictl.err" || fail "privileged container: $(cat "$R/crictl.err")"
+[ -z "$(c ps -a -q --name 'badlog|fat|privctr')" ] || fail "a refused container was left: $(c ps -a --name 'badlog|fat|privctr')"
+ok "log_path outside the pod's log directory, 1.1 MB of annotations, a privileged container in an unprivileged pod: InvalidArgument, nothing made"
+# Bidirectional propagation from a source mount that is private (mounts would silently not
+# propagate): InvalidArgument (containerd's and CRI-O's check); from a shared one, it runs.
+mkdir -p "$R/bidi/src"
+mount --bind "$R/bidi" "$R/bidi" && mount --make-private "$R/bidi" || fail "a private bind mount of $R/bidi"
+echo '{"metadata": {"name": "bidi"}, "image": {"image": "busybox"}, "command": ["sleep", "1003"], "mounts": [{"container_path": "/bidi", "host_path": "'"$R"'/bidi/src", "propagation": 2}]}' > "$R/bidi.json"
+if c create "$pod" "$R/bidi.json" "$R/pod.json" >/dev/null; then fail "Bidirectional propagation from a private mount was taken"; fi
+grep -q "InvalidArgument.*propagation Bidirectional: $R/bidi/src is on the mount $R/bidi, which is not a shared mount" "$R/crictl.err" \
+    || fail "Bidirectional from a private mount: $(cat "$R/crictl.err")"
+mount --make-shared "$R/bidi" || fail "make $R/bidi shared"
+bidi=$(c create "$pod" "$R/bidi.json" "$R/pod.json") && c start "$bidi" >/dev/null || fail "Bidirectional from a shared mount: $(cat "$R/crictl.err")"
+c rm -f "$bidi" >/dev/null || fail "rm (bidi): $(cat "$R/crictl.err")"
+umount "$R/bidi" || fail "umount $R/bidi"
+ok "Bidirectional propagation: refused from a private source mount, naming it; runs from a shared one"
 ok "StopContainer sends the image's STOPSIGNAL (SIGUSR1: exit 7, not SIGTERM's 8), the config's stop_signal before it (SIGRTMIN+3: 37), both in ContainerStatus; an unknown one InvalidArgument"
 # One /dev/shm per pod, as its IPC namespace: what a container writes there another sees;
 # it is the pod's tmpfs (unmounted with the pod: the "nothing left" check below).

@@ -100,22 +100,7 @@ pub fn parse_mountinfo(info: &str) -> Vec<Hierarchy> {
 }
 
 fn unescape(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(n as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
+    crate::sys::unescape_mountinfo(s)
 }
 
 /// Whether the host runs the unified (pure v2) hierarchy at /sys/fs/cgroup.
