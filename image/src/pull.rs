@@ -571,21 +571,55 @@ impl ImageStore {
             },
         };
         let workers = opts.concurrency.clamp(1, 16).min(layers.len().max(1));
+        // Set when the workers are done: the committer below ends.
+        let finished = (Mutex::new(false), std::sync::Condvar::new());
         std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= layers.len() || abort.load(Ordering::SeqCst) {
-                        break;
+            // Layers done wait at most the batch age for their commit, also while the
+            // workers are on slow ones (the locks of pending layers hold other pulls of
+            // them: a layer dripping in must not keep another image's base layer locked).
+            s.spawn(|| {
+                let (m, cv) = &finished;
+                let mut done = m.lock().unwrap_or_else(|p| p.into_inner());
+                while !*done {
+                    let wait = ctx.batch.due_in().unwrap_or(BATCH_AGE);
+                    done = cv
+                        .wait_timeout(done, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    if !*done && ctx.batch.due_in() == Some(Duration::ZERO) {
+                        if let Err(e) = ctx.batch.flush() {
+                            fail(e);
+                        }
                     }
-                    if let Err(e) =
-                        self.fetch_layer(repo, &layers[i], &diff_ids[i], opts, cancel, &ctx, &fail)
-                    {
-                        fail(e);
-                        break;
-                    }
-                });
+                }
+            });
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= layers.len() || abort.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if let Err(e) = self.fetch_layer(
+                            repo,
+                            &layers[i],
+                            &diff_ids[i],
+                            opts,
+                            cancel,
+                            &ctx,
+                            &fail,
+                        ) {
+                            fail(e);
+                            break;
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                let _ = h.join();
             }
+            *finished.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            finished.1.notify_all();
         });
         let mut errs = errors.into_inner().unwrap_or_else(|p| p.into_inner());
         if errs.is_empty() {
@@ -846,6 +880,13 @@ impl Batch<'_> {
     }
 
     /// Commits every pending layer (one flush) and reports them done.
+    /// How long until the oldest pending layer is due for its commit (zero: now); None when
+    /// nothing is pending.
+    fn due_in(&self) -> Option<Duration> {
+        let g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.map(|oldest| BATCH_AGE.saturating_sub(oldest.elapsed()))
+    }
+
     fn flush(&self) -> Result<()> {
         let items = {
             let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());

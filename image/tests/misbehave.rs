@@ -1635,6 +1635,64 @@ fn a_layer_waited_for_by_another_pull_is_committed_within_the_batch_age() {
     );
 }
 
+/// The same while the pull's only other layer drips in for about 10 s: the shared layer is
+/// committed at the batch age by the pull's committer, not when the slow one is done.
+#[test]
+fn a_layer_done_is_committed_while_a_slow_one_drips() {
+    let f = Fake::start();
+    let lay = |i: u64| {
+        layer(
+            &tar_of(&[E::File(&format!("g{i}"), &noise(20_000, i + 100), 0o644)]),
+            MT_GZIP,
+        )
+    };
+    let (base, slow) = (lay(1), lay(2));
+    let cfg = config_json("amd64", "dripping", &[lay(1), lay(2)]);
+    f.add_image("dripping", "v1", &[lay(1), lay(2)], &cfg);
+    let cfg = config_json("amd64", "base", &[lay(1)]);
+    f.add_image("base", "v1", &[lay(1)], &cfg);
+    let slow_digest = Digest::of_bytes(&slow.blob).to_string();
+    let d = slow_digest.clone();
+    f.on(move |r| {
+        r.path().ends_with(&d).then(|| Reply {
+            body: Body::Drip {
+                data: slow.blob.clone(),
+                first: slow.blob.len() - 40,
+                every: Duration::from_millis(250),
+            },
+            ..Reply::new(200, Vec::new())
+        })
+    });
+    let t = TempDir::new("drip");
+    let s = Arc::new(store(&t, &f));
+    let done: Arc<Mutex<Vec<&str>>> = Arc::default();
+    let pull = |repo: &'static str, concurrency: usize| {
+        let (s, name, done) = (s.clone(), format!("{}/{repo}:v1", f.addr), done.clone());
+        std::thread::spawn(move || {
+            let r = s.pull(
+                &name,
+                &PullOptions {
+                    concurrency,
+                    ..Default::default()
+                },
+            );
+            done.lock().unwrap().push(repo);
+            r
+        })
+    };
+    // Two workers: one has the base layer done (pending, locked) while the other drips.
+    let dripping = pull("dripping", 2);
+    let base_digest = Digest::of_bytes(&base.blob).to_string();
+    while f.count("GET", &slow_digest) == 0 || f.count("GET", &base_digest) == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let small = pull("base", 1);
+    small.join().unwrap().unwrap();
+    dripping.join().unwrap().unwrap();
+    assert_eq!(*done.lock().unwrap(), vec!["base", "dripping"]);
+    assert_eq!(f.count("GET", &base_digest), 1);
+}
+
 #[test]
 fn free_space_is_kept_while_a_layer_unpacks() {
     let f = Fake::start();
