@@ -50,9 +50,18 @@ pub fn default_spec(rootless: bool) -> Value {
         linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
         linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
         mounts.retain(|m| m["destination"] != "/sys/fs/cgroup" && m["destination"] != "/sys");
+        // The host's /sys, read-only all the way down where the kernel can (mount_setattr):
+        // `ro` makes only its top read-only, and the host's /sys/fs/cgroup under it would
+        // stay writable where the user has cgroups delegated (CVE-2023-25809; runc masks
+        // /sys/fs/cgroup for the same reason).
+        let ro = if crate::sys::mount_setattr_supported() {
+            "rro"
+        } else {
+            "ro"
+        };
         mounts.push(
             json!({"destination": "/sys", "type": "none", "source": "/sys",
-                           "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+                           "options": ["rbind", "nosuid", "noexec", "nodev", ro]}),
         );
         if let Some(pts) = mounts.iter_mut().find(|m| m["destination"] == "/dev/pts") {
             pts["options"] = json!([

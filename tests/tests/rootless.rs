@@ -241,6 +241,40 @@ fn rootless_run_with_the_users_own_ids() {
 /// XDG_RUNTIME_DIR set, no $USER, no --root. The state is under $XDG_RUNTIME_DIR/rsrun (as
 /// runc's is under $XDG_RUNTIME_DIR/runc), where the user's containers are: /run/rsrun is the
 /// node's root's.
+/// CVE-2023-25809: with the host's /sys bound read-only (spec --rootless), a cgroup
+/// delegated to the user (here a directory of the pids hierarchy, or of the v2 one, chowned
+/// to it) must not be writable from the container: the kernel answers EROFS, nothing is made.
+#[test]
+fn rootless_sys_fs_cgroup_is_read_only_all_the_way_down() {
+    let u = TestUser::new();
+    let base = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists())
+        .expect("a pids or v2 cgroup hierarchy");
+    let name = unique("rl-deleg");
+    let deleg = base.join(&name);
+    std::fs::create_dir(&deleg).unwrap();
+    chown(&deleg, u.uid, u.gid);
+    let inside = deleg.join("escape");
+    let b = u.bundle(&[
+        "sh",
+        "-c",
+        &format!("mkdir {} 2>&1; echo done", inside.display()),
+    ]);
+    let out = u.ok(&b.dir, &["--rootless", "run", &unique("rlcg")]);
+    let made = inside.exists();
+    if made {
+        let _ = std::fs::remove_dir(&inside);
+    }
+    let _ = std::fs::remove_dir(&deleg);
+    assert!(
+        !made,
+        "the container made a cgroup in the user's delegated one: {out}"
+    );
+    assert!(out.contains("Read-only file system"), "{out}");
+}
+
 #[test]
 fn root_in_a_user_namespace_keeps_its_state_under_xdg_runtime_dir() {
     let u = TestUser::new();
