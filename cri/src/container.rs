@@ -121,24 +121,15 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    pub fn from_json(v: &Value) -> ImageConfig {
-        let c = &v["config"];
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+    pub fn from_spec(spec: rsrun_image::manifest::ImageConfig) -> ImageConfig {
+        let c = spec.config.unwrap_or_default();
         ImageConfig {
-            entrypoint: strings(&c["Entrypoint"]),
-            cmd: strings(&c["Cmd"]),
-            env: strings(&c["Env"]),
-            working_dir: c["WorkingDir"].as_str().unwrap_or("").to_string(),
-            user: c["User"].as_str().unwrap_or("").to_string(),
-            stop_signal: c["StopSignal"].as_str().unwrap_or("").to_string(),
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c.working_dir.unwrap_or_default(),
+            user: c.user.unwrap_or_default(),
+            stop_signal: c.stop_signal.unwrap_or_default(),
         }
     }
 }
@@ -200,6 +191,71 @@ fn mount_of<'a>(info: &'a str, path: &Path) -> Option<(String, Vec<&'a str>)> {
         }
     }
     best
+}
+
+/// The AppArmor profile a container asks for (the `apparmor` field, or the deprecated
+/// `apparmor_profile` string): None for unconfined, for the runtime's default (rsrun has no
+/// AppArmor profile of its own: the CRI defines RuntimeDefault as "no profile given") and for
+/// nothing asked; the name of a Localhost one. On a node without AppArmor a profile other
+/// than unconfined is refused, as containerd refuses it (the container would run unconfined
+/// where its spec asks for confinement).
+// (The deprecated string is read: clients older than the `apparmor` field send only it.)
+#[allow(deprecated)]
+fn apparmor_profile(
+    sc: &api::LinuxContainerSecurityContext,
+    enabled: bool,
+) -> Result<Option<String>, Status> {
+    use api::security_profile::ProfileType;
+    let (kind, name) = match &sc.apparmor {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::Localhost) => ("localhost", p.localhost_ref.clone()),
+            Ok(ProfileType::Unconfined) => ("unconfined", String::new()),
+            _ => ("runtime/default", String::new()),
+        },
+        None => match sc.apparmor_profile.as_str() {
+            "" => return Ok(None),
+            "unconfined" => ("unconfined", String::new()),
+            "runtime/default" => ("runtime/default", String::new()),
+            p => match p.strip_prefix("localhost/") {
+                Some(n) => ("localhost", n.to_string()),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "CreateContainer: linux.security_context.apparmor_profile {p:?}: not \
+                         runtime/default, unconfined or localhost/NAME"
+                    )))
+                }
+            },
+        },
+    };
+    if kind == "unconfined" {
+        return Ok(None);
+    }
+    if !enabled {
+        return Err(Status::invalid_argument(format!(
+            "CreateContainer: linux.security_context.apparmor {kind}{}: AppArmor is not \
+             enabled on this node (only unconfined can be honoured)",
+            if name.is_empty() {
+                String::new()
+            } else {
+                format!(" {name:?}")
+            }
+        )));
+    }
+    if kind == "localhost" {
+        if name.is_empty() {
+            return Err(Status::invalid_argument(
+                "CreateContainer: linux.security_context.apparmor Localhost without localhost_ref",
+            ));
+        }
+        return Ok(Some(name));
+    }
+    Ok(None)
+}
+
+/// Whether the node's kernel enforces AppArmor.
+fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y")
 }
 
 /// The process's argv: command replaces ENTRYPOINT, args replaces CMD (Kubernetes' rule).
@@ -811,6 +867,9 @@ pub fn oci_spec(
         };
         spec["linux"]["maskedPaths"] = json!(masked);
         spec["linux"]["readonlyPaths"] = json!(ro);
+    }
+    if let Some(profile) = apparmor_profile(&sc, apparmor_enabled())? {
+        spec["process"]["apparmorProfile"] = json!(profile);
     }
     // Privileged containers get no seccomp profile, whatever is asked (as containerd).
     let seccomp = sc.seccomp.as_ref().filter(|_| !sc.privileged);
@@ -1870,6 +1929,58 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)]
+    fn apparmor_profiles_as_asked_and_refused_without_apparmor() {
+        use api::security_profile::ProfileType;
+        let sc = |t: Option<(ProfileType, &str)>, old: &str| api::LinuxContainerSecurityContext {
+            apparmor: t.map(|(t, r)| api::SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            }),
+            apparmor_profile: old.into(),
+            ..Default::default()
+        };
+        let local = sc(Some((ProfileType::Localhost, "web")), "");
+        assert_eq!(
+            apparmor_profile(&local, true).unwrap().as_deref(),
+            Some("web")
+        );
+        let e = apparmor_profile(&local, false).unwrap_err();
+        assert!(
+            e.message().contains("AppArmor is not enabled") && e.message().contains("web"),
+            "{e:?}"
+        );
+        let dflt = sc(Some((ProfileType::RuntimeDefault, "")), "");
+        assert_eq!(apparmor_profile(&dflt, true).unwrap(), None);
+        assert!(apparmor_profile(&dflt, false).is_err());
+        let unconf = sc(Some((ProfileType::Unconfined, "")), "");
+        assert_eq!(apparmor_profile(&unconf, false).unwrap(), None);
+        assert_eq!(apparmor_profile(&sc(None, ""), false).unwrap(), None);
+        // The deprecated string.
+        assert_eq!(
+            apparmor_profile(&sc(None, "localhost/db"), true)
+                .unwrap()
+                .as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            apparmor_profile(&sc(None, "unconfined"), false).unwrap(),
+            None
+        );
+        assert!(apparmor_profile(&sc(None, "runtime/default"), false).is_err());
+        assert!(apparmor_profile(&sc(None, "nonsense"), true).is_err());
+        // The field wins over the string.
+        assert_eq!(
+            apparmor_profile(
+                &sc(Some((ProfileType::Unconfined, "")), "localhost/x"),
+                false
+            )
+            .unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn command_and_args_replace_entrypoint_and_cmd_and_an_empty_entrypoint_is_none() {
         let img = |ep: &[&str], cmd: &[&str]| ImageConfig {
             entrypoint: ep.iter().map(|s| s.to_string()).collect(),
@@ -2098,7 +2209,12 @@ mod tests {
             api::Signal::Sigterm as i32
         );
         assert_eq!(to_cri_signal(Signal::from_raw(32).unwrap()), 0);
-        let c = ImageConfig::from_json(&json!({"config": {"StopSignal": "SIGINT"}}));
+        let c = ImageConfig::from_spec(
+            serde_json::from_value(
+                json!({"config": {"StopSignal": "SIGINT"}, "rootfs": {"diff_ids": []}}),
+            )
+            .unwrap(),
+        );
         assert_eq!(c.stop_signal, "SIGINT");
     }
 

@@ -2010,7 +2010,7 @@ impl Runtime {
             Ok((
                 rootfs,
                 (insp.image.id.to_string(), digest, tag),
-                container::ImageConfig::from_json(&insp.config),
+                container::ImageConfig::from_spec(insp.config),
                 volumes,
             ))
         })

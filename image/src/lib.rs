@@ -53,8 +53,8 @@ type SnapshotKey = (std::ffi::OsString, u64, u64);
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Inspection {
     pub image: ImageRecord,
-    pub manifest: serde_json::Value,
-    pub config: serde_json::Value,
+    pub manifest: manifest::Manifest,
+    pub config: manifest::ImageConfig,
 }
 
 impl Inspection {
@@ -63,9 +63,8 @@ impl Inspection {
     /// without layers.
     pub fn chain_id(&self) -> Option<String> {
         use sha2::Digest as _;
-        let ids = self.config["rootfs"]["diff_ids"].as_array()?;
-        let mut it = ids.iter().filter_map(|d| d.as_str());
-        let mut chain = it.next()?.to_string();
+        let mut it = self.config.rootfs.diff_ids.iter().map(|d| d.to_string());
+        let mut chain = it.next()?;
         for d in it {
             let h = sha2::Sha256::digest(format!("{chain} {d}").as_bytes());
             chain = format!("sha256:{}", digest::hex(&h));
@@ -125,16 +124,16 @@ impl ImageStore {
         let image = self
             .get(key)?
             .ok_or_else(|| Error::NotFound(format!("image {key}")))?;
-        let parse = |d: &Digest| -> Result<serde_json::Value> {
-            let b = self.store.read_blob(d)?;
-            store::parse_json(&b).map_err(|e| Error::CorruptStore {
-                path: self.store.blob_path(d),
+        fn parse<T: serde::de::DeserializeOwned>(st: &store::Store, d: &Digest) -> Result<T> {
+            let b = st.read_blob(d)?;
+            serde_json::from_slice(&b).map_err(|e| Error::CorruptStore {
+                path: st.blob_path(d),
                 reason: e.to_string(),
             })
-        };
+        }
         Ok(Inspection {
-            manifest: parse(&image.manifest)?,
-            config: parse(&image.config)?,
+            manifest: parse(&self.store, &image.manifest)?,
+            config: parse(&self.store, &image.config)?,
             image,
         })
     }
@@ -662,8 +661,13 @@ mod tests {
                 pinned: false,
                 created: 0,
             },
-            manifest: serde_json::Value::Null,
-            config: serde_json::json!({"rootfs": {"type": "layers", "diff_ids": ids}}),
+            manifest: serde_json::from_value(serde_json::json!({"schemaVersion": 2,
+                "config": {"mediaType": "x", "digest": a, "size": 1}, "layers": []}))
+            .unwrap(),
+            config: serde_json::from_value(
+                serde_json::json!({"rootfs": {"type": "layers", "diff_ids": ids}}),
+            )
+            .unwrap(),
         };
         assert_eq!(with(&[]).chain_id(), None);
         assert_eq!(with(&[&a]).chain_id().as_deref(), Some(a.as_str()));

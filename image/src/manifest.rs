@@ -286,25 +286,71 @@ pub fn is_platform_word(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// The parts of the image config that the store needs.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// The image config (OCI image spec) as the store and its readers use it: the fields that
+/// are read or reported (containerd's typed `ocispec.Image`, less `history`). Anything else
+/// is passed over while parsing, without being built: a config's bulk cannot become a tree
+/// of values in every reader (one CreateContainer each).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct ImageConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     #[serde(default)]
     pub architecture: String,
     #[serde(default)]
     pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     #[serde(default)]
     pub config: Option<ContainerConfig>,
     pub rootfs: RootFs,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// The image's defaults for its containers (`config` of the image config).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
-    #[serde(rename = "User", default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, Empty>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, Empty>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_escaped: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// The `{}` values of `ExposedPorts` and `Volumes` (whatever they hold is passed over).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Empty;
+
+impl<'de> Deserialize<'de> for Empty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Empty)
+    }
+}
+
+impl Serialize for Empty {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct RootFs {
     #[serde(rename = "type", default)]
     pub kind: String,

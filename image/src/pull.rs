@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// containers/image's (CRI-O's) limit for a config: real ones take kilobytes.
+const MAX_CONFIG_SIZE: u64 = 4 << 20;
 /// Longest `User` of an image config accepted.
 const MAX_USER_LEN: usize = 256;
 

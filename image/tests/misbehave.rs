@@ -1860,6 +1860,54 @@ fn a_config_naming_a_stored_layer_is_not_read_and_sizes_must_agree() {
     no_temps_left(t.path());
 }
 
+/// A config's bulk (fields the store's readers do not use, its history) is passed over when
+/// it is read back (each CreateContainer reads it): what inspect gives holds the image's
+/// defaults and nothing of the rest. A config over 4 MiB (containers/image's limit) is refused.
+#[test]
+fn a_config_is_read_back_without_its_bulk_and_is_at_most_4_mib() {
+    let f = Fake::start();
+    let t = TempDir::new("cfgbulk");
+    let s = store(&t, &f);
+    let l = layer(&tar_of(&[E::File("x", b"x", 0o644)]), MT_TAR);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&config_json("amd64", "7", std::slice::from_ref(&l))).unwrap();
+    let bulk = |n: usize| serde_json::Value::Array(vec![serde_json::json!(0); n]);
+    cfg["x-bulk"] = bulk(1 << 20);
+    cfg["history"] = serde_json::json!([{"created_by": "RUN true", "comment": bulk(1000)}]);
+    cfg["config"]["Env"] = serde_json::json!(["PATH=/bin", "A=1"]);
+    cfg["config"]["Volumes"] = serde_json::json!({"/data": {}});
+    cfg["config"]["Healthcheck"] = serde_json::json!({"Test": ["CMD", "true"]});
+    let bytes = serde_json::to_vec(&cfg).unwrap();
+    assert!(
+        bytes.len() > 2 << 20 && bytes.len() < 4 << 20,
+        "{}",
+        bytes.len()
+    );
+    f.add_image("bulky", "v1", std::slice::from_ref(&l), &bytes);
+    s.pull(&format!("{}/bulky:v1", f.addr), &PullOptions::default())
+        .unwrap();
+    let i = s.inspect(&format!("{}/bulky:v1", f.addr)).unwrap();
+    let c = i.config.config.as_ref().unwrap();
+    assert_eq!(c.user.as_deref(), Some("7"));
+    assert_eq!(c.cmd.as_deref(), Some(&["/bin/sh".to_string()][..]));
+    assert_eq!(c.env.as_ref().map(Vec::len), Some(2));
+    let back = serde_json::to_string(&i.config).unwrap();
+    assert!(
+        back.len() < 4096,
+        "read back with its bulk: {} bytes",
+        back.len()
+    );
+    assert!(back.contains(r#""Volumes":{"/data":{}}"#), "{back}");
+    // Over 4 MiB: refused at pull, by size.
+    cfg["x-bulk"] = bulk(2 << 20);
+    let bytes = serde_json::to_vec(&cfg).unwrap();
+    f.add_image("bulkier", "v1", std::slice::from_ref(&l), &bytes);
+    let e = s
+        .pull(&format!("{}/bulkier:v1", f.addr), &PullOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("over the 4194304 byte limit"), "{e}");
+}
+
 #[test]
 fn a_user_of_megabytes_or_with_control_characters_is_refused() {
     let f = Fake::start();

@@ -102,8 +102,11 @@ fn pull_unpack_and_copy_on_write_rootfs() {
         .unwrap()
         .is_some());
     let ins = store.inspect("busybox:1.0").unwrap();
-    assert_eq!(ins.config["config"]["User"], "65534");
-    assert_eq!(ins.manifest["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        ins.config.config.as_ref().unwrap().user.as_deref(),
+        Some("65534")
+    );
+    assert_eq!(ins.manifest.layers.len(), 3);
 
     // A writable rootfs: whiteouts, opaque dir, hardlink, ownership, and copy-on-write.
     let root = store.prepare_rootfs("c1", "busybox:1.0", false).unwrap();

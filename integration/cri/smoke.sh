@@ -577,6 +577,13 @@ if c create "$pod" "$R/privctr.json" "$R/pod.json" >/dev/null; then fail "a priv
 grep -q 'InvalidArgument.*privileged is set, but pod sandbox' "$R/crictl.err" || fail "privileged container: $(cat "$R/crictl.err")"
 [ -z "$(c ps -a -q --name 'badlog|fat|privctr')" ] || fail "a refused container was left: $(c ps -a --name 'badlog|fat|privctr')"
 ok "log_path outside the pod's log directory, 1.1 MB of annotations, a privileged container in an unprivileged pod: InvalidArgument, nothing made"
+# An AppArmor profile on a node without AppArmor (as this one): refused, not run unconfined.
+if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" != Y ]; then
+    echo '{"metadata": {"name": "aa"}, "image": {"image": "busybox"}, "command": ["true"], "linux": {"security_context": {"apparmor": {"profile_type": 2, "localhost_ref": "rsrun-smoke"}}}}' > "$R/aa.json"
+    if c create "$pod" "$R/aa.json" "$R/pod.json" >/dev/null; then fail "an AppArmor profile was taken on a node without AppArmor"; fi
+    grep -q 'InvalidArgument.*apparmor localhost "rsrun-smoke": AppArmor is not enabled' "$R/crictl.err" || fail "AppArmor: $(cat "$R/crictl.err")"
+    ok "an AppArmor Localhost profile on a node without AppArmor: InvalidArgument"
+fi
 # Bidirectional propagation from a source mount that is private (mounts would silently not
 # propagate): InvalidArgument (containerd's and CRI-O's check); from a shared one, it runs.
 mkdir -p "$R/bidi/src"
