@@ -1542,6 +1542,12 @@ impl RuntimeService for Runtime {
                 "Attach: one of stdin, stdout and stderr is required",
             ));
         }
+        // As the kubelet's streaming server validates it.
+        if r.tty && r.stderr {
+            return Err(Status::invalid_argument(
+                "Attach: tty and stderr cannot both be set (a terminal has one output)",
+            ));
+        }
         let rec = self.container(&r.container_id).await?;
         if container::state(&rec).0 != api::ContainerState::ContainerRunning as i32 {
             return Err(Status::failed_precondition(format!(
@@ -1598,6 +1604,8 @@ impl RuntimeService for Runtime {
             .url(crate::streaming::Pending::PortForward {
                 pod: sb.id.clone(),
                 netns,
+                // In range, checked above.
+                ports: r.port.iter().map(|p| *p as u16).collect(),
             })
             .map_err(Status::resource_exhausted)?;
         Ok(Response::new(api::PortForwardResponse { url }))

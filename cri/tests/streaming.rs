@@ -527,3 +527,182 @@ async fn an_idle_streaming_connection_is_closed() {
     .await
     .unwrap();
 }
+
+/// Port-forward over WebSocket in the kubelet's channel protocol (v4, binary and base64; what
+/// clients other than client-go send through the API server): the request's ports in order,
+/// two channels each, each channel opened with its port; data both ways; a port whose pod
+/// side refuses says so on its error channel; a pod side that closes does not end the other
+/// ports; the session ends when the client goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_channel_protocol_port_forward() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root (pod namespaces)");
+        return;
+    }
+    let srv = common::start("wspf").await;
+    let mut c = common::client(&srv.sock).await;
+    let pod = c
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(common::host_pod("wspf")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let bye = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bye_port = bye.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in bye.incoming().flatten() {
+            let _ = s.write_all(b"bye");
+        }
+    });
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let connect = |ports: Vec<u16>, proto: &'static str| {
+        let (mut c, pod) = (c.clone(), pod.clone());
+        async move {
+            let url = c
+                .port_forward(api::PortForwardRequest {
+                    pod_sandbox_id: pod,
+                    port: ports.iter().map(|p| i32::from(*p)).collect(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+            let mut req = url
+                .replacen("http://", "ws://", 1)
+                .into_client_request()
+                .unwrap();
+            req.headers_mut()
+                .insert("sec-websocket-protocol", proto.parse().unwrap());
+            let host = url
+                .strip_prefix("http://")
+                .and_then(|r| r.split('/').next())
+                .unwrap()
+                .to_string();
+            let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+            let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+            assert_eq!(
+                resp.headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap()),
+                Some(proto)
+            );
+            ws
+        }
+    };
+    // Binary: (channel, payload) of each message, until `done` or 10 s.
+    let mut ws = connect(vec![echo_port, bye_port, closed_port], "v4.channel.k8s.io").await;
+    let mut got: Vec<(u8, Vec<u8>)> = Vec::new();
+    let has = |got: &[(u8, Vec<u8>)], ch: u8, what: &[u8]| {
+        got.iter()
+            .filter(|(c, _)| *c == ch)
+            .flat_map(|(_, d)| d.clone())
+            .collect::<Vec<u8>>()
+            .windows(what.len().max(1))
+            .any(|w| w == what)
+    };
+    ws.send(Message::binary([&[0u8][..], b"ping-ws"].concat()))
+        .await
+        .unwrap();
+    let closed_msg = format!("port-forward to port {closed_port}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end
+        && !(has(&got, 0, b"ping-ws")
+            && has(&got, 2, b"bye")
+            && has(&got, 5, closed_msg.as_bytes()))
+    {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if !b.is_empty() => got.push((b[0], b[1..].to_vec())),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the session ended early: {other:?}; got {got:?}"),
+        }
+    }
+    // Each channel's first message is its port.
+    for (ch, port) in [
+        (0, echo_port),
+        (1, echo_port),
+        (2, bye_port),
+        (3, bye_port),
+        (4, closed_port),
+        (5, closed_port),
+    ] {
+        let first = got.iter().find(|(c, _)| *c == ch).map(|(_, d)| d.clone());
+        assert_eq!(
+            first,
+            Some(port.to_le_bytes().to_vec()),
+            "channel {ch}: {got:?}"
+        );
+    }
+    assert!(has(&got, 0, b"ping-ws"), "no echo: {got:?}");
+    assert!(has(&got, 2, b"bye"), "{got:?}");
+    assert!(has(&got, 5, closed_msg.as_bytes()), "{got:?}");
+    // The echo port still works after the others ended.
+    ws.send(Message::binary([&[0u8][..], b"again"].concat()))
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && !has(&got, 0, b"again") {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if !b.is_empty() => got.push((b[0], b[1..].to_vec())),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the session ended: {other:?}"),
+        }
+    }
+    assert!(has(&got, 0, b"again"), "{got:?}");
+    ws.close(None).await.unwrap();
+
+    // base64: text messages, the channel as a digit.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut ws = connect(vec![echo_port], "v4.base64.channel.k8s.io").await;
+    ws.send(Message::text(format!("0{}", b64.encode(b"hi-b64"))))
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    let want = format!("0{}", b64.encode(b"hi-b64"));
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && !text.contains(&want) {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => text.push(t.to_string()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the base64 session ended: {other:?}; got {text:?}"),
+        }
+    }
+    let port = format!("0{}", b64.encode(echo_port.to_le_bytes()));
+    assert_eq!(text.first(), Some(&port), "{text:?}");
+    assert!(text.contains(&want), "{text:?}");
+    ws.close(None).await.unwrap();
+
+    c.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}

@@ -61,6 +61,9 @@ pub enum Pending {
         pod: String,
         /// The pod's pinned network namespace (None: the node's network).
         netns: Option<PathBuf>,
+        /// The ports of the request (what a WebSocket client of the channel protocol gets,
+        /// two channels each; SPDY clients name theirs in each stream).
+        ports: Vec<u16>,
     },
 }
 
@@ -284,7 +287,9 @@ impl Server {
                 config,
             );
             match pending {
-                Pending::PortForward { pod, netns } => portforward::serve(conn, netns, pod).await,
+                Pending::PortForward { pod, netns, .. } => {
+                    portforward::serve(conn, netns, pod).await
+                }
                 p => {
                     let want = p.spdy_streams();
                     match channel::Channels::spdy(conn, &want).await {
@@ -315,17 +320,19 @@ impl Server {
         let offered = header(&req, "sec-websocket-protocol");
         let port_forward = matches!(pending, Pending::PortForward { .. });
         let proto = if port_forward {
-            offered
-                .split(',')
-                .map(str::trim)
-                .find(|p| *p == WS_PORTFORWARD)
-                .map(|_| WS_PORTFORWARD)
+            // SPDY tunnelled in WebSocket (client-go), else the kubelet's channel protocol
+            // (v4, binary or base64; binary when no subprotocol is offered).
+            let offers: Vec<&str> = offered.split(',').map(str::trim).collect();
+            [WS_PORTFORWARD, ws::PF_PROTOCOLS[0], ws::PF_PROTOCOLS[1]]
+                .into_iter()
+                .find(|p| offers.contains(p))
+                .or(offered.trim().is_empty().then_some(""))
         } else {
             ws::choose(&offered).map(|p| p.name)
         };
         let Some(proto_name) = proto else {
             let ours = if port_forward {
-                WS_PORTFORWARD.to_string()
+                format!("{WS_PORTFORWARD}, {}", ws::PF_PROTOCOLS.join(", "))
             } else {
                 ws::PROTOCOLS.join(", ")
             };
@@ -357,12 +364,21 @@ impl Server {
             )
             .await;
             match pending {
-                Pending::PortForward { pod, netns } => {
+                Pending::PortForward { pod, netns, .. } if proto_name == WS_PORTFORWARD => {
                     let conn = spdy::Connection::server_with(
                         portforward::tunnel(stream),
                         portforward::spdy_config(),
                     );
                     portforward::serve(conn, netns, pod).await
+                }
+                Pending::PortForward { pod, netns, ports } => {
+                    let proto = ws::Proto {
+                        name: proto_name,
+                        v5: false,
+                        base64: proto_name.contains("base64"),
+                    };
+                    portforward::serve_channels(ws::Channels::new(stream, proto), ports, netns, pod)
+                        .await
                 }
                 p => {
                     let proto = ws::choose(proto_name).expect("chosen above");
@@ -384,10 +400,12 @@ impl Server {
             "sec-websocket-accept",
             accept.parse().expect("base64 is a valid header value"),
         );
-        h.insert(
-            "sec-websocket-protocol",
-            proto_name.parse().expect("a known protocol name"),
-        );
+        if !proto_name.is_empty() {
+            h.insert(
+                "sec-websocket-protocol",
+                proto_name.parse().expect("a known protocol name"),
+            );
+        }
         r
     }
 }

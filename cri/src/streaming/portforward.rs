@@ -97,8 +97,11 @@ pub async fn serve(conn: spdy::Connection, netns: Option<PathBuf>, pod: String) 
             s.reset(spdy::RstStatus::PROTOCOL_ERROR);
             continue;
         }
-        if s.reply(&[]).await.is_err() {
-            break;
+        // A stream the client reset before our reply is that stream's end, not the
+        // session's (every forwarded connection would go with it).
+        if let Err(e) = s.reply(&[]).await {
+            tracing::debug!(pod = %pod, "port-forward: reply to stream {id}: {e}");
+            continue;
         }
         let half = halves.entry(id.clone()).or_insert_with(|| Half {
             error: None,
@@ -286,6 +289,141 @@ async fn connect(port: u16, netns: Option<PathBuf>) -> std::io::Result<tokio::ne
                 .map_err(|_| e4),
             None => Err(e4),
         },
+    }
+}
+
+/// A port-forward session of the kubelet's WebSocket channel protocol (v4): for the i-th port
+/// of the request, channel 2i carries its data both ways and 2i+1 its errors, and each
+/// channel's first message is the port (16 bits, little-endian). The protocol has no end of
+/// a channel: the session ends, the connection closed, once every port's connection is done
+/// (its pod side closed, or the client gone).
+pub async fn serve_channels(
+    ch: super::ws::Channels,
+    ports: Vec<u16>,
+    netns: Option<PathBuf>,
+    pod: String,
+) {
+    use tokio::sync::mpsc;
+    let (mut w, mut r) = ch.split();
+    if ports.is_empty() {
+        tracing::info!(pod = %pod, "port-forward: a WebSocket session without ports");
+        w.close().await;
+        return;
+    }
+    // One writer: what every port's pump sends, in order.
+    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
+    let writer = tokio::spawn(async move {
+        while let Some((c, data)) = out_rx.recv().await {
+            if w.send(c, &data).await.is_err() {
+                break;
+            }
+        }
+        w.close().await;
+    });
+    let mut to_pod = Vec::new();
+    let mut pumps = tokio::task::JoinSet::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for c in [data_ch, err_ch] {
+            let _ = out_tx.send((c, port.to_le_bytes().to_vec())).await;
+        }
+        // Bounded: a pod that does not read holds the client's reads (TCP's back-pressure).
+        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(16);
+        to_pod.push(in_tx);
+        let (out, netns, pod) = (out_tx.clone(), netns.clone(), pod.clone());
+        pumps.spawn(async move {
+            channel_pump(port, data_ch, err_ch, in_rx, out, netns, pod).await;
+        });
+    }
+    drop(out_tx);
+    // The client's messages to their ports, until it is gone or every port is done.
+    loop {
+        tokio::select! {
+            m = r.recv() => match m {
+                Some(Ok(super::ws::In::Data(c, data))) => {
+                    let tx = (c % 2 == 0).then(|| to_pod.get(usize::from(c / 2))).flatten();
+                    match tx {
+                        Some(tx) => {
+                            // A port already done drops what comes for it.
+                            let _ = tx.send(data).await;
+                        }
+                        None => tracing::debug!(pod = %pod, "port-forward: a message on channel {c} (ignored)"),
+                    }
+                }
+                Some(Ok(super::ws::In::Closed(_))) => {}
+                Some(Err(e)) => {
+                    tracing::info!(pod = %pod, "port-forward: {e}");
+                    break;
+                }
+                None => break,
+            },
+            done = pumps.join_next() => {
+                if done.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    // The client gone: every pod connection gets its EOF (and its linger); then the writer
+    // ends with the last pump, and closes the connection.
+    drop(to_pod);
+    while pumps.join_next().await.is_some() {}
+    let _ = writer.await;
+}
+
+/// One port of a channel-protocol session: its connection in the pod, and the bytes both
+/// ways until one side ends (the other has [`LINGER`] to follow).
+async fn channel_pump(
+    port: u16,
+    data_ch: u8,
+    err_ch: u8,
+    mut from_client: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    out: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+    netns: Option<PathBuf>,
+    pod: String,
+) {
+    let tcp = match connect(port, netns).await {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = format!("port-forward to port {port} of pod {pod}: {e}");
+            tracing::info!(pod = %pod, "{msg}");
+            let _ = out.send((err_ch, msg.into_bytes())).await;
+            return;
+        }
+    };
+    let (mut tr, mut tw) = tcp.into_split();
+    let up = async {
+        while let Some(data) = from_client.recv().await {
+            if tw.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = tw.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; CHUNK_MIN];
+        loop {
+            match tr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send((data_ch, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                    if n == buf.len() && buf.len() < CHUNK {
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut up => {
+            let _ = tokio::time::timeout(LINGER, &mut down).await;
+        }
+        _ = &mut down => {
+            let _ = tokio::time::timeout(LINGER, &mut up).await;
+        }
     }
 }
 

@@ -434,8 +434,11 @@ async fn recv_master(s: &tokio::net::UnixStream) -> std::io::Result<OwnedFd> {
 
 async fn attach(req: crate::api::AttachRequest, shim_dir: std::path::PathBuf, ch: Channels) {
     let (mut w, mut r) = ch.split();
-    let sock = match connect_attach(&shim_dir) {
-        Ok(s) => s,
+    // A blocking connect (a shim whose backlog is full and that does not accept would hold
+    // the thread): off the async workers, which serve every RPC.
+    let sock = match tokio::task::spawn_blocking(move || connect_attach(&shim_dir)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return fail(w, format!("the container's monitor: {e}")).await,
         Err(e) => return fail(w, format!("the container's monitor: {e}")).await,
     };
     if !announce(&mut w, req.stdout, req.stderr).await {

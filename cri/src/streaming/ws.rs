@@ -16,8 +16,13 @@ pub const PROTOCOLS: [&str; 4] = [
     "v4.base64.channel.k8s.io",
 ];
 
-/// The largest message accepted from a client.
-pub const MAX_MESSAGE: usize = 1 << 20;
+/// The kubelet's channel protocols for port-forward (two channels per port: data, error).
+pub const PF_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"];
+
+/// The largest message accepted from a client: the kubelet's (x/net/websocket's default,
+/// 32 MiB). A client's stdin write larger than a smaller cap ended the stream: the process
+/// got its stdin cut short and an EOF.
+pub const MAX_MESSAGE: usize = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Proto {
