@@ -177,6 +177,31 @@ impl Default for Client {
     }
 }
 
+/// Where distributions keep the node's trusted roots (Debian, Fedora/RHEL, openSUSE, Alpine).
+const SYSTEM_ROOTS: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The certificates of the first bundle of `paths` that holds any (none when no file does).
+fn system_roots(paths: &[&str]) -> Vec<ureq::tls::Certificate<'static>> {
+    for p in paths {
+        let Ok(pem) = std::fs::read(p) else { continue };
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        if !certs.is_empty() {
+            return certs;
+        }
+    }
+    Vec::new()
+}
+
 impl Client {
     pub fn new() -> Client {
         Client {
@@ -222,6 +247,9 @@ impl Client {
                     ca.display()
                 )));
             }
+            // Added to the node's trusted roots, not in their place (as containerd's `ca`
+            // in hosts.toml): a registry whose blobs redirect to a public CDN needs both.
+            certs.extend(system_roots(SYSTEM_ROOTS));
             b = b.tls_config(
                 ureq::tls::TlsConfig::builder()
                     .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
@@ -827,6 +855,32 @@ pub(crate) fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_system_bundle_with_certificates_is_taken() {
+        let dir = std::env::temp_dir().join(format!("rsrun-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=rsrun-roots", "-keyout"])
+            .arg(dir.join("k.pem"))
+            .arg("-out")
+            .arg(dir.join("a.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(ok.success());
+        let one = std::fs::read(dir.join("a.pem")).unwrap();
+        std::fs::write(dir.join("two.pem"), [&one[..], &one[..]].concat()).unwrap();
+        std::fs::write(dir.join("none.pem"), "no certificate here\n").unwrap();
+        let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+        let (missing, none, two) = (p("missing.pem"), p("none.pem"), p("two.pem"));
+        assert_eq!(system_roots(&[&missing, &none, &two]).len(), 2);
+        assert_eq!(system_roots(&[&missing, &none]).len(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn challenge_parsing() {

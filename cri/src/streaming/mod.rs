@@ -97,6 +97,8 @@ impl Pending {
 /// port-forward.
 const SPDY_EXEC: &str = "v4.channel.k8s.io";
 const SPDY_PORTFORWARD: &str = "portforward.k8s.io";
+/// How long an exec or attach connection may stay open after its session ended.
+const SESSION_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 const WS_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 pub struct Server {
@@ -292,10 +294,17 @@ impl Server {
                 }
                 p => {
                     let want = p.spdy_streams();
+                    let keep = conn.clone();
                     match channel::Channels::spdy(conn, &want).await {
                         Ok(ch) => session::run(srv, p, ch).await,
                         Err(e) => tracing::info!("streaming: SPDY session: {e}"),
                     }
+                    // The session is over (the client has its status): a client that keeps
+                    // the connection open, its streams unfinished, would hold it and its
+                    // tasks until the idle limit; it is closed, as the kubelet's handler
+                    // closes it, once the client had a moment to read what was sent.
+                    let _ = tokio::time::timeout(SESSION_LINGER, keep.closed()).await;
+                    keep.abort();
                 }
             }
         });
