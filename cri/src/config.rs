@@ -64,6 +64,7 @@ pub struct File {
     pub log_level: Option<String>,
     pub log_max_line: Option<u64>,
     pub default_capabilities: Option<Vec<String>>,
+    pub cdi_spec_dirs: Option<Vec<PathBuf>>,
     pub stream_address: Option<String>,
     pub stream_idle_timeout: Option<String>,
     pub enable_unprivileged_ports: Option<bool>,
@@ -91,6 +92,7 @@ impl File {
             log_level: self.log_level.or(o.log_level),
             log_max_line: self.log_max_line.or(o.log_max_line),
             default_capabilities: self.default_capabilities.or(o.default_capabilities),
+            cdi_spec_dirs: self.cdi_spec_dirs.or(o.cdi_spec_dirs),
             stream_address: self.stream_address.or(o.stream_address),
             stream_idle_timeout: self.stream_idle_timeout.or(o.stream_idle_timeout),
             enable_unprivileged_ports: self
@@ -122,6 +124,8 @@ pub struct Opts {
     pub log_max_line: Option<u64>,
     /// The capabilities of a container that asks for no change (CRI's default set if None).
     pub default_capabilities: Option<Vec<String>>,
+    /// Where CDI device specs are read, lowest priority first.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// The streaming server's address (exec, attach URLs).
     pub stream_address: String,
     /// A streaming connection that moves no byte either way for this long is closed
@@ -304,6 +308,9 @@ fn resolve(f: File) -> Result<Opts> {
         log_level: f.log_level.unwrap_or_else(|| "info".into()),
         log_max_line: f.log_max_line,
         default_capabilities: f.default_capabilities,
+        cdi_spec_dirs: f
+            .cdi_spec_dirs
+            .unwrap_or_else(|| crate::cdi::DEFAULT_DIRS.iter().map(PathBuf::from).collect()),
         stream_address: {
             let a = f.stream_address.unwrap_or_else(|| "127.0.0.1:0".into());
             a.parse::<std::net::SocketAddr>()

@@ -3,6 +3,7 @@
 //! the streaming server, and state that survives restarts (docs/cri.md).
 
 use rsrun_cri::api;
+mod cdi;
 mod config;
 mod container;
 mod deadline;
@@ -205,6 +206,7 @@ async fn serve(o: Opts) -> Result<()> {
         rro: rsrun::sys::mount_setattr_supported(),
         log_max_line: o.log_max_line,
         default_caps: o.default_capabilities.clone(),
+        cdi_dirs: o.cdi_spec_dirs.clone(),
         pod_net_defaults: o.pod_net_defaults,
         cni: network::Cni {
             conf_dir: o.cni_conf_dir.clone(),

@@ -56,6 +56,8 @@ pub struct Runtime {
     pub log_max_line: Option<u64>,
     /// The capabilities of containers that ask for no change (the CRI default set if None).
     pub default_caps: Option<Vec<String>>,
+    /// The CDI spec directories (`cdi_spec_dirs`).
+    pub cdi_dirs: Vec<PathBuf>,
     /// The sysctls a pod with a network of its own gets unless it sets them.
     pub pod_net_defaults: crate::sandbox::NetDefaults,
     /// The kernel has mount_setattr(2): recursive read-only mounts (`rro`) work.
@@ -2037,7 +2039,7 @@ impl Runtime {
                 repo_tag.clone()
             }
         });
-        let spec = container::oci_spec(
+        let mut spec = container::oci_spec(
             id,
             &c,
             sb,
@@ -2049,6 +2051,16 @@ impl Runtime {
             target_pid,
             &image_name,
         )?;
+        // CDI devices (the field, and the annotations device plugins set).
+        let cdi = crate::cdi::requested(
+            &c.cdi_devices
+                .iter()
+                .map(|d| d.name.clone())
+                .collect::<Vec<_>>(),
+            &c.annotations,
+        );
+        crate::cdi::apply(&mut spec, &self.cdi_dirs, &cdi)
+            .map_err(|e| Status::invalid_argument(format!("CreateContainer: {e}")))?;
         let u = &spec["process"]["user"];
         let user = (
             u["uid"].as_u64().unwrap_or(0) as u32,

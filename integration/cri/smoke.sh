@@ -58,6 +58,7 @@ cni_conf_dir = "$R/net.d"
 cni_bin_dirs = ["/usr/lib/cni"]
 log_max_line = 64
 root = "$R/not-this-one"
+cdi_spec_dirs = ["$R/cdi-none", "$R/cdi"]
 TOML
 # At an OOM score of its own (the shipped systemd unit gives it -999; lowering one needs
 # CAP_SYS_RESOURCE, which this host withholds: 500 here), which nothing it starts may
@@ -577,6 +578,38 @@ if c create "$pod" "$R/privctr.json" "$R/pod.json" >/dev/null; then fail "a priv
 grep -q 'InvalidArgument.*privileged is set, but pod sandbox' "$R/crictl.err" || fail "privileged container: $(cat "$R/crictl.err")"
 [ -z "$(c ps -a -q --name 'badlog|fat|privctr')" ] || fail "a refused container was left: $(c ps -a --name 'badlog|fat|privctr')"
 ok "log_path outside the pod's log directory, 1.1 MB of annotations, a privileged container in an unprivileged pod: InvalidArgument, nothing made"
+# CDI: a device of a spec file in cdi_spec_dirs (here /dev/null as /dev/rsrun-null0, an
+# environment variable and a read-only mount), asked by the CRI field and by a device
+# plugin's annotation; an unknown one is InvalidArgument naming it.
+mkdir -p "$R/cdi" "$R/cdi-vol" && echo cdi-file > "$R/cdi-vol/f"
+cat > "$R/cdi/rsrun-test.yaml" <<YAML
+cdiVersion: 0.6.0
+kind: rsrun.dev/test
+devices:
+- name: null0
+  containerEdits:
+    env: [CDI_TEST=yes]
+    deviceNodes:
+    - path: /dev/rsrun-null0
+      hostPath: /dev/null
+    mounts:
+    - hostPath: $R/cdi-vol
+      containerPath: /cdi-vol
+      options: [ro]
+YAML
+cdicheck='echo env=$CDI_TEST; stat -c "%t:%T %F" /dev/rsrun-null0; echo hi > /dev/rsrun-null0 && echo wrote; cat /cdi-vol/f; touch /cdi-vol/x 2>/dev/null || echo read-only'
+for how in field annotation; do
+    if [ $how = field ]; then extra='"CDI_devices": [{"name": "rsrun.dev/test=null0"}]'; else extra='"annotations": {"cdi.k8s.io/rsrun-test": "rsrun.dev/test=null0"}'; fi
+    echo '{"metadata": {"name": "cdi-'$how'"}, "image": {"image": "busybox"}, "command": ["sleep", "1004"], '"$extra"'}' > "$R/cdi-$how.json"
+    cdi=$(c create "$pod" "$R/cdi-$how.json" "$R/pod.json") && c start "$cdi" >/dev/null || fail "CDI ($how): $(cat "$R/crictl.err")"
+    out=$(c exec -s "$cdi" sh -c "$cdicheck") || fail "exec (CDI $how): $(cat "$R/crictl.err")"
+    [ "$out" = "$(printf 'env=yes\n1:3 character special file\nwrote\ncdi-file\nread-only')" ] || fail "CDI device ($how) in the container: $out"
+    c rm -f "$cdi" >/dev/null || fail "rm (CDI): $(cat "$R/crictl.err")"
+done
+echo '{"metadata": {"name": "cdi-unknown"}, "image": {"image": "busybox"}, "command": ["true"], "CDI_devices": [{"name": "rsrun.dev/test=gpu9"}]}' > "$R/cdi-unknown.json"
+if c create "$pod" "$R/cdi-unknown.json" "$R/pod.json" >/dev/null; then fail "an unknown CDI device was taken"; fi
+grep -q 'InvalidArgument.*CDI device .*rsrun.dev/test=gpu9.*not found' "$R/crictl.err" || fail "unknown CDI device: $(cat "$R/crictl.err")"
+ok "CDI: a device of a YAML spec (node, environment, read-only mount) by the CRI field and by annotation; an unknown one InvalidArgument"
 # An AppArmor profile on a node without AppArmor (as this one): refused, not run unconfined.
 if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" != Y ]; then
     echo '{"metadata": {"name": "aa"}, "image": {"image": "busybox"}, "command": ["true"], "linux": {"security_context": {"apparmor": {"profile_type": 2, "localhost_ref": "rsrun-smoke"}}}}' > "$R/aa.json"
