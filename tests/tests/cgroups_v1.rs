@@ -280,6 +280,31 @@ fn no_device_rules_deny_all_but_the_defaults() {
     assert!(!host_tun || out.contains("tun-opened"), "{out}");
 }
 
+/// A burst lowered with its quota: the kernel refuses a quota below the burst in place, so
+/// the burst goes first (as runc writes it); a burst raised with its quota goes after it.
+#[test]
+fn update_lowers_and_raises_quota_and_burst_together() {
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000, "burst": 40000});
+    });
+    let id = detached(&rt, &b);
+    assert_eq!(read("cpu", &id, "cpu.cfs_burst_us"), "40000");
+    let f = b.tmp.path().join("burst.json");
+    for (quota, burst) in [(20000, 10000), (60000, 50000)] {
+        std::fs::write(
+            &f,
+            json!({"cpu": {"quota": quota, "burst": burst}}).to_string(),
+        )
+        .unwrap();
+        rt.ok(&["update", "-r", f.to_str().unwrap(), &id]);
+        assert_eq!(read("cpu", &id, "cpu.cfs_quota_us"), quota.to_string());
+        assert_eq!(read("cpu", &id, "cpu.cfs_burst_us"), burst.to_string());
+    }
+    rt.ok(&["delete", "--force", &id]);
+}
+
 #[test]
 fn update_changes_limits_live() {
     let rt = Rsrun::new();

@@ -99,6 +99,41 @@ fn v2_memory_max_oom_kill_recorded() {
     assert!(!cg(&id).exists());
 }
 
+/// What Docker and Podman still send and cgroup v2 has no file for (kernel memory,
+/// swappiness, the OOM killer switch) is passed over as runc passes it; the subtree limits
+/// of `unified` (cgroup.max.descendants) are taken; a burst lowered with its quota is
+/// written first (the kernel refuses a quota below the burst in place).
+#[test]
+fn v2_passes_over_v1_memory_knobs_and_orders_the_burst() {
+    if !pure_v2("v2_passes_over_v1_memory_knobs_and_orders_the_burst") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({
+            "memory": {"limit": 64 << 20, "kernel": 32 << 20, "kernelTCP": 16 << 20,
+                       "swappiness": 10, "disableOOMKiller": true},
+            "cpu": {"quota": 50000, "period": 100000, "burst": 40000},
+            "unified": {"cgroup.max.descendants": "5"},
+        })
+    });
+    let id = detached(&rt, &b);
+    assert_eq!(read(&id, "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(read(&id, "cgroup.max.descendants"), "5");
+    assert_eq!(read(&id, "cpu.max.burst"), "40000");
+    let f = b.tmp.path().join("burst.json");
+    std::fs::write(
+        &f,
+        json!({"cpu": {"quota": 20000, "burst": 10000}}).to_string(),
+    )
+    .unwrap();
+    rt.ok(&["update", "-r", f.to_str().unwrap(), &id]);
+    assert_eq!(read(&id, "cpu.max"), "20000 100000");
+    assert_eq!(read(&id, "cpu.max.burst"), "10000");
+    rt.ok(&["delete", "--force", &id]);
+}
+
 #[test]
 fn v2_pids_max() {
     if !pure_v2("v2_pids_max") {

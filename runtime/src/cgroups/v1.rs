@@ -153,6 +153,14 @@ impl V1 {
             }
             let period = c.period().filter(|&v| v != 0);
             let quota = c.quota().filter(|&v| v != 0);
+            // The kernel refuses a burst above the quota: tried before the quota (a burst
+            // lowered with it), written after it when that failed (as runc does).
+            let burst_done = c.burst().is_some_and(|b| {
+                self.dir("cpu", &f("burst")).is_ok_and(|d| {
+                    tx.write(d, "cpu.cfs_burst_us", &b.to_string(), &f("burst"))
+                        .is_ok()
+                })
+            });
             if let (Some(p), Some(q)) = (period, quota) {
                 // The kernel checks the quota/period ratio against the parent's on each
                 // write: one order can be refused where the other passes (as runc retries).
@@ -176,7 +184,7 @@ impl V1 {
                     tx.write(d, "cpu.cfs_quota_us", &v.to_string(), &f("quota"))?;
                 }
             }
-            if let Some(v) = c.burst() {
+            if let (Some(v), false) = (c.burst(), burst_done) {
                 let d = self.dir("cpu", &f("burst"))?;
                 tx.write(d, "cpu.cfs_burst_us", &v.to_string(), &f("burst"))?;
             }

@@ -142,7 +142,11 @@ impl V2 {
                         .unwrap_or(-1),
                 };
                 let v = swap_max(s, limit)?;
-                tx.write(d, "memory.swap.max", &v, "linux.resources.memory.swap")?;
+                // No swap accounting: "no swap beyond the limit" and "unlimited" need no
+                // file (runc passes them over too); an actual swap limit does.
+                if d.join("memory.swap.max").exists() || !(v == "0" || v == "max") {
+                    tx.write(d, "memory.swap.max", &v, "linux.resources.memory.swap")?;
+                }
             }
             if let Some(l) = nz(m.limit()) {
                 tx.write(d, "memory.max", &mx(l), "linux.resources.memory.limit")?;
@@ -155,17 +159,19 @@ impl V2 {
                     "linux.resources.memory.reservation",
                 )?;
             }
-            if nz(m.kernel()).is_some() {
-                return Err(v1_only("linux.resources.memory.kernel"));
-            }
-            if nz(m.kernel_tcp()).is_some() {
-                return Err(v1_only("linux.resources.memory.kernelTCP"));
-            }
-            if m.swappiness().is_some() {
-                return Err(v1_only("linux.resources.memory.swappiness"));
-            }
-            if m.disable_oom_killer() == Some(true) {
-                return Err(v1_only("linux.resources.memory.disableOOMKiller"));
+            // Knobs cgroup v2 has no file for: passed over with a warning, as runc passes them
+            // (Docker and Podman still send some of them).
+            for (set, field) in [
+                (nz(m.kernel()).is_some(), "kernel"),
+                (nz(m.kernel_tcp()).is_some(), "kernelTCP"),
+                (m.swappiness().is_some(), "swappiness"),
+                (m.disable_oom_killer() == Some(true), "disableOOMKiller"),
+            ] {
+                if set {
+                    crate::log::warn(&format!(
+                        "linux.resources.memory.{field}: cgroup v2 has no such setting; ignored"
+                    ));
+                }
             }
         }
 
@@ -182,6 +188,13 @@ impl V2 {
             }
             let quota = c.quota().filter(|&v| v != 0);
             let period = c.period().filter(|&v| v != 0);
+            // The kernel refuses a burst above the quota: tried before cpu.max (a burst
+            // lowered with the quota), and written after it when that failed (a quota
+            // raised with the burst), as runc does.
+            let burst_done = c.burst().is_some_and(|b| {
+                tx.write(d, "cpu.max.burst", &b.to_string(), &f("burst"))
+                    .is_ok()
+            });
             if quota.is_some() || period.is_some() {
                 // cpu.max holds both: keep the current value of the one not given.
                 let cur = read_trim(&d.join("cpu.max")).unwrap_or_else(|| "max 100000".into());
@@ -201,7 +214,7 @@ impl V2 {
                 };
                 tx.write(d, "cpu.max", &format!("{q} {p}"), &field)?;
             }
-            if let Some(b) = c.burst() {
+            if let (Some(b), false) = (c.burst(), burst_done) {
                 tx.write(d, "cpu.max.burst", &b.to_string(), &f("burst"))?;
             }
             if c.realtime_runtime().is_some_and(|v| v != 0) {
@@ -295,6 +308,13 @@ impl V2 {
                 h.limit().to_string()
             };
             tx.write(d, &format!("hugetlb.{}.max", h.page_size()), &v, &field)?;
+            // The reservation limit too (kernels from 5.11 account pages reserved at mmap
+            // time apart): without it a container could reserve the node's whole pool and
+            // others' mmaps fail (runc writes both).
+            let rsvd = format!("hugetlb.{}.rsvd.max", h.page_size());
+            if d.join(&rsvd).exists() {
+                tx.write(d, &rsvd, &v, &field)?;
+            }
         }
 
         if let Some(n) = r.network() {
@@ -324,7 +344,14 @@ impl V2 {
                         d.join(k).display()
                     )));
                 }
-                tx.write(d, k, v, &field)?;
+                // One write per line (io.max with several devices: the kernel takes one
+                // device's line per write, as runc writes them).
+                for line in v.lines().filter(|l| !l.trim().is_empty()) {
+                    tx.write(d, k, line, &field)?;
+                }
+                if v.trim().is_empty() {
+                    tx.write(d, k, v, &field)?;
+                }
             }
         }
         Ok(())
@@ -484,7 +511,9 @@ pub fn check_unified_key(k: &str, field: &str) -> Result<()> {
             "{field}: a key must be a plain cgroup file name (no '/', not '..')"
         )));
     }
-    if k.starts_with("cgroup.") {
+    // The limits of a subtree a container may be given (runc takes them); the other core
+    // files are the runtime's.
+    if k.starts_with("cgroup.") && !matches!(k, "cgroup.max.descendants" | "cgroup.max.depth") {
         return Err(Error::Config(format!(
             "{field}: cgroup.* core files are managed by the runtime, not by unified"
         )));
