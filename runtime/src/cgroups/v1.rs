@@ -303,6 +303,11 @@ impl V1 {
             if let Some(d) = self.dirs.get("hugetlb") {
                 let file = format!("hugetlb.{}.limit_in_bytes", h.page_size());
                 tx.write(d, &file, &h.limit().to_string(), &field)?;
+                // The reservation limit with it, where the kernel has one (as on v2).
+                let rsvd = format!("hugetlb.{}.rsvd.limit_in_bytes", h.page_size());
+                if d.join(&rsvd).exists() {
+                    tx.write(d, &rsvd, &h.limit().to_string(), &field)?;
+                }
             } else {
                 let file = format!("hugetlb.{}.max", h.page_size());
                 match &self.unified {
@@ -313,6 +318,10 @@ impl V1 {
                             h.limit().to_string()
                         };
                         tx.write(u, &file, &v, &field)?;
+                        let rsvd = format!("hugetlb.{}.rsvd.max", h.page_size());
+                        if u.join(&rsvd).exists() {
+                            tx.write(u, &rsvd, &v, &field)?;
+                        }
                     }
                     _ => {
                         return Err(Error::Unsupported(format!(
