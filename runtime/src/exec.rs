@@ -115,6 +115,34 @@ pub fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
             if o.tty {
                 v["terminal"] = json!(true);
             }
+            // What the file leaves out of the container's confinement comes from the
+            // container's process, as runc takes it: its AppArmor profile, no_new_privs,
+            // capabilities, rlimits, scheduler and I/O priority (a minimal process.json
+            // ran unconfined, with the runtime's own limits).
+            if let Some(base) = saved
+                .process
+                .as_ref()
+                .and_then(|b| serde_json::to_value(b).ok())
+            {
+                for k in [
+                    "apparmorProfile",
+                    "noNewPrivileges",
+                    "capabilities",
+                    "rlimits",
+                    "scheduler",
+                    "ioPriority",
+                ] {
+                    let missing = match v.get(k) {
+                        None | Some(Value::Null) => true,
+                        Some(Value::String(s)) => s.is_empty(),
+                        Some(Value::Array(a)) => a.is_empty() && k == "rlimits",
+                        _ => false,
+                    };
+                    if missing && !base[k].is_null() {
+                        v[k] = base[k].clone();
+                    }
+                }
+            }
             v
         }
         None => {

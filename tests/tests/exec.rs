@@ -108,6 +108,50 @@ fn host_ns(pid: i64) -> Vec<String> {
 const NS_SCRIPT: &str =
     "for n in cgroup ipc mnt net pid time user uts; do readlink /proc/self/ns/$n; done";
 
+/// A `--process` file that leaves out the container's confinement gets the container's
+/// (runc's rule): its rlimits, no_new_privs and capabilities, read in the exec'd process's
+/// /proc (the kernel's); a file that gives its own keeps them.
+#[test]
+fn exec_process_file_inherits_the_containers_confinement() {
+    let rt = Rsrun::new();
+    let mut b = sleeper();
+    b.edit(|c| {
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1234}]);
+        c["process"]["noNewPrivileges"] = json!(true);
+        c["process"]["capabilities"] = json!({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL"]});
+    });
+    let (id, _) = start(&rt, &b);
+    let tmp = TempDir::new("exec-conf");
+    let script =
+        "grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status; grep 'open files' /proc/self/limits";
+    let minimal = tmp.path().join("minimal.json");
+    std::fs::write(
+        &minimal,
+        json!({"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 0, "gid": 0}}).to_string(),
+    )
+    .unwrap();
+    let out = rt.ok(&["exec", "--process", minimal.to_str().unwrap(), &id]);
+    let kill_only = format!("{:016x}", 1u64 << 5);
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains(&format!("CapBnd:\t{kill_only}")), "{out}");
+    assert!(out.contains("1234                 1234"), "{out}");
+    // Its own values win.
+    let own = tmp.path().join("own.json");
+    std::fs::write(
+        &own,
+        json!({"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 0, "gid": 0},
+               "noNewPrivileges": false,
+               "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 999, "soft": 999}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = rt.ok(&["exec", "--process", own.to_str().unwrap(), &id]);
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    assert!(out.contains("999                  999"), "{out}");
+    rt.ok(&["delete", "--force", &id]);
+}
+
 /// An exec'd process gets the container's OOM score (or its --process file's own), not its
 /// caller's: a shim's, often far below the container's, would have the kernel kill the
 /// container's main process before an exec or a probe. The caller is started at 200 (raising
