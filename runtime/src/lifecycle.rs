@@ -754,6 +754,15 @@ impl Runtime {
             // only a process that /proc then shows in the cgroup is signalled (while it is
             // alive its PID is its own; once dead the pidfd reaches nobody).
             if let Ok(m) = cgroups::Manager::new(&saved.cgroup_paths) {
+                if sig.raw() == libc::SIGKILL {
+                    // cgroup.kill (v2), else frozen, killed, thawed: a process forking
+                    // meanwhile leaves no child behind (as runc).
+                    m.kill_all();
+                    return Ok(());
+                }
+                // Frozen while signalled (unless paused already, and then left so), so
+                // that what forks meanwhile is signalled too (as runc).
+                let froze = status != Status::Paused && m.freeze().is_ok();
                 let (hs, dir) = (cgroups::hierarchies()?, m.pids_dir());
                 for p in m.all_pids() {
                     if let Ok(fd) = sys::pidfd_open(p) {
@@ -761,6 +770,9 @@ impl Runtime {
                             let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig.raw());
                         }
                     }
+                }
+                if froze {
+                    let _ = m.thaw();
                 }
                 if thaw {
                     let _ = m.thaw();

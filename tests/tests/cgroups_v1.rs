@@ -539,6 +539,48 @@ fn pause_resume() {
     assert_eq!(rt.count(), 0);
 }
 
+/// `kill --all` of a container whose processes keep forking (children in a loop, the init
+/// already gone: no PID namespace ends them): nothing forked during the kill is left (the
+/// cgroup frozen while signalled, as runc), read in the cgroup (the kernel's).
+#[test]
+fn kill_all_leaves_no_child_forked_meanwhile() {
+    let rt = Rsrun::new();
+    for sig in ["KILL", "TERM"] {
+        // A chain of subshells, each starting a short sleep and the next link, then ending:
+        // the newest process is always the one forking.
+        let mut b = Bundle::new(&[
+            "sh",
+            "-c",
+            "(g() { sleep 2 & ( g ) & exit 0; }; g) & sleep 100",
+        ]);
+        b.edit(|c| {
+            c["linux"]["resources"]["pids"] = json!({"limit": 4000});
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != "pid");
+        });
+        let id = detached(&rt, &b);
+        let procs = || {
+            std::fs::read_to_string(cg("pids", &id).join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || procs() > 20),
+            "{sig}: no forks"
+        );
+        rt.ok(&["kill", "--all", &id, sig]);
+        assert!(
+            wait_until(Duration::from_secs(5), || procs() == 0),
+            "{sig}: {} processes left after kill --all",
+            procs()
+        );
+        rt.ok(&["delete", "--force", &id]);
+    }
+}
+
 #[test]
 fn ps_lists_the_containers_processes() {
     let rt = Rsrun::new();
