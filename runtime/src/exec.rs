@@ -274,6 +274,31 @@ pub fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
 
 /// The cgroups the process joins: the container's, or the sub-cgroups `--cgroup` names
 /// (`path` for every hierarchy, `ctrl[,ctrl]:path` for those of v1 controllers).
+/// On cgroup v2, a container whose own cgroup hands controllers down to cgroups below it
+/// (systemd as the container's init moves itself into init.scope and enables them) takes no
+/// process of its own ("no internal processes"): the exec'd process goes where the init is,
+/// as runc retries it. None when the container's cgroup can take it, or the init's is not
+/// inside it.
+fn init_leaf_cgroup(paths: &[PathBuf], init: i32) -> Option<PathBuf> {
+    let [top] = paths else { return None };
+    let delegated = std::fs::read_to_string(top.join("cgroup.subtree_control"))
+        .is_ok_and(|s| !s.trim().is_empty());
+    if !delegated {
+        return None;
+    }
+    let mount = cgroups::hierarchies()
+        .ok()?
+        .into_iter()
+        .find(|h| h.v2 && top.starts_with(&h.mountpoint))?;
+    let own = std::fs::read_to_string(format!("/proc/{init}/cgroup")).ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = rel
+        .strip_prefix(mount.root.trim_end_matches('/'))
+        .unwrap_or(rel);
+    let p = mount.mountpoint.join(rel.trim_start_matches('/'));
+    (p != *top && p.starts_with(top)).then_some(p)
+}
+
 pub fn exec_cgroups(paths: &[PathBuf], args: &[String]) -> Result<Vec<PathBuf>> {
     if args.is_empty() {
         return Ok(paths.to_vec());
@@ -433,7 +458,12 @@ impl Runtime {
             }
             _ => {}
         }
-        let cgroup_paths = exec_cgroups(&saved.cgroup_paths, &o.cgroups)?;
+        let mut cgroup_paths = exec_cgroups(&saved.cgroup_paths, &o.cgroups)?;
+        if o.cgroups.is_empty() {
+            if let Some(p) = init_leaf_cgroup(&cgroup_paths, saved.pid) {
+                cgroup_paths = vec![p];
+            }
+        }
 
         // The init's namespaces, opened while it is known to be the container's init.
         let mut join: Vec<(CloneFlags, OwnedFd)> = Vec::new();

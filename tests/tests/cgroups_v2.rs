@@ -134,6 +134,50 @@ fn v2_passes_over_v1_memory_knobs_and_orders_the_burst() {
     rt.ok(&["delete", "--force", &id]);
 }
 
+/// A container whose init does what systemd does at its start (moves itself into
+/// init.scope and hands controllers down from the container's cgroup, which then may hold
+/// no process): `exec` goes where the init is, as runc does (it failed with EBUSY).
+#[test]
+fn v2_exec_into_a_container_that_delegated_its_cgroup() {
+    if !pure_v2("v2_exec_into_a_container_that_delegated_its_cgroup") {
+        return;
+    }
+    let rt = Rsrun::new();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "exec 2>/err; cat /proc/self/cgroup /sys/fs/cgroup/cgroup.controllers >&2; \
+         mkdir /sys/fs/cgroup/init.scope && echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs \
+         && echo +pids > /sys/fs/cgroup/cgroup.subtree_control; exec sleep 100",
+    ]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({"pids": {"limit": 100}});
+        c["root"]["readonly"] = json!(false);
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        if !ns.iter().any(|n| n["type"] == "cgroup") {
+            ns.push(json!({"type": "cgroup"}));
+        }
+        for m in c["mounts"].as_array_mut().unwrap() {
+            if m["destination"] == "/sys/fs/cgroup" {
+                m["options"] = json!(["nosuid", "noexec", "nodev", "relatime", "rw"]);
+            }
+        }
+    });
+    let id = detached(&rt, &b);
+    let handed = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(cg(&id).join("cgroup.subtree_control"))
+            .is_ok_and(|s| s.contains("pids"))
+    });
+    let err = std::fs::read_to_string(b.rootfs().join("err")).unwrap_or_default();
+    assert!(
+        handed,
+        "the container's init did not hand its controllers down: {err}"
+    );
+    let out = rt.ok(&["exec", &id, "cat", "/proc/self/cgroup"]);
+    assert_eq!(out.trim(), "0::/init.scope");
+    rt.ok(&["delete", "--force", &id]);
+}
+
 #[test]
 fn v2_pids_max() {
     if !pure_v2("v2_pids_max") {
