@@ -683,6 +683,19 @@ fn cmd_update(rt: &Runtime, a: &mut Args) -> Result<i32> {
             "cpu-period" => {
                 cpu.insert("period".into(), unsigned(&flag, &a.value(&k, v)?)?.into());
             }
+            // runc's too: burst (µs above the quota) and SCHED_IDLE for the cgroup (0 or 1).
+            "cpu-burst" => {
+                cpu.insert("burst".into(), unsigned(&flag, &a.value(&k, v)?)?.into());
+            }
+            "cpu-idle" => {
+                let s = a.value(&k, v)?;
+                let i: i64 = match s.as_str() {
+                    "0" => 0,
+                    "1" => 1,
+                    _ => bail!("--cpu-idle: {s:?} is not 0 or 1"),
+                };
+                cpu.insert("idle".into(), i.into());
+            }
             "cpu-rt-runtime" => {
                 cpu.insert(
                     "realtimeRuntime".into(),

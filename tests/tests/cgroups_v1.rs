@@ -292,6 +292,9 @@ fn update_lowers_and_raises_quota_and_burst_together() {
     let id = detached(&rt, &b);
     assert_eq!(read("cpu", &id, "cpu.cfs_burst_us"), "40000");
     let f = b.tmp.path().join("burst.json");
+    // The flags too (runc's --cpu-burst).
+    rt.ok(&["update", "--cpu-burst", "30000", &id]);
+    assert_eq!(read("cpu", &id, "cpu.cfs_burst_us"), "30000");
     for (quota, burst) in [(20000, 10000), (60000, 50000)] {
         std::fs::write(
             &f,
