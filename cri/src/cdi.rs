@@ -182,11 +182,16 @@ fn load(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Spec)>, String> {
         };
         files.sort();
         for f in files {
-            let text = std::fs::read(&f).map_err(|e| format!("CDI spec {}: {e}", f.display()))?;
-            // YAML is a superset of JSON: one parser reads both.
-            let s: Spec = serde_yaml_ng::from_slice(&text)
-                .map_err(|e| format!("CDI spec {}: {e}", f.display()))?;
-            out.push((f, s));
+            // A file that cannot be read as a spec is passed over (and said), as the CDI
+            // library does: one stale file must not fail every device of the node.
+            let parsed = std::fs::read(&f)
+                .map_err(|e| e.to_string())
+                // YAML is a superset of JSON: one parser reads both.
+                .and_then(|t| serde_yaml_ng::from_slice::<Spec>(&t).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(s) => out.push((f, s)),
+                Err(e) => tracing::warn!("CDI spec {} passed over: {e}", f.display()),
+            }
         }
     }
     Ok(out)
@@ -210,10 +215,19 @@ fn edit(spec: &mut Value, e: &Edits) -> Result<(), String> {
         if kind == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {
             options.insert(0, "rbind".into());
         }
-        array(&mut spec["mounts"]).push(json!({
+        // Replacing a mount at the same path, parents before what they hold (the CDI
+        // library's order): a mount of the spec under the device's must not hide it.
+        let mounts = array(&mut spec["mounts"]);
+        mounts.retain(|x| x["destination"].as_str() != Some(m.container_path.as_str()));
+        mounts.push(json!({
             "destination": m.container_path, "source": m.host_path, "type": kind,
             "options": options,
         }));
+        mounts.sort_by_key(|x| {
+            x["destination"]
+                .as_str()
+                .map_or(0, |d| Path::new(d).components().count())
+        });
     }
     for h in &e.hooks {
         let stage = match h.hook_name.as_str() {
@@ -282,7 +296,7 @@ fn device_node(spec: &mut Value, d: &DeviceNode) -> Result<(), String> {
     let devices = array(&mut spec["linux"]["devices"]);
     devices.retain(|n| n["path"].as_str() != Some(d.path.as_str()));
     devices.push(node);
-    if kind != "p" {
+    if kind == "b" || kind == "c" {
         array(&mut spec["linux"]["resources"]["devices"]).push(json!({
             "allow": true, "type": kind, "major": major, "minor": minor,
             "access": d.permissions.clone().unwrap_or_else(|| "rwm".into()),
@@ -317,6 +331,8 @@ mod tests {
     #[test]
     fn yaml_and_json_specs_are_applied_common_edits_first() {
         let d = dir(&[
+            // A file that is no spec is passed over, not a failure of every device.
+            ("broken.json", "{not json"),
             (
                 "vendor.yaml",
                 "cdiVersion: 0.6.0\nkind: example.com/gpu\ncontainerEdits:\n  env: [COMMON=1]\n\

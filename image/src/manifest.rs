@@ -292,45 +292,154 @@ pub fn is_platform_word(s: &str) -> bool {
 /// of values in every reader (one CreateContainer each).
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct ImageConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_str"
+    )]
     pub created: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_str"
+    )]
     pub author: Option<String>,
     #[serde(default)]
     pub architecture: String,
     #[serde(default)]
     pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_str"
+    )]
     pub variant: Option<String>,
     #[serde(default)]
     pub config: Option<ContainerConfig>,
     pub rootfs: RootFs,
 }
 
-/// The image's defaults for its containers (`config` of the image config).
+/// The image's defaults for its containers (`config` of the image config). Read as Go's
+/// encoding/json reads them into containerd's types where they hold nulls (a null string is
+/// empty), and a field of another type is passed over rather than failing the image: these
+/// fields were not checked at pull before they were read this way.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_str"
+    )]
     pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_set"
+    )]
     pub exposed_ports: Option<BTreeMap<String, Empty>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_strings"
+    )]
     pub env: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_strings"
+    )]
     pub entrypoint: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_strings"
+    )]
     pub cmd: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_set"
+    )]
     pub volumes: Option<BTreeMap<String, Empty>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_str"
+    )]
     pub working_dir: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_labels"
+    )]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_str"
+    )]
     pub stop_signal: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_bool"
+    )]
     pub args_escaped: Option<bool>,
+}
+
+fn lenient_str<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<bool>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_bool())
+}
+
+/// A list of strings; a null or non-string element is an empty string (Go's null).
+fn lenient_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(a) => Some(
+            a.into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s,
+                    _ => String::new(),
+                })
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+fn lenient_labels<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<BTreeMap<String, String>>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(m) => Some(
+            m.into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or("").to_string()))
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+fn lenient_set<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<BTreeMap<String, Empty>>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(m) => Some(m.into_iter().map(|(k, _)| (k, Empty)).collect()),
+        _ => None,
+    })
 }
 
 /// The `{}` values of `ExposedPorts` and `Volumes` (whatever they hold is passed over).

@@ -617,7 +617,14 @@ impl ImageStore {
                 })
                 .collect();
             for h in handles {
-                let _ = h.join();
+                // A worker that panicked (debug builds; release ones abort) fails the pull,
+                // its layer not made.
+                if h.join().is_err() {
+                    fail(Error::BadLayer {
+                        layer: "(a worker's)".into(),
+                        reason: "the layer worker panicked".into(),
+                    });
+                }
             }
             *finished.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
             finished.1.notify_all();
@@ -880,7 +887,6 @@ impl Batch<'_> {
         }
     }
 
-    /// Commits every pending layer (one flush) and reports them done.
     /// How long until the oldest pending layer is due for its commit (zero: now); None when
     /// nothing is pending.
     fn due_in(&self) -> Option<Duration> {
@@ -888,6 +894,7 @@ impl Batch<'_> {
         g.1.map(|oldest| BATCH_AGE.saturating_sub(oldest.elapsed()))
     }
 
+    /// Commits every pending layer (one flush) and reports them done.
     fn flush(&self) -> Result<()> {
         let items = {
             let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());

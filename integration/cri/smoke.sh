@@ -111,6 +111,8 @@ cleanup() {
     fi
     kill $cri $reg $events ${cri2:-} ${sc:-} 2>/dev/null
     wait $cri $reg $events ${cri2:-} ${sc:-} 2>/dev/null || true
+    # The propagation check's own bind mount, when a failure came in between.
+    umount "$R/bidi" 2>/dev/null || true
 }
 trap cleanup EXIT
 c() { "$W/bin/crictl" --runtime-endpoint "unix://$R/cri.sock" --image-endpoint "unix://$R/cri.sock" --timeout 30s "$@" 2>"$R/crictl.err"; }

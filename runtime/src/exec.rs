@@ -116,9 +116,10 @@ pub fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
                 v["terminal"] = json!(true);
             }
             // What the file leaves out of the container's confinement comes from the
-            // container's process, as runc takes it: its AppArmor profile, no_new_privs,
-            // capabilities, rlimits, scheduler and I/O priority (a minimal process.json
-            // ran unconfined, with the runtime's own limits).
+            // container's process, as runc takes its AppArmor profile, capabilities,
+            // rlimits, scheduler and I/O priority (a minimal process.json ran unconfined,
+            // with the runtime's own limits); no_new_privs too, where runc reads a missing
+            // value as false (stricter: an exec never escapes the container's).
             if let Some(base) = saved
                 .process
                 .as_ref()

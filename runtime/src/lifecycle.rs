@@ -754,16 +754,18 @@ impl Runtime {
             // only a process that /proc then shows in the cgroup is signalled (while it is
             // alive its PID is its own; once dead the pidfd reaches nobody).
             if let Ok(m) = cgroups::Manager::new(&saved.cgroup_paths) {
-                if sig.raw() == libc::SIGKILL {
-                    // cgroup.kill (v2), else frozen, killed, thawed: a process forking
-                    // meanwhile leaves no child behind (as runc).
-                    m.kill_all();
+                // SIGKILL through cgroup.kill (v2): the kernel's, whole subtree at once.
+                if sig.raw() == libc::SIGKILL && m.cgroup_kill() {
+                    if thaw {
+                        let _ = m.thaw();
+                    }
                     return Ok(());
                 }
-                // Frozen while signalled (unless paused already, and then left so), so
-                // that what forks meanwhile is signalled too (as runc).
-                let froze = status != Status::Paused && m.freeze().is_ok();
+                // Else frozen while signalled (unless paused already, and then left so),
+                // so that what forks meanwhile is signalled too (as runc); where it cannot
+                // be frozen, signalled as it runs.
                 let (hs, dir) = (cgroups::hierarchies()?, m.pids_dir());
+                let froze = status != Status::Paused && m.freeze().is_ok();
                 for p in m.all_pids() {
                     if let Ok(fd) = sys::pidfd_open(p) {
                         if dir.as_ref().is_some_and(|d| cgroups::holds(d, &hs, p)) {

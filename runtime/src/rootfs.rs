@@ -1037,7 +1037,6 @@ fn create_dev_links(root: RawFd) -> Result<()> {
     Ok(())
 }
 
-/// Whether `fd` is on a procfs.
 /// A proc or sysfs mount goes on a directory or where nothing is yet, never through a
 /// symlink of the image (as runc): an image's `/proc -> /data/p` would put the procfs where a
 /// volume then covers it, and leave the container's /proc to the image (CVE-2019-16884,
@@ -1066,6 +1065,7 @@ fn ordinary_dir(root: RawFd, dest: &Path, typ: &str) -> Result<()> {
     }
 }
 
+/// Whether `fd` is on a procfs.
 fn on_procfs(fd: &OwnedFd) -> std::io::Result<bool> {
     Ok(nix::sys::statfs::fstatfs(fd)?.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
 }

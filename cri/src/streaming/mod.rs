@@ -303,6 +303,9 @@ impl Server {
                     // the connection open, its streams unfinished, would hold it and its
                     // tasks until the idle limit; it is closed, as the kubelet's handler
                     // closes it, once the client had a moment to read what was sent.
+                    // (GOAWAY first, as when the last handle went: a client waiting for the
+                    // server's end gets it at once.)
+                    keep.goaway();
                     let _ = tokio::time::timeout(SESSION_LINGER, keep.closed()).await;
                     keep.abort();
                 }

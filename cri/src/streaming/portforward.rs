@@ -292,6 +292,10 @@ async fn connect(port: u16, netns: Option<PathBuf>) -> std::io::Result<tokio::ne
     }
 }
 
+/// The most ports of one channel-protocol session (their channel numbers fit a byte, also
+/// as base64's ASCII digit).
+const MAX_CHANNEL_PORTS: usize = 100;
+
 /// A port-forward session of the kubelet's WebSocket channel protocol (v4): for the i-th port
 /// of the request, channel 2i carries its data both ways and 2i+1 its errors, and each
 /// channel's first message is the port (16 bits, little-endian). The protocol has no end of
@@ -305,8 +309,9 @@ pub async fn serve_channels(
 ) {
     use tokio::sync::mpsc;
     let (mut w, mut r) = ch.split();
-    if ports.is_empty() {
-        tracing::info!(pod = %pod, "port-forward: a WebSocket session without ports");
+    // Two channels a port, each numbered in one byte (base64: `'0' + n` in ASCII).
+    if ports.is_empty() || ports.len() > MAX_CHANNEL_PORTS {
+        tracing::info!(pod = %pod, ports = ports.len(), "port-forward: a WebSocket session needs 1 to {MAX_CHANNEL_PORTS} ports");
         w.close().await;
         return;
     }
@@ -327,8 +332,10 @@ pub async fn serve_channels(
         for c in [data_ch, err_ch] {
             let _ = out_tx.send((c, port.to_le_bytes().to_vec())).await;
         }
-        // Bounded: a pod that does not read holds the client's reads (TCP's back-pressure).
-        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(16);
+        // One message at a time (as the kubelet's pipe per channel): a pod that does not
+        // read holds the client's reads (TCP's back-pressure), and at most a message or two
+        // (up to ws::MAX_MESSAGE each) wait in memory per port.
+        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(1);
         to_pod.push(in_tx);
         let (out, netns, pod) = (out_tx.clone(), netns.clone(), pod.clone());
         pumps.spawn(async move {

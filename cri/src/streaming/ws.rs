@@ -124,7 +124,9 @@ pub fn decode(proto: Proto, m: Message) -> Result<Option<In>, String> {
             let Some(first) = t.bytes().next() else {
                 return Ok(None);
             };
-            if !first.is_ascii_digit() {
+            // The channel as `'0' + n` (the kubelet reads any byte from '0' on: port-forward
+            // channels pass '9').
+            if first < b'0' {
                 return Err(format!(
                     "base64 message with channel {:?}",
                     char::from(first)

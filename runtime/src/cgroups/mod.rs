@@ -645,6 +645,15 @@ impl Manager {
         out
     }
 
+    /// SIGKILL to every process of the cgroup and its subtree through v2's cgroup.kill;
+    /// false where there is none (v1, a kernel before 5.14).
+    pub fn cgroup_kill(&self) -> bool {
+        match self {
+            Manager::V2(m) => write_file(&m.dir.join("cgroup.kill"), "1").is_ok(),
+            Manager::V1(_) => false,
+        }
+    }
+
     /// Kills every process in the cgroup: v2 cgroup.kill (kernel ≥ 5.14; else freeze, kill,
     /// thaw); v1 freeze, SIGKILL each one, thaw. Then waits (bounded) until it is empty.
     pub fn kill_all(&self) {
