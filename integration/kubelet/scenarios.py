@@ -919,7 +919,8 @@ def s20_node_stats():
     v = re.search(r"^container_memory_working_set_bytes\{%s\} (\S+)" % re.escape(lab), m, re.M)
     check(v and float(v.group(1)) >= 32 * mib, "resource metrics: working set %r" % (v and v.group(1)))
     v = re.search(r"^container_cpu_usage_seconds_total\{%s\} (\S+)" % re.escape(lab), m, re.M)
-    check(v and float(v.group(1)) * 1e9 >= cpu0, "resource metrics: CPU %r" % (v and v.group(1)))
+    # (Seconds as a float: 0.263421188 * 1e9 is a hair below 263421188.)
+    check(v and round(float(v.group(1)) * 1e9) >= cpu0, "resource metrics: CPU %r" % (v and v.group(1)))
     delete("stats")
 
 
