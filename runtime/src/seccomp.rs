@@ -17,9 +17,9 @@
 //! - libseccomp's own no_new_privs attribute is off: no_new_privs is process.noNewPrivileges
 //!   alone.
 //!
-//! Not done (unlike runc): runc patches the compiled BPF so that syscalls newer than the
-//! profile's libseccomp return ENOSYS instead of the default action; rsrun loads
-//! libseccomp's program as is.
+//! - syscalls numbered above the largest one the profile names return ENOSYS rather than a
+//!   refusing default action (runc's patched BPF): see [`enosys`]. Such a filter is loaded
+//!   with seccomp(2) here, the others by libseccomp.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -36,6 +36,8 @@ use oci_spec::runtime::{
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+
+mod enosys;
 
 /// The largest syscall argument index (seccomp sees six arguments).
 const MAX_ARG_INDEX: usize = 5;
@@ -332,6 +334,10 @@ pub fn validate(spec: &Spec) -> Result<()> {
 /// A compiled filter ready to load, and the connection to the NOTIFY agent if any.
 pub struct Prepared {
     ctx: ScmpFilterContext,
+    /// libseccomp's program behind the ENOSYS stub, when the profile needs one.
+    patched: Option<Vec<libc::sock_filter>>,
+    /// The profile's `flags`, for loading the patched program.
+    flags: Vec<LinuxSeccompFilterFlag>,
     listener: Option<Listener>,
 }
 
@@ -362,6 +368,7 @@ pub fn prepare_section(
     state: Value,
 ) -> Result<Prepared> {
     let ctx = build(s)?;
+    let patched = patch(s, &ctx)?;
     let listener = match s.listener_path() {
         Some(path) if uses_notify(s) => {
             let sock = UnixStream::connect(path).map_err(|e| {
@@ -387,10 +394,86 @@ pub fn prepare_section(
         }
         _ => None,
     };
-    Ok(Prepared { ctx, listener })
+    Ok(Prepared {
+        ctx,
+        patched,
+        flags: s.flags().clone().unwrap_or_default(),
+        listener,
+    })
+}
+
+/// libseccomp's program for `ctx` behind the ENOSYS stub `s` needs, or `None` when it needs
+/// none.
+fn patch(s: &LinuxSeccomp, ctx: &ScmpFilterContext) -> Result<Option<Vec<libc::sock_filter>>> {
+    let native = ScmpArch::native();
+    let mut arches = vec![native];
+    for a in s.architectures().iter().flatten() {
+        arches.push(match to_arch(*a) {
+            ScmpArch::Native => native,
+            x => x,
+        });
+    }
+    let mut prog = enosys::stub(s, &arches);
+    if prog.is_empty() {
+        return Ok(None);
+    }
+    let exported = export(ctx)?;
+    prog.extend(enosys::parse(&exported).map_err(|e| Error::Init(format!("seccomp: {e}")))?);
+    if prog.len() > enosys::MAX_INSNS {
+        return Err(bad(format!(
+            "the compiled filter has {} instructions with its ENOSYS check, more than the kernel's {}",
+            prog.len(),
+            enosys::MAX_INSNS
+        )));
+    }
+    Ok(Some(prog))
+}
+
+/// The BPF program libseccomp compiles for `ctx` (through a memfd: libseccomp 2.5 exports
+/// to a file descriptor only).
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::{Read, Seek};
+    let fd = memfd_create(c"rsrun-seccomp", MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| Error::os("seccomp: memfd_create", e))?;
+    let mut f = std::fs::File::from(fd);
+    ctx.export_bpf(&f)
+        .map_err(|e| Error::Init(format!("seccomp: export the compiled filter: {e}")))?;
+    let mut out = Vec::new();
+    f.rewind()
+        .and_then(|_| f.read_to_end(&mut out))
+        .map_err(|e| Error::os("seccomp: read the exported filter", e))?;
+    Ok(out)
 }
 
 impl Prepared {
+    /// The seccomp(2) flags libseccomp would load this filter with: the profile's (which
+    /// `build` gave the context) and a listener for SCMP_ACT_NOTIFY.
+    fn load_flags(&self) -> libc::c_ulong {
+        let mut flags = 0;
+        for f in self.flags.iter() {
+            flags |= match f {
+                LinuxSeccompFilterFlag::SeccompFilterFlagTsync => libc::SECCOMP_FILTER_FLAG_TSYNC,
+                LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
+                LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                    libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+                }
+                LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
+                    libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+                }
+            };
+        }
+        if self.listener.is_some() {
+            flags |= libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+            if flags & libc::SECCOMP_FILTER_FLAG_TSYNC != 0 {
+                // TSYNC's failure would otherwise be reported as a thread ID, where the
+                // listener's fd is expected.
+                flags |= libc::SECCOMP_FILTER_FLAG_TSYNC_ESRCH;
+            }
+        }
+        flags
+    }
+
     /// The listener connection, which must survive the init's closing of inherited fds.
     pub fn listener_fd(&self) -> Option<RawFd> {
         self.listener.as_ref().map(|l| l.sock.as_raw_fd())
@@ -399,22 +482,46 @@ impl Prepared {
     /// Loads the filter into this process (inherited across execve), then hands the
     /// notification fd to the agent. Needs no_new_privs or CAP_SYS_ADMIN.
     pub fn load(self) -> Result<()> {
-        self.ctx.load().map_err(|e| {
-            let hint = if matches!(e.errno(), Some(libseccomp::error::SeccompErrno::EACCES)) {
-                " (loading a filter needs no_new_privs or CAP_SYS_ADMIN)"
-            } else {
-                ""
-            };
-            Error::Init(format!("load the seccomp filter: {e}{hint}"))
-        })?;
+        const HINT: &str = " (loading a filter needs no_new_privs or CAP_SYS_ADMIN)";
+        let notify_fd = match &self.patched {
+            Some(prog) => {
+                let flags = self.load_flags();
+                crate::sys::seccomp_set_filter(flags, prog).map_err(|e| {
+                    let hint = if e.raw_os_error() == Some(libc::EACCES) {
+                        HINT
+                    } else {
+                        ""
+                    };
+                    Error::Init(format!("load the seccomp filter: {e}{hint}"))
+                })?
+            }
+            None => {
+                self.ctx.load().map_err(|e| {
+                    let hint = if matches!(e.errno(), Some(libseccomp::error::SeccompErrno::EACCES))
+                    {
+                        HINT
+                    } else {
+                        ""
+                    };
+                    Error::Init(format!("load the seccomp filter: {e}{hint}"))
+                })?;
+                None
+            }
+        };
         if let Some(l) = self.listener {
-            let fd = self
-                .ctx
-                .get_notify_fd()
-                .map_err(|e| Error::Init(format!("seccomp notify fd: {e}")))?;
-            let sent = crate::sys::send_fd(l.sock.as_raw_fd(), fd, &l.msg);
+            let fd = match notify_fd {
+                Some(fd) => fd,
+                None => {
+                    let fd = self
+                        .ctx
+                        .get_notify_fd()
+                        .map_err(|e| Error::Init(format!("seccomp notify fd: {e}")))?;
+                    crate::sys::own(fd)
+                }
+            };
+            let sent = crate::sys::send_fd(l.sock.as_raw_fd(), fd.as_raw_fd(), &l.msg);
             // The agent holds its own copy now; the container must not inherit ours.
-            let _ = nix::unistd::close(fd);
+            drop(fd);
             sent.map_err(|e| {
                 Error::os(
                     format!(

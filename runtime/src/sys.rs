@@ -438,10 +438,45 @@ pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
-/// Takes ownership of a descriptor returned by a nix call that yields a RawFd.
+/// Takes ownership of a descriptor a call that yields a RawFd just returned (accept4,
+/// libseccomp's notification fd), which nothing else owns.
 pub fn own(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was just returned by the kernel (accept4) and nothing else owns it.
+    // SAFETY: `fd` was just returned by the kernel through such a call and nothing else
+    // owns or closes it.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, flags, prog): installs a classic BPF program on this
+/// thread (inherited across fork and execve). With SECCOMP_FILTER_FLAG_NEW_LISTENER the
+/// kernel returns the notification fd.
+pub fn seccomp_set_filter(
+    flags: libc::c_ulong,
+    prog: &[libc::sock_filter],
+) -> io::Result<Option<OwnedFd>> {
+    const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+    let len = u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `prog`, `len` instructions that outlive the call; the kernel
+    // copies the program and writes nothing through the pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::SECCOMP_FILTER_FLAG_NEW_LISTENER == 0 {
+        return Ok(None);
+    }
+    let fd = RawFd::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    Ok(Some(own(fd)))
 }
 
 /// Sends `fd` over the unix socket `sock` with SCM_RIGHTS, `name` as the payload.

@@ -209,6 +209,25 @@ fn recv_with_fd(sock: RawFd) -> (Vec<u8>, OwnedFd) {
 
 #[test]
 fn notify_hands_the_listener_to_the_agent() {
+    notify_with(json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+}
+
+/// The same under a refusing default action: that filter is loaded behind the ENOSYS stub
+/// by rsrun's own seccomp(2) call, which must ask the kernel for the listener.
+#[test]
+fn notify_hands_the_listener_to_the_agent_behind_the_enosys_stub() {
+    let mut prof = serde_json::to_value(rsrun::seccomp::runtime_default_profile()).unwrap();
+    for r in prof["syscalls"].as_array_mut().unwrap() {
+        r["names"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n != "mkdir" && n != "mkdirat");
+    }
+    notify_with(prof);
+}
+
+/// `base` with a NOTIFY rule for mkdir and the agent's socket added.
+fn notify_with(base: Value) {
     let rt = Rsrun::new();
     let tmp = TempDir::new("agent");
     let sock_path = tmp.path().join("agent.sock");
@@ -241,13 +260,14 @@ fn notify_hands_the_listener_to_the_agent() {
         (state, name, req.pid)
     });
     let mut b = sh("echo pid=$$; ls -l /proc/$$/fd; mkdir /tmp/n 2>&1; echo done");
-    set_seccomp(
-        &mut b,
-        json!({"defaultAction": "SCMP_ACT_ALLOW",
-               "listenerPath": sock_path,
-               "listenerMetadata": "agent-data",
-               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]}),
-    );
+    let mut prof = base;
+    prof["listenerPath"] = json!(sock_path);
+    prof["listenerMetadata"] = json!("agent-data");
+    let rules = prof["syscalls"].as_array_mut().map(std::mem::take);
+    let mut rules = rules.unwrap_or_default();
+    rules.push(json!({"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}));
+    prof["syscalls"] = json!(rules);
+    set_seccomp(&mut b, prof);
     let id = unique("notify");
     let (code, out, err) = rt.run_bundle(&id, &b);
     let (state, name, req_pid) = agent.join().unwrap();
@@ -432,6 +452,13 @@ fn flags_and_features() {
     let (code, out) = run(&rt, &b);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
+    // And behind the ENOSYS stub (rsrun's own seccomp(2) call passes them).
+    let mut prof = serde_json::to_value(rsrun::seccomp::runtime_default_profile()).unwrap();
+    prof["flags"] = json!(supported);
+    set_seccomp(&mut b, prof);
+    let (code, out) = run(&rt, &b);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
     // A known flag this libseccomp cannot set is an error naming it, not ignored.
     for flag in sc["knownFlags"].as_array().unwrap() {
         if supported.iter().any(|s| s == flag) {
@@ -548,4 +575,83 @@ fn runtime_default_socket_families_and_ptrace() {
         nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0),
         "1: AF_UNIX refused, 2: AF_INET refused, 4: AF_ALG not EPERM, 8: AF_VSOCK not EPERM, 16: ptrace refused, 32: AF_ALG/AF_VSOCK with high bits set not EPERM, 64: AF_UNIX with high bits set refused, 128: a family beside the refused ones EPERM, 100: the filter did not load"
     );
+}
+
+/// A static program that makes the raw syscalls its arguments number and prints
+/// `NR=ERRNO` for each (0 when the call succeeded).
+fn syscall_prober(rootfs: &std::path::Path) -> std::path::PathBuf {
+    let dir = TempDir::new("sysno");
+    let src = dir.path().join("sysno.c");
+    std::fs::write(
+        &src,
+        r#"#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        long nr = strtol(argv[i], NULL, 0);
+        errno = 0;
+        long r = syscall(nr, 0L, 0L, 0L, 0L, 0L, 0L);
+        printf("%s=%d\n", argv[i], r == -1 ? errno : 0);
+    }
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let out = rootfs.join("sysno");
+    run_ok(&[
+        "cc",
+        "-static",
+        "-O1",
+        "-o",
+        out.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    out
+}
+
+/// runc's ENOSYS stub: under a refusing default action, a syscall numbered above every one
+/// the profile names returns ENOSYS (what C libraries fall back on; EPERM fails the
+/// program), on x86-64 and, as the profile names x32, for x32 numbers; one the profile
+/// refuses below that keeps the default errno.
+#[test]
+fn syscalls_newer_than_the_profile_get_enosys() {
+    let rt = Rsrun::new();
+    // 169: reboot, refused without CAP_SYS_BOOT; 1000 and x32's 1000: no such syscalls.
+    let mut b = Bundle::new(&["/sysno", "169", "1000", "0x400003e8"]);
+    syscall_prober(&b.rootfs());
+    let mut prof = serde_json::to_value(rsrun::seccomp::runtime_default_profile()).unwrap();
+    prof["defaultErrnoRet"] = json!(libc::ENOLINK);
+    assert!(
+        prof["architectures"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("SCMP_ARCH_X32")),
+        "{prof}"
+    );
+    set_seccomp(&mut b, prof);
+    let (code, out) = run(&rt, &b);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("169={}\n", libc::ENOLINK)), "{out}");
+    assert!(out.contains(&format!("1000={}\n", libc::ENOSYS)), "{out}");
+    assert!(
+        out.contains(&format!("0x400003e8={}\n", libc::ENOSYS)),
+        "{out}"
+    );
+
+    // An allow-by-default profile gets no stub: gettid (186), numbered above the only
+    // syscall it names, still runs.
+    b.edit(|c| c["process"]["args"] = json!(["/sysno", "169", "186"]));
+    set_seccomp(
+        &mut b,
+        json!({"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["reboot"], "action": "SCMP_ACT_ERRNO",
+                             "errnoRet": libc::ENOLINK}]}),
+    );
+    let (code, out) = run(&rt, &b);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("169={}\n", libc::ENOLINK)), "{out}");
+    assert!(out.contains("186=0\n"), "{out}");
 }
