@@ -236,7 +236,7 @@ impl ImageStore {
                     // failed part way) would be used as whole by the next pull. The next
                     // sweep of temp entries removes what is left of it.
                     let out = dir.join(format!(".tmp-gc-{name}-{}", std::process::id()));
-                    fs::rename(&p, &out).and_then(|()| fs::remove_dir_all(&out))
+                    fs::rename(&p, &out).and_then(|()| sys::remove_tree(&out))
                 } else {
                     fs::remove_file(&p)
                 };
@@ -423,7 +423,12 @@ impl ImageStore {
         if !dir.exists() {
             return Ok(());
         }
-        mount::unmount(&target)?;
+        // Only an overlay is ours to unmount there: after a mount that failed, or one undone
+        // by hand, the target may be a mount of someone else's (an inspection target is any
+        // directory the user named).
+        if mount::is_overlay_mount(&target) {
+            mount::unmount(&target)?;
+        }
         unmount_idmapped_layers(&dir)?;
         // Drop the record last-but-atomically: rename the dir away, then delete it.
         let gone = self
@@ -431,7 +436,7 @@ impl ImageStore {
             .containers_dir()
             .join(format!(".removing-{container_id}-{}", std::process::id()));
         fs::rename(&dir, &gone).ctx("renaming", &dir)?;
-        fs::remove_dir_all(&gone).ctx("removing", &gone)
+        sys::remove_tree(&gone).ctx("removing", &gone)
     }
 
     /// Mounts an image's root filesystem at `target` for inspection: read-only, or with
@@ -555,9 +560,10 @@ impl ImageStore {
             }
         })();
         if let Err(e) = res {
-            let _ = mount::unmount(target);
+            // (Nothing is mounted at the target: the overlay's mount is the last step. What
+            // may be mounted there is not ours.)
             let _ = unmount_idmapped_layers(&dir);
-            let _ = fs::remove_dir_all(&dir);
+            let _ = sys::remove_tree(&dir);
             return Err(e);
         }
         Ok(())

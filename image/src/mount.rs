@@ -117,6 +117,22 @@ pub fn unmount(target: &Path) -> Result<()> {
     }
 }
 
+/// Is an overlay mounted at `path` (the top of what is mounted there)?
+pub fn is_overlay_mount(path: &Path) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Ok(parent)) = (
+        std::fs::symlink_metadata(path),
+        std::fs::symlink_metadata(path.join("..")),
+    ) else {
+        return false;
+    };
+    // A mount point's device differs from its parent's; an overlay's directory inside a
+    // larger overlay (a node whose own / is one) does not.
+    (here.dev() != parent.dev() || here.ino() == parent.ino())
+        && sys::statfs_type(path).is_ok_and(|t| t == OVERLAYFS_SUPER_MAGIC)
+}
+
 /// Is `path` a mount point (per /proc/self/mountinfo)?
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -882,7 +882,7 @@ impl Batch<'_> {
                 let _ = std::fs::remove_file(path);
             }
             if let Some((t, _)) = &p.snapshot {
-                let _ = std::fs::remove_dir_all(&t.path);
+                let _ = crate::sys::remove_tree(&t.path);
             }
         }
     }

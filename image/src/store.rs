@@ -362,7 +362,7 @@ impl Store {
                 }
                 bytes += crate::disk_usage(&p).0;
                 let removed = if p.is_dir() {
-                    fs::remove_dir_all(&p)
+                    sys::remove_tree(&p)
                 } else {
                     fs::remove_file(&p)
                 };
@@ -493,7 +493,7 @@ impl Store {
                     snaps = true;
                 }
                 if t.path.exists() {
-                    let _ = fs::remove_dir_all(&t.path);
+                    let _ = sys::remove_tree(&t.path);
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -104,6 +104,152 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> io::Result<()
     let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
     // SAFETY: plain syscall with a NUL-terminated name.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// statfs(2)'s f_type of the filesystem `path` is on.
+pub fn statfs_type(path: &Path) -> io::Result<i64> {
+    let p = cpath(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: p is NUL-terminated; st points to writable memory of the right size.
+    check(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded, so st is initialized.
+    #[allow(clippy::unnecessary_cast)] // (f_type is i64 on x86-64, narrower elsewhere)
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
+/// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST rather than replace `to`.
+pub fn rename_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+) -> io::Result<()> {
+    // SAFETY: plain syscall with NUL-terminated names and descriptors valid for the call.
+    check(unsafe {
+        libc::renameat2(
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    })
+    .map(drop)
+}
+
+/// Levels `remove_tree` descends before it moves what is deeper up.
+const REMOVE_DEPTH: usize = 32;
+
+/// Removes `path` and everything under it (a missing `path` is no error) with at most
+/// [`REMOVE_DEPTH`] + 2 descriptors open, whatever the depth. std's `remove_dir_all` keeps
+/// one descriptor per level: a tree deeper than the open-file limit (a container nests its
+/// writable layer as deep as it likes; a layer may hold 2000 levels) failed with EMFILE,
+/// and the collector's sweep and the container's removal failed on it at every attempt.
+/// A directory found at that depth is renamed to `.deep-N` at the top of `path` (the
+/// same filesystem, inside what is being removed) and emptied by the next pass.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    remove_tree_within(path, REMOVE_DEPTH)
+}
+
+fn remove_tree_within(path: &Path, max_depth: usize) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let root = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        // A symlink (ELOOP) or anything else that is not a directory.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+            return ignore_gone(std::fs::remove_file(path));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut names = 0u64;
+    loop {
+        let mut moved = false;
+        empty_dir(
+            root.as_fd(),
+            root.as_fd(),
+            0,
+            max_depth,
+            &mut names,
+            &mut moved,
+        )?;
+        if !moved {
+            break;
+        }
+    }
+    drop(root);
+    ignore_gone(std::fs::remove_dir(path))
+}
+
+fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// The names in `dir` and whether each is a directory (read through a descriptor of its
+/// own, closed before returning).
+fn dir_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, bool)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+        let e = e?;
+        let name = cstr(e.file_name().as_bytes())?;
+        let is_dir = match e.file_type() {
+            Ok(t) => t.is_dir(),
+            Err(_) => fstatat_nofollow(dir, &name)?.st_mode & libc::S_IFMT == libc::S_IFDIR,
+        };
+        out.push((name, is_dir));
+    }
+    Ok(out)
+}
+
+fn empty_dir(
+    root: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    depth: usize,
+    max_depth: usize,
+    names: &mut u64,
+    moved: &mut bool,
+) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    for (name, is_dir) in dir_entries(dir)? {
+        if !is_dir {
+            ignore_gone(unlinkat(dir, &name, false))?;
+            continue;
+        }
+        if depth == max_depth {
+            loop {
+                let to = cstr(format!(".deep-{names}").as_bytes())?;
+                *names += 1;
+                match rename_noreplace(dir, &name, root, &to) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            *moved = true;
+            continue;
+        }
+        let child = match openat(
+            dir,
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        empty_dir(root, child.as_fd(), depth + 1, max_depth, names, moved)?;
+        drop(child);
+        ignore_gone(unlinkat(dir, &name, true))?;
+    }
+    Ok(())
 }
 
 /// lstat of one entry in a directory.
@@ -295,6 +441,87 @@ mod tests {
     use std::os::fd::AsFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+
+    /// A chain of `depth` directories under `top`, each with a file, a symlink and an empty
+    /// sibling directory; made with two descriptors open at a time.
+    fn deep_tree(top: &Path, depth: usize) {
+        std::fs::create_dir_all(top).unwrap();
+        let mut dir = OwnedFd::from(std::fs::File::open(top).unwrap());
+        for i in 0..depth {
+            let f = openat(dir.as_fd(), c"f", libc::O_WRONLY | libc::O_CREAT, 0o600).unwrap();
+            drop(f);
+            symlinkat(c"/etc/passwd", dir.as_fd(), c"l").unwrap();
+            mkdirat(dir.as_fd(), c"empty", 0o755).unwrap();
+            let name = cstr(format!("d{i}").as_bytes()).unwrap();
+            mkdirat(dir.as_fd(), &name, 0o755).unwrap();
+            dir = openat(dir.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn remove_tree_moves_what_is_deeper_up_and_removes_everything() {
+        let top = std::env::temp_dir().join(format!("rsrun-image-rmtree-{}", std::process::id()));
+        deep_tree(&top.join("t"), 40);
+        std::fs::write(top.join("t/.deep-0"), b"a name the moves must not replace").unwrap();
+        remove_tree_within(&top.join("t"), 3).unwrap();
+        assert!(!top.join("t").exists());
+        // A file, a symlink (not followed) and a missing path.
+        std::fs::write(top.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", top.join("link")).unwrap();
+        remove_tree(&top.join("file")).unwrap();
+        remove_tree(&top.join("link")).unwrap();
+        remove_tree(&top.join("missing")).unwrap();
+        assert!(Path::new("/etc/passwd").exists());
+        std::fs::remove_dir(&top).unwrap();
+    }
+
+    /// Under an open-file limit of 64, a tree 300 levels deep: std's remove_dir_all fails
+    /// on it (EMFILE), remove_tree removes it. In a child process (the test binary again),
+    /// so that the lowered limit does not reach the other tests' threads.
+    #[test]
+    fn remove_tree_goes_deeper_than_the_open_file_limit() {
+        const CHILD: &str = "RSRUN_IMAGE_REMOVE_TREE_CHILD";
+        let top = std::env::temp_dir().join(format!("rsrun-image-emfile-{}", std::process::id()));
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = std::path::PathBuf::from(dir);
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            // SAFETY: setrlimit with a valid struct; this child process runs this test alone.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+            deep_tree(&dir.join("std"), 300);
+            deep_tree(&dir.join("ours"), 300);
+            let e = std::fs::remove_dir_all(dir.join("std")).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+            remove_tree(&dir.join("ours")).unwrap();
+            assert!(!dir.join("ours").exists());
+            remove_tree(&dir.join("std")).unwrap();
+            println!("child: removed");
+            return;
+        }
+        std::fs::create_dir_all(&top).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sys::tests::remove_tree_goes_deeper_than_the_open_file_limit",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &top)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&top);
+        assert!(
+            out.status.success() && text.contains("child: removed"),
+            "{text}"
+        );
+    }
 
     /// Layers hold relative symlinks such as `lib -> usr/../usr/lib`; resolving their ".."
     /// under RESOLVE_BENEATH fails with EAGAIN whenever a rename or mount happens anywhere on

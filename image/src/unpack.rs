@@ -472,8 +472,8 @@ impl Unpacker<'_> {
                 }
                 sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
                     .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
-                sys::fchmodat(dir, &cname, meta.mode)
-                    .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
+                // xattrs before the mode (here and below), as containerd: an ACL's mask
+                // would otherwise rewrite the group bits the header gives.
                 if !meta.xattrs.is_empty() {
                     let d = sys::openat(
                         dir,
@@ -484,6 +484,8 @@ impl Unpacker<'_> {
                     .map_err(|e| self.os_err(&shown, "opening directory", e))?;
                     self.set_xattrs_fd(d.as_fd(), &meta, &shown)?;
                 }
+                sys::fchmodat(dir, &cname, meta.mode)
+                    .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
                 self.dir_times.insert(full, (meta.mtime.0, meta.mtime.1));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -520,9 +522,9 @@ impl Unpacker<'_> {
                 }
                 sys::fchown(f.as_fd(), meta.uid, meta.gid)
                     .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
+                self.set_xattrs_fd(f.as_fd(), &meta, &shown)?;
                 sys::fchmod(f.as_fd(), meta.mode)
                     .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
-                self.set_xattrs_fd(f.as_fd(), &meta, &shown)?;
                 sys::futimens(f.as_fd(), meta.mtime.0, meta.mtime.1)
                     .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
                 self.stats.bytes += size;
@@ -602,9 +604,9 @@ impl Unpacker<'_> {
                     .map_err(|e| self.os_err(&shown, "mknod", e))?;
                 sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
                     .map_err(|e| self.bad(&shown, format!("chown: {e}")))?;
+                self.set_xattrs_path(dir, &cname, &meta, &shown)?;
                 sys::fchmodat(dir, &cname, meta.mode)
                     .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
-                self.set_xattrs_path(dir, &cname, &meta, &shown)?;
                 sys::utimensat_nofollow(dir, &cname, meta.mtime.0, meta.mtime.1)
                     .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
             }
@@ -645,8 +647,11 @@ impl Unpacker<'_> {
                 if key.starts_with(b"GNU.sparse.") {
                     return Err(self.bad(shown, "PAX-format sparse files are not supported"));
                 } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
-                        continue; // overlayfs' own metadata must not come from a layer
+                    // trusted.* is the node administrator's namespace (overlayfs keeps its
+                    // own metadata there, and user.overlay.* in a user namespace): never
+                    // from a layer, as containerd refuses it.
+                    if name.starts_with(b"trusted.") || name.starts_with(b"user.overlay.") {
+                        continue;
                     }
                     xattrs.push((
                         sys::cstr(name).map_err(|e| self.bad(shown, e.to_string()))?,
@@ -693,8 +698,13 @@ impl Unpacker<'_> {
 
     fn set_xattrs_fd(&self, fd: BorrowedFd<'_>, meta: &Meta, shown: &str) -> Result<()> {
         for (k, v) in &meta.xattrs {
-            sys::fsetxattr(fd, k, v)
-                .map_err(|e| self.bad(shown, format!("setting xattr {k:?}: {e}")))?;
+            match sys::fsetxattr(fd, k, v) {
+                Ok(()) => {}
+                // The store's filesystem has no such namespace (containerd passes over it
+                // too): the layer is no less usable without it.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+                Err(e) => return Err(self.bad(shown, format!("setting xattr {k:?}: {e}"))),
+            }
         }
         Ok(())
     }
@@ -720,6 +730,7 @@ impl Unpacker<'_> {
                 Err(e)
                     if e.raw_os_error() == Some(libc::EPERM)
                         && k.to_bytes().starts_with(b"user.") => {}
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
                 Err(e) => return Err(self.bad(shown, format!("setting xattr {k:?}: {e}"))),
             }
         }
@@ -743,8 +754,7 @@ impl Unpacker<'_> {
             use std::os::unix::ffi::OsStrExt;
             let p = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd()))
                 .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-            std::fs::remove_dir_all(&p)
-                .map_err(|e| self.bad(shown, format!("removing directory: {e}")))
+            sys::remove_tree(&p).map_err(|e| self.bad(shown, format!("removing directory: {e}")))
         } else {
             sys::unlinkat(dir, name, false).map_err(|e| self.bad(shown, format!("unlink: {e}")))
         }

@@ -759,6 +759,70 @@ fn overlay_xattrs_from_a_layer_are_dropped() {
     assert_eq!(getxattr(&d, "user.kept").as_deref(), Some(&b"1"[..]));
 }
 
+/// Every `trusted.*` xattr is the node's, never a layer's (containerd refuses them all);
+/// `security.capability` is the file's, kept.
+#[test]
+fn trusted_xattrs_from_a_layer_are_dropped() {
+    let s = scene();
+    let mut b = tar::Builder::new(Vec::new());
+    // A v2 file capability: CAP_NET_BIND_SERVICE (10) permitted and effective.
+    let mut cap = Vec::new();
+    for w in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+        cap.extend_from_slice(&w.to_le_bytes());
+    }
+    b.append_pax_extensions([
+        ("SCHILY.xattr.trusted.SGI_ACL_FILE", &b"x"[..]),
+        ("SCHILY.xattr.trusted.glusterfs.gfid", &b"y"[..]),
+        ("SCHILY.xattr.security.capability", &cap[..]),
+    ])
+    .unwrap();
+    let mut h = header("f", EntryType::Regular, 0o755, 1);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let f = s.layer.join("f");
+    assert_eq!(getxattr(&f, "trusted.SGI_ACL_FILE"), None);
+    assert_eq!(getxattr(&f, "trusted.glusterfs.gfid"), None);
+    assert_eq!(getxattr(&f, "security.capability"), Some(cap));
+}
+
+/// The mode is applied after the xattrs: an access ACL whose mask is rwx would otherwise
+/// make a 0644 file's group bits rwx (the kernel keeps the mode's group bits and the mask
+/// the same).
+#[test]
+fn the_mode_wins_over_an_acl_mask() {
+    let s = scene();
+    // POSIX ACL xattr v2: user::rw-, user:1000:rw-, group::r--, mask::rwx, other::r--.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 6, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.system.posix_acl_access", &acl[..])])
+        .unwrap();
+    let mut h = header("f", EntryType::Regular, 0o644, 1);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let f = s.layer.join("f");
+    assert!(
+        getxattr(&f, "system.posix_acl_access").is_some(),
+        "ACL not set"
+    );
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644, "mode {mode:o}");
+}
+
 #[test]
 fn layer_bytes_quoted_in_errors_are_escaped() {
     let s = scene();

@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use rsrun_image::{Cancel, Error, ImageStore, Platform, PullOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -1037,4 +1038,60 @@ fn https_with_a_configured_ca() {
     let store = ImageStore::open(t.path().join("b"), conf).unwrap();
     let img = store.pull(&image, &PullOptions::default()).unwrap();
     assert_eq!(img.id, pushed.config_digest);
+}
+
+/// An inspection mount that fails (a ',' in the target, which overlay options cannot carry)
+/// leaves what is mounted at the target alone, and so does an unmount after the image's
+/// overlay was undone by hand and something else mounted there.
+#[test]
+fn a_target_mounted_by_someone_else_is_left_mounted() {
+    let reg = Registry::start();
+    let one = vec![layer(&tar_of(&[E::File("data", b"d", 0o644)]), MT_GZIP)];
+    let cfg = config_json("amd64", "", &one);
+    push_image(&reg.addr, "one", Some("v1"), &one, &cfg, false);
+    let t = TempDir::new("theirs");
+    let store = open_store(t.path(), &reg.addr);
+    let image = format!("{}/one:v1", reg.addr);
+    store.pull(&image, &PullOptions::default()).unwrap();
+    let theirs = |target: &Path| {
+        std::fs::create_dir_all(target).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "theirs"])
+            .arg(target)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::fs::write(target.join("marker"), b"m").unwrap();
+    };
+    let umount = |target: &Path| {
+        assert!(Command::new("umount")
+            .arg(target)
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    let comma = t.path().join("a,b");
+    theirs(&comma);
+    let e = store.mount_image(&image, &comma, false).unwrap_err();
+    assert!(e.to_string().contains("','"), "{e}");
+    assert!(
+        comma.join("marker").exists(),
+        "the failed mount unmounted the target's own"
+    );
+    umount(&comma);
+
+    let target = t.path().join("view");
+    std::fs::create_dir_all(&target).unwrap();
+    store.mount_image(&image, &target, false).unwrap();
+    assert_eq!(std::fs::read(target.join("data")).unwrap(), b"d");
+    umount(&target);
+    theirs(&target);
+    store.unmount_image(&target).unwrap();
+    assert!(
+        target.join("marker").exists(),
+        "unmount_image unmounted another mount"
+    );
+    umount(&target);
 }
