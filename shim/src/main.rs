@@ -95,6 +95,17 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>> {
                 None => bail!("{name} needs a value"),
             }
         };
+        // A switch takes no value: `--stdin=false` turned stdin on.
+        const SWITCHES: [&str; 5] = [
+            "--terminal",
+            "--stdin",
+            "--stdin-once",
+            "--delete-on-exit",
+            "--systemd-cgroup",
+        ];
+        if let (true, Some(v)) = (SWITCHES.contains(&flag.as_str()), &inline) {
+            bail!("{flag} takes no value (given {v:?}): leave it out for false");
+        }
         match flag.as_str() {
             "--id" => id = Some(value("--id")?),
             "--bundle" => bundle = Some(PathBuf::from(value("--bundle")?)),
@@ -235,4 +246,48 @@ fn monitor_main(o: Opts, report: OwnedFd) -> ! {
         1
     });
     rsrun::sys::exit_now(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--id",
+            "c1",
+            "--bundle",
+            "/b",
+            "--dir",
+            "/d",
+            "--log-path",
+            "/l",
+            "--exit-file",
+            "/e",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    #[test]
+    fn switches_take_no_value() {
+        let o = parse(args(&["--stdin", "--terminal"])).unwrap().unwrap();
+        assert!(o.stdin && o.terminal && !o.stdin_once);
+        for bad in ["--stdin=false", "--terminal=0", "--delete-on-exit=no"] {
+            let e = match parse(args(&[bad])) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{bad} accepted"),
+            };
+            let flag = bad.split('=').next().unwrap();
+            assert!(
+                e.contains(flag) && e.contains("takes no value"),
+                "{bad}: {e}"
+            );
+        }
+        let o = parse(args(&["--log-max-line=100"])).unwrap().unwrap();
+        assert_eq!(o.max_line, 100);
+    }
 }

@@ -298,12 +298,24 @@ impl Monitor {
         rsrun::log::init(shim_log.to_str(), rsrun::log::Format::Json, false)
             .with_context(|| format!("open {}", shim_log.display()))?;
         // SIGCHLD through a signalfd: blocked before the container exists, so no exit is
-        // missed.
-        let mut chld = SigSet::empty();
-        chld.add(Signal::SIGCHLD);
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None)
-            .context("block SIGCHLD")?;
-        let sigfd = SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        // missed. The termination signals too, read there and passed over: a `systemctl
+        // kill` of the CRI server's unit (the shims stay in its cgroup) or a stray kill
+        // ended the shim without an exit record, its container left unmonitored to die of
+        // SIGPIPE at its next write. The shim ends when its container does; SIGKILL ends it
+        // at once. (Every process started from here resets its mask before exec.)
+        let mut sigs = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            sigs.add(s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
+            .context("block SIGCHLD and the termination signals")?;
+        let sigfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("signalfd")?;
         let log = CriLog::open(&o.log_path, o.max_line)
             .with_context(|| format!("open the container log {}", o.log_path.display()))?;
@@ -694,7 +706,15 @@ impl Monitor {
     // --- exits -----------------------------------------------------------------------
 
     fn reap(&mut self) {
-        while let Ok(Some(_)) = self.sigfd.read_signal() {}
+        while let Ok(Some(si)) = self.sigfd.read_signal() {
+            if si.ssi_signo != Signal::SIGCHLD as u32 {
+                let name = Signal::try_from(si.ssi_signo as i32).map_or("a signal", |s| s.as_str());
+                rsrun::log::warn(&format!(
+                    "container {}: {name} from pid {} passed over: the shim ends when its container does (SIGKILL ends it now)",
+                    self.id, si.ssi_pid
+                ));
+            }
+        }
         loop {
             let st = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -813,8 +833,15 @@ impl Monitor {
             "oom_killed": oom,
             "log_dropped_bytes": self.log.dropped(),
         });
+        // A process that never ran as asked (its start failed): 128 for the record and for
+        // the attached clients alike.
+        let code = if self.start_error.is_some() {
+            128
+        } else {
+            code
+        };
         if let Some(e) = &self.start_error {
-            record["exit_code"] = json!(128);
+            record["exit_code"] = json!(code);
             record["start_error"] = json!(e);
         }
         // A reader sees no record or the whole of it, also after a crash.

@@ -218,6 +218,41 @@ fn exit_codes_and_signals_are_recorded() {
     assert!(!s.dir().join("control").exists(), "control socket left");
 }
 
+/// SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to the shim (a `systemctl kill` of the CRI
+/// server's unit, whose cgroup the shims stay in) are passed over: it still answers after
+/// each, and records the exit when the container ends. (A fatal signal's default action
+/// ends a process before it runs another instruction: an answer after kill() returned is
+/// one from a shim that survived it.)
+#[test]
+fn termination_signals_do_not_end_the_shim() {
+    let b = Bundle::new(&["sleep", "1000"]);
+    let s = shim(&b, &[]).unwrap();
+    s.start();
+    let shim_pid: i32 = std::fs::read_to_string(s.dir().join("shim.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    use nix::sys::signal::Signal;
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), sig).unwrap();
+        let v = s
+            .try_control(&json!({"op": "status"}))
+            .unwrap_or_else(|| panic!("the shim did not answer after {sig}"));
+        assert!(v.get("error").is_none(), "{sig}: {v}");
+        assert!(alive(shim_pid), "{sig}");
+    }
+    s.rt.ok(&["kill", &s.id, "KILL"]);
+    let e = s.wait_exit();
+    assert_eq!(e["exit_code"], 137, "{e}");
+    let log = std::fs::read_to_string(s.dir().join("shim.log")).unwrap();
+    assert!(log.contains("SIGTERM from pid"), "{log}");
+}
+
 #[test]
 fn the_monitor_keeps_no_descriptor_its_starter_leaked() {
     // A pipe's write end inherited (not close-on-exec) by the shim, as a daemon's own
@@ -244,6 +279,7 @@ fn a_failed_start_is_recorded_with_the_runtimes_error() {
     // server reports a failed start (reason StartError), not a plain exit of the init.
     let b = Bundle::new(&["sleep", "1000"]);
     let s = shim(&b, &[]).unwrap();
+    let a = attach(&s);
     std::fs::remove_file(b.rootfs().join("bin/sleep")).unwrap();
     let v = s.control(&json!({"op": "start"}));
     let err = v["error"].as_str().unwrap_or_default().to_string();
@@ -251,6 +287,21 @@ fn a_failed_start_is_recorded_with_the_runtimes_error() {
     let e = s.wait_exit();
     assert_eq!(e["exit_code"], 128, "{e}");
     assert_eq!(e["start_error"], json!(err), "{e}");
+    // An attached client is told the same code as the record.
+    let t = nix::sys::time::TimeVal::new(10, 0);
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::ReceiveTimeout, &t).unwrap();
+    let mut buf = [0u8; 64];
+    let exit = loop {
+        let n =
+            nix::sys::socket::recv(a.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty())
+                .unwrap();
+        match (n, buf[0]) {
+            (0, _) => break None,
+            (5, 3) => break Some(i32::from_le_bytes(buf[1..5].try_into().unwrap())),
+            _ => {}
+        }
+    };
+    assert_eq!(exit, Some(128));
 }
 
 /// A process the init leaves behind (no PID namespace of its own) that keeps writing to the
