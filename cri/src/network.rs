@@ -118,15 +118,21 @@ pub fn bandwidth(
     Ok(Some(b))
 }
 
-/// A Kubernetes quantity without fractions of a unit: `10M`, `1.5G`, `512Ki`, `100000`.
+/// A non-negative Kubernetes quantity, rounded up to a whole unit as the kubelet's
+/// `Quantity.Value()`: `10M`, `1.5G`, `512Ki`, `100000`, `1e6`, `+10M`, `.5M`, `5.`, `250m`.
 fn quantity(s: &str) -> Option<u64> {
     let s = s.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
+    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+        return None;
+    }
     let mult: f64 = match suffix {
         "" => 1.0,
+        "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
         "G" => 1e9,
@@ -139,13 +145,18 @@ fn quantity(s: &str) -> Option<u64> {
         "Ti" => 1024f64.powi(4),
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
+        // A decimal exponent: `e` or `E` and a signed integer.
+        e if e.starts_with(['e', 'E']) => {
+            let x: i32 = e[1..].parse().ok()?;
+            if !(-30..=30).contains(&x) {
+                return None;
+            }
+            10f64.powi(x)
+        }
         _ => return None,
     };
-    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
-        return None;
-    }
-    let v = num.parse::<f64>().ok()? * mult;
-    (v.is_finite() && (1.0..1.8e19).contains(&v)).then(|| v.round() as u64)
+    let v = (num.parse::<f64>().ok()? * mult).ceil();
+    (v.is_finite() && (0.0..1.8e19).contains(&v)).then_some(v as u64)
 }
 
 /// What a pod was attached with (kept in its record for DEL, also after a restart).
@@ -596,14 +607,37 @@ pub(crate) fn is_nsfs(p: &Path) -> bool {
 mod tests {
     #[test]
     fn bandwidth_from_annotations() {
-        use super::{bandwidth, quantity};
+        use super::{bandwidth, quantity, INGRESS};
         assert_eq!(quantity("10M"), Some(10_000_000));
         assert_eq!(quantity("1.5k"), Some(1_500));
         assert_eq!(quantity("2Mi"), Some(2 << 20));
         assert_eq!(quantity("100000"), Some(100_000));
-        for bad in ["", "M", "10X", "1.", "-5M", "10m", "1e3"] {
+        // The kubelet's other spellings of a quantity (containerd parses them all).
+        for (q, v) in [
+            ("1e6", 1_000_000),
+            ("1E6", 1_000_000),
+            ("1e+6", 1_000_000),
+            ("+10M", 10_000_000),
+            (".5M", 500_000),
+            ("5.M", 5_000_000),
+            ("1.", 1),
+            ("250m", 1),
+        ] {
+            assert_eq!(quantity(q), Some(v), "{q}");
+        }
+        for bad in [
+            "", "M", "10X", ".", "-5M", "1e", "e3", "1.2.3", "1e99", "10 M",
+        ] {
             assert_eq!(quantity(bad), None, "{bad}");
         }
+        // Parsed, then out of the 1k..1P range: an error naming the range.
+        let e = bandwidth(
+            &[(INGRESS.to_string(), "250m".to_string())]
+                .into_iter()
+                .collect(),
+        )
+        .unwrap_err();
+        assert!(e.contains("outside 1k to 1P"), "{e}");
         let a = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect();
         assert_eq!(bandwidth(&Default::default()), Ok(None));
         let b = bandwidth(&a("kubernetes.io/ingress-bandwidth", "10M"))

@@ -465,7 +465,10 @@ impl Runtime {
             .map_err(|e| io_status("pod sandbox record", e))
     }
 
-    /// Drops the pod's CNI attachment from its record (after its DEL).
+    /// Drops the pod's CNI attachment from its record (after its DEL), and with it the pod's
+    /// readiness: a pod without its network is not ready (a StopPodSandbox whose DEL passed
+    /// but whose pause's stop failed left it READY with no IP, which the kubelet takes for a
+    /// pod that lost its address).
     async fn forget_network(&self, id: &str) -> Result<(), Status> {
         let mut t = self.sandboxes.lock().await;
         if let Some(rec) = t.items.get(id).cloned() {
@@ -473,6 +476,7 @@ impl Runtime {
                 id,
                 SandboxRecord {
                     network: None,
+                    ready: false,
                     ..rec
                 },
             )
