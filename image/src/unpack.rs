@@ -273,7 +273,10 @@ impl Unpacker<'_> {
             let dir = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.root.as_fd());
             let name = sys::cstr(comp).map_err(|e| self.bad(shown, e.to_string()))?;
             match sys::mkdirat(dir, &name, 0o755) {
-                Ok(()) => {}
+                // 0755 whatever the process's umask (a server run with umask 077 made them
+                // 0700: a container's non-root user could not reach what is below).
+                Ok(()) => sys::fchmodat(dir, &name, 0o755)
+                    .map_err(|e| self.os_err(shown, "setting the mode of a parent directory", e))?,
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(self.os_err(shown, "creating parent directory", e)),
             }

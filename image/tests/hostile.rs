@@ -823,6 +823,54 @@ fn the_mode_wins_over_an_acl_mask() {
     assert_eq!(mode, 0o644, "mode {mode:o}");
 }
 
+/// Parents a layer leaves out are made 0755 whatever the umask (077 made them 0700, which
+/// a container's non-root user cannot enter). In a child process (the test binary again):
+/// the umask is the whole process's.
+#[test]
+fn implicit_parents_are_0755_under_any_umask() {
+    const CHILD: &str = "RSRUN_IMAGE_UMASK_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // SAFETY: umask has no failure mode; this child process runs this test alone.
+        unsafe { libc::umask(0o077) };
+        let s = scene();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header("a/b/f", EntryType::Regular, 0o644, 1);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        unpack(&t[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+        for d in ["a", "a/b"] {
+            let m = std::fs::metadata(s.layer.join(d))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
+            assert_eq!(m, 0o755, "{d}: {m:o}");
+        }
+        println!("child: checked");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "implicit_parents_are_0755_under_any_umask",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("child: checked"),
+        "{text}"
+    );
+}
+
 #[test]
 fn layer_bytes_quoted_in_errors_are_escaped() {
     let s = scene();
