@@ -16,9 +16,10 @@ use crate::text::clean;
 use crate::unpack::{self, UnpackOptions};
 use crate::ImageStore;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Cursor, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -387,14 +388,26 @@ impl ImageStore {
             platform
         };
 
-        // Layers, concurrently.
-        self.fetch_layers(
+        // Layers, concurrently; then the directories layers made without an entry take
+        // their metadata from the layers below, now all in place.
+        let implicit = self.fetch_layers(
             repo,
             &manifest.layers,
             &config.rootfs.diff_ids,
             opts,
             cancel,
         )?;
+        let ids = &config.rootfs.diff_ids;
+        for (i, d) in ids.iter().enumerate() {
+            if let Some(dirs) = implicit.get(d) {
+                let lowers: Vec<PathBuf> = ids[..i]
+                    .iter()
+                    .rev()
+                    .map(|l| self.store.snapshot_path(l))
+                    .collect();
+                unpack::inherit_parents(&self.store.snapshot_path(d), &lowers, dirs)?;
+            }
+        }
         cancel.check("committing the image")?;
 
         for (d, b) in &manifest_blobs {
@@ -555,7 +568,7 @@ impl ImageStore {
         diff_ids: &[Digest],
         opts: &PullOptions,
         cancel: &Cancel,
-    ) -> Result<()> {
+    ) -> Result<HashMap<Digest, Vec<Vec<u8>>>> {
         let abort = cancel.abort.clone().unwrap_or_default();
         let next = AtomicUsize::new(0);
         let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
@@ -564,6 +577,7 @@ impl ImageStore {
             abort.store(true, Ordering::SeqCst);
         };
         let ctx = LayerCtx {
+            implicit: Mutex::new(HashMap::new()),
             image_used: AtomicU64::new(0),
             batch: Batch {
                 store: &self.store,
@@ -635,7 +649,7 @@ impl ImageStore {
             ctx.batch.flush()?;
             // A long flush is not a stall.
             cancel.touch();
-            return Ok(());
+            return Ok(ctx.implicit.into_inner().unwrap_or_else(|p| p.into_inner()));
         }
         ctx.batch.discard();
         // The first failure: the siblings it stopped record theirs after it.
@@ -850,6 +864,9 @@ struct LayerCtx<'a> {
     /// Uncompressed bytes unpacked so far by all layers (`Limits::max_image_bytes`).
     image_used: AtomicU64,
     batch: Batch<'a>,
+    /// The directories each layer unpacked here made without an entry (by diff ID), for
+    /// `unpack::inherit_parents` once the layers below are in place.
+    implicit: Mutex<HashMap<Digest, Vec<Vec<u8>>>>,
 }
 
 /// Verified layers waiting for their batched commit, and when the oldest was added.
@@ -1155,16 +1172,24 @@ fn decompress_and_unpack<R: Read>(
     };
     budget.check_free()?;
     let mut hashed = HashingReader::new(budget);
-    let res = unpack::unpack(&mut hashed, dir, layer, &opts.unpack).and_then(|_| {
+    let res = unpack::unpack(&mut hashed, dir, layer, &opts.unpack).and_then(|st| {
         hashed
             .finish()
+            .map(|(d, _)| (d, st.implicit_dirs))
             .map_err(|e| bad(format!("reading tar: decompress: {e}")))
     });
     // A passed bound is the reason, whatever the tar reader made of the cut stream.
     if let Some(e) = exceeded.into_inner() {
         return Err(e);
     }
-    res.map(|(d, _)| d)
+    let (d, implicit) = res?;
+    if !implicit.is_empty() {
+        ctx.implicit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.clone(), implicit);
+    }
+    Ok(d)
 }
 
 /// Whether credentials for `server` (a CRI server_address: `host[:port]`, maybe with a scheme

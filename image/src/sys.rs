@@ -344,6 +344,21 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()
     .map(drop)
 }
 
+/// Whether `fd` (a directory) is marked opaque for overlayfs (`trusted.overlay.opaque=y`).
+pub fn is_opaque(fd: BorrowedFd<'_>) -> bool {
+    let mut v = [0u8; 2];
+    // SAFETY: the name is NUL-terminated; v is writable for its length.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            c"trusted.overlay.opaque".as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    n == 1 && v[0] == b'y'
+}
+
 pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: path and name are NUL-terminated; value points to value.len() readable bytes.
     check(unsafe {

@@ -91,10 +91,14 @@ fn stored_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<u64> {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct UnpackStats {
     pub entries: u64,
     pub bytes: u64,
+    /// Directories the layer has no entry for (made, 0755 root, for entries below them):
+    /// their metadata is the layers' below, which the pull gives them (`inherit_parents`).
+    /// Shortest first.
+    pub implicit_dirs: Vec<Vec<u8>>,
 }
 
 struct Unpacker<'a> {
@@ -110,6 +114,8 @@ struct Unpacker<'a> {
     stats: UnpackStats,
     /// The logical sizes of the layer's sparse entries so far.
     sparse_total: u64,
+    /// The directories made for entries below them and given no entry of their own (yet).
+    implicit: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
 }
 
 struct Meta {
@@ -139,6 +145,7 @@ pub fn unpack<R: Read>(
         buf: vec![0; 256 * 1024],
         stats: UnpackStats::default(),
         sparse_total: 0,
+        implicit: Default::default(),
     };
     let pos = Cell::new(0);
     let limit = Cell::new(MAX_HEADER_BYTES);
@@ -187,7 +194,105 @@ pub fn unpack<R: Read>(
         u.stats.entries += 1;
     }
     u.finish()?;
+    let mut implicit: Vec<Vec<u8>> = u.implicit.take().into_iter().collect();
+    implicit.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    u.stats.implicit_dirs = implicit;
     Ok(u.stats)
+}
+
+/// Gives each directory of `dirs` (a layer's implicit ones, `UnpackStats::implicit_dirs`)
+/// in the unpacked layer `layer` the owner, mode and mtime the same directory has in the
+/// layers below, `lowers` (top-most first) merged as overlayfs merges them, as containerd
+/// copies them from the parents when it makes a parent an entry needs: a layer that adds
+/// `tmp/x` without a `tmp/` entry otherwise shows `/tmp` as 0755 root over the base's 1777
+/// (an overlay directory takes the upper-most layer's metadata). A directory no lower layer
+/// shows, or that the layer has replaced or removed since, is left as it is.
+pub fn inherit_parents(layer: &Path, lowers: &[PathBuf], dirs: &[Vec<u8>]) -> Result<()> {
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let open_dir = |p: &Path| -> Result<OwnedFd> {
+        File::open(p)
+            .map(OwnedFd::from)
+            .map_err(|e| Error::io("opening layer directory", p, e))
+    };
+    let root = open_dir(layer)?;
+    let lowers: Vec<OwnedFd> = lowers.iter().map(|l| open_dir(l)).collect::<Result<_>>()?;
+    for d in dirs {
+        let comps: Vec<&[u8]> = d.split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+        let Some(st) = merged_dir(&lowers, &comps) else {
+            continue;
+        };
+        let Ok(path) = sys::cstr(d) else { continue };
+        let fd = match sys::open_beneath(
+            root.as_fd(),
+            &path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        ) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "opening",
+                    layer.join(String::from_utf8_lossy(d).as_ref()),
+                    e,
+                ))
+            }
+        };
+        let shown = || layer.join(String::from_utf8_lossy(d).as_ref());
+        sys::fchown(fd.as_fd(), st.st_uid, st.st_gid)
+            .map_err(|e| Error::io("chown", shown(), e))?;
+        sys::fchmod(fd.as_fd(), st.st_mode & 0o7777).map_err(|e| Error::io("chmod", shown(), e))?;
+        sys::futimens(fd.as_fd(), st.st_mtime, st.st_mtime_nsec)
+            .map_err(|e| Error::io("setting the times of", shown(), e))?;
+    }
+    Ok(())
+}
+
+/// The directory at `comps` as the layers `lowers` (top-most first) show it merged: the
+/// upper-most one that has it, unless a whiteout, a non-directory or an opaque directory
+/// above hides it.
+fn merged_dir(lowers: &[OwnedFd], comps: &[&[u8]]) -> Option<libc::stat> {
+    let is_dir = |st: &libc::stat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    'layers: for root in lowers {
+        let mut cur: Option<OwnedFd> = None;
+        for (j, c) in comps.iter().enumerate() {
+            let dir = cur.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+            let name = sys::cstr(c).ok()?;
+            let Ok(st) = sys::fstatat_nofollow(dir, &name) else {
+                // Not in this layer: the layers below show it unless a directory of this
+                // layer above it is opaque.
+                if j > 0 && sys::is_opaque(dir) {
+                    return None;
+                }
+                continue 'layers;
+            };
+            if !is_dir(&st) {
+                // A whiteout, a file or a symlink: nothing below shows through.
+                return None;
+            }
+            if j + 1 == comps.len() {
+                return Some(st);
+            }
+            cur = Some(
+                sys::openat(
+                    dir,
+                    &name,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .ok()?,
+            );
+        }
+    }
+    None
 }
 
 fn clean_path(p: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
@@ -275,8 +380,12 @@ impl Unpacker<'_> {
             match sys::mkdirat(dir, &name, 0o755) {
                 // 0755 whatever the process's umask (a server run with umask 077 made them
                 // 0700: a container's non-root user could not reach what is below).
-                Ok(()) => sys::fchmodat(dir, &name, 0o755)
-                    .map_err(|e| self.os_err(shown, "setting the mode of a parent directory", e))?,
+                Ok(()) => {
+                    sys::fchmodat(dir, &name, 0o755).map_err(|e| {
+                        self.os_err(shown, "setting the mode of a parent directory", e)
+                    })?;
+                    self.implicit.borrow_mut().insert(parent[..=i].join(&b'/'));
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(self.os_err(shown, "creating parent directory", e)),
             }
@@ -457,6 +566,7 @@ impl Unpacker<'_> {
 
         match kind {
             EntryType::Directory => {
+                self.implicit.borrow_mut().remove(&full);
                 if existing.is_some() && !existing_is_dir {
                     self.remove_existing(dir, &cname, &shown)?;
                 }

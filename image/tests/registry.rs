@@ -1095,3 +1095,65 @@ fn a_target_mounted_by_someone_else_is_left_mounted() {
     );
     umount(&target);
 }
+
+/// A directory a layer makes only for the entries below it shows the layers' below metadata,
+/// as containerd gives it: `/tmp` stays 1777 and a home directory its owner when an upper
+/// layer adds a file to them without their entries. Merged as overlayfs merges: nothing
+/// from under a whiteout or an opaque directory; the layers fixed bottom-up, so that a
+/// middle layer's implicit directory passes its inherited metadata on.
+#[test]
+fn implicit_directories_inherit_from_the_layers_below() {
+    let reg = Registry::start();
+    let l1 = tar_of(&[
+        E::Dir("tmp/", 0o1777),
+        E::DirOwned("home/app/", 0o750, 1000, 1000),
+        E::Dir("opt/", 0o700),
+        E::Dir("var/", 0o711),
+        E::Dir("var/lib/", 0o701),
+        E::Dir("srv/", 0o755),
+        E::Dir("srv/sub/", 0o750),
+    ]);
+    let l2 = tar_of(&[
+        E::File("tmp/a", b"a", 0o644),
+        E::File("home/app/f", b"f", 0o644),
+        E::File("opt/x", b"x", 0o644),
+        E::File("var/.wh.lib", b"", 0o644),
+        E::Dir("srv/", 0o700),
+        E::File("srv/.wh..wh..opq", b"", 0o644),
+    ]);
+    let l3 = tar_of(&[
+        E::File("var/lib/z", b"z", 0o644),
+        E::File("srv/sub/y", b"y", 0o644),
+        E::File("opt/more", b"m", 0o644),
+    ]);
+    let layers = vec![layer(&l1, MT_GZIP), layer(&l2, MT_GZIP), layer(&l3, MT_TAR)];
+    let cfg = config_json("amd64", "", &layers);
+    push_image(&reg.addr, "implicit", Some("v1"), &layers, &cfg, false);
+    let t = TempDir::new("implicit");
+    let store = open_store(t.path(), &reg.addr);
+    let image = format!("{}/implicit:v1", reg.addr);
+    store.pull(&image, &PullOptions::default()).unwrap();
+    let root = store.prepare_rootfs("imp", &image, true).unwrap();
+    let meta = |p: &str| {
+        let m = std::fs::metadata(root.join(p)).unwrap();
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    assert_eq!(meta("tmp"), (0o1777, 0, 0), "tmp");
+    assert_eq!(meta("home/app"), (0o750, 1000, 1000), "home/app");
+    assert_eq!(
+        meta("home"),
+        (0o755, 0, 0),
+        "home (implicit in the base layer)"
+    );
+    assert_eq!(meta("opt"), (0o700, 0, 0), "opt (two layers up)");
+    assert_eq!(meta("var"), (0o711, 0, 0), "var");
+    assert_eq!(meta("var/lib"), (0o755, 0, 0), "var/lib (whited out below)");
+    assert_eq!(meta("srv"), (0o700, 0, 0), "srv");
+    assert_eq!(
+        meta("srv/sub"),
+        (0o755, 0, 0),
+        "srv/sub (under an opaque directory)"
+    );
+    assert_eq!(std::fs::read(root.join("srv/sub/y")).unwrap(), b"y");
+    store.remove_rootfs("imp").unwrap();
+}

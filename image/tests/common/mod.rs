@@ -308,6 +308,7 @@ fn proxy_conn(
 
 pub enum E<'a> {
     Dir(&'a str, u32),
+    DirOwned(&'a str, u32, u64, u64),
     File(&'a str, &'a [u8], u32),
     FileOwned(&'a str, &'a [u8], u32, u64, u64),
     Link(&'a str, &'a str),
@@ -363,6 +364,13 @@ pub fn tar_of(entries: &[E]) -> Vec<u8> {
         match e {
             E::Dir(p, m) => {
                 let mut h = header(p, tar::EntryType::Directory, *m, 0);
+                h.set_cksum();
+                b.append(&h, &[][..]).unwrap();
+            }
+            E::DirOwned(p, m, uid, gid) => {
+                let mut h = header(p, tar::EntryType::Directory, *m, 0);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
                 h.set_cksum();
                 b.append(&h, &[][..]).unwrap();
             }
