@@ -458,8 +458,14 @@ impl Prepared {
                 LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
                     libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
                 }
+                // Only with a listener: the kernel refuses it (EINVAL) without one, and
+                // libseccomp passes it only for a filter with SCMP_ACT_NOTIFY rules.
                 LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
-                    libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+                    if self.listener.is_some() {
+                        libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+                    } else {
+                        0
+                    }
                 }
             };
         }

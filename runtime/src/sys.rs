@@ -473,6 +473,13 @@ pub fn seccomp_set_filter(
         return Err(io::Error::last_os_error());
     }
     if flags & libc::SECCOMP_FILTER_FLAG_NEW_LISTENER == 0 {
+        // Above 0: with TSYNC, the thread that could not be synchronized; nothing was
+        // installed.
+        if r > 0 {
+            return Err(io::Error::other(format!(
+                "seccomp TSYNC: thread {r} could not take the filter; none was loaded"
+            )));
+        }
         return Ok(None);
     }
     let fd = RawFd::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
