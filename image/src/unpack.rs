@@ -263,13 +263,15 @@ fn merged_dir(lowers: &[OwnedFd], comps: &[&[u8]]) -> Option<libc::stat> {
     let is_dir = |st: &libc::stat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     'layers: for root in lowers {
         let mut cur: Option<OwnedFd> = None;
+        // Whether a directory of this layer above the path is opaque: then the layers
+        // below show nothing of what this one lacks under it.
+        let mut opaque = false;
         for (j, c) in comps.iter().enumerate() {
             let dir = cur.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+            opaque |= j > 0 && sys::is_opaque(dir);
             let name = sys::cstr(c).ok()?;
             let Ok(st) = sys::fstatat_nofollow(dir, &name) else {
-                // Not in this layer: the layers below show it unless a directory of this
-                // layer above it is opaque.
-                if j > 0 && sys::is_opaque(dir) {
+                if opaque {
                     return None;
                 }
                 continue 'layers;

@@ -1112,8 +1112,14 @@ fn implicit_directories_inherit_from_the_layers_below() {
         E::Dir("var/lib/", 0o701),
         E::Dir("srv/", 0o755),
         E::Dir("srv/sub/", 0o750),
+        E::Dir("deep/", 0o755),
+        E::Dir("deep/b/", 0o755),
+        E::Dir("deep/b/c/", 0o750),
     ]);
     let l2 = tar_of(&[
+        E::Dir("deep/", 0o755),
+        E::File("deep/.wh..wh..opq", b"", 0o644),
+        E::Dir("deep/b/", 0o755),
         E::File("tmp/a", b"a", 0o644),
         E::File("home/app/f", b"f", 0o644),
         E::File("opt/x", b"x", 0o644),
@@ -1125,6 +1131,7 @@ fn implicit_directories_inherit_from_the_layers_below() {
         E::File("var/lib/z", b"z", 0o644),
         E::File("srv/sub/y", b"y", 0o644),
         E::File("opt/more", b"m", 0o644),
+        E::File("deep/b/c/z", b"z", 0o644),
     ]);
     let layers = vec![layer(&l1, MT_GZIP), layer(&l2, MT_GZIP), layer(&l3, MT_TAR)];
     let cfg = config_json("amd64", "", &layers);
@@ -1153,6 +1160,11 @@ fn implicit_directories_inherit_from_the_layers_below() {
         meta("srv/sub"),
         (0o755, 0, 0),
         "srv/sub (under an opaque directory)"
+    );
+    assert_eq!(
+        meta("deep/b/c"),
+        (0o755, 0, 0),
+        "deep/b/c (an opaque directory two up)"
     );
     assert_eq!(std::fs::read(root.join("srv/sub/y")).unwrap(), b"y");
     store.remove_rootfs("imp").unwrap();
