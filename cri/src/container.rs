@@ -1518,7 +1518,10 @@ pub fn status(r: &ContainerRecord) -> api::ContainerStatus {
         annotations: r.annotations.clone(),
         log_path: r.log_path.clone(),
         resources: r.resources.as_ref().map(|v| api::ContainerResources {
-            linux: Some(cri_resources(v)),
+            linux: Some(api::LinuxContainerResources {
+                oom_score_adj: r.oom_score_adj,
+                ..cri_resources(v)
+            }),
             windows: None,
         }),
         user: r
@@ -1765,6 +1768,10 @@ pub struct CgroupUsage {
     pub rss: Option<u64>,
     pub page_faults: Option<u64>,
     pub major_page_faults: Option<u64>,
+    /// Swap alone, and what its limit leaves (none without swap accounting; the second
+    /// none without a swap limit).
+    pub swap_usage: Option<u64>,
+    pub swap_available: Option<u64>,
 }
 
 impl CgroupUsage {
@@ -1782,7 +1789,25 @@ impl CgroupUsage {
             (Some(l), Some(ws)) if l < 1 << 62 => Some(l.saturating_sub(ws)),
             _ => None,
         };
+        // runc's swap figures are memory plus swap (v1's memsw, v2's memory.current plus
+        // memory.swap.current); swap alone is the difference, as CRI-O reports it. Where the
+        // kernel accounts no swap (v1 without memsw) the sum is 0: none.
+        let (swap_usage, swap_available) = match (n(&mem["swap"]["usage"]), usage) {
+            (Some(total), Some(u)) if total > 0 && total >= u => {
+                let used = total - u;
+                let left = match (n(&mem["swap"]["limit"]), n(&mem["usage"]["limit"])) {
+                    (Some(sl), Some(ml)) if sl < 1 << 62 && ml < 1 << 62 => {
+                        Some(sl.saturating_sub(ml).saturating_sub(used))
+                    }
+                    _ => None,
+                };
+                (Some(used), left)
+            }
+            _ => (None, None),
+        };
         CgroupUsage {
+            swap_usage,
+            swap_available,
             cpu_total: n(&v["cpu"]["usage"]["total"]),
             usage,
             working_set,
@@ -1856,6 +1881,8 @@ pub fn stats(
         rss,
         page_faults,
         major_page_faults,
+        swap_usage,
+        swap_available,
     } = CgroupUsage::of(&v);
     // An exited container (no cgroup left) has no CPU or memory figures: none, not zeros.
     let live = !v.is_null();
@@ -1902,7 +1929,11 @@ pub fn stats(
         }),
         writable_layer: writable,
         io: psi.io_usage(ts),
-        ..Default::default()
+        swap: swap_usage.filter(|_| live).map(|used| api::SwapUsage {
+            timestamp: ts,
+            swap_available_bytes: swap_available.and_then(u),
+            swap_usage_bytes: u(used),
+        }),
     };
     (s, sample)
 }

@@ -173,10 +173,16 @@ impl Out {
     /// A container's metrics (`c` Some) or its pod's own (None).
     fn new(sb: &SandboxRecord, c: Option<&ContainerRecord>) -> Out {
         let (id, name, image, container) = match c {
+            // The image's name as ContainerStatus.image gives it (its repo tag): the kubelet
+            // creates by image ID, which made every series' label a digest.
             Some(c) => (
                 c.id.as_str(),
                 c.name.as_str(),
-                c.image.as_str(),
+                if c.repo_tag.is_empty() {
+                    c.image.as_str()
+                } else {
+                    c.repo_tag.as_str()
+                },
                 c.name.as_str(),
             ),
             None => (sb.id.as_str(), "POD", "", ""),

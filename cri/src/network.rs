@@ -120,6 +120,8 @@ pub fn bandwidth(
 
 /// A non-negative Kubernetes quantity, rounded up to a whole unit as the kubelet's
 /// `Quantity.Value()`: `10M`, `1.5G`, `512Ki`, `100000`, `1e6`, `+10M`, `.5M`, `5.`, `250m`.
+/// Computed exactly (decimal digits over a power of ten, in integers): a float's rounding
+/// made `8.3M` 8300001.
 fn quantity(s: &str) -> Option<u64> {
     let s = s.trim();
     let s = s.strip_prefix('+').unwrap_or(s);
@@ -130,33 +132,45 @@ fn quantity(s: &str) -> Option<u64> {
     if num.is_empty() || num == "." || num.matches('.').count() > 1 {
         return None;
     }
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = format!("{int}{frac}");
+    if digits.len() > 24 {
+        return None;
+    }
+    let ten = |n: u32| 10u128.checked_pow(n);
+    // value = digits × mult_num / (10^len(frac) × mult_den)
+    let (mult_num, mult_den): (u128, u128) = match suffix {
+        "" => (1, 1),
+        "m" => (1, 1000),
+        "k" => (ten(3)?, 1),
+        "M" => (ten(6)?, 1),
+        "G" => (ten(9)?, 1),
+        "T" => (ten(12)?, 1),
+        "P" => (ten(15)?, 1),
+        "E" => (ten(18)?, 1),
+        "Ki" => (1 << 10, 1),
+        "Mi" => (1 << 20, 1),
+        "Gi" => (1 << 30, 1),
+        "Ti" => (1 << 40, 1),
+        "Pi" => (1 << 50, 1),
+        "Ei" => (1 << 60, 1),
         // A decimal exponent: `e` or `E` and a signed integer.
         e if e.starts_with(['e', 'E']) => {
             let x: i32 = e[1..].parse().ok()?;
             if !(-30..=30).contains(&x) {
                 return None;
             }
-            10f64.powi(x)
+            if x >= 0 {
+                (ten(x.unsigned_abs())?, 1)
+            } else {
+                (1, ten(x.unsigned_abs())?)
+            }
         }
         _ => return None,
     };
-    let v = (num.parse::<f64>().ok()? * mult).ceil();
-    (v.is_finite() && (0.0..1.8e19).contains(&v)).then_some(v as u64)
+    let numer = digits.parse::<u128>().ok()?.checked_mul(mult_num)?;
+    let denom = ten(u32::try_from(frac.len()).ok()?)?.checked_mul(mult_den)?;
+    u64::try_from(numer.div_ceil(denom)).ok()
 }
 
 /// What a pod was attached with (kept in its record for DEL, also after a restart).
@@ -622,6 +636,12 @@ mod tests {
             ("5.M", 5_000_000),
             ("1.", 1),
             ("250m", 1),
+            ("8.3M", 8_300_000),
+            ("16.1k", 16_100),
+            ("32.2k", 32_200),
+            ("0.1", 1),
+            ("1.5Gi", 1_610_612_736),
+            ("1e-3", 1),
         ] {
             assert_eq!(quantity(q), Some(v), "{q}");
         }

@@ -854,12 +854,16 @@ impl RuntimeService for Runtime {
             .map_err(|e| io_status("pod sandbox record", e))?;
         }
         drop(t);
-        self.emit(
-            &sb.id,
-            &sb.id,
-            api::ContainerEventType::ContainerStoppedEvent,
-        )
-        .await;
+        // Once, at the pod's stop: not for a pod already stopped (the kubelet's GC stops old
+        // pods again before it removes them), nor for one whose pause's exit said it.
+        if sb.ready {
+            self.emit(
+                &sb.id,
+                &sb.id,
+                api::ContainerEventType::ContainerStoppedEvent,
+            )
+            .await;
+        }
         tracing::info!(pod = %sb.id, "pod sandbox stopped");
         Ok(Response::new(api::StopPodSandboxResponse {}))
     }
@@ -1087,6 +1091,11 @@ impl RuntimeService for Runtime {
             repo_digest: String::new(),
             repo_tag: String::new(),
             target_pid_ns: None,
+            oom_score_adj: c
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.as_ref())
+                .map_or(0, |r| r.oom_score_adj),
             log_path: log_path.to_string_lossy().into_owned(),
             bundle: p.bundle.clone(),
             shim_dir: p.shim_dir.clone(),

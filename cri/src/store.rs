@@ -126,6 +126,13 @@ pub struct ContainerRecord {
     /// must not give another process's namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_pid_ns: Option<(i32, u64)>,
+    /// linux.resources.oom_score_adj at create (the process's), for ContainerStatus.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub oom_score_adj: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// A container's stdio settings from its CRI config.

@@ -257,9 +257,12 @@ grep -q 'InvalidArgument.*ExecSync: cmd is [0-9]* bytes' "$R/crictl.err" || fail
 ok "an ExecSync longer than a shim request: InvalidArgument naming the size"
 # stdin_once without stdin (the kubelet passes a pod's stdinOnce as written): nothing to
 # close, the container starts (rsrun-shim refuses --stdin-once alone: every start failed).
-echo '{"metadata": {"name": "noin"}, "image": {"image": "busybox"}, "command": ["sleep", "1002"], "stdin_once": true}' > "$R/noin.json"
+# (With an oom_score_adj above the server's 500: the kernel's, and ContainerStatus says it.)
+echo '{"metadata": {"name": "noin"}, "image": {"image": "busybox"}, "command": ["sleep", "1002"], "stdin_once": true, "linux": {"resources": {"oom_score_adj": 700}}}' > "$R/noin.json"
 noin=$(c create "$pod" "$R/noin.json" "$R/pod.json") && c start "$noin" >/dev/null || fail "stdin_once without stdin: $(cat "$R/crictl.err")"
 [ "$(c inspect -o go-template --template '{{.status.state}}' "$noin")" = CONTAINER_RUNNING ] || fail "stdin_once without stdin: not running"
+got=$(cat "/proc/$(c inspect -o go-template --template '{{.info.pid}}' "$noin")/oom_score_adj"),$(c inspect -o go-template --template '{{.status.resources.linux.oomScoreAdj}}' "$noin")
+[ "$got" = 700,700 ] || fail "oom_score_adj 700: the kernel's, the status's: $got"
 c rm -f "$noin" >/dev/null || fail "rm: $(cat "$R/crictl.err")"
 # An oom_score_adj the kernel does not take: refused at create, by name (it failed the start).
 echo '{"metadata": {"name": "oomadj"}, "image": {"image": "busybox"}, "command": ["true"], "linux": {"resources": {"oom_score_adj": 5000}}}' > "$R/oomadj.json"
@@ -821,6 +824,9 @@ name=${got%% *}; rest=${got#* }; bytes=${rest%% *}; all=${rest#* }
     || fail "pod network stats: $got (the kernel's eth0 rx bytes: $r0 then $r1)"
 ok "pod network stats: eth0 the default interface, also listed, its received bytes the kernel's"
 c stopp "$pod" >/dev/null || fail "stopp: $(cat "$R/crictl.err")"
+# Again, as the kubelet's GC does before removing a pod: succeeds, and sends no second
+# STOPPED event (check_events below wants exactly one).
+c stopp "$pod" >/dev/null || fail "stopp again: $(cat "$R/crictl.err")"
 [ ! -e "$R/ipam/smoke/$ip" ] || fail "stopp left the address lease of $ip"
 ! ip -o link show type veth | grep -q . || fail "stopp left a veth: $(ip -o link show type veth)"
 ! iptables -t nat -S | grep -q -- "-p tcp .*--dport 8080" || fail "stopp left the hostPort rule: $(iptables -t nat -S)"
@@ -946,6 +952,16 @@ m = json.load(sys.stdin)["stats"][0]["memory"]
 ws, av = int(m["workingSetBytes"]["value"]), int(m["availableBytes"]["value"])
 print("ok" if ws > 0 and ws + av == 100663296 else "working set %d, available %d" % (ws, av))')
 [ "$avail" = ok ] || fail "ContainerStats.memory.available_bytes: $avail"
+# And its swap: memsw less memory as the kernel counts them (0 on a node without swap), none
+# left to report without a swap limit.
+cg="/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" {print $3}' "/proc/$upid/cgroup")"
+want="$(( $(cat "$cg/memory.memsw.usage_in_bytes") - $(cat "$cg/memory.usage_in_bytes") )) -"
+[ "$(cat "$cg/memory.memsw.limit_in_bytes")" -gt 4611686018427387904 ] || fail "a swap limit on $cg: the check below expects none"
+got=$(c stats -o json --id "$up" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["stats"][0].get("swap")
+print("none" if s is None else "%s %s" % (s.get("swapUsageBytes", {}).get("value", "-"), s.get("swapAvailableBytes", {}).get("value", "-")))')
+[ "$got" = "$want" ] || fail "ContainerStats.swap: $got, the kernel's memsw less memory and no limit: $want"
 c stop -t 0 "$up" >/dev/null || fail "stop (update): $(cat "$R/crictl.err")"
 c update --memory 134217728 "$up" >/dev/null || fail "update of an exited container: $(cat "$R/crictl.err")"
 ok "UpdateContainerResources: the running container's cgroup and runtimeSpec, neither changed by a refused one; an exited one's succeeds"
