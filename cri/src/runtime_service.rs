@@ -835,9 +835,19 @@ impl RuntimeService for Runtime {
             .await
         };
         if let Err(e) = rest.await {
-            // Its addresses are released: not reported any more (the retry stops the rest).
+            // Its addresses are released: not reported any more (the retry stops the rest),
+            // and the pod not ready: its STOPPED event now, which the retry (finding it not
+            // ready) does not send.
             if detached {
                 self.forget_network(&sb.id).await?;
+                if sb.ready {
+                    self.emit(
+                        &sb.id,
+                        &sb.id,
+                        api::ContainerEventType::ContainerStoppedEvent,
+                    )
+                    .await;
+                }
             }
             return Err(e);
         }

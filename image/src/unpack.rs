@@ -220,6 +220,11 @@ pub fn inherit_parents(layer: &Path, lowers: &[PathBuf], dirs: &[Vec<u8>]) -> Re
     let lowers: Vec<OwnedFd> = lowers.iter().map(|l| open_dir(l)).collect::<Result<_>>()?;
     for d in dirs {
         let comps: Vec<&[u8]> = d.split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+        // This layer's own opaque directories (its `.wh..wh..opq`, or a whiteout of a name
+        // it made) at the directory or above it: nothing below shows through there.
+        if own_opaque(root.as_fd(), &comps) {
+            continue;
+        }
         let Some(st) = merged_dir(&lowers, &comps) else {
             continue;
         };
@@ -254,6 +259,27 @@ pub fn inherit_parents(layer: &Path, lowers: &[PathBuf], dirs: &[Vec<u8>]) -> Re
             .map_err(|e| Error::io("setting the times of", shown(), e))?;
     }
     Ok(())
+}
+
+/// Whether a directory at `comps` or above it in the layer at `root` is opaque (a component
+/// that cannot be opened counts as not: the caller finds it gone).
+fn own_opaque(root: BorrowedFd<'_>, comps: &[&[u8]]) -> bool {
+    let mut cur: Option<OwnedFd> = None;
+    for c in comps {
+        let dir = cur.as_ref().map_or(root, |f| f.as_fd());
+        let Ok(name) = sys::cstr(c) else { return false };
+        match sys::openat(
+            dir,
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) if sys::is_opaque(fd.as_fd()) => return true,
+            Ok(fd) => cur = Some(fd),
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// The directory at `comps` as the layers `lowers` (top-most first) show it merged: the

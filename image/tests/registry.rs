@@ -1115,6 +1115,7 @@ fn implicit_directories_inherit_from_the_layers_below() {
         E::Dir("deep/", 0o755),
         E::Dir("deep/b/", 0o755),
         E::Dir("deep/b/c/", 0o750),
+        E::DirOwned("own/s/", 0o700, 1000, 1000),
     ]);
     let l2 = tar_of(&[
         E::Dir("deep/", 0o755),
@@ -1132,6 +1133,9 @@ fn implicit_directories_inherit_from_the_layers_below() {
         E::File("srv/sub/y", b"y", 0o644),
         E::File("opt/more", b"m", 0o644),
         E::File("deep/b/c/z", b"z", 0o644),
+        E::Dir("own/", 0o755),
+        E::File("own/.wh..wh..opq", b"", 0o644),
+        E::File("own/s/f", b"f", 0o644),
     ]);
     let layers = vec![layer(&l1, MT_GZIP), layer(&l2, MT_GZIP), layer(&l3, MT_TAR)];
     let cfg = config_json("amd64", "", &layers);
@@ -1165,6 +1169,11 @@ fn implicit_directories_inherit_from_the_layers_below() {
         meta("deep/b/c"),
         (0o755, 0, 0),
         "deep/b/c (an opaque directory two up)"
+    );
+    assert_eq!(
+        meta("own/s"),
+        (0o755, 0, 0),
+        "own/s (under the layer's own opaque directory)"
     );
     assert_eq!(std::fs::read(root.join("srv/sub/y")).unwrap(), b"y");
     store.remove_rootfs("imp").unwrap();
