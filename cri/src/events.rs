@@ -120,7 +120,14 @@ pub async fn watch_exits(rt: Arc<Runtime>) {
             if exit.as_ref().is_some_and(|e| e["lost"] == true) && container::lost_pending(&r.id) {
                 rt.persist_lost(r).await;
             }
-            if st == api::ContainerState::ContainerExited as i32 && rt.events.first_stop(&r.id) {
+            // Only while its record is there, checked with the claim under the containers'
+            // lock: a RemoveContainer that got in first (and sent STOPPED and DELETED, then
+            // forgot the id) must get no STOPPED after its DELETED, nor the id kept forever.
+            let first = st == api::ContainerState::ContainerExited as i32 && {
+                let t = rt.containers.lock().await;
+                t.items.contains_key(&r.id) && rt.events.first_stop(&r.id)
+            };
+            if first {
                 rt.emit(
                     &r.id,
                     &r.sandbox_id,
