@@ -834,39 +834,32 @@ impl RuntimeService for Runtime {
             })
             .await
         };
-        if let Err(e) = rest.await {
-            // Its addresses are released: not reported any more (the retry stops the rest),
-            // and the pod not ready: its STOPPED event now, which the retry (finding it not
-            // ready) does not send.
-            if detached {
-                self.forget_network(&sb.id).await?;
-                if sb.ready {
-                    self.emit(
+        let stopped = rest.await;
+        match &stopped {
+            Ok(()) => {
+                let mut t = self.sandboxes.lock().await;
+                if let Some(rec) = t.items.get(&sb.id).cloned() {
+                    t.update(
                         &sb.id,
-                        &sb.id,
-                        api::ContainerEventType::ContainerStoppedEvent,
+                        SandboxRecord {
+                            ready: false,
+                            network: None,
+                            ..rec
+                        },
                     )
-                    .await;
+                    .map_err(|e| io_status("pod sandbox record", e))?;
                 }
             }
-            return Err(e);
+            // Its addresses are released: not reported any more (the retry stops the rest),
+            // and the pod is not ready.
+            Err(_) if detached => self.forget_network(&sb.id).await?,
+            Err(_) => {}
         }
-        let mut t = self.sandboxes.lock().await;
-        if let Some(rec) = t.items.get(&sb.id).cloned() {
-            t.update(
-                &sb.id,
-                SandboxRecord {
-                    ready: false,
-                    network: None,
-                    ..rec
-                },
-            )
-            .map_err(|e| io_status("pod sandbox record", e))?;
-        }
-        drop(t);
-        // Once, at the pod's stop: not for a pod already stopped (the kubelet's GC stops old
-        // pods again before it removes them), nor for one whose pause's exit said it.
-        if sb.ready {
+        // Once, when this stop made the pod not ready: not for a pod already stopped (the
+        // kubelet's GC stops old pods again before it removes them), nor for one whose
+        // pause's exit said it; a stop that failed after its DEL sends it, as the retry finds
+        // the pod not ready.
+        if sb.ready && (stopped.is_ok() || detached) {
             self.emit(
                 &sb.id,
                 &sb.id,
@@ -874,6 +867,7 @@ impl RuntimeService for Runtime {
             )
             .await;
         }
+        stopped?;
         tracing::info!(pod = %sb.id, "pod sandbox stopped");
         Ok(Response::new(api::StopPodSandboxResponse {}))
     }

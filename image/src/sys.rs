@@ -117,6 +117,16 @@ pub fn statfs_type(path: &Path) -> io::Result<i64> {
     Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 
+/// openat(2) of the directory `name` in `dir`, not through a symlink.
+pub fn open_subdir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
 /// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST rather than replace `to`.
 pub fn rename_noreplace(
     from_dir: BorrowedFd<'_>,
@@ -216,7 +226,6 @@ fn empty_dir(
     names: &mut u64,
     moved: &mut bool,
 ) -> io::Result<()> {
-    use std::os::fd::AsFd;
     for (name, is_dir) in dir_entries(dir)? {
         if !is_dir {
             ignore_gone(unlinkat(dir, &name, false))?;
@@ -235,12 +244,7 @@ fn empty_dir(
             *moved = true;
             continue;
         }
-        let child = match openat(
-            dir,
-            &name,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
+        let child = match open_subdir(dir, &name) {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),

@@ -268,12 +268,7 @@ fn own_opaque(root: BorrowedFd<'_>, comps: &[&[u8]]) -> bool {
     for c in comps {
         let dir = cur.as_ref().map_or(root, |f| f.as_fd());
         let Ok(name) = sys::cstr(c) else { return false };
-        match sys::openat(
-            dir,
-            &name,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
+        match sys::open_subdir(dir, &name) {
             Ok(fd) if sys::is_opaque(fd.as_fd()) => return true,
             Ok(fd) => cur = Some(fd),
             Err(_) => return false,
@@ -309,15 +304,7 @@ fn merged_dir(lowers: &[OwnedFd], comps: &[&[u8]]) -> Option<libc::stat> {
             if j + 1 == comps.len() {
                 return Some(st);
             }
-            cur = Some(
-                sys::openat(
-                    dir,
-                    &name,
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-                .ok()?,
-            );
+            cur = Some(sys::open_subdir(dir, &name).ok()?);
         }
     }
     None

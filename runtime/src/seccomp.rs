@@ -488,28 +488,21 @@ impl Prepared {
     /// Loads the filter into this process (inherited across execve), then hands the
     /// notification fd to the agent. Needs no_new_privs or CAP_SYS_ADMIN.
     pub fn load(self) -> Result<()> {
-        const HINT: &str = " (loading a filter needs no_new_privs or CAP_SYS_ADMIN)";
+        let failed = |e: &dyn std::fmt::Display, eacces: bool| {
+            let hint = if eacces {
+                " (loading a filter needs no_new_privs or CAP_SYS_ADMIN)"
+            } else {
+                ""
+            };
+            Error::Init(format!("load the seccomp filter: {e}{hint}"))
+        };
         let notify_fd = match &self.patched {
-            Some(prog) => {
-                let flags = self.load_flags();
-                crate::sys::seccomp_set_filter(flags, prog).map_err(|e| {
-                    let hint = if e.raw_os_error() == Some(libc::EACCES) {
-                        HINT
-                    } else {
-                        ""
-                    };
-                    Error::Init(format!("load the seccomp filter: {e}{hint}"))
-                })?
-            }
+            Some(prog) => crate::sys::seccomp_set_filter(self.load_flags(), prog)
+                .map_err(|e| failed(&e, e.raw_os_error() == Some(libc::EACCES)))?,
             None => {
                 self.ctx.load().map_err(|e| {
-                    let hint = if matches!(e.errno(), Some(libseccomp::error::SeccompErrno::EACCES))
-                    {
-                        HINT
-                    } else {
-                        ""
-                    };
-                    Error::Init(format!("load the seccomp filter: {e}{hint}"))
+                    let eacces = matches!(e.errno(), Some(libseccomp::error::SeccompErrno::EACCES));
+                    failed(&e, eacces)
                 })?;
                 None
             }

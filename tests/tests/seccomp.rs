@@ -56,17 +56,23 @@ fn errno_rules_fail_with_the_configured_errno() {
     assert!(!b.rootfs().join("made").exists());
 }
 
-#[test]
-fn default_errno_with_an_allow_list() {
-    let rt = Rsrun::new();
+/// The RuntimeDefault profile with mkdir and mkdirat off its allow-list.
+fn default_without_mkdir() -> Value {
     let mut prof = serde_json::to_value(rsrun::seccomp::runtime_default_profile()).unwrap();
-    // Take mkdir off the allow-list and make the default errno recognisable.
     for r in prof["syscalls"].as_array_mut().unwrap() {
         r["names"]
             .as_array_mut()
             .unwrap()
             .retain(|n| n != "mkdir" && n != "mkdirat");
     }
+    prof
+}
+
+#[test]
+fn default_errno_with_an_allow_list() {
+    let rt = Rsrun::new();
+    // Take mkdir off the allow-list and make the default errno recognisable.
+    let mut prof = default_without_mkdir();
     prof["defaultErrnoRet"] = json!(libc::ENOLINK);
     let mut b = sh("echo before; mkdir /tmp/x 2>&1; echo after");
     set_seccomp(&mut b, prof);
@@ -216,14 +222,7 @@ fn notify_hands_the_listener_to_the_agent() {
 /// by rsrun's own seccomp(2) call, which must ask the kernel for the listener.
 #[test]
 fn notify_hands_the_listener_to_the_agent_behind_the_enosys_stub() {
-    let mut prof = serde_json::to_value(rsrun::seccomp::runtime_default_profile()).unwrap();
-    for r in prof["syscalls"].as_array_mut().unwrap() {
-        r["names"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n != "mkdir" && n != "mkdirat");
-    }
-    notify_with(prof);
+    notify_with(default_without_mkdir());
 }
 
 /// `base` with a NOTIFY rule for mkdir and the agent's socket added.

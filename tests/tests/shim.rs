@@ -228,10 +228,7 @@ fn termination_signals_do_not_end_the_shim() {
     let b = Bundle::new(&["sleep", "1000"]);
     let s = shim(&b, &[]).unwrap();
     s.start();
-    let shim_pid: i32 = std::fs::read_to_string(s.dir().join("shim.pid"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let shim_pid = shim_pid(&s);
     use nix::sys::signal::Signal;
     for sig in [
         Signal::SIGTERM,
