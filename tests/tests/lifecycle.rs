@@ -531,6 +531,10 @@ fn kill_all_and_ps_reach_what_a_stopped_init_left_in_the_cgroup() {
     let id = unique("left");
     rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
     rt.wait_status(&id, "stopped");
+    // The init may exit before its child has exec'd sleep: wait for the sleep to show.
+    wait_until(std::time::Duration::from_secs(10), || {
+        live_processes(&["sleep", marker]).len() == 1
+    });
     let left = live_processes(&["sleep", marker]);
     assert_eq!(left.len(), 1, "{left:?}");
     let ps: Vec<i32> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", &id])).unwrap();
