@@ -82,6 +82,27 @@ pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
 }
 
 /// Semantic checks the JSON types cannot express. Returns the absolute rootfs path.
+/// The largest user or group ID a process may be given (runc's and containerd's bound).
+/// Above it, 4294967295 is `(uid_t)-1`, which setresuid(2) and setresgid(2) read as "leave
+/// unchanged": a container configured to run as that user would run as root.
+pub const MAX_ID: u32 = i32::MAX as u32;
+
+/// Refuses a process user whose uid, gid or additional gids are above [`MAX_ID`].
+pub fn check_user_ids(u: &oci_spec::runtime::User) -> std::result::Result<(), String> {
+    let out =
+        |field: &str, id: u32| format!("process.user.{field} {id} is out of range (0 to {MAX_ID})");
+    if u.uid() > MAX_ID {
+        return Err(out("uid", u.uid()));
+    }
+    if u.gid() > MAX_ID {
+        return Err(out("gid", u.gid()));
+    }
+    if let Some(g) = u.additional_gids().iter().flatten().find(|g| **g > MAX_ID) {
+        return Err(out("additionalGids", *g));
+    }
+    Ok(())
+}
+
 pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
     let bad = |msg: String| Error::Config(format!("{}: {msg}", cfg.display()));
     let v = spec.version();
@@ -142,6 +163,7 @@ pub fn validate(spec: &Spec, bundle: &Path, cfg: &Path) -> Result<PathBuf> {
                 return Err(bad(format!("process.env entry {e:?} is not KEY=value")));
             }
         }
+        check_user_ids(p.user()).map_err(bad)?;
         if let Some(rl) = p.rlimits() {
             for r in rl {
                 if r.soft() > r.hard() {

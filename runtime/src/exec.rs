@@ -270,6 +270,7 @@ pub fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
             p.cwd().display()
         )));
     }
+    crate::config::check_user_ids(p.user()).map_err(|e| Error::Invalid(format!("exec: {e}")))?;
     Ok(p)
 }
 

@@ -182,6 +182,58 @@ fn a_missing_cwd_is_not_made_through_a_host_descriptor() {
     );
 }
 
+/// A user or group ID of 4294967295 is `(uid_t)-1`, which setresuid(2) reads as "leave
+/// unchanged": the container would run as root (past the kubelet's runAsNonRoot, which sees a
+/// non-zero uid). Refused at create and at exec, as runc refuses IDs above 2^31-1; without
+/// the check the process's real and effective IDs read 0 on the host.
+#[test]
+fn a_user_id_of_minus_one_is_refused_not_run_as_root() {
+    let rt = Rsrun::new();
+    for (field, user) in [
+        ("uid", json!({"uid": 4294967295u32, "gid": 1000})),
+        ("gid", json!({"uid": 1000, "gid": 4294967295u32})),
+        (
+            "additionalGids",
+            json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 4294967295u32]}),
+        ),
+    ] {
+        let mut b = Bundle::new(&["sleep", "30"]);
+        b.edit(|c| c["process"]["user"] = user.clone());
+        let id = unique("minus1");
+        let o = rt.run(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        let ids = o.status.success().then(|| {
+            let pid = rt.state(&id)["pid"].as_i64().unwrap();
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let _ = rt.run(&["delete", "--force", &id]);
+            st.lines()
+                .filter(|l| {
+                    l.starts_with("Uid:") || l.starts_with("Gid:") || l.starts_with("Groups:")
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        assert!(
+            !o.status.success() && err.contains(&format!("process.user.{field} 4294967295")),
+            "{field}: created ({ids:?}), stderr {err:?}"
+        );
+    }
+    assert_eq!(rt.count(), 0);
+    let b = Bundle::new(&["sleep", "30"]);
+    let id = unique("minus1x");
+    rt.ok(&["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let o = rt.run(&["exec", "--user", "4294967295:1000", &id, "id"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
+    assert!(
+        !o.status.success() && err.contains("process.user.uid 4294967295"),
+        "exec ran: {out:?}, stderr {err:?}"
+    );
+    rt.ok(&["delete", "--force", &id]);
+}
+
 /// An image whose /proc is a symlink (here into a directory that a volume then covers)
 /// would get the procfs mounted where the volume hides it, and a /proc of its own making:
 /// the runtime reads and writes /proc files after pivot_root. Refused, as runc does.
