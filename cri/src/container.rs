@@ -207,11 +207,14 @@ fn apparmor_profile(
 ) -> Result<Option<String>, Status> {
     use api::security_profile::ProfileType;
     let (kind, name) = match &sc.apparmor {
-        Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::Localhost) => ("localhost", p.localhost_ref.clone()),
-            Ok(ProfileType::Unconfined) => ("unconfined", String::new()),
-            _ => ("runtime/default", String::new()),
-        },
+        Some(p) => {
+            profile_type_checked(p, "apparmor")?;
+            match ProfileType::try_from(p.profile_type) {
+                Ok(ProfileType::Localhost) => ("localhost", p.localhost_ref.clone()),
+                Ok(ProfileType::Unconfined) => ("unconfined", String::new()),
+                _ => ("runtime/default", String::new()),
+            }
+        }
         None => match sc.apparmor_profile.as_str() {
             "" => return Ok(None),
             "unconfined" => ("unconfined", String::new()),
@@ -252,6 +255,28 @@ fn apparmor_profile(
     Ok(None)
 }
 
+/// A security profile's type is one the CRI defines, and only a Localhost one names a
+/// profile (as containerd checks them): an unknown type read as unconfined (seccomp) or
+/// runtime/default (AppArmor) ran the container otherwise than asked, unsaid.
+fn profile_type_checked(p: &api::SecurityProfile, field: &str) -> Result<(), Status> {
+    use api::security_profile::ProfileType;
+    let what = format!("CreateContainer: linux.security_context.{field}");
+    match ProfileType::try_from(p.profile_type) {
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{what}: profile_type {} is not RuntimeDefault, Unconfined or Localhost",
+            p.profile_type
+        ))),
+        Ok(t) if t != ProfileType::Localhost && !p.localhost_ref.is_empty() => {
+            Err(Status::invalid_argument(format!(
+                "{what}: localhost_ref {:?} is only for profile_type Localhost (not {})",
+                p.localhost_ref,
+                t.as_str_name()
+            )))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Whether the node's kernel enforces AppArmor.
 fn apparmor_enabled() -> bool {
     std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
@@ -279,6 +304,51 @@ fn process_args(c: &api::ContainerConfig, img: &ImageConfig) -> Vec<String> {
     args
 }
 
+/// The capabilities' names (without `CAP_`), by number.
+const CAP_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
 /// Every capability the kernel knows (for privileged and "ALL").
 fn all_caps() -> Vec<String> {
     // The kernel's last capability number, from /proc.
@@ -286,50 +356,8 @@ fn all_caps() -> Vec<String> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    const NAMES: [&str; 41] = [
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ];
-    NAMES
+
+    CAP_NAMES
         .iter()
         .take(last as usize + 1)
         .map(|n| format!("CAP_{n}"))
@@ -338,14 +366,32 @@ fn all_caps() -> Vec<String> {
 
 /// The capability set: defaults (or all when privileged), minus drops, plus adds; "ALL"
 /// works on either side, as Kubernetes defines it.
+/// A name no capability has (a typo such as `NET_ADMN`, which the Kubernetes API lets
+/// through) is refused at create, naming it, as CRI-O refuses it: written into the spec, the
+/// runtime refused it at every start.
 pub fn capabilities(
     sc: &api::LinuxContainerSecurityContext,
     defaults: Option<&[String]>,
-) -> Vec<String> {
+) -> Result<Vec<String>, Status> {
     if sc.privileged {
-        return all_caps();
+        return Ok(all_caps());
     }
     let c = sc.capabilities.clone().unwrap_or_default();
+    for (field, list) in [
+        ("add_capabilities", &c.add_capabilities),
+        ("drop_capabilities", &c.drop_capabilities),
+    ] {
+        let known = |n: &str| {
+            n.strip_prefix("CAP_")
+                .is_some_and(|n| n == "ALL" || CAP_NAMES.contains(&n))
+        };
+        if let Some(bad) = list.iter().find(|s| !known(&cap_name(s))) {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: linux.security_context.capabilities.{field}: {bad:?} is not \
+                 a capability"
+            )));
+        }
+    }
     let mut set: Vec<String> = match defaults {
         Some(d) => d.iter().map(|s| cap_name(s)).collect(),
         None => rsrun::seccomp::CRI_DEFAULT_CAPS
@@ -370,7 +416,7 @@ pub fn capabilities(
         }
     }
     set.retain(|s| !drop.contains(s));
-    set
+    Ok(set)
 }
 
 /// This node mounts the one cgroup v2 hierarchy (no v1 controller).
@@ -504,6 +550,13 @@ pub fn user(
     }
     // Supplementary groups: the primary group, the user's groups from the image (policy
     // Merge, the default; not with Strict), and the CRI's.
+    if api::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy).is_err() {
+        return Err(Status::invalid_argument(format!(
+            "CreateContainer: linux.security_context.supplemental_groups_policy {} is not Merge \
+             or Strict",
+            sc.supplemental_groups_policy
+        )));
+    }
     let strict = sc.supplemental_groups_policy == api::SupplementalGroupsPolicy::Strict as i32;
     let name = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -528,6 +581,32 @@ pub fn user(
     }
     groups.sort_unstable();
     groups.dedup();
+    // 4294967295 is (uid_t)-1, which the kernel reads as "leave unchanged": the process
+    // would run as root, past the kubelet's runAsNonRoot check (it sees a non-zero uid).
+    let max = rsrun::config::MAX_ID;
+    let from = if sc.run_as_user.is_some() {
+        "run_as_user"
+    } else if !sc.run_as_username.is_empty() {
+        "run_as_username"
+    } else {
+        "the image's USER"
+    };
+    let out = |what: String| {
+        Err(Status::invalid_argument(format!(
+            "CreateContainer: {what} is out of range (0 to {max})"
+        )))
+    };
+    if uid > max {
+        return out(format!("the uid {uid} of {from}"));
+    }
+    if gid > max {
+        return out(format!("the gid {gid} of {from} or run_as_group"));
+    }
+    if let Some(g) = groups.iter().find(|g| **g > max) {
+        return out(format!(
+            "the supplementary group {g} (supplemental_groups or the image's /etc/group)"
+        ));
+    }
     Ok((uid, gid, groups))
 }
 
@@ -541,6 +620,37 @@ pub fn cri_annotations<'a>(sb: &'a SandboxRecord, kind: &'a str) -> Vec<(&'stati
         ("io.kubernetes.cri.sandbox-namespace", sb.namespace.as_str()),
         ("io.kubernetes.cri.sandbox-uid", sb.uid.as_str()),
     ]
+}
+
+/// The image's environment, then the config's (same key: the config wins). An image entry
+/// without '=' unsets the name, one with no name is passed over (as containerd reads them;
+/// the runtime refuses an entry that is not KEY=value).
+fn merge_env(image: &[String], config: &[api::KeyValue]) -> Result<Vec<(String, String)>, Status> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in image {
+        match e.split_once('=') {
+            Some(("", _)) => {}
+            Some((k, v)) => match env.iter_mut().find(|(x, _)| x == k) {
+                Some(e) => e.1 = v.to_string(),
+                None => env.push((k.to_string(), v.to_string())),
+            },
+            None => env.retain(|(x, _)| x != e),
+        }
+    }
+    for kv in config {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: envs key {:?} is invalid",
+                kv.key
+            )));
+        }
+        let v = String::from_utf8_lossy(&kv.value).into_owned();
+        match env.iter_mut().find(|(x, _)| *x == kv.key) {
+            Some(e) => e.1 = v,
+            None => env.push((kv.key.clone(), v)),
+        }
+    }
+    Ok(env)
 }
 
 /// The OCI config of a container.
@@ -566,27 +676,7 @@ pub fn oci_spec(
         ));
     }
     // Environment: the image's, then the config's (same key: the config wins).
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |k: String, v: String| match env.iter_mut().find(|(x, _)| *x == k) {
-        Some(e) => e.1 = v,
-        None => env.push((k, v)),
-    };
-    for e in &img.env {
-        let (k, v) = e.split_once('=').unwrap_or((e, ""));
-        set(k.to_string(), v.to_string());
-    }
-    for kv in &c.envs {
-        if kv.key.is_empty() || kv.key.contains('=') {
-            return Err(Status::invalid_argument(format!(
-                "CreateContainer: envs key {:?} is invalid",
-                kv.key
-            )));
-        }
-        set(
-            kv.key.clone(),
-            String::from_utf8_lossy(&kv.value).into_owned(),
-        );
-    }
+    let mut env = merge_env(&img.env, &c.envs)?;
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push((
             "PATH".into(),
@@ -617,7 +707,7 @@ pub fn oci_spec(
         )));
     }
     let (uid, gid, groups) = user(&sc, &img.user, rootfs)?;
-    let caps = capabilities(&sc, default_caps);
+    let caps = capabilities(&sc, default_caps)?;
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
@@ -872,6 +962,9 @@ pub fn oci_spec(
         spec["process"]["apparmorProfile"] = json!(profile);
     }
     // Privileged containers get no seccomp profile, whatever is asked (as containerd).
+    if let Some(p) = &sc.seccomp {
+        profile_type_checked(p, "seccomp")?;
+    }
     let seccomp = sc.seccomp.as_ref().filter(|_| !sc.privileged);
     match seccomp.map(|s| (s.profile_type, &s.localhost_ref)) {
         Some((t, _)) if t == api::security_profile::ProfileType::RuntimeDefault as i32 => {
@@ -2060,25 +2153,39 @@ mod tests {
         assert_eq!(CpuSample::next(Some(s), 14 * S, 10).rate, None);
     }
 
+    fn with_caps(add: &[&str], drop: &[&str]) -> api::LinuxContainerSecurityContext {
+        api::LinuxContainerSecurityContext {
+            capabilities: Some(api::Capability {
+                add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn capability_drops_win_as_containerd_orders_them() {
-        let caps = |add: &[&str], drop: &[&str]| {
-            let sc = api::LinuxContainerSecurityContext {
-                capabilities: Some(api::Capability {
-                    add_capabilities: add.iter().map(|s| s.to_string()).collect(),
-                    drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            capabilities(&sc, None)
-        };
+        let caps = |add: &[&str], drop: &[&str]| capabilities(&with_caps(add, drop), None).unwrap();
         let all = all_caps();
         let got = caps(&["ALL"], &["NET_RAW"]);
         assert_eq!(got.len(), all.len() - 1);
         assert!(!got.contains(&"CAP_NET_RAW".to_string()));
         assert!(!caps(&["SYS_ADMIN"], &["SYS_ADMIN"]).contains(&"CAP_SYS_ADMIN".to_string()));
         assert!(caps(&["ALL"], &["ALL"]).is_empty());
+        // A name no capability has is refused, naming the field and the name.
+        for (add, drop, field) in [
+            (vec!["NET_ADMN"], vec![], "add_capabilities"),
+            (vec![], vec!["CAP_SYS_ADMINN"], "drop_capabilities"),
+            (vec!["CAP_"], vec![], "add_capabilities"),
+        ] {
+            let e = capabilities(&with_caps(&add, &drop), None).unwrap_err();
+            let name = add.first().or(drop.first()).unwrap();
+            assert!(
+                e.message().contains(field) && e.message().contains(&format!("{name:?}")),
+                "{e:?}"
+            );
+        }
         assert_eq!(caps(&["chown"], &["ALL"]), vec!["CAP_CHOWN".to_string()]);
         assert_eq!(clean_path("/a//b/./"), "/a/b");
         assert_eq!(clean_path("/"), "/");
@@ -2147,6 +2254,110 @@ mod tests {
         let e = in_thread("mallory").unwrap_err();
         assert!(e.message().contains("/etc/group is 5242880 bytes"), "{e:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// 4294967295, (uid_t)-1, would leave the process root: refused as a uid, a gid or a
+    /// supplementary group, from the CRI or from the image; 2147483647 is the largest taken.
+    #[test]
+    fn user_and_group_ids_above_2_pow_31_minus_1_are_refused() {
+        let dir = std::env::temp_dir().join(format!("rsrun-cri-maxid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(
+            dir.join("etc/passwd"),
+            "big:x:4294967295:1::/:/bin/sh\nok:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("etc/group"), "huge:x:4294967295:ok\n").unwrap();
+        let sc = api::LinuxContainerSecurityContext::default();
+        for (image_user, want) in [
+            ("4294967295", "the uid 4294967295 of the image's USER"),
+            ("big", "the uid 4294967295 of the image's USER"),
+            ("1000:4294967295", "the gid 4294967295"),
+            ("ok", "the supplementary group 4294967295"),
+        ] {
+            let e = user(&sc, image_user, &dir).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(want), "{image_user}: {e:?}");
+        }
+        let with = |uid: Option<i64>, gid: Option<i64>, groups: Vec<i64>| {
+            let sc = api::LinuxContainerSecurityContext {
+                run_as_user: uid.map(|value| api::Int64Value { value }),
+                run_as_group: gid.map(|value| api::Int64Value { value }),
+                supplemental_groups: groups,
+                ..Default::default()
+            };
+            user(&sc, "", &dir)
+        };
+        let e = with(Some(4294967295), None, vec![]).unwrap_err();
+        assert!(e.message().contains("of run_as_user"), "{e:?}");
+        let e = with(Some(0), Some(4294967295), vec![]).unwrap_err();
+        assert!(e.message().contains("gid 4294967295"), "{e:?}");
+        let e = with(Some(0), None, vec![4294967295]).unwrap_err();
+        assert!(e.message().contains("supplementary group"), "{e:?}");
+        assert_eq!(
+            with(Some(2147483647), Some(2147483647), vec![]).unwrap(),
+            (2147483647, 2147483647, vec![2147483647])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Profile types and the supplementary-group policy outside the CRI's enums, and a
+    /// localhost_ref on a type that takes none, are refused by name; the defined ones pass.
+    #[test]
+    fn unknown_profile_types_and_policies_are_refused() {
+        use api::security_profile::ProfileType;
+        let prof = |t: i32, r: &str| api::SecurityProfile {
+            profile_type: t,
+            localhost_ref: r.into(),
+        };
+        for t in [ProfileType::RuntimeDefault, ProfileType::Unconfined] {
+            assert!(profile_type_checked(&prof(t as i32, ""), "seccomp").is_ok());
+            let e = profile_type_checked(&prof(t as i32, "p.json"), "seccomp").unwrap_err();
+            assert!(
+                e.message().contains("only for profile_type Localhost"),
+                "{e:?}"
+            );
+        }
+        assert!(profile_type_checked(&prof(ProfileType::Localhost as i32, "p"), "x").is_ok());
+        let e = profile_type_checked(&prof(7, ""), "apparmor").unwrap_err();
+        assert!(e.message().contains("apparmor: profile_type 7"), "{e:?}");
+        // Through the AppArmor path too (an unknown type was read as runtime/default).
+        let sc = api::LinuxContainerSecurityContext {
+            apparmor: Some(prof(7, "")),
+            ..Default::default()
+        };
+        assert!(apparmor_profile(&sc, true).is_err());
+        let dir = std::env::temp_dir().join(format!("rsrun-cri-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sc = api::LinuxContainerSecurityContext {
+            supplemental_groups_policy: 5,
+            ..Default::default()
+        };
+        let e = user(&sc, "", &dir).unwrap_err();
+        assert!(
+            e.message().contains("supplemental_groups_policy 5"),
+            "{e:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The image's entries, then the config's: an image entry without '=' unsets the name,
+    /// one without a name is passed over; the config's value wins.
+    #[test]
+    fn environment_merge() {
+        let img: Vec<String> = ["A=1", "B=2", "=x", "A", "C=3=4", "B=5"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let kv = |k: &str, v: &str| api::KeyValue {
+            key: k.into(),
+            value: v.into(),
+        };
+        let got = merge_env(&img, &[kv("C", "6"), kv("D", "")]).unwrap();
+        let got: Vec<String> = got.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(got, ["B=5", "C=6", "D="]);
+        assert!(merge_env(&img, &[kv("", "x")]).is_err());
     }
 
     #[test]
