@@ -264,6 +264,13 @@ impl ImageStore {
             &mut s,
             &mut bytes,
         )?;
+        // Implicit-directory records go with their layers (`Store::put_implicit`).
+        sweep(
+            &root.join("implicit"),
+            &|n| snaps.contains(n),
+            &mut 0,
+            &mut 0,
+        )?;
         if everything {
             sweep(&root.join("ingest"), &|_| false, &mut t, &mut bytes)?;
             sweep(&root.join("tmp"), &|_| false, &mut t, &mut bytes)?;

@@ -389,8 +389,10 @@ impl ImageStore {
         };
 
         // Layers, concurrently; then the directories layers made without an entry take
-        // their metadata from the layers below, now all in place.
-        let implicit = self.fetch_layers(
+        // their metadata from the layers below, now all in place, bottom-up (an implicit
+        // directory passes what it took on). Also those of a layer found in place: a pull
+        // that committed it and then failed, or was killed, left its record.
+        self.fetch_layers(
             repo,
             &manifest.layers,
             &config.rootfs.diff_ids,
@@ -398,16 +400,21 @@ impl ImageStore {
             cancel,
         )?;
         let ids = &config.rootfs.diff_ids;
+        let mut fixed = Vec::new();
         for (i, d) in ids.iter().enumerate() {
-            if let Some(dirs) = implicit.get(d) {
+            if let Some(dirs) = self.store.implicit_dirs(d)? {
                 let lowers: Vec<PathBuf> = ids[..i]
                     .iter()
                     .rev()
                     .map(|l| self.store.snapshot_path(l))
                     .collect();
-                unpack::inherit_parents(&self.store.snapshot_path(d), &lowers, dirs)?;
+                unpack::inherit_parents(&self.store.snapshot_path(d), &lowers, &dirs)?;
+                cancel.touch();
+                fixed.push(d.clone());
             }
         }
+        self.store.implicit_done(&fixed)?;
+        cancel.touch();
         cancel.check("committing the image")?;
 
         for (d, b) in &manifest_blobs {
@@ -568,7 +575,7 @@ impl ImageStore {
         diff_ids: &[Digest],
         opts: &PullOptions,
         cancel: &Cancel,
-    ) -> Result<HashMap<Digest, Vec<Vec<u8>>>> {
+    ) -> Result<()> {
         let abort = cancel.abort.clone().unwrap_or_default();
         let next = AtomicUsize::new(0);
         let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
@@ -649,7 +656,7 @@ impl ImageStore {
             ctx.batch.flush()?;
             // A long flush is not a stall.
             cancel.touch();
-            return Ok(ctx.implicit.into_inner().unwrap_or_else(|p| p.into_inner()));
+            return Ok(());
         }
         ctx.batch.discard();
         // The first failure: the siblings it stopped record theirs after it.
@@ -712,6 +719,19 @@ impl ImageStore {
                 !st.has_snapshot(diff_id),
             )
         };
+        // The implicit directories' record before the layer can be committed.
+        let implicit = ctx
+            .implicit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(diff_id)
+            .unwrap_or_default();
+        let res = res.and_then(|(blob, snapshot)| {
+            if snapshot.is_some() {
+                st.put_implicit(diff_id, &implicit)?;
+            }
+            Ok((blob, snapshot))
+        });
         match res {
             Ok((blob, snapshot)) => ctx.batch.add(
                 PendingLayer {
@@ -865,7 +885,7 @@ struct LayerCtx<'a> {
     image_used: AtomicU64,
     batch: Batch<'a>,
     /// The directories each layer unpacked here made without an entry (by diff ID), for
-    /// `unpack::inherit_parents` once the layers below are in place.
+    /// its record (`Store::put_implicit`).
     implicit: Mutex<HashMap<Digest, Vec<Vec<u8>>>>,
 }
 

@@ -332,12 +332,14 @@ impl Repo {
             .build()
     }
 
-    /// GET (or HEAD) with redirects and auth challenges handled.
+    /// GET (or HEAD) with redirects and auth challenges handled; `from`: only the bytes from
+    /// there on (a Range request, sent again to wherever the registry redirects).
     fn send(
         &self,
         head: bool,
         url: String,
         accept: Option<&str>,
+        from: Option<u64>,
         what: &str,
     ) -> Result<Response<Body>> {
         let mut url = url;
@@ -371,6 +373,9 @@ impl Repo {
             };
             if let Some(a) = accept {
                 req = req.header("Accept", a);
+            }
+            if let Some(n) = from {
+                req = req.header("Range", format!("bytes={n}-"));
             }
             if same_origin {
                 match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -587,6 +592,7 @@ impl Repo {
             false,
             self.url("manifests", reference),
             Some(ACCEPT_MANIFESTS),
+            None,
             &what,
         )?;
         let media_type = header(&resp, "content-type").unwrap_or_default();
@@ -630,16 +636,20 @@ impl Repo {
             true,
             self.url("manifests", reference),
             Some(ACCEPT_MANIFESTS),
+            None,
             &format!("resolving {reference}"),
         )?;
         Ok(header(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok()))
     }
 
-    /// Streams a blob. The reader fails once the pull is cancelled.
-    pub fn blob(&self, digest: &Digest) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+    /// Streams a blob, with the Content-Length of the answer. The reader fails once the pull
+    /// is cancelled; a connection dropped before the answer's end is taken up again where it
+    /// ended (`ResumingBlob`).
+    pub fn blob(&self, digest: &Digest) -> Result<(Box<dyn Read + Send + '_>, Option<u64>)> {
         let resp = self.send(
             false,
             self.url("blobs", digest.as_str()),
+            None,
             None,
             &format!("fetching blob {}", digest.short()),
         )?;
@@ -647,11 +657,64 @@ impl Repo {
         let reader = resp.into_body().into_reader();
         Ok((
             Box::new(CancelReader {
-                inner: reader,
+                inner: ResumingBlob {
+                    repo: self,
+                    digest: digest.clone(),
+                    inner: reader,
+                    offset: 0,
+                    tries: 0,
+                },
                 cancel: self.cancel.clone(),
             }),
             len,
         ))
+    }
+
+    /// The blob again from byte `offset`: a Range request; a registry that answers with the
+    /// whole blob instead (200) has the bytes before `offset` read and passed over.
+    fn blob_from(&self, digest: &Digest, offset: u64) -> Result<ureq::BodyReader<'static>> {
+        let what = format!("fetching blob {} from byte {offset}", digest.short());
+        let resp = self.send(
+            false,
+            self.url("blobs", digest.as_str()),
+            None,
+            Some(offset),
+            &what,
+        )?;
+        let partial = resp.status().as_u16() == 206;
+        let range = header(&resp, "content-range").unwrap_or_default();
+        let mut reader = resp.into_body().into_reader();
+        if partial {
+            // `bytes FIRST-LAST/SIZE`
+            let first = range
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split('-').next())
+                .and_then(|f| f.trim().parse::<u64>().ok());
+            if first != Some(offset) {
+                return Err(self.registry_err(format!(
+                    "{what}: the answer's Content-Range is {:?}",
+                    clean(&range)
+                )));
+            }
+        } else {
+            // (Bytes passed over are progress too: the stall watchdog must not end it.)
+            let (mut left, mut buf) = (offset, vec![0u8; 64 << 10]);
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let k = reader
+                    .read(&mut buf[..want])
+                    .map_err(|e| self.stream_err(e, &what))?;
+                if k == 0 {
+                    return Err(self.registry_err(format!(
+                        "{what}: the whole blob sent again ended at byte {}",
+                        offset - left
+                    )));
+                }
+                left -= k as u64;
+                self.cancel.touch();
+            }
+        }
+        Ok(reader)
     }
 
     pub(crate) fn stream_err(&self, e: io::Error, what: &str) -> Error {
@@ -659,6 +722,82 @@ impl Repo {
             return c;
         }
         self.registry_err(format!("{what}: {}", clean(&e.to_string())))
+    }
+}
+
+/// Resumes after this many dropped connections in a row with no byte between them (as
+/// containerd's blob reader does).
+const MAX_RESUMES: u32 = 3;
+
+/// A blob's body that takes a dropped connection (reset, or closed before the answer's
+/// Content-Length or last chunk) up again where it ended, with a Range request, as containerd's fetcher does: a large layer
+/// over a link that drops now and then completes instead of starting over at every pull.
+/// What reads it sees one stream (the digest, the decompressor and the unpacking go on). Not
+/// after a timeout, a cancellation or a stall: those end the pull (or go to the next mirror).
+struct ResumingBlob<'a> {
+    repo: &'a Repo,
+    digest: Digest,
+    inner: ureq::BodyReader<'static>,
+    offset: u64,
+    /// Resumes since the last byte came.
+    tries: u32,
+}
+
+impl Read for ResumingBlob<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // (A body that ends cleanly, by its Content-Length or its last chunk, ends the
+            // stream: shorter than the manifest says is the manifest's lie, not a drop.)
+            let e = match self.inner.read(buf) {
+                Ok(n) => {
+                    self.offset += n as u64;
+                    if n > 0 {
+                        self.tries = 0;
+                    }
+                    return Ok(n);
+                }
+                Err(e) => e,
+            };
+            let dropped = matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            );
+            if !dropped {
+                return Err(e);
+            }
+            // A request to take it up again that fails at the registry (a 5xx, a connection
+            // dropped again) is one more try; what the registry refuses for good (not found,
+            // denied) and an ended pull are not.
+            let mut last = None;
+            loop {
+                if self.tries >= MAX_RESUMES || self.repo.cancel.check("streaming").is_err() {
+                    return Err(match last {
+                        None => e,
+                        Some(e2) => io::Error::new(
+                            e.kind(),
+                            format!("{e}; taking it up again at byte {}: {e2}", self.offset),
+                        ),
+                    });
+                }
+                self.tries += 1;
+                match self.repo.blob_from(&self.digest, self.offset) {
+                    Ok(r) => {
+                        self.inner = r;
+                        break;
+                    }
+                    Err(e2 @ Error::Registry { .. }) => last = Some(e2),
+                    Err(e2) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("{e}; taking it up again at byte {}: {e2}", self.offset),
+                        ))
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@
 //! ROOT/locks/HEX                   per-digest flock files: one download/unpack at a time
 //! ROOT/snapshots/DIFFIDHEX/        an unpacked layer (overlay lowerdir)
 //! ROOT/tmp/HEX.PID.N/              a layer being unpacked
+//! ROOT/tmp/HEX.PID.N.implicit       a layer's implicit-directory list being written
+//! ROOT/implicit/DIFFIDHEX          the directories a committed layer made without entries,
+//!                                  until they take the metadata of the layers below
 //! ROOT/tmp.lock                    held shared while creating a temp entry, exclusive to sweep
 //! ```
 //!
@@ -155,6 +158,7 @@ impl Store {
             "ingest",
             "locks",
             "snapshots",
+            "implicit",
             "containers",
             "tmp",
         ] {
@@ -383,10 +387,12 @@ impl Store {
     /// A new temp file for a blob being downloaded.
     /// The file is locked (flock) for as long as it is open.
     pub fn ingest_file(&self, d: &Digest) -> Result<(File, PathBuf)> {
-        let p = self
-            .root
-            .join("ingest")
-            .join(format!("{}.{}", d.hex(), self.unique()));
+        self.temp_file("ingest", format!("{}.{}", d.hex(), self.unique()))
+    }
+
+    /// A new temp file `ROOT/DIR/NAME`, flocked by its writer (the sweeps pass it over).
+    fn temp_file(&self, dir: &str, name: String) -> Result<(File, PathBuf)> {
+        let p = self.root.join(dir).join(name);
         let _c = self.creating_temp()?;
         let f = OpenOptions::new()
             .write(true)
@@ -450,6 +456,89 @@ impl Store {
         Ok(TempSnapshot { path: p, _lock: f })
     }
 
+    /// Records the directories the unpacked layer `diff_id` made without entries of their own
+    /// (`UnpackStats::implicit_dirs`) until `implicit_done`: a layer committed before its
+    /// pull ends (a batch, while slower layers come) keeps the list through a failed or
+    /// killed pull, so the next pull that finds the layer in place still gives them the
+    /// metadata of the layers below. Written whole (a temp file renamed into place) before
+    /// the layer is committed (`commit_batch` flushes the store's filesystem first). An empty
+    /// list removes any record. (A record of a layer that was not committed in the end, a
+    /// failed pull's, holds what any unpack of the same diff ID finds: it is overwritten by
+    /// the next, and swept with its snapshot.)
+    pub fn put_implicit(&self, diff_id: &Digest, dirs: &[Vec<u8>]) -> Result<()> {
+        let dst = self.implicit_path(diff_id);
+        if dirs.is_empty() {
+            return match fs::remove_file(&dst) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io("removing", &dst, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        let (mut f, tmp) = self.temp_file(
+            "tmp",
+            format!("{}.{}.implicit", diff_id.hex(), self.unique()),
+        )?;
+        let mut data = Vec::new();
+        for d in dirs {
+            data.extend_from_slice(d);
+            data.push(0);
+        }
+        let res = f
+            .write_all(&data)
+            .ctx("writing", &tmp)
+            .and_then(|()| fs::rename(&tmp, &dst).ctx("renaming into place", &dst));
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// The directories `put_implicit` recorded for the layer `diff_id` and no
+    /// `implicit_done` has cleared: None when there are none.
+    pub fn implicit_dirs(&self, diff_id: &Digest) -> Result<Option<Vec<Vec<u8>>>> {
+        let p = self.implicit_path(diff_id);
+        match fs::read(&p) {
+            Ok(data) => Ok(Some(
+                data.split(|b| *b == 0)
+                    .filter(|d| !d.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", &p, e)),
+        }
+    }
+
+    /// The layers' implicit directories have their metadata: their records go, once that is
+    /// on disk (one flush for all; a crash before leaves the records, and the next pull does
+    /// it again).
+    pub fn implicit_done(&self, diff_ids: &[Digest]) -> Result<()> {
+        if diff_ids.is_empty() {
+            return Ok(());
+        }
+        if self.fsync {
+            let snaps = self.root.join("snapshots");
+            let f = File::open(&snaps).ctx("opening", &snaps)?;
+            sys::syncfs(f.as_fd()).map_err(|e| Error::io("syncfs", &snaps, e))?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        for d in diff_ids {
+            let p = self.implicit_path(d);
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("removing", &p, e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn implicit_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("implicit").join(diff_id.hex())
+    }
+
     /// Makes a batch of verified layers visible with one flush for all of them: the store's
     /// filesystem is flushed (syncfs) first, so that a crash cannot leave a visible but partly
     /// written blob or snapshot; then each is renamed into place, the two directories are
@@ -460,7 +549,7 @@ impl Store {
         }
         if self.fsync {
             let mut seen = Vec::new();
-            for d in ["ingest", "tmp"] {
+            for d in ["ingest", "tmp", "implicit"] {
                 let p = self.root.join(d);
                 let f = File::open(&p).ctx("opening", &p)?;
                 let dev = f.metadata().ctx("stat", &p)?.dev();

@@ -363,6 +363,24 @@ pub fn is_opaque(fd: BorrowedFd<'_>) -> bool {
     n == 1 && v[0] == b'y'
 }
 
+/// The value of the xattr `name` of `path` (a last symlink not followed); None when it has
+/// none (or the filesystem keeps none).
+pub fn lgetxattr(path: &CStr, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut v = vec![0u8; 4096];
+    // SAFETY: path and name are NUL-terminated; v has v.len() writable bytes.
+    let n =
+        unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    v.truncate(n as usize);
+    Ok(Some(v))
+}
+
 pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: path and name are NUL-terminated; value points to value.len() readable bytes.
     check(unsafe {

@@ -708,6 +708,38 @@ impl Unpacker<'_> {
                 }
                 sys::linkat(tdir.as_fd(), &tc, dir, &cname)
                     .map_err(|e| self.os_err(&shown, "link", e))?;
+                // The link's own header says the (shared) inode's owner, xattrs, mode and
+                // times, as containerd and Docker apply it; tar writers repeat the file's
+                // there, and then nothing changes. A chown drops the file's capabilities (and
+                // setuid bits): a changed owner keeps the capability the file had unless the
+                // header gives one; the mode comes after the xattrs (an ACL's mask). No mode
+                // for a link to a symlink (chmod would follow it).
+                let cap = c"security.capability";
+                let owner = (meta.uid, meta.gid) != (tst.st_uid, tst.st_gid);
+                if owner {
+                    let path = self.fd_path(dir, &cname, &shown)?;
+                    let kept = if meta.xattrs.iter().any(|(k, _)| k.as_c_str() == cap) {
+                        None
+                    } else {
+                        sys::lgetxattr(&path, cap)
+                            .map_err(|e| self.bad(&shown, format!("reading {cap:?}: {e}")))?
+                    };
+                    sys::fchownat_nofollow(dir, &cname, meta.uid, meta.gid)
+                        .map_err(|e| self.bad(&shown, format!("lchown: {e}")))?;
+                    if let Some(v) = kept {
+                        sys::lsetxattr(&path, cap, &v)
+                            .map_err(|e| self.bad(&shown, format!("setting {cap:?}: {e}")))?;
+                    }
+                }
+                self.set_xattrs_path(dir, &cname, &meta, &shown)?;
+                if tst.st_mode & libc::S_IFMT != libc::S_IFLNK
+                    && (owner || tst.st_mode & 0o7777 != meta.mode & 0o7777)
+                {
+                    sys::fchmodat(dir, &cname, meta.mode)
+                        .map_err(|e| self.bad(&shown, format!("chmod: {e}")))?;
+                }
+                sys::utimensat_nofollow(dir, &cname, meta.mtime.0, meta.mtime.1)
+                    .map_err(|e| self.bad(&shown, format!("utimes: {e}")))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 if existing.is_some() {
@@ -837,6 +869,15 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// `name` in `dir` as a path (for the calls that take no descriptor), through the
+    /// descriptor's /proc link: resolved where `dir` is, never again by its path.
+    fn fd_path(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr, shown: &str) -> Result<CString> {
+        use std::os::fd::AsRawFd;
+        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name.to_bytes());
+        sys::cstr(&p).map_err(|e| self.bad(shown, e.to_string()))
+    }
+
     fn set_xattrs_path(
         &self,
         dir: BorrowedFd<'_>,
@@ -847,10 +888,7 @@ impl Unpacker<'_> {
         if meta.xattrs.is_empty() {
             return Ok(());
         }
-        use std::os::fd::AsRawFd;
-        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-        p.extend_from_slice(name.to_bytes());
-        let p = sys::cstr(&p).map_err(|e| self.bad(shown, e.to_string()))?;
+        let p = self.fd_path(dir, name, shown)?;
         for (k, v) in &meta.xattrs {
             match sys::lsetxattr(&p, k, v) {
                 Ok(()) => {}

@@ -419,10 +419,12 @@ fn regular_layer_metadata_whiteouts_and_special_files() {
     f.set_gid(5678);
     f.set_mtime(1_234_567_890);
     add(&mut f, b"abc");
-    add(
-        header("etc/hard", EntryType::Link, 0o644, 0).tap_link("etc/suid"),
-        b"",
-    );
+    // A hard link's header repeats its file's metadata, as tar writers make it.
+    let mut h = header("etc/hard", EntryType::Link, 0o4755, 0);
+    h.set_uid(1234);
+    h.set_gid(5678);
+    h.set_mtime(1_234_567_890);
+    add(h.tap_link("etc/suid"), b"");
     add(
         header("etc/sym", EntryType::Symlink, 0o777, 0).tap_link("/etc/suid"),
         b"",
@@ -522,6 +524,71 @@ impl TapLink for tar::Header {
         self.set_link_name(t).unwrap();
         self
     }
+}
+
+/// A hard link whose header says other metadata than its file's: the shared inode takes the
+/// link's (owner, mode, mtime), as containerd and Docker unpack it; a link to a symlink
+/// changes the symlink's owner and times, never the mode of what it points to. The file
+/// capability a chown drops stays when the link's header gives none (and is untouched when
+/// the header repeats the owner, as tar writers make it).
+#[test]
+fn a_hard_links_header_sets_the_shared_inodes_metadata() {
+    let s = scene();
+    let mut b = tar::Builder::new(Vec::new());
+    fn add(b: &mut tar::Builder<Vec<u8>>, h: &mut tar::Header) {
+        h.set_cksum();
+        b.append(h, &b""[..]).unwrap();
+    }
+    add(&mut b, &mut header("f", EntryType::Regular, 0o600, 0));
+    let mut h = header("hard", EntryType::Link, 0o2750, 0);
+    h.set_uid(1000);
+    h.set_gid(2000);
+    h.set_mtime(1_500_000_000);
+    add(&mut b, h.tap_link("f"));
+    let out = s.outside.join("sentinel");
+    add(
+        &mut b,
+        header("sym", EntryType::Symlink, 0o777, 0).tap_link(out.to_str().unwrap()),
+    );
+    let mut h = header("symhard", EntryType::Link, 0o777, 0);
+    h.set_uid(1000);
+    h.set_mtime(1_500_000_000);
+    add(&mut b, h.tap_link("sym"));
+    // cap_net_raw+ep (VFS_CAP_REVISION_2, effective).
+    let cap: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
+        .unwrap();
+    add(&mut b, &mut header("capf", EntryType::Regular, 0o755, 0));
+    add(
+        &mut b,
+        header("capsame", EntryType::Link, 0o755, 0).tap_link("capf"),
+    );
+    let mut h = header("capowner", EntryType::Link, 0o755, 0);
+    h.set_uid(1000);
+    add(&mut b, h.tap_link("capf"));
+    let tarball = b.into_inner().unwrap();
+    let before = std::fs::metadata(&out).unwrap().mode();
+    unpack(&tarball[..], &s.layer, "l", &UnpackOptions::default()).unwrap();
+    let m = std::fs::metadata(s.layer.join("f")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o7777, m.mtime(), m.nlink()),
+        (1000, 2000, 0o2750, 1_500_000_000, 2)
+    );
+    let l = std::fs::symlink_metadata(s.layer.join("sym")).unwrap();
+    assert!(l.file_type().is_symlink());
+    assert_eq!((l.uid(), l.mtime(), l.nlink()), (1000, 1_500_000_000, 2));
+    assert_eq!(std::fs::metadata(&out).unwrap().mode(), before);
+    let c = std::fs::metadata(s.layer.join("capf")).unwrap();
+    assert_eq!((c.uid(), c.mode() & 0o7777, c.nlink()), (1000, 0o755, 3));
+    assert_eq!(
+        getxattr(&s.layer.join("capf"), "security.capability").as_deref(),
+        Some(&cap[..]),
+        "the file capability after its links' chown"
+    );
+    assert_outside_untouched(&s);
 }
 
 #[test]
