@@ -924,6 +924,51 @@ def s20_node_stats():
     delete("stats")
 
 
+@scenario
+def s21_ephemeral_debug_container():
+    """kubectl debug: an ephemeral container added to a running pod, in its target container's
+    PID namespace, driven through the attach it opens (stdin in, output back), its exit code
+    recorded by the kubelet."""
+    create(pod_manifest("debugme", [{"name": "app", "image": BUSYBOX, "command": ["sleep", "3603"]}],
+                        terminationGracePeriodSeconds=1))
+    running("debugme")
+    # The shell reads its input only once kubectl attached (stdin is held for it), so every
+    # line of its output comes back through the attach. kubectl's own input stays open until
+    # the shell's exit ends the attach: the debug container has no stdinOnce, and an attach
+    # whose input ends ends there (containerd's rule), before the output would come.
+    p = subprocess.Popen([KUBECTL, "debug", "debugme", "--image=" + BUSYBOX, "--target=app", "-c", "dbg",
+                          "-i", "--quiet", "--", "sh"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(120, p.kill)  # a hang guard: the attach ends with the shell
+    guard.start()
+    try:
+        p.stdin.write("ps -o pid,args\necho done-$((6*7))\nexit 3\n")
+        p.stdin.flush()
+        out, err = p.stdout.read(), p.stderr.read()
+        p.stdin.close()
+        p.wait()
+    finally:
+        guard.cancel()
+    log("kubectl debug: exit %d, stdout %r, stderr %r" % (p.returncode, out[-400:], err[-400:]))
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    check("done-42" in r.stdout, "the debug shell's output did not come back through the attach")
+    # PID 1 of the target's namespace is its sleep (in the node's, or a namespace of its own,
+    # PID 1 is another process).
+    check(re.search(r"^\s*1\s+sleep 3603\s*$", r.stdout, re.M), "the target container's process is not "
+          "PID 1 of the debug container's PID namespace: %r" % r.stdout)
+
+    def exited():
+        p = get_pod("debugme")
+        for c in (p or {}).get("status", {}).get("ephemeralContainerStatuses", []) or []:
+            if c["name"] == "dbg" and "terminated" in c.get("state", {}):
+                return c["state"]["terminated"]
+        return None
+    t = wait("the ephemeral container's exit", exited, timeout=60)
+    check(t["exitCode"] == 3, "ephemeral container terminated %r" % t)
+    check("running" in cstatus(get_pod("debugme"), "app").get("state", {}), "the target container stopped")
+    delete("debugme")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", default="")
