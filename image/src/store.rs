@@ -468,12 +468,7 @@ impl Store {
     pub fn put_implicit(&self, diff_id: &Digest, dirs: &[Vec<u8>]) -> Result<()> {
         let dst = self.implicit_path(diff_id);
         if dirs.is_empty() {
-            return match fs::remove_file(&dst) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::io("removing", &dst, e))
-                }
-                _ => Ok(()),
-            };
+            return sys::ignore_gone(fs::remove_file(&dst)).ctx("removing", &dst);
         }
         let (mut f, tmp) = self.temp_file(
             "tmp",
@@ -525,12 +520,7 @@ impl Store {
         }
         for d in diff_ids {
             let p = self.implicit_path(d);
-            match fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io("removing", &p, e))
-                }
-                _ => {}
-            }
+            sys::ignore_gone(fs::remove_file(&p)).ctx("removing", &p)?;
         }
         Ok(())
     }

@@ -195,7 +195,8 @@ fn remove_tree_within(path: &Path, max_depth: usize) -> io::Result<()> {
     ignore_gone(std::fs::remove_dir(path))
 }
 
-fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
+/// `r`, with a path that was not there taken as done.
+pub(crate) fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
     match r {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
