@@ -211,14 +211,15 @@ impl Runtime {
         m.update_then(r, || crate::cgroups::systemd::set_properties(u, props))
     }
 
-    /// `pause`: freezes every process of a running container.
+    /// `pause`: freezes every process of a running or created container (as runc: a created
+    /// one reads "paused" until resumed, then "created" again, and cannot start meanwhile).
     pub fn pause(&self, id: &str) -> Result<()> {
         let (_, st, m) = self.live(id, "pause")?;
-        if st != Status::Running {
+        if st != Status::Running && st != Status::Created {
             return Err(Error::State {
                 id: id.into(),
                 status: st.to_string(),
-                what: "only a running container can be paused".into(),
+                what: "only a running or created container can be paused".into(),
             });
         }
         m.freeze()

@@ -345,11 +345,12 @@ impl Saved {
         if !self.alive() {
             return Status::Stopped;
         }
-        if dir.exec_socket().exists() {
-            return Status::Created;
-        }
+        // Frozen first: a created container can be paused too (runc's order).
         if crate::cgroups::is_frozen(&self.cgroup_paths) {
             return Status::Paused;
+        }
+        if dir.exec_socket().exists() {
+            return Status::Created;
         }
         Status::Running
     }

@@ -540,6 +540,26 @@ fn pause_resume() {
     rt.wait_status(&id, "stopped");
     rt.ok(&["delete", &id]);
     assert_eq!(rt.count(), 0);
+    // A created container can be paused too, as runc allows: "paused" (the kernel's freezer
+    // says FROZEN) and no start until resumed, then "created" again, and it starts.
+    let id = unique("cg");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    rt.ok(&["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    assert_eq!(read("freezer", &id, "freezer.state"), "FROZEN");
+    let e = rt.fails(&["start", &id]);
+    assert!(e.contains("paused"), "{e}");
+    rt.ok(&["resume", &id]);
+    assert_eq!(rt.status(&id), "created");
+    assert_eq!(read("freezer", &id, "freezer.state"), "THAWED");
+    let at = size();
+    rt.ok(&["start", &id]);
+    assert!(
+        grows(at),
+        "the resumed created container did not run once started"
+    );
+    rt.ok(&["delete", "-f", &id]);
+    assert_eq!(rt.count(), 0);
 }
 
 /// `kill --all` of a container whose processes keep forking (children in a loop, the init

@@ -445,6 +445,22 @@ fn v2_freeze_thaw() {
     rt.ok(&["pause", &id]);
     rt.ok(&["delete", "-f", &id]);
     assert!(!cg(&id).exists());
+    // A created container pauses too (as runc), and starts once resumed.
+    let id = unique("cg");
+    rt.ok(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    rt.ok(&["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    wait_for("the created container frozen", || {
+        keyed(&id, "cgroup.events", "frozen") == 1
+    });
+    assert!(rt.fails(&["start", &id]).contains("paused"));
+    rt.ok(&["resume", &id]);
+    assert_eq!(rt.status(&id), "created");
+    let at = size();
+    rt.ok(&["start", &id]);
+    wait_for("ticks after the start", || size() > at);
+    rt.ok(&["delete", "-f", &id]);
+    assert!(!cg(&id).exists());
 }
 
 #[test]
