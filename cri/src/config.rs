@@ -70,6 +70,7 @@ pub struct File {
     pub enable_unprivileged_ports: Option<bool>,
     pub enable_unprivileged_icmp: Option<bool>,
     pub image_pull_progress_timeout: Option<String>,
+    pub ignore_image_defined_volumes: Option<bool>,
     /// Read and ignored: it named the `rsrun` binary that exec sessions ran before exec went
     /// through rsrun-shim. Kept so that a file that still sets it does not stop the server.
     #[serde(default, rename = "runtime")]
@@ -102,6 +103,9 @@ impl File {
             image_pull_progress_timeout: self
                 .image_pull_progress_timeout
                 .or(o.image_pull_progress_timeout),
+            ignore_image_defined_volumes: self
+                .ignore_image_defined_volumes
+                .or(o.ignore_image_defined_volumes),
             obsolete_runtime: None,
         }
     }
@@ -135,6 +139,8 @@ pub struct Opts {
     pub pod_net_defaults: crate::sandbox::NetDefaults,
     /// A pull that receives nothing for this long fails (None: never).
     pub pull_progress_timeout: Option<std::time::Duration>,
+    /// The image's VOLUME entries get no directory of their own (crate::volumes).
+    pub ignore_image_defined_volumes: bool,
 }
 
 /// A duration as Go writes one and containerd's config takes it ("5m", "90s", "1m30s",
@@ -327,6 +333,7 @@ fn resolve(f: File) -> Result<Opts> {
                 (!d.is_zero()).then_some(d)
             }
         },
+        ignore_image_defined_volumes: f.ignore_image_defined_volumes.unwrap_or(false),
         pod_net_defaults: crate::sandbox::NetDefaults {
             unprivileged_ports: f.enable_unprivileged_ports.unwrap_or(true),
             // (Not for a server in a user namespace, as containerd: the group range then
@@ -388,6 +395,12 @@ mod tests {
         );
         assert_eq!(o.log_max_line, Some(100));
         assert_eq!(o.socket, PathBuf::from("/run/rsrun/rsrun-cri.sock"));
+        assert!(!o.ignore_image_defined_volumes);
+        std::fs::write(&p, "ignore_image_defined_volumes = true\n").unwrap();
+        let o = load(args(&["--config", p.to_str().unwrap()]))
+            .unwrap()
+            .unwrap();
+        assert!(o.ignore_image_defined_volumes);
 
         std::fs::write(&p, "roots = \"/srv/a\"\n").unwrap();
         let e = format!(

@@ -118,6 +118,8 @@ pub struct ImageConfig {
     pub user: String,
     /// The image's STOPSIGNAL (`SIGQUIT`, `QUIT` or a number), as given.
     pub stop_signal: String,
+    /// The image's VOLUME paths, as given (crate::volumes).
+    pub volumes: Vec<String>,
 }
 
 impl ImageConfig {
@@ -130,6 +132,7 @@ impl ImageConfig {
             working_dir: c.working_dir.unwrap_or_default(),
             user: c.user.unwrap_or_default(),
             stop_signal: c.stop_signal.unwrap_or_default(),
+            volumes: c.volumes.unwrap_or_default().into_keys().collect(),
         }
     }
 }

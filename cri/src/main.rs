@@ -17,6 +17,7 @@ mod runtime_service;
 mod sandbox;
 mod store;
 mod streaming;
+mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -185,6 +186,8 @@ async fn serve(o: Opts) -> Result<()> {
     let records = o.root.join("cri");
     let exits = records.join("exits");
     std::fs::create_dir_all(&exits).with_context(|| format!("create {}", exits.display()))?;
+    let volumes = records.join("volumes");
+    std::fs::create_dir_all(&volumes).with_context(|| format!("create {}", volumes.display()))?;
     let pause_rootfs = sandbox::install_pause(&o.state.join("pause"))
         .with_context(|| format!("install rsrun-pause under {}", o.state.display()))?;
     let runtime = runtime_service::Runtime {
@@ -193,6 +196,8 @@ async fn serve(o: Opts) -> Result<()> {
         image_gc: gc.clone(),
         runtime_root: o.state.join("runtime"),
         exits,
+        volumes,
+        image_volumes: !o.ignore_image_defined_volumes,
         state: o.state.clone(),
         shim,
         cgroup_parent: o.cgroup_parent.clone(),

@@ -204,8 +204,8 @@ impl Runtime {
         Ok((n_pods, n_containers))
     }
 
-    /// Removes the container root filesystems (and image volumes) in the image store that no
-    /// container record names: a container's first record is written without fsync
+    /// Removes the container root filesystems (and image volumes) in the image store, state
+    /// directories and image-defined volume directories that no container record names: a container's first record is written without fsync
     /// (`Table::put_volatile`), so a power loss may keep its rootfs and lose the record. Only
     /// IDs of the form this server gives (64 hex digits, `-image-N` for a volume) are
     /// touched.
@@ -227,6 +227,7 @@ impl Runtime {
         let images = self.images.clone();
         let state = self.state.clone();
         let exits = self.exits.clone();
+        let own_volumes = self.volumes.clone();
         let swept = blocking(move || {
             let ids = images
                 .rootfs_ids()
@@ -249,13 +250,19 @@ impl Runtime {
             }
             // Then the state dirs no record names (a rootfs in a user namespace is mounted in
             // one: unmounted above), e.g. of a removal the killed server had not finished.
-            let dirs = state.join("containers");
-            for e in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let shim_dir = crate::container::paths(&state, &name).shim_dir;
-                if crate::store::is_object_id(&name) && !known.contains(&name) && !shim_dir.exists()
-                {
-                    let _ = std::fs::remove_dir_all(e.path());
+            // The image-defined volumes likewise (crate::volumes).
+            for dirs in [state.join("containers"), own_volumes] {
+                for e in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let shim_dir = crate::container::paths(&state, &name).shim_dir;
+                    if crate::store::is_object_id(&name)
+                        && !known.contains(&name)
+                        && !shim_dir.exists()
+                    {
+                        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                            tracing::error!(container = %name, "remove {}: {err}", e.path().display());
+                        }
+                    }
                 }
             }
             // And the exit records of containers removed by a server killed before it had

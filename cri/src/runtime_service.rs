@@ -36,6 +36,11 @@ pub struct Runtime {
     /// The containers' exit records (`ROOT/cri/exits`): persistent, so that a container that
     /// finished before a reboot still reports its exit code and reason.
     pub exits: PathBuf,
+    /// The containers' own directories for their images' VOLUME entries
+    /// (`ROOT/cri/volumes/ID/`, crate::volumes).
+    pub volumes: PathBuf,
+    /// False with `ignore_image_defined_volumes`: the paths stay in the writable layer.
+    pub image_volumes: bool,
     /// The rsrun-shim binary.
     pub shim: PathBuf,
     /// cgroupsPath parent for pods that give none.
@@ -106,6 +111,7 @@ pub(crate) fn release_storage(
     images: &rsrun_image::ImageStore,
     id: &str,
     vols: &[String],
+    own_volumes: &std::path::Path,
     dir: &std::path::Path,
 ) -> Result<(), String> {
     images
@@ -116,6 +122,7 @@ pub(crate) fn release_storage(
             .remove_rootfs(v)
             .map_err(|e| format!("remove the image volume {v}: {e}"))?;
     }
+    crate::volumes::remove(own_volumes, id)?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(format!("remove {}: {e}", dir.display()))
@@ -286,6 +293,7 @@ impl Runtime {
         let id = r.id.clone();
         let (image_ref, gc) = (r.image_ref.clone(), self.image_gc.clone());
         let exit_file = r.exit_file.clone();
+        let own_volumes = self.volumes.clone();
         let release = tokio::task::spawn_blocking(move || {
             // Its record is gone: its exit record goes too (a killed server's restart sweeps
             // one left behind).
@@ -300,7 +308,7 @@ impl Runtime {
                     }
                 }
             }
-            if let Err(e) = release_storage(&images, &id, &vols, &dir) {
+            if let Err(e) = release_storage(&images, &id, &vols, &own_volumes, &dir) {
                 tracing::error!(container = %id, "release of the container's storage: {e}");
             } else if !vols.is_empty() || matches!(images.get(&image_ref), Ok(None)) {
                 // Its image (or an image volume's) may have been removed while it ran: the
@@ -1195,11 +1203,13 @@ impl RuntimeService for Runtime {
                 let images = self.images.clone();
                 let (cid, dir, sdir) = (id.clone(), p.dir.clone(), p.shim_dir.clone());
                 let vols = container::image_volume_ids(&cid, &rec.mounts);
+                let own = self.volumes.clone();
                 let _ = blocking(move || {
                     let _ = images.remove_rootfs(&cid);
                     for v in vols {
                         let _ = images.remove_rootfs(&v);
                     }
+                    let _ = crate::volumes::remove(&own, &cid);
                     let _ = std::fs::remove_dir_all(&dir);
                     let _ = std::fs::remove_dir_all(&sdir);
                     Ok(())
@@ -2004,7 +2014,12 @@ impl Runtime {
                 },
             )
         });
-        let (rootfs, (image_ref, repo_digest, repo_tag), cfg, volumes) = blocking(move || {
+        // The image's VOLUME paths get directories of their own, unless a CRI mount covers
+        // them (crate::volumes).
+        let own_volumes = self
+            .image_volumes
+            .then(|| (crate::volumes::dir(&self.volumes, id), c.mounts.clone()));
+        let (rootfs, (image_ref, repo_digest, repo_tag), cfg, volumes, own) = blocking(move || {
             let insp = images.inspect(&img).map_err(|e| match e {
                 rsrun_image::Error::NotFound(_) => {
                     Status::not_found(format!("CreateContainer: image {img} is not present"))
@@ -2034,11 +2049,21 @@ impl Runtime {
             }
             let digest = container::repo_digest(&asked, &insp.image.repo_digests);
             let tag = container::repo_tag(&asked, &insp.image.repo_tags);
+            let cfg = container::ImageConfig::from_spec(insp.config);
+            let own = match own_volumes {
+                Some((dir, mounts)) => crate::volumes::wanted(&cfg.volumes, &mounts)
+                    .and_then(|w| crate::volumes::make(&rootfs, &dir, &w))
+                    .map_err(|e| {
+                        Status::failed_precondition(format!("CreateContainer: image {img}: {e}"))
+                    })?,
+                None => Vec::new(),
+            };
             Ok((
                 rootfs,
                 (insp.image.id.to_string(), digest, tag),
-                container::ImageConfig::from_spec(insp.config),
+                cfg,
                 volumes,
+                own,
             ))
         })
         .await?;
@@ -2047,6 +2072,8 @@ impl Runtime {
         for (i, path, _) in &volumes {
             c.mounts[*i].host_path = path.to_string_lossy().into_owned();
         }
+        // After the CRI's: the spec sorts them by path (parents first).
+        c.mounts.extend(own);
         // The image's name as containerd annotates it: the one the user wrote, else the
         // repo tag found for it, else what was asked.
         let image_name = user_image.unwrap_or_else(|| {

@@ -45,8 +45,10 @@ R=$W/run
 python3 "$TOP/integration/podman/mkimage.py" "$R/busybox.tar" docker.io/library/busybox:latest >/dev/null
 # The same with a STOPSIGNAL, as busybox:stopsignal.
 MKIMAGE_STOP_SIGNAL=SIGUSR1 python3 "$TOP/integration/podman/mkimage.py" "$R/busybox-stop.tar" docker.io/library/busybox:stopsignal >/dev/null
+# With VOLUME /data (which the image has, owned by 65534) and /empty (which it lacks).
+MKIMAGE_VOLUMES="/data /empty" python3 "$TOP/integration/podman/mkimage.py" "$R/busybox-vol.tar" docker.io/library/busybox:volume >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-SERVE_OCI_STALL_LOG=$R/stall.log python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$R/busybox-stop.tar" "$port" & reg=$!
+SERVE_OCI_STALL_LOG=$R/stall.log python3 "$HERE/serve-oci.py" "$R/busybox.tar" "$R/busybox-stop.tar" "$R/busybox-vol.tar" "$port" & reg=$!
 cat > "$R/registries.json" <<JSON
 {"registries": {"docker.io": {"mirrors": [{"endpoint": "http://127.0.0.1:$port", "insecure": true}], "mirrors_only": true}}}
 JSON
@@ -567,6 +569,33 @@ sed 's/"stop_signal": 38/"stop_signal": 99/' "$R/stopsig-rt.json" > "$R/stopsig-
 if c create "$pod" "$R/stopsig-bad.json" "$R/pod.json" >/dev/null; then fail "a stop_signal of 99 was taken"; fi
 grep -q 'InvalidArgument.*config.stop_signal: 99' "$R/crictl.err" || fail "stop_signal 99: $(cat "$R/crictl.err")"
 c rm "$ss" "$rs" >/dev/null && c rmi busybox:stopsignal >/dev/null || fail "rm/rmi (stopsignal): $(cat "$R/crictl.err")"
+# The image's VOLUME paths are directories of the container's own under ROOT/cri/volumes/ID,
+# bound read-write (as containerd): writable with a read-only rootfs, starting as the image's
+# copy (owner and mode kept), an empty one where the image has nothing, gone with the
+# container; a CRI mount at the same path wins. Read in the container's mountinfo (the kernel's).
+c pull busybox:volume >/dev/null || fail "pull busybox:volume: $(cat "$R/crictl.err")"
+echo '{"metadata": {"name": "vol"}, "image": {"image": "busybox:volume"}, "command": ["sleep", "1005"],
+ "linux": {"security_context": {"readonly_rootfs": true}}}' > "$R/vol.json"
+vc=$(c create "$pod" "$R/vol.json" "$R/pod.json") && c start "$vc" >/dev/null || fail "create (image volumes): $(cat "$R/crictl.err")"
+out=$(c exec -s "$vc" sh -c 'echo w > /data/new && echo e > /empty/f && cat /data/seed && stat -c "%u %a" /data /data/seed /empty; if touch /elsewhere 2>/dev/null; then echo rootfs-writable; fi') \
+    || fail "exec (image volumes): $out $(cat "$R/crictl.err")"
+[ "$out" = "$(printf 'seed\n65534 750\n65534 640\n0 755')" ] || fail "image volumes seen in the container: $out"
+vpid=$(pid_of "$vc")
+for v in "/data 0" "/empty 1"; do
+    set -- $v
+    src=$(awk -v p="$1" '$5 == p {print $4}' "/proc/$vpid/mountinfo")
+    case $src in */cri/volumes/$vc/$2) ;; *) fail "the mount at $1 in $vc comes from '$src', not its volume $2" ;; esac
+done
+[ "$(cat "$R/root/cri/volumes/$vc/0/new")" = w ] || fail "the write to /data is not in the volume"
+sed 's/"name": "vol"/"name": "vol-cri"/; s|"command"|"mounts": [{"container_path": "/data/", "host_path": "'"$R"'/vol-host"}], "command"|' "$R/vol.json" > "$R/vol-cri.json"
+mkdir -p "$R/vol-host" && echo host > "$R/vol-host/seed"
+vc2=$(c create "$pod" "$R/vol-cri.json" "$R/pod.json") && c start "$vc2" >/dev/null || fail "create (image volume under a CRI mount): $(cat "$R/crictl.err")"
+[ "$(c exec -s "$vc2" cat /data/seed)" = host ] || fail "the CRI mount at /data did not win over the image's volume"
+[ "$(ls "$R/root/cri/volumes/$vc2")" = 0 ] || fail "volumes of $vc2: $(ls "$R/root/cri/volumes/$vc2"), not /empty's alone"
+c stop -t 0 "$vc" "$vc2" >/dev/null && c rm "$vc" "$vc2" >/dev/null || fail "rm (image volumes): $(cat "$R/crictl.err")"
+for i in $(seq 100); do [ -e "$R/root/cri/volumes/$vc" ] || [ -e "$R/root/cri/volumes/$vc2" ] || break; sleep 0.1; done
+[ ! -e "$R/root/cri/volumes/$vc" ] && [ ! -e "$R/root/cri/volumes/$vc2" ] || fail "image volumes left after RemoveContainer: $(ls "$R/root/cri/volumes")"
+ok "image VOLUME paths: the container's own writable copy (read-only rootfs), removed with it; a CRI mount at the path wins"
 # A log_path must stay in the pod's log directory; labels and annotations are bounded (they are
 # kept, rewritten and sent with every list): InvalidArgument naming the field, nothing made.
 for lp in ../../escape.log /etc/escape.log; do
@@ -1150,16 +1179,19 @@ ok "PodSandboxStats from the pod's cgroup: CPU of an exited container kept, avai
 # A container's first record is written without fsync: a power loss may keep its rootfs in the
 # image store and lose the record. Played here by removing the record of a created container
 # while the server is down: the restarted server unmounts and removes that rootfs.
-echo '{"metadata": {"name": "lost"}, "image": {"image": "busybox"}, "command": ["sleep", "1000"]}' > "$R/lost.json"
+# (With the image's volumes, which go too.)
+echo '{"metadata": {"name": "lost"}, "image": {"image": "busybox:volume"}, "command": ["sleep", "1000"]}' > "$R/lost.json"
 lost=$(c create "$pod" "$R/lost.json" "$R/pod2.json") || fail "create (record to lose): $(cat "$R/crictl.err")"
 grep -q " $R/root/images/containers/$lost/rootfs " /proc/self/mountinfo || fail "no rootfs mount for $lost"
+[ -f "$R/root/cri/volumes/$lost/0/seed" ] || fail "no image volume for $lost"
 kill -9 $cri; wait $cri 2>/dev/null || true
 rm "$R/root/cri/containers/$lost.json"
 start_cri
 [ ! -e "$R/root/images/containers/$lost" ] || fail "the rootfs of a container without a record was left: $(ls "$R/root/images/containers")"
 ! grep -q "$lost" /proc/self/mountinfo || fail "its rootfs is still mounted"
+[ ! -e "$R/root/cri/volumes/$lost" ] || fail "the image volumes of a container without a record were left"
 [ -d "$R/root/images/containers/$up" ] || fail "the sweep removed a recorded container's rootfs"
-ok "a rootfs whose container record was lost is removed at start, recorded ones stay"
+ok "a rootfs and image volumes whose container record was lost are removed at start, recorded ones stay"
 # StartContainer takes the container (its record no longer deferred) before its shim reports
 # a PID: meanwhile it is created, never exited (a kubelet relist in that window took it for
 # dead). A server killed in that window: played by editing a created container's record so;
@@ -1267,6 +1299,13 @@ out=$(c exec -s "$uc" sh -c 'stat -c "%u %g" /vol/f /plain/f; echo w > /vol/new 
     || fail "exec (userns volume): $(cat "$R/crictl.err")"
 [ "$(echo "$out" | tr '\n' ' ')" = "0 0 65534 65534 wrote refused " ] || fail "userns: the idmapped volume: $out"
 [ "$(stat -c '%u %g' "$R/uvol/new")" = "0 0" ] || fail "userns: a file written through the idmapped volume is host $(stat -c '%u %g' "$R/uvol/new")"
+# The image's volumes in a user namespace: the copy owned as the container sees the image
+# (host IDs shifted by 200000), written by its root.
+uvc=$(c create "$pod" "$R/vol.json" "$R/upod.json") && c start "$uvc" >/dev/null || fail "create (userns, image volumes): $(cat "$R/crictl.err")"
+out=$(c exec -s "$uvc" sh -c 'echo w > /data/new && stat -c "%u %a" /data /data/seed /data/new') || fail "exec (userns, image volumes): $out $(cat "$R/crictl.err")"
+[ "$out" = "$(printf '65534 750\n65534 640\n0 644')" ] || fail "userns: the image's volume in the container: $out"
+[ "$(stat -c %u "$R/root/cri/volumes/$uvc/0/seed") $(stat -c %u "$R/root/cri/volumes/$uvc/0/new")" = "265534 200000" ] \
+    || fail "userns: the image's volume on the host: $(ls -ln "$R/root/cri/volumes/$uvc/0")"
 # A container with a PID namespace of its own (pid mode CONTAINER: what the kubelet sends
 # unless the pod shares its PID namespace), inside the pod's user namespace.
 echo '{"metadata": {"name": "u2"}, "image": {"image": "busybox"}, "command": ["sleep", "1001"],
@@ -1278,7 +1317,7 @@ out=$(c exec -s "$uc2" sh -c 'echo $(tr "\0" " " < /proc/1/cmdline); id -u; awk 
 masks() { echo $(c exec -s "$1" sh -c "grep ' /proc/keys ' /proc/mounts | wc -l; grep ' /proc/timer_list ' /proc/mounts | wc -l"); }
 [ "$(masks "$uc2")" = "0 1" ] || fail "userns: masked_paths [/proc/timer_list] not as given: $(masks "$uc2")"
 [ "$(masks "$uc")" = "0 0" ] || fail "userns: no masked_paths (procMount Unmasked) still masked: $(masks "$uc")"
-c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null || fail "stopp/rmp (userns): $(cat "$R/crictl.err")"
+c stopp "$pod" >/dev/null && c rmp "$pod" >/dev/null && c rmi busybox:volume >/dev/null || fail "stopp/rmp/rmi (userns): $(cat "$R/crictl.err")"
 ! grep -q "$R" /proc/self/mountinfo || fail "userns: mounts left: $(grep "$R" /proc/self/mountinfo)"
 ok "user namespace pod: uid_map 0 200000 65536, root is host uid 200000, its sysctls, the image's files and its idmapped volume are its own (host root's on disk), a container with its own PID namespace in it, masked paths as given (none: procMount Unmasked), nothing left"
 echo '{"metadata":{"name":"p","namespace":"n","uid":"u2"},"linux":{"security_context":{"namespace_options":{"userns_options":{"mode":0,"uids":[{"host_id":1000,"container_id":1,"length":10}],"gids":[{"host_id":1000,"container_id":0,"length":10}]}}}}}' > "$R/bad-userns.json"

@@ -2,7 +2,9 @@
 """Write a one-layer busybox image as an OCI archive (oci-layout, index.json, blobs/) made from
 Debian's busybox-static, with no registry. Usage: mkimage.py OUT.tar [REF]  (REF default
 localhost/rsrun-busybox:latest). Deterministic: same busybox binary, same archive.
-$MKIMAGE_STOP_SIGNAL, when set, is the image's StopSignal."""
+$MKIMAGE_STOP_SIGNAL, when set, is the image's StopSignal. $MKIMAGE_VOLUMES, when set, is a
+space-separated list of the image's Volumes; with it the layer also has /data (0750) holding
+`seed` (0640), both owned by 65534."""
 import gzip, hashlib, io, json, os, subprocess, sys, tarfile
 
 BUSYBOX = "/bin/busybox"
@@ -14,9 +16,9 @@ def applets():
     return sorted({a for a in out.split() if a and a != "bin/busybox"})
 
 
-def add(tf, name, typ=tarfile.DIRTYPE, mode=0o755, data=None, link=None):
+def add(tf, name, typ=tarfile.DIRTYPE, mode=0o755, data=None, link=None, owner=0):
     ti = tarfile.TarInfo(name)
-    ti.type, ti.mode, ti.mtime, ti.uid, ti.gid = typ, mode, MTIME, 0, 0
+    ti.type, ti.mode, ti.mtime, ti.uid, ti.gid = typ, mode, MTIME, owner, owner
     if link is not None:
         ti.linkname = link
     if data is not None:
@@ -43,6 +45,9 @@ def layer():
         add(tf, "etc/passwd", tarfile.REGTYPE, 0o644,
             b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n")
         add(tf, "etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        if os.environ.get("MKIMAGE_VOLUMES"):
+            add(tf, "data", mode=0o750, owner=65534)
+            add(tf, "data/seed", tarfile.REGTYPE, 0o640, b"seed\n", owner=65534)
     diff = raw.getvalue()
     gz = io.BytesIO()
     with gzip.GzipFile(fileobj=gz, mode="wb", mtime=MTIME) as g:
@@ -61,6 +66,8 @@ def main():
     runtime = {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"], "WorkingDir": "/"}
     if os.environ.get("MKIMAGE_STOP_SIGNAL"):
         runtime["StopSignal"] = os.environ["MKIMAGE_STOP_SIGNAL"]
+    if os.environ.get("MKIMAGE_VOLUMES"):
+        runtime["Volumes"] = {v: {} for v in os.environ["MKIMAGE_VOLUMES"].split()}
     config = json.dumps({
         "created": "2023-11-14T22:13:20Z", "architecture": "amd64", "os": "linux",
         "config": runtime,

@@ -632,7 +632,7 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
 
 /// Copies the directory tree under `from` into `to`, descriptor-relative and never following
 /// symlinks: files, directories, symlinks and special files with their modes and owners.
-fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
+pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
     use nix::fcntl::{AtFlags, OFlag};
     use nix::sys::stat::{Mode, SFlag};
     let dup = nix::unistd::dup(from).ctx("dup")?;

@@ -1,0 +1,251 @@
+//! The image's VOLUME entries (its config's `Volumes`), as containerd makes them: each path
+//! that no CRI mount covers gets a directory of the container's own,
+//! `ROOT/cri/volumes/ID/N`, which starts as a copy of what the image has at that path (its
+//! files, directories, symlinks and special files with their modes and owners; an empty
+//! directory where the image has nothing) and is bound read-write there. So the path is
+//! writable with a read-only root filesystem (an image such as redis or postgres writes its
+//! data there), and its writes bypass the overlay. The directories go with the container
+//! (RemoveContainer, an undone CreateContainer, the sweep after a killed server).
+//! `ignore_image_defined_volumes` turns this off, as containerd's setting of that name: the
+//! paths then stay in the writable layer (CRI-O's default).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::api;
+
+/// `path` without `.`, `..` and repeated slashes, as Go's filepath.Clean reads an absolute
+/// path (`..` at the root stays there); None for a relative path.
+pub fn clean(path: &str) -> Option<String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return None;
+    }
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    let joined: Vec<String> = parts
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    Some(format!("/{}", joined.join("/")))
+}
+
+/// The image's volume paths that get a directory: cleaned, without those a CRI mount has
+/// at the same path (the kubelet's volume wins, as containerd's `isInCRIMounts`), each once,
+/// in order. A relative path or the root itself is refused, naming it.
+pub fn wanted(image: &[String], mounts: &[api::Mount]) -> Result<Vec<String>, String> {
+    let covered: Vec<String> = mounts
+        .iter()
+        .filter_map(|m| clean(&m.container_path))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for v in image {
+        let c =
+            clean(v).ok_or_else(|| format!("the image's volume {v:?} is not an absolute path"))?;
+        if c == "/" {
+            return Err(format!("the image's volume {v:?} would cover the root"));
+        }
+        if !covered.contains(&c) && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Where the volumes of container `id` are.
+pub fn dir(root: &Path, id: &str) -> PathBuf {
+    root.join(id)
+}
+
+/// Makes `dir/N` for each path of `wanted` from what the mounted root filesystem `rootfs`
+/// has there (resolved inside it: a symlink in the image cannot lead out), and returns the
+/// mounts to add. On an error `dir` may be half made: the caller removes it.
+pub fn make(rootfs: &Path, dir: &Path, wanted: &[String]) -> Result<Vec<api::Mount>, String> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Traversable, not listable: the runtime reaches the sources by path.
+    std::fs::DirBuilder::new()
+        .mode(0o711)
+        .create(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let root =
+        std::fs::File::open(rootfs).map_err(|e| format!("open {}: {e}", rootfs.display()))?;
+    let mut mounts = Vec::new();
+    for (n, path) in wanted.iter().enumerate() {
+        let to = dir.join(n.to_string());
+        let what = format!("the image's volume {path}");
+        let src = rsrun::rootfs::open_in_root(
+            root.as_raw_fd(),
+            Path::new(path),
+            nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC,
+        );
+        match src {
+            Ok(src) => copy_up(&src, &to).map_err(|e| format!("{what}: {e}"))?,
+            // Nothing there in the image: an empty directory (the runtime makes the mount
+            // point).
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&to)
+                .map_err(|e| format!("{what}: create {}: {e}", to.display()))?,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => {
+                return Err(format!("{what} is not a directory in the image"))
+            }
+            Err(e) => return Err(format!("{what}: open in {}: {e}", rootfs.display())),
+        }
+        mounts.push(api::Mount {
+            container_path: path.clone(),
+            host_path: to.to_string_lossy().into_owned(),
+            readonly: false,
+            propagation: api::MountPropagation::PropagationPrivate as i32,
+            ..Default::default()
+        });
+    }
+    Ok(mounts)
+}
+
+/// `to` made as a copy of the directory `src`: its tree, then its own mode and owner.
+fn copy_up(src: &OwnedFd, to: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .map_err(|e| format!("create {}: {e}", to.display()))?;
+    let dst: OwnedFd = std::fs::File::open(to)
+        .map_err(|e| format!("open {}: {e}", to.display()))?
+        .into();
+    rsrun::rootfs::copy_tree(src, &dst).map_err(|e| format!("copy into {}: {e}", to.display()))?;
+    let st = nix::sys::stat::fstat(src).map_err(|e| format!("stat: {e}"))?;
+    nix::unistd::fchown(
+        &dst,
+        Some(nix::unistd::Uid::from_raw(st.st_uid)),
+        Some(nix::unistd::Gid::from_raw(st.st_gid)),
+    )
+    .map_err(|e| format!("chown {}: {e}", to.display()))?;
+    nix::sys::stat::fchmod(
+        &dst,
+        nix::sys::stat::Mode::from_bits_truncate(st.st_mode & 0o7777),
+    )
+    .map_err(|e| format!("chmod {}: {e}", to.display()))
+}
+
+/// Removes the volumes of container `id` (absent is removed).
+pub fn remove(root: &Path, id: &str) -> Result<(), String> {
+    let d = dir(root, id);
+    match std::fs::remove_dir_all(&d) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("remove {}: {e}", d.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(p: &str) -> api::Mount {
+        api::Mount {
+            container_path: p.into(),
+            host_path: "/x".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn paths_are_cleaned_and_a_cri_mount_at_the_same_path_wins() {
+        assert_eq!(clean("/data/"), Some("/data".into()));
+        assert_eq!(clean("//var/./lib/../run"), Some("/var/run".into()));
+        assert_eq!(clean("/../x"), Some("/x".into()));
+        assert_eq!(clean("data"), None);
+        let image = vec![
+            "/var/lib/db/".to_string(),
+            "/data".to_string(),
+            "/cache".to_string(),
+            "/data/.".to_string(),
+        ];
+        let got = wanted(&image, &[mount("/var/lib/db"), mount("/other")]).unwrap();
+        assert_eq!(got, vec!["/cache".to_string(), "/data".to_string()]);
+        let e = wanted(&["data".into()], &[]).unwrap_err();
+        assert!(e.contains("\"data\" is not an absolute path"), "{e}");
+        let e = wanted(&["/x/..".into()], &[]).unwrap_err();
+        assert!(e.contains("cover the root"), "{e}");
+    }
+
+    /// The copy keeps modes, owners and symlinks as they are (a symlink's target is not
+    /// followed: the copy of one pointing at the host's /etc/passwd stays a symlink), an
+    /// absent path becomes an empty directory, a file is refused, and a symlinked volume
+    /// path resolves inside the rootfs, never on the host.
+    #[test]
+    fn the_copy_keeps_the_images_tree_and_stays_in_the_rootfs() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = std::env::temp_dir().join(format!("rsrun-volumes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        let rootfs = t.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("data/sub")).unwrap();
+        std::fs::write(rootfs.join("data/sub/seed"), "seed").unwrap();
+        std::fs::set_permissions(
+            rootfs.join("data/sub/seed"),
+            PermissionsExt::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(rootfs.join("data/sub/seed"), Some(65534), Some(65533)).unwrap();
+        std::fs::set_permissions(rootfs.join("data"), PermissionsExt::from_mode(0o1750)).unwrap();
+        std::os::unix::fs::chown(rootfs.join("data"), Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", rootfs.join("data/link")).unwrap();
+        std::fs::write(rootfs.join("file"), "x").unwrap();
+        // A volume path that is an absolute symlink: inside the rootfs, /data.
+        std::os::unix::fs::symlink("/data", rootfs.join("viasym")).unwrap();
+        let dir = t.join("vols");
+        let want = vec![
+            "/data".to_string(),
+            "/missing/deep".to_string(),
+            "/viasym".to_string(),
+        ];
+        let m = make(&rootfs, &dir, &want).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].container_path, "/data");
+        assert!(!m[0].readonly);
+        let data = Path::new(&m[0].host_path);
+        let md = std::fs::metadata(data).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid()),
+            (0o1750, 65534, 65534)
+        );
+        let seed = std::fs::metadata(data.join("sub/seed")).unwrap();
+        assert_eq!(
+            (seed.mode() & 0o7777, seed.uid(), seed.gid()),
+            (0o640, 65534, 65533)
+        );
+        assert_eq!(
+            std::fs::read_to_string(data.join("sub/seed")).unwrap(),
+            "seed"
+        );
+        assert_eq!(
+            std::fs::read_link(data.join("link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        let empty = Path::new(&m[1].host_path);
+        assert_eq!(std::fs::read_dir(empty).unwrap().count(), 0);
+        let via = Path::new(&m[2].host_path);
+        assert!(
+            via.join("sub/seed").exists(),
+            "the symlinked path resolved in the rootfs"
+        );
+        let e = make(&rootfs, &t.join("vols2"), &["/file".to_string()]).unwrap_err();
+        assert!(e.contains("/file is not a directory"), "{e}");
+        remove(&t, "vols").unwrap();
+        assert!(!dir.exists());
+        remove(&t, "vols").unwrap();
+        let _ = std::fs::remove_dir_all(&t);
+    }
+}
