@@ -108,6 +108,10 @@ impl<R: Read> HashingReader<R> {
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
+    /// The digest and count of what was read so far, and the reader.
+    pub fn into_parts(self) -> (Digest, u64, R) {
+        (Digest::from_sha256(self.hasher), self.count, self.inner)
+    }
     /// Reads the rest of the stream (hashing it) and returns the digest and byte count.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {
         let mut buf = vec![0u8; 64 * 1024];

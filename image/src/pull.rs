@@ -776,7 +776,11 @@ impl ImageStore {
 
     /// One pass over the network stream: blob digest + blob file, decompression, diff_id and
     /// unpacking (unless the snapshot already exists: then only the blob is stored). Returns
-    /// the verified temp blob and snapshot, for the batched commit.
+    /// the verified temp blob and snapshot, for the batched commit. What a failed pull kept of
+    /// the blob (`Store::take_partial`) is read first, through the same digest, decompressor
+    /// and unpacker, and the registry asked for the rest only, as containerd goes on with an
+    /// ingest; a pull whose stream breaks (dropped past its resumes, stalled, timed out,
+    /// cancelled) keeps what it received for the next one.
     #[allow(clippy::too_many_arguments)]
     fn stream_layer(
         &self,
@@ -789,7 +793,31 @@ impl ImageStore {
         unpack_too: bool,
     ) -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
         let layer = desc.digest.to_string();
-        let (body, len) = repo.blob(&desc.digest)?;
+        let st = &self.store;
+        let (file, tmp_blob, kept) = match st.take_partial(&desc.digest, desc.size)? {
+            Some(p) => p,
+            None => {
+                let (f, p) = st.ingest_file(&desc.digest)?;
+                (f, p, 0)
+            }
+        };
+        let (body, len, kept) = match repo.blob_at(&desc.digest, kept) {
+            Ok((b, l)) => (b, l, kept),
+            // A registry that does not answer the range: the whole blob, the kept part
+            // dropped once that answers (else kept for the next pull).
+            Err(_) if kept > 0 => match repo.blob(&desc.digest) {
+                Ok((b, l)) => {
+                    file.set_len(0)
+                        .map_err(|e| Error::io("truncating", &tmp_blob, e))?;
+                    (b, l, 0)
+                }
+                Err(e) => {
+                    st.keep_partial(&tmp_blob, &file, &desc.digest)?;
+                    return Err(e);
+                }
+            },
+            Err(e) => return Err(e),
+        };
         if let Some(l) = len {
             if l != desc.size {
                 return Err(Error::SizeMismatch {
@@ -800,31 +828,42 @@ impl ImageStore {
             }
         }
         let full = RefCell::new(None);
+        let broke = std::cell::Cell::new(false);
         let counted = Counting {
-            inner: body.take(desc.size.saturating_add(1)),
-            done: 0,
-            last: 0,
+            inner: body.take((desc.size - kept).saturating_add(1)),
+            done: kept,
+            last: kept,
             progress: opts.progress.clone(),
             digest: &desc.digest,
             root: self.store.root(),
             limits: &opts.limits,
             unchecked: 0,
             full: &full,
+            broke: &broke,
         };
+        let prefix: Box<dyn Read> = if kept > 0 {
+            // (A description of its own: the writer's appends move its offset.)
+            Box::new(
+                File::open(&tmp_blob)
+                    .map_err(|e| Error::io("opening", &tmp_blob, e))?
+                    .take(kept),
+            )
+        } else {
+            Box::new(io::empty())
+        };
+        let mut hashing = HashingReader::new(prefix.chain(TeeReader {
+            inner: counted,
+            out: BufWriter::with_capacity(256 << 10, file),
+        }));
         let what = format!("fetching layer {}", desc.digest.short());
-        let pass = || -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
-            let (file, tmp_blob) = self.store.ingest_file(&desc.digest)?;
-            let mut tee = TeeReader {
-                inner: HashingReader::new(counted),
-                out: BufWriter::with_capacity(256 << 10, file),
-            };
+        let r = (|| -> Result<Option<TempSnapshot>> {
             let tmp_dir = if unpack_too {
                 Some(self.store.snapshot_tmp(diff_id)?)
             } else {
                 None
             };
             if let Some(dir) = &tmp_dir {
-                let mut br = BufReader::with_capacity(256 << 10, &mut tee);
+                let mut br = BufReader::with_capacity(256 << 10, &mut hashing);
                 let got =
                     decompress_and_unpack(&mut br, &dir.path, &layer, desc, opts, cancel, ctx)
                         .map_err(|e| match e {
@@ -848,34 +887,56 @@ impl ImageStore {
                 drop(br);
                 check_diff(&got, diff_id, &layer)?;
             }
-            io::copy(&mut tee, &mut io::sink()).map_err(|e| repo.stream_err(e, &what))?;
-            let TeeReader { inner, out } = tee;
-            let (got, n) = inner.finish().map_err(|e| repo.stream_err(e, &what))?;
-            if n != desc.size {
-                return Err(Error::SizeMismatch {
-                    what: format!("layer {layer}"),
-                    expected: desc.size,
-                    actual: n,
-                });
-            }
-            if got != desc.digest {
-                return Err(Error::DigestMismatch {
-                    what: format!("layer {layer}"),
-                    expected: layer.clone(),
-                    actual: got.to_string(),
-                });
-            }
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
-            Ok((Some((file, tmp_blob, desc.digest.clone())), tmp_dir))
-        };
-        let r = pass();
+            io::copy(&mut hashing, &mut io::sink()).map_err(|e| repo.stream_err(e, &what))?;
+            Ok(tmp_dir)
+        })();
+        let (got, n, chain) = hashing.into_parts();
+        let mut out = chain.into_inner().1.out;
         // A failed free-space check is the reason, whatever the readers above made of it.
-        match full.into_inner() {
-            Some(e) => Err(e),
-            None => r,
+        if let Some(e) = full.into_inner() {
+            return Err(e);
         }
+        let tmp_dir = match r {
+            Ok(d) => d,
+            Err(e) => {
+                // The registry's stream broke (not its content, not our disk): what came is
+                // kept for the next pull. (Not verified yet: the blob's digest will say.)
+                if broke.get()
+                    && io::Write::flush(&mut out).is_ok()
+                    && out.get_ref().metadata().is_ok_and(|m| m.len() > 0)
+                {
+                    if let Err(k) = st.keep_partial(&tmp_blob, out.get_ref(), &desc.digest) {
+                        return Err(Error::BadLayer {
+                            layer,
+                            reason: format!("{e}; keeping the part received: {k}"),
+                        });
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if n != desc.size {
+            return Err(Error::SizeMismatch {
+                what: format!("layer {layer}"),
+                expected: desc.size,
+                actual: n,
+            });
+        }
+        if got != desc.digest {
+            return Err(Error::DigestMismatch {
+                what: if kept > 0 {
+                    format!("layer {layer} (its first {kept} bytes from a failed pull)")
+                } else {
+                    format!("layer {layer}")
+                },
+                expected: layer.clone(),
+                actual: got.to_string(),
+            });
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
+        Ok((Some((file, tmp_blob, desc.digest.clone())), tmp_dir))
     }
 }
 
@@ -1082,11 +1143,13 @@ struct Counting<'a, R> {
     unchecked: u64,
     /// Why a check failed (the reader's error carries only its text).
     full: &'a RefCell<Option<Error>>,
+    /// Set when the stream itself failed (what came before it is worth keeping).
+    broke: &'a std::cell::Cell<bool>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| self.broke.set(true))?;
         self.done += n as u64;
         self.unchecked += n as u64;
         if self.unchecked >= FREE_CHECK_EVERY {

@@ -654,20 +654,42 @@ impl Repo {
             &format!("fetching blob {}", digest.short()),
         )?;
         let len = header(&resp, "content-length").and_then(|l| l.parse().ok());
-        let reader = resp.into_body().into_reader();
         Ok((
-            Box::new(CancelReader {
-                inner: ResumingBlob {
-                    repo: self,
-                    digest: digest.clone(),
-                    inner: reader,
-                    offset: 0,
-                    tries: 0,
-                },
-                cancel: self.cancel.clone(),
-            }),
+            self.resuming(digest, resp.into_body().into_reader(), 0),
             len,
         ))
+    }
+
+    /// `blob` from byte `offset` on (what a failed pull kept of it is there): a Range request
+    /// (`blob_from`). No length: the caller counts the bytes.
+    pub fn blob_at(
+        &self,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(Box<dyn Read + Send + '_>, Option<u64>)> {
+        if offset == 0 {
+            return self.blob(digest);
+        }
+        let reader = self.blob_from(digest, offset)?;
+        Ok((self.resuming(digest, reader, offset), None))
+    }
+
+    fn resuming(
+        &self,
+        digest: &Digest,
+        reader: ureq::BodyReader<'static>,
+        offset: u64,
+    ) -> Box<dyn Read + Send + '_> {
+        Box::new(CancelReader {
+            inner: ResumingBlob {
+                repo: self,
+                digest: digest.clone(),
+                inner: reader,
+                offset,
+                tries: 0,
+            },
+            cancel: self.cancel.clone(),
+        })
     }
 
     /// The blob again from byte `offset`: a Range request; a registry that answers with the

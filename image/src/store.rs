@@ -33,7 +33,7 @@ use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub const DEFAULT_ROOT: &str = "/var/lib/rsrun/images";
+/// The name ending of what a failed pull kept of a blob (`ingest/HEX.partial`).
+pub const PARTIAL: &str = ".partial";
+/// How long a kept part waits for a pull to go on from it before the sweeps take it.
+pub const PARTIAL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LayerRecord {
@@ -322,7 +326,57 @@ impl Store {
     /// whose writer still holds them locked are kept). Call with the digest's lock held.
     pub fn clean_stale(&self, d: &Digest) {
         let prefix = format!("{}.", d.hex());
-        self.remove_unlocked(&["ingest", "tmp"], |_, name| name.starts_with(&prefix));
+        self.remove_unlocked(&["ingest", "tmp"], |_, name| {
+            name.starts_with(&prefix) && !name.ends_with(PARTIAL)
+        });
+    }
+
+    /// The part of blob `d` a failed pull kept (`ingest/HEX.partial`), taken for this pull:
+    /// moved to a temp name of its own and locked, as `ingest_file` makes one, with its
+    /// length. None when there is none, another pull has it, or it is not shorter than
+    /// `size` (then it goes: the blob was complete, or it is not that blob).
+    pub fn take_partial(&self, d: &Digest, size: u64) -> Result<Option<(File, PathBuf, u64)>> {
+        let p = self
+            .root
+            .join("ingest")
+            .join(format!("{}{PARTIAL}", d.hex()));
+        let _c = self.creating_temp()?;
+        let f = match OpenOptions::new().read(true).append(true).open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("opening", &p, e)),
+        };
+        if sys::flock(f.as_fd(), true, true).is_err() {
+            return Ok(None);
+        }
+        let len = f.metadata().ctx("stat", &p)?.len();
+        if len >= size {
+            fs::remove_file(&p).ctx("removing", &p)?;
+            return Ok(None);
+        }
+        let tmp = self
+            .root
+            .join("ingest")
+            .join(format!("{}.{}", d.hex(), self.unique()));
+        match fs::rename(&p, &tmp) {
+            Ok(()) => Ok(Some((f, tmp, len))),
+            // Swept meanwhile (too old).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("renaming", &p, e)),
+        }
+    }
+
+    /// Keeps what a failed pull received of blob `d` (the temp blob `tmp`, whose writer
+    /// `file` is) as `ingest/HEX.partial`, durable, for the next pull to go on from
+    /// (`take_partial`). Swept after PARTIAL_MAX_AGE.
+    pub fn keep_partial(&self, tmp: &Path, file: &File, d: &Digest) -> Result<()> {
+        file.sync_all().ctx("fsync", tmp)?;
+        let p = self
+            .root
+            .join("ingest")
+            .join(format!("{}{PARTIAL}", d.hex()));
+        fs::rename(tmp, &p).ctx("renaming", &p)?;
+        self.sync_dir(&self.root.join("ingest"))
     }
 
     /// Removes every temp entry that no live writer holds: what killed or failed pulls left
@@ -334,6 +388,10 @@ impl Store {
             &["ingest", "tmp", "snapshots", "containers"],
             |dir, name| match dir {
                 "snapshots" => name.starts_with(".tmp-"),
+                // What failed pulls kept of a blob: for a while.
+                "ingest" if name.ends_with(PARTIAL) => fs::metadata(self.root.join(dir).join(name))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > PARTIAL_MAX_AGE)),
                 // A container rootfs whose removal (rename to `.removing-ID-PID`, then
                 // delete) was cut short, unless that process still runs.
                 "containers" => name.strip_prefix(".removing-").is_some_and(|rest| {
