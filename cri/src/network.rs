@@ -73,6 +73,24 @@ pub struct Pod<'a> {
     pub annotations: &'a std::collections::HashMap<String, String>,
     /// The pod's cgroup parent (the `cgroupPath` capability).
     pub cgroup_parent: &'a str,
+    /// The pod's DNS settings (the `dns` capability: `network::dns`).
+    pub dns: Option<&'a Value>,
+}
+
+/// The `dns` capability's runtime config from a pod's DNSConfig, as containerd (go-cni)
+/// writes it: each list only when it has entries.
+pub fn dns(d: &api::DnsConfig) -> Value {
+    let mut v = json!({});
+    for (k, list) in [
+        ("servers", &d.servers),
+        ("searches", &d.searches),
+        ("options", &d.options),
+    ] {
+        if !list.is_empty() {
+            v[k] = json!(list);
+        }
+    }
+    v
 }
 
 /// The runtime config capability of the pod's annotations (containerd's and CRI-O's name).
@@ -410,6 +428,11 @@ impl Cni {
         }
         if plugin["capabilities"]["cgroupPath"] == true && !pod.cgroup_parent.is_empty() {
             conf["runtimeConfig"]["cgroupPath"] = json!(pod.cgroup_parent);
+        }
+        if plugin["capabilities"]["dns"] == true {
+            if let Some(d) = pod.dns {
+                conf["runtimeConfig"]["dns"] = d.clone();
+            }
         }
         let stdin = serde_json::to_vec(&conf).map_err(|e| err(e.to_string()))?;
         // Only a pinned namespace (an nsfs mount): a server killed between making the pin

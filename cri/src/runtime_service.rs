@@ -433,6 +433,7 @@ impl Runtime {
             })?,
             annotations: &sb.annotations,
             cgroup_parent: &sb.cgroup_parent,
+            dns: sb.cni_dns.as_ref(),
         };
         let a = self.cni.add(&planned, &pod).await.map_err(bad)?;
         tracing::info!(pod = %sb.id, ips = ?network::addresses(&a.result), "pod network attached");
@@ -524,6 +525,7 @@ impl Runtime {
             bandwidth: network::bandwidth(&sb.annotations).unwrap_or_default(),
             annotations: &sb.annotations,
             cgroup_parent: &sb.cgroup_parent,
+            dns: sb.cni_dns.as_ref(),
         };
         self.cni
             .del(a, &pod)

@@ -799,6 +799,7 @@ pub fn record(id: &str, s: &Spec, ns_dir: PathBuf) -> SandboxRecord {
         resources: s.resources.clone(),
         overhead: s.overhead.clone(),
         privileged: Some(s.privileged),
+        cni_dns: s.dns.as_ref().map(crate::network::dns),
     }
 }
 

@@ -67,6 +67,11 @@ pub struct SandboxRecord {
     /// records written before it was kept.
     #[serde(default)]
     pub privileged: Option<bool>,
+    /// The CNI `dns` capability's runtime config, from the pod's DNSConfig (servers,
+    /// searches, options), as containerd passes it at ADD and DEL. None without a DNSConfig
+    /// (and in records written before it was kept).
+    #[serde(default)]
+    pub cni_dns: Option<serde_json::Value>,
 }
 
 impl SandboxRecord {

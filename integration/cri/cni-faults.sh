@@ -74,7 +74,7 @@ PLUGIN
 chmod +x "$R/bin/fake"
 cat > "$R/net.d/10-fake.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "fake", "plugins": [
-  {"type": "fake", "capabilities": {"io.kubernetes.cri.pod-annotations": true, "cgroupPath": true}}]}
+  {"type": "fake", "capabilities": {"io.kubernetes.cri.pod-annotations": true, "cgroupPath": true, "dns": true}}]}
 JSON
 echo ok > "$R/mode"
 
@@ -96,16 +96,21 @@ dels() { grep -c '^DEL ' "$R/calls.log" || true; }
 
 # The runtime config and PATH a plugin is given.
 : > "$R/calls.log"
-pod caps ', "annotations": {"team": "blue"}, "linux": {"cgroup_parent": "/rsrun-cri-cnifaults-caps"}'
+pod caps ', "annotations": {"team": "blue"}, "linux": {"cgroup_parent": "/rsrun-cri-cnifaults-caps"},
+ "dns_config": {"servers": ["10.99.0.53"], "searches": ["svc.test", "test"], "options": ["ndots:5"]}'
 p=$(c runp "$R/caps.json") || fail "runp (caps): $(cat "$R/crictl.err")"
 add=$(grep '^ADD ' "$R/calls.log")
+dns_of() { python3 -c 'import json,sys; l=sys.stdin.read().split("\n")[0]; print(json.dumps(json.loads(l.split(" ", 1)[1].rsplit(" PATH=", 1)[0]).get("runtimeConfig", {}).get("dns"), sort_keys=True))'; }
 echo "$add" | grep -q '"cgroupPath":"/rsrun-cri-cnifaults-caps"' \
     && echo "$add" | grep -q '"io.kubernetes.cri.pod-annotations":{"team":"blue"}' \
     || fail "the runtime config of the declared capabilities: $add"
+want_dns='{"options": ["ndots:5"], "searches": ["svc.test", "test"], "servers": ["10.99.0.53"]}'
+[ "$(echo "$add" | dns_of)" = "$want_dns" ] || fail "the dns capability at ADD: $add"
 echo "$add" | grep -q "PATH=$R/custom-path:" || fail "the plugin did not get the server's PATH: $add"
 [ "$(c inspectp -o go-template --template '{{.status.network.ip}}' "$p")" = 10.99.0.5 ] || fail "pod IP: $(c inspectp "$p")"
 c stopp "$p" >/dev/null && c rmp "$p" >/dev/null || fail "stopp/rmp (caps): $(cat "$R/crictl.err")"
-ok "plugins get the pod annotations and cgroupPath capabilities and the server's PATH"
+[ "$(grep '^DEL ' "$R/calls.log" | head -1 | dns_of)" = "$want_dns" ] || fail "the dns capability at DEL: $(grep '^DEL ' "$R/calls.log")"
+ok "plugins get the pod annotations, cgroupPath and dns capabilities (at ADD and DEL) and the server's PATH"
 
 # The pod's address is eth0's.
 echo veth > "$R/mode"
