@@ -188,6 +188,12 @@ async fn serve(o: Opts) -> Result<()> {
     std::fs::create_dir_all(&exits).with_context(|| format!("create {}", exits.display()))?;
     let volumes = records.join("volumes");
     std::fs::create_dir_all(&volumes).with_context(|| format!("create {}", volumes.display()))?;
+    // Traversable, not listable (each container's own directory in it is 0700).
+    std::fs::set_permissions(
+        &volumes,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .with_context(|| format!("chmod {}", volumes.display()))?;
     let pause_rootfs = sandbox::install_pause(&o.state.join("pause"))
         .with_context(|| format!("install rsrun-pause under {}", o.state.display()))?;
     let runtime = runtime_service::Runtime {

@@ -259,7 +259,7 @@ impl Runtime {
                         && !known.contains(&name)
                         && !shim_dir.exists()
                     {
-                        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        if let Err(err) = rsrun_image::remove_tree(&e.path()) {
                             tracing::error!(container = %name, "remove {}: {err}", e.path().display());
                         }
                     }

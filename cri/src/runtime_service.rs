@@ -122,12 +122,13 @@ pub(crate) fn release_storage(
             .remove_rootfs(v)
             .map_err(|e| format!("remove the image volume {v}: {e}"))?;
     }
-    crate::volumes::remove(own_volumes, id)?;
+    // (The state directory goes whatever the volumes give; theirs is said after it.)
+    let volumes = crate::volumes::remove(own_volumes, id);
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(format!("remove {}: {e}", dir.display()))
         }
-        _ => Ok(()),
+        _ => volumes,
     }
 }
 
@@ -2018,6 +2019,8 @@ impl Runtime {
         });
         // The image's VOLUME paths get directories of their own, unless a CRI mount covers
         // them (crate::volumes).
+        // (Owned by the container's root on the host: not 0 in a user namespace.)
+        let root_ids = sb.userns.as_ref().map_or((0, 0), |u| (u.uid.1, u.gid.1));
         let own_volumes = self
             .image_volumes
             .then(|| (crate::volumes::dir(&self.volumes, id), c.mounts.clone()));
@@ -2054,7 +2057,7 @@ impl Runtime {
             let cfg = container::ImageConfig::from_spec(insp.config);
             let own = match own_volumes {
                 Some((dir, mounts)) => crate::volumes::wanted(&cfg.volumes, &mounts)
-                    .and_then(|w| crate::volumes::make(&rootfs, &dir, &w))
+                    .and_then(|w| crate::volumes::make(&rootfs, &dir, &w, root_ids))
                     .map_err(|e| {
                         Status::failed_precondition(format!("CreateContainer: image {img}: {e}"))
                     })?,

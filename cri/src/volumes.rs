@@ -22,6 +22,10 @@ pub fn clean(path: &str) -> Option<String> {
     if !p.is_absolute() {
         return None;
     }
+    Some(lexical(p))
+}
+
+fn lexical(p: &Path) -> String {
     let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
     for c in p.components() {
         match c {
@@ -36,12 +40,13 @@ pub fn clean(path: &str) -> Option<String> {
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
-    Some(format!("/{}", joined.join("/")))
+    format!("/{}", joined.join("/"))
 }
 
 /// The image's volume paths that get a directory: cleaned, without those a CRI mount has
 /// at the same path (the kubelet's volume wins, as containerd's `isInCRIMounts`), each once,
-/// in order. A relative path or the root itself is refused, naming it.
+/// in order. A relative path is taken from the root (as containerd joins it); the root
+/// itself is refused, naming it.
 pub fn wanted(image: &[String], mounts: &[api::Mount]) -> Result<Vec<String>, String> {
     let covered: Vec<String> = mounts
         .iter()
@@ -49,8 +54,7 @@ pub fn wanted(image: &[String], mounts: &[api::Mount]) -> Result<Vec<String>, St
         .collect();
     let mut out: Vec<String> = Vec::new();
     for v in image {
-        let c =
-            clean(v).ok_or_else(|| format!("the image's volume {v:?} is not an absolute path"))?;
+        let c = lexical(&Path::new("/").join(v));
         if c == "/" {
             return Err(format!("the image's volume {v:?} would cover the root"));
         }
@@ -69,16 +73,29 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
 
 /// Makes `dir/N` for each path of `wanted` from what the mounted root filesystem `rootfs`
 /// has there (resolved inside it: a symlink in the image cannot lead out), and returns the
-/// mounts to add. On an error `dir` may be half made: the caller removes it.
-pub fn make(rootfs: &Path, dir: &Path, wanted: &[String]) -> Result<Vec<api::Mount>, String> {
+/// mounts to add. `owner` is the host's uid and gid of the container's root (not 0 in a
+/// user namespace): `dir` is its alone (mode 0700: the image's files, setuid binaries and
+/// device nodes included, are out of other host users' reach, as the image store keeps its
+/// own), and an empty volume is its. On an error `dir` may be half made: the caller removes
+/// it.
+pub fn make(
+    rootfs: &Path,
+    dir: &Path,
+    wanted: &[String],
+    owner: (u32, u32),
+) -> Result<Vec<api::Mount>, String> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    // Traversable, not listable: the runtime reaches the sources by path.
+    let own = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(owner.0), Some(owner.1))
+            .map_err(|e| format!("chown {}: {e}", p.display()))
+    };
     std::fs::DirBuilder::new()
-        .mode(0o711)
+        .mode(0o700)
         .create(dir)
         .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    own(dir)?;
     let root =
         std::fs::File::open(rootfs).map_err(|e| format!("open {}: {e}", rootfs.display()))?;
     let mut mounts = Vec::new();
@@ -94,10 +111,13 @@ pub fn make(rootfs: &Path, dir: &Path, wanted: &[String]) -> Result<Vec<api::Mou
             Ok(src) => copy_up(&src, &to).map_err(|e| format!("{what}: {e}"))?,
             // Nothing there in the image: an empty directory (the runtime makes the mount
             // point).
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => std::fs::DirBuilder::new()
-                .mode(0o755)
-                .create(&to)
-                .map_err(|e| format!("{what}: create {}: {e}", to.display()))?,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&to)
+                    .map_err(|e| format!("{what}: create {}: {e}", to.display()))?;
+                own(&to)?;
+            }
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => {
                 return Err(format!("{what} is not a directory in the image"))
             }
@@ -138,15 +158,11 @@ fn copy_up(src: &OwnedFd, to: &Path) -> Result<(), String> {
     .map_err(|e| format!("chmod {}: {e}", to.display()))
 }
 
-/// Removes the volumes of container `id` (absent is removed).
+/// Removes the volumes of container `id` (absent is removed), however deep the container
+/// made them.
 pub fn remove(root: &Path, id: &str) -> Result<(), String> {
     let d = dir(root, id);
-    match std::fs::remove_dir_all(&d) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("remove {}: {e}", d.display()))
-        }
-        _ => Ok(()),
-    }
+    rsrun_image::remove_tree(&d).map_err(|e| format!("remove {}: {e}", d.display()))
 }
 
 #[cfg(test)]
@@ -172,11 +188,10 @@ mod tests {
             "/data".to_string(),
             "/cache".to_string(),
             "/data/.".to_string(),
+            "rel/../logs".to_string(),
         ];
         let got = wanted(&image, &[mount("/var/lib/db"), mount("/other")]).unwrap();
-        assert_eq!(got, vec!["/cache".to_string(), "/data".to_string()]);
-        let e = wanted(&["data".into()], &[]).unwrap_err();
-        assert!(e.contains("\"data\" is not an absolute path"), "{e}");
+        assert_eq!(got, ["/cache", "/data", "/logs"]);
         let e = wanted(&["/x/..".into()], &[]).unwrap_err();
         assert!(e.contains("cover the root"), "{e}");
     }
@@ -202,6 +217,28 @@ mod tests {
         std::fs::set_permissions(rootfs.join("data"), PermissionsExt::from_mode(0o1750)).unwrap();
         std::os::unix::fs::chown(rootfs.join("data"), Some(65534), Some(65534)).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", rootfs.join("data/link")).unwrap();
+        // A setuid file (a chown after the chmod would clear the bit), two names of one
+        // file, a FIFO of mode 0666 (the umask would take 0022 off), an old mtime.
+        std::fs::write(rootfs.join("data/suid"), "x").unwrap();
+        std::os::unix::fs::chown(rootfs.join("data/suid"), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(rootfs.join("data/suid"), PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        std::fs::hard_link(rootfs.join("data/sub/seed"), rootfs.join("data/seed2")).unwrap();
+        nix::unistd::mkfifo(
+            &rootfs.join("data/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .unwrap();
+        std::fs::set_permissions(rootfs.join("data/fifo"), PermissionsExt::from_mode(0o666))
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(rootfs.join("data/suid"))
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap();
+        std::fs::set_permissions(rootfs.join("data/suid"), PermissionsExt::from_mode(0o4755))
+            .unwrap();
         std::fs::write(rootfs.join("file"), "x").unwrap();
         // A volume path that is an absolute symlink: inside the rootfs, /data.
         std::os::unix::fs::symlink("/data", rootfs.join("viasym")).unwrap();
@@ -211,7 +248,12 @@ mod tests {
             "/missing/deep".to_string(),
             "/viasym".to_string(),
         ];
-        let m = make(&rootfs, &dir, &want).unwrap();
+        let m = make(&rootfs, &dir, &want, (4242, 4343)).unwrap();
+        let md = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid()),
+            (0o700, 4242, 4343)
+        );
         assert_eq!(m.len(), 3);
         assert_eq!(m[0].container_path, "/data");
         assert!(!m[0].readonly);
@@ -234,14 +276,35 @@ mod tests {
             std::fs::read_link(data.join("link")).unwrap(),
             Path::new("/etc/passwd")
         );
+        let suid = std::fs::metadata(data.join("suid")).unwrap();
+        assert_eq!(
+            (suid.mode() & 0o7777, suid.uid(), suid.mtime()),
+            (0o4755, 65534, 1_000_000_000),
+            "the setuid file's mode, owner and mtime"
+        );
+        assert_eq!(
+            std::fs::metadata(data.join("seed2")).unwrap().ino(),
+            std::fs::metadata(data.join("sub/seed")).unwrap().ino(),
+            "two names of one file stay one file"
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(data.join("fifo")).unwrap().mode() & 0o7777,
+            0o666
+        );
         let empty = Path::new(&m[1].host_path);
         assert_eq!(std::fs::read_dir(empty).unwrap().count(), 0);
+        let md = std::fs::metadata(empty).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (4242, 4343),
+            "the empty volume is the root's"
+        );
         let via = Path::new(&m[2].host_path);
         assert!(
             via.join("sub/seed").exists(),
             "the symlinked path resolved in the rootfs"
         );
-        let e = make(&rootfs, &t.join("vols2"), &["/file".to_string()]).unwrap_err();
+        let e = make(&rootfs, &t.join("vols2"), &["/file".to_string()], (0, 0)).unwrap_err();
         assert!(e.contains("/file is not a directory"), "{e}");
         remove(&t, "vols").unwrap();
         assert!(!dir.exists());

@@ -29,6 +29,14 @@ pub use reference::Reference;
 pub use registry::Cancel;
 pub use store::{ImageRecord, LayerRecord, RootfsRecord, Store, DEFAULT_ROOT};
 
+/// Removes `path` and everything under it (absent is removed) with a bounded number of
+/// descriptors, however deep the tree (std's `remove_dir_all` fails with EMFILE on a tree
+/// deeper than the open-file limit): what the store uses for snapshots and writable
+/// layers, for callers with other trees a container wrote.
+pub fn remove_tree(path: &std::path::Path) -> std::io::Result<()> {
+    sys::remove_tree(path)
+}
+
 use error::IoContext;
 use std::collections::HashSet;
 use std::fs;

@@ -7,6 +7,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -631,10 +632,34 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
 }
 
 /// Copies the directory tree under `from` into `to`, descriptor-relative and never following
-/// symlinks: files, directories, symlinks and special files with their modes and owners.
+/// symlinks: files, directories, symlinks and special files with their modes (setuid and
+/// setgid bits too: the owner is set first, as a chown clears them), owners and times; hard
+/// links stay links. (Not extended attributes.)
 pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
+    let mut links = std::collections::HashMap::new();
+    copy_tree_at(from, to, to, Path::new(""), &mut links)
+}
+
+/// The times of `st` (atime, mtime) as utimensat takes them.
+fn times_of(st: &nix::sys::stat::FileStat) -> (nix::sys::time::TimeSpec, nix::sys::time::TimeSpec) {
+    (
+        nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// `copy_tree` of the directory `from` into `to`, which is `rel` under `top`; `links` maps a
+/// multiply linked file's (device, inode) to its first copy's path under `top` (made by this
+/// copy: directories of its own all the way).
+fn copy_tree_at(
+    from: &OwnedFd,
+    to: &OwnedFd,
+    top: &OwnedFd,
+    rel: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> Result<()> {
     use nix::fcntl::{AtFlags, OFlag};
-    use nix::sys::stat::{Mode, SFlag};
+    use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
     let dup = nix::unistd::dup(from).ctx("dup")?;
     let mut dir = nix::dir::Dir::from_fd(dup).ctx("read directory")?;
     let names: Vec<std::ffi::CString> = dir
@@ -643,6 +668,7 @@ pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
         .map(|e| e.file_name().to_owned())
         .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
         .collect();
+    drop(dir);
     for name in names {
         let n = name.as_c_str();
         let shown = n.to_string_lossy();
@@ -654,26 +680,34 @@ pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
             Some(nix::unistd::Uid::from_raw(st.st_uid)),
             Some(nix::unistd::Gid::from_raw(st.st_gid)),
         );
+        let (atime, mtime) = times_of(&st);
+        let here = rel.join(std::ffi::OsStr::from_bytes(n.to_bytes()));
         if kind == SFlag::S_IFDIR {
-            nix::sys::stat::mkdirat(to, n, mode).with_ctx(|| format!("mkdir {shown}"))?;
-            let sub_from = nix::fcntl::openat(
-                from,
-                n,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .with_ctx(|| format!("open {shown}"))?;
-            let sub_to = nix::fcntl::openat(
-                to,
-                n,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .with_ctx(|| format!("open copy of {shown}"))?;
-            copy_tree(&sub_from, &sub_to)?;
-            let _ = nix::sys::stat::fchmod(&sub_to, mode);
+            nix::sys::stat::mkdirat(to, n, Mode::from_bits_truncate(0o700))
+                .with_ctx(|| format!("mkdir {shown}"))?;
+            let open = |d: &OwnedFd, what: &str| {
+                nix::fcntl::openat(
+                    d,
+                    n,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .with_ctx(|| format!("open {what}{shown}"))
+            };
+            let (sub_from, sub_to) = (open(from, "")?, open(to, "copy of ")?);
+            copy_tree_at(&sub_from, &sub_to, top, &here, links)?;
             let _ = nix::unistd::fchown(&sub_to, owner.0, owner.1);
+            let _ = nix::sys::stat::fchmod(&sub_to, mode);
+            let _ = nix::sys::stat::futimens(&sub_to, &atime, &mtime);
         } else if kind == SFlag::S_IFREG {
+            if st.st_nlink > 1 {
+                if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
+                    nix::unistd::linkat(top, first.as_path(), to, n, nix::fcntl::AtFlags::empty())
+                        .with_ctx(|| format!("link {shown} to {}", first.display()))?;
+                    continue;
+                }
+                links.insert((st.st_dev, st.st_ino), here.clone());
+            }
             let src = nix::fcntl::openat(
                 from,
                 n,
@@ -689,23 +723,30 @@ pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC,
-                mode,
+                Mode::from_bits_truncate(0o600),
             )
             .with_ctx(|| format!("create {shown}"))?;
             let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
             std::io::copy(&mut r, &mut w).with_ctx(|| format!("copy {shown}"))?;
-            let _ = nix::sys::stat::fchmod(&w, mode);
             let _ = nix::unistd::fchown(&w, owner.0, owner.1);
+            let _ = nix::sys::stat::fchmod(&w, mode);
+            let _ = nix::sys::stat::futimens(&w, &atime, &mtime);
         } else if kind == SFlag::S_IFLNK {
             let target =
                 nix::fcntl::readlinkat(from, n).with_ctx(|| format!("readlink {shown}"))?;
             nix::unistd::symlinkat(target.as_os_str(), to, n)
                 .with_ctx(|| format!("symlink {shown}"))?;
             let _ = nix::unistd::fchownat(to, n, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW);
+            let _ =
+                nix::sys::stat::utimensat(to, n, &atime, &mtime, UtimensatFlags::NoFollowSymlink);
         } else {
-            nix::sys::stat::mknodat(to, n, kind, mode, st.st_rdev)
+            nix::sys::stat::mknodat(to, n, kind, Mode::from_bits_truncate(0o600), st.st_rdev)
                 .with_ctx(|| format!("mknod {shown}"))?;
             let _ = nix::unistd::fchownat(to, n, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW);
+            // (Not a symlink: following is the same as not.)
+            let _ = nix::sys::stat::fchmodat(to, n, mode, FchmodatFlags::FollowSymlink);
+            let _ =
+                nix::sys::stat::utimensat(to, n, &atime, &mtime, UtimensatFlags::NoFollowSymlink);
         }
     }
     Ok(())
