@@ -792,39 +792,79 @@ impl ImageStore {
         ctx: &LayerCtx<'_>,
         unpack_too: bool,
     ) -> Result<(Option<TempBlob>, Option<TempSnapshot>)> {
+        let st = &self.store;
+        if let Some((file, tmp, kept)) = st.take_partial(&desc.digest, desc.size)? {
+            let first = self.stream_blob(
+                repo, desc, diff_id, opts, cancel, ctx, unpack_too, file, tmp, kept,
+            );
+            match first {
+                // The kept part proved wrong (the blob's digest, its decompression): gone,
+                // and the blob again from its start, in this pull.
+                Err((_, true)) => {
+                    st.clean_stale(&desc.digest);
+                    st.clean_stale(diff_id);
+                }
+                r => return r.map_err(|(e, _)| e),
+            }
+        }
+        let (file, tmp) = st.ingest_file(&desc.digest)?;
+        self.stream_blob(
+            repo, desc, diff_id, opts, cancel, ctx, unpack_too, file, tmp, 0,
+        )
+        .map_err(|(e, _)| e)
+    }
+
+    /// `stream_layer` into the temp blob `tmp_blob` (`file`), whose first `kept` bytes a
+    /// failed pull received. Fails with whether those bytes proved wrong (then the caller
+    /// starts over without them).
+    #[allow(clippy::too_many_arguments)]
+    fn stream_blob(
+        &self,
+        repo: &Repo,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        opts: &PullOptions,
+        cancel: &Cancel,
+        ctx: &LayerCtx<'_>,
+        unpack_too: bool,
+        file: File,
+        tmp_blob: PathBuf,
+        kept: u64,
+    ) -> std::result::Result<(Option<TempBlob>, Option<TempSnapshot>), (Error, bool)> {
         let layer = desc.digest.to_string();
         let st = &self.store;
-        let (file, tmp_blob, kept) = match st.take_partial(&desc.digest, desc.size)? {
-            Some(p) => p,
-            None => {
-                let (f, p) = st.ingest_file(&desc.digest)?;
-                (f, p, 0)
-            }
-        };
+        let plain = |e: Error| (e, false);
         let (body, len, kept) = match repo.blob_at(&desc.digest, kept) {
             Ok((b, l)) => (b, l, kept),
-            // A registry that does not answer the range: the whole blob, the kept part
-            // dropped once that answers (else kept for the next pull).
-            Err(_) if kept > 0 => match repo.blob(&desc.digest) {
+            // A registry that refuses the range (416, or another range than asked): the
+            // whole blob, the kept part dropped once that answers.
+            Err(e) if kept > 0 && range_refused(&e) => match repo.blob(&desc.digest) {
                 Ok((b, l)) => {
                     file.set_len(0)
-                        .map_err(|e| Error::io("truncating", &tmp_blob, e))?;
+                        .map_err(|e| plain(Error::io("truncating", &tmp_blob, e)))?;
                     (b, l, 0)
                 }
                 Err(e) => {
-                    st.keep_partial(&tmp_blob, &file, &desc.digest)?;
-                    return Err(e);
+                    st.keep_partial(&tmp_blob, &file, &desc.digest)
+                        .map_err(plain)?;
+                    return Err(plain(e));
                 }
             },
-            Err(e) => return Err(e),
+            // Anything else (the registry down, a timeout): the part waits for the next pull.
+            Err(e) if kept > 0 => {
+                st.keep_partial(&tmp_blob, &file, &desc.digest)
+                    .map_err(plain)?;
+                return Err(plain(e));
+            }
+            Err(e) => return Err(plain(e)),
         };
         if let Some(l) = len {
             if l != desc.size {
-                return Err(Error::SizeMismatch {
+                return Err(plain(Error::SizeMismatch {
                     what: format!("layer {layer} (Content-Length)"),
                     expected: desc.size,
                     actual: l,
-                });
+                }));
             }
         }
         let full = RefCell::new(None);
@@ -845,7 +885,7 @@ impl ImageStore {
             // (A description of its own: the writer's appends move its offset.)
             Box::new(
                 File::open(&tmp_blob)
-                    .map_err(|e| Error::io("opening", &tmp_blob, e))?
+                    .map_err(|e| plain(Error::io("opening", &tmp_blob, e)))?
                     .take(kept),
             )
         } else {
@@ -894,8 +934,19 @@ impl ImageStore {
         let mut out = chain.into_inner().1.out;
         // A failed free-space check is the reason, whatever the readers above made of it.
         if let Some(e) = full.into_inner() {
-            return Err(e);
+            return Err(plain(e));
         }
+        // Content found wrong with a kept part read first: that part may be why.
+        let suspect = |e: Error| {
+            let wrong = kept > 0
+                && matches!(
+                    e,
+                    Error::DigestMismatch { .. }
+                        | Error::SizeMismatch { .. }
+                        | Error::BadLayer { .. }
+                );
+            (e, wrong)
+        };
         let tmp_dir = match r {
             Ok(d) => d,
             Err(e) => {
@@ -906,38 +957,42 @@ impl ImageStore {
                     && out.get_ref().metadata().is_ok_and(|m| m.len() > 0)
                 {
                     if let Err(k) = st.keep_partial(&tmp_blob, out.get_ref(), &desc.digest) {
-                        return Err(Error::BadLayer {
+                        return Err(plain(Error::BadLayer {
                             layer,
                             reason: format!("{e}; keeping the part received: {k}"),
-                        });
+                        }));
                     }
+                    return Err(plain(e));
                 }
-                return Err(e);
+                return Err(suspect(e));
             }
         };
         if n != desc.size {
-            return Err(Error::SizeMismatch {
+            return Err(suspect(Error::SizeMismatch {
                 what: format!("layer {layer}"),
                 expected: desc.size,
                 actual: n,
-            });
+            }));
         }
         if got != desc.digest {
-            return Err(Error::DigestMismatch {
-                what: if kept > 0 {
-                    format!("layer {layer} (its first {kept} bytes from a failed pull)")
-                } else {
-                    format!("layer {layer}")
-                },
+            return Err(suspect(Error::DigestMismatch {
+                what: format!("layer {layer}"),
                 expected: layer.clone(),
                 actual: got.to_string(),
-            });
+            }));
         }
         let file = out
             .into_inner()
-            .map_err(|e| Error::io("writing", &tmp_blob, e.into_error()))?;
+            .map_err(|e| plain(Error::io("writing", &tmp_blob, e.into_error())))?;
         Ok((Some((file, tmp_blob, desc.digest.clone())), tmp_dir))
     }
+}
+
+/// Whether a Range request's failure is the registry refusing the range itself (416, or a
+/// Content-Range other than asked), rather than being down or slow.
+fn range_refused(e: &Error) -> bool {
+    matches!(e, Error::Registry { message, .. }
+        if message.contains("HTTP 416") || message.contains("Content-Range"))
 }
 
 /// What the layers of one pull share.

@@ -349,9 +349,16 @@ impl Store {
         if sys::flock(f.as_fd(), true, true).is_err() {
             return Ok(None);
         }
-        let len = f.metadata().ctx("stat", &p)?.len();
+        // Still the file at that name (another pull may have taken it between the open and
+        // the lock, and kept a new one since).
+        let md = f.metadata().ctx("stat", &p)?;
+        match fs::symlink_metadata(&p) {
+            Ok(now) if (now.dev(), now.ino()) == (md.dev(), md.ino()) => {}
+            _ => return Ok(None),
+        }
+        let len = md.len();
         if len >= size {
-            fs::remove_file(&p).ctx("removing", &p)?;
+            sys::ignore_gone(fs::remove_file(&p)).ctx("removing", &p)?;
             return Ok(None);
         }
         let tmp = self

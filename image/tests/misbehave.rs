@@ -2143,7 +2143,7 @@ fn a_dropped_blob_connection_is_taken_up_where_it_ended() {
     let d = Digest::of_bytes(&l.blob).to_string();
     let n = l.blob.len();
     let step = n / 3 + 1;
-    for first in ["range", "whole", "stuck", "badrange"] {
+    for first in ["range", "whole", "stuck", "badrange", "stuck416"] {
         let f = Fake::start();
         let cfg = config_json("amd64", "", std::slice::from_ref(&l));
         f.add_image("resume", "v1", std::slice::from_ref(&l), &cfg);
@@ -2182,7 +2182,7 @@ fn a_dropped_blob_connection_is_taken_up_where_it_ended() {
                         content_length: Some(n.to_string()),
                         ..Reply::new(200, blob[..(from + step).min(n)].to_vec())
                     },
-                    "stuck" => Reply {
+                    "stuck" | "stuck416" => Reply {
                         content_length: Some((n - from).to_string()),
                         ..Reply::new(
                             if from > 0 { 206 } else { 200 },
@@ -2194,6 +2194,9 @@ fn a_dropped_blob_connection_is_taken_up_where_it_ended() {
                         )
                     }
                     .header("Content-Range", format!("bytes {from}-{}/{n}", n - 1)),
+                    // Ranges refused; the whole blob in one answer.
+                    "norange" if from > 0 => Reply::new(416, Vec::new()),
+                    "norange" => Reply::new(200, blob.clone()),
                     // The range asked for, said to start elsewhere.
                     _ => Reply {
                         content_length: Some((n - from).to_string()),
@@ -2217,7 +2220,7 @@ fn a_dropped_blob_connection_is_taken_up_where_it_ended() {
             .collect();
         let mode = first;
         eprintln!("{mode}: {gets:?}");
-        if mode == "stuck" || mode == "badrange" {
+        if mode == "stuck" || mode == "badrange" || mode == "stuck416" {
             let e = r.unwrap_err();
             assert!(e.to_string().contains(&d[7..19]), "{mode}: {e}");
             if mode == "badrange" {
@@ -2246,8 +2249,20 @@ fn a_dropped_blob_connection_is_taken_up_where_it_ended() {
             no_temps_left(t.path());
             std::fs::rename(t.path().join("kept"), &partial).unwrap();
             // The next pull goes on from it: the registry sees a Range request for the rest
-            // only (its answers drop after a third, as above: then resumed as above).
-            *mode_ctl.lock().unwrap() = "range";
+            // only (its answers drop after a third, as above: then resumed as above). A
+            // registry that refuses the range (416) sends the whole blob next. A kept part
+            // that is wrong (one byte changed here) fails its try, and the same pull starts
+            // over from the blob's start.
+            if mode == "badrange" {
+                let mut b = std::fs::read(&partial).unwrap();
+                b[100] ^= 0x55;
+                std::fs::write(&partial, b).unwrap();
+            }
+            *mode_ctl.lock().unwrap() = if mode == "stuck416" {
+                "norange"
+            } else {
+                "range"
+            };
             let before = f.log().len();
             s.pull(&format!("{}/resume:v1", f.addr), &PullOptions::default())
                 .unwrap_or_else(|e| panic!("{mode}, then a pull that goes on: {e}"));
@@ -2256,11 +2271,15 @@ fn a_dropped_blob_connection_is_taken_up_where_it_ended() {
                 .filter(|q| q.path().starts_with("/storage/"))
                 .map(|q| q.header("range").to_string())
                 .collect();
-            assert_eq!(
-                gets,
-                [format!("bytes={step}-"), format!("bytes={}-", 2 * step)],
-                "{mode}: the pull after"
-            );
+            let (on, rest) = (format!("bytes={step}-"), format!("bytes={}-", 2 * step));
+            match mode {
+                "stuck" => assert_eq!(gets, [on, rest], "{mode}: the pull after"),
+                "stuck416" => assert_eq!(gets, [on, String::new()], "{mode}: the pull after"),
+                _ => assert!(
+                    gets.first() == Some(&on) && gets.ends_with(&[String::new(), on, rest]),
+                    "{mode}: the pull after: {gets:?}"
+                ),
+            }
             let big = t.path().join("snapshots").join(l.diff_id.hex()).join("big");
             assert!(
                 std::fs::read(big).unwrap() == data,
