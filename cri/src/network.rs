@@ -77,8 +77,10 @@ pub struct Pod<'a> {
     pub dns: Option<&'a Value>,
 }
 
-/// The `dns` capability's runtime config from a pod's DNSConfig, as containerd (go-cni)
-/// writes it: each list only when it has entries.
+/// The `dns` capability's runtime config from a pod's DNSConfig, spelt as the CNI
+/// conventions spell it (`servers`, `searches`, `options`), each list only when it has
+/// entries. (containerd sends go-cni's Go field names, `Servers`..., with nulls for empty
+/// lists; the Go plugins read either alike.)
 pub fn dns(d: &api::DnsConfig) -> Value {
     let mut v = json!({});
     for (k, list) in [

@@ -74,10 +74,11 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
 /// Makes `dir/N` for each path of `wanted` from what the mounted root filesystem `rootfs`
 /// has there (resolved inside it: a symlink in the image cannot lead out), and returns the
 /// mounts to add. `owner` is the host's uid and gid of the container's root (not 0 in a
-/// user namespace): `dir` is its alone (mode 0700: the image's files, setuid binaries and
-/// device nodes included, are out of other host users' reach, as the image store keeps its
-/// own), and an empty volume is its. On an error `dir` may be half made: the caller removes
-/// it.
+/// user namespace). `dir` is root's, mode 0710 with that gid (the container's root may pass,
+/// nobody else; the image's files, setuid binaries and device nodes included, are out of
+/// other host users' reach, as the image store keeps its own; nobody but root may change
+/// its entries while they are made), and an empty volume is the container root's. On an
+/// error `dir` may be half made: the caller removes it.
 pub fn make(
     rootfs: &Path,
     dir: &Path,
@@ -95,7 +96,10 @@ pub fn make(
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("create {}: {e}", dir.display()))?;
-    own(dir)?;
+    std::os::unix::fs::chown(dir, Some(0), Some(owner.1))
+        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o710))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
     let root =
         std::fs::File::open(rootfs).map_err(|e| format!("open {}: {e}", rootfs.display()))?;
     let mut mounts = Vec::new();
@@ -250,10 +254,7 @@ mod tests {
         ];
         let m = make(&rootfs, &dir, &want, (4242, 4343)).unwrap();
         let md = std::fs::metadata(&dir).unwrap();
-        assert_eq!(
-            (md.mode() & 0o7777, md.uid(), md.gid()),
-            (0o700, 4242, 4343)
-        );
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o710, 0, 4343));
         assert_eq!(m.len(), 3);
         assert_eq!(m[0].container_path, "/data");
         assert!(!m[0].readonly);

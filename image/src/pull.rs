@@ -769,7 +769,9 @@ impl ImageStore {
             },
         );
         let layer = desc.digest.to_string();
-        let got = decompress_and_unpack(&mut r, &tmp.path, &layer, desc, opts, cancel, ctx)?;
+        let added = std::cell::Cell::new(0);
+        let got =
+            decompress_and_unpack(&mut r, &tmp.path, &layer, desc, opts, cancel, ctx, &added)?;
         check_diff(&got, diff_id, &layer)?;
         Ok(tmp)
     }
@@ -869,6 +871,8 @@ impl ImageStore {
         }
         let full = RefCell::new(None);
         let broke = std::cell::Cell::new(false);
+        // The uncompressed bytes this try counted against the image's limit.
+        let unpacked = std::cell::Cell::new(0);
         let counted = Counting {
             inner: body.take((desc.size - kept).saturating_add(1)),
             done: kept,
@@ -904,25 +908,25 @@ impl ImageStore {
             };
             if let Some(dir) = &tmp_dir {
                 let mut br = BufReader::with_capacity(256 << 10, &mut hashing);
-                let got =
-                    decompress_and_unpack(&mut br, &dir.path, &layer, desc, opts, cancel, ctx)
-                        .map_err(|e| match e {
-                            Error::BadLayer { reason, .. }
-                                if reason.contains("reading tar")
-                                    || reason.contains("decompress") =>
-                            {
-                                match repo.stream_err(io::Error::other(reason.clone()), &what) {
-                                    e @ (Error::Cancelled(_)
-                                    | Error::DeadlineExceeded(_)
-                                    | Error::Stalled { .. }) => e,
-                                    _ => Error::BadLayer {
-                                        layer: layer.clone(),
-                                        reason,
-                                    },
-                                }
-                            }
-                            e => e,
-                        })?;
+                let got = decompress_and_unpack(
+                    &mut br, &dir.path, &layer, desc, opts, cancel, ctx, &unpacked,
+                )
+                .map_err(|e| match e {
+                    Error::BadLayer { reason, .. }
+                        if reason.contains("reading tar") || reason.contains("decompress") =>
+                    {
+                        match repo.stream_err(io::Error::other(reason.clone()), &what) {
+                            e @ (Error::Cancelled(_)
+                            | Error::DeadlineExceeded(_)
+                            | Error::Stalled { .. }) => e,
+                            _ => Error::BadLayer {
+                                layer: layer.clone(),
+                                reason,
+                            },
+                        }
+                    }
+                    e => e,
+                })?;
                 // Whatever the decompressor buffered was already hashed below it.
                 drop(br);
                 check_diff(&got, diff_id, &layer)?;
@@ -945,6 +949,10 @@ impl ImageStore {
                         | Error::SizeMismatch { .. }
                         | Error::BadLayer { .. }
                 );
+            if wrong {
+                // The retry counts the layer against the image's limit again.
+                ctx.image_used.fetch_sub(unpacked.get(), Ordering::Relaxed);
+            }
             (e, wrong)
         };
         let tmp_dir = match r {
@@ -989,10 +997,17 @@ impl ImageStore {
 }
 
 /// Whether a Range request's failure is the registry refusing the range itself (416, or a
-/// Content-Range other than asked), rather than being down or slow.
+/// Content-Range other than asked), rather than being down or slow: read in the parts of
+/// the message `Repo::send` and `Repo::blob_from` write before any text of the registry's.
 fn range_refused(e: &Error) -> bool {
-    matches!(e, Error::Registry { message, .. }
-        if message.contains("HTTP 416") || message.contains("Content-Range"))
+    let Error::Registry { message, .. } = e else {
+        return false;
+    };
+    let mut parts = message.splitn(3, ": ");
+    let (first, second) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    first.contains(" answered HTTP 416 fetching blob ")
+        || (first.starts_with("fetching blob ")
+            && second.starts_with("the answer's Content-Range is"))
 }
 
 /// What the layers of one pull share.
@@ -1231,6 +1246,7 @@ impl<R: Read> Read for Counting<'_, R> {
 /// Detects the compression from the stream's magic bytes (it must agree with the media type),
 /// decompresses within the pull's limits, unpacks into `dir` and returns the digest of the
 /// uncompressed stream.
+#[allow(clippy::too_many_arguments)]
 fn decompress_and_unpack<R: Read>(
     r: &mut R,
     dir: &Path,
@@ -1239,6 +1255,7 @@ fn decompress_and_unpack<R: Read>(
     opts: &PullOptions,
     cancel: &Cancel,
     ctx: &LayerCtx<'_>,
+    added: &std::cell::Cell<u64>,
 ) -> Result<Digest> {
     let bad = |reason: String| Error::BadLayer {
         layer: layer.to_string(),
@@ -1302,6 +1319,7 @@ fn decompress_and_unpack<R: Read>(
         compressed: desc.size,
         read_so_far: &read_so_far,
         image_used: &ctx.image_used,
+        added,
         unchecked: 0,
         root: dir,
         cancel,
@@ -1375,6 +1393,8 @@ struct Budget<'a, R> {
     /// The compressed bytes read so far (`ReadCount`).
     read_so_far: &'a std::cell::Cell<u64>,
     image_used: &'a AtomicU64,
+    /// What this layer added to `image_used` (a retry of it gives that back).
+    added: &'a std::cell::Cell<u64>,
     unchecked: u64,
     root: &'a Path,
     cancel: &'a Cancel,
@@ -1437,6 +1457,7 @@ impl<R: Read> Read for Budget<'_, R> {
         self.cancel.touch();
         let n64 = n as u64;
         self.used = self.used.saturating_add(n64);
+        self.added.set(self.used);
         let image = self
             .image_used
             .fetch_add(n64, Ordering::Relaxed)
@@ -1492,6 +1513,30 @@ impl<R: Read> Read for Budget<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the registry's refusal of a range sends the whole blob instead (the kept part
+    /// then dropped): not a registry that is down, nor text of the registry's own.
+    #[test]
+    fn a_refused_range_is_told_from_a_failed_request() {
+        let reg = |m: &str| Error::Registry {
+            registry: "http://r".into(),
+            message: m.into(),
+        };
+        assert!(range_refused(&reg(
+            "http://r answered HTTP 416 fetching blob 0123 from byte 9: "
+        )));
+        assert!(range_refused(&reg(
+            "fetching blob 0123 from byte 9: the answer's Content-Range is \"bytes 0-9/10\""
+        )));
+        for other in [
+            "http://r answered HTTP 503 fetching blob 0123 from byte 9: the answer's Content-Range is x",
+            "http://r answered HTTP 500 fetching blob 0123 from byte 9: answered HTTP 416 fetching blob ",
+            "fetching blob 0123 from byte 9: connection refused",
+        ] {
+            assert!(!range_refused(&reg(other)), "{other}");
+        }
+        assert!(!range_refused(&Error::NotFound("x".into())));
+    }
 
     #[test]
     fn credentials_server_names() {

@@ -660,7 +660,9 @@ fn copy_tree_at(
 ) -> Result<()> {
     use nix::fcntl::{AtFlags, OFlag};
     use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
-    let dup = nix::unistd::dup(from).ctx("dup")?;
+    // (Close-on-exec, as `try_clone` makes it: the CRI server, which has other threads,
+    // copies image volumes with this.)
+    let dup = from.try_clone().ctx("dup")?;
     let mut dir = nix::dir::Dir::from_fd(dup).ctx("read directory")?;
     let names: Vec<std::ffi::CString> = dir
         .iter()
@@ -701,12 +703,26 @@ fn copy_tree_at(
             let _ = nix::sys::stat::futimens(&sub_to, &atime, &mtime);
         } else if kind == SFlag::S_IFREG {
             if st.st_nlink > 1 {
-                if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
-                    nix::unistd::linkat(top, first.as_path(), to, n, nix::fcntl::AtFlags::empty())
-                        .with_ctx(|| format!("link {shown} to {}", first.display()))?;
-                    continue;
+                match links.get(&(st.st_dev, st.st_ino)) {
+                    // (A link that cannot be made, the path too long or the file's links
+                    // too many, is a copy of its own.)
+                    Some(first)
+                        if nix::unistd::linkat(
+                            top,
+                            first.as_path(),
+                            to,
+                            n,
+                            nix::fcntl::AtFlags::empty(),
+                        )
+                        .is_ok() =>
+                    {
+                        continue
+                    }
+                    Some(_) => {}
+                    None => {
+                        links.insert((st.st_dev, st.st_ino), here.clone());
+                    }
                 }
-                links.insert((st.st_dev, st.st_ino), here.clone());
             }
             let src = nix::fcntl::openat(
                 from,
