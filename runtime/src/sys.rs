@@ -773,6 +773,19 @@ pub fn malloc_trim() {
     }
 }
 
+/// Fixes the size from which glibc's malloc serves an allocation with a mapping of its own
+/// (M_MMAP_THRESHOLD; glibc otherwise raises it to the size of each such block freed): a
+/// long-lived caller's large buffers then go back to the kernel as they are freed, and a
+/// new one (calloc, `vec![0; n]`) is untouched memory that reads fill page by page, where a
+/// block reused from the heap is zeroed, all of it resident at once.
+pub fn malloc_mmap_threshold(bytes: usize) {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt sets one of the allocator's parameters; no pointer is passed.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
+    }
+}
+
 /// Sets the network interface `name` up (SIOCSIFFLAGS IFF_UP) in the calling thread's network
 /// namespace: a new namespace's loopback starts down.
 pub fn set_link_up(name: &str) -> io::Result<()> {

@@ -29,6 +29,8 @@ pub const BACKGROUND_MIN: usize = 128 * 1024;
 pub const WRITER_IDLE: Duration = Duration::from_millis(50);
 
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+/// The framing buffer's size between bursts.
+const OUT_CAPACITY: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -55,6 +57,8 @@ pub struct CriLog {
     /// What the writer thread and this side share (also without a thread: the counts).
     shared: Arc<(Mutex<Shared>, Condvar)>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// A writer thread was started since the last [`CriLog::settle`].
+    burst: bool,
 }
 
 /// The writer thread's queue and the write outcomes, under one lock.
@@ -151,9 +155,10 @@ impl CriLog {
             file: Some(Arc::new(open(path)?)),
             max_line: max_line.max(1),
             partial: [Vec::new(), Vec::new()],
-            out: Vec::with_capacity(64 * 1024),
+            out: Vec::with_capacity(OUT_CAPACITY),
             shared: Arc::default(),
             writer: None,
+            burst: false,
         })
     }
 
@@ -183,6 +188,29 @@ impl CriLog {
             }
         }
         first.or_else(|| lock(&self.shared.0).message.take())
+    }
+
+    /// Whether a burst of output is going on or has not been settled yet: the caller then
+    /// calls [`CriLog::settle`] within [`WRITER_IDLE`] or so of its last write.
+    pub fn bursting(&self) -> bool {
+        self.burst
+    }
+
+    /// After a burst (its writer thread ended idle, or was ended): joins the thread and gives
+    /// back the burst's batch buffer, and returns true, for the caller to give back its own.
+    /// False while the thread still runs, and when no burst happened.
+    pub fn settle(&mut self) -> bool {
+        if !self.burst || self.writer.as_ref().is_some_and(|h| !h.is_finished()) {
+            return false;
+        }
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        self.burst = false;
+        if self.out.is_empty() && self.out.capacity() > OUT_CAPACITY {
+            self.out = Vec::with_capacity(OUT_CAPACITY);
+        }
+        true
     }
 
     /// Opens the log path again (the kubelet renamed the file to rotate it, or it is gone:
@@ -324,7 +352,10 @@ impl CriLog {
                 .stack_size(64 * 1024)
                 .spawn(move || write_batches(s, path))
             {
-                Ok(h) => self.writer = Some(h),
+                Ok(h) => {
+                    self.writer = Some(h);
+                    self.burst = true;
+                }
                 Err(_) => {
                     // No thread: the batch comes back, for the caller to write.
                     let mut g = lock(m);
