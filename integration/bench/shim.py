@@ -97,7 +97,8 @@ def fresh_pages(mib=1536):
     of 716 MiB into a file: 0.16-0.21 s after 4 s idle, 0.14-0.16 s right after this). A run
     whose writes need more than the run before it freed (the shim's 716 MiB of log after
     `cat`'s 512 MiB) would pay it where the next does not. Done before every timed run, of
-    each side alike."""
+    each side alike. (The callers sync first: no round pays for the writeback of the one
+    before it.)"""
     m = mmap.mmap(-1, mib << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
     m.close()
 
@@ -270,6 +271,7 @@ def main():
         # every few ms added up to a poll's period (~1.5% of a round) to every figure.
         d = shims.start(lbundle, cid, log=log)
         pidfd = os.pidfd_open(shims.pid(cid))
+        os.sync()
         fresh_pages()
         try:
             t0 = time.monotonic()
@@ -299,6 +301,7 @@ def main():
             # conmon writes the same CRI format (podman's k8s-file log driver).
             clog = f"{a.work}/conmon-{rnd}.log"
             name = f"rsrun-bench-log{rnd}"
+            os.sync()
             fresh_pages()
             sh(*pm, "run", "-d", "--name", name, "--pull", "never", "--network", "none",
                "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768",
@@ -310,6 +313,7 @@ def main():
                            stderr=subprocess.DEVNULL)
             os.remove(clog)
         out = f"{a.work}/cat.out"
+        os.sync()
         fresh_pages()
         t0 = time.monotonic()
         with open(out, "wb") as o:

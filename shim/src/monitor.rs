@@ -48,11 +48,12 @@ const MAX_EXECS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The size asked for the container's stdout and stderr pipes.
 const PIPE_SIZE: i32 = 1024 * 1024;
-/// One read of container output: the whole pipe (heap pages are touched only as far as
-/// reads fill them, and given back after a burst). Against 256 KiB, a fast container's log
-/// throughput rose from 0.57-0.59 to 0.68-0.72 of `cat` here (docs/benchmarks.md): a quarter
-/// of the wake-ups of the container's writer and of the log writer thread.
-const READ_BUF: usize = 1024 * 1024;
+/// One read of container output: half the pipe (heap pages are touched only as far as reads
+/// fill them, and given back after a burst). Against 256 KiB, a fast container's log
+/// throughput went from 0.59-0.64 to 0.65-0.67 of `cat` here (medians of 20-30 interleaved
+/// rounds, docs/benchmarks.md); reading the whole pipe (1 MiB) was as good at times and at
+/// others half as fast.
+const READ_BUF: usize = 512 * 1024;
 /// From this size the allocator maps a block of its own, given back when freed.
 const MMAP_THRESHOLD: usize = 128 * 1024;
 /// How much attach input may wait for the container's stdin before attach clients are no

@@ -604,7 +604,7 @@ fn anon_threads_switches(pid: i32) -> (u64, usize, u64) {
 
 /// A container that writes as fast as it can (`cat` of 24 MB: full pipes, the log writer
 /// thread) and then idles: every byte is in the log, and afterwards the shim is back to one
-/// thread and to about the memory it had before (its 1 MiB read buffer and the burst's
+/// thread and to about the memory it had before (its 512 KiB read buffer and the burst's
 /// batches given back), and asleep: no timer left. Before, the buffers stayed: 0.7 MiB more
 /// anonymous memory after a burst with 256 KiB reads, 2.5 MiB with 1 MiB reads.
 #[test]
