@@ -20,7 +20,9 @@
 //!
 //! Every temp entry (ingest file, tmp dir) is `flock`ed by its writer while it lives, so an
 //! entry that can be locked is left over from a process that died or failed: it is removed on
-//! the next open of the store, at the start of every pull, and when its digest is pulled.
+//! the next open of the store, at the start of every pull, and when its digest is pulled. An
+//! ingest file of another process that died (a killed pull) is kept instead, as what a failed
+//! pull keeps of a blob (`ingest/HEX.partial`): the next pull goes on from it.
 //!
 //! ```text
 //! ROOT/containers/ID/              a container rootfs: rootfs.json, upper/, work/, rootfs/
@@ -326,7 +328,7 @@ impl Store {
     /// whose writer still holds them locked are kept). Call with the digest's lock held.
     pub fn clean_stale(&self, d: &Digest) {
         let prefix = format!("{}.", d.hex());
-        self.remove_unlocked(&["ingest", "tmp"], |_, name| {
+        self.remove_unlocked(false, &["ingest", "tmp"], |_, name| {
             name.starts_with(&prefix) && !name.ends_with(PARTIAL)
         });
     }
@@ -392,6 +394,7 @@ impl Store {
     pub fn sweep_stale(&self) -> Result<(u64, u64)> {
         let _l = self.lock_file(&self.root.join("tmp.lock"), true, None, "")?;
         Ok(self.remove_unlocked(
+            true,
             &["ingest", "tmp", "snapshots", "containers"],
             |dir, name| match dir {
                 "snapshots" => name.starts_with(".tmp-"),
@@ -412,7 +415,15 @@ impl Store {
         ))
     }
 
-    fn remove_unlocked(&self, dirs: &[&str], wanted: impl Fn(&str, &str) -> bool) -> (u64, u64) {
+    /// Removes the entries of `dirs` that `wanted` names and no live writer holds; with
+    /// `salvage`, the blob ingest files of other processes (dead: their lock is free) are kept
+    /// as partial blobs instead (`salvage`).
+    fn remove_unlocked(
+        &self,
+        salvage: bool,
+        dirs: &[&str],
+        wanted: impl Fn(&str, &str) -> bool,
+    ) -> (u64, u64) {
         let (mut n, mut bytes) = (0, 0);
         for dir in dirs {
             let Ok(rd) = fs::read_dir(self.root.join(dir)) else {
@@ -429,6 +440,14 @@ impl Store {
                 if sys::flock(f.as_fd(), true, true).is_err() {
                     continue;
                 }
+                if salvage && *dir == "ingest" {
+                    // (What cannot be kept goes, as before: the part only saves a download.)
+                    if others_ingest(&name)
+                        .is_some_and(|hex| self.salvage(&p, &f, hex).is_ok_and(|k| k))
+                    {
+                        continue;
+                    }
+                }
                 bytes += crate::disk_usage(&p).0;
                 let removed = if p.is_dir() {
                     sys::remove_tree(&p)
@@ -441,6 +460,24 @@ impl Store {
             }
         }
         (n, bytes)
+    }
+
+    /// Keeps the ingest file `tmp` (`file`, locked) of blob `hex`, which a killed pull left, as
+    /// `ingest/HEX.partial`: the bytes it received, in order (the writer appends), for the
+    /// next pull to go on from, as a failed pull keeps them (`keep_partial`; the blob's digest
+    /// judges them, and a wrong part is dropped). False when it has nothing, or a kept part
+    /// of that blob is as long: then it goes.
+    fn salvage(&self, tmp: &Path, file: &File, hex: &str) -> Result<bool> {
+        let len = file.metadata().ctx("stat", tmp)?.len();
+        let p = self.root.join("ingest").join(format!("{hex}{PARTIAL}"));
+        if len == 0 || fs::symlink_metadata(&p).is_ok_and(|m| m.len() >= len) {
+            return Ok(false);
+        }
+        // (Written by a process that is gone: in the page cache, not yet on disk.)
+        file.sync_all().ctx("fsync", tmp)?;
+        fs::rename(tmp, &p).ctx("renaming", tmp)?;
+        self.sync_dir(&self.root.join("ingest"))?;
+        Ok(true)
     }
 
     /// Held shared while a temp entry is created and locked, so a sweep never sees one
@@ -786,9 +823,43 @@ pub(crate) fn find_image_id(db: &Db, key: &str) -> Option<String> {
     None
 }
 
+/// The blob of an ingest file `HEX.PID.N` that another process made (a temp of this one is
+/// its own failed pull's, whose bytes are not kept unless it said so).
+fn others_ingest(name: &str) -> Option<&str> {
+    let mut parts = name.splitn(3, '.');
+    let (hex, pid, n) = (parts.next()?, parts.next()?, parts.next()?);
+    let ours = pid.parse::<u32>().ok()? == std::process::id();
+    (hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && !ours)
+        .then_some(hex)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_other_processes_ingest_files_are_kept() {
+        let hex = "ab".repeat(32);
+        let me = std::process::id();
+        let other = if me == 1 { 2 } else { me - 1 };
+        assert_eq!(
+            super::others_ingest(&format!("{hex}.{other}.7")),
+            Some(hex.as_str())
+        );
+        for name in [
+            format!("{hex}.{me}.7"),
+            format!("{hex}.partial"),
+            format!("{}.{other}.7", &hex[2..]),
+            format!("{hex}.x.7"),
+            format!("{hex}.{other}"),
+            format!("{hex}.{other}.7.implicit"),
+        ] {
+            assert_eq!(super::others_ingest(&name), None, "{name}");
+        }
+    }
 
     #[test]
     fn store_directories_are_private() {
