@@ -216,6 +216,11 @@ impl CriLog {
         if self.out.is_empty() && self.out.capacity() > OUT_CAPACITY {
             self.out = Vec::with_capacity(OUT_CAPACITY);
         }
+        // An unfinished line holds less than a piece between writes; a burst of long lines
+        // grew it to a read's size.
+        for p in &mut self.partial {
+            p.shrink_to_fit();
+        }
         true
     }
 
