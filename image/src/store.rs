@@ -465,16 +465,20 @@ impl Store {
     /// Keeps the ingest file `tmp` (`file`, locked) of blob `hex`, which a killed pull left, as
     /// `ingest/HEX.partial`: the bytes it received, in order (the writer appends), for the
     /// next pull to go on from, as a failed pull keeps them (`keep_partial`; the blob's digest
-    /// judges them, and a wrong part is dropped). False when it has nothing, or a kept part
-    /// of that blob is as long: then it goes.
+    /// judges them, and a wrong part is dropped). False when it has nothing, is older than
+    /// a kept part may be, or a kept part of that blob is as long: then it goes.
     fn salvage(&self, tmp: &Path, file: &File, hex: &str) -> Result<bool> {
-        let len = file.metadata().ctx("stat", tmp)?.len();
+        let md = file.metadata().ctx("stat", tmp)?;
+        let len = md.len();
         let p = self.root.join("ingest").join(format!("{hex}{PARTIAL}"));
-        if len == 0 || fs::symlink_metadata(&p).is_ok_and(|m| m.len() >= len) {
+        let old = md
+            .modified()
+            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > PARTIAL_MAX_AGE));
+        if len == 0 || old || fs::symlink_metadata(&p).is_ok_and(|m| m.len() >= len) {
             return Ok(false);
         }
-        // (Written by a process that is gone: in the page cache, not yet on disk.)
-        file.sync_all().ctx("fsync", tmp)?;
+        // (Not fsynced here, under the sweep's exclusive lock: a part that a crash tears is
+        // found wrong by the blob's digest and dropped.)
         fs::rename(tmp, &p).ctx("renaming", tmp)?;
         self.sync_dir(&self.root.join("ingest"))?;
         Ok(true)
