@@ -338,10 +338,7 @@ impl Store {
     /// length. None when there is none, another pull has it, or it is not shorter than
     /// `size` (then it goes: the blob was complete, or it is not that blob).
     pub fn take_partial(&self, d: &Digest, size: u64) -> Result<Option<(File, PathBuf, u64)>> {
-        let p = self
-            .root
-            .join("ingest")
-            .join(format!("{}{PARTIAL}", d.hex()));
+        let p = self.partial_path(d.hex());
         let _c = self.creating_temp()?;
         let f = match OpenOptions::new().read(true).append(true).open(&p) {
             Ok(f) => f,
@@ -375,15 +372,17 @@ impl Store {
         }
     }
 
+    /// Where what a failed or killed pull received of blob `hex` is kept.
+    fn partial_path(&self, hex: &str) -> PathBuf {
+        self.root.join("ingest").join(format!("{hex}{PARTIAL}"))
+    }
+
     /// Keeps what a failed pull received of blob `d` (the temp blob `tmp`, whose writer
     /// `file` is) as `ingest/HEX.partial`, durable, for the next pull to go on from
     /// (`take_partial`). Swept after PARTIAL_MAX_AGE.
     pub fn keep_partial(&self, tmp: &Path, file: &File, d: &Digest) -> Result<()> {
         file.sync_all().ctx("fsync", tmp)?;
-        let p = self
-            .root
-            .join("ingest")
-            .join(format!("{}{PARTIAL}", d.hex()));
+        let p = self.partial_path(d.hex());
         fs::rename(tmp, &p).ctx("renaming", &p)?;
         self.sync_dir(&self.root.join("ingest"))
     }
@@ -417,7 +416,7 @@ impl Store {
 
     /// Removes the entries of `dirs` that `wanted` names and no live writer holds; with
     /// `salvage`, the blob ingest files of other processes (dead: their lock is free) are kept
-    /// as partial blobs instead (`salvage`).
+    /// as partial blobs instead (`Store::salvage`).
     fn remove_unlocked(
         &self,
         salvage: bool,
@@ -470,7 +469,7 @@ impl Store {
     fn salvage(&self, tmp: &Path, file: &File, hex: &str) -> Result<bool> {
         let md = file.metadata().ctx("stat", tmp)?;
         let len = md.len();
-        let p = self.root.join("ingest").join(format!("{hex}{PARTIAL}"));
+        let p = self.partial_path(hex);
         let old = md
             .modified()
             .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > PARTIAL_MAX_AGE));
