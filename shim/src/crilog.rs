@@ -393,14 +393,29 @@ impl Drop for CriLog {
 /// Appends `data` whole or not at all: a write that fails part way (the disk filled up) is
 /// cut back off the file, or its torn last record would have the next batch glued to it, a
 /// line the kubelet's parser cannot read.
+///
+/// A batch larger than one write goes in pieces that end at the file's multiples of
+/// [`WRITE_MAX`]: each write then fills whole large folios of the page cache, where pieces cut
+/// from the batch's own start would begin and end inside folios, each begun with a ramp of
+/// smaller ones (the file's end is seldom aligned: records have any length).
 fn write_whole(mut f: &File, data: &[u8]) -> std::io::Result<()> {
     let mut done = 0;
+    // The file's size (appends go there): where the first piece ends.
+    let mut at = if data.len() > WRITE_MAX {
+        f.metadata().map_or(0, |m| m.len() as usize)
+    } else {
+        0
+    };
     while done < data.len() {
-        match f.write(&data[done..data.len().min(done + WRITE_MAX)]) {
+        let piece = (WRITE_MAX - at % WRITE_MAX).min(data.len() - done);
+        match f.write(&data[done..done + piece]) {
             Ok(0) => {
                 return Err(cut_back(f, done, std::io::ErrorKind::WriteZero.into()));
             }
-            Ok(n) => done += n,
+            Ok(n) => {
+                done += n;
+                at += n;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(cut_back(f, done, e)),
         }
