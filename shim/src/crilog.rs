@@ -11,10 +11,12 @@
 //! While a container writes fast (batches of [`BACKGROUND_MIN`] bytes or more), the batches
 //! are written by a thread of the log's own, in order, while the monitor reads and frames
 //! the next: the reading (the copy out of the pipe) and the writing (the copy into the page
-//! cache) then run on two cores instead of one after the other. The thread ends once no
-//! batch came for [`WRITER_IDLE`], and [`CriLog::quiesce`] ends it at once, after the last
-//! batch is written: the monitor calls it before anything that forks (the runtime library
-//! wants a single-threaded caller) and before it records the exit.
+//! cache) then run on two cores instead of one after the other. It allocates the log's
+//! blocks ahead of the file's end (the size kept: readers see only records) and gives back
+//! what it did not fill as it ends. The thread ends once no batch came for [`WRITER_IDLE`],
+//! and [`CriLog::quiesce`] ends it at once, after the last batch is written: the monitor
+//! calls it before anything that forks (the runtime library wants a single-threaded caller)
+//! and before it records the exit.
 
 use std::fs::File;
 use std::io::Write;
@@ -37,6 +39,12 @@ pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
 const WRITE_MAX: usize = 256 * 1024;
 /// The framing buffer's size between bursts.
 const OUT_CAPACITY: usize = 64 * 1024;
+/// During a burst the writer thread allocates the log's blocks this far ahead of its end
+/// (fallocate, the size kept), and gives back what is left when it ends. A write into
+/// allocated blocks skips ext4's per-block delayed-allocation bookkeeping: 716 MiB written
+/// 256 KiB at a time took 69–74 ms instead of 117–121 ms here, with less CPU in all once
+/// written back (docs/benchmarks.md).
+const AHEAD: u64 = 4 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -109,15 +117,70 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The blocks the writer thread allocated past a log file's end.
+#[derive(Default)]
+struct Ahead {
+    /// The file, and the offset up to which its blocks are allocated.
+    file: Option<(Arc<File>, u64)>,
+    /// The file refused (no fallocate there, or no space): no more tries for this burst.
+    refused: bool,
+}
+
+impl Ahead {
+    /// Makes sure the blocks for `len` bytes past `size`, the end of `file`, are allocated.
+    fn reserve(&mut self, file: &Arc<File>, size: u64, len: usize) {
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|(f, _)| !Arc::ptr_eq(f, file))
+        {
+            self.release();
+        }
+        let end = size + len as u64;
+        if self.refused || self.file.as_ref().is_some_and(|&(_, to)| end <= to) {
+            return;
+        }
+        let want = AHEAD.max(len as u64);
+        let r = nix::fcntl::fallocate(
+            file.as_ref(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            size as libc::off_t,
+            want as libc::off_t,
+        );
+        // (A refusal may still have allocated a part, on ext4: given back with the rest.)
+        self.refused = r.is_err();
+        self.file = Some((file.clone(), if r.is_ok() { size + want } else { 0 }));
+    }
+
+    /// Gives back the blocks past the file's end: its size set to what it is frees them.
+    /// Called while no other write of the file can come (by the writer thread, before it
+    /// says it has ended).
+    fn release(&mut self) {
+        self.refused = false;
+        if let Some((f, _)) = self.file.take() {
+            if let Ok(m) = f.metadata() {
+                let _ = f.set_len(m.len());
+            }
+        }
+    }
+}
+
 /// The writer thread: the queued batches in order, until told to stop or idle.
 fn write_batches(shared: Arc<(Mutex<Shared>, Condvar)>, path: PathBuf) {
     let (m, cv) = &*shared;
+    let mut ahead = Ahead::default();
     let mut g = lock(m);
     loop {
         if let Some((file, mut data)) = g.queue.take() {
             cv.notify_all();
             drop(g);
-            let r = write_whole(&file, &data);
+            let r = match file.metadata() {
+                Ok(meta) if meta.is_file() => {
+                    ahead.reserve(&file, meta.len(), data.len());
+                    write_whole_at(&file, &data, meta.len())
+                }
+                _ => write_whole(&file, &data),
+            };
             drop(file);
             g = lock(m);
             g.account(&path, data.len(), r);
@@ -138,7 +201,9 @@ fn write_batches(shared: Arc<(Mutex<Shared>, Condvar)>, path: PathBuf) {
             break;
         }
     }
-    // The burst is over: its buffers go back.
+    // The burst is over: its blocks past the end and its buffers go back (under the lock:
+    // no batch is written elsewhere until `alive` is cleared).
+    ahead.release();
     g.spare = Vec::new();
     g.alive = false;
     cv.notify_all();
@@ -400,14 +465,20 @@ impl Drop for CriLog {
 /// ended inside folios, with a ramp of smaller ones at each start (the file's end is seldom
 /// aligned: records have any length): 2.3 times fewer folios for the same log
 /// (docs/benchmarks.md).
-fn write_whole(mut f: &File, data: &[u8]) -> std::io::Result<()> {
-    let mut done = 0;
+fn write_whole(f: &File, data: &[u8]) -> std::io::Result<()> {
     // The file's size (appends go there): where the first piece ends.
-    let mut at = if data.len() > WRITE_MAX {
-        f.metadata().map_or(0, |m| m.len() as usize)
+    let at = if data.len() > WRITE_MAX {
+        f.metadata().map_or(0, |m| m.len())
     } else {
         0
     };
+    write_whole_at(f, data, at)
+}
+
+/// [`write_whole`] of a file whose size is `at`.
+fn write_whole_at(mut f: &File, data: &[u8], at: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    let mut at = at as usize;
     while done < data.len() {
         let piece = (WRITE_MAX - at % WRITE_MAX).min(data.len() - done);
         match f.write(&data[done..done + piece]) {
@@ -738,6 +809,59 @@ mod tests {
         assert!(text.ends_with(b"T stdout F last\n"));
         std::fs::remove_file(p).unwrap();
         std::fs::remove_file(rotated).unwrap();
+    }
+
+    /// While the writer thread runs, the log's blocks are allocated ahead of its end (the
+    /// size kept); once it has ended, what was not written into is given back.
+    #[test]
+    fn a_burst_allocates_blocks_ahead_and_gives_back_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let (mut l, p) = log(16 * 1024);
+        let line = [&[b'a'; 99][..], b"\n"].concat();
+        let data = line.repeat(3000);
+        // "T stdout F " and the line, per line.
+        let record = 11 + line.len() as u64;
+        let mut written = 0;
+        let mut seen = false;
+        for _ in 0..5 {
+            l.write(Stream::Stdout, &data, b"T");
+            assert!(l.writer.is_some(), "a batch this large goes to the thread");
+            written += 3000 * record;
+            // Under the lock the thread gives the blocks back before it says it has ended.
+            let t = std::time::Instant::now();
+            let m = loop {
+                let g = lock(&l.shared.0);
+                let m = std::fs::metadata(&p).unwrap();
+                if m.len() == written || !g.alive || t.elapsed() > Duration::from_secs(10) {
+                    break g.alive.then_some(m);
+                }
+                drop(g);
+                std::thread::yield_now();
+            };
+            // (The thread ended idle before it was looked at: a busy machine; again.)
+            if let Some(m) = m {
+                assert_eq!(m.len(), written);
+                assert!(
+                    m.blocks() * 512 >= written.max(AHEAD),
+                    "{} bytes allocated for {} written",
+                    m.blocks() * 512,
+                    m.len()
+                );
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "the writer thread was never seen running");
+        assert!(l.quiesce().is_none());
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.len(), written);
+        assert!(
+            m.blocks() * 512 < written + 64 * 1024,
+            "{} bytes still allocated for {} written",
+            m.blocks() * 512,
+            m.len()
+        );
+        std::fs::remove_file(p).unwrap();
     }
 
     #[test]

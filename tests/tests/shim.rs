@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -636,6 +637,14 @@ fn a_burst_of_output_is_logged_and_its_memory_given_back() {
         settled,
         "after the burst: {} KiB of anonymous memory (before it: {before} KiB), {} threads",
         last.0, last.1
+    );
+    // The blocks the burst allocated ahead of the log's end are given back with its thread.
+    let m = std::fs::metadata(s.log()).unwrap();
+    assert!(
+        m.blocks() * 512 < m.len() + 64 * 1024,
+        "{} bytes allocated for a log of {}",
+        m.blocks() * 512,
+        m.len()
     );
     // (The last look after the burst may be due still.)
     std::thread::sleep(Duration::from_millis(200));
