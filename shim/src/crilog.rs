@@ -42,7 +42,7 @@ const OUT_CAPACITY: usize = 64 * 1024;
 /// During a burst the writer thread allocates the log's blocks this far ahead of its end
 /// (fallocate, the size kept), and gives back what is left when it ends. A write into
 /// allocated blocks skips ext4's per-block delayed-allocation bookkeeping: 716 MiB written
-/// 256 KiB at a time took 69–74 ms instead of 117–121 ms here, with less CPU in all once
+/// 256 KiB at a time took 68–72 ms instead of 117–121 ms here, and no more CPU in all once
 /// written back (docs/benchmarks.md).
 const AHEAD: u64 = 4 * 1024 * 1024;
 
