@@ -1,7 +1,8 @@
 //! The image's VOLUME entries (its config's `Volumes`), as containerd makes them: each path
 //! that no CRI mount covers gets a directory of the container's own,
 //! `ROOT/cri/volumes/ID/N`, which starts as a copy of what the image has at that path (its
-//! files, directories, symlinks and special files with their modes and owners; an empty
+//! files, directories, symlinks and special files with their modes and owners, the files'
+//! and directories' extended attributes; an empty
 //! directory where the image has nothing) and is bound read-write there. So the path is
 //! writable with a read-only root filesystem (an image such as redis or postgres writes its
 //! data there), and its writes bypass the overlay. The directories go with the container
@@ -138,7 +139,8 @@ pub fn make(
     Ok(mounts)
 }
 
-/// `to` made as a copy of the directory `src`: its tree, then its own mode and owner.
+/// `to` made as a copy of the directory `src`: its tree, then its own owner, extended
+/// attributes and mode.
 fn copy_up(src: &OwnedFd, to: &Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -155,6 +157,7 @@ fn copy_up(src: &OwnedFd, to: &Path) -> Result<(), String> {
         Some(nix::unistd::Gid::from_raw(st.st_gid)),
     )
     .map_err(|e| format!("chown {}: {e}", to.display()))?;
+    rsrun::rootfs::copy_xattrs(src, &dst).map_err(|e| format!("{}: {e}", to.display()))?;
     nix::sys::stat::fchmod(
         &dst,
         nix::sys::stat::Mode::from_bits_truncate(st.st_mode & 0o7777),
@@ -244,6 +247,23 @@ mod tests {
         std::fs::set_permissions(rootfs.join("data/suid"), PermissionsExt::from_mode(0o4755))
             .unwrap();
         std::fs::write(rootfs.join("file"), "x").unwrap();
+        // Extended attributes: a file capability (cap_net_raw, effective: what `setcap
+        // cap_net_raw+ep` writes) on a file of another owner (a chown clears it), user
+        // attributes on a file and on the volume's own directory, and overlayfs's mark.
+        std::fs::write(rootfs.join("data/ping"), "x").unwrap();
+        std::os::unix::fs::chown(rootfs.join("data/ping"), Some(65534), Some(65534)).unwrap();
+        let cap: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let set = |p: &str, name: &std::ffi::CStr, v: &[u8]| {
+            let f = std::fs::File::open(rootfs.join(p)).unwrap();
+            rsrun::sys::fsetxattr(std::os::fd::AsFd::as_fd(&f), name, v).unwrap();
+        };
+        set("data/ping", c"security.capability", &cap);
+        set("data/sub/seed", c"user.rsrun", b"seed");
+        set("data", c"user.rsrun", b"top");
+        set("data/sub", c"trusted.overlay.opaque", b"y");
         // A volume path that is an absolute symlink: inside the rootfs, /data.
         std::os::unix::fs::symlink("/data", rootfs.join("viasym")).unwrap();
         let dir = t.join("vols");
@@ -292,6 +312,18 @@ mod tests {
             std::fs::symlink_metadata(data.join("fifo")).unwrap().mode() & 0o7777,
             0o666
         );
+        let xattrs = |p: &Path| {
+            let f = std::fs::File::open(p).unwrap();
+            rsrun::sys::fxattrs(std::os::fd::AsFd::as_fd(&f)).unwrap()
+        };
+        let named = |n: &str, v: &[u8]| vec![(std::ffi::CString::new(n).unwrap(), v.to_vec())];
+        assert_eq!(
+            xattrs(&data.join("ping")),
+            named("security.capability", &cap)
+        );
+        assert_eq!(xattrs(&data.join("sub/seed")), named("user.rsrun", b"seed"));
+        assert_eq!(xattrs(data), named("user.rsrun", b"top"));
+        assert_eq!(xattrs(&data.join("sub")), vec![]);
         let empty = Path::new(&m[1].host_path);
         assert_eq!(std::fs::read_dir(empty).unwrap().count(), 0);
         let md = std::fs::metadata(empty).unwrap();

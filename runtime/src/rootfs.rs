@@ -579,14 +579,17 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
                 copy_tree(&from, &to)
                     .map_err(|e| prefix(e, &format!("tmpcopyup {}", dest.display())))?;
                 let st = nix::sys::stat::fstat(&from).ctx("stat tmpcopyup source")?;
-                let _ = nix::sys::stat::fchmod(
-                    &to,
-                    nix::sys::stat::Mode::from_bits_truncate(st.st_mode & 0o7777),
-                );
+                // Owner, extended attributes, mode: in copy_tree's order.
                 let _ = nix::unistd::fchown(
                     &to,
                     Some(nix::unistd::Uid::from_raw(st.st_uid)),
                     Some(nix::unistd::Gid::from_raw(st.st_gid)),
+                );
+                copy_xattrs(&from, &to)
+                    .map_err(|e| prefix(e, &format!("tmpcopyup {}", dest.display())))?;
+                let _ = nix::sys::stat::fchmod(
+                    &to,
+                    nix::sys::stat::Mode::from_bits_truncate(st.st_mode & 0o7777),
                 );
             }
         }
@@ -634,10 +637,32 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
 /// Copies the directory tree under `from` into `to`, descriptor-relative and never following
 /// symlinks: files, directories, symlinks and special files with their modes (setuid and
 /// setgid bits too: the owner is set first, as a chown clears them), owners and times; hard
-/// links stay links. (Not extended attributes.)
+/// links stay links. Files and directories keep their extended attributes (file
+/// capabilities, ACLs), set after the owner (a chown clears `security.capability`) and before
+/// the mode (an ACL sets the group bits), as containerd's copy does; symlinks and special
+/// files do not.
 pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
     let mut links = std::collections::HashMap::new();
     copy_tree_at(from, to, to, Path::new(""), &mut links)
+}
+
+/// Gives `to` the extended attributes of `from` (both open files or directories), but for
+/// overlayfs's own (`trusted.overlay.*`, a layer's whiteout and opaque marks), those the file
+/// system of `to` does not keep and those the caller may not set (`trusted.*` in a user
+/// namespace): skipped, as a chown that is not allowed is.
+pub fn copy_xattrs(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
+    use std::os::fd::AsFd;
+    for (name, value) in crate::sys::fxattrs(from.as_fd()).ctx("list xattrs")? {
+        if name.as_bytes().starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        match crate::sys::fsetxattr(to.as_fd(), &name, &value) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {}
+            Err(e) => return Err(e).with_ctx(|| format!("set xattr {}", name.to_string_lossy())),
+        }
+    }
+    Ok(())
 }
 
 /// The times of `st` (atime, mtime) as utimensat takes them.
@@ -699,6 +724,7 @@ fn copy_tree_at(
             let (sub_from, sub_to) = (open(from, "")?, open(to, "copy of ")?);
             copy_tree_at(&sub_from, &sub_to, top, &here, links)?;
             let _ = nix::unistd::fchown(&sub_to, owner.0, owner.1);
+            copy_xattrs(&sub_from, &sub_to).map_err(|e| prefix(e, &format!("copy of {shown}")))?;
             let _ = nix::sys::stat::fchmod(&sub_to, mode);
             let _ = nix::sys::stat::futimens(&sub_to, &atime, &mtime);
         } else if kind == SFlag::S_IFREG {
@@ -745,6 +771,8 @@ fn copy_tree_at(
             let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
             std::io::copy(&mut r, &mut w).with_ctx(|| format!("copy {shown}"))?;
             let _ = nix::unistd::fchown(&w, owner.0, owner.1);
+            let (r, w) = (OwnedFd::from(r), OwnedFd::from(w));
+            copy_xattrs(&r, &w).map_err(|e| prefix(e, &format!("copy of {shown}")))?;
             let _ = nix::sys::stat::fchmod(&w, mode);
             let _ = nix::sys::stat::futimens(&w, &atime, &mtime);
         } else if kind == SFlag::S_IFLNK {

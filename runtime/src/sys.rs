@@ -1,9 +1,9 @@
 //! Thin wrappers over the system calls that nix does not cover. This is the one module
 //! of the runtime that holds `unsafe` code; every block says why it is sound.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret < 0 {
@@ -258,6 +258,66 @@ pub fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
     // SAFETY: NULL siginfo is allowed; integer arguments otherwise.
     let ret = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, 0usize, 0u32) };
     check(ret).map(|_| ())
+}
+
+/// The extended attributes of the open file `fd`, names and values (none where its file
+/// system keeps none).
+pub fn fxattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
+    let raw = fd.as_raw_fd();
+    let names = match sized(|buf| {
+        // SAFETY: buf is writable for buf.len() bytes (none: a size query).
+        unsafe { libc::flistxattr(raw, buf.as_mut_ptr().cast(), buf.len()) }
+    }) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        match sized(|buf| {
+            // SAFETY: name is NUL-terminated; buf is writable for buf.len() bytes.
+            unsafe { libc::fgetxattr(raw, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+        }) {
+            Ok(v) => out.push((name, v)),
+            // Removed since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What `f` fills: asked for its size with an empty buffer, then into one of that size; again
+/// when it grew in between (ERANGE).
+fn sized(mut f: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let n = check(f(&mut []) as libc::c_long)?;
+        let mut buf = vec![0u8; n as usize];
+        match check(f(&mut buf) as libc::c_long) {
+            Ok(m) => {
+                buf.truncate(m as usize);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// fsetxattr(2).
+pub fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated; value points to value.len() readable bytes.
+    let ret = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(|_| ())
 }
 
 /// kill(2) by raw signal number: real-time signals have no `nix` `Signal`.
