@@ -264,6 +264,7 @@ mod tests {
         set("data/sub/seed", c"user.rsrun", b"seed");
         set("data", c"user.rsrun", b"top");
         set("data/sub", c"trusted.overlay.opaque", b"y");
+        set("data/sub", c"user.rsrun", b"sub");
         // A volume path that is an absolute symlink: inside the rootfs, /data.
         std::os::unix::fs::symlink("/data", rootfs.join("viasym")).unwrap();
         let dir = t.join("vols");
@@ -323,7 +324,7 @@ mod tests {
         );
         assert_eq!(xattrs(&data.join("sub/seed")), named("user.rsrun", b"seed"));
         assert_eq!(xattrs(data), named("user.rsrun", b"top"));
-        assert_eq!(xattrs(&data.join("sub")), vec![]);
+        assert_eq!(xattrs(&data.join("sub")), named("user.rsrun", b"sub"));
         let empty = Path::new(&m[1].host_path);
         assert_eq!(std::fs::read_dir(empty).unwrap().count(), 0);
         let md = std::fs::metadata(empty).unwrap();

@@ -638,29 +638,28 @@ fn mount_one(s: &Setup, root: RawFd, i: usize, m: &Mount) -> Result<()> {
 /// symlinks: files, directories, symlinks and special files with their modes (setuid and
 /// setgid bits too: the owner is set first, as a chown clears them), owners and times; hard
 /// links stay links. Files and directories keep their extended attributes (file
-/// capabilities, ACLs), set after the owner (a chown clears `security.capability`) and before
-/// the mode (an ACL sets the group bits), as containerd's copy does; symlinks and special
-/// files do not.
+/// capabilities, ACLs; not overlayfs's marks nor SELinux labels), set after the owner (a
+/// chown clears `security.capability`) and before the mode (an ACL sets the group bits);
+/// symlinks and special files do not.
 pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
     let mut links = std::collections::HashMap::new();
     copy_tree_at(from, to, to, Path::new(""), &mut links)
 }
 
 /// Gives `to` the extended attributes of `from` (both open files or directories), but for
-/// overlayfs's own (`trusted.overlay.*`, a layer's whiteout and opaque marks), those the file
-/// system of `to` does not keep and those the caller may not set (`trusted.*` in a user
-/// namespace): skipped, as a chown that is not allowed is.
+/// overlayfs's own (`trusted.overlay.*`, a layer's whiteout and opaque marks) and the SELinux
+/// label (`security.selinux`: the copy gets its place's, as containerd excludes it). One
+/// that cannot be read or set (a file system that keeps none, `trusted.*` in a user
+/// namespace, a file capability of another user namespace's root) is skipped, as a chown
+/// that is not allowed is.
 pub fn copy_xattrs(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
     use std::os::fd::AsFd;
     for (name, value) in crate::sys::fxattrs(from.as_fd()).ctx("list xattrs")? {
-        if name.as_bytes().starts_with(b"trusted.overlay.") {
+        let n = name.as_bytes();
+        if n.starts_with(b"trusted.overlay.") || n == b"security.selinux" {
             continue;
         }
-        match crate::sys::fsetxattr(to.as_fd(), &name, &value) {
-            Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {}
-            Err(e) => return Err(e).with_ctx(|| format!("set xattr {}", name.to_string_lossy())),
-        }
+        let _ = crate::sys::fsetxattr(to.as_fd(), &name, &value);
     }
     Ok(())
 }

@@ -261,7 +261,9 @@ pub fn pidfd_send_signal(pidfd: RawFd, sig: i32) -> io::Result<()> {
 }
 
 /// The extended attributes of the open file `fd`, names and values (none where its file
-/// system keeps none).
+/// system keeps none). One that cannot be read (an LSM's refusal, a file capability of a
+/// user namespace this one cannot express: EOVERFLOW) or is gone since it was listed is left
+/// out.
 pub fn fxattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
     let raw = fd.as_raw_fd();
     let names = match sized(|buf| {
@@ -275,14 +277,12 @@ pub fn fxattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
     let mut out = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        match sized(|buf| {
+        let value = sized(|buf| {
             // SAFETY: name is NUL-terminated; buf is writable for buf.len() bytes.
             unsafe { libc::fgetxattr(raw, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
-        }) {
-            Ok(v) => out.push((name, v)),
-            // Removed since it was listed.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-            Err(e) => return Err(e),
+        });
+        if let Ok(v) = value {
+            out.push((name, v));
         }
     }
     Ok(out)
@@ -293,6 +293,9 @@ pub fn fxattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
 fn sized(mut f: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
     loop {
         let n = check(f(&mut []) as libc::c_long)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut buf = vec![0u8; n as usize];
         match check(f(&mut buf) as libc::c_long) {
             Ok(m) => {

@@ -124,6 +124,8 @@ struct Ahead {
     file: Option<(Arc<File>, u64)>,
     /// The file refused (no fallocate there, or no space): no more tries for this burst.
     refused: bool,
+    /// Blocks may be allocated past the file's end (to give back).
+    held: bool,
 }
 
 impl Ahead {
@@ -147,8 +149,13 @@ impl Ahead {
             size as libc::off_t,
             want as libc::off_t,
         );
-        // (A refusal may still have allocated a part, on ext4: given back with the rest.)
+        // (A refusal for want of space may still have allocated a part, on ext4: given
+        // back with the rest; a file system without fallocate has nothing to give back.)
         self.refused = r.is_err();
+        self.held |= matches!(
+            r,
+            Ok(()) | Err(nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)
+        );
         self.file = Some((file.clone(), if r.is_ok() { size + want } else { 0 }));
     }
 
@@ -157,7 +164,8 @@ impl Ahead {
     /// says it has ended).
     fn release(&mut self) {
         self.refused = false;
-        if let Some((f, _)) = self.file.take() {
+        let held = std::mem::take(&mut self.held);
+        if let Some((f, _)) = self.file.take().filter(|_| held) {
             if let Ok(m) = f.metadata() {
                 let _ = f.set_len(m.len());
             }
