@@ -335,19 +335,7 @@ pub fn futimens(fd: BorrowedFd<'_>, secs: i64, nsecs: i64) -> io::Result<()> {
     check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
-pub fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
-    // SAFETY: name is NUL-terminated; value points to value.len() readable bytes.
-    check(unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
-    .map(drop)
-}
+pub use rsrun::sys::fsetxattr;
 
 /// Whether `fd` (a directory) is marked opaque for overlayfs (`trusted.overlay.opaque=y`).
 pub fn is_opaque(fd: BorrowedFd<'_>) -> bool {

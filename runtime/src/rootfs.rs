@@ -652,8 +652,7 @@ pub fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
 /// that cannot be read or set (a file system that keeps none, `trusted.*` in a user
 /// namespace, a file capability of another user namespace's root) is skipped, as a chown
 /// that is not allowed is.
-pub fn copy_xattrs(from: &OwnedFd, to: &OwnedFd) -> Result<()> {
-    use std::os::fd::AsFd;
+pub fn copy_xattrs(from: impl std::os::fd::AsFd, to: impl std::os::fd::AsFd) -> Result<()> {
     for (name, value) in crate::sys::fxattrs(from.as_fd()).ctx("list xattrs")? {
         let n = name.as_bytes();
         if n.starts_with(b"trusted.overlay.") || n == b"security.selinux" {
@@ -770,7 +769,6 @@ fn copy_tree_at(
             let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
             std::io::copy(&mut r, &mut w).with_ctx(|| format!("copy {shown}"))?;
             let _ = nix::unistd::fchown(&w, owner.0, owner.1);
-            let (r, w) = (OwnedFd::from(r), OwnedFd::from(w));
             copy_xattrs(&r, &w).map_err(|e| prefix(e, &format!("copy of {shown}")))?;
             let _ = nix::sys::stat::fchmod(&w, mode);
             let _ = nix::sys::stat::futimens(&w, &atime, &mtime);

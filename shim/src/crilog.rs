@@ -182,13 +182,17 @@ fn write_batches(shared: Arc<(Mutex<Shared>, Condvar)>, path: PathBuf) {
         if let Some((file, mut data)) = g.queue.take() {
             cv.notify_all();
             drop(g);
-            let r = match file.metadata() {
-                Ok(meta) if meta.is_file() => {
-                    ahead.reserve(&file, meta.len(), data.len());
-                    write_whole_at(&file, &data, meta.len())
+            // The file's size (appends go there), and its blocks ahead when it is a file.
+            let at = match file.metadata() {
+                Ok(meta) => {
+                    if meta.is_file() {
+                        ahead.reserve(&file, meta.len(), data.len());
+                    }
+                    meta.len()
                 }
-                _ => write_whole(&file, &data),
+                Err(_) => 0,
             };
+            let r = write_whole_at(&file, &data, at);
             drop(file);
             g = lock(m);
             g.account(&path, data.len(), r);
